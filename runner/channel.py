@@ -1,0 +1,234 @@
+"""Host side of the host ⇄ agent link (docs/agent-protocol.md): framing, request ids, caps.
+
+Everything read here comes from inside a sandbox and is untrusted: a hostile
+server can replace or impersonate the agent. So lines are cut at
+``max_message_bytes`` before they are parsed, every frame must have a known
+shape, and a frame for a request that is not pending ends the session. Request
+ids are random 53-bit integers, so a forger cannot guess a pending one.
+
+The first terminal event (agent ``fatal``, end of stream, or a violation)
+fails every pending request and wakes ``closed``; the session manager then
+asks the sandbox how it ended.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import secrets
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from runner.errors import ProtocolViolation, RunnerError, SandboxCrashed, ServerError
+from runner.sessions.models import ProgressEvent
+
+log = logging.getLogger(__name__)
+
+JSONObject = dict[str, Any]
+ProgressSink = Callable[[ProgressEvent], Awaitable[None]]
+_MAX_RECENTLY_CANCELLED = 1024
+_MAX_TEXT = 4096
+
+
+class ByteLink(Protocol):
+    """What the channel needs of a sandbox: its stdout chunks and its stdin."""
+
+    async def read_stdout(self) -> bytes: ...
+
+    async def write_stdin(self, data: bytes) -> None: ...
+
+
+@dataclass
+class _Pending:
+    future: asyncio.Future[JSONObject]
+    on_progress: ProgressSink | None
+
+
+class AgentChannel:
+    """Speaks the agent protocol over one sandbox's stdio. Create, ``start()``, then ``request()``."""
+
+    def __init__(self, link: ByteLink, *, max_message_bytes: int) -> None:
+        self._link = link
+        self._max = max_message_bytes
+        self._pending: dict[int, _Pending] = {}
+        self._cancelled: dict[int, None] = {}
+        self._ready: asyncio.Future[JSONObject] = asyncio.get_running_loop().create_future()
+        self._terminal: RunnerError | None = None
+        self.closed = asyncio.Event()
+        self._reader: asyncio.Task[None] | None = None
+        self._write_lock = asyncio.Lock()
+
+    def start(self) -> None:
+        self._reader = asyncio.create_task(self._read_loop(), name="agent-channel-reader")
+
+    @property
+    def terminal_error(self) -> RunnerError | None:
+        """Why the channel ended, if it has."""
+        return self._terminal
+
+    async def ready(self) -> JSONObject:
+        """The agent's ``initialize`` payload, once the server is up."""
+        return await asyncio.shield(self._ready)
+
+    async def request(
+        self, method: str, params: JSONObject, *, on_progress: ProgressSink | None = None
+    ) -> JSONObject:
+        """Send one request and wait for its result; cancelling the wait tells the agent to cancel."""
+        if self._terminal is not None:
+            raise self._terminal
+        request_id = secrets.randbits(53) or 1
+        future: asyncio.Future[JSONObject] = asyncio.get_running_loop().create_future()
+        self._pending[request_id] = _Pending(future, on_progress)
+        try:
+            await self._send({"type": "request", "id": request_id, "method": method, "params": params})
+            return await future
+        finally:
+            if self._pending.pop(request_id, None) is not None and not future.done():
+                self._remember_cancelled(request_id)
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(self._send({"type": "cancel", "id": request_id}))
+
+    def _remember_cancelled(self, request_id: int) -> None:
+        self._cancelled[request_id] = None
+        while len(self._cancelled) > _MAX_RECENTLY_CANCELLED:
+            del self._cancelled[next(iter(self._cancelled))]
+
+    async def _send(self, frame: JSONObject) -> None:
+        data = json.dumps(frame, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
+        async with self._write_lock:
+            try:
+                await self._link.write_stdin(data)
+            except (ConnectionError, OSError) as exc:
+                self._end(SandboxCrashed(f"the sandbox stopped accepting input ({exc})"))
+                raise self._terminal or SandboxCrashed("the sandbox stopped") from exc
+
+    async def _read_loop(self) -> None:
+        buffer = bytearray()
+        try:
+            while self._terminal is None:
+                chunk = await self._link.read_stdout()
+                if not chunk:
+                    self._end(SandboxCrashed("the sandbox exited"))
+                    return
+                buffer += chunk
+                while self._terminal is None:
+                    newline = buffer.find(b"\n")
+                    if newline < 0:
+                        if len(buffer) > self._max:
+                            raise ProtocolViolation(
+                                f"the sandbox sent a message larger than the {self._max} byte cap"
+                            )
+                        break
+                    if newline > self._max:
+                        raise ProtocolViolation(f"the sandbox sent a message larger than the {self._max} byte cap")
+                    line = bytes(buffer[:newline])
+                    del buffer[: newline + 1]
+                    await self._dispatch(line)
+        except RunnerError as exc:
+            self._end(exc)
+        except Exception as exc:  # a bug here must still end the session, not hang its callers
+            log.exception("agent channel reader failed")
+            self._end(ProtocolViolation(f"unreadable output from the sandbox: {type(exc).__name__}"))
+
+    async def _dispatch(self, line: bytes) -> None:
+        frame = _decode(line)
+        kind = frame["type"]
+        if kind == "ready":
+            if self._ready.done():
+                raise ProtocolViolation("the agent announced itself twice")
+            self._ready.set_result(_object(frame, "initialize"))
+            return
+        if kind == "fatal":
+            raise SandboxCrashed(_text(frame.get("message"), "the agent gave up without a reason"))
+        request_id = frame.get("id")
+        if not isinstance(request_id, int) or isinstance(request_id, bool):
+            raise ProtocolViolation(f"a {kind!r} frame without an integer id")
+        pending = self._pending.get(request_id)
+        if pending is None:
+            if request_id in self._cancelled:
+                return
+            raise ProtocolViolation(f"the sandbox answered request {request_id}, which is not pending")
+        if kind == "progress":
+            await self._progress(pending, frame)
+        elif kind == "result":
+            if not pending.future.done():
+                pending.future.set_result(_object(frame, "result"))
+        else:
+            error = _object(frame, "error")
+            code = error.get("code")
+            if not isinstance(code, int) or isinstance(code, bool):
+                raise ProtocolViolation("an error frame without an integer code")
+            if not pending.future.done():
+                pending.future.set_exception(ServerError(code, _text(error.get("message"), "(no message)")))
+
+    async def _progress(self, pending: _Pending, frame: JSONObject) -> None:
+        progress, total = frame.get("progress"), frame.get("total")
+        if not isinstance(progress, int | float) or isinstance(progress, bool):
+            raise ProtocolViolation("a progress frame whose progress is not a number")
+        if total is not None and (not isinstance(total, int | float) or isinstance(total, bool)):
+            raise ProtocolViolation("a progress frame whose total is not a number")
+        message = frame.get("message")
+        event = ProgressEvent(
+            progress=float(progress),
+            total=None if total is None else float(total),
+            message=None if message is None else _text(message, ""),
+        )
+        if pending.on_progress is not None:
+            try:
+                await pending.on_progress(event)
+            except Exception:
+                log.exception("progress callback failed")
+
+    def _end(self, error: RunnerError) -> None:
+        if self._terminal is not None:
+            return
+        self._terminal = error
+        if not self._ready.done():
+            self._ready.set_exception(error)
+            self._ready.exception()  # mark retrieved: nobody may be waiting for ready any more
+        for pending in self._pending.values():
+            if not pending.future.done():
+                pending.future.set_exception(error)
+        self.closed.set()
+
+    async def aclose(self) -> None:
+        """Stop reading; pending requests fail with SessionClosed-like errors from the caller's side."""
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader
+        self._end(SandboxCrashed("the session was closed"))
+
+
+_FRAME_TYPES = frozenset({"ready", "result", "error", "progress", "fatal"})
+
+
+def _decode(line: bytes) -> JSONObject:
+    try:
+        frame = json.loads(line)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise ProtocolViolation(f"the sandbox sent a line that is not JSON ({_preview(line)})") from exc
+    if not isinstance(frame, dict) or frame.get("type") not in _FRAME_TYPES:
+        raise ProtocolViolation(f"the sandbox sent an unknown frame ({_preview(line)})")
+    return frame
+
+
+def _object(frame: JSONObject, key: str) -> JSONObject:
+    value = frame.get(key)
+    if not isinstance(value, dict):
+        raise ProtocolViolation(f"a {frame['type']!r} frame whose {key!r} is not an object")
+    return value
+
+
+def _text(value: object, default: str) -> str:
+    if not isinstance(value, str):
+        return default
+    cleaned = "".join(ch for ch in value[:_MAX_TEXT] if ch in "\n\t" or (ch.isprintable() and ch != "\x1b"))
+    return cleaned or default
+
+
+def _preview(line: bytes) -> str:
+    return repr(line[:60].decode("utf-8", errors="replace")) + ("…" if len(line) > 60 else "")

@@ -1,0 +1,223 @@
+"""Settings and profiles: one file (YAML or TOML) plus environment, defaults that run on one machine.
+
+pydantic validates the file (a trust boundary: people write it); the rest of the
+runner only sees the frozen ``Settings`` and ``Profile`` records it produces.
+Built-in profiles for the six shipped servers live in ``profiles/builtin.yaml``;
+a user's file adds profiles or replaces built-ins by name.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from runner.errors import InvalidArgument
+
+DEFAULT_LISTEN = "127.0.0.1:50051"
+BUILTIN_PROFILES = Path(__file__).parent / "profiles" / "builtin.yaml"
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmg]?)i?b?\s*$", re.IGNORECASE)
+_SIZE_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
+
+
+class ConfigError(InvalidArgument):
+    """The settings file or environment is wrong; the message names the file and field."""
+
+
+def parse_size(value: int | str) -> int:
+    """Bytes from ``512m``, ``64MiB``, ``1g`` or a plain integer."""
+    if isinstance(value, int):
+        return value
+    match = _SIZE.match(value)
+    if not match:
+        raise ValueError(f"not a size: {value!r} (use e.g. 512m, 64MiB, 1g)")
+    return int(float(match.group(1)) * _SIZE_UNITS[match.group(2).lower()])
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Resource and time limits of one sandbox. Profile values are also the ceilings a caller may not exceed."""
+
+    memory_bytes: int = 512 * 1024**2
+    cpus: float = 1.0
+    pids: int = 128
+    tmpfs_bytes: int = 64 * 1024**2
+    call_timeout_s: float = 60.0
+    idle_timeout_s: float = 600.0
+    max_lifetime_s: float = 3600.0
+
+
+@dataclass(frozen=True)
+class Mount:
+    """A host directory bound read-only into the sandbox."""
+
+    source: str
+    target: str
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    image: str
+    """A runner image name (``python-servers``, ``node-servers``) or a full image reference."""
+    command: tuple[str, ...]
+    env: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    mounts: tuple[Mount, ...] = ()
+    limits: Limits = Limits()
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class Settings:
+    listen: str = DEFAULT_LISTEN
+    instance: str = "default"
+    """Names this service's containers; the orphan sweep at start-up only touches its own instance."""
+    max_sessions: int = 32
+    max_message_bytes: int = 4 * 1024**2
+    stderr_tail_bytes: int = 8 * 1024
+    open_timeout_s: float = 60.0
+    reap_interval_s: float = 5.0
+    shutdown_grace_s: float = 5.0
+    profiles: Mapping[str, Profile] = field(default_factory=lambda: MappingProxyType({}))
+
+
+class _LimitsModel(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    memory: int | str | None = None
+    cpus: float | None = Field(default=None, gt=0, le=64)
+    pids: int | None = Field(default=None, ge=8, le=65536)
+    tmpfs: int | str | None = None
+    call_timeout_s: float | None = Field(default=None, gt=0)
+    idle_timeout_s: float | None = Field(default=None, gt=0)
+    max_lifetime_s: float | None = Field(default=None, gt=0)
+
+    @field_validator("memory", "tmpfs")
+    @classmethod
+    def _size(cls, value: int | str | None) -> int | str | None:
+        if value is not None and parse_size(value) < 4 * 1024**2:
+            raise ValueError("must be at least 4m")
+        return value
+
+    def apply(self, base: Limits) -> Limits:
+        return Limits(
+            memory_bytes=parse_size(self.memory) if self.memory is not None else base.memory_bytes,
+            cpus=self.cpus if self.cpus is not None else base.cpus,
+            pids=self.pids if self.pids is not None else base.pids,
+            tmpfs_bytes=parse_size(self.tmpfs) if self.tmpfs is not None else base.tmpfs_bytes,
+            call_timeout_s=self.call_timeout_s if self.call_timeout_s is not None else base.call_timeout_s,
+            idle_timeout_s=self.idle_timeout_s if self.idle_timeout_s is not None else base.idle_timeout_s,
+            max_lifetime_s=self.max_lifetime_s if self.max_lifetime_s is not None else base.max_lifetime_s,
+        )
+
+
+class _MountModel(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    source: str
+    target: str
+
+    @field_validator("target")
+    @classmethod
+    def _absolute(cls, value: str) -> str:
+        if not value.startswith("/") or ".." in value.split("/"):
+            raise ValueError("target must be an absolute path without '..'")
+        return value
+
+
+class _ProfileModel(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    image: str
+    command: list[str] = Field(min_length=1)
+    env: dict[str, str] = {}
+    mounts: list[_MountModel] = []
+    limits: _LimitsModel = _LimitsModel()
+    description: str = ""
+
+
+class _FileModel(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    listen: str | None = None
+    instance: str | None = Field(default=None, pattern=r"^[a-zA-Z0-9_.-]{1,64}$")
+    max_sessions: int | None = Field(default=None, ge=1, le=10000)
+    max_message_bytes: int | str | None = None
+    open_timeout_s: float | None = Field(default=None, gt=0)
+    builtin_profiles: bool = True
+    defaults: _LimitsModel = _LimitsModel()
+    profiles: dict[str, _ProfileModel] = {}
+
+
+def _read_file(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read settings file {path}: {exc.strerror}") from exc
+    try:
+        data = tomllib.loads(text) if path.suffix == ".toml" else yaml.safe_load(text)
+    except (tomllib.TOMLDecodeError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{path} is not valid {'TOML' if path.suffix == '.toml' else 'YAML'}: {exc}") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping")
+    return data
+
+
+def _parse(path: Path, data: dict[str, Any]) -> _FileModel:
+    try:
+        return _FileModel.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+        )
+        raise ConfigError(f"{path}: {problems}") from exc
+
+
+def _profiles(parsed: _FileModel, base: Path, defaults: Limits) -> dict[str, Profile]:
+    out: dict[str, Profile] = {}
+    for name, model in parsed.profiles.items():
+        out[name] = Profile(
+            name=name,
+            image=model.image,
+            command=tuple(model.command),
+            env=MappingProxyType(dict(model.env)),
+            mounts=tuple(Mount(str((base / m.source).resolve()), m.target) for m in model.mounts),
+            limits=model.limits.apply(defaults),
+            description=model.description,
+        )
+    return out
+
+
+def load_settings(config_path: Path | str | None = None, *, listen: str | None = None) -> Settings:
+    """Built-in profiles, then the user's file (``config_path`` or env MCP_RUNNER_CONFIG), then overrides.
+
+    Relative mount sources resolve against the directory of the file that names them.
+    """
+    builtin = _parse(BUILTIN_PROFILES, _read_file(BUILTIN_PROFILES))
+    path_text = config_path or os.environ.get("MCP_RUNNER_CONFIG")
+    user = _FileModel()
+    user_path = Path(".")
+    if path_text:
+        user_path = Path(path_text)
+        user = _parse(user_path, _read_file(user_path))
+    try:
+        defaults = user.defaults.apply(Limits())
+        profiles = _profiles(builtin, BUILTIN_PROFILES.parent, defaults) if user.builtin_profiles else {}
+        profiles.update(_profiles(user, user_path.resolve().parent, defaults))
+        max_message = user.max_message_bytes
+        return Settings(
+            listen=listen or os.environ.get("MCP_RUNNER_LISTEN") or user.listen or DEFAULT_LISTEN,
+            instance=os.environ.get("MCP_RUNNER_INSTANCE") or user.instance or "default",
+            max_sessions=user.max_sessions or Settings.max_sessions,
+            max_message_bytes=parse_size(max_message) if max_message else Settings.max_message_bytes,
+            open_timeout_s=user.open_timeout_s or Settings.open_timeout_s,
+            profiles=MappingProxyType(profiles),
+        )
+    except ValueError as exc:
+        raise ConfigError(f"{user_path}: {exc}") from exc

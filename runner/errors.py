@@ -1,0 +1,173 @@
+"""The runner's one error tree, and the one table that maps it to gRPC status codes.
+
+Every failure a caller can see is a ``RunnerError``; foreign errors (docker-py,
+JSON, pydantic, jsonschema) are converted where they are caught, once each, so
+the servicer only ever translates this tree::
+
+    RunnerError
+    ├── InvalidArgument ............ INVALID_ARGUMENT   caller's input is wrong
+    │   └── SchemaViolation ........ INVALID_ARGUMENT   arguments break the tool's inputSchema
+    ├── NotFound ................... NOT_FOUND
+    │   ├── ProfileNotFound
+    │   ├── SessionNotFound
+    │   ├── ToolNotFound
+    │   └── ResourceNotFound
+    ├── PermissionDenied ........... PERMISSION_DENIED  policy said no
+    ├── ResourceExhausted .......... RESOURCE_EXHAUSTED
+    │   ├── QuotaExceeded .......................... too many sessions
+    │   └── OutOfMemory ............................ the sandbox was killed for memory
+    ├── DeadlineExceeded ........... DEADLINE_EXCEEDED  call or open ran past its deadline
+    ├── FailedPrecondition ......... FAILED_PRECONDITION
+    │   ├── SessionClosed .......................... closed, reaped or failed earlier
+    │   ├── SandboxCrashed ......................... server/agent exited; carries stderr tail
+    │   ├── ProtocolViolation ...................... container broke the wire rules; session ended
+    │   └── ResultRejected ......................... a result failed host validation; not passed on
+    ├── ServerError ................ per MCP code      the MCP server answered with a JSON-RPC error
+    ├── Unimplemented .............. UNIMPLEMENTED      the server lacks the capability
+    ├── Unavailable ................ UNAVAILABLE        backend (Docker) unreachable
+    └── Unauthenticated ............ UNAUTHENTICATED
+
+``ServerError`` picks its status from the JSON-RPC code: invalid params map to
+INVALID_ARGUMENT, "resource not found" to NOT_FOUND, "method not found" to
+UNIMPLEMENTED, anything else to UNKNOWN (the server's own failure, not ours).
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+
+
+class Status(Enum):
+    """gRPC status names, kept here so the domain never imports grpc."""
+
+    INVALID_ARGUMENT = "INVALID_ARGUMENT"
+    NOT_FOUND = "NOT_FOUND"
+    PERMISSION_DENIED = "PERMISSION_DENIED"
+    RESOURCE_EXHAUSTED = "RESOURCE_EXHAUSTED"
+    DEADLINE_EXCEEDED = "DEADLINE_EXCEEDED"
+    FAILED_PRECONDITION = "FAILED_PRECONDITION"
+    UNIMPLEMENTED = "UNIMPLEMENTED"
+    UNAVAILABLE = "UNAVAILABLE"
+    UNAUTHENTICATED = "UNAUTHENTICATED"
+    UNKNOWN = "UNKNOWN"
+    INTERNAL = "INTERNAL"
+
+
+class RunnerError(Exception):
+    """Base of every error the runner reports to a caller."""
+
+    status: Status = Status.INTERNAL
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidArgument(RunnerError):
+    status = Status.INVALID_ARGUMENT
+
+
+class SchemaViolation(InvalidArgument):
+    """Arguments do not satisfy the tool's inputSchema; ``path`` names the failing spot."""
+
+    def __init__(self, message: str, path: str) -> None:
+        super().__init__(message)
+        self.path = path
+
+
+class NotFound(RunnerError):
+    status = Status.NOT_FOUND
+
+
+class ProfileNotFound(NotFound):
+    pass
+
+
+class SessionNotFound(NotFound):
+    pass
+
+
+class ToolNotFound(NotFound):
+    pass
+
+
+class ResourceNotFound(NotFound):
+    pass
+
+
+class PermissionDenied(RunnerError):
+    status = Status.PERMISSION_DENIED
+
+
+class ResourceExhausted(RunnerError):
+    status = Status.RESOURCE_EXHAUSTED
+
+
+class QuotaExceeded(ResourceExhausted):
+    pass
+
+
+class OutOfMemory(ResourceExhausted):
+    pass
+
+
+class DeadlineExceeded(RunnerError):
+    status = Status.DEADLINE_EXCEEDED
+
+
+class FailedPrecondition(RunnerError):
+    status = Status.FAILED_PRECONDITION
+
+
+class SessionClosed(FailedPrecondition):
+    pass
+
+
+class SandboxCrashed(FailedPrecondition):
+    """The sandbox stopped; ``stderr_tail`` is the last of what it wrote (sanitized for display)."""
+
+    def __init__(self, message: str, stderr_tail: str = "") -> None:
+        full = f"{message}; stderr tail:\n{stderr_tail}" if stderr_tail else message
+        super().__init__(full)
+        self.stderr_tail = stderr_tail
+
+
+class ProtocolViolation(FailedPrecondition):
+    pass
+
+
+class ResultRejected(FailedPrecondition):
+    pass
+
+
+class Unimplemented(RunnerError):
+    status = Status.UNIMPLEMENTED
+
+
+class Unavailable(RunnerError):
+    status = Status.UNAVAILABLE
+
+
+class Unauthenticated(RunnerError):
+    status = Status.UNAUTHENTICATED
+
+
+# JSON-RPC / MCP error codes a server may answer with.
+JSONRPC_METHOD_NOT_FOUND = -32601
+JSONRPC_INVALID_PARAMS = -32602
+MCP_RESOURCE_NOT_FOUND = -32002
+
+_SERVER_CODE_STATUS = {
+    JSONRPC_INVALID_PARAMS: Status.INVALID_ARGUMENT,
+    MCP_RESOURCE_NOT_FOUND: Status.NOT_FOUND,
+    JSONRPC_METHOD_NOT_FOUND: Status.UNIMPLEMENTED,
+}
+
+
+class ServerError(RunnerError):
+    """The MCP server answered a request with a JSON-RPC error."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(f"MCP server error {code}: {message}")
+        self.code = code
+        self.status = _SERVER_CODE_STATUS.get(code, Status.UNKNOWN)

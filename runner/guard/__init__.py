@@ -1,0 +1,1 @@
+"""Guard: host-side validation (and, later, sanitization) of everything leaving a sandbox."""

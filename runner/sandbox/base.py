@@ -1,0 +1,86 @@
+"""The SandboxBackend Protocol: start one isolated process tree, give back its stdio, destroy it.
+
+A backend knows containers, never MCP: it moves bytes. ``DockerBackend`` is the
+real one; ``FakeBackend`` runs a handler in-process for unit tests. Kubernetes
+can come later behind the same two Protocols.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Protocol
+
+from runner.config import Limits, Mount
+
+SESSION_LABEL = "mcp-runner.session"
+INSTANCE_LABEL = "mcp-runner.instance"
+SANDBOX_USER = "10001:10001"
+
+
+@dataclass(frozen=True)
+class SandboxSpec:
+    """Everything a backend needs to start one session's sandbox."""
+
+    session_id: str
+    instance: str
+    image: str
+    command: tuple[str, ...]
+    env: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    mounts: tuple[Mount, ...] = ()
+    limits: Limits = Limits()
+    labels: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+
+
+@dataclass(frozen=True)
+class SandboxExit:
+    """How a sandbox ended: ``exit_code`` is None while it still runs."""
+
+    exit_code: int | None
+    oom_killed: bool = False
+
+
+@dataclass(frozen=True)
+class SandboxStats:
+    cpu_seconds: float = 0.0
+    peak_memory_bytes: int = 0
+
+
+class SandboxHandle(Protocol):
+    """One running sandbox. Reads return b"" at end of stream; every method is safe after destroy()."""
+
+    @property
+    def id(self) -> str: ...
+
+    async def read_stdout(self) -> bytes:
+        """The next chunk of the sandbox's stdout (any size up to the backend's buffer), b"" at EOF."""
+        ...
+
+    async def write_stdin(self, data: bytes) -> None: ...
+
+    def stderr_tail(self) -> str:
+        """The last few KiB the sandbox wrote to stderr, decoded leniently."""
+        ...
+
+    async def wait_exit(self, timeout: float) -> SandboxExit: ...
+
+    async def stats(self) -> SandboxStats: ...
+
+    async def destroy(self) -> None: ...
+
+
+class SandboxBackend(Protocol):
+    async def start(self, spec: SandboxSpec) -> SandboxHandle: ...
+
+    async def sweep_orphans(self, instance: str) -> int:
+        """Remove every sandbox left behind by an earlier run of this instance; return how many."""
+        ...
+
+    async def check(self) -> None:
+        """Raise ``Unavailable`` if the backend cannot start sandboxes now."""
+        ...
+
+    def resolve_image(self, image: str) -> str:
+        """A runner image name (``python-servers``) to its content-hashed reference; other names unchanged."""
+        ...

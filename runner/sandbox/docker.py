@@ -1,0 +1,279 @@
+"""DockerBackend: one hardened container per session, its stdio over Docker's attach stream.
+
+docker-py is blocking and untyped, so it stays behind this module: every call
+runs in the backend's own thread pool, and ``map_docker_errors`` converts its
+exceptions, once, into the runner's error tree. The attach socket is taken
+over by asyncio; Docker multiplexes stdout and stderr on it with 8-byte frame
+headers, which ``DockerSandbox.read_stdout`` takes apart, keeping only a
+bounded tail of stderr.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import socket
+import struct
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+import docker
+import docker.errors
+import requests.exceptions
+from docker.types import Ulimit
+
+from runner.errors import FailedPrecondition, RunnerError, Unavailable
+from runner.sandbox.base import (
+    INSTANCE_LABEL,
+    SANDBOX_USER,
+    SESSION_LABEL,
+    SandboxExit,
+    SandboxSpec,
+    SandboxStats,
+)
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+_HEADER = struct.Struct(">BxxxL")
+_STDOUT, _STDERR = 1, 2
+_READ_CHUNK = 64 * 1024
+_NOFILE = 1024
+
+
+@contextlib.contextmanager
+def map_docker_errors(action: str) -> Iterator[None]:
+    """The one place docker-py and transport errors become runner errors."""
+    try:
+        yield
+    except RunnerError:
+        raise
+    except docker.errors.ImageNotFound as exc:
+        raise FailedPrecondition(
+            f"{action}: image not found ({exc.explanation}); build it with `make images`"
+        ) from exc
+    except docker.errors.APIError as exc:
+        raise Unavailable(f"{action}: Docker engine refused: {exc.explanation or exc}") from exc
+    except (docker.errors.DockerException, requests.exceptions.RequestException, OSError) as exc:
+        raise Unavailable(f"{action}: Docker engine unreachable: {exc}") from exc
+
+
+def _printable_tail(data: bytes) -> str:
+    """Decode stderr for a person: drop terminal escapes and control characters."""
+    text = data.decode("utf-8", errors="replace")
+    return "".join(ch for ch in text if ch in "\n\t" or (ch.isprintable() and ch != "\x1b")).strip()
+
+
+class DockerSandbox:
+    """One running container; implements ``SandboxHandle``."""
+
+    def __init__(
+        self,
+        backend: DockerBackend,
+        container_id: str,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        keepalive: object,
+        stderr_tail_bytes: int,
+    ) -> None:
+        self._backend = backend
+        self._id = container_id
+        self._reader = reader
+        self._writer = writer
+        self._keepalive = keepalive  # docker-py's response; collecting it would close the socket
+        self._stderr = bytearray()
+        self._stderr_cap = stderr_tail_bytes
+        self._stdout_left = 0
+        self._destroyed = False
+
+    @property
+    def id(self) -> str:
+        return self._id
+
+    async def read_stdout(self) -> bytes:
+        try:
+            while True:
+                if self._stdout_left:
+                    chunk = await self._reader.read(min(self._stdout_left, _READ_CHUNK))
+                    if not chunk:
+                        return b""
+                    self._stdout_left -= len(chunk)
+                    return chunk
+                header = await self._reader.readexactly(_HEADER.size)
+                stream, size = _HEADER.unpack(header)
+                if stream == _STDOUT:
+                    self._stdout_left = size
+                    continue
+                await self._drain_stderr(size)
+        except (asyncio.IncompleteReadError, ConnectionError, OSError):
+            return b""
+
+    async def _drain_stderr(self, size: int) -> None:
+        while size:
+            chunk = await self._reader.readexactly(min(size, _READ_CHUNK))
+            size -= len(chunk)
+            self._stderr += chunk
+            if len(self._stderr) > self._stderr_cap:
+                del self._stderr[: len(self._stderr) - self._stderr_cap]
+
+    async def write_stdin(self, data: bytes) -> None:
+        if self._destroyed:
+            raise ConnectionError("sandbox destroyed")
+        self._writer.write(data)
+        await self._writer.drain()
+
+    def stderr_tail(self) -> str:
+        return _printable_tail(bytes(self._stderr))
+
+    async def wait_exit(self, timeout: float) -> SandboxExit:
+        return await self._backend.wait_exit(self._id, timeout)
+
+    async def stats(self) -> SandboxStats:
+        return await self._backend.stats(self._id)
+
+    async def destroy(self) -> None:
+        if self._destroyed:
+            return
+        self._destroyed = True
+        self._writer.close()
+        await self._backend.remove(self._id)
+
+
+class DockerBackend:
+    """Starts sessions' containers with the sandbox defaults of DESIGN.md; implements ``SandboxBackend``."""
+
+    def __init__(self, *, stderr_tail_bytes: int = 8 * 1024, max_threads: int = 32) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=max_threads, thread_name_prefix="docker")
+        self._stderr_tail_bytes = stderr_tail_bytes
+        self._client: Any = None
+
+    def _api(self) -> Any:
+        if self._client is None:
+            with map_docker_errors("connecting to Docker"):
+                self._client = docker.from_env(max_pool_size=64).api
+        return self._client
+
+    async def _run(self, action: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        def call() -> T:
+            with map_docker_errors(action):
+                return fn(*args, **kwargs)
+
+        return await asyncio.get_running_loop().run_in_executor(self._pool, call)
+
+    @functools.cache  # noqa: B019 - one backend per process; image inputs do not change while it runs
+    def resolve_image(self, image: str) -> str:
+        from runner.images import IMAGE_NAMES, image_ref
+
+        return image_ref(image) if image in IMAGE_NAMES else image
+
+    async def check(self) -> None:
+        await self._run("checking the Docker engine", lambda: self._api().ping())
+
+    def _create_and_attach(self, spec: SandboxSpec) -> tuple[str, Any]:
+        api = self._api()
+        limits = spec.limits
+        host_config = api.create_host_config(
+            network_mode="none",
+            read_only=True,
+            tmpfs={"/tmp": f"rw,nosuid,nodev,size={limits.tmpfs_bytes},mode=1777"},
+            cap_drop=["ALL"],
+            security_opt=["no-new-privileges"],
+            mem_limit=limits.memory_bytes,
+            memswap_limit=limits.memory_bytes,
+            nano_cpus=int(limits.cpus * 1e9),
+            pids_limit=limits.pids,
+            ulimits=[Ulimit(name="nofile", soft=_NOFILE, hard=_NOFILE)],
+            binds={m.source: {"bind": m.target, "mode": "ro"} for m in spec.mounts},
+        )
+        labels = {**spec.labels, SESSION_LABEL: spec.session_id, INSTANCE_LABEL: spec.instance}
+        container = api.create_container(
+            self.resolve_image(spec.image),
+            command=list(spec.command),
+            stdin_open=True,
+            stdin_once=True,
+            tty=False,
+            user=SANDBOX_USER,
+            environment=dict(spec.env),
+            labels=labels,
+            host_config=host_config,
+            name=f"mcp-runner-{spec.instance}-{spec.session_id}",
+        )
+        container_id: str = container["Id"]
+        try:
+            # Attach before start, so no output is lost and nothing sits in docker-py's buffers.
+            sock = api.attach_socket(container_id, params={"stdin": 1, "stdout": 1, "stderr": 1, "stream": 1})
+            api.start(container_id)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                api.remove_container(container_id, force=True)
+            raise
+        return container_id, sock
+
+    async def start(self, spec: SandboxSpec) -> DockerSandbox:
+        container_id, sock = await self._run(
+            f"starting the sandbox for profile image {spec.image}", self._create_and_attach, spec
+        )
+        raw: socket.socket = getattr(sock, "_sock", sock)
+        try:
+            reader, writer = await asyncio.open_connection(sock=raw, limit=_READ_CHUNK * 2)
+        except OSError:
+            await self.remove(container_id)
+            raise
+        return DockerSandbox(self, container_id, reader, writer, sock, self._stderr_tail_bytes)
+
+    async def wait_exit(self, container_id: str, timeout: float) -> SandboxExit:
+        def wait() -> SandboxExit:
+            api = self._api()
+            try:
+                api.wait(container_id, timeout=timeout)
+            except requests.exceptions.ConnectionError:
+                return SandboxExit(exit_code=None)
+            state = api.inspect_container(container_id)["State"]
+            return SandboxExit(exit_code=state.get("ExitCode"), oom_killed=bool(state.get("OOMKilled")))
+
+        try:
+            return await self._run("waiting for the sandbox", wait)
+        except RunnerError:
+            return SandboxExit(exit_code=None)
+
+    async def stats(self, container_id: str) -> SandboxStats:
+        def read() -> SandboxStats:
+            raw = self._api().stats(container_id, stream=False, one_shot=True)
+            memory = raw.get("memory_stats") or {}
+            cpu = (raw.get("cpu_stats") or {}).get("cpu_usage") or {}
+            return SandboxStats(
+                cpu_seconds=cpu.get("total_usage", 0) / 1e9,
+                peak_memory_bytes=int(memory.get("max_usage") or memory.get("usage") or 0),
+            )
+
+        try:
+            return await self._run("reading sandbox usage", read)
+        except RunnerError:
+            return SandboxStats()
+
+    async def remove(self, container_id: str) -> None:
+        def remove() -> None:
+            with contextlib.suppress(docker.errors.NotFound):
+                self._api().remove_container(container_id, force=True)
+
+        try:
+            await self._run("removing the sandbox", remove)
+        except RunnerError as exc:
+            log.warning("could not remove container %s: %s", container_id[:12], exc)
+
+    async def sweep_orphans(self, instance: str) -> int:
+        def sweep() -> int:
+            api = self._api()
+            found = api.containers(all=True, filters={"label": [SESSION_LABEL, f"{INSTANCE_LABEL}={instance}"]})
+            for container in found:
+                with contextlib.suppress(docker.errors.NotFound):
+                    api.remove_container(container["Id"], force=True)
+            return len(found)
+
+        return await self._run("sweeping orphaned sandboxes", sweep)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
