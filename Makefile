@@ -1,0 +1,57 @@
+# mcp-sandbox-runner — developer entry points. `make help` lists them.
+# Every target sets up what it needs itself (virtualenv, Docker engine, images) and says so.
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+CONFIG ?=
+LISTEN ?= 127.0.0.1:50051
+PYTEST_ARGS ?=
+STAMP := $(VENV)/.installed
+
+.DEFAULT_GOAL := help
+.PHONY: help venv docker images run test test-unit test-integration lint proto bench clean
+
+help: ## List the targets
+	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-17s\033[0m %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	@echo "[make] creating the virtualenv in $(VENV) and installing the project (editable, with dev tools)..."
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@$(BIN)/python -m pip install -q --upgrade pip
+	@$(BIN)/python -m pip install -q -e '.[dev]'
+	@touch $(STAMP)
+
+venv: $(STAMP) ## Create the virtualenv and install the project
+
+docker: ## Make sure a Docker engine answers (installs docker.io and starts dockerd on Debian as root)
+	@bash scripts/ensure-docker.sh
+
+images: venv docker ## Build the sandbox images that are missing (offline, content-hashed tags)
+	@echo "[make] checking sandbox images (only missing ones are built)..."
+	@$(BIN)/mcp-runner images build
+
+run: images ## Start the service (CONFIG=path for another settings file, LISTEN=host:port)
+	@echo "[make] starting mcp-runner on $(LISTEN) — Ctrl-C stops it and removes its sandboxes"
+	@$(BIN)/mcp-runner serve --listen $(LISTEN) $(if $(CONFIG),--config $(CONFIG))
+
+test: images ## Run every test: unit, integration (real Docker, real servers) and hostile servers
+	@echo "[make] running the whole test suite"
+	@$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-unit: venv ## Run the unit tests only (no Docker needed)
+	@$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
+
+lint: venv ## ruff and mypy --strict on runner/
+	@$(BIN)/ruff check runner tests
+	@$(BIN)/mypy
+
+proto: venv ## Regenerate the gRPC stubs from proto/
+	@bash scripts/gen-proto.sh
+
+bench: images ## Benchmark session open and tool calls: sandboxed vs the same server on the host
+	@$(BIN)/mcp-runner bench
+
+clean: ## Remove the virtualenv and caches (images stay; `docker image rm` them by hand)
+	rm -rf $(VENV) .cache .pytest_cache .mypy_cache .ruff_cache build

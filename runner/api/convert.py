@@ -1,0 +1,280 @@
+"""Pure conversions between the domain (``runner.sessions.models``, ``mcp_types``) and protobuf.
+
+The servicer is conversion only, and all of the conversion lives here so it can
+be tested without a server. Requests become domain values (raising
+``InvalidArgument`` for what the caller got wrong); domain values become
+response messages. JSON travels as compact JSON text so integers and nesting
+survive exactly.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import math
+from collections.abc import Iterable
+from typing import Any
+
+import mcp_types
+from pydantic import BaseModel
+
+from runner.api._proto.mcp_runner.v1 import runner_pb2 as pb
+from runner.errors import InvalidArgument, ResultRejected
+from runner.sessions.models import (
+    Finding,
+    LimitsRequest,
+    OpenedSession,
+    ProgressEvent,
+    ServerInfo,
+    SessionInfo,
+    SessionState,
+    ToolCallOutcome,
+    Usage,
+)
+
+ContentBlock = (
+    mcp_types.TextContent
+    | mcp_types.ImageContent
+    | mcp_types.AudioContent
+    | mcp_types.ResourceLink
+    | mcp_types.EmbeddedResource
+)
+ResourceContents = mcp_types.TextResourceContents | mcp_types.BlobResourceContents
+
+_STATE = {
+    SessionState.STARTING: pb.SESSION_STATE_STARTING,
+    SessionState.READY: pb.SESSION_STATE_READY,
+    SessionState.CLOSED: pb.SESSION_STATE_CLOSED,
+    SessionState.FAILED: pb.SESSION_STATE_FAILED,
+}
+
+
+def dump_json(value: Any) -> str:
+    """Compact JSON text; ``None`` becomes the empty string (the proto's "absent")."""
+    if value is None:
+        return ""
+    if isinstance(value, BaseModel):
+        value = value.model_dump(mode="json", by_alias=True, exclude_none=True)
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def _ms(seconds: float) -> int:
+    return round(seconds * 1000)
+
+
+# ----------------------------------------------------------------- requests
+
+
+def parse_arguments(arguments_json: str) -> dict[str, Any]:
+    """The tool arguments of a CallToolRequest; empty text means no arguments."""
+    if not arguments_json.strip():
+        return {}
+    try:
+        value = json.loads(arguments_json)
+    except ValueError as exc:
+        raise InvalidArgument(f"arguments_json is not valid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise InvalidArgument(f"arguments_json must be a JSON object, got {type(value).__name__}")
+    return value
+
+
+def limits_from_proto(request: Any) -> LimitsRequest | None:
+    """The ``limits`` of an OpenSessionRequest; unset or 0 fields keep the profile's value."""
+    if not request.HasField("limits"):
+        return None
+    lim = request.limits
+    for name in ("memory_bytes", "pids", "call_timeout_ms", "idle_timeout_ms", "max_lifetime_ms"):
+        if getattr(lim, name) < 0:
+            raise InvalidArgument(f"limits.{name} must not be negative")
+    if lim.cpus < 0 or not math.isfinite(lim.cpus):
+        raise InvalidArgument("limits.cpus must be a non-negative number")
+
+    def secs(ms: int) -> float | None:
+        return ms / 1000 if ms else None
+
+    return LimitsRequest(
+        memory_bytes=lim.memory_bytes or None,
+        cpus=lim.cpus or None,
+        pids=lim.pids or None,
+        call_timeout_s=secs(lim.call_timeout_ms),
+        idle_timeout_s=secs(lim.idle_timeout_ms),
+        max_lifetime_s=secs(lim.max_lifetime_ms),
+    )
+
+
+def require_session_id(session_id: str) -> str:
+    if not session_id:
+        raise InvalidArgument("session_id is required")
+    return session_id
+
+
+# ----------------------------------------------------------------- sessions
+
+
+def usage_to_proto(usage: Usage) -> Any:
+    return pb.Usage(
+        wall_ms=_ms(usage.wall_seconds),
+        cpu_ms=_ms(usage.cpu_seconds),
+        peak_memory_bytes=usage.peak_memory_bytes,
+        calls=usage.calls,
+    )
+
+
+def server_to_proto(server: ServerInfo) -> Any:
+    return pb.ServerInfo(
+        name=server.name,
+        version=server.version,
+        protocol_version=server.protocol_version,
+        instructions=server.instructions or "",
+    )
+
+
+def session_to_proto(info: SessionInfo) -> Any:
+    msg = pb.Session(
+        session_id=info.session_id,
+        profile=info.profile,
+        caller=info.caller,
+        state=_STATE.get(info.state, pb.SESSION_STATE_UNSPECIFIED),
+        age_ms=_ms(info.age_seconds),
+        usage=usage_to_proto(info.usage),
+        labels=dict(info.labels),
+        failure=info.failure or "",
+    )
+    seconds = math.floor(info.created_at)
+    nanos = min(round((info.created_at - seconds) * 1e9), 999_999_999)
+    msg.created_at.seconds, msg.created_at.nanos = seconds, nanos
+    if info.server is not None:
+        msg.server.CopyFrom(server_to_proto(info.server))
+    return msg
+
+
+def opened_to_proto(opened: OpenedSession) -> Any:
+    return pb.OpenSessionResponse(
+        session_id=opened.info.session_id,
+        server=server_to_proto(opened.server),
+        tools=[tool_to_proto(t) for t in opened.tools],
+        session=session_to_proto(opened.info),
+    )
+
+
+# -------------------------------------------------------------------- tools
+
+
+def tool_to_proto(tool: mcp_types.Tool) -> Any:
+    return pb.Tool(
+        name=tool.name,
+        title=tool.title or "",
+        description=tool.description or "",
+        input_schema_json=dump_json(tool.input_schema),
+        output_schema_json=dump_json(tool.output_schema),
+        annotations_json=dump_json(tool.annotations),
+    )
+
+
+def _b64decode(data: str, what: str) -> bytes:
+    try:
+        return base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError):
+        raise ResultRejected(f"{what} is not valid base64") from None
+
+
+def resource_contents_to_proto(contents: ResourceContents) -> Any:
+    msg = pb.ResourceContents(uri=str(contents.uri), mime_type=contents.mime_type or "")
+    if isinstance(contents, mcp_types.TextResourceContents):
+        msg.text = contents.text
+    else:
+        msg.blob = _b64decode(contents.blob, "resource blob")
+    return msg
+
+
+def content_to_proto(block: ContentBlock) -> Any:
+    msg = pb.Content(annotations_json=dump_json(block.annotations))
+    if isinstance(block, mcp_types.TextContent):
+        msg.text = block.text
+    elif isinstance(block, mcp_types.ImageContent):
+        msg.image.CopyFrom(pb.Media(data=_b64decode(block.data, "image data"), mime_type=block.mime_type))
+    elif isinstance(block, mcp_types.AudioContent):
+        msg.audio.CopyFrom(pb.Media(data=_b64decode(block.data, "audio data"), mime_type=block.mime_type))
+    elif isinstance(block, mcp_types.EmbeddedResource):
+        msg.resource.CopyFrom(resource_contents_to_proto(block.resource))
+    elif isinstance(block, mcp_types.ResourceLink):
+        msg.resource_link.CopyFrom(
+            pb.ResourceLink(
+                uri=str(block.uri),
+                name=block.name,
+                title=block.title or "",
+                description=block.description or "",
+                mime_type=block.mime_type or "",
+                size=block.size or 0,
+            )
+        )
+    else:  # pragma: no cover - the guard only lets known content types through
+        raise ResultRejected(f"unsupported content type {type(block).__name__}")
+    return msg
+
+
+def finding_to_proto(finding: Finding) -> Any:
+    return pb.Finding(kind=finding.kind, count=finding.count, action=finding.action, where=finding.where)
+
+
+def outcome_to_proto(outcome: ToolCallOutcome) -> Any:
+    result = outcome.result
+    return pb.CallToolResponse(
+        content=[content_to_proto(block) for block in result.content],
+        structured_content_json=dump_json(result.structured_content),
+        is_error=bool(result.is_error),
+        findings=[finding_to_proto(f) for f in outcome.findings],
+        audit_id=outcome.audit_id,
+    )
+
+
+def progress_to_proto(event: ProgressEvent) -> Any:
+    msg = pb.ProgressEvent(progress=event.progress, message=event.message or "")
+    if event.total is not None:
+        msg.total = event.total
+    return pb.CallToolStreamResponse(progress=msg)
+
+
+# ---------------------------------------------------------- resources/prompts
+
+
+def resource_to_proto(resource: mcp_types.Resource) -> Any:
+    return pb.Resource(
+        uri=str(resource.uri),
+        name=resource.name,
+        title=resource.title or "",
+        description=resource.description or "",
+        mime_type=resource.mime_type or "",
+        size=resource.size or 0,
+    )
+
+
+def read_result_to_proto(contents: Iterable[ResourceContents]) -> Any:
+    return pb.ReadResourceResponse(contents=[resource_contents_to_proto(c) for c in contents])
+
+
+def prompt_to_proto(prompt: mcp_types.Prompt) -> Any:
+    return pb.Prompt(
+        name=prompt.name,
+        title=prompt.title or "",
+        description=prompt.description or "",
+        arguments=[
+            pb.PromptArgument(
+                name=arg.name,
+                title=arg.title or "",
+                description=arg.description or "",
+                required=bool(arg.required),
+            )
+            for arg in prompt.arguments or ()
+        ],
+    )
+
+
+def prompt_result_to_proto(result: mcp_types.GetPromptResult) -> Any:
+    return pb.GetPromptResponse(
+        description=result.description or "",
+        messages=[
+            pb.PromptMessage(role=str(m.role), content=content_to_proto(m.content)) for m in result.messages
+        ],
+    )

@@ -1,0 +1,250 @@
+"""The ``mcp_runner.v1.Runner`` servicer: protobuf in, domain calls, protobuf out.
+
+Conversion only — every decision belongs to the ``SessionService`` below it.
+``RunnerError`` becomes a gRPC status in exactly one place (``_translate_errors``)
+through the ``Status`` table; anything else is a bug, logged with its traceback
+and reported as INTERNAL without details (they may carry sandbox output).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import logging
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from typing import Any, Protocol
+
+import grpc
+import mcp_types
+
+from runner.api import convert
+from runner.api._proto.mcp_runner.v1 import runner_pb2 as pb
+from runner.errors import InvalidArgument, RunnerError, Status
+from runner.sessions.models import (
+    LimitsRequest,
+    OpenedSession,
+    ProgressCallback,
+    ProgressEvent,
+    SessionInfo,
+    ToolCallOutcome,
+)
+
+log = logging.getLogger(__name__)
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+ANONYMOUS = "anonymous"
+
+# The manager's budget ends this much before the caller's deadline, so it can stop the call and
+# answer DEADLINE_EXCEEDED itself (the wire deadline is also rounded, and may read slightly long).
+DEADLINE_MARGIN_S = 0.02
+
+_CODES: dict[Status, grpc.StatusCode] = {status: grpc.StatusCode[status.value] for status in Status}
+
+
+class SessionService(Protocol):
+    """What the servicer needs from the layer below (the SessionManager satisfies it structurally)."""
+
+    async def open(
+        self,
+        profile: str,
+        *,
+        caller: str,
+        labels: Mapping[str, str] | None = None,
+        limits: LimitsRequest | None = None,
+        timeout: float | None = None,
+    ) -> OpenedSession: ...
+
+    async def close(self, session_id: str, *, caller: str) -> SessionInfo: ...
+
+    def get(self, session_id: str) -> SessionInfo: ...
+
+    def list_sessions(self) -> builtins.list[SessionInfo]: ...
+
+    async def list_tools(
+        self, session_id: str, *, timeout: float | None = None
+    ) -> builtins.list[mcp_types.Tool]: ...
+
+    async def call_tool(
+        self,
+        session_id: str,
+        tool: str,
+        arguments: dict[str, Any],
+        *,
+        timeout: float | None = None,
+        on_progress: ProgressCallback | None = None,
+    ) -> ToolCallOutcome: ...
+
+    async def list_resources(
+        self, session_id: str, *, timeout: float | None = None
+    ) -> builtins.list[mcp_types.Resource]: ...
+
+    async def read_resource(
+        self, session_id: str, uri: str, *, timeout: float | None = None
+    ) -> builtins.list[mcp_types.TextResourceContents | mcp_types.BlobResourceContents]: ...
+
+    async def list_prompts(
+        self, session_id: str, *, timeout: float | None = None
+    ) -> builtins.list[mcp_types.Prompt]: ...
+
+    async def get_prompt(
+        self, session_id: str, name: str, arguments: dict[str, str], *, timeout: float | None = None
+    ) -> mcp_types.GetPromptResult: ...
+
+
+def caller_of(context: Context) -> str:
+    """Who is calling. Authentication replaces this one function; until then everyone is anonymous."""
+    del context
+    return ANONYMOUS
+
+
+def deadline_of(context: Context, timeout_ms: int = 0) -> float | None:
+    """Seconds the manager may spend: the shorter of the gRPC deadline and ``timeout_ms`` (0 = none).
+
+    None means no limit from the caller (the profile's own limits still apply).
+    """
+    if timeout_ms < 0:
+        raise InvalidArgument("timeout_ms must not be negative")
+    candidates: list[float] = []
+    remaining: float | None = context.time_remaining()
+    if remaining is not None:
+        candidates.append(max(remaining - DEADLINE_MARGIN_S, 0.0))
+    if timeout_ms:
+        candidates.append(timeout_ms / 1000)
+    return min(candidates) if candidates else None
+
+
+@asynccontextmanager
+async def _translate_errors(context: Context, rpc: str) -> AsyncIterator[None]:
+    """The one place domain errors become gRPC statuses."""
+    try:
+        yield
+    except grpc.aio.AbortError:
+        raise
+    except RunnerError as exc:
+        await context.abort(_CODES.get(exc.status, grpc.StatusCode.INTERNAL), exc.message)
+    except Exception:
+        log.exception("%s failed unexpectedly", rpc)
+        await context.abort(grpc.StatusCode.INTERNAL, "internal error (see the runner's log)")
+
+
+_DONE = object()
+
+
+class RunnerServicer:
+    """Implements every RPC of ``mcp_runner.v1.Runner`` (registered with ``add_RunnerServicer_to_server``)."""
+
+    def __init__(self, manager: SessionService) -> None:
+        self._manager = manager
+
+    async def OpenSession(self, request: Any, context: Context) -> Any:
+        async with _translate_errors(context, "OpenSession"):
+            if not request.profile:
+                raise InvalidArgument("profile is required")
+            opened = await self._manager.open(
+                request.profile,
+                caller=caller_of(context),
+                labels=dict(request.labels),
+                limits=convert.limits_from_proto(request),
+                timeout=deadline_of(context),
+            )
+            return convert.opened_to_proto(opened)
+
+    async def CloseSession(self, request: Any, context: Context) -> Any:
+        async with _translate_errors(context, "CloseSession"):
+            session_id = convert.require_session_id(request.session_id)
+            info = await self._manager.close(session_id, caller=caller_of(context))
+            return pb.CloseSessionResponse(session=convert.session_to_proto(info))
+
+    async def GetSession(self, request: Any, context: Context) -> Any:
+        async with _translate_errors(context, "GetSession"):
+            info = self._manager.get(convert.require_session_id(request.session_id))
+            return pb.GetSessionResponse(session=convert.session_to_proto(info))
+
+    async def ListSessions(self, request: Any, context: Context) -> Any:
+        async with _translate_errors(context, "ListSessions"):
+            sessions = self._manager.list_sessions()
+            return pb.ListSessionsResponse(sessions=[convert.session_to_proto(s) for s in sessions])
+
+    async def ListTools(self, request: Any, context: Context) -> Any:
+        async with _translate_errors(context, "ListTools"):
+            tools = await self._manager.list_tools(
+                convert.require_session_id(request.session_id), timeout=deadline_of(context)
+            )
+            return pb.ListToolsResponse(tools=[convert.tool_to_proto(t) for t in tools])
+
+    async def CallTool(self, request: Any, context: Context) -> Any:
+        async with _translate_errors(context, "CallTool"):
+            session_id, tool, arguments, timeout = self._call_args(request, context)
+            outcome = await self._manager.call_tool(session_id, tool, arguments, timeout=timeout)
+            return convert.outcome_to_proto(outcome)
+
+    async def CallToolStream(self, request: Any, context: Context) -> AsyncIterator[Any]:
+        async with _translate_errors(context, "CallToolStream"):
+            session_id, tool, arguments, timeout = self._call_args(request, context)
+            queue: asyncio.Queue[Any] = asyncio.Queue()
+
+            async def on_progress(event: ProgressEvent) -> None:
+                queue.put_nowait(convert.progress_to_proto(event))
+
+            async def run() -> ToolCallOutcome:
+                try:
+                    return await self._manager.call_tool(
+                        session_id, tool, arguments, timeout=timeout, on_progress=on_progress
+                    )
+                finally:
+                    queue.put_nowait(_DONE)
+
+            task = asyncio.create_task(run())
+            try:
+                while (item := await queue.get()) is not _DONE:
+                    yield item
+                outcome = await task
+            finally:
+                if not task.done():  # the caller went away mid-call
+                    task.cancel()
+            yield pb.CallToolStreamResponse(result=convert.outcome_to_proto(outcome))
+
+    async def ListResources(self, request: Any, context: Context) -> Any:
+        async with _translate_errors(context, "ListResources"):
+            resources = await self._manager.list_resources(
+                convert.require_session_id(request.session_id), timeout=deadline_of(context)
+            )
+            return pb.ListResourcesResponse(resources=[convert.resource_to_proto(r) for r in resources])
+
+    async def ReadResource(self, request: Any, context: Context) -> Any:
+        async with _translate_errors(context, "ReadResource"):
+            if not request.uri:
+                raise InvalidArgument("uri is required")
+            contents = await self._manager.read_resource(
+                convert.require_session_id(request.session_id), request.uri, timeout=deadline_of(context)
+            )
+            return convert.read_result_to_proto(contents)
+
+    async def ListPrompts(self, request: Any, context: Context) -> Any:
+        async with _translate_errors(context, "ListPrompts"):
+            prompts = await self._manager.list_prompts(
+                convert.require_session_id(request.session_id), timeout=deadline_of(context)
+            )
+            return pb.ListPromptsResponse(prompts=[convert.prompt_to_proto(p) for p in prompts])
+
+    async def GetPrompt(self, request: Any, context: Context) -> Any:
+        async with _translate_errors(context, "GetPrompt"):
+            if not request.name:
+                raise InvalidArgument("name is required")
+            result = await self._manager.get_prompt(
+                convert.require_session_id(request.session_id),
+                request.name,
+                dict(request.arguments),
+                timeout=deadline_of(context),
+            )
+            return convert.prompt_result_to_proto(result)
+
+    @staticmethod
+    def _call_args(request: Any, context: Context) -> tuple[str, str, dict[str, Any], float | None]:
+        session_id = convert.require_session_id(request.session_id)
+        if not request.tool:
+            raise InvalidArgument("tool is required")
+        arguments = convert.parse_arguments(request.arguments_json)
+        return session_id, request.tool, arguments, deadline_of(context, request.timeout_ms)

@@ -1,0 +1,432 @@
+"""Python client for the ``mcp_runner.v1.Runner`` gRPC API, async (``AsyncRunnerClient``) and sync (``RunnerClient``).
+
+Deliberately thin: requests are built from plain Python values, replies are the
+protobuf messages themselves (``runner.api._proto.mcp_runner.v1.runner_pb2``),
+except for the few places where a small result object saves every caller the
+same work (open → ``OpenedSession``; call → ``ToolResult`` with parsed
+structured content; stream → ``Progress`` events then a ``ToolResult``).
+
+Errors are not wrapped: every method raises ``grpc.RpcError`` (``grpc.aio.AioRpcError``
+for the async client) whose ``.code()`` is the status the runner chose —
+INVALID_ARGUMENT, NOT_FOUND, PERMISSION_DENIED, RESOURCE_EXHAUSTED,
+DEADLINE_EXCEEDED, FAILED_PRECONDITION, UNAVAILABLE, UNAUTHENTICATED — and
+``.details()`` says why.
+
+``timeout`` arguments are gRPC deadlines in seconds; ``timeout_ms`` on tool calls
+is the runner's own per-call limit (the shorter of the two wins on the server).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from contextlib import asynccontextmanager, contextmanager, suppress
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, cast
+
+import grpc
+
+from runner.api._proto.mcp_runner.v1 import runner_pb2 as pb
+from runner.api._proto.mcp_runner.v1 import runner_pb2_grpc
+
+DEFAULT_ADDRESS = "127.0.0.1:50051"
+_OPTIONS = [("grpc.max_receive_message_length", 64 * 1024 * 1024)]
+
+Metadata = Sequence[tuple[str, str]]
+
+
+@dataclass(frozen=True)
+class OpenedSession:
+    """A ready session: ``server`` is a ``ServerInfo`` message, ``tools`` are ``Tool`` messages."""
+
+    session_id: str
+    server: pb.ServerInfo
+    tools: list[pb.Tool]
+    session: pb.Session
+
+
+@dataclass(frozen=True)
+class ToolResult:
+    """A tool's validated result. ``content`` holds ``Content`` messages, ``findings`` ``Finding`` messages."""
+
+    content: list[pb.Content]
+    structured_content: Any
+    """Parsed JSON, or None when the tool returned no structured content."""
+    is_error: bool
+    findings: list[pb.Finding]
+    audit_id: str
+
+    @property
+    def text(self) -> str:
+        """The content blocks rendered as text, one per line (media and links as short placeholders)."""
+        return "\n".join(content_text(c) for c in self.content)
+
+
+@dataclass(frozen=True)
+class Progress:
+    """A progress notification the server sent during a streamed call."""
+
+    progress: float
+    total: float | None
+    message: str
+
+
+def content_text(content: pb.Content) -> str:
+    """One content block as readable text."""
+    kind = content.WhichOneof("kind")
+    if kind == "text":
+        return str(content.text)
+    if kind in ("image", "audio"):
+        media = getattr(content, kind)
+        return f"[{kind}: {media.mime_type}, {len(media.data)} bytes]"
+    if kind == "resource":
+        res = content.resource
+        if res.WhichOneof("body") == "text":
+            return f"[resource {res.uri}]\n{res.text}"
+        return f"[resource {res.uri}: {res.mime_type or 'binary'}, {len(res.blob)} bytes]"
+    if kind == "resource_link":
+        link = content.resource_link
+        return f"[link: {link.uri}" + (f" ({link.name})" if link.name else "") + "]"
+    return "[empty content]"
+
+
+def _open_request(
+    profile: str, labels: Mapping[str, str] | None, limits: Mapping[str, float] | None
+) -> pb.OpenSessionRequest:
+    request = pb.OpenSessionRequest(profile=profile, labels=dict(labels or {}))
+    if limits is not None:
+        request.limits.CopyFrom(cast(Any, pb.Limits)(**limits))
+    return request
+
+
+def _opened(response: pb.OpenSessionResponse) -> OpenedSession:
+    return OpenedSession(
+        session_id=response.session_id,
+        server=response.server,
+        tools=list(response.tools),
+        session=response.session,
+    )
+
+
+def _call_request(
+    session_id: str, tool: str, arguments: Mapping[str, Any] | None, timeout_ms: int
+) -> pb.CallToolRequest:
+    return pb.CallToolRequest(
+        session_id=session_id,
+        tool=tool,
+        arguments_json=json.dumps(dict(arguments or {}), separators=(",", ":")),
+        timeout_ms=timeout_ms,
+    )
+
+
+def _tool_result(response: pb.CallToolResponse) -> ToolResult:
+    text = response.structured_content_json
+    return ToolResult(
+        content=list(response.content),
+        structured_content=json.loads(text) if text else None,
+        is_error=response.is_error,
+        findings=list(response.findings),
+        audit_id=response.audit_id,
+    )
+
+
+def _stream_item(message: pb.CallToolStreamResponse) -> Progress | ToolResult:
+    if message.WhichOneof("event") == "progress":
+        event = message.progress
+        return Progress(
+            progress=event.progress,
+            total=event.total if event.HasField("total") else None,
+            message=event.message,
+        )
+    return _tool_result(message.result)
+
+
+class AsyncRunnerClient:
+    """asyncio client. Use ``async with AsyncRunnerClient(addr) as client:`` or call ``close()``.
+
+    ``limits`` keys are the ``Limits`` message fields (memory_bytes, cpus, pids,
+    call_timeout_ms, idle_timeout_ms, max_lifetime_ms); ``metadata`` is sent with
+    every call (e.g. an authorization token).
+    """
+
+    def __init__(
+        self,
+        address: str = DEFAULT_ADDRESS,
+        *,
+        credentials: grpc.ChannelCredentials | None = None,
+        metadata: Metadata | None = None,
+        channel: grpc.aio.Channel | None = None,
+    ) -> None:
+        if channel is None:
+            if credentials is None:
+                channel = grpc.aio.insecure_channel(address, options=_OPTIONS)
+            else:
+                channel = grpc.aio.secure_channel(address, credentials, options=_OPTIONS)
+        self._channel = channel
+        self._stub = runner_pb2_grpc.RunnerStub(channel)
+        self._metadata = tuple(metadata or ())
+
+    async def __aenter__(self) -> AsyncRunnerClient:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self._channel.close(None)
+
+    async def open_session(
+        self,
+        profile: str,
+        *,
+        labels: Mapping[str, str] | None = None,
+        limits: Mapping[str, float] | None = None,
+        timeout: float | None = None,
+    ) -> OpenedSession:
+        response = await self._stub.OpenSession(
+            _open_request(profile, labels, limits), timeout=timeout, metadata=self._metadata
+        )
+        return _opened(response)
+
+    async def close_session(self, session_id: str, *, timeout: float | None = None) -> pb.Session:
+        """Close a session; the returned ``Session`` carries the final usage."""
+        request = pb.CloseSessionRequest(session_id=session_id)
+        response = await self._stub.CloseSession(request, timeout=timeout, metadata=self._metadata)
+        session: pb.Session = response.session
+        return session
+
+    async def get_session(self, session_id: str, *, timeout: float | None = None) -> pb.Session:
+        request = pb.GetSessionRequest(session_id=session_id)
+        response = await self._stub.GetSession(request, timeout=timeout, metadata=self._metadata)
+        session: pb.Session = response.session
+        return session
+
+    async def list_sessions(self, *, timeout: float | None = None) -> list[pb.Session]:
+        request = pb.ListSessionsRequest()
+        response = await self._stub.ListSessions(request, timeout=timeout, metadata=self._metadata)
+        return list(response.sessions)
+
+    async def list_tools(self, session_id: str, *, timeout: float | None = None) -> list[pb.Tool]:
+        request = pb.ListToolsRequest(session_id=session_id)
+        response = await self._stub.ListTools(request, timeout=timeout, metadata=self._metadata)
+        return list(response.tools)
+
+    async def call_tool(
+        self,
+        session_id: str,
+        tool: str,
+        arguments: Mapping[str, Any] | None = None,
+        *,
+        timeout_ms: int = 0,
+        timeout: float | None = None,
+    ) -> ToolResult:
+        request = _call_request(session_id, tool, arguments, timeout_ms)
+        response = await self._stub.CallTool(request, timeout=timeout, metadata=self._metadata)
+        return _tool_result(response)
+
+    async def call_tool_stream(
+        self,
+        session_id: str,
+        tool: str,
+        arguments: Mapping[str, Any] | None = None,
+        *,
+        timeout_ms: int = 0,
+        timeout: float | None = None,
+    ) -> AsyncIterator[Progress | ToolResult]:
+        """Yield ``Progress`` events as the server reports them, then one ``ToolResult``."""
+        request = _call_request(session_id, tool, arguments, timeout_ms)
+        call = self._stub.CallToolStream(request, timeout=timeout, metadata=self._metadata)
+        try:
+            async for message in call:
+                yield _stream_item(message)
+        finally:
+            call.cancel()
+
+    async def list_resources(self, session_id: str, *, timeout: float | None = None) -> list[pb.Resource]:
+        request = pb.ListResourcesRequest(session_id=session_id)
+        response = await self._stub.ListResources(request, timeout=timeout, metadata=self._metadata)
+        return list(response.resources)
+
+    async def read_resource(
+        self, session_id: str, uri: str, *, timeout: float | None = None
+    ) -> list[pb.ResourceContents]:
+        request = pb.ReadResourceRequest(session_id=session_id, uri=uri)
+        response = await self._stub.ReadResource(request, timeout=timeout, metadata=self._metadata)
+        return list(response.contents)
+
+    async def list_prompts(self, session_id: str, *, timeout: float | None = None) -> list[pb.Prompt]:
+        request = pb.ListPromptsRequest(session_id=session_id)
+        response = await self._stub.ListPrompts(request, timeout=timeout, metadata=self._metadata)
+        return list(response.prompts)
+
+    async def get_prompt(
+        self,
+        session_id: str,
+        name: str,
+        arguments: Mapping[str, str] | None = None,
+        *,
+        timeout: float | None = None,
+    ) -> pb.GetPromptResponse:
+        request = pb.GetPromptRequest(session_id=session_id, name=name, arguments=dict(arguments or {}))
+        response: pb.GetPromptResponse = await self._stub.GetPrompt(
+            request, timeout=timeout, metadata=self._metadata
+        )
+        return response
+
+    @asynccontextmanager
+    async def session(
+        self,
+        profile: str,
+        *,
+        labels: Mapping[str, str] | None = None,
+        limits: Mapping[str, float] | None = None,
+        timeout: float | None = None,
+    ) -> AsyncIterator[OpenedSession]:
+        """Open a session for the block and always close it (a close error never hides the block's)."""
+        opened = await self.open_session(profile, labels=labels, limits=limits, timeout=timeout)
+        try:
+            yield opened
+        except BaseException:
+            with suppress(grpc.RpcError):
+                await self.close_session(opened.session_id)
+            raise
+        await self.close_session(opened.session_id)
+
+
+class RunnerClient:
+    """Blocking client with the same methods as ``AsyncRunnerClient``."""
+
+    def __init__(
+        self,
+        address: str = DEFAULT_ADDRESS,
+        *,
+        credentials: grpc.ChannelCredentials | None = None,
+        metadata: Metadata | None = None,
+        channel: grpc.Channel | None = None,
+    ) -> None:
+        if channel is None:
+            if credentials is None:
+                channel = grpc.insecure_channel(address, options=_OPTIONS)
+            else:
+                channel = grpc.secure_channel(address, credentials, options=_OPTIONS)
+        self._channel = channel
+        self._stub = runner_pb2_grpc.RunnerStub(channel)
+        self._metadata = tuple(metadata or ())
+
+    def __enter__(self) -> RunnerClient:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def open_session(
+        self,
+        profile: str,
+        *,
+        labels: Mapping[str, str] | None = None,
+        limits: Mapping[str, float] | None = None,
+        timeout: float | None = None,
+    ) -> OpenedSession:
+        request = _open_request(profile, labels, limits)
+        return _opened(self._stub.OpenSession(request, timeout=timeout, metadata=self._metadata))
+
+    def close_session(self, session_id: str, *, timeout: float | None = None) -> pb.Session:
+        request = pb.CloseSessionRequest(session_id=session_id)
+        session: pb.Session = self._stub.CloseSession(request, timeout=timeout, metadata=self._metadata).session
+        return session
+
+    def get_session(self, session_id: str, *, timeout: float | None = None) -> pb.Session:
+        request = pb.GetSessionRequest(session_id=session_id)
+        session: pb.Session = self._stub.GetSession(request, timeout=timeout, metadata=self._metadata).session
+        return session
+
+    def list_sessions(self, *, timeout: float | None = None) -> list[pb.Session]:
+        request = pb.ListSessionsRequest()
+        return list(self._stub.ListSessions(request, timeout=timeout, metadata=self._metadata).sessions)
+
+    def list_tools(self, session_id: str, *, timeout: float | None = None) -> list[pb.Tool]:
+        request = pb.ListToolsRequest(session_id=session_id)
+        return list(self._stub.ListTools(request, timeout=timeout, metadata=self._metadata).tools)
+
+    def call_tool(
+        self,
+        session_id: str,
+        tool: str,
+        arguments: Mapping[str, Any] | None = None,
+        *,
+        timeout_ms: int = 0,
+        timeout: float | None = None,
+    ) -> ToolResult:
+        request = _call_request(session_id, tool, arguments, timeout_ms)
+        return _tool_result(self._stub.CallTool(request, timeout=timeout, metadata=self._metadata))
+
+    def call_tool_stream(
+        self,
+        session_id: str,
+        tool: str,
+        arguments: Mapping[str, Any] | None = None,
+        *,
+        timeout_ms: int = 0,
+        timeout: float | None = None,
+    ) -> Iterator[Progress | ToolResult]:
+        """Yield ``Progress`` events as the server reports them, then one ``ToolResult``."""
+        request = _call_request(session_id, tool, arguments, timeout_ms)
+        call = self._stub.CallToolStream(request, timeout=timeout, metadata=self._metadata)
+        try:
+            for message in call:
+                yield _stream_item(message)
+        finally:
+            call.cancel()
+
+    def list_resources(self, session_id: str, *, timeout: float | None = None) -> list[pb.Resource]:
+        request = pb.ListResourcesRequest(session_id=session_id)
+        return list(self._stub.ListResources(request, timeout=timeout, metadata=self._metadata).resources)
+
+    def read_resource(
+        self, session_id: str, uri: str, *, timeout: float | None = None
+    ) -> list[pb.ResourceContents]:
+        request = pb.ReadResourceRequest(session_id=session_id, uri=uri)
+        return list(self._stub.ReadResource(request, timeout=timeout, metadata=self._metadata).contents)
+
+    def list_prompts(self, session_id: str, *, timeout: float | None = None) -> list[pb.Prompt]:
+        request = pb.ListPromptsRequest(session_id=session_id)
+        return list(self._stub.ListPrompts(request, timeout=timeout, metadata=self._metadata).prompts)
+
+    def get_prompt(
+        self,
+        session_id: str,
+        name: str,
+        arguments: Mapping[str, str] | None = None,
+        *,
+        timeout: float | None = None,
+    ) -> pb.GetPromptResponse:
+        request = pb.GetPromptRequest(session_id=session_id, name=name, arguments=dict(arguments or {}))
+        response: pb.GetPromptResponse = self._stub.GetPrompt(request, timeout=timeout, metadata=self._metadata)
+        return response
+
+    @contextmanager
+    def session(
+        self,
+        profile: str,
+        *,
+        labels: Mapping[str, str] | None = None,
+        limits: Mapping[str, float] | None = None,
+        timeout: float | None = None,
+    ) -> Iterator[OpenedSession]:
+        """Open a session for the block and always close it (a close error never hides the block's)."""
+        opened = self.open_session(profile, labels=labels, limits=limits, timeout=timeout)
+        try:
+            yield opened
+        except BaseException:
+            with suppress(grpc.RpcError):
+                self.close_session(opened.session_id)
+            raise
+        self.close_session(opened.session_id)

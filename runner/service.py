@@ -1,0 +1,48 @@
+"""The embedded default service: Docker backend, built-in profiles, gRPC on 127.0.0.1:50051.
+
+Start-up checks the engine and sweeps this instance's orphaned containers (a
+previous run killed with sessions open). Shutdown on SIGINT/SIGTERM is graceful:
+health NOT_SERVING, ``server.stop(grace)``, then every session's container is
+removed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+from runner.api.server import start_server, stop_server
+from runner.config import Settings
+from runner.sandbox.docker import DockerBackend
+from runner.sessions.manager import SessionManager
+
+log = logging.getLogger("runner")
+
+
+async def run_service(settings: Settings, *, ready: asyncio.Event | None = None) -> None:
+    """Serve until SIGINT or SIGTERM; ``ready`` is set once the port is bound (for tests)."""
+    backend = DockerBackend(stderr_tail_bytes=settings.stderr_tail_bytes)
+    manager = SessionManager(backend, settings)
+    try:
+        removed = await manager.start()
+        if removed:
+            log.info("removed %d orphaned sandbox(es) of instance %r left by an earlier run", removed, settings.instance)
+        server, port = await start_server(manager, settings.listen, grace=settings.shutdown_grace_s)
+        host = settings.listen.rsplit(":", 1)[0]
+        log.info(
+            "mcp-runner listening on %s:%d (instance %r, profiles: %s)",
+            host, port, settings.instance, ", ".join(sorted(settings.profiles)),
+        )
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        if ready is not None:
+            ready.set()
+        await stop.wait()
+        log.info("shutting down: draining calls for up to %.0f s, then removing sandboxes", settings.shutdown_grace_s)
+        await stop_server(server)
+        await manager.shutdown()
+    finally:
+        backend.close()
