@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib
 import json
 import logging
 import os
@@ -121,14 +120,30 @@ def _sessions(args: argparse.Namespace) -> int:
 
 
 def _images(args: argparse.Namespace) -> int:
-    images = importlib.import_module("runner.images")
-    if args.action == "build":
-        built = images.ensure_images()
-        for item in built or ():
-            print(item)
-    else:
-        for item in images.list_images():
-            print(item)
+    from runner.images import ImageBuildError, ensure_images, list_images
+
+    try:
+        if args.action == "build":
+            for name, ref in ensure_images(force=args.force).items():
+                print(f"{name:15} {ref}")
+        else:
+            for name, ref, present in list_images():
+                print(f"{name:15} {ref:40} {'present' if present else 'missing (run: mcp-runner images build)'}")
+    except ImageBuildError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from runner.bench import bench_main
+    from runner.config import load_settings
+
+    try:
+        bench_main(load_settings(args.config), opens=args.opens, calls=args.calls, profile=args.profile)
+    except RunnerError as exc:
+        print(f"error: {exc.status.value}: {exc.message}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -166,7 +181,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     images = sub.add_parser("images", help="build or list the sandbox images")
     images.add_argument("action", choices=["build", "list"])
+    images.add_argument("--force", action="store_true", help="rebuild even when the image is present")
     images.set_defaults(func=_images)
+
+    bench = sub.add_parser("bench", help="measure session open and tool calls: sandboxed vs on the host")
+    bench.add_argument("--config", help="settings file (YAML or TOML)")
+    bench.add_argument("--profile", default="time", help="profile to measure (default: time)")
+    bench.add_argument("--opens", type=int, default=10, help="sessions to open (default: 10)")
+    bench.add_argument("--calls", type=int, default=200, help="tool calls to time (default: 200)")
+    bench.set_defaults(func=_bench)
     return parser
 
 

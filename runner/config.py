@@ -148,6 +148,7 @@ class _FileModel(BaseModel):
     max_sessions: int | None = Field(default=None, ge=1, le=10000)
     max_message_bytes: int | str | None = None
     open_timeout_s: float | None = Field(default=None, gt=0)
+    reap_interval_s: float | None = Field(default=None, gt=0)
     builtin_profiles: bool = True
     defaults: _LimitsModel = _LimitsModel()
     profiles: dict[str, _ProfileModel] = {}
@@ -217,6 +218,7 @@ def load_settings(config_path: Path | str | None = None, *, listen: str | None =
             max_sessions=user.max_sessions or Settings.max_sessions,
             max_message_bytes=parse_size(max_message) if max_message else Settings.max_message_bytes,
             open_timeout_s=user.open_timeout_s or Settings.open_timeout_s,
+            reap_interval_s=user.reap_interval_s or Settings.reap_interval_s,
             profiles=MappingProxyType(profiles),
         )
     except ValueError as exc:

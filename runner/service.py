@@ -27,7 +27,7 @@ async def run_service(settings: Settings, *, ready: asyncio.Event | None = None)
     try:
         removed = await manager.start()
         if removed:
-            log.info("removed %d orphaned sandbox(es) of instance %r left by an earlier run", removed, settings.instance)
+            log.info("removed %d orphaned sandbox(es) of instance %r", removed, settings.instance)
         server, port = await start_server(manager, settings.listen, grace=settings.shutdown_grace_s)
         host = settings.listen.rsplit(":", 1)[0]
         log.info(

@@ -193,7 +193,6 @@ class DockerBackend:
             self.resolve_image(spec.image),
             command=list(spec.command),
             stdin_open=True,
-            stdin_once=True,
             tty=False,
             user=SANDBOX_USER,
             environment=dict(spec.env),

@@ -1,0 +1,140 @@
+"""Host-side framing: newline-delimited JSON frames on the agent's stdin/stdout.
+
+Stdlib + anyio only, so it loads before (and without) the MCP SDK.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import select
+import sys
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio.to_thread
+
+#: Longest host frame the agent accepts (the host is trusted; this only bounds memory).
+MAX_HOST_LINE = 64 * 1024 * 1024
+
+METHODS = frozenset(
+    {"tools/list", "tools/call", "resources/list", "resources/read", "prompts/list", "prompts/get", "ping"}
+)
+
+
+def diag(message: str) -> None:
+    """A diagnostic for people reading the container's stderr (never stdout)."""
+    try:
+        sys.stderr.write(f"mcp-agent: {message}\n")
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass
+
+
+@dataclass(frozen=True)
+class RequestFrame:
+    id: int
+    method: str
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class CancelFrame:
+    id: int
+
+
+HostFrame = RequestFrame | CancelFrame
+
+
+def _is_id(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def parse_host_frame(line: bytes) -> HostFrame | str:
+    """Parse one host line; a `str` result is a diagnostic explaining why it was rejected."""
+    try:
+        frame = json.loads(line)
+    except (ValueError, UnicodeDecodeError) as exc:
+        return f"ignoring host frame that is not JSON ({exc})"
+    if not isinstance(frame, dict):
+        return "ignoring host frame that is not a JSON object"
+    kind, rid = frame.get("type"), frame.get("id")
+    if kind not in ("request", "cancel"):
+        return f"ignoring host frame of unknown type {kind!r}"
+    if not _is_id(rid):
+        return f"ignoring {kind} frame without a positive integer id ({rid!r})"
+    assert isinstance(rid, int)
+    if kind == "cancel":
+        return CancelFrame(rid)
+    method, params = frame.get("method"), frame.get("params", {})
+    if not isinstance(method, str):
+        return f"ignoring request {rid}: 'method' is not a string"
+    if params is None:
+        params = {}
+    if not isinstance(params, dict):
+        return f"ignoring request {rid}: 'params' is not an object"
+    return RequestFrame(rid, method, params)
+
+
+class FrameWriter:
+    """Writes whole frames to fd 1, one ``os.write`` loop per frame, with no await inside.
+
+    The agent is single-threaded on one event loop, so a synchronous write can
+    never interleave with another frame. Once `close()`d (after ``fatal``),
+    every later frame is dropped, so nothing follows the fatal frame.
+    """
+
+    def __init__(self, fd: int = 1) -> None:
+        self._fd = fd
+        self.closed = False
+        self.broken = False
+
+    def send(self, frame: dict[str, Any]) -> bool:
+        if self.closed:
+            return False
+        data = json.dumps(frame, separators=(",", ":"), allow_nan=False).encode("ascii") + b"\n"
+        view = memoryview(data)
+        try:
+            while view:
+                try:
+                    written = os.write(self._fd, view)
+                except BlockingIOError:
+                    select.select([], [self._fd], [])
+                    continue
+                view = view[written:]
+        except OSError as exc:
+            # The host is gone (broken pipe): nobody can read anything we write.
+            diag(f"cannot write to the host ({exc}); giving up")
+            self.closed = self.broken = True
+            return False
+        return True
+
+    def close(self) -> None:
+        self.closed = True
+
+
+async def open_stdin_lines() -> Callable[[], Awaitable[bytes]]:
+    """Return an async ``readline`` over stdin (``b""`` at EOF) that never blocks the event loop."""
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=MAX_HOST_LINE, loop=loop)
+    try:
+        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader, loop=loop), sys.stdin.buffer)
+    except (ValueError, OSError):
+        # A regular file (or anything epoll refuses): read it on a worker thread instead.
+        stdin = sys.stdin.buffer
+
+        async def thread_readline() -> bytes:
+            return await anyio.to_thread.run_sync(stdin.readline, abandon_on_cancel=True)
+
+        return thread_readline
+
+    async def readline() -> bytes:
+        while True:
+            try:
+                return await reader.readline()
+            except ValueError:
+                diag(f"ignoring a host line longer than {MAX_HOST_LINE} bytes")
+
+    return readline

@@ -1,0 +1,130 @@
+"""The agent ⇄ server stream pair, with a checkpoint that catches protocol violations.
+
+``ClientSession`` runs unchanged over a pair of memory streams; two pump tasks
+copy messages between those and ``stdio_client``'s streams. On the way out
+they record which request ids the session issued (and which it cancelled); on
+the way in they check every response against that record.
+
+Why: the SDK (2.3) drops a response whose id matches no pending request with a
+debug log (``JSONRPCDispatcher._resolve_pending``), because a late answer to a
+cancelled or timed-out request is legitimate. A response to an id that was
+never issued, or a second answer to one, is not: it is a server that broke the
+protocol, and a request it should have answered would otherwise hang. Lines
+that are not JSON-RPC reach the session as ``Exception`` items; they are
+caught here too, and so is the end of the server's stdout.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import anyio.abc
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+if TYPE_CHECKING:
+    from mcp.client._transport import ReadStream, WriteStream
+    from mcp.shared.message import SessionMessage
+
+    InItem = SessionMessage | Exception
+
+
+def _key(request_id: object) -> object:
+    """Correlate "7" and 7 the way the SDK's dispatcher does."""
+    if isinstance(request_id, str):
+        try:
+            return int(request_id)
+        except ValueError:
+            return request_id
+    return request_id
+
+
+def describe_exception(exc: Exception) -> str:
+    errors = getattr(exc, "errors", None)
+    if callable(errors):
+        try:
+            first = errors()[0]
+            return str(first.get("msg", exc))[:200]
+        except Exception:
+            pass
+    return (str(exc).splitlines() or [type(exc).__name__])[0][:200]
+
+
+class ServerLink:
+    """Owns the two pumps; reports violations and EOF through the callbacks."""
+
+    def __init__(
+        self,
+        raw_read: ReadStream[InItem],
+        raw_write: WriteStream[SessionMessage],
+        on_violation: Callable[[str], None],
+        on_eof: Callable[[], Awaitable[None]],
+    ) -> None:
+        self._raw_read = raw_read
+        self._raw_write = raw_write
+        self._on_violation = on_violation
+        self._on_eof = on_eof
+        self._outstanding: set[object] = set()
+        self._cancelled: set[object] = set()
+        self.read_send: MemoryObjectSendStream[InItem]
+        self.read: MemoryObjectReceiveStream[InItem]
+        self.read_send, self.read = anyio.create_memory_object_stream["InItem"](0)
+        self.write: MemoryObjectSendStream[SessionMessage]
+        self._write_recv: MemoryObjectReceiveStream[SessionMessage]
+        self.write, self._write_recv = anyio.create_memory_object_stream["SessionMessage"](0)
+
+    def start(self, tg: anyio.abc.TaskGroup) -> None:
+        tg.start_soon(self._pump_in)
+        tg.start_soon(self._pump_out)
+
+    async def _pump_out(self) -> None:
+        from mcp_types import JSONRPCNotification, JSONRPCRequest
+
+        async with self._raw_write, self._write_recv:
+            async for item in self._write_recv:
+                msg = item.message
+                if isinstance(msg, JSONRPCRequest):
+                    self._outstanding.add(_key(msg.id))
+                elif isinstance(msg, JSONRPCNotification) and msg.method == "notifications/cancelled":
+                    params: dict[str, Any] = msg.params or {}
+                    rid = _key(params.get("requestId"))
+                    if rid in self._outstanding:
+                        self._outstanding.discard(rid)
+                        self._cancelled.add(rid)
+                try:
+                    await self._raw_write.send(item)
+                except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+                    return
+
+    async def _pump_in(self) -> None:
+        from mcp_types import JSONRPCError, JSONRPCResponse
+
+        async with self.read_send:
+            try:
+                async for item in self._raw_read:
+                    if isinstance(item, Exception):
+                        self._on_violation(
+                            "MCP server broke the protocol: it wrote a line to stdout that is not a "
+                            f"JSON-RPC message ({describe_exception(item)})"
+                        )
+                        return
+                    msg = item.message
+                    if isinstance(msg, JSONRPCResponse | JSONRPCError) and msg.id is not None:
+                        rid = _key(msg.id)
+                        if rid in self._outstanding:
+                            self._outstanding.discard(rid)
+                        elif rid in self._cancelled:
+                            self._cancelled.discard(rid)  # a late answer to a cancelled request: fine
+                        else:
+                            self._on_violation(
+                                f"MCP server broke the protocol: it answered request id {msg.id!r}, "
+                                "which the agent never sent (or which was already answered)"
+                            )
+                            return
+                    await self.read_send.send(item)
+            except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+                pass
+            # The server's stdout ended. Report it before closing the session's
+            # stream, so pending requests fail after (not before) the fatal frame.
+            await self._on_eof()

@@ -1,0 +1,126 @@
+"""``mcp-runner bench``: the price of the sandbox, measured side by side in one process.
+
+Baseline: the same MCP server started on the host over stdio with the mcp SDK
+(spawn + initialize + tools/list; then tools/call). Sandboxed: the full path a
+caller sees, through a real gRPC server on a loopback port, the session
+manager and a fresh hardened container per session. Figures are wall-clock on
+whatever machine runs this; compare the two columns, not numbers across
+machines.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import statistics
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any
+
+from runner.api.server import start_server, stop_server
+from runner.client import AsyncRunnerClient
+from runner.config import Settings
+from runner.sandbox.docker import DockerBackend
+from runner.sessions.manager import SessionManager
+
+
+@dataclass(frozen=True)
+class Figures:
+    samples: int
+    p50_ms: float
+    p95_ms: float
+
+    def cell(self) -> str:
+        return f"p50 {self.p50_ms:8.1f} ms  p95 {self.p95_ms:8.1f} ms  (n={self.samples})"
+
+
+def _figures(seconds: list[float]) -> Figures:
+    ms = sorted(s * 1000 for s in seconds)
+    p95 = ms[min(len(ms) - 1, round(0.95 * (len(ms) - 1)))]
+    return Figures(len(ms), statistics.median(ms), p95)
+
+
+async def _timed(times: int, step: Callable[[], Awaitable[Any]]) -> list[float]:
+    out = []
+    for _ in range(times):
+        start = time.perf_counter()
+        await step()
+        out.append(time.perf_counter() - start)
+    return out
+
+
+async def _host_baseline(command: list[str], tool: str, arguments: dict[str, Any], opens: int, calls: int
+                         ) -> tuple[Figures, Figures]:
+    from mcp import ClientSession, StdioServerParameters
+    from mcp.client.stdio import stdio_client
+
+    params = StdioServerParameters(command=command[0], args=command[1:])
+
+    async def open_once() -> None:
+        async with stdio_client(params) as (read, write), ClientSession(read, write) as session:
+            await session.initialize()
+            await session.list_tools()
+
+    open_times = await _timed(opens, open_once)
+    async with stdio_client(params) as (read, write), ClientSession(read, write) as session:
+        await session.initialize()
+        await session.list_tools()
+        call_times = await _timed(calls, lambda: session.call_tool(tool, arguments))
+    return _figures(open_times), _figures(call_times)
+
+
+async def _sandboxed(settings: Settings, profile: str, tool: str, arguments: dict[str, Any], opens: int, calls: int
+                     ) -> tuple[Figures, Figures]:
+    backend = DockerBackend()
+    manager = SessionManager(backend, settings)
+    await manager.start()
+    server, port = await start_server(manager, "127.0.0.1:0")
+    try:
+        async with AsyncRunnerClient(f"127.0.0.1:{port}") as client:
+
+            async def open_once() -> None:
+                opened = await client.open_session(profile)
+                await client.close_session(opened.session_id)
+
+            open_times = await _timed(opens, open_once)
+            opened = await client.open_session(profile)
+            call_times = await _timed(calls, lambda: client.call_tool(opened.session_id, tool, arguments))
+            await client.close_session(opened.session_id)
+        return _figures(open_times), _figures(call_times)
+    finally:
+        await stop_server(server, 1.0)
+        await manager.shutdown()
+        backend.close()
+
+
+async def run_bench(settings: Settings, *, profile: str = "time", opens: int = 10, calls: int = 200,
+                    out: Callable[[str], None] = print) -> None:
+    chosen = settings.profiles[profile]
+    tool, arguments = "get_current_time", {"timezone": "UTC"}
+    settings = Settings(
+        listen="127.0.0.1:0",
+        instance="bench",
+        profiles=MappingProxyType({profile: chosen}),
+        max_message_bytes=settings.max_message_bytes,
+    )
+    out(f"mcp-runner bench: profile {profile!r} ({' '.join(chosen.command)}), {opens} opens, {calls} calls of {tool}")
+    out("wall-clock on this machine; compare the columns, not machines\n")
+    host: tuple[Figures, Figures] | None = None
+    if shutil.which(chosen.command[0]):
+        host = await _host_baseline(list(chosen.command), tool, arguments, opens, calls)
+    sandbox = await _sandboxed(settings, profile, tool, arguments, opens, calls)
+    rows = [("session open (start+initialize+tools/list)", 0), ("tools/call", 1)]
+    out(f"{'':44} {'host (same server, stdio)':46} sandboxed via gRPC")
+    for label, index in rows:
+        baseline = host[index].cell() if host else f"{'(' + chosen.command[0] + ' not on the host)':46}"
+        out(f"{label:44} {baseline:46} {sandbox[index].cell()}")
+    if host:
+        for label, index in rows:
+            ratio = sandbox[index].p50_ms / host[index].p50_ms if host[index].p50_ms else float("nan")
+            out(f"  {label}: sandbox p50 is {ratio:.2f}x the host's")
+
+
+def bench_main(settings: Settings, opens: int, calls: int, profile: str) -> None:
+    asyncio.run(run_bench(settings, profile=profile, opens=opens, calls=calls))

@@ -1,0 +1,450 @@
+"""Sandbox images: content-addressed tags and an offline build.
+
+Every image tag is the first 12 hex digits of a sha256 over everything that
+goes into the image (Dockerfile text, pin files, the agent's source bytes, the
+tag of the image it is built FROM, ``BASE_IMAGE``). So a tag that exists
+locally is, by construction, up to date, and the agent inside an image always
+matches the host's ``runner/agent`` code: nothing is ever rebuilt "just in
+case", and nothing stale is ever run.
+
+No registry is needed: the root filesystem is bootstrapped from Debian
+packages with ``mmdebstrap`` (mirror taken from the host's apt configuration),
+wheels and npm packages are fetched on the host and the server images are
+built with ``docker build --network none``. Where a registry is reachable,
+``BASE_IMAGE=debian:bookworm-slim`` builds the root filesystem from it instead.
+
+External tools run through ``subprocess`` (docker CLI, mmdebstrap, pip, npm),
+their output streamed through ``log``, so a person sees what is happening.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+
+__all__ = ["IMAGE_NAMES", "ImageBuildError", "ensure_images", "image_ref", "list_images", "missing_images"]
+
+IMAGE_NAMES: tuple[str, ...] = ("rootfs", "python-servers", "node-servers")
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+IMAGES_DIR = REPO_ROOT / "sandbox_images"
+AGENT_DIR = REPO_ROOT / "runner" / "agent"
+CACHE_DIR = REPO_ROOT / ".cache"
+
+REPOSITORY = "mcp-runner"
+LABEL = "mcp-runner.image"
+SUITE = "bookworm"
+# Host apt configuration used as the mmdebstrap mirror (first that exists), so
+# no mirror host name lives in this code.
+APT_SOURCES = (Path("/etc/apt/sources.list.d/debian.sources"), Path("/etc/apt/sources.list"))
+# Bump when this module's build steps change what ends up in an image.
+RECIPE = "2"
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+# pip download targets the image's interpreter (Debian bookworm: CPython 3.11,
+# glibc 2.36, x86_64), not the host's. pip does not expand manylinux tags given
+# with --platform, so list every glibc level the image can load.
+WHEEL_TARGET: tuple[str, ...] = (
+    "--only-binary=:all:", "--implementation", "cp", "--python-version", "3.11", "--abi", "cp311",
+    *(a for i in range(36, 4, -1) for a in ("--platform", f"manylinux_2_{i}_x86_64")),
+    *(a for t in ("2014", "2010", "1") for a in ("--platform", f"manylinux{t}_x86_64")),
+)
+
+# Every server the images ship, checked with an MCP initialize after a build.
+SMOKE_COMMANDS: dict[str, tuple[tuple[str, ...], ...]] = {
+    "python-servers": (("mcp-server-time",), ("mcp-server-fetch",), ("mcp-server-git",)),
+    "node-servers": (("mcp-server-everything",), ("mcp-server-filesystem", "/tmp"), ("mcp-server-memory",)),
+}
+INITIALIZE_LINE = json.dumps({
+    "jsonrpc": "2.0", "id": 1, "method": "initialize",
+    "params": {"protocolVersion": "2025-06-18", "capabilities": {},
+               "clientInfo": {"name": "mcp-runner-image-check", "version": "0"}},
+})
+
+Log = Callable[[str], None]
+Inputs = list[tuple[str, bytes]]
+
+
+class ImageBuildError(Exception):
+    """A build step failed; the message names the step and ends with its output's tail."""
+
+
+# --------------------------------------------------------------------------- inputs / tags
+
+
+def _base_image() -> str:
+    return os.environ.get("BASE_IMAGE", "").strip()
+
+
+def _apt_sources() -> Path | None:
+    return next((p for p in APT_SOURCES if p.is_file()), None)
+
+
+def _packages() -> list[str]:
+    text = (IMAGES_DIR / "rootfs" / "packages.txt").read_text()
+    return [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.startswith("#")]
+
+
+def _mmdebstrap_argv(sources: Path) -> list[str]:
+    # No recommends, no docs/man/locales (keep licences): ~60 MB less to ship and scan.
+    return ["mmdebstrap", "--variant=minbase", "--format=tar", "--include=" + ",".join(_packages()),
+            '--aptopt=APT::Install-Recommends "false"',
+            *(f"--dpkgopt=path-exclude=/usr/share/{d}/*" for d in ("man", "info", "locale", "doc")),
+            "--dpkgopt=path-include=/usr/share/doc/*/copyright", SUITE, "-", str(sources)]
+
+
+def _agent_files() -> list[tuple[str, bytes]]:
+    """The agent's *.py files, read once: the bytes hashed are the bytes copied."""
+    if not AGENT_DIR.is_dir():
+        return []
+    return [(p.name, p.read_bytes()) for p in sorted(AGENT_DIR.glob("*.py")) if p.is_file()]
+
+
+def _file(rel: str) -> tuple[str, bytes]:
+    return (rel, (IMAGES_DIR / rel).read_bytes())
+
+
+def _inputs(name: str) -> Inputs:
+    base = _base_image()
+    items: Inputs = [("recipe", RECIPE.encode()), ("name", name.encode()), ("BASE_IMAGE", base.encode())]
+    if name == "rootfs":
+        items.append(_file("rootfs/packages.txt"))
+        if base:
+            items.append(_file("rootfs/Dockerfile.base"))
+        else:
+            src = _apt_sources()
+            items.append(("mmdebstrap", "\0".join(_mmdebstrap_argv(src or Path("-"))).encode()))
+            items.append(("apt-sources", src.read_bytes() if src else b""))
+        return items
+    items.append(("FROM", image_ref("rootfs").encode()))
+    items += [_file(f"{name}/Dockerfile"), _file("agent.txt"), _file("constraints.txt")]
+    if name == "python-servers":
+        items.append(_file("python-servers/servers.txt"))
+        items.append(("wheel-target", "\0".join(WHEEL_TARGET).encode()))
+    else:
+        items += [_file("node-servers/package.json"), _file("node-servers/package-lock.json")]
+    items += [(f"agent/{fn}", data) for fn, data in _agent_files()]
+    return items
+
+
+def _digest(items: Inputs) -> str:
+    h = hashlib.sha256()
+    for label, data in items:  # length-prefixed, so no two input lists collide
+        raw = label.encode()
+        h.update(len(raw).to_bytes(8, "big") + raw + len(data).to_bytes(8, "big") + data)
+    return h.hexdigest()
+
+
+def image_ref(name: str) -> str:
+    """``mcp-runner/<name>:<hash12>`` computed from the inputs; needs no Docker."""
+    if name not in IMAGE_NAMES:
+        raise ValueError(f"unknown image {name!r}; known images: {', '.join(IMAGE_NAMES)}")
+    return f"{REPOSITORY}/{name}:{_digest(_inputs(name))[:12]}"
+
+
+# --------------------------------------------------------------------------- subprocess helpers
+
+
+def _run(cmd: Sequence[str], step: str, log: Log, *, prefix: str, cwd: Path | None = None,
+         env: dict[str, str] | None = None) -> None:
+    """Run ``cmd``, stream its output through ``log``, raise ImageBuildError with its tail."""
+    tail: deque[str] = deque(maxlen=40)
+    try:
+        proc = subprocess.Popen(list(cmd), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, text=True, errors="replace", cwd=cwd,
+                                env=env)
+    except FileNotFoundError as e:
+        raise ImageBuildError(f"{step}: {cmd[0]!r} is not installed or not on PATH") from e
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        line = line.rstrip()
+        tail.append(line)
+        log(f"  [{prefix}] {line}")
+    rc = proc.wait()
+    if rc != 0:
+        raise ImageBuildError(_failure(step, rc, cmd, tail))
+
+
+def _failure(step: str, rc: int, cmd: Sequence[str], tail: Iterable[str]) -> str:
+    shown = " ".join(cmd) if len(cmd) < 12 else " ".join([*cmd[:11], "..."])
+    return f"{step} failed (exit {rc}): {shown}\n--- last output ---\n" + "\n".join(tail)
+
+
+def _check_docker() -> None:
+    try:
+        p = subprocess.run(["docker", "version", "--format", "{{.Server.Version}}"],
+                           capture_output=True, text=True, timeout=30)
+    except FileNotFoundError as e:
+        raise ImageBuildError("docker CLI not found: install Docker (Debian: apt-get install docker.io)") from e
+    except subprocess.TimeoutExpired as e:
+        raise ImageBuildError("docker did not answer within 30 s: is dockerd running?") from e
+    if p.returncode != 0:
+        raise ImageBuildError("cannot reach the Docker engine (is dockerd running, may this user use it?):\n"
+                              + (p.stderr or p.stdout).strip())
+
+
+def _present(ref: str) -> bool:
+    p = subprocess.run(["docker", "image", "inspect", "--format", "{{.Id}}", ref],
+                       capture_output=True, text=True)
+    return p.returncode == 0
+
+
+def _docker_env() -> dict[str, str]:
+    return {**os.environ, "DOCKER_BUILDKIT": "0"}  # legacy builder: --network none, no registry
+
+
+def _labels(name: str, ref: str) -> list[str]:
+    return [f"{LABEL}={name}", f"mcp-runner.ref={ref}"]
+
+
+# --------------------------------------------------------------------------- host-side fetches
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def _fetch_wheels(reqs: Sequence[str], log: Log) -> Path:
+    """pip download ``reqs`` for the image's Python into a cache dir keyed by the inputs."""
+    items = [("target", "\0".join(WHEEL_TARGET).encode()), _file("constraints.txt")]
+    items += [_file(r) for r in reqs]
+    dest = CACHE_DIR / "wheels" / _digest(items)[:16]
+    if (dest / ".complete").exists():
+        log(f"wheels for {', '.join(reqs)}: cached in {dest}")
+        return dest
+    log(f"downloading wheels for {', '.join(reqs)} into {dest}")
+    dest.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "pip", "download", "--disable-pip-version-check", "--progress-bar", "off",
+           *WHEEL_TARGET, "-d", str(dest), "-c", str(IMAGES_DIR / "constraints.txt")]
+    for r in reqs:
+        cmd += ["-r", str(IMAGES_DIR / r)]
+    _run(cmd, "pip download (on the host)", log, prefix="pip")
+    (dest / ".complete").write_text("ok\n")
+    return dest
+
+
+def _fetch_node_modules(log: Log) -> Path:
+    """npm ci the pinned servers (lockfile-exact, no install scripts) into a cache dir."""
+    items = [_file("node-servers/package.json"), _file("node-servers/package-lock.json")]
+    dest = CACHE_DIR / "npm" / _digest(items)[:16]
+    if (dest / ".complete").exists():
+        log(f"npm packages: cached in {dest}")
+        return dest
+    log(f"installing npm packages into {dest}")
+    shutil.rmtree(dest, ignore_errors=True)
+    dest.mkdir(parents=True)
+    for fn in ("package.json", "package-lock.json"):
+        shutil.copy2(IMAGES_DIR / "node-servers" / fn, dest / fn)
+    _run(["npm", "ci", "--omit=dev", "--no-audit", "--no-fund", "--ignore-scripts"],
+         "npm ci (on the host)", log, prefix="npm", cwd=dest)
+    for cmd in SMOKE_COMMANDS["node-servers"]:
+        if not (dest / "node_modules" / ".bin" / cmd[0]).exists():
+            raise ImageBuildError(f"npm ci: no bin {cmd[0]!r} in {dest}/node_modules/.bin")
+    (dest / ".complete").write_text("ok\n")
+    return dest
+
+
+# --------------------------------------------------------------------------- builds
+
+
+def _build_rootfs(ref: str, *, force: bool, log: Log) -> None:
+    base = _base_image()
+    if base:
+        with tempfile.TemporaryDirectory(prefix="mcp-runner-ctx-") as ctx:
+            cmd = ["docker", "build", "--force-rm", "-f", str(IMAGES_DIR / "rootfs" / "Dockerfile.base"),
+                   "--build-arg", f"BASE_IMAGE={base}", "--build-arg", f"PACKAGES={' '.join(_packages())}",
+                   *(a for lb in _labels("rootfs", ref) for a in ("--label", lb)), "-t", ref, ctx]
+            if force:
+                cmd.insert(2, "--no-cache")
+            _run(cmd, f"docker build of {ref} FROM {base}", log, prefix="docker", env=_docker_env())
+        return
+    sources = _apt_sources()
+    if sources is None:
+        raise ImageBuildError("no apt sources found (looked at " + ", ".join(map(str, APT_SOURCES))
+                              + "); set BASE_IMAGE=debian:bookworm-slim if a registry is reachable")
+    if shutil.which("mmdebstrap") is None:
+        raise ImageBuildError("mmdebstrap not found: apt-get install mmdebstrap "
+                              "(or set BASE_IMAGE=debian:bookworm-slim if a registry is reachable)")
+    argv = _mmdebstrap_argv(sources)
+    changes = [f"LABEL {lb}" for lb in _labels("rootfs", ref)]
+    changes += [f"ENV PATH={DEFAULT_PATH}", "ENV LANG=C.UTF-8"]
+    imp = ["docker", "import", *(a for c in changes for a in ("--change", c)), "-", ref]
+    log(f"  [mmdebstrap] {' '.join(argv)} | docker import - {ref}")
+    tail: deque[str] = deque(maxlen=40)
+    deb = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    assert deb.stdout is not None and deb.stderr is not None
+    try:
+        docker = subprocess.Popen(imp, stdin=deb.stdout, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    except BaseException:
+        deb.kill()
+        raise
+    deb.stdout.close()  # docker import owns the tar stream now
+    for raw in deb.stderr:
+        line = raw.decode(errors="replace").rstrip()
+        tail.append(line)
+        log(f"  [mmdebstrap] {line}")
+    rc_deb = deb.wait()
+    out, _ = docker.communicate()
+    text = out.decode(errors="replace").strip()
+    if rc_deb != 0:
+        subprocess.run(["docker", "rmi", "-f", ref], capture_output=True)  # never keep a partial rootfs
+        raise ImageBuildError(_failure("mmdebstrap (root filesystem bootstrap)", rc_deb, argv, tail))
+    if docker.returncode != 0:
+        raise ImageBuildError(_failure("docker import", docker.returncode, imp, text.splitlines()))
+    log(f"  [docker] imported {text}")
+
+
+def _build_server_image(name: str, ref: str, *, force: bool, log: Log) -> None:
+    agent = _agent_files()
+    if not agent:
+        log(f"WARNING: no {AGENT_DIR}/*.py yet: the image's entrypoint (runner.agent) will not start")
+    reqs = ["agent.txt", "python-servers/servers.txt"] if name == "python-servers" else ["agent.txt"]
+    wheels = _fetch_wheels(reqs, log)
+    node = _fetch_node_modules(log) if name == "node-servers" else None
+    (CACHE_DIR / "build").mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f"{name}-", dir=CACHE_DIR / "build") as tmp:
+        ctx = Path(tmp)
+        shutil.copy2(IMAGES_DIR / name / "Dockerfile", ctx / "Dockerfile")
+        (ctx / "req").mkdir()
+        for r in ("agent.txt", "constraints.txt", *reqs):
+            shutil.copy2(IMAGES_DIR / r, ctx / "req" / Path(r).name)
+        (ctx / "wheels").mkdir()
+        for whl in wheels.glob("*.whl"):
+            _link_or_copy(str(whl), str(ctx / "wheels" / whl.name))
+        (ctx / "pkg" / "runner").mkdir(parents=True)
+        (ctx / "pkg" / "runner" / "__init__.py").write_bytes(b"")  # host's __init__ pulls heavy deps
+        (ctx / "agent").mkdir()
+        for fn, data in agent:
+            (ctx / "agent" / fn).write_bytes(data)
+        if node is not None:
+            (ctx / "node").mkdir()
+            for fn in ("package.json", "package-lock.json"):
+                shutil.copy2(node / fn, ctx / "node" / fn)
+            shutil.copytree(node / "node_modules", ctx / "node" / "node_modules", symlinks=True,
+                            copy_function=_link_or_copy)
+        cmd = ["docker", "build", "--network", "none", "--force-rm",
+               "--build-arg", f"ROOTFS={image_ref('rootfs')}",
+               *(a for lb in _labels(name, ref) for a in ("--label", lb)), "-t", ref, str(ctx)]
+        if force:
+            cmd.insert(2, "--no-cache")
+        _run(cmd, f"docker build of {ref}", log, prefix="docker", env=_docker_env())
+    try:
+        for argv in SMOKE_COMMANDS[name]:
+            _smoke_check(ref, argv, log)
+    except ImageBuildError:
+        subprocess.run(["docker", "rmi", "-f", ref], capture_output=True)  # a broken tag must not look "present"
+        raise
+
+
+def _smoke_check(ref: str, argv: Sequence[str], log: Log, timeout: float = 60.0) -> None:
+    """Start ``argv`` in ``ref`` hardened as in production; it must answer an MCP initialize."""
+    cname = f"mcp-runner-imagecheck-{uuid.uuid4().hex[:10]}"
+    cmd = ["docker", "run", "--rm", "-i", "--name", cname, "--network", "none", "--read-only",
+           "--tmpfs", "/tmp", "--cap-drop", "ALL", "--security-opt", "no-new-privileges",
+           "--user", "10001:10001", "--entrypoint", argv[0], ref, *argv[1:]]
+    rm = ["docker", "rm", "-f", cname]
+    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, errors="replace")
+    assert proc.stdin is not None and proc.stdout is not None
+    timer = threading.Timer(timeout, lambda: subprocess.run(rm, capture_output=True))
+    timer.start()
+    seen: deque[str] = deque(maxlen=40)
+    try:
+        proc.stdin.write(INITIALIZE_LINE + "\n")
+        proc.stdin.flush()  # stdin stays open: some servers drop in-flight requests on EOF
+        for line in proc.stdout:
+            seen.append(line.rstrip())
+            try:
+                msg = json.loads(line)
+            except ValueError:
+                continue  # diagnostics (stderr is merged in)
+            if isinstance(msg, dict) and msg.get("id") == 1 and isinstance(msg.get("result"), dict):
+                info = msg["result"].get("serverInfo", {})
+                log(f"  [check] {argv[0]}: initialize ok ({info.get('name')} {info.get('version')})")
+                return
+    except OSError:
+        pass  # the container died before reading stdin; reported below
+    finally:
+        timer.cancel()
+        subprocess.run(rm, capture_output=True)
+        proc.stdin.close()
+        proc.wait()
+    raise ImageBuildError(_failure(f"smoke check of {argv[0]} in {ref} (MCP initialize within {timeout:.0f} s)",
+                                   proc.returncode, cmd, seen))
+
+
+# --------------------------------------------------------------------------- public API
+
+
+def _names(names: Iterable[str] | None) -> list[str]:
+    wanted = list(IMAGE_NAMES) if names is None else list(dict.fromkeys(names))
+    for n in wanted:
+        if n not in IMAGE_NAMES:
+            raise ValueError(f"unknown image {n!r}; known images: {', '.join(IMAGE_NAMES)}")
+    return wanted
+
+
+def missing_images(names: Iterable[str] | None = None) -> list[str]:
+    """Names (of ``names``, default all) whose current ref is not present locally."""
+    wanted = _names(names)
+    _check_docker()
+    return [n for n in wanted if not _present(image_ref(n))]
+
+
+def list_images() -> list[tuple[str, str, bool]]:
+    """``(name, ref, present)`` for every image."""
+    _check_docker()
+    return [(n, image_ref(n), _present(image_ref(n))) for n in IMAGE_NAMES]
+
+
+def ensure_images(names: Iterable[str] | None = None, *, force: bool = False,
+                  log: Callable[[str], None] = print) -> dict[str, str]:
+    """Build what is missing (or everything named, with ``force``), dependencies first.
+
+    Returns ``name -> ref`` for the names asked for.
+    """
+    wanted = _names(names)
+    _check_docker()
+    refs = {n: image_ref(n) for n in IMAGE_NAMES}
+    todo: dict[str, str] = {}
+    for n in wanted:
+        if force:
+            todo[n] = "forced"
+        elif not _present(refs[n]):
+            todo[n] = "missing"
+    if any(n != "rootfs" for n in todo) and "rootfs" not in todo and not _present(refs["rootfs"]):
+        todo["rootfs"] = "missing, needed to build " + ", ".join(n for n in todo if n != "rootfs")
+    for n in wanted:
+        if n not in todo:
+            log(f"{refs[n]} is present (up to date)")
+    if not todo:
+        return {n: refs[n] for n in wanted}
+    CACHE_DIR.mkdir(parents=True, exist_ok=True)
+    with open(CACHE_DIR / "images.lock", "w") as lock:  # one builder at a time per checkout
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        for n in IMAGE_NAMES:  # IMAGE_NAMES lists dependencies first
+            if n not in todo or (not force and _present(refs[n])):  # another process built it meanwhile
+                continue
+            log(f"building {refs[n]} ({todo[n]})")
+            t0 = time.monotonic()
+            if n == "rootfs":
+                _build_rootfs(refs[n], force=force, log=log)
+            else:
+                _build_server_image(n, refs[n], force=force, log=log)
+            log(f"built {refs[n]} in {time.monotonic() - t0:.0f} s")
+    return {n: refs[n] for n in wanted}

@@ -1,0 +1,108 @@
+"""Integration fixtures: the real service as a subprocess on a free loopback port, driven through the client.
+
+Each test run uses its own instance name, so the start-up orphan sweep never
+touches containers of another run; fixtures force-remove what they made.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import docker
+import grpc
+import pytest
+
+from runner.client import RunnerClient
+from runner.sandbox.base import INSTANCE_LABEL
+
+PROFILES = Path(__file__).parent / "profiles.yaml"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@dataclass
+class Service:
+    address: str
+    instance: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    def client(self) -> RunnerClient:
+        return RunnerClient(self.address)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def containers(self) -> list[docker.models.containers.Container]:
+        return docker.from_env().containers.list(all=True, filters={"label": f"{INSTANCE_LABEL}={self.instance}"})
+
+
+def start_service(tmp: Path, instance: str, port: int | None = None) -> Service:
+    port = port or free_port()
+    log_path = tmp / f"service-{instance}-{port}.log"
+    env = {**os.environ, "MCP_RUNNER_INSTANCE": instance}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "runner.cli", "serve", "--listen", f"127.0.0.1:{port}", "--config", str(PROFILES)],
+        stdout=log_path.open("wb"),
+        stderr=subprocess.STDOUT,
+        env=env,
+    )
+    service = Service(f"127.0.0.1:{port}", instance, process, log_path)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"the service exited with {process.returncode}:\n{service.log()}")
+        try:
+            with service.client() as client:
+                client.list_sessions(timeout=1)
+            return service
+        except grpc.RpcError:
+            time.sleep(0.2)
+    process.kill()
+    raise RuntimeError(f"the service did not answer within 60 s:\n{service.log()}")
+
+
+def stop_service(service: Service) -> None:
+    if service.process.poll() is None:
+        service.process.send_signal(signal.SIGTERM)
+        try:
+            service.process.wait(30)
+        except subprocess.TimeoutExpired:
+            service.process.kill()
+            service.process.wait()
+    for container in service.containers():
+        container.remove(force=True)
+
+
+@pytest.fixture(scope="session")
+def images() -> dict[str, str]:
+    from runner.images import ensure_images
+
+    return ensure_images()
+
+
+@pytest.fixture(scope="session")
+def service(images: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
+    svc = start_service(tmp_path_factory.mktemp("service"), f"it-{secrets.token_hex(4)}")
+    yield svc
+    stop_service(svc)
+
+
+@pytest.fixture
+def client(service: Service) -> Iterator[RunnerClient]:
+    with service.client() as c:
+        yield c

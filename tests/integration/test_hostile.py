@@ -1,0 +1,167 @@
+"""Deliberately malicious or broken MCP servers (tests/servers/scripted_server.py) in real sandboxes.
+
+Each must end with a clear gRPC status, never harm another session, and never
+let an invalid result through.
+"""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+
+from runner.api._proto.mcp_runner.v1 import runner_pb2 as pb
+from runner.client import RunnerClient
+from tests.integration.conftest import Service
+
+pytestmark = [pytest.mark.integration, pytest.mark.hostile]
+
+
+def code_of(caught: pytest.ExceptionInfo[grpc.RpcError]) -> grpc.StatusCode:
+    return caught.value.code()  # type: ignore[no-any-return]
+
+
+def details_of(caught: pytest.ExceptionInfo[grpc.RpcError]) -> str:
+    return caught.value.details() or ""  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+def bystander(client: RunnerClient) -> str:
+    """A healthy session that must keep working while its neighbour misbehaves."""
+    opened = client.open_session("scripted")
+    yield opened.session_id
+    assert client.call_tool(opened.session_id, "echo", {"text": "still here"}).structured_content == {
+        "text": "still here"
+    }
+    client.close_session(opened.session_id)
+
+
+def test_unknown_profile_session_tool(client: RunnerClient) -> None:
+    with pytest.raises(grpc.RpcError) as caught:
+        client.open_session("no-such-profile")
+    assert code_of(caught) == grpc.StatusCode.NOT_FOUND
+    assert "known profiles" in details_of(caught)
+    with pytest.raises(grpc.RpcError) as caught:
+        client.call_tool("0123456789abcdef", "echo", {})
+    assert code_of(caught) == grpc.StatusCode.NOT_FOUND
+    with client.session("scripted") as opened, pytest.raises(grpc.RpcError) as caught:
+        client.call_tool(opened.session_id, "no_such_tool", {})
+    assert code_of(caught) == grpc.StatusCode.NOT_FOUND
+    assert "echo" in details_of(caught)
+
+
+def test_arguments_break_input_schema(client: RunnerClient) -> None:
+    with client.session("scripted") as opened:
+        with pytest.raises(grpc.RpcError) as caught:
+            client.call_tool(opened.session_id, "add", {"a": 1, "b": "two"})
+        assert code_of(caught) == grpc.StatusCode.INVALID_ARGUMENT
+        assert "$.b" in details_of(caught)
+        assert client.call_tool(opened.session_id, "add", {"a": 1, "b": 2}).structured_content == {"sum": 3}
+
+
+def test_server_dies_at_start(client: RunnerClient, service: Service) -> None:
+    with pytest.raises(grpc.RpcError) as caught:
+        client.open_session("crash_at_start")
+    assert code_of(caught) == grpc.StatusCode.FAILED_PRECONDITION
+    assert "cannot load config" in details_of(caught)
+    assert not service.containers() or all(
+        c.labels.get("mcp-runner.profile") != "crash_at_start" for c in service.containers()
+    )
+
+
+def test_server_dies_mid_call(client: RunnerClient, bystander: str) -> None:
+    opened = client.open_session("crash_on_call")
+    with pytest.raises(grpc.RpcError) as caught:
+        client.call_tool(opened.session_id, "echo", {"text": "x"})
+    assert code_of(caught) == grpc.StatusCode.FAILED_PRECONDITION
+    assert "boom: segfault simulated" in details_of(caught)
+    assert client.get_session(opened.session_id).state == pb.SESSION_STATE_FAILED
+
+
+def test_hanging_call_times_out_and_session_still_works(client: RunnerClient) -> None:
+    with client.session("hang") as opened:
+        with pytest.raises(grpc.RpcError) as caught:
+            client.call_tool(opened.session_id, "echo", {"text": "x"}, timeout_ms=500)
+        assert code_of(caught) == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert "still usable" in details_of(caught)
+        assert client.call_tool(opened.session_id, "add", {"a": 2, "b": 2}).structured_content == {"sum": 4}
+
+
+def test_caller_deadline_is_honoured(client: RunnerClient) -> None:
+    with client.session("hang") as opened:
+        with pytest.raises(grpc.RpcError) as caught:
+            client.call_tool(opened.session_id, "echo", {"text": "x"}, timeout=1.0)
+        assert code_of(caught) == grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+def test_frozen_server_is_ended_after_timeout(client: RunnerClient, bystander: str) -> None:
+    opened = client.open_session("hang_hard")
+    with pytest.raises(grpc.RpcError) as caught:
+        client.call_tool(opened.session_id, "echo", {"text": "x"}, timeout_ms=500)
+    assert code_of(caught) == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert "stopped answering" in details_of(caught)
+    assert client.get_session(opened.session_id).state == pb.SESSION_STATE_FAILED
+
+
+def test_memory_hog_is_killed_for_memory(client: RunnerClient, bystander: str) -> None:
+    opened = client.open_session("memory_hog")
+    with pytest.raises(grpc.RpcError) as caught:
+        client.call_tool(opened.session_id, "echo", {"text": "x"})
+    assert code_of(caught) == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "memory" in details_of(caught)
+
+
+def test_fork_bomb_is_contained(client: RunnerClient, bystander: str) -> None:
+    with client.session("fork_bomb") as opened:
+        try:
+            client.call_tool(opened.session_id, "echo", {"text": "x"}, timeout_ms=30_000)
+        except grpc.RpcError as exc:
+            # Whatever the bomb did to its own sandbox, the answer is a clear status, not a hang.
+            assert exc.code() in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.DEADLINE_EXCEEDED)
+    with client.session("scripted") as fresh:
+        assert client.call_tool(fresh.session_id, "add", {"a": 1, "b": 1}).structured_content == {"sum": 2}
+
+
+@pytest.mark.parametrize(
+    ("profile", "status", "needle"),
+    [
+        ("stdout_flood", None, ""),
+        ("oversized", grpc.StatusCode.FAILED_PRECONDITION, ""),
+        ("malformed", grpc.StatusCode.FAILED_PRECONDITION, ""),
+        ("wrong_id", None, ""),
+        ("impersonate_agent", grpc.StatusCode.FAILED_PRECONDITION, ""),
+    ],
+)
+def test_protocol_abuse_ends_only_that_session(
+    client: RunnerClient, bystander: str, profile: str, status: grpc.StatusCode | None, needle: str
+) -> None:
+    opened = client.open_session(profile)
+    with pytest.raises(grpc.RpcError) as caught:
+        client.call_tool(opened.session_id, "echo", {"text": "x"}, timeout_ms=10_000)
+    if status is not None:
+        assert code_of(caught) == status, details_of(caught)
+    else:
+        assert code_of(caught) in (
+            grpc.StatusCode.FAILED_PRECONDITION,
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            grpc.StatusCode.DEADLINE_EXCEEDED,
+        ), details_of(caught)
+    assert needle in details_of(caught)
+    assert "forged" not in details_of(caught)
+    session = client.get_session(opened.session_id)
+    if session.state == pb.SESSION_STATE_READY:
+        # Only a timed-out call may leave the session open, and then it must still answer correctly.
+        assert code_of(caught) == grpc.StatusCode.DEADLINE_EXCEEDED
+        client.close_session(opened.session_id)
+
+
+@pytest.mark.parametrize(
+    ("profile", "needle"),
+    [("bad_output", "breaks its outputSchema at $.sum"), ("missing_structured", "no structuredContent")],
+)
+def test_invalid_output_is_never_passed_on(client: RunnerClient, profile: str, needle: str) -> None:
+    with client.session(profile) as opened:
+        with pytest.raises(grpc.RpcError) as caught:
+            client.call_tool(opened.session_id, "add", {"a": 1, "b": 2})
+        assert code_of(caught) == grpc.StatusCode.FAILED_PRECONDITION
+        assert needle in details_of(caught)
+        assert client.get_session(opened.session_id).state == pb.SESSION_STATE_READY

@@ -1,0 +1,37 @@
+"""The service killed with sessions open leaves containers behind; the next start removes them."""
+
+from __future__ import annotations
+
+import secrets
+from pathlib import Path
+
+import pytest
+
+from tests.integration.conftest import start_service, stop_service
+
+pytestmark = pytest.mark.integration
+
+
+def test_orphans_removed_at_restart(images: dict[str, str], tmp_path: Path) -> None:
+    instance = f"restart-{secrets.token_hex(4)}"
+    first = start_service(tmp_path, instance)
+    try:
+        with first.client() as client:
+            opened = [client.open_session("scripted").session_id for _ in range(2)]
+        assert len(first.containers()) == 2
+        first.process.kill()
+        first.process.wait(10)
+        assert len(first.containers()) == 2, "SIGKILL leaves the sandboxes behind"
+    finally:
+        if first.process.poll() is None:
+            first.process.kill()
+    second = start_service(tmp_path, instance)
+    try:
+        assert not second.containers()
+        assert "removed 2 orphaned" in second.log()
+        with second.client() as client:
+            assert opened[0] not in [s.session_id for s in client.list_sessions()]
+            with client.session("scripted") as fresh:
+                assert client.call_tool(fresh.session_id, "add", {"a": 1, "b": 2}).structured_content == {"sum": 3}
+    finally:
+        stop_service(second)

@@ -1,0 +1,409 @@
+"""The in-container agent, end to end: real agent process, real (scripted) MCP server, pipes."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import pytest
+
+from runner.agent.frames import CancelFrame, RequestFrame, parse_host_frame
+from tests.unit.agent_driver import PYTHON, AgentProcess
+
+Start = Callable[..., Awaitable[AgentProcess]]
+
+
+@pytest.fixture
+async def start() -> AsyncIterator[Start]:
+    agents: list[AgentProcess] = []
+
+    async def _start(behaviour: str = "good", **kwargs: object) -> AgentProcess:
+        agent = await AgentProcess.start(behaviour, **kwargs)  # type: ignore[arg-type]
+        agents.append(agent)
+        return agent
+
+    yield _start
+    for agent in agents:
+        await agent.aclose()
+
+
+async def ready_agent(start: Start, behaviour: str = "good", **kwargs: object) -> AgentProcess:
+    agent = await start(behaviour, **kwargs)
+    await agent.ready()
+    return agent
+
+
+# -- the happy path -----------------------------------------------------------------
+
+
+async def test_ready_frame_carries_initialize_result(start: Start) -> None:
+    agent = await start()
+    ready = await agent.ready()
+    init = ready["initialize"]
+    assert init["protocolVersion"] == "2025-11-25"
+    assert init["serverInfo"] == {"name": "scripted-good", "version": "1.0.0"}
+    assert set(init["capabilities"]) >= {"tools", "resources", "prompts"}
+
+
+async def test_tools_list_uses_wire_names(start: Start) -> None:
+    agent = await ready_agent(start)
+    await agent.request(1, "tools/list", {})
+    frame = await agent.recv_for(1)
+    assert frame["type"] == "result"
+    tools = {t["name"]: t for t in frame["result"]["tools"]}
+    assert set(tools) == {"echo", "add", "slow", "whoami", "inspect_sandbox"}
+    assert tools["echo"]["inputSchema"]["required"] == ["text"]
+    assert tools["add"]["outputSchema"]["properties"]["sum"] == {"type": "integer"}
+
+
+async def test_tools_call_returns_structured_content(start: Start) -> None:
+    agent = await ready_agent(start)
+    await agent.request(7, "tools/call", {"name": "echo", "arguments": {"text": "hi"}})
+    frame = await agent.recv_for(7)
+    assert frame == {
+        "type": "result",
+        "id": 7,
+        "result": {
+            "content": [{"type": "text", "text": "hi"}],
+            "structuredContent": {"text": "hi"},
+            "isError": False,
+            # Always serialized by the SDK's result models (a 2026-07-28 field; older peers ignore it).
+            "resultType": "complete",
+        },
+    }
+
+
+async def test_progress_frames_precede_the_result(start: Start) -> None:
+    agent = await ready_agent(start)
+    await agent.request(3, "tools/call", {"name": "slow", "arguments": {"steps": 3, "delay_ms": 20}})
+    frames = []
+    while True:
+        frame = await agent.recv()
+        frames.append(frame)
+        if frame["type"] != "progress":
+            break
+    progress = [f for f in frames if f["type"] == "progress"]
+    assert [p["progress"] for p in progress] == [1.0, 2.0, 3.0]
+    assert all(p["id"] == 3 and p["total"] == 3.0 for p in progress)
+    assert progress[0]["message"] == "step 1/3"
+    assert frames[-1]["type"] == "result" and frames[-1]["id"] == 3
+    assert frames[-1]["result"]["content"][0]["text"] == "done 3 steps"
+
+
+async def test_requests_run_concurrently(start: Start) -> None:
+    agent = await ready_agent(start)
+    await agent.request(1, "tools/call", {"name": "slow", "arguments": {"steps": 20, "delay_ms": 100}})
+    await agent.recv()  # first progress frame: the slow call is running
+    t0 = time.monotonic()
+    await agent.request(2, "ping")
+    assert await agent.recv_for(2, timeout=1.5) == {"type": "result", "id": 2, "result": {}}
+    assert time.monotonic() - t0 < 1.0
+    await agent.request(3, "tools/call", {"name": "add", "arguments": {"a": 2, "b": 3}})
+    assert (await agent.recv_for(3, timeout=1.5))["result"]["structuredContent"] == {"sum": 5}
+
+
+async def test_cancel_stops_frames_for_that_request(start: Start) -> None:
+    agent = await ready_agent(start)
+    await agent.request(1, "tools/call", {"name": "slow", "arguments": {"steps": 50, "delay_ms": 50}})
+    assert (await agent.recv())["type"] == "progress"
+    await agent.send({"type": "cancel", "id": 1})
+    await agent.request(2, "ping")
+    await agent.recv_for(2)
+    # Nothing more for id 1: no result, no progress.
+    with pytest.raises(TimeoutError):
+        while True:
+            frame = await agent.recv(timeout=0.5)
+            assert frame.get("id") != 1, frame
+
+
+async def test_resources_and_prompts(start: Start) -> None:
+    agent = await ready_agent(start)
+    await agent.request(1, "resources/list")
+    await agent.request(2, "resources/read", {"uri": "mem://greeting"})
+    await agent.request(3, "prompts/list", {})
+    await agent.request(4, "prompts/get", {"name": "greet", "arguments": {"name": "Ada"}})
+    replies = {}
+    for _ in range(4):
+        frame = await agent.recv()
+        replies[frame["id"]] = frame
+    assert replies[1]["result"]["resources"][0]["uri"] == "mem://greeting"
+    assert replies[2]["result"]["contents"] == [{"uri": "mem://greeting", "mimeType": "text/plain", "text": "hello"}]
+    assert replies[3]["result"]["prompts"][0]["name"] == "greet"
+    messages = replies[4]["result"]["messages"]
+    assert messages == [{"role": "user", "content": {"type": "text", "text": "Hello, Ada!"}}]
+
+
+async def test_server_error_becomes_error_frame(start: Start) -> None:
+    agent = await ready_agent(start)
+    await agent.request(5, "tools/call", {"name": "nope", "arguments": {}})
+    frame = await agent.recv_for(5)
+    assert frame == {"type": "error", "id": 5, "error": {"code": -32602, "message": "Unknown tool: nope"}}
+    await agent.request(6, "resources/read", {"uri": "mem://missing"})
+    assert (await agent.recv_for(6))["error"]["code"] == -32002
+
+
+async def test_agent_side_errors_use_internal_error(start: Start) -> None:
+    agent = await ready_agent(start)
+    await agent.request(1, "sampling/createMessage", {})
+    await agent.request(2, "tools/call", {"arguments": {}})  # no tool name
+    for rid in (1, 2):
+        frame = await agent.recv_for(rid)
+        assert frame["type"] == "error" and frame["error"]["code"] == -32603, frame
+
+
+async def test_invalid_host_frames_are_ignored(start: Start) -> None:
+    agent = await ready_agent(start)
+    await agent.send(b"this is not json\n")
+    await agent.send({"type": "bogus", "id": 1})
+    await agent.send({"type": "request", "id": -4, "method": "ping"})
+    await agent.send(b"\n")
+    await agent.request(9, "ping")
+    assert await agent.recv_for(9) == {"type": "result", "id": 9, "result": {}}
+    assert "not JSON" in agent.stderr_text
+    assert "unknown type 'bogus'" in agent.stderr_text
+
+
+async def test_tool_output_is_not_validated_by_the_agent(start: Start) -> None:
+    agent = await ready_agent(start, "bad_output")
+    await agent.request(1, "tools/call", {"name": "add", "arguments": {"a": 1, "b": 2}})
+    frame = await agent.recv_for(1)
+    assert frame["result"]["structuredContent"] == {"sum": "not a number"}
+
+
+async def test_missing_structured_content_is_passed_through(start: Start) -> None:
+    agent = await ready_agent(start, "missing_structured")
+    await agent.request(1, "tools/call", {"name": "add", "arguments": {"a": 1, "b": 2}})
+    result = (await agent.recv_for(1))["result"]
+    assert "structuredContent" not in result and result["content"][0]["text"] == "3"
+
+
+async def test_server_gets_the_full_environment(start: Start) -> None:
+    agent = await ready_agent(start, env={"SESSION_MARK": "mark-42"})
+    await agent.request(1, "tools/call", {"name": "whoami", "arguments": {}})
+    assert (await agent.recv_for(1))["result"]["content"][0]["text"] == "mark-42"
+
+
+async def test_hanging_call_can_be_cancelled_while_pings_work(start: Start) -> None:
+    agent = await ready_agent(start, "hang")
+    await agent.request(1, "tools/call", {"name": "echo", "arguments": {"text": "x"}})
+    await agent.request(2, "ping")
+    await agent.recv_for(2)
+    await agent.send({"type": "cancel", "id": 1})
+    await agent.request(3, "tools/call", {"name": "add", "arguments": {"a": 1, "b": 1}})
+    assert (await agent.recv_for(3))["result"]["structuredContent"] == {"sum": 2}
+
+
+async def test_oversized_result_is_relayed_whole(start: Start) -> None:
+    # The host enforces the frame cap; the agent just relays.
+    agent = await ready_agent(start, "oversized")
+    await agent.request(1, "tools/call", {"name": "echo", "arguments": {"text": "x"}})
+    frame = await agent.recv_for(1, timeout=30)
+    assert len(frame["result"]["content"][0]["text"]) == 8 * 1024 * 1024
+
+
+# -- shutting down ----------------------------------------------------------------------
+
+
+async def test_stdin_eof_exits_zero(start: Start) -> None:
+    agent = await ready_agent(start)
+    await agent.request(1, "ping")
+    await agent.recv_for(1)
+    await agent.close_stdin()
+    assert await agent.wait() == 0
+    assert "fatal" not in agent.stderr_text
+
+
+async def test_stdin_eof_during_a_slow_call_exits_zero(start: Start) -> None:
+    agent = await ready_agent(start)
+    await agent.request(1, "tools/call", {"name": "slow", "arguments": {"steps": 50, "delay_ms": 100}})
+    await agent.recv()
+    await agent.close_stdin()
+    assert await agent.wait(timeout=10) == 0
+
+
+async def test_sigterm_shuts_down_cleanly(start: Start) -> None:
+    agent = await ready_agent(start)
+    agent.proc.send_signal(signal.SIGTERM)
+    assert await agent.wait() == 0
+
+
+# -- fatal paths ------------------------------------------------------------------------
+
+
+async def expect_fatal(agent: AgentProcess, timeout: float = 20.0) -> str:
+    frame = await agent.recv(timeout)
+    while frame["type"] != "fatal":
+        assert frame["type"] in ("ready", "progress"), frame
+        frame = await agent.recv(timeout)
+    assert await agent.wait() == 1
+    assert agent.proc.stdout is not None
+    assert await agent.proc.stdout.read() == b"", "nothing may follow the fatal frame"
+    message = frame["message"]
+    assert isinstance(message, str)
+    return message
+
+
+async def test_crash_at_start(start: Start) -> None:
+    agent = await start("crash_at_start")
+    message = await expect_fatal(agent)
+    assert message.startswith("MCP server exited with status 3 before completing initialize"), message
+    assert "cannot load config" in agent.stderr_text
+
+
+async def test_crash_on_call(start: Start) -> None:
+    agent = await ready_agent(start, "crash_on_call")
+    await agent.request(1, "tools/call", {"name": "echo", "arguments": {"text": "x"}})
+    message = await expect_fatal(agent)
+    assert message.startswith("MCP server exited with status 7"), message
+    assert "boom: segfault simulated" in agent.stderr_text
+
+
+async def test_malformed_output_is_a_protocol_violation(start: Start) -> None:
+    agent = await ready_agent(start, "malformed")
+    await agent.request(1, "tools/call", {"name": "echo", "arguments": {"text": "x"}})
+    message = await expect_fatal(agent)
+    assert message.startswith("MCP server broke the protocol: it wrote a line to stdout that is not"), message
+
+
+async def test_stdout_flood_is_a_protocol_violation(start: Start) -> None:
+    agent = await ready_agent(start, "stdout_flood")
+    await agent.request(1, "tools/call", {"name": "echo", "arguments": {"text": "x"}})
+    assert (await expect_fatal(agent)).startswith("MCP server broke the protocol")
+
+
+async def test_wrong_id_is_a_protocol_violation(start: Start) -> None:
+    # The SDK itself would only debug-log and drop the answer (the call would hang);
+    # the agent's link checks ids and treats an answer to an unsent id as fatal.
+    agent = await ready_agent(start, "wrong_id")
+    await agent.request(1, "tools/call", {"name": "echo", "arguments": {"text": "x"}})
+    message = await expect_fatal(agent)
+    assert message.startswith("MCP server broke the protocol: it answered request id"), message
+    assert "never sent" in message
+
+
+async def test_command_not_found(start: Start) -> None:
+    agent = await start(command=["/nonexistent/mcp-server", "--flag"])
+    message = await expect_fatal(agent)
+    assert message == "cannot start MCP server /nonexistent/mcp-server --flag: No such file or directory"
+
+
+async def test_initialize_timeout(start: Start) -> None:
+    agent = await start(command=[PYTHON, "-c", "import time; time.sleep(60)"], env={"MCP_AGENT_INIT_TIMEOUT": "0.5"})
+    t0 = time.monotonic()
+    message = await expect_fatal(agent)
+    assert message == "MCP server did not complete initialize within 0.5 s"
+    assert time.monotonic() - t0 < 8
+
+
+async def test_hard_hang_is_killed_at_shutdown(start: Start) -> None:
+    agent = await ready_agent(start, "hang_hard")
+    await agent.request(1, "tools/call", {"name": "echo", "arguments": {"text": "x"}})
+    await asyncio.sleep(0.2)
+    await agent.close_stdin()
+    assert await agent.wait(timeout=15) == 0
+
+
+# -- frame parsing (in-process, stdlib only) ------------------------------------------------
+
+
+def test_parse_host_frame() -> None:
+    assert parse_host_frame(b'{"type":"request","id":3,"method":"ping"}') == RequestFrame(3, "ping", {})
+    assert parse_host_frame(b'{"type":"cancel","id":3}') == CancelFrame(3)
+    for bad in (b"[]", b"{", b'{"type":"cancel","id":true}', b'{"type":"request","id":1,"params":{}}'):
+        assert isinstance(parse_host_frame(bad), str)
+    assert isinstance(parse_host_frame(b'{"type":"request","id":1,"method":"ping","params":[]}'), str)
+
+
+# -- the link's id bookkeeping (in-process, over memory streams) -------------------------------
+
+
+async def test_link_tells_late_answers_from_unsolicited_ones() -> None:
+    import anyio
+    from mcp.shared.message import SessionMessage
+    from mcp_types import JSONRPCNotification, JSONRPCRequest, JSONRPCResponse
+
+    from runner.agent.link import ServerLink
+
+    in_send, in_recv = anyio.create_memory_object_stream[SessionMessage | Exception](10)
+    out_send, out_recv = anyio.create_memory_object_stream[SessionMessage](10)
+    violations: list[str] = []
+
+    async def on_eof() -> None:
+        pass
+
+    link = ServerLink(in_recv, out_send, violations.append, on_eof)
+
+    def answer(rid: int) -> SessionMessage:
+        return SessionMessage(JSONRPCResponse(jsonrpc="2.0", id=rid, result={}))
+
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            link.start(tg)
+            await link.write.send(SessionMessage(JSONRPCRequest(jsonrpc="2.0", id=1, method="ping")))
+            await link.write.send(SessionMessage(JSONRPCRequest(jsonrpc="2.0", id=2, method="ping")))
+            cancel = JSONRPCNotification(jsonrpc="2.0", method="notifications/cancelled", params={"requestId": 2})
+            await link.write.send(SessionMessage(cancel))
+            for _ in range(3):
+                await out_recv.receive()
+            await in_send.send(answer(1))  # normal answer
+            assert (await link.read.receive()).message.id == 1  # type: ignore[union-attr]
+            await in_send.send(answer(2))  # late answer to a cancelled request: relayed, not fatal
+            assert (await link.read.receive()).message.id == 2  # type: ignore[union-attr]
+            assert violations == []
+            await in_send.send(answer(1))  # a second answer to id 1: a violation
+            while not violations:
+                await anyio.sleep(0.01)
+            tg.cancel_scope.cancel()
+    assert "answered request id 1," in violations[0]
+
+
+# -- the scripted server itself, under the system python3 it meets in the sandbox -------------
+
+
+@pytest.mark.parametrize(
+    "behaviour",
+    [
+        "good",
+        "crash_on_call",
+        "hang",
+        "hang_hard",
+        "memory_hog",
+        "fork_bomb",
+        "stdout_flood",
+        "oversized",
+        "malformed",
+        "wrong_id",
+        "bad_output",
+        "missing_structured",
+        "impersonate_agent",
+    ],
+)
+async def test_scripted_server_handshake(behaviour: str) -> None:
+    import json
+    import shutil
+
+    from tests.unit.agent_driver import SCRIPTED_SERVER
+
+    python3 = shutil.which("python3", path="/usr/bin") or PYTHON
+    proc = await asyncio.create_subprocess_exec(
+        python3,
+        str(SCRIPTED_SERVER),
+        behaviour,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    requests = [
+        {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {"protocolVersion": "1999-01-01"}},
+        {"jsonrpc": "2.0", "method": "notifications/initialized"},
+        {"jsonrpc": "2.0", "id": 2, "method": "tools/list"},
+        {"jsonrpc": "2.0", "id": 3, "method": "ping"},
+    ]
+    data = b"".join(json.dumps(r).encode() + b"\n" for r in requests)
+    out, _ = await asyncio.wait_for(proc.communicate(data), 10)
+    replies = [json.loads(line) for line in out.splitlines()]
+    assert [r["id"] for r in replies] == [1, 2, 3]
+    assert replies[0]["result"]["protocolVersion"] == "2025-06-18"
+    assert len(replies[1]["result"]["tools"]) == 4
+    assert proc.returncode == 0
