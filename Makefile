@@ -36,7 +36,7 @@ run: images ## Start the service (CONFIG=path for another settings file, LISTEN=
 	@echo "[make] starting mcp-runner on $(LISTEN) — Ctrl-C stops it and removes its sandboxes"
 	@$(BIN)/mcp-runner serve --listen $(LISTEN) $(if $(CONFIG),--config $(CONFIG))
 
-test: images ## Run every test: unit, integration (real Docker, real servers) and hostile servers
+test: images lint ## Run lint, then every test: unit, integration (real Docker, real servers), hostile servers
 	@echo "[make] running the whole test suite"
 	@$(BIN)/python -m pytest $(PYTEST_ARGS)
 

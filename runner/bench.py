@@ -11,8 +11,10 @@ machines.
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import statistics
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -56,7 +58,7 @@ async def _host_baseline(command: list[str], tool: str, arguments: dict[str, Any
     from mcp import ClientSession, StdioServerParameters
     from mcp.client.stdio import stdio_client
 
-    params = StdioServerParameters(command=command[0], args=command[1:])
+    params = StdioServerParameters(command=command[0], args=command[1:], env=dict(os.environ))
 
     async def open_once() -> None:
         async with stdio_client(params) as (read, write), ClientSession(read, write) as session:
@@ -108,8 +110,11 @@ async def run_bench(settings: Settings, *, profile: str = "time", opens: int = 1
     out(f"mcp-runner bench: profile {profile!r} ({' '.join(chosen.command)}), {opens} opens, {calls} calls of {tool}")
     out("wall-clock on this machine; compare the columns, not machines\n")
     host: tuple[Figures, Figures] | None = None
-    if shutil.which(chosen.command[0]):
-        host = await _host_baseline(list(chosen.command), tool, arguments, opens, calls)
+    # The dev install puts the PyPI servers next to this interpreter, which need not be on PATH.
+    search = os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])
+    host_command = shutil.which(chosen.command[0], path=search)
+    if host_command:
+        host = await _host_baseline([host_command, *chosen.command[1:]], tool, arguments, opens, calls)
     sandbox = await _sandboxed(settings, profile, tool, arguments, opens, calls)
     rows = [("session open (start+initialize+tools/list)", 0), ("tools/call", 1)]
     out(f"{'':44} {'host (same server, stdio)':46} sandboxed via gRPC")

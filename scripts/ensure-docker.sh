@@ -1,30 +1,36 @@
 #!/usr/bin/env bash
-# Make sure a Docker engine answers. On Debian as root with none installed,
-# install docker.io and start dockerd in the background (log in a file);
-# elsewhere say what to install. Idempotent: does nothing when `docker info` works.
+# Make sure a Docker engine answers and the image bootstrap tool is there.
+# On Debian as root: install what is missing (docker.io, mmdebstrap) and start
+# dockerd in the background (log in a file); elsewhere say what to install.
+# Idempotent: does nothing when everything is already there.
 set -euo pipefail
 
 LOG_DIR="${DOCKERD_LOG_DIR:-/var/log}"
 say() { echo "[ensure-docker] $*" >&2; }
 
-if docker info >/dev/null 2>&1; then
-  say "Docker engine answers; nothing to do."
-  exit 0
-fi
-
 is_debian_root() {
   [ "$(id -u)" = 0 ] && [ -r /etc/debian_version ] && command -v apt-get >/dev/null
 }
 
-if ! command -v dockerd >/dev/null 2>&1; then
+missing=()
+command -v dockerd >/dev/null 2>&1 || docker info >/dev/null 2>&1 || missing+=(docker.io iptables)
+# mmdebstrap bootstraps the base image when no BASE_IMAGE (registry) is used.
+[ -n "${BASE_IMAGE:-}" ] || command -v mmdebstrap >/dev/null 2>&1 || missing+=(mmdebstrap)
+if [ ${#missing[@]} -gt 0 ]; then
   if ! is_debian_root; then
-    say "No Docker engine found. Install Docker (https://docs.docker.com/engine/install/) and start it, then retry."
+    say "Missing: ${missing[*]}. Install Docker (https://docs.docker.com/engine/install/) and mmdebstrap"
+    say "(or set BASE_IMAGE to a Debian bookworm image from your registry), start Docker, then retry."
     exit 1
   fi
-  say "No Docker engine: installing Debian's docker.io (apt-get)..."
+  say "Installing Debian packages: ${missing[*]} (apt-get)..."
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq >&2
-  apt-get install -y -qq --no-install-recommends docker.io iptables mmdebstrap >&2
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
+fi
+
+if docker info >/dev/null 2>&1; then
+  say "Docker engine answers ($(docker version --format '{{.Server.Version}}' 2>/dev/null))."
+  exit 0
 fi
 
 if ! pgrep -x dockerd >/dev/null 2>&1; then

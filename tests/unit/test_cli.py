@@ -132,15 +132,25 @@ def test_serve_loads_settings_and_runs(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_images(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    fake_images = types.SimpleNamespace(
-        ensure_images=lambda: ["mcp-runner/base:1 built"],
-        list_images=lambda: ["mcp-runner/base:1", "mcp-runner/python-servers:1"],
-    )
-    monkeypatch.setitem(sys.modules, "runner.images", fake_images)
-    assert cli.main(["images", "build"]) == 0
+    import runner.images
+
+    def ensure_images(*, force: bool = False) -> dict[str, str]:
+        return {"rootfs": "mcp-runner/rootfs:1" + ("f" if force else "")}
+
+    monkeypatch.setattr(runner.images, "ensure_images", ensure_images)
+    monkeypatch.setattr(runner.images, "list_images", lambda: [("rootfs", "mcp-runner/rootfs:1", False)])
+    assert cli.main(["images", "build", "--force"]) == 0
     assert cli.main(["images", "list"]) == 0
-    assert capsys.readouterr().out.splitlines() == [
-        "mcp-runner/base:1 built",
-        "mcp-runner/base:1",
-        "mcp-runner/python-servers:1",
-    ]
+    out = [" ".join(line.split()) for line in capsys.readouterr().out.splitlines()]
+    assert out == ["rootfs mcp-runner/rootfs:1f", "rootfs mcp-runner/rootfs:1 missing (run: mcp-runner images build)"]
+
+
+def test_images_build_error(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    import runner.images
+
+    def broken(*, force: bool = False) -> dict[str, str]:
+        raise runner.images.ImageBuildError("docker build failed: disk full")
+
+    monkeypatch.setattr(runner.images, "ensure_images", broken)
+    assert cli.main(["images", "build"]) == 2
+    assert "disk full" in capsys.readouterr().err

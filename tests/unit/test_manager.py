@@ -203,3 +203,17 @@ async def test_shutdown_closes_everything(manager: SessionManager) -> None:
     ids = [(await manager.open("good", caller="a")).info.session_id for _ in range(2)]
     await manager.shutdown()
     assert all(manager.get(i).state is SessionState.CLOSED for i in ids)
+
+
+async def test_max_lifetime_reaping_even_when_busy(make_manager: Callable[..., SessionManager]) -> None:
+    short = replace(LIMITS, max_lifetime_s=0.05)
+    settings = replace(SETTINGS, profiles=MappingProxyType({"good": replace(PROFILES["good"], limits=short)}))
+    manager = make_manager(settings)
+    await manager.start()
+    sid = (await manager.open("good", caller="a")).info.session_id
+    await asyncio.sleep(0.1)
+    await manager.call_tool(sid, "echo", {"text": "keeps it from idling"})
+    await manager.reap()
+    info = manager.get(sid)
+    assert info.state is SessionState.CLOSED
+    assert "maximum lifetime" in (info.failure or "")
