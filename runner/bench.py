@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
-from runner.api.server import start_server, stop_server
+from runner.api.server import start_server
 from runner.client import AsyncRunnerClient
 from runner.config import Settings
 from runner.sandbox.docker import DockerBackend
@@ -78,9 +78,9 @@ async def _sandboxed(settings: Settings, profile: str, tool: str, arguments: dic
     backend = DockerBackend()
     manager = SessionManager(backend, settings)
     await manager.start()
-    server, port = await start_server(manager, "127.0.0.1:0")
+    server = await start_server(manager, "127.0.0.1:0")
     try:
-        async with AsyncRunnerClient(f"127.0.0.1:{port}") as client:
+        async with AsyncRunnerClient(f"127.0.0.1:{server.port}") as client:
 
             async def open_once() -> None:
                 opened = await client.open_session(profile)
@@ -92,7 +92,7 @@ async def _sandboxed(settings: Settings, profile: str, tool: str, arguments: dic
             await client.close_session(opened.session_id)
         return _figures(open_times), _figures(call_times)
     finally:
-        await stop_server(server, 1.0)
+        await server.stop(1.0)
         await manager.shutdown()
         backend.close()
 

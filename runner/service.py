@@ -12,7 +12,7 @@ import asyncio
 import logging
 import signal
 
-from runner.api.server import start_server, stop_server
+from runner.api.server import start_server
 from runner.config import Settings
 from runner.sandbox.docker import DockerBackend
 from runner.sessions.manager import SessionManager
@@ -28,11 +28,11 @@ async def run_service(settings: Settings, *, ready: asyncio.Event | None = None)
         removed = await manager.start()
         if removed:
             log.info("removed %d orphaned sandbox(es) of instance %r", removed, settings.instance)
-        server, port = await start_server(manager, settings.listen, grace=settings.shutdown_grace_s)
+        server = await start_server(manager, settings.listen, grace=settings.shutdown_grace_s)
         host = settings.listen.rsplit(":", 1)[0]
         log.info(
             "mcp-runner listening on %s:%d (instance %r, profiles: %s)",
-            host, port, settings.instance, ", ".join(sorted(settings.profiles)),
+            host, server.port, settings.instance, ", ".join(sorted(settings.profiles)),
         )
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -42,7 +42,7 @@ async def run_service(settings: Settings, *, ready: asyncio.Event | None = None)
             ready.set()
         await stop.wait()
         log.info("shutting down: draining calls for up to %.0f s, then removing sandboxes", settings.shutdown_grace_s)
-        await stop_server(server)
+        await server.stop()
         await manager.shutdown()
     finally:
         backend.close()

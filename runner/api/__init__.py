@@ -3,14 +3,13 @@
 Generated stubs live in ``runner.api._proto`` (regenerate with ``scripts/gen-proto.sh``).
 """
 
-from runner.api.server import RUNNER_SERVICE, set_not_serving, start_server, stop_server
+from runner.api.server import RUNNER_SERVICE, RunningServer, start_server
 from runner.api.servicer import RunnerServicer, SessionService
 
 __all__ = [
     "RUNNER_SERVICE",
     "RunnerServicer",
+    "RunningServer",
     "SessionService",
-    "set_not_serving",
     "start_server",
-    "stop_server",
 ]

@@ -2,12 +2,11 @@
 
 Graceful shutdown is health NOT_SERVING first (load balancers stop sending new
 sessions), then ``server.stop(grace)`` lets calls in flight finish; the caller
-reaps containers afterwards. ``stop_server`` does the first two steps.
+reaps containers afterwards. ``RunningServer.stop`` does the first two steps.
 """
 
 from __future__ import annotations
 
-import weakref
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,21 +25,29 @@ OVERALL = ""
 
 
 @dataclass
-class _Running:
+class RunningServer:
+    """A started gRPC server with its health service; ``stop()`` shuts it down gracefully."""
+
+    server: grpc.aio.Server
+    port: int
     health: Any
     grace: float
 
+    async def set_not_serving(self) -> None:
+        """Tell health checkers to stop sending work (first step of a graceful shutdown)."""
+        for service in (OVERALL, RUNNER_SERVICE):
+            await self.health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
 
-# Per-server state, so start_server can keep its (server, port) signature.
-_RUNNING: weakref.WeakKeyDictionary[grpc.aio.Server, _Running] = weakref.WeakKeyDictionary()
+    async def stop(self, grace: float | None = None) -> None:
+        """NOT_SERVING, then stop accepting RPCs and give calls in flight ``grace`` seconds."""
+        await self.set_not_serving()
+        await self.server.stop(self.grace if grace is None else grace)
 
 
-async def start_server(
-    manager: SessionService, listen: str, *, grace: float = 5.0
-) -> tuple[grpc.aio.Server, int]:
-    """Bind ``listen`` (``host:port``; port 0 picks one), start serving, return the server and bound port.
+async def start_server(manager: SessionService, listen: str, *, grace: float = 5.0) -> RunningServer:
+    """Bind ``listen`` (``host:port``; port 0 picks one) and start serving.
 
-    ``grace`` is the default for ``stop_server``.
+    ``grace`` is the default drain time of ``RunningServer.stop``.
     """
     server = grpc.aio.server()
     runner_pb2_grpc.add_RunnerServicer_to_server(RunnerServicer(manager), server)
@@ -56,22 +63,4 @@ async def start_server(
     await server.start()
     for service in (OVERALL, RUNNER_SERVICE):
         await health.set(service, health_pb2.HealthCheckResponse.SERVING)
-    _RUNNING[server] = _Running(health=health, grace=grace)
-    return server, port
-
-
-async def set_not_serving(server: grpc.aio.Server) -> None:
-    """Tell health checkers to stop sending work (first step of a graceful shutdown)."""
-    running = _RUNNING.get(server)
-    if running is not None:
-        for service in (OVERALL, RUNNER_SERVICE):
-            await running.health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
-
-
-async def stop_server(server: grpc.aio.Server, grace: float | None = None) -> None:
-    """NOT_SERVING, then stop accepting RPCs and give calls in flight ``grace`` seconds."""
-    running = _RUNNING.get(server)
-    await set_not_serving(server)
-    if grace is None:
-        grace = running.grace if running is not None else 5.0
-    await server.stop(grace)
+    return RunningServer(server=server, port=port, health=health, grace=grace)

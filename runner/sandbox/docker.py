@@ -74,16 +74,18 @@ class DockerSandbox:
         self,
         backend: DockerBackend,
         container_id: str,
+        stream: socket.socket,
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
-        keepalive: object,
+        keepalive: Any,
         stderr_tail_bytes: int,
     ) -> None:
         self._backend = backend
         self._id = container_id
+        self._stream = stream
         self._reader = reader
         self._writer = writer
-        self._keepalive = keepalive  # docker-py's response; collecting it would close the socket
+        self._keepalive = keepalive  # docker-py's socket wrapper; collecting it would close the socket
         self._stderr = bytearray()
         self._stderr_cap = stderr_tail_bytes
         self._stdout_left = 0
@@ -138,8 +140,18 @@ class DockerSandbox:
         if self._destroyed:
             return
         self._destroyed = True
-        self._writer.close()
+        self._close_stream()
         await self._backend.remove(self._id)
+
+    def _close_stream(self) -> None:
+        # docker-py's wrapper still holds the socket, so close() alone leaves the fd open; dockerd then
+        # stays blocked writing output nobody reads, and removing the container hangs. shutdown() acts
+        # on the fd itself.
+        with contextlib.suppress(OSError):
+            self._stream.shutdown(socket.SHUT_RDWR)
+        self._writer.close()
+        with contextlib.suppress(Exception):
+            self._keepalive.close()
 
 
 class DockerBackend:
@@ -221,7 +233,7 @@ class DockerBackend:
         except OSError:
             await self.remove(container_id)
             raise
-        return DockerSandbox(self, container_id, reader, writer, sock, self._stderr_tail_bytes)
+        return DockerSandbox(self, container_id, raw, reader, writer, sock, self._stderr_tail_bytes)
 
     async def wait_exit(self, container_id: str, timeout: float) -> SandboxExit:
         def wait() -> SandboxExit:

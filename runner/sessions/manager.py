@@ -90,6 +90,7 @@ class _Session:
     calls: int = 0
     stats: SandboxStats = SandboxStats()
     end_error: RunnerError | None = None
+    concluding: asyncio.Task[RunnerError] | None = None
     watcher: asyncio.Task[None] | None = None
 
 
@@ -321,26 +322,28 @@ class SessionManager:
         return DeadlineExceeded(f"{what}; the call was cancelled and session {session.id} is still usable")
 
     async def _explain(self, session: _Session, error: RunnerError) -> RunnerError:
-        """Turn a dead channel into the reason a person can act on; end the session. Idempotent."""
-        if session.end_error is not None:
-            return session.end_error
+        """Turn a dead channel into the reason a person can act on, once, with the sandbox gone after it."""
         if session.handle is None or session.channel is None or session.channel.terminal_error is None:
             return error
-        ending = await session.handle.wait_exit(EXIT_WAIT_S)
-        tail = session.handle.stderr_tail()
+        if session.concluding is None:
+            session.concluding = asyncio.create_task(self._conclude(session, session.handle, error))
+        # Shielded: a caller giving up must not abort the teardown other callers wait for.
+        return await asyncio.shield(session.concluding)
+
+    async def _conclude(self, session: _Session, handle: SandboxHandle, error: RunnerError) -> RunnerError:
+        ending = await handle.wait_exit(EXIT_WAIT_S)
         explained: RunnerError
         if ending.oom_killed:
             mib = session.limits.memory_bytes // 1024**2
             explained = OutOfMemory(f"session {session.id} was killed for exceeding its memory limit of {mib} MiB")
         elif isinstance(error, SandboxCrashed):
             status = f" (exit status {ending.exit_code})" if ending.exit_code is not None else ""
-            explained = SandboxCrashed(f"session {session.id} ended: {error.message}{status}", tail)
+            explained = SandboxCrashed(f"session {session.id} ended: {error.message}{status}", handle.stderr_tail())
         else:
             explained = type(error)(f"session {session.id} was ended: {error.message}")
-        if session.end_error is None:
-            session.end_error = explained
-            await self._end(session, SessionState.FAILED, explained.message)
-        return session.end_error
+        session.end_error = explained
+        await self._end(session, SessionState.FAILED, explained.message)
+        return explained
 
     async def _watch(self, session: _Session) -> None:
         """Notice a sandbox dying between calls, so the next caller hears why."""

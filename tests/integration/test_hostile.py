@@ -132,7 +132,7 @@ def test_fork_bomb_is_contained(client: RunnerClient, bystander: str) -> None:
     ],
 )
 def test_protocol_abuse_ends_only_that_session(
-    client: RunnerClient, bystander: str, profile: str, status: grpc.StatusCode | None, needle: str
+    client: RunnerClient, service: Service, bystander: str, profile: str, status: grpc.StatusCode | None, needle: str
 ) -> None:
     opened = client.open_session(profile)
     with pytest.raises(grpc.RpcError) as caught:
@@ -148,7 +148,9 @@ def test_protocol_abuse_ends_only_that_session(
     assert needle in details_of(caught)
     assert "forged" not in details_of(caught)
     session = client.get_session(opened.session_id)
-    if session.state == pb.SESSION_STATE_READY:
+    if session.state != pb.SESSION_STATE_READY:
+        assert not [c for c in service.containers() if c.labels["mcp-runner.session"] == opened.session_id]
+    else:
         # Only a timed-out call may leave the session open, and then it must still answer correctly.
         assert code_of(caught) == grpc.StatusCode.DEADLINE_EXCEEDED
         client.close_session(opened.session_id)

@@ -15,7 +15,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from runner import errors
-from runner.api import RUNNER_SERVICE, set_not_serving, start_server, stop_server
+from runner.api import RUNNER_SERVICE, start_server
 from runner.api._proto.mcp_runner.v1 import runner_pb2 as pb
 from runner.api._proto.mcp_runner.v1 import runner_pb2_grpc
 from runner.api.servicer import SessionService
@@ -194,11 +194,11 @@ def fake() -> FakeManager:
 
 @pytest.fixture
 async def address(fake: FakeManager) -> AsyncIterator[str]:
-    server, port = await start_server(_typed(fake), "127.0.0.1:0", grace=0)
+    running = await start_server(_typed(fake), "127.0.0.1:0", grace=0)
     try:
-        yield f"127.0.0.1:{port}"
+        yield f"127.0.0.1:{running.port}"
     finally:
-        await stop_server(server, 0)
+        await running.stop(0)
 
 
 @pytest.fixture
@@ -435,18 +435,18 @@ async def test_prompts(client: AsyncRunnerClient) -> None:
 
 
 async def test_health_serving_then_not_serving(fake: FakeManager) -> None:
-    server, port = await start_server(_typed(fake), "127.0.0.1:0")
+    running = await start_server(_typed(fake), "127.0.0.1:0")
     try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
             stub = health_pb2_grpc.HealthStub(channel)
             for service in ("", RUNNER_SERVICE):
                 reply = await stub.Check(health_pb2.HealthCheckRequest(service=service))
                 assert reply.status == health_pb2.HealthCheckResponse.SERVING
-            await set_not_serving(server)
+            await running.set_not_serving()
             reply = await stub.Check(health_pb2.HealthCheckRequest(service=RUNNER_SERVICE))
             assert reply.status == health_pb2.HealthCheckResponse.NOT_SERVING
     finally:
-        await stop_server(server, 0)
+        await running.stop(0)
 
 
 async def test_reflection_lists_the_service(address: str) -> None:

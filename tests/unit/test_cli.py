@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from runner import cli
-from runner.api import start_server, stop_server
+from runner.api import start_server
 from runner.client import DEFAULT_ADDRESS
 from tests.unit.test_api import FakeManager
 
@@ -24,11 +24,11 @@ def fake() -> FakeManager:
 
 @pytest.fixture
 async def address(fake: FakeManager) -> AsyncIterator[str]:
-    server, port = await start_server(fake, "127.0.0.1:0", grace=0)
+    running = await start_server(fake, "127.0.0.1:0", grace=0)
     try:
-        yield f"127.0.0.1:{port}"
+        yield f"127.0.0.1:{running.port}"
     finally:
-        await stop_server(server, 0)
+        await running.stop(0)
 
 
 async def run(address: str, *argv: str) -> int:
