@@ -53,28 +53,50 @@ async def _timed(times: int, step: Callable[[], Awaitable[Any]]) -> list[float]:
     return out
 
 
+async def _open_close(times: int, open_: Callable[[], Awaitable[Any]], close: Callable[[Any], Awaitable[Any]]
+                      ) -> tuple[Figures, Figures]:
+    opens, closes = [], []
+    for _ in range(times):
+        start = time.perf_counter()
+        handle = await open_()
+        opened = time.perf_counter()
+        await close(handle)
+        opens.append(opened - start)
+        closes.append(time.perf_counter() - opened)
+    return _figures(opens), _figures(closes)
+
+
 async def _host_baseline(command: list[str], tool: str, arguments: dict[str, Any], opens: int, calls: int
-                         ) -> tuple[Figures, Figures]:
+                         ) -> tuple[Figures, Figures, Figures]:
+    from contextlib import AsyncExitStack
+
     from mcp import ClientSession, StdioServerParameters
     from mcp.client.stdio import stdio_client
 
     params = StdioServerParameters(command=command[0], args=command[1:], env=dict(os.environ))
 
-    async def open_once() -> None:
-        async with stdio_client(params) as (read, write), ClientSession(read, write) as session:
-            await session.initialize()
-            await session.list_tools()
-
-    open_times = await _timed(opens, open_once)
-    async with stdio_client(params) as (read, write), ClientSession(read, write) as session:
+    async def open_once() -> tuple[AsyncExitStack, ClientSession]:
+        stack = AsyncExitStack()
+        read, write = await stack.enter_async_context(stdio_client(params))
+        session = await stack.enter_async_context(ClientSession(read, write))
         await session.initialize()
         await session.list_tools()
+        return stack, session
+
+    async def close(handle: tuple[AsyncExitStack, ClientSession]) -> None:
+        await handle[0].aclose()
+
+    open_figures, close_figures = await _open_close(opens, open_once, close)
+    stack, session = await open_once()
+    try:
         call_times = await _timed(calls, lambda: session.call_tool(tool, arguments))
-    return _figures(open_times), _figures(call_times)
+    finally:
+        await stack.aclose()
+    return open_figures, close_figures, _figures(call_times)
 
 
 async def _sandboxed(settings: Settings, profile: str, tool: str, arguments: dict[str, Any], opens: int, calls: int
-                     ) -> tuple[Figures, Figures]:
+                     ) -> tuple[Figures, Figures, Figures]:
     backend = DockerBackend()
     manager = SessionManager(backend, settings)
     await manager.start()
@@ -82,15 +104,17 @@ async def _sandboxed(settings: Settings, profile: str, tool: str, arguments: dic
     try:
         async with AsyncRunnerClient(f"127.0.0.1:{server.port}") as client:
 
-            async def open_once() -> None:
-                opened = await client.open_session(profile)
-                await client.close_session(opened.session_id)
+            async def open_once() -> str:
+                return (await client.open_session(profile)).session_id
 
-            open_times = await _timed(opens, open_once)
-            opened = await client.open_session(profile)
-            call_times = await _timed(calls, lambda: client.call_tool(opened.session_id, tool, arguments))
-            await client.close_session(opened.session_id)
-        return _figures(open_times), _figures(call_times)
+            async def close(session_id: str) -> None:
+                await client.close_session(session_id)
+
+            open_figures, close_figures = await _open_close(opens, open_once, close)
+            session_id = await open_once()
+            call_times = await _timed(calls, lambda: client.call_tool(session_id, tool, arguments))
+            await close(session_id)
+        return open_figures, close_figures, _figures(call_times)
     finally:
         await server.stop(1.0)
         await manager.shutdown()
@@ -109,14 +133,14 @@ async def run_bench(settings: Settings, *, profile: str = "time", opens: int = 1
     )
     out(f"mcp-runner bench: profile {profile!r} ({' '.join(chosen.command)}), {opens} opens, {calls} calls of {tool}")
     out("wall-clock on this machine; compare the columns, not machines\n")
-    host: tuple[Figures, Figures] | None = None
+    host: tuple[Figures, Figures, Figures] | None = None
     # The dev install puts the PyPI servers next to this interpreter, which need not be on PATH.
     search = os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])
     host_command = shutil.which(chosen.command[0], path=search)
     if host_command:
         host = await _host_baseline([host_command, *chosen.command[1:]], tool, arguments, opens, calls)
     sandbox = await _sandboxed(settings, profile, tool, arguments, opens, calls)
-    rows = [("session open (start+initialize+tools/list)", 0), ("tools/call", 1)]
+    rows = [("session open (start+initialize+tools/list)", 0), ("session close", 1), ("tools/call", 2)]
     out(f"{'':44} {'host (same server, stdio)':46} sandboxed via gRPC")
     for label, index in rows:
         baseline = host[index].cell() if host else f"{'(' + chosen.command[0] + ' not on the host)':46}"
