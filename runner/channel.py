@@ -24,6 +24,7 @@ from typing import Any, Protocol
 
 from runner.errors import ProtocolViolation, RunnerError, SandboxCrashed, ServerError
 from runner.sessions.models import ProgressEvent
+from runner.text import printable
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +87,9 @@ class AgentChannel:
             await self._send({"type": "request", "id": request_id, "method": method, "params": params})
             return await future
         finally:
-            if self._pending.pop(request_id, None) is not None and not future.done():
+            # Cancelling this task cancels ``future`` too, so "gave up" is: not answered, or cancelled.
+            gave_up = not future.done() or future.cancelled()
+            if self._pending.pop(request_id, None) is not None and gave_up and self._terminal is None:
                 self._remember_cancelled(request_id)
                 with contextlib.suppress(Exception):
                     await asyncio.shield(self._send({"type": "cancel", "id": request_id}))
@@ -226,8 +229,7 @@ def _object(frame: JSONObject, key: str) -> JSONObject:
 def _text(value: object, default: str) -> str:
     if not isinstance(value, str):
         return default
-    cleaned = "".join(ch for ch in value[:_MAX_TEXT] if ch in "\n\t" or (ch.isprintable() and ch != "\x1b"))
-    return cleaned or default
+    return printable(value, _MAX_TEXT) or default
 
 
 def _preview(line: bytes) -> str:

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import Annotated, Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -26,6 +26,7 @@ DEFAULT_LISTEN = "127.0.0.1:50051"
 BUILTIN_PROFILES = Path(__file__).parent / "profiles" / "builtin.yaml"
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmg]?)i?b?\s*$", re.IGNORECASE)
 _SIZE_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
+_INSTANCE = re.compile(r"^[a-zA-Z0-9_.-]{1,64}$")
 
 
 class ConfigError(InvalidArgument):
@@ -134,7 +135,7 @@ class _MountModel(BaseModel):
 class _ProfileModel(BaseModel):
     model_config = ConfigDict(extra="forbid")
     image: str
-    command: list[str] = Field(min_length=1)
+    command: list[Annotated[str, Field(min_length=1)]] = Field(min_length=1)
     env: dict[str, str] = {}
     mounts: list[_MountModel] = []
     limits: _LimitsModel = _LimitsModel()
@@ -144,12 +145,19 @@ class _ProfileModel(BaseModel):
 class _FileModel(BaseModel):
     model_config = ConfigDict(extra="forbid")
     listen: str | None = None
-    instance: str | None = Field(default=None, pattern=r"^[a-zA-Z0-9_.-]{1,64}$")
+    instance: str | None = Field(default=None, pattern=_INSTANCE.pattern)
     max_sessions: int | None = Field(default=None, ge=1, le=10000)
     max_message_bytes: int | str | None = None
     open_timeout_s: float | None = Field(default=None, gt=0)
     reap_interval_s: float | None = Field(default=None, gt=0)
     builtin_profiles: bool = True
+
+    @field_validator("max_message_bytes")
+    @classmethod
+    def _message_cap(cls, value: int | str | None) -> int | str | None:
+        if value is not None and not 1024 <= parse_size(value) <= 256 * 1024**2:
+            raise ValueError("must be between 1k and 256m")
+        return value
     defaults: _LimitsModel = _LimitsModel()
     profiles: dict[str, _ProfileModel] = {}
 
@@ -212,9 +220,12 @@ def load_settings(config_path: Path | str | None = None, *, listen: str | None =
         profiles = _profiles(builtin, BUILTIN_PROFILES.parent, defaults) if user.builtin_profiles else {}
         profiles.update(_profiles(user, user_path.resolve().parent, defaults))
         max_message = user.max_message_bytes
+        instance = os.environ.get("MCP_RUNNER_INSTANCE")
+        if instance is not None and not _INSTANCE.match(instance):
+            raise ConfigError(f"MCP_RUNNER_INSTANCE={instance!r}: use 1-64 letters, digits, '_', '.' or '-'")
         return Settings(
             listen=listen or os.environ.get("MCP_RUNNER_LISTEN") or user.listen or DEFAULT_LISTEN,
-            instance=os.environ.get("MCP_RUNNER_INSTANCE") or user.instance or "default",
+            instance=instance or user.instance or "default",
             max_sessions=user.max_sessions or Settings.max_sessions,
             max_message_bytes=parse_size(max_message) if max_message else Settings.max_message_bytes,
             open_timeout_s=user.open_timeout_s or Settings.open_timeout_s,

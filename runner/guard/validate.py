@@ -13,13 +13,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-import jsonschema
 import mcp_types
-from jsonschema.exceptions import SchemaError
 from jsonschema.protocols import Validator
 from pydantic import BaseModel, ValidationError
 
 from runner.errors import ProtocolViolation, ResultRejected, SchemaViolation
+from runner.guard.schema import SchemaError, UnsafeSchema, ValidationTooSlow, compile_schema, first_error, short
 
 M = TypeVar("M", bound=BaseModel)
 MAX_TOOLS = 1024
@@ -32,7 +31,7 @@ def parse_result(model: type[M], raw: dict[str, Any], what: str) -> M:
         return model.model_validate(raw)
     except ValidationError as exc:
         problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or '(root)'}: {err['msg']}"
+            f"{short('.'.join(str(p) for p in err['loc']), 80) or '(root)'}: {short(err['msg'])}"
             for err in exc.errors()[:_MAX_ERRORS_SHOWN]
         )
         raise ResultRejected(f"the server's {what} is not a valid MCP {model.__name__}: {problems}") from exc
@@ -43,13 +42,6 @@ def _json_path(path: Iterable[Any]) -> str:
     for part in path:
         out += f"[{part}]" if isinstance(part, int) else f".{part}"
     return out
-
-
-def _compile(schema: dict[str, Any]) -> Validator:
-    cls = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
-    cls.check_schema(schema)
-    validator: Validator = cls(schema)
-    return validator
 
 
 @dataclass(frozen=True)
@@ -67,26 +59,38 @@ def check_tools(tools: list[mcp_types.Tool]) -> dict[str, CheckedTool]:
         raise ResultRejected(f"the server lists {len(tools)} tools, more than the cap of {MAX_TOOLS}")
     checked: dict[str, CheckedTool] = {}
     for tool in tools:
+        name = short(tool.name, 80)
         if tool.name in checked:
-            raise ResultRejected(f"the server lists tool {tool.name!r} twice")
+            raise ResultRejected(f"the server lists tool {name!r} twice")
         try:
-            input_validator = _compile(tool.input_schema)
-            output_validator = _compile(tool.output_schema) if tool.output_schema is not None else None
+            input_validator = compile_schema(tool.input_schema)
+            output_validator = compile_schema(tool.output_schema) if tool.output_schema is not None else None
         except SchemaError as exc:
             raise ResultRejected(
-                f"tool {tool.name!r} declares an invalid JSON Schema at {_json_path(exc.path)}: {exc.message}"
+                f"tool {name!r} declares an invalid JSON Schema at {short(_json_path(exc.path), 120)}: "
+                f"{short(exc.message)}"
             ) from exc
+        except UnsafeSchema as exc:
+            raise ResultRejected(f"tool {name!r} declares a schema the runner refuses: {exc}") from exc
         checked[tool.name] = CheckedTool(tool, input_validator, output_validator)
     return checked
 
 
 def check_arguments(tool: CheckedTool, arguments: dict[str, Any]) -> None:
     """SchemaViolation naming the first failing path, before anything is sent to the server."""
-    error = jsonschema.exceptions.best_match(tool.input_validator.iter_errors(arguments))
-    if error is not None:
-        path = _json_path(error.absolute_path)
+    name = tool.tool.name
+    try:
+        error = first_error(tool.input_validator, arguments)
+    except UnsafeSchema as exc:
+        raise ResultRejected(f"tool {name!r} cannot be called: its inputSchema is refused: {exc}") from exc
+    except ValidationTooSlow:
         raise SchemaViolation(
-            f"arguments for tool {tool.tool.name!r} break its inputSchema at {path}: {error.message}", path
+            f"checking arguments for tool {name!r} against its inputSchema took too long", "$"
+        ) from None
+    if error is not None:
+        path = short(_json_path(error.absolute_path), 120)
+        raise SchemaViolation(
+            f"arguments for tool {name!r} break its inputSchema at {path}: {short(error.message)}", path
         )
 
 
@@ -98,16 +102,34 @@ def check_call_result(tool: CheckedTool, result: mcp_types.CallToolResult) -> No
         raise ResultRejected(
             f"tool {tool.tool.name!r} declares an outputSchema but returned no structuredContent"
         )
-    error = jsonschema.exceptions.best_match(tool.output_validator.iter_errors(result.structured_content))
+    try:
+        error = first_error(tool.output_validator, result.structured_content)
+    except UnsafeSchema as exc:
+        raise ResultRejected(f"tool {tool.tool.name!r}'s outputSchema is refused: {exc}") from exc
+    except ValidationTooSlow:
+        raise ResultRejected(
+            f"checking tool {tool.tool.name!r}'s structuredContent took too long; result dropped"
+        ) from None
     if error is not None:
         raise ResultRejected(
             f"tool {tool.tool.name!r} returned structuredContent that breaks its outputSchema at "
-            f"{_json_path(error.absolute_path)}: {error.message}"
+            f"{short(_json_path(error.absolute_path), 120)}: {short(error.message)}"
         )
+
+
+def parse_call_result(tool: CheckedTool, raw: dict[str, Any]) -> mcp_types.CallToolResult:
+    """A tools/call result parsed and checked against the tool's outputSchema."""
+    result = parse_result(mcp_types.CallToolResult, raw, f"result of tool {tool.tool.name!r}")
+    check_call_result(tool, result)
+    return result
 
 
 def check_initialize(raw: dict[str, Any]) -> mcp_types.InitializeResult:
     try:
         return mcp_types.InitializeResult.model_validate(raw)
     except ValidationError as exc:
-        raise ProtocolViolation(f"the agent's initialize result is not valid MCP: {exc.errors()[:1]}") from exc
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "(root)"
+        raise ProtocolViolation(
+            f"the agent's initialize result is not valid MCP: {short(where, 80)}: {short(str(first['msg']))}"
+        ) from exc

@@ -34,6 +34,7 @@ from runner.sandbox.base import (
     SandboxSpec,
     SandboxStats,
 )
+from runner.text import printable
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -59,12 +60,6 @@ def map_docker_errors(action: str) -> Iterator[None]:
         raise Unavailable(f"{action}: Docker engine refused: {exc.explanation or exc}") from exc
     except (docker.errors.DockerException, requests.exceptions.RequestException, OSError) as exc:
         raise Unavailable(f"{action}: Docker engine unreachable: {exc}") from exc
-
-
-def _printable_tail(data: bytes) -> str:
-    """Decode stderr for a person: drop terminal escapes and control characters."""
-    text = data.decode("utf-8", errors="replace")
-    return "".join(ch for ch in text if ch in "\n\t" or (ch.isprintable() and ch != "\x1b")).strip()
 
 
 class DockerSandbox:
@@ -128,7 +123,7 @@ class DockerSandbox:
         await self._writer.drain()
 
     def stderr_tail(self) -> str:
-        return _printable_tail(bytes(self._stderr))
+        return printable(bytes(self._stderr).decode("utf-8", errors="replace")).strip()
 
     async def wait_exit(self, timeout: float) -> SandboxExit:
         return await self._backend.wait_exit(self._id, timeout)

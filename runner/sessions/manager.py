@@ -41,9 +41,9 @@ from runner.errors import (
 from runner.guard.validate import (
     CheckedTool,
     check_arguments,
-    check_call_result,
     check_initialize,
     check_tools,
+    parse_call_result,
     parse_result,
 )
 from runner.sandbox.base import SandboxBackend, SandboxHandle, SandboxSpec, SandboxStats
@@ -230,14 +230,13 @@ class SessionManager:
         if checked is None:
             names = ", ".join(sorted(session.tools)) or "none"
             raise ToolNotFound(f"session {session_id} has no tool {tool!r} (its tools: {names})")
-        check_arguments(checked, arguments)
+        # Validation is CPU work on untrusted input: off the event loop, so other sessions keep moving.
+        await asyncio.to_thread(check_arguments, checked, arguments)
         session.calls += 1
         raw = await self._request(
             session, "tools/call", {"name": tool, "arguments": arguments}, timeout, on_progress
         )
-        result = parse_result(mcp_types.CallToolResult, raw, f"result of tool {tool!r}")
-        check_call_result(checked, result)
-        return ToolCallOutcome(result=result)
+        return ToolCallOutcome(result=await asyncio.to_thread(parse_call_result, checked, raw))
 
     async def list_resources(self, session_id: str, *, timeout: float | None = None) -> list[mcp_types.Resource]:
         session = self._live(session_id)
@@ -251,7 +250,8 @@ class SessionManager:
         if not uri:
             raise InvalidArgument("uri must not be empty")
         raw = await self._request(session, "resources/read", {"uri": uri}, timeout, None)
-        return list(parse_result(mcp_types.ReadResourceResult, raw, f"contents of {uri!r}").contents)
+        result = await asyncio.to_thread(parse_result, mcp_types.ReadResourceResult, raw, f"contents of {uri!r}")
+        return list(result.contents)
 
     async def list_prompts(self, session_id: str, *, timeout: float | None = None) -> list[mcp_types.Prompt]:
         session = self._live(session_id)
@@ -263,13 +263,13 @@ class SessionManager:
     ) -> mcp_types.GetPromptResult:
         session = self._live(session_id)
         raw = await self._request(session, "prompts/get", {"name": name, "arguments": arguments}, timeout, None)
-        return parse_result(mcp_types.GetPromptResult, raw, f"prompt {name!r}")
+        return await asyncio.to_thread(parse_result, mcp_types.GetPromptResult, raw, f"prompt {name!r}")
 
     # -- internals -----------------------------------------------------------------------------
 
     async def _refresh_tools(self, session: _Session, *, timeout: float | None) -> None:
         pages = await self._pages(session, "tools/list", mcp_types.ListToolsResult, timeout)
-        session.tools = check_tools([t for page in pages for t in page.tools])
+        session.tools = await asyncio.to_thread(check_tools, [t for page in pages for t in page.tools])
 
     async def _pages(
         self, session: _Session, method: str, model: type[P], timeout: float | None
@@ -278,7 +278,7 @@ class SessionManager:
         cursor: str | None = None
         for _ in range(MAX_PAGES):
             raw = await self._request(session, method, {"cursor": cursor} if cursor else {}, timeout, None)
-            page = parse_result(model, raw, f"{method} result")
+            page = await asyncio.to_thread(parse_result, model, raw, f"{method} result")
             pages.append(page)
             cursor = getattr(page, "next_cursor", None)
             if not cursor:

@@ -1,0 +1,265 @@
+"""AgentChannel (host side of the host ⇄ agent link) against a scripted in-test byte link."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from runner.channel import AgentChannel
+from runner.errors import ProtocolViolation, SandboxCrashed, ServerError, Status
+from runner.sessions.models import ProgressEvent
+
+CAP = 200
+TIMEOUT = 2.0
+
+
+def line(frame: dict[str, Any]) -> bytes:
+    return json.dumps(frame).encode() + b"\n"
+
+
+class FakeLink:
+    """stdout chunks come from a queue the test fills (b"" is EOF); stdin frames are recorded."""
+
+    def __init__(self) -> None:
+        self.chunks: asyncio.Queue[bytes] = asyncio.Queue()
+        self.sent: list[dict[str, Any]] = []
+        self.fail_writes = False
+
+    async def read_stdout(self) -> bytes:
+        return await self.chunks.get()
+
+    async def write_stdin(self, data: bytes) -> None:
+        if self.fail_writes:
+            raise BrokenPipeError("pipe closed")
+        assert data.endswith(b"\n") and data.count(b"\n") == 1
+        self.sent.append(json.loads(data))
+
+    def feed(self, *chunks: bytes) -> None:
+        for chunk in chunks:
+            self.chunks.put_nowait(chunk)
+
+    async def sent_frame(self, index: int) -> dict[str, Any]:
+        async def wait() -> dict[str, Any]:
+            while len(self.sent) <= index:
+                await asyncio.sleep(0)
+            return self.sent[index]
+
+        return await asyncio.wait_for(wait(), TIMEOUT)
+
+
+@pytest.fixture
+async def link() -> FakeLink:
+    return FakeLink()
+
+
+@pytest.fixture
+async def channel(link: FakeLink) -> AsyncIterator[AgentChannel]:
+    ch = AgentChannel(link, max_message_bytes=CAP)
+    ch.start()
+    yield ch
+    await ch.aclose()
+
+
+async def ended(channel: AgentChannel) -> BaseException | None:
+    await asyncio.wait_for(channel.closed.wait(), TIMEOUT)
+    return channel.terminal_error
+
+
+async def test_ready_frame_delivered(link: FakeLink, channel: AgentChannel) -> None:
+    link.feed(line({"type": "ready", "initialize": {"protocolVersion": "2025-06-18"}}))
+    assert await asyncio.wait_for(channel.ready(), TIMEOUT) == {"protocolVersion": "2025-06-18"}
+
+
+async def test_frame_split_across_chunks(link: FakeLink, channel: AgentChannel) -> None:
+    data = line({"type": "ready", "initialize": {"serverInfo": {"name": "split"}}})
+    link.feed(data[:5], data[5:17], data[17:-1], data[-1:])
+    assert await asyncio.wait_for(channel.ready(), TIMEOUT) == {"serverInfo": {"name": "split"}}
+
+
+async def test_several_frames_in_one_chunk_each_reach_their_request(link: FakeLink, channel: AgentChannel) -> None:
+    first = asyncio.create_task(channel.request("tools/list", {}))
+    second = asyncio.create_task(channel.request("ping", {}))
+    await link.sent_frame(1)
+    ids = {frame["method"]: frame["id"] for frame in link.sent}
+    link.feed(
+        line({"type": "ready", "initialize": {}})
+        + line({"type": "result", "id": ids["ping"], "result": {"pong": True}})
+        + line({"type": "result", "id": ids["tools/list"], "result": {"tools": []}})
+    )
+    assert await asyncio.wait_for(first, TIMEOUT) == {"tools": []}
+    assert await asyncio.wait_for(second, TIMEOUT) == {"pong": True}
+    assert await asyncio.wait_for(channel.ready(), TIMEOUT) == {}
+
+
+async def test_request_frame_shape_and_result_by_id(link: FakeLink, channel: AgentChannel) -> None:
+    task = asyncio.create_task(channel.request("tools/call", {"name": "echo", "arguments": {"t": "é"}}))
+    sent = await link.sent_frame(0)
+    assert sent["type"] == "request" and sent["method"] == "tools/call"
+    assert sent["params"] == {"name": "echo", "arguments": {"t": "é"}}
+    link.feed(line({"type": "result", "id": sent["id"], "result": {"content": []}}))
+    assert await asyncio.wait_for(task, TIMEOUT) == {"content": []}
+
+
+async def test_error_frame_becomes_server_error_with_code(link: FakeLink, channel: AgentChannel) -> None:
+    task = asyncio.create_task(channel.request("tools/call", {"name": "x"}))
+    request_id = (await link.sent_frame(0))["id"]
+    link.feed(line({"type": "error", "id": request_id, "error": {"code": -32602, "message": "bad \x1b[1mparams"}}))
+    with pytest.raises(ServerError) as caught:
+        await asyncio.wait_for(task, TIMEOUT)
+    assert caught.value.code == -32602
+    assert caught.value.status is Status.INVALID_ARGUMENT
+    assert caught.value.message.startswith("MCP server error -32602: bad ")
+    assert "\x1b" not in caught.value.message and caught.value.message.endswith("params")
+    assert channel.terminal_error is None
+
+
+async def test_progress_frames_reach_callback(link: FakeLink, channel: AgentChannel) -> None:
+    events: list[ProgressEvent] = []
+
+    async def on_progress(event: ProgressEvent) -> None:
+        events.append(event)
+
+    task = asyncio.create_task(channel.request("tools/call", {"name": "slow"}, on_progress=on_progress))
+    request_id = (await link.sent_frame(0))["id"]
+    link.feed(
+        line({"type": "progress", "id": request_id, "progress": 1, "total": 4, "message": "one"})
+        + line({"type": "progress", "id": request_id, "progress": 2.5, "total": None, "message": None})
+        + line({"type": "result", "id": request_id, "result": {"done": 1}})
+    )
+    assert await asyncio.wait_for(task, TIMEOUT) == {"done": 1}
+    assert events == [
+        ProgressEvent(progress=1.0, total=4.0, message="one"),
+        ProgressEvent(progress=2.5, total=None, message=None),
+    ]
+
+
+async def test_line_of_exactly_the_cap_is_accepted(link: FakeLink, channel: AgentChannel) -> None:
+    body = json.dumps({"type": "ready", "initialize": {}}).encode()
+    link.feed(body + b" " * (CAP - len(body)) + b"\n")
+    assert await asyncio.wait_for(channel.ready(), TIMEOUT) == {}
+
+
+@pytest.mark.parametrize("with_newline", [False, True], ids=["no-newline-yet", "with-newline"])
+async def test_oversized_line_ends_channel_and_fails_pending(
+    link: FakeLink, channel: AgentChannel, with_newline: bool
+) -> None:
+    task = asyncio.create_task(channel.request("ping", {}))
+    await link.sent_frame(0)
+    link.feed(b"x" * (CAP // 2), b"x" * (CAP // 2 + 1) + (b"\n" if with_newline else b""))
+    with pytest.raises(ProtocolViolation, match=f"larger than the {CAP} byte cap"):
+        await asyncio.wait_for(task, TIMEOUT)
+    assert isinstance(await ended(channel), ProtocolViolation)
+    with pytest.raises(ProtocolViolation, match="byte cap"):
+        await asyncio.wait_for(channel.ready(), TIMEOUT)
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        (b"not json at all\n", "not JSON"),
+        (b"\xff\xfe\n", "not JSON"),
+        (b'{"type": "bogus"}\n', "unknown frame"),
+        (b"[1, 2]\n", "unknown frame"),
+        (b'{"type": "result", "id": 123, "result": {}}\n', "request 123, which is not pending"),
+        (b'{"type": "result", "id": true, "result": {}}\n', "without an integer id"),
+        (b'{"type": "ready", "initialize": []}\n', "'initialize' is not an object"),
+        (b'{"type": "ready", "initialize": {}}\n' * 2, "announced itself twice"),
+        (b'{"type": "progress", "id": 5, "progress": "half"}\n', "which is not pending"),
+    ],
+)
+async def test_bad_frames_are_protocol_violations(
+    link: FakeLink, channel: AgentChannel, data: bytes, expected: str
+) -> None:
+    link.feed(data)
+    error = await ended(channel)
+    assert isinstance(error, ProtocolViolation)
+    assert expected in error.message
+
+
+@pytest.mark.parametrize("how", ["cancel", "timeout"])
+async def test_late_result_after_cancel_is_ignored(link: FakeLink, channel: AgentChannel, how: str) -> None:
+    task = asyncio.create_task(
+        asyncio.wait_for(channel.request("tools/call", {"name": "slow"}), 0.05 if how == "timeout" else 60)
+    )
+    request_id = (await link.sent_frame(0))["id"]
+    if how == "cancel":
+        task.cancel()
+    with pytest.raises((asyncio.CancelledError, TimeoutError)):
+        await asyncio.wait_for(task, TIMEOUT)
+    link.feed(line({"type": "result", "id": request_id, "result": {"late": True}}))
+    link.feed(line({"type": "ready", "initialize": {"after": 1}}))
+    assert await asyncio.wait_for(channel.ready(), TIMEOUT) == {"after": 1}
+    assert channel.terminal_error is None
+    assert {"type": "cancel", "id": request_id} in link.sent
+
+
+async def test_fatal_frame_is_sandbox_crashed_with_message(link: FakeLink, channel: AgentChannel) -> None:
+    task = asyncio.create_task(channel.request("ping", {}))
+    await link.sent_frame(0)
+    link.feed(line({"type": "fatal", "message": "server exited with status 3"}))
+    with pytest.raises(SandboxCrashed, match=r"^server exited with status 3$"):
+        await asyncio.wait_for(task, TIMEOUT)
+    with pytest.raises(SandboxCrashed, match="status 3"):
+        await asyncio.wait_for(channel.ready(), TIMEOUT)
+
+
+CONTROLS = "\x1b\x07\x00\u202e\r\x9b"
+
+
+@pytest.mark.parametrize(
+    ("message", "kept"),
+    [
+        ("boom\x1b[2J\x07\x00\u202e\r\x9b2J done\ttab\nline", ["boom", " done\ttab\nline"]),
+        ("\x1b\x00", ["the agent gave up without a reason"]),
+        (42, ["the agent gave up without a reason"]),
+    ],
+)
+async def test_fatal_message_is_stripped_of_control_characters(
+    link: FakeLink, channel: AgentChannel, message: object, kept: list[str]
+) -> None:
+    link.feed(line({"type": "fatal", "message": message}))
+    error = await ended(channel)
+    assert isinstance(error, SandboxCrashed)
+    assert not any(ch in error.message for ch in CONTROLS)
+    assert all(text in error.message for text in kept)
+    assert error.message.startswith(kept[0]) and error.message.endswith(kept[-1])
+
+
+async def test_eof_is_sandbox_crashed_and_fails_pending(link: FakeLink, channel: AgentChannel) -> None:
+    task = asyncio.create_task(channel.request("ping", {}))
+    await link.sent_frame(0)
+    link.feed(b'{"type": "res', b"")
+    with pytest.raises(SandboxCrashed, match="the sandbox exited"):
+        await asyncio.wait_for(task, TIMEOUT)
+    assert channel.closed.is_set()
+
+
+async def test_request_after_end_raises_terminal_error_at_once(link: FakeLink, channel: AgentChannel) -> None:
+    link.feed(b"")
+    terminal = await ended(channel)
+    with pytest.raises(SandboxCrashed) as caught:
+        await asyncio.wait_for(channel.request("ping", {}), TIMEOUT)
+    assert caught.value is terminal
+    assert link.sent == []
+
+
+async def test_write_failure_ends_channel(link: FakeLink, channel: AgentChannel) -> None:
+    link.fail_writes = True
+    with pytest.raises(SandboxCrashed, match="stopped accepting input"):
+        await asyncio.wait_for(channel.request("ping", {}), TIMEOUT)
+    assert isinstance(await ended(channel), SandboxCrashed)
+
+
+async def test_request_ids_distinct_and_in_range(link: FakeLink, channel: AgentChannel) -> None:
+    tasks = [asyncio.create_task(channel.request("ping", {})) for _ in range(64)]
+    await link.sent_frame(63)
+    ids = [frame["id"] for frame in link.sent]
+    assert len(set(ids)) == 64
+    assert all(isinstance(i, int) and 1 <= i <= 2**53 for i in ids)
+    link.feed(b"".join(line({"type": "result", "id": i, "result": {"n": i}}) for i in ids))
+    results = await asyncio.wait_for(asyncio.gather(*tasks), TIMEOUT)
+    assert results == [{"n": i} for i in ids]

@@ -1,0 +1,219 @@
+"""Settings and profiles from YAML/TOML files plus environment."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from runner.config import DEFAULT_LISTEN, ConfigError, Limits, Mount, load_settings, parse_size
+
+P = "profiles:\n  p:\n    image: i\n"
+BUILTINS = {"time", "fetch", "git", "everything", "filesystem", "memory"}
+MIB = 1024**2
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("MCP_RUNNER_CONFIG", "MCP_RUNNER_LISTEN", "MCP_RUNNER_INSTANCE"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def problem(error: ConfigError, path: Path) -> str:
+    """The message with the file's path cut out (it names the file; tmp paths also contain test names)."""
+    assert str(path) in error.message
+    return error.message.replace(str(path), "<file>")
+
+
+def write(directory: Path, name: str, text: str) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / name
+    path.write_text(textwrap.dedent(text), encoding="utf-8")
+    return path
+
+
+USER_YAML = """
+    listen: "0.0.0.0:7000"
+    instance: ci-1
+    max_sessions: 4
+    max_message_bytes: 64MiB
+    profiles:
+      mine:
+        image: python-servers
+        command: [my-server, --flag]
+        env: {A: "1"}
+        mounts:
+          - {source: data, target: /data}
+          - {source: /abs/elsewhere, target: /other}
+        limits: {memory: 256m, cpus: 0.5, pids: 64}
+        description: mine
+      time:
+        image: registry.example/time:1
+        command: [replaced]
+"""
+
+USER_TOML = """
+    listen = "0.0.0.0:7000"
+    instance = "ci-1"
+    max_sessions = 4
+    max_message_bytes = "64MiB"
+
+    [profiles.mine]
+    image = "python-servers"
+    command = ["my-server", "--flag"]
+    env = { A = "1" }
+    mounts = [{ source = "data", target = "/data" }, { source = "/abs/elsewhere", target = "/other" }]
+    limits = { memory = "256m", cpus = 0.5, pids = 64 }
+    description = "mine"
+
+    [profiles.time]
+    image = "registry.example/time:1"
+    command = ["replaced"]
+"""
+
+
+def test_builtin_profiles_without_a_file() -> None:
+    settings = load_settings()
+    assert set(settings.profiles) == BUILTINS
+    assert settings.profiles["time"].command == ("mcp-server-time", "--local-timezone", "UTC")
+    assert settings.profiles["time"].image == "python-servers"
+    assert settings.profiles["git"].env["GIT_CONFIG_NOSYSTEM"] == "1"
+    assert settings.profiles["everything"].image == "node-servers"
+    assert all(p.limits == Limits() for p in settings.profiles.values())
+    assert (settings.listen, settings.instance, settings.max_message_bytes) == (DEFAULT_LISTEN, "default", 4 * MIB)
+
+
+@pytest.mark.parametrize(("name", "text"), [("runner.yaml", USER_YAML), ("runner.toml", USER_TOML)])
+def test_user_file_adds_and_replaces_profiles(tmp_path: Path, name: str, text: str) -> None:
+    path = write(tmp_path / "conf", name, text)
+    settings = load_settings(path)
+    assert set(settings.profiles) == BUILTINS | {"mine"}
+    mine = settings.profiles["mine"]
+    assert mine.command == ("my-server", "--flag") and dict(mine.env) == {"A": "1"}
+    assert mine.mounts == (
+        Mount(str((tmp_path / "conf" / "data").resolve()), "/data"),
+        Mount("/abs/elsewhere", "/other"),
+    )
+    assert mine.limits == Limits(memory_bytes=256 * MIB, cpus=0.5, pids=64)
+    assert mine.description == "mine"
+    assert settings.profiles["time"].image == "registry.example/time:1"
+    assert settings.profiles["time"].command == ("replaced",)
+    assert settings.profiles["fetch"].command == ("mcp-server-fetch",)
+    assert (settings.listen, settings.instance, settings.max_sessions) == ("0.0.0.0:7000", "ci-1", 4)
+    assert settings.max_message_bytes == 64 * MIB
+
+
+def test_relative_mount_resolves_against_file_dir_not_cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = write(tmp_path / "a" / "b", "r.yaml", USER_YAML)
+    monkeypatch.chdir(tmp_path)
+    settings = load_settings("a/b/r.yaml")
+    assert settings.profiles["mine"].mounts[0].source == str(path.parent.resolve() / "data")
+
+
+def test_builtin_profiles_off(tmp_path: Path) -> None:
+    path = write(tmp_path, "r.yaml", "builtin_profiles: false\n" + textwrap.dedent(USER_YAML))
+    assert set(load_settings(path).profiles) == {"mine", "time"}
+
+
+def test_empty_file_gives_builtins(tmp_path: Path) -> None:
+    assert set(load_settings(write(tmp_path, "r.yaml", "")).profiles) == BUILTINS
+
+
+@pytest.mark.parametrize(
+    ("size", "expected"),
+    [("256m", 256 * MIB), ("1g", 1024**3), ("64MiB", 64 * MIB), ("4m", 4 * MIB), ("8192k", 8 * MIB),
+     ("1.5g", 1536 * MIB), (" 8 mb ", 8 * MIB), (10 * MIB, 10 * MIB)],
+)
+def test_sizes(tmp_path: Path, size: str | int, expected: int) -> None:
+    assert parse_size(size) == expected
+    value = f'"{size}"' if isinstance(size, str) else str(size)
+    path = write(tmp_path, "r.yaml", f"{P}    command: [c]\n    limits: {{memory: {value}}}\n")
+    assert load_settings(path).profiles["p"].limits.memory_bytes == expected
+
+
+def test_defaults_apply_to_profiles_without_own_limits(tmp_path: Path) -> None:
+    path = write(tmp_path, "r.yaml", """
+        defaults: {memory: 1g, call_timeout_s: 5, tmpfs: 16m}
+        profiles:
+          own: {image: i, command: [c], limits: {memory: 128m, cpus: 2}}
+          bare: {image: i, command: [c]}
+    """)
+    profiles = load_settings(path).profiles
+    assert profiles["bare"].limits == Limits(memory_bytes=1024**3, call_timeout_s=5.0, tmpfs_bytes=16 * MIB)
+    assert profiles["time"].limits == profiles["bare"].limits
+    assert profiles["own"].limits == Limits(memory_bytes=128 * MIB, cpus=2.0, call_timeout_s=5.0, tmpfs_bytes=16 * MIB)
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "fragments"),
+    [
+        ("r.yaml", "bogus: 1\n", ["bogus: Extra inputs are not permitted"]),
+        ("r.yaml", P + "    command: [c]\n    imag: x\n", ["profiles.p.imag: Extra inputs are not permitted"]),
+        ("r.yaml", P + "    command: [c]\n    limits: {memory: lots}\n", ["profiles.p.limits.memory", "not a size"]),
+        ("r.yaml", P + "    command: [c]\n    limits: {memory: 1m}\n", ["profiles.p.limits.memory", "at least 4m"]),
+        ("r.yaml", "defaults: {tmpfs: 12q}\n", ["defaults.tmpfs", "not a size"]),
+        ("r.yaml", P + "    command: [c]\n    limits: {cpus: 0}\n", ["profiles.p.limits.cpus"]),
+        ("r.yaml", P + "    command: []\n", ["profiles.p.command", "at least 1 item"]),
+        ("r.yaml", P, ["profiles.p.command: Field required"]),
+        ("r.yaml", P + "    command: [c]\n    mounts: [{source: d, target: data}]\n",
+         ["profiles.p.mounts.0.target", "absolute path"]),
+        ("r.yaml", P + "    command: [c]\n    mounts: [{source: d, target: /data/../etc}]\n",
+         ["profiles.p.mounts.0.target", "without '..'"]),
+        ("r.yaml", "instance: 'two words'\n", ["instance: String should match pattern"]),
+        ("r.yaml", "profiles: [1,\n", ["is not valid YAML"]),
+        ("r.toml", "profiles = [1,\n", ["is not valid TOML"]),
+        ("r.yaml", "- a\n- b\n", ["the top level must be a mapping"]),
+        ("r.yaml", "just a string\n", ["the top level must be a mapping"]),
+    ],
+)
+def test_errors_name_file_and_field(tmp_path: Path, name: str, text: str, fragments: list[str]) -> None:
+    path = write(tmp_path, name, text)
+    with pytest.raises(ConfigError) as caught:
+        load_settings(path)
+    message = problem(caught.value, path)
+    for fragment in fragments:
+        assert fragment in message
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    missing = tmp_path / "nope.yaml"
+    with pytest.raises(ConfigError, match="cannot read settings file") as caught:
+        load_settings(missing)
+    assert str(missing) in caught.value.message and "No such file" in caught.value.message
+
+
+def test_env_overrides_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = write(tmp_path, "r.yaml", "listen: '1.2.3.4:1'\ninstance: fromfile\n")
+    monkeypatch.setenv("MCP_RUNNER_LISTEN", "127.0.0.1:9999")
+    monkeypatch.setenv("MCP_RUNNER_INSTANCE", "fromenv")
+    settings = load_settings(path)
+    assert (settings.listen, settings.instance) == ("127.0.0.1:9999", "fromenv")
+    assert load_settings(path, listen="[::]:1234").listen == "[::]:1234"
+
+
+def test_config_path_from_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MCP_RUNNER_CONFIG", str(write(tmp_path, "r.yaml", "builtin_profiles: false\n")))
+    assert dict(load_settings().profiles) == {}
+
+
+def test_bad_max_message_bytes_names_the_field(tmp_path: Path) -> None:
+    path = write(tmp_path, "r.yaml", "max_message_bytes: lots\n")
+    with pytest.raises(ConfigError) as caught:
+        load_settings(path)
+    assert "not a size" in problem(caught.value, path)
+    assert "max_message_bytes" in problem(caught.value, path)
+
+
+@pytest.mark.parametrize("value", ["-1", "'0.5'"])
+def test_nonpositive_max_message_bytes_rejected(tmp_path: Path, value: str) -> None:
+    path = write(tmp_path, "r.yaml", f"max_message_bytes: {value}\n")
+    with pytest.raises(ConfigError) as caught:
+        load_settings(path)
+    assert "max_message_bytes" in problem(caught.value, path)
+
+
+def test_instance_from_env_is_validated(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MCP_RUNNER_INSTANCE", "bad name/x=y")
+    with pytest.raises(ConfigError, match="MCP_RUNNER_INSTANCE"):
+        load_settings()

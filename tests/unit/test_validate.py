@@ -1,0 +1,239 @@
+"""Host-side validation: tool schemas, arguments, call results, and parsing of raw results."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import mcp_types
+import pytest
+
+from runner.errors import ProtocolViolation, ResultRejected, RunnerError, SchemaViolation
+from runner.guard import validate
+from runner.guard.validate import (
+    MAX_TOOLS,
+    CheckedTool,
+    check_arguments,
+    check_call_result,
+    check_initialize,
+    check_tools,
+    parse_result,
+)
+
+INPUT = {
+    "type": "object",
+    "properties": {
+        "a": {"type": "integer"},
+        "items": {"type": "array", "items": {"type": "string"}},
+        "o": {"type": "object", "properties": {"k": {"enum": [1, 2]}}},
+    },
+    "required": ["a"],
+    "additionalProperties": False,
+}
+OUTPUT = {
+    "type": "object",
+    "properties": {"n": {"type": "integer"}, "rows": {"type": "array", "items": {"properties": {"v": {"minimum": 0}}}}},
+    "required": ["n"],
+}
+
+
+def tool(name: str = "t", input_schema: dict[str, Any] | None = None, output_schema: Any = None) -> mcp_types.Tool:
+    return mcp_types.Tool(name=name, input_schema=input_schema or INPUT, output_schema=output_schema)
+
+
+def checked(input_schema: dict[str, Any] | None = None, output_schema: Any = None) -> CheckedTool:
+    return check_tools([tool("t", input_schema, output_schema)])["t"]
+
+
+def result(structured: Any = None, *, is_error: bool = False) -> mcp_types.CallToolResult:
+    return mcp_types.CallToolResult(content=[], structured_content=structured, is_error=is_error)
+
+
+# check_tools
+
+
+def test_check_tools_compiles_each_tool() -> None:
+    tools = check_tools([tool("a"), tool("b", output_schema=OUTPUT)])
+    assert list(tools) == ["a", "b"]
+    assert tools["a"].output_validator is None
+    assert tools["b"].output_validator is not None and tools["b"].tool.name == "b"
+
+
+def test_check_tools_refuses_duplicate_names() -> None:
+    with pytest.raises(ResultRejected, match="lists tool 'dup' twice"):
+        check_tools([tool("dup"), tool("other"), tool("dup")])
+
+
+@pytest.mark.parametrize(
+    ("input_schema", "output_schema", "where"),
+    [
+        ({"type": "object", "properties": {"a": {"type": "nope"}}}, None, "$.properties.a.type"),
+        ({"type": "object", "required": "a"}, None, "$.required"),
+        ({"type": "object"}, {"properties": {"x": {"minimum": "z"}}}, "$.properties.x.minimum"),
+    ],
+    ids=["input-type", "input-required", "output-minimum"],
+)
+def test_check_tools_names_tool_with_invalid_schema(
+    input_schema: dict[str, Any], output_schema: dict[str, Any] | None, where: str
+) -> None:
+    with pytest.raises(ResultRejected) as caught:
+        check_tools([tool("fine"), tool("broken", input_schema, output_schema)])
+    assert f"tool 'broken' declares an invalid JSON Schema at {where}" in caught.value.message
+
+
+def test_check_tools_cap(monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(ResultRejected, match=f"lists {MAX_TOOLS + 1} tools, more than the cap of {MAX_TOOLS}"):
+        check_tools([tool(f"t{i}") for i in range(MAX_TOOLS + 1)])
+    monkeypatch.setattr(validate, "MAX_TOOLS", 3)  # the boundary, without compiling 1024 schemas
+    assert len(check_tools([tool(f"t{i}") for i in range(3)])) == 3
+    with pytest.raises(ResultRejected, match="lists 4 tools, more than the cap of 3"):
+        check_tools([tool(f"t{i}") for i in range(4)])
+
+
+# check_arguments
+
+
+@pytest.mark.parametrize(
+    "arguments",
+    [{"a": 1}, {"a": 0, "items": [], "o": {"k": 2}}, {"a": -5, "items": ["x", "y"]}],
+)
+def test_check_arguments_valid_passes(arguments: dict[str, Any]) -> None:
+    assert check_arguments(checked(), arguments) is None
+
+
+@pytest.mark.parametrize(
+    ("arguments", "path", "detail"),
+    [
+        ({"a": "x"}, "$.a", "'x' is not of type 'integer'"),
+        ({"a": 1, "items": ["a", "b", 3]}, "$.items[2]", "3 is not of type 'string'"),
+        ({"a": 1, "o": {"k": 9}}, "$.o.k", "9 is not one of [1, 2]"),
+        ({}, "$", "'a' is a required property"),
+        ({"a": 1, "zz": 0}, "$", "'zz' was unexpected"),
+    ],
+)
+def test_check_arguments_names_failing_path(arguments: dict[str, Any], path: str, detail: str) -> None:
+    with pytest.raises(SchemaViolation) as caught:
+        check_arguments(checked(), arguments)
+    assert caught.value.path == path
+    assert caught.value.message.startswith(f"arguments for tool 't' break its inputSchema at {path}: ")
+    assert detail in caught.value.message
+
+
+# check_call_result
+
+
+def test_call_result_without_output_schema_is_not_checked() -> None:
+    assert check_call_result(checked(), result({"anything": "goes"})) is None
+    assert check_call_result(checked(), result(None)) is None
+
+
+def test_call_result_valid_structured_content_passes() -> None:
+    assert check_call_result(checked(output_schema=OUTPUT), result({"n": 3, "rows": [{"v": 1}]})) is None
+
+
+def test_call_result_missing_structured_content_rejected() -> None:
+    with pytest.raises(ResultRejected, match="tool 't' declares an outputSchema but returned no structuredContent"):
+        check_call_result(checked(output_schema=OUTPUT), result(None))
+
+
+@pytest.mark.parametrize("structured", [None, {"n": "not an int"}])
+def test_call_result_is_error_skips_output_checks(structured: Any) -> None:
+    assert check_call_result(checked(output_schema=OUTPUT), result(structured, is_error=True)) is None
+
+
+@pytest.mark.parametrize(
+    ("structured", "path"),
+    [({"n": "x"}, "$.n"), ({"n": 1, "rows": [{"v": 1}, {"v": -1}]}, "$.rows[1].v"), ({"rows": []}, "$")],
+)
+def test_call_result_mismatch_names_path(structured: Any, path: str) -> None:
+    with pytest.raises(ResultRejected) as caught:
+        check_call_result(checked(output_schema=OUTPUT), result(structured))
+    assert f"tool 't' returned structuredContent that breaks its outputSchema at {path}: " in caught.value.message
+
+
+# parse_result / check_initialize
+
+
+def test_parse_result_valid() -> None:
+    raw = {"content": [{"type": "text", "text": "hi"}], "structuredContent": {"n": 1}, "isError": True}
+    parsed = parse_result(mcp_types.CallToolResult, raw, "tools/call result")
+    assert parsed.is_error is True and parsed.structured_content == {"n": 1}
+    assert parsed.content[0].text == "hi"  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    ("model", "raw", "field"),
+    [
+        (mcp_types.CallToolResult, {"content": "nope"}, "content: Input should be a valid list"),
+        (mcp_types.CallToolResult, {}, "content: Field required"),
+        (mcp_types.ListToolsResult, {"tools": [{"name": "a"}]}, "tools.0.inputSchema: Field required"),
+    ],
+)
+def test_parse_result_bad_shape_names_field(model: type[Any], raw: dict[str, Any], field: str) -> None:
+    with pytest.raises(ResultRejected) as caught:
+        parse_result(model, raw, "thing")
+    assert caught.value.message.startswith(f"the server's thing is not a valid MCP {model.__name__}: ")
+    assert field in caught.value.message
+
+
+def test_check_initialize_rejects_bad_shape() -> None:
+    with pytest.raises(ProtocolViolation, match=r"initialize result is not valid MCP.*protocolVersion"):
+        check_initialize({"serverInfo": {"name": "x", "version": "1"}})
+
+
+# Schemas come from an untrusted server: validation must never reach outside the host process's memory,
+# nor echo untrusted values unbounded, nor let a server-chosen pattern stall the host.
+
+
+def test_remote_ref_is_never_fetched(monkeypatch: pytest.MonkeyPatch) -> None:
+    fetched: list[str] = []
+
+    def spy(request: Any, *args: Any, **kwargs: Any) -> Any:
+        fetched.append(getattr(request, "full_url", str(request)))
+        raise OSError("network disabled in tests")
+
+    monkeypatch.setattr(urllib.request, "urlopen", spy)
+    schema = {"type": "object", "properties": {"a": {"$ref": "http://169.254.169.254/latest/meta-data"}}}
+    with contextlib.suppress(Exception):  # whatever it raises, the host must not have gone to the network
+        check_arguments(checked(schema), {"a": 1})
+    assert fetched == []
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_file_ref_does_not_read_host_files(tmp_path: Path) -> None:
+    secret = tmp_path / "secret.json"
+    secret.write_text(json.dumps({"const": "TOPSECRET-123"}))
+    schema = {"type": "object", "properties": {"a": {"$ref": secret.as_uri()}}}
+    with pytest.raises(RunnerError) as caught:
+        check_arguments(checked(schema), {"a": "guess"})
+    assert "TOPSECRET" not in caught.value.message
+
+
+def test_rejection_message_does_not_echo_huge_untrusted_value() -> None:
+    with pytest.raises(ResultRejected) as caught:
+        check_call_result(checked(output_schema=OUTPUT), result({"n": "A" * 100_000}))
+    assert len(caught.value.message) < 4096
+
+
+_REDOS = """
+import mcp_types
+from runner.guard.validate import check_call_result, check_tools
+schema = {"type": "object", "properties": {"s": {"type": "string", "pattern": "^(a+)+$"}}}
+tool = check_tools([mcp_types.Tool(name="t", input_schema={"type": "object"}, output_schema=schema)])["t"]
+try:
+    check_call_result(tool, mcp_types.CallToolResult(content=[], structured_content={"s": "a" * 40 + "!"}))
+except Exception:
+    pass
+"""
+
+
+def test_output_pattern_cannot_stall_the_host() -> None:
+    try:
+        subprocess.run([sys.executable, "-c", _REDOS], timeout=3, check=True, cwd=Path(__file__).parents[2])
+    except subprocess.TimeoutExpired:
+        pytest.fail("validating a 41-character string took more than 3 s")
