@@ -6,6 +6,8 @@ let an invalid result through.
 
 from __future__ import annotations
 
+import time
+
 import grpc
 import pytest
 
@@ -167,3 +169,14 @@ def test_invalid_output_is_never_passed_on(client: RunnerClient, profile: str, n
         assert code_of(caught) == grpc.StatusCode.FAILED_PRECONDITION
         assert needle in details_of(caught)
         assert client.get_session(opened.session_id).state == pb.SESSION_STATE_READY
+
+
+def test_late_answer_after_timeout_does_not_end_session(client: RunnerClient) -> None:
+    with client.session("scripted") as opened:
+        with pytest.raises(grpc.RpcError) as caught:
+            client.call_tool(opened.session_id, "slow", {"steps": 3, "delay_ms": 400}, timeout_ms=300)
+        assert code_of(caught) == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert "still usable" in details_of(caught)
+        time.sleep(1.5)  # the server finishes the abandoned call meanwhile
+        assert client.get_session(opened.session_id).state == pb.SESSION_STATE_READY
+        assert client.call_tool(opened.session_id, "add", {"a": 5, "b": 6}).structured_content == {"sum": 11}
