@@ -156,6 +156,7 @@ class DockerBackend:
         self._pool = ThreadPoolExecutor(max_workers=max_threads, thread_name_prefix="docker")
         self._stderr_tail_bytes = stderr_tail_bytes
         self._client: Any = None
+        self._cleanups: set[asyncio.Future[None]] = set()
 
     def _api(self) -> Any:
         if self._client is None:
@@ -219,9 +220,15 @@ class DockerBackend:
         return container_id, sock
 
     async def start(self, spec: SandboxSpec) -> DockerSandbox:
-        container_id, sock = await self._run(
-            f"starting the sandbox for profile image {spec.image}", self._create_and_attach, spec
+        starting = asyncio.ensure_future(
+            self._run(f"starting the sandbox for profile image {spec.image}", self._create_and_attach, spec)
         )
+        try:
+            # Shielded: the thread creates the container whether or not the caller still waits for it.
+            container_id, sock = await asyncio.shield(starting)
+        except asyncio.CancelledError:
+            starting.add_done_callback(self._discard_late_start)
+            raise
         raw: socket.socket = getattr(sock, "_sock", sock)
         try:
             reader, writer = await asyncio.open_connection(sock=raw, limit=_READ_CHUNK * 2)
@@ -229,6 +236,17 @@ class DockerBackend:
             await self.remove(container_id)
             raise
         return DockerSandbox(self, container_id, raw, reader, writer, sock, self._stderr_tail_bytes)
+
+    def _discard_late_start(self, starting: asyncio.Future[tuple[str, Any]]) -> None:
+        """A container that came up after its opener gave up (deadline, cancel) is removed at once."""
+        if starting.cancelled() or starting.exception() is not None:
+            return
+        container_id, sock = starting.result()
+        with contextlib.suppress(Exception):
+            sock.close()
+        cleanup = asyncio.ensure_future(self.remove(container_id))
+        self._cleanups.add(cleanup)
+        cleanup.add_done_callback(self._cleanups.discard)
 
     async def wait_exit(self, container_id: str, timeout: float) -> SandboxExit:
         def wait() -> SandboxExit:

@@ -37,6 +37,7 @@ from runner.errors import (
     SessionClosed,
     SessionNotFound,
     ToolNotFound,
+    Unimplemented,
 )
 from runner.guard.validate import (
     CheckedTool,
@@ -239,14 +240,14 @@ class SessionManager:
         return ToolCallOutcome(result=await asyncio.to_thread(parse_call_result, checked, raw))
 
     async def list_resources(self, session_id: str, *, timeout: float | None = None) -> list[mcp_types.Resource]:
-        session = self._live(session_id)
+        session = self._offering(session_id, "resources")
         pages = await self._pages(session, "resources/list", mcp_types.ListResourcesResult, timeout)
         return [r for page in pages for r in page.resources]
 
     async def read_resource(
         self, session_id: str, uri: str, *, timeout: float | None = None
     ) -> list[mcp_types.TextResourceContents | mcp_types.BlobResourceContents]:
-        session = self._live(session_id)
+        session = self._offering(session_id, "resources")
         if not uri:
             raise InvalidArgument("uri must not be empty")
         raw = await self._request(session, "resources/read", {"uri": uri}, timeout, None)
@@ -254,14 +255,14 @@ class SessionManager:
         return list(result.contents)
 
     async def list_prompts(self, session_id: str, *, timeout: float | None = None) -> list[mcp_types.Prompt]:
-        session = self._live(session_id)
+        session = self._offering(session_id, "prompts")
         pages = await self._pages(session, "prompts/list", mcp_types.ListPromptsResult, timeout)
         return [p for page in pages for p in page.prompts]
 
     async def get_prompt(
         self, session_id: str, name: str, arguments: dict[str, str], *, timeout: float | None = None
     ) -> mcp_types.GetPromptResult:
-        session = self._live(session_id)
+        session = self._offering(session_id, "prompts")
         raw = await self._request(session, "prompts/get", {"name": name, "arguments": arguments}, timeout, None)
         return await asyncio.to_thread(parse_result, mcp_types.GetPromptResult, raw, f"prompt {name!r}")
 
@@ -381,6 +382,15 @@ class SessionManager:
             raise SessionClosed(f"session {session_id} is {session.state.value}: {session.end_error.message}")
         reason = f": {session.failure}" if session.failure else ""
         raise SessionClosed(f"session {session_id} is {session.state.value}{reason}")
+
+    def _offering(self, session_id: str, capability: str) -> _Session:
+        """The live session, if its server declared ``capability`` at initialize."""
+        session = self._live(session_id)
+        if session.capabilities is not None and getattr(session.capabilities, capability) is None:
+            raise Unimplemented(
+                f"session {session_id}'s server ({session.profile.name}) does not offer {capability}"
+            )
+        return session
 
     def _info(self, session: _Session) -> SessionInfo:
         end = session.ended or time.monotonic()

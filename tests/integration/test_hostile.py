@@ -180,3 +180,14 @@ def test_late_answer_after_timeout_does_not_end_session(client: RunnerClient) ->
         time.sleep(1.5)  # the server finishes the abandoned call meanwhile
         assert client.get_session(opened.session_id).state == pb.SESSION_STATE_READY
         assert client.call_tool(opened.session_id, "add", {"a": 5, "b": 6}).structured_content == {"sum": 11}
+
+
+def test_open_abandoned_at_deadline_leaves_no_container(client: RunnerClient, service: Service) -> None:
+    before = {c.id for c in service.containers()}
+    with pytest.raises(grpc.RpcError) as caught:
+        client.open_session("scripted", timeout=0.15)
+    assert code_of(caught) == grpc.StatusCode.DEADLINE_EXCEEDED
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and {c.id for c in service.containers()} != before:
+        time.sleep(0.2)
+    assert {c.id for c in service.containers()} == before

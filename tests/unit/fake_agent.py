@@ -51,7 +51,8 @@ class FakeAgent:
             io.stderr += b"fatal: cannot load config\n"
             await io.write(frame(type="fatal", message="MCP server exited with status 3"))
             return 1
-        await io.write(frame(type="ready", initialize=INIT))
+        init = {**INIT, "capabilities": {"tools": {}}} if self.behaviour == "tools_only" else INIT
+        await io.write(frame(type="ready", initialize=init))
         tasks: set[asyncio.Task[None]] = set()
         hung = False
         while True:

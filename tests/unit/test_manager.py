@@ -21,7 +21,7 @@ LIMITS = Limits(call_timeout_s=2.0, idle_timeout_s=60, max_lifetime_s=600)
 PROFILES = {
     name: Profile(name=name, image="fake", command=(name,), limits=LIMITS)
     for name in ("good", "bad_output", "no_structured", "hang_hard", "crash_on_call", "oom_on_call",
-                 "garbage_on_call", "huge_on_call", "forge_on_call", "fatal_at_start")
+                 "garbage_on_call", "huge_on_call", "forge_on_call", "fatal_at_start", "tools_only")
 }
 SETTINGS = Settings(
     profiles=MappingProxyType(PROFILES), max_sessions=3, max_message_bytes=1_000_000, reap_interval_s=3600
@@ -217,3 +217,11 @@ async def test_max_lifetime_reaping_even_when_busy(make_manager: Callable[..., S
     info = manager.get(sid)
     assert info.state is SessionState.CLOSED
     assert "maximum lifetime" in (info.failure or "")
+
+
+async def test_capability_the_server_lacks_is_unimplemented(manager: SessionManager) -> None:
+    sid = (await manager.open("tools_only", caller="a")).info.session_id
+    with pytest.raises(errors.Unimplemented, match="does not offer prompts"):
+        await manager.list_prompts(sid)
+    with pytest.raises(errors.Unimplemented, match="does not offer resources"):
+        await manager.read_resource(sid, "mem://greeting")
