@@ -108,12 +108,15 @@ def test_image_metadata(built: dict[str, str]) -> None:
         assert not cfg["Cmd"]
         assert cfg["User"] == "10001:10001" and cfg["WorkingDir"] == "/tmp"
         env = dict(e.split("=", 1) for e in cfg["Env"])
-        assert env["HOME"] == "/tmp" and env["PYTHONPATH"] == "/opt/agent/pkg"
+        assert env["HOME"] == "/tmp"
+        assert "PYTHONPATH" not in env, "the agent's path must not leak into the servers' environment"
         assert env["PYTHONDONTWRITEBYTECODE"] == "1"
 
 
 def test_image_contents(built: dict[str, str]) -> None:
     script = ("set -e; test ! -s /opt/agent/pkg/runner/__init__.py; ls /opt/agent/pkg/runner/agent/*.py;"
+              "/opt/agent/bin/python -c 'import runner.agent';"
+              "! python3 -c 'import runner' 2>/dev/null;"
               "/opt/agent/bin/python -c 'import mcp, importlib.metadata as m; print(m.version(\"mcp\"))';"
               "command -v {bins}")
     bins = {"python-servers": "mcp-server-time mcp-server-fetch mcp-server-git",
