@@ -1,9 +1,10 @@
 """``mcp-runner bench``: the price of the sandbox, measured side by side in one process.
 
-Baseline: the same MCP server started on the host over stdio with the mcp SDK
-(spawn + initialize + tools/list; then tools/call). Sandboxed: the full path a
-caller sees, through a real gRPC server on a loopback port, the session
-manager and a fresh hardened container per session. Figures are wall-clock on
+Baseline: the same MCP server started on the host over stdio with the mcp SDK,
+in this process (spawn + initialize + tools/list; then tools/call). Sandboxed:
+the full path a caller sees, from this process through gRPC to the service
+running in its own process on a loopback port, its session manager and a
+fresh hardened container per session. Figures are wall-clock on
 whatever machine runs this; compare the two columns, not numbers across
 machines.
 """
@@ -11,21 +12,26 @@ machines.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
+import signal
+import socket
 import statistics
 import sys
+import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from types import MappingProxyType
 from typing import Any
 
-from runner.api.server import start_server
+import grpc
+
 from runner.client import AsyncRunnerClient
-from runner.config import Settings
-from runner.sandbox.docker import DockerBackend
-from runner.sessions.manager import SessionManager
+from runner.config import load_settings
+from runner.errors import ProfileNotFound, Unavailable
+
+BENCH_INSTANCE = "bench"
 
 
 @dataclass(frozen=True)
@@ -95,42 +101,63 @@ async def _host_baseline(command: list[str], tool: str, arguments: dict[str, Any
     return open_figures, close_figures, _figures(call_times)
 
 
-async def _sandboxed(settings: Settings, profile: str, tool: str, arguments: dict[str, Any], opens: int, calls: int
+@contextlib.asynccontextmanager
+async def _service(config: str | None) -> AsyncIterator[str]:
+    """The real service in its own process on a free loopback port, as callers meet it; yields its address."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        address = f"127.0.0.1:{probe.getsockname()[1]}"
+    command = [sys.executable, "-m", "runner.cli", "serve", "--listen", address]
+    if config:
+        command += ["--config", config]
+    with tempfile.TemporaryFile() as log:
+        process = await asyncio.create_subprocess_exec(
+            *command, stdout=log, stderr=log, env={**os.environ, "MCP_RUNNER_INSTANCE": BENCH_INSTANCE}
+        )
+        try:
+            async with AsyncRunnerClient(address) as client:
+                for _ in range(300):
+                    if process.returncode is not None:
+                        break
+                    with contextlib.suppress(grpc.RpcError):
+                        await client.list_sessions(timeout=1)
+                        break
+                    await asyncio.sleep(0.2)
+                else:
+                    raise Unavailable(f"the service did not answer on {address} within 60 s")
+            if process.returncode is not None:
+                log.seek(0)
+                raise Unavailable(f"the service exited: {log.read()[-2000:].decode(errors='replace')}")
+            yield address
+        finally:
+            if process.returncode is None:
+                process.send_signal(signal.SIGTERM)
+                await process.wait()
+
+
+async def _sandboxed(config: str | None, profile: str, tool: str, arguments: dict[str, Any], opens: int, calls: int
                      ) -> tuple[Figures, Figures, Figures]:
-    backend = DockerBackend()
-    manager = SessionManager(backend, settings)
-    await manager.start()
-    server = await start_server(manager, "127.0.0.1:0")
-    try:
-        async with AsyncRunnerClient(f"127.0.0.1:{server.port}") as client:
+    async with _service(config) as address, AsyncRunnerClient(address) as client:
 
-            async def open_once() -> str:
-                return (await client.open_session(profile)).session_id
+        async def open_once() -> str:
+            return (await client.open_session(profile)).session_id
 
-            async def close(session_id: str) -> None:
-                await client.close_session(session_id)
+        async def close(session_id: str) -> None:
+            await client.close_session(session_id)
 
-            open_figures, close_figures = await _open_close(opens, open_once, close)
-            session_id = await open_once()
-            call_times = await _timed(calls, lambda: client.call_tool(session_id, tool, arguments))
-            await close(session_id)
-        return open_figures, close_figures, _figures(call_times)
-    finally:
-        await server.stop(1.0)
-        await manager.shutdown()
-        backend.close()
+        open_figures, close_figures = await _open_close(opens, open_once, close)
+        session_id = await open_once()
+        call_times = await _timed(calls, lambda: client.call_tool(session_id, tool, arguments))
+        await close(session_id)
+    return open_figures, close_figures, _figures(call_times)
 
 
-async def run_bench(settings: Settings, *, profile: str = "time", opens: int = 10, calls: int = 200,
+async def run_bench(config: str | None, *, profile: str = "time", opens: int = 10, calls: int = 200,
                     out: Callable[[str], None] = print) -> None:
-    chosen = settings.profiles[profile]
+    chosen = load_settings(config).profiles.get(profile)
+    if chosen is None:
+        raise ProfileNotFound(f"no profile named {profile!r}")
     tool, arguments = "get_current_time", {"timezone": "UTC"}
-    settings = Settings(
-        listen="127.0.0.1:0",
-        instance="bench",
-        profiles=MappingProxyType({profile: chosen}),
-        max_message_bytes=settings.max_message_bytes,
-    )
     out(f"mcp-runner bench: profile {profile!r} ({' '.join(chosen.command)}), {opens} opens, {calls} calls of {tool}")
     out("wall-clock on this machine; compare the columns, not machines\n")
     host: tuple[Figures, Figures, Figures] | None = None
@@ -139,9 +166,9 @@ async def run_bench(settings: Settings, *, profile: str = "time", opens: int = 1
     host_command = shutil.which(chosen.command[0], path=search)
     if host_command:
         host = await _host_baseline([host_command, *chosen.command[1:]], tool, arguments, opens, calls)
-    sandbox = await _sandboxed(settings, profile, tool, arguments, opens, calls)
+    sandbox = await _sandboxed(config, profile, tool, arguments, opens, calls)
     rows = [("session open (start+initialize+tools/list)", 0), ("session close", 1), ("tools/call", 2)]
-    out(f"{'':44} {'host (same server, stdio)':46} sandboxed via gRPC")
+    out(f"{'':44} {'host (same server, stdio)':46} sandboxed, service in its own process")
     for label, index in rows:
         baseline = host[index].cell() if host else f"{'(' + chosen.command[0] + ' not on the host)':46}"
         out(f"{label:44} {baseline:46} {sandbox[index].cell()}")
@@ -151,5 +178,5 @@ async def run_bench(settings: Settings, *, profile: str = "time", opens: int = 1
             out(f"  {label}: sandbox p50 is {ratio:.2f}x the host's")
 
 
-def bench_main(settings: Settings, opens: int, calls: int, profile: str) -> None:
-    asyncio.run(run_bench(settings, profile=profile, opens=opens, calls=calls))
+def bench_main(config: str | None, opens: int, calls: int, profile: str) -> None:
+    asyncio.run(run_bench(config, profile=profile, opens=opens, calls=calls))

@@ -137,10 +137,9 @@ def _images(args: argparse.Namespace) -> int:
 
 def _bench(args: argparse.Namespace) -> int:
     from runner.bench import bench_main
-    from runner.config import load_settings
 
     try:
-        bench_main(load_settings(args.config), opens=args.opens, calls=args.calls, profile=args.profile)
+        bench_main(args.config, opens=args.opens, calls=args.calls, profile=args.profile)
     except RunnerError as exc:
         print(f"error: {exc.status.value}: {exc.message}", file=sys.stderr)
         return 2
