@@ -114,11 +114,11 @@ def test_memory_hog_is_killed_for_memory(client: RunnerClient, bystander: str) -
 
 def test_fork_bomb_is_contained(client: RunnerClient, bystander: str) -> None:
     with client.session("fork_bomb") as opened:
-        try:
-            client.call_tool(opened.session_id, "echo", {"text": "x"}, timeout_ms=30_000)
-        except grpc.RpcError as exc:
-            # Whatever the bomb did to its own sandbox, the answer is a clear status, not a hang.
-            assert exc.code() in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.DEADLINE_EXCEEDED)
+        text = client.call_tool(opened.session_id, "echo", {"text": "x"}, timeout_ms=30_000).structured_content["text"]
+    counts = dict(part.split("=") for part in text.removeprefix("survived: ").split())
+    # The profile's pids limit is 48, and tini, the agent and the server already use some of it.
+    assert int(counts["children"]) < 48, text
+    assert int(counts["refused"]) > 0, text
     with client.session("scripted") as fresh:
         assert client.call_tool(fresh.session_id, "add", {"a": 1, "b": 1}).structured_content == {"sum": 2}
 

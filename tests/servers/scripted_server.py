@@ -357,7 +357,7 @@ class Server:
     def fork_bomb(self, rid: Any, params: dict[str, Any]) -> None:
         signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # children are reaped automatically
         deadline = time.monotonic() + 10
-        children = 0
+        children = refused = 0
         while time.monotonic() < deadline:
             if children >= 2000:  # a safety cap in case this is ever run outside a sandbox
                 time.sleep(0.05)
@@ -365,13 +365,16 @@ class Server:
             try:
                 pid = os.fork()
             except OSError:
+                refused += 1
                 time.sleep(0.01)
                 continue
             if pid == 0:
                 time.sleep(15)
                 os._exit(0)
             children += 1
-        self.result(rid, {"content": [{"type": "text", "text": "survived"}], "isError": False})
+        text = f"survived: children={children} refused={refused}"
+        self.result(rid, {"content": [{"type": "text", "text": text}], "structuredContent": {"text": text},
+                          "isError": False})
 
     def stdout_flood(self, rid: Any, params: dict[str, Any]) -> None:
         garbage = b"\x00garbage{[" * 6553 + b"\n"
