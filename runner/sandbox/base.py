@@ -80,7 +80,3 @@ class SandboxBackend(Protocol):
     async def check(self) -> None:
         """Raise ``Unavailable`` if the backend cannot start sandboxes now."""
         ...
-
-    def resolve_image(self, image: str) -> str:
-        """A runner image name (``python-servers``) to its content-hashed reference; other names unchanged."""
-        ...

@@ -172,7 +172,7 @@ class DockerBackend:
         return await asyncio.get_running_loop().run_in_executor(self._pool, call)
 
     @functools.cache  # noqa: B019 - one backend per process; image inputs do not change while it runs
-    def resolve_image(self, image: str) -> str:
+    def _resolve_image(self, image: str) -> str:
         from runner.images import IMAGE_NAMES, image_ref
 
         return image_ref(image) if image in IMAGE_NAMES else image
@@ -198,7 +198,7 @@ class DockerBackend:
         )
         labels = {**spec.labels, SESSION_LABEL: spec.session_id, INSTANCE_LABEL: spec.instance}
         container = api.create_container(
-            self.resolve_image(spec.image),
+            self._resolve_image(spec.image),
             command=list(spec.command),
             stdin_open=True,
             tty=False,

@@ -100,19 +100,12 @@ class FakeBackend:
 
     def __init__(self, handler_for: Callable[[SandboxSpec], Handler]) -> None:
         self._handler_for = handler_for
-        self.started: list[FakeSandbox] = []
-        self.orphans = 0
 
     async def start(self, spec: SandboxSpec) -> FakeSandbox:
-        sandbox = FakeSandbox(FakeIO(spec), self._handler_for(spec), f"fake-{spec.session_id}")
-        self.started.append(sandbox)
-        return sandbox
+        return FakeSandbox(FakeIO(spec), self._handler_for(spec), f"fake-{spec.session_id}")
 
     async def sweep_orphans(self, instance: str) -> int:
-        return self.orphans
+        return 0
 
     async def check(self) -> None:
         return None
-
-    def resolve_image(self, image: str) -> str:
-        return image

@@ -9,7 +9,6 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any
 
 import mcp_types
 
@@ -102,4 +101,3 @@ class Finding:
 
 
 ProgressCallback = Callable[[ProgressEvent], Awaitable[None]]
-JSONObject = dict[str, Any]
