@@ -209,9 +209,14 @@ class AgentChannel:
 _FRAME_TYPES = frozenset({"ready", "result", "error", "progress", "fatal"})
 
 
+def _refuse_constant(name: str) -> None:
+    # Python's json accepts NaN and Infinity, which JSON does not; nothing downstream could pass them on.
+    raise ValueError(f"{name} is not JSON")
+
+
 def _decode(line: bytes) -> JSONObject:
     try:
-        frame = json.loads(line)
+        frame = json.loads(line, parse_constant=_refuse_constant)
     except (UnicodeDecodeError, ValueError) as exc:
         raise ProtocolViolation(f"the sandbox sent a line that is not JSON ({_preview(line)})") from exc
     if not isinstance(frame, dict) or frame.get("type") not in _FRAME_TYPES:

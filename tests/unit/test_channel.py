@@ -162,6 +162,8 @@ async def test_oversized_line_ends_channel_and_fails_pending(
     [
         (b"not json at all\n", "not JSON"),
         (b"\xff\xfe\n", "not JSON"),
+        (b'{"type": "ready", "initialize": {"x": NaN}}\n', "not JSON"),
+        (b'{"type": "ready", "initialize": {"x": -Infinity}}\n', "not JSON"),
         (b'{"type": "bogus"}\n', "unknown frame"),
         (b"[1, 2]\n", "unknown frame"),
         (b'{"type": "result", "id": 123, "result": {}}\n', "request 123, which is not pending"),
