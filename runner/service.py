@@ -20,8 +20,8 @@ from runner.sessions.manager import SessionManager
 log = logging.getLogger("runner")
 
 
-async def run_service(settings: Settings, *, ready: asyncio.Event | None = None) -> None:
-    """Serve until SIGINT or SIGTERM; ``ready`` is set once the port is bound (for tests)."""
+async def run_service(settings: Settings) -> None:
+    """Serve until SIGINT or SIGTERM."""
     backend = DockerBackend(stderr_tail_bytes=settings.stderr_tail_bytes)
     manager = SessionManager(backend, settings)
     try:
@@ -38,8 +38,6 @@ async def run_service(settings: Settings, *, ready: asyncio.Event | None = None)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        if ready is not None:
-            ready.set()
         await stop.wait()
         log.info("shutting down: draining calls for up to %.0f s, then removing sandboxes", settings.shutdown_grace_s)
         await server.stop()

@@ -25,15 +25,20 @@ MAX_TOOLS = 1024
 _MAX_ERRORS_SHOWN = 3
 
 
+def _problems(exc: ValidationError, count: int) -> str:
+    """The first ``count`` pydantic errors as ``field: message``, bounded (they describe untrusted input)."""
+    return "; ".join(
+        f"{short('.'.join(str(p) for p in err['loc']), 80) or '(root)'}: {short(str(err['msg']))}"
+        for err in exc.errors()[:count]
+    )
+
+
 def parse_result(model: type[M], raw: dict[str, Any], what: str) -> M:
     """``raw`` as an MCP ``model``, or ResultRejected saying which fields were wrong."""
     try:
         return model.model_validate(raw)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{short('.'.join(str(p) for p in err['loc']), 80) or '(root)'}: {short(err['msg'])}"
-            for err in exc.errors()[:_MAX_ERRORS_SHOWN]
-        )
+        problems = _problems(exc, _MAX_ERRORS_SHOWN)
         raise ResultRejected(f"the server's {what} is not a valid MCP {model.__name__}: {problems}") from exc
 
 
@@ -128,8 +133,4 @@ def check_initialize(raw: dict[str, Any]) -> mcp_types.InitializeResult:
     try:
         return mcp_types.InitializeResult.model_validate(raw)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "(root)"
-        raise ProtocolViolation(
-            f"the agent's initialize result is not valid MCP: {short(where, 80)}: {short(str(first['msg']))}"
-        ) from exc
+        raise ProtocolViolation(f"the agent's initialize result is not valid MCP: {_problems(exc, 1)}") from exc

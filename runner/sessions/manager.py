@@ -90,7 +90,6 @@ class _Session:
     tools: dict[str, CheckedTool] = field(default_factory=dict)
     calls: int = 0
     stats: SandboxStats = SandboxStats()
-    end_error: RunnerError | None = None
     concluding: asyncio.Task[RunnerError] | None = None
     watcher: asyncio.Task[None] | None = None
 
@@ -248,8 +247,6 @@ class SessionManager:
         self, session_id: str, uri: str, *, timeout: float | None = None
     ) -> list[mcp_types.TextResourceContents | mcp_types.BlobResourceContents]:
         session = self._offering(session_id, "resources")
-        if not uri:
-            raise InvalidArgument("uri must not be empty")
         raw = await self._request(session, "resources/read", {"uri": uri}, timeout, None)
         result = await asyncio.to_thread(parse_result, mcp_types.ReadResourceResult, raw, f"contents of {uri!r}")
         return list(result.contents)
@@ -342,7 +339,6 @@ class SessionManager:
             explained = SandboxCrashed(f"session {session.id} ended: {error.message}{status}", handle.stderr_tail())
         else:
             explained = type(error)(f"session {session.id} was ended: {error.message}")
-        session.end_error = explained
         await self._end(session, SessionState.FAILED, explained.message)
         return explained
 
@@ -378,8 +374,6 @@ class SessionManager:
         session = self._lookup(session_id)
         if session.state is SessionState.READY:
             return session
-        if session.end_error is not None:
-            raise SessionClosed(f"session {session_id} is {session.state.value}: {session.end_error.message}")
         reason = f": {session.failure}" if session.failure else ""
         raise SessionClosed(f"session {session_id} is {session.state.value}{reason}")
 

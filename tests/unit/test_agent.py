@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import pytest
 
 from runner.agent.frames import CancelFrame, RequestFrame, parse_host_frame
+from tests.servers.scripted_server import BEHAVIOURS
 from tests.unit.agent_driver import PYTHON, AgentProcess
 
 Start = Callable[..., Awaitable[AgentProcess]]
@@ -362,24 +363,7 @@ async def test_link_tells_late_answers_from_unsolicited_ones() -> None:
 # -- the scripted server itself, under the system python3 it meets in the sandbox -------------
 
 
-@pytest.mark.parametrize(
-    "behaviour",
-    [
-        "good",
-        "crash_on_call",
-        "hang",
-        "hang_hard",
-        "memory_hog",
-        "fork_bomb",
-        "stdout_flood",
-        "oversized",
-        "malformed",
-        "wrong_id",
-        "bad_output",
-        "missing_structured",
-        "impersonate_agent",
-    ],
-)
+@pytest.mark.parametrize("behaviour", [b for b in BEHAVIOURS if b != "crash_at_start"])
 async def test_scripted_server_handshake(behaviour: str) -> None:
     import json
     import shutil
