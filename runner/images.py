@@ -31,7 +31,7 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
 __all__ = ["IMAGE_NAMES", "ImageBuildError", "ensure_images", "image_ref", "list_images", "missing_images"]
@@ -75,6 +75,7 @@ INITIALIZE_LINE = json.dumps({
 
 Log = Callable[[str], None]
 Inputs = list[tuple[str, bytes]]
+AgentFiles = list[tuple[str, bytes]]
 
 
 class ImageBuildError(Exception):
@@ -105,7 +106,7 @@ def _mmdebstrap_argv(sources: Path) -> list[str]:
             "--dpkgopt=path-include=/usr/share/doc/*/copyright", SUITE, "-", str(sources)]
 
 
-def _agent_files() -> list[tuple[str, bytes]]:
+def _agent_files() -> AgentFiles:
     """The agent's *.py files, read once: the bytes hashed are the bytes copied."""
     if not AGENT_DIR.is_dir():
         return []
@@ -116,7 +117,7 @@ def _file(rel: str) -> tuple[str, bytes]:
     return (rel, (IMAGES_DIR / rel).read_bytes())
 
 
-def _inputs(name: str) -> Inputs:
+def _inputs(name: str, agent: AgentFiles) -> Inputs:
     base = _base_image()
     items: Inputs = [("recipe", RECIPE.encode()), ("name", name.encode()), ("BASE_IMAGE", base.encode())]
     if name == "rootfs":
@@ -128,14 +129,14 @@ def _inputs(name: str) -> Inputs:
             items.append(("mmdebstrap", "\0".join(_mmdebstrap_argv(src or Path("-"))).encode()))
             items.append(("apt-sources", src.read_bytes() if src else b""))
         return items
-    items.append(("FROM", image_ref("rootfs").encode()))
+    items.append(("FROM", _ref("rootfs", agent).encode()))
     items += [_file(f"{name}/Dockerfile"), _file("agent.txt"), _file("constraints.txt")]
     if name == "python-servers":
         items.append(_file("python-servers/servers.txt"))
         items.append(("wheel-target", "\0".join(WHEEL_TARGET).encode()))
     else:
         items += [_file("node-servers/package.json"), _file("node-servers/package-lock.json")]
-    items += [(f"agent/{fn}", data) for fn, data in _agent_files()]
+    items += [(f"agent/{fn}", data) for fn, data in agent]
     return items
 
 
@@ -147,11 +148,15 @@ def _digest(items: Inputs) -> str:
     return h.hexdigest()
 
 
-def image_ref(name: str) -> str:
-    """``mcp-runner/<name>:<hash12>`` computed from the inputs; needs no Docker."""
+def _ref(name: str, agent: AgentFiles) -> str:
     if name not in IMAGE_NAMES:
         raise ValueError(f"unknown image {name!r}; known images: {', '.join(IMAGE_NAMES)}")
-    return f"{REPOSITORY}/{name}:{_digest(_inputs(name))[:12]}"
+    return f"{REPOSITORY}/{name}:{_digest(_inputs(name, agent))[:12]}"
+
+
+def image_ref(name: str) -> str:
+    """``mcp-runner/<name>:<hash12>`` computed from the inputs; needs no Docker."""
+    return _ref(name, _agent_files())
 
 
 # --------------------------------------------------------------------------- subprocess helpers
@@ -309,8 +314,9 @@ def _build_rootfs(ref: str, *, force: bool, log: Log) -> None:
     log(f"  [docker] imported {text}")
 
 
-def _build_server_image(name: str, ref: str, *, force: bool, log: Log) -> None:
-    agent = _agent_files()
+def _build_server_image(name: str, refs: Mapping[str, str], agent: AgentFiles, *, force: bool, log: Log) -> None:
+    """Build ``refs[name]`` from exactly the ``agent`` bytes its tag was hashed over."""
+    ref = refs[name]
     if not agent:
         log(f"WARNING: no {AGENT_DIR}/*.py yet: the image's entrypoint (runner.agent) will not start")
     reqs = ["agent.txt", "python-servers/servers.txt"] if name == "python-servers" else ["agent.txt"]
@@ -338,7 +344,7 @@ def _build_server_image(name: str, ref: str, *, force: bool, log: Log) -> None:
             shutil.copytree(node / "node_modules", ctx / "node" / "node_modules", symlinks=True,
                             copy_function=_link_or_copy)
         cmd = ["docker", "build", "--network", "none", "--force-rm",
-               "--build-arg", f"ROOTFS={image_ref('rootfs')}",
+               "--build-arg", f"ROOTFS={refs['rootfs']}",
                *(a for lb in _labels(name, ref) for a in ("--label", lb)), "-t", ref, str(ctx)]
         if force:
             cmd.insert(2, "--no-cache")
@@ -409,7 +415,9 @@ def missing_images(names: Iterable[str] | None = None) -> list[str]:
 def list_images() -> list[tuple[str, str, bool]]:
     """``(name, ref, present)`` for every image."""
     _check_docker()
-    return [(n, image_ref(n), _present(image_ref(n))) for n in IMAGE_NAMES]
+    agent = _agent_files()
+    refs = [(n, _ref(n, agent)) for n in IMAGE_NAMES]
+    return [(n, ref, _present(ref)) for n, ref in refs]
 
 
 def ensure_images(names: Iterable[str] | None = None, *, force: bool = False,
@@ -420,7 +428,8 @@ def ensure_images(names: Iterable[str] | None = None, *, force: bool = False,
     """
     wanted = _names(names)
     _check_docker()
-    refs = {n: image_ref(n) for n in IMAGE_NAMES}
+    agent = _agent_files()  # read once: the bytes hashed into the tags are the bytes built in
+    refs = {n: _ref(n, agent) for n in IMAGE_NAMES}
     todo: dict[str, str] = {}
     for n in wanted:
         if force:
@@ -445,6 +454,6 @@ def ensure_images(names: Iterable[str] | None = None, *, force: bool = False,
             if n == "rootfs":
                 _build_rootfs(refs[n], force=force, log=log)
             else:
-                _build_server_image(n, refs[n], force=force, log=log)
+                _build_server_image(n, refs, agent, force=force, log=log)
             log(f"built {refs[n]} in {time.monotonic() - t0:.0f} s")
     return {n: refs[n] for n in wanted}

@@ -163,7 +163,7 @@ def test_ensure_builds_missing_dependencies_first(inputs: Path, monkeypatch: pyt
         present.add(ref)
 
     monkeypatch.setattr(images, "_build_rootfs", lambda ref, **kw: fake_build(ref))
-    monkeypatch.setattr(images, "_build_server_image", lambda name, ref, **kw: fake_build(ref))
+    monkeypatch.setattr(images, "_build_server_image", lambda name, refs, agent, **kw: fake_build(refs[name]))
     logs: list[str] = []
     out = images.ensure_images(["node-servers", "python-servers"], log=logs.append)
     assert built == ["rootfs", "node-servers"]
