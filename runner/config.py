@@ -21,12 +21,15 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from runner.errors import InvalidArgument
+from runner.guard.sanitize import DEFAULT_REDACTIONS, DETECTORS, SanitizeConfig
 
 DEFAULT_LISTEN = "127.0.0.1:50051"
 BUILTIN_PROFILES = Path(__file__).parent / "profiles" / "builtin.yaml"
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmg]?)i?b?\s*$", re.IGNORECASE)
 _SIZE_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
 _INSTANCE = re.compile(r"^[a-zA-Z0-9_.-]{1,64}$")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+_PIN = re.compile(r"^sha256:[0-9a-f]{64}$")
 
 
 class ConfigError(InvalidArgument):
@@ -65,6 +68,17 @@ class Mount:
 
 
 @dataclass(frozen=True)
+class SecretSource:
+    """Where the service reads a secret when a session starts: an environment variable or a file."""
+
+    env: str | None = None
+    file: str | None = None
+
+    def describe(self) -> str:
+        return f"environment variable {self.env}" if self.env else f"file {self.file}"
+
+
+@dataclass(frozen=True)
 class Profile:
     name: str
     image: str
@@ -74,6 +88,35 @@ class Profile:
     mounts: tuple[Mount, ...] = ()
     limits: Limits = Limits()
     description: str = ""
+    secrets: Mapping[str, SecretSource] = field(default_factory=lambda: MappingProxyType({}))
+    """Container environment variable -> where the service holds its value."""
+    sanitize: SanitizeConfig = SanitizeConfig()
+    pins: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    """Tool name -> ``sha256:`` fingerprint its definition must keep."""
+
+
+@dataclass(frozen=True)
+class TlsConfig:
+    cert: Path
+    """Server certificate chain (PEM)."""
+    key: Path
+    """Server private key (PEM)."""
+    client_ca: Path | None = None
+    """Set: mutual TLS; clients must present a certificate signed by this CA."""
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    """How callers prove who they are; neither means everyone is ``anonymous`` (loopback only)."""
+
+    mtls: bool = False
+    """Identity from the verified client certificate."""
+    tokens: bool = False
+    """Identity from ``authorization: Bearer <token>``, checked against hashes in the policy file."""
+
+    @property
+    def anonymous(self) -> bool:
+        return not (self.mtls or self.tokens)
 
 
 @dataclass(frozen=True)
@@ -88,6 +131,10 @@ class Settings:
     reap_interval_s: float = 5.0
     shutdown_grace_s: float = 5.0
     profiles: Mapping[str, Profile] = field(default_factory=lambda: MappingProxyType({}))
+    tls: TlsConfig | None = None
+    auth: AuthConfig = AuthConfig()
+    policy: Path | None = None
+    """The policy file (callers, tool rules, rates); None: the embedded single-developer default."""
 
 
 class _LimitsModel(BaseModel):
@@ -132,6 +179,39 @@ class _MountModel(BaseModel):
         return value
 
 
+class _SecretModel(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    env: str | None = Field(default=None, pattern=_ENV_NAME.pattern)
+    file: str | None = None
+
+    def source(self, base: Path) -> SecretSource:
+        if (self.env is None) == (self.file is None):
+            raise ValueError("a secret names exactly one of `env` or `file`")
+        return SecretSource(env=self.env, file=str((base / self.file).resolve()) if self.file else None)
+
+
+class _SanitizeModel(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    enabled: bool = True
+    redact: list[str] = ["default"]
+    """Detector names; ``default`` stands for every detector on by default."""
+    injection: str = Field(default="flag", pattern="^(flag|block)$")
+
+    @field_validator("redact")
+    @classmethod
+    def _known(cls, names: list[str]) -> list[str]:
+        unknown = sorted(set(names) - DETECTORS - {"default"})
+        if unknown:
+            raise ValueError(f"unknown detector(s) {unknown}; known: default, {', '.join(sorted(DETECTORS))}")
+        return names
+
+    def config(self) -> SanitizeConfig:
+        names = set(self.redact)
+        if "default" in names:
+            names = (names - {"default"}) | DEFAULT_REDACTIONS
+        return SanitizeConfig(enabled=self.enabled, redact=frozenset(names), injection_action=self.injection)
+
+
 class _ProfileModel(BaseModel):
     model_config = ConfigDict(extra="forbid")
     image: str
@@ -140,6 +220,21 @@ class _ProfileModel(BaseModel):
     mounts: list[_MountModel] = []
     limits: _LimitsModel = _LimitsModel()
     description: str = ""
+    secrets: dict[Annotated[str, Field(pattern=_ENV_NAME.pattern)], _SecretModel] = {}
+    sanitize: _SanitizeModel = _SanitizeModel()
+    pins: dict[str, Annotated[str, Field(pattern=_PIN.pattern)]] = {}
+
+
+class _TlsModel(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    cert: str
+    key: str
+    client_ca: str | None = None
+
+
+class _AuthModel(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    tokens: bool = False
 
 
 class _FileModel(BaseModel):
@@ -151,6 +246,9 @@ class _FileModel(BaseModel):
     open_timeout_s: float | None = Field(default=None, gt=0)
     reap_interval_s: float | None = Field(default=None, gt=0)
     builtin_profiles: bool = True
+    tls: _TlsModel | None = None
+    auth: _AuthModel = _AuthModel()
+    policy: str | None = None
 
     @field_validator("max_message_bytes")
     @classmethod
@@ -191,6 +289,9 @@ def _parse(path: Path, data: dict[str, Any]) -> _FileModel:
 def _profiles(parsed: _FileModel, base: Path, defaults: Limits) -> dict[str, Profile]:
     out: dict[str, Profile] = {}
     for name, model in parsed.profiles.items():
+        overlap = sorted(set(model.secrets) & set(model.env))
+        if overlap:
+            raise ValueError(f"profiles.{name}: {overlap} named both in env and in secrets")
         out[name] = Profile(
             name=name,
             image=model.image,
@@ -199,6 +300,9 @@ def _profiles(parsed: _FileModel, base: Path, defaults: Limits) -> dict[str, Pro
             mounts=tuple(Mount(str((base / m.source).resolve()), m.target) for m in model.mounts),
             limits=model.limits.apply(defaults),
             description=model.description,
+            secrets=MappingProxyType({key: secret.source(base) for key, secret in model.secrets.items()}),
+            sanitize=model.sanitize.config(),
+            pins=MappingProxyType(dict(model.pins)),
         )
     return out
 
@@ -223,7 +327,18 @@ def load_settings(config_path: Path | str | None = None, *, listen: str | None =
         instance = os.environ.get("MCP_RUNNER_INSTANCE")
         if instance is not None and not _INSTANCE.match(instance):
             raise ConfigError(f"MCP_RUNNER_INSTANCE={instance!r}: use 1-64 letters, digits, '_', '.' or '-'")
+        base = user_path.resolve().parent
+        tls = None
+        if user.tls is not None:
+            tls = TlsConfig(
+                cert=base / user.tls.cert,
+                key=base / user.tls.key,
+                client_ca=base / user.tls.client_ca if user.tls.client_ca else None,
+            )
         return Settings(
+            tls=tls,
+            auth=AuthConfig(mtls=tls is not None and tls.client_ca is not None, tokens=user.auth.tokens),
+            policy=base / user.policy if user.policy else None,
             listen=listen or os.environ.get("MCP_RUNNER_LISTEN") or user.listen or DEFAULT_LISTEN,
             instance=instance or user.instance or "default",
             max_sessions=user.max_sessions or Settings.max_sessions,

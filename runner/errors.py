@@ -12,9 +12,11 @@ the servicer only ever translates this tree::
     │   ├── SessionNotFound
     │   ├── ToolNotFound
     │   └── ResourceNotFound
-    ├── PermissionDenied ........... PERMISSION_DENIED  policy said no
+    ├── PermissionDenied ........... PERMISSION_DENIED  policy said no; the message names the rule
+    │   └── ResultBlocked .......................... the sanitizer's policy blocked a result
     ├── ResourceExhausted .......... RESOURCE_EXHAUSTED
     │   ├── QuotaExceeded .......................... too many sessions
+    │   ├── RateLimited ............................ a token bucket is empty; carries retry_after_s
     │   └── OutOfMemory ............................ the sandbox was killed for memory
     ├── DeadlineExceeded ........... DEADLINE_EXCEEDED  call or open ran past its deadline
     ├── FailedPrecondition ......... FAILED_PRECONDITION
@@ -99,12 +101,24 @@ class PermissionDenied(RunnerError):
     status = Status.PERMISSION_DENIED
 
 
+class ResultBlocked(PermissionDenied):
+    pass
+
+
 class ResourceExhausted(RunnerError):
     status = Status.RESOURCE_EXHAUSTED
 
 
 class QuotaExceeded(ResourceExhausted):
     pass
+
+
+class RateLimited(ResourceExhausted):
+    """A rate or concurrency limit is reached; ``retry_after_s`` says when trying again can succeed."""
+
+    def __init__(self, message: str, retry_after_s: float) -> None:
+        super().__init__(f"{message}; retry in {retry_after_s:.2f} s")
+        self.retry_after_s = retry_after_s
 
 
 class OutOfMemory(ResourceExhausted):
