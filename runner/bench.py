@@ -6,7 +6,9 @@ the full path a caller sees, from this process through gRPC to the service
 running in its own process on a loopback port, its session manager and a
 fresh hardened container per session. Figures are wall-clock on
 whatever machine runs this; compare the two columns, not numbers across
-machines.
+machines. The guard's figures (``bench_guard``) follow: tools/call through the
+same service with the profile's sanitizer on and off, sanitizer throughput and
+the host-side cost per result.
 """
 
 from __future__ import annotations
@@ -23,12 +25,15 @@ import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import grpc
+import yaml
 
+from runner.bench_guard import guard_report
 from runner.client import AsyncRunnerClient
-from runner.config import load_settings
+from runner.config import Profile, load_settings
 from runner.errors import ProfileNotFound, Unavailable
 
 BENCH_INSTANCE = "bench"
@@ -135,12 +140,21 @@ async def _service(config: str | None) -> AsyncIterator[str]:
                 await process.wait()
 
 
-async def _sandboxed(config: str | None, profile: str, tool: str, arguments: dict[str, Any], opens: int, calls: int
-                     ) -> tuple[Figures, Figures, Figures]:
+def _unguarded_config(profile: Profile, directory: str) -> str:
+    """A settings file adding a copy of ``profile`` with its sanitizer off, for the guard's A/B."""
+    copy = {"image": profile.image, "command": list(profile.command), "env": dict(profile.env),
+            "sanitize": {"enabled": False}}
+    path = Path(directory) / "bench.yaml"
+    path.write_text(yaml.safe_dump({"profiles": {f"{profile.name}-unguarded": copy}}), encoding="utf-8")
+    return str(path)
+
+
+async def _sandboxed(config: str | None, profile: str, tool: str, arguments: dict[str, Any], opens: int, calls: int,
+                     unguarded: str | None) -> tuple[Figures, Figures, Figures, Figures | None]:
     async with _service(config) as address, AsyncRunnerClient(address) as client:
 
-        async def open_once() -> str:
-            return (await client.open_session(profile)).session_id
+        async def open_once(name: str = profile) -> str:
+            return (await client.open_session(name)).session_id
 
         async def close(session_id: str) -> None:
             await client.close_session(session_id)
@@ -149,7 +163,12 @@ async def _sandboxed(config: str | None, profile: str, tool: str, arguments: dic
         session_id = await open_once()
         call_times = await _timed(calls, lambda: client.call_tool(session_id, tool, arguments))
         await close(session_id)
-    return open_figures, close_figures, _figures(call_times)
+        unguarded_figures = None
+        if unguarded is not None:
+            session_id = await open_once(unguarded)
+            unguarded_figures = _figures(await _timed(calls, lambda: client.call_tool(session_id, tool, arguments)))
+            await close(session_id)
+    return open_figures, close_figures, _figures(call_times), unguarded_figures
 
 
 async def run_bench(config: str | None, *, profile: str = "time", opens: int = 10, calls: int = 200,
@@ -166,7 +185,13 @@ async def run_bench(config: str | None, *, profile: str = "time", opens: int = 1
     host_command = shutil.which(chosen.command[0], path=search)
     if host_command:
         host = await _host_baseline([host_command, *chosen.command[1:]], tool, arguments, opens, calls)
-    sandbox = await _sandboxed(config, profile, tool, arguments, opens, calls)
+    with tempfile.TemporaryDirectory() as scratch:
+        # Without a user's file, a generated one adds the sanitizer-off twin; a user's file is used as given.
+        unguarded = f"{profile}-unguarded" if config is None else None
+        service_config = _unguarded_config(chosen, scratch) if config is None else config
+        *sandbox, unguarded_calls = await _sandboxed(
+            service_config, profile, tool, arguments, opens, calls, unguarded
+        )
     rows = [("session open (start+initialize+tools/list)", 0), ("session close", 1), ("tools/call", 2)]
     out(f"{'':44} {'host (same server, stdio)':46} sandboxed, service in its own process")
     for label, index in rows:
@@ -176,6 +201,10 @@ async def run_bench(config: str | None, *, profile: str = "time", opens: int = 1
         for label, index in rows:
             ratio = sandbox[index].p50_ms / host[index].p50_ms if host[index].p50_ms else float("nan")
             out(f"  {label}: sandbox p50 is {ratio:.2f}x the host's")
+    out(f"\n{'':44} {'sanitizer off (same service)':46} sanitizer on (the profile as shipped)")
+    off = unguarded_calls.cell() if unguarded_calls else f"{'(only without --config)':46}"
+    out(f"{'tools/call':44} {off:46} {sandbox[2].cell()}")
+    guard_report(out, sandbox[2].p50_ms)
 
 
 def bench_main(config: str | None, opens: int, calls: int, profile: str) -> None:

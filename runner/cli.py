@@ -1,8 +1,10 @@
-"""``mcp-runner``: serve the API, call tools, inspect sessions, build the sandbox images.
+"""``mcp-runner``: serve the API, call tools, inspect sessions, decide approvals, make credentials, build images.
 
 Client commands talk to a running server (``--address``, default from
-``MCP_RUNNER_ADDRESS``). Exit codes: 0 ok, 1 the tool reported an error,
-2 the runner refused (gRPC error, printed as ``error: CODE: details``) or the
+``MCP_RUNNER_ADDRESS``), with a bearer token (``--token`` / ``MCP_RUNNER_TOKEN``)
+and TLS files (``--ca``, ``--cert``, ``--key`` / ``MCP_RUNNER_CA`` …) when the
+server asks for them. Exit codes: 0 ok, 1 the tool reported an error, 2 the
+runner refused (gRPC error, printed as ``error: CODE: details``) or the
 command line was wrong.
 """
 
@@ -15,14 +17,17 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import grpc
 
-from runner.client import DEFAULT_ADDRESS, Progress, RunnerClient, ToolResult
+from runner.api._proto.mcp_runner.v1 import runner_pb2 as pb
+from runner.client import DEFAULT_ADDRESS, Progress, RunnerClient, ToolResult, tls_credentials
 from runner.errors import RunnerError
 
 _STATES = {1: "starting", 2: "ready", 3: "closed", 4: "failed"}
+_APPROVAL_STATES = {1: "pending", 2: "approved", 3: "denied", 4: "expired"}
 
 
 def _print_json(value: Any) -> None:
@@ -31,6 +36,27 @@ def _print_json(value: Any) -> None:
 
 def _one_line(text: str) -> str:
     return " ".join(text.split())
+
+
+def _client(args: argparse.Namespace) -> RunnerClient:
+    credentials = None
+    if args.ca or args.cert or args.key:
+        credentials = tls_credentials(
+            Path(args.ca) if args.ca else None,
+            Path(args.cert) if args.cert else None,
+            Path(args.key) if args.key else None,
+        )
+    return RunnerClient(args.address, credentials=credentials, token=args.token or None)
+
+
+def _approval_line(approval: pb.Approval) -> str:
+    state = _APPROVAL_STATES.get(approval.state, "unknown")
+    decided = f" by {approval.decided_by}" if approval.decided_by else ""
+    reason = f" ({_one_line(approval.reason)})" if approval.reason else ""
+    return (
+        f"{approval.approval_id}  {state}{decided}{reason}  caller={approval.caller} session={approval.session_id} "
+        f"tool={approval.tool} arguments={approval.arguments_json or '{}'}  rule: {approval.rule}"
+    )
 
 
 # ---------------------------------------------------------------- commands
@@ -51,7 +77,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _tools(args: argparse.Namespace) -> int:
-    with RunnerClient(args.address) as client, client.session(args.profile) as opened:
+    with _client(args) as client, client.session(args.profile) as opened:
         server = opened.server
         print(f"# {server.name} {server.version} (MCP {server.protocol_version}) — {len(opened.tools)} tools")
         for tool in opened.tools:
@@ -82,29 +108,29 @@ def _call(args: argparse.Namespace) -> int:
     if not isinstance(arguments, dict):
         print("error: arguments must be a JSON object", file=sys.stderr)
         return 2
-    with RunnerClient(args.address) as client, client.session(args.profile) as opened:
-        if args.stream:
-            result: ToolResult | None = None
-            for item in client.call_tool_stream(
-                opened.session_id, args.tool, arguments, timeout_ms=args.timeout_ms
-            ):
-                if isinstance(item, Progress):
+    # Always the streaming call: the session lives only as long as this command, so a tool that needs
+    # approval must wait for the decision here (the stream does), not come back later.
+    with _client(args) as client, client.session(args.profile) as opened:
+        result: ToolResult | None = None
+        for item in client.call_tool_stream(opened.session_id, args.tool, arguments, timeout_ms=args.timeout_ms):
+            if isinstance(item, Progress):
+                if args.stream:
                     total = f"/{item.total:g}" if item.total is not None else ""
                     message = f": {item.message}" if item.message else ""
                     print(f"progress {item.progress:g}{total}{message}", file=sys.stderr)
-                else:
-                    result = item
-            if result is None:
-                print("error: the stream ended without a result", file=sys.stderr)
-                return 2
-        else:
-            result = client.call_tool(opened.session_id, args.tool, arguments, timeout_ms=args.timeout_ms)
+            elif isinstance(item, ToolResult):
+                result = item
+            else:
+                print(f"approval {_approval_line(item)}", file=sys.stderr)
+        if result is None:
+            print("error: the stream ended without a result", file=sys.stderr)
+            return 2
     _print_result(result)
     return 1 if result.is_error else 0
 
 
 def _sessions(args: argparse.Namespace) -> int:
-    with RunnerClient(args.address) as client:
+    with _client(args) as client:
         sessions = client.list_sessions()
     rows = [("SESSION", "PROFILE", "CALLER", "STATE", "AGE", "CALLS", "LABELS")]
     for s in sessions:
@@ -116,6 +142,54 @@ def _sessions(args: argparse.Namespace) -> int:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+    return 0
+
+
+def _approvals(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        if args.action == "list":
+            for approval in client.list_approvals(include_decided=args.all):
+                print(_approval_line(approval))
+        elif args.action == "watch":
+            for approval in client.watch_approvals():
+                print(_approval_line(approval), flush=True)
+        else:
+            if not args.approval_id:
+                print(f"error: approvals {args.action} needs an APPROVAL_ID", file=sys.stderr)
+                return 2
+            decided = client.decide_approval(args.approval_id, approve=args.action == "approve", reason=args.reason)
+            print(_approval_line(decided))
+    return 0
+
+
+def _certs(args: argparse.Namespace) -> int:
+    from runner.certs import make_dev_certs
+
+    try:
+        made = make_dev_certs(
+            Path(args.directory),
+            clients=args.client or ["alice"],
+            server_names=args.server_name or ("localhost", "127.0.0.1", "::1"),
+            overwrite=args.force,
+        )
+    except RunnerError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 2
+    print(f"CA           {made.ca_cert}")
+    print(f"server       {made.server_cert} (key {made.server_key})")
+    for name, (cert, key) in made.clients.items():
+        print(f"client {name:6}{cert} (key {key})")
+    print("\nsettings file:\n  tls:")
+    print(f"    cert: {made.server_cert}\n    key: {made.server_key}\n    client_ca: {made.ca_cert}")
+    return 0
+
+
+def _token(args: argparse.Namespace) -> int:
+    from runner.api.auth import hash_token, new_token
+
+    token = new_token()
+    print(f"token for {args.caller} (give it to the caller; it is not stored anywhere): {token}")
+    print(f"policy file entry:\n  callers:\n    {args.caller}:\n      tokens: [\"{hash_token(token)}\"]")
     return 0
 
 
@@ -156,6 +230,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=os.environ.get("MCP_RUNNER_ADDRESS", DEFAULT_ADDRESS),
         help="runner gRPC address (env MCP_RUNNER_ADDRESS, default %(default)s)",
     )
+    env = os.environ.get
+    for flag, variable, what in (
+        ("--token", "MCP_RUNNER_TOKEN", "bearer token"),
+        ("--ca", "MCP_RUNNER_CA", "CA certificate that signed the server's (turns on TLS)"),
+        ("--cert", "MCP_RUNNER_CERT", "client certificate for mutual TLS"),
+        ("--key", "MCP_RUNNER_KEY", "client private key for mutual TLS"),
+    ):
+        parser.add_argument(flag, default=env(variable), help=f"{what} (env {variable})")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     serve = sub.add_parser("serve", help="run the gRPC server")
@@ -177,6 +259,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     sessions = sub.add_parser("sessions", help="list open sessions")
     sessions.set_defaults(func=_sessions)
+
+    approvals = sub.add_parser("approvals", help="list, watch, approve or deny calls waiting for approval")
+    approvals.add_argument("action", choices=["list", "watch", "approve", "deny"])
+    approvals.add_argument("approval_id", nargs="?", help="the approval to decide (approve/deny)")
+    approvals.add_argument("--reason", default="", help="why (required to deny)")
+    approvals.add_argument("--all", action="store_true", help="list: include decided and expired approvals")
+    approvals.set_defaults(func=_approvals)
+
+    certs = sub.add_parser("certs", help="make a development CA with server and client certificates")
+    certs.add_argument("directory")
+    certs.add_argument("--client", action="append", metavar="NAME", help="client certificate CN (repeatable)")
+    certs.add_argument("--server-name", action="append", metavar="NAME", help="server DNS name or IP (repeatable)")
+    certs.add_argument("--force", action="store_true", help="overwrite existing files")
+    certs.set_defaults(func=_certs)
+
+    token = sub.add_parser("token", help="make a bearer token and the hash to put in the policy file")
+    token.add_argument("caller", help="the caller's name in the policy file")
+    token.set_defaults(func=_token)
 
     images = sub.add_parser("images", help="build or list the sandbox images")
     images.add_argument("action", choices=["build", "list"])
@@ -200,6 +300,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         code: int = args.func(args)
+    except RunnerError as exc:  # client-side problems, e.g. a TLS file that cannot be read
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 2
     except grpc.RpcError as exc:
         if isinstance(exc, grpc.Call):
             print(f"error: {exc.code().name}: {exc.details()}", file=sys.stderr)

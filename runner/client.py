@@ -14,6 +14,9 @@ DEADLINE_EXCEEDED, FAILED_PRECONDITION, UNAVAILABLE, UNAUTHENTICATED — and
 
 ``timeout`` arguments are gRPC deadlines in seconds; ``timeout_ms`` on tool calls
 is the runner's own per-call limit (the shorter of the two wins on the server).
+
+Credentials: ``token=`` sends ``authorization: Bearer <token>``; ``credentials=``
+takes ``tls_credentials(ca, cert, key)`` for TLS or mutual TLS.
 """
 
 from __future__ import annotations
@@ -29,11 +32,14 @@ import grpc
 
 from runner.api._proto.mcp_runner.v1 import runner_pb2 as pb
 from runner.api._proto.mcp_runner.v1 import runner_pb2_grpc
+from runner.api.auth import channel_credentials as tls_credentials
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
 _OPTIONS = [("grpc.max_receive_message_length", 64 * 1024 * 1024)]
 
 Metadata = Sequence[tuple[str, str]]
+
+__all__ = ["AsyncRunnerClient", "OpenedSession", "Progress", "RunnerClient", "ToolResult", "tls_credentials"]
 
 
 @dataclass(frozen=True)
@@ -56,6 +62,13 @@ class ToolResult:
     is_error: bool
     findings: list[pb.Finding]
     audit_id: str
+    approval: pb.Approval | None = None
+    """Set when the tool needs approval; PENDING means the call has not run (see ``pending``)."""
+
+    @property
+    def pending(self) -> bool:
+        """The call waits for an approver: call again with ``approval_id=result.approval.approval_id``."""
+        return self.approval is not None and self.approval.state == pb.APPROVAL_STATE_PENDING
 
     @property
     def text(self) -> str:
@@ -109,14 +122,20 @@ def _opened(response: pb.OpenSessionResponse) -> OpenedSession:
     )
 
 
+def _metadata(metadata: Metadata | None, token: str | None) -> tuple[tuple[str, str], ...]:
+    sent = tuple(metadata or ())
+    return (*sent, ("authorization", f"Bearer {token}")) if token else sent
+
+
 def _call_request(
-    session_id: str, tool: str, arguments: Mapping[str, Any] | None, timeout_ms: int
+    session_id: str, tool: str, arguments: Mapping[str, Any] | None, timeout_ms: int, approval_id: str
 ) -> pb.CallToolRequest:
     return pb.CallToolRequest(
         session_id=session_id,
         tool=tool,
-        arguments_json=json.dumps(dict(arguments or {}), separators=(",", ":")),
+        arguments_json=json.dumps(dict(arguments or {}), separators=(",", ":")) if arguments is not None else "",
         timeout_ms=timeout_ms,
+        approval_id=approval_id,
     )
 
 
@@ -128,11 +147,16 @@ def _tool_result(response: pb.CallToolResponse) -> ToolResult:
         is_error=response.is_error,
         findings=list(response.findings),
         audit_id=response.audit_id,
+        approval=response.approval if response.HasField("approval") else None,
     )
 
 
-def _stream_item(message: pb.CallToolStreamResponse) -> Progress | ToolResult:
-    if message.WhichOneof("event") == "progress":
+def _stream_item(message: pb.CallToolStreamResponse) -> Progress | pb.Approval | ToolResult:
+    kind = message.WhichOneof("event")
+    if kind == "approval":
+        approval: pb.Approval = message.approval
+        return approval
+    if kind == "progress":
         event = message.progress
         return Progress(
             progress=event.progress,
@@ -147,7 +171,7 @@ class AsyncRunnerClient:
 
     ``limits`` keys are the ``Limits`` message fields (memory_bytes, cpus, pids,
     call_timeout_ms, idle_timeout_ms, max_lifetime_ms); ``metadata`` is sent with
-    every call (e.g. an authorization token).
+    every call, and so is ``token`` as a bearer token.
     """
 
     def __init__(
@@ -156,6 +180,7 @@ class AsyncRunnerClient:
         *,
         credentials: grpc.ChannelCredentials | None = None,
         metadata: Metadata | None = None,
+        token: str | None = None,
         channel: grpc.aio.Channel | None = None,
     ) -> None:
         if channel is None:
@@ -165,7 +190,7 @@ class AsyncRunnerClient:
                 channel = grpc.aio.secure_channel(address, credentials, options=_OPTIONS)
         self._channel = channel
         self._stub = runner_pb2_grpc.RunnerStub(channel)
-        self._metadata = tuple(metadata or ())
+        self._metadata = _metadata(metadata, token)
 
     async def __aenter__(self) -> AsyncRunnerClient:
         return self
@@ -222,8 +247,10 @@ class AsyncRunnerClient:
         *,
         timeout_ms: int = 0,
         timeout: float | None = None,
+        approval_id: str = "",
     ) -> ToolResult:
-        request = _call_request(session_id, tool, arguments, timeout_ms)
+        """Call a tool; with ``approval_id`` run the approved call (``arguments`` None sends the approved ones)."""
+        request = _call_request(session_id, tool, arguments, timeout_ms, approval_id)
         response = await self._stub.CallTool(request, timeout=timeout, metadata=self._metadata)
         return _tool_result(response)
 
@@ -235,9 +262,13 @@ class AsyncRunnerClient:
         *,
         timeout_ms: int = 0,
         timeout: float | None = None,
-    ) -> AsyncIterator[Progress | ToolResult]:
-        """Yield ``Progress`` events as the server reports them, then one ``ToolResult``."""
-        request = _call_request(session_id, tool, arguments, timeout_ms)
+    ) -> AsyncIterator[Progress | pb.Approval | ToolResult]:
+        """Yield ``Progress`` events as the server reports them, then one ``ToolResult``.
+
+        A tool that needs approval first yields its PENDING ``Approval``, then the decided one, while the
+        stream waits (within ``timeout``) for an approver.
+        """
+        request = _call_request(session_id, tool, arguments, timeout_ms, "")
         call = self._stub.CallToolStream(request, timeout=timeout, metadata=self._metadata)
         try:
             async for message in call:
@@ -276,6 +307,28 @@ class AsyncRunnerClient:
         )
         return response
 
+    async def list_approvals(self, *, include_decided: bool = False, timeout: float | None = None) -> list[pb.Approval]:
+        request = pb.ListApprovalsRequest(include_decided=include_decided)
+        response = await self._stub.ListApprovals(request, timeout=timeout, metadata=self._metadata)
+        return list(response.approvals)
+
+    async def watch_approvals(self, *, timeout: float | None = None) -> AsyncIterator[pb.Approval]:
+        """Every pending approval, then each new request, decision and expiry (approver role)."""
+        call = self._stub.WatchApprovals(pb.WatchApprovalsRequest(), timeout=timeout, metadata=self._metadata)
+        try:
+            async for message in call:
+                yield message.approval
+        finally:
+            call.cancel()
+
+    async def decide_approval(
+        self, approval_id: str, *, approve: bool, reason: str = "", timeout: float | None = None
+    ) -> pb.Approval:
+        request = pb.DecideApprovalRequest(approval_id=approval_id, approve=approve, reason=reason)
+        response = await self._stub.DecideApproval(request, timeout=timeout, metadata=self._metadata)
+        approval: pb.Approval = response.approval
+        return approval
+
     @asynccontextmanager
     async def session(
         self,
@@ -305,6 +358,7 @@ class RunnerClient:
         *,
         credentials: grpc.ChannelCredentials | None = None,
         metadata: Metadata | None = None,
+        token: str | None = None,
         channel: grpc.Channel | None = None,
     ) -> None:
         if channel is None:
@@ -314,7 +368,7 @@ class RunnerClient:
                 channel = grpc.secure_channel(address, credentials, options=_OPTIONS)
         self._channel = channel
         self._stub = runner_pb2_grpc.RunnerStub(channel)
-        self._metadata = tuple(metadata or ())
+        self._metadata = _metadata(metadata, token)
 
     def __enter__(self) -> RunnerClient:
         return self
@@ -364,8 +418,10 @@ class RunnerClient:
         *,
         timeout_ms: int = 0,
         timeout: float | None = None,
+        approval_id: str = "",
     ) -> ToolResult:
-        request = _call_request(session_id, tool, arguments, timeout_ms)
+        """Call a tool; with ``approval_id`` run the approved call (``arguments`` None sends the approved ones)."""
+        request = _call_request(session_id, tool, arguments, timeout_ms, approval_id)
         return _tool_result(self._stub.CallTool(request, timeout=timeout, metadata=self._metadata))
 
     def call_tool_stream(
@@ -376,9 +432,9 @@ class RunnerClient:
         *,
         timeout_ms: int = 0,
         timeout: float | None = None,
-    ) -> Iterator[Progress | ToolResult]:
-        """Yield ``Progress`` events as the server reports them, then one ``ToolResult``."""
-        request = _call_request(session_id, tool, arguments, timeout_ms)
+    ) -> Iterator[Progress | pb.Approval | ToolResult]:
+        """Yield ``Progress`` events, then one ``ToolResult``; a pending and a decided ``Approval`` first if needed."""
+        request = _call_request(session_id, tool, arguments, timeout_ms, "")
         call = self._stub.CallToolStream(request, timeout=timeout, metadata=self._metadata)
         try:
             for message in call:
@@ -411,6 +467,26 @@ class RunnerClient:
         request = pb.GetPromptRequest(session_id=session_id, name=name, arguments=dict(arguments or {}))
         response: pb.GetPromptResponse = self._stub.GetPrompt(request, timeout=timeout, metadata=self._metadata)
         return response
+
+    def list_approvals(self, *, include_decided: bool = False, timeout: float | None = None) -> list[pb.Approval]:
+        request = pb.ListApprovalsRequest(include_decided=include_decided)
+        return list(self._stub.ListApprovals(request, timeout=timeout, metadata=self._metadata).approvals)
+
+    def watch_approvals(self, *, timeout: float | None = None) -> Iterator[pb.Approval]:
+        """Every pending approval, then each new request, decision and expiry (approver role)."""
+        call = self._stub.WatchApprovals(pb.WatchApprovalsRequest(), timeout=timeout, metadata=self._metadata)
+        try:
+            for message in call:
+                yield message.approval
+        finally:
+            call.cancel()
+
+    def decide_approval(
+        self, approval_id: str, *, approve: bool, reason: str = "", timeout: float | None = None
+    ) -> pb.Approval:
+        request = pb.DecideApprovalRequest(approval_id=approval_id, approve=approve, reason=reason)
+        approval: pb.Approval = self._stub.DecideApproval(request, timeout=timeout, metadata=self._metadata).approval
+        return approval
 
     @contextmanager
     def session(

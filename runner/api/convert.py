@@ -20,9 +20,10 @@ import mcp_types
 from pydantic import BaseModel
 
 from runner.api._proto.mcp_runner.v1 import runner_pb2 as pb
+from runner.approvals import Approval, ApprovalState
 from runner.errors import InvalidArgument, ResultRejected
+from runner.guard.findings import Finding
 from runner.sessions.models import (
-    Finding,
     LimitsRequest,
     OpenedSession,
     ProgressEvent,
@@ -41,6 +42,13 @@ ContentBlock = (
     | mcp_types.EmbeddedResource
 )
 ResourceContents = mcp_types.TextResourceContents | mcp_types.BlobResourceContents
+
+_APPROVAL_STATE = {
+    ApprovalState.PENDING: pb.APPROVAL_STATE_PENDING,
+    ApprovalState.APPROVED: pb.APPROVAL_STATE_APPROVED,
+    ApprovalState.DENIED: pb.APPROVAL_STATE_DENIED,
+    ApprovalState.EXPIRED: pb.APPROVAL_STATE_EXPIRED,
+}
 
 _STATE = {
     SessionState.STARTING: pb.SESSION_STATE_STARTING,
@@ -61,6 +69,12 @@ def dump_json(value: Any) -> str:
 
 def _ms(seconds: float) -> int:
     return round(seconds * 1000)
+
+
+def _set_time(field: Any, unix: float) -> None:
+    """Fill a google.protobuf.Timestamp from unix seconds."""
+    seconds = math.floor(unix)
+    field.seconds, field.nanos = seconds, min(round((unix - seconds) * 1e9), 999_999_999)
 
 
 # ----------------------------------------------------------------- requests
@@ -141,9 +155,7 @@ def session_to_proto(info: SessionInfo) -> Any:
         labels=dict(info.labels),
         failure=info.failure or "",
     )
-    seconds = math.floor(info.created_at)
-    nanos = min(round((info.created_at - seconds) * 1e9), 999_999_999)
-    msg.created_at.seconds, msg.created_at.nanos = seconds, nanos
+    _set_time(msg.created_at, info.created_at)
     if info.server is not None:
         msg.server.CopyFrom(server_to_proto(info.server))
     return msg
@@ -155,6 +167,7 @@ def opened_to_proto(opened: OpenedSession) -> Any:
         server=server_to_proto(opened.server),
         tools=[tool_to_proto(t) for t in opened.tools],
         session=session_to_proto(opened.info),
+        findings=findings_to_proto(opened.findings),
     )
 
 
@@ -214,19 +227,41 @@ def content_to_proto(block: ContentBlock) -> Any:
     return msg
 
 
-def finding_to_proto(finding: Finding) -> Any:
-    return pb.Finding(kind=finding.kind, count=finding.count, action=finding.action, where=finding.where)
+def findings_to_proto(findings: Iterable[Finding]) -> list[Any]:
+    return [pb.Finding(kind=f.kind, count=f.count, action=f.action, where=f.where) for f in findings]
+
+
+def approval_to_proto(approval: Approval) -> Any:
+    msg = pb.Approval(
+        approval_id=approval.approval_id,
+        session_id=approval.session_id,
+        caller=approval.caller,
+        profile=approval.profile,
+        tool=approval.tool,
+        arguments_json=dump_json(dict(approval.arguments)),
+        rule=approval.rule,
+        state=_APPROVAL_STATE.get(approval.state, pb.APPROVAL_STATE_UNSPECIFIED),
+        decided_by=approval.decided_by,
+        reason=approval.reason,
+        used=approval.used,
+    )
+    _set_time(msg.requested_at, approval.requested_at)
+    _set_time(msg.expires_at, approval.expires_at)
+    if approval.decided_at is not None:
+        _set_time(msg.decided_at, approval.decided_at)
+    return msg
 
 
 def outcome_to_proto(outcome: ToolCallOutcome) -> Any:
+    msg = pb.CallToolResponse(findings=findings_to_proto(outcome.findings), audit_id=outcome.audit_id)
+    if outcome.approval is not None:
+        msg.approval.CopyFrom(approval_to_proto(outcome.approval))
     result = outcome.result
-    return pb.CallToolResponse(
-        content=[content_to_proto(block) for block in result.content],
-        structured_content_json=dump_json(result.structured_content),
-        is_error=bool(result.is_error),
-        findings=[finding_to_proto(f) for f in outcome.findings],
-        audit_id=outcome.audit_id,
-    )
+    if result is not None:
+        msg.content.extend(content_to_proto(block) for block in result.content)
+        msg.structured_content_json = dump_json(result.structured_content)
+        msg.is_error = bool(result.is_error)
+    return msg
 
 
 def progress_to_proto(event: ProgressEvent) -> Any:
@@ -250,8 +285,10 @@ def resource_to_proto(resource: mcp_types.Resource) -> Any:
     )
 
 
-def read_result_to_proto(contents: Iterable[ResourceContents]) -> Any:
-    return pb.ReadResourceResponse(contents=[resource_contents_to_proto(c) for c in contents])
+def read_result_to_proto(contents: Iterable[ResourceContents], findings: Iterable[Finding]) -> Any:
+    return pb.ReadResourceResponse(
+        contents=[resource_contents_to_proto(c) for c in contents], findings=findings_to_proto(findings)
+    )
 
 
 def prompt_to_proto(prompt: mcp_types.Prompt) -> Any:
@@ -271,10 +308,11 @@ def prompt_to_proto(prompt: mcp_types.Prompt) -> Any:
     )
 
 
-def prompt_result_to_proto(result: mcp_types.GetPromptResult) -> Any:
+def prompt_result_to_proto(result: mcp_types.GetPromptResult, findings: Iterable[Finding]) -> Any:
     return pb.GetPromptResponse(
         description=result.description or "",
         messages=[
             pb.PromptMessage(role=str(m.role), content=content_to_proto(m.content)) for m in result.messages
         ],
+        findings=findings_to_proto(findings),
     )

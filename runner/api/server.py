@@ -16,7 +16,9 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
 from runner.api._proto.mcp_runner.v1 import runner_pb2, runner_pb2_grpc
+from runner.api.auth import Authenticator, check_listen_safety, server_credentials
 from runner.api.servicer import RunnerServicer, SessionService
+from runner.config import TlsConfig
 from runner.errors import Unavailable
 
 RUNNER_SERVICE: str = runner_pb2.DESCRIPTOR.services_by_name["Runner"].full_name
@@ -44,18 +46,29 @@ class RunningServer:
         await self.server.stop(self.grace if grace is None else grace)
 
 
-async def start_server(manager: SessionService, listen: str, *, grace: float = 5.0) -> RunningServer:
-    """Bind ``listen`` (``host:port``; port 0 picks one) and start serving.
+async def start_server(
+    manager: SessionService,
+    listen: str,
+    *,
+    authenticator: Authenticator,
+    tls: TlsConfig | None = None,
+    grace: float = 5.0,
+) -> RunningServer:
+    """Bind ``listen`` (``host:port``; port 0 picks one), with TLS when ``tls`` is given, and start serving.
 
-    ``grace`` is the default drain time of ``RunningServer.stop``.
+    Refuses an address beyond loopback unless callers must authenticate. ``grace`` is the default drain
+    time of ``RunningServer.stop``. Health and reflection need no credentials (load balancers and
+    tooling probe them); every Runner RPC does.
     """
+    check_listen_safety(listen, tls, authenticator.config)
+    credentials = server_credentials(tls) if tls is not None else None
     server = grpc.aio.server()
-    runner_pb2_grpc.add_RunnerServicer_to_server(RunnerServicer(manager), server)
+    runner_pb2_grpc.add_RunnerServicer_to_server(RunnerServicer(manager, authenticator), server)
     health = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     reflection.enable_server_reflection([RUNNER_SERVICE, HEALTH_SERVICE, reflection.SERVICE_NAME], server)
     try:
-        port = server.add_insecure_port(listen)
+        port = server.add_secure_port(listen, credentials) if credentials else server.add_insecure_port(listen)
     except RuntimeError as exc:
         raise Unavailable(f"cannot listen on {listen}: {exc}") from None
     if port == 0:

@@ -1,6 +1,9 @@
 """The ``mcp_runner.v1.Runner`` servicer: protobuf in, domain calls, protobuf out.
 
 Conversion only — every decision belongs to the ``SessionService`` below it.
+Each RPC first learns who is calling from the ``Authenticator`` (client
+certificate or bearer token), inside the error translation, so a missing or
+wrong credential is UNAUTHENTICATED like any other domain error.
 ``RunnerError`` becomes a gRPC status in exactly one place (``_translate_errors``)
 through the ``Status`` table; anything else is a bug, logged with its traceback
 and reported as INTERNAL without details (they may carry sandbox output).
@@ -20,12 +23,16 @@ import mcp_types
 
 from runner.api import convert
 from runner.api._proto.mcp_runner.v1 import runner_pb2 as pb
-from runner.errors import InvalidArgument, RunnerError, Status
+from runner.api.auth import Authenticator
+from runner.approvals import Approval
+from runner.errors import InvalidArgument, RateLimited, RunnerError, Status
 from runner.sessions.models import (
+    ApprovalCallback,
     LimitsRequest,
     OpenedSession,
     ProgressCallback,
     ProgressEvent,
+    Sanitized,
     SessionInfo,
     ToolCallOutcome,
 )
@@ -34,11 +41,11 @@ log = logging.getLogger(__name__)
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
-ANONYMOUS = "anonymous"
-
 # The manager's budget ends this much before the caller's deadline, so it can stop the call and
 # answer DEADLINE_EXCEEDED itself (the wire deadline is also rounded, and may read slightly long).
 DEADLINE_MARGIN_S = 0.02
+DEADLINE_ROUNDING = 1.01
+"""gRPC rounds a timeout up by as much as ~1% when it encodes it (10 s arrives as 10.099 s)."""
 
 _CODES: dict[Status, grpc.StatusCode] = {status: grpc.StatusCode[status.value] for status in Status}
 
@@ -58,13 +65,13 @@ class SessionService(Protocol):
 
     async def close(self, session_id: str, *, caller: str) -> SessionInfo: ...
 
-    def get(self, session_id: str) -> SessionInfo: ...
+    def get(self, session_id: str, *, caller: str) -> SessionInfo: ...
 
-    def list_sessions(self) -> builtins.list[SessionInfo]: ...
+    def list_sessions(self, *, caller: str) -> builtins.list[SessionInfo]: ...
 
     async def list_tools(
-        self, session_id: str, *, timeout: float | None = None
-    ) -> builtins.list[mcp_types.Tool]: ...
+        self, session_id: str, *, caller: str, timeout: float | None = None
+    ) -> Sanitized[builtins.list[mcp_types.Tool]]: ...
 
     async def call_tool(
         self,
@@ -72,31 +79,34 @@ class SessionService(Protocol):
         tool: str,
         arguments: dict[str, Any],
         *,
+        caller: str,
+        approval_id: str = "",
         timeout: float | None = None,
         on_progress: ProgressCallback | None = None,
+        on_approval: ApprovalCallback | None = None,
     ) -> ToolCallOutcome: ...
 
     async def list_resources(
-        self, session_id: str, *, timeout: float | None = None
-    ) -> builtins.list[mcp_types.Resource]: ...
+        self, session_id: str, *, caller: str, timeout: float | None = None
+    ) -> Sanitized[builtins.list[mcp_types.Resource]]: ...
 
     async def read_resource(
-        self, session_id: str, uri: str, *, timeout: float | None = None
-    ) -> builtins.list[mcp_types.TextResourceContents | mcp_types.BlobResourceContents]: ...
+        self, session_id: str, uri: str, *, caller: str, timeout: float | None = None
+    ) -> Sanitized[builtins.list[mcp_types.TextResourceContents | mcp_types.BlobResourceContents]]: ...
 
     async def list_prompts(
-        self, session_id: str, *, timeout: float | None = None
-    ) -> builtins.list[mcp_types.Prompt]: ...
+        self, session_id: str, *, caller: str, timeout: float | None = None
+    ) -> Sanitized[builtins.list[mcp_types.Prompt]]: ...
 
     async def get_prompt(
-        self, session_id: str, name: str, arguments: dict[str, str], *, timeout: float | None = None
-    ) -> mcp_types.GetPromptResult: ...
+        self, session_id: str, name: str, arguments: dict[str, str], *, caller: str, timeout: float | None = None
+    ) -> Sanitized[mcp_types.GetPromptResult]: ...
 
+    def list_approvals(self, *, caller: str, include_decided: bool = False) -> builtins.list[Approval]: ...
 
-def caller_of(context: Context) -> str:
-    """Who is calling. Authentication replaces this one function; until then everyone is anonymous."""
-    del context
-    return ANONYMOUS
+    def watch_approvals(self, *, caller: str) -> AsyncIterator[Approval]: ...
+
+    def decide_approval(self, approval_id: str, *, caller: str, approve: bool, reason: str) -> Approval: ...
 
 
 def deadline_of(context: Context, timeout_ms: int = 0) -> float | None:
@@ -109,7 +119,7 @@ def deadline_of(context: Context, timeout_ms: int = 0) -> float | None:
     candidates: list[float] = []
     remaining: float | None = context.time_remaining()
     if remaining is not None:
-        candidates.append(max(remaining - DEADLINE_MARGIN_S, 0.0))
+        candidates.append(max(remaining / DEADLINE_ROUNDING - DEADLINE_MARGIN_S, 0.0))
     if timeout_ms:
         candidates.append(timeout_ms / 1000)
     return min(candidates) if candidates else None
@@ -123,6 +133,8 @@ async def _translate_errors(context: Context, rpc: str) -> AsyncIterator[None]:
     except grpc.aio.AbortError:
         raise
     except RunnerError as exc:
+        if isinstance(exc, RateLimited):
+            context.set_trailing_metadata((("retry-after-ms", str(max(1, round(exc.retry_after_s * 1000)))),))
         await context.abort(_CODES.get(exc.status, grpc.StatusCode.INTERNAL), exc.message)
     except Exception:
         log.exception("%s failed unexpectedly", rpc)
@@ -135,16 +147,18 @@ _DONE = object()
 class RunnerServicer:
     """Implements every RPC of ``mcp_runner.v1.Runner`` (registered with ``add_RunnerServicer_to_server``)."""
 
-    def __init__(self, manager: SessionService) -> None:
+    def __init__(self, manager: SessionService, authenticator: Authenticator) -> None:
         self._manager = manager
+        self._auth = authenticator
 
     async def OpenSession(self, request: Any, context: Context) -> Any:
         async with _translate_errors(context, "OpenSession"):
+            caller = self._auth.identify(context)
             if not request.profile:
                 raise InvalidArgument("profile is required")
             opened = await self._manager.open(
                 request.profile,
-                caller=caller_of(context),
+                caller=caller,
                 labels=dict(request.labels),
                 limits=convert.limits_from_proto(request),
                 timeout=deadline_of(context),
@@ -153,45 +167,58 @@ class RunnerServicer:
 
     async def CloseSession(self, request: Any, context: Context) -> Any:
         async with _translate_errors(context, "CloseSession"):
-            session_id = convert.require_session_id(request.session_id)
-            info = await self._manager.close(session_id, caller=caller_of(context))
+            caller = self._auth.identify(context)
+            info = await self._manager.close(convert.require_session_id(request.session_id), caller=caller)
             return pb.CloseSessionResponse(session=convert.session_to_proto(info))
 
     async def GetSession(self, request: Any, context: Context) -> Any:
         async with _translate_errors(context, "GetSession"):
-            info = self._manager.get(convert.require_session_id(request.session_id))
+            caller = self._auth.identify(context)
+            info = self._manager.get(convert.require_session_id(request.session_id), caller=caller)
             return pb.GetSessionResponse(session=convert.session_to_proto(info))
 
     async def ListSessions(self, request: Any, context: Context) -> Any:
         async with _translate_errors(context, "ListSessions"):
-            sessions = self._manager.list_sessions()
+            sessions = self._manager.list_sessions(caller=self._auth.identify(context))
             return pb.ListSessionsResponse(sessions=[convert.session_to_proto(s) for s in sessions])
 
     async def ListTools(self, request: Any, context: Context) -> Any:
         async with _translate_errors(context, "ListTools"):
+            caller = self._auth.identify(context)
             tools = await self._manager.list_tools(
-                convert.require_session_id(request.session_id), timeout=deadline_of(context)
+                convert.require_session_id(request.session_id), caller=caller, timeout=deadline_of(context)
             )
-            return pb.ListToolsResponse(tools=[convert.tool_to_proto(t) for t in tools])
+            return pb.ListToolsResponse(
+                tools=[convert.tool_to_proto(t) for t in tools.value],
+                findings=convert.findings_to_proto(tools.findings),
+            )
 
     async def CallTool(self, request: Any, context: Context) -> Any:
         async with _translate_errors(context, "CallTool"):
+            caller = self._auth.identify(context)
             session_id, tool, arguments, timeout = self._call_args(request, context)
-            outcome = await self._manager.call_tool(session_id, tool, arguments, timeout=timeout)
+            outcome = await self._manager.call_tool(
+                session_id, tool, arguments, caller=caller, approval_id=request.approval_id, timeout=timeout
+            )
             return convert.outcome_to_proto(outcome)
 
     async def CallToolStream(self, request: Any, context: Context) -> AsyncIterator[Any]:
         async with _translate_errors(context, "CallToolStream"):
+            caller = self._auth.identify(context)
             session_id, tool, arguments, timeout = self._call_args(request, context)
             queue: asyncio.Queue[Any] = asyncio.Queue()
 
             async def on_progress(event: ProgressEvent) -> None:
                 queue.put_nowait(convert.progress_to_proto(event))
 
+            async def on_approval(approval: Approval) -> None:
+                queue.put_nowait(pb.CallToolStreamResponse(approval=convert.approval_to_proto(approval)))
+
             async def run() -> ToolCallOutcome:
                 try:
                     return await self._manager.call_tool(
-                        session_id, tool, arguments, timeout=timeout, on_progress=on_progress
+                        session_id, tool, arguments, caller=caller, approval_id=request.approval_id,
+                        timeout=timeout, on_progress=on_progress, on_approval=on_approval,
                     )
                 finally:
                     queue.put_nowait(_DONE)
@@ -208,38 +235,72 @@ class RunnerServicer:
 
     async def ListResources(self, request: Any, context: Context) -> Any:
         async with _translate_errors(context, "ListResources"):
+            caller = self._auth.identify(context)
             resources = await self._manager.list_resources(
-                convert.require_session_id(request.session_id), timeout=deadline_of(context)
+                convert.require_session_id(request.session_id), caller=caller, timeout=deadline_of(context)
             )
-            return pb.ListResourcesResponse(resources=[convert.resource_to_proto(r) for r in resources])
+            return pb.ListResourcesResponse(
+                resources=[convert.resource_to_proto(r) for r in resources.value],
+                findings=convert.findings_to_proto(resources.findings),
+            )
 
     async def ReadResource(self, request: Any, context: Context) -> Any:
         async with _translate_errors(context, "ReadResource"):
+            caller = self._auth.identify(context)
             if not request.uri:
                 raise InvalidArgument("uri is required")
             contents = await self._manager.read_resource(
-                convert.require_session_id(request.session_id), request.uri, timeout=deadline_of(context)
+                convert.require_session_id(request.session_id), request.uri, caller=caller,
+                timeout=deadline_of(context),
             )
-            return convert.read_result_to_proto(contents)
+            return convert.read_result_to_proto(contents.value, contents.findings)
 
     async def ListPrompts(self, request: Any, context: Context) -> Any:
         async with _translate_errors(context, "ListPrompts"):
+            caller = self._auth.identify(context)
             prompts = await self._manager.list_prompts(
-                convert.require_session_id(request.session_id), timeout=deadline_of(context)
+                convert.require_session_id(request.session_id), caller=caller, timeout=deadline_of(context)
             )
-            return pb.ListPromptsResponse(prompts=[convert.prompt_to_proto(p) for p in prompts])
+            return pb.ListPromptsResponse(
+                prompts=[convert.prompt_to_proto(p) for p in prompts.value],
+                findings=convert.findings_to_proto(prompts.findings),
+            )
 
     async def GetPrompt(self, request: Any, context: Context) -> Any:
         async with _translate_errors(context, "GetPrompt"):
+            caller = self._auth.identify(context)
             if not request.name:
                 raise InvalidArgument("name is required")
             result = await self._manager.get_prompt(
                 convert.require_session_id(request.session_id),
                 request.name,
                 dict(request.arguments),
+                caller=caller,
                 timeout=deadline_of(context),
             )
-            return convert.prompt_result_to_proto(result)
+            return convert.prompt_result_to_proto(result.value, result.findings)
+
+    async def ListApprovals(self, request: Any, context: Context) -> Any:
+        async with _translate_errors(context, "ListApprovals"):
+            approvals = self._manager.list_approvals(
+                caller=self._auth.identify(context), include_decided=request.include_decided
+            )
+            return pb.ListApprovalsResponse(approvals=[convert.approval_to_proto(a) for a in approvals])
+
+    async def WatchApprovals(self, request: Any, context: Context) -> AsyncIterator[Any]:
+        async with _translate_errors(context, "WatchApprovals"):
+            async for approval in self._manager.watch_approvals(caller=self._auth.identify(context)):
+                yield pb.WatchApprovalsResponse(approval=convert.approval_to_proto(approval))
+
+    async def DecideApproval(self, request: Any, context: Context) -> Any:
+        async with _translate_errors(context, "DecideApproval"):
+            caller = self._auth.identify(context)
+            if not request.approval_id:
+                raise InvalidArgument("approval_id is required")
+            decided = self._manager.decide_approval(
+                request.approval_id, caller=caller, approve=request.approve, reason=request.reason
+            )
+            return pb.DecideApprovalResponse(approval=convert.approval_to_proto(decided))
 
     @staticmethod
     def _call_args(request: Any, context: Context) -> tuple[str, str, dict[str, Any], float | None]:

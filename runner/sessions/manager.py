@@ -5,6 +5,10 @@ backend (which it never sees as Docker). Every request goes through
 ``_request``, which applies the call deadline and turns a dead channel into the
 one explanation a caller can act on: killed for memory, crashed with its
 stderr tail, or broke the protocol. A fault ends only its own session.
+
+Around each request the ``Gate`` decides (policy, limits, rates, approvals,
+pins, quarantine) and each session's ``Sanitizer`` cleans every text that came
+out of its sandbox; the manager only puts them in order.
 """
 
 from __future__ import annotations
@@ -15,30 +19,38 @@ import logging
 import re
 import secrets
 import time
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 import mcp_types
 from pydantic import BaseModel
 
+from runner.approvals import Approval
 from runner.channel import AgentChannel
 from runner.config import Limits, Profile, Settings
 from runner.errors import (
     DeadlineExceeded,
     InvalidArgument,
     OutOfMemory,
+    PermissionDenied,
     ProfileNotFound,
     QuotaExceeded,
+    ResultBlocked,
     ResultRejected,
     RunnerError,
     SandboxCrashed,
+    SchemaViolation,
     ServerError,
     SessionClosed,
     SessionNotFound,
     ToolNotFound,
     Unimplemented,
 )
+from runner.guard import results
+from runner.guard.findings import BLOCKED, FindingLog
+from runner.guard.sanitize import Sanitizer
+from runner.guard.screening import ToolListing, screen_tools
 from runner.guard.validate import (
     CheckedTool,
     check_arguments,
@@ -47,11 +59,16 @@ from runner.guard.validate import (
     parse_call_result,
     parse_result,
 )
+from runner.policy import PolicyStore
 from runner.sandbox.base import SandboxBackend, SandboxHandle, SandboxSpec, SandboxStats
+from runner.secret_sources import resolve_secrets
+from runner.sessions.gate import Gate
 from runner.sessions.models import (
+    ApprovalCallback,
     LimitsRequest,
     OpenedSession,
     ProgressCallback,
+    Sanitized,
     ServerInfo,
     SessionInfo,
     SessionState,
@@ -61,11 +78,14 @@ from runner.sessions.models import (
 
 log = logging.getLogger(__name__)
 P = TypeVar("P", bound=BaseModel)
+V = TypeVar("V")
 
 MAX_PAGES = 100
 PING_AFTER_TIMEOUT_S = 3.0
 EXIT_WAIT_S = 3.0
 CLOSED_RETENTION_S = 600.0
+# Errors that count towards the anomaly rule: the policy refused, the sanitizer blocked, input or output was invalid.
+_ANOMALIES = (PermissionDenied, SchemaViolation, ResultRejected)
 _LABEL_KEY = re.compile(r"^[a-zA-Z0-9_.\-/]{1,63}$")
 _MAX_LABELS = 16
 
@@ -77,6 +97,7 @@ class _Session:
     caller: str
     labels: Mapping[str, str]
     limits: Limits
+    sanitizer: Sanitizer
     created_at: float = field(default_factory=time.time)
     started: float = field(default_factory=time.monotonic)
     last_used: float = field(default_factory=time.monotonic)
@@ -88,6 +109,10 @@ class _Session:
     handle: SandboxHandle | None = None
     channel: AgentChannel | None = None
     tools: dict[str, CheckedTool] = field(default_factory=dict)
+    """Every tool the server lists, with its schemas compiled (for validating calls)."""
+    listing: ToolListing = ToolListing()
+    """What callers see: sanitized definitions, blocked tools left out, and the findings."""
+    instructions_findings: tuple[Any, ...] = ()
     calls: int = 0
     stats: SandboxStats = SandboxStats()
     concluding: asyncio.Task[RunnerError] | None = None
@@ -95,9 +120,10 @@ class _Session:
 
 
 class SessionManager:
-    def __init__(self, backend: SandboxBackend, settings: Settings) -> None:
+    def __init__(self, backend: SandboxBackend, settings: Settings, policy: PolicyStore | None = None) -> None:
         self._backend = backend
         self._settings = settings
+        self._gate = Gate(policy or PolicyStore(None), settings)
         self._sessions: dict[str, _Session] = {}
         self._reaper: asyncio.Task[None] | None = None
 
@@ -133,24 +159,28 @@ class SessionManager:
         if chosen is None:
             known = ", ".join(sorted(self._settings.profiles)) or "none"
             raise ProfileNotFound(f"no profile named {profile!r} (known profiles: {known})")
+        checked_labels = _check_labels(labels or {})
+        live = [s for s in self._sessions.values() if s.state in (SessionState.STARTING, SessionState.READY)]
+        if len(live) >= self._settings.max_sessions:
+            raise QuotaExceeded(
+                f"{len(live)} sessions are open, the service's limit is {self._settings.max_sessions}; "
+                "close one or retry later"
+            )
+        granted = self._gate.admit_open(caller, chosen, limits, sum(s.caller == caller for s in live))
+        secret_values = resolve_secrets(chosen.secrets)
         session = _Session(
             id=secrets.token_hex(8),
             profile=chosen,
             caller=caller,
-            labels=_check_labels(labels or {}),
-            limits=_apply_limits(chosen.limits, limits),
+            labels=checked_labels,
+            limits=granted,
+            sanitizer=Sanitizer(replace(chosen.sanitize, secrets=tuple(secret_values.values()))),
         )
-        live = sum(s.state in (SessionState.STARTING, SessionState.READY) for s in self._sessions.values())
-        if live >= self._settings.max_sessions:
-            raise QuotaExceeded(
-                f"{live} sessions are open, the service's limit is {self._settings.max_sessions}; "
-                "close one or retry later"
-            )
         self._sessions[session.id] = session
         budget = min(timeout or self._settings.open_timeout_s, self._settings.open_timeout_s)
         try:
             async with asyncio.timeout(budget):
-                await self._boot(session)
+                await self._boot(session, secret_values)
         except TimeoutError:
             await self._end(session, SessionState.FAILED, f"did not start within {budget:.1f} s")
             raise DeadlineExceeded(
@@ -166,16 +196,20 @@ class SessionManager:
         session.state = SessionState.READY
         session.watcher = asyncio.create_task(self._watch(session), name=f"watch-{session.id}")
         assert session.server is not None
-        tools = tuple(checked.tool for checked in session.tools.values())
-        return OpenedSession(info=self._info(session), server=session.server, tools=tools)
+        return OpenedSession(
+            info=self._info(session),
+            server=session.server,
+            tools=session.listing.tools,
+            findings=session.instructions_findings + session.listing.findings,
+        )
 
-    async def _boot(self, session: _Session) -> None:
+    async def _boot(self, session: _Session, secret_values: Mapping[str, str]) -> None:
         spec = SandboxSpec(
             session_id=session.id,
             instance=self._settings.instance,
             image=session.profile.image,
             command=session.profile.command,
-            env=session.profile.env,
+            env={**session.profile.env, **secret_values},
             mounts=session.profile.mounts,
             limits=session.limits,
             labels={"mcp-runner.profile": session.profile.name},
@@ -184,34 +218,40 @@ class SessionManager:
         session.channel = AgentChannel(session.handle, max_message_bytes=self._settings.max_message_bytes)
         session.channel.start()
         init = check_initialize(await session.channel.ready())
+        instructions = await self._sanitize(session, results.sanitize_instructions, init.instructions, "instructions")
+        session.instructions_findings = instructions.findings
         session.server = ServerInfo(
             name=init.server_info.name,
             version=init.server_info.version,
             protocol_version=init.protocol_version,
-            instructions=init.instructions,
+            instructions=instructions.value,
         )
         session.capabilities = init.capabilities
         if init.capabilities.tools is not None:
             await self._refresh_tools(session, timeout=None)
 
     async def close(self, session_id: str, *, caller: str) -> SessionInfo:
-        session = self._lookup(session_id)
+        session = self._lookup(session_id, caller)
         if session.state in (SessionState.STARTING, SessionState.READY):
             await self._end(session, SessionState.CLOSED, None)
         return self._info(session)
 
-    def get(self, session_id: str) -> SessionInfo:
-        return self._info(self._lookup(session_id))
+    def get(self, session_id: str, *, caller: str) -> SessionInfo:
+        return self._info(self._lookup(session_id, caller))
 
-    def list_sessions(self) -> list[SessionInfo]:
-        return [self._info(s) for s in self._sessions.values()]
+    def list_sessions(self, *, caller: str) -> list[SessionInfo]:
+        """The caller's own sessions; an admin sees everyone's."""
+        return [self._info(s) for s in self._sessions.values() if self._gate.may_see(caller, s.caller)]
 
     # -- MCP operations ------------------------------------------------------------------------
 
-    async def list_tools(self, session_id: str, *, timeout: float | None = None) -> list[mcp_types.Tool]:
-        session = self._live(session_id)
-        await self._refresh_tools(session, timeout=timeout)
-        return [checked.tool for checked in session.tools.values()]
+    async def list_tools(
+        self, session_id: str, *, caller: str, timeout: float | None = None
+    ) -> Sanitized[list[mcp_types.Tool]]:
+        session = self._live(session_id, caller)
+        async with self._counting_anomalies(session):
+            await self._refresh_tools(session, timeout=timeout)
+        return Sanitized(list(session.listing.tools), session.listing.findings)
 
     async def call_tool(
         self,
@@ -219,55 +259,160 @@ class SessionManager:
         tool: str,
         arguments: dict[str, Any],
         *,
+        caller: str,
+        approval_id: str = "",
         timeout: float | None = None,
         on_progress: ProgressCallback | None = None,
+        on_approval: ApprovalCallback | None = None,
     ) -> ToolCallOutcome:
-        session = self._live(session_id)
+        """Policy, approval, rates, the call, validation, sanitization — in that order.
+
+        A tool that needs approval returns a PENDING outcome at once, unless ``on_approval`` is given: then
+        the pending approval is reported through it and the call waits (within ``timeout``) for the decision.
+        """
+        session = self._live(session_id, caller)
+        async with self._counting_anomalies(session):
+            checked = await self._callable_tool(session, tool, timeout)
+            if approval_id:
+                approval: Approval | None = self._gate.claim(
+                    caller, session.id, session.profile.name, approval_id, tool, arguments
+                )
+                assert approval is not None
+                arguments = dict(approval.arguments)
+            else:
+                decision = self._gate.decide_tool(caller, session.profile.name, tool)
+                # Validation is CPU work on untrusted input: off the event loop, so other sessions keep moving.
+                await asyncio.to_thread(check_arguments, checked, arguments)
+                approval = None
+                if decision.verdict == "approval":
+                    approval = self._gate.request_approval(
+                        session_id=session.id, caller=caller, profile=session.profile.name,
+                        tool=tool, arguments=arguments, rule=decision.rule,
+                    )
+                    log.info("call of %s in session %s waits for approval %s", tool, session.id, approval.approval_id)
+                    if on_approval is None:
+                        return ToolCallOutcome(result=None, approval=approval)
+                    await on_approval(approval)
+                    started = time.monotonic()
+                    decided = await self._gate.approvals.wait(approval.approval_id, timeout)
+                    if session.state is not SessionState.READY:
+                        raise SessionClosed(f"session {session.id} ended while its call waited for approval")
+                    approval = self._gate.claim_decided(decided, caller)
+                    await on_approval(approval)
+                    timeout = None if timeout is None else timeout - (time.monotonic() - started)
+            with self._gate.call_slot(caller, session.id):
+                session.calls += 1
+                raw = await self._request(
+                    session, "tools/call", {"name": tool, "arguments": arguments}, timeout, on_progress
+                )
+            result = await asyncio.to_thread(parse_call_result, checked, raw)
+            clean = await self._sanitize(session, results.sanitize_call_result, result, f"the result of tool {tool!r}")
+        return ToolCallOutcome(result=clean.value, findings=clean.findings, approval=approval)
+
+    async def list_resources(
+        self, session_id: str, *, caller: str, timeout: float | None = None
+    ) -> Sanitized[list[mcp_types.Resource]]:
+        session = self._offering(session_id, caller, "resources")
+        async with self._counting_anomalies(session):
+            pages = await self._pages(session, "resources/list", mcp_types.ListResourcesResult, timeout)
+            listed = [r for page in pages for r in page.resources]
+            return await self._sanitize(session, results.sanitize_resources, listed, "the resource list")
+
+    async def read_resource(
+        self, session_id: str, uri: str, *, caller: str, timeout: float | None = None
+    ) -> Sanitized[list[mcp_types.TextResourceContents | mcp_types.BlobResourceContents]]:
+        session = self._offering(session_id, caller, "resources")
+        async with self._counting_anomalies(session):
+            raw = await self._request(session, "resources/read", {"uri": uri}, timeout, None)
+            what = f"contents of {uri!r}"
+            result = await asyncio.to_thread(parse_result, mcp_types.ReadResourceResult, raw, what)
+            return await self._sanitize(session, results.sanitize_resource_contents, list(result.contents), what)
+
+    async def list_prompts(
+        self, session_id: str, *, caller: str, timeout: float | None = None
+    ) -> Sanitized[list[mcp_types.Prompt]]:
+        session = self._offering(session_id, caller, "prompts")
+        async with self._counting_anomalies(session):
+            pages = await self._pages(session, "prompts/list", mcp_types.ListPromptsResult, timeout)
+            listed = [p for page in pages for p in page.prompts]
+            return await self._sanitize(session, results.sanitize_prompts, listed, "the prompt list")
+
+    async def get_prompt(
+        self, session_id: str, name: str, arguments: dict[str, str], *, caller: str, timeout: float | None = None
+    ) -> Sanitized[mcp_types.GetPromptResult]:
+        session = self._offering(session_id, caller, "prompts")
+        async with self._counting_anomalies(session):
+            raw = await self._request(session, "prompts/get", {"name": name, "arguments": arguments}, timeout, None)
+            result = await asyncio.to_thread(parse_result, mcp_types.GetPromptResult, raw, f"prompt {name!r}")
+            return await self._sanitize(session, results.sanitize_prompt_result, result, f"prompt {name!r}")
+
+    # -- approvals -----------------------------------------------------------------------------
+
+    def list_approvals(self, *, caller: str, include_decided: bool = False) -> list[Approval]:
+        return self._gate.list_approvals(caller, include_decided=include_decided)
+
+    async def watch_approvals(self, *, caller: str) -> AsyncIterator[Approval]:
+        """Pending approvals, then every change; ends if the caller loses the approver role on a reload."""
+        self._gate.check_approver(caller)
+        async for approval in self._gate.approvals.watch():
+            self._gate.check_approver(caller)
+            yield approval
+
+    def decide_approval(self, approval_id: str, *, caller: str, approve: bool, reason: str) -> Approval:
+        return self._gate.decide(caller, approval_id, approve=approve, reason=reason)
+
+    # -- internals -----------------------------------------------------------------------------
+
+    async def _refresh_tools(self, session: _Session, *, timeout: float | None) -> None:
+        """List, compile schemas, check pins, sanitize; blocked tools stay known but uncallable."""
+        pages = await self._pages(session, "tools/list", mcp_types.ListToolsResult, timeout)
+        listed = [t for page in pages for t in page.tools]
+        session.tools = await asyncio.to_thread(check_tools, listed)
+        violations = self._gate.pins.check(session.profile.name, listed)
+        for violation in violations:
+            log.warning("session %s (profile %s): %s", session.id, session.profile.name, violation.message)
+        session.listing = await asyncio.to_thread(screen_tools, session.sanitizer, listed, violations)
+
+    async def _callable_tool(self, session: _Session, tool: str, timeout: float | None) -> CheckedTool:
         checked = session.tools.get(tool)
         if checked is None:
             await self._refresh_tools(session, timeout=timeout)
             checked = session.tools.get(tool)
         if checked is None:
-            names = ", ".join(sorted(session.tools)) or "none"
-            raise ToolNotFound(f"session {session_id} has no tool {tool!r} (its tools: {names})")
-        # Validation is CPU work on untrusted input: off the event loop, so other sessions keep moving.
-        await asyncio.to_thread(check_arguments, checked, arguments)
-        session.calls += 1
-        raw = await self._request(
-            session, "tools/call", {"name": tool, "arguments": arguments}, timeout, on_progress
-        )
-        return ToolCallOutcome(result=await asyncio.to_thread(parse_call_result, checked, raw))
+            names = ", ".join(sorted(t.name for t in session.listing.tools)) or "none"
+            raise ToolNotFound(f"session {session.id} has no tool {tool!r} (its tools: {names})")
+        blocked = session.listing.blocked.get(tool)
+        if blocked is not None:
+            raise PermissionDenied(f"tool {tool!r} of session {session.id} is blocked: {blocked}")
+        return checked
 
-    async def list_resources(self, session_id: str, *, timeout: float | None = None) -> list[mcp_types.Resource]:
-        session = self._offering(session_id, "resources")
-        pages = await self._pages(session, "resources/list", mcp_types.ListResourcesResult, timeout)
-        return [r for page in pages for r in page.resources]
+    async def _sanitize(
+        self, session: _Session, clean: Callable[[Sanitizer, V, FindingLog], V], value: V, what: str
+    ) -> Sanitized[V]:
+        """``value`` cleaned by the session's sanitizer, or ResultBlocked if its policy blocks what it found."""
+        found = FindingLog()
+        cleaned = await asyncio.to_thread(clean, session.sanitizer, value, found)
+        findings = found.findings()
+        if found.blocked:
+            blocked = ", ".join(f"{f.kind} in {f.where}" for f in findings if f.action == BLOCKED)
+            raise ResultBlocked(
+                f"{what} was blocked by profile {session.profile.name!r}'s sanitizer policy: {blocked}"
+            )
+        return Sanitized(cleaned, findings)
 
-    async def read_resource(
-        self, session_id: str, uri: str, *, timeout: float | None = None
-    ) -> list[mcp_types.TextResourceContents | mcp_types.BlobResourceContents]:
-        session = self._offering(session_id, "resources")
-        raw = await self._request(session, "resources/read", {"uri": uri}, timeout, None)
-        result = await asyncio.to_thread(parse_result, mcp_types.ReadResourceResult, raw, f"contents of {uri!r}")
-        return list(result.contents)
-
-    async def list_prompts(self, session_id: str, *, timeout: float | None = None) -> list[mcp_types.Prompt]:
-        session = self._offering(session_id, "prompts")
-        pages = await self._pages(session, "prompts/list", mcp_types.ListPromptsResult, timeout)
-        return [p for page in pages for p in page.prompts]
-
-    async def get_prompt(
-        self, session_id: str, name: str, arguments: dict[str, str], *, timeout: float | None = None
-    ) -> mcp_types.GetPromptResult:
-        session = self._offering(session_id, "prompts")
-        raw = await self._request(session, "prompts/get", {"name": name, "arguments": arguments}, timeout, None)
-        return await asyncio.to_thread(parse_result, mcp_types.GetPromptResult, raw, f"prompt {name!r}")
-
-    # -- internals -----------------------------------------------------------------------------
-
-    async def _refresh_tools(self, session: _Session, *, timeout: float | None) -> None:
-        pages = await self._pages(session, "tools/list", mcp_types.ListToolsResult, timeout)
-        session.tools = await asyncio.to_thread(check_tools, [t for page in pages for t in page.tools])
+    @contextlib.asynccontextmanager
+    async def _counting_anomalies(self, session: _Session) -> AsyncIterator[None]:
+        """Count denied, blocked and invalid events; past the policy's limit the session is quarantined."""
+        try:
+            yield
+        except _ANOMALIES as exc:
+            reason = self._gate.quarantine_reason(session.id, exc)
+            if reason is not None and session.state is SessionState.READY:
+                log.warning("session %s of caller %s %s", session.id, session.caller, reason)
+                await self._end(session, SessionState.FAILED, reason)
+                # The caller learns from this very answer that its session is gone, and why.
+                exc.message = f"{exc.message}; session {session.id} was {reason}"
+            raise
 
     async def _pages(
         self, session: _Session, method: str, model: type[P], timeout: float | None
@@ -336,7 +481,9 @@ class SessionManager:
             explained = OutOfMemory(f"session {session.id} was killed for exceeding its memory limit of {mib} MiB")
         elif isinstance(error, SandboxCrashed):
             status = f" (exit status {ending.exit_code})" if ending.exit_code is not None else ""
-            explained = SandboxCrashed(f"session {session.id} ended: {error.message}{status}", handle.stderr_tail())
+            # The server's stderr may echo a secret of the session: the sanitizer redacts it like any output.
+            tail = session.sanitizer.text(handle.stderr_tail(), "stderr", FindingLog())
+            explained = SandboxCrashed(f"session {session.id} ended: {error.message}{status}", tail)
         else:
             explained = type(error)(f"session {session.id} was ended: {error.message}")
         await self._end(session, SessionState.FAILED, explained.message)
@@ -355,6 +502,7 @@ class SessionManager:
         session.state = state
         session.failure = reason
         session.ended = time.monotonic()
+        self._gate.forget(session.id)
         if session.watcher is not None and session.watcher is not asyncio.current_task():
             session.watcher.cancel()
         if session.handle is not None:
@@ -364,22 +512,23 @@ class SessionManager:
         if session.handle is not None:
             await session.handle.destroy()
 
-    def _lookup(self, session_id: str) -> _Session:
+    def _lookup(self, session_id: str, caller: str) -> _Session:
         session = self._sessions.get(session_id)
         if session is None:
             raise SessionNotFound(f"no session {session_id!r} (it never existed or was forgotten)")
+        self._gate.check_owner(caller, session.caller, session_id)
         return session
 
-    def _live(self, session_id: str) -> _Session:
-        session = self._lookup(session_id)
+    def _live(self, session_id: str, caller: str) -> _Session:
+        session = self._lookup(session_id, caller)
         if session.state is SessionState.READY:
             return session
         reason = f": {session.failure}" if session.failure else ""
         raise SessionClosed(f"session {session_id} is {session.state.value}{reason}")
 
-    def _offering(self, session_id: str, capability: str) -> _Session:
+    def _offering(self, session_id: str, caller: str, capability: str) -> _Session:
         """The live session, if its server declared ``capability`` at initialize."""
-        session = self._live(session_id)
+        session = self._live(session_id, caller)
         if session.capabilities is not None and getattr(session.capabilities, capability) is None:
             raise Unimplemented(
                 f"session {session_id}'s server ({session.profile.name}) does not offer {capability}"
@@ -413,6 +562,7 @@ class SessionManager:
 
     async def reap(self) -> None:
         """End sessions idle or alive for too long; forget long-ended ones."""
+        self._gate.approvals.sweep()
         now = time.monotonic()
         for session in list(self._sessions.values()):
             if session.state is SessionState.READY:
@@ -437,30 +587,3 @@ def _check_labels(labels: Mapping[str, str]) -> Mapping[str, str]:
         if len(value) > 256:
             raise InvalidArgument(f"label {key!r} is longer than 256 characters")
     return dict(labels)
-
-
-def _apply_limits(ceiling: Limits, request: LimitsRequest | None) -> Limits:
-    """The profile's limits lowered by the caller's request; asking for more than the profile is refused."""
-    if request is None:
-        return ceiling
-    changes: dict[str, Any] = {}
-    pairs = {
-        "memory_bytes": request.memory_bytes,
-        "cpus": request.cpus,
-        "pids": request.pids,
-        "call_timeout_s": request.call_timeout_s,
-        "idle_timeout_s": request.idle_timeout_s,
-        "max_lifetime_s": request.max_lifetime_s,
-    }
-    for name, wanted in pairs.items():
-        if wanted is None:
-            continue
-        allowed = getattr(ceiling, name)
-        if wanted <= 0 or wanted > allowed:
-            raise InvalidArgument(
-                f"limit {name}={wanted:g} is outside what the profile allows (0 < value ≤ {allowed:g})"
-            )
-        changes[name] = wanted
-    if "memory_bytes" in changes and changes["memory_bytes"] < 16 * 1024**2:
-        raise InvalidArgument("limit memory_bytes must be at least 16 MiB")
-    return replace(ceiling, **changes)

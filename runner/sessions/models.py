@@ -9,8 +9,14 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import Generic, TypeVar
 
 import mcp_types
+
+from runner.approvals import Approval
+from runner.guard.findings import Finding
+
+T = TypeVar("T")
 
 
 class SessionState(Enum):
@@ -74,6 +80,16 @@ class OpenedSession:
     info: SessionInfo
     server: ServerInfo
     tools: tuple[mcp_types.Tool, ...]
+    """Sanitized; tools blocked by pinning or poisoning are left out (and reported in ``findings``)."""
+    findings: tuple[Finding, ...] = ()
+
+
+@dataclass(frozen=True)
+class Sanitized(Generic[T]):
+    """A sanitized value and what the sanitizer found in it."""
+
+    value: T
+    findings: tuple[Finding, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -85,19 +101,14 @@ class ProgressEvent:
 
 @dataclass(frozen=True)
 class ToolCallOutcome:
-    """A validated tool result. ``findings`` is filled by the sanitizer (Guard issue)."""
+    """A validated, sanitized tool result; or, with ``result`` None, a call waiting for ``approval``."""
 
-    result: mcp_types.CallToolResult
+    result: mcp_types.CallToolResult | None
     findings: tuple[Finding, ...] = ()
     audit_id: str = ""
-
-
-@dataclass(frozen=True)
-class Finding:
-    kind: str
-    count: int
-    action: str
-    where: str
+    approval: Approval | None = None
+    """Set when the tool needs approval: PENDING (no result yet) or APPROVED (the result is the approved call's)."""
 
 
 ProgressCallback = Callable[[ProgressEvent], Awaitable[None]]
+ApprovalCallback = Callable[[Approval], Awaitable[None]]

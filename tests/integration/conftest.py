@@ -20,8 +20,9 @@ from pathlib import Path
 import docker
 import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from runner.client import RunnerClient
+from runner.client import RunnerClient, tls_credentials
 from runner.sandbox.base import INSTANCE_LABEL
 
 PROFILES = Path(__file__).parent / "profiles.yaml"
@@ -40,9 +41,33 @@ class Service:
     instance: str
     process: subprocess.Popen[bytes]
     log_path: Path
+    ca: Path | None = None
+    """Set when the service speaks TLS: the CA that signed its certificate."""
+    probe_cert: tuple[Path, Path] | None = None
+    """A client certificate and key for the health probe, when the service requires mutual TLS."""
 
-    def client(self) -> RunnerClient:
-        return RunnerClient(self.address)
+    def client(
+        self, *, token: str | None = None, cert: tuple[Path, Path] | None = None, ca: Path | None = None
+    ) -> RunnerClient:
+        """A client; with TLS it trusts ``ca`` (default: the service's) and presents ``cert`` if given."""
+        trusted = ca or self.ca
+        if trusted is None:
+            return RunnerClient(self.address, token=token)
+        credentials = tls_credentials(trusted, *(cert or (None, None)))
+        return RunnerClient(self.address, credentials=credentials, token=token)
+
+    def healthy(self) -> bool:
+        """The standard health check (it needs no caller credentials, only the transport's)."""
+        if self.ca is None:
+            channel = grpc.insecure_channel(self.address)
+        else:
+            channel = grpc.secure_channel(self.address, tls_credentials(self.ca, *(self.probe_cert or (None, None))))
+        with channel:
+            try:
+                reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=1)
+            except grpc.RpcError:
+                return False
+        return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -51,27 +76,32 @@ class Service:
         return docker.from_env().containers.list(all=True, filters={"label": f"{INSTANCE_LABEL}={self.instance}"})
 
 
-def start_service(tmp: Path, instance: str, port: int | None = None) -> Service:
+def start_service(
+    tmp: Path,
+    instance: str,
+    port: int | None = None,
+    *,
+    config: Path = PROFILES,
+    ca: Path | None = None,
+    probe_cert: tuple[Path, Path] | None = None,
+) -> Service:
     port = port or free_port()
     log_path = tmp / f"service-{instance}-{port}.log"
     env = {**os.environ, "MCP_RUNNER_INSTANCE": instance}
     process = subprocess.Popen(
-        [sys.executable, "-m", "runner.cli", "serve", "--listen", f"127.0.0.1:{port}", "--config", str(PROFILES)],
+        [sys.executable, "-m", "runner.cli", "serve", "--listen", f"127.0.0.1:{port}", "--config", str(config)],
         stdout=log_path.open("wb"),
         stderr=subprocess.STDOUT,
         env=env,
     )
-    service = Service(f"127.0.0.1:{port}", instance, process, log_path)
+    service = Service(f"127.0.0.1:{port}", instance, process, log_path, ca, probe_cert)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"the service exited with {process.returncode}:\n{service.log()}")
-        try:
-            with service.client() as client:
-                client.list_sessions(timeout=1)
+        if service.healthy():
             return service
-        except grpc.RpcError:
-            time.sleep(0.2)
+        time.sleep(0.2)
     process.kill()
     raise RuntimeError(f"the service did not answer within 60 s:\n{service.log()}")
 

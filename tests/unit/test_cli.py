@@ -4,17 +4,26 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
+import stat
 import sys
 import types
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
+from cryptography import x509
+from cryptography.x509.oid import NameOID
 
-from runner import cli
-from runner.api import start_server
+from runner import cli, errors
+from runner.api.auth import TOKEN_PREFIX, Authenticator, hash_token, new_token
+from runner.approvals import ApprovalState
 from runner.client import DEFAULT_ADDRESS
-from tests.unit.test_api import FakeManager
+from runner.config import AuthConfig, TlsConfig
+from runner.policy import load_policy
+from tests.unit.test_api import APPROVAL_ID, GATED, FakeManager, make_approval, serve
 
 
 @pytest.fixture
@@ -24,11 +33,8 @@ def fake() -> FakeManager:
 
 @pytest.fixture
 async def address(fake: FakeManager) -> AsyncIterator[str]:
-    running = await start_server(fake, "127.0.0.1:0", grace=0)
-    try:
-        yield f"127.0.0.1:{running.port}"
-    finally:
-        await running.stop(0)
+    async with serve(fake) as port:
+        yield f"127.0.0.1:{port}"
 
 
 async def run(address: str, *argv: str) -> int:
@@ -56,6 +62,8 @@ async def test_call_prints_text_and_structured(
     assert "finding: secret x1 redacted at content[0].text" in captured.err
     assert fake.timeouts[-1] == pytest.approx(0.9)
     assert fake.sessions == {}
+    assert fake.call_args["streamed"] and fake.call_args["on_approval"]  # always the streaming RPC
+    assert [method for method, _ in fake.callers] == ["open", "call_tool", "close"]
 
 
 async def test_call_tool_error_exits_1(address: str, capsys: pytest.CaptureFixture[str]) -> None:
@@ -69,6 +77,26 @@ async def test_call_stream_shows_progress(address: str, capsys: pytest.CaptureFi
     captured = capsys.readouterr()
     assert "progress 1/3: step 1" in captured.err and "progress 3/3: step 3" in captured.err
     assert "structured content:" in captured.out
+
+
+async def test_call_hides_progress_without_stream_flag(address: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert await run(address, "call", "--profile", "time", "progress", "{}") == 0
+    captured = capsys.readouterr()
+    assert "progress" not in captured.err
+    assert "structured content:" in captured.out
+
+
+async def test_call_waits_for_approval_and_shows_it(
+    address: str, fake: FakeManager, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert await run(address, "call", "--profile", "time", GATED, '{"env": "prod"}') == 0
+    captured = capsys.readouterr()
+    pending, approved = [line for line in captured.err.splitlines() if line.startswith("approval ")]
+    assert pending.startswith(f"approval {APPROVAL_ID}  pending  caller=anonymous session=s1 tool={GATED}")
+    assert pending.endswith('arguments={"env":"prod"}  rule: deploys-need-approval')
+    assert approved.startswith(f"approval {APPROVAL_ID}  approved by bob (looks fine)  ")
+    assert "echo {'env': 'prod'}" in captured.out
+    assert fake.call_args["on_approval"] and fake.sessions == {}
 
 
 async def test_call_bad_json_is_usage_error(address: str, capsys: pytest.CaptureFixture[str]) -> None:
@@ -154,3 +182,205 @@ def test_images_build_error(monkeypatch: pytest.MonkeyPatch, capsys: pytest.Capt
     monkeypatch.setattr(runner.images, "ensure_images", broken)
     assert cli.main(["images", "build"]) == 2
     assert "disk full" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------------ token
+
+
+def _token_output(out: str) -> tuple[str, str, dict[str, Any]]:
+    """The token, its hash, and the policy entry (parsed) that ``mcp-runner token`` printed."""
+    first, rest = out.split("\n", 1)
+    match = re.fullmatch(r"token for \S+ \(.*\): (\S+)", first)
+    assert match, first
+    assert rest.startswith("policy file entry:\n")
+    entry = yaml.safe_load(rest.split("\n", 1)[1])
+    [token_hash] = re.findall(r"sha256:[0-9a-f]{64}", rest)
+    return match.group(1), token_hash, entry
+
+
+def test_token_prints_a_token_and_its_hash(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["token", "alice"]) == 0
+    token, token_hash, entry = _token_output(capsys.readouterr().out)
+    assert token.startswith(TOKEN_PREFIX) and len(token) > len(TOKEN_PREFIX) + 40
+    assert hash_token(token) == token_hash
+    assert entry == {"callers": {"alice": {"tokens": [token_hash]}}}
+    assert cli.main(["token", "alice"]) == 0
+    second, second_hash, _ = _token_output(capsys.readouterr().out)
+    assert second != token and second_hash != token_hash  # fresh randomness every time
+
+
+async def test_token_entry_works_in_a_policy_file_and_on_the_wire(
+    fake: FakeManager, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The printed entry, pasted into a policy file, lets ``--token`` identify the caller to the runner."""
+    assert cli.main(["token", "carol"]) == 0
+    out = capsys.readouterr().out
+    token, _, _ = _token_output(out)
+    policy_file = tmp_path / "policy.yaml"
+    policy_file.write_text(out.split("policy file entry:\n", 1)[1])
+    policy = load_policy(policy_file)
+    assert policy.token_owner(hash_token(token)) == "carol"
+
+    async with serve(fake, Authenticator(AuthConfig(tokens=True), policy.token_owner)) as port:
+        address = f"127.0.0.1:{port}"
+        assert await run(address, "--token", token, "sessions") == 0
+        assert fake.callers == [("list_sessions", "carol")]
+        capsys.readouterr()
+
+        assert await run(address, "sessions") == 2
+        assert capsys.readouterr().err.startswith("error: UNAUTHENTICATED: authentication required")
+        assert await run(address, "--token", new_token(), "sessions") == 2
+        assert capsys.readouterr().err.startswith("error: UNAUTHENTICATED: the bearer token is not known")
+        assert fake.callers == [("list_sessions", "carol")]
+
+
+async def test_token_is_sent_as_authorization_metadata(
+    fake: FakeManager, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    token = new_token()
+    seen: list[str] = []
+
+    def token_owner(token_hash: str) -> str | None:
+        seen.append(token_hash)
+        return "dave" if token_hash == hash_token(token) else None
+
+    async with serve(fake, Authenticator(AuthConfig(tokens=True), token_owner)) as port:
+        address = f"127.0.0.1:{port}"
+        assert await run(address, "--token", token, "call", "--profile", "time", "echo", "{}") == 0
+        monkeypatch.setenv("MCP_RUNNER_TOKEN", token)
+        assert await run(address, "approvals", "list") == 0
+    assert seen and set(seen) == {hash_token(token)}
+    assert fake.callers == [("open", "dave"), ("call_tool", "dave"), ("close", "dave"), ("list_approvals", "dave")]
+    assert token not in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------------ certs
+
+
+def _common_name(path: Path) -> str:
+    certificate = x509.load_pem_x509_certificate(path.read_bytes())
+    return str(certificate.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value)
+
+
+def test_certs_creates_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    directory = tmp_path / "certs"
+    assert cli.main(["certs", str(directory), "--client", "bob", "--client", "carol"]) == 0
+    names = {p.name for p in directory.iterdir()}
+    assert names == {
+        "ca.pem", "ca-key.pem", "server.pem", "server-key.pem", "bob.pem", "bob-key.pem", "carol.pem", "carol-key.pem"
+    }
+    for key in ("ca-key.pem", "server-key.pem", "bob-key.pem", "carol-key.pem"):
+        assert stat.S_IMODE((directory / key).stat().st_mode) == 0o600, key
+    assert (_common_name(directory / "bob.pem"), _common_name(directory / "carol.pem")) == ("bob", "carol")
+    out = capsys.readouterr().out
+    assert f"CA           {directory / 'ca.pem'}" in out
+    assert f"client_ca: {directory / 'ca.pem'}" in out
+
+
+def test_certs_default_client_is_alice(tmp_path: Path) -> None:
+    assert cli.main(["certs", str(tmp_path)]) == 0
+    assert _common_name(tmp_path / "alice.pem") == "alice"
+
+
+def test_certs_refuses_to_overwrite_without_force(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["certs", str(tmp_path)]) == 0
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    capsys.readouterr()
+    assert cli.main(["certs", str(tmp_path)]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.startswith("error: ") and "already exists" in captured.err
+    assert captured.out == ""
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before  # nothing was touched
+    assert cli.main(["certs", str(tmp_path), "--force"]) == 0
+    after = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    assert after.keys() == before.keys() and after["ca.pem"] != before["ca.pem"]
+
+
+def test_certs_bad_client_name(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["certs", str(tmp_path / "d"), "--client", "../evil"]) == 2
+    assert "not allowed" in capsys.readouterr().err
+    assert not (tmp_path / "d").exists()
+
+
+async def test_certs_work_for_mutual_tls(
+    fake: FakeManager, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``certs`` output, served with TLS and client_ca, lets ``--ca/--cert/--key`` identify the caller by its CN."""
+    assert cli.main(["certs", str(tmp_path), "--client", "erin"]) == 0
+    tls = TlsConfig(cert=tmp_path / "server.pem", key=tmp_path / "server-key.pem", client_ca=tmp_path / "ca.pem")
+    authenticator = Authenticator(AuthConfig(mtls=True), lambda token_hash: None)
+    async with serve(fake, authenticator, tls=tls) as port:
+        address = f"127.0.0.1:{port}"
+        tls_args = ["--ca", str(tmp_path / "ca.pem"), "--cert", str(tmp_path / "erin.pem")]
+        assert await run(address, *tls_args, "--key", str(tmp_path / "erin-key.pem"), "sessions") == 0
+        assert fake.callers == [("list_sessions", "erin")]
+        capsys.readouterr()
+        # TLS without a client certificate: the handshake or the servicer refuses, the manager never hears of it
+        assert await run(address, "--ca", str(tmp_path / "ca.pem"), "sessions") == 2
+        assert capsys.readouterr().err.startswith("error: ")
+        assert fake.callers == [("list_sessions", "erin")]
+
+
+def test_client_tls_file_problems_are_usage_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["--ca", str(tmp_path / "missing.pem"), "sessions"]) == 2
+    assert f"cannot read the TLS CA certificate {tmp_path / 'missing.pem'}" in capsys.readouterr().err
+    assert cli.main(["--cert", str(tmp_path / "c.pem"), "sessions"]) == 2
+    assert "give both or neither" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------------ approvals
+
+
+async def test_approvals_list(address: str, fake: FakeManager, capsys: pytest.CaptureFixture[str]) -> None:
+    fake.approvals = [
+        make_approval(),
+        make_approval(ApprovalState.DENIED, approval_id="apr_2", reason="not\non a Friday"),
+    ]
+    assert await run(address, "approvals", "list") == 0
+    assert capsys.readouterr().out.splitlines() == [
+        f"{APPROVAL_ID}  pending  caller=alice session=s1 tool={GATED} "
+        f'arguments={{"env":"prod","n":{2**60}}}  rule: deploys-need-approval'
+    ]
+    assert fake.listed_with == {"include_decided": False}
+    assert await run(address, "approvals", "list", "--all") == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert fake.listed_with == {"include_decided": True}
+    assert len(lines) == 2
+    assert lines[1].startswith("apr_2  denied by bob (not on a Friday)  caller=alice")  # one line per approval
+
+
+async def test_approvals_watch(address: str, fake: FakeManager, capsys: pytest.CaptureFixture[str]) -> None:
+    fake.approvals = [make_approval(approval_id="apr_1"), make_approval(ApprovalState.APPROVED, approval_id="apr_1")]
+    assert await run(address, "approvals", "watch") == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split("  ")[:2] for line in lines] == [["apr_1", "pending"], ["apr_1", "approved by bob (looks fine)"]]
+
+
+@pytest.mark.parametrize(
+    ("action", "reason", "state"), [("approve", "ok", "approved"), ("deny", "too risky", "denied")]
+)
+async def test_approvals_decide(
+    address: str, fake: FakeManager, capsys: pytest.CaptureFixture[str], action: str, reason: str, state: str
+) -> None:
+    fake.approvals = [make_approval()]
+    assert await run(address, "approvals", action, APPROVAL_ID, "--reason", reason) == 0
+    assert fake.decided == [(APPROVAL_ID, action == "approve", reason)]
+    assert capsys.readouterr().out.startswith(f"{APPROVAL_ID}  {state} by anonymous ({reason})  caller=alice")
+
+
+async def test_approvals_decide_needs_an_id(
+    address: str, fake: FakeManager, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert await run(address, "approvals", "approve") == 2
+    assert "approvals approve needs an APPROVAL_ID" in capsys.readouterr().err
+    assert fake.callers == []
+
+
+async def test_approvals_errors_exit_2(address: str, fake: FakeManager, capsys: pytest.CaptureFixture[str]) -> None:
+    fake.approvals = [make_approval(caller="anonymous")]
+    assert await run(address, "approvals", "approve", APPROVAL_ID) == 2
+    assert capsys.readouterr().err.strip() == "error: PERMISSION_DENIED: 'anonymous' may not approve their own call"
+    fake.error = errors.PermissionDenied("anonymous is not an approver")
+    for action in ("list", "watch"):
+        assert await run(address, "approvals", action) == 2
+        assert capsys.readouterr().err.strip() == "error: PERMISSION_DENIED: anonymous is not an approver"

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import json
+from types import MappingProxyType
+from typing import Any
 
 import mcp_types
 import pytest
 
 from runner.api import convert
 from runner.api._proto.mcp_runner.v1 import runner_pb2 as pb
+from runner.approvals import Approval, ApprovalState
 from runner.errors import InvalidArgument, ResultRejected
+from runner.guard.findings import Finding
 from runner.sessions.models import (
-    Finding,
     LimitsRequest,
     OpenedSession,
     ProgressEvent,
@@ -137,6 +140,30 @@ def test_opened_to_proto() -> None:
     msg = convert.opened_to_proto(OpenedSession(info=_info(server=server), server=server, tools=(tool,)))
     assert msg.session_id == "s1" and msg.server.instructions == "hi"
     assert [t.name for t in msg.tools] == ["t"] and msg.session.session_id == "s1"
+    assert list(msg.findings) == []
+    finding = Finding(kind="poisoned_tool", count=1, action="blocked", where="tools[bad].description")
+    flagged = convert.opened_to_proto(
+        OpenedSession(info=_info(server=server), server=server, tools=(tool,), findings=(finding,))
+    )
+    assert _rows(flagged.findings) == [("poisoned_tool", 1, "blocked", "tools[bad].description")]
+
+
+def _rows(findings: Any) -> list[tuple[str, int, str, str]]:
+    return [(f.kind, f.count, f.action, f.where) for f in findings]
+
+
+def test_findings_to_proto_keeps_order_and_fields() -> None:
+    findings = (
+        Finding(kind="email", count=3, action="redacted", where="content[0].text"),
+        Finding(kind="control_chars", count=12, action="stripped", where="content[1].text"),
+        Finding(kind="injection_role_marker", count=1, action="flagged", where="structured_content.a"),
+    )
+    assert _rows(convert.findings_to_proto(findings)) == [
+        ("email", 3, "redacted", "content[0].text"),
+        ("control_chars", 12, "stripped", "content[1].text"),
+        ("injection_role_marker", 1, "flagged", "structured_content.a"),
+    ]
+    assert convert.findings_to_proto(()) == []
 
 
 def test_content_kinds() -> None:
@@ -195,8 +222,105 @@ def test_outcome_to_proto() -> None:
     assert [(f.kind, f.count, f.action, f.where) for f in msg.findings] == [
         ("secret", 2, "redacted", "content[0].text")
     ]
+    assert not msg.HasField("approval")
     plain = convert.outcome_to_proto(ToolCallOutcome(result=mcp_types.CallToolResult(content=[])))
     assert plain.structured_content_json == "" and plain.is_error is False
+
+
+def test_pending_outcome_has_approval_and_no_result() -> None:
+    finding = Finding(kind="email", count=1, action="redacted", where="arguments.to")
+    outcome = ToolCallOutcome(result=None, findings=(finding,), audit_id="a2", approval=_approval())
+    msg = convert.outcome_to_proto(outcome)
+    assert msg.HasField("approval")
+    assert msg.approval.state == pb.APPROVAL_STATE_PENDING and msg.approval.approval_id == "apr_0123456789abcdef"
+    assert list(msg.content) == [] and msg.structured_content_json == "" and msg.is_error is False
+    assert msg.audit_id == "a2" and _rows(msg.findings) == [("email", 1, "redacted", "arguments.to")]
+
+
+def test_approved_outcome_has_approval_and_result() -> None:
+    result = mcp_types.CallToolResult(content=[mcp_types.TextContent(type="text", text="deployed")])
+    approval = _approval(state=ApprovalState.APPROVED, decided_by="bob", decided_at=1_700_000_010.0, used=True)
+    msg = convert.outcome_to_proto(ToolCallOutcome(result=result, approval=approval))
+    assert msg.content[0].text == "deployed"
+    assert msg.approval.state == pb.APPROVAL_STATE_APPROVED and msg.approval.used is True
+
+
+def _approval(**overrides: Any) -> Approval:
+    values: dict[str, Any] = {
+        "approval_id": "apr_0123456789abcdef",
+        "session_id": "s1",
+        "caller": "alice",
+        "profile": "files",
+        "tool": "delete",
+        "arguments": MappingProxyType({"path": "/data/ä", "n": 2**63, "nested": {"deep": [1, None]}}),
+        "rule": "deletes-need-approval",
+        "state": ApprovalState.PENDING,
+        "requested_at": 1_700_000_000.125,
+        "expires_at": 1_700_000_300.75,
+    }
+    values.update(overrides)
+    return Approval(**values)
+
+
+def test_approval_to_proto_pending() -> None:
+    msg = convert.approval_to_proto(_approval())
+    assert (msg.approval_id, msg.session_id, msg.caller, msg.profile, msg.tool, msg.rule) == (
+        "apr_0123456789abcdef",
+        "s1",
+        "alice",
+        "files",
+        "delete",
+        "deletes-need-approval",
+    )
+    assert json.loads(msg.arguments_json) == {"path": "/data/ä", "n": 2**63, "nested": {"deep": [1, None]}}
+    assert "/data/ä" in msg.arguments_json  # compact UTF-8 text, not \u escapes
+    assert ", " not in msg.arguments_json and ": " not in msg.arguments_json
+    assert msg.state == pb.APPROVAL_STATE_PENDING
+    assert (msg.requested_at.seconds, msg.requested_at.nanos) == (1_700_000_000, 125_000_000)
+    assert (msg.expires_at.seconds, msg.expires_at.nanos) == (1_700_000_300, 750_000_000)
+    assert not msg.HasField("decided_at")
+    assert (msg.decided_by, msg.reason, msg.used) == ("", "", False)
+
+
+def test_approval_to_proto_decided() -> None:
+    msg = convert.approval_to_proto(
+        _approval(
+            state=ApprovalState.DENIED,
+            decided_by="bob",
+            reason="not on a Friday",
+            decided_at=1_700_000_042.5,
+        )
+    )
+    assert msg.state == pb.APPROVAL_STATE_DENIED
+    assert (msg.decided_by, msg.reason) == ("bob", "not on a Friday")
+    assert msg.HasField("decided_at")
+    assert (msg.decided_at.seconds, msg.decided_at.nanos) == (1_700_000_042, 500_000_000)
+    used = convert.approval_to_proto(
+        _approval(state=ApprovalState.APPROVED, decided_by="bob", decided_at=1_700_000_001.0, used=True)
+    )
+    assert used.used is True and (used.decided_at.seconds, used.decided_at.nanos) == (1_700_000_001, 0)
+
+
+def test_approval_to_proto_empty_arguments() -> None:
+    assert convert.approval_to_proto(_approval(arguments=MappingProxyType({}))).arguments_json == "{}"
+
+
+@pytest.mark.parametrize(
+    ("state", "expected"),
+    [
+        (ApprovalState.PENDING, pb.APPROVAL_STATE_PENDING),
+        (ApprovalState.APPROVED, pb.APPROVAL_STATE_APPROVED),
+        (ApprovalState.DENIED, pb.APPROVAL_STATE_DENIED),
+        (ApprovalState.EXPIRED, pb.APPROVAL_STATE_EXPIRED),
+    ],
+)
+def test_approval_states(state: ApprovalState, expected: int) -> None:
+    assert convert.approval_to_proto(_approval(state=state)).state == expected
+
+
+def test_every_approval_state_is_mapped() -> None:
+    states = {convert.approval_to_proto(_approval(state=state)).state for state in ApprovalState}
+    assert pb.APPROVAL_STATE_UNSPECIFIED not in states and len(states) == len(ApprovalState)
 
 
 def test_progress_to_proto() -> None:
@@ -218,8 +342,14 @@ def test_resources_and_prompts() -> None:
         "d",
         0,
     )
-    read = convert.read_result_to_proto([mcp_types.TextResourceContents(uri="file:///r", text="t")])
+    read = convert.read_result_to_proto([mcp_types.TextResourceContents(uri="file:///r", text="t")], ())
     assert read.contents[0].text == "t" and read.contents[0].mime_type == ""
+    assert list(read.findings) == []
+    redacted = convert.read_result_to_proto(
+        [mcp_types.TextResourceContents(uri="file:///r", text="[redacted:email]")],
+        (Finding(kind="email", count=1, action="redacted", where="contents[0].text"),),
+    )
+    assert _rows(redacted.findings) == [("email", 1, "redacted", "contents[0].text")]
 
     prompt = convert.prompt_to_proto(
         mcp_types.Prompt(name="p", arguments=[mcp_types.PromptArgument(name="a", description="the a")])
@@ -233,7 +363,9 @@ def test_resources_and_prompts() -> None:
             messages=[
                 mcp_types.PromptMessage(role="assistant", content=mcp_types.TextContent(type="text", text="x"))
             ]
-        )
+        ),
+        (Finding(kind="injection_role_marker", count=2, action="flagged", where="messages[0].content.text"),),
     )
     assert rendered.description == ""
     assert rendered.messages[0].role == "assistant" and rendered.messages[0].content.text == "x"
+    assert _rows(rendered.findings) == [("injection_role_marker", 2, "flagged", "messages[0].content.text")]

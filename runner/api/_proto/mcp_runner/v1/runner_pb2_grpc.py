@@ -90,6 +90,21 @@ class RunnerStub:
                 request_serializer=mcp__runner_dot_v1_dot_runner__pb2.GetPromptRequest.SerializeToString,
                 response_deserializer=mcp__runner_dot_v1_dot_runner__pb2.GetPromptResponse.FromString,
                 _registered_method=True)
+        self.ListApprovals = channel.unary_unary(
+                '/mcp_runner.v1.Runner/ListApprovals',
+                request_serializer=mcp__runner_dot_v1_dot_runner__pb2.ListApprovalsRequest.SerializeToString,
+                response_deserializer=mcp__runner_dot_v1_dot_runner__pb2.ListApprovalsResponse.FromString,
+                _registered_method=True)
+        self.WatchApprovals = channel.unary_stream(
+                '/mcp_runner.v1.Runner/WatchApprovals',
+                request_serializer=mcp__runner_dot_v1_dot_runner__pb2.WatchApprovalsRequest.SerializeToString,
+                response_deserializer=mcp__runner_dot_v1_dot_runner__pb2.WatchApprovalsResponse.FromString,
+                _registered_method=True)
+        self.DecideApproval = channel.unary_unary(
+                '/mcp_runner.v1.Runner/DecideApproval',
+                request_serializer=mcp__runner_dot_v1_dot_runner__pb2.DecideApprovalRequest.SerializeToString,
+                response_deserializer=mcp__runner_dot_v1_dot_runner__pb2.DecideApprovalResponse.FromString,
+                _registered_method=True)
 
 
 class RunnerServicer:
@@ -173,6 +188,28 @@ class RunnerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListApprovals(self, request, context):
+        """Approvals of calls to high-impact tools (approver role required).
+        Lists approvals: pending ones, and with include_decided recent decisions too.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchApprovals(self, request, context):
+        """Streams every pending approval, then each new request, decision and expiry as it happens.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DecideApproval(self, request, context):
+        """Approves or denies one pending call; the decision and its reason travel with the call.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RunnerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -230,6 +267,21 @@ def add_RunnerServicer_to_server(servicer, server):
                     servicer.GetPrompt,
                     request_deserializer=mcp__runner_dot_v1_dot_runner__pb2.GetPromptRequest.FromString,
                     response_serializer=mcp__runner_dot_v1_dot_runner__pb2.GetPromptResponse.SerializeToString,
+            ),
+            'ListApprovals': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListApprovals,
+                    request_deserializer=mcp__runner_dot_v1_dot_runner__pb2.ListApprovalsRequest.FromString,
+                    response_serializer=mcp__runner_dot_v1_dot_runner__pb2.ListApprovalsResponse.SerializeToString,
+            ),
+            'WatchApprovals': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchApprovals,
+                    request_deserializer=mcp__runner_dot_v1_dot_runner__pb2.WatchApprovalsRequest.FromString,
+                    response_serializer=mcp__runner_dot_v1_dot_runner__pb2.WatchApprovalsResponse.SerializeToString,
+            ),
+            'DecideApproval': grpc.unary_unary_rpc_method_handler(
+                    servicer.DecideApproval,
+                    request_deserializer=mcp__runner_dot_v1_dot_runner__pb2.DecideApprovalRequest.FromString,
+                    response_serializer=mcp__runner_dot_v1_dot_runner__pb2.DecideApprovalResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -530,6 +582,87 @@ class Runner:
             '/mcp_runner.v1.Runner/GetPrompt',
             mcp__runner_dot_v1_dot_runner__pb2.GetPromptRequest.SerializeToString,
             mcp__runner_dot_v1_dot_runner__pb2.GetPromptResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListApprovals(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mcp_runner.v1.Runner/ListApprovals',
+            mcp__runner_dot_v1_dot_runner__pb2.ListApprovalsRequest.SerializeToString,
+            mcp__runner_dot_v1_dot_runner__pb2.ListApprovalsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchApprovals(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/mcp_runner.v1.Runner/WatchApprovals',
+            mcp__runner_dot_v1_dot_runner__pb2.WatchApprovalsRequest.SerializeToString,
+            mcp__runner_dot_v1_dot_runner__pb2.WatchApprovalsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DecideApproval(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mcp_runner.v1.Runner/DecideApproval',
+            mcp__runner_dot_v1_dot_runner__pb2.DecideApprovalRequest.SerializeToString,
+            mcp__runner_dot_v1_dot_runner__pb2.DecideApprovalResponse.FromString,
             options,
             channel_credentials,
             insecure,

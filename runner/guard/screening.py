@@ -1,0 +1,55 @@
+"""Tool listings as callers see them: sanitized, with changed (rug-pull) and poisoned tools held back.
+
+A tool whose definition no longer matches its pin, or whose description or
+schema carries a prompt injection under a profile that blocks injections, is
+left out of the listing and refused when called; the finding says which and
+why, never what the text said.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+import mcp_types
+
+from runner.guard.findings import BLOCKED, Finding, FindingLog
+from runner.guard.pinning import PinViolation
+from runner.guard.results import sanitize_tools
+from runner.guard.sanitize import Sanitizer
+
+TOOL_CHANGED = "tool_changed"
+TOOL_POISONING = "tool_poisoning"
+
+
+@dataclass(frozen=True)
+class ToolListing:
+    tools: tuple[mcp_types.Tool, ...] = ()
+    """Sanitized definitions of the tools a caller may use."""
+    blocked: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    """Tool name -> why it is held back."""
+    findings: tuple[Finding, ...] = ()
+
+
+def screen_tools(sanitizer: Sanitizer, tools: list[mcp_types.Tool], violations: list[PinViolation]) -> ToolListing:
+    changed = {violation.tool: violation for violation in violations}
+    found = FindingLog()
+    shown: list[mcp_types.Tool] = []
+    blocked: dict[str, str] = {}
+    for tool in tools:
+        where = f"tools[{tool.name}]"
+        violation = changed.get(tool.name)
+        if violation is not None:
+            blocked[tool.name] = violation.message
+            found.add(TOOL_CHANGED, BLOCKED, where)
+            continue
+        own = FindingLog()
+        (clean,) = sanitize_tools(sanitizer, [tool], own)
+        found.extend(own.findings())
+        if own.blocked:
+            blocked[tool.name] = "its definition carries a prompt injection (tool poisoning)"
+            found.add(TOOL_POISONING, BLOCKED, where)
+            continue
+        shown.append(clean)
+    return ToolListing(tuple(shown), MappingProxyType(blocked), found.findings())

@@ -1,0 +1,193 @@
+"""The decisions the SessionManager asks for around each request: policy, limits, rates, quarantine, approvals, pins.
+
+One object so the manager has one collaborator for "may this happen"; the
+state behind it (token buckets, anomaly windows, approvals, first-seen pins)
+lives for the process. The policy is read afresh on every decision, so a
+reloaded file applies to the next request without touching open sessions.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from dataclasses import replace
+from typing import Any
+
+from runner.approvals import Approval, ApprovalBook, ApprovalState
+from runner.config import Limits, Profile, Settings
+from runner.errors import DeadlineExceeded, InvalidArgument, PermissionDenied, ResultBlocked, RunnerError
+from runner.guard.pinning import PinBook
+from runner.policy import ADMIN, APPROVER, LimitCeilings, Policy, PolicyStore, ToolDecision
+from runner.sessions.models import LimitsRequest
+from runner.throttle import BLOCKED, DENIED, INVALID, AnomalyWatch, Throttle
+
+log = logging.getLogger(__name__)
+
+MIN_MEMORY_BYTES = 16 * 1024**2
+_LIMIT_NAMES = ("memory_bytes", "cpus", "pids", "call_timeout_s", "idle_timeout_s", "max_lifetime_s")
+
+
+class Gate:
+    def __init__(self, policy: PolicyStore, settings: Settings) -> None:
+        self._policy = policy
+        self.throttle = Throttle()
+        self._anomalies = AnomalyWatch()
+        self.approvals = ApprovalBook()
+        self.pins = PinBook({name: profile.pins for name, profile in settings.profiles.items() if profile.pins})
+
+    @property
+    def policy(self) -> Policy:
+        return self._policy.current
+
+    # -- sessions --------------------------------------------------------------------------------------------
+
+    def admit_open(self, caller: str, profile: Profile, request: LimitsRequest | None, open_by_caller: int) -> Limits:
+        """The limits the new session gets, or the reason it may not open (nothing is spent on a refusal)."""
+        policy = self.policy
+        policy.check_open(caller, profile.name)
+        rules = policy.caller(caller)
+        limits = apply_limits(profile.limits, rules.limits, request, f"{policy.label}: {rules.entry}.limits")
+        self.throttle.admit_open(caller, rules.rates, open_by_caller, rules.max_sessions)
+        return limits
+
+    def may_see(self, caller: str, owner: str) -> bool:
+        return caller == owner or self.policy.has_role(caller, ADMIN)
+
+    def check_owner(self, caller: str, owner: str, session_id: str) -> None:
+        if not self.may_see(caller, owner):
+            raise PermissionDenied(
+                f"session {session_id} belongs to another caller; only its owner or an admin "
+                f"({self.policy.label}: roles [admin]) may use it"
+            )
+
+    def forget(self, session_id: str) -> None:
+        """A session ended: drop its buckets and anomaly window, expire its pending approvals."""
+        self.throttle.forget_session(session_id)
+        self._anomalies.forget(session_id)
+        self.approvals.forget_session(session_id)
+
+    # -- calls -----------------------------------------------------------------------------------------------
+
+    def decide_tool(self, caller: str, profile: str, tool: str) -> ToolDecision:
+        """Allow or approval; a denial is raised naming the rule."""
+        decision = self.policy.tool_decision(caller, profile, tool)
+        if decision.verdict == "deny":
+            raise PermissionDenied(
+                f"caller {caller} may not call tool {tool!r} on profile {profile!r} ({decision.rule})"
+            )
+        return decision
+
+    def call_slot(self, caller: str, session_id: str) -> contextlib.AbstractContextManager[None]:
+        rules = self.policy.caller(caller)
+        return self.throttle.call_slot(caller, session_id, rules.rates, rules.session_rates)
+
+    def quarantine_reason(self, session_id: str, error: RunnerError) -> str | None:
+        """Count a denied, blocked or invalid event; the reason to end the session once the policy's limit is hit."""
+        if isinstance(error, ResultBlocked):
+            kind = BLOCKED
+        elif isinstance(error, PermissionDenied):
+            kind = DENIED
+        else:
+            kind = INVALID
+        policy = self.policy
+        if not self._anomalies.record(session_id, kind, policy.anomaly_max_events, policy.anomaly_window_s):
+            return None
+        counts = self._anomalies.recent(session_id, policy.anomaly_window_s)
+        seen = ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
+        return (
+            f"quarantined after {sum(counts.values())} denied, blocked or invalid events within "
+            f"{policy.anomaly_window_s:g} s ({seen}; {policy.label}: anomaly)"
+        )
+
+    # -- approvals -------------------------------------------------------------------------------------------
+
+    def request_approval(
+        self, *, session_id: str, caller: str, profile: str, tool: str, arguments: dict[str, Any], rule: str
+    ) -> Approval:
+        return self.approvals.request(
+            session_id=session_id,
+            caller=caller,
+            profile=profile,
+            tool=tool,
+            arguments=arguments,
+            rule=rule,
+            timeout_s=self.policy.approval_timeout_s,
+        )
+
+    def claim(
+        self, caller: str, session_id: str, profile: str, approval_id: str, tool: str, arguments: dict[str, Any]
+    ) -> Approval:
+        """The approved call behind ``approval_id``, if it is this call, still allowed, and not used yet."""
+        approval = self.approvals.get(approval_id)
+        if approval.tool != tool:
+            raise InvalidArgument(f"approval {approval_id} is for tool {approval.tool!r}, not {tool!r}")
+        if arguments and arguments != dict(approval.arguments):
+            raise InvalidArgument(
+                f"arguments differ from those approval {approval_id} was granted for; send none, or the same ones"
+            )
+        # The policy may have been reloaded since the request: a rule that now denies the tool wins.
+        self.decide_tool(caller, profile, tool)
+        return self.approvals.claim(approval_id, caller=caller, session_id=session_id)
+
+    def claim_decided(self, approval: Approval, caller: str) -> Approval:
+        """After waiting: the approved call to run now, or why it may not (denied, expired, still pending)."""
+        if approval.state is ApprovalState.PENDING:
+            raise DeadlineExceeded(
+                f"approval {approval.approval_id} is still pending; call CallTool with approval_id="
+                f"{approval.approval_id} once an approver has decided"
+            )
+        return self.approvals.claim(approval.approval_id, caller=caller, session_id=approval.session_id)
+
+    def list_approvals(self, approver: str, *, include_decided: bool) -> list[Approval]:
+        self.policy.check_role(approver, APPROVER)
+        return self.approvals.list_approvals(include_decided=include_decided)
+
+    def check_approver(self, approver: str) -> None:
+        self.policy.check_role(approver, APPROVER)
+
+    def decide(self, approver: str, approval_id: str, *, approve: bool, reason: str) -> Approval:
+        policy = self.policy
+        policy.check_role(approver, APPROVER)
+        decided = self.approvals.decide(
+            approval_id, approver=approver, approve=approve, reason=reason,
+            allow_self_approval=policy.allow_self_approval,
+        )
+        log.info(
+            "approval %s for %s of caller %s %s by %s",
+            decided.approval_id, decided.tool, decided.caller, decided.state.value, approver,
+        )
+        return decided
+
+
+def apply_limits(profile: Limits, ceilings: LimitCeilings, request: LimitsRequest | None, rule: str) -> Limits:
+    """The session's limits: the profile's, lowered to the caller's ceilings, then to what the caller asked.
+
+    Asking above the profile is a bad request (INVALID_ARGUMENT); asking above the caller's own ceiling
+    within the profile is refused by policy (PERMISSION_DENIED, naming the rule).
+    """
+    capped: dict[str, Any] = {}
+    for name in _LIMIT_NAMES:
+        ceiling = getattr(ceilings, name)
+        if ceiling is not None and ceiling < getattr(profile, name):
+            capped[name] = ceiling
+    effective = replace(profile, **capped)
+    if request is None:
+        return effective
+    changes: dict[str, Any] = {}
+    for name in _LIMIT_NAMES:
+        wanted = getattr(request, name)
+        if wanted is None:
+            continue
+        most = getattr(profile, name)
+        if wanted <= 0 or wanted > most:
+            raise InvalidArgument(
+                f"limit {name}={wanted:g} is outside what the profile allows (0 < value ≤ {most:g})"
+            )
+        if name in capped and wanted > capped[name]:
+            raise PermissionDenied(
+                f"limit {name}={wanted:g} is above the caller's ceiling of {capped[name]:g} ({rule})"
+            )
+        changes[name] = wanted
+    if changes.get("memory_bytes", MIN_MEMORY_BYTES) < MIN_MEMORY_BYTES:
+        raise InvalidArgument(f"limit memory_bytes must be at least {MIN_MEMORY_BYTES // 1024**2} MiB")
+    return replace(effective, **changes)
