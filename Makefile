@@ -50,7 +50,7 @@ lint: venv ## ruff and mypy --strict on runner/
 proto: venv ## Regenerate the gRPC stubs from proto/
 	@bash scripts/gen-proto.sh
 
-bench: images ## Benchmark session open and tool calls: sandboxed vs the same server on the host
+bench: images ## Benchmark session open, tool calls and the guard (sanitizer MB/s, cost per call) against baselines
 	@$(BIN)/mcp-runner bench
 
 clean: ## Remove the virtualenv and caches (images stay; `docker image rm` them by hand)

@@ -160,14 +160,19 @@ async def _sandboxed(config: str | None, profile: str, tool: str, arguments: dic
             await client.close_session(session_id)
 
         open_figures, close_figures = await _open_close(opens, open_once, close)
-        session_id = await open_once()
-        call_times = await _timed(calls, lambda: client.call_tool(session_id, tool, arguments))
-        await close(session_id)
-        unguarded_figures = None
-        if unguarded is not None:
-            session_id = await open_once(unguarded)
-            unguarded_figures = _figures(await _timed(calls, lambda: client.call_tool(session_id, tool, arguments)))
-            await close(session_id)
+        guarded_id = await open_once()
+        unguarded_id = await open_once(unguarded) if unguarded is not None else None
+        call_times: list[float] = []
+        unguarded_times: list[float] = []
+        # Interleaved, so drift in the machine's load hits both sides alike.
+        for _ in range(calls):
+            call_times += await _timed(1, lambda: client.call_tool(guarded_id, tool, arguments))
+            if unguarded_id is not None:
+                unguarded_times += await _timed(1, lambda: client.call_tool(unguarded_id, tool, arguments))
+        await close(guarded_id)
+        if unguarded_id is not None:
+            await close(unguarded_id)
+    unguarded_figures = _figures(unguarded_times) if unguarded_times else None
     return open_figures, close_figures, _figures(call_times), unguarded_figures
 
 

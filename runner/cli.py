@@ -84,7 +84,13 @@ def _tools(args: argparse.Namespace) -> int:
             description = _one_line(tool.description)
             print(f"{tool.name}" + (f" — {description}" if description else ""))
             print(f"    input: {tool.input_schema_json or '{}'}")
+        _print_findings(opened.findings)
     return 0
+
+
+def _print_findings(findings: Sequence[pb.Finding]) -> None:
+    for f in findings:
+        print(f"finding: {f.kind} x{f.count} {f.action} at {f.where}", file=sys.stderr)
 
 
 def _print_result(result: ToolResult) -> None:
@@ -93,8 +99,7 @@ def _print_result(result: ToolResult) -> None:
     if result.structured_content is not None:
         print("structured content:")
         _print_json(result.structured_content)
-    for f in result.findings:
-        print(f"finding: {f.kind} x{f.count} {f.action} at {f.where}", file=sys.stderr)
+    _print_findings(result.findings)
     if result.is_error:
         print("the tool reported an error", file=sys.stderr)
 

@@ -50,6 +50,8 @@ class OpenedSession:
     server: pb.ServerInfo
     tools: list[pb.Tool]
     session: pb.Session
+    findings: list[pb.Finding]
+    """What the sanitizer found in the server's instructions and tool definitions (held-back tools too)."""
 
 
 @dataclass(frozen=True)
@@ -119,6 +121,7 @@ def _opened(response: pb.OpenSessionResponse) -> OpenedSession:
         server=response.server,
         tools=list(response.tools),
         session=response.session,
+        findings=list(response.findings),
     )
 
 

@@ -1,0 +1,40 @@
+"""The README's settings and policy examples load as written (documentation that drifts is worse than none)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from runner.config import load_settings
+from runner.policy import load_policy
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+_YAML_BLOCKS = re.compile(r"```yaml\n(.*?)```", re.DOTALL)
+
+
+def _blocks(marker: str) -> list[str]:
+    return [block for block in _YAML_BLOCKS.findall(README.read_text(encoding="utf-8")) if marker in block]
+
+
+def test_the_policy_example_loads_and_decides_as_the_readme_says(tmp_path: Path) -> None:
+    [example] = _blocks("# policy.yaml")
+    path = tmp_path / "policy.yaml"
+    path.write_text(example, encoding="utf-8")
+    policy = load_policy(path)
+    assert policy.tool_decision("agent-prod", "files", "delete_file").verdict == "deny"
+    assert policy.tool_decision("agent-prod", "everything", "get-env").verdict == "approval"
+    assert policy.tool_decision("agent-prod", "everything", "echo").verdict == "allow"
+    assert policy.tool_decision("agent-prod", "everything", "get-tiny-image").verdict == "deny"
+    assert policy.has_role("alice", "approver") and not policy.has_role("agent-prod", "approver")
+
+
+@pytest.mark.parametrize("marker", ["# settings.yaml", "project-files:", "github:"])
+def test_the_settings_examples_load(marker: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MCP_RUNNER_CONFIG", raising=False)
+    [example] = _blocks(marker)
+    text = example if example.lstrip().startswith(("#", "listen", "profiles")) else f"profiles:\n{example}"
+    path = tmp_path / "settings.yaml"
+    path.write_text(text, encoding="utf-8")
+    load_settings(path)
