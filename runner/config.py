@@ -260,30 +260,36 @@ class _FileModel(BaseModel):
     profiles: dict[str, _ProfileModel] = {}
 
 
-def _read_file(path: Path) -> dict[str, Any]:
+def read_document(path: Path, what: str) -> dict[str, Any]:
+    """A YAML (or, for ``.toml``, TOML) file's top-level mapping; ConfigError naming ``what`` and the file."""
+    kind = "TOML" if path.suffix == ".toml" else "YAML"
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
-        raise ConfigError(f"cannot read settings file {path}: {exc.strerror}") from exc
+        raise ConfigError(f"cannot read {what} {path}: {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{what} {path} is not UTF-8: {exc}") from exc
     try:
-        data = tomllib.loads(text) if path.suffix == ".toml" else yaml.safe_load(text)
+        data = tomllib.loads(text) if kind == "TOML" else yaml.safe_load(text)
     except (tomllib.TOMLDecodeError, yaml.YAMLError) as exc:
-        raise ConfigError(f"{path} is not valid {'TOML' if path.suffix == '.toml' else 'YAML'}: {exc}") from exc
+        raise ConfigError(f"{what} {path} is not valid {kind}: {exc}") from exc
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping")
+        raise ConfigError(f"{what} {path}: the top level must be a mapping")
     return data
+
+
+def problems(exc: ValidationError) -> str:
+    """pydantic's errors as ``field.path: message; …`` for a person fixing the file."""
+    return "; ".join(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors())
 
 
 def _parse(path: Path, data: dict[str, Any]) -> _FileModel:
     try:
         return _FileModel.model_validate(data)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
-        )
-        raise ConfigError(f"{path}: {problems}") from exc
+        raise ConfigError(f"{path}: {problems(exc)}") from exc
 
 
 def _profiles(parsed: _FileModel, base: Path, defaults: Limits) -> dict[str, Profile]:
@@ -312,13 +318,13 @@ def load_settings(config_path: Path | str | None = None, *, listen: str | None =
 
     Relative mount sources resolve against the directory of the file that names them.
     """
-    builtin = _parse(BUILTIN_PROFILES, _read_file(BUILTIN_PROFILES))
+    builtin = _parse(BUILTIN_PROFILES, read_document(BUILTIN_PROFILES, "settings file"))
     path_text = config_path or os.environ.get("MCP_RUNNER_CONFIG")
     user = _FileModel()
     user_path = Path(".")
     if path_text:
         user_path = Path(path_text)
-        user = _parse(user_path, _read_file(user_path))
+        user = _parse(user_path, read_document(user_path, "settings file"))
     try:
         defaults = user.defaults.apply(Limits())
         profiles = _profiles(builtin, BUILTIN_PROFILES.parent, defaults) if user.builtin_profiles else {}

@@ -16,18 +16,16 @@ import logging
 import math
 import os
 import re
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from fnmatch import fnmatchcase
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Literal
+from typing import Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from runner.config import ConfigError, parse_size
+from runner.config import ConfigError, parse_size, problems, read_document
 from runner.errors import PermissionDenied
 
 log = logging.getLogger(__name__)
@@ -319,32 +317,12 @@ class _File(_Strict):
         return value
 
 
-def _read(path: Path) -> dict[str, Any]:
-    kind = "TOML" if path.suffix == ".toml" else "YAML"
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"cannot read policy file {path}: {exc.strerror}") from exc
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"policy file {path} is not UTF-8: {exc}") from exc
-    try:
-        data = tomllib.loads(text) if kind == "TOML" else yaml.safe_load(text)
-    except (tomllib.TOMLDecodeError, yaml.YAMLError) as exc:
-        raise ConfigError(f"policy file {path} is not valid {kind}: {exc}") from exc
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"policy file {path}: the top level must be a mapping")
-    return data
-
-
 def load_policy(path: Path) -> Policy:
     """The policy in ``path`` (``.toml`` is TOML, anything else YAML); ConfigError naming the file otherwise."""
     try:
-        parsed = _File.model_validate(_read(path))
+        parsed = _File.model_validate(read_document(path, "policy file"))
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors())
-        raise ConfigError(f"policy file {path}: {problems}") from exc
+        raise ConfigError(f"policy file {path}: {problems(exc)}") from exc
     tokens: dict[str, str] = {}
     for name, caller in parsed.callers.items():
         for digest in caller.tokens:
