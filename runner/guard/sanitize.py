@@ -98,7 +98,7 @@ class SanitizeConfig:
     """What the sanitizer does; a profile's ``sanitize`` settings end up here."""
 
     enabled: bool = True
-    """False: text passes unchanged and nothing is reported (benchmark baseline, trusted profiles)."""
+    """False: text passes unchanged except for ``secrets``, which are always redacted (trusted profiles, bench)."""
     redact: frozenset[str] = DEFAULT_REDACTIONS
     """Detector names whose matches are redacted; see ``DETECTORS``."""
     injection_action: str = "flag"
@@ -172,8 +172,12 @@ class Sanitizer:
 
     def text(self, text: str, where: str, log: FindingLog) -> str:
         """``text`` stripped and redacted; what was found is added to ``log`` under ``where``."""
-        if not self._enabled or not text:
+        if not text:
             return text
+        if not self._enabled:
+            # Secrets the service itself injected are redacted even where a profile turns sanitizing off.
+            found = self._secret_spans(text)
+            return _apply(text, found, where, log) if found else text
         text = strip(text, where, log, self._injection_action)
         lower = text.lower()
         # Injection is looked for before redaction: a placeholder must not break up the URL or phrase it is in.
@@ -182,13 +186,17 @@ class Sanitizer:
 
     # -- redaction -----------------------------------------------------------------------------------------------------
 
-    def _redact_spans(self, text: str, lower: str, where: str, log: FindingLog) -> str:
+    def _secret_spans(self, text: str) -> list[tuple[str, int, int]]:
         found: list[tuple[str, int, int]] = []
         for secret in self._secrets:
             pos = text.find(secret)
             while pos >= 0:
                 found.append((SECRET, pos, pos + len(secret)))
                 pos = text.find(secret, pos + len(secret))
+        return found
+
+    def _redact_spans(self, text: str, lower: str, where: str, log: FindingLog) -> str:
+        found = self._secret_spans(text)
         for kind, find in self._anywhere:
             found.extend((kind, start, end) for start, end in find(text))
         data = text.encode("ascii", "replace")  # one byte per character, so offsets stay the same

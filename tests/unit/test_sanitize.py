@@ -310,6 +310,14 @@ def test_disabled_config_passes_everything_through() -> None:
     assert log.findings() == ()
 
 
+def test_disabled_config_still_redacts_the_services_own_secrets() -> None:
+    log = FindingLog()
+    sanitizer = Sanitizer(SanitizeConfig(enabled=False, secrets=("hunter2-secret",)))
+    cleaned = sanitizer.text("token hunter2-secret and jane@example.com", "t", log)
+    assert cleaned == "token [REDACTED:secret] and jane@example.com"
+    assert [(f.kind, f.action) for f in log.findings()] == [("secret", "redacted")]
+
+
 @pytest.mark.parametrize(
     ("config", "message"),
     [
