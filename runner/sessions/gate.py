@@ -129,12 +129,16 @@ class Gate:
         self.decide_tool(caller, profile, tool)
         return self.approvals.claim(approval_id, caller=caller, session_id=session_id)
 
-    def claim_decided(self, approval: Approval, caller: str) -> Approval:
-        """After waiting: the approved call to run now, or why it may not (denied, expired, still pending)."""
-        if approval.state is ApprovalState.PENDING:
+    def claim_decided(self, approval: Approval, caller: str, *, time_left: bool) -> Approval:
+        """After waiting: the approved call to run now, or why it may not (denied, expired, still pending).
+
+        Without ``time_left`` an approved call is not claimed, so the caller can still run it later.
+        """
+        if approval.state is ApprovalState.PENDING or (approval.state is ApprovalState.APPROVED and not time_left):
+            what = "is still pending" if approval.state is ApprovalState.PENDING else "was approved after the deadline"
             raise DeadlineExceeded(
-                f"approval {approval.approval_id} is still pending; call CallTool with approval_id="
-                f"{approval.approval_id} once an approver has decided"
+                f"approval {approval.approval_id} {what}; call CallTool with approval_id="
+                f"{approval.approval_id} to run it once it is approved"
             )
         return self.approvals.claim(approval.approval_id, caller=caller, session_id=approval.session_id)
 

@@ -82,6 +82,8 @@ V = TypeVar("V")
 
 MAX_PAGES = 100
 PING_AFTER_TIMEOUT_S = 3.0
+MIN_CALL_BUDGET_S = 0.05
+"""Less time than this left after an approval wait: the approved call is left for a later CallTool."""
 EXIT_WAIT_S = 3.0
 CLOSED_RETENTION_S = 600.0
 # Errors that count towards the anomaly rule: the policy refused, the sanitizer blocked, input or output was invalid.
@@ -297,9 +299,12 @@ class SessionManager:
                     decided = await self._gate.approvals.wait(approval.approval_id, timeout)
                     if session.state is not SessionState.READY:
                         raise SessionClosed(f"session {session.id} ended while its call waited for approval")
-                    approval = self._gate.claim_decided(decided, caller)
+                    if timeout is not None:
+                        timeout -= time.monotonic() - started
+                    # Claiming uses the approval up: with no time left to run the call, it stays unclaimed.
+                    time_left = timeout is None or timeout >= MIN_CALL_BUDGET_S
+                    approval = self._gate.claim_decided(decided, caller, time_left=time_left)
                     await on_approval(approval)
-                    timeout = None if timeout is None else timeout - (time.monotonic() - started)
             with self._gate.call_slot(caller, session.id):
                 session.calls += 1
                 raw = await self._request(

@@ -302,3 +302,18 @@ async def test_stderr_tail_redacts_the_sessions_secrets(
     with pytest.raises(errors.SandboxCrashed) as caught:
         await manager.call_tool(sid, "echo", {"text": "x"}, caller="alice")
     assert "boom" in caught.value.message and SECRET not in caught.value.message
+
+
+async def test_streamed_call_out_of_time_leaves_the_approval_usable(manager: SessionManager) -> None:
+    sid = (await manager.open("good", caller="bob")).info.session_id
+    seen: list[Approval] = []
+
+    async def on_approval(approval: Approval) -> None:
+        seen.append(approval)
+
+    with pytest.raises(errors.DeadlineExceeded, match="still pending"):
+        await manager.call_tool(sid, "say", {"text": "late"}, caller="bob", on_approval=on_approval, timeout=0.2)
+    [pending] = seen
+    manager.decide_approval(pending.approval_id, caller="carol", approve=True, reason="ok")
+    ran = await manager.call_tool(sid, "say", {}, caller="bob", approval_id=pending.approval_id)
+    assert ran.result is not None and ran.result.content[0].text == "late"  # type: ignore[union-attr]
