@@ -173,11 +173,6 @@ class Throttle:
         """Drop a closed session's buckets (its id is never reused)."""
         self._sessions.pop(session_id, None)
 
-    def forget_caller(self, caller: str) -> None:
-        """Drop a caller's buckets, e.g. once it has no sessions left; its next request starts them full."""
-        self._callers.pop(caller, None)
-
-
 class AnomalyWatch:
     """Counts denied, blocked and invalid events per session in a sliding window."""
 

@@ -9,10 +9,11 @@ run (``mcp-runner certs`` / ``token`` code paths).
 from __future__ import annotations
 
 import secrets
+import signal
 import textwrap
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -116,7 +117,9 @@ def tokens() -> Tokens:
 
 @pytest.fixture(scope="module")
 def guarded(
-    images: dict[str, str], certs: tuple[DevCerts, DevCerts], tokens: Tokens,
+    images: dict[str, str],
+    certs: tuple[DevCerts, DevCerts],
+    tokens: Tokens,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Service]:
     ours, _ = certs
@@ -329,3 +332,48 @@ def test_quarantine_after_repeated_denials(guarded: Service, tokens: Tokens) -> 
         with pytest.raises(grpc.RpcError) as gone:
             bob.call_tool(opened.session_id, "echo", {"message": "x"})
         assert _code(gone) is grpc.StatusCode.FAILED_PRECONDITION
+
+
+def test_policy_reloads_on_sighup_and_on_change_keeping_a_good_one_over_a_broken_one(
+    images: dict[str, str], tmp_path: Path
+) -> None:
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("default_caller: {profiles: [scripted]}\n", encoding="utf-8")
+    config = tmp_path / "settings.yaml"
+    config.write_text(
+        textwrap.dedent(f"""
+            policy: policy.yaml
+            profiles:
+              scripted: {{image: python-servers, command: [python3, /srv/servers/scripted_server.py, good],
+                          mounts: [{{source: {SERVERS}, target: /srv/servers}}]}}
+        """),
+        encoding="utf-8",
+    )
+    service = start_service(tmp_path, f"it-reload-{secrets.token_hex(4)}", config=config)
+    try:
+        service.process.send_signal(signal.SIGHUP)
+        _wait_for(lambda: "policy reloaded" in service.log())
+        with service.client() as client, client.session("scripted") as opened:
+            assert client.call_tool(opened.session_id, "echo", {"text": "before"}).text == "before"
+            policy.write_text("default_caller: {profiles: [scripted], tools: {deny: [echo]}}\n", encoding="utf-8")
+            _wait_for(lambda: service.log().count("policy reloaded") >= 2)
+            with pytest.raises(grpc.RpcError) as denied:
+                client.call_tool(opened.session_id, "echo", {"text": "after"})
+            assert _code(denied) is grpc.StatusCode.PERMISSION_DENIED and "default_caller.tools.deny" in _details(
+                denied
+            )
+            policy.write_text("default_caller: [this is not a mapping\n", encoding="utf-8")
+            service.process.send_signal(signal.SIGHUP)
+            _wait_for(lambda: "policy not reloaded" in service.log())
+            with pytest.raises(grpc.RpcError) as still:
+                client.call_tool(opened.session_id, "echo", {"text": "after"})
+            assert _code(still) is grpc.StatusCode.PERMISSION_DENIED
+    finally:
+        stop_service(service)
+
+
+def _wait_for(condition: Callable[[], bool], seconds: float = 10.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.1)
