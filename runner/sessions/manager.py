@@ -275,37 +275,45 @@ class SessionManager:
         session = self._live(session_id, caller)
         async with self._counting_anomalies(session):
             checked = await self._callable_tool(session, tool, timeout)
+            approval: Approval | None = None
+            # Claiming uses an approval up, so it happens inside the call slot: a call refused by a rate
+            # limit leaves its approval for the retry.
+            claim: Callable[[], Approval] | None = None
             if approval_id:
-                approval: Approval | None = self._gate.claim(
-                    caller, session.id, session.profile.name, approval_id, tool, arguments
-                )
-                assert approval is not None
-                arguments = dict(approval.arguments)
+                profile = session.profile.name
+
+                def claim() -> Approval:
+                    return self._gate.claim(caller, session.id, profile, approval_id, tool, arguments)
             else:
                 decision = self._gate.decide_tool(caller, session.profile.name, tool)
                 # Validation is CPU work on untrusted input: off the event loop, so other sessions keep moving.
                 await asyncio.to_thread(check_arguments, checked, arguments)
-                approval = None
                 if decision.verdict == "approval":
-                    approval = self._gate.request_approval(
+                    pending = self._gate.request_approval(
                         session_id=session.id, caller=caller, profile=session.profile.name,
                         tool=tool, arguments=arguments, rule=decision.rule,
                     )
-                    log.info("call of %s in session %s waits for approval %s", tool, session.id, approval.approval_id)
+                    log.info("call of %s in session %s waits for approval %s", tool, session.id, pending.approval_id)
                     if on_approval is None:
-                        return ToolCallOutcome(result=None, approval=approval)
-                    await on_approval(approval)
+                        return ToolCallOutcome(result=None, approval=pending)
+                    await on_approval(pending)
                     started = time.monotonic()
-                    decided = await self._gate.approvals.wait(approval.approval_id, timeout)
+                    decided = await self._gate.approvals.wait(pending.approval_id, timeout)
                     if session.state is not SessionState.READY:
                         raise SessionClosed(f"session {session.id} ended while its call waited for approval")
                     if timeout is not None:
                         timeout -= time.monotonic() - started
-                    # Claiming uses the approval up: with no time left to run the call, it stays unclaimed.
+                    # With no time left to run the call, the approval stays unclaimed for a later CallTool.
                     time_left = timeout is None or timeout >= MIN_CALL_BUDGET_S
-                    approval = self._gate.claim_decided(decided, caller, time_left=time_left)
-                    await on_approval(approval)
+
+                    def claim() -> Approval:
+                        return self._gate.claim_decided(decided, caller, time_left=time_left)
             with self._gate.call_slot(caller, session.id):
+                if claim is not None:
+                    approval = claim()
+                    arguments = dict(approval.arguments)
+                    if on_approval is not None:
+                        await on_approval(approval)
                 session.calls += 1
                 raw = await self._request(
                     session, "tools/call", {"name": tool, "arguments": arguments}, timeout, on_progress

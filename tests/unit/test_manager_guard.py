@@ -72,6 +72,10 @@ POLICY = """
       root:
         roles: [admin]
         profiles: ["*"]
+      erin:
+        profiles: ["good"]
+        session_rates: {calls_per_s: 0.001, call_burst: 1}
+        tools: {approval: ["say"]}
 """
 
 
@@ -317,3 +321,15 @@ async def test_streamed_call_out_of_time_leaves_the_approval_usable(manager: Ses
     manager.decide_approval(pending.approval_id, caller="carol", approve=True, reason="ok")
     ran = await manager.call_tool(sid, "say", {}, caller="bob", approval_id=pending.approval_id)
     assert ran.result is not None and ran.result.content[0].text == "late"  # type: ignore[union-attr]
+
+
+async def test_a_rate_limited_approved_call_keeps_its_approval(manager: SessionManager) -> None:
+    sid = (await manager.open("good", caller="erin")).info.session_id
+    pending = await manager.call_tool(sid, "say", {"text": "x"}, caller="erin")
+    assert pending.approval is not None
+    manager.decide_approval(pending.approval.approval_id, caller="carol", approve=True, reason="ok")
+    await manager.call_tool(sid, "echo", {"text": "spends the burst"}, caller="erin")
+    with pytest.raises(errors.RateLimited):
+        await manager.call_tool(sid, "say", {}, caller="erin", approval_id=pending.approval.approval_id)
+    [kept] = manager.list_approvals(caller="carol", include_decided=True)
+    assert kept.state is ApprovalState.APPROVED and not kept.used
