@@ -22,16 +22,8 @@ from runner.guard.kinds import (
     TERMINAL_ESCAPE,
     UNICODE_TAGS,
 )
+from runner.text import TERMINAL_ESCAPES as _ESCAPES
 
-# CSI (ESC [ … final byte), string controls (OSC, DCS, SOS, PM, APC: ESC ] P X ^ _ or their 8-bit forms) up to
-# BEL or ST, then any other escape (nF and two-byte forms) or a lone ESC. Every ESC is removed by one of these.
-# String payloads stop at any control character, so an unterminated OSC cannot swallow the lines that follow.
-_ESCAPES = re.compile(
-    r"[\x1b\x90\x98\x9b\x9d\x9e\x9f](?:"
-    r"(?<=\x1b)\[[0-?]{0,64}[ -/]{0,8}[@-~]?|(?<=\x9b)[0-?]{0,64}[ -/]{0,8}[@-~]?"
-    r"|(?:(?<=\x1b)[\]PX^_]|(?<=[\x90\x98\x9d\x9e\x9f]))[^\x00-\x1f\x7f-\x9f]{0,4096}(?:\x07|\x1b\\|\x9c)?"
-    r"|(?<=\x1b)[ -/]{0,8}[0-~]?)"
-)
 _CONTROLS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 # Invisible format characters other than the joiners: zero-width space, word joiner and the invisible
 # operators, deprecated format controls, BOM/ZWNBSP, Mongolian vowel separator, soft hyphen, combining

@@ -143,7 +143,7 @@ class Gate:
         return self.approvals.claim(approval.approval_id, caller=caller, session_id=approval.session_id)
 
     def list_approvals(self, approver: str, *, include_decided: bool) -> list[Approval]:
-        self.policy.check_role(approver, APPROVER)
+        self.check_approver(approver)
         return self.approvals.list_approvals(include_decided=include_decided)
 
     def check_approver(self, approver: str) -> None:

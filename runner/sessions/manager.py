@@ -48,7 +48,7 @@ from runner.errors import (
     Unimplemented,
 )
 from runner.guard import results
-from runner.guard.findings import BLOCKED, FindingLog
+from runner.guard.findings import BLOCKED, Finding, FindingLog
 from runner.guard.sanitize import Sanitizer
 from runner.guard.screening import ToolListing, screen_tools
 from runner.guard.validate import (
@@ -114,7 +114,7 @@ class _Session:
     """Every tool the server lists, with its schemas compiled (for validating calls)."""
     listing: ToolListing = ToolListing()
     """What callers see: sanitized definitions, blocked tools left out, and the findings."""
-    instructions_findings: tuple[Any, ...] = ()
+    instructions_findings: tuple[Finding, ...] = ()
     calls: int = 0
     stats: SandboxStats = SandboxStats()
     concluding: asyncio.Task[RunnerError] | None = None
