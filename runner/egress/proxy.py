@@ -1,0 +1,447 @@
+"""HTTP forwarding and CONNECT tunnels to allowlisted ``host:port`` only.
+
+This is the single route out of a networked sandbox. It resolves names itself
+and connects only to the addresses it has just checked, so a sandbox can
+neither reach a name nobody allowed nor steer an allowed name to an internal
+address (DNS rebinding). Every request ends in exactly one decision event,
+which the host records: the proxy's stdout is the audit trail.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import json
+import re
+import socket
+import sys
+import threading
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+
+from runner.egress.rules import (
+    HOP_BY_HOP_HEADERS,
+    IPAddress,
+    ProxyConfig,
+    ProxyLimits,
+    Rule,
+    address_refusal,
+    config_from_wire,
+    first_match,
+    ip_literal,
+    parse_request_target,
+)
+
+__all__ = ["EgressProxy", "ProxyLimits", "main"]
+
+Emit = Callable[[dict[str, object]], None]
+Resolver = Callable[[str, int], Awaitable[list[str]]]
+_Streams = tuple[asyncio.StreamReader, asyncio.StreamWriter]
+
+_DEFAULT_LIMITS = ProxyLimits()
+_MAX_CONFIG_BYTES = 1 << 20
+_CHUNK = 65536
+_CLIP = 255
+_REPLY_TIMEOUT_S = 5.0
+# After a refusal, read what the client still sends for a moment: closing a
+# socket with unread input resets it, and the client would lose the reply.
+_LINGER_S = 1.0
+_LINGER_BYTES = 1 << 20
+_STATUS = {400: "Bad Request", 403: "Forbidden", 502: "Bad Gateway", 503: "Service Unavailable"}
+
+_TCHAR = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]"
+_REQUEST_LINE = re.compile(rb"(" + _TCHAR + rb"+) ([\x21-\x7e]+) HTTP/1\.[01]")
+# What a request line may look like before its CRLF has arrived: lets a TLS
+# ClientHello or an SSH banner be refused at once instead of at the timeout.
+_REQUEST_PREFIX = re.compile(_TCHAR + rb"*(?: [\x21-\x7e]*(?: [\x21-\x7e]*\r?)?)?")
+_HEADER_LINE = re.compile(rb"(" + _TCHAR + rb"+):(.*)")
+_BAD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+_NOT_HTTP = "this is not an HTTP request: the proxy forwards only HTTP requests and CONNECT tunnels"
+
+
+class _Refusal(Exception):
+    def __init__(self, status: int, code: str, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.code = code
+        self.reason = reason
+
+
+def _bad(reason: str) -> _Refusal:
+    return _Refusal(400, "bad_request", reason)
+
+
+def _clip(text: str) -> str:
+    """Client-supplied text made safe for a log line and a one-line reply."""
+    return "".join(c if c.isprintable() else "?" for c in text[:_CLIP])
+
+
+def _describe(exc: BaseException) -> str:
+    return "timed out" if isinstance(exc, TimeoutError) else (str(exc) or type(exc).__name__)
+
+
+def _host_port(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _authority(host: str, port: int) -> str:
+    """The Host header for a target: the port is left out when it is HTTP's default."""
+    return _host_port(host, port).removesuffix(":80")
+
+
+@dataclass
+class _Attempt:
+    """What is known so far about one request, for its decision event."""
+
+    method: str = ""
+    host: str | None = None
+    port: int | None = None
+    address: str | None = None
+    rule: str | None = None
+
+
+@dataclass(frozen=True)
+class _Request:
+    method: str
+    host: str
+    port: int
+    path: str
+    headers: list[tuple[str, str]]
+
+
+async def _system_resolve(host: str, port: int) -> list[str]:
+    infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return list(dict.fromkeys(str(info[4][0]) for info in infos))
+
+
+class EgressProxy:
+    """Serves the allowlist; one request per client connection, one decision per request."""
+
+    def __init__(
+        self,
+        rules: Sequence[Rule],
+        *,
+        emit: Emit,
+        resolver: Resolver | None = None,
+        limits: ProxyLimits = _DEFAULT_LIMITS,
+    ) -> None:
+        self._rules = tuple(rules)
+        self._emit = emit
+        self._resolve = resolver or _system_resolve
+        self._limits = limits
+        self._active = 0
+        self._servers: list[asyncio.Server] = []
+        self._handlers: set[asyncio.Task[object]] = set()
+
+    async def serve(self, host: str, port: int) -> asyncio.Server:
+        server = await asyncio.start_server(self._handle_client, host, port)
+        self._servers.append(server)
+        return server
+
+    async def close(self) -> None:
+        """Stop listening and end every open connection."""
+        for server in self._servers:
+            server.close()
+        for task in self._handlers:
+            task.cancel()
+        await asyncio.gather(*self._handlers, return_exceptions=True)
+        for server in self._servers:
+            await server.wait_closed()
+
+    async def _handle_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._handlers.add(task)
+        attempt = _Attempt()
+        try:
+            if self._active >= self._limits.max_connections:
+                busy = f"more than {self._limits.max_connections} connections at once; try again later"
+                await self._refuse(reader, writer, attempt, _Refusal(503, "too_many_connections", busy))
+                return
+            self._active += 1
+            try:
+                await self._handle_request(reader, writer, attempt)
+            finally:
+                self._active -= 1
+        except asyncio.CancelledError:
+            pass  # close(): end normally, as Python 3.11's stream callback reports a cancelled handler as an error
+        except Exception as exc:
+            print(f"mcp-runner egress: connection ended by {exc!r}", file=sys.stderr)
+        finally:
+            await _close(writer)
+            if task is not None:
+                self._handlers.discard(task)
+
+    async def _handle_request(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, attempt: _Attempt
+    ) -> None:
+        try:
+            head = await self._read_head(reader)
+            if head is None:
+                return  # closed before sending a byte: no request, no decision
+            request = self._parse(head[0], attempt)
+            rule = first_match(self._rules, request.host, request.port)
+            if rule is None:
+                where = _host_port(request.host, request.port)
+                raise _Refusal(403, "not_allowed", f"{where} is not on the allowlist")
+            attempt.rule = rule.label()
+            if request.method == "CONNECT" and rule.headers:
+                why = "it cannot add them inside a TLS tunnel: request http:// URLs so the proxy can add them"
+                raise _Refusal(403, "credentials_need_http", f"{rule.label()} has credentials; {why}")
+            addresses = await self._addresses(request, rule, attempt)
+            up_reader, up_writer = await self._connect(addresses, request, attempt)
+        except _Refusal as refusal:
+            await self._refuse(reader, writer, attempt, refusal)
+            return
+        try:
+            self._decide(attempt, "allowed", f"allowed by rule {rule.label()}, connected to {attempt.address}")
+            if request.method == "CONNECT":
+                writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
+                up_writer.write(head[1])
+            else:
+                up_writer.write(_rewrite_head(request, rule) + head[1])
+            await self._pipe((reader, writer), (up_reader, up_writer), tunnel=request.method == "CONNECT")
+        finally:
+            await _close(up_writer)
+
+    async def _read_head(self, reader: asyncio.StreamReader) -> tuple[bytes, bytes] | None:
+        """The request head (without its final CRLFCRLF) and whatever the client sent after it."""
+        limit = self._limits.head_bytes
+        buf = bytearray()
+        try:
+            async with asyncio.timeout(self._limits.head_timeout_s):
+                while chunk := await reader.read(_CHUNK):
+                    start = max(0, len(buf) - 3)
+                    buf += chunk
+                    eol = buf.find(b"\r\n")
+                    pattern, line = (_REQUEST_PREFIX, buf) if eol < 0 else (_REQUEST_LINE, buf[:eol])
+                    if not pattern.fullmatch(line):
+                        raise _bad(_NOT_HTTP)
+                    end = buf.find(b"\r\n\r\n", start)
+                    if 0 <= end <= limit - 4:
+                        return bytes(buf[:end]), bytes(buf[end + 4 :])
+                    if end >= 0 or len(buf) >= limit:
+                        raise _bad(f"the request head is larger than {limit} bytes")
+        except TimeoutError:
+            raise _bad(f"no complete request head within {self._limits.head_timeout_s:g} s") from None
+        except OSError as exc:
+            raise _bad(f"the connection broke while sending the request head: {_describe(exc)}") from None
+        if buf:
+            raise _bad("the connection closed before the request head was complete")
+        return None
+
+    def _parse(self, head: bytes, attempt: _Attempt) -> _Request:
+        lines = head.split(b"\r\n")
+        line = _REQUEST_LINE.fullmatch(lines[0])
+        if line is None:
+            raise _bad(_NOT_HTTP)
+        method, target = line[1].decode("ascii"), line[2].decode("ascii")
+        attempt.method = method
+        if len(lines) - 1 > self._limits.max_headers:
+            raise _bad(f"more than {self._limits.max_headers} header lines")
+        headers: list[tuple[str, str]] = []
+        for number, raw in enumerate(lines[1:], 1):
+            header = _HEADER_LINE.fullmatch(raw)
+            if header is None or _BAD_VALUE.search(header[2]):
+                raise _bad(f"header line {number} is malformed")
+            headers.append((header[1].decode("ascii"), header[2].strip(b" \t").decode("latin-1")))
+        try:
+            host, port, path = parse_request_target(method, target)
+        except ValueError as exc:
+            raise _bad(str(exc)) from None
+        attempt.host, attempt.port = host, port
+        return _Request(method, host, port, path, headers)
+
+    async def _addresses(self, request: _Request, rule: Rule, attempt: _Attempt) -> list[IPAddress]:
+        """The checked addresses to try, in order: the only ones ever connected to."""
+        literal = ip_literal(request.host)
+        if literal is not None:
+            candidates = [literal]
+        else:
+            try:
+                async with asyncio.timeout(self._limits.resolve_timeout_s):
+                    names = await self._resolve(request.host, request.port)
+                candidates = list(dict.fromkeys(ipaddress.ip_address(name) for name in names))
+            except Exception as exc:
+                raise _Refusal(502, "resolve_failed", f"cannot resolve {request.host}: {_describe(exc)}") from None
+            if not candidates:
+                raise _Refusal(502, "resolve_failed", f"{request.host} has no addresses")
+        if not rule.private:
+            for address in candidates:
+                kind = address_refusal(address)
+                if kind is not None:
+                    attempt.address = str(address)
+                    reason = f"{kind} address {address} refused for {request.host}: the rule is not private"
+                    raise _Refusal(403, "refused_address", reason)
+        return candidates
+
+    async def _connect(
+        self, addresses: list[IPAddress], request: _Request, attempt: _Attempt
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        failure = ""
+        for address in addresses:
+            attempt.address = str(address)
+            try:
+                async with asyncio.timeout(self._limits.connect_timeout_s):
+                    return await asyncio.open_connection(str(address), request.port, flags=socket.AI_NUMERICHOST)
+            except OSError as exc:
+                failure = _describe(exc)
+        where = _host_port(request.host, request.port)
+        raise _Refusal(502, "connect_failed", f"cannot connect to {where}: {failure}")
+
+    async def _refuse(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, attempt: _Attempt, refusal: _Refusal
+    ) -> None:
+        self._decide(attempt, refusal.code, refusal.reason)
+        body = f"mcp-runner egress: {_clip(refusal.reason)}\n".encode()
+        head = (
+            f"HTTP/1.1 {refusal.status} {_STATUS[refusal.status]}\r\nContent-Type: text/plain; charset=utf-8\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+        )
+        try:
+            async with asyncio.timeout(_REPLY_TIMEOUT_S):
+                writer.write(head.encode("ascii") + body)
+                await writer.drain()
+                writer.write_eof()
+            received = 0
+            async with asyncio.timeout(_LINGER_S):
+                while received < _LINGER_BYTES and (chunk := await reader.read(_CHUNK)):
+                    received += len(chunk)
+        except OSError:
+            return
+
+    def _decide(self, attempt: _Attempt, code: str, reason: str) -> None:
+        self._emit(
+            {
+                "type": "decision",
+                "time": time.time(),
+                "method": _clip(attempt.method),
+                "host": None if attempt.host is None else _clip(attempt.host),
+                "port": attempt.port,
+                "address": None if attempt.address is None else _clip(attempt.address),
+                "rule": attempt.rule,
+                "allowed": code == "allowed",
+                "code": code,
+                "reason": _clip(reason),
+            }
+        )
+
+    async def _pipe(self, client: _Streams, upstream: _Streams, *, tunnel: bool) -> None:
+        """Copy both ways until both sides are done (a tunnel) or the upstream is (HTTP), or nothing moves."""
+        loop = asyncio.get_running_loop()
+        last_data = loop.time()
+
+        async def pump(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+            nonlocal last_data
+            await sink.drain()
+            while chunk := await source.read(_CHUNK):
+                last_data = loop.time()
+                sink.write(chunk)
+                await sink.drain()
+            if sink.can_write_eof():
+                sink.write_eof()
+
+        upload = asyncio.create_task(pump(client[0], upstream[1]))
+        download = asyncio.create_task(pump(upstream[0], client[1]))
+        pending: set[asyncio.Task[None]] = {upload, download}
+        try:
+            while pending:
+                remaining = last_data + self._limits.idle_timeout_s - loop.time()
+                if remaining <= 0:
+                    break
+                done, pending = await asyncio.wait(pending, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
+                if any(task.exception() is not None for task in done) or (download in done and not tunnel):
+                    break
+        finally:
+            upload.cancel()
+            download.cancel()
+            await asyncio.gather(upload, download, return_exceptions=True)
+
+
+def _rewrite_head(request: _Request, rule: Rule) -> bytes:
+    """The head the upstream sees: origin-form, no hop-by-hop headers, the rule's credentials, one request only."""
+    connection = ",".join(value for name, value in request.headers if name.lower() == "connection")
+    named = {token.strip().lower() for token in connection.split(",")}
+    # Connection may name hop-by-hop headers, but never the body's framing.
+    named -= {"content-length", "transfer-encoding"}
+    dropped = HOP_BY_HOP_HEADERS | named | {"host"} | {name.lower() for name, _ in rule.headers}
+    lines = [f"{request.method} {request.path} HTTP/1.1", f"Host: {_authority(request.host, request.port)}"]
+    lines += [f"{name}: {value}" for name, value in request.headers if name.lower() not in dropped]
+    lines += [f"{name}: {value}" for name, value in rule.headers]
+    lines.append("Connection: close")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
+async def _close(writer: asyncio.StreamWriter) -> None:
+    writer.close()
+    try:
+        async with asyncio.timeout(_REPLY_TIMEOUT_S):
+            await writer.wait_closed()
+    except OSError:
+        writer.transport.abort()
+
+
+def _write_event(event: dict[str, object]) -> bool:
+    try:
+        sys.stdout.buffer.write(json.dumps(event, separators=(",", ":")).encode() + b"\n")
+        sys.stdout.buffer.flush()
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+def _watch_stdin(loop: asyncio.AbstractEventLoop, finished: asyncio.Event) -> None:
+    """Wait in a thread for stdin's EOF: the host closing it is the signal to stop."""
+    try:
+        while sys.stdin.buffer.read(_CHUNK):
+            pass
+    except (OSError, ValueError):
+        pass
+    with contextlib.suppress(RuntimeError):  # the loop has already ended
+        loop.call_soon_threadsafe(finished.set)
+
+
+async def _run(config: ProxyConfig) -> int:
+    finished = asyncio.Event()
+    stdout_broken = False
+
+    def emit(event: dict[str, object]) -> None:
+        nonlocal stdout_broken
+        # Without stdout no decision can be recorded: stop serving rather than forward unaudited.
+        if not stdout_broken and not _write_event(event):
+            stdout_broken = True
+            print("mcp-runner egress: stdout is gone, stopping", file=sys.stderr)
+            finished.set()
+
+    proxy = EgressProxy(config.rules, emit=emit, limits=config.limits)
+    try:
+        server = await proxy.serve(config.listen_host, config.listen_port)
+    except OSError as exc:
+        _write_event({"type": "error", "message": f"cannot listen on {config.listen_host}:{config.listen_port}: {exc}"})
+        return 1
+    emit({"type": "ready", "port": int(server.sockets[0].getsockname()[1])})
+    threading.Thread(target=_watch_stdin, args=(asyncio.get_running_loop(), finished), daemon=True).start()
+    await finished.wait()
+    await proxy.close()
+    return 1 if stdout_broken else 0
+
+
+def main() -> int:
+    """Read one JSON config line from stdin, serve until stdin ends; 2 for a bad config."""
+    line = sys.stdin.buffer.readline(_MAX_CONFIG_BYTES)
+    try:
+        if len(line) >= _MAX_CONFIG_BYTES and not line.endswith(b"\n"):
+            raise ValueError("the config line is longer than 1 MiB")
+        if not line.strip():
+            raise ValueError("no config line on stdin")
+        try:
+            wire = json.loads(line)
+        except ValueError as exc:
+            raise ValueError(f"the config line is not valid JSON: {exc}") from None
+        config = config_from_wire(wire)
+    except ValueError as exc:
+        _write_event({"type": "error", "message": str(exc)})
+        return 2
+    return asyncio.run(_run(config))

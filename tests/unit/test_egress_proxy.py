@@ -1,0 +1,615 @@
+"""The egress proxy end to end on loopback: a fake resolver, an echoing upstream, and the module run as a process.
+
+Nothing here leaves 127.0.0.1: names are answered by a fake resolver, and a
+guard fails any test whose proxy tries to open a connection anywhere else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import json
+import socket
+import struct
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from runner.egress.proxy import EgressProxy, ProxyLimits
+from runner.egress.rules import Rule
+
+TIMEOUT = 3.0
+ROOT = Path(__file__).resolve().parents[2]
+DECISION_KEYS = {"type", "time", "method", "host", "port", "address", "rule", "allowed", "code", "reason"}
+TEST_LIMITS = ProxyLimits(head_timeout_s=2.0, resolve_timeout_s=2.0, connect_timeout_s=2.0, idle_timeout_s=10.0)
+HANG = "hang"
+
+
+class FakeResolver:
+    """Answers from a table and records every name it is asked; HANG never answers, an exception is raised."""
+
+    def __init__(self, table: dict[str, list[str] | str | OSError]) -> None:
+        self.table = table
+        self.asked: list[str] = []
+
+    async def __call__(self, host: str, port: int) -> list[str]:
+        self.asked.append(host)
+        answer = self.table.get(host, socket.gaierror(socket.EAI_NONAME, "Name or service not known"))
+        if isinstance(answer, OSError):
+            raise answer
+        if answer == HANG:
+            await asyncio.Event().wait()
+        return list(answer)
+
+
+class Upstream:
+    """An HTTP server that answers each request with a JSON echo of its request line, headers and body."""
+
+    def __init__(self) -> None:
+        self.requests: list[dict[str, Any]] = []
+        self.connections = 0
+        self.ended = asyncio.Event()
+        self.port = 0
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        try:
+            try:
+                head = (await reader.readuntil(b"\r\n\r\n"))[:-4].decode("latin-1").split("\r\n")
+            except asyncio.IncompleteReadError:
+                return  # a tunnel closed without a request
+            headers = [line.split(": ", 1) for line in head[1:]]
+            length = int(next((value for name, value in headers if name.lower() == "content-length"), "0"))
+            body = await reader.readexactly(length)
+            record = {"request_line": head[0], "headers": headers, "body": body.decode()}
+            self.requests.append(record)
+            payload = json.dumps(record).encode()
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n" % len(payload) + payload)
+            await writer.drain()
+        finally:
+            writer.close()
+            self.ended.set()
+
+
+Proxies = Callable[..., Awaitable[tuple[int, EgressProxy]]]
+
+
+@pytest.fixture(autouse=True)
+def loopback_only(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
+    """Fail the test if anything (the proxy above all) tries to open a connection beyond loopback."""
+    real = asyncio.open_connection
+    escaped: list[str] = []
+
+    async def guarded(host: str, port: int, **kwargs: Any) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        if not ipaddress.ip_address(host).is_loopback:
+            escaped.append(host)
+            raise AssertionError(f"a test tried to connect to {host}")
+        return await real(host, port, **kwargs)
+
+    monkeypatch.setattr(asyncio, "open_connection", guarded)
+    yield escaped
+    assert escaped == []
+
+
+@pytest.fixture
+async def upstream() -> AsyncIterator[Upstream]:
+    echo = Upstream()
+    server = await asyncio.start_server(echo.handle, "127.0.0.1", 0)
+    echo.port = server.sockets[0].getsockname()[1]
+    yield echo
+    server.close()
+
+
+@pytest.fixture
+async def events() -> list[dict[str, object]]:
+    return []
+
+
+@pytest.fixture
+async def start_proxy(events: list[dict[str, object]]) -> AsyncIterator[Proxies]:
+    started: list[EgressProxy] = []
+
+    async def start(
+        rules: Sequence[Rule], resolver: FakeResolver | None = None, limits: ProxyLimits = TEST_LIMITS
+    ) -> tuple[int, EgressProxy]:
+        proxy = EgressProxy(rules, emit=events.append, resolver=resolver or FakeResolver({}), limits=limits)
+        server = await proxy.serve("127.0.0.1", 0)
+        started.append(proxy)
+        return server.sockets[0].getsockname()[1], proxy
+
+    yield start
+    for proxy in started:
+        await asyncio.wait_for(proxy.close(), TIMEOUT)
+
+
+async def exchange(port: int, data: bytes) -> bytes:
+    """Send data to the proxy and read everything it answers, up to its close."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(data)
+        await writer.drain()
+        return await asyncio.wait_for(reader.read(), TIMEOUT)
+    finally:
+        writer.close()
+
+
+def parse_response(raw: bytes) -> tuple[int, dict[str, str], bytes]:
+    head, _, body = raw.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = dict(line.split(": ", 1) for line in lines[1:])
+    return int(lines[0].split(" ")[1]), headers, body
+
+
+def assert_refused(raw: bytes, status: int, *in_body: str) -> str:
+    code, headers, body = parse_response(raw)
+    assert code == status, raw
+    assert headers == {
+        "Content-Type": "text/plain; charset=utf-8",
+        "Content-Length": str(len(body)),
+        "Connection": "close",
+    }
+    text = body.decode()
+    assert text.startswith("mcp-runner egress: ") and text.count("\n") == 1
+    for part in in_body:
+        assert part in text
+    return text
+
+
+def only_decision(events: list[dict[str, object]]) -> dict[str, object]:
+    decisions = [event for event in events if event["type"] == "decision"]
+    assert len(decisions) == 1, events
+    decision = decisions[0]
+    assert set(decision) == DECISION_KEYS
+    assert isinstance(decision["time"], float) and abs(decision["time"] - time.time()) < 10
+    assert decision["allowed"] is (decision["code"] == "allowed")
+    return decision
+
+
+def get(url: str, *headers: str) -> bytes:
+    return "\r\n".join([f"GET {url} HTTP/1.1", *headers, "", ""]).encode()
+
+
+async def test_plain_http_is_rewritten_and_gets_the_rule_credentials(
+    upstream: Upstream, start_proxy: Proxies, events: list[dict[str, object]]
+) -> None:
+    rule = Rule("web.test", upstream.port, private=True, headers=(("Authorization", "Bearer rule-secret"),))
+    resolver = FakeResolver({"web.test": ["127.0.0.1"]})
+    port, _ = await start_proxy([rule], resolver)
+    request = "\r\n".join(
+        [
+            f"POST http://Web.Test:{upstream.port}/echo/path?q=1#frag HTTP/1.0",
+            "Host: elsewhere.test",
+            "Proxy-Authorization: Basic cHJveHk6cHJveHktc2VjcmV0",
+            "authorization: Bearer client-secret",
+            "Proxy-Connection: keep-alive",
+            "Connection: keep-alive, X-Hop",
+            "Keep-Alive: timeout=5",
+            "X-Hop: dropped",
+            "TE: trailers",
+            "Upgrade: websocket",
+            "X-Kept:   yes  ",
+            "Content-Length: 5",
+            "",
+            "hello",
+        ]
+    )
+    status, _, body = parse_response(await exchange(port, request.encode()))
+    assert status == 200
+    assert json.loads(body) == upstream.requests[0]
+    assert upstream.requests == [
+        {
+            "request_line": "POST /echo/path?q=1 HTTP/1.1",
+            "headers": [
+                ["Host", f"web.test:{upstream.port}"],
+                ["X-Kept", "yes"],
+                ["Content-Length", "5"],
+                ["Authorization", "Bearer rule-secret"],
+                ["Connection", "close"],
+            ],
+            "body": "hello",
+        }
+    ]
+    assert resolver.asked == ["web.test"]
+    decision = only_decision(events)
+    assert decision | {"time": 0, "reason": ""} == {
+        "type": "decision",
+        "time": 0,
+        "method": "POST",
+        "host": "web.test",
+        "port": upstream.port,
+        "address": "127.0.0.1",
+        "rule": f"web.test:{upstream.port}",
+        "allowed": True,
+        "code": "allowed",
+        "reason": "",
+    }
+    logged = json.dumps(events)
+    for secret in ("rule-secret", "client-secret", "cHJveHk6cHJveHktc2VjcmV0"):
+        assert secret not in logged
+
+
+async def test_plain_http_ends_when_the_upstream_does(upstream: Upstream, start_proxy: Proxies) -> None:
+    port, _ = await start_proxy([Rule("127.0.0.1", upstream.port, private=True)], limits=ProxyLimits(max_connections=1))
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(get(f"http://127.0.0.1:{upstream.port}/first"))
+        assert parse_response(await asyncio.wait_for(reader.read(), TIMEOUT))[0] == 200
+        # The client has not closed; its slot comes back all the same, long before the idle timeout.
+        deadline = time.monotonic() + 1.0
+        while parse_response(await exchange(port, get(f"http://127.0.0.1:{upstream.port}/second")))[0] == 503:
+            assert time.monotonic() < deadline, "the proxy kept the connection after the upstream closed"
+            await asyncio.sleep(0.01)
+    finally:
+        writer.close()
+
+
+async def test_client_text_in_decisions_is_clipped(start_proxy: Proxies, events: list[dict[str, object]]) -> None:
+    port, _ = await start_proxy([])
+    long_host = ".".join(["a" * 60] * 5)
+    await exchange(port, f"{'M' * 300} http://{long_host}/ HTTP/1.1\r\n\r\n".encode())
+    decision = only_decision(events)
+    assert decision["code"] == "bad_request" and decision["host"] is None
+    assert decision["method"] == "M" * 255
+    assert isinstance(decision["reason"], str) and len(decision["reason"]) == 255
+
+
+@pytest.mark.parametrize("eager", [False, True], ids=["wait-for-200", "data-with-head"])
+async def test_connect_tunnel_pipes_both_ways(
+    upstream: Upstream, start_proxy: Proxies, events: list[dict[str, object]], eager: bool
+) -> None:
+    resolver = FakeResolver({})
+    port, _ = await start_proxy([Rule("127.0.0.1", upstream.port, private=True)], resolver)
+    payload = b"x" * 200_000
+    inner = b"PUT /tunnel HTTP/1.1\r\nContent-Length: %d\r\n\r\n" % len(payload) + payload
+    connect = f"CONNECT 127.0.0.1:{upstream.port} HTTP/1.1\r\nHost: 127.0.0.1:{upstream.port}\r\n\r\n".encode()
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(connect + inner if eager else connect)
+        established = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), TIMEOUT)
+        assert established == b"HTTP/1.1 200 Connection established\r\n\r\n"
+        if not eager:
+            writer.write(inner)
+        status, _, body = parse_response(await asyncio.wait_for(reader.read(), TIMEOUT))
+    finally:
+        writer.close()
+    assert status == 200
+    echoed = json.loads(body)
+    assert echoed["request_line"] == "PUT /tunnel HTTP/1.1"
+    assert echoed["headers"] == [["Content-Length", str(len(payload))]]
+    assert echoed["body"] == payload.decode()
+    assert resolver.asked == []
+    decision = only_decision(events)
+    assert (decision["method"], decision["host"], decision["port"]) == ("CONNECT", "127.0.0.1", upstream.port)
+    assert (decision["address"], decision["rule"], decision["code"]) == (
+        "127.0.0.1",
+        f"127.0.0.1:{upstream.port}",
+        "allowed",
+    )
+
+
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        get("http://other.test/"),
+        get("http://web.test:81/"),
+        b"CONNECT other.test:443 HTTP/1.1\r\n\r\n",
+        b"CONNECT web.test.:81 HTTP/1.1\r\n\r\n",
+        b"CONNECT sub.web.test:80 HTTP/1.1\r\n\r\n",
+    ],
+)
+async def test_a_name_off_the_allowlist_is_refused_without_resolving(
+    start_proxy: Proxies, events: list[dict[str, object]], request_bytes: bytes
+) -> None:
+    resolver = FakeResolver({"other.test": ["127.0.0.1"], "web.test": ["127.0.0.1"], "sub.web.test": ["127.0.0.1"]})
+    port, _ = await start_proxy([Rule("web.test", 80, private=True)], resolver)
+    assert_refused(await exchange(port, request_bytes), 403, "is not on the allowlist")
+    assert resolver.asked == []
+    decision = only_decision(events)
+    assert (decision["code"], decision["rule"], decision["address"]) == ("not_allowed", None, None)
+    assert decision["host"] in {"other.test", "web.test", "sub.web.test"}
+
+
+@pytest.mark.parametrize(
+    ("addresses", "refused", "kind"),
+    [
+        (["127.0.0.1"], "127.0.0.1", "loopback"),
+        (["93.184.216.34", "172.18.0.3"], "172.18.0.3", "private"),
+        (["2606:4700::1111", "::ffff:169.254.169.254"], "::ffff:a9fe:a9fe", "metadata"),
+        (["fe80::1%eth0"], "fe80::1%eth0", "link-local"),
+    ],
+)
+async def test_an_allowed_name_resolving_to_a_refused_address_is_refused(
+    upstream: Upstream,
+    start_proxy: Proxies,
+    events: list[dict[str, object]],
+    addresses: list[str],
+    refused: str,
+    kind: str,
+) -> None:
+    resolver = FakeResolver({"web.test": addresses})
+    port, _ = await start_proxy([Rule("web.test", upstream.port)], resolver)
+    assert_refused(await exchange(port, get(f"http://web.test:{upstream.port}/")), 403, f"{kind} address {refused}")
+    assert upstream.connections == 0
+    decision = only_decision(events)
+    assert (decision["code"], decision["address"], decision["rule"]) == (
+        "refused_address",
+        refused,
+        f"web.test:{upstream.port}",
+    )
+    assert f"{kind} address {refused}" in str(decision["reason"])
+
+
+async def test_an_ip_literal_needs_its_own_rule(
+    upstream: Upstream, start_proxy: Proxies, events: list[dict[str, object]]
+) -> None:
+    resolver = FakeResolver({"web.test": ["127.0.0.1"]})
+    port, _ = await start_proxy([Rule("web.test", upstream.port, private=True)], resolver)
+    connect = f"CONNECT 127.0.0.1:{upstream.port} HTTP/1.1\r\n\r\n".encode()
+    assert_refused(await exchange(port, connect), 403, "not on the allowlist")
+    assert (resolver.asked, upstream.connections) == ([], 0)
+    assert only_decision(events)["code"] == "not_allowed"
+
+
+async def test_an_allowed_private_ip_literal_is_forwarded(
+    upstream: Upstream, start_proxy: Proxies, events: list[dict[str, object]]
+) -> None:
+    resolver = FakeResolver({})
+    port, _ = await start_proxy([Rule("127.0.0.1", upstream.port, private=True)], resolver)
+    status, _, _ = parse_response(await exchange(port, get(f"http://127.0.0.1:{upstream.port}/x")))
+    assert status == 200
+    assert upstream.requests[0]["headers"] == [["Host", f"127.0.0.1:{upstream.port}"], ["Connection", "close"]]
+    assert resolver.asked == []
+    assert only_decision(events)["code"] == "allowed"
+
+
+async def test_an_ip_literal_is_still_checked(
+    upstream: Upstream, start_proxy: Proxies, events: list[dict[str, object]]
+) -> None:
+    port, _ = await start_proxy([Rule("127.0.0.1", upstream.port)])
+    assert_refused(await exchange(port, get(f"http://127.0.0.1:{upstream.port}/")), 403, "loopback address 127.0.0.1")
+    assert upstream.connections == 0
+    assert only_decision(events)["code"] == "refused_address"
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "method", "message"),
+    [
+        (get("https://web.test/"), "GET", "use CONNECT"),
+        (get("/index.html", "Host: web.test"), "GET", "HTTP proxy"),
+        (get("http://user:pw@web.test/"), "GET", "user:password@"),
+        (get("http://bad_host.test/"), "GET", "not a valid host name"),
+        (b"CONNECT web.test HTTP/1.1\r\n\r\n", "CONNECT", "needs a port"),
+        (b"CONNECT *.web.test:443 HTTP/1.1\r\n\r\n", "CONNECT", "wildcard"),
+        (b"hello\r\n\r\n", "", "not an HTTP request"),
+        (b"SSH-2.0-OpenSSH_9.6\r\n", "", "not an HTTP request"),
+        (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + bytes(range(256)), "", "not an HTTP request"),
+        (b"GET http://web.test/ HTTP/2.0\r\n\r\n", "", "not an HTTP request"),
+        (b"GET  http://web.test/ HTTP/1.1\r\n\r\n", "", "not an HTTP request"),
+        (b"GET http://web.test/\r\n\r\n", "", "not an HTTP request"),
+        (b"GET http://web.test/ HTTP/1.1\n\n", "", "not an HTTP request"),
+        (get("http://web.test/", " folded: header"), "GET", "header line 1 is malformed"),
+        (get("http://web.test/", "No-Colon"), "GET", "header line 1 is malformed"),
+        (get("http://web.test/", "X: a\x00b"), "GET", "header line 1 is malformed"),
+        (get("http://web.test/", "X: a\rb"), "GET", "header line 1 is malformed"),
+        (get("http://web.test/", "X: a\nb"), "GET", "header line 1 is malformed"),
+        (get("http://web.test/", "X: a", "Bad Name: b"), "GET", "header line 2 is malformed"),
+    ],
+)
+async def test_anything_but_a_proxy_request_is_a_bad_request(
+    start_proxy: Proxies, events: list[dict[str, object]], request_bytes: bytes, method: str, message: str
+) -> None:
+    resolver = FakeResolver({"web.test": ["127.0.0.1"]})
+    port, _ = await start_proxy([Rule("web.test", 80, private=True), Rule("web.test", 443, private=True)], resolver)
+    started = time.monotonic()
+    assert_refused(await exchange(port, request_bytes), 400, message)
+    assert time.monotonic() - started < 1.0  # refused at once, not at the head timeout
+    assert resolver.asked == []
+    decision = only_decision(events)
+    assert (decision["code"], decision["method"], decision["rule"], decision["address"]) == (
+        "bad_request",
+        method,
+        None,
+        None,
+    )
+
+
+async def test_head_limits(start_proxy: Proxies, events: list[dict[str, object]]) -> None:
+    limits = ProxyLimits(head_bytes=1024, max_headers=3, head_timeout_s=0.2)
+    port, _ = await start_proxy([Rule("other.test", 80)], FakeResolver({}), limits)
+    oversized = get("http://web.test/", "X-Pad: " + "a" * 2000)
+    assert_refused(await exchange(port, oversized), 400, "larger than 1024 bytes")
+    just_fits = get("http://web.test/", "X-Pad: " + "a" * (1024 - len(get("http://web.test/", "X-Pad: "))))
+    assert len(just_fits) == 1024
+    assert_refused(await exchange(port, just_fits), 403, "not on the allowlist")
+    headers = [f"X-{n}: {n}" for n in range(4)]
+    assert_refused(await exchange(port, get("http://web.test/", *headers)), 400, "more than 3 header lines")
+    assert_refused(await exchange(port, b"GET http://web.test/ HTTP/1.1\r\n"), 400, "no complete request head")
+    assert [event["code"] for event in events] == ["bad_request", "not_allowed", "bad_request", "bad_request"]
+
+
+async def test_a_head_full_of_blanks_is_parsed_quickly(upstream: Upstream, start_proxy: Proxies) -> None:
+    port, _ = await start_proxy([Rule("127.0.0.1", upstream.port, private=True)])
+    started = time.monotonic()
+    blanks = get(f"http://127.0.0.1:{upstream.port}/", "X-Blank: a" + " \t" * 7000 + "b")
+    assert parse_response(await exchange(port, blanks))[0] == 200
+    assert time.monotonic() - started < 0.5
+    assert upstream.requests[0]["headers"][1] == ["X-Blank", "a" + " \t" * 7000 + "b"]
+
+
+async def test_connections_without_a_request(start_proxy: Proxies, events: list[dict[str, object]]) -> None:
+    port, _ = await start_proxy([])
+    for sent in (b"", b"GET http://web.test/ HTTP/1.1\r\n"):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(sent)
+        writer.write_eof()
+        answer = await asyncio.wait_for(reader.read(), TIMEOUT)
+        writer.close()
+        if not sent:
+            assert answer == b""
+            assert events == []
+    assert_refused(answer, 400, "closed before the request head")
+    assert [event["code"] for event in events] == ["bad_request"]
+
+
+async def test_connect_to_a_rule_with_credentials_is_refused(
+    start_proxy: Proxies, events: list[dict[str, object]]
+) -> None:
+    resolver = FakeResolver({"api.test": ["127.0.0.1"]})
+    rule = Rule("api.test", 443, private=True, headers=(("X-Api-Key", "key-secret"),))
+    port, _ = await start_proxy([rule], resolver)
+    text = assert_refused(await exchange(port, b"CONNECT api.test:443 HTTP/1.1\r\n\r\n"), 403, "http://")
+    assert "key-secret" not in text
+    assert resolver.asked == []
+    decision = only_decision(events)
+    assert (decision["code"], decision["rule"]) == ("credentials_need_http", "api.test:443")
+    assert "key-secret" not in json.dumps(events)
+
+
+async def test_a_closed_port_is_a_connect_failure(start_proxy: Proxies, events: list[dict[str, object]]) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed_port = probe.getsockname()[1]
+    port, _ = await start_proxy([Rule("127.0.0.1", closed_port, private=True)])
+    assert_refused(await exchange(port, get(f"http://127.0.0.1:{closed_port}/")), 502, "cannot connect")
+    decision = only_decision(events)
+    assert (decision["code"], decision["address"]) == ("connect_failed", "127.0.0.1")
+
+
+@pytest.mark.parametrize(
+    ("answer", "message"),
+    [
+        (socket.gaierror(socket.EAI_NONAME, "Name or service not known"), "Name or service not known"),
+        ([], "has no addresses"),
+        (["not-an-address"], "cannot resolve"),
+        (HANG, "timed out"),
+    ],
+)
+async def test_resolve_failures(
+    start_proxy: Proxies, events: list[dict[str, object]], answer: list[str] | str | OSError, message: str
+) -> None:
+    resolver = FakeResolver({"web.test": answer})
+    port, _ = await start_proxy([Rule("web.test", 80)], resolver, ProxyLimits(resolve_timeout_s=0.2))
+    assert_refused(await exchange(port, get("http://web.test/")), 502, message)
+    assert resolver.asked == ["web.test"]
+    decision = only_decision(events)
+    assert (decision["code"], decision["address"], decision["rule"]) == ("resolve_failed", None, "web.test:80")
+
+
+async def test_too_many_connections(upstream: Upstream, start_proxy: Proxies, events: list[dict[str, object]]) -> None:
+    port, _ = await start_proxy([Rule("127.0.0.1", upstream.port, private=True)], limits=ProxyLimits(max_connections=1))
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(f"CONNECT 127.0.0.1:{upstream.port} HTTP/1.1\r\n\r\n".encode())
+    await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), TIMEOUT)
+    assert_refused(await exchange(port, get(f"http://127.0.0.1:{upstream.port}/")), 503, "connections at once")
+    busy = events[-1]
+    assert (busy["code"], busy["allowed"], busy["method"], busy["host"]) == ("too_many_connections", False, "", None)
+    writer.close()
+    deadline = time.monotonic() + TIMEOUT
+    while parse_response(await exchange(port, get(f"http://127.0.0.1:{upstream.port}/")))[0] == 503:
+        assert time.monotonic() < deadline, "the slot was never given back"
+        await asyncio.sleep(0.01)
+    assert events[-1]["code"] == "allowed"
+
+
+async def test_an_idle_tunnel_is_closed(upstream: Upstream, start_proxy: Proxies) -> None:
+    limits = ProxyLimits(idle_timeout_s=0.2)
+    port, _ = await start_proxy([Rule("127.0.0.1", upstream.port, private=True)], limits=limits)
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(f"CONNECT 127.0.0.1:{upstream.port} HTTP/1.1\r\n\r\n".encode())
+        assert await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), TIMEOUT)
+        started = time.monotonic()
+        assert await asyncio.wait_for(reader.read(), TIMEOUT) == b""
+        assert 0.15 < time.monotonic() - started < 1.0
+    finally:
+        writer.close()
+
+
+async def test_a_reset_client_ends_its_tunnel(upstream: Upstream, start_proxy: Proxies) -> None:
+    port, _ = await start_proxy([Rule("127.0.0.1", upstream.port, private=True)])
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(f"CONNECT 127.0.0.1:{upstream.port} HTTP/1.1\r\n\r\n".encode())
+    await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), TIMEOUT)
+    writer.write(b"GET /half")
+    await writer.drain()
+    writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    writer.transport.abort()  # a reset, not an orderly end
+    await asyncio.wait_for(upstream.ended.wait(), 1.0)
+
+
+async def run_module(tmp_path: Path) -> asyncio.subprocess.Process:
+    """``python -m runner.egress`` with no site-packages and an empty ``runner`` package: the standard library only."""
+    package = tmp_path / "runner"
+    package.mkdir(exist_ok=True)
+    (package / "__init__.py").write_text("")
+    if not (package / "egress").exists():
+        (package / "egress").symlink_to(ROOT / "runner" / "egress")
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-S",
+        "-E",
+        "-B",
+        "-m",
+        "runner.egress",
+        cwd=tmp_path,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+
+
+async def read_event(process: asyncio.subprocess.Process) -> dict[str, Any]:
+    assert process.stdout is not None
+    line = await asyncio.wait_for(process.stdout.readline(), TIMEOUT)
+    assert line.endswith(b"\n") and b": " not in line, line
+    event: dict[str, Any] = json.loads(line)
+    return event
+
+
+async def test_the_module_serves_a_config_from_stdin(upstream: Upstream, tmp_path: Path) -> None:
+    process = await run_module(tmp_path)
+    assert process.stdin is not None
+    try:
+        rule = {"host": "127.0.0.1", "port": upstream.port, "private": True, "headers": [["X-Api-Key", "k-secret"]]}
+        config = {"listen_host": "127.0.0.1", "listen_port": 0, "rules": [rule], "limits": {"idle_timeout_s": 2}}
+        process.stdin.write(json.dumps(config).encode() + b"\n")
+        ready = await read_event(process)
+        assert ready["type"] == "ready" and isinstance(ready["port"], int) and ready["port"] > 0
+        status, _, _ = parse_response(await exchange(ready["port"], get(f"http://127.0.0.1:{upstream.port}/sub")))
+        assert status == 200
+        assert ["X-Api-Key", "k-secret"] in upstream.requests[0]["headers"]
+        decision = await read_event(process)
+        assert set(decision) == DECISION_KEYS
+        assert (decision["code"], decision["method"], decision["port"]) == ("allowed", "GET", upstream.port)
+        process.stdin.close()
+        assert await asyncio.wait_for(process.wait(), TIMEOUT) == 0
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+
+
+@pytest.mark.parametrize(
+    ("stdin", "message"),
+    [
+        (b"{not json\n", "not valid JSON"),
+        (b'{"rules": [{"host": "bad host", "port": 80}]}\n', "rules[0]"),
+        (b'{"rules": [], "limits": {"max_connections": 0}}\n', "max_connections"),
+        (b"", "no config line"),
+    ],
+)
+async def test_the_module_rejects_a_bad_config(tmp_path: Path, stdin: bytes, message: str) -> None:
+    process = await run_module(tmp_path)
+    try:
+        stdout, _ = await asyncio.wait_for(process.communicate(stdin), TIMEOUT)
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    assert process.returncode == 2
+    event = json.loads(stdout)
+    assert event["type"] == "error" and message in event["message"]
