@@ -32,15 +32,17 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 __all__ = ["IMAGE_NAMES", "ImageBuildError", "ensure_images", "image_ref", "list_images", "missing_images"]
 
-IMAGE_NAMES: tuple[str, ...] = ("rootfs", "python-servers", "node-servers")
+IMAGE_NAMES: tuple[str, ...] = ("rootfs", "python-servers", "node-servers", "egress")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 IMAGES_DIR = REPO_ROOT / "sandbox_images"
 AGENT_DIR = REPO_ROOT / "runner" / "agent"
+EGRESS_DIR = REPO_ROOT / "runner" / "egress"
 CACHE_DIR = REPO_ROOT / ".cache"
 
 REPOSITORY = "mcp-runner"
@@ -75,7 +77,16 @@ INITIALIZE_LINE = json.dumps({
 
 Log = Callable[[str], None]
 Inputs = list[tuple[str, bytes]]
-AgentFiles = list[tuple[str, bytes]]
+Files = tuple[tuple[str, bytes], ...]
+
+
+@dataclass(frozen=True)
+class Code:
+    """The runner's in-container code (*.py of runner/agent and runner/egress), read once: the bytes
+    hashed into the tags are the bytes copied into the images."""
+
+    agent: Files
+    egress: Files
 
 
 class ImageBuildError(Exception):
@@ -106,18 +117,21 @@ def _mmdebstrap_argv(sources: Path) -> list[str]:
             "--dpkgopt=path-include=/usr/share/doc/*/copyright", SUITE, "-", str(sources)]
 
 
-def _agent_files() -> AgentFiles:
-    """The agent's *.py files, read once: the bytes hashed are the bytes copied."""
-    if not AGENT_DIR.is_dir():
-        return []
-    return [(p.name, p.read_bytes()) for p in sorted(AGENT_DIR.glob("*.py")) if p.is_file()]
+def _py_files(directory: Path) -> Files:
+    if not directory.is_dir():
+        return ()
+    return tuple((p.name, p.read_bytes()) for p in sorted(directory.glob("*.py")) if p.is_file())
+
+
+def _code() -> Code:
+    return Code(agent=_py_files(AGENT_DIR), egress=_py_files(EGRESS_DIR))
 
 
 def _file(rel: str) -> tuple[str, bytes]:
     return (rel, (IMAGES_DIR / rel).read_bytes())
 
 
-def _inputs(name: str, agent: AgentFiles) -> Inputs:
+def _inputs(name: str, code: Code) -> Inputs:
     base = _base_image()
     items: Inputs = [("recipe", RECIPE.encode()), ("name", name.encode()), ("BASE_IMAGE", base.encode())]
     if name == "rootfs":
@@ -129,14 +143,16 @@ def _inputs(name: str, agent: AgentFiles) -> Inputs:
             items.append(("mmdebstrap", "\0".join(_mmdebstrap_argv(src or Path("-"))).encode()))
             items.append(("apt-sources", src.read_bytes() if src else b""))
         return items
-    items.append(("FROM", _ref("rootfs", agent).encode()))
+    items.append(("FROM", _ref("rootfs", code).encode()))
+    if name == "egress":
+        return [*items, _file("egress/Dockerfile"), *((f"egress/{fn}", data) for fn, data in code.egress)]
     items += [_file(f"{name}/Dockerfile"), _file("agent.txt"), _file("constraints.txt")]
     if name == "python-servers":
         items.append(_file("python-servers/servers.txt"))
         items.append(("wheel-target", "\0".join(WHEEL_TARGET).encode()))
     else:
         items += [_file("node-servers/package.json"), _file("node-servers/package-lock.json")]
-    items += [(f"agent/{fn}", data) for fn, data in agent]
+    items += [(f"agent/{fn}", data) for fn, data in code.agent]
     return items
 
 
@@ -148,15 +164,15 @@ def _digest(items: Inputs) -> str:
     return h.hexdigest()
 
 
-def _ref(name: str, agent: AgentFiles) -> str:
+def _ref(name: str, code: Code) -> str:
     if name not in IMAGE_NAMES:
         raise ValueError(f"unknown image {name!r}; known images: {', '.join(IMAGE_NAMES)}")
-    return f"{REPOSITORY}/{name}:{_digest(_inputs(name, agent))[:12]}"
+    return f"{REPOSITORY}/{name}:{_digest(_inputs(name, code))[:12]}"
 
 
 def image_ref(name: str) -> str:
     """``mcp-runner/<name>:<hash12>`` computed from the inputs; needs no Docker."""
-    return _ref(name, _agent_files())
+    return _ref(name, _code())
 
 
 # --------------------------------------------------------------------------- subprocess helpers
@@ -314,9 +330,10 @@ def _build_rootfs(ref: str, *, force: bool, log: Log) -> None:
     log(f"  [docker] imported {text}")
 
 
-def _build_server_image(name: str, refs: Mapping[str, str], agent: AgentFiles, *, force: bool, log: Log) -> None:
-    """Build ``refs[name]`` from exactly the ``agent`` bytes its tag was hashed over."""
+def _build_server_image(name: str, refs: Mapping[str, str], code: Code, *, force: bool, log: Log) -> None:
+    """Build ``refs[name]`` from exactly the agent bytes its tag was hashed over."""
     ref = refs[name]
+    agent = code.agent
     if not agent:
         log(f"WARNING: no {AGENT_DIR}/*.py yet: the image's entrypoint (runner.agent) will not start")
     reqs = ["agent.txt", "python-servers/servers.txt"] if name == "python-servers" else ["agent.txt"]
@@ -355,6 +372,46 @@ def _build_server_image(name: str, refs: Mapping[str, str], agent: AgentFiles, *
     except ImageBuildError:
         subprocess.run(["docker", "rmi", "-f", ref], capture_output=True)  # a broken tag must not look "present"
         raise
+
+
+def _build_egress_image(refs: Mapping[str, str], code: Code, *, force: bool, log: Log) -> None:
+    """The egress proxy: Debian's python3 and the proxy's stdlib-only code, nothing fetched."""
+    ref = refs["egress"]
+    (CACHE_DIR / "build").mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="egress-", dir=CACHE_DIR / "build") as tmp:
+        ctx = Path(tmp)
+        shutil.copy2(IMAGES_DIR / "egress" / "Dockerfile", ctx / "Dockerfile")
+        package = ctx / "pkg" / "runner" / "egress"
+        package.mkdir(parents=True)
+        (ctx / "pkg" / "runner" / "__init__.py").write_bytes(b"")
+        for fn, data in code.egress:
+            (package / fn).write_bytes(data)
+        cmd = ["docker", "build", "--network", "none", "--force-rm", "--build-arg", f"ROOTFS={refs['rootfs']}",
+               *(a for lb in _labels("egress", ref) for a in ("--label", lb)), "-t", ref, str(ctx)]
+        if force:
+            cmd.insert(2, "--no-cache")
+        _run(cmd, f"docker build of {ref}", log, prefix="docker", env=_docker_env())
+    try:
+        _smoke_check_egress(ref, log)
+    except ImageBuildError:
+        subprocess.run(["docker", "rmi", "-f", ref], capture_output=True)
+        raise
+
+
+def _smoke_check_egress(ref: str, log: Log, timeout: float = 30.0) -> None:
+    """The proxy, hardened and without network, must take a configuration and say it listens."""
+    cmd = ["docker", "run", "--rm", "-i", "--network", "none", "--read-only", "--cap-drop", "ALL",
+           "--security-opt", "no-new-privileges", ref]
+    config = json.dumps({"listen_host": "127.0.0.1", "listen_port": 3128, "rules": []})
+    try:
+        done = subprocess.run(cmd, input=config + "\n", capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired as exc:
+        raise ImageBuildError(_failure(f"smoke check of {ref}", -1, cmd, [str(exc)])) from None
+    first = done.stdout.splitlines()[:1]
+    if done.returncode != 0 or not first or json.loads(first[0]).get("type") != "ready":
+        raise ImageBuildError(_failure(f"smoke check of {ref} (proxy ready line)", done.returncode, cmd,
+                                       (done.stdout + done.stderr).splitlines()[-20:]))
+    log(f"  [check] egress proxy: ready ({first[0]})")
 
 
 def _smoke_check(ref: str, argv: Sequence[str], log: Log, timeout: float = 60.0) -> None:
@@ -415,8 +472,8 @@ def missing_images(names: Iterable[str] | None = None) -> list[str]:
 def list_images() -> list[tuple[str, str, bool]]:
     """``(name, ref, present)`` for every image."""
     _check_docker()
-    agent = _agent_files()
-    refs = [(n, _ref(n, agent)) for n in IMAGE_NAMES]
+    code = _code()
+    refs = [(n, _ref(n, code)) for n in IMAGE_NAMES]
     return [(n, ref, _present(ref)) for n, ref in refs]
 
 
@@ -428,8 +485,8 @@ def ensure_images(names: Iterable[str] | None = None, *, force: bool = False,
     """
     wanted = _names(names)
     _check_docker()
-    agent = _agent_files()  # read once: the bytes hashed into the tags are the bytes built in
-    refs = {n: _ref(n, agent) for n in IMAGE_NAMES}
+    code = _code()  # read once: the bytes hashed into the tags are the bytes built in
+    refs = {n: _ref(n, code) for n in IMAGE_NAMES}
     todo: dict[str, str] = {}
     for n in wanted:
         if force:
@@ -453,7 +510,9 @@ def ensure_images(names: Iterable[str] | None = None, *, force: bool = False,
             t0 = time.monotonic()
             if n == "rootfs":
                 _build_rootfs(refs[n], force=force, log=log)
+            elif n == "egress":
+                _build_egress_image(refs, code, force=force, log=log)
             else:
-                _build_server_image(n, refs, agent, force=force, log=log)
+                _build_server_image(n, refs, code, force=force, log=log)
             log(f"built {refs[n]} in {time.monotonic() - t0:.0f} s")
     return {n: refs[n] for n in wanted}

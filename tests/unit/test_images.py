@@ -21,10 +21,14 @@ def inputs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     agent.mkdir()
     (agent / "__main__.py").write_text("print('agent')\n")
     (agent / "app.py").write_text("X = 1\n")
+    egress = tmp_path / "egress"
+    egress.mkdir()
+    (egress / "proxy.py").write_text("P = 1\n")
     sources = tmp_path / "debian.sources"
     sources.write_text("Types: deb\nURIs: http://mirror.invalid/debian\nSuites: bookworm\nComponents: main\n")
     monkeypatch.setattr(images, "IMAGES_DIR", tmp_path / "sandbox_images")
     monkeypatch.setattr(images, "AGENT_DIR", agent)
+    monkeypatch.setattr(images, "EGRESS_DIR", egress)
     monkeypatch.setattr(images, "APT_SOURCES", (sources,))
     monkeypatch.delenv("BASE_IMAGE", raising=False)
     return tmp_path
@@ -40,14 +44,14 @@ def changed(before: dict[str, str]) -> set[str]:
 
 
 def test_names_and_format(inputs: Path) -> None:
-    assert images.IMAGE_NAMES == ("rootfs", "python-servers", "node-servers")
+    assert images.IMAGE_NAMES == ("rootfs", "python-servers", "node-servers", "egress")
     for name, ref in refs().items():
         assert re.fullmatch(rf"mcp-runner/{name}:[0-9a-f]{{12}}", ref)
 
 
 def test_same_inputs_same_tag(inputs: Path) -> None:
     assert refs() == refs()
-    assert len(set(refs().values())) == 3
+    assert len(set(refs().values())) == 4
 
 
 def test_real_repo_inputs_hash_without_docker(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -68,6 +72,12 @@ def test_agent_change_rebuilds_server_images_only(inputs: Path) -> None:
     assert changed(before) == {"python-servers", "node-servers"}
 
 
+def test_egress_code_change_rebuilds_the_egress_image_only(inputs: Path) -> None:
+    before = refs()
+    (inputs / "egress" / "proxy.py").write_text("P = 2\n")
+    assert changed(before) == {"egress"}
+
+
 def test_new_agent_file_changes_tag_but_non_python_files_do_not(inputs: Path) -> None:
     before = refs()
     (inputs / "agent" / "notes.txt").write_text("not copied, not hashed\n")
@@ -86,7 +96,8 @@ def test_agent_file_rename_changes_tag(inputs: Path) -> None:
 @pytest.mark.parametrize(
     ("rel", "expected"),
     [
-        ("rootfs/packages.txt", {"rootfs", "python-servers", "node-servers"}),  # cascades via FROM
+        ("rootfs/packages.txt", {"rootfs", "python-servers", "node-servers", "egress"}),  # cascades via FROM
+        ("egress/Dockerfile", {"egress"}),
         ("constraints.txt", {"python-servers", "node-servers"}),
         ("agent.txt", {"python-servers", "node-servers"}),
         ("python-servers/servers.txt", {"python-servers"}),
@@ -163,15 +174,19 @@ def test_ensure_builds_missing_dependencies_first(inputs: Path, monkeypatch: pyt
         present.add(ref)
 
     monkeypatch.setattr(images, "_build_rootfs", lambda ref, **kw: fake_build(ref))
-    monkeypatch.setattr(images, "_build_server_image", lambda name, refs, agent, **kw: fake_build(refs[name]))
+    monkeypatch.setattr(images, "_build_server_image", lambda name, refs, code, **kw: fake_build(refs[name]))
+    monkeypatch.setattr(images, "_build_egress_image", lambda refs, code, **kw: fake_build(refs["egress"]))
     logs: list[str] = []
     out = images.ensure_images(["node-servers", "python-servers"], log=logs.append)
     assert built == ["rootfs", "node-servers"]
     assert out == {n: images.image_ref(n) for n in ("node-servers", "python-servers")}
     assert any(line.startswith("building mcp-runner/rootfs:") and "missing" in line for line in logs)
     assert any("python-servers" in line and "present" in line for line in logs)
+    assert images.missing_images() == ["egress"]
+    images.ensure_images(log=logs.append)
+    assert built == ["rootfs", "node-servers", "egress"]
     assert images.missing_images() == []
-    assert [p for _, _, p in images.list_images()] == [True, True, True]
+    assert [p for _, _, p in images.list_images()] == [True, True, True, True]
 
     built.clear()
     images.ensure_images(["python-servers"], force=True, log=logs.append)
