@@ -15,11 +15,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from runner.egress.rules import Rule, parse_host_pattern, parse_target
 from runner.errors import InvalidArgument
 from runner.guard.sanitize import DEFAULT_REDACTIONS, DETECTORS, SanitizeConfig
 
@@ -30,6 +32,10 @@ _SIZE_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
 _INSTANCE = re.compile(r"^[a-zA-Z0-9_.-]{1,64}$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 _PIN = re.compile(r"^sha256:[0-9a-f]{64}$")
+_DOCKER_NETWORK = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}$")
+_HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,64}$")
+DEFAULT_UPSTREAM_NETWORK = "mcp-runner-egress"
+RUNTIMES = ("runc", "runsc")
 
 
 class ConfigError(InvalidArgument):
@@ -79,11 +85,48 @@ class SecretSource:
 
 
 @dataclass(frozen=True)
+class Credential:
+    """A header the egress proxy adds to a host's requests; the sandbox never holds the value."""
+
+    header: str
+    source: SecretSource
+    template: str = "{}"
+    """The header value, with ``{}`` standing for the secret (e.g. ``Bearer {}``)."""
+
+
+@dataclass(frozen=True)
+class EgressRule:
+    """One allowed ``host:port`` (a name, ``*.``-wildcard or IP literal) for a session's egress proxy."""
+
+    host: str
+    port: int
+    private: bool = False
+    """May resolve to loopback, private, link-local or metadata addresses (refused otherwise)."""
+    credentials: tuple[Credential, ...] = ()
+
+    def proxy_rule(self, headers: tuple[tuple[str, str], ...] = ()) -> Rule:
+        return Rule(host=self.host, port=self.port, private=self.private, headers=headers)
+
+
+@dataclass(frozen=True)
+class NetworkPolicy:
+    """A session with network: an internal Docker network whose only way out is an egress proxy."""
+
+    egress: tuple[EgressRule, ...]
+    upstream: str = DEFAULT_UPSTREAM_NETWORK
+    """The Docker network the proxy reaches out through (created on demand if it is the default)."""
+
+    def allows(self, host: str, port: int) -> EgressRule | None:
+        return next((rule for rule in self.egress if rule.proxy_rule().matches(host, port)), None)
+
+
+@dataclass(frozen=True)
 class Profile:
     name: str
     image: str
     """A runner image name (``python-servers``, ``node-servers``) or a full image reference."""
     command: tuple[str, ...]
+    """The stdio MCP server to run; empty for a remote server (``remote_url``)."""
     env: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     mounts: tuple[Mount, ...] = ()
     limits: Limits = Limits()
@@ -93,6 +136,12 @@ class Profile:
     sanitize: SanitizeConfig = SanitizeConfig()
     pins: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     """Tool name -> ``sha256:`` fingerprint its definition must keep."""
+    network: NetworkPolicy | None = None
+    """None: the sandbox has only a loopback interface."""
+    remote_url: str | None = None
+    """A Streamable HTTP MCP server the in-sandbox client reaches through the egress proxy."""
+    runtime: str = "runc"
+    """The OCI runtime: ``runc`` or ``runsc`` (gVisor)."""
 
 
 @dataclass(frozen=True)
@@ -212,10 +261,72 @@ class _SanitizeModel(BaseModel):
         return SanitizeConfig(enabled=self.enabled, redact=frozenset(names), injection_action=self.injection)
 
 
+class _CredentialModel(_SecretModel):
+    template: str = "{}"
+
+    @field_validator("template")
+    @classmethod
+    def _one_slot(cls, value: str) -> str:
+        if value.count("{}") != 1 or any(c in value for c in "\r\n\0"):
+            raise ValueError("must contain `{}` (where the secret goes) exactly once and no line breaks")
+        return value
+
+    def credential(self, header: str, base: Path) -> Credential:
+        return Credential(header=header, source=self.source(base), template=self.template)
+
+
+class _EgressRuleModel(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    host: str
+    port: int = Field(ge=1, le=65535)
+    private: bool = False
+    headers: dict[Annotated[str, Field(pattern=_HEADER_NAME.pattern)], _CredentialModel] = {}
+
+    @field_validator("host")
+    @classmethod
+    def _host(cls, value: str) -> str:
+        return parse_host_pattern(value)
+
+    def rule(self, base: Path) -> EgressRule:
+        credentials = tuple(model.credential(name, base) for name, model in self.headers.items())
+        return EgressRule(host=self.host, port=self.port, private=self.private, credentials=credentials)
+
+
+class _NetworkModel(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    egress: list[_EgressRuleModel] = Field(min_length=1)
+    """Entries are ``host:port`` strings or mappings with ``private`` and ``headers``."""
+    upstream: str = Field(default=DEFAULT_UPSTREAM_NETWORK, pattern=_DOCKER_NETWORK.pattern)
+
+    @field_validator("egress", mode="before")
+    @classmethod
+    def _strings(cls, entries: Any) -> Any:
+        if not isinstance(entries, list):
+            return entries
+        out = []
+        for entry in entries:
+            if isinstance(entry, str):
+                host, port = parse_target(entry)
+                entry = {"host": host, "port": port}
+            out.append(entry)
+        return out
+
+    def policy(self, base: Path) -> NetworkPolicy:
+        return NetworkPolicy(egress=tuple(model.rule(base) for model in self.egress), upstream=self.upstream)
+
+
+class _RemoteModel(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    url: str = Field(min_length=1, max_length=2048)
+
+
 class _ProfileModel(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    image: str
-    command: list[Annotated[str, Field(min_length=1)]] = Field(min_length=1)
+    image: str | None = None
+    command: list[Annotated[str, Field(min_length=1)]] | None = Field(default=None, min_length=1)
+    remote: _RemoteModel | None = None
+    network: _NetworkModel | None = None
+    runtime: Literal["runc", "runsc"] = "runc"
     env: dict[str, str] = {}
     mounts: list[_MountModel] = []
     limits: _LimitsModel = _LimitsModel()
@@ -223,6 +334,38 @@ class _ProfileModel(BaseModel):
     secrets: dict[Annotated[str, Field(pattern=_ENV_NAME.pattern)], _SecretModel] = {}
     sanitize: _SanitizeModel = _SanitizeModel()
     pins: dict[str, Annotated[str, Field(pattern=_PIN.pattern)]] = {}
+
+    @model_validator(mode="after")
+    def _one_server(self) -> _ProfileModel:
+        if (self.command is None) == (self.remote is None):
+            raise ValueError("name exactly one of `command` (a stdio server) or `remote` (a Streamable HTTP URL)")
+        if self.command is not None and self.image is None:
+            raise ValueError("`image` is required with `command`")
+        if self.remote is not None and self.network is None:
+            raise ValueError("a `remote` server needs `network.egress` allowing its host:port")
+        return self
+
+
+def _remote_url(url: str, network: NetworkPolicy) -> str:
+    """The URL, checked: http(s), no user info, and its host:port allowed by the profile's egress rules."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"remote.url {url!r}: use an http:// or https:// URL with a host")
+    if parts.username or parts.password:
+        raise ValueError("remote.url: no credentials in the URL; attach them to its egress rule as `headers`")
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError as exc:
+        raise ValueError(f"remote.url {url!r}: {exc}") from None
+    host = parse_host_pattern(parts.hostname)
+    rule = network.allows(host, port)
+    if rule is None:
+        raise ValueError(f"remote.url: {host}:{port} is not allowed by network.egress; add it there")
+    if rule.credentials and parts.scheme == "https":
+        raise ValueError(
+            "remote.url: the egress proxy can add credentials only to http:// requests (it cannot see inside TLS)"
+        )
+    return url
 
 
 class _TlsModel(BaseModel):
@@ -298,10 +441,21 @@ def _profiles(parsed: _FileModel, base: Path, defaults: Limits) -> dict[str, Pro
         overlap = sorted(set(model.secrets) & set(model.env))
         if overlap:
             raise ValueError(f"profiles.{name}: {overlap} named both in env and in secrets")
+        network = model.network.policy(base) if model.network is not None else None
+        remote = None
+        if model.remote is not None:
+            assert network is not None
+            try:
+                remote = _remote_url(model.remote.url, network)
+            except ValueError as exc:
+                raise ValueError(f"profiles.{name}.{exc}") from None
         out[name] = Profile(
             name=name,
-            image=model.image,
-            command=tuple(model.command),
+            image=model.image or "python-servers",
+            command=tuple(model.command or ()),
+            network=network,
+            remote_url=remote,
+            runtime=model.runtime,
             env=MappingProxyType(dict(model.env)),
             mounts=tuple(Mount(str((base / m.source).resolve()), m.target) for m in model.mounts),
             limits=model.limits.apply(defaults),

@@ -12,7 +12,8 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-from runner.config import SecretSource
+from runner.config import NetworkPolicy, SecretSource
+from runner.egress.rules import Rule
 from runner.errors import FailedPrecondition
 
 MAX_SECRET_BYTES = 64 * 1024
@@ -53,3 +54,19 @@ def _read(name: str, source: SecretSource) -> str:
 def resolve_secrets(secrets: Mapping[str, SecretSource]) -> dict[str, str]:
     """Container variable -> value, for every secret a profile names."""
     return {name: _read(name, source) for name, source in secrets.items()}
+
+
+def egress_rules(network: NetworkPolicy) -> tuple[tuple[Rule, ...], tuple[str, ...]]:
+    """The proxy's rules with credential headers filled in, and the secret values used (for redaction)."""
+    rules: list[Rule] = []
+    used: list[str] = []
+    for rule in network.egress:
+        headers: list[tuple[str, str]] = []
+        for credential in rule.credentials:
+            value = _read(f"{credential.header} for {rule.host}:{rule.port}", credential.source)
+            if any(c in value for c in "\r\n"):
+                raise SecretUnavailable(f"the {credential.header} secret for {rule.host}:{rule.port} spans lines")
+            headers.append((credential.header, credential.template.replace("{}", value)))
+            used.append(value)
+        rules.append(rule.proxy_rule(tuple(headers)))
+    return tuple(rules), tuple(used)

@@ -45,18 +45,19 @@ def _stub_packages() -> bool:
     return True
 
 
-def load(fast: bool = True) -> None:
-    """Import the SDK modules the agent uses (``mcp.client.session``, ``mcp.client.stdio``)."""
+def load(fast: bool = True, *, remote: bool = False) -> None:
+    """Import the SDK modules the agent uses: the session, and the stdio or the Streamable HTTP transport."""
+    modules = ("mcp.client.session", "mcp.client.streamable_http" if remote else "mcp.client.stdio")
     if fast and _stub_packages():
         try:
-            importlib.import_module("mcp.client.session")
-            importlib.import_module("mcp.client.stdio")
+            for module in modules:
+                importlib.import_module(module)
             return
         except ImportError:
             for name in [n for n in sys.modules if n == "mcp" or n.startswith("mcp.")]:
                 del sys.modules[name]
-    importlib.import_module("mcp.client.session")
-    importlib.import_module("mcp.client.stdio")
+    for module in modules:
+        importlib.import_module(module)
 
 
 def adopt_process(process: Process) -> bool:

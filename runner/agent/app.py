@@ -30,6 +30,8 @@ if TYPE_CHECKING:
 
 INTERNAL_ERROR = -32603
 DEFAULT_INIT_TIMEOUT = 30.0
+REMOTE_TIMEOUT_S = 30.0
+REMOTE_READ_TIMEOUT_S = 300.0
 EXIT_POLL_SECONDS = 0.1
 
 #: host method -> (mcp_types request class, plain result class). Plain result
@@ -74,8 +76,11 @@ class _DropParseTracebacks(logging.Filter):
 
 
 class Agent:
-    def __init__(self, command: list[str], *, fast_import: bool = True) -> None:
+    """Bridges the host to one MCP server: a stdio ``command`` it spawns, or a Streamable HTTP ``url``."""
+
+    def __init__(self, command: list[str], *, url: str | None = None, fast_import: bool = True) -> None:
         self.command = command
+        self.url = url
         self.fast_import = fast_import
         self.out = FrameWriter()
         self.exit_code = 0
@@ -106,6 +111,9 @@ class Agent:
         return 1 if self._fatal_sent else (1 if self.out.broken else self.exit_code)
 
     async def _main(self) -> None:
+        if self.url is not None:
+            await self._main_remote(self.url)
+            return
         try:
             # Spawned before the SDK import, so the server starts up while we import.
             self.process = await anyio.open_process(
@@ -121,21 +129,40 @@ class Agent:
             self._kill_server()
             self.process = None
 
-        from mcp.client.session import ClientSession
         from mcp.client.stdio import StdioServerParameters, stdio_client
 
         params = StdioServerParameters(command=self.command[0], args=self.command[1:], env=dict(os.environ))
         async with stdio_client(params, errlog=sys.stderr) as (raw_read, raw_write):
-            link = ServerLink(raw_read, raw_write, self.fatal, self._server_eof)
-            async with anyio.create_task_group() as tg:
-                link.start(tg)
-                tg.start_soon(self._watch_exit)
-                try:
-                    async with ClientSession(link.read, link.write, message_handler=self._on_message) as session:
-                        if await self._initialize(session):
-                            await self._serve_host(session)
-                finally:
-                    tg.cancel_scope.cancel()
+            await self._run_session(raw_read, raw_write)
+
+    async def _main_remote(self, url: str) -> None:
+        """A Streamable HTTP server, reached only through the proxy the sandbox's environment names."""
+        _sdk.load(self.fast_import, remote=True)
+        import httpx2
+        from mcp.client.streamable_http import streamable_http_client
+
+        proxy = os.environ.get("HTTPS_PROXY" if url.startswith("https:") else "HTTP_PROXY") or None
+        # trust_env off: the proxy above is the only way out, and no .netrc or CA override from the server's side.
+        timeout = httpx2.Timeout(REMOTE_TIMEOUT_S, read=REMOTE_READ_TIMEOUT_S)
+        async with (
+            httpx2.AsyncClient(proxy=proxy, trust_env=False, timeout=timeout) as client,
+            streamable_http_client(url, http_client=client) as (raw_read, raw_write),
+        ):
+            await self._run_session(raw_read, raw_write)
+
+    async def _run_session(self, raw_read: Any, raw_write: Any) -> None:
+        from mcp.client.session import ClientSession
+
+        link = ServerLink(raw_read, raw_write, self.fatal, self._server_eof)
+        async with anyio.create_task_group() as tg:
+            link.start(tg)
+            tg.start_soon(self._watch_exit)
+            try:
+                async with ClientSession(link.read, link.write, message_handler=self._on_message) as session:
+                    if await self._initialize(session):
+                        await self._serve_host(session)
+            finally:
+                tg.cancel_scope.cancel()
 
     async def _initialize(self, session: ClientSession) -> bool:
         from mcp.shared.exceptions import MCPError
@@ -258,6 +285,8 @@ class Agent:
 
     def _exit_message(self, status: int | None) -> str:
         phase = "" if self.ready else " before completing initialize"
+        if self.url is not None:
+            return f"the remote MCP server's stream ended{phase}"
         if status is None:
             return f"MCP server closed its stdout{phase} (the process is still running)"
         if status >= 0:
@@ -305,10 +334,16 @@ def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if args and args[0] == "--":
         args = args[1:]
+    url = None
+    if args[:1] == ["--url"]:
+        if len(args) != 2:
+            args = []
+        else:
+            url = args[1]
     if not args:
-        usage = "no MCP server command given (usage: python -m runner.agent -- CMD ARGS...)"
+        usage = "no MCP server given (usage: python -m runner.agent -- CMD ARGS... | --url URL)"
         diag(usage)
         FrameWriter().send({"type": "fatal", "message": usage})
         return 2
     logging.basicConfig(stream=sys.stderr, level=logging.WARNING, format="mcp-agent: %(name)s: %(message)s")
-    return anyio.run(Agent(args).run)
+    return anyio.run(Agent([] if url else args, url=url).run)

@@ -154,7 +154,15 @@ def session_to_proto(info: SessionInfo) -> Any:
         usage=usage_to_proto(info.usage),
         labels=dict(info.labels),
         failure=info.failure or "",
+        network=info.network,
+        runtime=info.runtime,
     )
+    for decision in info.egress:
+        entry = msg.egress.add(
+            method=decision.method, host=decision.host, port=decision.port, address=decision.address,
+            rule=decision.rule, allowed=decision.allowed, code=decision.code, reason=decision.reason,
+        )
+        _set_time(entry.time, decision.time)
     _set_time(msg.created_at, info.created_at)
     if info.server is not None:
         msg.server.CopyFrom(server_to_proto(info.server))

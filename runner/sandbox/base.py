@@ -7,16 +7,48 @@ can come later behind the same two Protocols.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Protocol
 
 from runner.config import Limits, Mount
+from runner.egress.rules import Rule
 
 SESSION_LABEL = "mcp-runner.session"
 INSTANCE_LABEL = "mcp-runner.instance"
 SANDBOX_USER = "10001:10001"
+
+
+@dataclass(frozen=True)
+class SandboxNetwork:
+    """A sandbox that may reach out: only through an egress proxy enforcing ``rules``."""
+
+    rules: tuple[Rule, ...]
+    """With credential header values filled in: the proxy adds them, the sandbox never sees them."""
+    upstream: str
+    """The network the proxy reaches out through."""
+
+
+@dataclass(frozen=True)
+class EgressDecision:
+    """One request the egress proxy allowed or refused."""
+
+    time: float
+    method: str
+    host: str
+    port: int
+    address: str
+    """The address connected to or refused; empty when none was reached (e.g. a name not allowed)."""
+    rule: str
+    """The ``host:port`` rule that matched; empty when none did."""
+    allowed: bool
+    code: str
+    """allowed, not_allowed, refused_address, bad_request, resolve_failed, connect_failed, ..."""
+    reason: str
+
+
+EgressCallback = Callable[[EgressDecision], None]
 
 
 @dataclass(frozen=True)
@@ -31,6 +63,9 @@ class SandboxSpec:
     mounts: tuple[Mount, ...] = ()
     limits: Limits = Limits()
     labels: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    network: SandboxNetwork | None = None
+    """None: no network at all (a loopback interface only)."""
+    runtime: str = "runc"
 
 
 @dataclass(frozen=True)
@@ -71,7 +106,9 @@ class SandboxHandle(Protocol):
 
 
 class SandboxBackend(Protocol):
-    async def start(self, spec: SandboxSpec) -> SandboxHandle: ...
+    async def start(self, spec: SandboxSpec, on_egress: EgressCallback | None = None) -> SandboxHandle:
+        """Start the sandbox; with ``spec.network``, its egress decisions are reported to ``on_egress``."""
+        ...
 
     async def sweep_orphans(self, instance: str) -> int:
         """Remove every sandbox left behind by an earlier run of this instance; return how many."""

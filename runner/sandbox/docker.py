@@ -16,7 +16,7 @@ import functools
 import logging
 import socket
 import struct
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -25,11 +25,14 @@ import docker.errors
 import requests.exceptions
 from docker.types import Ulimit
 
+from runner.config import DEFAULT_UPSTREAM_NETWORK
 from runner.errors import FailedPrecondition, RunnerError, Unavailable
+from runner.sandbox import egress
 from runner.sandbox.base import (
     INSTANCE_LABEL,
     SANDBOX_USER,
     SESSION_LABEL,
+    EgressCallback,
     SandboxExit,
     SandboxSpec,
     SandboxStats,
@@ -57,6 +60,11 @@ def map_docker_errors(action: str) -> Iterator[None]:
             f"{action}: image not found ({exc.explanation}); build it with `make images`"
         ) from exc
     except docker.errors.APIError as exc:
+        if "runtime" in str(exc.explanation or "").lower():
+            raise FailedPrecondition(
+                f"{action}: the Docker engine has no such runtime ({exc.explanation}); for gVisor install the "
+                "Debian package runsc and run `make docker`, which registers it"
+            ) from exc
         raise Unavailable(f"{action}: Docker engine refused: {exc.explanation or exc}") from exc
     except (docker.errors.DockerException, requests.exceptions.RequestException, OSError) as exc:
         raise Unavailable(f"{action}: Docker engine unreachable: {exc}") from exc
@@ -74,8 +82,10 @@ class DockerSandbox:
         writer: asyncio.StreamWriter,
         keepalive: Any,
         stderr_tail_bytes: int,
+        egress_proxy: egress.EgressProxy | None = None,
     ) -> None:
         self._backend = backend
+        self._egress = egress_proxy
         self._id = container_id
         self._stream = stream
         self._reader = reader
@@ -137,6 +147,8 @@ class DockerSandbox:
         self._destroyed = True
         self._close_stream()
         await self._backend.remove(self._id)
+        if self._egress is not None:
+            await self._backend.stop_egress(self._egress)
 
     def _close_stream(self) -> None:
         # docker-py's wrapper still holds the socket, so close() alone leaves the fd open; dockerd then
@@ -180,11 +192,12 @@ class DockerBackend:
     async def check(self) -> None:
         await self._run("checking the Docker engine", lambda: self._api().ping())
 
-    def _create_and_attach(self, spec: SandboxSpec) -> tuple[str, Any]:
+    def _create_and_attach(self, spec: SandboxSpec, proxy: egress.EgressProxy | None) -> tuple[str, Any]:
         api = self._api()
         limits = spec.limits
+        networked = {} if proxy is None else {"dns": ["127.0.0.1"]}  # names are the proxy's business; no DNS out
         host_config = api.create_host_config(
-            network_mode="none",
+            network_mode="none" if proxy is None else proxy.network,
             read_only=True,
             tmpfs={"/tmp": f"rw,nosuid,nodev,size={limits.tmpfs_bytes},mode=1777"},
             cap_drop=["ALL"],
@@ -195,20 +208,29 @@ class DockerBackend:
             pids_limit=limits.pids,
             ulimits=[Ulimit(name="nofile", soft=_NOFILE, hard=_NOFILE)],
             binds={m.source: {"bind": m.target, "mode": "ro"} for m in spec.mounts},
+            runtime=None if spec.runtime == "runc" else spec.runtime,
+            **networked,
         )
-        labels = {**spec.labels, SESSION_LABEL: spec.session_id, INSTANCE_LABEL: spec.instance}
+        env = dict(spec.env) if proxy is None else {**spec.env, **egress.proxy_env(proxy.address)}
         container = api.create_container(
             self._resolve_image(spec.image),
             command=list(spec.command),
             stdin_open=True,
             tty=False,
             user=SANDBOX_USER,
-            environment=dict(spec.env),
-            labels=labels,
+            environment=env,
+            labels=self._labels(spec),
             host_config=host_config,
             name=f"mcp-runner-{spec.instance}-{spec.session_id}",
         )
         container_id: str = container["Id"]
+        return container_id, self._attach_and_start(container_id)
+
+    def _labels(self, spec: SandboxSpec) -> dict[str, str]:
+        return {**spec.labels, SESSION_LABEL: spec.session_id, INSTANCE_LABEL: spec.instance}
+
+    def _attach_and_start(self, container_id: str) -> Any:
+        api = self._api()
         try:
             # Attach before start, so no output is lost and nothing sits in docker-py's buffers.
             sock = api.attach_socket(container_id, params={"stdin": 1, "stdout": 1, "stderr": 1, "stream": 1})
@@ -217,25 +239,121 @@ class DockerBackend:
             with contextlib.suppress(Exception):
                 api.remove_container(container_id, force=True)
             raise
-        return container_id, sock
+        return sock
 
-    async def start(self, spec: SandboxSpec) -> DockerSandbox:
-        starting = asyncio.ensure_future(
-            self._run(f"starting the sandbox for profile image {spec.image}", self._create_and_attach, spec)
-        )
-        try:
-            # Shielded: the thread creates the container whether or not the caller still waits for it.
-            container_id, sock = await asyncio.shield(starting)
-        except asyncio.CancelledError:
-            starting.add_done_callback(self._discard_late_start)
-            raise
+    async def _open_stream(self, container_id: str, sock: Any, proxy: egress.EgressProxy | None) -> DockerSandbox:
         raw: socket.socket = getattr(sock, "_sock", sock)
         try:
             reader, writer = await asyncio.open_connection(sock=raw, limit=_READ_CHUNK * 2)
         except OSError:
             await self.remove(container_id)
             raise
-        return DockerSandbox(self, container_id, raw, reader, writer, sock, self._stderr_tail_bytes)
+        return DockerSandbox(self, container_id, raw, reader, writer, sock, self._stderr_tail_bytes, proxy)
+
+    async def start(self, spec: SandboxSpec, on_egress: EgressCallback | None = None) -> DockerSandbox:
+        proxy = await self._start_egress(spec, on_egress) if spec.network is not None else None
+        starting = asyncio.ensure_future(
+            self._run(f"starting the sandbox for profile image {spec.image}", self._create_and_attach, spec, proxy)
+        )
+        try:
+            # Shielded: the thread creates the container whether or not the caller still waits for it.
+            container_id, sock = await asyncio.shield(starting)
+            return await self._open_stream(container_id, sock, proxy)
+        except asyncio.CancelledError:
+            starting.add_done_callback(self._discard_late_start)
+            if proxy is not None:
+                self._later(self.stop_egress(proxy))
+            raise
+        except BaseException:
+            if proxy is not None:
+                await self.stop_egress(proxy)
+            raise
+
+    # -- egress --------------------------------------------------------------------------------
+
+    def _create_proxy(self, spec: SandboxSpec) -> tuple[str, str, Any, str]:
+        """The session's internal network and its proxy, started: (network, container id, socket, address)."""
+        assert spec.network is not None
+        api = self._api()
+        labels = self._labels(spec)
+        egress.ensure_upstream_network(api, spec.network.upstream, DEFAULT_UPSTREAM_NETWORK)
+        network = egress.create_internal_network(api, spec, labels)
+        try:
+            args = egress.proxy_container_args(api, self._resolve_image("egress"), spec, labels)
+            container_id: str = api.create_container(**args)["Id"]
+            try:
+                api.connect_container_to_network(container_id, network)
+            except BaseException:
+                api.remove_container(container_id, force=True)
+                raise
+            sock = self._attach_and_start(container_id)
+            address: str = api.inspect_container(container_id)["NetworkSettings"]["Networks"][network]["IPAddress"]
+        except BaseException:
+            with contextlib.suppress(Exception):
+                api.remove_network(network)
+            raise
+        return network, container_id, sock, address
+
+    async def _start_egress(self, spec: SandboxSpec, on_egress: EgressCallback | None) -> egress.EgressProxy:
+        assert spec.network is not None
+        starting = asyncio.ensure_future(self._run("starting the egress proxy", self._create_proxy, spec))
+        try:
+            network, container_id, sock, address = await asyncio.shield(starting)
+        except asyncio.CancelledError:
+            starting.add_done_callback(self._discard_late_proxy)
+            raise
+        try:
+            handle = await self._open_stream(container_id, sock, None)
+        except BaseException:
+            await self.remove_network(network)
+            raise
+        proxy = egress.EgressProxy(handle, network, address, on_egress)
+        try:
+            await proxy.configure(spec.network)
+        except BaseException:
+            await asyncio.shield(self.stop_egress(proxy))
+            raise
+        return proxy
+
+    async def stop_egress(self, proxy: egress.EgressProxy) -> None:
+        async def kill() -> None:
+            def kill_proxy() -> None:
+                with contextlib.suppress(docker.errors.APIError):
+                    self._api().kill(proxy.handle.id)
+
+            with contextlib.suppress(RunnerError):
+                await self._run("stopping the egress proxy", kill_proxy)
+
+        await proxy.stop(kill, self.remove_network)
+
+    async def remove_network(self, network: str) -> None:
+        def remove() -> None:
+            with contextlib.suppress(docker.errors.NotFound):
+                self._api().remove_network(network)
+
+        try:
+            await self._run("removing the session network", remove)
+        except RunnerError as exc:
+            log.warning("could not remove network %s: %s", network, exc)
+
+    def _discard_late_proxy(self, starting: asyncio.Future[tuple[str, str, Any, str]]) -> None:
+        if starting.cancelled() or starting.exception() is not None:
+            return
+        network, container_id, sock, _ = starting.result()
+        with contextlib.suppress(Exception):
+            sock.close()
+
+        async def remove_both() -> None:
+            await self.remove(container_id)
+            await self.remove_network(network)
+
+        self._later(remove_both())
+
+    def _later(self, cleanup: Coroutine[Any, Any, None]) -> None:
+        """Run a clean-up that must not be lost to the caller's cancellation."""
+        task = asyncio.ensure_future(cleanup)
+        self._cleanups.add(task)
+        task.add_done_callback(self._cleanups.discard)
 
     def _discard_late_start(self, starting: asyncio.Future[tuple[str, Any]]) -> None:
         """A container that came up after its opener gave up (deadline, cancel) is removed at once."""
@@ -244,9 +362,7 @@ class DockerBackend:
         container_id, sock = starting.result()
         with contextlib.suppress(Exception):
             sock.close()
-        cleanup = asyncio.ensure_future(self.remove(container_id))
-        self._cleanups.add(cleanup)
-        cleanup.add_done_callback(self._cleanups.discard)
+        self._later(self.remove(container_id))
 
     async def wait_exit(self, container_id: str, timeout: float) -> SandboxExit:
         def wait() -> SandboxExit:
@@ -295,6 +411,9 @@ class DockerBackend:
             for container in found:
                 with contextlib.suppress(docker.errors.NotFound):
                     api.remove_container(container["Id"], force=True)
+            for network in api.networks(filters={"label": [f"{INSTANCE_LABEL}={instance}"]}):
+                with contextlib.suppress(docker.errors.NotFound):
+                    api.remove_network(network["Id"])
             return len(found)
 
         return await self._run("sweeping orphaned sandboxes", sweep)

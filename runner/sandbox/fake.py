@@ -13,7 +13,7 @@ import contextlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from runner.sandbox.base import SandboxExit, SandboxSpec, SandboxStats
+from runner.sandbox.base import EgressCallback, EgressDecision, SandboxExit, SandboxSpec, SandboxStats
 
 
 @dataclass
@@ -25,6 +25,12 @@ class FakeIO:
     stdout: asyncio.Queue[bytes] = field(default_factory=asyncio.Queue)
     stderr: bytearray = field(default_factory=bytearray)
     oom_killed: bool = False
+    on_egress: EgressCallback | None = None
+
+    def egress(self, decision: EgressDecision) -> None:
+        """Report a decision as the session's egress proxy would (only when the spec has a network)."""
+        if self.spec.network is not None and self.on_egress is not None:
+            self.on_egress(decision)
 
     async def readline(self) -> bytes:
         """One line the host wrote, b"" once the host closed stdin."""
@@ -101,8 +107,8 @@ class FakeBackend:
     def __init__(self, handler_for: Callable[[SandboxSpec], Handler]) -> None:
         self._handler_for = handler_for
 
-    async def start(self, spec: SandboxSpec) -> FakeSandbox:
-        return FakeSandbox(FakeIO(spec), self._handler_for(spec), f"fake-{spec.session_id}")
+    async def start(self, spec: SandboxSpec, on_egress: EgressCallback | None = None) -> FakeSandbox:
+        return FakeSandbox(FakeIO(spec, on_egress=on_egress), self._handler_for(spec), f"fake-{spec.session_id}")
 
     async def sweep_orphans(self, instance: str) -> int:
         return 0

@@ -19,6 +19,7 @@ import logging
 import re
 import secrets
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
@@ -60,8 +61,15 @@ from runner.guard.validate import (
     parse_result,
 )
 from runner.policy import PolicyStore
-from runner.sandbox.base import SandboxBackend, SandboxHandle, SandboxSpec, SandboxStats
-from runner.secret_sources import resolve_secrets
+from runner.sandbox.base import (
+    EgressDecision,
+    SandboxBackend,
+    SandboxHandle,
+    SandboxNetwork,
+    SandboxSpec,
+    SandboxStats,
+)
+from runner.secret_sources import egress_rules, resolve_secrets
 from runner.sessions.gate import Gate
 from runner.sessions.models import (
     ApprovalCallback,
@@ -88,6 +96,7 @@ EXIT_WAIT_S = 3.0
 CLOSED_RETENTION_S = 600.0
 # Errors that count towards the anomaly rule: the policy refused, the sanitizer blocked, input or output was invalid.
 _ANOMALIES = (PermissionDenied, SchemaViolation, ResultRejected)
+MAX_EGRESS_KEPT = 200
 _LABEL_KEY = re.compile(r"^[a-zA-Z0-9_.\-/]{1,63}$")
 _MAX_LABELS = 16
 
@@ -119,6 +128,7 @@ class _Session:
     stats: SandboxStats = SandboxStats()
     concluding: asyncio.Task[RunnerError] | None = None
     watcher: asyncio.Task[None] | None = None
+    egress: deque[EgressDecision] = field(default_factory=lambda: deque(maxlen=MAX_EGRESS_KEPT))
 
 
 class SessionManager:
@@ -170,19 +180,24 @@ class SessionManager:
             )
         granted = self._gate.admit_open(caller, chosen, limits, sum(s.caller == caller for s in live))
         secret_values = resolve_secrets(chosen.secrets)
+        network = None
+        credentials: tuple[str, ...] = ()
+        if chosen.network is not None:
+            rules, credentials = egress_rules(chosen.network)
+            network = SandboxNetwork(rules=rules, upstream=chosen.network.upstream)
         session = _Session(
             id=secrets.token_hex(8),
             profile=chosen,
             caller=caller,
             labels=checked_labels,
             limits=granted,
-            sanitizer=Sanitizer(replace(chosen.sanitize, secrets=tuple(secret_values.values()))),
+            sanitizer=Sanitizer(replace(chosen.sanitize, secrets=(*secret_values.values(), *credentials))),
         )
         self._sessions[session.id] = session
         budget = min(timeout or self._settings.open_timeout_s, self._settings.open_timeout_s)
         try:
             async with asyncio.timeout(budget):
-                await self._boot(session, secret_values)
+                await self._boot(session, secret_values, network)
         except TimeoutError:
             await self._end(session, SessionState.FAILED, f"did not start within {budget:.1f} s")
             raise DeadlineExceeded(
@@ -205,18 +220,31 @@ class SessionManager:
             findings=session.instructions_findings + session.listing.findings,
         )
 
-    async def _boot(self, session: _Session, secret_values: Mapping[str, str]) -> None:
+    async def _boot(
+        self, session: _Session, secret_values: Mapping[str, str], network: SandboxNetwork | None
+    ) -> None:
+        profile = session.profile
         spec = SandboxSpec(
             session_id=session.id,
             instance=self._settings.instance,
-            image=session.profile.image,
-            command=session.profile.command,
-            env={**session.profile.env, **secret_values},
-            mounts=session.profile.mounts,
+            image=profile.image,
+            command=("--url", profile.remote_url) if profile.remote_url else profile.command,
+            env={**profile.env, **secret_values},
+            mounts=profile.mounts,
             limits=session.limits,
-            labels={"mcp-runner.profile": session.profile.name},
+            labels={"mcp-runner.profile": profile.name},
+            network=network,
+            runtime=profile.runtime,
         )
-        session.handle = await self._backend.start(spec)
+
+        def record(decision: EgressDecision) -> None:
+            session.egress.append(decision)
+            log.info(
+                "egress session=%s %s %s:%s %s (%s: %s)", session.id, decision.method, decision.host, decision.port,
+                "allowed" if decision.allowed else "refused", decision.code, decision.reason,
+            )
+
+        session.handle = await self._backend.start(spec, record)
         session.channel = AgentChannel(session.handle, max_message_bytes=self._settings.max_message_bytes)
         session.channel.start()
         init = check_initialize(await session.channel.ready())
@@ -496,7 +524,8 @@ class SessionManager:
             status = f" (exit status {ending.exit_code})" if ending.exit_code is not None else ""
             # The server's stderr may echo a secret of the session: the sanitizer redacts it like any output.
             tail = session.sanitizer.text(handle.stderr_tail(), "stderr", FindingLog())
-            explained = SandboxCrashed(f"session {session.id} ended: {error.message}{status}", tail)
+            hint = _egress_hint(session)
+            explained = SandboxCrashed(f"session {session.id} ended: {error.message}{status}{hint}", tail)
         else:
             explained = type(error)(f"session {session.id} was ended: {error.message}")
         await self._end(session, SessionState.FAILED, explained.message)
@@ -566,6 +595,9 @@ class SessionManager:
             labels=dict(session.labels),
             server=session.server,
             failure=session.failure,
+            network=_describe_network(session.profile),
+            runtime=session.profile.runtime,
+            egress=tuple(session.egress),
         )
 
     async def _reap_forever(self) -> None:
@@ -600,3 +632,19 @@ def _check_labels(labels: Mapping[str, str]) -> Mapping[str, str]:
         if len(value) > 256:
             raise InvalidArgument(f"label {key!r} is longer than 256 characters")
     return dict(labels)
+
+
+def _egress_hint(session: _Session) -> str:
+    """A server that died after its proxy refused something most likely died of that refusal."""
+    refused = next((d for d in reversed(session.egress) if not d.allowed), None)
+    if refused is None:
+        return ""
+    return f"; its egress proxy refused {refused.method} {refused.host}:{refused.port} ({refused.reason})"
+
+
+def _describe_network(profile: Profile) -> str:
+    if profile.network is None:
+        return "none"
+    return "egress proxy: " + ", ".join(
+        f"{rule.proxy_rule().label()}{' (private)' if rule.private else ''}" for rule in profile.network.egress
+    )

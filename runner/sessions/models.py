@@ -15,6 +15,7 @@ import mcp_types
 
 from runner.approvals import Approval
 from runner.guard.findings import Finding
+from runner.sandbox.base import EgressDecision
 
 T = TypeVar("T")
 
@@ -73,6 +74,11 @@ class SessionInfo:
     server: ServerInfo | None = None
     failure: str | None = None
     """Why a FAILED session failed, for people."""
+    network: str = "none"
+    """``none``, or the egress rules the session's proxy enforces (``host:port`` …)."""
+    runtime: str = "runc"
+    egress: tuple[EgressDecision, ...] = ()
+    """The proxy's most recent decisions, oldest first (at most ``MAX_EGRESS_KEPT``)."""
 
 
 @dataclass(frozen=True)

@@ -155,7 +155,7 @@ def test_defaults_apply_to_profiles_without_own_limits(tmp_path: Path) -> None:
         ("r.yaml", "defaults: {tmpfs: 12q}\n", ["defaults.tmpfs", "not a size"]),
         ("r.yaml", P + "    command: [c]\n    limits: {cpus: 0}\n", ["profiles.p.limits.cpus"]),
         ("r.yaml", P + "    command: []\n", ["profiles.p.command", "at least 1 item"]),
-        ("r.yaml", P, ["profiles.p.command: Field required"]),
+        ("r.yaml", P, ["profiles.p: Value error, name exactly one of `command`"]),
         ("r.yaml", P + "    command: [c]\n    mounts: [{source: d, target: data}]\n",
          ["profiles.p.mounts.0.target", "absolute path"]),
         ("r.yaml", P + "    command: [c]\n    mounts: [{source: d, target: /data/../etc}]\n",

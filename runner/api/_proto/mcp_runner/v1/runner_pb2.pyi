@@ -77,7 +77,7 @@ class ServerInfo(_message.Message):
     def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., protocol_version: _Optional[str] = ..., instructions: _Optional[str] = ...) -> None: ...
 
 class Session(_message.Message):
-    __slots__ = ("session_id", "profile", "caller", "state", "created_at", "age_ms", "usage", "labels", "failure", "server")
+    __slots__ = ("session_id", "profile", "caller", "state", "created_at", "age_ms", "usage", "labels", "failure", "server", "network", "runtime", "egress")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -95,6 +95,9 @@ class Session(_message.Message):
     LABELS_FIELD_NUMBER: _ClassVar[int]
     FAILURE_FIELD_NUMBER: _ClassVar[int]
     SERVER_FIELD_NUMBER: _ClassVar[int]
+    NETWORK_FIELD_NUMBER: _ClassVar[int]
+    RUNTIME_FIELD_NUMBER: _ClassVar[int]
+    EGRESS_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     profile: str
     caller: str
@@ -105,7 +108,32 @@ class Session(_message.Message):
     labels: _containers.ScalarMap[str, str]
     failure: str
     server: ServerInfo
-    def __init__(self, session_id: _Optional[str] = ..., profile: _Optional[str] = ..., caller: _Optional[str] = ..., state: _Optional[_Union[SessionState, str]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., age_ms: _Optional[int] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ..., failure: _Optional[str] = ..., server: _Optional[_Union[ServerInfo, _Mapping]] = ...) -> None: ...
+    network: str
+    runtime: str
+    egress: _containers.RepeatedCompositeFieldContainer[EgressDecision]
+    def __init__(self, session_id: _Optional[str] = ..., profile: _Optional[str] = ..., caller: _Optional[str] = ..., state: _Optional[_Union[SessionState, str]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., age_ms: _Optional[int] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ..., failure: _Optional[str] = ..., server: _Optional[_Union[ServerInfo, _Mapping]] = ..., network: _Optional[str] = ..., runtime: _Optional[str] = ..., egress: _Optional[_Iterable[_Union[EgressDecision, _Mapping]]] = ...) -> None: ...
+
+class EgressDecision(_message.Message):
+    __slots__ = ("time", "method", "host", "port", "address", "rule", "allowed", "code", "reason")
+    TIME_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    HOST_FIELD_NUMBER: _ClassVar[int]
+    PORT_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    RULE_FIELD_NUMBER: _ClassVar[int]
+    ALLOWED_FIELD_NUMBER: _ClassVar[int]
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    time: _timestamp_pb2.Timestamp
+    method: str
+    host: str
+    port: int
+    address: str
+    rule: str
+    allowed: bool
+    code: str
+    reason: str
+    def __init__(self, time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., method: _Optional[str] = ..., host: _Optional[str] = ..., port: _Optional[int] = ..., address: _Optional[str] = ..., rule: _Optional[str] = ..., allowed: _Optional[bool] = ..., code: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class OpenSessionRequest(_message.Message):
     __slots__ = ("profile", "labels", "limits")
