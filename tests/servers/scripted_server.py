@@ -342,7 +342,7 @@ class Server:
         if name == "inspect_sandbox":
             return self.inspect_sandbox()
         if self.behaviour == "net_probe" and name in {t["name"] for t in NET_TOOLS}:
-            return _structured(getattr(self, "probe_" + name)(args))
+            return _structured(getattr(self, f"probe_{name}")(args))
         raise ToolError(-32602, f"Unknown tool: {name}")
 
     def inspect_sandbox(self) -> dict[str, Any]:
