@@ -135,6 +135,8 @@ def _call(args: argparse.Namespace) -> int:
 
 
 def _sessions(args: argparse.Namespace) -> int:
+    if args.session_id:
+        return _session_detail(args)
     with _client(args) as client:
         sessions = client.list_sessions()
     rows = [("SESSION", "PROFILE", "CALLER", "STATE", "AGE", "CALLS", "LABELS")]
@@ -147,6 +149,25 @@ def _sessions(args: argparse.Namespace) -> int:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+    return 0
+
+
+def _session_detail(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        s = client.get_session(args.session_id)
+    print(f"session {s.session_id}  profile {s.profile}  caller {s.caller}  {_STATES.get(s.state, 'unknown')}")
+    if s.failure:
+        print(f"failure: {s.failure}")
+    print(f"runtime: {s.runtime}")
+    print(f"network: {s.network}")
+    if s.egress:
+        print(f"egress decisions (most recent {len(s.egress)}):")
+    for d in s.egress:
+        moment = d.time.ToDatetime().strftime("%H:%M:%S")
+        verdict = "allowed" if d.allowed else "REFUSED"
+        target = f"{d.host}:{d.port}" if d.port else d.host or "-"
+        address = f" [{d.address}]" if d.address else ""
+        print(f"  {moment}  {verdict:<7}  {d.method or '-':<7} {target}{address}  {d.code}: {d.reason}")
     return 0
 
 
@@ -262,7 +283,8 @@ def build_parser() -> argparse.ArgumentParser:
     call.add_argument("--stream", action="store_true", help="show progress while the tool runs")
     call.set_defaults(func=_call)
 
-    sessions = sub.add_parser("sessions", help="list open sessions")
+    sessions = sub.add_parser("sessions", help="list sessions, or show one (network, runtime, egress decisions)")
+    sessions.add_argument("session_id", nargs="?", help="show this session in detail")
     sessions.set_defaults(func=_sessions)
 
     approvals = sub.add_parser("approvals", help="list, watch, approve or deny calls waiting for approval")

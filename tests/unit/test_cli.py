@@ -124,6 +124,32 @@ async def test_sessions_table(address: str, fake: FakeManager, capsys: pytest.Ca
     assert row.split() == ["s1", "time", "bob", "ready", "0.0s", "0", "env=dev,team=a"]
 
 
+async def test_session_detail_shows_network_and_egress_decisions(
+    address: str, fake: FakeManager, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import dataclasses
+
+    from runner.sandbox.base import EgressDecision
+
+    opened = await fake.open("time", caller="bob")
+    refused = EgressDecision(
+        time=1_700_000_000.0, method="CONNECT", host="evil.example", port=443, address="", rule="",
+        allowed=False, code="not_allowed", reason="evil.example:443 is not on the allowlist",
+    )
+    allowed = dataclasses.replace(
+        refused, method="GET", host="api.example", port=80, address="203.0.113.9", rule="api.example:80",
+        allowed=True, code="allowed", reason="allowed by rule api.example:80",
+    )
+    fake.sessions[opened.info.session_id] = dataclasses.replace(
+        opened.info, network="egress proxy: api.example:80", runtime="runsc", egress=(allowed, refused)
+    )
+    assert await run(address, "sessions", opened.info.session_id) == 0
+    out = capsys.readouterr().out
+    assert "runtime: runsc" in out and "network: egress proxy: api.example:80" in out
+    assert re.search(r"allowed\s+GET\s+api\.example:80 \[203\.0\.113\.9\]  allowed: allowed by rule", out), out
+    assert re.search(r"REFUSED\s+CONNECT evil\.example:443  not_allowed: evil\.example:443 is not on", out), out
+
+
 def test_unreachable_server_is_unavailable(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["--address", "127.0.0.1:1", "sessions"]) == 2
     assert capsys.readouterr().err.startswith("error: UNAVAILABLE: ")
