@@ -118,6 +118,8 @@ def networked(hosts: Hosts, tmp_path_factory: pytest.TempPathFactory) -> Iterato
                                "network": {"egress": [{"host": "remote-mcp", "port": 3001, "private": True}],
                                            "upstream": hosts.upstream}},
             "gvisor": {**probe, "runtime": "runsc"},
+            "fetch-net": {"image": "python-servers", "command": ["mcp-server-fetch", "--ignore-robots-txt"],
+                          "network": {"egress": [egress[0]], "upstream": hosts.upstream}},
         },
     }
     config = tmp / "settings.yaml"
@@ -214,6 +216,17 @@ def test_everything_else_is_refused_and_recorded(networked: Service, hosts: Host
         private = next(d for d in decisions if d.host == "private-web")
         assert private.address == hosts.web_ip and "private" in private.reason
     assert "egress session=" in networked.log()
+
+
+def test_a_real_server_fetches_through_the_proxy(networked: Service) -> None:
+    with networked.client() as client, client.session("fetch-net") as opened:
+        page = client.call_tool(opened.session_id, "fetch", {"url": "http://allowed-web:8080/page", "raw": True})
+        assert '"server": "allowed-web"' in page.text and '"path": "/page"' in page.text, page.text
+        assert TOKEN not in page.text  # reflected by the echo server, redacted by the host
+        refused = client.call_tool(opened.session_id, "fetch", {"url": "http://other-web:8080/"})
+        assert refused.is_error and "403" in refused.text, refused.text
+        codes = [(d.host, d.code) for d in _decisions(client, opened.session_id, 2)]
+        assert ("allowed-web", "allowed") in codes and ("other-web", "not_allowed") in codes
 
 
 def test_a_remote_streamable_http_server_through_the_proxy(networked: Service) -> None:
