@@ -30,7 +30,7 @@ def test_the_policy_example_loads_and_decides_as_the_readme_says(tmp_path: Path)
     assert policy.has_role("alice", "approver") and not policy.has_role("agent-prod", "approver")
 
 
-@pytest.mark.parametrize("marker", ["# settings.yaml", "project-files:", "github:"])
+@pytest.mark.parametrize("marker", ["# settings.yaml", "project-files:", "github:", "# network-profiles.yaml"])
 def test_the_settings_examples_load(marker: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("MCP_RUNNER_CONFIG", raising=False)
     [example] = _blocks(marker)
