@@ -8,7 +8,9 @@ fresh hardened container per session. Figures are wall-clock on
 whatever machine runs this; compare the two columns, not numbers across
 machines. The guard's figures (``bench_guard``) follow: tools/call through the
 same service with the profile's sanitizer on and off, sanitizer throughput and
-the host-side cost per result.
+the host-side cost per result. Last, the sandbox options (``bench_sandbox``):
+the profile under gVisor and with an egress allowlist, against the profile as
+shipped, through the same service.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import grpc
 import yaml
 
 from runner.bench_guard import guard_report
+from runner.bench_sandbox import UNGUARDED, SandboxFigures, measure_sandbox, sandbox_report, variants_settings
 from runner.client import AsyncRunnerClient
 from runner.config import Profile, load_settings
 from runner.errors import ProfileNotFound, Unavailable
@@ -49,7 +52,7 @@ class Figures:
         return f"p50 {self.p50_ms:8.1f} ms  p95 {self.p95_ms:8.1f} ms  (n={self.samples})"
 
 
-def _figures(seconds: list[float]) -> Figures:
+def figures(seconds: list[float]) -> Figures:
     ms = sorted(s * 1000 for s in seconds)
     p95 = ms[min(len(ms) - 1, round(0.95 * (len(ms) - 1)))]
     return Figures(len(ms), statistics.median(ms), p95)
@@ -74,7 +77,7 @@ async def _open_close(times: int, open_: Callable[[], Awaitable[Any]], close: Ca
         await close(handle)
         opens.append(opened - start)
         closes.append(time.perf_counter() - opened)
-    return _figures(opens), _figures(closes)
+    return figures(opens), figures(closes)
 
 
 async def _host_baseline(command: list[str], tool: str, arguments: dict[str, Any], opens: int, calls: int
@@ -103,7 +106,7 @@ async def _host_baseline(command: list[str], tool: str, arguments: dict[str, Any
         call_times = await _timed(calls, lambda: session.call_tool(tool, arguments))
     finally:
         await stack.aclose()
-    return open_figures, close_figures, _figures(call_times)
+    return open_figures, close_figures, figures(call_times)
 
 
 @contextlib.asynccontextmanager
@@ -140,17 +143,16 @@ async def _service(config: str | None) -> AsyncIterator[str]:
                 await process.wait()
 
 
-def _unguarded_config(profile: Profile, directory: str) -> str:
-    """A settings file adding a copy of ``profile`` with its sanitizer off, for the guard's A/B."""
-    copy = {"image": profile.image, "command": list(profile.command), "env": dict(profile.env),
-            "sanitize": {"enabled": False}}
+def _variants_config(profile: Profile, directory: str) -> str:
+    """A settings file adding ``profile``'s twins for the A/B comparisons (``bench_sandbox.variants``)."""
     path = Path(directory) / "bench.yaml"
-    path.write_text(yaml.safe_dump({"profiles": {f"{profile.name}-unguarded": copy}}), encoding="utf-8")
+    path.write_text(yaml.safe_dump(variants_settings(profile)), encoding="utf-8")
     return str(path)
 
 
 async def _sandboxed(config: str | None, profile: str, tool: str, arguments: dict[str, Any], opens: int, calls: int,
-                     unguarded: str | None) -> tuple[Figures, Figures, Figures, Figures | None]:
+                     unguarded: str | None
+                     ) -> tuple[Figures, Figures, Figures, Figures | None, SandboxFigures | None]:
     async with _service(config) as address, AsyncRunnerClient(address) as client:
 
         async def open_once(name: str = profile) -> str:
@@ -172,8 +174,10 @@ async def _sandboxed(config: str | None, profile: str, tool: str, arguments: dic
         await close(guarded_id)
         if unguarded_id is not None:
             await close(unguarded_id)
-    unguarded_figures = _figures(unguarded_times) if unguarded_times else None
-    return open_figures, close_figures, _figures(call_times), unguarded_figures
+        # The twins come with the generated file, as the unguarded one does.
+        options = await measure_sandbox(client, profile, tool, arguments, opens, calls) if unguarded else None
+    unguarded_figures = figures(unguarded_times) if unguarded_times else None
+    return open_figures, close_figures, figures(call_times), unguarded_figures, options
 
 
 async def run_bench(config: str | None, *, profile: str = "time", opens: int = 10, calls: int = 200,
@@ -191,10 +195,11 @@ async def run_bench(config: str | None, *, profile: str = "time", opens: int = 1
     if host_command:
         host = await _host_baseline([host_command, *chosen.command[1:]], tool, arguments, opens, calls)
     with tempfile.TemporaryDirectory() as scratch:
-        # Without a user's file, a generated one adds the sanitizer-off twin; a user's file is used as given.
-        unguarded = f"{profile}-unguarded" if config is None else None
-        service_config = _unguarded_config(chosen, scratch) if config is None else config
-        *sandbox, unguarded_calls = await _sandboxed(
+        # Without a user's file, a generated one adds the twins (sanitizer off, gVisor, egress); a user's file
+        # is used as given.
+        unguarded = profile + UNGUARDED if config is None else None
+        service_config = _variants_config(chosen, scratch) if config is None else config
+        *sandbox, unguarded_calls, options = await _sandboxed(
             service_config, profile, tool, arguments, opens, calls, unguarded
         )
     rows = [("session open (start+initialize+tools/list)", 0), ("session close", 1), ("tools/call", 2)]
@@ -210,6 +215,7 @@ async def run_bench(config: str | None, *, profile: str = "time", opens: int = 1
     off = unguarded_calls.cell() if unguarded_calls else f"{'(only without --config)':46}"
     out(f"{'tools/call':44} {off:46} {sandbox[2].cell()}")
     guard_report(out, sandbox[2].p50_ms)
+    sandbox_report(out, profile, options)
 
 
 def bench_main(config: str | None, opens: int, calls: int, profile: str) -> None:
