@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from runner.egress.rules import Rule, parse_host_pattern, parse_target
+from runner.egress.rules import Rule, check_header_name, header_value_problem, parse_host_pattern, parse_target
 from runner.errors import InvalidArgument
 from runner.guard.sanitize import DEFAULT_REDACTIONS, DETECTORS, SanitizeConfig
 
@@ -33,7 +33,6 @@ _INSTANCE = re.compile(r"^[a-zA-Z0-9_.-]{1,64}$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 _PIN = re.compile(r"^sha256:[0-9a-f]{64}$")
 _DOCKER_NETWORK = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}$")
-_HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,64}$")
 DEFAULT_UPSTREAM_NETWORK = "mcp-runner-egress"
 RUNTIMES = ("runc", "runsc")
 
@@ -233,9 +232,13 @@ class _SecretModel(BaseModel):
     env: str | None = Field(default=None, pattern=_ENV_NAME.pattern)
     file: str | None = None
 
-    def source(self, base: Path) -> SecretSource:
+    @model_validator(mode="after")
+    def _one_source(self) -> _SecretModel:
         if (self.env is None) == (self.file is None):
             raise ValueError("a secret names exactly one of `env` or `file`")
+        return self
+
+    def source(self, base: Path) -> SecretSource:
         return SecretSource(env=self.env, file=str((base / self.file).resolve()) if self.file else None)
 
 
@@ -267,8 +270,11 @@ class _CredentialModel(_SecretModel):
     @field_validator("template")
     @classmethod
     def _one_slot(cls, value: str) -> str:
-        if value.count("{}") != 1 or any(c in value for c in "\r\n\0"):
-            raise ValueError("must contain `{}` (where the secret goes) exactly once and no line breaks")
+        if value.count("{}") != 1:
+            raise ValueError("must contain `{}` (where the secret goes) exactly once")
+        problem = header_value_problem(value)
+        if problem:
+            raise ValueError(problem)
         return value
 
     def credential(self, header: str, base: Path) -> Credential:
@@ -280,12 +286,19 @@ class _EgressRuleModel(BaseModel):
     host: str
     port: int = Field(ge=1, le=65535)
     private: bool = False
-    headers: dict[Annotated[str, Field(pattern=_HEADER_NAME.pattern)], _CredentialModel] = {}
+    headers: dict[str, _CredentialModel] = {}
 
     @field_validator("host")
     @classmethod
     def _host(cls, value: str) -> str:
         return parse_host_pattern(value)
+
+    @field_validator("headers")
+    @classmethod
+    def _names_the_proxy_accepts(cls, headers: dict[str, _CredentialModel]) -> dict[str, _CredentialModel]:
+        for name in headers:
+            check_header_name(name)
+        return headers
 
     def rule(self, base: Path) -> EgressRule:
         credentials = tuple(model.credential(name, base) for name, model in self.headers.items())
@@ -357,7 +370,10 @@ def _remote_url(url: str, network: NetworkPolicy) -> str:
         port = parts.port or (443 if parts.scheme == "https" else 80)
     except ValueError as exc:
         raise ValueError(f"remote.url {url!r}: {exc}") from None
-    host = parse_host_pattern(parts.hostname)
+    try:
+        host = parse_host_pattern(parts.hostname)
+    except ValueError as exc:
+        raise ValueError(f"remote.url: {exc}") from None
     rule = network.allows(host, port)
     if rule is None:
         raise ValueError(f"remote.url: {host}:{port} is not allowed by network.egress; add it there")

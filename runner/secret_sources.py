@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from runner.config import NetworkPolicy, SecretSource
-from runner.egress.rules import Rule
+from runner.egress.rules import Rule, check_header
 from runner.errors import FailedPrecondition
 
 MAX_SECRET_BYTES = 64 * 1024
@@ -63,10 +63,14 @@ def egress_rules(network: NetworkPolicy) -> tuple[tuple[Rule, ...], tuple[str, .
     for rule in network.egress:
         headers: list[tuple[str, str]] = []
         for credential in rule.credentials:
-            value = _read(f"{credential.header} for {rule.host}:{rule.port}", credential.source)
-            if any(c in value for c in "\r\n"):
-                raise SecretUnavailable(f"the {credential.header} secret for {rule.host}:{rule.port} spans lines")
-            headers.append((credential.header, credential.template.replace("{}", value)))
+            what = f"{credential.header} for {rule.host}:{rule.port}"
+            value = _read(what, credential.source)
+            header = credential.template.replace("{}", value)
+            try:
+                check_header(credential.header, header)
+            except ValueError as exc:
+                raise SecretUnavailable(f"secret {what} from {credential.source.describe()}: {exc}") from None
+            headers.append((credential.header, header))
             used.append(value)
         rules.append(rule.proxy_rule(tuple(headers)))
     return tuple(rules), tuple(used)

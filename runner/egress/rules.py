@@ -165,18 +165,30 @@ def _check_port(port: int) -> None:
         raise ValueError(f"port {port} is out of range: it must be from 1 to 65535")
 
 
-def _check_header(name: str, value: str) -> None:
-    # Never quote the value: it is a credential.
+def check_header(name: str, value: str) -> None:
+    """ValueError unless a rule may add this header with this value; the message never quotes the value."""
+    check_header_name(name)
+    problem = header_value_problem(value)
+    if problem:
+        raise ValueError(f"header {name!r}: {problem}")
+
+
+def check_header_name(name: str) -> None:
     if not _TOKEN.fullmatch(name):
         raise ValueError(f"header name {name!r} is not a valid HTTP token")
     if name.lower() in _RESERVED_RULE_HEADERS:
         raise ValueError(f"header {name!r} is managed by the proxy and cannot be set by a rule")
+
+
+def header_value_problem(value: str) -> str | None:
+    """Why ``value`` cannot go in an HTTP header, or None."""
     if _CONTROL.search(value):
-        raise ValueError(f"header {name!r}: the value must not contain CR, LF, NUL or other control characters")
+        return "the value must not contain CR, LF, NUL or other control characters"
     try:
         value.encode("latin-1")
     except UnicodeEncodeError:
-        raise ValueError(f"header {name!r}: the value must be ASCII (or latin-1) text") from None
+        return "the value must be ASCII (or latin-1) text"
+    return None
 
 
 @dataclass(frozen=True)
@@ -193,7 +205,7 @@ class Rule:
             raise ValueError(f"rule host {self.host!r} is not normalised: pass it through parse_host_pattern")
         _check_port(self.port)
         for name, value in self.headers:
-            _check_header(name, value)
+            check_header(name, value)
 
     def label(self) -> str:
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"

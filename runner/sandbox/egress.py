@@ -119,8 +119,9 @@ def parse_decision(obj: object) -> EgressDecision | None:
         return None
 
     def text(key: str) -> str:
+        # One line: these go into single-line log records and error messages.
         value = obj.get(key)
-        return printable(value, _TEXT_CAP) if isinstance(value, str) else ""
+        return " ".join(printable(value, _TEXT_CAP).split()) if isinstance(value, str) else ""
 
     moment, port, allowed = obj.get("time"), obj.get("port"), obj.get("allowed")
     if not isinstance(moment, (int, float)) or isinstance(moment, bool) or not isinstance(allowed, bool):
@@ -183,10 +184,12 @@ class EgressProxy:
                     chunk = await self.handle.read_stdout()
                     if not chunk:
                         raise Unavailable(f"the egress proxy exited before listening: {self.handle.stderr_tail()}")
-                    for message in map(_json, self._lines.feed(chunk)):
+                    lines = self._lines.feed(chunk)
+                    for index, message in enumerate(map(_json, lines)):
                         if isinstance(message, dict) and message.get("type") == "error":
                             raise Unavailable(f"the egress proxy refused its configuration: {message.get('message')}")
                         if isinstance(message, dict) and message.get("type") == "ready":
+                            self._deliver(lines[index + 1 :])
                             self._pump = asyncio.create_task(self._read_decisions(), name=f"egress-{self.network}")
                             return
         except TimeoutError:
@@ -194,12 +197,15 @@ class EgressProxy:
 
     async def _read_decisions(self) -> None:
         while chunk := await self.handle.read_stdout():
-            for line in self._lines.feed(chunk):
-                decision = parse_decision(_json(line))
-                if decision is None:
-                    log.warning("egress proxy of %s printed an unexpected line", self.network)
-                elif self._on_egress is not None:
-                    self._on_egress(decision)
+            self._deliver(self._lines.feed(chunk))
+
+    def _deliver(self, lines: list[bytes]) -> None:
+        for line in lines:
+            decision = parse_decision(_json(line))
+            if decision is None:
+                log.warning("egress proxy of %s printed an unexpected line", self.network)
+            elif self._on_egress is not None:
+                self._on_egress(decision)
 
     async def stop(self, kill: Callable[[], Awaitable[None]], remove_network: Callable[[str], Awaitable[None]]) -> None:
         """Kill the proxy first, so its last decisions still arrive (its stream ends), then remove everything."""
