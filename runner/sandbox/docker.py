@@ -16,7 +16,7 @@ import functools
 import logging
 import socket
 import struct
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -146,9 +146,10 @@ class DockerSandbox:
             return
         self._destroyed = True
         self._close_stream()
-        await self._backend.remove(self._id)
-        if self._egress is not None:
-            await self._backend.stop_egress(self._egress)
+        if self._egress is None:
+            await self._backend.remove(self._id)
+        else:
+            await self._backend.stop_egress(self._egress, alongside=self._backend.remove(self._id))
 
     def _close_stream(self) -> None:
         # docker-py's wrapper still holds the socket, so close() alone leaves the fd open; dockerd then
@@ -315,7 +316,7 @@ class DockerBackend:
             raise
         return proxy
 
-    async def stop_egress(self, proxy: egress.EgressProxy) -> None:
+    async def stop_egress(self, proxy: egress.EgressProxy, alongside: Awaitable[None] | None = None) -> None:
         async def kill() -> None:
             def kill_proxy() -> None:
                 with contextlib.suppress(docker.errors.APIError):
@@ -324,7 +325,7 @@ class DockerBackend:
             with contextlib.suppress(RunnerError):
                 await self._run("stopping the egress proxy", kill_proxy)
 
-        await proxy.stop(kill, self.remove_network)
+        await proxy.stop(kill, self.remove_network, alongside)
 
     async def remove_network(self, network: str) -> None:
         def remove() -> None:

@@ -207,8 +207,20 @@ class EgressProxy:
             elif self._on_egress is not None:
                 self._on_egress(decision)
 
-    async def stop(self, kill: Callable[[], Awaitable[None]], remove_network: Callable[[str], Awaitable[None]]) -> None:
-        """Kill the proxy first, so its last decisions still arrive (its stream ends), then remove everything."""
+    async def stop(
+        self,
+        kill: Callable[[], Awaitable[None]],
+        remove_network: Callable[[str], Awaitable[None]],
+        alongside: Awaitable[None] | None = None,
+    ) -> None:
+        """Kill and remove the proxy while ``alongside`` (the sandbox's removal) runs, then the network they shared.
+
+        Killed rather than removed outright, so its last decisions still arrive as its stream ends.
+        """
+        await asyncio.gather(self._shutdown(kill), *([alongside] if alongside is not None else []))
+        await remove_network(self.network)
+
+    async def _shutdown(self, kill: Callable[[], Awaitable[None]]) -> None:
         if self._pump is not None:
             await kill()
             with contextlib.suppress(TimeoutError):
@@ -217,7 +229,6 @@ class EgressProxy:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._pump
         await self.handle.destroy()
-        await remove_network(self.network)
 
 
 def _json(line: bytes) -> object:

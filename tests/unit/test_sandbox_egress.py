@@ -372,6 +372,30 @@ async def test_stop_kills_first_drains_written_decisions_then_cleans_up() -> Non
     assert handle.destroyed
 
 
+async def test_stop_removes_the_network_only_after_the_sandbox_removed_alongside() -> None:
+    handle = FakeHandle()
+    proxy = EgressProxy(handle, "net-2", "172.30.0.2", Recorder())
+    handle.emit(line({"type": "ready"}))
+    await proxy.configure(NETWORK)
+    sandbox_removal_started = asyncio.Event()
+
+    async def remove_sandbox() -> None:
+        sandbox_removal_started.set()
+        await asyncio.sleep(0.05)  # slower than the proxy's shutdown
+        handle.events.append("remove sandbox")
+
+    async def kill() -> None:
+        await asyncio.wait_for(sandbox_removal_started.wait(), WAIT_S)  # both run at once
+        handle.events.append("kill")
+        handle.emit(b"")
+
+    async def remove(network: str) -> None:
+        handle.events.append(f"remove {network}")
+
+    await proxy.stop(kill, remove, alongside=remove_sandbox())
+    assert handle.events == ["kill", "destroy", "remove sandbox", "remove net-2"]
+
+
 async def test_stop_gives_up_draining_a_stream_that_does_not_end(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(egress, "DRAIN_TIMEOUT_S", 0.05)
     handle = FakeHandle()
