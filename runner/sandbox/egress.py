@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from runner.errors import FailedPrecondition, Unavailable
-from runner.sandbox.base import EgressCallback, EgressDecision, SandboxHandle, SandboxNetwork, SandboxSpec
+from runner.sandbox.base import SANDBOX_USER, EgressCallback, EgressDecision, SandboxHandle, SandboxNetwork, SandboxSpec
 from runner.text import printable
 
 log = logging.getLogger(__name__)
@@ -89,6 +89,7 @@ def proxy_container_args(api: Any, image: str, spec: SandboxSpec, labels: Mappin
         "image": image,
         "stdin_open": True,
         "tty": False,
+        "user": SANDBOX_USER,
         "labels": {**labels, ROLE_LABEL: "egress-proxy"},
         "host_config": host_config,
         "name": f"{network_name(spec)}-egress",

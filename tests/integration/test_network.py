@@ -260,15 +260,21 @@ def test_a_session_under_gvisor(networked: Service) -> None:
         assert client.get_session(opened.session_id).runtime == "runsc"
 
 
-def test_session_end_removes_its_network_and_proxy(networked: Service) -> None:
+def test_the_network_and_proxy_are_hardened_and_removed_with_the_session(networked: Service) -> None:
+    engine = docker.from_env()
     with networked.client() as client, client.session("probe-net") as opened:
         name = f"mcp-runner-{networked.instance}-{opened.session_id}"
-        assert docker.from_env().networks.list(names=[name])
-        assert any(c.name == f"{name}-egress" for c in networked.containers())
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and (
-        docker.from_env().networks.list(names=[name]) or any(c.name.startswith(name) for c in networked.containers())
-    ):
-        time.sleep(0.2)
-    assert not docker.from_env().networks.list(names=[name])
+        [network] = engine.networks.list(names=[name])
+        options = network.attrs["Options"]
+        assert network.attrs["Internal"] and options["com.docker.network.bridge.inhibit_ipv4"] == "true"
+        containers = {c.name: c for c in networked.containers()}
+        sandbox, proxy = containers[name], containers[f"{name}-egress"]
+        assert list(sandbox.attrs["NetworkSettings"]["Networks"]) == [name]
+        assert sandbox.attrs["HostConfig"]["Dns"] == ["127.0.0.1"]
+        for container in (sandbox, proxy):
+            host = container.attrs["HostConfig"]
+            assert host["ReadonlyRootfs"] and host["CapDrop"] == ["ALL"] and "no-new-privileges" in host["SecurityOpt"]
+            assert container.attrs["Config"]["User"] == "10001:10001" and host["Memory"] > 0 and host["PidsLimit"] > 0
+        assert proxy.attrs["HostConfig"]["Binds"] in (None, [])
+    assert not engine.networks.list(names=[name])
     assert not any(c.name.startswith(name) for c in networked.containers())
