@@ -104,6 +104,10 @@ def test_image_metadata(built: dict[str, str]) -> None:
         assert cfg["Labels"]["mcp-runner.image"] == name
         if name == "rootfs":
             continue
+        if name == "egress":
+            assert cfg["Entrypoint"] == ["/usr/bin/tini", "--", "/usr/bin/python3", "-s", "-m", "runner.egress"]
+            assert cfg["User"] == "10001:10001" and not cfg["Cmd"]
+            continue
         assert cfg["Entrypoint"] == ["/usr/bin/tini", "--", "/opt/agent/bin/python", "-m", "runner.agent", "--"]
         assert not cfg["Cmd"]
         assert cfg["User"] == "10001:10001" and cfg["WorkingDir"] == "/tmp"
