@@ -60,7 +60,9 @@ def map_docker_errors(action: str) -> Iterator[None]:
             f"{action}: image not found ({exc.explanation}); build it with `make images`"
         ) from exc
     except docker.errors.APIError as exc:
-        if "runtime" in str(exc.explanation or "").lower():
+        said = str(exc.explanation or "").lower()
+        # Docker 20.10: "Unknown runtime specified X"; later: "unknown or invalid runtime name: X".
+        if "unknown runtime" in said or "invalid runtime" in said:
             raise FailedPrecondition(
                 f"{action}: the Docker engine has no such runtime ({exc.explanation}); for gVisor install the "
                 "Debian package runsc and run `make docker`, which registers it"
@@ -261,9 +263,10 @@ class DockerBackend:
             container_id, sock = await asyncio.shield(starting)
             return await self._open_stream(container_id, sock, proxy)
         except asyncio.CancelledError:
-            starting.add_done_callback(self._discard_late_start)
-            if proxy is not None:
-                self._later(self.stop_egress(proxy))
+            if proxy is None:
+                starting.add_done_callback(self._discard_late_start)
+            else:
+                self._later(self._discard_networked(starting, proxy))
             raise
         except BaseException:
             if proxy is not None:
@@ -336,6 +339,21 @@ class DockerBackend:
             await self._run("removing the session network", remove)
         except RunnerError as exc:
             log.warning("could not remove network %s: %s", network, exc)
+
+    async def _discard_networked(
+        self, starting: asyncio.Future[tuple[str, Any]], proxy: egress.EgressProxy
+    ) -> None:
+        """Its opener gave up: the sandbox (once it exists) and the proxy go together, then their network."""
+        removal = None
+        try:
+            container_id, sock = await starting
+        except Exception:
+            pass  # the sandbox never came up; only the proxy and the network are left
+        else:
+            with contextlib.suppress(Exception):
+                sock.close()
+            removal = self.remove(container_id)
+        await self.stop_egress(proxy, alongside=removal)
 
     def _discard_late_proxy(self, starting: asyncio.Future[tuple[str, str, Any, str]]) -> None:
         if starting.cancelled() or starting.exception() is not None:

@@ -160,3 +160,19 @@ async def test_eof_mid_stdout_frame_returns_what_came_then_empty(make: Make) -> 
     assert await read(sandbox) == b"0123"
     assert await read(sandbox) == b""
     assert await read(sandbox) == b""
+
+
+@pytest.mark.parametrize(
+    "explanation", ["Unknown runtime specified runsc", "unknown or invalid runtime name: runsc"]
+)
+def test_a_missing_runtime_is_a_precondition_that_says_how_to_get_gvisor(explanation: str) -> None:
+    import docker.errors
+
+    from runner.errors import FailedPrecondition, Unavailable
+    from runner.sandbox.docker import map_docker_errors
+
+    with pytest.raises(FailedPrecondition, match="runsc and run `make docker`"), map_docker_errors("starting"):
+        raise docker.errors.APIError("400 Client Error", explanation=explanation)
+    # An OCI runtime failure is something else.
+    with pytest.raises(Unavailable), map_docker_errors("starting the sandbox"):
+        raise docker.errors.APIError("500", explanation="OCI runtime create failed: container_linux.go")
