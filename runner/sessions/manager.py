@@ -19,7 +19,6 @@ import logging
 import re
 import secrets
 import time
-from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
@@ -61,15 +60,9 @@ from runner.guard.validate import (
     parse_result,
 )
 from runner.policy import PolicyStore
-from runner.sandbox.base import (
-    EgressDecision,
-    SandboxBackend,
-    SandboxHandle,
-    SandboxNetwork,
-    SandboxSpec,
-    SandboxStats,
-)
+from runner.sandbox.base import SandboxBackend, SandboxHandle, SandboxNetwork, SandboxSpec, SandboxStats
 from runner.secret_sources import egress_rules, resolve_secrets
+from runner.sessions.egress_record import EgressRecord, describe_network
 from runner.sessions.gate import Gate
 from runner.sessions.models import (
     ApprovalCallback,
@@ -96,7 +89,6 @@ EXIT_WAIT_S = 3.0
 CLOSED_RETENTION_S = 600.0
 # Errors that count towards the anomaly rule: the policy refused, the sanitizer blocked, input or output was invalid.
 _ANOMALIES = (PermissionDenied, SchemaViolation, ResultRejected)
-MAX_EGRESS_KEPT = 200
 _LABEL_KEY = re.compile(r"^[a-zA-Z0-9_.\-/]{1,63}$")
 _MAX_LABELS = 16
 
@@ -128,7 +120,10 @@ class _Session:
     stats: SandboxStats = SandboxStats()
     concluding: asyncio.Task[RunnerError] | None = None
     watcher: asyncio.Task[None] | None = None
-    egress: deque[EgressDecision] = field(default_factory=lambda: deque(maxlen=MAX_EGRESS_KEPT))
+    egress: EgressRecord = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.egress = EgressRecord(self.id, self.sanitizer)
 
 
 class SessionManager:
@@ -236,15 +231,7 @@ class SessionManager:
             network=network,
             runtime=profile.runtime,
         )
-
-        def record(decision: EgressDecision) -> None:
-            session.egress.append(decision)
-            log.info(
-                "egress session=%s %s %s:%s %s (%s: %s)", session.id, decision.method, decision.host, decision.port,
-                "allowed" if decision.allowed else "refused", decision.code, decision.reason,
-            )
-
-        session.handle = await self._backend.start(spec, record)
+        session.handle = await self._backend.start(spec, session.egress.record)
         session.channel = AgentChannel(session.handle, max_message_bytes=self._settings.max_message_bytes)
         session.channel.start()
         init = check_initialize(await session.channel.ready())
@@ -524,7 +511,7 @@ class SessionManager:
             status = f" (exit status {ending.exit_code})" if ending.exit_code is not None else ""
             # The server's stderr may echo a secret of the session: the sanitizer redacts it like any output.
             tail = session.sanitizer.text(handle.stderr_tail(), "stderr", FindingLog())
-            hint = _egress_hint(session)
+            hint = session.egress.hint()
             explained = SandboxCrashed(f"session {session.id} ended: {error.message}{status}{hint}", tail)
         else:
             explained = type(error)(f"session {session.id} was ended: {error.message}")
@@ -595,9 +582,9 @@ class SessionManager:
             labels=dict(session.labels),
             server=session.server,
             failure=session.failure,
-            network=_describe_network(session.profile),
+            network=describe_network(session.profile),
             runtime=session.profile.runtime,
-            egress=tuple(session.egress),
+            egress=session.egress.decisions(),
         )
 
     async def _reap_forever(self) -> None:
@@ -633,18 +620,3 @@ def _check_labels(labels: Mapping[str, str]) -> Mapping[str, str]:
             raise InvalidArgument(f"label {key!r} is longer than 256 characters")
     return dict(labels)
 
-
-def _egress_hint(session: _Session) -> str:
-    """A server that died after its proxy refused something most likely died of that refusal."""
-    refused = next((d for d in reversed(session.egress) if not d.allowed), None)
-    if refused is None:
-        return ""
-    return f"; its egress proxy refused {refused.method} {refused.host}:{refused.port} ({refused.reason})"
-
-
-def _describe_network(profile: Profile) -> str:
-    if profile.network is None:
-        return "none"
-    return "egress proxy: " + ", ".join(
-        f"{rule.proxy_rule().label()}{' (private)' if rule.private else ''}" for rule in profile.network.egress
-    )

@@ -16,6 +16,7 @@ from runner.config import Credential, EgressRule, Limits, NetworkPolicy, Profile
 from runner.egress.rules import Rule
 from runner.sandbox.base import EgressDecision, SandboxSpec
 from runner.sandbox.fake import FakeBackend, FakeIO, Handler
+from runner.sessions import egress_record
 from runner.sessions import manager as manager_module
 from runner.sessions.manager import SessionManager
 from runner.sessions.models import SessionInfo, SessionState, Usage
@@ -176,7 +177,7 @@ async def test_plain_profile_has_no_network(manager: SessionManager, sandboxes: 
 async def test_decisions_are_recorded_in_order_and_capped(
     manager: SessionManager, sandboxes: Sandboxes, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    monkeypatch.setattr(manager_module, "MAX_EGRESS_KEPT", 3)
+    monkeypatch.setattr(egress_record, "MAX_EGRESS_KEPT", 3)
     sid = (await manager.open("networked", caller="a")).info.session_id
     [io] = sandboxes.ios
     reported = [
@@ -186,7 +187,7 @@ async def test_decisions_are_recorded_in_order_and_capped(
         refused("metadata.example", time=4.0),
         allowed("api.example.com", time=5.0),
     ]
-    with caplog.at_level("INFO", logger="runner.sessions.manager"):
+    with caplog.at_level("INFO", logger="runner.sessions.egress_record"):
         for d in reported[:2]:
             io.egress(d)
         assert manager.get(sid, caller="a").egress == tuple(reported[:2])
@@ -317,3 +318,15 @@ async def test_open_to_proto_round_trip(manager: SessionManager, sandboxes: Sand
     assert msg.runtime == "runsc" and msg.network.startswith("egress proxy: api.example.com:80")
     assert [(d.host, d.allowed, d.time.nanos) for d in msg.egress] == [("evil.example", False, 250_000_000)]
 
+
+
+async def test_a_secret_smuggled_into_a_host_name_is_redacted_in_the_record(
+    manager: SessionManager, sandboxes: Sandboxes, caplog: pytest.LogCaptureFixture
+) -> None:
+    sid = (await manager.open("networked", caller="a")).info.session_id
+    with caplog.at_level("INFO", logger="runner.sessions.egress_record"):
+        sandboxes.ios[-1].egress(refused(f"{TOKEN}.exfil.example", reason=f"{TOKEN}.exfil.example:443 is not allowed"))
+    [kept] = manager.get(sid, caller="a").egress
+    assert TOKEN not in kept.host and TOKEN not in kept.reason and "[REDACTED" in kept.host
+    assert TOKEN not in caplog.text and "exfil.example" in caplog.text
+    await manager.close(sid, caller="a")

@@ -1,0 +1,60 @@
+"""What the host keeps of a session's egress decisions: bounded, sanitized, logged, and explained.
+
+The decisions come from the session's proxy, which wrote them about requests
+the sandbox chose: a host name can carry whatever the server wanted to smuggle
+out (a secret of the session, say). So each one goes through the session's
+sanitizer before it is kept, logged or handed to a caller.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from dataclasses import replace
+
+from runner.config import Profile
+from runner.guard.findings import FindingLog
+from runner.guard.sanitize import Sanitizer
+from runner.sandbox.base import EgressDecision
+
+log = logging.getLogger(__name__)
+
+MAX_EGRESS_KEPT = 200
+
+
+class EgressRecord:
+    def __init__(self, session_id: str, sanitizer: Sanitizer) -> None:
+        self._session_id = session_id
+        self._sanitizer = sanitizer
+        self._decisions: deque[EgressDecision] = deque(maxlen=MAX_EGRESS_KEPT)
+
+    def record(self, decision: EgressDecision) -> None:
+        findings = FindingLog()
+        decision = replace(
+            decision,
+            host=self._sanitizer.text(decision.host, "egress host", findings),
+            reason=self._sanitizer.text(decision.reason, "egress reason", findings),
+        )
+        self._decisions.append(decision)
+        log.info(
+            "egress session=%s %s %s:%s %s (%s: %s)", self._session_id, decision.method, decision.host,
+            decision.port, "allowed" if decision.allowed else "refused", decision.code, decision.reason,
+        )
+
+    def decisions(self) -> tuple[EgressDecision, ...]:
+        return tuple(self._decisions)
+
+    def hint(self) -> str:
+        """For a server that died: the last refusal, which most likely killed it; empty if none."""
+        refused = next((d for d in reversed(self._decisions) if not d.allowed), None)
+        if refused is None:
+            return ""
+        return f"; its egress proxy refused {refused.method} {refused.host}:{refused.port} ({refused.reason})"
+
+
+def describe_network(profile: Profile) -> str:
+    if profile.network is None:
+        return "none"
+    return "egress proxy: " + ", ".join(
+        f"{rule.proxy_rule().label()}{' (private)' if rule.private else ''}" for rule in profile.network.egress
+    )
