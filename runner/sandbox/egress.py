@@ -17,6 +17,8 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import docker.errors
+
 from runner.errors import FailedPrecondition, Unavailable
 from runner.sandbox.base import SANDBOX_USER, EgressCallback, EgressDecision, SandboxHandle, SandboxNetwork, SandboxSpec
 from runner.text import printable
@@ -62,13 +64,17 @@ def ensure_upstream_network(api: Any, name: str, default: str) -> None:
             f"`docker network create {name}` or leave `network.upstream` unset"
         )
     # Proxies of different sessions share it; with inter-container traffic off they cannot reach each other.
-    api.create_network(
-        name,
-        driver="bridge",
-        options={"com.docker.network.bridge.enable_icc": "false"},
-        labels={ROLE_LABEL: UPSTREAM_ROLE},
-        check_duplicate=True,
-    )
+    try:
+        api.create_network(
+            name,
+            driver="bridge",
+            options={"com.docker.network.bridge.enable_icc": "false"},
+            labels={ROLE_LABEL: UPSTREAM_ROLE},
+            check_duplicate=True,
+        )
+    except docker.errors.APIError as exc:
+        if exc.status_code != 409:  # another session's first use made it a moment ago
+            raise
 
 
 def proxy_container_args(api: Any, image: str, spec: SandboxSpec, labels: Mapping[str, str]) -> dict[str, Any]:
@@ -188,7 +194,8 @@ class EgressProxy:
                     lines = self._lines.feed(chunk)
                     for index, message in enumerate(map(_json, lines)):
                         if isinstance(message, dict) and message.get("type") == "error":
-                            raise Unavailable(f"the egress proxy refused its configuration: {message.get('message')}")
+                            said = printable(str(message.get("message")), _TEXT_CAP)
+                            raise Unavailable(f"the egress proxy refused its configuration: {said}")
                         if isinstance(message, dict) and message.get("type") == "ready":
                             self._deliver(lines[index + 1 :])
                             self._pump = asyncio.create_task(self._read_decisions(), name=f"egress-{self.network}")

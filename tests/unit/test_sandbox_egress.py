@@ -438,3 +438,24 @@ async def test_decision_in_the_same_chunk_as_ready_is_not_lost() -> None:
         assert [d.host for d in await seen.until(1, wait=0.2)] == ["early.example"]
     finally:
         await _stop(proxy, handle)
+
+
+@pytest.mark.parametrize(("status", "raises"), [(409, False), (500, True)])
+def test_the_default_upstream_made_by_a_concurrent_first_use_is_fine(status: int, raises: bool) -> None:
+    import docker.errors
+    import requests
+
+    class Api:
+        def networks(self, names: list[str]) -> list[object]:
+            return []
+
+        def create_network(self, name: str, **kwargs: object) -> None:
+            response = requests.Response()
+            response.status_code = status
+            raise docker.errors.APIError("create", response=response, explanation="network exists")
+
+    if raises:
+        with pytest.raises(docker.errors.APIError):
+            egress.ensure_upstream_network(Api(), "mcp-runner-egress", "mcp-runner-egress")
+    else:
+        egress.ensure_upstream_network(Api(), "mcp-runner-egress", "mcp-runner-egress")
