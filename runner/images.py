@@ -35,6 +35,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from runner.egress.rules import ProxyConfig
+
 __all__ = ["IMAGE_NAMES", "ImageBuildError", "ensure_images", "image_ref", "list_images", "missing_images"]
 
 IMAGE_NAMES: tuple[str, ...] = ("rootfs", "python-servers", "node-servers", "egress")
@@ -402,7 +404,7 @@ def _smoke_check_egress(ref: str, log: Log, timeout: float = 30.0) -> None:
     """The proxy, hardened and without network, must take a configuration and say it listens."""
     cmd = ["docker", "run", "--rm", "-i", "--network", "none", "--read-only", "--cap-drop", "ALL",
            "--security-opt", "no-new-privileges", ref]
-    config = json.dumps({"listen_host": "127.0.0.1", "listen_port": 3128, "rules": []})
+    config = json.dumps(ProxyConfig(rules=(), listen_host="127.0.0.1").to_wire())
     try:
         done = subprocess.run(cmd, input=config + "\n", capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired as exc:

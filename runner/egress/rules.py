@@ -327,6 +327,16 @@ class ProxyConfig:
     listen_port: int = 3128
     limits: ProxyLimits = ProxyLimits()
 
+    def to_wire(self) -> dict[str, Any]:
+        """The JSON form ``config_from_wire`` reads back (limits only where they differ from the defaults)."""
+        rules = [
+            {"host": r.host, "port": r.port, "private": r.private, "headers": [list(h) for h in r.headers]}
+            for r in self.rules
+        ]
+        limits = {k: v for k, v in dataclasses.asdict(self.limits).items() if v != getattr(ProxyLimits(), k)}
+        wire: dict[str, Any] = {"listen_host": self.listen_host, "listen_port": self.listen_port, "rules": rules}
+        return {**wire, "limits": limits} if limits else wire
+
 
 def config_from_wire(obj: object) -> ProxyConfig:
     """Parse ``{"listen_host", "listen_port", "rules": [...], "limits": {...}}``; only ``rules`` is required."""

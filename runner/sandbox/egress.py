@@ -19,13 +19,14 @@ from typing import Any
 
 import docker.errors
 
+from runner.egress.rules import ProxyConfig
 from runner.errors import FailedPrecondition, Unavailable
 from runner.sandbox.base import SANDBOX_USER, EgressCallback, EgressDecision, SandboxHandle, SandboxNetwork, SandboxSpec
 from runner.text import printable
 
 log = logging.getLogger(__name__)
 
-PROXY_PORT = 3128
+PROXY_PORT = ProxyConfig.listen_port
 ROLE_LABEL = "mcp-runner.role"
 UPSTREAM_ROLE = "egress-upstream"
 PROXY_MEMORY_BYTES = 64 * 1024**2
@@ -103,12 +104,8 @@ def proxy_container_args(api: Any, image: str, spec: SandboxSpec, labels: Mappin
 
 
 def proxy_config(network: SandboxNetwork, listen_host: str) -> bytes:
-    rules = [
-        {"host": r.host, "port": r.port, "private": r.private, "headers": [list(h) for h in r.headers]}
-        for r in network.rules
-    ]
-    line = json.dumps({"listen_host": listen_host, "listen_port": PROXY_PORT, "rules": rules})
-    return line.encode() + b"\n"
+    config = ProxyConfig(rules=network.rules, listen_host=listen_host, listen_port=PROXY_PORT)
+    return json.dumps(config.to_wire()).encode() + b"\n"
 
 
 def proxy_env(address: str) -> dict[str, str]:

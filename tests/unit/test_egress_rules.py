@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import json
 import re
 
 import pytest
@@ -331,3 +332,13 @@ def test_config_from_wire_rejects(wire: object, message: str) -> None:
 def test_limits_from_wire_keeps_defaults() -> None:
     assert limits_from_wire({}) == ProxyLimits()
     assert limits_from_wire({"head_bytes": 100}) == ProxyLimits(head_bytes=100)
+
+
+def test_config_to_wire_round_trips_through_the_proxys_parser() -> None:
+    config = ProxyConfig(
+        rules=(Rule("api.example.com", 80, headers=(("Authorization", "Bearer x"),)), Rule("*.example.org", 443)),
+        listen_host="172.30.0.2",
+        limits=ProxyLimits(max_connections=8),
+    )
+    assert config_from_wire(json.loads(json.dumps(config.to_wire()))) == config
+    assert "limits" not in ProxyConfig(()).to_wire()
