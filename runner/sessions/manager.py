@@ -133,6 +133,7 @@ class SessionManager:
         self._gate = Gate(policy or PolicyStore(None), settings)
         self._sessions: dict[str, _Session] = {}
         self._reaper: asyncio.Task[None] | None = None
+        self._teardowns: set[asyncio.Future[None]] = set()
 
     # -- lifecycle of the manager ------------------------------------------------------------
 
@@ -203,7 +204,7 @@ class SessionManager:
             await self._end(session, SessionState.FAILED, error.message)
             raise error from exc
         except BaseException:
-            await asyncio.shield(self._end(session, SessionState.FAILED, "opening was cancelled"))
+            await self._end(session, SessionState.FAILED, "opening was cancelled")
             raise
         session.state = SessionState.READY
         session.watcher = asyncio.create_task(self._watch(session), name=f"watch-{session.id}")
@@ -534,6 +535,14 @@ class SessionManager:
         self._gate.forget(session.id)
         if session.watcher is not None and session.watcher is not asyncio.current_task():
             session.watcher.cancel()
+        # Held and shielded: a caller cancelled halfway (its deadline, then the RPC's own) must not leave the
+        # sandbox running with the session already marked ended.
+        teardown = asyncio.ensure_future(self._tear_down(session))
+        self._teardowns.add(teardown)
+        teardown.add_done_callback(self._teardowns.discard)
+        await asyncio.shield(teardown)
+
+    async def _tear_down(self, session: _Session) -> None:
         if session.handle is not None:
             session.stats = await session.handle.stats()
         if session.channel is not None:
