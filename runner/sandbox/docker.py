@@ -149,9 +149,11 @@ class DockerSandbox:
         self._destroyed = True
         self._close_stream()
         if self._egress is None:
-            await self._backend.remove(self._id)
+            teardown = self._backend.remove(self._id)
         else:
-            await self._backend.stop_egress(self._egress, alongside=self._backend.remove(self._id))
+            teardown = self._backend.stop_egress(self._egress, alongside=self._backend.remove(self._id))
+        # A caller cancelled midway (a deadline, then the RPC's own) must not leave half a teardown behind.
+        await asyncio.shield(self._backend.later(teardown))
 
     def _close_stream(self) -> None:
         # docker-py's wrapper still holds the socket, so close() alone leaves the fd open; dockerd then
@@ -263,14 +265,11 @@ class DockerBackend:
             container_id, sock = await asyncio.shield(starting)
             return await self._open_stream(container_id, sock, proxy)
         except asyncio.CancelledError:
-            if proxy is None:
-                starting.add_done_callback(self._discard_late_start)
-            else:
-                self._later(self._discard_networked(starting, proxy))
+            self.later(self._discard_late_start(starting, proxy))
             raise
         except BaseException:
             if proxy is not None:
-                await self.stop_egress(proxy)
+                self.later(self.stop_egress(proxy))
             raise
 
     # -- egress --------------------------------------------------------------------------------
@@ -306,19 +305,16 @@ class DockerBackend:
         except asyncio.CancelledError:
             starting.add_done_callback(self._discard_late_proxy)
             raise
+        proxy = None
         try:
             handle = await self._open_stream(container_id, sock, None)
-        except BaseException:
-            await self.remove_network(network)
-            raise
-        proxy = egress.EgressProxy(handle, network, address, on_egress)
-        try:
+            proxy = egress.EgressProxy(handle, network, address, on_egress)
             await proxy.configure(spec.network)
         except BaseException:
-            await asyncio.shield(self.stop_egress(proxy))
+            # Held by _later, so a second cancellation (the caller's deadline and the RPC's) cannot drop it.
+            self.later(self.stop_egress(proxy) if proxy else self._remove_proxy(container_id, network))
             raise
         return proxy
-
     async def stop_egress(self, proxy: egress.EgressProxy, alongside: Awaitable[None] | None = None) -> None:
         async def kill() -> None:
             def kill_proxy() -> None:
@@ -340,48 +336,42 @@ class DockerBackend:
         except RunnerError as exc:
             log.warning("could not remove network %s: %s", network, exc)
 
-    async def _discard_networked(
-        self, starting: asyncio.Future[tuple[str, Any]], proxy: egress.EgressProxy
-    ) -> None:
-        """Its opener gave up: the sandbox (once it exists) and the proxy go together, then their network."""
-        removal = None
-        try:
-            container_id, sock = await starting
-        except Exception:
-            pass  # the sandbox never came up; only the proxy and the network are left
-        else:
-            with contextlib.suppress(Exception):
-                sock.close()
-            removal = self.remove(container_id)
-        await self.stop_egress(proxy, alongside=removal)
-
     def _discard_late_proxy(self, starting: asyncio.Future[tuple[str, str, Any, str]]) -> None:
         if starting.cancelled() or starting.exception() is not None:
             return
         network, container_id, sock, _ = starting.result()
         with contextlib.suppress(Exception):
             sock.close()
+        self.later(self._remove_proxy(container_id, network))
 
-        async def remove_both() -> None:
-            await self.remove(container_id)
-            await self.remove_network(network)
+    async def _remove_proxy(self, container_id: str, network: str) -> None:
+        await self.remove(container_id)
+        await self.remove_network(network)
 
-        self._later(remove_both())
-
-    def _later(self, cleanup: Coroutine[Any, Any, None]) -> None:
-        """Run a clean-up that must not be lost to the caller's cancellation."""
+    def later(self, cleanup: Coroutine[Any, Any, None]) -> asyncio.Future[None]:
+        """Run a clean-up that must not be lost to the caller's cancellation; the backend holds it till done."""
         task = asyncio.ensure_future(cleanup)
         self._cleanups.add(task)
         task.add_done_callback(self._cleanups.discard)
+        return task
 
-    def _discard_late_start(self, starting: asyncio.Future[tuple[str, Any]]) -> None:
-        """A container that came up after its opener gave up (deadline, cancel) is removed at once."""
-        if starting.cancelled() or starting.exception() is not None:
-            return
-        container_id, sock = starting.result()
-        with contextlib.suppress(Exception):
-            sock.close()
-        self._later(self.remove(container_id))
+    async def _discard_late_start(
+        self, starting: asyncio.Future[tuple[str, Any]], proxy: egress.EgressProxy | None
+    ) -> None:
+        """The opener gave up (deadline, cancel): the sandbox, once it exists, goes, with its proxy and network."""
+        removal = None
+        try:
+            container_id, sock = await starting
+        except Exception:
+            pass  # the sandbox never came up
+        else:
+            with contextlib.suppress(Exception):
+                sock.close()
+            removal = self.remove(container_id)
+        if proxy is not None:
+            await self.stop_egress(proxy, alongside=removal)
+        elif removal is not None:
+            await removal
 
     async def wait_exit(self, container_id: str, timeout: float) -> SandboxExit:
         def wait() -> SandboxExit:

@@ -278,3 +278,23 @@ def test_the_network_and_proxy_are_hardened_and_removed_with_the_session(network
         assert proxy.attrs["HostConfig"]["Binds"] in (None, [])
     assert not engine.networks.list(names=[name])
     assert not any(c.name.startswith(name) for c in networked.containers())
+
+
+@pytest.mark.parametrize(
+    ("profile", "deadline"), [("probe-none", 0.4), ("probe-net", 0.3), ("probe-net", 0.7), ("probe-net", 0.9)]
+)
+def test_an_open_given_up_midway_leaves_nothing_behind(networked: Service, profile: str, deadline: float) -> None:
+    """Deadlines that end the open while the proxy or the sandbox is still being started."""
+    engine = docker.from_env()
+    with networked.client() as client:
+        try:
+            opened = client.open_session(profile, timeout=deadline)
+        except grpc.RpcError as late:
+            assert late.code() is grpc.StatusCode.DEADLINE_EXCEEDED, late.details()
+        else:  # a fast machine beat the deadline: nothing was given up, and closing must clean up as well
+            client.close_session(opened.session_id)
+    label = f"mcp-runner.instance={networked.instance}"
+    deadline_s = time.monotonic() + 30
+    while time.monotonic() < deadline_s and (networked.containers() or engine.networks.list(filters={"label": label})):
+        time.sleep(0.2)
+    assert not [(c.name, c.status, c.labels.get("mcp-runner.profile")) for c in networked.containers()] and not engine.networks.list(filters={"label": label})
