@@ -297,4 +297,5 @@ def test_an_open_given_up_midway_leaves_nothing_behind(networked: Service, profi
     deadline_s = time.monotonic() + 30
     while time.monotonic() < deadline_s and (networked.containers() or engine.networks.list(filters={"label": label})):
         time.sleep(0.2)
-    assert not [(c.name, c.status, c.labels.get("mcp-runner.profile")) for c in networked.containers()] and not engine.networks.list(filters={"label": label})
+    left = [(c.name, c.status, c.labels.get("mcp-runner.profile")) for c in networked.containers()]
+    assert not left and not engine.networks.list(filters={"label": label})
