@@ -27,6 +27,7 @@ the servicer only ever translates this tree::
     ├── ServerError ................ per MCP code      the MCP server answered with a JSON-RPC error
     ├── Unimplemented .............. UNIMPLEMENTED      the server lacks the capability
     ├── Unavailable ................ UNAVAILABLE        backend (Docker) unreachable
+    │   └── AuditError ............................. the audit log cannot be written or read
     └── Unauthenticated ............ UNAUTHENTICATED
 
 ``ServerError`` picks its status from the JSON-RPC code: invalid params map to
@@ -160,6 +161,10 @@ class Unimplemented(RunnerError):
 
 class Unavailable(RunnerError):
     status = Status.UNAVAILABLE
+
+
+class AuditError(Unavailable):
+    """The audit log could not record or read; a response whose record failed is withheld."""
 
 
 class Unauthenticated(RunnerError):

@@ -440,6 +440,7 @@ ERROR_CASES = [
     (errors.ServerError(-1, "x"), grpc.StatusCode.UNKNOWN),
     (errors.Unimplemented("x"), grpc.StatusCode.UNIMPLEMENTED),
     (errors.Unavailable("x"), grpc.StatusCode.UNAVAILABLE),
+    (errors.AuditError("x"), grpc.StatusCode.UNAVAILABLE),
     (errors.Unauthenticated("x"), grpc.StatusCode.UNAUTHENTICATED),
     (errors.RunnerError("x"), grpc.StatusCode.INTERNAL),
 ]

@@ -1,0 +1,445 @@
+"""The audit log: an append-only, hash-chained SQLite (WAL) database with one writer thread.
+
+Every record is committed with ``synchronous=FULL`` before anyone is told it
+exists, so a response that names its audit record never outlives that record.
+To keep that affordable under load, the writer commits whatever has queued up
+while the previous commit was being fsync'd in one transaction (group commit).
+Readers open their own read-only connections; WAL lets them read while the
+writer writes. Triggers refuse UPDATE always and DELETE outside retention, so
+a stray ``sqlite3`` session cannot quietly change the evidence, and a file lock
+keeps two runners from forking one chain.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, TypeVar
+
+from runner.audit.export import write_export
+from runner.audit.records import (
+    GENESIS,
+    RETENTION,
+    AuditEvent,
+    AuditQuery,
+    AuditRecord,
+    PruneResult,
+    Verification,
+    chain_hash,
+    iso_time,
+)
+from runner.audit.verify import connect_readonly, verify_database
+from runner.errors import AuditError
+
+_log = logging.getLogger(__name__)
+_T = TypeVar("_T")
+
+SCHEMA_VERSION = "1"
+
+_SCHEMA = f"""
+BEGIN IMMEDIATE;
+CREATE TABLE IF NOT EXISTS records (
+    seq INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, at REAL NOT NULL, kind TEXT NOT NULL,
+    session_id TEXT NOT NULL, caller TEXT NOT NULL, body TEXT NOT NULL, hash TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS records_by_session ON records(session_id, seq);
+CREATE INDEX IF NOT EXISTS records_by_caller ON records(caller, at);
+CREATE INDEX IF NOT EXISTS records_by_kind ON records(kind, at);
+CREATE INDEX IF NOT EXISTS records_by_time ON records(at);
+CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
+INSERT OR IGNORE INTO meta(key, value) VALUES ('schema', '{SCHEMA_VERSION}');
+CREATE TABLE IF NOT EXISTS pruning(active INTEGER);
+CREATE TRIGGER IF NOT EXISTS records_append_only BEFORE UPDATE ON records
+BEGIN SELECT RAISE(ABORT, 'audit records are append-only'); END;
+CREATE TRIGGER IF NOT EXISTS records_deleted_by_retention BEFORE DELETE ON records
+WHEN NOT EXISTS (SELECT 1 FROM pruning)
+BEGIN SELECT RAISE(ABORT, 'audit records are deleted only by retention'); END;
+COMMIT;
+"""
+
+_INSERT = "INSERT INTO records(seq, id, at, kind, session_id, caller, body, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+
+
+@dataclass(eq=False)
+class _Append:
+    event: AuditEvent
+    future: Future[AuditRecord]
+
+
+@dataclass(eq=False)
+class _Prune:
+    before: float
+    export_dir: Path
+    future: Future[PruneResult]
+
+
+_Item = _Append | _Prune | None
+"""None tells the writer to finish what is queued and stop."""
+
+_NEW, _OPEN, _CLOSED = "new", "open", "closed"
+
+
+def record_from_row(at: float, body: str, digest: str) -> AuditRecord:
+    fields = json.loads(body)
+    return AuditRecord(
+        seq=fields["seq"], id=fields["id"], at=at, kind=fields["kind"], session_id=fields["session_id"],
+        caller=fields["caller"], data=fields["data"], prev=fields["prev"], hash=digest,
+    )  # fmt: skip
+
+
+def _chain(seq: int, event: AuditEvent, prev: str) -> tuple[AuditRecord, tuple[Any, ...]]:
+    """The record and its row; TypeError or ValueError when the event's data is not JSON."""
+    body = AuditRecord.body_of(seq, event, prev)
+    digest = chain_hash(prev, body)
+    record = AuditRecord(seq, event.id, event.at, event.kind, event.session_id, event.caller, event.data, prev, digest)
+    return record, (seq, event.id, event.at, event.kind, event.session_id, event.caller, body, digest)
+
+
+def _claim(future: Future[_T]) -> Future[_T] | None:
+    """The future to resolve, or None if its waiter gave up first (the event is recorded all the same)."""
+    return future if future.set_running_or_notify_cancel() else None
+
+
+def _fail(future: Future[Any] | None, error: AuditError) -> None:
+    if future is not None and not future.done():
+        future.set_exception(error)
+
+
+def _failed(error: AuditError) -> Future[Any]:
+    future: Future[Any] = Future()
+    future.set_exception(error)
+    return future
+
+
+class AuditStore:
+    """The one writer of one audit database; ``query``, ``pages`` and ``verify`` may run on any thread."""
+
+    def __init__(self, path: Path, *, batch_max: int = 256) -> None:
+        if batch_max < 1:
+            raise ValueError(f"batch_max must be at least 1, not {batch_max}")
+        self.path = path
+        self._batch_max = batch_max
+        self._queue: queue.SimpleQueue[_Item] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._state = _NEW
+        self._thread: threading.Thread | None = None
+        self._db: sqlite3.Connection | None = None
+        self._lock_fd = -1
+        self._head_seq = 0
+        self._head_hash = GENESIS
+        self._commits = 0
+
+    @property
+    def commits(self) -> int:
+        """Transactions committed so far; fewer than records written when group commit batched them."""
+        return self._commits
+
+    def open(self) -> None:
+        with self._lock:
+            if self._state != _NEW:
+                raise AuditError(f"the audit log {self.path} was already opened by this store")
+            lock_path = self.path.with_name(self.path.name + ".lock")
+            lock_fd = self._take_lock(lock_path)
+            try:
+                db = self._connect()
+            except BaseException:
+                os.close(lock_fd)
+                raise
+            self._lock_fd, self._db, self._state = lock_fd, db, _OPEN
+            self._thread = threading.Thread(target=self._run, name="audit-writer", daemon=True)
+            self._thread.start()
+
+    def _take_lock(self, lock_path: Path) -> int:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            lock_fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            raise AuditError(f"cannot create the audit log's directory or lock file {lock_path}: {exc}") from exc
+        try:
+            fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(lock_fd)
+            raise AuditError(
+                f"the audit log {self.path} is in use by another mcp-runner process; give this one its own audit.path"
+            ) from None
+        except OSError as exc:
+            os.close(lock_fd)
+            raise AuditError(f"cannot lock the audit log {self.path} (via {lock_path}): {exc}") from exc
+        return lock_fd
+
+    def _connect(self) -> sqlite3.Connection:
+        try:
+            # Created here rather than by SQLite so the -wal and -shm files, which copy its mode, start private.
+            os.close(os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
+            db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        except (OSError, sqlite3.Error) as exc:
+            raise AuditError(f"cannot open the audit log {self.path}: {exc}") from exc
+        try:
+            (mode,) = db.execute("PRAGMA journal_mode=WAL").fetchone()
+            if str(mode).lower() != "wal":
+                raise AuditError(
+                    f"the audit log {self.path} cannot use write-ahead logging (journal mode {mode!r}); "
+                    "put audit.path on a local file system"
+                )
+            db.execute("PRAGMA synchronous=FULL")
+            db.executescript(_SCHEMA)
+            (schema,) = db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
+            if schema != SCHEMA_VERSION:
+                raise AuditError(
+                    f"the audit log {self.path} has schema {schema!r}; this mcp-runner writes schema {SCHEMA_VERSION}"
+                )
+            os.chmod(self.path, 0o600)
+            head = db.execute("SELECT seq, hash FROM records ORDER BY seq DESC LIMIT 1").fetchone()
+        except BaseException as exc:
+            db.close()
+            if isinstance(exc, sqlite3.Error | OSError):
+                raise AuditError(f"cannot open the audit log {self.path}: {exc}") from exc
+            raise
+        if head is not None:
+            self._head_seq, self._head_hash = head
+        return db
+
+    def close(self) -> None:
+        """Stop taking events, commit everything already queued, and let go of the file and its lock."""
+        with self._lock:
+            was_open = self._state == _OPEN
+            self._state = _CLOSED
+            if was_open:
+                self._queue.put(None)
+        if not was_open:
+            return
+        assert self._thread is not None and self._db is not None
+        self._thread.join()
+        self._db.close()
+        os.close(self._lock_fd)
+
+    def submit(self, event: AuditEvent) -> Future[AuditRecord]:
+        """Queue ``event``; the future resolves once its record is committed and durable."""
+        future: Future[AuditRecord] = Future()
+        with self._lock:
+            if self._state != _OPEN:
+                return _failed(AuditError(f"the audit log {self.path} is closed"))
+            self._queue.put(_Append(event, future))
+        return future
+
+    async def append(self, event: AuditEvent) -> AuditRecord:
+        return await asyncio.wrap_future(self.submit(event))
+
+    def prune(self, before: float, export_dir: Path) -> PruneResult:
+        """Export, then delete, the oldest records up to the last one before ``before``; blocks until done."""
+        return self._submit_prune(before, export_dir).result()
+
+    async def aprune(self, before: float, export_dir: Path) -> PruneResult:
+        return await asyncio.wrap_future(self._submit_prune(before, export_dir))
+
+    def _submit_prune(self, before: float, export_dir: Path) -> Future[PruneResult]:
+        future: Future[PruneResult] = Future()
+        with self._lock:
+            if self._state != _OPEN:
+                return _failed(AuditError(f"the audit log {self.path} is closed"))
+            self._queue.put(_Prune(before, export_dir, future))
+        return future
+
+    def verify(self) -> Verification:
+        return verify_database(self.path)
+
+    def query(self, q: AuditQuery) -> list[AuditRecord]:
+        clauses: list[str] = []
+        params: list[Any] = []
+        for column, value in (("id", q.record_id), ("session_id", q.session_id), ("caller", q.caller)):
+            if value:
+                clauses.append(f"{column} = ?")
+                params.append(value)
+        if q.since is not None:
+            clauses.append("at >= ?")
+            params.append(q.since)
+        if q.until is not None:
+            clauses.append("at < ?")
+            params.append(q.until)
+        if q.kinds:
+            clauses.append(f"kind IN ({', '.join('?' * len(q.kinds))})")
+            params.extend(q.kinds)
+        if q.after_seq:
+            clauses.append("seq > ?")
+            params.append(q.after_seq)
+        sql = "SELECT at, body, hash FROM records"
+        if clauses:
+            sql += " WHERE " + " AND ".join(clauses)
+        sql += " ORDER BY seq"
+        if q.limit > 0:
+            sql += " LIMIT ?"
+            params.append(q.limit)
+        try:
+            with contextlib.closing(connect_readonly(self.path)) as db:
+                return [record_from_row(*row) for row in db.execute(sql, params)]
+        except sqlite3.Error as exc:
+            raise AuditError(f"the audit log {self.path} could not be read: {exc}") from exc
+        except (ValueError, KeyError, TypeError) as exc:
+            raise AuditError(
+                f"the audit log {self.path} holds a record that cannot be read ({exc!r}); run `mcp-runner audit verify`"
+            ) from exc
+
+    def pages(self, q: AuditQuery, page_size: int = 500) -> Iterator[list[AuditRecord]]:
+        """The answer to ``q`` a page at a time, so a long history never sits in memory at once."""
+        if page_size < 1:
+            raise ValueError(f"page_size must be at least 1, not {page_size}")
+        after, left = q.after_seq, q.limit
+        while True:
+            size = min(page_size, left) if q.limit > 0 else page_size
+            page = self.query(replace(q, after_seq=after, limit=size))
+            if page:
+                yield page
+            if len(page) < size:
+                return
+            after = page[-1].seq
+            if q.limit > 0:
+                left -= len(page)
+                if left <= 0:
+                    return
+
+    # The writer thread: everything below runs only there.
+
+    def _run(self) -> None:
+        while True:
+            items = [self._queue.get()]
+            while len(items) < self._batch_max:
+                try:
+                    items.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            appends: list[_Append] = []
+            for item in items:
+                if isinstance(item, _Append):
+                    appends.append(item)
+                    continue
+                self._write(appends)
+                appends = []
+                if item is None:
+                    return
+                self._prune(item)
+            self._write(appends)
+
+    def _transaction(self, work: Callable[[sqlite3.Cursor], _T]) -> _T:
+        assert self._db is not None
+        cursor = self._db.cursor()
+        cursor.execute("BEGIN IMMEDIATE")
+        try:
+            result = work(cursor)
+            cursor.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                cursor.execute("ROLLBACK")
+            raise
+        self._commits += 1
+        return result
+
+    def _write(self, appends: list[_Append]) -> None:
+        waiting = [(item.event, _claim(item.future)) for item in appends]
+        try:
+            self._write_events(waiting)
+        except Exception as exc:
+            _log.exception("the audit writer failed to write %d events", len(waiting))
+            for _, future in waiting:
+                _fail(future, AuditError(f"the audit log {self.path} could not be written: {exc}"))
+
+    def _write_events(self, waiting: list[tuple[AuditEvent, Future[AuditRecord] | None]]) -> None:
+        chained: list[tuple[AuditEvent, AuditRecord, tuple[Any, ...], Future[AuditRecord] | None]] = []
+        seq, prev = self._head_seq, self._head_hash
+        for event, future in waiting:
+            try:
+                record, row = _chain(seq + 1, event, prev)
+            except (TypeError, ValueError) as exc:
+                _fail(future, AuditError(f"the audit event {event.id!r} ({event.kind}) is not recordable: {exc}"))
+                continue
+            chained.append((event, record, row, future))
+            seq, prev = record.seq, record.hash
+        if not chained:
+            return
+        try:
+            self._transaction(lambda cursor: cursor.executemany(_INSERT, [row for _, _, row, _ in chained]))
+        except sqlite3.IntegrityError:
+            if len(chained) == 1:
+                raise
+            # One event broke a constraint (a reused id, say): write each alone so only that one fails.
+            for event, _, _, future in chained:
+                self._write_one(event, future)
+            return
+        except sqlite3.Error as exc:
+            for _, _, _, future in chained:
+                _fail(future, AuditError(f"the audit log {self.path} could not be written: {exc}"))
+            return
+        self._head_seq, self._head_hash = seq, prev
+        for _, record, _, future in chained:
+            if future is not None:
+                future.set_result(record)
+
+    def _write_one(self, event: AuditEvent, future: Future[AuditRecord] | None) -> None:
+        try:
+            self._write_events([(event, future)])
+        except sqlite3.Error as exc:
+            _fail(future, AuditError(f"the audit log {self.path} could not be written: {exc}"))
+
+    def _prune(self, command: _Prune) -> None:
+        future = _claim(command.future)
+        if future is None:
+            return
+        try:
+            result = self._prune_now(command.before, command.export_dir)
+        except AuditError as exc:
+            future.set_exception(exc)
+        except Exception as exc:
+            _log.exception("the audit writer failed to prune")
+            future.set_exception(AuditError(f"the audit log {self.path} could not be pruned: {exc}"))
+        else:
+            future.set_result(result)
+
+    def _prune_now(self, before: float, export_dir: Path) -> PruneResult:
+        assert self._db is not None
+        db = self._db
+        (last,) = db.execute("SELECT max(seq) FROM records WHERE at < ?", (before,)).fetchone()
+        (first,) = db.execute("SELECT min(seq) FROM records").fetchone()
+        if last is None:
+            return PruneResult(0, "", first or 0)
+        (anchor,) = db.execute("SELECT hash FROM records WHERE seq = ?", (last,)).fetchone()
+        export = export_dir / f"audit-{first:012d}-{last:012d}.jsonl"
+        rows = db.execute("SELECT at, body, hash FROM records WHERE seq <= ? ORDER BY seq", (last,))
+        try:
+            export_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            digest = write_export((record_from_row(*row) for row in rows), export)
+        except OSError as exc:
+            raise AuditError(
+                f"could not export audit records {first}..{last} to {export} (nothing was deleted): {exc}"
+            ) from exc
+        finally:
+            rows.close()
+
+        def delete_and_record(cursor: sqlite3.Cursor) -> tuple[int, AuditRecord]:
+            cursor.execute("INSERT INTO pruning(active) VALUES (1)")
+            deleted = cursor.execute("DELETE FROM records WHERE seq <= ?", (last,)).rowcount
+            cursor.execute("DELETE FROM pruning")
+            event = AuditEvent(kind=RETENTION, session_id="", caller="", data={
+                "deleted_from_seq": first, "deleted_to_seq": last, "deleted": deleted, "first_kept_seq": last + 1,
+                "anchor": anchor, "export": str(export), "export_sha256": digest, "before": iso_time(before),
+            }, at=time.time())  # fmt: skip
+            record, row = _chain(self._head_seq + 1, event, self._head_hash)
+            cursor.execute(_INSERT, row)
+            return deleted, record
+
+        try:
+            deleted, record = self._transaction(delete_and_record)
+        except sqlite3.Error as exc:
+            raise AuditError(f"the audit log {self.path} could not be pruned: {exc}") from exc
+        self._head_seq, self._head_hash = record.seq, record.hash
+        return PruneResult(deleted, str(export), last + 1)
