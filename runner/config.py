@@ -29,6 +29,8 @@ DEFAULT_LISTEN = "127.0.0.1:50051"
 BUILTIN_PROFILES = Path(__file__).parent / "profiles" / "builtin.yaml"
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmg]?)i?b?\s*$", re.IGNORECASE)
 _SIZE_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
+_DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 _INSTANCE = re.compile(r"^[a-zA-Z0-9_.-]{1,64}$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 _PIN = re.compile(r"^sha256:[0-9a-f]{64}$")
@@ -49,6 +51,39 @@ def parse_size(value: int | str) -> int:
     if not match:
         raise ValueError(f"not a size: {value!r} (use e.g. 512m, 64MiB, 1g)")
     return int(float(match.group(1)) * _SIZE_UNITS[match.group(2).lower()])
+
+
+def parse_duration(value: float | str) -> float:
+    """Seconds from ``90d``, ``12h``, ``30m``, ``45s`` or a plain number of seconds."""
+    if isinstance(value, int | float):
+        return float(value)
+    match = _DURATION.match(value)
+    if not match:
+        raise ValueError(f"not a duration: {value!r} (use e.g. 90d, 12h, 30m, 45s)")
+    return float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+
+
+def state_directory() -> Path:
+    """Where the service keeps its state by default: $XDG_STATE_HOME/mcp-runner (~/.local/state/mcp-runner)."""
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "mcp-runner"
+
+
+@dataclass(frozen=True)
+class AuditConfig:
+    """The audit log: where, for how long, and where records go before retention deletes them."""
+
+    path: Path = field(default_factory=lambda: state_directory() / "audit-default.sqlite3")
+    enabled: bool = True
+    """Off only for benchmarks: nothing is recorded, and the service says so when it starts."""
+    retention_s: float | None = None
+    """Records older than this are exported to ``export_dir``, then deleted; None keeps them forever."""
+    export_dir: Path | None = None
+    """None: ``<path's directory>/audit-exports``."""
+
+    @property
+    def exports(self) -> Path:
+        return self.export_dir or self.path.parent / "audit-exports"
 
 
 @dataclass(frozen=True)
@@ -183,6 +218,7 @@ class Settings:
     auth: AuthConfig = AuthConfig()
     policy: Path | None = None
     """The policy file (callers, tool rules, rates); None: the embedded single-developer default."""
+    audit: AuditConfig = AuditConfig()
 
 
 class _LimitsModel(BaseModel):
@@ -396,6 +432,36 @@ class _AuthModel(BaseModel):
     tokens: bool = False
 
 
+class _AuditModel(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    enabled: bool = True
+    path: str | None = Field(default=None, min_length=1)
+    retention: float | str | None = None
+    export_dir: str | None = Field(default=None, min_length=1)
+
+    @field_validator("retention")
+    @classmethod
+    def _positive(cls, value: float | str | None) -> float | str | None:
+        if value is not None and parse_duration(value) <= 0:
+            raise ValueError("must be longer than 0 s")
+        return value
+
+    def config(self, base: Path, instance: str) -> AuditConfig:
+        env_path = os.environ.get("MCP_RUNNER_AUDIT_DB")
+        if env_path:
+            path = Path(env_path)
+        elif self.path is not None:
+            path = base / self.path
+        else:
+            path = state_directory() / f"audit-{instance}.sqlite3"
+        return AuditConfig(
+            path=path,
+            enabled=self.enabled,
+            retention_s=parse_duration(self.retention) if self.retention is not None else None,
+            export_dir=base / self.export_dir if self.export_dir is not None else None,
+        )
+
+
 class _FileModel(BaseModel):
     model_config = ConfigDict(extra="forbid")
     listen: str | None = None
@@ -408,6 +474,7 @@ class _FileModel(BaseModel):
     tls: _TlsModel | None = None
     auth: _AuthModel = _AuthModel()
     policy: str | None = None
+    audit: _AuditModel = _AuditModel()
 
     @field_validator("max_message_bytes")
     @classmethod
@@ -517,6 +584,7 @@ def load_settings(config_path: Path | str | None = None, *, listen: str | None =
             policy=base / user.policy if user.policy else None,
             listen=listen or os.environ.get("MCP_RUNNER_LISTEN") or user.listen or DEFAULT_LISTEN,
             instance=instance or user.instance or "default",
+            audit=user.audit.config(base, instance or user.instance or "default"),
             max_sessions=user.max_sessions or Settings.max_sessions,
             max_message_bytes=parse_size(max_message) if max_message else Settings.max_message_bytes,
             open_timeout_s=user.open_timeout_s or Settings.open_timeout_s,

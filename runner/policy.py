@@ -32,6 +32,8 @@ log = logging.getLogger(__name__)
 
 APPROVER = "approver"
 ADMIN = "admin"
+AUDITOR = "auditor"
+"""Reads every caller's audit records and verifies the chain (a caller reads only its own)."""
 _CALLER_NAME = re.compile(r"^[A-Za-z0-9._@-]{1,64}$")
 _TOKEN_HASH = re.compile(r"^sha256:[0-9a-fA-F]{64}$")
 
@@ -180,7 +182,7 @@ EMBEDDED_DEFAULT = Policy(
     source=EMBEDDED_SOURCE,
     allow_self_approval=True,
     default_caller=CallerPolicy(
-        name="", roles=frozenset({APPROVER, ADMIN}), profiles=("*",),
+        name="", roles=frozenset({APPROVER, ADMIN, AUDITOR}), profiles=("*",),
         rates=Rates(entry="default_caller.rates"), session_rates=Rates(entry="default_caller.session_rates"),
     ),
 )
@@ -257,7 +259,7 @@ class _ToolRules(_Strict):
 
 
 class _DefaultCaller(_Strict):
-    roles: list[Literal["approver", "admin"]] = []
+    roles: list[Literal["approver", "admin", "auditor"]] = []
     profiles: list[str] = []
     limits: _Limits = _Limits()
     max_sessions: int | None = Field(default=None, ge=1)

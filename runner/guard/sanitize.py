@@ -184,6 +184,11 @@ class Sanitizer:
         detect_injection(text, lower, where, log, self._injection_action)
         return self._redact_spans(text, lower, where, log)
 
+    def redact_secrets(self, text: str) -> str:
+        """``text`` with only the service's own secrets redacted: for records of what a caller sent."""
+        found = self._secret_spans(text)
+        return _apply(text, found, "", FindingLog()) if found else text
+
     # -- redaction -----------------------------------------------------------------------------------------------------
 
     def _secret_spans(self, text: str) -> list[tuple[str, int, int]]:

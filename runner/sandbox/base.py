@@ -88,6 +88,11 @@ class SandboxHandle(Protocol):
     @property
     def id(self) -> str: ...
 
+    @property
+    def image_id(self) -> str:
+        """The digest of the image the sandbox runs (``sha256:…``): what a replay starts again."""
+        ...
+
     async def read_stdout(self) -> bytes:
         """The next chunk of the sandbox's stdout (any size up to the backend's buffer), b"" at EOF."""
         ...

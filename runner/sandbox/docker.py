@@ -84,9 +84,11 @@ class DockerSandbox:
         writer: asyncio.StreamWriter,
         keepalive: Any,
         stderr_tail_bytes: int,
+        image_id: str,
         egress_proxy: egress.EgressProxy | None = None,
     ) -> None:
         self._backend = backend
+        self._image_id = image_id
         self._egress = egress_proxy
         self._id = container_id
         self._stream = stream
@@ -101,6 +103,11 @@ class DockerSandbox:
     @property
     def id(self) -> str:
         return self._id
+
+    @property
+    def image_id(self) -> str:
+        """A sandbox's image digest; for the egress proxy, which nobody replays, the image's tag."""
+        return self._image_id
 
     async def read_stdout(self) -> bytes:
         try:
@@ -197,7 +204,14 @@ class DockerBackend:
     async def check(self) -> None:
         await self._run("checking the Docker engine", lambda: self._api().ping())
 
-    def _create_and_attach(self, spec: SandboxSpec, proxy: egress.EgressProxy | None) -> tuple[str, Any]:
+    @functools.cache  # noqa: B019 - one backend per process; content-hashed tags keep their image
+    def _image_id(self, image: str) -> str:
+        if image.startswith("sha256:"):
+            return image
+        image_id: str = self._api().inspect_image(image)["Id"]
+        return image_id
+
+    def _create_and_attach(self, spec: SandboxSpec, proxy: egress.EgressProxy | None) -> tuple[str, str, Any]:
         api = self._api()
         limits = spec.limits
         networked = {} if proxy is None else {"dns": ["127.0.0.1"]}  # names are the proxy's business; no DNS out
@@ -217,8 +231,9 @@ class DockerBackend:
             **networked,
         )
         env = dict(spec.env) if proxy is None else {**spec.env, **egress.proxy_env(proxy.address)}
+        image_id = self._image_id(self._resolve_image(spec.image))
         container = api.create_container(
-            self._resolve_image(spec.image),
+            image_id,
             command=list(spec.command),
             stdin_open=True,
             tty=False,
@@ -229,7 +244,7 @@ class DockerBackend:
             name=f"mcp-runner-{spec.instance}-{spec.session_id}",
         )
         container_id: str = container["Id"]
-        return container_id, self._attach_and_start(container_id)
+        return container_id, image_id, self._attach_and_start(container_id)
 
     def _labels(self, spec: SandboxSpec) -> dict[str, str]:
         return {**spec.labels, SESSION_LABEL: spec.session_id, INSTANCE_LABEL: spec.instance}
@@ -246,14 +261,16 @@ class DockerBackend:
             raise
         return sock
 
-    async def _open_stream(self, container_id: str, sock: Any, proxy: egress.EgressProxy | None) -> DockerSandbox:
+    async def _open_stream(
+        self, container_id: str, image_id: str, sock: Any, proxy: egress.EgressProxy | None
+    ) -> DockerSandbox:
         raw: socket.socket = getattr(sock, "_sock", sock)
         try:
             reader, writer = await asyncio.open_connection(sock=raw, limit=_READ_CHUNK * 2)
         except OSError:
             await self.remove(container_id)
             raise
-        return DockerSandbox(self, container_id, raw, reader, writer, sock, self._stderr_tail_bytes, proxy)
+        return DockerSandbox(self, container_id, raw, reader, writer, sock, self._stderr_tail_bytes, image_id, proxy)
 
     async def start(self, spec: SandboxSpec, on_egress: EgressCallback | None = None) -> DockerSandbox:
         proxy = await self._start_egress(spec, on_egress) if spec.network is not None else None
@@ -262,8 +279,8 @@ class DockerBackend:
         )
         try:
             # Shielded: the thread creates the container whether or not the caller still waits for it.
-            container_id, sock = await asyncio.shield(starting)
-            return await self._open_stream(container_id, sock, proxy)
+            container_id, image_id, sock = await asyncio.shield(starting)
+            return await self._open_stream(container_id, image_id, sock, proxy)
         except asyncio.CancelledError:
             self.later(self._discard_late_start(starting, proxy))
             raise
@@ -307,7 +324,7 @@ class DockerBackend:
             raise
         proxy = None
         try:
-            handle = await self._open_stream(container_id, sock, None)
+            handle = await self._open_stream(container_id, self._resolve_image("egress"), sock, None)
             proxy = egress.EgressProxy(handle, network, address, on_egress)
             await proxy.configure(spec.network)
         except BaseException:
@@ -356,12 +373,12 @@ class DockerBackend:
         return task
 
     async def _discard_late_start(
-        self, starting: asyncio.Future[tuple[str, Any]], proxy: egress.EgressProxy | None
+        self, starting: asyncio.Future[tuple[str, str, Any]], proxy: egress.EgressProxy | None
     ) -> None:
         """The opener gave up (deadline, cancel): the sandbox, once it exists, goes, with its proxy and network."""
         removal = None
         try:
-            container_id, sock = await starting
+            container_id, _, sock = await starting
         except Exception:
             pass  # the sandbox never came up
         else:

@@ -44,9 +44,10 @@ Handler = Callable[[FakeIO], Awaitable[int]]
 
 
 class FakeSandbox:
-    def __init__(self, io: FakeIO, handler: Handler, name: str) -> None:
+    def __init__(self, io: FakeIO, handler: Handler, name: str, image_id: str) -> None:
         self._io = io
         self._name = name
+        self._image_id = image_id
         self._pending_line = bytearray()
         self._exit: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._task = asyncio.create_task(self._run(handler))
@@ -64,6 +65,10 @@ class FakeSandbox:
     @property
     def id(self) -> str:
         return self._name
+
+    @property
+    def image_id(self) -> str:
+        return self._image_id
 
     async def read_stdout(self) -> bytes:
         return await self._io.stdout.get() if not self.destroyed else b""
@@ -108,7 +113,10 @@ class FakeBackend:
         self._handler_for = handler_for
 
     async def start(self, spec: SandboxSpec, on_egress: EgressCallback | None = None) -> FakeSandbox:
-        return FakeSandbox(FakeIO(spec, on_egress=on_egress), self._handler_for(spec), f"fake-{spec.session_id}")
+        image_id = spec.image if spec.image.startswith("sha256:") else f"sha256:fake-{spec.image}"
+        return FakeSandbox(
+            FakeIO(spec, on_egress=on_egress), self._handler_for(spec), f"fake-{spec.session_id}", image_id
+        )
 
     async def sweep_orphans(self, instance: str) -> int:
         return 0

@@ -54,6 +54,7 @@ async def make() -> AsyncIterator[Make]:
             Closable(),  # type: ignore[arg-type]
             Closable(),
             stderr_tail_bytes,
+            "sha256:image",
         )
         return sandbox, reader
 

@@ -223,7 +223,8 @@ def test_uppercase_hash_is_normalised(tmp_path: Path) -> None:
     [
         ("approvals:\n  timeout: 3\n", "approvals.timeout: Extra inputs are not permitted"),
         ("callers:\n  alice:\n    limits: {memry: 1g}\n", "callers.alice.limits.memry: Extra inputs are not permitted"),
-        ("callers:\n  alice:\n    roles: [root]\n", "callers.alice.roles.0: Input should be 'approver' or 'admin'"),
+        ("callers:\n  alice:\n    roles: [root]\n",
+         "callers.alice.roles.0: Input should be 'approver', 'admin' or 'auditor'"),
         ("callers:\n  alice:\n    session_rates: {sessions_per_min: 3}\n",
          "callers.alice.session_rates.sessions_per_min: Extra inputs are not permitted"),
         ("profiles:\n  p:\n    tools: {allowed: [x]}\n", "profiles.p.tools.allowed: Extra inputs are not permitted"),
