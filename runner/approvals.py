@@ -112,8 +112,10 @@ class ApprovalBook:
         *,
         watch_queue: int = WATCH_QUEUE,
         retention_s: float = RETENTION_S,
+        on_change: Callable[[Approval], None] | None = None,
     ) -> None:
         self._clock = clock
+        self._on_change = on_change  # told of every change (request, decision, expiry, claim): the audit's feed
         self._max_pending = max_pending
         self._watch_queue = watch_queue
         self._retention_s = retention_s
@@ -266,6 +268,8 @@ class ApprovalBook:
             raise FailedPrecondition(f"approval {approval_id} was already used; an approved call runs once")
         claimed = replace(current, used=True)
         self._records[approval_id] = claimed
+        if self._on_change is not None:
+            self._on_change(claimed)
         return self._out(claimed)
 
     # ---- watching ----------------------------------------------------------------------------------------------
@@ -354,6 +358,8 @@ class ApprovalBook:
 
     def _publish(self, approval: Approval) -> None:
         """Wake waiters on this approval and queue the change for every watcher; drop watchers that are full."""
+        if self._on_change is not None:
+            self._on_change(approval)
         for waiter in self._waiters.get(approval.approval_id, ()):
             if not waiter.done():
                 waiter.set_result(None)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
+from collections.abc import Callable
 from dataclasses import replace
 
 from runner.config import Profile
@@ -23,9 +24,12 @@ MAX_EGRESS_KEPT = 200
 
 
 class EgressRecord:
-    def __init__(self, session_id: str, sanitizer: Sanitizer) -> None:
+    def __init__(
+        self, session_id: str, sanitizer: Sanitizer, listener: Callable[[EgressDecision], None] | None = None
+    ) -> None:
         self._session_id = session_id
         self._sanitizer = sanitizer
+        self._listener = listener  # the audit log: every decision, where only the last MAX_EGRESS_KEPT stay here
         self._decisions: deque[EgressDecision] = deque(maxlen=MAX_EGRESS_KEPT)
 
     def record(self, decision: EgressDecision) -> None:
@@ -36,6 +40,8 @@ class EgressRecord:
             reason=self._sanitizer.text(decision.reason, "egress reason", findings),
         )
         self._decisions.append(decision)
+        if self._listener is not None:
+            self._listener(decision)
         log.info(
             "egress session=%s %s %s:%s %s (%s: %s)", self._session_id, decision.method, decision.host,
             decision.port, "allowed" if decision.allowed else "refused", decision.code, decision.reason,

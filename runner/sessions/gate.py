@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
@@ -28,11 +29,13 @@ _LIMIT_NAMES = ("memory_bytes", "cpus", "pids", "call_timeout_s", "idle_timeout_
 
 
 class Gate:
-    def __init__(self, policy: PolicyStore, settings: Settings) -> None:
+    def __init__(
+        self, policy: PolicyStore, settings: Settings, on_approval: Callable[[Approval], None] | None = None
+    ) -> None:
         self._policy = policy
         self.throttle = Throttle()
         self._anomalies = AnomalyWatch()
-        self.approvals = ApprovalBook()
+        self.approvals = ApprovalBook(on_change=on_approval)
         self.pins = PinBook({name: profile.pins for name, profile in settings.profiles.items() if profile.pins})
 
     @property

@@ -20,13 +20,14 @@ import re
 import secrets
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, TypeVar
 
 import mcp_types
 from pydantic import BaseModel
 
 from runner.approvals import Approval
+from runner.audit import records
 from runner.channel import AgentChannel
 from runner.config import Limits, Profile, Settings
 from runner.errors import (
@@ -59,11 +60,12 @@ from runner.guard.validate import (
     parse_call_result,
     parse_result,
 )
-from runner.policy import PolicyStore
+from runner.policy import PolicyStore, ToolDecision
 from runner.sandbox.base import SandboxBackend, SandboxHandle, SandboxNetwork, SandboxSpec, SandboxStats
 from runner.secret_sources import egress_rules, resolve_secrets
 from runner.sessions.egress_record import EgressRecord, describe_network
 from runner.sessions.gate import Gate
+from runner.sessions.journal import Journal, RequestEntry, durable, error_json
 from runner.sessions.models import (
     ApprovalCallback,
     LimitsRequest,
@@ -101,6 +103,7 @@ class _Session:
     labels: Mapping[str, str]
     limits: Limits
     sanitizer: Sanitizer
+    egress: EgressRecord
     created_at: float = field(default_factory=time.time)
     started: float = field(default_factory=time.monotonic)
     last_used: float = field(default_factory=time.monotonic)
@@ -120,17 +123,22 @@ class _Session:
     stats: SandboxStats = SandboxStats()
     concluding: asyncio.Task[RunnerError] | None = None
     watcher: asyncio.Task[None] | None = None
-    egress: EgressRecord = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.egress = EgressRecord(self.id, self.sanitizer)
+    announced: bool = False
+    """Its session.open record is written: its end gets a session.close record."""
 
 
 class SessionManager:
-    def __init__(self, backend: SandboxBackend, settings: Settings, policy: PolicyStore | None = None) -> None:
+    def __init__(
+        self,
+        backend: SandboxBackend,
+        settings: Settings,
+        policy: PolicyStore | None = None,
+        journal: Journal | None = None,
+    ) -> None:
         self._backend = backend
         self._settings = settings
-        self._gate = Gate(policy or PolicyStore(None), settings)
+        self._journal = journal or Journal(None)
+        self._gate = Gate(policy or PolicyStore(None), settings, on_approval=self._approval_changed)
         self._sessions: dict[str, _Session] = {}
         self._reaper: asyncio.Task[None] | None = None
         self._teardowns: set[asyncio.Future[None]] = set()
@@ -162,7 +170,73 @@ class SessionManager:
         labels: Mapping[str, str] | None = None,
         limits: LimitsRequest | None = None,
         timeout: float | None = None,
+        image: str | None = None,
     ) -> OpenedSession:
+        """Admit, start, initialize, list tools; ``image`` (a digest) replaces the profile's image for a replay."""
+        try:
+            chosen, checked_labels, granted = self._admit(profile, caller, labels, limits)
+        except RunnerError as exc:
+            self._journal.refusal(caller, profile, exc)
+            await self._journal.durable_or_raise(
+                records.SESSION_OPEN, "", caller, {"profile": profile, "outcome": "refused", "error": error_json(exc)}
+            )
+            raise
+        if image is not None:
+            chosen = replace(chosen, image=image)
+        secret_values = resolve_secrets(chosen.secrets)
+        network = None
+        credentials: tuple[str, ...] = ()
+        if chosen.network is not None:
+            rules, credentials = egress_rules(chosen.network)
+            network = SandboxNetwork(rules=rules, upstream=chosen.network.upstream)
+        session_id = secrets.token_hex(8)
+        sanitizer = Sanitizer(replace(chosen.sanitize, secrets=(*secret_values.values(), *credentials)))
+        session = _Session(
+            id=session_id,
+            profile=chosen,
+            caller=caller,
+            labels=checked_labels,
+            limits=granted,
+            sanitizer=sanitizer,
+            egress=EgressRecord(session_id, sanitizer, lambda d: self._journal.egress(session_id, caller, d)),
+        )
+        self._sessions[session.id] = session
+        budget = min(timeout or self._settings.open_timeout_s, self._settings.open_timeout_s)
+        try:
+            async with asyncio.timeout(budget):
+                await self._boot(session, secret_values, network)
+        except TimeoutError:
+            await self._end(session, SessionState.FAILED, f"did not start within {budget:.1f} s")
+            late = DeadlineExceeded(f"opening a session on profile {profile!r} took longer than {budget:.1f} s")
+            await self._announce(session, late)
+            raise late from None
+        except RunnerError as exc:
+            error = await self._explain(session, exc)
+            await self._end(session, SessionState.FAILED, error.message)
+            await self._announce(session, error)
+            raise error from exc
+        except BaseException:
+            await self._end(session, SessionState.FAILED, "opening was cancelled")
+            raise
+        try:
+            await self._announce(session, None)
+        except RunnerError as exc:
+            await self._end(session, SessionState.FAILED, exc.message)
+            raise
+        session.announced = True
+        session.state = SessionState.READY
+        session.watcher = asyncio.create_task(self._watch(session), name=f"watch-{session.id}")
+        assert session.server is not None
+        return OpenedSession(
+            info=self._info(session),
+            server=session.server,
+            tools=session.listing.tools,
+            findings=session.instructions_findings + session.listing.findings,
+        )
+
+    def _admit(
+        self, profile: str, caller: str, labels: Mapping[str, str] | None, limits: LimitsRequest | None
+    ) -> tuple[Profile, Mapping[str, str], Limits]:
         chosen = self._settings.profiles.get(profile)
         if chosen is None:
             known = ", ".join(sorted(self._settings.profiles)) or "none"
@@ -175,46 +249,30 @@ class SessionManager:
                 "close one or retry later"
             )
         granted = self._gate.admit_open(caller, chosen, limits, sum(s.caller == caller for s in live))
-        secret_values = resolve_secrets(chosen.secrets)
-        network = None
-        credentials: tuple[str, ...] = ()
-        if chosen.network is not None:
-            rules, credentials = egress_rules(chosen.network)
-            network = SandboxNetwork(rules=rules, upstream=chosen.network.upstream)
-        session = _Session(
-            id=secrets.token_hex(8),
-            profile=chosen,
-            caller=caller,
-            labels=checked_labels,
-            limits=granted,
-            sanitizer=Sanitizer(replace(chosen.sanitize, secrets=(*secret_values.values(), *credentials))),
-        )
-        self._sessions[session.id] = session
-        budget = min(timeout or self._settings.open_timeout_s, self._settings.open_timeout_s)
-        try:
-            async with asyncio.timeout(budget):
-                await self._boot(session, secret_values, network)
-        except TimeoutError:
-            await self._end(session, SessionState.FAILED, f"did not start within {budget:.1f} s")
-            raise DeadlineExceeded(
-                f"opening a session on profile {profile!r} took longer than {budget:.1f} s"
-            ) from None
-        except RunnerError as exc:
-            error = await self._explain(session, exc)
-            await self._end(session, SessionState.FAILED, error.message)
-            raise error from exc
-        except BaseException:
-            await self._end(session, SessionState.FAILED, "opening was cancelled")
-            raise
-        session.state = SessionState.READY
-        session.watcher = asyncio.create_task(self._watch(session), name=f"watch-{session.id}")
-        assert session.server is not None
-        return OpenedSession(
-            info=self._info(session),
-            server=session.server,
-            tools=session.listing.tools,
-            findings=session.instructions_findings + session.listing.findings,
-        )
+        self._journal.policy("", caller, "open", "allow", self._gate.policy.label, profile=profile)
+        return chosen, checked_labels, granted
+
+    async def _announce(self, session: _Session, error: RunnerError | None) -> None:
+        """The session.open record, durable: who opened what, in which image, with which limits and network."""
+        profile = session.profile
+        await self._journal.durable_or_raise(records.SESSION_OPEN, session.id, session.caller, {
+            "profile": profile.name,
+            "outcome": "ok" if error is None else "error",
+            "image": profile.image,
+            "image_id": session.handle.image_id if session.handle is not None else "",
+            "command": list(profile.command),
+            "remote_url": profile.remote_url,
+            "env": sorted(profile.env),
+            "secrets": sorted(profile.secrets),
+            "limits": asdict(session.limits),
+            "network": describe_network(profile),
+            "runtime": profile.runtime,
+            "labels": dict(session.labels),
+            "server": asdict(session.server) if session.server is not None else None,
+            "tools": [t.name for t in session.listing.tools],
+            "findings": [asdict(f) for f in session.instructions_findings + session.listing.findings],
+            **({"error": error_json(error)} if error is not None else {}),
+        })
 
     async def _boot(
         self, session: _Session, secret_values: Mapping[str, str], network: SandboxNetwork | None
@@ -266,10 +324,11 @@ class SessionManager:
     async def list_tools(
         self, session_id: str, *, caller: str, timeout: float | None = None
     ) -> Sanitized[list[mcp_types.Tool]]:
-        session = self._live(session_id, caller)
-        async with self._counting_anomalies(session):
-            await self._refresh_tools(session, timeout=timeout)
-        return Sanitized(list(session.listing.tools), session.listing.findings)
+        async with self._journal.request(session_id, caller, "tools/list", {}) as entry:
+            session = self._live(session_id, caller, entry)
+            async with self._counting_anomalies(session):
+                await self._refresh_tools(session, timeout=timeout)
+            return self._returning(session, entry, Sanitized(list(session.listing.tools), session.listing.findings))
 
     async def call_tool(
         self,
@@ -288,7 +347,32 @@ class SessionManager:
         A tool that needs approval returns a PENDING outcome at once, unless ``on_approval`` is given: then
         the pending approval is reported through it and the call waits (within ``timeout``) for the decision.
         """
-        session = self._live(session_id, caller)
+        async with self._journal.request(session_id, caller, "tools/call", {"name": tool, "arguments": arguments}
+                                         ) as entry:
+            session = self._live(session_id, caller, entry)
+            outcome = await self._call_tool(
+                session, entry, tool, arguments, caller, approval_id, timeout, on_progress, on_approval
+            )
+            if outcome.approval is not None:
+                entry.returned["approval_id"] = outcome.approval.approval_id
+            if outcome.result is None:
+                entry.outcome = "approval_pending"
+                return replace(outcome, audit_id=entry.id)
+            self._returning(session, entry, Sanitized(outcome.result, outcome.findings))
+            return replace(outcome, audit_id=entry.id)
+
+    async def _call_tool(
+        self,
+        session: _Session,
+        entry: RequestEntry,
+        tool: str,
+        arguments: dict[str, Any],
+        caller: str,
+        approval_id: str,
+        timeout: float | None,
+        on_progress: ProgressCallback | None,
+        on_approval: ApprovalCallback | None,
+    ) -> ToolCallOutcome:
         async with self._counting_anomalies(session):
             checked = await self._callable_tool(session, tool, timeout)
             approval: Approval | None = None
@@ -301,7 +385,7 @@ class SessionManager:
                 def claim() -> Approval:
                     return self._gate.claim(caller, session.id, profile, approval_id, tool, arguments)
             else:
-                decision = self._gate.decide_tool(caller, session.profile.name, tool)
+                decision = self._decide_tool(session, caller, tool)
                 # Validation is CPU work on untrusted input: off the event loop, so other sessions keep moving.
                 await asyncio.to_thread(check_arguments, checked, arguments)
                 if decision.verdict == "approval":
@@ -328,6 +412,7 @@ class SessionManager:
                 if claim is not None:
                     approval = claim()
                     arguments = dict(approval.arguments)
+                    entry.params = {"name": tool, "arguments": arguments}
                     if on_approval is not None:
                         await on_approval(approval)
                 session.calls += 1
@@ -341,39 +426,48 @@ class SessionManager:
     async def list_resources(
         self, session_id: str, *, caller: str, timeout: float | None = None
     ) -> Sanitized[list[mcp_types.Resource]]:
-        session = self._offering(session_id, caller, "resources")
-        async with self._counting_anomalies(session):
-            pages = await self._pages(session, "resources/list", mcp_types.ListResourcesResult, timeout)
-            listed = [r for page in pages for r in page.resources]
-            return await self._sanitize(session, results.sanitize_resources, listed, "the resource list")
+        async with self._journal.request(session_id, caller, "resources/list", {}) as entry:
+            session = self._offering(session_id, caller, "resources", entry)
+            async with self._counting_anomalies(session):
+                pages = await self._pages(session, "resources/list", mcp_types.ListResourcesResult, timeout)
+                listed = [r for page in pages for r in page.resources]
+                clean = await self._sanitize(session, results.sanitize_resources, listed, "the resource list")
+            return self._returning(session, entry, clean)
 
     async def read_resource(
         self, session_id: str, uri: str, *, caller: str, timeout: float | None = None
     ) -> Sanitized[list[mcp_types.TextResourceContents | mcp_types.BlobResourceContents]]:
-        session = self._offering(session_id, caller, "resources")
-        async with self._counting_anomalies(session):
-            raw = await self._request(session, "resources/read", {"uri": uri}, timeout, None)
-            what = f"contents of {uri!r}"
-            result = await asyncio.to_thread(parse_result, mcp_types.ReadResourceResult, raw, what)
-            return await self._sanitize(session, results.sanitize_resource_contents, list(result.contents), what)
+        async with self._journal.request(session_id, caller, "resources/read", {"uri": uri}) as entry:
+            session = self._offering(session_id, caller, "resources", entry)
+            async with self._counting_anomalies(session):
+                raw = await self._request(session, "resources/read", {"uri": uri}, timeout, None)
+                what = f"contents of {uri!r}"
+                result = await asyncio.to_thread(parse_result, mcp_types.ReadResourceResult, raw, what)
+                clean = await self._sanitize(session, results.sanitize_resource_contents, list(result.contents), what)
+            return self._returning(session, entry, clean)
 
     async def list_prompts(
         self, session_id: str, *, caller: str, timeout: float | None = None
     ) -> Sanitized[list[mcp_types.Prompt]]:
-        session = self._offering(session_id, caller, "prompts")
-        async with self._counting_anomalies(session):
-            pages = await self._pages(session, "prompts/list", mcp_types.ListPromptsResult, timeout)
-            listed = [p for page in pages for p in page.prompts]
-            return await self._sanitize(session, results.sanitize_prompts, listed, "the prompt list")
+        async with self._journal.request(session_id, caller, "prompts/list", {}) as entry:
+            session = self._offering(session_id, caller, "prompts", entry)
+            async with self._counting_anomalies(session):
+                pages = await self._pages(session, "prompts/list", mcp_types.ListPromptsResult, timeout)
+                listed = [p for page in pages for p in page.prompts]
+                clean = await self._sanitize(session, results.sanitize_prompts, listed, "the prompt list")
+            return self._returning(session, entry, clean)
 
     async def get_prompt(
         self, session_id: str, name: str, arguments: dict[str, str], *, caller: str, timeout: float | None = None
     ) -> Sanitized[mcp_types.GetPromptResult]:
-        session = self._offering(session_id, caller, "prompts")
-        async with self._counting_anomalies(session):
-            raw = await self._request(session, "prompts/get", {"name": name, "arguments": arguments}, timeout, None)
-            result = await asyncio.to_thread(parse_result, mcp_types.GetPromptResult, raw, f"prompt {name!r}")
-            return await self._sanitize(session, results.sanitize_prompt_result, result, f"prompt {name!r}")
+        params = {"name": name, "arguments": arguments}
+        async with self._journal.request(session_id, caller, "prompts/get", params) as entry:
+            session = self._offering(session_id, caller, "prompts", entry)
+            async with self._counting_anomalies(session):
+                raw = await self._request(session, "prompts/get", dict(params), timeout, None)
+                result = await asyncio.to_thread(parse_result, mcp_types.GetPromptResult, raw, f"prompt {name!r}")
+                clean = await self._sanitize(session, results.sanitize_prompt_result, result, f"prompt {name!r}")
+            return self._returning(session, entry, clean)
 
     # -- approvals -----------------------------------------------------------------------------
 
@@ -390,7 +484,30 @@ class SessionManager:
     def decide_approval(self, approval_id: str, *, caller: str, approve: bool, reason: str) -> Approval:
         return self._gate.decide(caller, approval_id, approve=approve, reason=reason)
 
+    def tool_decision(self, caller: str, profile: str, tool: str) -> ToolDecision:
+        """What the policy says now about ``caller`` calling ``tool`` on ``profile`` (a denial is raised)."""
+        return self._gate.decide_tool(caller, profile, tool)
+
     # -- internals -----------------------------------------------------------------------------
+
+    def _decide_tool(self, session: _Session, caller: str, tool: str) -> ToolDecision:
+        try:
+            decision = self._gate.decide_tool(caller, session.profile.name, tool)
+        except PermissionDenied as exc:
+            self._journal.policy(session.id, caller, "tools/call", "deny", exc.message, tool=tool)
+            raise
+        self._journal.policy(session.id, caller, "tools/call", decision.verdict, decision.rule, tool=tool)
+        return decision
+
+    def _returning(self, session: _Session, entry: RequestEntry, answer: Sanitized[V]) -> Sanitized[V]:
+        """``answer`` goes to the caller: into the request's record, its findings into records of their own."""
+        entry.result(answer.value, answer.findings)
+        self._journal.findings(session.id, session.caller, entry.method, answer.findings)
+        return answer
+
+    def _approval_changed(self, approval: Approval) -> None:
+        session = self._sessions.get(approval.session_id)
+        self._journal.approval(approval, session.sanitizer.redact_secrets if session is not None else str)
 
     async def _refresh_tools(self, session: _Session, *, timeout: float | None) -> None:
         """List, compile schemas, check pins, sanitize; blocked tools stay known but uncallable."""
@@ -438,6 +555,7 @@ class SessionManager:
             reason = self._gate.quarantine_reason(session.id, exc)
             if reason is not None and session.state is SessionState.READY:
                 log.warning("session %s of caller %s %s", session.id, session.caller, reason)
+                self._journal.note(records.QUARANTINE, session.id, session.caller, {"reason": reason})
                 await self._end(session, SessionState.FAILED, reason)
                 # The caller learns from this very answer that its session is gone, and why.
                 exc.message = f"{exc.message}; session {session.id} was {reason}"
@@ -516,6 +634,9 @@ class SessionManager:
             explained = SandboxCrashed(f"session {session.id} ended: {error.message}{status}{hint}", tail)
         else:
             explained = type(error)(f"session {session.id} was ended: {error.message}")
+        self._journal.note(records.EXIT, session.id, session.caller, {
+            "oom_killed": ending.oom_killed, "exit_code": ending.exit_code, "error": error_json(explained),
+        })  # fmt: skip
         await self._end(session, SessionState.FAILED, explained.message)
         return explained
 
@@ -549,6 +670,12 @@ class SessionManager:
             await session.channel.aclose()
         if session.handle is not None:
             await session.handle.destroy()
+        if not session.announced:
+            return  # a failed open: its session.open record says how it ended
+        await durable(self._journal, records.SESSION_CLOSE, session.id, session.caller, {
+            "state": session.state.value, "reason": session.failure, "usage": asdict(self._info(session).usage),
+            "profile": session.profile.name,
+        })  # fmt: skip
 
     def _lookup(self, session_id: str, caller: str) -> _Session:
         session = self._sessions.get(session_id)
@@ -557,16 +684,18 @@ class SessionManager:
         self._gate.check_owner(caller, session.caller, session_id)
         return session
 
-    def _live(self, session_id: str, caller: str) -> _Session:
+    def _live(self, session_id: str, caller: str, entry: RequestEntry | None = None) -> _Session:
         session = self._lookup(session_id, caller)
+        if entry is not None:
+            entry.redact = session.sanitizer.redact_secrets
         if session.state is SessionState.READY:
             return session
         reason = f": {session.failure}" if session.failure else ""
         raise SessionClosed(f"session {session_id} is {session.state.value}{reason}")
 
-    def _offering(self, session_id: str, caller: str, capability: str) -> _Session:
+    def _offering(self, session_id: str, caller: str, capability: str, entry: RequestEntry) -> _Session:
         """The live session, if its server declared ``capability`` at initialize."""
-        session = self._live(session_id, caller)
+        session = self._live(session_id, caller, entry)
         if session.capabilities is not None and getattr(session.capabilities, capability) is None:
             raise Unimplemented(
                 f"session {session_id}'s server ({session.profile.name}) does not offer {capability}"
