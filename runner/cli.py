@@ -1,11 +1,12 @@
-"""``mcp-runner``: serve the API, call tools, inspect sessions, decide approvals, make credentials, build images.
+"""``mcp-runner``: serve the API, call tools, inspect sessions, decide approvals, read the audit log, replay.
 
 Client commands talk to a running server (``--address``, default from
 ``MCP_RUNNER_ADDRESS``), with a bearer token (``--token`` / ``MCP_RUNNER_TOKEN``)
 and TLS files (``--ca``, ``--cert``, ``--key`` / ``MCP_RUNNER_CA`` …) when the
-server asks for them. Exit codes: 0 ok, 1 the tool reported an error, 2 the
-runner refused (gRPC error, printed as ``error: CODE: details``) or the
-command line was wrong.
+server asks for them. Exit codes: 0 ok, 1 the tool reported an error, no audit
+record matched, the audit log is broken or a replay did not match, 2 the runner
+refused (gRPC error, printed as ``error: CODE: details``) or the command line
+was wrong.
 """
 
 from __future__ import annotations
@@ -16,15 +17,21 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import grpc
 
 from runner.api._proto.mcp_runner.v1 import runner_pb2 as pb
+from runner.audit.diff import describe
+from runner.audit.records import KINDS, Verification, iso_time
 from runner.client import DEFAULT_ADDRESS, Progress, RunnerClient, ToolResult, tls_credentials
 from runner.errors import RunnerError
+from runner.text import printable
+from runner.when import FORMS, parse_when
 
 _STATES = {1: "starting", 2: "ready", 3: "closed", 4: "failed"}
 _APPROVAL_STATES = {1: "pending", 2: "approved", 3: "denied", 4: "expired"}
@@ -188,6 +195,261 @@ def _approvals(args: argparse.Namespace) -> int:
     return 0
 
 
+# ------------------------------------------------------------------- audit
+
+
+def _when(text: str) -> float:
+    """``--since`` / ``--until``: a bad time is a usage error naming the accepted forms."""
+    try:
+        return parse_when(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _text(value: Any, limit: int = 100) -> str:
+    """A recorded value (untrusted: it may hold anything a tool returned) as one printable line."""
+    if not isinstance(value, str):
+        value = json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str)
+    line = _one_line(printable(value))
+    return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
+def _unix(timestamp: Any) -> float:
+    seconds: int = timestamp.seconds
+    nanos: int = timestamp.nanos
+    return seconds + nanos / 1e9
+
+
+def _json_value(text: str, empty: Any) -> Any:
+    """``text`` parsed, ``empty`` when there is none, the text itself when it is not JSON (shown, never lost)."""
+    try:
+        return json.loads(text) if text else empty
+    except ValueError:
+        return text
+
+
+def _record_json(record: pb.AuditRecord) -> dict[str, Any]:
+    """The record as the log exports it."""
+    return {
+        "seq": record.seq, "id": record.id, "at": iso_time(_unix(record.at)), "kind": record.kind,
+        "session_id": record.session_id, "caller": record.caller, "data": _json_value(record.data_json, {}),
+        "prev": record.prev_hash, "hash": record.hash,
+    }  # fmt: skip
+
+
+def _error_text(error: Any) -> str:
+    if isinstance(error, dict):
+        status, message = _text(error.get("status") or "error", 40), _text(error.get("message") or "")
+        return f"{status}: {message}" if message else status
+    return _text(error or "error")
+
+
+def _audit_summary(kind: str, data: Any) -> str:
+    """A short readable digest of a record's data; tolerant of missing or odd fields, generic for unknown kinds."""
+    if not isinstance(data, dict):
+        return _text(data)
+
+    def field(key: str, limit: int = 60) -> str:
+        value = data.get(key)
+        return "" if value is None else _text(value, limit)
+
+    if kind == "request":
+        params = data.get("params")
+        tool = data.get("tool") or (params.get("name") if isinstance(params, dict) else None)
+        head = " ".join(_text(part, 60) for part in (data.get("method"), tool) if part) or "request"
+        result = data.get("result")
+        if data.get("outcome") == "error" or data.get("error"):
+            outcome = _error_text(data.get("error"))
+        elif isinstance(result, dict) and result.get("isError"):
+            outcome = "ok (the tool reported an error)"
+        else:
+            outcome = field("outcome") or "?"
+        findings = data.get("findings")
+        count = len(findings) if isinstance(findings, list) else 0
+        return f"{head} → {outcome}" + (f" [{count} finding{'s' if count != 1 else ''}]" if count else "")
+    if kind == "session.open":
+        summary = f"profile {field('profile') or '?'} image {field('image', 80) or '?'}"
+        if data.get("outcome") not in (None, "ok"):
+            summary += f" → {field('outcome')}: {_error_text(data.get('error'))}"
+        return summary
+    if kind == "session.close":
+        reason = field("reason")
+        return (field("state") or "?") + (f" ({reason})" if reason else "")
+    if kind == "policy":
+        rule = field("rule")
+        head = " ".join(part for part in (field("verdict"), field("action"), field("tool")) if part) or "?"
+        return head + (f" (rule {rule})" if rule else "")
+    if kind == "egress":
+        allowed = data.get("allowed")
+        verdict = "allowed" if allowed else "refused"
+        target = f"{field('host')}:{field('port')}" if data.get("port") else field("host")
+        reason = "" if allowed else field("reason")
+        head = " ".join(part for part in (verdict, field("method"), target) if part)
+        return head + (f" ({reason})" if reason else "")
+    if kind == "approval":
+        by, reason = field("decided_by"), field("reason")
+        head = " ".join(part for part in (field("state"), field("tool"), field("approval_id")) if part) or "?"
+        return head + (f" by {by}" if by else "") + (f" ({reason})" if reason else "")
+    return _text(data)
+
+
+def _record_line(record: pb.AuditRecord) -> str:
+    at = datetime.fromtimestamp(_unix(record.at)).strftime("%Y-%m-%d %H:%M:%S")
+    session, caller = _text(record.session_id, 60) or "-", _text(record.caller, 60) or "-"
+    summary = _audit_summary(record.kind, _json_value(record.data_json, {}))
+    return f"{record.seq:>6}  {at}  {_text(record.kind, 20):<13}  {session}  {caller}  {summary}"
+
+
+def _print_record(record: pb.AuditRecord) -> None:
+    print(printable(json.dumps(_record_json(record), indent=2, ensure_ascii=False)))
+
+
+def _audit_records(client: RunnerClient, *, limit: int = 0, **filters: Any) -> Iterator[pb.AuditRecord]:
+    """Every matching record, page after page: the server may answer a query with fewer records than asked."""
+    after = shown = 0
+    while True:
+        page = 0
+        for record in client.query_audit(after_seq=after, limit=limit - shown if limit else 0, **filters):
+            if record.seq <= after:  # no progress: never loop over the same page
+                return
+            yield record
+            after, shown, page = record.seq, shown + 1, page + 1
+            if shown == limit:
+                return
+        if not page:
+            return
+
+
+def _audit_list(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        for record in _audit_records(
+            client, session_id=args.session, caller=args.caller, since=args.since, until=args.until,
+            kinds=args.kind, limit=args.limit,
+        ):  # fmt: skip
+            if args.json:
+                print(json.dumps(_record_json(record), separators=(",", ":")), flush=True)
+            else:
+                print(_record_line(record), flush=True)
+    return 0
+
+
+def _audit_show(args: argparse.Namespace) -> int:
+    shown = 0
+    with _client(args) as client:
+        if args.id.startswith("aud_"):
+            records: Iterator[pb.AuditRecord] = client.query_audit(record_id=args.id, limit=1)
+        else:
+            records = _audit_records(client, session_id=args.id)
+        for record in records:
+            _print_record(record)
+            shown += 1
+    if not shown:
+        what = f"audit record {args.id}" if args.id.startswith("aud_") else f"audit records of session {args.id}"
+        print(f"error: NOT_FOUND: no {_text(what)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _audit_export(args: argparse.Namespace) -> int:
+    lines = 0
+    with _client(args) as client:
+        chunks = client.export_session(args.session_id)
+        if args.output is None:
+            for chunk in chunks:
+                sys.stdout.write(chunk)
+                lines += chunk.count("\n")
+            sys.stdout.flush()
+        else:
+            # Written beside the target and renamed at the end: a failed export never looks like a finished one.
+            target = Path(args.output)
+            partial = target.with_name(target.name + ".partial")
+            try:
+                with partial.open("w", encoding="utf-8", newline="") as out:
+                    for chunk in chunks:
+                        out.write(chunk)
+                        lines += chunk.count("\n")
+                if lines:
+                    partial.replace(target)
+            except OSError as exc:
+                print(f"error: cannot write {target}: {exc.strerror or exc}", file=sys.stderr)
+                return 2
+            finally:
+                partial.unlink(missing_ok=True)
+    if not lines:
+        print(f"error: NOT_FOUND: no audit records of session {_text(args.session_id)}", file=sys.stderr)
+        return 1
+    if args.output is not None:
+        print(f"exported {lines} records of session {args.session_id} to {args.output}", file=sys.stderr)
+    return 0
+
+
+def _audit_verify(args: argparse.Namespace) -> int:
+    result: Verification | pb.VerifyAuditResponse
+    if args.db or args.export:
+        from runner.audit.verify import verify_database, verify_export
+
+        result = verify_database(Path(args.db)) if args.db else verify_export(Path(args.export))
+    else:
+        with _client(args) as client:
+            result = client.verify_audit()
+    if not result.intact:
+        print(f"audit log BROKEN at record seq {result.broken_seq} ({_text(result.broken_id, 40)}): "
+              f"{_text(result.problem, 500)}")  # fmt: skip
+        return 1
+    if not result.checked:
+        print("audit log intact: no records")
+    else:
+        print(f"audit log intact: {result.checked} records (seq {result.first_seq}..{result.head_seq}), "
+              f"head {result.head_hash}")  # fmt: skip
+    return 0
+
+
+def _diff_lines(diff_json: str) -> list[str]:
+    """``  replace /content/0/text: "old" → "new"`` per entry (an entry of another shape as JSON)."""
+    entries = _json_value(diff_json, [])
+    lines = []
+    for entry in entries if isinstance(entries, list) else [entries]:
+        try:
+            lines.append(f"  {_text(describe(entry), 300)}")
+        except (KeyError, TypeError, ValueError):
+            lines.append(f"  {_text(entry)}")
+    return lines
+
+
+def _replay(args: argparse.Namespace) -> int:
+    timeout_ms = 0
+    if args.timeout is not None:
+        timeout_ms = round(args.timeout * 1000)
+        if not 0 < timeout_ms < 2**32:
+            print("error: --timeout must be a positive number of seconds (under 49 days)", file=sys.stderr)
+            return 2
+    verdicts: Counter[str] = Counter()
+    replayed_in = ""
+    with _client(args) as client:
+        for verdict in client.replay_session(args.session_id, timeout_ms=timeout_ms):
+            verdicts[verdict.verdict] += 1
+            replayed_in = verdict.replay_session_id or replayed_in
+            if args.json:
+                print(json.dumps({
+                    "index": verdict.index, "tool": verdict.tool, "verdict": verdict.verdict,
+                    "diff": _json_value(verdict.diff_json, []),
+                    "reason": verdict.reason, "original_audit_id": verdict.original_audit_id,
+                    "replay_audit_id": verdict.replay_audit_id, "replay_session_id": verdict.replay_session_id,
+                }, separators=(",", ":")), flush=True)  # fmt: skip
+                continue
+            head = f"#{verdict.index} {_text(verdict.tool, 60)}: {_text(verdict.verdict, 20)}"
+            if verdict.reason:
+                head += f": {_text(verdict.reason, 300)}"
+            print("\n".join([head, *_diff_lines(verdict.diff_json)]), flush=True)
+    total = sum(verdicts.values())
+    summary = (
+        f"{total} call{'s' if total != 1 else ''}: {verdicts['same']} same, {verdicts['different']} different, "
+        f"{verdicts['refused']} refused" + (f" (replayed in session {_text(replayed_in, 60)})" if replayed_in else "")
+    )
+    print(summary, file=sys.stderr if args.json else sys.stdout)
+    return 0 if verdicts["same"] == total else 1
+
+
 def _certs(args: argparse.Namespace) -> int:
     from runner.certs import make_dev_certs
 
@@ -293,6 +555,38 @@ def build_parser() -> argparse.ArgumentParser:
     approvals.add_argument("--reason", default="", help="why (required to deny)")
     approvals.add_argument("--all", action="store_true", help="list: include decided and expired approvals")
     approvals.set_defaults(func=_approvals)
+
+    audit = sub.add_parser("audit", help="list, show, export or verify audit records")
+    audit_actions = audit.add_subparsers(dest="action", metavar="ACTION", required=True)
+    listing = audit_actions.add_parser("list", help="one line per record, oldest first")
+    listing.add_argument("--session", default="", help="only this session's records")
+    listing.add_argument("--caller", default="", help="only this caller's records")
+    listing.add_argument("--since", type=_when, metavar="WHEN", help=f"from this time on (inclusive): {FORMS}")
+    listing.add_argument("--until", type=_when, metavar="WHEN", help="before this time (exclusive); same forms")
+    listing.add_argument(
+        "--kind", action="append", default=[], metavar="KIND", help=f"only this kind (repeatable): {', '.join(KINDS)}"
+    )
+    listing.add_argument("--limit", type=int, default=0, metavar="N", help="at most N records (default: all)")
+    listing.add_argument("--json", action="store_true", help="each record as one JSON line")
+    listing.set_defaults(func=_audit_list)
+    show = audit_actions.add_parser("show", help="one record (aud_…) or every record of a session, in full")
+    show.add_argument("id", metavar="ID", help="an audit record id (aud_…) or a session id")
+    show.set_defaults(func=_audit_show)
+    export = audit_actions.add_parser("export", help="a session's records as JSON Lines (what verify --export checks)")
+    export.add_argument("session_id", metavar="SESSION")
+    export.add_argument("-o", "--output", metavar="FILE", help="write to FILE instead of standard output")
+    export.set_defaults(func=_audit_export)
+    verify = audit_actions.add_parser("verify", help="check the hash chain: on the server, or a file offline")
+    offline = verify.add_mutually_exclusive_group()
+    offline.add_argument("--db", metavar="PATH", help="check this audit SQLite database offline")
+    offline.add_argument("--export", metavar="FILE", help="check this JSON Lines export offline")
+    verify.set_defaults(func=_audit_verify)
+
+    replay = sub.add_parser("replay", help="re-run a recorded session's tool calls and compare the results")
+    replay.add_argument("session_id", metavar="SESSION")
+    replay.add_argument("--timeout", type=float, metavar="SECONDS", help="time limit for the replay")
+    replay.add_argument("--json", action="store_true", help="each verdict as one JSON line")
+    replay.set_defaults(func=_replay)
 
     certs = sub.add_parser("certs", help="make a development CA with server and client certificates")
     certs.add_argument("directory")

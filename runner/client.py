@@ -5,6 +5,7 @@ protobuf messages themselves (``runner.api._proto.mcp_runner.v1.runner_pb2``),
 except for the few places where a small result object saves every caller the
 same work (open → ``OpenedSession``; call → ``ToolResult`` with parsed
 structured content; stream → ``Progress`` events then a ``ToolResult``).
+Audit methods stream: records, export text, replay verdicts as they come.
 
 Errors are not wrapped: every method raises ``grpc.RpcError`` (``grpc.aio.AioRpcError``
 for the async client) whose ``.code()`` is the status the runner chose —
@@ -22,7 +23,8 @@ takes ``tls_credentials(ca, cert, key)`` for TLS or mutual TLS.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+import math
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager, suppress
 from dataclasses import dataclass
 from types import TracebackType
@@ -140,6 +142,32 @@ def _call_request(
         timeout_ms=timeout_ms,
         approval_id=approval_id,
     )
+
+
+def _set_time(field: Any, unix: float) -> None:
+    seconds = math.floor(unix)
+    field.seconds, field.nanos = seconds, min(round((unix - seconds) * 1e9), 999_999_999)
+
+
+def _audit_query(
+    record_id: str,
+    session_id: str,
+    caller: str,
+    since: float | None,
+    until: float | None,
+    kinds: Iterable[str],
+    after_seq: int,
+    limit: int,
+) -> pb.QueryAuditRequest:
+    request = pb.QueryAuditRequest(
+        record_id=record_id, session_id=session_id, caller=caller, kinds=list(kinds), after_seq=after_seq,
+        limit=limit,
+    )  # fmt: skip
+    if since is not None:
+        _set_time(request.since, since)
+    if until is not None:
+        _set_time(request.until, until)
+    return request
 
 
 def _tool_result(response: pb.CallToolResponse) -> ToolResult:
@@ -332,6 +360,57 @@ class AsyncRunnerClient:
         approval: pb.Approval = response.approval
         return approval
 
+    async def query_audit(
+        self,
+        *,
+        record_id: str = "",
+        session_id: str = "",
+        caller: str = "",
+        since: float | None = None,
+        until: float | None = None,
+        kinds: Iterable[str] = (),
+        after_seq: int = 0,
+        limit: int = 0,
+        timeout: float | None = None,
+    ) -> AsyncIterator[pb.AuditRecord]:
+        """Audit records oldest first; ``since`` (inclusive) and ``until`` (exclusive) are Unix times."""
+        request = _audit_query(record_id, session_id, caller, since, until, kinds, after_seq, limit)
+        call = self._stub.QueryAudit(request, timeout=timeout, metadata=self._metadata)
+        try:
+            async for record in call:
+                yield record
+        finally:
+            call.cancel()
+
+    async def export_session(self, session_id: str, *, timeout: float | None = None) -> AsyncIterator[str]:
+        """A session's records as JSON Lines text, in chunks of whole lines (write them out in order)."""
+        call = self._stub.ExportSession(
+            pb.ExportSessionRequest(session_id=session_id), timeout=timeout, metadata=self._metadata
+        )
+        try:
+            async for message in call:
+                yield message.lines
+        finally:
+            call.cancel()
+
+    async def verify_audit(self, *, timeout: float | None = None) -> pb.VerifyAuditResponse:
+        response: pb.VerifyAuditResponse = await self._stub.VerifyAudit(
+            pb.VerifyAuditRequest(), timeout=timeout, metadata=self._metadata
+        )
+        return response
+
+    async def replay_session(
+        self, session_id: str, *, timeout_ms: int = 0, timeout: float | None = None
+    ) -> AsyncIterator[pb.ReplayVerdict]:
+        """One verdict per recorded tool call, as each is replayed in a fresh sandbox."""
+        request = pb.ReplaySessionRequest(session_id=session_id, timeout_ms=timeout_ms)
+        call = self._stub.ReplaySession(request, timeout=timeout, metadata=self._metadata)
+        try:
+            async for verdict in call:
+                yield verdict
+        finally:
+            call.cancel()
+
     @asynccontextmanager
     async def session(
         self,
@@ -490,6 +569,55 @@ class RunnerClient:
         request = pb.DecideApprovalRequest(approval_id=approval_id, approve=approve, reason=reason)
         approval: pb.Approval = self._stub.DecideApproval(request, timeout=timeout, metadata=self._metadata).approval
         return approval
+
+    def query_audit(
+        self,
+        *,
+        record_id: str = "",
+        session_id: str = "",
+        caller: str = "",
+        since: float | None = None,
+        until: float | None = None,
+        kinds: Iterable[str] = (),
+        after_seq: int = 0,
+        limit: int = 0,
+        timeout: float | None = None,
+    ) -> Iterator[pb.AuditRecord]:
+        """Audit records oldest first; ``since`` (inclusive) and ``until`` (exclusive) are Unix times."""
+        request = _audit_query(record_id, session_id, caller, since, until, kinds, after_seq, limit)
+        call = self._stub.QueryAudit(request, timeout=timeout, metadata=self._metadata)
+        try:
+            yield from call
+        finally:
+            call.cancel()
+
+    def export_session(self, session_id: str, *, timeout: float | None = None) -> Iterator[str]:
+        """A session's records as JSON Lines text, in chunks of whole lines (write them out in order)."""
+        call = self._stub.ExportSession(
+            pb.ExportSessionRequest(session_id=session_id), timeout=timeout, metadata=self._metadata
+        )
+        try:
+            for message in call:
+                yield message.lines
+        finally:
+            call.cancel()
+
+    def verify_audit(self, *, timeout: float | None = None) -> pb.VerifyAuditResponse:
+        response: pb.VerifyAuditResponse = self._stub.VerifyAudit(
+            pb.VerifyAuditRequest(), timeout=timeout, metadata=self._metadata
+        )
+        return response
+
+    def replay_session(
+        self, session_id: str, *, timeout_ms: int = 0, timeout: float | None = None
+    ) -> Iterator[pb.ReplayVerdict]:
+        """One verdict per recorded tool call, as each is replayed in a fresh sandbox."""
+        request = pb.ReplaySessionRequest(session_id=session_id, timeout_ms=timeout_ms)
+        call = self._stub.ReplaySession(request, timeout=timeout, metadata=self._metadata)
+        try:
+            yield from call
+        finally:
+            call.cancel()
 
     @contextmanager
     def session(

@@ -4,7 +4,7 @@ The servicer is conversion only, and all of the conversion lives here so it can
 be tested without a server. Requests become domain values (raising
 ``InvalidArgument`` for what the caller got wrong); domain values become
 response messages. JSON travels as compact JSON text so integers and nesting
-survive exactly.
+survive exactly; audit data travels as canonical JSON, the text its hash covers.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import base64
 import binascii
 import json
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import mcp_types
@@ -21,6 +21,7 @@ from pydantic import BaseModel
 
 from runner.api._proto.mcp_runner.v1 import runner_pb2 as pb
 from runner.approvals import Approval, ApprovalState
+from runner.audit.records import KINDS, AuditQuery, AuditRecord, ReplayVerdict, Verification, canonical_json
 from runner.errors import InvalidArgument, ResultRejected
 from runner.guard.findings import Finding
 from runner.sessions.models import (
@@ -75,6 +76,13 @@ def _set_time(field: Any, unix: float) -> None:
     """Fill a google.protobuf.Timestamp from unix seconds."""
     seconds = math.floor(unix)
     field.seconds, field.nanos = seconds, min(round((unix - seconds) * 1e9), 999_999_999)
+
+
+def _unix(timestamp: Any) -> float:
+    """Unix seconds of a google.protobuf.Timestamp."""
+    seconds: int = timestamp.seconds
+    nanos: int = timestamp.nanos
+    return seconds + nanos / 1e9
 
 
 # ----------------------------------------------------------------- requests
@@ -323,4 +331,82 @@ def prompt_result_to_proto(result: mcp_types.GetPromptResult, findings: Iterable
             pb.PromptMessage(role=str(m.role), content=content_to_proto(m.content)) for m in result.messages
         ],
         findings=findings_to_proto(findings),
+    )
+
+
+# -------------------------------------------------------------------- audit
+
+
+def audit_query_from_proto(request: Any) -> AuditQuery:
+    """A QueryAuditRequest as the query the audit log answers; unset timestamps are no bound."""
+    unknown = sorted(set(request.kinds) - set(KINDS))
+    if unknown:
+        raise InvalidArgument(f"unknown audit record kind {', '.join(map(repr, unknown))}; known: {', '.join(KINDS)}")
+    if request.after_seq < 0:
+        raise InvalidArgument("after_seq must not be negative")
+    if request.limit < 0:
+        raise InvalidArgument("limit must not be negative (0 means no limit)")
+    since = _unix(request.since) if request.HasField("since") else None
+    until = _unix(request.until) if request.HasField("until") else None
+    if since is not None and until is not None and since >= until:
+        raise InvalidArgument("since must be before until (since is inclusive, until exclusive)")
+    return AuditQuery(
+        record_id=request.record_id,
+        session_id=request.session_id,
+        caller=request.caller,
+        since=since,
+        until=until,
+        kinds=tuple(dict.fromkeys(request.kinds)),
+        after_seq=request.after_seq,
+        limit=request.limit,
+    )
+
+
+def _plain(value: Any) -> Any:
+    """``value`` with every Mapping a dict and every tuple a list, so it serializes as JSON."""
+    if isinstance(value, Mapping):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(item) for item in value]
+    return value
+
+
+def audit_record_to_proto(record: AuditRecord) -> Any:
+    msg = pb.AuditRecord(
+        seq=record.seq,
+        id=record.id,
+        kind=record.kind,
+        session_id=record.session_id,
+        caller=record.caller,
+        data_json=canonical_json(_plain(record.data)),
+        prev_hash=record.prev,
+        hash=record.hash,
+    )
+    _set_time(msg.at, record.at)
+    return msg
+
+
+def verification_to_proto(verification: Verification) -> Any:
+    return pb.VerifyAuditResponse(
+        intact=verification.intact,
+        checked=verification.checked,
+        first_seq=verification.first_seq,
+        head_seq=verification.head_seq,
+        head_hash=verification.head_hash,
+        broken_seq=verification.broken_seq,
+        broken_id=verification.broken_id,
+        problem=verification.problem,
+    )
+
+
+def verdict_to_proto(verdict: ReplayVerdict) -> Any:
+    return pb.ReplayVerdict(
+        index=verdict.index,
+        tool=verdict.tool,
+        verdict=verdict.verdict,
+        diff_json=canonical_json(_plain(verdict.diff)) if verdict.diff else "",
+        reason=verdict.reason,
+        original_audit_id=verdict.original_audit_id,
+        replay_audit_id=verdict.replay_audit_id,
+        replay_session_id=verdict.replay_session_id,
     )

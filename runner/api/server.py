@@ -17,7 +17,7 @@ from grpc_reflection.v1alpha import reflection
 
 from runner.api._proto.mcp_runner.v1 import runner_pb2, runner_pb2_grpc
 from runner.api.auth import Authenticator, check_listen_safety, server_credentials
-from runner.api.servicer import RunnerServicer, SessionService
+from runner.api.servicer import AuditAccess, RunnerServicer, SessionService
 from runner.config import TlsConfig
 from runner.errors import Unavailable
 
@@ -53,17 +53,18 @@ async def start_server(
     authenticator: Authenticator,
     tls: TlsConfig | None = None,
     grace: float = 5.0,
+    audit: AuditAccess | None = None,
 ) -> RunningServer:
     """Bind ``listen`` (``host:port``; port 0 picks one), with TLS when ``tls`` is given, and start serving.
 
     Refuses an address beyond loopback unless callers must authenticate. ``grace`` is the default drain
     time of ``RunningServer.stop``. Health and reflection need no credentials (load balancers and
-    tooling probe them); every Runner RPC does.
+    tooling probe them); every Runner RPC does. Without ``audit`` the audit RPCs answer FAILED_PRECONDITION.
     """
     check_listen_safety(listen, tls, authenticator.config)
     credentials = server_credentials(tls) if tls is not None else None
     server = grpc.aio.server()
-    runner_pb2_grpc.add_RunnerServicer_to_server(RunnerServicer(manager, authenticator), server)
+    runner_pb2_grpc.add_RunnerServicer_to_server(RunnerServicer(manager, authenticator, audit), server)
     health = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     reflection.enable_server_reflection([RUNNER_SERVICE, HEALTH_SERVICE, reflection.SERVICE_NAME], server)

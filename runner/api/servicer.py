@@ -7,6 +7,9 @@ wrong credential is UNAUTHENTICATED like any other domain error.
 ``RunnerError`` becomes a gRPC status in exactly one place (``_translate_errors``)
 through the ``Status`` table; anything else is a bug, logged with its traceback
 and reported as INTERNAL without details (they may carry sandbox output).
+
+The audit RPCs go to an ``AuditAccess`` instead, which decides who may read
+what; without one (the audit log disabled) they answer FAILED_PRECONDITION.
 """
 
 from __future__ import annotations
@@ -25,7 +28,8 @@ from runner.api import convert
 from runner.api._proto.mcp_runner.v1 import runner_pb2 as pb
 from runner.api.auth import Authenticator
 from runner.approvals import Approval
-from runner.errors import InvalidArgument, RateLimited, RunnerError, Status
+from runner.audit.records import AuditQuery, AuditRecord, ReplayVerdict, Verification
+from runner.errors import FailedPrecondition, InvalidArgument, RateLimited, RunnerError, Status
 from runner.sessions.models import (
     ApprovalCallback,
     LimitsRequest,
@@ -48,6 +52,10 @@ DEADLINE_ROUNDING = 1.01
 """gRPC rounds a timeout up by as much as ~1% when it encodes it (10 s arrives as 10.099 s)."""
 
 _CODES: dict[Status, grpc.StatusCode] = {status: grpc.StatusCode[status.value] for status in Status}
+
+AUDIT_DISABLED = "this service runs with the audit log disabled (settings: audit.enabled: false)"
+EXPORT_CHUNK_BYTES = 64 * 1024
+"""ExportSession packs whole lines into messages of about this size: few messages, none near the size limit."""
 
 
 class SessionService(Protocol):
@@ -109,6 +117,19 @@ class SessionService(Protocol):
     def decide_approval(self, approval_id: str, *, caller: str, approve: bool, reason: str) -> Approval: ...
 
 
+class AuditAccess(Protocol):
+    """What the audit RPCs need: reading, exporting, verifying and replaying, each deciding what ``caller`` may do."""
+
+    def query(self, query: AuditQuery, *, caller: str) -> AsyncIterator[AuditRecord]: ...
+
+    def export_session(self, session_id: str, *, caller: str) -> AsyncIterator[str]:
+        """Whole JSON lines, oldest record first."""
+
+    async def verify(self, *, caller: str) -> Verification: ...
+
+    def replay(self, session_id: str, *, caller: str, timeout: float | None) -> AsyncIterator[ReplayVerdict]: ...
+
+
 def deadline_of(context: Context, timeout_ms: int = 0) -> float | None:
     """Seconds the manager may spend: the shorter of the gRPC deadline and ``timeout_ms`` (0 = none).
 
@@ -147,9 +168,12 @@ _DONE = object()
 class RunnerServicer:
     """Implements every RPC of ``mcp_runner.v1.Runner`` (registered with ``add_RunnerServicer_to_server``)."""
 
-    def __init__(self, manager: SessionService, authenticator: Authenticator) -> None:
+    def __init__(
+        self, manager: SessionService, authenticator: Authenticator, audit: AuditAccess | None = None
+    ) -> None:
         self._manager = manager
         self._auth = authenticator
+        self._audit = audit
 
     async def OpenSession(self, request: Any, context: Context) -> Any:
         async with _translate_errors(context, "OpenSession"):
@@ -301,6 +325,51 @@ class RunnerServicer:
                 request.approval_id, caller=caller, approve=request.approve, reason=request.reason
             )
             return pb.DecideApprovalResponse(approval=convert.approval_to_proto(decided))
+
+    async def QueryAudit(self, request: Any, context: Context) -> AsyncIterator[Any]:
+        async with _translate_errors(context, "QueryAudit"):
+            caller = self._auth.identify(context)
+            audit = self._audit_access()
+            async for record in audit.query(convert.audit_query_from_proto(request), caller=caller):
+                yield convert.audit_record_to_proto(record)
+
+    async def ExportSession(self, request: Any, context: Context) -> AsyncIterator[Any]:
+        async with _translate_errors(context, "ExportSession"):
+            caller = self._auth.identify(context)
+            audit = self._audit_access()
+            session_id = convert.require_session_id(request.session_id)
+            batch: list[str] = []
+            size = 0
+            async for line in audit.export_session(session_id, caller=caller):
+                whole = line if line.endswith("\n") else line + "\n"
+                length = len(whole.encode("utf-8"))
+                if batch and size + length > EXPORT_CHUNK_BYTES:
+                    yield pb.ExportSessionResponse(lines="".join(batch))
+                    batch, size = [], 0
+                batch.append(whole)
+                size += length
+            if batch:
+                yield pb.ExportSessionResponse(lines="".join(batch))
+
+    async def VerifyAudit(self, request: Any, context: Context) -> Any:
+        async with _translate_errors(context, "VerifyAudit"):
+            caller = self._auth.identify(context)
+            verification = await self._audit_access().verify(caller=caller)
+            return convert.verification_to_proto(verification)
+
+    async def ReplaySession(self, request: Any, context: Context) -> AsyncIterator[Any]:
+        async with _translate_errors(context, "ReplaySession"):
+            caller = self._auth.identify(context)
+            audit = self._audit_access()
+            session_id = convert.require_session_id(request.session_id)
+            timeout = deadline_of(context, request.timeout_ms)
+            async for verdict in audit.replay(session_id, caller=caller, timeout=timeout):
+                yield convert.verdict_to_proto(verdict)
+
+    def _audit_access(self) -> AuditAccess:
+        if self._audit is None:
+            raise FailedPrecondition(AUDIT_DISABLED)
+        return self._audit
 
     @staticmethod
     def _call_args(request: Any, context: Context) -> tuple[str, str, dict[str, Any], float | None]:

@@ -532,3 +532,109 @@ class DecideApprovalResponse(_message.Message):
     APPROVAL_FIELD_NUMBER: _ClassVar[int]
     approval: Approval
     def __init__(self, approval: _Optional[_Union[Approval, _Mapping]] = ...) -> None: ...
+
+class AuditRecord(_message.Message):
+    __slots__ = ("seq", "id", "at", "kind", "session_id", "caller", "data_json", "prev_hash", "hash")
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    ID_FIELD_NUMBER: _ClassVar[int]
+    AT_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    CALLER_FIELD_NUMBER: _ClassVar[int]
+    DATA_JSON_FIELD_NUMBER: _ClassVar[int]
+    PREV_HASH_FIELD_NUMBER: _ClassVar[int]
+    HASH_FIELD_NUMBER: _ClassVar[int]
+    seq: int
+    id: str
+    at: _timestamp_pb2.Timestamp
+    kind: str
+    session_id: str
+    caller: str
+    data_json: str
+    prev_hash: str
+    hash: str
+    def __init__(self, seq: _Optional[int] = ..., id: _Optional[str] = ..., at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., kind: _Optional[str] = ..., session_id: _Optional[str] = ..., caller: _Optional[str] = ..., data_json: _Optional[str] = ..., prev_hash: _Optional[str] = ..., hash: _Optional[str] = ...) -> None: ...
+
+class QueryAuditRequest(_message.Message):
+    __slots__ = ("record_id", "session_id", "caller", "since", "until", "kinds", "after_seq", "limit")
+    RECORD_ID_FIELD_NUMBER: _ClassVar[int]
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    CALLER_FIELD_NUMBER: _ClassVar[int]
+    SINCE_FIELD_NUMBER: _ClassVar[int]
+    UNTIL_FIELD_NUMBER: _ClassVar[int]
+    KINDS_FIELD_NUMBER: _ClassVar[int]
+    AFTER_SEQ_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    record_id: str
+    session_id: str
+    caller: str
+    since: _timestamp_pb2.Timestamp
+    until: _timestamp_pb2.Timestamp
+    kinds: _containers.RepeatedScalarFieldContainer[str]
+    after_seq: int
+    limit: int
+    def __init__(self, record_id: _Optional[str] = ..., session_id: _Optional[str] = ..., caller: _Optional[str] = ..., since: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., until: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., kinds: _Optional[_Iterable[str]] = ..., after_seq: _Optional[int] = ..., limit: _Optional[int] = ...) -> None: ...
+
+class ExportSessionRequest(_message.Message):
+    __slots__ = ("session_id",)
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    def __init__(self, session_id: _Optional[str] = ...) -> None: ...
+
+class ExportSessionResponse(_message.Message):
+    __slots__ = ("lines",)
+    LINES_FIELD_NUMBER: _ClassVar[int]
+    lines: str
+    def __init__(self, lines: _Optional[str] = ...) -> None: ...
+
+class VerifyAuditRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class VerifyAuditResponse(_message.Message):
+    __slots__ = ("intact", "checked", "first_seq", "head_seq", "head_hash", "broken_seq", "broken_id", "problem")
+    INTACT_FIELD_NUMBER: _ClassVar[int]
+    CHECKED_FIELD_NUMBER: _ClassVar[int]
+    FIRST_SEQ_FIELD_NUMBER: _ClassVar[int]
+    HEAD_SEQ_FIELD_NUMBER: _ClassVar[int]
+    HEAD_HASH_FIELD_NUMBER: _ClassVar[int]
+    BROKEN_SEQ_FIELD_NUMBER: _ClassVar[int]
+    BROKEN_ID_FIELD_NUMBER: _ClassVar[int]
+    PROBLEM_FIELD_NUMBER: _ClassVar[int]
+    intact: bool
+    checked: int
+    first_seq: int
+    head_seq: int
+    head_hash: str
+    broken_seq: int
+    broken_id: str
+    problem: str
+    def __init__(self, intact: _Optional[bool] = ..., checked: _Optional[int] = ..., first_seq: _Optional[int] = ..., head_seq: _Optional[int] = ..., head_hash: _Optional[str] = ..., broken_seq: _Optional[int] = ..., broken_id: _Optional[str] = ..., problem: _Optional[str] = ...) -> None: ...
+
+class ReplaySessionRequest(_message.Message):
+    __slots__ = ("session_id", "timeout_ms")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    timeout_ms: int
+    def __init__(self, session_id: _Optional[str] = ..., timeout_ms: _Optional[int] = ...) -> None: ...
+
+class ReplayVerdict(_message.Message):
+    __slots__ = ("index", "tool", "verdict", "diff_json", "reason", "original_audit_id", "replay_audit_id", "replay_session_id")
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    TOOL_FIELD_NUMBER: _ClassVar[int]
+    VERDICT_FIELD_NUMBER: _ClassVar[int]
+    DIFF_JSON_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    ORIGINAL_AUDIT_ID_FIELD_NUMBER: _ClassVar[int]
+    REPLAY_AUDIT_ID_FIELD_NUMBER: _ClassVar[int]
+    REPLAY_SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    index: int
+    tool: str
+    verdict: str
+    diff_json: str
+    reason: str
+    original_audit_id: str
+    replay_audit_id: str
+    replay_session_id: str
+    def __init__(self, index: _Optional[int] = ..., tool: _Optional[str] = ..., verdict: _Optional[str] = ..., diff_json: _Optional[str] = ..., reason: _Optional[str] = ..., original_audit_id: _Optional[str] = ..., replay_audit_id: _Optional[str] = ..., replay_session_id: _Optional[str] = ...) -> None: ...

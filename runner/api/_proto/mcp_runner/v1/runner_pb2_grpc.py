@@ -105,6 +105,26 @@ class RunnerStub:
                 request_serializer=mcp__runner_dot_v1_dot_runner__pb2.DecideApprovalRequest.SerializeToString,
                 response_deserializer=mcp__runner_dot_v1_dot_runner__pb2.DecideApprovalResponse.FromString,
                 _registered_method=True)
+        self.QueryAudit = channel.unary_stream(
+                '/mcp_runner.v1.Runner/QueryAudit',
+                request_serializer=mcp__runner_dot_v1_dot_runner__pb2.QueryAuditRequest.SerializeToString,
+                response_deserializer=mcp__runner_dot_v1_dot_runner__pb2.AuditRecord.FromString,
+                _registered_method=True)
+        self.ExportSession = channel.unary_stream(
+                '/mcp_runner.v1.Runner/ExportSession',
+                request_serializer=mcp__runner_dot_v1_dot_runner__pb2.ExportSessionRequest.SerializeToString,
+                response_deserializer=mcp__runner_dot_v1_dot_runner__pb2.ExportSessionResponse.FromString,
+                _registered_method=True)
+        self.VerifyAudit = channel.unary_unary(
+                '/mcp_runner.v1.Runner/VerifyAudit',
+                request_serializer=mcp__runner_dot_v1_dot_runner__pb2.VerifyAuditRequest.SerializeToString,
+                response_deserializer=mcp__runner_dot_v1_dot_runner__pb2.VerifyAuditResponse.FromString,
+                _registered_method=True)
+        self.ReplaySession = channel.unary_stream(
+                '/mcp_runner.v1.Runner/ReplaySession',
+                request_serializer=mcp__runner_dot_v1_dot_runner__pb2.ReplaySessionRequest.SerializeToString,
+                response_deserializer=mcp__runner_dot_v1_dot_runner__pb2.ReplayVerdict.FromString,
+                _registered_method=True)
 
 
 class RunnerServicer:
@@ -210,6 +230,35 @@ class RunnerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def QueryAudit(self, request, context):
+        """The audit log: a hash chain of every session, request, policy decision and egress decision.
+        Records of the audit log, oldest first. A caller sees its own records; an admin or auditor sees all.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ExportSession(self, request, context):
+        """One session's records as JSON Lines (the format `verify` can check offline).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def VerifyAudit(self, request, context):
+        """Walks the hash chain: intact, or the first record that does not fit. Admin or auditor.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReplaySession(self, request, context):
+        """Re-runs a recorded session's tool calls in a fresh sandbox of the same profile and image digest.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RunnerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -282,6 +331,26 @@ def add_RunnerServicer_to_server(servicer, server):
                     servicer.DecideApproval,
                     request_deserializer=mcp__runner_dot_v1_dot_runner__pb2.DecideApprovalRequest.FromString,
                     response_serializer=mcp__runner_dot_v1_dot_runner__pb2.DecideApprovalResponse.SerializeToString,
+            ),
+            'QueryAudit': grpc.unary_stream_rpc_method_handler(
+                    servicer.QueryAudit,
+                    request_deserializer=mcp__runner_dot_v1_dot_runner__pb2.QueryAuditRequest.FromString,
+                    response_serializer=mcp__runner_dot_v1_dot_runner__pb2.AuditRecord.SerializeToString,
+            ),
+            'ExportSession': grpc.unary_stream_rpc_method_handler(
+                    servicer.ExportSession,
+                    request_deserializer=mcp__runner_dot_v1_dot_runner__pb2.ExportSessionRequest.FromString,
+                    response_serializer=mcp__runner_dot_v1_dot_runner__pb2.ExportSessionResponse.SerializeToString,
+            ),
+            'VerifyAudit': grpc.unary_unary_rpc_method_handler(
+                    servicer.VerifyAudit,
+                    request_deserializer=mcp__runner_dot_v1_dot_runner__pb2.VerifyAuditRequest.FromString,
+                    response_serializer=mcp__runner_dot_v1_dot_runner__pb2.VerifyAuditResponse.SerializeToString,
+            ),
+            'ReplaySession': grpc.unary_stream_rpc_method_handler(
+                    servicer.ReplaySession,
+                    request_deserializer=mcp__runner_dot_v1_dot_runner__pb2.ReplaySessionRequest.FromString,
+                    response_serializer=mcp__runner_dot_v1_dot_runner__pb2.ReplayVerdict.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -663,6 +732,114 @@ class Runner:
             '/mcp_runner.v1.Runner/DecideApproval',
             mcp__runner_dot_v1_dot_runner__pb2.DecideApprovalRequest.SerializeToString,
             mcp__runner_dot_v1_dot_runner__pb2.DecideApprovalResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def QueryAudit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/mcp_runner.v1.Runner/QueryAudit',
+            mcp__runner_dot_v1_dot_runner__pb2.QueryAuditRequest.SerializeToString,
+            mcp__runner_dot_v1_dot_runner__pb2.AuditRecord.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExportSession(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/mcp_runner.v1.Runner/ExportSession',
+            mcp__runner_dot_v1_dot_runner__pb2.ExportSessionRequest.SerializeToString,
+            mcp__runner_dot_v1_dot_runner__pb2.ExportSessionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def VerifyAudit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mcp_runner.v1.Runner/VerifyAudit',
+            mcp__runner_dot_v1_dot_runner__pb2.VerifyAuditRequest.SerializeToString,
+            mcp__runner_dot_v1_dot_runner__pb2.VerifyAuditResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReplaySession(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/mcp_runner.v1.Runner/ReplaySession',
+            mcp__runner_dot_v1_dot_runner__pb2.ReplaySessionRequest.SerializeToString,
+            mcp__runner_dot_v1_dot_runner__pb2.ReplayVerdict.FromString,
             options,
             channel_credentials,
             insecure,
