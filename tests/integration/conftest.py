@@ -41,6 +41,7 @@ class Service:
     instance: str
     process: subprocess.Popen[bytes]
     log_path: Path
+    audit_db: Path
     ca: Path | None = None
     """Set when the service speaks TLS: the CA that signed its certificate."""
     probe_cert: tuple[Path, Path] | None = None
@@ -85,16 +86,18 @@ def start_service(
     ca: Path | None = None,
     probe_cert: tuple[Path, Path] | None = None,
 ) -> Service:
+    """The service on ``port`` (default: a free one); its audit log is ``tmp``/audit-``instance``.sqlite3."""
     port = port or free_port()
     log_path = tmp / f"service-{instance}-{port}.log"
-    env = {**os.environ, "MCP_RUNNER_INSTANCE": instance}
+    audit_db = tmp / f"audit-{instance}.sqlite3"
+    env = {**os.environ, "MCP_RUNNER_INSTANCE": instance, "MCP_RUNNER_AUDIT_DB": str(audit_db)}
     process = subprocess.Popen(
         [sys.executable, "-m", "runner.cli", "serve", "--listen", f"127.0.0.1:{port}", "--config", str(config)],
         stdout=log_path.open("wb"),
         stderr=subprocess.STDOUT,
         env=env,
     )
-    service = Service(f"127.0.0.1:{port}", instance, process, log_path, ca, probe_cert)
+    service = Service(f"127.0.0.1:{port}", instance, process, log_path, audit_db, ca, probe_cert)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if process.poll() is not None:
