@@ -8,9 +8,13 @@ fresh hardened container per session. Figures are wall-clock on
 whatever machine runs this; compare the two columns, not numbers across
 machines. The guard's figures (``bench_guard``) follow: tools/call through the
 same service with the profile's sanitizer on and off, sanitizer throughput and
-the host-side cost per result. Last, the sandbox options (``bench_sandbox``):
+the host-side cost per result. Then the sandbox options (``bench_sandbox``):
 the profile under gVisor and with an egress allowlist, against the profile as
-shipped, through the same service.
+shipped, through the same service. Last, the audit log (``bench_audit``): the
+store's durable append with and without group commit, and tools/call through a
+service with the audit log on against one with it off. Every service the bench
+starts keeps its own audit database in a temporary directory, never the
+operator's.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from typing import Any
 import grpc
 import yaml
 
+from runner.bench_audit import AuditCalls, audit_off_config, audit_report, measure_audit_calls, measure_store
 from runner.bench_guard import guard_report
 from runner.bench_sandbox import UNGUARDED, SandboxFigures, measure_sandbox, sandbox_report, variants_settings
 from runner.client import AsyncRunnerClient
@@ -111,17 +116,20 @@ async def _host_baseline(command: list[str], tool: str, arguments: dict[str, Any
 
 @contextlib.asynccontextmanager
 async def _service(config: str | None) -> AsyncIterator[str]:
-    """The real service in its own process on a free loopback port, as callers meet it; yields its address."""
+    """The real service in its own process on a free loopback port, as callers meet it; yields its address.
+
+    Its audit database is its own, in a temporary directory: two services cannot share one, and the bench's
+    records do not belong in the operator's log.
+    """
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         address = f"127.0.0.1:{probe.getsockname()[1]}"
     command = [sys.executable, "-m", "runner.cli", "serve", "--listen", address]
     if config:
         command += ["--config", config]
-    with tempfile.TemporaryFile() as log:
-        process = await asyncio.create_subprocess_exec(
-            *command, stdout=log, stderr=log, env={**os.environ, "MCP_RUNNER_INSTANCE": BENCH_INSTANCE}
-        )
+    with tempfile.TemporaryFile() as log, tempfile.TemporaryDirectory() as state:
+        env = {**os.environ, "MCP_RUNNER_INSTANCE": BENCH_INSTANCE, "MCP_RUNNER_AUDIT_DB": f"{state}/audit.sqlite3"}
+        process = await asyncio.create_subprocess_exec(*command, stdout=log, stderr=log, env=env)
         try:
             async with AsyncRunnerClient(address) as client:
                 for _ in range(300):
@@ -180,6 +188,18 @@ async def _sandboxed(config: str | None, profile: str, tool: str, arguments: dic
     return open_figures, close_figures, figures(call_times), unguarded_figures, options
 
 
+async def _audit_calls(config: str, profile: str, tool: str, arguments: dict[str, Any], calls: int) -> AuditCalls:
+    """tools/call through a service with ``config`` as given against one with the audit log turned off."""
+    with audit_off_config(config) as quiet:
+        async with (
+            _service(config) as on_address,
+            _service(quiet) as off_address,
+            AsyncRunnerClient(on_address) as on,
+            AsyncRunnerClient(off_address) as off,
+        ):
+            return await measure_audit_calls(on, off, profile, tool, arguments, calls)
+
+
 async def run_bench(config: str | None, *, profile: str = "time", opens: int = 10, calls: int = 200,
                     out: Callable[[str], None] = print) -> None:
     chosen = load_settings(config).profiles.get(profile)
@@ -202,6 +222,9 @@ async def run_bench(config: str | None, *, profile: str = "time", opens: int = 1
         *sandbox, unguarded_calls, options = await _sandboxed(
             service_config, profile, tool, arguments, opens, calls, unguarded
         )
+        audit_calls = await _audit_calls(service_config, profile, tool, arguments, calls)
+        # Last, with every service stopped: the store's figures are the disk's, not shared with containers.
+        store = await measure_store(Path(scratch))
     rows = [("session open (start+initialize+tools/list)", 0), ("session close", 1), ("tools/call", 2)]
     out(f"{'':44} {'host (same server, stdio)':46} sandboxed, service in its own process")
     for label, index in rows:
@@ -216,6 +239,7 @@ async def run_bench(config: str | None, *, profile: str = "time", opens: int = 1
     out(f"{'tools/call':44} {off:46} {sandbox[2].cell()}")
     guard_report(out, sandbox[2].p50_ms)
     sandbox_report(out, profile, options)
+    audit_report(out, tempfile.gettempdir(), store, audit_calls)
 
 
 def bench_main(config: str | None, opens: int, calls: int, profile: str) -> None:
