@@ -7,8 +7,10 @@ one explanation a caller can act on: killed for memory, crashed with its
 stderr tail, or broke the protocol. A fault ends only its own session.
 
 Around each request the ``Gate`` decides (policy, limits, rates, approvals,
-pins, quarantine) and each session's ``Sanitizer`` cleans every text that came
-out of its sandbox; the manager only puts them in order.
+pins, quarantine), each session's ``Sanitizer`` cleans every text that came
+out of its sandbox, and the ``Journal`` records it all in the audit log (the
+answer's record durable before the answer is returned); the manager only puts
+them in order.
 """
 
 from __future__ import annotations
@@ -16,11 +18,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 import secrets
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, replace
 from typing import Any, TypeVar
 
 import mcp_types
@@ -32,7 +33,6 @@ from runner.channel import AgentChannel
 from runner.config import Limits, Profile, Settings
 from runner.errors import (
     DeadlineExceeded,
-    InvalidArgument,
     OutOfMemory,
     PermissionDenied,
     ProfileNotFound,
@@ -49,9 +49,9 @@ from runner.errors import (
     Unimplemented,
 )
 from runner.guard import results
-from runner.guard.findings import BLOCKED, Finding, FindingLog
+from runner.guard.findings import BLOCKED, FindingLog
 from runner.guard.sanitize import Sanitizer
-from runner.guard.screening import ToolListing, screen_tools
+from runner.guard.screening import screen_tools
 from runner.guard.validate import (
     CheckedTool,
     check_arguments,
@@ -61,7 +61,7 @@ from runner.guard.validate import (
     parse_result,
 )
 from runner.policy import PolicyStore, ToolDecision
-from runner.sandbox.base import SandboxBackend, SandboxHandle, SandboxNetwork, SandboxSpec, SandboxStats
+from runner.sandbox.base import SandboxBackend, SandboxHandle, SandboxNetwork, SandboxSpec
 from runner.secret_sources import egress_rules, resolve_secrets
 from runner.sessions.egress_record import EgressRecord, describe_network
 from runner.sessions.gate import Gate
@@ -76,8 +76,8 @@ from runner.sessions.models import (
     SessionInfo,
     SessionState,
     ToolCallOutcome,
-    Usage,
 )
+from runner.sessions.session import LiveSession, check_labels, session_info
 
 log = logging.getLogger(__name__)
 P = TypeVar("P", bound=BaseModel)
@@ -91,40 +91,6 @@ EXIT_WAIT_S = 3.0
 CLOSED_RETENTION_S = 600.0
 # Errors that count towards the anomaly rule: the policy refused, the sanitizer blocked, input or output was invalid.
 _ANOMALIES = (PermissionDenied, SchemaViolation, ResultRejected)
-_LABEL_KEY = re.compile(r"^[a-zA-Z0-9_.\-/]{1,63}$")
-_MAX_LABELS = 16
-
-
-@dataclass
-class _Session:
-    id: str
-    profile: Profile
-    caller: str
-    labels: Mapping[str, str]
-    limits: Limits
-    sanitizer: Sanitizer
-    egress: EgressRecord
-    created_at: float = field(default_factory=time.time)
-    started: float = field(default_factory=time.monotonic)
-    last_used: float = field(default_factory=time.monotonic)
-    ended: float | None = None
-    state: SessionState = SessionState.STARTING
-    failure: str | None = None
-    server: ServerInfo | None = None
-    capabilities: mcp_types.ServerCapabilities | None = None
-    handle: SandboxHandle | None = None
-    channel: AgentChannel | None = None
-    tools: dict[str, CheckedTool] = field(default_factory=dict)
-    """Every tool the server lists, with its schemas compiled (for validating calls)."""
-    listing: ToolListing = ToolListing()
-    """What callers see: sanitized definitions, blocked tools left out, and the findings."""
-    instructions_findings: tuple[Finding, ...] = ()
-    calls: int = 0
-    stats: SandboxStats = SandboxStats()
-    concluding: asyncio.Task[RunnerError] | None = None
-    watcher: asyncio.Task[None] | None = None
-    announced: bool = False
-    """Its session.open record is written: its end gets a session.close record."""
 
 
 class SessionManager:
@@ -139,7 +105,7 @@ class SessionManager:
         self._settings = settings
         self._journal = journal or Journal(None)
         self._gate = Gate(policy or PolicyStore(None), settings, on_approval=self._approval_changed)
-        self._sessions: dict[str, _Session] = {}
+        self._sessions: dict[str, LiveSession] = {}
         self._reaper: asyncio.Task[None] | None = None
         self._teardowns: set[asyncio.Future[None]] = set()
 
@@ -173,25 +139,25 @@ class SessionManager:
         image: str | None = None,
     ) -> OpenedSession:
         """Admit, start, initialize, list tools; ``image`` (a digest) replaces the profile's image for a replay."""
+        network = None
+        credentials: tuple[str, ...] = ()
         try:
             chosen, checked_labels, granted = self._admit(profile, caller, labels, limits)
+            if image is not None:
+                chosen = replace(chosen, image=image)
+            secret_values = resolve_secrets(chosen.secrets)
+            if chosen.network is not None:
+                rules, credentials = egress_rules(chosen.network)
+                network = SandboxNetwork(rules=rules, upstream=chosen.network.upstream)
         except RunnerError as exc:
             self._journal.refusal(caller, profile, exc)
             await self._journal.durable_or_raise(
                 records.SESSION_OPEN, "", caller, {"profile": profile, "outcome": "refused", "error": error_json(exc)}
             )
             raise
-        if image is not None:
-            chosen = replace(chosen, image=image)
-        secret_values = resolve_secrets(chosen.secrets)
-        network = None
-        credentials: tuple[str, ...] = ()
-        if chosen.network is not None:
-            rules, credentials = egress_rules(chosen.network)
-            network = SandboxNetwork(rules=rules, upstream=chosen.network.upstream)
         session_id = secrets.token_hex(8)
         sanitizer = Sanitizer(replace(chosen.sanitize, secrets=(*secret_values.values(), *credentials)))
-        session = _Session(
+        session = LiveSession(
             id=session_id,
             profile=chosen,
             caller=caller,
@@ -228,7 +194,7 @@ class SessionManager:
         session.watcher = asyncio.create_task(self._watch(session), name=f"watch-{session.id}")
         assert session.server is not None
         return OpenedSession(
-            info=self._info(session),
+            info=session_info(session),
             server=session.server,
             tools=session.listing.tools,
             findings=session.instructions_findings + session.listing.findings,
@@ -241,7 +207,7 @@ class SessionManager:
         if chosen is None:
             known = ", ".join(sorted(self._settings.profiles)) or "none"
             raise ProfileNotFound(f"no profile named {profile!r} (known profiles: {known})")
-        checked_labels = _check_labels(labels or {})
+        checked_labels = check_labels(labels or {})
         live = [s for s in self._sessions.values() if s.state in (SessionState.STARTING, SessionState.READY)]
         if len(live) >= self._settings.max_sessions:
             raise QuotaExceeded(
@@ -252,7 +218,7 @@ class SessionManager:
         self._journal.policy("", caller, "open", "allow", self._gate.policy.label, profile=profile)
         return chosen, checked_labels, granted
 
-    async def _announce(self, session: _Session, error: RunnerError | None) -> None:
+    async def _announce(self, session: LiveSession, error: RunnerError | None) -> None:
         """The session.open record, durable: who opened what, in which image, with which limits and network."""
         profile = session.profile
         await self._journal.durable_or_raise(records.SESSION_OPEN, session.id, session.caller, {
@@ -275,7 +241,7 @@ class SessionManager:
         })
 
     async def _boot(
-        self, session: _Session, secret_values: Mapping[str, str], network: SandboxNetwork | None
+        self, session: LiveSession, secret_values: Mapping[str, str], network: SandboxNetwork | None
     ) -> None:
         profile = session.profile
         spec = SandboxSpec(
@@ -310,14 +276,14 @@ class SessionManager:
         session = self._lookup(session_id, caller)
         if session.state in (SessionState.STARTING, SessionState.READY):
             await self._end(session, SessionState.CLOSED, None)
-        return self._info(session)
+        return session_info(session)
 
     def get(self, session_id: str, *, caller: str) -> SessionInfo:
-        return self._info(self._lookup(session_id, caller))
+        return session_info(self._lookup(session_id, caller))
 
     def list_sessions(self, *, caller: str) -> list[SessionInfo]:
         """The caller's own sessions; an admin sees everyone's."""
-        return [self._info(s) for s in self._sessions.values() if self._gate.may_see(caller, s.caller)]
+        return [session_info(s) for s in self._sessions.values() if self._gate.may_see(caller, s.caller)]
 
     # -- MCP operations ------------------------------------------------------------------------
 
@@ -363,7 +329,7 @@ class SessionManager:
 
     async def _call_tool(
         self,
-        session: _Session,
+        session: LiveSession,
         entry: RequestEntry,
         tool: str,
         arguments: dict[str, Any],
@@ -490,7 +456,7 @@ class SessionManager:
 
     # -- internals -----------------------------------------------------------------------------
 
-    def _decide_tool(self, session: _Session, caller: str, tool: str) -> ToolDecision:
+    def _decide_tool(self, session: LiveSession, caller: str, tool: str) -> ToolDecision:
         try:
             decision = self._gate.decide_tool(caller, session.profile.name, tool)
         except PermissionDenied as exc:
@@ -499,7 +465,7 @@ class SessionManager:
         self._journal.policy(session.id, caller, "tools/call", decision.verdict, decision.rule, tool=tool)
         return decision
 
-    def _returning(self, session: _Session, entry: RequestEntry, answer: Sanitized[V]) -> Sanitized[V]:
+    def _returning(self, session: LiveSession, entry: RequestEntry, answer: Sanitized[V]) -> Sanitized[V]:
         """``answer`` goes to the caller: into the request's record, its findings into records of their own."""
         entry.result(answer.value, answer.findings)
         self._journal.findings(session.id, session.caller, entry.method, answer.findings)
@@ -509,7 +475,7 @@ class SessionManager:
         session = self._sessions.get(approval.session_id)
         self._journal.approval(approval, session.sanitizer.redact_secrets if session is not None else str)
 
-    async def _refresh_tools(self, session: _Session, *, timeout: float | None) -> None:
+    async def _refresh_tools(self, session: LiveSession, *, timeout: float | None) -> None:
         """List, compile schemas, check pins, sanitize; blocked tools stay known but uncallable."""
         pages = await self._pages(session, "tools/list", mcp_types.ListToolsResult, timeout)
         listed = [t for page in pages for t in page.tools]
@@ -519,7 +485,7 @@ class SessionManager:
             log.warning("session %s (profile %s): %s", session.id, session.profile.name, violation.message)
         session.listing = await asyncio.to_thread(screen_tools, session.sanitizer, listed, violations)
 
-    async def _callable_tool(self, session: _Session, tool: str, timeout: float | None) -> CheckedTool:
+    async def _callable_tool(self, session: LiveSession, tool: str, timeout: float | None) -> CheckedTool:
         checked = session.tools.get(tool)
         if checked is None:
             await self._refresh_tools(session, timeout=timeout)
@@ -533,7 +499,7 @@ class SessionManager:
         return checked
 
     async def _sanitize(
-        self, session: _Session, clean: Callable[[Sanitizer, V, FindingLog], V], value: V, what: str
+        self, session: LiveSession, clean: Callable[[Sanitizer, V, FindingLog], V], value: V, what: str
     ) -> Sanitized[V]:
         """``value`` cleaned by the session's sanitizer, or ResultBlocked if its policy blocks what it found."""
         found = FindingLog()
@@ -547,7 +513,7 @@ class SessionManager:
         return Sanitized(cleaned, findings)
 
     @contextlib.asynccontextmanager
-    async def _counting_anomalies(self, session: _Session) -> AsyncIterator[None]:
+    async def _counting_anomalies(self, session: LiveSession) -> AsyncIterator[None]:
         """Count denied, blocked and invalid events; past the policy's limit the session is quarantined."""
         try:
             yield
@@ -562,7 +528,7 @@ class SessionManager:
             raise
 
     async def _pages(
-        self, session: _Session, method: str, model: type[P], timeout: float | None
+        self, session: LiveSession, method: str, model: type[P], timeout: float | None
     ) -> list[P]:
         pages: list[P] = []
         cursor: str | None = None
@@ -577,7 +543,7 @@ class SessionManager:
 
     async def _request(
         self,
-        session: _Session,
+        session: LiveSession,
         method: str,
         params: dict[str, Any],
         timeout: float | None,
@@ -599,7 +565,7 @@ class SessionManager:
         finally:
             session.last_used = time.monotonic()
 
-    async def _after_timeout(self, session: _Session, method: str, budget: float) -> DeadlineExceeded:
+    async def _after_timeout(self, session: LiveSession, method: str, budget: float) -> DeadlineExceeded:
         """A call ran out of time: the session is either still answering, or it is ended now."""
         what = f"{method} did not finish within {budget:.3g} s"
         assert session.channel is not None
@@ -611,7 +577,7 @@ class SessionManager:
             return DeadlineExceeded(f"{what}; the server stopped answering, so session {session.id} was ended")
         return DeadlineExceeded(f"{what}; the call was cancelled and session {session.id} is still usable")
 
-    async def _explain(self, session: _Session, error: RunnerError) -> RunnerError:
+    async def _explain(self, session: LiveSession, error: RunnerError) -> RunnerError:
         """Turn a dead channel into the reason a person can act on, once, with the sandbox gone after it."""
         if session.handle is None or session.channel is None or session.channel.terminal_error is None:
             return error
@@ -620,7 +586,7 @@ class SessionManager:
         # Shielded: a caller giving up must not abort the teardown other callers wait for.
         return await asyncio.shield(session.concluding)
 
-    async def _conclude(self, session: _Session, handle: SandboxHandle, error: RunnerError) -> RunnerError:
+    async def _conclude(self, session: LiveSession, handle: SandboxHandle, error: RunnerError) -> RunnerError:
         ending = await handle.wait_exit(EXIT_WAIT_S)
         explained: RunnerError
         if ending.oom_killed:
@@ -640,14 +606,14 @@ class SessionManager:
         await self._end(session, SessionState.FAILED, explained.message)
         return explained
 
-    async def _watch(self, session: _Session) -> None:
+    async def _watch(self, session: LiveSession) -> None:
         """Notice a sandbox dying between calls, so the next caller hears why."""
         assert session.channel is not None
         await session.channel.closed.wait()
         if session.state is SessionState.READY and session.channel.terminal_error is not None:
             await self._explain(session, session.channel.terminal_error)
 
-    async def _end(self, session: _Session, state: SessionState, reason: str | None) -> None:
+    async def _end(self, session: LiveSession, state: SessionState, reason: str | None) -> None:
         if session.state in (SessionState.CLOSED, SessionState.FAILED):
             return
         session.state = state
@@ -663,7 +629,7 @@ class SessionManager:
         teardown.add_done_callback(self._teardowns.discard)
         await asyncio.shield(teardown)
 
-    async def _tear_down(self, session: _Session) -> None:
+    async def _tear_down(self, session: LiveSession) -> None:
         if session.handle is not None:
             session.stats = await session.handle.stats()
         if session.channel is not None:
@@ -673,18 +639,18 @@ class SessionManager:
         if not session.announced:
             return  # a failed open: its session.open record says how it ended
         await durable(self._journal, records.SESSION_CLOSE, session.id, session.caller, {
-            "state": session.state.value, "reason": session.failure, "usage": asdict(self._info(session).usage),
+            "state": session.state.value, "reason": session.failure, "usage": asdict(session_info(session).usage),
             "profile": session.profile.name,
         })  # fmt: skip
 
-    def _lookup(self, session_id: str, caller: str) -> _Session:
+    def _lookup(self, session_id: str, caller: str) -> LiveSession:
         session = self._sessions.get(session_id)
         if session is None:
             raise SessionNotFound(f"no session {session_id!r} (it never existed or was forgotten)")
         self._gate.check_owner(caller, session.caller, session_id)
         return session
 
-    def _live(self, session_id: str, caller: str, entry: RequestEntry | None = None) -> _Session:
+    def _live(self, session_id: str, caller: str, entry: RequestEntry | None = None) -> LiveSession:
         session = self._lookup(session_id, caller)
         if entry is not None:
             entry.redact = session.sanitizer.redact_secrets
@@ -693,7 +659,7 @@ class SessionManager:
         reason = f": {session.failure}" if session.failure else ""
         raise SessionClosed(f"session {session_id} is {session.state.value}{reason}")
 
-    def _offering(self, session_id: str, caller: str, capability: str, entry: RequestEntry) -> _Session:
+    def _offering(self, session_id: str, caller: str, capability: str, entry: RequestEntry) -> LiveSession:
         """The live session, if its server declared ``capability`` at initialize."""
         session = self._live(session_id, caller, entry)
         if session.capabilities is not None and getattr(session.capabilities, capability) is None:
@@ -701,29 +667,6 @@ class SessionManager:
                 f"session {session_id}'s server ({session.profile.name}) does not offer {capability}"
             )
         return session
-
-    def _info(self, session: _Session) -> SessionInfo:
-        end = session.ended or time.monotonic()
-        return SessionInfo(
-            session_id=session.id,
-            profile=session.profile.name,
-            caller=session.caller,
-            state=session.state,
-            created_at=session.created_at,
-            age_seconds=time.monotonic() - session.started,
-            usage=Usage(
-                wall_seconds=end - session.started,
-                cpu_seconds=session.stats.cpu_seconds,
-                peak_memory_bytes=session.stats.peak_memory_bytes,
-                calls=session.calls,
-            ),
-            labels=dict(session.labels),
-            server=session.server,
-            failure=session.failure,
-            network=describe_network(session.profile),
-            runtime=session.profile.runtime,
-            egress=session.egress.decisions(),
-        )
 
     async def _reap_forever(self) -> None:
         while True:
@@ -746,15 +689,3 @@ class SessionManager:
                 await self._end(session, SessionState.CLOSED, reason)
             elif session.ended is not None and now - session.ended > CLOSED_RETENTION_S:
                 del self._sessions[session.id]
-
-
-def _check_labels(labels: Mapping[str, str]) -> Mapping[str, str]:
-    if len(labels) > _MAX_LABELS:
-        raise InvalidArgument(f"at most {_MAX_LABELS} labels are allowed, got {len(labels)}")
-    for key, value in labels.items():
-        if not _LABEL_KEY.match(key):
-            raise InvalidArgument(f"label key {key!r} must be 1-63 characters of letters, digits, _ . - /")
-        if len(value) > 256:
-            raise InvalidArgument(f"label {key!r} is longer than 256 characters")
-    return dict(labels)
-

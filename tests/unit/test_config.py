@@ -217,3 +217,38 @@ def test_instance_from_env_is_validated(monkeypatch: pytest.MonkeyPatch) -> None
     monkeypatch.setenv("MCP_RUNNER_INSTANCE", "bad name/x=y")
     with pytest.raises(ConfigError, match="MCP_RUNNER_INSTANCE"):
         load_settings()
+
+
+def test_audit_defaults_to_one_file_per_instance_in_the_state_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("MCP_RUNNER_AUDIT_DB", raising=False)
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    monkeypatch.setenv("MCP_RUNNER_INSTANCE", "blue")
+    audit = load_settings().audit
+    assert audit.path == tmp_path / "state" / "mcp-runner" / "audit-blue.sqlite3"
+    assert audit.enabled and audit.retention_s is None
+    assert audit.exports == tmp_path / "state" / "mcp-runner" / "audit-exports"
+
+
+def test_audit_paths_resolve_against_the_file_and_durations_parse(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("MCP_RUNNER_AUDIT_DB", raising=False)
+    path = write(tmp_path, "s.yaml", "audit: {path: logs/a.sqlite3, retention: 12h, export_dir: out}\n")
+    audit = load_settings(path).audit
+    assert (audit.path, audit.retention_s, audit.exports) == (tmp_path / "logs/a.sqlite3", 43200, tmp_path / "out")
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        ("audit: {retention: 0}\n", "audit.retention: Value error, must be longer than 0 s"),
+        ("audit: {retention: soon}\n", "audit.retention: Value error, not a duration: 'soon'"),
+        ("audit: {keep: 1}\n", "audit.keep: Extra inputs are not permitted"),
+    ],
+)
+def test_bad_audit_settings_name_the_field(tmp_path: Path, text: str, fragment: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(write(tmp_path, "s.yaml", text))
+    assert fragment in caught.value.message

@@ -30,7 +30,9 @@ def test_the_policy_example_loads_and_decides_as_the_readme_says(tmp_path: Path)
     assert policy.has_role("alice", "approver") and not policy.has_role("agent-prod", "approver")
 
 
-@pytest.mark.parametrize("marker", ["# settings.yaml", "project-files:", "github:", "# network-profiles.yaml"])
+@pytest.mark.parametrize(
+    "marker", ["# settings.yaml", "project-files:", "github:", "# network-profiles.yaml", "# audit-settings.yaml"]
+)
 def test_the_settings_examples_load(marker: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("MCP_RUNNER_CONFIG", raising=False)
     [example] = _blocks(marker)
@@ -38,3 +40,16 @@ def test_the_settings_examples_load(marker: str, tmp_path: Path, monkeypatch: py
     path = tmp_path / "settings.yaml"
     path.write_text(text, encoding="utf-8")
     load_settings(path)
+
+
+def test_the_audit_settings_example_means_what_it_says(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MCP_RUNNER_AUDIT_DB", raising=False)
+    [example] = _blocks("# audit-settings.yaml")
+    path = tmp_path / "settings.yaml"
+    path.write_text(example, encoding="utf-8")
+    audit = load_settings(path).audit
+    assert audit.path == Path("/var/lib/mcp-runner/audit.sqlite3") and audit.enabled
+    assert audit.retention_s == 90 * 86400
+    assert audit.exports == Path("/var/lib/mcp-runner/exports")
+    monkeypatch.setenv("MCP_RUNNER_AUDIT_DB", str(tmp_path / "elsewhere.sqlite3"))
+    assert load_settings(path).audit.path == tmp_path / "elsewhere.sqlite3"

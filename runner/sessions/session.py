@@ -1,0 +1,95 @@
+"""A session as the SessionManager keeps it, and what callers are shown of it."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import mcp_types
+
+from runner.channel import AgentChannel
+from runner.config import Limits, Profile
+from runner.errors import InvalidArgument, RunnerError
+from runner.guard.findings import Finding
+from runner.guard.sanitize import Sanitizer
+from runner.guard.screening import ToolListing
+from runner.guard.validate import CheckedTool
+from runner.sandbox.base import SandboxHandle, SandboxStats
+from runner.sessions.egress_record import EgressRecord, describe_network
+from runner.sessions.models import ServerInfo, SessionInfo, SessionState, Usage
+
+_LABEL_KEY = re.compile(r"^[a-zA-Z0-9_.\-/]{1,63}$")
+_MAX_LABELS = 16
+
+
+@dataclass
+class LiveSession:
+    """A session as the manager keeps it: its record, its sandbox, its guard state."""
+
+    id: str
+    profile: Profile
+    caller: str
+    labels: Mapping[str, str]
+    limits: Limits
+    sanitizer: Sanitizer
+    egress: EgressRecord
+    created_at: float = field(default_factory=time.time)
+    started: float = field(default_factory=time.monotonic)
+    last_used: float = field(default_factory=time.monotonic)
+    ended: float | None = None
+    state: SessionState = SessionState.STARTING
+    failure: str | None = None
+    server: ServerInfo | None = None
+    capabilities: mcp_types.ServerCapabilities | None = None
+    handle: SandboxHandle | None = None
+    channel: AgentChannel | None = None
+    tools: dict[str, CheckedTool] = field(default_factory=dict)
+    """Every tool the server lists, with its schemas compiled (for validating calls)."""
+    listing: ToolListing = ToolListing()
+    """What callers see: sanitized definitions, blocked tools left out, and the findings."""
+    instructions_findings: tuple[Finding, ...] = ()
+    calls: int = 0
+    stats: SandboxStats = SandboxStats()
+    concluding: asyncio.Task[RunnerError] | None = None
+    watcher: asyncio.Task[None] | None = None
+    announced: bool = False
+    """Its session.open record is written: its end gets a session.close record."""
+
+
+def session_info(session: LiveSession) -> SessionInfo:
+    end = session.ended or time.monotonic()
+    return SessionInfo(
+        session_id=session.id,
+        profile=session.profile.name,
+        caller=session.caller,
+        state=session.state,
+        created_at=session.created_at,
+        age_seconds=time.monotonic() - session.started,
+        usage=Usage(
+            wall_seconds=end - session.started,
+            cpu_seconds=session.stats.cpu_seconds,
+            peak_memory_bytes=session.stats.peak_memory_bytes,
+            calls=session.calls,
+        ),
+        labels=dict(session.labels),
+        server=session.server,
+        failure=session.failure,
+        network=describe_network(session.profile),
+        runtime=session.profile.runtime,
+        egress=session.egress.decisions(),
+    )
+
+
+def check_labels(labels: Mapping[str, str]) -> Mapping[str, str]:
+    if len(labels) > _MAX_LABELS:
+        raise InvalidArgument(f"at most {_MAX_LABELS} labels are allowed, got {len(labels)}")
+    for key, value in labels.items():
+        if not _LABEL_KEY.match(key):
+            raise InvalidArgument(f"label key {key!r} must be 1-63 characters of letters, digits, _ . - /")
+        if len(value) > 256:
+            raise InvalidArgument(f"label {key!r} is longer than 256 characters")
+    return dict(labels)
+
