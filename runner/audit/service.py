@@ -17,7 +17,7 @@ from runner.audit.export import json_line
 from runner.audit.records import AuditQuery, AuditRecord, ReplayVerdict, Verification
 from runner.audit.replay import Replayer, records_missing
 from runner.audit.store import AuditStore
-from runner.errors import PermissionDenied
+from runner.errors import InvalidArgument, PermissionDenied
 from runner.policy import ADMIN, AUDITOR, PolicyStore
 
 PAGE = 500
@@ -66,6 +66,8 @@ class AuditService:
 
     async def _check_session(self, session_id: str, caller: str) -> None:
         """The session has records, and ``caller`` may see them (its own, or the auditor or admin role)."""
+        if not session_id:
+            raise InvalidArgument("a session id is required (an empty one would select every session's records)")
         first = await asyncio.to_thread(self._store.query, AuditQuery(session_id=session_id, limit=1))
         if not first:
             raise records_missing(session_id)

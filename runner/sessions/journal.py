@@ -69,8 +69,8 @@ def findings_json(findings: tuple[Finding, ...]) -> list[dict[str, Any]]:
     return [asdict(f) for f in findings]
 
 
-def error_json(error: RunnerError) -> dict[str, Any]:
-    out: dict[str, Any] = {"status": error.status.value, "message": error.message}
+def error_json(error: RunnerError, redact: Redact | None = None) -> dict[str, Any]:
+    out: dict[str, Any] = {"status": error.status.value, "message": redact(error.message) if redact else error.message}
     if isinstance(error, ServerError):
         out["origin"] = "server"
         out["code"] = error.code
@@ -132,8 +132,8 @@ class Journal:
         try:
             yield entry
         except RunnerError as exc:
-            self._classify(session_id, caller, method, exc)
-            data = self._request_data(entry, started, "error", error=error_json(exc))
+            self._classify(session_id, caller, method, exc, entry.redact)
+            data = self._request_data(entry, started, "error", error=error_json(exc, entry.redact))
             await self._durable(AuditEvent(records.REQUEST, session_id, caller, data, id=entry.id), exc)
             raise
         except BaseException:
@@ -162,7 +162,7 @@ class Journal:
                 answering or exc
             )
 
-    def _classify(self, session_id: str, caller: str, method: str, error: RunnerError) -> None:
+    def _classify(self, session_id: str, caller: str, method: str, error: RunnerError, redact: Redact) -> None:
         """A refusal gets a record of its kind too, so ``--kind`` finds every throttle or validation failure."""
         kind = None
         if isinstance(error, ResultBlocked):
@@ -172,7 +172,7 @@ class Journal:
         elif isinstance(error, SchemaViolation | ResultRejected | ProtocolViolation):
             kind = records.VALIDATION
         if kind is not None:
-            self.note(kind, session_id, caller, {"method": method, "error": error_json(error)})
+            self.note(kind, session_id, caller, {"method": method, "error": error_json(error, redact)})
 
     # -- the other kinds, one shape each -------------------------------------------------------------------
 

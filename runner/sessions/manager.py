@@ -65,7 +65,7 @@ from runner.sandbox.base import SandboxBackend, SandboxHandle, SandboxNetwork, S
 from runner.secret_sources import egress_rules, resolve_secrets
 from runner.sessions.egress_record import EgressRecord, describe_network
 from runner.sessions.gate import Gate
-from runner.sessions.journal import Journal, RequestEntry, durable, error_json
+from runner.sessions.journal import Journal, RequestEntry, durable, error_json, redacted
 from runner.sessions.models import (
     ApprovalCallback,
     LimitsRequest,
@@ -141,8 +141,9 @@ class SessionManager:
         """Admit, start, initialize, list tools; ``image`` (a digest) replaces the profile's image for a replay."""
         network = None
         credentials: tuple[str, ...] = ()
+        session_id = secrets.token_hex(8)
         try:
-            chosen, checked_labels, granted = self._admit(profile, caller, labels, limits)
+            chosen, checked_labels, granted = self._admit(session_id, profile, caller, labels, limits)
             if image is not None:
                 chosen = replace(chosen, image=image)
             secret_values = resolve_secrets(chosen.secrets)
@@ -155,7 +156,6 @@ class SessionManager:
                 records.SESSION_OPEN, "", caller, {"profile": profile, "outcome": "refused", "error": error_json(exc)}
             )
             raise
-        session_id = secrets.token_hex(8)
         sanitizer = Sanitizer(replace(chosen.sanitize, secrets=(*secret_values.values(), *credentials)))
         session = LiveSession(
             id=session_id,
@@ -178,6 +178,7 @@ class SessionManager:
             raise late from None
         except RunnerError as exc:
             error = await self._explain(session, exc)
+            _sanitize_message(session, error)
             await self._end(session, SessionState.FAILED, error.message)
             await self._announce(session, error)
             raise error from exc
@@ -201,7 +202,7 @@ class SessionManager:
         )
 
     def _admit(
-        self, profile: str, caller: str, labels: Mapping[str, str] | None, limits: LimitsRequest | None
+        self, session_id: str, profile: str, caller: str, labels: Mapping[str, str] | None, limits: LimitsRequest | None
     ) -> tuple[Profile, Mapping[str, str], Limits]:
         chosen = self._settings.profiles.get(profile)
         if chosen is None:
@@ -215,7 +216,7 @@ class SessionManager:
                 "close one or retry later"
             )
         granted = self._gate.admit_open(caller, chosen, limits, sum(s.caller == caller for s in live))
-        self._journal.policy("", caller, "open", "allow", self._gate.policy.label, profile=profile)
+        self._journal.policy(session_id, caller, "open", "allow", self._gate.policy.label, profile=profile)
         return chosen, checked_labels, granted
 
     async def _announce(self, session: LiveSession, error: RunnerError | None) -> None:
@@ -233,7 +234,7 @@ class SessionManager:
             "limits": asdict(session.limits),
             "network": describe_network(profile),
             "runtime": profile.runtime,
-            "labels": dict(session.labels),
+            "labels": redacted(dict(session.labels), session.sanitizer.redact_secrets),
             "server": asdict(session.server) if session.server is not None else None,
             "tools": [t.name for t in session.listing.tools],
             "findings": [asdict(f) for f in session.instructions_findings + session.listing.findings],
@@ -292,7 +293,7 @@ class SessionManager:
     ) -> Sanitized[list[mcp_types.Tool]]:
         async with self._journal.request(session_id, caller, "tools/list", {}) as entry:
             session = self._live(session_id, caller, entry)
-            async with self._counting_anomalies(session):
+            async with self._guarding(session):
                 await self._refresh_tools(session, timeout=timeout)
             return self._returning(session, entry, Sanitized(list(session.listing.tools), session.listing.findings))
 
@@ -339,7 +340,7 @@ class SessionManager:
         on_progress: ProgressCallback | None,
         on_approval: ApprovalCallback | None,
     ) -> ToolCallOutcome:
-        async with self._counting_anomalies(session):
+        async with self._guarding(session):
             checked = await self._callable_tool(session, tool, timeout)
             approval: Approval | None = None
             # Claiming uses an approval up, so it happens inside the call slot: a call refused by a rate
@@ -394,7 +395,7 @@ class SessionManager:
     ) -> Sanitized[list[mcp_types.Resource]]:
         async with self._journal.request(session_id, caller, "resources/list", {}) as entry:
             session = self._offering(session_id, caller, "resources", entry)
-            async with self._counting_anomalies(session):
+            async with self._guarding(session):
                 pages = await self._pages(session, "resources/list", mcp_types.ListResourcesResult, timeout)
                 listed = [r for page in pages for r in page.resources]
                 clean = await self._sanitize(session, results.sanitize_resources, listed, "the resource list")
@@ -405,7 +406,7 @@ class SessionManager:
     ) -> Sanitized[list[mcp_types.TextResourceContents | mcp_types.BlobResourceContents]]:
         async with self._journal.request(session_id, caller, "resources/read", {"uri": uri}) as entry:
             session = self._offering(session_id, caller, "resources", entry)
-            async with self._counting_anomalies(session):
+            async with self._guarding(session):
                 raw = await self._request(session, "resources/read", {"uri": uri}, timeout, None)
                 what = f"contents of {uri!r}"
                 result = await asyncio.to_thread(parse_result, mcp_types.ReadResourceResult, raw, what)
@@ -417,7 +418,7 @@ class SessionManager:
     ) -> Sanitized[list[mcp_types.Prompt]]:
         async with self._journal.request(session_id, caller, "prompts/list", {}) as entry:
             session = self._offering(session_id, caller, "prompts", entry)
-            async with self._counting_anomalies(session):
+            async with self._guarding(session):
                 pages = await self._pages(session, "prompts/list", mcp_types.ListPromptsResult, timeout)
                 listed = [p for page in pages for p in page.prompts]
                 clean = await self._sanitize(session, results.sanitize_prompts, listed, "the prompt list")
@@ -429,7 +430,7 @@ class SessionManager:
         params = {"name": name, "arguments": arguments}
         async with self._journal.request(session_id, caller, "prompts/get", params) as entry:
             session = self._offering(session_id, caller, "prompts", entry)
-            async with self._counting_anomalies(session):
+            async with self._guarding(session):
                 raw = await self._request(session, "prompts/get", dict(params), timeout, None)
                 result = await asyncio.to_thread(parse_result, mcp_types.GetPromptResult, raw, f"prompt {name!r}")
                 clean = await self._sanitize(session, results.sanitize_prompt_result, result, f"prompt {name!r}")
@@ -513,19 +514,24 @@ class SessionManager:
         return Sanitized(cleaned, findings)
 
     @contextlib.asynccontextmanager
-    async def _counting_anomalies(self, session: LiveSession) -> AsyncIterator[None]:
-        """Count denied, blocked and invalid events; past the policy's limit the session is quarantined."""
+    async def _guarding(self, session: LiveSession) -> AsyncIterator[None]:
+        """Errors leave sanitized; denied, blocked and invalid events count, and past the limit quarantine."""
         try:
             yield
-        except _ANOMALIES as exc:
-            reason = self._gate.quarantine_reason(session.id, exc)
-            if reason is not None and session.state is SessionState.READY:
-                log.warning("session %s of caller %s %s", session.id, session.caller, reason)
-                self._journal.note(records.QUARANTINE, session.id, session.caller, {"reason": reason})
-                await self._end(session, SessionState.FAILED, reason)
-                # The caller learns from this very answer that its session is gone, and why.
-                exc.message = f"{exc.message}; session {session.id} was {reason}"
+        except RunnerError as exc:
+            _sanitize_message(session, exc)
+            if isinstance(exc, _ANOMALIES):
+                await self._count_anomaly(session, exc)
             raise
+
+    async def _count_anomaly(self, session: LiveSession, exc: RunnerError) -> None:
+        reason = self._gate.quarantine_reason(session.id, exc)
+        if reason is not None and session.state is SessionState.READY:
+            log.warning("session %s of caller %s %s", session.id, session.caller, reason)
+            self._journal.note(records.QUARANTINE, session.id, session.caller, {"reason": reason})
+            await self._end(session, SessionState.FAILED, reason)
+            # The caller learns from this very answer that its session is gone, and why.
+            exc.message = f"{exc.message}; session {session.id} was {reason}"
 
     async def _pages(
         self, session: LiveSession, method: str, model: type[P], timeout: float | None
@@ -588,6 +594,7 @@ class SessionManager:
 
     async def _conclude(self, session: LiveSession, handle: SandboxHandle, error: RunnerError) -> RunnerError:
         ending = await handle.wait_exit(EXIT_WAIT_S)
+        _sanitize_message(session, error)  # it may quote what the sandbox wrote, secrets and all
         explained: RunnerError
         if ending.oom_killed:
             mib = session.limits.memory_bytes // 1024**2
@@ -643,17 +650,18 @@ class SessionManager:
             "profile": session.profile.name,
         })  # fmt: skip
 
-    def _lookup(self, session_id: str, caller: str) -> LiveSession:
+    def _lookup(self, session_id: str, caller: str, entry: RequestEntry | None = None) -> LiveSession:
         session = self._sessions.get(session_id)
         if session is None:
             raise SessionNotFound(f"no session {session_id!r} (it never existed or was forgotten)")
+        if entry is not None:
+            # Before the owner check: what another caller sends to this session is recorded without its secrets.
+            entry.redact = session.sanitizer.redact_secrets
         self._gate.check_owner(caller, session.caller, session_id)
         return session
 
     def _live(self, session_id: str, caller: str, entry: RequestEntry | None = None) -> LiveSession:
-        session = self._lookup(session_id, caller)
-        if entry is not None:
-            entry.redact = session.sanitizer.redact_secrets
+        session = self._lookup(session_id, caller, entry)
         if session.state is SessionState.READY:
             return session
         reason = f": {session.failure}" if session.failure else ""
@@ -689,3 +697,8 @@ class SessionManager:
                 await self._end(session, SessionState.CLOSED, reason)
             elif session.ended is not None and now - session.ended > CLOSED_RETENTION_S:
                 del self._sessions[session.id]
+
+
+def _sanitize_message(session: LiveSession, error: RunnerError) -> None:
+    """An error's message through the session's sanitizer: it may quote the server's words or the caller's."""
+    error.message = session.sanitizer.text(error.message, "error message", FindingLog())

@@ -167,9 +167,9 @@ def test_replay_of_a_real_server_reports_same_different_and_refused(images: dict
         listed = cli(service, "audit", "list", "--session", recorded, "--since", "1h")
         assert listed.returncode == 0, listed.stderr
         kinds = [line.split()[3] for line in listed.stdout.splitlines() if line.strip()]
-        assert kinds[0] == records.SESSION_OPEN and kinds[-1] == records.SESSION_CLOSE
-        assert kinds.count(records.REQUEST) == 2 and kinds.count(records.POLICY) == 2  # the tools listed at open
-        # are in the session.open record
+        assert kinds[:2] == [records.POLICY, records.SESSION_OPEN] and kinds[-1] == records.SESSION_CLOSE
+        # The open and two calls were decided by the policy; the tools listed at open are in session.open.
+        assert kinds.count(records.REQUEST) == 2 and kinds.count(records.POLICY) == 3
         exported = tmp_path / "session.jsonl"
         assert cli(service, "audit", "export", recorded, "-o", str(exported)).returncode == 0
         lines = [json.loads(line) for line in exported.read_text(encoding="utf-8").splitlines()]
