@@ -65,7 +65,7 @@ from runner.sandbox.base import SandboxBackend, SandboxHandle, SandboxNetwork, S
 from runner.secret_sources import egress_rules, resolve_secrets
 from runner.sessions.egress_record import EgressRecord, describe_network
 from runner.sessions.gate import Gate
-from runner.sessions.journal import Journal, RequestEntry, durable, error_json, redacted
+from runner.sessions.journal import Journal, RequestEntry, as_json, durable, error_json, redacted
 from runner.sessions.models import (
     ApprovalCallback,
     LimitsRequest,
@@ -236,7 +236,7 @@ class SessionManager:
             "runtime": profile.runtime,
             "labels": redacted(dict(session.labels), session.sanitizer.redact_secrets),
             "server": asdict(session.server) if session.server is not None else None,
-            "tools": [t.name for t in session.listing.tools],
+            "tools": as_json(list(session.listing.tools)),  # as the caller got them: sanitized, blocked ones left out
             "findings": [asdict(f) for f in session.instructions_findings + session.listing.findings],
             **({"error": error_json(error)} if error is not None else {}),
         })

@@ -223,7 +223,8 @@ async def test_a_sessions_life_is_recorded_in_order(env: Env) -> None:
     assert opening["limits"] == asdict(LIMITS)
     assert opening["network"] == "none" and opening["runtime"] == "runc"
     assert opening["labels"] == {"team": "x"}
-    assert opening["tools"] == ["echo", "sleep", "say"]
+    assert [t["name"] for t in opening["tools"]] == ["echo", "sleep", "say"]
+    assert opening["tools"] == [dumped(t) for t in opened.tools]
 
     # The open was decided before the session started: its policy record comes first, under the session's id.
     assert allowed.kind == records.POLICY and allowed.data["action"] == "open"
