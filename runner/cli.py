@@ -267,8 +267,28 @@ def _audit_summary(kind: str, data: Any) -> str:
         findings = data.get("findings")
         count = len(findings) if isinstance(findings, list) else 0
         return f"{head} → {outcome}" + (f" [{count} finding{'s' if count != 1 else ''}]" if count else "")
+    if kind in ("validation", "throttle", "finding") and data.get("error"):
+        return " ".join(part for part in (field("method") or field("action"), field("profile")) if part) + (
+            f" → {_error_text(data.get('error'))}"
+        )
+    found = data.get("findings")
+    if kind == "finding" and isinstance(found, list):
+        listed = ", ".join(
+            f"{_text(f.get('kind'), 30)} {_text(f.get('action'), 20)} in {_text(f.get('where'), 40)}"
+            for f in found if isinstance(f, dict)
+        )
+        return f"{field('where') or field('method')}: {listed}"
+    if kind == "exit" and data.get("error"):
+        how = "killed for memory" if data.get("oom_killed") else f"exit status {field('exit_code') or '?'}"
+        return f"{how}: {_error_text(data.get('error'))}"
+    if kind == "quarantine" and data.get("reason"):
+        return field("reason", 200)
     if kind == "session.open":
-        summary = f"profile {field('profile') or '?'} image {field('image', 80) or '?'}"
+        digest = field("image_id", 80).removeprefix("sha256:")[:12]
+        image = field("image", 80) or "?"
+        summary = f"profile {field('profile') or '?'} image {image}" + (
+            f" ({digest})" if digest and digest not in image else ""
+        )
         if data.get("outcome") not in (None, "ok"):
             summary += f" → {field('outcome')}: {_error_text(data.get('error'))}"
         return summary
@@ -632,6 +652,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader went away (`| head`): stop quietly, and keep Python from complaining at exit too.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     return code
 
 

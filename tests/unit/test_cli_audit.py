@@ -68,7 +68,7 @@ SUMMARIES = [
      "tools/call fails → ok (the tool reported an error)"),
     (_listed("request", {}), "request → ?"),
     (_listed("session.open", {"profile": "time", "image": "mcp/time:1", "image_id": "sha256:ab", "outcome": "ok"}),
-     "profile time image mcp/time:1"),
+     "profile time image mcp/time:1 (ab)"),
     (_listed("session.open", {"profile": "web", "image": "mcp/web:2", "outcome": "error",
                               "error": {"status": "UNAVAILABLE", "message": "docker is down"}}),
      "profile web image mcp/web:2 → error: UNAVAILABLE: docker is down"),
@@ -383,3 +383,25 @@ async def test_audit_disabled(capsys: pytest.CaptureFixture[str]) -> None:
     assert capsys.readouterr().err == (
         "error: FAILED_PRECONDITION: this service runs with the audit log disabled (settings: audit.enabled: false)\n"
     )
+
+
+@pytest.mark.parametrize(
+    ("kind", "data", "expected"),
+    [
+        ("validation", {"method": "tools/call", "error": {"status": "INVALID_ARGUMENT", "message": "bad $.a"}},
+         "tools/call → INVALID_ARGUMENT: bad $.a"),
+        ("throttle", {"action": "open", "profile": "time", "error": {"status": "RESOURCE_EXHAUSTED", "message": "m"}},
+         "open time → RESOURCE_EXHAUSTED: m"),
+        ("finding", {"where": "tools/call", "findings": [{"kind": "email", "action": "redacted", "where": "c[0]"}]},
+         "tools/call: email redacted in c[0]"),
+        ("exit", {"oom_killed": True, "error": {"status": "RESOURCE_EXHAUSTED", "message": "killed"}},
+         "killed for memory: RESOURCE_EXHAUSTED: killed"),
+        ("exit", {"oom_killed": False, "exit_code": 3, "error": {"status": "FAILED_PRECONDITION", "message": "x"}},
+         "exit status 3: FAILED_PRECONDITION: x"),
+        ("quarantine", {"reason": "quarantined after 3 events"}, "quarantined after 3 events"),
+        ("session.open", {"profile": "time", "image": "python-servers", "image_id": "sha256:41e95f6ca3c2ffff"},
+         "profile time image python-servers (41e95f6ca3c2)"),
+    ],
+)
+def test_summaries_of_every_kind_read_as_a_sentence(kind: str, data: dict[str, Any], expected: str) -> None:
+    assert cli._audit_summary(kind, data) == expected
