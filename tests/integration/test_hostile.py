@@ -6,6 +6,7 @@ let an invalid result through.
 
 from __future__ import annotations
 
+import json
 import time
 
 import grpc
@@ -110,6 +111,10 @@ def test_memory_hog_is_killed_for_memory(client: RunnerClient, bystander: str) -
         client.call_tool(opened.session_id, "echo", {"text": "x"})
     assert code_of(caught) == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert "memory" in details_of(caught)
+    [exited] = client.query_audit(session_id=opened.session_id, kinds=["exit"])
+    assert json.loads(exited.data_json)["oom_killed"] is True
+    [request] = client.query_audit(session_id=opened.session_id, kinds=["request"])
+    assert json.loads(request.data_json)["error"] == {"status": "RESOURCE_EXHAUSTED", "message": details_of(caught)}
 
 
 def test_fork_bomb_is_contained(client: RunnerClient, bystander: str) -> None:

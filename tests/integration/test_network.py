@@ -215,6 +215,10 @@ def test_everything_else_is_refused_and_recorded(networked: Service, hosts: Host
         assert "bad_request" in {d.code for d in decisions}
         private = next(d for d in decisions if d.host == "private-web")
         assert private.address == hosts.web_ip and "private" in private.reason
+        # The audit log holds the same decisions, each in a record of its own.
+        recorded = [json.loads(r.data_json) for r in client.query_audit(session_id=sid, kinds=["egress"])]
+        assert {(d["host"], d["code"]) for d in recorded} >= by_host
+        assert not any(d["allowed"] for d in recorded)
     assert "egress session=" in networked.log()
 
 
