@@ -75,6 +75,8 @@ async def run_service(settings: Settings) -> None:
         backend.close()
         if store is not None:
             store.close()
+            seq, digest = store.head
+            log.info("audit log closed at seq %d, head %s", seq, digest)
 
 
 def _open_audit(settings: Settings) -> AuditStore | None:
@@ -85,5 +87,7 @@ def _open_audit(settings: Settings) -> AuditStore | None:
     store.open()
     retention = settings.audit.retention_s
     kept = f"records older than {retention:g} s go to {settings.audit.exports}" if retention else "kept forever"
-    log.info("audit log: %s (%s)", settings.audit.path, kept)
+    seq, digest = store.head
+    # Logged at start and close: a copy kept elsewhere shows if the newest records are ever cut off.
+    log.info("audit log: %s (%s), continuing at seq %d, head %s", settings.audit.path, kept, seq, digest)
     return store

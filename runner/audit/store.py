@@ -146,6 +146,11 @@ class AuditStore:
         """Transactions committed so far; fewer than records written when group commit batched them."""
         return self._commits
 
+    @property
+    def head(self) -> tuple[int, str]:
+        """The newest committed record's seq and hash (0 and GENESIS when empty); exact while nothing writes."""
+        return self._head_seq, self._head_hash
+
     def open(self) -> None:
         with self._lock:
             if self._state != _NEW:

@@ -114,12 +114,15 @@ def test_a_reopened_log_continues_the_chain(tmp_path: Path) -> None:
     old = write(first, event(), event(), event())
     first.close()
 
+    assert first.head == (3, old[-1].hash)
     second = AuditStore(path)
     second.open()
+    assert second.head == (3, old[-1].hash)
     try:
         (new,) = write(second, event())
     finally:
         second.close()
+    assert second.head == (4, new.hash)
     assert new.seq == 4
     assert new.prev == old[-1].hash
     result = verify_database(path)
