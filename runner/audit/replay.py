@@ -72,7 +72,9 @@ class Replayer:
         self._store = store
 
     async def recorded(self, session_id: str) -> list[AuditRecord]:
-        found = await asyncio.to_thread(self._store.query, AuditQuery(session_id=session_id))
+        """What a replay reads of a session: how it was opened, and its requests."""
+        wanted = AuditQuery(session_id=session_id, kinds=(records.SESSION_OPEN, records.REQUEST))
+        found = await asyncio.to_thread(self._store.query, wanted)
         if not found:
             raise records_missing(session_id)
         return found

@@ -102,11 +102,7 @@ class RequestEntry:
 
 class Journal:
     def __init__(self, store: AuditStore | None) -> None:
-        self._store = store
-
-    @property
-    def enabled(self) -> bool:
-        return self._store is not None
+        self._store = store  # None: the audit log is turned off (benchmarks), and nothing is recorded
 
     def note(self, kind: str, session_id: str, caller: str, data: Mapping[str, Any]) -> None:
         """Queue a record; if it cannot be written it is logged, and the next durable record fails too."""
@@ -157,7 +153,8 @@ class Journal:
         try:
             await self.record(event)
         except AuditError as exc:
-            log.error("withholding the answer to %s: %s", event.data.get("method"), exc.message)
+            what = event.data.get("method") or event.kind
+            log.error("withholding the answer to %s of session %s: %s", what, event.session_id or "-", exc.message)
             raise AuditError(f"{exc.message}; the answer was withheld because it could not be recorded") from (
                 answering or exc
             )
