@@ -74,7 +74,13 @@ class Service:
         return self.log_path.read_text(errors="replace")
 
     def containers(self) -> list[docker.models.containers.Container]:
-        return docker.from_env().containers.list(all=True, filters={"label": f"{INSTANCE_LABEL}={self.instance}"})
+        engine = docker.from_env()
+        for _ in range(20):
+            try:
+                return engine.containers.list(all=True, filters={"label": f"{INSTANCE_LABEL}={self.instance}"})
+            except docker.errors.NotFound:
+                continue  # docker-py lists, then inspects each: one was removed in between, so list again
+        raise AssertionError("containers kept vanishing while being listed")
 
 
 def start_service(
