@@ -26,6 +26,7 @@ from typing import Any
 import grpc
 
 from runner.api._proto.mcp_runner.v1 import runner_pb2 as pb
+from runner.api.timestamps import unix_time
 from runner.audit.diff import describe
 from runner.audit.records import KINDS, Verification, iso_time
 from runner.client import DEFAULT_ADDRESS, Progress, RunnerClient, ToolResult, tls_credentials
@@ -214,12 +215,6 @@ def _text(value: Any, limit: int = 100) -> str:
     return line if len(line) <= limit else line[: limit - 1] + "…"
 
 
-def _unix(timestamp: Any) -> float:
-    seconds: int = timestamp.seconds
-    nanos: int = timestamp.nanos
-    return seconds + nanos / 1e9
-
-
 def _json_value(text: str, empty: Any) -> Any:
     """``text`` parsed, ``empty`` when there is none, the text itself when it is not JSON (shown, never lost)."""
     try:
@@ -231,7 +226,7 @@ def _json_value(text: str, empty: Any) -> Any:
 def _record_json(record: pb.AuditRecord) -> dict[str, Any]:
     """The record as the log exports it."""
     return {
-        "seq": record.seq, "id": record.id, "at": iso_time(_unix(record.at)), "kind": record.kind,
+        "seq": record.seq, "id": record.id, "at": iso_time(unix_time(record.at)), "kind": record.kind,
         "session_id": record.session_id, "caller": record.caller, "data": _json_value(record.data_json, {}),
         "prev": record.prev_hash, "hash": record.hash,
     }  # fmt: skip
@@ -314,7 +309,7 @@ def _audit_summary(kind: str, data: Any) -> str:
 
 
 def _record_line(record: pb.AuditRecord) -> str:
-    at = datetime.fromtimestamp(_unix(record.at)).strftime("%Y-%m-%d %H:%M:%S")
+    at = datetime.fromtimestamp(unix_time(record.at)).strftime("%Y-%m-%d %H:%M:%S")
     session, caller = _text(record.session_id, 60) or "-", _text(record.caller, 60) or "-"
     summary = _audit_summary(record.kind, _json_value(record.data_json, {}))
     return f"{record.seq:>6}  {at}  {_text(record.kind, 20):<13}  {session}  {caller}  {summary}"

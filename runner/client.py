@@ -23,7 +23,6 @@ takes ``tls_credentials(ca, cert, key)`` for TLS or mutual TLS.
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager, suppress
 from dataclasses import dataclass
@@ -35,6 +34,7 @@ import grpc
 from runner.api._proto.mcp_runner.v1 import runner_pb2 as pb
 from runner.api._proto.mcp_runner.v1 import runner_pb2_grpc
 from runner.api.auth import channel_credentials as tls_credentials
+from runner.api.timestamps import set_time
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
 _OPTIONS = [("grpc.max_receive_message_length", 64 * 1024 * 1024)]
@@ -144,11 +144,6 @@ def _call_request(
     )
 
 
-def _set_time(field: Any, unix: float) -> None:
-    seconds = math.floor(unix)
-    field.seconds, field.nanos = seconds, min(round((unix - seconds) * 1e9), 999_999_999)
-
-
 def _audit_query(
     record_id: str,
     session_id: str,
@@ -164,9 +159,9 @@ def _audit_query(
         limit=limit,
     )  # fmt: skip
     if since is not None:
-        _set_time(request.since, since)
+        set_time(request.since, since)
     if until is not None:
-        _set_time(request.until, until)
+        set_time(request.until, until)
     return request
 
 

@@ -20,6 +20,7 @@ import mcp_types
 from pydantic import BaseModel
 
 from runner.api._proto.mcp_runner.v1 import runner_pb2 as pb
+from runner.api.timestamps import set_time, unix_time
 from runner.approvals import Approval, ApprovalState
 from runner.audit.records import KINDS, AuditQuery, AuditRecord, ReplayVerdict, Verification, canonical_json
 from runner.errors import InvalidArgument, ResultRejected
@@ -70,19 +71,6 @@ def dump_json(value: Any) -> str:
 
 def _ms(seconds: float) -> int:
     return round(seconds * 1000)
-
-
-def _set_time(field: Any, unix: float) -> None:
-    """Fill a google.protobuf.Timestamp from unix seconds."""
-    seconds = math.floor(unix)
-    field.seconds, field.nanos = seconds, min(round((unix - seconds) * 1e9), 999_999_999)
-
-
-def _unix(timestamp: Any) -> float:
-    """Unix seconds of a google.protobuf.Timestamp."""
-    seconds: int = timestamp.seconds
-    nanos: int = timestamp.nanos
-    return seconds + nanos / 1e9
 
 
 # ----------------------------------------------------------------- requests
@@ -170,8 +158,8 @@ def session_to_proto(info: SessionInfo) -> Any:
             method=decision.method, host=decision.host, port=decision.port, address=decision.address,
             rule=decision.rule, allowed=decision.allowed, code=decision.code, reason=decision.reason,
         )
-        _set_time(entry.time, decision.time)
-    _set_time(msg.created_at, info.created_at)
+        set_time(entry.time, decision.time)
+    set_time(msg.created_at, info.created_at)
     if info.server is not None:
         msg.server.CopyFrom(server_to_proto(info.server))
     return msg
@@ -261,10 +249,10 @@ def approval_to_proto(approval: Approval) -> Any:
         reason=approval.reason,
         used=approval.used,
     )
-    _set_time(msg.requested_at, approval.requested_at)
-    _set_time(msg.expires_at, approval.expires_at)
+    set_time(msg.requested_at, approval.requested_at)
+    set_time(msg.expires_at, approval.expires_at)
     if approval.decided_at is not None:
-        _set_time(msg.decided_at, approval.decided_at)
+        set_time(msg.decided_at, approval.decided_at)
     return msg
 
 
@@ -346,8 +334,8 @@ def audit_query_from_proto(request: Any) -> AuditQuery:
         raise InvalidArgument("after_seq must not be negative")
     if request.limit < 0:
         raise InvalidArgument("limit must not be negative (0 means no limit)")
-    since = _unix(request.since) if request.HasField("since") else None
-    until = _unix(request.until) if request.HasField("until") else None
+    since = unix_time(request.since) if request.HasField("since") else None
+    until = unix_time(request.until) if request.HasField("until") else None
     if since is not None and until is not None and since >= until:
         raise InvalidArgument("since must be before until (since is inclusive, until exclusive)")
     return AuditQuery(
@@ -382,7 +370,7 @@ def audit_record_to_proto(record: AuditRecord) -> Any:
         prev_hash=record.prev,
         hash=record.hash,
     )
-    _set_time(msg.at, record.at)
+    set_time(msg.at, record.at)
     return msg
 
 
