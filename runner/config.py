@@ -69,11 +69,16 @@ def state_directory() -> Path:
     return Path(base) / "mcp-runner"
 
 
+def default_audit_path(instance: str) -> Path:
+    """One audit file per instance, so two services on one machine never contend for one chain."""
+    return state_directory() / f"audit-{instance}.sqlite3"
+
+
 @dataclass(frozen=True)
 class AuditConfig:
     """The audit log: where, for how long, and where records go before retention deletes them."""
 
-    path: Path = field(default_factory=lambda: state_directory() / "audit-default.sqlite3")
+    path: Path = field(default_factory=lambda: default_audit_path("default"))
     enabled: bool = True
     """Off only for benchmarks: nothing is recorded, and the service says so when it starts."""
     retention_s: float | None = None
@@ -453,7 +458,7 @@ class _AuditModel(BaseModel):
         elif self.path is not None:
             path = base / self.path
         else:
-            path = state_directory() / f"audit-{instance}.sqlite3"
+            path = default_audit_path(instance)
         return AuditConfig(
             path=path,
             enabled=self.enabled,
@@ -567,9 +572,10 @@ def load_settings(config_path: Path | str | None = None, *, listen: str | None =
         profiles = _profiles(builtin, BUILTIN_PROFILES.parent, defaults) if user.builtin_profiles else {}
         profiles.update(_profiles(user, user_path.resolve().parent, defaults))
         max_message = user.max_message_bytes
-        instance = os.environ.get("MCP_RUNNER_INSTANCE")
-        if instance is not None and not _INSTANCE.match(instance):
-            raise ConfigError(f"MCP_RUNNER_INSTANCE={instance!r}: use 1-64 letters, digits, '_', '.' or '-'")
+        env_instance = os.environ.get("MCP_RUNNER_INSTANCE")
+        if env_instance is not None and not _INSTANCE.match(env_instance):
+            raise ConfigError(f"MCP_RUNNER_INSTANCE={env_instance!r}: use 1-64 letters, digits, '_', '.' or '-'")
+        instance = env_instance or user.instance or "default"
         base = user_path.resolve().parent
         tls = None
         if user.tls is not None:
@@ -583,8 +589,8 @@ def load_settings(config_path: Path | str | None = None, *, listen: str | None =
             auth=AuthConfig(mtls=tls is not None and tls.client_ca is not None, tokens=user.auth.tokens),
             policy=base / user.policy if user.policy else None,
             listen=listen or os.environ.get("MCP_RUNNER_LISTEN") or user.listen or DEFAULT_LISTEN,
-            instance=instance or user.instance or "default",
-            audit=user.audit.config(base, instance or user.instance or "default"),
+            instance=instance,
+            audit=user.audit.config(base, instance),
             max_sessions=user.max_sessions or Settings.max_sessions,
             max_message_bytes=parse_size(max_message) if max_message else Settings.max_message_bytes,
             open_timeout_s=user.open_timeout_s or Settings.open_timeout_s,

@@ -31,7 +31,7 @@ async def keep_retention(store: AuditStore, config: AuditConfig, clock: Callable
     assert config.retention_s is not None
     while True:
         try:
-            pruned = await asyncio.to_thread(store.prune, clock() - config.retention_s, config.exports)
+            pruned = await store.aprune(clock() - config.retention_s, config.exports)
         except AuditError as exc:
             log.error("audit retention: %s; nothing was deleted, trying again later", exc.message)
         else:

@@ -332,6 +332,7 @@ class DockerBackend:
             self.later(self.stop_egress(proxy) if proxy else self._remove_proxy(container_id, network))
             raise
         return proxy
+
     async def stop_egress(self, proxy: egress.EgressProxy, alongside: Awaitable[None] | None = None) -> None:
         async def kill() -> None:
             def kill_proxy() -> None:

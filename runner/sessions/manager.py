@@ -324,8 +324,8 @@ class SessionManager:
                 entry.returned["approval_id"] = outcome.approval.approval_id
             if outcome.result is None:
                 entry.outcome = "approval_pending"
-                return replace(outcome, audit_id=entry.id)
-            self._returning(session, entry, Sanitized(outcome.result, outcome.findings))
+            else:
+                self._returning(session, entry, Sanitized(outcome.result, outcome.findings))
             return replace(outcome, audit_id=entry.id)
 
     async def _call_tool(
