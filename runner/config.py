@@ -69,9 +69,9 @@ def state_directory() -> Path:
     return Path(base) / "mcp-runner"
 
 
-def default_audit_path(instance: str) -> Path:
+def default_audit_path(instance: str, state_dir: Path | None = None) -> Path:
     """One audit file per instance, so two services on one machine never contend for one chain."""
-    return state_directory() / f"audit-{instance}.sqlite3"
+    return (state_dir or state_directory()) / f"audit-{instance}.sqlite3"
 
 
 @dataclass(frozen=True)
@@ -224,6 +224,8 @@ class Settings:
     policy: Path | None = None
     """The policy file (callers, tool rules, rates); None: the embedded single-developer default."""
     audit: AuditConfig = AuditConfig()
+    state_dir: Path = field(default_factory=state_directory)
+    """This machine's per-instance state (the instance lock; the guard's store), shared by every instance here."""
 
 
 class _LimitsModel(BaseModel):
@@ -451,14 +453,14 @@ class _AuditModel(BaseModel):
             raise ValueError("must be longer than 0 s")
         return value
 
-    def config(self, base: Path, instance: str) -> AuditConfig:
+    def config(self, base: Path, instance: str, state_dir: Path) -> AuditConfig:
         env_path = os.environ.get("MCP_RUNNER_AUDIT_DB")
         if env_path:
             path = Path(env_path)
         elif self.path is not None:
             path = base / self.path
         else:
-            path = default_audit_path(instance)
+            path = default_audit_path(instance, state_dir)
         return AuditConfig(
             path=path,
             enabled=self.enabled,
@@ -471,6 +473,7 @@ class _FileModel(BaseModel):
     model_config = ConfigDict(extra="forbid")
     listen: str | None = None
     instance: str | None = Field(default=None, pattern=_INSTANCE.pattern)
+    state_dir: str | None = Field(default=None, min_length=1)
     max_sessions: int | None = Field(default=None, ge=1, le=10000)
     max_message_bytes: int | str | None = None
     open_timeout_s: float | None = Field(default=None, gt=0)
@@ -555,6 +558,14 @@ def _profiles(parsed: _FileModel, base: Path, defaults: Limits) -> dict[str, Pro
     return out
 
 
+def _state_dir(user: _FileModel, base: Path) -> Path:
+    """Env MCP_RUNNER_STATE_DIR, else the file's ``state_dir`` (relative to the file), else the XDG default."""
+    env_state = os.environ.get("MCP_RUNNER_STATE_DIR")
+    if env_state:
+        return Path(env_state)
+    return base / user.state_dir if user.state_dir else state_directory()
+
+
 def load_settings(config_path: Path | str | None = None, *, listen: str | None = None) -> Settings:
     """Built-in profiles, then the user's file (``config_path`` or env MCP_RUNNER_CONFIG), then overrides.
 
@@ -577,6 +588,7 @@ def load_settings(config_path: Path | str | None = None, *, listen: str | None =
             raise ConfigError(f"MCP_RUNNER_INSTANCE={env_instance!r}: use 1-64 letters, digits, '_', '.' or '-'")
         instance = env_instance or user.instance or "default"
         base = user_path.resolve().parent
+        state_dir = _state_dir(user, base)
         tls = None
         if user.tls is not None:
             tls = TlsConfig(
@@ -590,7 +602,8 @@ def load_settings(config_path: Path | str | None = None, *, listen: str | None =
             policy=base / user.policy if user.policy else None,
             listen=listen or os.environ.get("MCP_RUNNER_LISTEN") or user.listen or DEFAULT_LISTEN,
             instance=instance,
-            audit=user.audit.config(base, instance),
+            audit=user.audit.config(base, instance, state_dir),
+            state_dir=state_dir,
             max_sessions=user.max_sessions or Settings.max_sessions,
             max_message_bytes=parse_size(max_message) if max_message else Settings.max_message_bytes,
             open_timeout_s=user.open_timeout_s or Settings.open_timeout_s,

@@ -42,6 +42,7 @@ class Service:
     process: subprocess.Popen[bytes]
     log_path: Path
     audit_db: Path
+    state_dir: Path
     ca: Path | None = None
     """Set when the service speaks TLS: the CA that signed its certificate."""
     probe_cert: tuple[Path, Path] | None = None
@@ -91,19 +92,30 @@ def start_service(
     config: Path = PROFILES,
     ca: Path | None = None,
     probe_cert: tuple[Path, Path] | None = None,
+    state_dir: Path | None = None,
 ) -> Service:
-    """The service on ``port`` (default: a free one); its audit log is ``tmp``/audit-``instance``.sqlite3."""
+    """The service on ``port`` (default: a free one); its audit log is ``tmp``/audit-``instance``.sqlite3.
+
+    Its state directory (instance lock, guard store) is ``state_dir``, default ``tmp``/state: never the
+    user's, so parallel runs and a developer's own service never see each other's locks.
+    """
     port = port or free_port()
     log_path = tmp / f"service-{instance}-{port}.log"
     audit_db = tmp / f"audit-{instance}.sqlite3"
-    env = {**os.environ, "MCP_RUNNER_INSTANCE": instance, "MCP_RUNNER_AUDIT_DB": str(audit_db)}
+    state_dir = state_dir or tmp / "state"
+    env = {
+        **os.environ,
+        "MCP_RUNNER_INSTANCE": instance,
+        "MCP_RUNNER_AUDIT_DB": str(audit_db),
+        "MCP_RUNNER_STATE_DIR": str(state_dir),
+    }
     process = subprocess.Popen(
         [sys.executable, "-m", "runner.cli", "serve", "--listen", f"127.0.0.1:{port}", "--config", str(config)],
         stdout=log_path.open("wb"),
         stderr=subprocess.STDOUT,
         env=env,
     )
-    service = Service(f"127.0.0.1:{port}", instance, process, log_path, audit_db, ca, probe_cert)
+    service = Service(f"127.0.0.1:{port}", instance, process, log_path, audit_db, state_dir, ca, probe_cert)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if process.poll() is not None:

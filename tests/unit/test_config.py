@@ -16,7 +16,7 @@ MIB = 1024**2
 
 @pytest.fixture(autouse=True)
 def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("MCP_RUNNER_CONFIG", "MCP_RUNNER_LISTEN", "MCP_RUNNER_INSTANCE"):
+    for name in ("MCP_RUNNER_CONFIG", "MCP_RUNNER_LISTEN", "MCP_RUNNER_INSTANCE", "MCP_RUNNER_STATE_DIR"):
         monkeypatch.delenv(name, raising=False)
 
 
@@ -229,6 +229,21 @@ def test_audit_defaults_to_one_file_per_instance_in_the_state_directory(
     assert audit.path == tmp_path / "state" / "mcp-runner" / "audit-blue.sqlite3"
     assert audit.enabled and audit.retention_s is None
     assert audit.exports == tmp_path / "state" / "mcp-runner" / "audit-exports"
+
+
+def test_state_dir_defaults_to_xdg_and_is_settable_by_file_then_env(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("MCP_RUNNER_AUDIT_DB", raising=False)
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "xdg"))
+    assert load_settings().state_dir == tmp_path / "xdg" / "mcp-runner"
+    path = write(tmp_path / "conf", "s.yaml", "state_dir: st\ninstance: red\n")
+    settings = load_settings(path)
+    # Relative to the file, like every other path in it; the default audit file follows the state directory.
+    assert settings.state_dir == tmp_path / "conf" / "st"
+    assert settings.audit.path == tmp_path / "conf" / "st" / "audit-red.sqlite3"
+    monkeypatch.setenv("MCP_RUNNER_STATE_DIR", str(tmp_path / "env"))
+    assert load_settings(path).state_dir == tmp_path / "env"
 
 
 def test_audit_paths_resolve_against_the_file_and_durations_parse(
