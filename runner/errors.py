@@ -17,7 +17,8 @@ the servicer only ever translates this tree::
     ├── ResourceExhausted .......... RESOURCE_EXHAUSTED
     │   ├── QuotaExceeded .......................... too many sessions
     │   ├── RateLimited ............................ a token bucket is empty; carries retry_after_s
-    │   └── OutOfMemory ............................ the sandbox was killed for memory
+    │   ├── OutOfMemory ............................ the sandbox was killed for memory
+    │   └── MessageTooLarge ........................ the server (or agent) wrote past max_message_bytes
     ├── DeadlineExceeded ........... DEADLINE_EXCEEDED  call or open ran past its deadline
     ├── FailedPrecondition ......... FAILED_PRECONDITION
     │   ├── SessionClosed .......................... closed, reaped or failed earlier
@@ -124,6 +125,10 @@ class RateLimited(ResourceExhausted):
 
 class OutOfMemory(ResourceExhausted):
     pass
+
+
+class MessageTooLarge(ResourceExhausted):
+    """A line from the sandbox passed ``max_message_bytes``: the session ends, whoever in it wrote the line."""
 
 
 class DeadlineExceeded(RunnerError):
