@@ -8,7 +8,14 @@ Two ways to authenticate, either or both:
   ``hash_token(token)``, so a leaked policy file leaks no credentials, and looking the hash up in a
   dict compares nothing secret byte by byte (no timing oracle).
 
-Without either the runner is anonymous, which ``check_listen_safety`` allows on loopback only.
+With both configured, a caller may present both, and then both must name the same caller (the token's
+owner in the policy file is the certificate's name), else UNAUTHENTICATED: a stolen token cannot ride on
+another caller's certificate, and a certificate cannot be "upgraded" to another identity by a token.
+The certificate is mandatory then (the handshake demands it); the token is optional.
+
+Without either the runner is anonymous, which ``check_listen_safety`` allows on loopback only. The embedded
+default policy (everyone admin, approver and auditor) is meant for exactly that case: ``check_policy_required``
+refuses to start any authenticated or non-loopback service without a policy file.
 TLS files are parsed with ``cryptography`` at start-up, so a wrong path or a garbled PEM is reported
 naming the file, instead of surfacing later as an opaque handshake failure on every call.
 Presented tokens never appear in a message or a log line.
@@ -30,7 +37,7 @@ from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 
-from runner.config import AuthConfig, TlsConfig
+from runner.config import AuthConfig, ConfigError, TlsConfig
 from runner.errors import InvalidArgument, Unauthenticated
 
 log = logging.getLogger(__name__)
@@ -131,6 +138,24 @@ def check_listen_safety(listen: str, tls: TlsConfig | None, auth: AuthConfig) ->
         log.warning("bearer tokens are accepted on %s without TLS: tokens travel in clear text; configure TLS", listen)
 
 
+def check_policy_required(listen: str, auth: AuthConfig, policy: Path | None) -> None:
+    """Refuse to start an authenticated or non-loopback service on the embedded default policy.
+
+    That default makes every caller admin, approver and auditor, which is right for the one developer an
+    anonymous loopback listener serves; once callers are told apart (certificates, tokens), or others can
+    connect, who may do what must be written down.
+    """
+    if policy is not None or (auth.anonymous and is_loopback(listen)):
+        return
+    methods = [name for name, on in (("client certificates", auth.mtls), ("bearer tokens", auth.tokens)) if on]
+    why = f"callers authenticate with {' and '.join(methods)}" if methods else f"{listen} is not a loopback address"
+    raise ConfigError(
+        f"refusing to start without a policy file: {why}, and the embedded default policy would make every "
+        "caller admin, approver and auditor. Write a policy file giving each caller its profiles and roles, "
+        "and name it in the settings file (`policy: policy.yaml`)"
+    )
+
+
 class Authenticator:
     """Names the caller of an RPC from its metadata and TLS peer, according to an ``AuthConfig``.
 
@@ -147,26 +172,30 @@ class Authenticator:
         config = self.config
         if config.anonymous:
             return ANONYMOUS
-        if config.tokens:
-            token = _bearer_token(context)
-            if token is not None:
-                owner = self._token_owner(hash_token(token))
-                if owner is None:
-                    raise Unauthenticated("the bearer token is not known (revoked or mistyped)")
-                return owner
+        by_token = self._token_caller(context) if config.tokens else None
+        by_certificate = _certificate_name(context) if config.mtls else None
+        if by_token is not None and by_certificate is not None and by_token != by_certificate:
+            # The token's owner is not named: whoever holds a stolen token learns nothing from the refusal.
+            raise Unauthenticated(
+                f"the bearer token belongs to another caller than the client certificate ({by_certificate!r}): "
+                "a token is accepted only together with its own caller's certificate"
+            )
+        caller = by_token or by_certificate
+        if caller is not None:
+            return caller
         if config.mtls:
-            name = _certificate_name(context)
-            if name is None:
-                raise Unauthenticated(
-                    "present a client certificate (with a subject CN) signed by the runner's client CA"
-                )
-            return name
-        accepted = []
-        if config.tokens:
-            accepted.append("send `authorization: Bearer <token>` metadata")
-        if config.mtls:
-            accepted.append("present a client certificate")
-        raise Unauthenticated("authentication required: " + " or ".join(accepted))
+            raise Unauthenticated("present a client certificate (with a subject CN) signed by the runner's client CA")
+        raise Unauthenticated("authentication required: send `authorization: Bearer <token>` metadata")
+
+    def _token_caller(self, context: Context) -> str | None:
+        """The owner of the presented token; None without one; ``Unauthenticated`` for an unknown token."""
+        token = _bearer_token(context)
+        if token is None:
+            return None
+        owner = self._token_owner(hash_token(token))
+        if owner is None:
+            raise Unauthenticated("the bearer token is not known (revoked or mistyped)")
+        return owner
 
 
 def _bearer_token(context: Context) -> str | None:

@@ -24,18 +24,21 @@ from runner.api.auth import (
     Authenticator,
     channel_credentials,
     check_listen_safety,
+    check_policy_required,
     hash_token,
     is_loopback,
     new_token,
     server_credentials,
 )
 from runner.certs import DevCerts, make_dev_certs
-from runner.config import AuthConfig, TlsConfig
+from runner.config import AuthConfig, ConfigError, TlsConfig
 from runner.errors import InvalidArgument, RunnerError, Unauthenticated
 
 METHOD = "/test.Auth/WhoAmI"
 ALICE_TOKEN = new_token()
-OWNERS = {hash_token(ALICE_TOKEN): "alice-token"}
+CERT_ALICE_TOKEN = new_token()
+"""Owned by "alice", the name the dev client certificate of alice carries."""
+OWNERS = {hash_token(ALICE_TOKEN): "alice-token", hash_token(CERT_ALICE_TOKEN): "alice"}
 
 # ------------------------------------------------------------------------------------------------ tokens
 
@@ -116,6 +119,32 @@ def test_check_listen_safety(listen: str, tls: TlsConfig | None, auth: AuthConfi
     else:
         with pytest.raises(InvalidArgument, match=re.escape(error)):
             check_listen_safety(listen, tls, auth)
+
+
+@pytest.mark.parametrize(
+    ("listen", "auth", "policy", "error"),
+    [
+        ("127.0.0.1:50051", ANON, None, None),  # the one case the embedded default is for
+        ("unix:/run/mcp-runner.sock", ANON, None, None),
+        ("127.0.0.1:50051", CERTS, None, "callers authenticate with client certificates"),
+        ("127.0.0.1:50051", TOKENS, None, "callers authenticate with bearer tokens"),
+        ("[::1]:1", AuthConfig(mtls=True, tokens=True), None, "client certificates and bearer tokens"),
+        ("0.0.0.0:50051", CERTS, None, "callers authenticate with client certificates"),
+        ("0.0.0.0:50051", ANON, None, "0.0.0.0:50051 is not a loopback address"),
+        ("127.0.0.1:50051", CERTS, Path("policy.yaml"), None),
+        ("0.0.0.0:50051", TOKENS, Path("policy.yaml"), None),
+    ],
+)
+def test_the_embedded_default_policy_serves_only_an_anonymous_loopback_listener(
+    listen: str, auth: AuthConfig, policy: Path | None, error: str | None
+) -> None:
+    if error is None:
+        check_policy_required(listen, auth, policy)
+        return
+    with pytest.raises(ConfigError, match=re.escape(error)) as info:
+        check_policy_required(listen, auth, policy)
+    assert info.value.message.startswith("refusing to start without a policy file")
+    assert "admin, approver and auditor" in info.value.message
 
 
 def test_tokens_without_tls_off_loopback_warn(caplog: pytest.LogCaptureFixture) -> None:
@@ -349,13 +378,19 @@ async def test_tokens_over_tls(certs: DevCerts, caplog: pytest.LogCaptureFixture
     assert not [r for r in caplog.records if ALICE_TOKEN in r.getMessage() or unknown in r.getMessage()]
 
 
-async def test_token_and_certificate_together(certs: DevCerts) -> None:
+async def test_token_and_certificate_together_must_name_the_same_caller(certs: DevCerts) -> None:
     cert, key = certs.clients["alice"]
     credentials = channel_credentials(certs.ca_cert, cert, key)
     both = AuthConfig(mtls=True, tokens=True)
     async with serve(both, TlsConfig(certs.server_cert, certs.server_key, certs.ca_cert)) as port:
         assert await whoami(port, credentials) == "alice"
-        assert await whoami(port, credentials, [("authorization", f"Bearer {ALICE_TOKEN}")]) == "alice-token"
+        assert await whoami(port, credentials, [("authorization", f"Bearer {CERT_ALICE_TOKEN}")]) == "alice"
+        # Another caller's token cannot ride on alice's certificate (nor alice become that caller by it).
+        error = await rejected(port, credentials, ("authorization", f"Bearer {ALICE_TOKEN}"))
+        assert error.code() == grpc.StatusCode.UNAUTHENTICATED
+        details = error.details() or ""
+        assert "belongs to another caller than the client certificate ('alice')" in details
+        assert "alice-token" not in details and ALICE_TOKEN not in details  # the token's owner is not revealed
         # A token that is presented must be right: no silent fallback to the certificate.
         error = await rejected(port, credentials, ("authorization", f"Bearer {new_token()}"))
         assert error.code() == grpc.StatusCode.UNAUTHENTICATED
