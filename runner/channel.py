@@ -2,9 +2,11 @@
 
 Everything read here comes from inside a sandbox and is untrusted: a hostile
 server can replace or impersonate the agent. So lines are cut at
-``max_message_bytes`` before they are parsed, every frame must have a known
-shape, and a frame for a request that is not pending ends the session. Request
-ids are random 53-bit integers, so a forger cannot guess a pending one.
+``max_message_bytes`` before they are parsed (in time linear in the bytes
+read, `LineFramer`), every frame must have a known shape, and a frame for a
+request that is not pending ends the session. Request ids are random 53-bit
+integers, so a forger cannot guess a pending one. A line past the cap, seen
+here or reported by the agent, ends the session with MessageTooLarge.
 
 The first terminal event (agent ``fatal``, end of stream, or a violation)
 fails every pending request and wakes ``closed``; the session manager then
@@ -22,7 +24,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from runner.errors import ProtocolViolation, RunnerError, SandboxCrashed, ServerError
+from runner.errors import MessageTooLarge, ProtocolViolation, RunnerError, SandboxCrashed, ServerError
 from runner.sessions.models import ProgressEvent
 from runner.text import printable
 
@@ -32,6 +34,8 @@ JSONObject = dict[str, Any]
 ProgressSink = Callable[[ProgressEvent], Awaitable[None]]
 _MAX_RECENTLY_CANCELLED = 1024
 _MAX_TEXT = 4096
+#: A ``fatal`` frame's ``reason`` when the agent met a line past the cap (docs/agent-protocol.md).
+TOO_LARGE = "message_too_large"
 
 
 class ByteLink(Protocol):
@@ -109,26 +113,16 @@ class AgentChannel:
                 raise self._terminal or SandboxCrashed("the sandbox stopped") from exc
 
     async def _read_loop(self) -> None:
-        buffer = bytearray()
+        framer = LineFramer(self._max)
         try:
             while self._terminal is None:
                 chunk = await self._link.read_stdout()
                 if not chunk:
                     self._end(SandboxCrashed("the sandbox exited"))
                     return
-                buffer += chunk
-                while self._terminal is None:
-                    newline = buffer.find(b"\n")
-                    if newline < 0:
-                        if len(buffer) > self._max:
-                            raise ProtocolViolation(
-                                f"the sandbox sent a message larger than the {self._max} byte cap"
-                            )
+                for line in framer.feed(chunk):
+                    if self._terminal is not None:
                         break
-                    if newline > self._max:
-                        raise ProtocolViolation(f"the sandbox sent a message larger than the {self._max} byte cap")
-                    line = bytes(buffer[:newline])
-                    del buffer[: newline + 1]
                     await self._dispatch(line)
         except RunnerError as exc:
             self._end(exc)
@@ -145,7 +139,8 @@ class AgentChannel:
             self._ready.set_result(_object(frame, "initialize"))
             return
         if kind == "fatal":
-            raise SandboxCrashed(_text(frame.get("message"), "the agent gave up without a reason"))
+            message = _text(frame.get("message"), "the agent gave up without a reason")
+            raise MessageTooLarge(message) if frame.get("reason") == TOO_LARGE else SandboxCrashed(message)
         request_id = frame.get("id")
         if not isinstance(request_id, int) or isinstance(request_id, bool):
             raise ProtocolViolation(f"a {kind!r} frame without an integer id")
@@ -204,6 +199,47 @@ class AgentChannel:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reader
         self._end(SandboxCrashed("the session was closed"))
+
+
+def describe_cap(max_bytes: int) -> str:
+    """``4 MiB`` for a cap in whole MiB, else ``1000 byte``: what a person reads in the error."""
+    return f"{max_bytes // 1024**2} MiB" if max_bytes % 1024**2 == 0 else f"{max_bytes} byte"
+
+
+class LineFramer:
+    """Cuts a byte stream into lines of at most ``max_bytes``, in time linear in the bytes fed.
+
+    Each byte is searched for a newline once: the search resumes where the last
+    one stopped, so a long line that arrives in tiny pieces (a hostile sandbox's
+    choice) costs no more than one that arrives whole. Consumed lines are dropped
+    from the buffer once per chunk, and a partial line past the cap is refused
+    before it is kept, so the buffer never holds more than the cap plus one chunk.
+    """
+
+    def __init__(self, max_bytes: int) -> None:
+        self._max = max_bytes
+        self._buffer = bytearray()
+        self._scanned = 0  # bytes of the buffer already known to hold no newline
+
+    def feed(self, chunk: bytes) -> list[bytes]:
+        """The lines ``chunk`` completes, without their newlines; MessageTooLarge for a line past the cap."""
+        buffer = self._buffer
+        buffer += chunk
+        lines: list[bytes] = []
+        start = 0
+        while (newline := buffer.find(b"\n", self._scanned)) >= 0:
+            if newline - start > self._max:
+                raise self._too_large()
+            lines.append(bytes(buffer[start:newline]))
+            start = self._scanned = newline + 1
+        if len(buffer) - start > self._max:
+            raise self._too_large()
+        del buffer[:start]
+        self._scanned = len(buffer)
+        return lines
+
+    def _too_large(self) -> MessageTooLarge:
+        return MessageTooLarge(f"the sandbox sent a message larger than the {describe_cap(self._max)} cap")
 
 
 _FRAME_TYPES = frozenset({"ready", "result", "error", "progress", "fatal"})

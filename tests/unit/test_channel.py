@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from runner.channel import AgentChannel
-from runner.errors import ProtocolViolation, SandboxCrashed, ServerError, Status
+from runner.channel import TOO_LARGE, AgentChannel, LineFramer
+from runner.errors import MessageTooLarge, ProtocolViolation, SandboxCrashed, ServerError, Status
 from runner.sessions.models import ProgressEvent
 
 CAP = 200
@@ -150,11 +150,62 @@ async def test_oversized_line_ends_channel_and_fails_pending(
     task = asyncio.create_task(channel.request("ping", {}))
     await link.sent_frame(0)
     link.feed(b"x" * (CAP // 2), b"x" * (CAP // 2 + 1) + (b"\n" if with_newline else b""))
-    with pytest.raises(ProtocolViolation, match=f"larger than the {CAP} byte cap"):
+    with pytest.raises(MessageTooLarge, match=f"larger than the {CAP} byte cap") as caught:
         await asyncio.wait_for(task, TIMEOUT)
-    assert isinstance(await ended(channel), ProtocolViolation)
-    with pytest.raises(ProtocolViolation, match="byte cap"):
+    assert caught.value.status is Status.RESOURCE_EXHAUSTED
+    assert isinstance(await ended(channel), MessageTooLarge)
+    with pytest.raises(MessageTooLarge, match="byte cap"):
         await asyncio.wait_for(channel.ready(), TIMEOUT)
+
+
+class CountingBuffer(bytearray):
+    """A framer buffer that counts the bytes its newline searches walk over: the framer's work."""
+
+    scanned = 0
+
+    def find(self, sub: Any, start: Any = 0, *rest: Any) -> int:
+        found = super().find(sub, start, *rest)
+        self.scanned += (len(self) if found < 0 else found + 1) - start
+        return found
+
+
+def test_framing_work_is_linear_in_the_bytes_read() -> None:
+    # A 4 MiB line in 16-byte pieces: rescanning the buffer per piece walks ~5e11 bytes (seconds of loop CPU).
+    size, piece = 4 * 1024**2, 16
+    framer = LineFramer(size)
+    framer._buffer = buffer = CountingBuffer()
+    data = b"x" * (size - 1) + b"\n" + b"y" * 15 + b"\n"
+    lines = [line for start in range(0, len(data), piece) for line in framer.feed(data[start : start + piece])]
+    assert lines == [b"x" * (size - 1), b"y" * 15]
+    assert buffer.scanned <= len(data)
+    assert len(buffer) == 0
+
+
+def test_framer_cuts_many_lines_of_one_chunk_and_keeps_the_tail() -> None:
+    framer = LineFramer(10)
+    assert framer.feed(b"a\n\nbc\nde") == [b"a", b"", b"bc"]
+    assert framer.feed(b"f") == []
+    assert framer.feed(b"g\nh") == [b"defg"]
+    with pytest.raises(MessageTooLarge, match="larger than the 10 byte cap"):
+        framer.feed(b"0123456789")  # "h" + 10 bytes, no newline yet: refused before it is kept
+
+
+def test_framer_names_a_cap_in_mib() -> None:
+    with pytest.raises(MessageTooLarge, match="larger than the 4 MiB cap"):
+        LineFramer(4 * 1024**2).feed(b"x" * (4 * 1024**2 + 1))
+
+
+async def test_fatal_frame_for_a_too_large_message_is_resource_exhausted(
+    link: FakeLink, channel: AgentChannel
+) -> None:
+    task = asyncio.create_task(channel.request("tools/call", {"name": "huge"}))
+    await link.sent_frame(0)
+    message = "MCP server wrote a message larger than the 4 MiB cap"
+    link.feed(line({"type": "fatal", "message": message, "reason": TOO_LARGE}))
+    with pytest.raises(MessageTooLarge, match=f"^{message}$") as caught:
+        await asyncio.wait_for(task, TIMEOUT)
+    assert caught.value.status is Status.RESOURCE_EXHAUSTED
+    assert await ended(channel) is caught.value
 
 
 @pytest.mark.parametrize(
