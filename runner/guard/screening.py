@@ -1,9 +1,9 @@
-"""Tool listings as callers see them: sanitized, with changed (rug-pull) and poisoned tools held back.
+"""Tool listings as callers see them: sanitized, with misnamed, changed (rug-pull) and poisoned tools held back.
 
-A tool whose definition no longer matches its pin, or whose description or
-schema carries a prompt injection under a profile that blocks injections, is
-left out of the listing and refused when called; the finding says which and
-why, never what the text said.
+A tool whose name is not a valid MCP tool name, whose definition no longer
+matches its pin, or whose description or schema carries a prompt injection
+under a profile that blocks injections, is left out of the listing and refused
+when called; the finding says which and why, never what the text said.
 """
 
 from __future__ import annotations
@@ -15,12 +15,14 @@ from types import MappingProxyType
 import mcp_types
 
 from runner.guard.findings import BLOCKED, Finding, FindingLog
+from runner.guard.names import TOOL_NAME
 from runner.guard.pinning import PinViolation
 from runner.guard.results import sanitize_tools
 from runner.guard.sanitize import Sanitizer
 
 TOOL_CHANGED = "tool_changed"
 TOOL_POISONING = "tool_poisoning"
+INVALID_TOOL_NAME = "invalid_tool_name"
 
 
 @dataclass(frozen=True)
@@ -37,7 +39,13 @@ def screen_tools(sanitizer: Sanitizer, tools: list[mcp_types.Tool], violations: 
     found = FindingLog()
     shown: list[mcp_types.Tool] = []
     blocked: dict[str, str] = {}
-    for tool in tools:
+    for index, tool in enumerate(tools):
+        if not TOOL_NAME.fullmatch(tool.name):
+            # Invisible or look-alike characters, escapes or sheer length: such a name can pass for another
+            # tool's (and dodge the rules written for it). Its place stands for it, since the name is the problem.
+            blocked[tool.name] = "its name is not a valid MCP tool name (1-128 ASCII letters, digits, '_', '-', '.')"
+            found.add(INVALID_TOOL_NAME, BLOCKED, f"tools[{index}]")
+            continue
         where = f"tools[{tool.name}]"
         violation = changed.get(tool.name)
         if violation is not None:
