@@ -33,7 +33,9 @@ the servicer only ever translates this tree::
 
 ``ServerError`` picks its status from the JSON-RPC code: invalid params map to
 INVALID_ARGUMENT, "resource not found" to NOT_FOUND, "method not found" to
-UNIMPLEMENTED, anything else to UNKNOWN (the server's own failure, not ours).
+UNIMPLEMENTED, "internal error" to FAILED_PRECONDITION (a server-side fault: the
+agent reports a result that does not fit MCP, or any failure of its own, with
+that code), anything else to UNKNOWN (the server's own failure, not ours).
 """
 
 from __future__ import annotations
@@ -179,12 +181,14 @@ class Unauthenticated(RunnerError):
 # JSON-RPC / MCP error codes a server may answer with.
 JSONRPC_METHOD_NOT_FOUND = -32601
 JSONRPC_INVALID_PARAMS = -32602
+JSONRPC_INTERNAL_ERROR = -32603
 MCP_RESOURCE_NOT_FOUND = -32002
 
 _SERVER_CODE_STATUS = {
     JSONRPC_INVALID_PARAMS: Status.INVALID_ARGUMENT,
     MCP_RESOURCE_NOT_FOUND: Status.NOT_FOUND,
     JSONRPC_METHOD_NOT_FOUND: Status.UNIMPLEMENTED,
+    JSONRPC_INTERNAL_ERROR: Status.FAILED_PRECONDITION,
 }
 
 

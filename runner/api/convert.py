@@ -19,6 +19,7 @@ from typing import Any
 import mcp_types
 from pydantic import BaseModel
 
+from runner.api import inputs
 from runner.api._proto.mcp_runner.v1 import runner_pb2 as pb
 from runner.api.timestamps import set_time, unix_time
 from runner.approvals import Approval, ApprovalState
@@ -77,16 +78,8 @@ def _ms(seconds: float) -> int:
 
 
 def parse_arguments(arguments_json: str) -> dict[str, Any]:
-    """The tool arguments of a CallToolRequest; empty text means no arguments."""
-    if not arguments_json.strip():
-        return {}
-    try:
-        value = json.loads(arguments_json)
-    except ValueError as exc:
-        raise InvalidArgument(f"arguments_json is not valid JSON: {exc}") from None
-    if not isinstance(value, dict):
-        raise InvalidArgument(f"arguments_json must be a JSON object, got {type(value).__name__}")
-    return value
+    """The tool arguments of a CallToolRequest; empty text means no arguments (checked by the door)."""
+    return inputs.arguments(arguments_json)
 
 
 def limits_from_proto(request: Any) -> LimitsRequest | None:
@@ -114,9 +107,7 @@ def limits_from_proto(request: Any) -> LimitsRequest | None:
 
 
 def require_session_id(session_id: str) -> str:
-    if not session_id:
-        raise InvalidArgument("session_id is required")
-    return session_id
+    return inputs.identifier(session_id, "session_id")
 
 
 # ----------------------------------------------------------------- sessions
@@ -189,6 +180,15 @@ def tool_to_proto(tool: mcp_types.Tool) -> Any:
     )
 
 
+def _size(size: int | None) -> int:
+    """A server's declared size as the proto's int64 (a size beyond it is the server's lie, not our bug)."""
+    if size is None:
+        return 0
+    if not 0 <= size < 2**63:
+        raise ResultRejected(f"the server declared a size of {str(size)[:40]} bytes, which cannot be")
+    return size
+
+
 def _b64decode(data: str, what: str) -> bytes:
     try:
         return base64.b64decode(data, validate=True)
@@ -223,7 +223,7 @@ def content_to_proto(block: ContentBlock) -> Any:
                 title=block.title or "",
                 description=block.description or "",
                 mime_type=block.mime_type or "",
-                size=block.size or 0,
+                size=_size(block.size),
             )
         )
     else:  # pragma: no cover - the guard only lets known content types through
@@ -285,7 +285,7 @@ def resource_to_proto(resource: mcp_types.Resource) -> Any:
         title=resource.title or "",
         description=resource.description or "",
         mime_type=resource.mime_type or "",
-        size=resource.size or 0,
+        size=_size(resource.size),
     )
 
 
@@ -327,21 +327,21 @@ def prompt_result_to_proto(result: mcp_types.GetPromptResult, findings: Iterable
 
 def audit_query_from_proto(request: Any) -> AuditQuery:
     """A QueryAuditRequest as the query the audit log answers; unset timestamps are no bound."""
-    unknown = sorted(set(request.kinds) - set(KINDS))
+    unknown = sorted(set(inputs.kinds(list(request.kinds))) - set(KINDS))
     if unknown:
         raise InvalidArgument(f"unknown audit record kind {', '.join(map(repr, unknown))}; known: {', '.join(KINDS)}")
     if request.after_seq < 0:
         raise InvalidArgument("after_seq must not be negative")
     if request.limit < 0:
         raise InvalidArgument("limit must not be negative (0 means no limit)")
-    since = unix_time(request.since) if request.HasField("since") else None
-    until = unix_time(request.until) if request.HasField("until") else None
+    since = unix_time(inputs.timestamp(request.since, "since")) if request.HasField("since") else None
+    until = unix_time(inputs.timestamp(request.until, "until")) if request.HasField("until") else None
     if since is not None and until is not None and since >= until:
         raise InvalidArgument("since must be before until (since is inclusive, until exclusive)")
     return AuditQuery(
-        record_id=request.record_id,
-        session_id=request.session_id,
-        caller=request.caller,
+        record_id=inputs.identifier(request.record_id, "record_id", required=False),
+        session_id=inputs.identifier(request.session_id, "session_id", required=False),
+        caller=inputs.text(request.caller, "caller", inputs.MAX_TEXT),
         since=since,
         until=until,
         kinds=tuple(dict.fromkeys(request.kinds)),

@@ -17,6 +17,7 @@ from grpc_reflection.v1alpha import reflection
 
 from runner.api._proto.mcp_runner.v1 import runner_pb2, runner_pb2_grpc
 from runner.api.auth import Authenticator, check_listen_safety, server_credentials
+from runner.api.decoding import DecodeErrors
 from runner.api.servicer import AuditAccess, RunnerServicer, SessionService
 from runner.config import TlsConfig
 from runner.errors import Unavailable
@@ -63,7 +64,7 @@ async def start_server(
     """
     check_listen_safety(listen, tls, authenticator.config)
     credentials = server_credentials(tls) if tls is not None else None
-    server = grpc.aio.server()
+    server = grpc.aio.server(interceptors=(DecodeErrors(),))  # undecodable requests: INVALID_ARGUMENT
     runner_pb2_grpc.add_RunnerServicer_to_server(RunnerServicer(manager, authenticator, audit), server)
     health = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)

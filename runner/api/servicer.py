@@ -24,7 +24,7 @@ from typing import Any, Protocol
 import grpc
 import mcp_types
 
-from runner.api import convert
+from runner.api import convert, inputs
 from runner.api._proto.mcp_runner.v1 import runner_pb2 as pb
 from runner.api.auth import Authenticator
 from runner.approvals import Approval
@@ -178,12 +178,10 @@ class RunnerServicer:
     async def OpenSession(self, request: Any, context: Context) -> Any:
         async with _translate_errors(context, "OpenSession"):
             caller = self._auth.identify(context)
-            if not request.profile:
-                raise InvalidArgument("profile is required")
             opened = await self._manager.open(
-                request.profile,
+                inputs.name(request.profile, "profile"),
                 caller=caller,
-                labels=dict(request.labels),
+                labels=inputs.labels(request.labels),
                 limits=convert.limits_from_proto(request),
                 timeout=deadline_of(context),
             )
@@ -271,10 +269,8 @@ class RunnerServicer:
     async def ReadResource(self, request: Any, context: Context) -> Any:
         async with _translate_errors(context, "ReadResource"):
             caller = self._auth.identify(context)
-            if not request.uri:
-                raise InvalidArgument("uri is required")
             contents = await self._manager.read_resource(
-                convert.require_session_id(request.session_id), request.uri, caller=caller,
+                convert.require_session_id(request.session_id), inputs.uri(request.uri), caller=caller,
                 timeout=deadline_of(context),
             )
             return convert.read_result_to_proto(contents.value, contents.findings)
@@ -293,12 +289,10 @@ class RunnerServicer:
     async def GetPrompt(self, request: Any, context: Context) -> Any:
         async with _translate_errors(context, "GetPrompt"):
             caller = self._auth.identify(context)
-            if not request.name:
-                raise InvalidArgument("name is required")
             result = await self._manager.get_prompt(
                 convert.require_session_id(request.session_id),
-                request.name,
-                dict(request.arguments),
+                inputs.name(request.name, "name"),
+                inputs.prompt_arguments(request.arguments),
                 caller=caller,
                 timeout=deadline_of(context),
             )
@@ -319,10 +313,9 @@ class RunnerServicer:
     async def DecideApproval(self, request: Any, context: Context) -> Any:
         async with _translate_errors(context, "DecideApproval"):
             caller = self._auth.identify(context)
-            if not request.approval_id:
-                raise InvalidArgument("approval_id is required")
             decided = self._manager.decide_approval(
-                request.approval_id, caller=caller, approve=request.approve, reason=request.reason
+                inputs.identifier(request.approval_id, "approval_id"), caller=caller, approve=request.approve,
+                reason=inputs.reason(request.reason),
             )
             return pb.DecideApprovalResponse(approval=convert.approval_to_proto(decided))
 
@@ -373,8 +366,9 @@ class RunnerServicer:
 
     @staticmethod
     def _call_args(request: Any, context: Context) -> tuple[str, str, dict[str, Any], float | None]:
+        """The door's checks of a CallToolRequest (``approval_id`` included), before any of it goes further."""
         session_id = convert.require_session_id(request.session_id)
-        if not request.tool:
-            raise InvalidArgument("tool is required")
+        tool = inputs.name(request.tool, "tool")
+        inputs.identifier(request.approval_id, "approval_id", required=False)
         arguments = convert.parse_arguments(request.arguments_json)
-        return session_id, request.tool, arguments, deadline_of(context, request.timeout_ms)
+        return session_id, tool, arguments, deadline_of(context, request.timeout_ms)

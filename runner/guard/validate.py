@@ -9,6 +9,9 @@ checked against ``inputSchema`` and structured output against
 
 from __future__ import annotations
 
+import json
+import math
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -24,6 +27,62 @@ M = TypeVar("M", bound=BaseModel)
 MAX_TOOLS = 1024
 _MAX_ERRORS_SHOWN = 3
 
+MAX_JSON_DEPTH = 64
+"""Deepest nesting of JSON taken from a caller or a server. Honest arguments and results nest a handful of
+levels; 64 leaves room for any of them while staying far below the ~1000 frames that Python's json, pydantic,
+jsonschema and the sanitizer recurse through, so no later walk of an accepted value can hit RecursionError."""
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_Path = tuple["_Path", str | int] | None
+"""A JSON path as a linked list (parent, step): built only when a problem is reported."""
+
+
+def _show_path(path: _Path) -> str:
+    steps: list[str | int] = []
+    while path is not None:
+        path, step = path
+        steps.append(step)
+    out = "$"
+    for step in reversed(steps):
+        # Keys are untrusted text: shown JSON-escaped in ASCII (no surrogates, no controls) and cut short.
+        out += f"[{step}]" if isinstance(step, int) else "." + short(json.dumps(step)[1:-1], 40)
+    return out
+
+
+def json_problem(value: Any, max_depth: int = MAX_JSON_DEPTH) -> str | None:
+    """Why ``value`` cannot be held by the audit log, as ``$.a[3].b: number is not finite``; None when it can.
+
+    The audit record's canonical JSON (``runner.audit.records.canonical_json``, then UTF-8) refuses non-finite
+    numbers and strings that are not Unicode scalar values (lone surrogates); this refuses the same, plus
+    nesting deeper than ``max_depth`` and anything that is not a JSON value. Iterative, so depth cannot hurt it.
+    """
+    stack: list[tuple[Any, int, _Path]] = [(value, 0, None)]
+    while stack:
+        item, depth, path = stack.pop()
+        if isinstance(item, str):
+            if not item.isascii() and _SURROGATE.search(item):
+                return f"{_show_path(path)}: string holds a lone surrogate (not Unicode text)"
+        elif isinstance(item, bool | int) or item is None:
+            continue
+        elif isinstance(item, float):
+            if not math.isfinite(item):
+                return f"{_show_path(path)}: number is not finite"
+        elif isinstance(item, dict | list):
+            if depth >= max_depth:
+                return f"{_show_path(path)}: nesting is deeper than {max_depth} levels"
+            if isinstance(item, list):
+                stack.extend((child, depth + 1, (path, index)) for index, child in enumerate(item))
+                continue
+            for key, child in item.items():
+                if not isinstance(key, str):
+                    return f"{_show_path(path)}: key {short(repr(key), 40)} is not a string"
+                if not key.isascii() and _SURROGATE.search(key):
+                    return f"{_show_path((path, key))}: key holds a lone surrogate (not Unicode text)"
+                stack.append((child, depth + 1, (path, key)))
+        else:
+            return f"{_show_path(path)}: {type(item).__name__} is not a JSON value"
+    return None
+
 
 def _problems(exc: ValidationError, count: int) -> str:
     """The first ``count`` pydantic errors as ``field: message``, bounded (they describe untrusted input)."""
@@ -34,7 +93,16 @@ def _problems(exc: ValidationError, count: int) -> str:
 
 
 def parse_result(model: type[M], raw: dict[str, Any], what: str) -> M:
-    """``raw`` as an MCP ``model``, or ResultRejected saying which fields were wrong."""
+    """``raw`` as an MCP ``model``, or ResultRejected saying what was wrong.
+
+    This is the one gate a server's answer passes before anything converts, sanitizes or records it, so
+    every way it can be wrong ends here as ResultRejected: a value the audit log could not hold (which
+    would otherwise fail later, far from its cause), nesting deep enough to break a later walk, or a shape
+    pydantic refuses.
+    """
+    problem = json_problem(raw)
+    if problem is not None:
+        raise ResultRejected(f"the server's {what} cannot be passed on: {problem}")
     try:
         return model.model_validate(raw)
     except ValidationError as exc:
@@ -130,6 +198,9 @@ def parse_call_result(tool: CheckedTool, raw: dict[str, Any]) -> mcp_types.CallT
 
 
 def check_initialize(raw: dict[str, Any]) -> mcp_types.InitializeResult:
+    problem = json_problem(raw)
+    if problem is not None:
+        raise ProtocolViolation(f"the agent's initialize result cannot be passed on: {problem}")
     try:
         return mcp_types.InitializeResult.model_validate(raw)
     except ValidationError as exc:
