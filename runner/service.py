@@ -1,26 +1,34 @@
 """The embedded default service: Docker backend, built-in profiles, SQLite audit log, gRPC on 127.0.0.1:50051.
 
-Start-up opens the audit log (it refuses to start if the log cannot be
-written: a service that cannot record must not answer), checks the engine and
-sweeps this instance's orphaned containers (a previous run killed with sessions
-open). Shutdown on SIGINT/SIGTERM is graceful: health NOT_SERVING,
-``server.stop(grace)``, then every session's container is removed and its
-close recorded, then the audit log is closed.
+Start-up first refuses configurations that would expose the runner or hand the embedded default policy to
+authenticated callers, then takes the instance lock: an instance is one running service, so a second
+service of the same instance name (whatever its audit path or port) stops here, naming the first, before
+its orphan sweep could remove the first one's live sandboxes. Then it opens the audit log (it refuses to
+start if the log cannot be written: a service that cannot record must not answer), checks the engine and
+sweeps this instance's orphaned containers (a previous run killed with sessions open). Shutdown on
+SIGINT/SIGTERM is graceful: health NOT_SERVING, ``server.stop(grace)``, then every session's container is
+removed and its close recorded, then the audit log is closed and the lock released.
 """
 
 from __future__ import annotations
 
 import asyncio
+import datetime
+import fcntl
+import json
 import logging
+import os
 import signal
+from pathlib import Path
 
-from runner.api.auth import Authenticator
+from runner.api.auth import Authenticator, check_listen_safety, check_policy_required
 from runner.api.server import start_server
 from runner.audit.replay import Replayer
 from runner.audit.retention import keep_retention
 from runner.audit.service import AuditService
 from runner.audit.store import AuditStore
-from runner.config import Settings
+from runner.config import ConfigError, Settings
+from runner.errors import FailedPrecondition
 from runner.policy import PolicyStore
 from runner.sandbox.docker import DockerBackend
 from runner.sessions.journal import Journal
@@ -29,8 +37,80 @@ from runner.sessions.manager import SessionManager
 log = logging.getLogger("runner")
 
 
+class InstanceLock:
+    """An exclusive ``flock`` on ``<state_dir>/instance-<name>.lock``, held for the life of the service.
+
+    Keyed by the instance name alone, because the instance name is what the orphan sweep and container
+    labels go by. The kernel drops the lock when the process ends, however it ends (SIGKILL included), so a
+    crash never leaves a stale lock behind; the file keeps its holder's pid, address and start time, so a
+    refused start can name who holds it.
+    """
+
+    def __init__(self, path: Path, fd: int) -> None:
+        self.path = path
+        self._fd = fd
+        self._started = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+
+    @classmethod
+    def acquire(cls, state_dir: Path, instance: str, listen: str) -> InstanceLock:
+        """Take the lock and record this process as holder; ``FailedPrecondition`` naming the holder if taken."""
+        path = state_dir / f"instance-{instance}.lock"
+        try:
+            state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot open the instance lock {path}: {exc.strerror or exc}; set a writable state directory "
+                "(`state_dir:` or MCP_RUNNER_STATE_DIR)"
+            ) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _describe_holder(os.pread(fd, 4096, 0))
+            os.close(fd)
+            raise FailedPrecondition(
+                f"instance {instance!r} is already running ({holder}; lock {path}): stop that service first, "
+                "or give this one another instance name (`instance:` or MCP_RUNNER_INSTANCE)"
+            ) from None
+        lock = cls(path, fd)
+        lock.note(listen)
+        return lock
+
+    def note(self, listen: str) -> None:
+        """Record this process as the holder, serving ``listen`` (rewritten once the bound port is known)."""
+        holder = json.dumps({"pid": os.getpid(), "listen": listen, "started": self._started}).encode() + b"\n"
+        os.ftruncate(self._fd, 0)
+        os.pwrite(self._fd, holder, 0)
+
+    def release(self) -> None:
+        os.close(self._fd)  # closing the only descriptor drops the flock
+
+
+def _describe_holder(recorded: bytes) -> str:
+    """The holder as the lock file names it; a lock being taken this very moment may not name one yet."""
+    try:
+        holder = json.loads(recorded)
+        return f"pid {int(holder['pid'])}, listening on {holder['listen']}, since {holder['started']}"
+    except (ValueError, KeyError, TypeError):
+        return "its holder has not recorded itself yet"
+
+
 async def run_service(settings: Settings) -> None:
-    """Serve until SIGINT or SIGTERM; SIGHUP (or a change of the file) reloads the policy."""
+    """Serve until SIGINT or SIGTERM; SIGHUP (or a change of the file) reloads the policy.
+
+    Refuses to start (``ConfigError``, ``FailedPrecondition``) before touching the engine when the settings
+    are unsafe or the instance is already running.
+    """
+    check_listen_safety(settings.listen, settings.tls, settings.auth)
+    check_policy_required(settings.listen, settings.auth, settings.policy)
+    lock = InstanceLock.acquire(settings.state_dir, settings.instance, settings.listen)
+    try:
+        await _serve(settings, lock)
+    finally:
+        lock.release()
+
+
+async def _serve(settings: Settings, lock: InstanceLock) -> None:
     policy = PolicyStore(settings.policy)
     authenticator = Authenticator(settings.auth, lambda digest: policy.current.token_owner(digest))
     store = _open_audit(settings)
@@ -50,6 +130,8 @@ async def run_service(settings: Settings) -> None:
         if store is not None and settings.audit.retention_s is not None:
             retention = asyncio.create_task(keep_retention(store, settings.audit), name="audit-retention")
         host = settings.listen.rsplit(":", 1)[0]
+        if settings.listen.endswith(":0"):  # the holder's record names the port actually bound
+            lock.note(f"{host}:{server.port}")
         methods = [name for name, on in (("mTLS", settings.auth.mtls), ("bearer tokens", settings.auth.tokens)) if on]
         log.info(
             "mcp-runner listening on %s:%d (%s; %s; policy: %s; instance %r, profiles: %s)",
