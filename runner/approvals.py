@@ -24,6 +24,14 @@ pending approvals). Silently skipping events would let an approver's view go
 stale without knowing; blocking the publisher would let one slow client stall
 every decision.
 
+Pending approvals are capped twice: ``max_pending`` for the whole service
+and ``max_pending_per_caller`` for each caller, so one caller filling the
+book cannot lock every other caller out of asking.
+
+With a ``GuardMemory`` every change is written (durably) before it is
+published or acted on, and the book starts from what the file holds; see
+``expire_all_pending`` for approvals left pending by a service that stopped.
+
 Not thread-safe: use it from the event loop's thread.
 """
 
@@ -39,7 +47,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from enum import Enum
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from runner.errors import (
     FailedPrecondition,
@@ -50,12 +58,17 @@ from runner.errors import (
     ResourceExhausted,
 )
 
+if TYPE_CHECKING:
+    from runner.guard.memory import GuardMemory
+
 MAX_REASON = 1000
 RETENTION_S = 3600.0
 WATCH_QUEUE = 256
 _MAX_TIMER_S = 60.0
 TIMED_OUT = "no decision before the deadline"
 SESSION_CLOSED = "session closed"
+PENDING_PER_CALLER = 20
+"""Pending approvals one caller may have: a person decides each, so more than a screenful helps nobody."""
 
 
 class ApprovalState(Enum):
@@ -103,23 +116,29 @@ def _settled(approval: Approval) -> str:
 
 
 class ApprovalBook:
-    """Approval requests and decisions, kept in memory; see the module docstring for expiry and watchers."""
+    """Approval requests and decisions; see the module docstring for expiry, watchers, caps and memory."""
 
     def __init__(
         self,
         clock: Callable[[], float] = time.time,
         max_pending: int = 1000,
         *,
+        max_pending_per_caller: int = PENDING_PER_CALLER,
         watch_queue: int = WATCH_QUEUE,
         retention_s: float = RETENTION_S,
         on_change: Callable[[Approval], None] | None = None,
+        memory: GuardMemory | None = None,
     ) -> None:
         self._clock = clock
         self._on_change = on_change  # told of every change (request, decision, expiry, claim): the audit's feed
         self._max_pending = max_pending
+        self._max_per_caller = max_pending_per_caller
         self._watch_queue = watch_queue
         self._retention_s = retention_s
+        self._memory = memory
         self._records: dict[str, Approval] = {}
+        if memory is not None:
+            self._records = {a.approval_id: a for a in sorted(memory.approvals(), key=lambda a: a.requested_at)}
         self._waiters: dict[str, set[asyncio.Future[None]]] = {}
         # A ``None`` in a queue means "this watcher fell behind and was dropped".
         self._watchers: set[asyncio.Queue[Approval | None]] = set()
@@ -140,13 +159,20 @@ class ApprovalBook:
         rule: str,
         timeout_s: float,
     ) -> Approval:
-        """Record a call that waits for approval; QuotaExceeded when ``max_pending`` are already pending."""
+        """Record a call that waits for approval; QuotaExceeded when the caller's or the service's cap is full."""
         if not (timeout_s > 0 and math.isfinite(timeout_s)):
             raise InvalidArgument(f"an approval timeout must be a positive number of seconds, got {timeout_s!r}")
         self.sweep()
-        waiting = sum(1 for a in self._records.values() if a.state is ApprovalState.PENDING)
-        if waiting >= self._max_pending:
-            raise QuotaExceeded(f"{waiting} approvals are already pending, the limit is {self._max_pending}")
+        pending = [a for a in self._records.values() if a.state is ApprovalState.PENDING]
+        mine = sum(1 for a in pending if a.caller == caller)
+        # The caller's own cap first: when it is full, that (not everyone's) is what the caller must wait for.
+        if mine >= self._max_per_caller:
+            raise QuotaExceeded(
+                f"caller {caller} has {mine} approvals pending, the limit per caller is {self._max_per_caller}; "
+                "wait until some are decided or expire"
+            )
+        if len(pending) >= self._max_pending:
+            raise QuotaExceeded(f"{len(pending)} approvals are already pending, the limit is {self._max_pending}")
         now = self._clock()
         approval = Approval(
             approval_id=self._new_id(),
@@ -160,7 +186,7 @@ class ApprovalBook:
             requested_at=now,
             expires_at=now + timeout_s,
         )
-        self._records[approval.approval_id] = approval
+        self._put(approval)
         self._publish(approval)
         self._arm()
         return self._out(approval)
@@ -209,7 +235,7 @@ class ApprovalBook:
             reason=reason,
             decided_at=self._clock(),
         )
-        self._records[approval_id] = decided
+        self._put(decided)
         self._publish(decided)
         self._arm()
         return self._out(decided)
@@ -267,7 +293,7 @@ class ApprovalBook:
         if current.used:
             raise FailedPrecondition(f"approval {approval_id} was already used; an approved call runs once")
         claimed = replace(current, used=True)
-        self._records[approval_id] = claimed
+        self._put(claimed)  # durable before the call runs: a claimed approval never runs twice
         if self._on_change is not None:
             self._on_change(claimed)
         return self._out(claimed)
@@ -317,14 +343,30 @@ class ApprovalBook:
                 self._settle_expired(approval, now, SESSION_CLOSED)
         self._arm()
 
+    def expire_all_pending(self, reason: str) -> None:
+        """Every pending approval expires now with ``reason``: at start-up, when the sessions they were asked in
+        ended with the previous process, so no approval could ever run (a claim must come from its session)."""
+        now = self._clock()
+        for approval in list(self._records.values()):
+            if approval.state is ApprovalState.PENDING:
+                self._settle_expired(approval, now, reason)
+        self._arm()
+
     def sweep(self) -> None:
         """Expire overdue approvals and drop settled ones older than the retention period (an hour)."""
         self._expire_overdue()
         horizon = self._clock() - self._retention_s
-        for approval_id, approval in list(self._records.items()):
-            settled_at = approval.decided_at
-            if approval.state is not ApprovalState.PENDING and settled_at is not None and settled_at < horizon:
-                del self._records[approval_id]
+        old = [
+            approval_id
+            for approval_id, approval in self._records.items()
+            if approval.state is not ApprovalState.PENDING
+            and approval.decided_at is not None
+            and approval.decided_at < horizon
+        ]
+        if old and self._memory is not None:
+            self._memory.drop_approvals(old)
+        for approval_id in old:
+            del self._records[approval_id]
 
     # ---- internals ---------------------------------------------------------------------------------------------
 
@@ -345,9 +387,15 @@ class ApprovalBook:
         """A copy safe to hand out: nested argument values cannot be changed through it to alter what is sent."""
         return replace(approval, arguments=MappingProxyType(copy.deepcopy(dict(approval.arguments))))
 
+    def _put(self, approval: Approval) -> None:
+        """Remember ``approval`` as it now is: in the file first, so a failed write changes nothing."""
+        if self._memory is not None:
+            self._memory.save_approval(approval)
+        self._records[approval.approval_id] = approval
+
     def _settle_expired(self, approval: Approval, at: float, reason: str) -> None:
         expired = replace(approval, state=ApprovalState.EXPIRED, reason=reason, decided_at=at)
-        self._records[approval.approval_id] = expired
+        self._put(expired)
         self._publish(expired)
 
     def _expire_overdue(self) -> None:

@@ -5,6 +5,13 @@ event loop never waits on it: a limit answers at once with ``RateLimited`` and
 the time after which trying again can succeed, instead of queueing the call.
 Messages name the limit and the policy entry that set it, so the caller (or
 their operator) knows which line of the policy to raise.
+
+With a ``GuardMemory`` a caller's buckets outlive the process: each change is
+saved in wall-clock terms (tokens at a Unix time), and the first use after a
+restart continues from the saved tokens, refilled for the wall time since, so
+a restart does not hand a caller a fresh burst. A clock that went back refills
+nothing. Session buckets and anomaly windows are not saved: their sessions end
+with the process (see ``runner.guard.memory``).
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
 from runner.errors import QuotaExceeded, RateLimited
+from runner.guard.memory import GuardMemory, SavedBucket
 from runner.policy import Rates
 
 CONCURRENCY_RETRY_S = 0.1
@@ -30,6 +38,8 @@ leaves a caller who retries exactly ``retry_after_s`` later a hair short of the 
 DENIED = "denied"
 BLOCKED = "blocked"
 INVALID = "invalid"
+CALLS = "calls"
+SESSIONS = "sessions"
 
 
 class TokenBucket:
@@ -58,6 +68,17 @@ class TokenBucket:
         if wait == 0.0:
             self._tokens = max(0.0, self._tokens - 1.0)
         return wait
+
+    def saved(self, wall_now: float) -> SavedBucket:
+        """The bucket as of its last peek or take, dated ``wall_now`` (call right after one of them)."""
+        return SavedBucket(self.rate_per_s, self.burst, self._tokens, wall_now)
+
+    def resume(self, saved: SavedBucket, now: float, wall_now: float) -> None:
+        """Continue from ``saved`` (if built for the same rate and burst), refilled for the wall time since."""
+        if (saved.rate_per_s, saved.burst) != (self.rate_per_s, self.burst):
+            return  # the policy changed while the service was down: a new limit starts full, as on a reload
+        self._tokens = min(float(self.burst), max(0.0, saved.tokens))
+        self._last = now - max(0.0, wall_now - saved.at)
 
 
 @dataclass
@@ -96,10 +117,35 @@ class Throttle:
     are rebuilt full; calls already in flight keep counting against concurrency.
     """
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        clock: Callable[[], float] = time.monotonic,
+        *,
+        wall: Callable[[], float] = time.time,
+        memory: GuardMemory | None = None,
+    ) -> None:
         self._clock = clock
+        self._wall = wall
+        self._memory = memory
+        # Buckets saved by an earlier process, used once each: when the caller is first seen again.
+        self._saved = memory.buckets() if memory is not None else {}
         self._callers: dict[str, _Limiter] = {}
         self._sessions: dict[str, _Limiter] = {}
+
+    def _caller(self, caller: str, rates: Rates, now: float) -> _Limiter:
+        """The caller's limiter; when first built in this process, resumed from its saved buckets."""
+        fresh = caller not in self._callers
+        limiter = _limiter(self._callers, caller, rates, now)
+        if fresh:
+            for kind, bucket in ((CALLS, limiter.calls), (SESSIONS, limiter.sessions)):
+                saved = self._saved.pop((caller, kind), None)
+                if bucket is not None and saved is not None:
+                    bucket.resume(saved, now, self._wall())
+        return limiter
+
+    def _save(self, caller: str, kind: str, bucket: TokenBucket) -> None:
+        if self._memory is not None:
+            self._memory.save_bucket(caller, kind, bucket.saved(self._wall()))
 
     def admit_open(self, caller: str, rates: Rates, open_sessions: int, max_sessions: int | None) -> None:
         """Refuse an open over the caller's session quota or session rate; otherwise take one open token."""
@@ -111,7 +157,7 @@ class Throttle:
                 f"(policy: {section}.max_sessions); close one"
             )
         now = self._clock()
-        limiter = _limiter(self._callers, caller, rates, now)
+        limiter = self._caller(caller, rates, now)
         if limiter.sessions is not None:
             wait = limiter.sessions.take(now)
             if wait:
@@ -120,6 +166,7 @@ class Throttle:
                     f"(burst {limiter.sessions.burst}) (policy: {entry})",
                     wait,
                 )
+            self._save(caller, SESSIONS, limiter.sessions)
 
     @contextlib.contextmanager
     def call_slot(self, caller: str, session_id: str, caller_rates: Rates, session_rates: Rates) -> Iterator[None]:
@@ -129,7 +176,7 @@ class Throttle:
         taken unless everything passes, so a refusal by one limit never spends another limit's tokens.
         """
         now = self._clock()
-        mine = _limiter(self._callers, caller, caller_rates, now)
+        mine = self._caller(caller, caller_rates, now)
         its = _limiter(self._sessions, session_id, session_rates, now)
         caller_entry = caller_rates.entry or f"callers.{caller}.rates"
         session_entry = session_rates.entry or f"callers.{caller}.session_rates"
@@ -161,6 +208,8 @@ class Throttle:
         for bucket in (mine.calls, its.calls):
             if bucket is not None:
                 bucket.take(now)
+        if mine.calls is not None:
+            self._save(caller, CALLS, mine.calls)
         mine.active += 1
         its.active += 1
         try:

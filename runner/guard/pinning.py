@@ -6,10 +6,20 @@ or a wider schema. Each tool's definition is fingerprinted as the server gave
 it; the first fingerprint seen for a (profile, tool) is its pin unless the
 operator configured one. A definition that no longer matches its pin is
 reported and stays blocked: the pin is never moved to the new value, so only
-an operator (new config, or a restart for first-seen pins) can accept it.
+an operator can accept it (a configured pin; see ``runner.guard.memory`` for
+first-seen ones).
 
-Pins live in process memory and are per profile: two profiles may run
-different versions of the same server.
+Pins are per profile (two profiles may run different versions of the same
+server). With a ``GuardMemory`` first-seen pins are written durably before
+the listing that took them is answered, and survive a restart: a server that
+changes a tool while the service is down is caught at its first listing.
+
+First-seen pins are bounded, since a hostile server choosing tool names could
+otherwise grow them without end: at most ``max_per_profile`` names per profile,
+each at most ``MAX_PINNED_NAME`` characters (the MCP spec's limit for a tool
+name). A new tool past either bound is not pinned and is held back like a
+changed one (a definition that is not pinned could change unseen); the
+profile's operator can configure its pin.
 """
 
 from __future__ import annotations
@@ -20,12 +30,18 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
+from typing import TYPE_CHECKING
 
 import mcp_types
+
+if TYPE_CHECKING:
+    from runner.guard.memory import GuardMemory
 
 PREFIX = "sha256:"
 CONFIG = "config"
 FIRST_SEEN = "first seen"
+MAX_PINS_PER_PROFILE = 1024
+MAX_PINNED_NAME = 128
 
 # What a model is shown or a caller is held to; icons, execution hints and _meta are left out so that
 # cosmetic or transport-level metadata does not block a tool.
@@ -66,6 +82,17 @@ class PinViolation:
         )
 
 
+@dataclass(frozen=True)
+class UnpinnedTool(PinViolation):
+    """A new tool that could not be pinned (see the module docstring): held back, like a changed one."""
+
+    why: str = ""
+
+    @property
+    def message(self) -> str:
+        return f"tool {self.tool[:80]!r} is held back because it could not be pinned: {self.why}"
+
+
 def _check_configured(configured: Mapping[str, Mapping[str, str]]) -> dict[str, dict[str, str]]:
     """Configured pins, lower-cased; ValueError naming the profile and tool of a malformed one."""
     checked: dict[str, dict[str, str]] = {}
@@ -82,23 +109,35 @@ def _check_configured(configured: Mapping[str, Mapping[str, str]]) -> dict[str, 
 
 
 class PinBook:
-    """Per-profile pins: from the config, else the first definition seen in this process.
+    """Per-profile pins: from the config, else the first definition seen (remembered across restarts
+    with a ``GuardMemory``).
 
     Not thread-safe; ``check`` is synchronous, so it is atomic on one event loop.
     """
 
-    def __init__(self, configured: Mapping[str, Mapping[str, str]] = _NO_PINS) -> None:
+    def __init__(
+        self,
+        configured: Mapping[str, Mapping[str, str]] = _NO_PINS,
+        *,
+        memory: GuardMemory | None = None,
+        max_per_profile: int = MAX_PINS_PER_PROFILE,
+    ) -> None:
         self._configured = _check_configured(configured)
-        self._seen: dict[str, dict[str, str]] = {}
+        self._memory = memory
+        self._max_per_profile = max_per_profile
+        self._seen: dict[str, dict[str, str]] = memory.pins() if memory is not None else {}
 
     def check(self, profile: str, tools: Iterable[mcp_types.Tool]) -> list[PinViolation]:
         """Pin tools seen for the first time; return those whose fingerprint differs from their pin.
 
         A violating tool keeps its old pin, so it stays blocked on every later
-        listing, even if the server flips back and forth.
+        listing, even if the server flips back and forth. New tools past the
+        bounds come back as ``UnpinnedTool``. New pins are remembered before
+        this returns; if they cannot be, nothing is pinned and Unavailable is raised.
         """
         configured = self._configured.get(profile, {})
-        seen = self._seen.setdefault(profile, {})
+        seen = self._seen.get(profile, {})
+        new: dict[str, str] = {}
         violations: list[PinViolation] = []
         for tool in tools:
             now = tool_fingerprint(tool)
@@ -106,12 +145,33 @@ class PinBook:
                 pinned, source = configured[tool.name], CONFIG
             elif tool.name in seen:
                 pinned, source = seen[tool.name], FIRST_SEEN
+            elif tool.name in new:
+                pinned, source = new[tool.name], FIRST_SEEN  # listed twice in one listing: both must agree
             else:
-                seen[tool.name] = now
+                why = self._unpinnable(profile, tool.name, len(seen) + len(new))
+                if why:
+                    violations.append(UnpinnedTool(tool.name, "", now, FIRST_SEEN, why))
+                else:
+                    new[tool.name] = now
                 continue
             if now != pinned:
                 violations.append(PinViolation(tool.name, pinned, now, source))
+        if new:
+            if self._memory is not None:
+                self._memory.add_pins(profile, new)
+            self._seen.setdefault(profile, {}).update(new)
         return violations
+
+    def _unpinnable(self, profile: str, name: str, pinned: int) -> str:
+        """Why a new tool cannot be pinned, or "" if it can."""
+        if len(name) > MAX_PINNED_NAME:
+            return f"its name is {len(name)} characters long, more than the {MAX_PINNED_NAME} a pinned name may have"
+        if pinned >= self._max_per_profile:
+            return (
+                f"profile {profile!r} already has {pinned} first-seen pins, the limit; "
+                "configure the tool's pin in the profile to allow it"
+            )
+        return ""
 
     def pins(self, profile: str) -> dict[str, str]:
         """The current pins of ``profile`` by tool name (configured pins win), sorted by name."""

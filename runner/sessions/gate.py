@@ -2,41 +2,66 @@
 
 One object so the manager has one collaborator for "may this happen"; the
 state behind it (token buckets, anomaly windows, approvals, first-seen pins)
-lives for the process. The policy is read afresh on every decision, so a
-reloaded file applies to the next request without touching open sessions.
+lives for the process, and with a ``GuardMemory`` first-seen pins, approvals
+and callers' buckets outlive it (``runner.guard.memory`` says what is kept).
+The policy is read afresh on every decision, so a reloaded file applies to
+the next request without touching open sessions.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
 from runner.approvals import Approval, ApprovalBook, ApprovalState
 from runner.config import Limits, Profile, Settings
-from runner.errors import DeadlineExceeded, InvalidArgument, PermissionDenied, ResultBlocked, RunnerError
+from runner.errors import (
+    DeadlineExceeded,
+    InvalidArgument,
+    PermissionDenied,
+    RateLimited,
+    ResultBlocked,
+    RunnerError,
+)
+from runner.guard.memory import GuardMemory
 from runner.guard.pinning import PinBook
-from runner.policy import ADMIN, APPROVER, LimitCeilings, Policy, PolicyStore, ToolDecision
+from runner.policy import ADMIN, APPROVER, Kind, LimitCeilings, Policy, PolicyStore, Rates, ToolDecision
 from runner.sessions.models import LimitsRequest
-from runner.throttle import BLOCKED, DENIED, INVALID, AnomalyWatch, Throttle
+from runner.throttle import BLOCKED, DENIED, INVALID, AnomalyWatch, Throttle, TokenBucket
 
 log = logging.getLogger(__name__)
 
 MIN_MEMORY_BYTES = 16 * 1024**2
+RESTARTED = "the service restarted; the session that asked for it ended with the previous process"
 _LIMIT_NAMES = ("memory_bytes", "cpus", "pids", "call_timeout_s", "idle_timeout_s", "max_lifetime_s")
+_DOING = {"tools": "call tool", "resources": "read resource", "prompts": "get prompt"}
 
 
 class Gate:
     def __init__(
-        self, policy: PolicyStore, settings: Settings, on_approval: Callable[[Approval], None] | None = None
+        self,
+        policy: PolicyStore,
+        settings: Settings,
+        on_approval: Callable[[Approval], None] | None = None,
+        memory: GuardMemory | None = None,
     ) -> None:
         self._policy = policy
-        self.throttle = Throttle()
+        self.throttle = Throttle(memory=memory)
         self._anomalies = AnomalyWatch()
-        self.approvals = ApprovalBook(on_change=on_approval)
-        self.pins = PinBook({name: profile.pins for name, profile in settings.profiles.items() if profile.pins})
+        self._refusals: dict[str, tuple[Rates, TokenBucket]] = {}
+        self._quiet: set[str] = set()
+        """Callers whose refusals are being throttled and who have had their one throttle note already."""
+        self.approvals = ApprovalBook(on_change=on_approval, memory=memory)
+        configured = {name: profile.pins for name, profile in settings.profiles.items() if profile.pins}
+        self.pins = PinBook(configured, memory=memory)
+
+    def expire_orphaned_approvals(self) -> None:
+        """At start-up, before any session opens: approvals left pending by the previous process expire."""
+        self.approvals.expire_all_pending(RESTARTED)
 
     @property
     def policy(self) -> Policy:
@@ -63,6 +88,31 @@ class Gate:
                 f"({self.policy.label}: roles [admin]) may use it"
             )
 
+    def throttle_refusal(self, caller: str) -> tuple[RateLimited, bool] | None:
+        """Count a refusal (unknown profile or session, another caller's session, a denied open) against the caller.
+
+        None: answer it as usual, records and all. Past the caller's refusal rate: the RESOURCE_EXHAUSTED to
+        answer instead, before anything of the request is recorded, and whether it is the first of its run
+        (the one refusal worth a short throttle note), so a flood of refusals cannot grow the audit log.
+        """
+        rates = self.policy.caller(caller).rates
+        now = time.monotonic()
+        held = self._refusals.get(caller)
+        if held is None or held[0] != rates:
+            held = self._refusals[caller] = (rates, TokenBucket(rates.refusals_per_min / 60, rates.refusal_burst, now))
+        wait = held[1].take(now)
+        if not wait:
+            self._quiet.discard(caller)
+            return None
+        first = caller not in self._quiet
+        self._quiet.add(caller)
+        entry = rates.entry or f"callers.{caller}.rates"
+        return RateLimited(
+            f"caller {caller} exceeded {rates.refusals_per_min:g} refused requests/min "
+            f"(burst {rates.refusal_burst}) (policy: {entry}.refusals_per_min)",
+            wait,
+        ), first
+
     def forget(self, session_id: str) -> None:
         """A session ended: drop its buckets and anomaly window, expire its pending approvals."""
         self.throttle.forget_session(session_id)
@@ -72,11 +122,14 @@ class Gate:
     # -- calls -----------------------------------------------------------------------------------------------
 
     def decide_tool(self, caller: str, profile: str, tool: str) -> ToolDecision:
-        """Allow or approval; a denial is raised naming the rule."""
-        decision = self.policy.tool_decision(caller, profile, tool)
+        return self.decide_access("tools", caller, profile, tool)
+
+    def decide_access(self, kind: Kind, caller: str, profile: str, name: str) -> ToolDecision:
+        """Allow or approval for a tool, resource URI or prompt name; a denial is raised naming the rule."""
+        decision = self.policy.decision(kind, caller, profile, name)
         if decision.verdict == "deny":
             raise PermissionDenied(
-                f"caller {caller} may not call tool {tool!r} on profile {profile!r} ({decision.rule})"
+                f"caller {caller} may not {_DOING[kind]} {name!r} on profile {profile!r} ({decision.rule})"
             )
         return decision
 
@@ -107,15 +160,18 @@ class Gate:
     def request_approval(
         self, *, session_id: str, caller: str, profile: str, tool: str, arguments: dict[str, Any], rule: str
     ) -> Approval:
-        return self.approvals.request(
-            session_id=session_id,
-            caller=caller,
-            profile=profile,
-            tool=tool,
-            arguments=arguments,
-            rule=rule,
-            timeout_s=self.policy.approval_timeout_s,
-        )
+        # Each request counts as a call against the caller's and the session's rates: asking costs an approver's
+        # attention and a place in the pending list, so it must not be free where calling is not.
+        with self.call_slot(caller, session_id):
+            return self.approvals.request(
+                session_id=session_id,
+                caller=caller,
+                profile=profile,
+                tool=tool,
+                arguments=arguments,
+                rule=rule,
+                timeout_s=self.policy.approval_timeout_s,
+            )
 
     def claim(
         self, caller: str, session_id: str, profile: str, approval_id: str, tool: str, arguments: dict[str, Any]

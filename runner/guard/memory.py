@@ -1,0 +1,251 @@
+"""The guard's memory: first-seen pins, approvals and callers' rate buckets, kept in SQLite across restarts.
+
+Without it a restart forgets every first-seen pin, so a server that changes a
+tool right after a restart is trusted afresh (a rug pull goes unseen); it
+forgets approvals, and it refills every caller's token buckets. The file
+lives in the state directory (``guard-<instance>.sqlite3``, beside the
+instance lock and by default the audit log), 0600, in WAL mode.
+
+Durability follows what a row decides. Pins and approvals are security
+decisions: they are written with ``synchronous=FULL`` (fsync at commit)
+before the answer that depends on them leaves, so not even a power cut
+loses one. They are rare (a pin per new tool, bounded per profile; a few
+writes per approval), so the fsync on the event loop is affordable. Rate
+buckets change on every call: they are written with ``synchronous=NORMAL``,
+which in WAL mode survives the process being killed (the commit is in the
+WAL file, in the OS's cache) and only a machine crash can lose the last
+ones: cheap enough for the call path, and a crash then refills a bucket at
+worst. Times are stored as Unix time (wall clock), since a monotonic clock
+means nothing to another process.
+
+What is not kept, and why: session rate buckets and anomaly windows belong to
+sessions, and no session outlives the process (the start-up sweep removes
+their sandboxes), so there is nothing to restore them to; a quarantine ends
+its session, and its reason is in the audit log's quarantine and
+session.close records. Approvals still pending at start expire with a reason
+(see ``ApprovalBook.expire_all_pending``).
+
+One process at a time: the file is locked (``flock`` on ``<file>.lock``) for
+as long as it is open, and a second opener gets Unavailable naming the file.
+Any SQLite or OS error at start (a corrupt file, another writer) is
+Unavailable with the path and the cause: a guard that cannot remember must
+not start. Not thread-safe: use it from the event loop's thread.
+
+To accept a changed tool definition, pin its new fingerprint in the profile
+(configured pins win), or, with the service stopped, delete its row:
+``sqlite3 guard-<instance>.sqlite3 "DELETE FROM pins WHERE profile = 'p' AND tool = 't'"``.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import sqlite3
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+from runner.approvals import Approval, ApprovalState
+from runner.errors import Unavailable
+
+SCHEMA_VERSION = "1"
+_BUSY_TIMEOUT_S = 2.0
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+INSERT OR IGNORE INTO meta (key, value) VALUES ('schema', '1');
+CREATE TABLE IF NOT EXISTS pins (
+    profile TEXT NOT NULL, tool TEXT NOT NULL, fingerprint TEXT NOT NULL, PRIMARY KEY (profile, tool)
+);
+CREATE TABLE IF NOT EXISTS approvals (approval_id TEXT PRIMARY KEY, record TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS buckets (
+    caller TEXT NOT NULL, kind TEXT NOT NULL, rate_per_s REAL NOT NULL, burst INTEGER NOT NULL,
+    tokens REAL NOT NULL, at REAL NOT NULL, PRIMARY KEY (caller, kind)
+);
+"""
+
+
+def memory_path(state_dir: Path, instance: str) -> Path:
+    """One file per instance, like the instance lock: two instances never share a guard's memory."""
+    return state_dir / f"guard-{instance}.sqlite3"
+
+
+@dataclass(frozen=True)
+class SavedBucket:
+    """A token bucket as last seen: ``tokens`` at Unix time ``at``, for the rate and burst it was built with."""
+
+    rate_per_s: float
+    burst: int
+    tokens: float
+    at: float
+
+
+class GuardMemory:
+    """The SQLite file behind pins, approvals and caller buckets; see the module docstring."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._db: sqlite3.Connection | None = None
+        self._lock_fd: int | None = None
+        self._synchronous = ""
+
+    def open(self) -> None:
+        """Lock, open and check the file; Unavailable naming the file and the cause if any of it fails."""
+        lock_path = self.path.with_name(self.path.name + ".lock")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            lock_fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            raise Unavailable(f"cannot create the guard's state file's directory or lock {lock_path}: {exc}") from exc
+        try:
+            fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(lock_fd)
+            held = isinstance(exc, BlockingIOError)
+            raise Unavailable(
+                f"the guard's state file {self.path} is in use by another mcp-runner process"
+                if held
+                else f"cannot lock the guard's state file {self.path}: {exc}"
+            ) from None
+        try:
+            self._db = self._connect()
+        except BaseException:
+            os.close(lock_fd)
+            raise
+        self._lock_fd = lock_fd
+
+    def _connect(self) -> sqlite3.Connection:
+        try:
+            # Created here rather than by SQLite so the -wal and -shm files, which copy its mode, start private.
+            os.close(os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
+            db = sqlite3.connect(self.path, isolation_level=None, timeout=_BUSY_TIMEOUT_S)
+        except (OSError, sqlite3.Error) as exc:
+            raise Unavailable(f"cannot open the guard's state file {self.path}: {exc}") from exc
+        try:
+            (mode,) = db.execute("PRAGMA journal_mode=WAL").fetchone()
+            if str(mode).lower() != "wal":
+                raise Unavailable(
+                    f"the guard's state file {self.path} cannot use write-ahead logging (journal mode {mode!r}); "
+                    "put the state directory on a local file system"
+                )
+            db.executescript(_SCHEMA)
+            (schema,) = db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
+            if schema != SCHEMA_VERSION:
+                raise Unavailable(
+                    f"the guard's state file {self.path} has schema {schema!r}; this mcp-runner uses {SCHEMA_VERSION}"
+                )
+            (check,) = db.execute("PRAGMA quick_check").fetchone()
+            if check != "ok":
+                raise Unavailable(f"the guard's state file {self.path} is damaged: {check}")
+            os.chmod(self.path, 0o600)
+        except BaseException as exc:
+            db.close()
+            if isinstance(exc, sqlite3.Error | OSError):
+                raise Unavailable(
+                    f"cannot open the guard's state file {self.path} ({exc}); if it is damaged, move it aside: "
+                    "the service then starts with no first-seen pins, approvals or rate history"
+                ) from exc
+            raise
+        return db
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    # ---- pins --------------------------------------------------------------------------------------------------
+
+    def pins(self) -> dict[str, dict[str, str]]:
+        """First-seen pins by profile, then tool name."""
+        out: dict[str, dict[str, str]] = {}
+        for profile, tool, fingerprint in self._read("SELECT profile, tool, fingerprint FROM pins"):
+            out.setdefault(profile, {})[tool] = fingerprint
+        return out
+
+    def add_pins(self, profile: str, pins: Mapping[str, str]) -> None:
+        """New first-seen pins of ``profile``, durable (fsync) on return; an existing pin is never moved."""
+        self._write(
+            "INSERT OR IGNORE INTO pins (profile, tool, fingerprint) VALUES (?, ?, ?)",
+            [(profile, tool, fingerprint) for tool, fingerprint in pins.items()],
+            durable=True,
+        )
+
+    # ---- approvals ---------------------------------------------------------------------------------------------
+
+    def approvals(self) -> list[Approval]:
+        return [_approval(json.loads(record)) for (record,) in self._read("SELECT record FROM approvals")]
+
+    def save_approval(self, approval: Approval) -> None:
+        """The approval as it is now, durable (fsync) on return."""
+        self._write(
+            "INSERT OR REPLACE INTO approvals (approval_id, record) VALUES (?, ?)",
+            [(approval.approval_id, _approval_json(approval))],
+            durable=True,
+        )
+
+    def drop_approvals(self, approval_ids: Iterable[str]) -> None:
+        """Settled approvals past their retention; losing this write only keeps them a little longer."""
+        self._write("DELETE FROM approvals WHERE approval_id = ?", [(i,) for i in approval_ids], durable=False)
+
+    # ---- caller rate buckets -----------------------------------------------------------------------------------
+
+    def buckets(self) -> dict[tuple[str, str], SavedBucket]:
+        """Saved buckets by (caller, kind)."""
+        rows = self._read("SELECT caller, kind, rate_per_s, burst, tokens, at FROM buckets")
+        return {(row[0], row[1]): SavedBucket(row[2], int(row[3]), row[4], row[5]) for row in rows}
+
+    def save_bucket(self, caller: str, kind: str, bucket: SavedBucket) -> None:
+        """A caller's bucket after a change; survives the process being killed, not a machine crash (cheap)."""
+        self._write(
+            "INSERT OR REPLACE INTO buckets (caller, kind, rate_per_s, burst, tokens, at) VALUES (?, ?, ?, ?, ?, ?)",
+            [(caller, kind, bucket.rate_per_s, bucket.burst, bucket.tokens, bucket.at)],
+            durable=False,
+        )
+
+    # ---- internals ---------------------------------------------------------------------------------------------
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._db is None:
+            raise Unavailable(f"the guard's state file {self.path} is not open")
+        return self._db
+
+    def _read(self, sql: str) -> list[Any]:
+        try:
+            return self._connection().execute(sql).fetchall()
+        except sqlite3.Error as exc:
+            raise Unavailable(f"cannot read the guard's state file {self.path}: {exc}") from exc
+
+    def _write(self, sql: str, rows: list[tuple[Any, ...]], *, durable: bool) -> None:
+        """One transaction; Unavailable if it fails, so nothing is decided that could not be remembered."""
+        if not rows:
+            return
+        db = self._connection()
+        synchronous = "FULL" if durable else "NORMAL"
+        try:
+            if synchronous != self._synchronous:
+                db.execute(f"PRAGMA synchronous={synchronous}")  # only outside a transaction; cheap when unchanged
+                self._synchronous = synchronous
+            with db:
+                db.execute("BEGIN IMMEDIATE")
+                db.executemany(sql, rows)
+        except sqlite3.Error as exc:
+            raise Unavailable(f"cannot write the guard's state file {self.path}: {exc}") from exc
+
+
+def _approval_json(approval: Approval) -> str:
+    record = {f.name: getattr(approval, f.name) for f in fields(approval)}
+    record["arguments"] = dict(approval.arguments)
+    record["state"] = approval.state.value
+    # ASCII-only: a lone surrogate in an argument is escaped, not an encoding error.
+    return json.dumps(record, ensure_ascii=True, sort_keys=True)
+
+
+def _approval(record: dict[str, Any]) -> Approval:
+    return Approval(
+        **{**record, "state": ApprovalState(record["state"]), "arguments": MappingProxyType(record["arguments"])}
+    )
