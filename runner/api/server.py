@@ -7,6 +7,8 @@ reaps containers afterwards. ``RunningServer.stop`` does the first two steps.
 
 from __future__ import annotations
 
+import errno
+import socket
 from dataclasses import dataclass
 from typing import Any
 
@@ -58,13 +60,19 @@ async def start_server(
 ) -> RunningServer:
     """Bind ``listen`` (``host:port``; port 0 picks one), with TLS when ``tls`` is given, and start serving.
 
-    Refuses an address beyond loopback unless callers must authenticate. ``grace`` is the default drain
+    Refuses an address beyond loopback unless callers must authenticate, and an address in use: the port is
+    never shared (no SO_REUSEPORT), so two services cannot split each other's calls. ``grace`` is the default drain
     time of ``RunningServer.stop``. Health and reflection need no credentials (load balancers and
     tooling probe them); every Runner RPC does. Without ``audit`` the audit RPCs answer FAILED_PRECONDITION.
     """
     check_listen_safety(listen, tls, authenticator.config)
     credentials = server_credentials(tls) if tls is not None else None
-    server = grpc.aio.server(interceptors=(DecodeErrors(),))  # undecodable requests: INVALID_ARGUMENT
+    _refuse_address_in_use(listen)
+    # gRPC sets SO_REUSEPORT by default: a second service would share the port, and calls land on either.
+    server = grpc.aio.server(
+        interceptors=(DecodeErrors(),),  # undecodable requests: INVALID_ARGUMENT
+        options=(("grpc.so_reuseport", 0),),
+    )
     runner_pb2_grpc.add_RunnerServicer_to_server(RunnerServicer(manager, authenticator, audit), server)
     health = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
@@ -72,10 +80,39 @@ async def start_server(
     try:
         port = server.add_secure_port(listen, credentials) if credentials else server.add_insecure_port(listen)
     except RuntimeError as exc:
-        raise Unavailable(f"cannot listen on {listen}: {exc}") from None
+        raise Unavailable(f"cannot listen on {listen}: in use, or not an address of this machine ({exc})") from None
     if port == 0:
         raise Unavailable(f"cannot listen on {listen}")
     await server.start()
     for service in (OVERALL, RUNNER_SERVICE):
         await health.set(service, health_pb2.HealthCheckResponse.SERVING)
     return RunningServer(server=server, port=port, health=health, grace=grace)
+
+
+def _refuse_address_in_use(listen: str) -> None:
+    """``Unavailable`` when any address ``listen`` resolves to is taken: probe each with a plain bind.
+
+    gRPC binds every address a name resolves to and is content when one of them works: ``localhost:50051``
+    with 127.0.0.1:50051 taken binds ::1 alone, and IPv4 callers reach the other program. Its own bind still
+    decides (a probe is only a probe); this catches the half-bound case and names the address.
+    """
+    host, colon, port_text = listen.rpartition(":")
+    if not colon or listen.startswith(("unix:", "unix-abstract:")) or not port_text.isdigit() or not int(port_text):
+        return  # port 0 is always free; what gRPC cannot parse, its own bind reports
+    try:
+        addresses = socket.getaddrinfo(
+            host.strip("[]") or None, int(port_text), type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+    except (socket.gaierror, UnicodeError):
+        return
+    for family, kind, proto, _, address in addresses:
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gRPC does: TIME_WAIT is no owner
+            try:
+                probe.bind(address)
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE:
+                    raise Unavailable(
+                        f"cannot listen on {listen}: {address[0]} port {port_text} is already in use (another "
+                        "mcp-runner, or another program); stop it or choose another address"
+                    ) from None

@@ -1,20 +1,26 @@
-"""Start-up refusals of the service: unsafe settings and a running instance stop it before the engine is touched."""
+"""Start-up refusals of the service: unsafe settings and a running instance stop it before the engine is touched;
+an address in use stops it too, and the port it binds is never shared."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
 
 from runner import service
+from runner.api.auth import Authenticator
+from runner.api.server import RunningServer, start_server
 from runner.config import AuditConfig, AuthConfig, ConfigError, Settings, TlsConfig
-from runner.errors import FailedPrecondition
+from runner.errors import FailedPrecondition, Unavailable
 from runner.service import InstanceLock, run_service
 
 MTLS = TlsConfig(cert=Path("server.pem"), key=Path("server-key.pem"), client_ca=Path("ca.pem"))
@@ -90,3 +96,40 @@ def test_an_unwritable_state_directory_is_a_configuration_error(tmp_path: Path) 
     (tmp_path / "file").write_text("not a directory")
     with pytest.raises(ConfigError, match="MCP_RUNNER_STATE_DIR"):
         InstanceLock.acquire(tmp_path / "file" / "state", "blue", "127.0.0.1:1")
+
+
+# ------------------------------------------------------------------------------------------------ the address
+
+
+async def serve(listen: str) -> RunningServer:
+    """The real gRPC server; its servicer is never called here, so it needs no session manager."""
+    return await start_server(cast(Any, None), listen, authenticator=Authenticator(AuthConfig(), lambda _: None))
+
+
+async def test_a_second_server_on_a_port_in_use_fails_naming_it() -> None:
+    first = await serve("127.0.0.1:0")
+    try:
+        with pytest.raises(Unavailable, match=f"cannot listen on 127.0.0.1:{first.port}: 127.0.0.1 port .* in use"):
+            await serve(f"127.0.0.1:{first.port}")
+    finally:
+        await first.stop(0)
+
+
+async def test_a_name_that_binds_only_half_its_addresses_fails() -> None:
+    with socket.socket() as other:  # another program on 127.0.0.1; gRPC alone would bind ::1 and carry on
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        port = other.getsockname()[1]
+        with pytest.raises(Unavailable, match=f"cannot listen on localhost:{port}: 127.0.0.1 port {port} is already"):
+            await serve(f"localhost:{port}")
+
+
+async def test_the_bound_port_is_not_shared_with_a_later_reuseport_socket() -> None:
+    running = await serve("127.0.0.1:0")
+    try:
+        with socket.socket() as joiner, pytest.raises(OSError) as refused:
+            joiner.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)  # what gRPC servers do by default
+            joiner.bind(("127.0.0.1", running.port))
+        assert refused.value.errno == errno.EADDRINUSE
+    finally:
+        await running.stop(0)
