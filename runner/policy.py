@@ -1,4 +1,4 @@
-"""Who may do what: callers, their roles, profiles, tool rules, ceilings and rates, from one YAML or TOML file.
+"""Who may do what: callers, roles, profiles, tool, resource and prompt rules, ceilings and rates, from one file.
 
 pydantic checks the file (people write it, and a typo must not silently grant
 or lift anything: unknown keys and unknown roles are refused); the rest of the
@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from runner.config import ConfigError, parse_size, problems, read_document
 from runner.errors import PermissionDenied
+from runner.guard.names import normalize, resource_key
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,10 @@ class Rates:
     concurrent_calls: int | None = None
     sessions_per_min: float | None = None
     session_burst: int | None = None
+    refusals_per_min: float = 60.0
+    """Refused requests (unknown profile or session, another caller's session, a denied open) are limited
+    even when nothing else is: each one writes audit records, and they must not let a caller grow the log."""
+    refusal_burst: int = 20
     entry: str = ""
 
     @property
@@ -64,12 +69,19 @@ class Rates:
 
 
 @dataclass(frozen=True)
-class ToolRules:
-    """fnmatch patterns on tool names. ``allow`` None = every tool; ``()`` = none."""
+class AccessRules:
+    """fnmatch patterns on tool names, prompt names or resource URIs. ``allow`` None = everything; ``()`` = none.
+
+    ``approval`` is for tools only: reading a resource or getting a prompt is allowed or denied, never queued.
+    """
 
     allow: tuple[str, ...] | None = None
     deny: tuple[str, ...] = ()
     approval: tuple[str, ...] = ()
+
+
+Kind = Literal["tools", "resources", "prompts"]
+"""What a rule set is about; also its key in the policy file (``tools:``, ``resources:``, ``prompts:``)."""
 
 
 @dataclass(frozen=True)
@@ -93,14 +105,20 @@ class CallerPolicy:
     max_sessions: int | None = None
     rates: Rates = Rates()
     session_rates: Rates = Rates()
-    tools: ToolRules = ToolRules()
-    profile_tools: Mapping[str, ToolRules] = field(default_factory=lambda: MappingProxyType({}))
+    tools: AccessRules = AccessRules()
+    profile_tools: Mapping[str, AccessRules] = field(default_factory=lambda: MappingProxyType({}))
+    resources: AccessRules = AccessRules()
+    profile_resources: Mapping[str, AccessRules] = field(default_factory=lambda: MappingProxyType({}))
+    prompts: AccessRules = AccessRules()
+    profile_prompts: Mapping[str, AccessRules] = field(default_factory=lambda: MappingProxyType({}))
     entry: str = "default_caller"
     """``callers.<name>`` or ``default_caller``: where this caller's rules are written, for messages."""
 
 
 @dataclass(frozen=True)
 class ToolDecision:
+    """The policy's answer about one tool, resource or prompt (only tools are ever ``approval``)."""
+
     verdict: Literal["allow", "deny", "approval"]
     rule: str
     """The rule that decided, as an operator would look it up: file, section, pattern."""
@@ -116,7 +134,9 @@ class Policy:
     anomaly_window_s: float = 60.0
     default_caller: CallerPolicy = CallerPolicy(name="")
     callers: Mapping[str, CallerPolicy] = field(default_factory=lambda: MappingProxyType({}))
-    profile_tools: Mapping[str, ToolRules] = field(default_factory=lambda: MappingProxyType({}))
+    profile_tools: Mapping[str, AccessRules] = field(default_factory=lambda: MappingProxyType({}))
+    profile_resources: Mapping[str, AccessRules] = field(default_factory=lambda: MappingProxyType({}))
+    profile_prompts: Mapping[str, AccessRules] = field(default_factory=lambda: MappingProxyType({}))
     tokens: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     """Token hash -> caller name."""
 
@@ -149,30 +169,48 @@ class Policy:
             )
 
     def tool_decision(self, caller: str, profile: str, tool: str) -> ToolDecision:
-        """Deny wins at any level; every level with an allow list must allow; then approval; else allow."""
+        return self.decision("tools", caller, profile, tool)
+
+    def decision(self, kind: Kind, caller: str, profile: str, name: str) -> ToolDecision:
+        """Deny wins at any level; every level with an allow list must allow; then approval; else allow.
+
+        Patterns match the ``normalize``d name (URIs: ``resource_key``), each pattern brought to the same form,
+        so ``Delete_file`` or a Cyrillic ``dеlete_file`` hits ``deny: ["*delete*"]``. Deny and approval rules
+        also match the name as sent; allow rules only the normalized form, so ``/public/%2e%2e/etc`` is never
+        allowed by ``/public/*``.
+        """
         policy = self.caller(caller)
         levels = [
-            (f"profiles.{profile}.tools", self.profile_tools.get(profile)),
-            (f"{policy.entry}.tools", policy.tools),
-            (f"{policy.entry}.profile_tools.{profile}", policy.profile_tools.get(profile)),
+            (f"profiles.{profile}.{kind}", getattr(self, f"profile_{kind}").get(profile)),
+            (f"{policy.entry}.{kind}", getattr(policy, kind)),
+            (f"{policy.entry}.profile_{kind}.{profile}", getattr(policy, f"profile_{kind}").get(profile)),
         ]
-        present = [(where, rules) for where, rules in levels if rules is not None]
-        quoted = json.dumps(tool)
+        present: list[tuple[str, AccessRules]] = [(where, rules) for where, rules in levels if rules is not None]
+        key = resource_key if kind == "resources" else normalize
+        folded = key(name)
+
+        def normalized_match(pattern: str) -> bool:
+            return fnmatchcase(folded, key(pattern))
+
+        def hits(pattern: str) -> bool:
+            return fnmatchcase(name, pattern) or normalized_match(pattern)
+
+        quoted = json.dumps(name)
         for where, rules in present:
             for pattern in rules.deny:
-                if fnmatchcase(tool, pattern):
+                if hits(pattern):
                     return ToolDecision("deny", f"{self.label}: {where}.deny {json.dumps(pattern)}")
         allowed_by = ""
         for where, rules in present:
             if rules.allow is None:
                 continue
-            match = next((p for p in rules.allow if fnmatchcase(tool, p)), None)
+            match = next((p for p in rules.allow if normalized_match(p)), None)
             if match is None:
                 return ToolDecision("deny", f"{self.label}: no allow rule of {where} matches {quoted}")
             allowed_by = f"{self.label}: {where}.allow {json.dumps(match)}"
         for where, rules in present:
             for pattern in rules.approval:
-                if fnmatchcase(tool, pattern):
+                if hits(pattern):
                     return ToolDecision("approval", f"{self.label}: {where}.approval {json.dumps(pattern)}")
         return ToolDecision("allow", allowed_by or f"{self.label}: no allow list restricts {quoted}")
 
@@ -240,22 +278,29 @@ class _SessionRates(_Strict):
 class _Rates(_SessionRates):
     sessions_per_min: float | None = Field(default=None, gt=0)
     session_burst: int | None = Field(default=None, ge=1)
+    refusals_per_min: float = Field(default=Rates.refusals_per_min, gt=0)
+    refusal_burst: int = Field(default=Rates.refusal_burst, ge=1)
 
     def build(self, entry: str) -> Rates:
         return Rates(
             self.calls_per_s, self.call_burst, self.concurrent_calls, self.sessions_per_min, self.session_burst,
-            entry=entry,
+            self.refusals_per_min, self.refusal_burst, entry=entry,
         )
 
 
-class _ToolRules(_Strict):
+class _AccessRules(_Strict):
     allow: list[str] | None = None
     deny: list[str] = []
+
+    def build(self) -> AccessRules:
+        return AccessRules(tuple(self.allow) if self.allow is not None else None, tuple(self.deny))
+
+
+class _ToolRules(_AccessRules):
     approval: list[str] = []
 
-    def build(self) -> ToolRules:
-        allow = tuple(self.allow) if self.allow is not None else None
-        return ToolRules(allow, tuple(self.deny), tuple(self.approval))
+    def build(self) -> AccessRules:
+        return replace(super().build(), approval=tuple(self.approval))
 
 
 class _DefaultCaller(_Strict):
@@ -267,6 +312,10 @@ class _DefaultCaller(_Strict):
     session_rates: _SessionRates = _SessionRates()
     tools: _ToolRules = _ToolRules()
     profile_tools: dict[str, _ToolRules] = {}
+    resources: _AccessRules = _AccessRules()
+    profile_resources: dict[str, _AccessRules] = {}
+    prompts: _AccessRules = _AccessRules()
+    profile_prompts: dict[str, _AccessRules] = {}
 
     def build(self, name: str, entry: str) -> CallerPolicy:
         return CallerPolicy(
@@ -279,6 +328,10 @@ class _DefaultCaller(_Strict):
             session_rates=self.session_rates.build(f"{entry}.session_rates"),
             tools=self.tools.build(),
             profile_tools=MappingProxyType({k: v.build() for k, v in self.profile_tools.items()}),
+            resources=self.resources.build(),
+            profile_resources=MappingProxyType({k: v.build() for k, v in self.profile_resources.items()}),
+            prompts=self.prompts.build(),
+            profile_prompts=MappingProxyType({k: v.build() for k, v in self.profile_prompts.items()}),
             entry=entry,
         )
 
@@ -301,6 +354,8 @@ class _Caller(_DefaultCaller):
 
 class _ProfileRules(_Strict):
     tools: _ToolRules = _ToolRules()
+    resources: _AccessRules = _AccessRules()
+    prompts: _AccessRules = _AccessRules()
 
 
 class _File(_Strict):
@@ -343,6 +398,8 @@ def load_policy(path: Path) -> Policy:
         default_caller=parsed.default_caller.build("", "default_caller"),
         callers=MappingProxyType({n: c.build(n, f"callers.{n}") for n, c in parsed.callers.items()}),
         profile_tools=MappingProxyType({n: p.tools.build() for n, p in parsed.profiles.items()}),
+        profile_resources=MappingProxyType({n: p.resources.build() for n, p in parsed.profiles.items()}),
+        profile_prompts=MappingProxyType({n: p.prompts.build() for n, p in parsed.profiles.items()}),
         tokens=MappingProxyType(tokens),
     )
 

@@ -17,10 +17,10 @@ from runner.policy import (
     ADMIN,
     APPROVER,
     EMBEDDED_DEFAULT,
+    AccessRules,
     LimitCeilings,
     PolicyStore,
     Rates,
-    ToolRules,
     load_policy,
 )
 
@@ -170,8 +170,8 @@ def test_full_yaml_example_loads_into_the_domain(tmp_path: Path) -> None:
     assert alice.max_sessions == 4
     assert alice.rates == Rates(5, 20, 4, 10, 5, entry="callers.alice.rates")
     assert alice.session_rates == Rates(2, 10, 2, entry="callers.alice.session_rates")
-    assert alice.tools == ToolRules(("*",), ("*delete*",), ())
-    assert dict(alice.profile_tools) == {"everything": ToolRules(None, ("printEnv",), ())}
+    assert alice.tools == AccessRules(("*",), ("*delete*",), ())
+    assert dict(alice.profile_tools) == {"everything": AccessRules(None, ("printEnv",), ())}
     assert policy.profile_tools["everything"].approval == ("longRunningOperation", "get*Secret")
     assert policy.token_owner(ALICE_HASH) == "alice"
     assert policy.token_owner(BOB_HASH) == "bob"
@@ -183,7 +183,7 @@ def test_the_readme_example_loads(tmp_path: Path) -> None:
     alice = policy.caller("alice")
     assert alice.limits == LimitCeilings(256 * 1024**2, 0.5, 64, 30, 300, 1800)
     assert alice.rates == Rates(5, 20, 4, 10, 5, entry="callers.alice.rates")
-    assert policy.profile_tools["everything"] == ToolRules(("echo", "add", "get*"), (), ("longRunningOperation",))
+    assert policy.profile_tools["everything"] == AccessRules(("echo", "add", "get*"), (), ("longRunningOperation",))
     assert policy.tool_decision("alice", "everything", "echo").verdict == "allow"
     # Every allow list must allow a tool before an approval rule can apply: as written, the example's
     # approval rule never fires, because the profile's allow list leaves longRunningOperation out.
@@ -285,8 +285,9 @@ def test_broken_yaml_toml_and_missing_file(tmp_path: Path) -> None:
         ("bob", "echo", "allow", 'policy.yaml: profiles.everything.tools.allow "echo"'),
         ("bob", "printEnv", "allow", 'policy.yaml: profiles.everything.tools.allow "printEnv"'),
         ("bob", "sampleLLM", "deny", 'policy.yaml: no allow rule of profiles.everything.tools matches "sampleLLM"'),
-        # patterns are case-sensitive
-        ("bob", "Echo", "deny", 'policy.yaml: no allow rule of profiles.everything.tools matches "Echo"'),
+        # patterns match case-folded: a look-alike of a name is that name, for allow rules as for deny rules
+        ("bob", "Echo", "allow", 'policy.yaml: profiles.everything.tools.allow "echo"'),
+        ("alice", "Delete_All", "deny", 'policy.yaml: callers.alice.tools.deny "*delete*"'),
     ],
 )
 def test_tool_decisions(tmp_path: Path, caller: str, tool: str, verdict: str, rule: str) -> None:
@@ -433,3 +434,106 @@ async def test_watch_picks_up_changes_and_survives_breakage_and_deletion(tmp_pat
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
+
+
+LOOK_ALIKES = """
+default_caller:
+  profiles: ["*"]
+  tools: {deny: ["*delete*"], approval: ["move_file"]}
+"""
+
+
+@pytest.mark.parametrize(
+    "tool",
+    [
+        "Delete_file",
+        "DELETE_FILE",
+        "d\u0435lete_file",  # Cyrillic ie
+        "del\u200bete_file",  # zero-width space
+        "\uff44\uff45\uff4c\uff45\uff54\uff45_file",  # fullwidth
+        "\U0001d41d\U0001d41e\U0001d425\U0001d41e\U0001d42d\U0001d41e_file",  # mathematical bold
+        "de\u0301lete_file",  # a combining accent
+        "dele\ufe0fte_file",  # a variation selector
+        "DEL\u0395TE_FILE",  # Greek capital epsilon
+        "del\u00adete\u2060_file",  # soft hyphen, word joiner
+    ],
+)
+def test_look_alikes_of_a_denied_name_are_denied(tmp_path: Path, tool: str) -> None:
+    decision = load_policy(write(tmp_path, LOOK_ALIKES)).tool_decision("anyone", "files", tool)
+    assert (decision.verdict, decision.rule) == ("deny", 'policy.yaml: default_caller.tools.deny "*delete*"')
+
+
+@pytest.mark.parametrize("tool", ["move_file", "move_file\u200b", "Move_File", "m\u043eve_file", "move_\u200dfile"])
+def test_look_alikes_of_an_approval_gated_name_need_approval(tmp_path: Path, tool: str) -> None:
+    decision = load_policy(write(tmp_path, LOOK_ALIKES)).tool_decision("anyone", "files", tool)
+    assert decision.verdict == "approval"
+
+
+def test_patterns_are_normalized_too(tmp_path: Path) -> None:
+    policy = load_policy(write(tmp_path, 'default_caller:\n  tools: {deny: ["DROP_\u200b*"]}\n'))
+    assert policy.tool_decision("x", "p", "drop_table").verdict == "deny"
+    assert policy.tool_decision("x", "p", "dropped").verdict == "allow"
+
+
+RESOURCE_AND_PROMPT_RULES = """
+default_caller:
+  profiles: ["*"]
+  resources: {deny: ["file:///etc/*", "*secret*"]}
+  prompts: {allow: ["summarize*", "greet"]}
+  profile_resources:
+    files: {allow: ["file:///public/*"]}
+profiles:
+  files:
+    prompts: {deny: ["greet"]}
+callers:
+  admin:
+    profiles: ["*"]
+    profile_prompts:
+      files: {deny: ["summarize_*"]}
+"""
+
+
+@pytest.mark.parametrize(
+    ("profile", "uri", "verdict", "rule"),
+    [
+        ("time", "file:///etc/passwd", "deny", 'default_caller.resources.deny "file:///etc/*"'),
+        ("time", "FILE:///ETC/passwd", "deny", 'default_caller.resources.deny "file:///etc/*"'),
+        ("time", "file:///tmp/../etc/passwd", "deny", 'default_caller.resources.deny "file:///etc/*"'),
+        ("time", "file:///tmp/%2e%2e/etc/passwd", "deny", 'default_caller.resources.deny "file:///etc/*"'),
+        ("time", "mem://my-S\u0435cret", "deny", 'default_caller.resources.deny "*secret*"'),
+        ("time", "mem://greeting", "allow", "no allow list restricts"),
+        ("files", "file:///public/a.txt", "allow", 'default_caller.profile_resources.files.allow "file:///public/*"'),
+        ("files", "file:///public/%252e%252e/home/x", "deny",
+         'no allow rule of default_caller.profile_resources.files matches'),
+        ("files", "file:///home/x", "deny", "no allow rule of default_caller.profile_resources.files matches"),
+    ],
+)
+def test_resource_rules(tmp_path: Path, profile: str, uri: str, verdict: str, rule: str) -> None:
+    decision = load_policy(write(tmp_path, RESOURCE_AND_PROMPT_RULES)).decision("resources", "anyone", profile, uri)
+    assert decision.verdict == verdict and rule in decision.rule
+
+
+def test_prompt_rules_at_every_level(tmp_path: Path) -> None:
+    policy = load_policy(write(tmp_path, RESOURCE_AND_PROMPT_RULES))
+    assert policy.decision("prompts", "anyone", "time", "Summarize_Day").verdict == "allow"
+    assert policy.decision("prompts", "anyone", "time", "greet").verdict == "allow"
+    assert policy.decision("prompts", "anyone", "time", "leak").rule == (
+        'policy.yaml: no allow rule of default_caller.prompts matches "leak"'
+    )
+    greet = policy.decision("prompts", "anyone", "files", "gr\u0435et")  # Cyrillic ie
+    assert greet.rule == 'policy.yaml: profiles.files.prompts.deny "greet"'
+    assert policy.decision("prompts", "admin", "files", "summarize_x").rule == (
+        'policy.yaml: callers.admin.profile_prompts.files.deny "summarize_*"'
+    )
+    assert policy.decision("prompts", "admin", "time", "anything").verdict == "allow"  # admin has no prompt rules
+
+
+def test_resource_and_prompt_rules_have_no_approval(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="approval"):
+        load_policy(write(tmp_path, "default_caller:\n  resources: {approval: ['*']}\n"))
+
+
+def test_refusal_rate_has_a_default_and_can_be_set(tmp_path: Path) -> None:
+    assert EMBEDDED_DEFAULT.caller("anyone").rates.refusals_per_min == 60
+    policy = load_policy(write(tmp_path, "default_caller:\n  rates: {refusals_per_min: 6, refusal_burst: 2}\n"))
+    assert (policy.caller("x").rates.refusals_per_min, policy.caller("x").rates.refusal_burst) == (6, 2)
