@@ -46,6 +46,8 @@ _PRIVATE = (
     ipaddress.IPv4Network("172.16.0.0/12"),
     ipaddress.IPv4Network("192.168.0.0/16"),
     ipaddress.IPv6Network("fc00::/7"),
+    # Site-local: deprecated (RFC 3879), so Python counts it as global, but a network may still route it inside.
+    ipaddress.IPv6Network("fec0::/10"),
 )
 
 
