@@ -85,11 +85,39 @@ def json_problem(value: Any, max_depth: int = MAX_JSON_DEPTH) -> str | None:
 
 
 def _problems(exc: ValidationError, count: int) -> str:
-    """The first ``count`` pydantic errors as ``field: message``, bounded (they describe untrusted input)."""
+    """The first ``count`` problems as ``field: message``, bounded (they describe untrusted input).
+
+    pydantic reports a value that fits no member of a union (a content block, resource contents) once per
+    member, which reads as noise. Each such group becomes one problem: the member whose own ``type`` matched
+    speaks for the group; when none did, the unknown ``type`` is named with the ones MCP knows.
+    """
+    plain: list[tuple[tuple[Any, ...], str]] = []
+    unions: dict[tuple[Any, ...], dict[str, list[tuple[tuple[Any, ...], Any]]]] = {}
+    for err in exc.errors():
+        loc = tuple(err["loc"])
+        # A union member appears in the path under its class name; MCP's own field names are camelCase.
+        tag = next((i for i, part in enumerate(loc) if isinstance(part, str) and part[:1].isupper()), None)
+        if tag is None:
+            plain.append((loc, str(err["msg"])))
+        else:
+            unions.setdefault(loc[:tag], {}).setdefault(str(loc[tag]), []).append((loc[:tag] + loc[tag + 1 :], err))
+    for prefix, members in unions.items():
+        meant = [errs for errs in members.values() if not any(_type_refused(loc, e) for loc, e in errs)]
+        if len(meant) == 1:
+            plain.extend((loc, str(e["msg"])) for loc, e in meant[0])
+        elif not meant:
+            refused = [e for errs in members.values() for loc, e in errs if _type_refused(loc, e)]
+            known = ", ".join(str(e.get("ctx", {}).get("expected", "?")) for e in refused)
+            plain.append((prefix, f"unknown type {short(repr(refused[0]['input']), 40)} (MCP knows {known})"))
+        else:
+            plain.append((prefix, f"fits none of {', '.join(members)}"))
     return "; ".join(
-        f"{short('.'.join(str(p) for p in err['loc']), 80) or '(root)'}: {short(str(err['msg']))}"
-        for err in exc.errors()[:count]
+        f"{short('.'.join(str(p) for p in loc), 80) or '(root)'}: {short(message)}" for loc, message in plain[:count]
     )
+
+
+def _type_refused(loc: tuple[Any, ...], err: Any) -> bool:
+    return bool(err["type"] == "literal_error" and loc[-1:] == ("type",))
 
 
 def parse_result(model: type[M], raw: dict[str, Any], what: str) -> M:

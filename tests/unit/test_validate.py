@@ -13,6 +13,7 @@ from typing import Any
 import mcp_types
 import pytest
 
+from runner import errors
 from runner.errors import ProtocolViolation, ResultRejected, RunnerError, SchemaViolation
 from runner.guard import validate
 from runner.guard.validate import (
@@ -179,6 +180,60 @@ def test_parse_result_bad_shape_names_field(model: type[Any], raw: dict[str, Any
         parse_result(model, raw, "thing")
     assert caught.value.message.startswith(f"the server's thing is not a valid MCP {model.__name__}: ")
     assert field in caught.value.message
+
+
+@pytest.mark.parametrize(
+    ("raw", "where"),
+    [
+        ({"content": [], "structuredContent": {"n": float("inf")}}, "$.structuredContent.n: number is not finite"),
+        ({"content": [], "structuredContent": {"n": [float("nan")]}}, "$.structuredContent.n[0]: number is not"),
+        ({"content": [{"type": "text", "text": "a\ud800"}]}, "$.content[0].text: string holds a lone surrogate"),
+        ({"content": [], "structuredContent": {"\udfff": 1}}, "$.structuredContent.\\udfff: key holds a lone"),
+        ({"content": [], "structuredContent": {"d": json.loads("[" * 200 + "]" * 200)}}, "nesting is deeper"),
+    ],
+)
+def test_parse_result_refuses_what_the_audit_log_cannot_hold(raw: dict[str, Any], where: str) -> None:
+    """A server's NaN, lone surrogate or deep nesting is ResultRejected here, not an error far downstream."""
+    with pytest.raises(ResultRejected) as caught:
+        parse_result(mcp_types.CallToolResult, raw, "result of tool 'echo'")
+    assert caught.value.message.startswith("the server's result of tool 'echo' cannot be passed on: $")
+    assert where in caught.value.message
+    caught.value.message.encode("utf-8")
+
+
+@pytest.mark.parametrize(
+    ("raw", "field"),
+    [
+        ({"content": [{"type": "video", "data": "x"}]}, "content.0: unknown type 'video' (MCP knows 'text'"),
+        ({"content": [{"type": "text"}]}, "content.0.text: Field required"),
+        ({"content": [{"type": "image", "data": "x"}]}, "mimeType: Field required"),
+        ({"content": [{"type": "resource", "resource": {"uri": "file:///a"}}]}, "content.0.resource"),
+        ({"content": [None]}, "content.0: fits none of TextContent"),
+    ],
+)
+def test_invalid_content_is_result_rejected(raw: dict[str, Any], field: str) -> None:
+    with pytest.raises(ResultRejected) as caught:
+        parse_result(mcp_types.CallToolResult, raw, "result")
+    assert field in caught.value.message
+
+
+def test_check_initialize_refuses_an_unencodable_server_name() -> None:
+    raw = {"protocolVersion": "2025-06-18", "capabilities": {}, "serverInfo": {"name": "x\ud800", "version": "1"}}
+    with pytest.raises(ProtocolViolation, match=r"cannot be passed on: \$\.serverInfo\.name: string holds a lone"):
+        check_initialize(raw)
+
+
+@pytest.mark.parametrize(
+    ("code", "status"),
+    [
+        # How the agent reports a result that does not fit MCP (or any failure of its own): a server-side fault.
+        (errors.JSONRPC_INTERNAL_ERROR, errors.Status.FAILED_PRECONDITION),
+        (errors.JSONRPC_INVALID_PARAMS, errors.Status.INVALID_ARGUMENT),
+        (-32000, errors.Status.UNKNOWN),
+    ],
+)
+def test_server_error_status(code: int, status: errors.Status) -> None:
+    assert errors.ServerError(code, "MCP server returned an invalid tools/call result").status is status
 
 
 def test_check_initialize_rejects_bad_shape() -> None:
