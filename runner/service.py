@@ -3,8 +3,9 @@
 Start-up first refuses configurations that would expose the runner or hand the embedded default policy to
 authenticated callers, then takes the instance lock: an instance is one running service, so a second
 service of the same instance name (whatever its audit path or port) stops here, naming the first, before
-its orphan sweep could remove the first one's live sandboxes. Then it opens the audit log (it refuses to
-start if the log cannot be written: a service that cannot record must not answer), checks the engine and
+its orphan sweep could remove the first one's live sandboxes. Then it opens the guard's memory (pins,
+approvals, rate buckets of earlier runs: ``runner.guard.memory``) and the audit log (it refuses to
+start if either cannot be written: a service that cannot record must not answer), checks the engine and
 sweeps this instance's orphaned containers (a previous run killed with sessions open). Shutdown on
 SIGINT/SIGTERM is graceful: health NOT_SERVING, ``server.stop(grace)``, then every session's container is
 removed and its close recorded, then the audit log is closed and the lock released.
@@ -29,6 +30,7 @@ from runner.audit.service import AuditService
 from runner.audit.store import AuditStore
 from runner.config import ConfigError, Settings
 from runner.errors import FailedPrecondition
+from runner.guard.memory import GuardMemory, memory_path
 from runner.policy import PolicyStore
 from runner.sandbox.docker import DockerBackend
 from runner.sessions.journal import Journal
@@ -113,9 +115,16 @@ async def run_service(settings: Settings) -> None:
 async def _serve(settings: Settings, lock: InstanceLock) -> None:
     policy = PolicyStore(settings.policy)
     authenticator = Authenticator(settings.auth, lambda digest: policy.current.token_owner(digest))
-    store = _open_audit(settings)
+    memory = GuardMemory(memory_path(settings.state_dir, settings.instance))
+    memory.open()
+    try:
+        store = _open_audit(settings)
+    except BaseException:
+        memory.close()
+        raise
+    log.info("guard memory: %s", memory.path)
     backend = DockerBackend(stderr_tail_bytes=settings.stderr_tail_bytes)
-    manager = SessionManager(backend, settings, policy, Journal(store))
+    manager = SessionManager(backend, settings, policy, Journal(store), memory)
     audit = AuditService(store, policy, Replayer(manager, store)) if store is not None else None
     watcher: asyncio.Task[None] | None = None
     retention: asyncio.Task[None] | None = None
@@ -155,6 +164,7 @@ async def _serve(settings: Settings, lock: InstanceLock) -> None:
             if task is not None:
                 task.cancel()
         backend.close()
+        memory.close()
         if store is not None:
             store.close()
             seq, digest = store.head

@@ -305,6 +305,22 @@ def test_max_pending(clock: FakeClock) -> None:
     ask(book)  # a decided one no longer counts
 
 
+def test_each_caller_has_its_own_pending_cap_below_the_global_one(clock: FakeClock) -> None:
+    book = ApprovalBook(clock=clock, max_pending=5, max_pending_per_caller=2)
+    first = ask(book, caller="mallory")
+    ask(book, caller="mallory")
+    with pytest.raises(QuotaExceeded, match="caller mallory has 2 approvals pending, the limit per caller is 2") as cap:
+        ask(book, caller="mallory")
+    assert cap.value.status.value == "RESOURCE_EXHAUSTED"
+    ask(book, caller="agent")  # one caller at its cap locks nobody else out
+    ask(book, caller="agent")
+    book.decide(first.approval_id, approver="alice", approve=False, reason="no", allow_self_approval=False)
+    ask(book, caller="mallory")  # a decided one no longer counts
+    ask(book, caller="carol")
+    with pytest.raises(QuotaExceeded, match="5 approvals are already pending, the limit is 5"):
+        ask(book, caller="dave")  # and the service's cap still holds
+
+
 def test_list_and_sweep_retention(book: ApprovalBook, clock: FakeClock) -> None:
     a, b = ask(book), ask(book, timeout_s=7200)
     book.decide(a.approval_id, approver="alice", approve=True, reason="", allow_self_approval=False)

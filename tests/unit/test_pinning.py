@@ -9,7 +9,14 @@ from typing import Any
 import mcp_types
 import pytest
 
-from runner.guard.pinning import PinBook, PinViolation, tool_fingerprint
+from runner.guard.pinning import (
+    MAX_PINNED_NAME,
+    MAX_PINS_PER_PROFILE,
+    PinBook,
+    PinViolation,
+    UnpinnedTool,
+    tool_fingerprint,
+)
 
 SCHEMA = {"type": "object", "properties": {"path": {"type": "string"}, "n": {"type": "integer"}}, "required": ["path"]}
 
@@ -123,3 +130,32 @@ def test_bad_configured_pin_names_profile_and_tool(pin: str) -> None:
     with pytest.raises(ValueError) as caught:
         PinBook({"files": {"read_file": pin}})
     assert "'files'" in str(caught.value) and "'read_file'" in str(caught.value)
+
+
+def test_first_seen_pins_are_capped_per_profile_and_tools_past_the_cap_are_held_back() -> None:
+    book = PinBook({"fs": {"extra": tool_fingerprint(tool("extra"))}}, max_per_profile=2)
+    listing = [tool("a"), tool("b"), tool("c"), tool("d"), tool("extra")]
+    held = book.check("fs", listing)
+    assert [(v.tool, type(v)) for v in held] == [("c", UnpinnedTool), ("d", UnpinnedTool)]
+    assert "profile 'fs' already has 2 first-seen pins, the limit" in held[0].message
+    assert set(book.pins("fs")) == {"a", "b", "extra"}  # a configured pin is not first-seen: it passes
+    assert book.check("fs", listing) == held  # still held back, still not pinned
+    assert book.check("other", [tool("c")]) == []  # the cap is per profile
+
+
+def test_random_tool_names_cannot_grow_the_pins_past_the_cap() -> None:
+    book = PinBook()
+    for listing in range(20):
+        held = book.check("fs", [tool(f"t{listing}_{i}") for i in range(100)])
+    assert len(book.pins("fs")) == MAX_PINS_PER_PROFILE
+    assert len(held) == 100 and all(isinstance(v, UnpinnedTool) for v in held)
+
+
+def test_overlong_names_are_held_back_not_pinned() -> None:
+    book = PinBook()
+    longest, too_long = "n" * MAX_PINNED_NAME, "n" * (MAX_PINNED_NAME + 1)
+    held = book.check("fs", [tool(longest), tool(too_long)])
+    assert [v.tool for v in held] == [too_long]
+    assert f"more than the {MAX_PINNED_NAME} a pinned name may have" in held[0].message
+    assert held[0].message.count("n") < 100  # the message quotes a prefix of the name, not all of it
+    assert list(book.pins("fs")) == [longest]
