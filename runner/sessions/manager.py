@@ -50,6 +50,7 @@ from runner.errors import (
 )
 from runner.guard import results
 from runner.guard.findings import BLOCKED, FindingLog
+from runner.guard.memory import GuardMemory
 from runner.guard.sanitize import Sanitizer
 from runner.guard.screening import screen_tools
 from runner.guard.validate import (
@@ -100,12 +101,13 @@ class SessionManager:
         settings: Settings,
         policy: PolicyStore | None = None,
         journal: Journal | None = None,
+        memory: GuardMemory | None = None,
     ) -> None:
         self._backend = backend
         self._settings = settings
         self._journal = journal or Journal(None)
-        self._gate = Gate(policy or PolicyStore(None), settings, on_approval=self._approval_changed)
         self._sessions: dict[str, LiveSession] = {}
+        self._gate = Gate(policy or PolicyStore(None), settings, on_approval=self._approval_changed, memory=memory)
         self._reaper: asyncio.Task[None] | None = None
         self._teardowns: set[asyncio.Future[None]] = set()
 
@@ -115,6 +117,7 @@ class SessionManager:
         """Check the backend, remove this instance's orphans, start reaping; returns orphans removed."""
         await self._backend.check()
         removed = await self._backend.sweep_orphans(self._settings.instance)
+        self._gate.expire_orphaned_approvals()  # their sessions were the orphans' (recorded: on_approval)
         self._reaper = asyncio.create_task(self._reap_forever(), name="session-reaper")
         return removed
 
