@@ -1,7 +1,7 @@
 """Redaction detectors for credentials and e-mail addresses: each yields (start, end) spans of the text to redact.
 
-Every credential format here starts with a fixed literal (``ghp_``, ``xox``, ``eyJ``, ``-----BEGIN``, ``sk-``,
-``AKIA``…) that its pattern begins with, and most detectors first check that the literal occurs at all, so text
+Every credential format here starts with a fixed literal (``ghp_``, ``xox``, ``eyJ``, ``-----BEGIN`` in any case,
+``sk-``, ``AKIA``…) that its pattern begins with, and most detectors first check that the literal occurs at all, so text
 without it costs one substring search. Where a format alone is not enough, a validator checks the candidate (a
 JWT header must decode to JSON, an OpenAI key must mix cases and digits, an AWS secret key needs a name or an
 access key id next to it). The token formats all hold 16 token characters in a row, which ``TOKEN_CHARS`` and
@@ -19,23 +19,23 @@ from collections.abc import Callable, Iterator
 Span = tuple[int, int]
 Finder = Callable[[str], Iterator[Span]]
 
+# Any case: PEM parsers are strict, but a key written in lower case is still the key, and a person can read it.
 _PRIVATE_KEY_BEGIN = re.compile(
-    r"-----BEGIN ((?:RSA |EC |DSA |OPENSSH |ENCRYPTED |PGP |SSH2 )?PRIVATE KEY(?: BLOCK)?)-----"
+    r"-----BEGIN ((?:RSA |EC |DSA |OPENSSH |ENCRYPTED |PGP |SSH2 )?PRIVATE KEY(?: BLOCK)?)-----", re.IGNORECASE
 )
 
 
 def private_keys(text: str) -> Iterator[Span]:
     """Whole PEM blocks; one without its END line runs to the end of the text (better too much than a key)."""
-    if "-----BEGIN " not in text:
+    if "-----" not in text:
         return
     pos = 0
     while (m := _PRIVATE_KEY_BEGIN.search(text, pos)) is not None:
-        end_line = f"-----END {m.group(1)}-----"
-        end = text.find(end_line, m.end())
-        if end < 0:
+        end_line = re.compile(re.escape(f"-----END {m.group(1)}-----"), re.IGNORECASE).search(text, m.end())
+        if end_line is None:
             yield m.start(), len(text)
             return
-        pos = end + len(end_line)
+        pos = end_line.end()
         yield m.start(), pos
 
 

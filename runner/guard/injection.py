@@ -197,6 +197,12 @@ _HIDDEN_STYLE = re.compile(
 # [//]: # (a markdown comment) — renders as nothing
 _MARKDOWN_COMMENT = re.compile(r"\]:[ \t]*(?:#|<>)[ \t]*([^\n]{0,500})")
 _MARKDOWN_LINK = re.compile(r"\]\([ \t]{0,8}<?([Hh][Tt][Tt][Pp][Ss]?://[^\s()<>\[\]\"'`]{1,2048})")
+# Reference-style links and images: ``![alt][ref]`` (or ``![ref][]``, ``![ref]``) anywhere, and the definition
+# ``[ref]: https://…`` on a line of its own, maybe far below; the URL is judged as an image's when an image uses it.
+_REFERENCE_DEFINITION = re.compile(
+    r"^[ \t]{0,3}\[([^\]\n]{1,200})\]:[ \t]{0,8}<?([Hh][Tt][Tt][Pp][Ss]?://[^\s<>\"'`]{1,2048})", re.MULTILINE
+)
+_IMAGE_REFERENCE = re.compile(r"!\[([^\]\n]{0,500})\](?:\[([^\]\n]{0,200})\])?")
 _HTML_IMAGE = re.compile(r"<img\b[^>]{0,500}?\bsrc[ \t]*=[ \t]*[\"']?(https?://[^\s\"'<>]{1,2048})", re.IGNORECASE)
 # An http(s) URL with a template placeholder in it ("…?q={conversation}"); URLs without one fail inside ``re``.
 _URL_HEAD = r"://(?:(?<=[Hh][Tt][Tt][Pp]://)|(?<=[Hh][Tt][Tt][Pp][Ss]://))"
@@ -349,6 +355,8 @@ def _exfil_links(text: str, lower: str) -> int:
             seen.add(m.start(1))
             if _carries_data(m.group(1), image=opened > 0 and text[opened - 1] == "!"):
                 count += 1
+    if "]:" in text:
+        count += _reference_links(text, seen)
     if "<img" in lower:
         for m in _HTML_IMAGE.finditer(text):
             seen.add(m.start(1))
@@ -364,6 +372,26 @@ def _exfil_links(text: str, lower: str) -> int:
             seen.add(start)
             if _QUERY_PLACEHOLDER.search(m.group()) or _IMAGE_PATH.search(m.group()):
                 count += 1
+    return count
+
+
+def _reference_label(label: str) -> str:
+    """A reference label as markdown matches it: case and runs of white space do not matter."""
+    return " ".join(label.lower().split())
+
+
+def _reference_links(text: str, seen: set[int]) -> int:
+    """Reference definitions whose URL could carry data out; the URL start of each is added to ``seen``."""
+    count = 0
+    images: set[str] | None = None
+    for m in _REFERENCE_DEFINITION.finditer(text):
+        if images is None:
+            images = {
+                _reference_label(image.group(2) or image.group(1)) for image in _IMAGE_REFERENCE.finditer(text)
+            }
+        seen.add(m.start(2))
+        if _carries_data(m.group(2), image=_reference_label(m.group(1)) in images):
+            count += 1
     return count
 
 

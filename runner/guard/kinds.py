@@ -16,6 +16,8 @@ INJECTION_INSTRUCTION = "injection_instruction"
 INJECTION_ROLE_MARKER = "injection_role_marker"
 INJECTION_HIDDEN_TEXT = "injection_hidden_text"
 INJECTION_EXFIL_LINK = "injection_exfil_link"
+UNSAFE_IDENTIFIER = "unsafe_identifier"
+"""A tool's name or schema key that sanitizing would change: the tool is held back, never silently renamed."""
 
 STRIP_KINDS: frozenset[str] = frozenset({TERMINAL_ESCAPE, CONTROL_CHARS, BIDI_CONTROL, INVISIBLE_CHARS, UNICODE_TAGS})
 INJECTION_KINDS: frozenset[str] = frozenset(

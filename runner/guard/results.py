@@ -1,31 +1,50 @@
-"""The sanitizer applied to MCP results: every string a person or a model will read, and nothing else.
+"""The sanitizer applied to MCP results: one generic walk over every string of the result, keys included.
 
-Each function returns a new model (``model_copy(update=…)``) and leaves its input as it was, so the raw result
-can still be audited. What is sanitized is what gets shown or fed to a model: text content, embedded text
-resources, names/titles/descriptions, string values in structured content, the descriptions and titles inside
-tool schemas, server instructions. Binary payloads (images, audio, blobs), URIs, tool names and dictionary keys
-are left alone: rewriting them would break the protocol or the caller's lookups, and keys and names are checked
-by validation instead.
+Every ``str`` in the pydantic model and in the JSON values it holds (structured content, schemas, ``_meta``,
+fields a future protocol version adds, extra fields a model keeps) goes through the sanitizer, dictionary keys
+too, so a new field cannot be forgotten. Each function returns a new model (``model_copy(update=…)``) and leaves
+its input as it was, so the raw result can still be audited. Policy is layered on top of the walk, by field:
+
+- **Payloads**: ``data``/``blob`` of a model with a ``mime_type`` are base64. A text-like one (``text/*``, JSON,
+  XML, YAML…, or no MIME type at all) is decoded, sanitized as text and encoded again; binary ones (images,
+  audio, octet streams) are left alone, since rewriting them would corrupt them.
+- **Locators** (``uri``, ``uri_template``, ``*_url``, ``src``, ``mime_type``): stripped and redacted, but not
+  searched for prompt injection (a URI template is a templated URL by design).
+- **Identifiers** a caller must send back unchanged: a tool's name and every key in its schemas (property names).
+  The walk never rewrites them silently: a tool where one would change under sanitizing is reported with
+  ``unsafe_identifier`` (action ``blocked``), and screening holds the whole tool back. Other names (prompts,
+  resources, prompt arguments) are display labels as far as the runner is concerned and are rewritten like any
+  text, with their findings; a caller then learns from the finding why a name holds a placeholder.
+
+The walk has a work budget per result (``WorkBudget``): values visited and characters scanned. Past it the
+result is refused with ResultRejected naming the budget, never passed on half-sanitized; a result of a million
+tiny strings costs one bounded walk, not seconds of CPU under the GIL.
 
 ``where`` paths name the spot in the response (``content[0].text``, ``structured_content.rows[2].note``,
-``tools[get_weather].input_schema.properties.city.description``); untrusted names and keys in them are shown
-plainly when they are simple identifiers and JSON-quoted (ASCII, truncated) otherwise, so a finding's ``where``
-can never smuggle control characters or a secret-sized blob into a log.
+``tools[get_weather].input_schema.properties.city.description``). They are built from *sanitized* names and keys,
+shown plainly when simple identifiers and JSON-quoted (ASCII, truncated) otherwise, so a finding's ``where`` can
+never carry control characters, a secret or a long blob into a log.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import re
-from typing import Any, TypeAlias
+from dataclasses import dataclass
+from typing import Any, TypeAlias, TypeVar
 
 import mcp_types
+from pydantic import BaseModel
 
-from runner.guard.findings import FindingLog
+from runner.errors import ResultRejected
+from runner.guard.findings import BLOCKED, FindingLog
+from runner.guard.kinds import UNSAFE_IDENTIFIER
 from runner.guard.sanitize import Sanitizer
 
 MAX_DEPTH = 64
-"""Nesting deeper than this was refused upstream (by the channel); here it is an error, never a deep recursion."""
+"""Nesting deeper than this was refused upstream (by validation); here it is refused again, never a deep recursion."""
 
 Content: TypeAlias = (
     mcp_types.TextContent
@@ -35,170 +54,257 @@ Content: TypeAlias = (
     | mcp_types.EmbeddedResource
 )
 ResourceContents: TypeAlias = mcp_types.TextResourceContents | mcp_types.BlobResourceContents
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class WorkBudget:
+    """How much one result may cost the sanitizer. About 6 µs per small string: the node cap bounds a hostile
+    result to well under a second of CPU, and leaves honest ones (tables of thousands of rows) far below it."""
+
+    nodes: int = 100_000
+    """Values visited: strings, numbers, lists, objects, model fields."""
+    chars: int = 16 * 1024**2
+    """Characters sanitized, decoded text-like payloads included."""
+
+
+DEFAULT_BUDGET = WorkBudget()
 
 _SIMPLE_NAME = re.compile(r"[A-Za-z0-9_.\-/:]{1,128}")
 _SIMPLE_KEY = re.compile(r"[A-Za-z_$][A-Za-z0-9_$\-]{0,63}")
-_SCHEMA_TEXT_KEYS = frozenset({"description", "title"})
+_PAYLOAD_FIELDS = frozenset({"data", "blob"})
+_LOCATOR_FIELDS = frozenset({"uri", "uri_template", "mime_type", "src", "url"})
+_TEXT_SUBTYPES = frozenset(
+    {"json", "xml", "javascript", "ecmascript", "yaml", "x-yaml", "toml", "x-toml", "sql", "graphql", "x-sh",
+     "x-shellscript", "csv", "ndjson", "x-ndjson", "jsonl", "x-www-form-urlencoded", "markdown", "x-python"}
+)  # fmt: skip
+_CLEAN_CACHE_LIMIT = 4096
+_CLEAN_CACHE_MAX_LEN = 128
+
+
+def _text_like(mime_type: str | None) -> bool:
+    """A MIME type whose payload is text a person or a model will read; no type at all counts as text."""
+    if not mime_type:
+        return True
+    kind, _, subtype = mime_type.split(";", 1)[0].strip().lower().partition("/")
+    return kind == "text" or subtype in _TEXT_SUBTYPES or subtype.endswith(("+json", "+xml", "+yaml"))
+
+
+def _locator(name: str) -> bool:
+    return name in _LOCATOR_FIELDS or name.endswith(("_uri", "_url"))
 
 
 def _label(name: str) -> str:
-    """An untrusted name as it may appear inside ``[...]`` in a ``where`` path."""
+    """A (sanitized) name as it may appear inside ``[...]`` in a ``where`` path."""
     return name if _SIMPLE_NAME.fullmatch(name) else json.dumps(name[:64])
 
 
 def _key_path(path: str, key: str) -> str:
-    return f"{path}.{key}" if _SIMPLE_KEY.fullmatch(key) else f"{path}[{json.dumps(key[:64])}]"
+    if not _SIMPLE_KEY.fullmatch(key):
+        return f"{path}[{json.dumps(key[:64])}]"
+    return f"{path}.{key}" if path else key
 
 
-def _optional(s: Sanitizer, text: str | None, where: str, log: FindingLog) -> str | None:
-    return None if text is None else s.text(text, where, log)
+class _Walk:
+    """One result's walk: the sanitizer, the findings, the budget spent so far, and the identifier policy."""
 
+    def __init__(self, s: Sanitizer, log: FindingLog, budget: WorkBudget, *, identifiers: bool = False) -> None:
+        self.s = s
+        self.log = log
+        self.budget = budget
+        self.identifiers = identifiers
+        """True while walking a tool: a name or schema key that sanitizing would change holds the tool back."""
+        self.nodes = 0
+        self.chars = 0
+        self._clean: set[str] = set()  # short strings already found clean (table keys repeat in every row)
 
-def _content(s: Sanitizer, item: Content, where: str, log: FindingLog) -> Content:
-    """One content block; images and audio are returned as they are (the same, unmodified object)."""
-    if isinstance(item, mcp_types.TextContent):
-        return item.model_copy(update={"text": s.text(item.text, f"{where}.text", log)})
-    if isinstance(item, mcp_types.EmbeddedResource):
-        resource = item.resource
-        if isinstance(resource, mcp_types.TextResourceContents):
-            resource = resource.model_copy(update={"text": s.text(resource.text, f"{where}.resource.text", log)})
-        return item.model_copy(update={"resource": resource})
-    if isinstance(item, mcp_types.ResourceLink):
-        return item.model_copy(
-            update={
-                "name": s.text(item.name, f"{where}.name", log),
-                "title": _optional(s, item.title, f"{where}.title", log),
-                "description": _optional(s, item.description, f"{where}.description", log),
-            }
-        )
-    return item
+    def tick(self, chars: int = 0) -> None:
+        self.nodes += 1
+        self.chars += chars
+        if self.nodes > self.budget.nodes or self.chars > self.budget.chars:
+            raise ResultRejected(
+                f"the result exceeds the sanitizer's work budget of {self.budget.nodes} values and "
+                f"{self.budget.chars} characters per result; it was refused, not passed on half-sanitized"
+            )
 
-
-def _json_value(s: Sanitizer, value: Any, where: str, log: FindingLog, depth: int = 0) -> Any:
-    """A copy of a JSON value with every string sanitized; keys stay as they are."""
-    if isinstance(value, str):
-        return s.text(value, where, log)
-    if isinstance(value, dict | list):
-        if depth >= MAX_DEPTH:
-            raise ValueError(f"structured content nested deeper than {MAX_DEPTH} levels at {where}")
-        if isinstance(value, dict):
-            return {k: _json_value(s, v, _key_path(where, str(k)), log, depth + 1) for k, v in value.items()}
-        return [_json_value(s, v, f"{where}[{i}]", log, depth + 1) for i, v in enumerate(value)]
-    return value
-
-
-def _schema(s: Sanitizer, schema: Any, where: str, log: FindingLog, depth: int = 0) -> Any:
-    """A copy of a JSON Schema with only its ``description`` and ``title`` strings sanitized, at any depth."""
-    if isinstance(schema, dict | list):
-        if depth >= MAX_DEPTH:
-            raise ValueError(f"schema nested deeper than {MAX_DEPTH} levels at {where}")
-        if isinstance(schema, list):
-            return [_schema(s, v, f"{where}[{i}]", log, depth + 1) for i, v in enumerate(schema)]
-        out: dict[str, Any] = {}
-        for key, value in schema.items():
-            path = _key_path(where, str(key))
-            if key in _SCHEMA_TEXT_KEYS and isinstance(value, str):
-                out[key] = s.text(value, path, log)
-            else:
-                out[key] = _schema(s, value, path, log, depth + 1)
+    def text(self, value: str, where: str, *, locator: bool = False) -> str:
+        self.tick(len(value))
+        if value in self._clean:
+            return value
+        before = self.log.added
+        out = self.s.locator(value, where, self.log) if locator else self.s.text(value, where, self.log)
+        if (
+            not locator  # a locator skips injection detection: clean as a locator is not clean as text
+            and self.log.added == before
+            and len(value) <= _CLEAN_CACHE_MAX_LEN
+            and len(self._clean) < _CLEAN_CACHE_LIMIT
+        ):
+            self._clean.add(value)
         return out
-    return schema
+
+    def identifier(self, value: str, where: str) -> str:
+        """A name the caller must send back: sanitized, and in a tool reported as unsafe when that changes it."""
+        clean = self.text(value, where)
+        if clean != value and self.identifiers:
+            self.log.add(UNSAFE_IDENTIFIER, BLOCKED, where)
+        return clean
+
+    def value(self, value: Any, where: str, depth: int, *, locator: bool = False) -> Any:
+        """Any value: a string, a model, a list or dict of them, or a scalar (which is returned as it is)."""
+        if isinstance(value, str):
+            return self.text(value, where, locator=locator)
+        if isinstance(value, BaseModel):
+            return self.model(value, where, depth)
+        if isinstance(value, dict | list | tuple):
+            if depth >= MAX_DEPTH:
+                raise ResultRejected(f"the result nests deeper than {MAX_DEPTH} levels at {where}")
+            self.tick()
+            if isinstance(value, dict):
+                return self.mapping(value, where, depth)
+            return [self.value(item, f"{where}[{i}]", depth + 1, locator=locator) for i, item in enumerate(value)]
+        self.tick()
+        return value
+
+    def mapping(self, value: dict[Any, Any], where: str, depth: int) -> dict[Any, Any]:
+        """Keys are sanitized too (structured-content keys are read like any text); in a tool they are identifiers."""
+        out: dict[Any, Any] = {}
+        for i, (key, item) in enumerate(value.items()):
+            if isinstance(key, str):
+                # Found in a key: the path names its position, never the key itself (it may be the secret).
+                clean_key = self.identifier(key, f"{where}.<key {i}>" if where else f"<key {i}>")
+                while clean_key in out:  # two keys that sanitize alike: keep both values, never drop one
+                    clean_key += "_"
+            else:
+                clean_key = key
+            out[clean_key] = self.value(item, _key_path(where, str(clean_key)), depth + 1)
+        return out
+
+    def model(self, model: T, where: str, depth: int) -> T:
+        """Every declared and extra field of a pydantic model; unchanged fields keep their objects."""
+        assert isinstance(model, BaseModel)
+        if depth >= MAX_DEPTH:
+            raise ResultRejected(f"the result nests deeper than {MAX_DEPTH} levels at {where}")
+        self.tick()
+        update: dict[str, Any] = {}
+        fields = dict(model)  # declared fields, then the extra ones a model keeps
+        mime_type = getattr(model, "mime_type", None)
+        for name, item in fields.items():
+            if item is None:
+                continue
+            path = _key_path(where, name)
+            if name in _PAYLOAD_FIELDS and isinstance(item, str) and "mime_type" in type(model).model_fields:
+                clean: Any = self.payload(item, path, mime_type if isinstance(mime_type, str) else None)
+            elif name == "name" and isinstance(item, str):
+                clean = self.identifier(item, path)
+            else:
+                clean = self.value(item, path, depth + 1, locator=_locator(name))
+            if clean is not item:
+                update[name] = clean
+        return model.model_copy(update=update) if update else model
+
+    def payload(self, data: str, where: str, mime_type: str | None) -> str:
+        """A base64 payload: a text-like one is decoded, sanitized and encoded again; binary is left alone."""
+        self.tick()
+        if not _text_like(mime_type):
+            return data
+        try:
+            text = base64.b64decode(data, validate=True).decode("utf-8")
+        except (binascii.Error, ValueError):
+            return data  # not text after all: left as the bytes it is
+        clean = self.text(text, where)
+        return data if clean == text else base64.b64encode(clean.encode("utf-8")).decode("ascii")
 
 
-def sanitize_call_result(s: Sanitizer, result: mcp_types.CallToolResult, log: FindingLog) -> mcp_types.CallToolResult:
-    """Text, embedded text resources, resource-link labels and every string in structured content."""
-    update: dict[str, Any] = {
-        "content": [_content(s, item, f"content[{i}]", log) for i, item in enumerate(result.content)]
-    }
-    if result.structured_content is not None:
-        update["structured_content"] = _json_value(s, result.structured_content, "structured_content", log)
-    return result.model_copy(update=update)
-
-
-def sanitize_tools(s: Sanitizer, tools: list[mcp_types.Tool], log: FindingLog) -> list[mcp_types.Tool]:
-    """Titles, descriptions and the descriptions/titles inside both schemas; names are never rewritten."""
-    out = []
-    for tool in tools:
-        where = f"tools[{_label(tool.name)}]"
-        update: dict[str, Any] = {
-            "title": _optional(s, tool.title, f"{where}.title", log),
-            "description": _optional(s, tool.description, f"{where}.description", log),
-            "input_schema": _schema(s, tool.input_schema, f"{where}.input_schema", log),
-        }
-        if tool.output_schema is not None:
-            update["output_schema"] = _schema(s, tool.output_schema, f"{where}.output_schema", log)
-        if tool.annotations is not None and tool.annotations.title is not None:
-            title = s.text(tool.annotations.title, f"{where}.annotations.title", log)
-            update["annotations"] = tool.annotations.model_copy(update={"title": title})
-        out.append(tool.model_copy(update=update))
+def _walk(
+    s: Sanitizer, value: T, where: str, log: FindingLog, budget: WorkBudget | None, *, identifiers: bool = False
+) -> T:
+    walk = _Walk(s, log, budget or DEFAULT_BUDGET, identifiers=identifiers)
+    out: T = walk.value(value, where, 0)
     return out
 
 
-def sanitize_resources(s: Sanitizer, resources: list[mcp_types.Resource], log: FindingLog) -> list[mcp_types.Resource]:
-    """Name, title and description of each listed resource (by position: names need not be unique)."""
-    return [
-        resource.model_copy(
-            update={
-                "name": s.text(resource.name, f"resources[{i}].name", log),
-                "title": _optional(s, resource.title, f"resources[{i}].title", log),
-                "description": _optional(s, resource.description, f"resources[{i}].description", log),
-            }
-        )
-        for i, resource in enumerate(resources)
-    ]
+def _named(s: Sanitizer, item: T, kind: str, index: int) -> str:
+    """``kind[name]`` for an item's findings: its sanitized name when sanitizing leaves it alone, else its index."""
+    name = getattr(item, "name", None)
+    if isinstance(name, str) and s.text(name, "", FindingLog()) == name:
+        return f"{kind}[{_label(name)}]"
+    return f"{kind}[#{index}]"
+
+
+def sanitize_call_result(
+    s: Sanitizer, result: mcp_types.CallToolResult, log: FindingLog, budget: WorkBudget | None = None
+) -> mcp_types.CallToolResult:
+    """Every string of a tool result: content, embedded resources, links, structured content and its keys."""
+    return _walk(s, result, "", log, budget)
+
+
+class ToolWalk:
+    """Sanitizes the tools of one listing, each into its own log (screening holds back tools one by one), all
+    within one work budget."""
+
+    def __init__(self, s: Sanitizer, budget: WorkBudget | None = None) -> None:
+        self._s = s
+        self._walk = _Walk(s, FindingLog(), budget or DEFAULT_BUDGET, identifiers=True)
+
+    def where(self, tool: mcp_types.Tool, index: int) -> str:
+        """``tools[name]`` (or ``tools[#index]`` when the name itself needs sanitizing) for the tool's findings."""
+        return _named(self._s, tool, "tools", index)
+
+    def tool(self, tool: mcp_types.Tool, index: int, log: FindingLog) -> mcp_types.Tool:
+        """Every string of the tool; a name or schema key that would change is reported as ``unsafe_identifier``."""
+        self._walk.log = log
+        return self._walk.model(tool, self.where(tool, index), 0)
+
+
+def sanitize_tools(
+    s: Sanitizer, tools: list[mcp_types.Tool], log: FindingLog, budget: WorkBudget | None = None
+) -> list[mcp_types.Tool]:
+    """Every string of each tool; a name or schema key that would change is reported as ``unsafe_identifier``."""
+    walk = ToolWalk(s, budget)
+    return [walk.tool(tool, i, log) for i, tool in enumerate(tools)]
+
+
+def sanitize_resources(
+    s: Sanitizer, resources: list[mcp_types.Resource], log: FindingLog, budget: WorkBudget | None = None
+) -> list[mcp_types.Resource]:
+    """Every string of each listed resource (by position: names need not be unique)."""
+    return _walk(s, resources, "resources", log, budget)
 
 
 def sanitize_resource_contents(
-    s: Sanitizer, contents: list[ResourceContents], log: FindingLog
+    s: Sanitizer, contents: list[ResourceContents], log: FindingLog, budget: WorkBudget | None = None
 ) -> list[ResourceContents]:
-    """The text of each text content of a resources/read result; blobs are left alone."""
-    out: list[ResourceContents] = []
-    for i, item in enumerate(contents):
-        if isinstance(item, mcp_types.TextResourceContents):
-            out.append(item.model_copy(update={"text": s.text(item.text, f"contents[{i}].text", log)}))
-        else:
-            out.append(item.model_copy())
-    return out
+    """Text contents, text-like blobs, URIs and MIME types of a resources/read result; binary blobs stay."""
+    return _walk(s, contents, "contents", log, budget)
 
 
-def sanitize_prompts(s: Sanitizer, prompts: list[mcp_types.Prompt], log: FindingLog) -> list[mcp_types.Prompt]:
-    """Title and description of each prompt and of each of its arguments; names are never rewritten."""
-    out = []
-    for prompt in prompts:
-        where = f"prompts[{_label(prompt.name)}]"
-        update: dict[str, Any] = {
-            "title": _optional(s, prompt.title, f"{where}.title", log),
-            "description": _optional(s, prompt.description, f"{where}.description", log),
-        }
-        if prompt.arguments is not None:
-            update["arguments"] = [
-                argument.model_copy(
-                    update={
-                        "title": _optional(s, argument.title, f"{where}.arguments[{_label(argument.name)}].title", log),
-                        "description": _optional(
-                            s, argument.description, f"{where}.arguments[{_label(argument.name)}].description", log
-                        ),
-                    }
-                )
-                for argument in prompt.arguments
-            ]
-        out.append(prompt.model_copy(update=update))
-    return out
+def sanitize_prompts(
+    s: Sanitizer, prompts: list[mcp_types.Prompt], log: FindingLog, budget: WorkBudget | None = None
+) -> list[mcp_types.Prompt]:
+    """Every string of each prompt and its arguments."""
+    walk = _Walk(s, log, budget or DEFAULT_BUDGET)
+    return [walk.model(prompt, _named(s, prompt, "prompts", i), 0) for i, prompt in enumerate(prompts)]
 
 
 def sanitize_prompt_result(
-    s: Sanitizer, result: mcp_types.GetPromptResult, log: FindingLog
+    s: Sanitizer, result: mcp_types.GetPromptResult, log: FindingLog, budget: WorkBudget | None = None
 ) -> mcp_types.GetPromptResult:
     """The description and every message's content, handled like tool-result content."""
-    messages = [
-        message.model_copy(update={"content": _content(s, message.content, f"messages[{i}].content", log)})
-        for i, message in enumerate(result.messages)
-    ]
-    return result.model_copy(
-        update={"description": _optional(s, result.description, "description", log), "messages": messages}
-    )
+    return _walk(s, result, "", log, budget)
+
+
+def sanitize_initialize(
+    s: Sanitizer, result: mcp_types.InitializeResult, log: FindingLog, budget: WorkBudget | None = None
+) -> mcp_types.InitializeResult:
+    """The server's name, version, title, instructions, capabilities and ``_meta``: read as any result is."""
+    return _walk(s, result, "", log, budget)
 
 
 def sanitize_instructions(s: Sanitizer, text: str | None, log: FindingLog) -> str | None:
     """The server's ``instructions`` from initialize: read by the model, so as untrusted as any result."""
-    return _optional(s, text, "instructions", log)
+    return None if text is None else _walk(s, text, "instructions", log, None)
+
+
+def sanitize_progress(s: Sanitizer, message: str | None, log: FindingLog) -> str | None:
+    """A progress notification's message, shown to the caller while a tool runs."""
+    return None if message is None else _walk(s, message, "progress.message", log, None)

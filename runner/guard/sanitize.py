@@ -4,13 +4,18 @@ This module holds the configuration, the order of the stages and the final rewri
 module of this package:
 
 1. **Strip** (``strip``) what a person cannot see but a terminal or a model still reads. This comes first so that
-   a secret or an instruction split by a zero-width space is whole again for the other two stages.
+   a secret or an instruction split by a zero-width space is whole again for the other two stages (also where a
+   profile turns sanitizing off: the service's own secrets are looked for in the stripped text too).
 2. **Detect** prompt injection (``injection``). It is only reported, never rewritten, and it runs before
    redaction so that a placeholder cannot break up the URL or phrase it sits in.
 3. **Redact** secrets and personal data (``detectors`` for credentials and e-mail, ``shapes`` for numbers,
    IBANs, addresses and random tokens): each match becomes ``[REDACTED:<kind>]``. Every detector reports spans on
    the same text; where spans of different kinds overlap, the kind with the higher priority keeps its span (a
    password inside a URL is a ``url_password``, not part of an ``email``), and the text is rebuilt once, here.
+
+Stages 2 and 3 look at a compatibility-folded copy of the text (NFKC, character by character), so that fullwidth
+or mathematical letters (``ｉｇｎｏｒｅ``, ``ｇｈｐ＿…``) read as what they look like; the text itself keeps its
+characters, and a redaction found on the copy is mapped back to the characters it came from.
 
 Speed matters: this runs on every tool result. All patterns are compiled stdlib ``re`` with bounded
 repetitions, and a match attempt can only begin at the start of a run (the negative lookbehind comes *after* a
@@ -22,9 +27,11 @@ from __future__ import annotations
 
 import heapq
 import json
+import unicodedata
 import urllib.parse
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from itertools import repeat
 
 from runner.guard.detectors import (
     LONG_RUN,
@@ -172,17 +179,40 @@ class Sanitizer:
 
     def text(self, text: str, where: str, log: FindingLog) -> str:
         """``text`` stripped and redacted; what was found is added to ``log`` under ``where``."""
+        return self._clean(text, where, log, injection=True)
+
+    def locator(self, text: str, where: str, log: FindingLog) -> str:
+        """A URI, URI template or MIME type: stripped and redacted, not searched for prompt injection (a query or a
+        template placeholder is what a URI is made of, not a sign of an attack)."""
+        return self._clean(text, where, log, injection=False)
+
+    def _clean(self, text: str, where: str, log: FindingLog, *, injection: bool) -> str:
         if not text:
             return text
         if not self._enabled:
-            # Secrets the service itself injected are redacted even where a profile turns sanitizing off.
-            found = self._secret_spans(text)
-            return _apply(text, found, where, log) if found else text
+            return self._own_secrets(text, where, log)
         text = strip(text, where, log, self._injection_action)
-        lower = text.lower()
+        folded, origin = _fold(text)
+        lower = folded.lower()
         # Injection is looked for before redaction: a placeholder must not break up the URL or phrase it is in.
-        detect_injection(text, lower, where, log, self._injection_action)
-        return self._redact_spans(text, lower, where, log)
+        if injection:
+            detect_injection(folded, lower, where, log, self._injection_action)
+        found = self._spans(folded, lower)
+        if folded is not text:
+            found = [(kind, *_back(start, end, origin)) for kind, start, end in found] + self._secret_spans(text)
+        return _apply(text, found, where, log) if found else text
+
+    def _own_secrets(self, text: str, where: str, log: FindingLog) -> str:
+        """Sanitizing off: only the service's own secrets go, also when invisible characters split them."""
+        found = self._secret_spans(text)
+        stripping = FindingLog()
+        stripped = strip(text, where, stripping, FLAGGED)
+        if stripped != text:
+            hidden = self._secret_spans(stripped)
+            if len(hidden) > len(found):
+                log.extend(stripping.findings())
+                return _apply(stripped, hidden, where, log)
+        return _apply(text, found, where, log) if found else text
 
     def redact_secrets(self, text: str) -> str:
         """``text`` with only the service's own secrets redacted: for records of what a caller sent."""
@@ -200,7 +230,8 @@ class Sanitizer:
                 pos = text.find(secret, pos + len(secret))
         return found
 
-    def _redact_spans(self, text: str, lower: str, where: str, log: FindingLog) -> str:
+    def _spans(self, text: str, lower: str) -> list[tuple[str, int, int]]:
+        """(kind, start, end) of everything to redact in ``text`` (``lower`` is ``text.lower()``)."""
         found = self._secret_spans(text)
         for kind, find in self._anywhere:
             found.extend((kind, start, end) for start, end in find(text))
@@ -225,9 +256,48 @@ class Sanitizer:
                 found.extend(numbers(text, shape, self._numbers))
         for kind, find_in in self._tail:
             found.extend((kind, start, end) for start, end in find_in(text, data))
-        if not found:
-            return text
-        return _apply(text, found, where, log)
+        return found
+
+
+class _Folding(dict[int, str]):
+    """Code point -> its NFKC form, computed on first use; bounded, as a hostile text can hold a million."""
+
+    def __missing__(self, cp: int) -> str:
+        if len(self) >= 65536:
+            self.clear()
+        folded = self[cp] = unicodedata.normalize("NFKC", chr(cp))
+        return folded
+
+
+_FOLDING = _Folding()
+
+
+def _fold(text: str) -> tuple[str, list[int] | None]:
+    """``text`` with each character NFKC-folded, and where each folded character came from.
+
+    ``text`` itself (the same object) when nothing folds; the map is None when every character folded to one
+    character, so positions are the same (the common case: fullwidth and mathematical letters).
+    """
+    if text.isascii() or unicodedata.is_normalized("NFKC", text):
+        return text, None
+    folded = text.translate(_FOLDING)
+    if folded == text:
+        return text, None
+    if len(folded) == len(text):
+        return folded, None
+    origin: list[int] = []
+    for i, ch in enumerate(text):
+        origin.extend(repeat(i, len(_FOLDING[ord(ch)])))
+    return folded, origin
+
+
+def _back(start: int, end: int, origin: list[int] | None) -> tuple[int, int]:
+    """A span of the folded copy as the span of the characters it came from."""
+    if origin is None:
+        return start, end
+    if end <= start:
+        return 0, 0  # empty: dropped when spans are chosen
+    return origin[start], origin[end - 1] + 1
 
 
 _PRIORITY = {

@@ -4,13 +4,16 @@ Escape sequences, control characters, bidirectional overrides, zero-width and ot
 Unicode tag characters: all of them can hide text from the person reading the output, or split a secret or an
 instruction so that the later stages miss it. Tag characters and runs of variation selectors can smuggle a whole
 message; they are decoded the way smuggling tools encode them, and one that reads as text is also reported as
-hidden text (an injection finding). Clean ASCII text leaves this stage after one ``bytes.translate``; other text
+hidden text (an injection finding). A single variation selector stays only where one means something (after an
+emoji or other symbol, a CJK ideograph, a keycap digit): after a letter that reads as ASCII it only splits words
+(``i<VS>g<VS>n<VS>o<VS>r<VS>e``) and goes. Clean ASCII text leaves this stage after one ``bytes.translate``; other text
 after one search of a small character class plus a few byte-prefix checks for the astral ranges.
 """
 
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections import Counter
 
 from runner.guard.findings import STRIPPED, FindingLog
@@ -29,7 +32,8 @@ _CONTROLS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 # operators, deprecated format controls, BOM/ZWNBSP, Mongolian vowel separator, soft hyphen, combining
 # grapheme joiner, Hangul fillers, Khmer inherent vowels, interlinear annotation marks, shorthand format
 # controls and musical-symbol format controls. Runs of two or more variation selectors carry no meaning in
-# any script or emoji sequence and are a known way to smuggle bytes, so they go too; a single selector stays.
+# any script or emoji sequence and are a known way to smuggle bytes, so they go too; a single selector stays only
+# after a character that takes one (see ``_takes_selector``).
 _INVISIBLE = re.compile(
     "[\u00ad\u034f\u115f\u1160\u17b4\u17b5\u180e\u200b\u2060-\u2064\u206a-\u206f\u3164\ufeff\uffa0"
     "\ufff9-\ufffb\U0001bca0-\U0001bca3\U0001d173-\U0001d17a]"
@@ -38,7 +42,9 @@ _INVISIBLE_SET = frozenset(
     "\u00ad\u034f\u115f\u1160\u17b4\u17b5\u180e\u200b\u2060\u2061\u2062\u2063\u2064\u206a\u206b\u206c\u206d"
     "\u206e\u206f\u3164\ufeff\uffa0\ufff9\ufffa\ufffb"
 )
-_SELECTOR_RUN = re.compile("[\ufe00-\ufe0f\U000e0100-\U000e01ef]{2,}")
+_SELECTORS = re.compile("[\ufe00-\ufe0f\U000e0100-\U000e01ef]+")
+_KEYCAP_BASES = frozenset("0123456789#*")
+_KEYCAP = "\u20e3"
 # ZWNJ/ZWJ are needed between non-ASCII characters (emoji sequences, Persian, Indic scripts); anywhere else,
 # or in runs, they only hide things (``ig<ZWJ>nore``).
 _JOINERS = re.compile("[\u200c\u200d](?:[\u200c\u200d]+|(?<![^\x00-\x7f][\u200c\u200d])|(?![^\x00-\x7f]))")
@@ -50,8 +56,8 @@ _TAG_TO_ASCII = {cp: cp - 0xE0000 for cp in range(0xE0020, 0xE007F)}
 _SELECTOR_TO_BYTE = {0xFE00 + i: i for i in range(16)} | {0xE0100 + i: 16 + i for i in range(240)}
 # Anything stage 1 acts on, so clean text skips it after one search. A small character class is several times
 # faster for ``re`` than one that also holds the astral ranges, so those (tags, supplementary variation selectors,
-# shorthand and musical format controls) are found as UTF-8 byte prefixes instead, as are pairs of variation
-# selectors (a single one after an emoji is normal and must not send every emoji down the slow path).
+# shorthand and musical format controls) are found as UTF-8 byte prefixes instead, as are variation selectors
+# (each of which is then judged by what it follows, one callback per selector).
 _SUSPECT_BMP = re.compile(
     "[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180e\u200b-\u200f"
     "\u202a-\u202e\u2060-\u2064\u2066-\u206f\u3164\ufeff\uffa0\ufff9-\ufffb]"
@@ -67,7 +73,7 @@ _SUSPECT_KIND = (
     | dict.fromkeys(_BIDI_SET, BIDI_CONTROL)
     | dict.fromkeys(_INVISIBLE_SET, INVISIBLE_CHARS)
 )
-_SELECTOR_PAIR_UTF8 = re.compile(rb"\xef\xb8[\x80-\x8f]\xef\xb8[\x80-\x8f]")
+_SELECTOR_UTF8 = re.compile(rb"\xef\xb8[\x80-\x8f]")
 _ASCII_ALLOWED = bytes(range(0x20, 0x7F)) + b"\t\n\r"
 
 
@@ -96,7 +102,7 @@ def strip(text: str, where: str, log: FindingLog, injection_action: str) -> str:
     data = text.encode("utf-8", "surrogatepass")
     tags = b"\xf3\xa0\x80" in data or b"\xf3\xa0\x81" in data
     selectors = any(lead in data for lead in _SUPPLEMENTARY_SELECTORS_UTF8) or (
-        b"\xef\xb8" in data and _SELECTOR_PAIR_UTF8.search(data) is not None
+        b"\xef\xb8" in data and _SELECTOR_UTF8.search(data) is not None
     )
     other = b"\xf0\x9b\xb2" in data or b"\xf0\x9d\x85" in data
     if first is None and not (tags or selectors or other):
@@ -125,7 +131,7 @@ def strip(text: str, where: str, log: FindingLog, injection_action: str) -> str:
         text = _strip_tags(text, where, log, injection_action)
     before = len(text)
     if selectors:
-        text = _SELECTOR_RUN.sub(lambda m: _hidden_bytes(m.group(), where, log, injection_action), text)
+        text = _SELECTORS.sub(lambda m: _selectors(m, where, log, injection_action), text)
     if other:
         text = _INVISIBLE.sub("", text)
     if joiners:
@@ -158,6 +164,29 @@ def _strip_tags(text: str, where: str, log: FindingLog, injection_action: str) -
     log.add(UNICODE_TAGS, STRIPPED, where, removed)
     log.add(INJECTION_HIDDEN_TEXT, injection_action, where, hidden)
     return text
+
+
+def _takes_selector(text: str, start: int, end: int) -> bool:
+    """Whether the one variation selector at ``text[start:end]`` can mean something where it stands.
+
+    It can after a keycap base followed by the keycap mark (``1<VS16><U+20E3>``) and after anything that is not
+    ASCII-like (emoji and other symbols, CJK ideographs, scripts with standardized variants). After an ASCII
+    character, or one that NFKC folds to ASCII (fullwidth, mathematical letters), it can only split a word.
+    """
+    if start == 0:
+        return False
+    before = text[start - 1]
+    if before in _KEYCAP_BASES:
+        return text.startswith(_KEYCAP, end)
+    return not unicodedata.normalize("NFKC", before).isascii()
+
+
+def _selectors(m: re.Match[str], where: str, log: FindingLog, injection_action: str) -> str:
+    """A run of variation selectors: one that means something stays, others are removed (and decoded)."""
+    run = m.group()
+    if len(run) == 1:
+        return run if _takes_selector(m.string, m.start(), m.end()) else ""
+    return _hidden_bytes(run, where, log, injection_action)
 
 
 def _hidden_bytes(run: str, where: str, log: FindingLog, injection_action: str) -> str:
