@@ -28,7 +28,7 @@ import grpc
 from runner.api._proto.mcp_runner.v1 import runner_pb2 as pb
 from runner.api.timestamps import unix_time
 from runner.audit.diff import describe
-from runner.audit.records import KINDS, Verification, iso_time
+from runner.audit.records import KINDS, Verification, is_capped, iso_time
 from runner.client import DEFAULT_ADDRESS, Progress, RunnerClient, ToolResult, tls_credentials
 from runner.errors import RunnerError
 from runner.text import printable
@@ -232,9 +232,19 @@ def _record_json(record: pb.AuditRecord) -> dict[str, Any]:
     }  # fmt: skip
 
 
+def _shown(value: Any, limit: int = 100) -> str:
+    """``_text``, with caller input the log kept as a digest shown as its prefix and size."""
+    if is_capped(value):
+        if "unrecordable" in value:
+            return f"[unrecordable: {_text(value['unrecordable'], 60)}]"
+        size = f" [{_text(value['bytes'], 20)} bytes, sha256 {_text(value['sha256'], 64)[:12]}]"
+        return _text(value["prefix"], max(limit - len(size), 2)) + size
+    return _text(value, limit)
+
+
 def _error_text(error: Any) -> str:
     if isinstance(error, dict):
-        status, message = _text(error.get("status") or "error", 40), _text(error.get("message") or "")
+        status, message = _text(error.get("status") or "error", 40), _shown(error.get("message") or "")
         return f"{status}: {message}" if message else status
     return _text(error or "error")
 
@@ -246,12 +256,14 @@ def _audit_summary(kind: str, data: Any) -> str:
 
     def field(key: str, limit: int = 60) -> str:
         value = data.get(key)
-        return "" if value is None else _text(value, limit)
+        return "" if value is None else _shown(value, limit)
 
-    if kind == "request":
+    if kind in ("request", "request.intent"):
         params = data.get("params")
         tool = data.get("tool") or (params.get("name") if isinstance(params, dict) else None)
-        head = " ".join(_text(part, 60) for part in (data.get("method"), tool) if part) or "request"
+        head = " ".join(_shown(part, 60) for part in (data.get("method"), tool) if part) or "request"
+        if kind == "request.intent":
+            return f"sending {head}" + (f" (for {field('request_id')})" if data.get("request_id") else "")
         result = data.get("result")
         if data.get("outcome") == "error" or data.get("error"):
             outcome = _error_text(data.get("error"))

@@ -25,7 +25,17 @@ SESSION_OPEN = "session.open"
 SESSION_CLOSE = "session.close"
 """A session ended: how (closed, reaped, failed), why, and its usage."""
 REQUEST = "request"
-"""One MCP request and its response exactly as returned to the caller (result, or error status and message)."""
+"""One MCP request and its response exactly as returned to the caller (result, or error status and message).
+
+When the request sent anything to the server, ``intents`` names the ``request.intent`` records written before.
+"""
+REQUEST_INTENT = "request.intent"
+"""What is about to be sent to a server, durable before it is sent (write-ahead): method, params, ``request_id``.
+
+Written for every message a caller's request sends (a tools/call may first send tools/list), so a call
+that ran is on record even when its ``request`` record never gets written (a crash, a value the log
+refuses). ``request_id`` names that ``request`` record, which may be missing for the same reasons.
+"""
 POLICY = "policy"
 """A policy decision: opening a profile, calling a tool (allow, approval, deny) with the rule that decided."""
 VALIDATION = "validation"
@@ -46,14 +56,54 @@ RETENTION = "retention"
 """Records older than the retention period were exported and deleted; names the export and the chain's anchor."""
 
 KINDS = (
-    SESSION_OPEN, SESSION_CLOSE, REQUEST, POLICY, VALIDATION, FINDING, APPROVAL, THROTTLE, QUARANTINE, EXIT, EGRESS,
-    RETENTION,
+    SESSION_OPEN, SESSION_CLOSE, REQUEST, REQUEST_INTENT, POLICY, VALIDATION, FINDING, APPROVAL, THROTTLE,
+    QUARANTINE, EXIT, EGRESS, RETENTION,
 )  # fmt: skip
 
 
 def canonical_json(value: Any) -> str:
     """The one serialization that is hashed: sorted keys, no whitespace, UTF-8 text, finite numbers only."""
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+INPUT_CAP_BYTES = 4096
+"""Caller input over this size (UTF-8 bytes) is kept as a digest: a refused request must not cost its size on disk."""
+PREFIX_CHARS = 256
+
+
+def capped(value: Any) -> Any:
+    """``value`` as a record keeps caller input: itself when small, else ``{"sha256", "bytes", "prefix"}``.
+
+    A string is measured as its UTF-8, anything else as its canonical JSON; the digest covers those bytes, so
+    whoever holds the original can still prove it is the one recorded. A value the log cannot hold at all
+    (a non-finite number, a lone surrogate, nesting too deep) becomes ``{"unrecordable": why}``: recording
+    a refusal must never fail because of what was refused.
+    """
+    try:
+        text = value if isinstance(value, str) else canonical_json(value)
+        size = len(text.encode("utf-8"))
+        if size <= INPUT_CAP_BYTES:
+            return value
+    except (ValueError, RecursionError) as exc:
+        return {"unrecordable": why_unrecordable(exc)}
+    return {"sha256": hashlib.sha256(text.encode("utf-8")).hexdigest(), "bytes": size, "prefix": text[:PREFIX_CHARS]}
+
+
+def capped_fields(values: Mapping[str, Any], *, keep: frozenset[str] = frozenset()) -> dict[str, Any]:
+    """Each field of ``values`` (a mapping whose keys the service chose) capped, except those named in ``keep``."""
+    return {key: value if key in keep else capped(value) for key, value in values.items()}
+
+
+def is_capped(value: Any) -> bool:
+    """Whether ``value`` is a digest ``capped`` put in place of caller input."""
+    return isinstance(value, Mapping) and value.keys() in ({"sha256", "bytes", "prefix"}, {"unrecordable"})
+
+
+def why_unrecordable(error: BaseException) -> str:
+    """Why ``canonical_json`` refused a value, in words that quote none of it."""
+    if isinstance(error, RecursionError):
+        return "nested too deeply"
+    return str(error)[:200]
 
 
 def chain_hash(previous: str, body: str) -> str:

@@ -6,8 +6,12 @@ caller: a denial, or a rule that now asks for approval, is reported as
 ``refused`` and the call is not run (a replay never creates approvals). The
 rest run through the SessionManager like any call (validated, sanitized,
 recorded) and what comes back is compared with what the caller got then.
-Arguments are replayed as recorded: the session's secrets in them were
-redacted before they were written, so such calls may differ.
+Arguments are replayed as recorded in the call's ``request.intent`` (exactly
+what was sent, whole; logs from before intents existed: the request record's
+own params). The session's secrets in them were redacted before they were
+written, so such calls may differ. A call whose intent has no outcome record
+(the service died mid-call) ran, but there is no answer to compare: it is
+not replayed.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from typing import Any, Protocol
 
 from runner.audit import records
 from runner.audit.diff import json_diff
-from runner.audit.records import AuditQuery, AuditRecord, ReplayVerdict
+from runner.audit.records import AuditQuery, AuditRecord, ReplayVerdict, capped
 from runner.audit.store import AuditStore
 from runner.errors import FailedPrecondition, PermissionDenied, RateLimited, RunnerError, SessionNotFound
 from runner.policy import ToolDecision
@@ -58,6 +62,18 @@ def replayable(record: AuditRecord) -> bool:
     return data.get("outcome") == "ok" or (isinstance(error, Mapping) and error.get("origin") == "server")
 
 
+def sent_params(record: AuditRecord, intents: Mapping[str, AuditRecord]) -> Mapping[str, Any]:
+    """What a recorded tools/call sent: its intent's params, else (an older log) the request record's own."""
+    linked = record.data.get("intents")
+    for intent_id in linked if isinstance(linked, list) else ():
+        intent = intents.get(intent_id) if isinstance(intent_id, str) else None
+        if intent is not None and intent.data.get("method") == "tools/call":
+            params = intent.data.get("params")
+            return params if isinstance(params, Mapping) else {}
+    params = record.data.get("params")
+    return params if isinstance(params, Mapping) else {}
+
+
 def answered(data: Mapping[str, Any]) -> dict[str, Any]:
     """What the caller got, in the form both sides of a comparison share."""
     error = data.get("error")
@@ -72,8 +88,9 @@ class Replayer:
         self._store = store
 
     async def recorded(self, session_id: str) -> list[AuditRecord]:
-        """What a replay reads of a session: how it was opened, and its requests."""
-        wanted = AuditQuery(session_id=session_id, kinds=(records.SESSION_OPEN, records.REQUEST))
+        """What a replay reads of a session: how it was opened, its requests, and what they sent."""
+        kinds = (records.SESSION_OPEN, records.REQUEST, records.REQUEST_INTENT)
+        wanted = AuditQuery(session_id=session_id, kinds=kinds)
         found = await asyncio.to_thread(self._store.query, wanted)
         if not found:
             raise records_missing(session_id)
@@ -95,17 +112,24 @@ class Replayer:
         )
         replay_id = fresh.info.session_id
         try:
+            intents = {r.id: r for r in recorded if r.kind == records.REQUEST_INTENT}
             calls = [r for r in recorded if replayable(r)]
             for index, record in enumerate(calls, 1):
-                yield await self._one(index, record, profile, replay_id, caller, _left(deadline))
+                params = sent_params(record, intents)
+                yield await self._one(index, record, params, profile, replay_id, caller, _left(deadline))
         finally:
             await self._host.close(replay_id, caller=caller)
 
     async def _one(
-        self, index: int, record: AuditRecord, profile: str, replay_id: str, caller: str, timeout: float | None
+        self,
+        index: int,
+        record: AuditRecord,
+        params: Mapping[str, Any],
+        profile: str,
+        replay_id: str,
+        caller: str,
+        timeout: float | None,
     ) -> ReplayVerdict:
-        params = record.data.get("params")
-        params = params if isinstance(params, Mapping) else {}
         tool = str(params.get("name", ""))
         arguments = params.get("arguments")
         arguments = dict(arguments) if isinstance(arguments, Mapping) else {}
@@ -125,7 +149,8 @@ class Replayer:
         except (PermissionDenied, RateLimited) as exc:
             return verdict(records.REFUSED, reason=exc.message)
         except RunnerError as exc:
-            now: dict[str, Any] = {"error": {"status": exc.status.value, "message": exc.message}}
+            # Capped as the recorded message was, so a long message compares equal to itself.
+            now: dict[str, Any] = {"error": {"status": exc.status.value, "message": capped(exc.message)}}
         else:
             audit_id = outcome.audit_id
             now = {"result": as_json(outcome.result)}

@@ -7,12 +7,23 @@ service before what it says is on disk. A response whose record could not be
 written is withheld (``AuditError``). Nothing here reaches a secret: results are
 recorded as sanitized for the caller, and what a caller sent has the session's
 own secrets redacted.
+
+Write-ahead: inside a ``request`` block, ``sending`` makes a ``request.intent``
+record of each message durable before it goes to the server; if it cannot be
+written, the message is not sent. The ``request`` record (the outcome) follows
+and names its intents. So a call that ran is on record even when its outcome
+cannot be written (a crash, a value the log refuses).
+
+What a caller sent is kept capped (``records.capped``): refused requests cost
+a few hundred bytes whatever their size; only the arguments of a tool call that
+is sent are kept whole, in its intent, because replay runs them again.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import contextvars
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -23,10 +34,11 @@ from pydantic import BaseModel
 
 from runner.approvals import Approval
 from runner.audit import records
-from runner.audit.records import AuditEvent, AuditRecord, new_audit_id
+from runner.audit.records import AuditEvent, AuditRecord, canonical_json, capped, capped_fields, new_audit_id
 from runner.audit.store import AuditStore
 from runner.errors import (
     AuditError,
+    InvalidArgument,
     PermissionDenied,
     ProtocolViolation,
     RateLimited,
@@ -65,12 +77,23 @@ def redacted(value: Any, redact: Redact) -> Any:
     return value
 
 
+def kept_input(value: Any, redact: Redact, *, whole: bool = False) -> Any:
+    """What a caller sent, as records keep it: the session's secrets redacted, capped unless kept ``whole``."""
+    try:
+        value = redacted(value, redact)
+    except RecursionError as exc:
+        return {"unrecordable": records.why_unrecordable(exc)}
+    return value if whole else capped(value)
+
+
 def findings_json(findings: tuple[Finding, ...]) -> list[dict[str, Any]]:
     return [asdict(f) for f in findings]
 
 
 def error_json(error: RunnerError, redact: Redact | None = None) -> dict[str, Any]:
-    out: dict[str, Any] = {"status": error.status.value, "message": redact(error.message) if redact else error.message}
+    # Capped: a refusal's message may quote what the caller sent (a 3 MiB profile name, say).
+    message = capped(redact(error.message) if redact else error.message)
+    out: dict[str, Any] = {"status": error.status.value, "message": message}
     if isinstance(error, ServerError):
         out["origin"] = "server"
         out["code"] = error.code
@@ -87,17 +110,25 @@ class RequestEntry:
 
     method: str
     params: Mapping[str, Any]
+    session_id: str = ""
+    caller: str = ""
     id: str = field(default_factory=new_audit_id)
     redact: Redact = _same
     """The session's own secrets out of what the caller sent; set once the session is known."""
     returned: dict[str, Any] = field(default_factory=dict)
     """What the caller gets: ``result`` (JSON as returned), ``findings``, and for tool calls ``approval_id``."""
     outcome: str = "ok"
+    intents: list[str] = field(default_factory=list)
+    """The ``request.intent`` records of what this request sent to the server, in order."""
 
     def result(self, value: Any, findings: tuple[Finding, ...] = ()) -> None:
         self.returned["result"] = as_json(value)
         if findings:
             self.returned["findings"] = findings_json(findings)
+
+
+_serving: contextvars.ContextVar[RequestEntry | None] = contextvars.ContextVar("serving", default=None)
+"""The request the current task serves: what the manager sends on its behalf, however deep, is recorded under it."""
 
 
 class Journal:
@@ -106,9 +137,11 @@ class Journal:
 
     def note(self, kind: str, session_id: str, caller: str, data: Mapping[str, Any]) -> None:
         """Queue a record; if it cannot be written it is logged, and the next durable record fails too."""
-        if self._store is None:
-            return
-        self._store.submit(AuditEvent(kind, session_id, caller, data)).add_done_callback(_log_failure)
+        self._queue(AuditEvent(kind, session_id, caller, data))
+
+    def _queue(self, event: AuditEvent) -> None:
+        if self._store is not None:
+            self._store.submit(event).add_done_callback(_log_failure)
 
     async def record(self, event: AuditEvent) -> None:
         """Write ``event`` and wait until it is durable; AuditError if it cannot be."""
@@ -123,28 +156,73 @@ class Journal:
     async def request(self, session_id: str, caller: str, method: str, params: Mapping[str, Any]
                       ) -> AsyncIterator[RequestEntry]:
         """Records the request and its answer (result or error) once it is known; durable before it leaves."""
-        entry = RequestEntry(method, params)
+        # A session id is caller input too: one the log cannot hold as a column is kept, capped, in the data.
+        column = session_id if isinstance(capped(session_id), str) else ""
+        entry = RequestEntry(method, params, column, caller)
         started = time.monotonic()
+        token = _serving.set(entry)
         try:
             yield entry
+        except AuditError as exc:
+            # The log failed already (an intent, say); its message says what was and was not sent.
+            data = self._request_data(entry, started, "error", session_id, error=error_json(exc, entry.redact))
+            self._queue(AuditEvent(records.REQUEST, column, caller, data, id=entry.id))
+            raise
         except RunnerError as exc:
-            self._classify(session_id, caller, method, exc, entry.redact)
-            data = self._request_data(entry, started, "error", error=error_json(exc, entry.redact))
-            await self._durable(AuditEvent(records.REQUEST, session_id, caller, data, id=entry.id), exc)
+            self._classify(column, caller, method, exc, entry.redact)
+            data = self._request_data(entry, started, "error", session_id, error=error_json(exc, entry.redact))
+            await self._durable(AuditEvent(records.REQUEST, column, caller, data, id=entry.id), exc)
             raise
         except BaseException:
             # Cancelled (the caller left) or a bug: nothing was answered, so nothing waits for the record.
-            self.note(records.REQUEST, session_id, caller, self._request_data(entry, started, "abandoned"))
+            data = self._request_data(entry, started, "abandoned", session_id)
+            self._queue(AuditEvent(records.REQUEST, column, caller, data, id=entry.id))
             raise
-        data = self._request_data(entry, started, entry.outcome)
-        await self._durable(AuditEvent(records.REQUEST, session_id, caller, data, id=entry.id), None)
+        finally:
+            _serving.reset(token)
+        data = self._request_data(entry, started, entry.outcome, session_id)
+        await self._durable(AuditEvent(records.REQUEST, column, caller, data, id=entry.id), None)
 
-    def _request_data(self, entry: RequestEntry, started: float, outcome: str, **extra: Any) -> dict[str, Any]:
+    async def sending(self, method: str, params: Mapping[str, Any]) -> None:
+        """Make the intent to send ``method`` durable before it is sent; raises if it cannot be, so it is not sent.
+
+        InvalidArgument when the log's canonical JSON cannot hold ``params`` (the door should have refused them:
+        this is the second line), AuditError when the record cannot be written. Outside a request (a session
+        starting) nothing is written: the session.open record tells what starting did.
+        """
+        try:
+            canonical_json(params).encode("utf-8")
+        except (ValueError, RecursionError) as exc:
+            why = records.why_unrecordable(exc)
+            raise InvalidArgument(
+                f"the {method} request cannot be recorded in the audit log ({why}), so it was not sent"
+            ) from None
+        entry = _serving.get()
+        if entry is None or self._store is None:
+            return
+        event = AuditEvent(records.REQUEST_INTENT, entry.session_id, entry.caller, {
+            "method": method, "params": _params_kept(method, params, entry.redact, whole=True), "request_id": entry.id,
+        })  # fmt: skip
+        try:
+            await self.record(event)
+        except AuditError as exc:
+            log.error("not sending %s of session %s: %s", method, entry.session_id or "-", exc.message)
+            raise AuditError(
+                f"{exc.message}; {method} was not sent to the server because its record could not be written"
+            ) from exc
+        entry.intents.append(event.id)
+
+    def _request_data(
+        self, entry: RequestEntry, started: float, outcome: str, session_id: str, **extra: Any
+    ) -> dict[str, Any]:
         return {
             "method": entry.method,
-            "params": redacted(dict(entry.params), entry.redact),
+            # Whole arguments live in the intent (replay's input); the outcome keeps caller input capped.
+            "params": _params_kept(entry.method, entry.params, entry.redact, whole=False),
             "outcome": outcome,
             "duration_ms": round((time.monotonic() - started) * 1000, 3),
+            **({"intents": list(entry.intents)} if entry.intents else {}),
+            **({} if entry.session_id == session_id else {"session_id": capped(session_id)}),
             **entry.returned,
             **extra,
         }
@@ -178,10 +256,15 @@ class Journal:
         if isinstance(error, PermissionDenied):
             self.policy("", caller, "open", "deny", error.message, profile=profile)
         elif isinstance(error, ResourceExhausted):
-            self.note(records.THROTTLE, "", caller, {"action": "open", "profile": profile, "error": error_json(error)})
+            self.note(records.THROTTLE, "", caller, {
+                "action": "open", "profile": capped(profile), "error": error_json(error),
+            })  # fmt: skip
 
     def policy(self, session_id: str, caller: str, action: str, verdict: str, rule: str, **detail: Any) -> None:
-        self.note(records.POLICY, session_id, caller, {"action": action, "verdict": verdict, "rule": rule, **detail})
+        """``rule`` (a denial's message may quote the caller) and ``detail`` (tool, profile names) are capped."""
+        self.note(records.POLICY, session_id, caller, {
+            "action": action, "verdict": verdict, "rule": capped(rule), **capped_fields(detail),
+        })  # fmt: skip
 
     def findings(self, session_id: str, caller: str, where: str, found: tuple[Finding, ...]) -> None:
         if found:
@@ -192,11 +275,19 @@ class Journal:
 
     def approval(self, approval: Approval, redact: Redact) -> None:
         self.note(records.APPROVAL, approval.session_id, approval.caller, {
-            "approval_id": approval.approval_id, "state": approval.state.value, "tool": approval.tool,
-            "arguments": redacted(dict(approval.arguments), redact), "rule": approval.rule,
-            "decided_by": approval.decided_by, "reason": approval.reason, "used": approval.used,
+            "approval_id": approval.approval_id, "state": approval.state.value, "tool": capped(approval.tool),
+            "arguments": kept_input(dict(approval.arguments), redact), "rule": approval.rule,
+            "decided_by": approval.decided_by, "reason": capped(approval.reason), "used": approval.used,
             "expires_at": records.iso_time(approval.expires_at),
         })  # fmt: skip
+
+
+def _params_kept(method: str, params: Mapping[str, Any], redact: Redact, *, whole: bool) -> dict[str, Any]:
+    """A request's params as recorded; with ``whole``, a tool call's arguments are kept in full (replay's input)."""
+    return {
+        key: kept_input(value, redact, whole=whole and method == "tools/call" and key == "arguments")
+        for key, value in params.items()
+    }
 
 
 def _log_failure(future: concurrent.futures.Future[AuditRecord]) -> None:

@@ -29,6 +29,7 @@ from pydantic import BaseModel
 
 from runner.approvals import Approval
 from runner.audit import records
+from runner.audit.records import capped
 from runner.channel import AgentChannel
 from runner.config import Limits, Profile, Settings
 from runner.errors import (
@@ -155,9 +156,9 @@ class SessionManager:
                 network = SandboxNetwork(rules=rules, upstream=chosen.network.upstream)
         except RunnerError as exc:
             self._journal.refusal(caller, profile, exc)
-            await self._journal.durable_or_raise(
-                records.SESSION_OPEN, "", caller, {"profile": profile, "outcome": "refused", "error": error_json(exc)}
-            )
+            await self._journal.durable_or_raise(records.SESSION_OPEN, "", caller, {
+                "profile": capped(profile), "outcome": "refused", "error": error_json(exc),
+            })  # fmt: skip
             raise
         sanitizer = Sanitizer(replace(chosen.sanitize, secrets=(*secret_values.values(), *credentials)))
         session = LiveSession(
@@ -562,6 +563,7 @@ class SessionManager:
         session.last_used = time.monotonic()
         cap = session.limits.call_timeout_s
         budget = min(timeout, cap) if timeout is not None else cap
+        await self._journal.sending(method, params)  # write-ahead: not sent unless its intent is on record
         try:
             async with asyncio.timeout(budget):
                 return await session.channel.request(method, params, on_progress=on_progress)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import textwrap
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import asdict, dataclass, field, replace
@@ -157,9 +158,9 @@ class Env:
         return path.read_bytes() + (wal.read_bytes() if wal.exists() else b"")
 
 
-@pytest.fixture
-async def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Env]:
-    monkeypatch.setenv(SECRET_ENV, SECRET)
+@contextlib.asynccontextmanager
+async def audit_env(tmp_path: Path) -> AsyncIterator[Env]:
+    """A manager on RecordingBackend with a real store in ``tmp_path``; tests/unit/test_journal.py uses it too."""
     store = AuditStore(tmp_path / "audit" / "audit.db")
     store.open()
     backend = RecordingBackend()
@@ -170,6 +171,13 @@ async def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[
         yield made
     finally:
         await made.finish()
+
+
+@pytest.fixture
+async def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Env]:
+    monkeypatch.setenv(SECRET_ENV, SECRET)
+    async with audit_env(tmp_path) as made:
+        yield made
 
 
 def only(found: list[AuditRecord]) -> AuditRecord:
@@ -208,9 +216,9 @@ async def test_a_sessions_life_is_recorded_in_order(env: Env) -> None:
     allowed, *mine = env.records(session_id=sid)
     assert [r.kind for r in mine] == [
         records.SESSION_OPEN,
-        records.REQUEST,  # tools/list
-        records.POLICY, records.REQUEST,  # echo
-        records.POLICY, records.REQUEST,  # say
+        records.REQUEST_INTENT, records.REQUEST,  # tools/list
+        records.POLICY, records.REQUEST_INTENT, records.REQUEST,  # echo
+        records.POLICY, records.REQUEST_INTENT, records.REQUEST,  # say
         records.SESSION_CLOSE,
     ]  # fmt: skip
     assert [r.seq for r in mine] == sorted(r.seq for r in mine)
@@ -230,13 +238,18 @@ async def test_a_sessions_life_is_recorded_in_order(env: Env) -> None:
     assert allowed.kind == records.POLICY and allowed.data["action"] == "open"
     assert allowed.data["verdict"] == "allow" and allowed.data["profile"] == "good" and allowed.data["rule"]
 
-    listing = mine[1].data
+    listing = mine[2].data
     assert listing["method"] == "tools/list" and listing["outcome"] == "ok" and listing["params"] == {}
     assert listing["result"] == [dumped(t) for t in listed.value]
+    # Each request names the intent written before it sent anything, and the intent names it back.
+    for intent, request in ((mine[1], mine[2]), (mine[4], mine[5]), (mine[7], mine[8])):
+        assert request.data["intents"] == [intent.id] and intent.data["request_id"] == request.id
+        assert intent.data["method"] == request.data["method"] and intent.data["params"] == request.data["params"]
+        assert intent.session_id == sid and intent.caller == "alice"
 
     for policy, request, outcome, tool, arguments in (
-        (mine[2], mine[3], first, "echo", {"text": "hi"}),
-        (mine[4], mine[5], second, "say", {"text": "there"}),
+        (mine[3], mine[5], first, "echo", {"text": "hi"}),
+        (mine[6], mine[8], second, "say", {"text": "there"}),
     ):
         assert policy.data["action"] == "tools/call" and policy.data["tool"] == tool
         assert policy.data["verdict"] == "allow"
@@ -248,7 +261,7 @@ async def test_a_sessions_life_is_recorded_in_order(env: Env) -> None:
         assert request.data["result"] == dumped(outcome.result)
         assert "error" not in request.data and "findings" not in request.data
     assert first.audit_id != second.audit_id
-    assert mine[3].data["result"]["structuredContent"] == {"text": "hi"}
+    assert mine[5].data["result"]["structuredContent"] == {"text": "hi"}
 
     closing = mine[-1].data
     assert closing["state"] == "closed" and closing["reason"] is None and closing["profile"] == "good"
@@ -405,8 +418,11 @@ async def test_an_approval_is_recorded_from_request_to_claim(env: Env) -> None:
 
     done = only(of_kind(found, records.REQUEST, outcome="ok"))
     assert done.id == ran.audit_id and done.data["approval_id"] == approval_id
-    # The call ran with the approved arguments, and that is what its record says was sent.
+    # The call ran with the approved arguments (the caller sent none), and that is what its records say was sent.
     assert done.data["params"] == {"name": "say", "arguments": {"text": "deploy"}}
+    [sent] = [r for r in of_kind(found, records.REQUEST_INTENT) if r.id in done.data["intents"]]
+    assert sent.data["params"] == {"name": "say", "arguments": {"text": "deploy"}} and sent.seq < done.seq
+    assert calls_seen(env.backend.agents[0]) == [{"text": "deploy"}]
     assert ran.result is not None and done.data["result"] == dumped(ran.result)
     assert trail[0].seq < waiting.seq < trail[1].seq < trail[2].seq < done.seq
 
@@ -561,22 +577,25 @@ async def test_an_out_of_memory_sandbox_leaves_an_exit_record(env: Env) -> None:
 # -- 7. durability ------------------------------------------------------------------------------------------------
 
 
-async def test_an_answer_that_cannot_be_recorded_is_withheld(env: Env) -> None:
+async def test_a_call_whose_intent_cannot_be_recorded_is_not_sent(env: Env) -> None:
     sid = (await env.manager.open("good", caller="alice")).info.session_id
     before = len(env.records())
+    agent = env.backend.agents[0]
+    seen = len(agent.seen)
     env.store.close()  # from here on every write fails
     with pytest.raises(errors.AuditError) as caught:
         await env.manager.call_tool(sid, "say", {"text": "payload-7f3a"}, caller="alice")
     assert caught.value.status is errors.Status.UNAVAILABLE
-    assert "withheld" in caught.value.message and "payload-7f3a" not in caught.value.message
-    # The server did answer; the caller still got nothing.
-    assert calls_seen(env.backend.agents[0]) == [{"text": "payload-7f3a"}]
+    assert "not sent to the server" in caught.value.message and "payload-7f3a" not in caught.value.message
+    # Write-ahead: its intent could not be recorded, so the server never saw the call.
+    assert calls_seen(env.backend.agents[0]) == []
     with pytest.raises(errors.AuditError):
         await env.manager.list_tools(sid, caller="alice")
     # An error answer is withheld the same way.
     with pytest.raises(errors.AuditError):
         await env.manager.call_tool(sid, "sleep", {}, caller="alice")
     assert len(env.records()) == before
+    assert len(agent.seen) == seen  # not even the tools/list went out
 
 
 async def test_a_session_that_cannot_be_recorded_does_not_open(env: Env) -> None:
