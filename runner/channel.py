@@ -36,6 +36,13 @@ _MAX_RECENTLY_CANCELLED = 1024
 _MAX_TEXT = 4096
 #: A ``fatal`` frame's ``reason`` when the agent met a line past the cap (docs/agent-protocol.md).
 TOO_LARGE = "message_too_large"
+#: The sandbox environment variable that hands the agent the host's cap (``runner/agent/frames.py`` reads it).
+MAX_MESSAGE_ENV = "MCP_AGENT_MAX_MESSAGE_BYTES"
+
+
+def agent_env(max_message_bytes: int) -> dict[str, str]:
+    """What the agent must know of the host: the cap, so it stops a server's line there, at once."""
+    return {MAX_MESSAGE_ENV: str(max_message_bytes)}
 
 
 class ByteLink(Protocol):

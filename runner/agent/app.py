@@ -21,8 +21,18 @@ import anyio
 from anyio.abc import Process
 
 from . import _sdk
-from .frames import CancelFrame, FrameWriter, RequestFrame, diag, open_stdin_lines, parse_host_frame
-from .link import ServerLink, describe_exception
+from .frames import (
+    TOO_LARGE,
+    CancelFrame,
+    FrameWriter,
+    RequestFrame,
+    describe_cap,
+    diag,
+    max_message_bytes,
+    open_stdin_lines,
+    parse_host_frame,
+)
+from .link import BoundedProcess, ServerLink, describe_exception
 
 if TYPE_CHECKING:
     from mcp.client.session import ClientSession, IncomingMessage
@@ -82,7 +92,8 @@ class Agent:
         self.command = command
         self.url = url
         self.fast_import = fast_import
-        self.out = FrameWriter()
+        self.max_message = max_message_bytes()
+        self.out = FrameWriter(max_bytes=self.max_message, on_too_large=self._frame_too_large)
         self.exit_code = 0
         self.process: Process | None = None
         self.ready = False
@@ -124,7 +135,8 @@ class Agent:
             return
         _sdk.load(self.fast_import)
         logging.getLogger("mcp.client.stdio").addFilter(_DropParseTracebacks())
-        if not _sdk.adopt_process(self.process):
+        bounded = BoundedProcess(self.process, self.max_message, self._server_line_too_large)
+        if not _sdk.adopt_process(bounded):
             diag("this MCP SDK cannot adopt a process; letting it spawn the server (exit status unknown)")
             self._kill_server()
             self.process = None
@@ -266,17 +278,28 @@ class Agent:
 
     # -- failure --------------------------------------------------------------------------
 
-    def fatal(self, message: str) -> None:
+    def fatal(self, message: str, reason: str | None = None) -> None:
         """Report that the agent cannot go on, stop the server and unwind (exit status 1)."""
         if self._fatal_sent or self.stopping:
             return
         self._fatal_sent = True
         diag(f"fatal: {message}")
-        self.out.send({"type": "fatal", "message": message})
+        self.out.send({"type": "fatal", "message": message, **({"reason": reason} if reason else {})})
         self.out.close()
         self._kill_server()
         if self._scope is not None:
             self._scope.cancel()
+
+    def _server_line_too_large(self) -> None:
+        # At once, with the server killed: waiting for the line's end is what let one line take the agent's
+        # CPU and memory until the caller's deadline.
+        cap = describe_cap(self.max_message)
+        self.fatal(f"MCP server wrote a message larger than the {cap} cap", TOO_LARGE)
+
+    def _frame_too_large(self) -> None:
+        # The server's lines fit, but the frame that carries one (escaped, wrapped) would not fit the host's cap.
+        cap = describe_cap(self.max_message)
+        self.fatal(f"MCP server sent a message larger than the {cap} cap once framed for the host", TOO_LARGE)
 
     def _kill_server(self) -> None:
         if self.process is not None:

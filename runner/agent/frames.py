@@ -19,6 +19,12 @@ import anyio.to_thread
 #: Longest host frame the agent accepts (the host is trusted; this only bounds memory).
 MAX_HOST_LINE = 64 * 1024 * 1024
 
+#: The host's ``max_message_bytes``, handed to the agent in its environment (docs/agent-protocol.md).
+MAX_MESSAGE_ENV = "MCP_AGENT_MAX_MESSAGE_BYTES"
+DEFAULT_MAX_MESSAGE = 4 * 1024 * 1024
+#: A ``fatal`` frame's ``reason`` when a message passed that cap: the host answers RESOURCE_EXHAUSTED.
+TOO_LARGE = "message_too_large"
+
 METHODS = frozenset(
     {"tools/list", "tools/call", "resources/list", "resources/read", "prompts/list", "prompts/get", "ping"}
 )
@@ -31,6 +37,25 @@ def diag(message: str) -> None:
         sys.stderr.flush()
     except (OSError, ValueError):
         pass
+
+
+def max_message_bytes() -> int:
+    """The line cap for the server's output and the agent's own frames: the host's, or the default."""
+    raw = os.environ.get(MAX_MESSAGE_ENV, "")
+    if raw:
+        try:
+            value = int(raw)
+            if value > 0:
+                return value
+        except ValueError:
+            pass
+        diag(f"ignoring invalid {MAX_MESSAGE_ENV}={raw!r}; using {DEFAULT_MAX_MESSAGE} bytes")
+    return DEFAULT_MAX_MESSAGE
+
+
+def describe_cap(max_bytes: int) -> str:
+    """``4 MiB`` for a cap in whole MiB, else ``1000 byte`` (as the host's channel says it)."""
+    return f"{max_bytes // 1024**2} MiB" if max_bytes % 1024**2 == 0 else f"{max_bytes} byte"
 
 
 @dataclass(frozen=True)
@@ -83,11 +108,17 @@ class FrameWriter:
 
     The agent is single-threaded on one event loop, so a synchronous write can
     never interleave with another frame. Once `close()`d (after ``fatal``),
-    every later frame is dropped, so nothing follows the fatal frame.
+    every later frame is dropped, so nothing follows the fatal frame. A frame
+    longer than ``max_bytes`` is not written (the host would refuse it, as a
+    violation): ``on_too_large`` hears of it instead.
     """
 
-    def __init__(self, fd: int = 1) -> None:
+    def __init__(
+        self, fd: int = 1, *, max_bytes: int | None = None, on_too_large: Callable[[], None] | None = None
+    ) -> None:
         self._fd = fd
+        self._max = max_bytes
+        self._on_too_large = on_too_large
         self.closed = False
         self.broken = False
 
@@ -95,6 +126,10 @@ class FrameWriter:
         if self.closed:
             return False
         data = json.dumps(frame, separators=(",", ":"), allow_nan=False).encode("ascii") + b"\n"
+        if self._max is not None and len(data) - 1 > self._max:
+            if self._on_too_large is not None:
+                self._on_too_large()
+            return False
         view = memoryview(data)
         try:
             while view:

@@ -12,10 +12,16 @@ never issued, or a second answer to one, is not: it is a server that broke the
 protocol, and a request it should have answered would otherwise hang. Lines
 that are not JSON-RPC reach the session as ``Exception`` items; they are
 caught here too, and so is the end of the server's stdout.
+
+`BoundedProcess` bounds what the SDK reads: ``stdio_client`` joins a line's
+chunks with ``buffer + chunk`` (quadratic, and unbounded), so a server printing
+a gigabyte without a newline would cost minutes of CPU and the memory of the
+whole line. Its stdout hands the SDK only whole lines, each at most the cap.
 """
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -38,6 +44,99 @@ def _key(request_id: object) -> object:
         except ValueError:
             return request_id
     return request_id
+
+
+class BoundedLines(anyio.abc.ByteReceiveStream):
+    """A server's stdout, handed on in whole lines only; a line past ``max_bytes`` calls ``on_too_large``.
+
+    Each byte is searched for a newline once and the partial line is kept in
+    one growing buffer, so reading is linear in what the server writes. Once
+    the cap is passed the stream ends (and stays ended): the agent reports the
+    cap and kills the server, so nothing after it matters.
+    """
+
+    def __init__(self, inner: anyio.abc.ByteReceiveStream, max_bytes: int, on_too_large: Callable[[], None]) -> None:
+        self._inner = inner
+        self._max = max_bytes
+        self._on_too_large = on_too_large
+        self._partial = bytearray()
+        self._over = False
+
+    async def receive(self, max_bytes: int = 65536) -> bytes:
+        while not self._over:
+            try:
+                chunk = await self._inner.receive(max_bytes)
+            except anyio.EndOfStream:
+                if not self._partial:
+                    raise
+                rest, self._partial = bytes(self._partial), bytearray()
+                return rest  # the server's last words without a newline: the SDK drops them, as it would
+            line_start = -len(self._partial)  # where the current line began, relative to ``chunk``
+            newline = chunk.find(b"\n")
+            while newline >= 0:
+                if newline - line_start > self._max:
+                    break
+                line_start = newline + 1
+                newline = chunk.find(b"\n", line_start)
+            if newline >= 0 or len(chunk) - line_start > self._max:
+                self._over = True
+                self._partial = bytearray()
+                self._on_too_large()
+                break
+            if line_start <= 0:
+                self._partial += chunk
+                continue
+            whole = bytes(self._partial) + chunk[:line_start]
+            self._partial = bytearray(chunk[line_start:])
+            return whole
+        raise anyio.EndOfStream
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+class BoundedProcess(anyio.abc.Process):
+    """``process`` for ``stdio_client``, with its stdout read through `BoundedLines`."""
+
+    def __init__(self, process: anyio.abc.Process, max_bytes: int, on_too_large: Callable[[], None]) -> None:
+        assert process.stdout is not None, "the server is spawned with a stdout pipe"
+        self._process = process
+        self._stdout = BoundedLines(process.stdout, max_bytes, on_too_large)
+
+    async def aclose(self) -> None:
+        await self._process.aclose()
+
+    async def wait(self) -> int:
+        return await self._process.wait()
+
+    def terminate(self) -> None:
+        self._process.terminate()
+
+    def kill(self) -> None:
+        self._process.kill()
+
+    def send_signal(self, sig: signal.Signals) -> None:
+        self._process.send_signal(sig)
+
+    @property
+    def pid(self) -> int:
+        return self._process.pid
+
+    @property
+    def returncode(self) -> int | None:
+        return self._process.returncode
+
+    @property
+    def stdin(self) -> anyio.abc.ByteSendStream | None:
+        return self._process.stdin
+
+    @property
+    def stdout(self) -> anyio.abc.ByteReceiveStream:
+        return self._stdout
+
+    @property
+    def stderr(self) -> anyio.abc.ByteReceiveStream | None:
+        return self._process.stderr
 
 
 def describe_exception(exc: Exception) -> str:

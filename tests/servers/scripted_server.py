@@ -17,6 +17,9 @@ Behaviours (all unnamed aspects behave like ``good``):
   fork_bomb           tools/call forks in a loop for ~10 s, then answers "survived"
   stdout_flood        tools/call writes endless garbage lines to stdout
   oversized           tools/call answers with an 8 MiB text content
+  huge_line           tools/call prints 1 GiB to stdout without a newline
+  huge_answer         tools/call answers with a 64 MiB text content
+  progress_flood      tools/call sends 50 000 progress notifications (each with a 1 KiB message), then answers
   malformed           tools/call answers with a line of invalid JSON
   wrong_id            tools/call answers with id = request id + 1000
   bad_output          add returns structuredContent {"sum": "not a number"}
@@ -54,6 +57,9 @@ BEHAVIOURS = (
     "fork_bomb",
     "stdout_flood",
     "oversized",
+    "huge_line",
+    "huge_answer",
+    "progress_flood",
     "malformed",
     "wrong_id",
     "bad_output",
@@ -292,6 +298,9 @@ class Server:
             "fork_bomb": self.fork_bomb,
             "stdout_flood": self.stdout_flood,
             "oversized": self.oversized,
+            "huge_line": self.huge_line,
+            "huge_answer": self.huge_answer,
+            "progress_flood": self.progress_flood,
             "malformed": self.malformed,
             "wrong_id": self.wrong_id,
             "impersonate_agent": self.impersonate_agent,
@@ -473,6 +482,26 @@ class Server:
 
     def oversized(self, rid: Any, params: dict[str, Any]) -> None:
         text = "x" * (8 * 1024 * 1024)
+        self.result(rid, {"content": [{"type": "text", "text": text}], "isError": False})
+
+    def huge_line(self, rid: Any, params: dict[str, Any]) -> None:
+        piece = b"x" * (1024 * 1024)
+        with self.lock:
+            for _ in range(1024):
+                self.out.write(piece)
+            self.out.flush()
+
+    def huge_answer(self, rid: Any, params: dict[str, Any]) -> None:
+        text = "x" * (64 * 1024 * 1024)
+        self.result(rid, {"content": [{"type": "text", "text": text}], "isError": False})
+
+    def progress_flood(self, rid: Any, params: dict[str, Any]) -> None:
+        token = (params.get("_meta") or {}).get("progressToken", rid)
+        steps, message = 50_000, "p" * 1024
+        for step in range(1, steps + 1):
+            self.send({"jsonrpc": "2.0", "method": "notifications/progress",
+                       "params": {"progressToken": token, "progress": step, "total": steps, "message": message}})
+        text = f"flooded {steps} progress notifications"
         self.result(rid, {"content": [{"type": "text", "text": text}], "isError": False})
 
     def malformed(self, rid: Any, params: dict[str, Any]) -> None:

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
+import anyio
+import anyio.abc
 import pytest
 
-from runner.agent.frames import CancelFrame, RequestFrame, parse_host_frame
+from runner.agent.frames import MAX_MESSAGE_ENV, TOO_LARGE, CancelFrame, FrameWriter, RequestFrame, parse_host_frame
+from runner.agent.link import BoundedLines
 from tests.servers.scripted_server import BEHAVIOURS
 from tests.unit.agent_driver import PYTHON, AgentProcess
 
@@ -196,9 +200,8 @@ async def test_hanging_call_can_be_cancelled_while_pings_work(start: Start) -> N
     assert (await agent.recv_for(3))["result"]["structuredContent"] == {"sum": 2}
 
 
-async def test_oversized_result_is_relayed_whole(start: Start) -> None:
-    # The host enforces the frame cap; the agent just relays.
-    agent = await ready_agent(start, "oversized")
+async def test_result_under_a_raised_cap_is_relayed_whole(start: Start) -> None:
+    agent = await ready_agent(start, "oversized", env={MAX_MESSAGE_ENV: str(16 * 1024 * 1024)})
     await agent.request(1, "tools/call", {"name": "echo", "arguments": {"text": "x"}})
     frame = await agent.recv_for(1, timeout=30)
     assert len(frame["result"]["content"][0]["text"]) == 8 * 1024 * 1024
@@ -233,7 +236,7 @@ async def test_sigterm_shuts_down_cleanly(start: Start) -> None:
 # -- fatal paths ------------------------------------------------------------------------
 
 
-async def expect_fatal(agent: AgentProcess, timeout: float = 20.0) -> str:
+async def expect_fatal_frame(agent: AgentProcess, timeout: float = 20.0) -> dict[str, object]:
     frame = await agent.recv(timeout)
     while frame["type"] != "fatal":
         assert frame["type"] in ("ready", "progress"), frame
@@ -241,9 +244,118 @@ async def expect_fatal(agent: AgentProcess, timeout: float = 20.0) -> str:
     assert await agent.wait() == 1
     assert agent.proc.stdout is not None
     assert await agent.proc.stdout.read() == b"", "nothing may follow the fatal frame"
-    message = frame["message"]
-    assert isinstance(message, str)
-    return message
+    assert isinstance(frame["message"], str)
+    return frame
+
+
+async def expect_fatal(agent: AgentProcess, timeout: float = 20.0) -> str:
+    frame = await expect_fatal_frame(agent, timeout)
+    assert "reason" not in frame, frame
+    return str(frame["message"])
+
+
+# -- line caps: a server's output ends the session at the cap, at once ------------------------
+
+
+@pytest.mark.parametrize(
+    ("behaviour", "env", "cap"),
+    [
+        ("huge_line", {}, "4 MiB"),  # 1 GiB without a newline: it used to take the agent's CPU till the deadline
+        ("huge_answer", {}, "4 MiB"),  # 64 MiB in one answer
+        ("oversized", {MAX_MESSAGE_ENV: "1000000"}, "1000000 byte"),  # the host's cap, handed down in the env
+    ],
+)
+async def test_server_line_past_the_cap_is_fatal_at_once(
+    start: Start, behaviour: str, env: dict[str, str], cap: str
+) -> None:
+    agent = await ready_agent(start, behaviour, env=env)
+    await agent.request(1, "tools/call", {"name": "echo", "arguments": {"text": "x"}})
+    frame = await expect_fatal_frame(agent, timeout=10)
+    assert frame == {
+        "type": "fatal", "message": f"MCP server wrote a message larger than the {cap} cap", "reason": TOO_LARGE
+    }
+
+
+async def test_a_line_within_the_cap_whose_frame_is_not_is_fatal(start: Start) -> None:
+    # The server's line (991 bytes) fits the 1000 byte cap; the result frame carrying it (1015) does not.
+    agent = await ready_agent(start, env={MAX_MESSAGE_ENV: "1000"})
+    await agent.request(1, "tools/call", {"name": "echo", "arguments": {"text": "y" * 10}})
+    assert (await agent.recv_for(1))["result"]["structuredContent"] == {"text": "y" * 10}
+    await agent.request(2, "tools/call", {"name": "echo", "arguments": {"text": "y" * 435}})
+    frame = await expect_fatal_frame(agent, timeout=10)
+    assert frame["reason"] == TOO_LARGE
+    assert "larger than the 1000 byte cap once framed" in str(frame["message"])
+
+
+def test_frame_writer_refuses_a_frame_past_its_cap() -> None:
+    import os
+
+    read_fd, write_fd = os.pipe()
+    heard: list[str] = []
+    writer = FrameWriter(write_fd, max_bytes=40, on_too_large=lambda: heard.append("too large"))
+    try:
+        assert writer.send({"type": "x", "pad": "p" * 10})
+        assert not writer.send({"type": "x", "pad": "p" * 20})
+        assert heard == ["too large"]
+        os.close(write_fd)
+        with os.fdopen(read_fd, "rb") as pipe:
+            assert pipe.read() == b'{"type":"x","pad":"pppppppppp"}\n'
+    finally:
+        with contextlib.suppress(OSError):
+            os.close(write_fd)
+
+
+class Pieces(anyio.abc.ByteReceiveStream):
+    """A byte stream of fixed pieces, counting how many bytes were received."""
+
+    def __init__(self, data: bytes, piece: int) -> None:
+        self._pieces = [data[i : i + piece] for i in range(0, len(data), piece)]
+        self._pieces.reverse()
+
+    async def receive(self, max_bytes: int = 65536) -> bytes:
+        if not self._pieces:
+            raise anyio.EndOfStream
+        return self._pieces.pop()
+
+    async def aclose(self) -> None:
+        pass
+
+
+async def read_all(stream: anyio.abc.ByteReceiveStream) -> list[bytes]:
+    chunks = []
+    with contextlib.suppress(anyio.EndOfStream):
+        while True:
+            chunks.append(await stream.receive())
+    return chunks
+
+
+async def test_bounded_lines_hand_on_whole_lines_only() -> None:
+    over: list[int] = []
+    data = b"a\nbb\n" + b"c" * 50 + b"\nlast"
+    chunks = await read_all(BoundedLines(Pieces(data, 16), 50, lambda: over.append(1)))
+    assert all(chunk.endswith(b"\n") for chunk in chunks[:-1]) and chunks[-1] == b"last"
+    assert b"".join(chunks) == data and over == []
+
+
+@pytest.mark.parametrize("data", [b"ok\n" + b"x" * 51 + b"\nmore\n", b"ok\n" + b"x" * 51, b"x" * 100 + b"\n"])
+async def test_bounded_lines_end_at_the_first_line_past_the_cap(data: bytes) -> None:
+    over: list[int] = []
+    stream = BoundedLines(Pieces(data, 16), 50, lambda: over.append(1))
+    chunks = await read_all(stream)
+    assert b"".join(chunks) == (b"ok\n" if data.startswith(b"ok") else b"")
+    assert over == [1]
+    with pytest.raises(anyio.EndOfStream):
+        await stream.receive()  # and it stays ended
+
+
+async def test_bounded_lines_reads_a_long_line_in_linear_time() -> None:
+    # 4 MiB in 16-byte pieces: each piece is searched once and appended once (the SDK's join was quadratic).
+    size = 4 * 1024 * 1024
+    stream = BoundedLines(Pieces(b"z" * size + b"\n", 16), size, lambda: None)
+    started = time.process_time()
+    [line] = await read_all(stream)
+    assert len(line) == size + 1
+    assert time.process_time() - started < 5  # the quadratic join takes minutes
 
 
 async def test_crash_at_start(start: Start) -> None:

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from runner.channel import TOO_LARGE, AgentChannel, LineFramer
+from runner.channel import TOO_LARGE, AgentChannel, LineFramer, agent_env
 from runner.errors import MessageTooLarge, ProtocolViolation, SandboxCrashed, ServerError, Status
 from runner.sessions.models import ProgressEvent
 
@@ -316,3 +316,10 @@ async def test_request_ids_distinct_and_in_range(link: FakeLink, channel: AgentC
     link.feed(b"".join(line({"type": "result", "id": i, "result": {"n": i}}) for i in ids))
     results = await asyncio.wait_for(asyncio.gather(*tasks), TIMEOUT)
     assert results == [{"n": i} for i in ids]
+
+
+def test_the_agent_reads_the_cap_the_host_hands_it() -> None:
+    from runner.agent import frames
+
+    assert agent_env(5000) == {frames.MAX_MESSAGE_ENV: "5000"}
+    assert frames.TOO_LARGE == TOO_LARGE
