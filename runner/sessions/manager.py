@@ -62,7 +62,7 @@ from runner.guard.validate import (
     parse_call_result,
     parse_result,
 )
-from runner.policy import PolicyStore, ToolDecision
+from runner.policy import Kind, PolicyStore, ToolDecision
 from runner.sandbox.base import SandboxBackend, SandboxHandle, SandboxNetwork, SandboxSpec
 from runner.secret_sources import egress_rules, resolve_secrets
 from runner.sessions.egress_record import EgressRecord, describe_network
@@ -93,6 +93,10 @@ EXIT_WAIT_S = 3.0
 CLOSED_RETENTION_S = 600.0
 # Errors that count towards the anomaly rule: the policy refused, the sanitizer blocked, input or output was invalid.
 _ANOMALIES = (PermissionDenied, SchemaViolation, ResultRejected)
+_ACTIONS: dict[Kind, tuple[str, str]] = {
+    "tools": ("tools/call", "tool"), "resources": ("resources/read", "uri"), "prompts": ("prompts/get", "prompt"),
+}
+"""Policy records: the action decided and the detail that names what it was about."""
 
 
 class SessionManager:
@@ -155,6 +159,7 @@ class SessionManager:
                 rules, credentials = egress_rules(chosen.network)
                 network = SandboxNetwork(rules=rules, upstream=chosen.network.upstream)
         except RunnerError as exc:
+            self._refusing(caller, "open")
             self._journal.refusal(caller, profile, exc)
             await self._journal.durable_or_raise(records.SESSION_OPEN, "", caller, {
                 "profile": capped(profile), "outcome": "refused", "error": error_json(exc),
@@ -295,10 +300,12 @@ class SessionManager:
     async def list_tools(
         self, session_id: str, *, caller: str, timeout: float | None = None
     ) -> Sanitized[list[mcp_types.Tool]]:
+        self._screen(session_id, caller, "tools/list")
         async with self._journal.request(session_id, caller, "tools/list", {}) as entry:
             session = self._live(session_id, caller, entry)
             async with self._guarding(session):
-                await self._refresh_tools(session, timeout=timeout)
+                with self._gate.call_slot(caller, session.id):
+                    await self._refresh_tools(session, timeout=timeout)
             return self._returning(session, entry, Sanitized(list(session.listing.tools), session.listing.findings))
 
     async def call_tool(
@@ -318,6 +325,7 @@ class SessionManager:
         A tool that needs approval returns a PENDING outcome at once, unless ``on_approval`` is given: then
         the pending approval is reported through it and the call waits (within ``timeout``) for the decision.
         """
+        self._screen(session_id, caller, "tools/call")
         async with self._journal.request(session_id, caller, "tools/call", {"name": tool, "arguments": arguments}
                                          ) as entry:
             session = self._live(session_id, caller, entry)
@@ -345,7 +353,7 @@ class SessionManager:
         on_approval: ApprovalCallback | None,
     ) -> ToolCallOutcome:
         async with self._guarding(session):
-            checked = await self._callable_tool(session, tool, timeout)
+            checked = await self._callable_tool(session, caller, tool, timeout)
             approval: Approval | None = None
             # Claiming uses an approval up, so it happens inside the call slot: a call refused by a rate
             # limit leaves its approval for the retry.
@@ -356,7 +364,7 @@ class SessionManager:
                 def claim() -> Approval:
                     return self._gate.claim(caller, session.id, profile, approval_id, tool, arguments)
             else:
-                decision = self._decide_tool(session, caller, tool)
+                decision = self._decide(session, caller, "tools", tool)
                 # Validation is CPU work on untrusted input: off the event loop, so other sessions keep moving.
                 await asyncio.to_thread(check_arguments, checked, arguments)
                 if decision.verdict == "approval":
@@ -397,10 +405,12 @@ class SessionManager:
     async def list_resources(
         self, session_id: str, *, caller: str, timeout: float | None = None
     ) -> Sanitized[list[mcp_types.Resource]]:
+        self._screen(session_id, caller, "resources/list")
         async with self._journal.request(session_id, caller, "resources/list", {}) as entry:
             session = self._offering(session_id, caller, "resources", entry)
             async with self._guarding(session):
-                pages = await self._pages(session, "resources/list", mcp_types.ListResourcesResult, timeout)
+                with self._gate.call_slot(caller, session.id):
+                    pages = await self._pages(session, "resources/list", mcp_types.ListResourcesResult, timeout)
                 listed = [r for page in pages for r in page.resources]
                 clean = await self._sanitize(session, results.sanitize_resources, listed, "the resource list")
             return self._returning(session, entry, clean)
@@ -408,10 +418,13 @@ class SessionManager:
     async def read_resource(
         self, session_id: str, uri: str, *, caller: str, timeout: float | None = None
     ) -> Sanitized[list[mcp_types.TextResourceContents | mcp_types.BlobResourceContents]]:
+        self._screen(session_id, caller, "resources/read")
         async with self._journal.request(session_id, caller, "resources/read", {"uri": uri}) as entry:
             session = self._offering(session_id, caller, "resources", entry)
             async with self._guarding(session):
-                raw = await self._request(session, "resources/read", {"uri": uri}, timeout, None)
+                self._decide(session, caller, "resources", uri)
+                with self._gate.call_slot(caller, session.id):
+                    raw = await self._request(session, "resources/read", {"uri": uri}, timeout, None)
                 what = f"contents of {uri!r}"
                 result = await asyncio.to_thread(parse_result, mcp_types.ReadResourceResult, raw, what)
                 clean = await self._sanitize(session, results.sanitize_resource_contents, list(result.contents), what)
@@ -420,10 +433,12 @@ class SessionManager:
     async def list_prompts(
         self, session_id: str, *, caller: str, timeout: float | None = None
     ) -> Sanitized[list[mcp_types.Prompt]]:
+        self._screen(session_id, caller, "prompts/list")
         async with self._journal.request(session_id, caller, "prompts/list", {}) as entry:
             session = self._offering(session_id, caller, "prompts", entry)
             async with self._guarding(session):
-                pages = await self._pages(session, "prompts/list", mcp_types.ListPromptsResult, timeout)
+                with self._gate.call_slot(caller, session.id):
+                    pages = await self._pages(session, "prompts/list", mcp_types.ListPromptsResult, timeout)
                 listed = [p for page in pages for p in page.prompts]
                 clean = await self._sanitize(session, results.sanitize_prompts, listed, "the prompt list")
             return self._returning(session, entry, clean)
@@ -432,10 +447,13 @@ class SessionManager:
         self, session_id: str, name: str, arguments: dict[str, str], *, caller: str, timeout: float | None = None
     ) -> Sanitized[mcp_types.GetPromptResult]:
         params = {"name": name, "arguments": arguments}
+        self._screen(session_id, caller, "prompts/get")
         async with self._journal.request(session_id, caller, "prompts/get", params) as entry:
             session = self._offering(session_id, caller, "prompts", entry)
             async with self._guarding(session):
-                raw = await self._request(session, "prompts/get", dict(params), timeout, None)
+                self._decide(session, caller, "prompts", name)
+                with self._gate.call_slot(caller, session.id):
+                    raw = await self._request(session, "prompts/get", dict(params), timeout, None)
                 result = await asyncio.to_thread(parse_result, mcp_types.GetPromptResult, raw, f"prompt {name!r}")
                 clean = await self._sanitize(session, results.sanitize_prompt_result, result, f"prompt {name!r}")
             return self._returning(session, entry, clean)
@@ -461,14 +479,36 @@ class SessionManager:
 
     # -- internals -----------------------------------------------------------------------------
 
-    def _decide_tool(self, session: LiveSession, caller: str, tool: str) -> ToolDecision:
+    def _decide(self, session: LiveSession, caller: str, kind: Kind, name: str) -> ToolDecision:
+        """The policy's decision on a tool call, resource read or prompt get, recorded; a denial is raised."""
+        action, detail = _ACTIONS[kind]
         try:
-            decision = self._gate.decide_tool(caller, session.profile.name, tool)
+            decision = self._gate.decide_access(kind, caller, session.profile.name, name)
         except PermissionDenied as exc:
-            self._journal.policy(session.id, caller, "tools/call", "deny", exc.message, tool=tool)
+            self._journal.policy(session.id, caller, action, "deny", exc.message, **{detail: name})
             raise
-        self._journal.policy(session.id, caller, "tools/call", decision.verdict, decision.rule, tool=tool)
+        self._journal.policy(session.id, caller, action, decision.verdict, decision.rule, **{detail: name})
         return decision
+
+    def _screen(self, session_id: str, caller: str, method: str) -> None:
+        """A request its session will refuse (unknown, another caller's, ended) counts against the refusal rate.
+
+        Here, before the request's record is begun: past the rate it is answered RESOURCE_EXHAUSTED with nothing
+        of it recorded; within it, ``_live`` refuses it inside the record as before.
+        """
+        session = self._sessions.get(session_id)
+        if session is None or session.state is not SessionState.READY or not self._gate.may_see(caller, session.caller):
+            self._refusing(caller, method)
+
+    def _refusing(self, caller: str, action: str) -> None:
+        """Past the caller's refusal rate: raise RESOURCE_EXHAUSTED, with one short throttle note per run."""
+        throttled = self._gate.throttle_refusal(caller)
+        if throttled is None:
+            return
+        error, first = throttled
+        if first:
+            self._journal.note(records.THROTTLE, "", caller, {"action": action, "error": error_json(error)})
+        raise error
 
     def _returning(self, session: LiveSession, entry: RequestEntry, answer: Sanitized[V]) -> Sanitized[V]:
         """``answer`` goes to the caller: into the request's record, its findings into records of their own."""
@@ -490,10 +530,11 @@ class SessionManager:
             log.warning("session %s (profile %s): %s", session.id, session.profile.name, violation.message)
         session.listing = await asyncio.to_thread(screen_tools, session.sanitizer, listed, violations)
 
-    async def _callable_tool(self, session: LiveSession, tool: str, timeout: float | None) -> CheckedTool:
+    async def _callable_tool(self, session: LiveSession, caller: str, tool: str, timeout: float | None) -> CheckedTool:
         checked = session.tools.get(tool)
         if checked is None:
-            await self._refresh_tools(session, timeout=timeout)
+            with self._gate.call_slot(caller, session.id):  # a listing the caller's unknown name causes is a call
+                await self._refresh_tools(session, timeout=timeout)
             checked = session.tools.get(tool)
         if checked is None:
             names = ", ".join(sorted(t.name for t in session.listing.tools)) or "none"
