@@ -18,7 +18,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from runner.api import runner_pb2 as pb
+from runner.api._proto.mcp_runner.v1 import runner_pb2 as pb
 from runner.guard.memory import memory_path
 from runner.sessions.gate import RESTARTED
 from tests.integration.conftest import start_service, stop_service
