@@ -30,7 +30,7 @@ from pydantic import BaseModel
 from runner.approvals import Approval
 from runner.audit import records
 from runner.audit.records import capped
-from runner.channel import AgentChannel
+from runner.channel import AgentChannel, agent_env
 from runner.config import Limits, Profile, Settings
 from runner.errors import (
     DeadlineExceeded,
@@ -259,7 +259,7 @@ class SessionManager:
             instance=self._settings.instance,
             image=profile.image,
             command=("--url", profile.remote_url) if profile.remote_url else profile.command,
-            env={**profile.env, **secret_values},
+            env={**profile.env, **secret_values, **agent_env(self._settings.max_message_bytes)},
             mounts=profile.mounts,
             limits=session.limits,
             labels={"mcp-runner.profile": profile.name},
