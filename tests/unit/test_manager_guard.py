@@ -8,19 +8,24 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from pathlib import Path
 from types import MappingProxyType
+from typing import Any
 
 import pytest
 
 from runner import errors
 from runner.approvals import Approval, ApprovalState
+from runner.audit import records
+from runner.audit.records import AuditQuery
+from runner.audit.store import AuditStore
 from runner.config import Limits, Profile, SecretSource, Settings
 from runner.guard.sanitize import SanitizeConfig
 from runner.policy import PolicyStore
 from runner.sandbox.base import SandboxSpec
-from runner.sandbox.fake import FakeBackend, Handler
+from runner.sandbox.fake import FakeBackend, FakeIO, Handler
+from runner.sessions.journal import Journal
 from runner.sessions.manager import SessionManager
 from runner.sessions.models import LimitsRequest, SessionState
-from tests.unit.fake_agent import FakeAgent
+from tests.unit.fake_agent import TOOLS, FakeAgent, frame
 
 LIMITS = Limits(memory_bytes=256 * 1024**2, call_timeout_s=2.0, idle_timeout_s=60, max_lifetime_s=600)
 SECRET = "s3cr3t-Value-9f8e7d"
@@ -50,6 +55,7 @@ PROFILES = {
     ),
 }
 PROFILES["keyed_crash"] = replace(PROFILES["keyed"], name="keyed_crash", command=("crash_on_call",))
+PROFILES["named"] = Profile(name="named", image="fake", command=("named",), limits=LIMITS)
 SETTINGS = Settings(profiles=MappingProxyType(PROFILES), max_sessions=20, reap_interval_s=3600)
 
 POLICY = """
@@ -79,6 +85,56 @@ POLICY = """
 """
 
 
+# Tools a server may name to pass for others: valid names that differ only in case, and invalid ones.
+VALID_NAMES = ["Delete_file", "DELETE_FILE", "Move_File", "ok.name-1_x", "x" * 128]
+INVALID_NAMES = ["d\u0435lete_file", "del\u200bete_file", "move_file\u200b", "x" * 129, "two words", "", "a/b"]
+
+
+class GuardAgent(FakeAgent):
+    """FakeAgent that also serves resource and prompt lists and prompts, and (behaviour 'named') look-alike tools."""
+
+    async def _answer(self, io: FakeIO, msg: dict[str, Any]) -> None:
+        rid, method, params = msg["id"], msg["method"], msg["params"]
+        result: dict[str, Any]
+        if method == "tools/list" and self.behaviour == "named":
+            named = [{"name": n, "inputSchema": {"type": "object"}} for n in VALID_NAMES + INVALID_NAMES]
+            result = {"tools": [*TOOLS, *named]}
+        elif method == "tools/call" and params["name"] in VALID_NAMES + INVALID_NAMES:
+            result = {"content": [{"type": "text", "text": "ran"}]}
+        elif method == "resources/list":
+            result = {"resources": [{"uri": "mem://greeting", "name": "greeting"}]}
+        elif method == "prompts/list":
+            result = {"prompts": [{"name": "hello"}]}
+        elif method == "prompts/get":
+            result = {"messages": [{"role": "user", "content": {"type": "text", "text": "hi"}}]}
+        else:
+            await super()._answer(io, msg)
+            return
+        await io.write(frame(type="result", id=rid, result=result))
+
+
+GUARD_POLICY = """
+    anomaly: {max_events: 50, window_s: 60}
+    callers:
+      dave:
+        profiles: ["*"]
+        tools: {deny: ["*delete*"], approval: ["move_file"]}
+        resources: {deny: ["mem://secret*", "file:///etc/*"]}
+        prompts: {deny: ["leak*"]}
+      frank:
+        profiles: ["*"]
+        rates: {calls_per_s: 1, call_burst: 1}
+      gina:
+        profiles: ["*"]
+        rates: {calls_per_s: 0.001, call_burst: 2}
+        tools: {approval: ["say"]}
+      carol:
+        roles: [approver]
+      mallory:
+        profiles: ["good"]
+"""
+
+
 def write_policy(directory: Path, text: str = POLICY) -> Path:
     path = directory / "policy.yaml"
     path.write_text(textwrap.dedent(text), encoding="utf-8")
@@ -89,14 +145,18 @@ def write_policy(directory: Path, text: str = POLICY) -> Path:
 async def started(tmp_path: Path) -> AsyncIterator[Callable[..., SessionManager]]:
     made: list[SessionManager] = []
     specs: list[SandboxSpec] = []
+    agents: list[FakeAgent] = []
 
     def factory(spec: SandboxSpec) -> Handler:
         specs.append(spec)
-        return FakeAgent(spec.command[0])
+        agents.append(GuardAgent(spec.command[0]))
+        return agents[-1]
 
-    def make(policy_text: str = POLICY) -> SessionManager:
-        manager = SessionManager(FakeBackend(factory), SETTINGS, PolicyStore(write_policy(tmp_path, policy_text)))
+    def make(policy_text: str = POLICY, journal: Journal | None = None) -> SessionManager:
+        policy = PolicyStore(write_policy(tmp_path, policy_text))
+        manager = SessionManager(FakeBackend(factory), SETTINGS, policy, journal)
         manager.specs = specs  # type: ignore[attr-defined]
+        manager.agents = agents  # type: ignore[attr-defined]
         made.append(manager)
         return manager
 
@@ -328,8 +388,136 @@ async def test_a_rate_limited_approved_call_keeps_its_approval(manager: SessionM
     pending = await manager.call_tool(sid, "say", {"text": "x"}, caller="erin")
     assert pending.approval is not None
     manager.decide_approval(pending.approval.approval_id, caller="carol", approve=True, reason="ok")
-    await manager.call_tool(sid, "echo", {"text": "spends the burst"}, caller="erin")
+    # Asking for the approval spent the session's burst of one call, so running the approved call is refused.
     with pytest.raises(errors.RateLimited):
         await manager.call_tool(sid, "say", {}, caller="erin", approval_id=pending.approval.approval_id)
     [kept] = manager.list_approvals(caller="carol", include_decided=True)
     assert kept.state is ApprovalState.APPROVED and not kept.used
+
+
+@pytest.fixture
+async def guarded(started: Callable[..., SessionManager]) -> SessionManager:
+    m = started(GUARD_POLICY)
+    await m.start()
+    return m
+
+
+def methods_seen(manager: SessionManager) -> list[str]:
+    return [msg["method"] for agent in manager.agents for msg in agent.seen if msg.get("type") == "request"]  # type: ignore[attr-defined]
+
+
+async def test_invalid_tool_names_are_held_back(guarded: SessionManager) -> None:
+    opened = await guarded.open("named", caller="frank")
+    shown = {t.name for t in opened.tools}
+    assert set(VALID_NAMES) <= shown and not shown & set(INVALID_NAMES)
+    held = {(f.kind, f.action) for f in opened.findings if f.kind == "invalid_tool_name"}
+    assert held == {("invalid_tool_name", "blocked")}
+    assert sum(f.count for f in opened.findings if f.kind == "invalid_tool_name") == len(INVALID_NAMES)
+    sid = opened.info.session_id
+    with pytest.raises(errors.PermissionDenied, match="not a valid MCP tool name"):
+        await guarded.call_tool(sid, "del\u200bete_file", {}, caller="frank")
+    assert "tools/call" not in methods_seen(guarded)
+
+
+async def test_look_alike_tool_names_hit_the_rules_for_the_name(guarded: SessionManager) -> None:
+    sid = (await guarded.open("named", caller="dave")).info.session_id
+    for name in ("Delete_file", "DELETE_FILE"):
+        with pytest.raises(errors.PermissionDenied) as caught:
+            await guarded.call_tool(sid, name, {}, caller="dave")
+        assert 'callers.dave.tools.deny "*delete*"' in caught.value.message
+    for name in ("d\u0435lete_file", "move_file\u200b"):  # Cyrillic ie, zero-width space: held back first
+        with pytest.raises(errors.PermissionDenied, match="not a valid MCP tool name"):
+            await guarded.call_tool(sid, name, {}, caller="dave")
+    pending = await guarded.call_tool(sid, "Move_File", {}, caller="dave")
+    assert pending.approval is not None and pending.approval.rule.endswith('callers.dave.tools.approval "move_file"')
+    assert "tools/call" not in methods_seen(guarded)
+
+
+async def test_resource_and_prompt_rules_refuse_naming_the_rule(guarded: SessionManager) -> None:
+    sid = (await guarded.open("good", caller="dave")).info.session_id
+    for uri, rule in [
+        ("mem://secret-plans", "mem://secret*"),
+        ("MEM://S\u0435cret", "mem://secret*"),  # upper case, a Cyrillic ie
+        ("mem://%73ecret", "mem://secret*"),
+        ("file:///tmp/../etc/passwd", "file:///etc/*"),
+        ("file:///tmp/%252e%252e/etc/passwd", "file:///etc/*"),
+    ]:
+        with pytest.raises(errors.PermissionDenied) as caught:
+            await guarded.read_resource(sid, uri, caller="dave")
+        assert f'callers.dave.resources.deny "{rule}"' in caught.value.message
+    with pytest.raises(errors.PermissionDenied) as caught:
+        await guarded.get_prompt(sid, "Leak_all", {}, caller="dave")
+    assert 'callers.dave.prompts.deny "leak*"' in caught.value.message
+    assert not {"resources/read", "prompts/get"} & set(methods_seen(guarded))
+    read = await guarded.read_resource(sid, "mem://greeting", caller="dave")
+    assert read.value[0].text == "hello"  # type: ignore[union-attr]
+    assert (await guarded.get_prompt(sid, "hello", {}, caller="dave")).value.messages
+
+
+async def test_every_mcp_operation_counts_against_the_callers_rate(guarded: SessionManager) -> None:
+    sid = (await guarded.open("good", caller="frank")).info.session_id
+    await guarded.read_resource(sid, "mem://greeting", caller="frank")
+    refused = [
+        guarded.read_resource(sid, "mem://greeting", caller="frank"),
+        guarded.get_prompt(sid, "hello", {}, caller="frank"),
+        guarded.list_resources(sid, caller="frank"),
+        guarded.list_prompts(sid, caller="frank"),
+        guarded.list_tools(sid, caller="frank"),
+        guarded.call_tool(sid, "echo", {"text": "x"}, caller="frank"),
+    ]
+    for operation in refused:
+        with pytest.raises(errors.RateLimited) as caught:
+            await operation
+        assert 0 < caught.value.retry_after_s <= 1.0 and "callers.frank.rates" in caught.value.message
+    await asyncio.sleep(1.0)
+    await guarded.get_prompt(sid, "hello", {}, caller="frank")
+    with pytest.raises(errors.RateLimited):
+        await guarded.get_prompt(sid, "hello", {}, caller="frank")
+    assert methods_seen(guarded).count("resources/read") == 1 and methods_seen(guarded).count("prompts/get") == 1
+
+
+async def test_approval_requests_count_against_the_callers_rate(guarded: SessionManager) -> None:
+    sid = (await guarded.open("good", caller="gina")).info.session_id
+    for _ in range(2):
+        assert (await guarded.call_tool(sid, "say", {"text": "x"}, caller="gina")).approval is not None
+    with pytest.raises(errors.RateLimited, match=r"callers\.gina\.rates"):
+        await guarded.call_tool(sid, "say", {"text": "x"}, caller="gina")
+    assert len(guarded.list_approvals(caller="carol")) == 2
+
+
+async def test_a_burst_of_refusals_is_throttled_before_anything_is_recorded(
+    started: Callable[..., SessionManager], tmp_path: Path
+) -> None:
+    store = AuditStore(tmp_path / "audit.db")
+    store.open()
+    try:
+        manager = started(GUARD_POLICY, Journal(store))
+        await manager.start()
+        theirs = (await manager.open("good", caller="dave")).info.session_id
+        big = "x" * 65536
+        outcomes: list[type[errors.RunnerError]] = []
+        for attempt in range(100):
+            try:
+                match attempt % 4:
+                    case 0:
+                        await manager.call_tool(f"made-up-{attempt}", "echo", {"text": big}, caller="mallory")
+                    case 1:
+                        await manager.read_resource(theirs, big, caller="mallory")
+                    case 2:
+                        await manager.open(big, caller="mallory")
+                    case _:
+                        await manager.open("strict", caller="mallory")  # a denied open
+            except errors.RunnerError as exc:
+                outcomes.append(type(exc))
+        assert outcomes[:20] == [errors.SessionNotFound, errors.PermissionDenied, errors.ProfileNotFound,
+                                 errors.PermissionDenied] * 5
+        assert outcomes.count(errors.RateLimited) >= 75
+        with pytest.raises(errors.SessionNotFound):  # another caller's refusals are counted apart
+            await manager.call_tool("made-up", "echo", {}, caller="frank")
+        await manager.shutdown()
+        mine = store.query(AuditQuery(caller="mallory"))
+        throttled = [r for r in mine if r.kind == records.THROTTLE]
+        assert len(throttled) == 1 and "refused requests/min" in str(throttled[0].data)
+        assert len([r for r in mine if r.kind in (records.REQUEST, records.SESSION_OPEN)]) <= 25
+    finally:
+        store.close()
