@@ -73,6 +73,7 @@ from runner.sessions.models import (
     LimitsRequest,
     OpenedSession,
     ProgressCallback,
+    ProgressEvent,
     Sanitized,
     ServerInfo,
     SessionInfo,
@@ -93,6 +94,9 @@ EXIT_WAIT_S = 3.0
 CLOSED_RETENTION_S = 600.0
 # Errors that count towards the anomaly rule: the policy refused, the sanitizer blocked, input or output was invalid.
 _ANOMALIES = (PermissionDenied, SchemaViolation, ResultRejected)
+MAX_ERROR_MESSAGE = 8192
+"""Characters of an error message kept: it is sanitized on the event loop, so it must stay cheap."""
+_BLOCKED_SHOWN = 5
 _ACTIONS: dict[Kind, tuple[str, str]] = {
     "tools": ("tools/call", "tool"), "resources": ("resources/read", "uri"), "prompts": ("prompts/get", "prompt"),
 }
@@ -269,14 +273,16 @@ class SessionManager:
         session.handle = await self._backend.start(spec, session.egress.record)
         session.channel = AgentChannel(session.handle, max_message_bytes=self._settings.max_message_bytes)
         session.channel.start()
-        init = check_initialize(await session.channel.ready())
-        instructions = await self._sanitize(session, results.sanitize_instructions, init.instructions, "instructions")
-        session.instructions_findings = instructions.findings
+        raw_init = check_initialize(await session.channel.ready())
+        # All of it reaches the caller and the audit log: name, version and instructions are the server's words.
+        clean = await self._sanitize(session, results.sanitize_initialize, raw_init, "the server's initialize result")
+        init = clean.value
+        session.instructions_findings = clean.findings
         session.server = ServerInfo(
             name=init.server_info.name,
             version=init.server_info.version,
             protocol_version=init.protocol_version,
-            instructions=instructions.value,
+            instructions=init.instructions,
         )
         session.capabilities = init.capabilities
         if init.capabilities.tools is not None:
@@ -395,12 +401,14 @@ class SessionManager:
                     if on_approval is not None:
                         await on_approval(approval)
                 session.calls += 1
+                progress = FindingLog()
                 raw = await self._request(
-                    session, "tools/call", {"name": tool, "arguments": arguments}, timeout, on_progress
+                    session, "tools/call", {"name": tool, "arguments": arguments}, timeout,
+                    self._sanitizing_progress(session, on_progress, progress),
                 )
             result = await asyncio.to_thread(parse_call_result, checked, raw)
             clean = await self._sanitize(session, results.sanitize_call_result, result, f"the result of tool {tool!r}")
-        return ToolCallOutcome(result=clean.value, findings=clean.findings, approval=approval)
+        return ToolCallOutcome(result=clean.value, findings=progress.findings() + clean.findings, approval=approval)
 
     async def list_resources(
         self, session_id: str, *, caller: str, timeout: float | None = None
@@ -552,11 +560,32 @@ class SessionManager:
         cleaned = await asyncio.to_thread(clean, session.sanitizer, value, found)
         findings = found.findings()
         if found.blocked:
-            blocked = ", ".join(f"{f.kind} in {f.where}" for f in findings if f.action == BLOCKED)
+            places = [f"{f.kind} in {f.where}" for f in findings if f.action == BLOCKED]
+            more = f" and {len(places) - _BLOCKED_SHOWN} more" if len(places) > _BLOCKED_SHOWN else ""
             raise ResultBlocked(
-                f"{what} was blocked by profile {session.profile.name!r}'s sanitizer policy: {blocked}"
+                f"{what} was blocked by profile {session.profile.name!r}'s sanitizer policy: "
+                f"{', '.join(places[:_BLOCKED_SHOWN])}{more}"
             )
         return Sanitized(cleaned, findings)
+
+    def _sanitizing_progress(
+        self, session: LiveSession, on_progress: ProgressCallback | None, found: FindingLog
+    ) -> ProgressCallback | None:
+        """``on_progress`` fed sanitized messages (off the loop); what they held goes to ``found``, the call's
+        findings. A message whose injection the profile blocks is not passed on: the progress numbers are."""
+        if on_progress is None:
+            return None
+        forward = on_progress
+
+        async def sanitized(event: ProgressEvent) -> None:
+            if event.message:
+                own = FindingLog()
+                message = await asyncio.to_thread(results.sanitize_progress, session.sanitizer, event.message, own)
+                found.extend(own.findings())
+                event = replace(event, message=None if own.blocked else message)
+            await forward(event)
+
+        return sanitized
 
     @contextlib.asynccontextmanager
     async def _guarding(self, session: LiveSession) -> AsyncIterator[None]:
@@ -746,5 +775,12 @@ class SessionManager:
 
 
 def _sanitize_message(session: LiveSession, error: RunnerError) -> None:
-    """An error's message through the session's sanitizer: it may quote the server's words or the caller's."""
-    error.message = session.sanitizer.text(error.message, "error message", FindingLog())
+    """An error's message through the session's sanitizer: it may quote the server's words or the caller's.
+
+    On the event loop, so capped first (cut at a space, so no half of a secret is left behind the cut).
+    """
+    message = error.message
+    if len(message) > MAX_ERROR_MESSAGE:
+        head = message[:MAX_ERROR_MESSAGE]
+        message = head[: max(head.rfind(" "), 0)] + " … (cut)"
+    error.message = session.sanitizer.text(message, "error message", FindingLog())
