@@ -23,6 +23,7 @@ import grpc
 import pytest
 
 from runner.audit import records
+from runner.client import Progress
 from tests.integration.conftest import Service, start_service, stop_service
 
 pytestmark = pytest.mark.integration
@@ -95,8 +96,65 @@ def test_sigkill_under_load_loses_no_answered_call(images: dict[str, str], tmp_p
         assert verdict.intact, verdict.problem
         assert verdict.checked >= len(answered)
         assert set(answered) <= request_ids(restarted)
+        # Each answered call's outcome names the intent written before it was sent.
+        with restarted.client() as client:
+            intents = {r.id for r in client.query_audit(kinds=[records.REQUEST_INTENT])}
+            outcomes = [json.loads(r.data_json) for r in client.query_audit(kinds=[records.REQUEST])]
+        assert all(set(o["intents"]) <= intents for o in outcomes if o["outcome"] == "ok")
         offline = offline_cli("audit", "verify", "--db", str(restarted.audit_db))
         assert offline.returncode == 0 and "intact" in offline.stdout, offline.stdout + offline.stderr
+    finally:
+        stop_service(restarted)
+
+
+def test_sigkill_mid_call_leaves_the_intent_of_every_call_the_server_received(
+    images: dict[str, str], tmp_path: Path
+) -> None:
+    """Calls the server is working on (it reported progress) when the service dies are on record: write-ahead."""
+    instance = f"it-audit-intent-{secrets.token_hex(3)}"
+    service = start_service(tmp_path, instance)
+    markers = [f"call-{i}-{secrets.token_hex(4)}" for i in range(4)]
+    received: set[str] = set()
+    lock = threading.Lock()
+    try:
+        with service.client() as client:
+            sessions = [client.open_session("scripted").session_id for _ in range(2)]
+
+        def slow(session_id: str, marker: str) -> None:
+            arguments = {"steps": 30, "delay_ms": 1000, "marker": marker}
+            with service.client() as own:
+                try:
+                    for item in own.call_tool_stream(session_id, "slow", arguments, timeout=120):
+                        if isinstance(item, Progress):
+                            with lock:
+                                received.add(marker)  # the server has the call: it is reporting progress
+                except grpc.RpcError:
+                    return
+
+        workers = [
+            threading.Thread(target=slow, args=(sessions[i % 2], marker), daemon=True)
+            for i, marker in enumerate(markers)
+        ]
+        for worker in workers:
+            worker.start()
+        _wait_for(lambda: received == set(markers), seconds=60)
+        service.process.send_signal(signal.SIGKILL)
+        service.process.wait(10)
+        for worker in workers:
+            worker.join(30)
+    finally:
+        stop_service(service)
+    restarted = start_service(tmp_path, instance)
+    try:
+        with restarted.client() as client:
+            intents = [json.loads(r.data_json) for r in client.query_audit(kinds=[records.REQUEST_INTENT])]
+            outcomes = [json.loads(r.data_json) for r in client.query_audit(kinds=[records.REQUEST])]
+            verdict = client.verify_audit()
+        assert verdict.intact, verdict.problem
+        sent = [i["params"]["arguments"].get("marker") for i in intents if i["method"] == "tools/call"]
+        assert sorted(sent) == sorted(markers)
+        # None of them was answered, so no outcome was written; without the intent they would leave no trace.
+        assert not [o for o in outcomes if o["method"] == "tools/call"]
     finally:
         stop_service(restarted)
 
