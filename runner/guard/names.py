@@ -32,9 +32,8 @@ _LOWER = str.maketrans(
 _INVISIBLE_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Mn", "Me"})
 _FILLERS = frozenset("\u115f\u1160\u3164\uffa0\u2800")
 """Letters and symbols drawn as nothing: Hangul fillers, the blank braille pattern."""
-_URI = re.compile(r"((?:[A-Za-z][A-Za-z0-9+.\-]*:)?(?://[^/?#]*)?)([^?#]*)(.*)", re.DOTALL)
-"""Scheme and authority, path, then query and fragment (RFC 3986 appendix B, simplified)."""
-_DOT_SEGMENT = re.compile(r"(?:^|/)\.\.?(?:/|$)")
+_URI = re.compile(r"((?:[A-Za-z][A-Za-z0-9+.\-]*:)?)([^?#]*)(.*)", re.DOTALL)
+"""Scheme; authority and path; query and fragment (after RFC 3986, appendix B)."""
 _LIMIT = 4096
 """Longer text is cut before normalizing: no rule is that long, and the work stays bounded per request."""
 
@@ -59,11 +58,13 @@ def normalize(text: str) -> str:
 
 def resource_key(uri: str) -> str:
     """A resource URI (or a resource rule's pattern) as resource rules compare it: percent-escapes decoded,
-    ``.`` and ``..`` path segments resolved, then ``normalize``d.
+    the part after the scheme resolved as a path (``.``, ``..``, repeated slashes), then ``normalize``d.
 
     A server decodes and resolves URIs its own way, so ``file:///public/%2e%2e/etc/passwd`` must neither pass
     an allow rule for ``file:///public/*`` nor slip by a deny rule for ``file:///etc/*``. Decoding repeats
-    until nothing changes (a few rounds at most), so a double-encoded ``%252e`` is seen through too.
+    until nothing changes (a few rounds at most), so a double-encoded ``%252e`` is seen through too. The
+    authority is resolved with the path, so ``mem://public/../private`` is not taken for a URI on host
+    ``public``: a server that reads everything after ``mem://`` as a path would go to ``private``.
     """
     text = uri[:_LIMIT]
     for _ in range(4):
@@ -71,10 +72,8 @@ def resource_key(uri: str) -> str:
         if decoded == text:
             break
         text = decoded
-    prefix, path, rest = _URI.match(text).groups()  # type: ignore[union-attr]  # every string matches
-    if _DOT_SEGMENT.search(path):
+    scheme, path, rest = _URI.match(text).groups()  # type: ignore[union-attr]  # every string matches
+    if path:
         resolved = posixpath.normpath(path)
-        if resolved.startswith("//"):  # normpath keeps a leading "//" (POSIX gives it a meaning); URIs do not
-            resolved = "/" + resolved.lstrip("/")
-        path = resolved + "/" if path.endswith("/") and resolved != "/" else resolved
-    return normalize(prefix + path + rest)
+        path = resolved + "/" if path.endswith("/") and not resolved.endswith("/") else resolved
+    return normalize(scheme + path + rest)
