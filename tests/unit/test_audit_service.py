@@ -381,3 +381,25 @@ async def test_replay_of_a_session_that_never_opened_is_a_failed_precondition(en
     with pytest.raises(errors.FailedPrecondition, match="never opened"):
         await collect(env.audit.replay(failed.session_id, caller="alice", timeout=30))
     assert len(env.specs) == 1  # no replay sandbox
+
+
+async def test_replay_runs_each_call_once_with_the_arguments_its_intent_recorded(env: Env) -> None:
+    m = env.manager
+    sid = (await m.open("good", caller="alice")).info.session_id
+    long_text = "long " * 2000  # over the cap: the outcome record keeps a digest, the intent the whole text
+    first = await m.call_tool(sid, "say", {"text": long_text}, caller="alice")
+    with pytest.raises(errors.ToolNotFound):
+        await m.call_tool(sid, "nope", {}, caller="alice")  # sent a tools/list, never a call
+    second = await m.call_tool(sid, "say", {"text": "short"}, caller="alice")
+    await m.close(sid, caller="alice")
+    # A call the server got but whose outcome was never written (the service died): nothing to compare it with.
+    lost = {"method": "tools/call", "params": {"name": "say", "arguments": {"text": "lost"}}, "request_id": "aud_0"}
+    await env.store.append(records.AuditEvent(records.REQUEST_INTENT, sid, "alice", lost))
+
+    verdicts = await collect(env.audit.replay(sid, caller="alice", timeout=30))
+    assert [(v.tool, v.verdict, v.original_audit_id) for v in verdicts] == [
+        ("say", records.SAME, first.audit_id), ("say", records.SAME, second.audit_id),
+    ]  # fmt: skip
+    replayed = env.records(session_id=verdicts[0].replay_session_id, kinds=(records.REQUEST_INTENT,))
+    sent = [r.data["params"]["arguments"] for r in replayed if r.data["method"] == "tools/call"]
+    assert sent == [{"text": long_text}, {"text": "short"}]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from collections.abc import AsyncIterator
 from concurrent.futures import Future
@@ -83,6 +84,17 @@ async def test_a_call_that_ran_is_on_record_even_when_its_outcome_cannot_be_writ
     intent = only(of_kind(env.records(session_id=sid), records.REQUEST_INTENT))
     assert intent.data["params"] == {"name": "say", "arguments": {"text": "payload-7f3a"}}
     assert env.records(kinds=(records.REQUEST,)) == []
+
+
+async def test_a_call_its_caller_abandoned_is_on_record_under_the_id_its_intent_names(env: Env) -> None:
+    sid = (await env.manager.open("good", caller="root")).info.session_id
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(env.manager.call_tool(sid, "sleep", {"seconds": 30}, caller="root"), 0.3)
+    await env.finish()
+    found = env.records(session_id=sid)
+    intent = only(of_kind(found, records.REQUEST_INTENT, method="tools/call"))
+    outcome = only(of_kind(found, records.REQUEST, outcome="abandoned"))
+    assert outcome.id == intent.data["request_id"] and outcome.data["intents"] == [intent.id]
 
 
 @pytest.mark.parametrize(
