@@ -4,21 +4,31 @@ from __future__ import annotations
 
 import sqlite3
 import stat
+import textwrap
 from collections.abc import Iterator
 from pathlib import Path
+from types import MappingProxyType
 
 import mcp_types
 import pytest
 
 from runner.approvals import Approval, ApprovalBook, ApprovalState
-from runner.config import Settings
+from runner.audit import records
+from runner.audit.records import AuditQuery
+from runner.audit.store import AuditStore
+from runner.config import Limits, Profile, Settings
 from runner.errors import RateLimited, Unavailable
 from runner.guard import memory as memory_module
 from runner.guard.memory import GuardMemory, memory_path
 from runner.guard.pinning import PinBook, PinViolation, tool_fingerprint
 from runner.policy import PolicyStore, Rates
+from runner.sandbox.base import SandboxSpec
+from runner.sandbox.fake import FakeBackend, Handler
 from runner.sessions.gate import RESTARTED, Gate
+from runner.sessions.journal import Journal
+from runner.sessions.manager import SessionManager
 from runner.throttle import Throttle
+from tests.unit.fake_agent import FakeAgent
 
 WALL = 1_700_000_000.0
 
@@ -240,3 +250,58 @@ def test_a_newer_schema_is_refused(path: Path) -> None:
         other.execute("UPDATE meta SET value = '99' WHERE key = 'schema'")
     with pytest.raises(Unavailable, match="has schema '99'"):
         opened(path)
+
+
+def _manager(tmp: Path, behaviour: str, memory: GuardMemory, journal: Journal | None = None) -> SessionManager:
+    """A manager whose ``rug`` profile runs the fake agent with ``behaviour``; bob's ``say`` needs approval."""
+    policy = tmp / "policy.yaml"
+    policy.write_text(textwrap.dedent("""
+        callers:
+          bob: {profiles: [rug], tools: {approval: [say]}}
+          carol: {roles: [approver]}
+    """), encoding="utf-8")
+
+    def factory(spec: SandboxSpec) -> Handler:
+        return FakeAgent(spec.command[0])
+
+    limits = Limits(call_timeout_s=2.0)
+    profiles = {"rug": Profile(name="rug", image="fake", command=(behaviour,), limits=limits)}
+    settings = Settings(profiles=MappingProxyType(profiles), reap_interval_s=3600)
+    return SessionManager(FakeBackend(factory), settings, PolicyStore(policy), journal, memory)
+
+
+async def test_a_restarted_manager_holds_back_the_changed_tool_and_audits_the_expired_approval(
+    tmp_path: Path, path: Path
+) -> None:
+    memory = opened(path)
+    before = _manager(tmp_path, "good", memory)
+    await before.start()
+    sid = (await before.open("rug", caller="bob")).info.session_id
+    pending = await before.call_tool(sid, "say", {"text": "deploy"}, caller="bob")
+    assert pending.approval is not None
+    killed = path.with_name("at-the-kill.sqlite3")  # the file as a SIGKILL leaves it, before any clean shutdown
+    with sqlite3.connect(path) as source, sqlite3.connect(killed) as copy:
+        source.backup(copy)
+    await before.shutdown()
+    memory.close()
+
+    store = AuditStore(tmp_path / "audit.db")
+    store.open()
+    memory = opened(killed)
+    # The server changed echo's description while the service was down: the fake agent's poisoned listing.
+    after = _manager(tmp_path, "poisoned", memory, Journal(store))
+    try:
+        await after.start()
+        expired = after.list_approvals(caller="carol", include_decided=True)
+        assert [(a.approval_id, a.state, a.reason) for a in expired] == [
+            (pending.approval.approval_id, ApprovalState.EXPIRED, RESTARTED)
+        ]
+        fresh = await after.open("rug", caller="bob")
+        assert "echo" not in [t.name for t in fresh.tools]
+        assert ("tool_changed", "blocked", "tools[echo]") in {(f.kind, f.action, f.where) for f in fresh.findings}
+        await after.shutdown()
+        audited = [r.data for r in store.query(AuditQuery(caller="bob")) if r.kind == records.APPROVAL]
+        assert any(d["state"] == "expired" and d["reason"] == RESTARTED for d in audited)
+    finally:
+        memory.close()
+        store.close()
