@@ -45,6 +45,7 @@ _INVISIBLE_SET = frozenset(
 _SELECTORS = re.compile("[\ufe00-\ufe0f\U000e0100-\U000e01ef]+")
 _KEYCAP_BASES = frozenset("0123456789#*")
 _KEYCAP = "\u20e3"
+_INFORMATION_SOURCE = "\u2139"  # a letter-like emoji (ℹ️) that NFKC folds to "i"
 # ZWNJ/ZWJ are needed between non-ASCII characters (emoji sequences, Persian, Indic scripts); anywhere else,
 # or in runs, they only hide things (``ig<ZWJ>nore``).
 _JOINERS = re.compile("[\u200c\u200d](?:[\u200c\u200d]+|(?<![^\x00-\x7f][\u200c\u200d])|(?![^\x00-\x7f]))")
@@ -169,15 +170,19 @@ def _strip_tags(text: str, where: str, log: FindingLog, injection_action: str) -
 def _takes_selector(text: str, start: int, end: int) -> bool:
     """Whether the one variation selector at ``text[start:end]`` can mean something where it stands.
 
-    It can after a keycap base followed by the keycap mark (``1<VS16><U+20E3>``) and after anything that is not
-    ASCII-like (emoji and other symbols, CJK ideographs, scripts with standardized variants). After an ASCII
-    character, or one that NFKC folds to ASCII (fullwidth, mathematical letters), it can only split a word.
+    It can after a keycap base followed by the keycap mark (``1<VS16><U+20E3>``), after a symbol (emoji, ™, ©)
+    and after anything else that is not ASCII-like (CJK ideographs, scripts with standardized variants). After an
+    ASCII character, or a letter NFKC folds to ASCII (fullwidth, mathematical letters), it can only split a word.
     """
     if start == 0:
         return False
     before = text[start - 1]
     if before in _KEYCAP_BASES:
         return text.startswith(_KEYCAP, end)
+    if before.isascii():
+        return False
+    if unicodedata.category(before)[0] == "S" or before == _INFORMATION_SOURCE:
+        return True
     return not unicodedata.normalize("NFKC", before).isascii()
 
 

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
-from runner.guard.findings import BLOCKED, FLAGGED, REDACTED, STRIPPED, Finding, FindingLog
+from runner.guard.findings import BLOCKED, FLAGGED, MAX_PLACES, REDACTED, STRIPPED, Finding, FindingLog
 from runner.guard.sanitize import (
     DEFAULT_REDACTIONS,
     DETECTORS,
@@ -140,6 +140,45 @@ def test_secrets_split_by_invisible_characters_are_still_redacted() -> None:
     out, findings = run(Sanitizer(SanitizeConfig()), "card 4111\u200b 1111 1111 1111 and AKIA\u2060IOSFODNN7EXAMPLE")
     assert out == "card [REDACTED:card] and [REDACTED:aws_access_key]"
     assert {"invisible_chars", "card", "aws_access_key"} == kinds_of(findings)
+
+
+def test_secrets_split_by_invisible_characters_are_redacted_with_sanitizing_off() -> None:
+    sanitizer = Sanitizer(SanitizeConfig(enabled=False, secrets=("hunter2-but-longer",)))
+    out, findings = run(sanitizer, "pw=hun\u200bter2-but\ufe0f-lon\u2060ger; plain \x1b[1mtext")
+    assert out == "pw=[REDACTED:secret]; plain text"  # stripped first, then looked for
+    assert {"secret", "invisible_chars"} <= kinds_of(findings)
+    untouched = "nothing \u200b to redact \x1b[1m"
+    assert run(sanitizer, untouched) == (untouched, ())  # off means off, unless a secret hides in it
+
+
+def test_compatibility_forms_are_detected_on_a_folded_copy_and_redacted_as_written() -> None:
+    # The ligature folds to two characters, so positions after it shift in the copy: the redaction must not.
+    text = "\ufb01le \uff4a\uff41\uff4e\uff45@example.com, \u2460 card \uff14111 1111 1111 1111 end"
+    out, findings = run(Sanitizer(SanitizeConfig()), text)
+    assert out == "\ufb01le [REDACTED:email], \u2460 card [REDACTED:card] end"
+    assert kinds_of(findings) == {"email", "card"}
+
+
+def test_locators_are_stripped_and_redacted_but_not_searched_for_injection() -> None:
+    blocking = Sanitizer(SanitizeConfig(injection_action="block"))
+    log = FindingLog()
+    url = "https://evil.example/p.png?q={conversation}&to=jane.doe@example.com\u200b"
+    assert blocking.locator(url, "uri", log) == "https://evil.example/p.png?q={conversation}&to=[REDACTED:email]"
+    assert kinds_of(log.findings()) == {"invisible_chars", "email"}
+    assert not log.blocked
+
+
+def test_finding_log_is_bounded_and_keeps_true_totals() -> None:
+    log = FindingLog()
+    for i in range(MAX_PLACES + 5000):
+        log.add("email", REDACTED, f"rows[{i}]")
+    log.add("injection_instruction", BLOCKED, "rows[999999]")
+    findings = log.findings()
+    assert len(findings) == MAX_PLACES + 2
+    assert sum(f.count for f in findings if f.kind == "email") == MAX_PLACES + 5000
+    elsewhere = [f for f in findings if f.where.startswith("elsewhere")]
+    assert {(f.kind, f.count) for f in elsewhere} == {("email", 5000), ("injection_instruction", 1)}
+    assert log.blocked  # a blocked finding past the bound still blocks
 
 
 def test_offsets_survive_non_ascii_text() -> None:
