@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -34,6 +35,9 @@ PROXY_PIDS = 64
 PROXY_NANO_CPUS = 500_000_000
 READY_TIMEOUT_S = 10.0
 MAX_LINE_BYTES = 16 * 1024
+DECISIONS_PER_S = 200.0
+"""A session's sustained egress decisions a second (one per request the sandbox makes through its proxy)."""
+DECISION_BURST = 1000
 DRAIN_TIMEOUT_S = 2.0
 _TEXT_CAP = 255
 
@@ -145,27 +149,56 @@ def parse_decision(obj: object) -> EgressDecision | None:
 
 @dataclass
 class _Lines:
-    """Splits a byte stream into bounded lines; an over-long line is dropped, never buffered whole."""
+    """Splits a byte stream into bounded lines; an over-long line is dropped, never buffered whole.
+
+    Linear in the bytes fed: each byte is searched for a newline once (``scanned``), however small the
+    pieces a line arrives in.
+    """
 
     buffer: bytearray
     skipping: bool = False
+    scanned: int = 0
 
     def feed(self, chunk: bytes) -> list[bytes]:
         out: list[bytes] = []
-        self.buffer += chunk
-        while True:
-            end = self.buffer.find(b"\n")
-            if end < 0:
-                if len(self.buffer) > MAX_LINE_BYTES:
-                    self.buffer.clear()
-                    self.skipping = True
-                return out
-            line = bytes(self.buffer[:end])
-            del self.buffer[: end + 1]
-            if self.skipping or len(line) > MAX_LINE_BYTES:
-                self.skipping = False
-                continue
-            out.append(line)
+        buffer = self.buffer
+        buffer += chunk
+        start = 0
+        while (end := buffer.find(b"\n", self.scanned)) >= 0:
+            if not self.skipping and end - start <= MAX_LINE_BYTES:
+                out.append(bytes(buffer[start:end]))
+            self.skipping = False
+            start = self.scanned = end + 1
+        del buffer[:start]
+        if len(buffer) > MAX_LINE_BYTES:
+            buffer.clear()
+            self.skipping = True
+        self.scanned = len(buffer)
+        return out
+
+
+class _Pace:
+    """Decisions flow at ``rate_per_s`` after a ``burst``; past that the pump waits before it reads on.
+
+    Every decision becomes an audit record, and the audit log's queue is shared by the whole service: a
+    sandbox that opens connections as fast as it can must not fill it. Waiting here (instead of dropping or
+    queueing) leaves the proxy's output unread, so the proxy blocks on its next decision and serves nothing
+    more until the host has taken what it wrote: nothing the sandbox does goes unrecorded, and nothing piles up.
+    """
+
+    def __init__(self, rate_per_s: float, burst: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self._rate = rate_per_s
+        self._burst = float(burst)
+        self._clock = clock
+        self._tokens = float(burst)
+        self._last = clock()
+
+    def take(self, count: int) -> float:
+        """Spend ``count`` decisions; the seconds to wait before the next read (0.0: none)."""
+        now = self._clock()
+        self._tokens = min(self._burst, self._tokens + (now - self._last) * self._rate) - count
+        self._last = now
+        return 0.0 if self._tokens >= 0 else -self._tokens / self._rate
 
 
 class EgressProxy:
@@ -177,6 +210,8 @@ class EgressProxy:
         self.address = address
         self._on_egress = on_egress
         self._lines = _Lines(bytearray())
+        self._pace = _Pace(DECISIONS_PER_S, DECISION_BURST)
+        self._stopping = asyncio.Event()
         self._pump: asyncio.Task[None] | None = None
 
     async def configure(self, network: SandboxNetwork) -> None:
@@ -202,7 +237,13 @@ class EgressProxy:
 
     async def _read_decisions(self) -> None:
         while chunk := await self.handle.read_stdout():
-            self._deliver(self._lines.feed(chunk))
+            lines = self._lines.feed(chunk)
+            self._deliver(lines)
+            wait = self._pace.take(len(lines))
+            if wait > 0 and not self._stopping.is_set():
+                # Cut short by stop(): the last decisions are then drained at full speed, none left unread.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), wait)
 
     def _deliver(self, lines: list[bytes]) -> None:
         for line in lines:
@@ -226,6 +267,7 @@ class EgressProxy:
         await remove_network(self.network)
 
     async def _shutdown(self, kill: Callable[[], Awaitable[None]]) -> None:
+        self._stopping.set()
         if self._pump is not None:
             await kill()
             with contextlib.suppress(TimeoutError):
