@@ -5,43 +5,53 @@ and connects only to the addresses it has just checked, so a sandbox can
 neither reach a name nobody allowed nor steer an allowed name to an internal
 address (DNS rebinding). Every request ends in exactly one decision event,
 which the host records: the proxy's stdout is the audit trail.
+
+It forwards only what it decided on: one request per connection (framing.py),
+ordinary methods only (an echoing method such as TRACE would hand a rule's
+credential back to the sandbox), and inside a CONNECT tunnel only TLS whose
+ClientHello names the host the tunnel was allowed for (tls.py).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ipaddress
-import json
 import re
 import socket
 import sys
-import threading
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 
+from runner.egress.framing import (
+    BAD_VALUE,
+    HEADER_LINE,
+    Buffered,
+    discard,
+    forward_body,
+    hop_by_hop,
+    relay_response,
+    request_body,
+)
 from runner.egress.rules import (
-    HOP_BY_HOP_HEADERS,
     IPAddress,
-    ProxyConfig,
     ProxyLimits,
     Rule,
     address_refusal,
-    config_from_wire,
     first_match,
     ip_literal,
     parse_request_target,
 )
+from runner.egress.tls import ACCESS_DENIED_ALERT, read_client_hello
 
-__all__ = ["EgressProxy", "ProxyLimits", "main"]
+__all__ = ["EgressProxy", "ProxyLimits"]
 
 Emit = Callable[[dict[str, object]], None]
 Resolver = Callable[[str, int], Awaitable[list[str]]]
-_Streams = tuple[asyncio.StreamReader, asyncio.StreamWriter]
+Touch = Callable[[], None]
+_Direction = Callable[[Touch], Coroutine[object, object, None]]
 
 _DEFAULT_LIMITS = ProxyLimits()
-_MAX_CONFIG_BYTES = 1 << 20
 _CHUNK = 65536
 _CLIP = 255
 _REPLY_TIMEOUT_S = 5.0
@@ -49,24 +59,34 @@ _REPLY_TIMEOUT_S = 5.0
 # socket with unread input resets it, and the client would lose the reply.
 _LINGER_S = 1.0
 _LINGER_BYTES = 1 << 20
-_STATUS = {400: "Bad Request", 403: "Forbidden", 502: "Bad Gateway", 503: "Service Unavailable"}
+_STATUS = {
+    400: "Bad Request",
+    403: "Forbidden",
+    405: "Method Not Allowed",
+    502: "Bad Gateway",
+    503: "Service Unavailable",
+}
+# Methods whose answer does not reflect the request: the only ones forwarded, and
+# the only ones given a rule's credentials. TRACE, TRACK and DEBUG echo what they
+# were sent; an unknown method might, and nothing the sandbox needs uses one.
+_FORWARDED_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+_ALLOW = ", ".join(sorted(_FORWARDED_METHODS)) + ", CONNECT"
 
 _TCHAR = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]"
-_REQUEST_LINE = re.compile(rb"(" + _TCHAR + rb"+) ([\x21-\x7e]+) HTTP/1\.[01]")
+_REQUEST_LINE = re.compile(rb"(" + _TCHAR + rb"+) ([\x21-\x7e]+) HTTP/(1\.[01])")
 # What a request line may look like before its CRLF has arrived: lets a TLS
 # ClientHello or an SSH banner be refused at once instead of at the timeout.
 _REQUEST_PREFIX = re.compile(_TCHAR + rb"*(?: [\x21-\x7e]*(?: [\x21-\x7e]*\r?)?)?")
-_HEADER_LINE = re.compile(rb"(" + _TCHAR + rb"+):(.*)")
-_BAD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 _NOT_HTTP = "this is not an HTTP request: the proxy forwards only HTTP requests and CONNECT tunnels"
 
 
 class _Refusal(Exception):
-    def __init__(self, status: int, code: str, reason: str) -> None:
+    def __init__(self, status: int, code: str, reason: str, headers: str = "") -> None:
         super().__init__(reason)
         self.status = status
         self.code = code
         self.reason = reason
+        self.headers = headers  # extra reply header lines, each ending in CRLF
 
 
 def _bad(reason: str) -> _Refusal:
@@ -109,6 +129,7 @@ class _Request:
     port: int
     path: str
     headers: list[tuple[str, str]]
+    body: int = 0  # its length, or framing.CHUNKED
 
 
 async def _system_resolve(host: str, port: int) -> list[str]:
@@ -195,14 +216,25 @@ class EgressProxy:
         except _Refusal as refusal:
             await self._refuse(reader, writer, attempt, refusal)
             return
+        client = Buffered(reader, head[1])
+        allowed = f"allowed by rule {rule.label()}, connected to {attempt.address}"
         try:
-            self._decide(attempt, "allowed", f"allowed by rule {rule.label()}, connected to {attempt.address}")
             if request.method == "CONNECT":
                 writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
-                up_writer.write(head[1])
+                try:
+                    hello = await self._client_hello(client, request)
+                except _Refusal as refusal:
+                    self._decide(attempt, refusal.code, refusal.reason)
+                    if refusal.code != "not_tls":  # a TLS client: tell it why, in TLS
+                        writer.write(ACCESS_DENIED_ALERT)
+                    return
+                self._decide(attempt, "allowed", f"{allowed}; TLS server name checked")
+                up_writer.write(hello)
+                await self._tunnel(client, writer, up_reader, up_writer)
             else:
-                up_writer.write(_rewrite_head(request, rule) + head[1])
-            await self._pipe((reader, writer), (up_reader, up_writer), tunnel=request.method == "CONNECT")
+                self._decide(attempt, "allowed", allowed)
+                up_writer.write(_rewrite_head(request, rule))
+                await self._forward(request, client, writer, up_reader, up_writer)
         finally:
             await _close(up_writer)
 
@@ -237,14 +269,14 @@ class EgressProxy:
         line = _REQUEST_LINE.fullmatch(lines[0])
         if line is None:
             raise _bad(_NOT_HTTP)
-        method, target = line[1].decode("ascii"), line[2].decode("ascii")
+        method, target, version = line[1].decode("ascii"), line[2].decode("ascii"), line[3].decode("ascii")
         attempt.method = method
         if len(lines) - 1 > self._limits.max_headers:
             raise _bad(f"more than {self._limits.max_headers} header lines")
         headers: list[tuple[str, str]] = []
         for number, raw in enumerate(lines[1:], 1):
-            header = _HEADER_LINE.fullmatch(raw)
-            if header is None or _BAD_VALUE.search(header[2]):
+            header = HEADER_LINE.fullmatch(raw)
+            if header is None or BAD_VALUE.search(header[2]):
                 raise _bad(f"header line {number} is malformed")
             headers.append((header[1].decode("ascii"), header[2].strip(b" \t").decode("latin-1")))
         try:
@@ -252,7 +284,14 @@ class EgressProxy:
         except ValueError as exc:
             raise _bad(str(exc)) from None
         attempt.host, attempt.port = host, port
-        return _Request(method, host, port, path, headers)
+        if method != "CONNECT" and method not in _FORWARDED_METHODS:
+            reason = f"method {method} is not forwarded: only {_ALLOW}"
+            raise _Refusal(405, "method_not_allowed", reason, f"Allow: {_ALLOW}\r\n")
+        try:
+            body = request_body(method, version, headers)
+        except ValueError as exc:
+            raise _bad(str(exc)) from None
+        return _Request(method, host, port, path, headers, body)
 
     async def _addresses(self, request: _Request, rule: Rule, attempt: _Attempt) -> list[IPAddress]:
         """The checked addresses to try, in order: the only ones ever connected to."""
@@ -291,18 +330,41 @@ class EgressProxy:
         where = _host_port(request.host, request.port)
         raise _Refusal(502, "connect_failed", f"cannot connect to {where}: {failure}")
 
+    async def _client_hello(self, client: Buffered, request: _Request) -> bytes:
+        """The tunnel's first TLS records, once their ClientHello names the CONNECT's host; else a _Refusal.
+
+        A CONNECT to an IP literal expects no server name (RFC 6066 forbids an
+        address there, and clients send none): a hello without one passes, one
+        that names any other host is refused like a mismatch.
+        """
+        tls_only = "a tunnel carries TLS only; send plain HTTP as http:// URLs"
+        try:
+            async with asyncio.timeout(self._limits.head_timeout_s):
+                records, name = await read_client_hello(client)
+        except TimeoutError:
+            wait = self._limits.head_timeout_s
+            raise _Refusal(400, "not_tls", f"no TLS ClientHello within {wait:g} s: {tls_only}") from None
+        except ValueError as exc:
+            raise _Refusal(400, "not_tls", f"{exc}: {tls_only}") from None
+        except OSError as exc:
+            broke = f"the connection broke before the TLS ClientHello: {_describe(exc)}"
+            raise _Refusal(400, "not_tls", broke) from None
+        if name is None:
+            if ip_literal(request.host) is not None:
+                return records
+            raise _Refusal(403, "sni_missing", f"the TLS ClientHello names no server; it must name {request.host}")
+        if name.lower().removesuffix(".") != request.host:
+            reason = f"the TLS ClientHello names {name!r}, not {request.host}, the host this tunnel was allowed for"
+            raise _Refusal(403, "sni_mismatch", reason)
+        return records
+
     async def _refuse(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, attempt: _Attempt, refusal: _Refusal
     ) -> None:
         self._decide(attempt, refusal.code, refusal.reason)
-        body = f"mcp-runner egress: {_clip(refusal.reason)}\n".encode()
-        head = (
-            f"HTTP/1.1 {refusal.status} {_STATUS[refusal.status]}\r\nContent-Type: text/plain; charset=utf-8\r\n"
-            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
-        )
         try:
             async with asyncio.timeout(_REPLY_TIMEOUT_S):
-                writer.write(head.encode("ascii") + body)
+                writer.write(_reply(refusal.status, refusal.reason, refusal.headers))
                 await writer.drain()
                 writer.write_eof()
             received = 0
@@ -328,48 +390,97 @@ class EgressProxy:
             }
         )
 
-    async def _pipe(self, client: _Streams, upstream: _Streams, *, tunnel: bool) -> None:
-        """Copy both ways until both sides are done (a tunnel) or the upstream is (HTTP), or nothing moves."""
+    async def _tunnel(
+        self,
+        client: Buffered,
+        writer: asyncio.StreamWriter,
+        up_reader: asyncio.StreamReader,
+        up_writer: asyncio.StreamWriter,
+    ) -> None:
+        await self._pipe(
+            lambda touch: _copy(client, up_writer, touch), lambda touch: _copy(up_reader, writer, touch), tunnel=True
+        )
+
+    async def _forward(
+        self,
+        request: _Request,
+        client: Buffered,
+        writer: asyncio.StreamWriter,
+        up_reader: asyncio.StreamReader,
+        up_writer: asyncio.StreamWriter,
+    ) -> None:
+        """The request's body up, the answer down; anything the client sends after the body goes nowhere."""
+
+        async def upload(touch: Touch) -> None:
+            await up_writer.drain()
+            await forward_body(client, up_writer, request.body, touch)
+            await discard(client, _LINGER_BYTES)
+
+        async def download(touch: Touch) -> None:
+            try:
+                await relay_response(up_reader, writer, touch)
+            except ValueError as exc:
+                writer.write(_reply(502, str(exc)))
+
+        await self._pipe(upload, download, tunnel=False)
+
+    async def _pipe(self, upload: _Direction, download: _Direction, *, tunnel: bool) -> None:
+        """Run both directions until both are done (a tunnel) or the download is (HTTP), or nothing moves."""
         loop = asyncio.get_running_loop()
         last_data = loop.time()
 
-        async def pump(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+        def touch() -> None:
             nonlocal last_data
-            await sink.drain()
-            while chunk := await source.read(_CHUNK):
-                last_data = loop.time()
-                sink.write(chunk)
-                await sink.drain()
-            if sink.can_write_eof():
-                sink.write_eof()
+            last_data = loop.time()
 
-        upload = asyncio.create_task(pump(client[0], upstream[1]))
-        download = asyncio.create_task(pump(upstream[0], client[1]))
-        pending: set[asyncio.Task[None]] = {upload, download}
+        up = asyncio.create_task(upload(touch))
+        down = asyncio.create_task(download(touch))
+        pending: set[asyncio.Task[None]] = {up, down}
         try:
             while pending:
                 remaining = last_data + self._limits.idle_timeout_s - loop.time()
                 if remaining <= 0:
                     break
                 done, pending = await asyncio.wait(pending, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
-                if any(task.exception() is not None for task in done) or (download in done and not tunnel):
+                if any(task.exception() is not None for task in done) or (down in done and not tunnel):
                     break
         finally:
-            upload.cancel()
-            download.cancel()
-            await asyncio.gather(upload, download, return_exceptions=True)
+            up.cancel()
+            down.cancel()
+            await asyncio.gather(up, down, return_exceptions=True)
+
+
+async def _copy(source: Buffered | asyncio.StreamReader, sink: asyncio.StreamWriter, touch: Touch) -> None:
+    await sink.drain()
+    while chunk := await source.read(_CHUNK):
+        touch()
+        sink.write(chunk)
+        await sink.drain()
+    if sink.can_write_eof():
+        sink.write_eof()
+
+
+def _reply(status: int, reason: str, headers: str = "") -> bytes:
+    """The proxy's own one-line plain-text answer; it ends the connection."""
+    body = f"mcp-runner egress: {_clip(reason)}\n".encode()
+    head = (
+        f"HTTP/1.1 {status} {_STATUS[status]}\r\nContent-Type: text/plain; charset=utf-8\r\n"
+        f"Content-Length: {len(body)}\r\n{headers}Connection: close\r\n\r\n"
+    )
+    return head.encode("ascii") + body
 
 
 def _rewrite_head(request: _Request, rule: Rule) -> bytes:
     """The head the upstream sees: origin-form, no hop-by-hop headers, the rule's credentials, one request only."""
-    connection = ",".join(value for name, value in request.headers if name.lower() == "connection")
-    named = {token.strip().lower() for token in connection.split(",")}
-    # Connection may name hop-by-hop headers, but never the body's framing.
-    named -= {"content-length", "transfer-encoding"}
-    dropped = HOP_BY_HOP_HEADERS | named | {"host"} | {name.lower() for name, _ in rule.headers}
+    # Checked again here, not only at the door: a method that echoes never carries a credential.
+    credentials = rule.headers if request.method in _FORWARDED_METHODS else ()
+    dropped = hop_by_hop(request.headers) | {"host"} | {name.lower() for name, _ in rule.headers}
+    framing = {"content-length": str(request.body), "transfer-encoding": "chunked"}
     lines = [f"{request.method} {request.path} HTTP/1.1", f"Host: {_authority(request.host, request.port)}"]
-    lines += [f"{name}: {value}" for name, value in request.headers if name.lower() not in dropped]
-    lines += [f"{name}: {value}" for name, value in rule.headers]
+    lines += [
+        f"{name}: {framing.get(name.lower(), value)}" for name, value in request.headers if name.lower() not in dropped
+    ]
+    lines += [f"{name}: {value}" for name, value in credentials]
     lines.append("Connection: close")
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
@@ -381,67 +492,3 @@ async def _close(writer: asyncio.StreamWriter) -> None:
             await writer.wait_closed()
     except OSError:
         writer.transport.abort()
-
-
-def _write_event(event: dict[str, object]) -> bool:
-    try:
-        sys.stdout.buffer.write(json.dumps(event, separators=(",", ":")).encode() + b"\n")
-        sys.stdout.buffer.flush()
-    except (OSError, ValueError):
-        return False
-    return True
-
-
-def _watch_stdin(loop: asyncio.AbstractEventLoop, finished: asyncio.Event) -> None:
-    """Wait in a thread for stdin's EOF: the host closing it is the signal to stop."""
-    try:
-        while sys.stdin.buffer.read(_CHUNK):
-            pass
-    except (OSError, ValueError):
-        pass
-    with contextlib.suppress(RuntimeError):  # the loop has already ended
-        loop.call_soon_threadsafe(finished.set)
-
-
-async def _run(config: ProxyConfig) -> int:
-    finished = asyncio.Event()
-    stdout_broken = False
-
-    def emit(event: dict[str, object]) -> None:
-        nonlocal stdout_broken
-        # Without stdout no decision can be recorded: stop serving rather than forward unaudited.
-        if not stdout_broken and not _write_event(event):
-            stdout_broken = True
-            print("mcp-runner egress: stdout is gone, stopping", file=sys.stderr)
-            finished.set()
-
-    proxy = EgressProxy(config.rules, emit=emit, limits=config.limits)
-    try:
-        server = await proxy.serve(config.listen_host, config.listen_port)
-    except OSError as exc:
-        _write_event({"type": "error", "message": f"cannot listen on {config.listen_host}:{config.listen_port}: {exc}"})
-        return 1
-    emit({"type": "ready", "port": int(server.sockets[0].getsockname()[1])})
-    threading.Thread(target=_watch_stdin, args=(asyncio.get_running_loop(), finished), daemon=True).start()
-    await finished.wait()
-    await proxy.close()
-    return 1 if stdout_broken else 0
-
-
-def main() -> int:
-    """Read one JSON config line from stdin, serve until stdin ends; 2 for a bad config."""
-    line = sys.stdin.buffer.readline(_MAX_CONFIG_BYTES)
-    try:
-        if len(line) >= _MAX_CONFIG_BYTES and not line.endswith(b"\n"):
-            raise ValueError("the config line is longer than 1 MiB")
-        if not line.strip():
-            raise ValueError("no config line on stdin")
-        try:
-            wire = json.loads(line)
-        except ValueError as exc:
-            raise ValueError(f"the config line is not valid JSON: {exc}") from None
-        config = config_from_wire(wire)
-    except ValueError as exc:
-        _write_event({"type": "error", "message": str(exc)})
-        return 2
-    return asyncio.run(_run(config))

@@ -7,9 +7,11 @@ guard fails any test whose proxy tries to open a connection anywhere else.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import json
 import socket
+import ssl
 import struct
 import sys
 import time
@@ -19,7 +21,8 @@ from typing import Any
 
 import pytest
 
-from runner.egress.proxy import EgressProxy, ProxyLimits
+from runner.certs import DevCerts, make_dev_certs
+from runner.egress.proxy import EgressProxy, ProxyLimits, _Request, _rewrite_head
 from runner.egress.rules import Rule
 
 TIMEOUT = 3.0
@@ -47,13 +50,20 @@ class FakeResolver:
 
 
 class Upstream:
-    """An HTTP server that answers each request with a JSON echo of its request line, headers and body."""
+    """An HTTP server that answers each request with a JSON echo of its request line, headers and body.
+
+    With ``linger`` set it keeps reading after its answer, and ``extra`` holds
+    whatever else arrived on the connection (a pipelined request the proxy let through).
+    """
 
     def __init__(self) -> None:
         self.requests: list[dict[str, Any]] = []
         self.connections = 0
         self.ended = asyncio.Event()
         self.port = 0
+        self.extra = b""
+        self.linger = 0.0
+        self.answer_head = b"HTTP/1.1 200 OK\r\nConnection: close\r\n"
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
@@ -63,13 +73,37 @@ class Upstream:
             except asyncio.IncompleteReadError:
                 return  # a tunnel closed without a request
             headers = [line.split(": ", 1) for line in head[1:]]
-            length = int(next((value for name, value in headers if name.lower() == "content-length"), "0"))
-            body = await reader.readexactly(length)
+            if ["Transfer-Encoding", "chunked"] in headers:
+                body = await reader.readuntil(b"\r\n0\r\n\r\n")
+            else:
+                length = int(next((value for name, value in headers if name.lower() == "content-length"), "0"))
+                body = await reader.readexactly(length)
             record = {"request_line": head[0], "headers": headers, "body": body.decode()}
             self.requests.append(record)
             payload = json.dumps(record).encode()
-            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n" % len(payload) + payload)
+            writer.write(self.answer_head + b"Content-Length: %d\r\n\r\n" % len(payload) + payload)
             await writer.drain()
+            if self.linger:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self.linger):
+                        while chunk := await reader.read(65536):
+                            self.extra += chunk
+        finally:
+            writer.close()
+            self.ended.set()
+
+
+class RawUpstream:
+    """A server that keeps every byte each connection sent, up to its end."""
+
+    def __init__(self) -> None:
+        self.received: list[bytes] = []
+        self.ended = asyncio.Event()
+        self.port = 0
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            self.received.append(await reader.read())
         finally:
             writer.close()
             self.ended.set()
@@ -101,6 +135,15 @@ async def upstream() -> AsyncIterator[Upstream]:
     server = await asyncio.start_server(echo.handle, "127.0.0.1", 0)
     echo.port = server.sockets[0].getsockname()[1]
     yield echo
+    server.close()
+
+
+@pytest.fixture
+async def raw_upstream() -> AsyncIterator[RawUpstream]:
+    raw = RawUpstream()
+    server = await asyncio.start_server(raw.handle, "127.0.0.1", 0)
+    raw.port = server.sockets[0].getsockname()[1]
+    yield raw
     server.close()
 
 
@@ -147,9 +190,11 @@ def parse_response(raw: bytes) -> tuple[int, dict[str, str], bytes]:
 def assert_refused(raw: bytes, status: int, *in_body: str) -> str:
     code, headers, body = parse_response(raw)
     assert code == status, raw
+    allow = {"Allow": "DELETE, GET, HEAD, OPTIONS, PATCH, POST, PUT, CONNECT"} if status == 405 else {}
     assert headers == {
         "Content-Type": "text/plain; charset=utf-8",
         "Content-Length": str(len(body)),
+        **allow,
         "Connection": "close",
     }
     text = body.decode()
@@ -232,6 +277,153 @@ async def test_plain_http_is_rewritten_and_gets_the_rule_credentials(
         assert secret not in logged
 
 
+@pytest.mark.parametrize("method", ["TRACE", "TRACK", "DEBUG", "PROPFIND", "get", "CONNECTX"])
+async def test_echoing_and_unknown_methods_are_refused_before_anything_is_sent(
+    upstream: Upstream, start_proxy: Proxies, events: list[dict[str, object]], method: str
+) -> None:
+    rule = Rule("web.test", upstream.port, private=True, headers=(("Authorization", "Bearer rule-secret"),))
+    resolver = FakeResolver({"web.test": ["127.0.0.1"]})
+    port, _ = await start_proxy([rule], resolver)
+    request = f"{method} http://web.test:{upstream.port}/ HTTP/1.1\r\nMax-Forwards: 0\r\n\r\n".encode()
+    text = assert_refused(await exchange(port, request), 405, f"method {method} is not forwarded")
+    assert "rule-secret" not in text
+    assert (upstream.connections, resolver.asked) == (0, [])
+    decision = only_decision(events)
+    assert (decision["code"], decision["method"], decision["host"], decision["rule"]) == (
+        "method_not_allowed",
+        method,
+        "web.test",
+        None,
+    )
+
+
+@pytest.mark.parametrize("method", ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"])
+async def test_ordinary_methods_are_forwarded_with_the_credentials(
+    upstream: Upstream, start_proxy: Proxies, events: list[dict[str, object]], method: str
+) -> None:
+    rule = Rule("127.0.0.1", upstream.port, private=True, headers=(("Authorization", "Bearer rule-secret"),))
+    port, _ = await start_proxy([rule])
+    request = f"{method} http://127.0.0.1:{upstream.port}/m HTTP/1.1\r\n\r\n".encode()
+    assert parse_response(await exchange(port, request))[0] == 200
+    assert upstream.requests[0]["request_line"] == f"{method} /m HTTP/1.1"
+    assert ["Authorization", "Bearer rule-secret"] in upstream.requests[0]["headers"]
+    assert only_decision(events)["code"] == "allowed"
+
+
+@pytest.mark.parametrize("method", ["TRACE", "TRACK", "DEBUG", "PROPFIND"])
+def test_a_method_that_may_echo_never_gets_credentials_even_past_the_door(method: str) -> None:
+    """Defence in depth: the head rewrite keeps its own list, should the check at the door ever widen."""
+    rule = Rule("web.test", 80, headers=(("Authorization", "Bearer rule-secret"), ("X-Api-Key", "key-secret")))
+    request = _Request(method, "web.test", 80, "/", [("Authorization", "Bearer client"), ("X-Kept", "1")])
+    head = _rewrite_head(request, rule).decode()
+    assert head == f"{method} / HTTP/1.1\r\nHost: web.test\r\nX-Kept: 1\r\nConnection: close\r\n\r\n"
+
+
+def pipelined(first: bytes, second_host: str = "other.test") -> bytes:
+    return first + f"GET http://{second_host}/second HTTP/1.1\r\nHost: {second_host}\r\n\r\n".encode()
+
+
+@pytest.mark.parametrize(
+    ("first", "body"),
+    [
+        (b"GET http://web.test:{port}/first HTTP/1.1\r\n\r\n", ""),
+        (b"POST http://web.test:{port}/first HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello", "hello"),
+        (b"POST http://web.test:{port}/first HTTP/1.1\r\nContent-Length: 0005\r\n\r\nhello", "hello"),
+        (
+            b"POST http://web.test:{port}/first HTTP/1.1\r\nTransfer-Encoding: Chunked\r\n\r\n"
+            b"2;ext=x\r\nhe\r\n03\r\nllo\r\n0\r\nX-Trailer: smuggled\r\n\r\n",
+            "2\r\nhe\r\n3\r\nllo\r\n0\r\n\r\n",
+        ),
+    ],
+    ids=["no-body", "content-length", "content-length-leading-zeros", "chunked-with-extensions-and-trailer"],
+)
+@pytest.mark.parametrize("second_host", ["other.test", "web.test"])
+async def test_a_pipelined_second_request_never_reaches_the_upstream(
+    upstream: Upstream,
+    start_proxy: Proxies,
+    events: list[dict[str, object]],
+    first: bytes,
+    body: str,
+    second_host: str,
+) -> None:
+    upstream.linger = 0.3
+    resolver = FakeResolver({"web.test": ["127.0.0.1"], "other.test": ["127.0.0.1"]})
+    port, _ = await start_proxy([Rule("web.test", upstream.port, private=True)], resolver)
+    request = first.replace(b"{port}", str(upstream.port).encode())
+    raw = await exchange(port, pipelined(request, f"{second_host}:{upstream.port}"))
+    status, headers, answer = parse_response(raw)
+    assert status == 200 and headers["Connection"] == "close"
+    assert json.loads(answer)["body"] == body
+    assert len(upstream.requests) == 1 and upstream.requests[0]["request_line"].endswith("/first HTTP/1.1")
+    assert upstream.extra == b""  # nothing after the first request's body reached the upstream
+    assert not any(name == "X-Trailer" for name, _ in upstream.requests[0]["headers"])
+    assert upstream.connections == 1 and resolver.asked == ["web.test"]
+    assert only_decision(events)["code"] == "allowed"
+
+
+@pytest.mark.parametrize(
+    "broken",
+    [
+        b"5\nhello\r\n0\r\n\r\n",  # a bare LF ends the size line
+        b"0x5\r\nhello\r\n0\r\n\r\n",
+        b"5\r\nhelloXX0\r\n\r\n",  # the chunk is longer than it said
+        b"-1\r\n",
+        b"0\r\nbad trailer\r\n\r\n",
+    ],
+)
+async def test_a_chunked_body_that_breaks_its_framing_ends_the_exchange(
+    raw_upstream: RawUpstream, start_proxy: Proxies, broken: bytes
+) -> None:
+    port, _ = await start_proxy([Rule("127.0.0.1", raw_upstream.port, private=True)])
+    head = f"POST http://127.0.0.1:{raw_upstream.port}/ HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n".encode()
+    await exchange(port, pipelined(head + broken))
+    await asyncio.wait_for(raw_upstream.ended.wait(), TIMEOUT)
+    [received] = raw_upstream.received
+    assert b"second" not in received and b"hello\r\n0" not in received
+    assert received.startswith(b"POST / HTTP/1.1\r\n")
+
+
+async def test_the_answer_ends_the_connection(upstream: Upstream, start_proxy: Proxies) -> None:
+    upstream.answer_head = (
+        b"HTTP/1.1 100 Continue\r\nX-Interim: yes\r\n\r\n"
+        b"HTTP/1.1 200 OK\r\nConnection: keep-alive, X-Hop\r\nKeep-Alive: timeout=60\r\nX-Hop: 1\r\nX-Kept: 2\r\n"
+    )
+    port, _ = await start_proxy([Rule("127.0.0.1", upstream.port, private=True)])
+    request = f"PUT http://127.0.0.1:{upstream.port}/ HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\nok"
+    raw = await exchange(port, request.encode())
+    interim, _, final = raw.partition(b"\r\n\r\n")
+    assert interim == b"HTTP/1.1 100 Continue\r\nX-Interim: yes"
+    status, headers, body = parse_response(final)
+    assert status == 200 and json.loads(body)["body"] == "ok"
+    assert headers == {"X-Kept": "2", "Content-Length": str(len(body)), "Connection": "close"}
+
+
+@pytest.mark.parametrize(
+    ("answer", "message"),
+    [
+        (b"", "the upstream closed before answering"),
+        (b"SSH-2.0-OpenSSH\r\n\r\n", "does not start with an HTTP/1.x status line"),
+        (b"HTTP/1.1 200 OK\r\n folded: header\r\n\r\n", "malformed header line"),
+        (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n", "switched protocols"),
+    ],
+)
+async def test_an_answer_the_proxy_cannot_relay_is_a_bad_gateway(
+    start_proxy: Proxies, answer: bytes, message: str
+) -> None:
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(answer)
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    bad_port = server.sockets[0].getsockname()[1]
+    try:
+        port, _ = await start_proxy([Rule("127.0.0.1", bad_port, private=True)])
+        assert_refused(await exchange(port, get(f"http://127.0.0.1:{bad_port}/")), 502, message)
+    finally:
+        server.close()
+
+
 async def test_plain_http_ends_when_the_upstream_does(upstream: Upstream, start_proxy: Proxies) -> None:
     port, _ = await start_proxy([Rule("127.0.0.1", upstream.port, private=True)], limits=ProxyLimits(max_connections=1))
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
@@ -257,38 +449,200 @@ async def test_client_text_in_decisions_is_clipped(start_proxy: Proxies, events:
     assert isinstance(decision["reason"], str) and len(decision["reason"]) == 255
 
 
-@pytest.mark.parametrize("eager", [False, True], ids=["wait-for-200", "data-with-head"])
-async def test_connect_tunnel_pipes_both_ways(
-    upstream: Upstream, start_proxy: Proxies, events: list[dict[str, object]], eager: bool
+@pytest.fixture(scope="module")
+def tls_certs(tmp_path_factory: pytest.TempPathFactory) -> DevCerts:
+    return make_dev_certs(tmp_path_factory.mktemp("tls"), server_names=("web.test",), clients=())
+
+
+@pytest.fixture
+async def tls_upstream(tls_certs: DevCerts) -> AsyncIterator[int]:
+    """A TLS server for web.test that answers one line with its length and its first bytes."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(tls_certs.server_cert, tls_certs.server_key)
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            line = await reader.readline()
+            writer.write(b"%d %s\n" % (len(line), line[:10]))
+            await writer.drain()
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0, ssl=context, limit=1 << 20)
+    yield server.sockets[0].getsockname()[1]
+    server.close()
+
+
+def record(fragment: bytes) -> bytes:
+    """One TLS handshake record."""
+    return b"\x16\x03\x01" + struct.pack("!H", len(fragment)) + fragment
+
+
+def hello_message(*extensions: bytes, no_extensions: bool = False) -> bytes:
+    """A minimal TLS 1.3 ClientHello handshake message, built by hand to shape its extensions."""
+    body = b"\x03\x03" + bytes(32) + b"\x00" + b"\x00\x02\x13\x01" + b"\x01\x00"
+    if not no_extensions:
+        joined = b"".join(extensions)
+        body += struct.pack("!H", len(joined)) + joined
+    return b"\x01" + len(body).to_bytes(3, "big") + body
+
+
+def client_hello(*extensions: bytes, records: int = 1, no_extensions: bool = False) -> bytes:
+    """``hello_message`` spread over ``records`` handshake records."""
+    message = hello_message(*extensions, no_extensions=no_extensions)
+    size = -(-len(message) // records)
+    return b"".join(record(message[i : i + size]) for i in range(0, len(message), size))
+
+
+def sni(*names: bytes) -> bytes:
+    """A server_name extension with one host_name entry per name."""
+    entries = b"".join(b"\x00" + struct.pack("!H", len(name)) + name for name in names)
+    data = struct.pack("!H", len(entries)) + entries
+    return struct.pack("!HH", 0, len(data)) + data
+
+
+def ssl_client_hello(server_hostname: str | None) -> bytes:
+    """The ClientHello Python's own TLS client sends for ``server_hostname``."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    tls = context.wrap_bio(ssl.MemoryBIO(), outgoing := ssl.MemoryBIO(), server_hostname=server_hostname)
+    with pytest.raises(ssl.SSLWantReadError):
+        tls.do_handshake()
+    return outgoing.read()
+
+
+async def test_connect_tunnel_carries_tls_to_the_allowed_name(
+    tls_upstream: int, tls_certs: DevCerts, start_proxy: Proxies, events: list[dict[str, object]]
 ) -> None:
-    resolver = FakeResolver({})
-    port, _ = await start_proxy([Rule("127.0.0.1", upstream.port, private=True)], resolver)
-    payload = b"x" * 200_000
-    inner = b"PUT /tunnel HTTP/1.1\r\nContent-Length: %d\r\n\r\n" % len(payload) + payload
-    connect = f"CONNECT 127.0.0.1:{upstream.port} HTTP/1.1\r\nHost: 127.0.0.1:{upstream.port}\r\n\r\n".encode()
+    resolver = FakeResolver({"web.test": ["127.0.0.1"]})
+    port, _ = await start_proxy([Rule("web.test", tls_upstream, private=True)], resolver)
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
-        writer.write(connect + inner if eager else connect)
+        writer.write(f"CONNECT web.test:{tls_upstream} HTTP/1.1\r\nHost: web.test:{tls_upstream}\r\n\r\n".encode())
         established = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), TIMEOUT)
         assert established == b"HTTP/1.1 200 Connection established\r\n\r\n"
-        if not eager:
-            writer.write(inner)
-        status, _, body = parse_response(await asyncio.wait_for(reader.read(), TIMEOUT))
+        context = ssl.create_default_context(cafile=tls_certs.ca_cert)
+        await asyncio.wait_for(writer.start_tls(context, server_hostname="web.test"), TIMEOUT)
+        writer.write(b"x" * 200_000 + b"\n")
+        assert await asyncio.wait_for(reader.read(), TIMEOUT) == b"200001 xxxxxxxxxx\n"
     finally:
         writer.close()
-    assert status == 200
-    echoed = json.loads(body)
-    assert echoed["request_line"] == "PUT /tunnel HTTP/1.1"
-    assert echoed["headers"] == [["Content-Length", str(len(payload))]]
-    assert echoed["body"] == payload.decode()
-    assert resolver.asked == []
+    assert resolver.asked == ["web.test"]
     decision = only_decision(events)
-    assert (decision["method"], decision["host"], decision["port"]) == ("CONNECT", "127.0.0.1", upstream.port)
+    assert (decision["method"], decision["host"], decision["port"]) == ("CONNECT", "web.test", tls_upstream)
     assert (decision["address"], decision["rule"], decision["code"]) == (
         "127.0.0.1",
-        f"127.0.0.1:{upstream.port}",
+        f"web.test:{tls_upstream}",
         "allowed",
     )
+
+
+@pytest.mark.parametrize(
+    ("target", "hello"),
+    [
+        ("web.test", ssl_client_hello("web.test")),
+        ("web.test", client_hello(sni(b"WEB.Test."))),
+        ("web.test", client_hello(b"\x00\x0a\x00\x00", sni(b"web.test"), b"\xfe\x0d\x00\x00", records=5)),
+        ("127.0.0.1", ssl_client_hello("127.0.0.1")),
+        ("127.0.0.1", ssl_client_hello(None)),
+        ("127.0.0.1", client_hello(no_extensions=True)),
+    ],
+    ids=["python-client", "case-and-dot", "split-over-records", "ip-literal", "no-sni-for-ip", "no-extensions-for-ip"],
+)
+async def test_a_client_hello_naming_the_allowed_host_passes_unchanged(
+    raw_upstream: RawUpstream, start_proxy: Proxies, events: list[dict[str, object]], target: str, hello: bytes
+) -> None:
+    resolver = FakeResolver({"web.test": ["127.0.0.1"]})
+    port, _ = await start_proxy([Rule(target, raw_upstream.port, private=True)], resolver)
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(f"CONNECT {target}:{raw_upstream.port} HTTP/1.1\r\n\r\n".encode() + hello + b"early data")
+        writer.write_eof()
+        answer = await asyncio.wait_for(reader.read(), TIMEOUT)
+    finally:
+        writer.close()
+    assert answer == b"HTTP/1.1 200 Connection established\r\n\r\n"
+    assert raw_upstream.received == [hello + b"early data"]
+    decision = only_decision(events)
+    assert decision["code"] == "allowed" and "TLS server name checked" in str(decision["reason"])
+
+
+@pytest.mark.parametrize(
+    ("target", "sent", "code", "message"),
+    [
+        ("web.test", ssl_client_hello("other.test"), "sni_mismatch", "names 'other.test', not web.test"),
+        ("web.test", client_hello(sni(b"web.test.evil")), "sni_mismatch", "names 'web.test.evil'"),
+        ("web.test", client_hello(sni(b"sub.web.test")), "sni_mismatch", "names 'sub.web.test'"),
+        ("web.test", ssl_client_hello(None), "sni_missing", "names no server"),
+        ("web.test", client_hello(no_extensions=True), "sni_missing", "names no server"),
+        ("127.0.0.1", ssl_client_hello("other.test"), "sni_mismatch", "names 'other.test', not 127.0.0.1"),
+        ("web.test", client_hello(sni(b"web.test"), sni(b"other.test")), "not_tls", "repeats extension 0"),
+        ("web.test", client_hello(sni(b"web.test", b"other.test")), "not_tls", "exactly one host"),
+        ("web.test", client_hello(sni(b"web.test"))[:-3], "not_tls", "closed before its TLS ClientHello"),
+        ("web.test", record(hello_message(sni(b"web.test")) + b"\x02"), "not_tls", "more than the ClientHello"),
+        ("web.test", b"GET / HTTP/1.1\r\nHost: other.test\r\n\r\n", "not_tls", "not start with a TLS handshake"),
+        ("web.test", b"\x16\x03\x01\x40\x01" + bytes(0x4001), "not_tls", "not start with a TLS handshake"),
+        ("web.test", b"\x16\x03\x01\x00\x04\x02\x00\x00\x00", "not_tls", "is not a ClientHello"),
+        ("web.test", client_hello(b"\x00\x15\xa0\x00" + bytes(0xA000), records=4), "not_tls", "larger than 32768"),
+    ],
+    ids=[
+        "python-client-other-host",
+        "suffix-of-another-domain",
+        "subdomain",
+        "python-client-no-sni",
+        "no-extensions",
+        "ip-literal-with-a-name",
+        "two-sni-extensions",
+        "two-host-names",
+        "truncated",
+        "handshake-after-the-hello",
+        "plain-http",
+        "oversized-record",
+        "not-a-client-hello",
+        "too-large",
+    ],
+)
+async def test_a_tunnel_whose_client_hello_names_another_host_is_refused(
+    raw_upstream: RawUpstream,
+    start_proxy: Proxies,
+    events: list[dict[str, object]],
+    target: str,
+    sent: bytes,
+    code: str,
+    message: str,
+) -> None:
+    resolver = FakeResolver({"web.test": ["127.0.0.1"]})
+    port, _ = await start_proxy([Rule(target, raw_upstream.port, private=True)], resolver)
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(f"CONNECT {target}:{raw_upstream.port} HTTP/1.1\r\n\r\n".encode() + sent)
+        if code == "not_tls" and "closed before" in message:
+            writer.write_eof()
+        answer = await asyncio.wait_for(reader.read(), TIMEOUT)
+    finally:
+        writer.close()
+    alert = b"" if code == "not_tls" else b"\x15\x03\x03\x00\x02\x02\x31"  # fatal access_denied
+    assert answer == b"HTTP/1.1 200 Connection established\r\n\r\n" + alert
+    await asyncio.wait_for(raw_upstream.ended.wait(), TIMEOUT)
+    assert raw_upstream.received == [b""]  # connected, then closed without a byte
+    decision = only_decision(events)
+    assert (decision["code"], decision["allowed"], decision["rule"]) == (code, False, f"{target}:{raw_upstream.port}")
+    assert message in str(decision["reason"])
+
+
+async def test_a_tunnel_without_a_client_hello_ends_at_the_head_timeout(
+    upstream: Upstream, start_proxy: Proxies, events: list[dict[str, object]]
+) -> None:
+    limits = ProxyLimits(head_timeout_s=0.2)
+    port, _ = await start_proxy([Rule("127.0.0.1", upstream.port, private=True)], limits=limits)
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(f"CONNECT 127.0.0.1:{upstream.port} HTTP/1.1\r\n\r\n".encode() + b"\x16\x03\x01")
+        assert await asyncio.wait_for(reader.read(), TIMEOUT) == b"HTTP/1.1 200 Connection established\r\n\r\n"
+    finally:
+        writer.close()
+    decision = only_decision(events)
+    assert decision["code"] == "not_tls" and "no TLS ClientHello within 0.2 s" in str(decision["reason"])
 
 
 @pytest.mark.parametrize(
@@ -397,6 +751,20 @@ async def test_an_ip_literal_is_still_checked(
         (get("http://web.test/", "X: a\rb"), "GET", "header line 1 is malformed"),
         (get("http://web.test/", "X: a\nb"), "GET", "header line 1 is malformed"),
         (get("http://web.test/", "X: a", "Bad Name: b"), "GET", "header line 2 is malformed"),
+        (get("http://web.test/", "Content-Length : 5"), "GET", "header line 1 is malformed"),
+        (get("http://web.test/", "Content-Length: 5", "Transfer-Encoding: chunked"), "GET", "both Content-Length"),
+        (get("http://web.test/", "Transfer-Encoding: chunked", "Content-Length: 5"), "GET", "both Content-Length"),
+        (get("http://web.test/", "Content-Length: 5", "Content-Length: 5"), "GET", "more than one Content-Length"),
+        (get("http://web.test/", "Content-Length: 5, 5"), "GET", "must be a decimal number"),
+        (get("http://web.test/", "Content-Length: +5"), "GET", "must be a decimal number"),
+        (get("http://web.test/", "Content-Length: 0x5"), "GET", "must be a decimal number"),
+        (get("http://web.test/", "Transfer-Encoding: chunked", "Transfer-Encoding: chunked"), "GET", "more than one"),
+        (get("http://web.test/", "Transfer-Encoding: chunked, chunked"), "GET", "exactly 'chunked'"),
+        (get("http://web.test/", "Transfer-Encoding: gzip, chunked"), "GET", "exactly 'chunked'"),
+        (get("http://web.test/", "Transfer-Encoding: xchunked"), "GET", "exactly 'chunked'"),
+        (b"POST http://web.test/ HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n", "POST", "HTTP/1.0"),
+        (b"CONNECT web.test:443 HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello", "CONNECT", "has no body"),
+        (get("http://web.test/", "X: a", "\tobs-fold"), "GET", "header line 2 is malformed"),
     ],
 )
 async def test_anything_but_a_proxy_request_is_a_bad_request(
@@ -520,7 +888,7 @@ async def test_an_idle_tunnel_is_closed(upstream: Upstream, start_proxy: Proxies
     port, _ = await start_proxy([Rule("127.0.0.1", upstream.port, private=True)], limits=limits)
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
-        writer.write(f"CONNECT 127.0.0.1:{upstream.port} HTTP/1.1\r\n\r\n".encode())
+        writer.write(f"CONNECT 127.0.0.1:{upstream.port} HTTP/1.1\r\n\r\n".encode() + ssl_client_hello(None))
         assert await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), TIMEOUT)
         started = time.monotonic()
         assert await asyncio.wait_for(reader.read(), TIMEOUT) == b""
@@ -534,7 +902,7 @@ async def test_a_reset_client_ends_its_tunnel(upstream: Upstream, start_proxy: P
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     writer.write(f"CONNECT 127.0.0.1:{upstream.port} HTTP/1.1\r\n\r\n".encode())
     await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), TIMEOUT)
-    writer.write(b"GET /half")
+    writer.write(ssl_client_hello(None) + b"\x17\x03\x03\x01\x00half a record")
     await writer.drain()
     writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     writer.transport.abort()  # a reset, not an orderly end
