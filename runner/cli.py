@@ -6,7 +6,8 @@ and TLS files (``--ca``, ``--cert``, ``--key`` / ``MCP_RUNNER_CA`` …) when the
 server asks for them. Exit codes: 0 ok, 1 the tool reported an error, no audit
 record matched, the audit log is broken or a replay did not match, 2 the runner
 refused (gRPC error, printed as ``error: CODE: details``) or the command line
-was wrong.
+was wrong. Everything printed is control-free: controls, bidi overrides and other
+invisible characters show as ``\\uXXXX`` escapes (JSON's, so JSON output stays valid).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO, cast
 
 import grpc
 
@@ -31,7 +32,7 @@ from runner.audit.diff import describe
 from runner.audit.records import KINDS, Verification, is_capped, iso_time
 from runner.client import DEFAULT_ADDRESS, Progress, RunnerClient, ToolResult, tls_credentials
 from runner.errors import RunnerError
-from runner.text import printable
+from runner.text import control_free, printable
 from runner.when import FORMS, parse_when
 
 _STATES = {1: "starting", 2: "ready", 3: "closed", 4: "failed"}
@@ -640,7 +641,34 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _ControlFree:
+    """A text stream that writes everything through ``control_free``.
+
+    Whatever a command prints may hold what a server or another caller wrote (tool text, server and tool names,
+    progress, findings, audit records, error details); escaping at the stream, not at each print, means no
+    printed value can be forgotten, including ones a later command adds.
+    """
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        return self._stream.write(control_free(text))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    stdout, stderr = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = cast(TextIO, _ControlFree(stdout)), cast(TextIO, _ControlFree(stderr))
+    try:
+        return _main(argv)
+    finally:
+        sys.stdout, sys.stderr = stdout, stderr
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:

@@ -1,8 +1,9 @@
-"""Untrusted text made safe to show a person: terminal escape sequences and control characters removed."""
+"""Untrusted text made safe to show a person: escape sequences and control characters removed or shown escaped."""
 
 from __future__ import annotations
 
 import re
+import unicodedata
 
 # CSI (ESC [ … final byte), string controls (OSC, DCS, SOS, PM, APC: ESC ] P X ^ _ or their 8-bit forms) up to
 # BEL or ST, then any other escape (nF and two-byte forms) or a lone ESC. Every ESC is removed by one of these.
@@ -24,3 +25,28 @@ def printable(text: str, limit: int | None = None) -> str:
         text = text[limit:] if limit < 0 else text[:limit]
     text = TERMINAL_ESCAPES.sub("", text)
     return "".join(ch for ch in text if ch in "\n\t" or ch.isprintable())
+
+
+_ESCAPED_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
+"""Controls, format characters (bidi overrides, zero-width and tag characters…), surrogates, line separators."""
+
+
+def _escape(ch: str) -> str:
+    code = ord(ch)
+    if code > 0xFFFF:  # as a JSON surrogate pair, so an escaped JSON document is still the same JSON
+        code -= 0x10000
+        return f"\\u{0xD800 + (code >> 10):04x}\\u{0xDC00 + (code & 0x3FF):04x}"
+    return f"\\u{code:04x}"
+
+
+def control_free(text: str) -> str:
+    """``text`` with everything a terminal acts on or a reader cannot see shown as a ``\\uXXXX`` escape.
+
+    Unlike ``printable`` nothing is removed, so a person sees that something was there (``\\u202e``, ``\\u001b``).
+    Newlines and tabs stay. The escapes are JSON's, so JSON text stays valid JSON with the same value.
+    """
+    if text.replace("\n", "").replace("\t", "").isprintable():  # in C: the common case costs next to nothing
+        return text
+    return "".join(
+        _escape(ch) if ch not in "\n\t" and unicodedata.category(ch) in _ESCAPED_CATEGORIES else ch for ch in text
+    )

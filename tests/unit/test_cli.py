@@ -22,6 +22,7 @@ from runner.api.auth import TOKEN_PREFIX, Authenticator, hash_token, new_token
 from runner.approvals import ApprovalState
 from runner.client import DEFAULT_ADDRESS
 from runner.config import AuthConfig, TlsConfig
+from runner.guard.findings import Finding
 from runner.policy import load_policy
 from tests.unit.test_api import APPROVAL_ID, GATED, FakeManager, make_approval, serve
 
@@ -410,3 +411,27 @@ async def test_approvals_errors_exit_2(address: str, fake: FakeManager, capsys: 
     for action in ("list", "watch"):
         assert await run(address, "approvals", action) == 2
         assert capsys.readouterr().err.strip() == "error: PERMISSION_DENIED: anonymous is not an approver"
+
+
+HOSTILE = "a\x1b]52;c;ZXZpbA==\x07b\u202ec\u200bd\U000e0041e\r\x9bf\u2028"
+
+
+async def test_everything_printed_is_control_free(
+    address: str, fake: FakeManager, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fake.findings["open"] = (Finding("email", 1, "redacted", HOSTILE),)
+    assert await run(address, "tools", "--profile", "time") == 0
+    assert await run(address, "call", "--profile", "time", "echo", json.dumps({"x": HOSTILE})) == 0
+    captured = capsys.readouterr()
+    for stream in (captured.out, captured.err):
+        assert not any(ch in stream for ch in "\x1b\x07\u202e\u200b\U000e0041\r\x9b\u2028"), stream
+    assert "at a\\u001b]52;c;ZXZpbA==\\u0007b\\u202ec\\u200bd\\udb40\\udc41e\\u000d\\u009bf\\u2028" in captured.err
+    body = captured.out.split("structured content:\n", 1)[1]
+    assert json.loads(body)["echo"] == {"x": HOSTILE}  # escaped the JSON way: the same value, still valid JSON
+
+
+def test_control_free_streams_are_restored(capsys: pytest.CaptureFixture[str]) -> None:
+    stdout = sys.stdout
+    assert cli.main(["token", "b\u202eob"]) == 0
+    assert sys.stdout is stdout
+    assert "b\\u202eob" in capsys.readouterr().out
