@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import secrets
 import signal
+import sqlite3
 import textwrap
 import threading
 import time
@@ -108,11 +109,15 @@ class Tokens:
     bob: str
     carol: str
     dave: str
+    erin: str
+    frank: str
+    gina: str
+    mallory: str
 
 
 @pytest.fixture(scope="module")
 def tokens() -> Tokens:
-    return Tokens(bob=new_token(), carol=new_token(), dave=new_token())
+    return Tokens(*(new_token() for _ in range(7)))
 
 
 @pytest.fixture(scope="module")
@@ -143,6 +148,24 @@ def guarded(
                 profiles: [scripted]
                 max_sessions: 1
                 session_rates: {{calls_per_s: 0.2, call_burst: 2}}
+              erin:
+                tokens: ["{hash_token(tokens.erin)}"]
+                profiles: [scripted, look_alikes]
+                tools: {{deny: ["*delete*"], approval: ["move_file"]}}
+                resources: {{deny: ["mem://secret*", "file:///etc/*"]}}
+                prompts: {{deny: ["leak*"]}}
+              frank:
+                tokens: ["{hash_token(tokens.frank)}"]
+                profiles: [scripted]
+                rates: {{calls_per_s: 1, call_burst: 1}}
+              gina:
+                tokens: ["{hash_token(tokens.gina)}"]
+                profiles: [scripted]
+                rates: {{calls_per_s: 0.001, call_burst: 2}}
+                tools: {{approval: ["echo"]}}
+              mallory:
+                tokens: ["{hash_token(tokens.mallory)}"]
+                profiles: [scripted]
         """),
         encoding="utf-8",
     )
@@ -164,6 +187,8 @@ def guarded(
                      mounts: {scripted["mounts"]}}}
               strict: {{image: python-servers, command: [python3, /srv/servers/scripted_server.py, good],
                         mounts: {scripted["mounts"]}, sanitize: {{injection: block}}}}
+              look_alikes: {{image: python-servers, command: [python3, /srv/servers/scripted_server.py, look_alikes],
+                             mounts: {scripted["mounts"]}}}
         """),
         encoding="utf-8",
     )
@@ -377,3 +402,114 @@ def _wait_for(condition: Callable[[], bool], seconds: float = 10.0) -> None:
     while not condition():
         assert time.monotonic() < deadline, "condition not met in time"
         time.sleep(0.1)
+
+
+# ----------------------------------------------------------- every name and every method under policy and rates
+
+INVALID_NAMES = ("d\u0435lete_file", "del\u200bete_file", "move_file\u200b", "move file", "m" * 129)
+
+
+def test_look_alike_tool_names_are_held_back_or_hit_the_rules_for_the_name(guarded: Service, tokens: Tokens) -> None:
+    with guarded.client(token=tokens.erin) as erin:
+        with erin.session("look_alikes") as opened:
+            shown = {t.name for t in opened.tools}
+            assert {"Delete_file", "DELETE_FILE", "Move_File", "echo"} <= shown and not shown & set(INVALID_NAMES)
+            held = [f for f in opened.findings if f.kind == "invalid_tool_name"]
+            assert sum(f.count for f in held) == len(INVALID_NAMES) and {f.action for f in held} == {"blocked"}
+            for name in ("Delete_file", "DELETE_FILE"):
+                with pytest.raises(grpc.RpcError) as denied:
+                    erin.call_tool(opened.session_id, name, {})
+                assert _code(denied) is grpc.StatusCode.PERMISSION_DENIED
+                assert 'callers.erin.tools.deny "*delete*"' in _details(denied)
+            pending = erin.call_tool(opened.session_id, "Move_File", {})
+            assert pending.pending and pending.approval is not None
+            assert pending.approval.rule.endswith('callers.erin.tools.approval "move_file"')
+        with erin.session("look_alikes") as opened:  # a session of its own: the anomaly rule counts per session
+            for name in ("d\u0435lete_file", "move_file\u200b"):
+                with pytest.raises(grpc.RpcError) as refused:
+                    erin.call_tool(opened.session_id, name, {})
+                assert _code(refused) is grpc.StatusCode.PERMISSION_DENIED
+                assert "not a valid MCP tool name" in _details(refused)
+
+
+def test_resource_and_prompt_rules_refuse_naming_the_rule(guarded: Service, tokens: Tokens) -> None:
+    with guarded.client(token=tokens.erin) as erin:
+        for uris, rule in [
+            (("mem://secret-plans", "MEM://S\u0435cret"), "mem://secret*"),
+            (("file:///tmp/../etc/passwd", "file:///tmp/%252e%252e/etc/shadow"), "file:///etc/*"),
+        ]:
+            with erin.session("scripted") as opened:
+                for uri in uris:
+                    with pytest.raises(grpc.RpcError) as denied:
+                        erin.read_resource(opened.session_id, uri)
+                    assert _code(denied) is grpc.StatusCode.PERMISSION_DENIED
+                    assert f'callers.erin.resources.deny "{rule}"' in _details(denied)
+        with erin.session("scripted") as opened:
+            with pytest.raises(grpc.RpcError) as denied:
+                erin.get_prompt(opened.session_id, "Leak_everything")
+            assert _code(denied) is grpc.StatusCode.PERMISSION_DENIED
+            assert 'callers.erin.prompts.deny "leak*"' in _details(denied)
+            assert erin.read_resource(opened.session_id, "mem://greeting")[0].text == "hello"
+            assert "Hello, erin!" in str(erin.get_prompt(opened.session_id, "greet", {"name": "erin"}))
+
+
+def _retry_after_ms(exc: pytest.ExceptionInfo[grpc.RpcError]) -> int:
+    return int(dict(exc.value.trailing_metadata() or ())["retry-after-ms"])  # type: ignore[attr-defined]
+
+
+def test_every_mcp_operation_counts_against_the_callers_rate(guarded: Service, tokens: Tokens) -> None:
+    with guarded.client(token=tokens.frank) as frank, frank.session("scripted") as opened:
+        sid = opened.session_id
+        for first, second in [
+            (lambda: frank.read_resource(sid, "mem://greeting"), lambda: frank.read_resource(sid, "mem://greeting")),
+            (lambda: frank.get_prompt(sid, "greet"), lambda: frank.get_prompt(sid, "greet")),
+            (lambda: frank.list_resources(sid), lambda: frank.list_prompts(sid)),
+            (lambda: frank.list_tools(sid), lambda: frank.call_tool(sid, "echo", {"text": "x"})),
+        ]:
+            time.sleep(1.05)  # a full bucket: one call a second, a burst of one
+            first()
+            with pytest.raises(grpc.RpcError) as limited:
+                second()
+            assert _code(limited) is grpc.StatusCode.RESOURCE_EXHAUSTED and "callers.frank.rates" in _details(limited)
+            assert 0 < _retry_after_ms(limited) <= 1000
+
+
+def test_approval_requests_count_against_the_callers_rate(guarded: Service, tokens: Tokens) -> None:
+    with guarded.client(token=tokens.gina) as gina, gina.session("scripted") as opened:
+        for _ in range(2):
+            assert gina.call_tool(opened.session_id, "echo", {"text": "x"}).pending
+        with pytest.raises(grpc.RpcError) as limited:
+            gina.call_tool(opened.session_id, "echo", {"text": "x"})
+        assert _code(limited) is grpc.StatusCode.RESOURCE_EXHAUSTED and "callers.gina.rates" in _details(limited)
+    with guarded.client(token=tokens.carol) as carol:
+        assert len([a for a in carol.list_approvals(include_decided=True) if a.caller == "gina"]) == 2
+
+
+def test_a_burst_of_refusals_is_throttled_before_anything_is_recorded(guarded: Service, tokens: Tokens) -> None:
+    with guarded.client(token=tokens.dave) as dave, dave.session("scripted") as theirs:
+        big = "x" * 60_000
+        codes: list[grpc.StatusCode] = []
+        with guarded.client(token=tokens.mallory) as mallory:
+            for attempt in range(100):
+                with pytest.raises(grpc.RpcError) as refused:
+                    match attempt % 4:
+                        case 0:
+                            mallory.call_tool(secrets.token_hex(8), "echo", {"text": big})  # a made-up session
+                        case 1:
+                            mallory.call_tool(theirs.session_id, "echo", {"text": big})  # another caller's
+                        case 2:
+                            mallory.open_session("no-such-profile")
+                        case _:
+                            mallory.open_session("keyed")  # a denied open
+                codes.append(_code(refused))
+            assert codes[:4] == [grpc.StatusCode.NOT_FOUND, grpc.StatusCode.PERMISSION_DENIED,
+                                 grpc.StatusCode.NOT_FOUND, grpc.StatusCode.PERMISSION_DENIED]
+            assert codes.count(grpc.StatusCode.RESOURCE_EXHAUSTED) >= 70
+            assert "refused requests/min" in _details(refused) and _retry_after_ms(refused) > 0
+    time.sleep(0.5)  # group commit
+    with sqlite3.connect(f"file:{guarded.audit_db}?mode=ro", uri=True) as db:
+        kinds = dict(db.execute(
+            "SELECT kind, count(*) FROM records WHERE caller = 'mallory' GROUP BY kind"
+        ).fetchall())
+    assert 1 <= kinds.get("throttle", 0) <= 6, kinds  # one note per run of throttled refusals
+    assert kinds.get("request", 0) + kinds.get("session.open", 0) <= 35, kinds
