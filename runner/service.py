@@ -1,14 +1,14 @@
 """The embedded default service: Docker backend, built-in profiles, SQLite audit log, gRPC on 127.0.0.1:50051.
 
 Start-up first refuses configurations that would expose the runner or hand the embedded default policy to
-authenticated callers, then takes the instance lock: an instance is one running service, so a second
-service of the same instance name (whatever its audit path or port) stops here, naming the first, before
-its orphan sweep could remove the first one's live sandboxes. Then it opens the guard's memory (pins,
-approvals, rate buckets of earlier runs: ``runner.guard.memory``) and the audit log (it refuses to
-start if either cannot be written: a service that cannot record must not answer), checks the engine and
-sweeps this instance's orphaned containers (a previous run killed with sessions open). Shutdown on
-SIGINT/SIGTERM is graceful: health NOT_SERVING, ``server.stop(grace)``, then every session's container is
-removed and its close recorded, then the audit log is closed and the lock released.
+authenticated callers, and an address already in use, then takes the instance lock: an instance is one
+running service, so a second service of the same instance name (whatever its audit path or port) stops
+here, naming the first, before its orphan sweep could remove the first one's live sandboxes. Then it
+opens the guard's memory (pins, approvals, rate buckets of earlier runs: ``runner.guard.memory``) and the
+audit log (it refuses to start if either cannot be written: a service that cannot record must not answer),
+checks the engine and sweeps this instance's orphaned containers (a previous run killed with sessions
+open). Shutdown on SIGINT/SIGTERM is graceful: health NOT_SERVING, ``server.stop(grace)``, then every
+session's container is removed and its close recorded, then the audit log is closed and the lock released.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import signal
 from pathlib import Path
 
 from runner.api.auth import Authenticator, check_listen_safety, check_policy_required
-from runner.api.server import start_server
+from runner.api.server import refuse_address_in_use, start_server
 from runner.audit.replay import Replayer
 from runner.audit.retention import keep_retention
 from runner.audit.service import AuditService
@@ -100,11 +100,14 @@ def _describe_holder(recorded: bytes) -> str:
 async def run_service(settings: Settings) -> None:
     """Serve until SIGINT or SIGTERM; SIGHUP (or a change of the file) reloads the policy.
 
-    Refuses to start (``ConfigError``, ``FailedPrecondition``) before touching the engine when the settings
-    are unsafe or the instance is already running.
+    Refuses to start (``ConfigError``, ``Unavailable``, ``FailedPrecondition``) before touching the engine
+    when the settings are unsafe, the address is in use or the instance is already running.
     """
     check_listen_safety(settings.listen, settings.tls, settings.auth)
     check_policy_required(settings.listen, settings.auth, settings.policy)
+    # Early as well as at the bind: two services left at the default port (two users on one engine, say)
+    # stop here, before the orphan sweep; the bind itself still decides.
+    refuse_address_in_use(settings.listen)
     lock = InstanceLock.acquire(settings.state_dir, settings.instance, settings.listen)
     try:
         await _serve(settings, lock)

@@ -67,7 +67,7 @@ async def start_server(
     """
     check_listen_safety(listen, tls, authenticator.config)
     credentials = server_credentials(tls) if tls is not None else None
-    _refuse_address_in_use(listen)
+    refuse_address_in_use(listen)
     # gRPC sets SO_REUSEPORT by default: a second service would share the port, and calls land on either.
     server = grpc.aio.server(
         interceptors=(DecodeErrors(),),  # undecodable requests: INVALID_ARGUMENT
@@ -89,7 +89,7 @@ async def start_server(
     return RunningServer(server=server, port=port, health=health, grace=grace)
 
 
-def _refuse_address_in_use(listen: str) -> None:
+def refuse_address_in_use(listen: str) -> None:
     """``Unavailable`` when any address ``listen`` resolves to is taken: probe each with a plain bind.
 
     gRPC binds every address a name resolves to and is content when one of them works: ``localhost:50051``

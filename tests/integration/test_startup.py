@@ -85,6 +85,7 @@ def test_a_service_on_a_port_in_use_refuses_to_start_and_the_first_keeps_its_cal
         port = int(first.address.rsplit(":", 1)[1])
         log = refused(tmp_path / "second", f"it-port-{secrets.token_hex(3)}", port=port)
         assert f"cannot listen on 127.0.0.1:{port}: 127.0.0.1 port {port} is already in use" in log
+        assert "continuing at seq" not in log  # refused before its audit log, its lock and its orphan sweep
         for _ in range(5):  # before, calls to the shared port landed on either service
             still_serves(first, session_id)
     finally:

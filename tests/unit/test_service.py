@@ -101,6 +101,17 @@ def test_an_unwritable_state_directory_is_a_configuration_error(tmp_path: Path) 
 # ------------------------------------------------------------------------------------------------ the address
 
 
+async def test_a_service_on_an_address_in_use_stops_before_its_lock_and_sweep(tmp_path: Path) -> None:
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        port = other.getsockname()[1]
+        with pytest.raises(Unavailable, match=f"127.0.0.1 port {port} is already in use"):
+            await run_service(settings(tmp_path, listen=f"127.0.0.1:{port}"))
+    assert not (tmp_path / "state").exists()
+
+
+
 async def serve(listen: str) -> RunningServer:
     """The real gRPC server; its servicer is never called here, so it needs no session manager."""
     return await start_server(cast(Any, None), listen, authenticator=Authenticator(AuthConfig(), lambda _: None))
