@@ -40,6 +40,7 @@ class Hosts:
     web_ip: str
     other_ip: str
     gateway_ip: str
+    web: str  # the allowed-web container, whose log lists every request it received
 
 
 def _run_server(api: Any, name: str, network: str, aliases: list[str], **kwargs: Any) -> str:
@@ -85,7 +86,7 @@ def hosts(images: dict[str, str]) -> Iterator[Hosts]:
                                 # Debian bookworm ships Node 18, where the server needs WebCrypto switched on.
                                 environment={"PORT": "3001", "NODE_OPTIONS": "--experimental-global-webcrypto"}))
         gateway = api.inspect_network(upstream)["IPAM"]["Config"][0]["Gateway"]
-        yield Hosts(upstream, other, _ip(api, web, upstream), _ip(api, other_web, other), gateway)
+        yield Hosts(upstream, other, _ip(api, web, upstream), _ip(api, other_web, other), gateway, web)
     finally:
         for container in made:
             api.remove_container(container, force=True)
@@ -220,6 +221,44 @@ def test_everything_else_is_refused_and_recorded(networked: Service, hosts: Host
         assert {(d["host"], d["code"]) for d in recorded} >= by_host
         assert not any(d["allowed"] for d in recorded)
     assert "egress session=" in networked.log()
+
+
+def _echo_log(hosts: Hosts, until: str, seconds: float = 10.0) -> str:
+    """The allowed-web echo server's log, once it holds ``until``."""
+    api = docker.from_env().api
+    deadline = time.monotonic() + seconds
+    while True:
+        log = api.logs(hosts.web, stdout=False, stderr=True).decode(errors="replace")
+        if until in log or time.monotonic() > deadline:
+            return log
+        time.sleep(0.2)
+
+
+def test_trace_and_a_pipelined_request_never_reach_the_upstream(networked: Service, hosts: Hosts) -> None:
+    """TRACE would echo the credential the proxy adds; a pipelined request would pass unchecked and unrecorded."""
+    mark = secrets.token_hex(4)
+    with networked.client() as client, client.session("probe-net") as opened:
+        sid = opened.session_id
+        proxy_host, proxy_port = _call(client, sid, "net_env")["http_proxy"].removeprefix("http://").rsplit(":", 1)
+
+        def raw(text: str) -> str:
+            reply: str = _call(client, sid, "tcp_connect", host=proxy_host, port=int(proxy_port), send=text)["reply"]
+            return reply
+
+        trace = raw(f"TRACE http://allowed-web:8080/trace-{mark} HTTP/1.1\r\nHost: allowed-web:8080\r\n\r\n")
+        assert trace.startswith("HTTP/1.1 405"), trace
+        first = f"GET http://allowed-web:8080/first-{mark} HTTP/1.1\r\nHost: allowed-web:8080\r\n\r\n"
+        second = f"GET http://other-web:8080/second-{mark} HTTP/1.1\r\nHost: other-web:8080\r\n\r\n"
+        assert raw(first + second).startswith("HTTP/1.0 200"), "the first request is answered"
+
+        decisions = [(d.method, d.host, d.code) for d in _decisions(client, sid, 2)]
+        assert decisions == [("TRACE", "allowed-web", "method_not_allowed"), ("GET", "allowed-web", "allowed")]
+        recorded = [json.loads(r.data_json) for r in client.query_audit(session_id=sid, kinds=["egress"])]
+        assert [(d["method"], d["code"]) for d in recorded] == [("TRACE", "method_not_allowed"), ("GET", "allowed")]
+
+    log = _echo_log(hosts, f"done with /first-{mark}")
+    assert f"done with /first-{mark}: 0 bytes after it" in log, log
+    assert f"trace-{mark}" not in log and f"second-{mark}" not in log
 
 
 def test_a_real_server_fetches_through_the_proxy(networked: Service) -> None:
