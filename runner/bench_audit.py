@@ -1,4 +1,6 @@
-"""The audit log's share of ``mcp-runner bench``: what holding every response until its record is durable costs.
+"""The audit log's share of ``mcp-runner bench``: what write-ahead recording costs a call.
+
+Each tools/call waits twice for the disk: its intent before it is sent, its outcome before the answer leaves.
 
 Two measurements. In this process, the store on its own with a real SQLite file: a lone append's latency
 with one commit per record (``batch_max=1``) against group commit (the default), alternated append by
