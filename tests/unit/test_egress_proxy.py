@@ -20,10 +20,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from runner.certs import DevCerts, make_dev_certs
+from runner.egress.framing import CHUNKED, Buffered, forward_body
 from runner.egress.proxy import EgressProxy, ProxyLimits, _Request, _rewrite_head
 from runner.egress.rules import Rule
+from runner.egress.tls import read_client_hello
 
 TIMEOUT = 3.0
 ROOT = Path(__file__).resolve().parents[2]
@@ -981,3 +985,54 @@ async def test_the_module_rejects_a_bad_config(tmp_path: Path, stdin: bytes, mes
     assert process.returncode == 2
     event = json.loads(stdout)
     assert event["type"] == "error" and message in event["message"]
+
+
+class _ListSink:
+    """Stands in for the upstream's StreamWriter: keeps what is written."""
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+
+    def write(self, data: bytes) -> None:
+        self.data += data
+
+    async def drain(self) -> None:
+        return None
+
+
+def _buffered(data: bytes) -> Buffered:
+    reader = asyncio.StreamReader()
+    reader.feed_data(data)
+    reader.feed_eof()
+    return Buffered(reader, b"")
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.binary(max_size=600)
+    | st.builds(
+        lambda cut, junk: client_hello(sni(b"web.test"))[:cut] + junk, st.integers(0, 80), st.binary(max_size=40)
+    )
+)
+def test_the_client_hello_reader_refuses_any_bytes_only_with_a_value_error(data: bytes) -> None:
+    """Whatever a sandbox sends into a tunnel, the reader answers a name, no name or ValueError, nothing else."""
+
+    async def read() -> None:
+        with contextlib.suppress(ValueError):
+            records, name = await read_client_hello(_buffered(data))
+            assert data.startswith(records) and (name is None or isinstance(name, str))
+
+    asyncio.run(read())
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.binary(min_size=1, max_size=50), max_size=6), st.binary(max_size=30))
+def test_a_chunked_body_is_forwarded_canonically_and_nothing_after_it(chunks: list[bytes], after: bytes) -> None:
+    sent = b"".join(b"%X;x=y\r\n%s\r\n" % (len(chunk), chunk) for chunk in chunks) + b"0\r\nT: v\r\n\r\n" + after
+    sink = _ListSink()
+
+    async def forward() -> None:
+        await forward_body(_buffered(sent), sink, CHUNKED, lambda: None)  # type: ignore[arg-type]
+
+    asyncio.run(forward())
+    assert bytes(sink.data) == b"".join(b"%x\r\n%s\r\n" % (len(chunk), chunk) for chunk in chunks) + b"0\r\n\r\n"
