@@ -7,7 +7,8 @@ its input as it was, so the raw result can still be audited. Policy is layered o
 
 - **Payloads**: ``data``/``blob`` of a model with a ``mime_type`` are base64. A text-like one (``text/*``, JSON,
   XML, YAML…, or no MIME type at all) is decoded, sanitized as text and encoded again; binary ones (images,
-  audio, octet streams) are left alone, since rewriting them would corrupt them.
+  audio, octet streams) are left alone, since rewriting them would corrupt them. JSON (a blob, or the ``text`` of
+  a JSON-typed resource) is parsed and walked as a value, so escapes spelled ``\\u001b`` are seen as what they are.
 - **Locators** (``uri``, ``uri_template``, ``*_url``, ``src``, ``mime_type``): stripped and redacted, but not
   searched for prompt injection (a URI template is a templated URL by design).
 - **Identifiers** a caller must send back unchanged: a tool's name and every key in its schemas (property names).
@@ -88,6 +89,29 @@ def _text_like(mime_type: str | None) -> bool:
         return True
     kind, _, subtype = mime_type.split(";", 1)[0].strip().lower().partition("/")
     return kind == "text" or subtype in _TEXT_SUBTYPES or subtype.endswith(("+json", "+xml", "+yaml"))
+
+
+def _json_typed(mime_type: str | None) -> bool:
+    if not mime_type:
+        return False
+    subtype = mime_type.split(";", 1)[0].strip().lower().partition("/")[2]
+    return subtype in ("json", "ld+json") or subtype.endswith("+json")
+
+
+def _nesting(value: Any) -> int:
+    """How deep ``value`` nests (iteratively: a parsed document may be deeper than the walk may recurse)."""
+    deepest = 0
+    stack = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        deepest = max(deepest, depth)
+        if deepest >= MAX_DEPTH:
+            break
+        if isinstance(item, dict):
+            stack.extend((child, depth + 1) for child in item.values())
+        elif isinstance(item, list):
+            stack.extend((child, depth + 1) for child in item)
+    return deepest
 
 
 def _locator(name: str) -> bool:
@@ -192,8 +216,11 @@ class _Walk:
             if item is None:
                 continue
             path = _key_path(where, name)
+            typed = mime_type if isinstance(mime_type, str) else None
             if name in _PAYLOAD_FIELDS and isinstance(item, str) and "mime_type" in type(model).model_fields:
-                clean: Any = self.payload(item, path, mime_type if isinstance(mime_type, str) else None)
+                clean: Any = self.payload(item, path, typed)
+            elif name == "text" and isinstance(item, str) and _json_typed(typed):
+                clean = self.document(item, path, typed)
             elif name == "name" and isinstance(item, str):
                 clean = self.identifier(item, path)
             else:
@@ -211,8 +238,21 @@ class _Walk:
             text = base64.b64decode(data, validate=True).decode("utf-8")
         except (binascii.Error, ValueError):
             return data  # not text after all: left as the bytes it is
-        clean = self.text(text, where)
+        clean = self.document(text, where, mime_type)
         return data if clean == text else base64.b64encode(clean.encode("utf-8")).decode("ascii")
+
+    def document(self, text: str, where: str, mime_type: str | None) -> str:
+        """Text of a MIME type. JSON is parsed and walked as a value: in its text, ``\\u001b`` is six harmless
+        characters, but whoever parses it gets the escape (and a secret may be spelled with escapes)."""
+        if _json_typed(mime_type):
+            try:
+                parsed = json.loads(text)
+            except (ValueError, RecursionError):
+                parsed = text
+            if not isinstance(parsed, str) and _nesting(parsed) < MAX_DEPTH:
+                clean = self.value(parsed, where, 1)
+                return text if clean == parsed else json.dumps(clean, ensure_ascii=False)
+        return self.text(text, where)
 
 
 def _walk(

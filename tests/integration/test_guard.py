@@ -8,6 +8,7 @@ run (``mcp-runner certs`` / ``token`` code paths).
 
 from __future__ import annotations
 
+import json
 import secrets
 import signal
 import sqlite3
@@ -20,11 +21,12 @@ from pathlib import Path
 
 import grpc
 import pytest
+from google.protobuf import json_format
 
 from runner.api._proto.mcp_runner.v1 import runner_pb2 as pb
 from runner.api.auth import hash_token, new_token
 from runner.certs import DevCerts, make_dev_certs
-from runner.client import RunnerClient, ToolResult
+from runner.client import Progress, RunnerClient, ToolResult
 from tests.integration.conftest import Service, start_service, stop_service
 
 pytestmark = pytest.mark.integration
@@ -513,3 +515,115 @@ def test_a_burst_of_refusals_is_throttled_before_anything_is_recorded(guarded: S
         ).fetchall())
     assert 1 <= kinds.get("throttle", 0) <= 6, kinds  # one note per run of throttled refusals
     assert kinds.get("request", 0) + kinds.get("session.open", 0) <= 35, kinds
+
+
+# ------------------------------------------------------------------------ every text that leaves a sandbox
+
+LEAK = f"lk-{secrets.token_hex(12)}"
+"""The leaky server's API_TOKEN: it plants it, with an OSC-52 escape and an injection, in every field it can."""
+OSC52_PAYLOAD = "cm0gLXJmIH4K"  # what the planted clipboard escape would have put on the caller's clipboard
+
+
+@pytest.fixture(scope="module")
+def leaky(images: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
+    tmp = tmp_path_factory.mktemp("leaky")
+    (tmp / "leak.txt").write_text(LEAK + "\n", encoding="utf-8")
+    base = (
+        f"image: python-servers, command: [python3, /srv/servers/scripted_server.py, leaky], "
+        f"mounts: [{{source: {SERVERS}, target: /srv/servers}}], secrets: {{API_TOKEN: {{file: leak.txt}}}}"
+    )
+    config = tmp / "settings.yaml"
+    config.write_text(
+        f"profiles:\n  leaky: {{{base}}}\n  leaky_strict: {{{base}, sanitize: {{injection: block}}}}\n",
+        encoding="utf-8",
+    )
+    service = start_service(tmp, f"it-leaky-{secrets.token_hex(4)}", config=config)
+    yield service
+    stop_service(service)
+
+
+def _strings(value: object) -> Iterator[str]:
+    """Every string in a protobuf message (as its dict), a list or a dict, keys included, as the caller holds it."""
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, bytes):
+        yield value.decode("utf-8", "replace")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield str(key)
+            yield from _strings(item)
+    elif isinstance(value, list | tuple):
+        for item in value:
+            yield from _strings(item)
+    elif hasattr(value, "DESCRIPTOR"):
+        yield from _strings(json_format.MessageToDict(value, preserving_proto_field_name=True))  # type: ignore[arg-type]
+
+
+def _assert_clean(text: str, where: str) -> None:
+    assert LEAK not in text, f"the secret reached {where}"
+    assert "\x1b" not in text and "\x07" not in text and OSC52_PAYLOAD not in text, f"an escape reached {where}"
+
+
+def test_nothing_a_leaky_server_says_reaches_the_caller_or_the_audit_log_unsanitized(leaky: Service) -> None:
+    seen: list[str] = []
+    with leaky.client() as client, client.session("leaky") as opened:
+        assert "[REDACTED:secret]" in opened.server.name and "[REDACTED:secret]" in opened.server.version
+        assert "[REDACTED:secret]" in opened.server.instructions
+        names = [tool.name for tool in opened.tools]
+        assert "leaky_schema" in names and "poisoned_default" in names  # flagged only under "flag"
+        assert "secret_property" not in names  # its property name would change: held back, not renamed
+        places = {(f.kind, f.where) for f in opened.findings}
+        assert ("unsafe_identifier", "tools[secret_property]") in places
+        assert ("injection_instruction", "tools[poisoned_default].input_schema.properties.q.default") in places
+        schema = next(t for t in opened.tools if t.name == "leaky_schema").input_schema_json
+        assert "[REDACTED:secret]" in schema
+        seen += _strings([opened.server, opened.tools, opened.findings])
+
+        resources = client.list_resources(opened.session_id)
+        leak_uri = next(r.uri for r in resources if r.uri.startswith("mem://leak/"))
+        assert leak_uri == "mem://leak/[REDACTED:secret]"
+        (contents,) = client.read_resource(opened.session_id, leak_uri)
+        body = json.loads(contents.blob)  # a JSON blob: decoded, sanitized, encoded again
+        assert body["token"] == "[REDACTED:secret]" and body["esc"] == ""
+        seen += _strings([resources, contents])
+
+        echoed = client.call_tool(opened.session_id, "echo", {"text": "hi"})
+        assert any(key.startswith("k-[REDACTED:secret]") for key in echoed.structured_content)
+        seen += _strings([echoed.structured_content, echoed.content, echoed.findings])
+
+        progress: list[str] = []
+        for item in client.call_tool_stream(opened.session_id, "slow", {"steps": 2, "delay_ms": 0}):
+            if isinstance(item, Progress):
+                progress.append(item.message)
+            elif isinstance(item, ToolResult):
+                assert ("injection_instruction", "progress.message") in {(f.kind, f.where) for f in item.findings}
+        assert progress and all("[REDACTED:secret]" in message for message in progress)
+        seen += progress
+
+    for i, text in enumerate(seen):
+        _assert_clean(text, f"the caller (string {i}: {text[:80]!r})")
+    with sqlite3.connect(f"file:{leaky.audit_db}?mode=ro", uri=True) as db:
+        tables = [row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+        assert tables
+        for table in tables:
+            for row in db.execute(f'SELECT * FROM "{table}"'):  # table names come from the schema itself
+                _assert_clean(" ".join(str(cell) for cell in row), f"the audit log (table {table})")
+    _assert_clean(leaky.log(), "the service log")
+
+
+def test_a_blocking_profile_holds_back_poison_and_drops_poisoned_progress(leaky: Service) -> None:
+    with leaky.client() as client, client.session("leaky_strict") as opened:
+        names = [tool.name for tool in opened.tools]
+        assert "poisoned_default" not in names and "secret_property" not in names and "leaky_schema" in names
+        assert ("tool_poisoning", "blocked", "tools[poisoned_default]") in {
+            (f.kind, f.action, f.where) for f in opened.findings
+        }
+        with pytest.raises(grpc.RpcError) as refused:
+            client.call_tool(opened.session_id, "poisoned_default", {"q": "x"})
+        assert _code(refused) is grpc.StatusCode.PERMISSION_DENIED
+        messages = [
+            item.message
+            for item in client.call_tool_stream(opened.session_id, "slow", {"steps": 2, "delay_ms": 0})
+            if isinstance(item, Progress)
+        ]
+        assert len(messages) == 2 and messages == ["", ""]  # the numbers arrive, the poisoned words do not

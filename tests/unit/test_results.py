@@ -479,6 +479,34 @@ def test_text_like_blobs_are_decoded_and_sanitized(mime_type: str | None) -> Non
     assert where_of(log) == {"email": {"contents[0].blob"}, "terminal_escape": {"contents[0].blob"}}
 
 
+def test_json_documents_are_parsed_so_escaped_controls_and_secrets_are_seen() -> None:
+    document = json.dumps({"esc": "\x1b]52;c;ZXZpbA==\x07", "to": EMAIL, "ok": [1, "b"]}).replace("@", "\\u0040")
+    assert "\x1b" not in document and EMAIL not in document  # JSON spells them with harmless-looking escapes…
+    log = FindingLog()
+    blob, text_doc = sanitize_resource_contents(
+        S,
+        [
+            _blob(document, "application/json"),
+            mcp_types.TextResourceContents(uri="file:///t", text=document, mime_type="application/ld+json"),
+        ],
+        log,
+    )
+    assert isinstance(blob, mcp_types.BlobResourceContents) and isinstance(text_doc, mcp_types.TextResourceContents)
+    expected = {"esc": "", "to": "[REDACTED:email]", "ok": [1, "b"]}  # …that whoever parses it would get
+    assert json.loads(base64.b64decode(blob.blob)) == expected
+    assert json.loads(text_doc.text) == expected
+    assert where_of(log) == {
+        "terminal_escape": {"contents[0].blob.esc", "contents[1].text.esc"},
+        "email": {"contents[0].blob.to", "contents[1].text.to"},
+    }
+
+
+def test_a_json_document_that_does_not_parse_is_sanitized_as_text() -> None:
+    (clean,) = sanitize_resource_contents(S, [_blob(f'{{"to": "{EMAIL}"', "application/json")], FindingLog())
+    assert isinstance(clean, mcp_types.BlobResourceContents)
+    assert base64.b64decode(clean.blob).decode() == '{"to": "[REDACTED:email]"'
+
+
 @pytest.mark.parametrize("mime_type", ["image/png", "application/octet-stream", "audio/wav"])
 def test_binary_blobs_are_left_alone(mime_type: str) -> None:
     original = _blob(f"mail {EMAIL}", mime_type)
