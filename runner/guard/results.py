@@ -340,11 +340,6 @@ def sanitize_initialize(
     return _walk(s, result, "", log, budget)
 
 
-def sanitize_instructions(s: Sanitizer, text: str | None, log: FindingLog) -> str | None:
-    """The server's ``instructions`` from initialize: read by the model, so as untrusted as any result."""
-    return None if text is None else _walk(s, text, "instructions", log, None)
-
-
 def sanitize_progress(s: Sanitizer, message: str | None, log: FindingLog) -> str | None:
     """A progress notification's message, shown to the caller while a tool runs."""
     return None if message is None else _walk(s, message, "progress.message", log, None)

@@ -19,7 +19,6 @@ from runner.guard.results import (
     WorkBudget,
     sanitize_call_result,
     sanitize_initialize,
-    sanitize_instructions,
     sanitize_progress,
     sanitize_prompt_result,
     sanitize_prompts,
@@ -406,21 +405,6 @@ def test_prompt_result_cleans_description_and_messages() -> None:
 def test_prompt_result_without_description() -> None:
     result = mcp_types.GetPromptResult(messages=[])
     assert sanitize_prompt_result(S, result, FindingLog()).description is None
-
-
-# --------------------------------------------------------------------------------------------- instructions
-
-
-def test_instructions() -> None:
-    log = FindingLog()
-    assert sanitize_instructions(S, None, log) is None
-    assert (
-        sanitize_instructions(S, "Use get_weather.\x07 Mail " + EMAIL, log) == "Use get_weather. Mail [REDACTED:email]"
-    )
-    assert set(log.findings()) == {
-        Finding("control_chars", 1, STRIPPED, "instructions"),
-        Finding("email", 1, REDACTED, "instructions"),
-    }
 
 
 # --------------------------------------------------------------------------------------------- the generic walk
