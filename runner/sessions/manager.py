@@ -96,6 +96,8 @@ CLOSED_RETENTION_S = 600.0
 _ANOMALIES = (PermissionDenied, SchemaViolation, ResultRejected)
 MAX_ERROR_MESSAGE = 8192
 """Characters of an error message kept: it is sanitized on the event loop, so it must stay cheap."""
+MAX_ON_LOOP_PROGRESS = 4096
+"""A progress message up to this many characters is sanitized on the event loop; a longer one in a thread."""
 _BLOCKED_SHOWN = 5
 _ACTIONS: dict[Kind, tuple[str, str]] = {
     "tools": ("tools/call", "tool"), "resources": ("resources/read", "uri"), "prompts": ("prompts/get", "prompt"),
@@ -571,8 +573,12 @@ class SessionManager:
     def _sanitizing_progress(
         self, session: LiveSession, on_progress: ProgressCallback | None, found: FindingLog
     ) -> ProgressCallback | None:
-        """``on_progress`` fed sanitized messages (off the loop); what they held goes to ``found``, the call's
-        findings. A message whose injection the profile blocks is not passed on: the progress numbers are."""
+        """``on_progress`` fed sanitized messages; what they held goes to ``found``, the call's findings. A message
+        whose injection the profile blocks is not passed on: the progress numbers are.
+
+        The channel's reader waits for each event, so a flood of short status lines is sanitized on the loop
+        (microseconds each, less than a thread hop); a long message goes to a thread, like any result.
+        """
         if on_progress is None:
             return None
         forward = on_progress
@@ -580,7 +586,10 @@ class SessionManager:
         async def sanitized(event: ProgressEvent) -> None:
             if event.message:
                 own = FindingLog()
-                message = await asyncio.to_thread(results.sanitize_progress, session.sanitizer, event.message, own)
+                if len(event.message) <= MAX_ON_LOOP_PROGRESS:
+                    message = results.sanitize_progress(session.sanitizer, event.message, own)
+                else:
+                    message = await asyncio.to_thread(results.sanitize_progress, session.sanitizer, event.message, own)
                 found.extend(own.findings())
                 event = replace(event, message=None if own.blocked else message)
             await forward(event)
