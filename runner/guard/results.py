@@ -248,8 +248,8 @@ class _Walk:
             try:
                 parsed = json.loads(text)
             except (ValueError, RecursionError):
-                parsed = text
-            if not isinstance(parsed, str) and _nesting(parsed) < MAX_DEPTH:
+                return self.text(text, where)  # not JSON after all: sanitized as the text it is
+            if _nesting(parsed) < MAX_DEPTH:
                 clean = self.value(parsed, where, 1)
                 return text if clean == parsed else json.dumps(clean, ensure_ascii=False)
         return self.text(text, where)

@@ -485,6 +485,12 @@ def test_json_documents_are_parsed_so_escaped_controls_and_secrets_are_seen() ->
     }
 
 
+def test_a_json_string_document_is_parsed_too() -> None:
+    (clean,) = sanitize_resource_contents(S, [_blob('"\\u001b[2Jhi"', "application/json")], FindingLog())
+    assert isinstance(clean, mcp_types.BlobResourceContents)
+    assert json.loads(base64.b64decode(clean.blob)) == "hi"
+
+
 def test_a_json_document_that_does_not_parse_is_sanitized_as_text() -> None:
     (clean,) = sanitize_resource_contents(S, [_blob(f'{{"to": "{EMAIL}"', "application/json")], FindingLog())
     assert isinstance(clean, mcp_types.BlobResourceContents)
