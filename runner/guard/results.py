@@ -98,12 +98,14 @@ def _json_typed(mime_type: str | None) -> bool:
     return subtype in ("json", "ld+json") or subtype.endswith("+json")
 
 
-def _nesting(value: Any) -> int:
-    """How deep ``value`` nests (iteratively: a parsed document may be deeper than the walk may recurse)."""
+def _nesting(value: Any, nodes: int) -> int:
+    """How deep ``value`` nests (iteratively: a parsed document may be deeper than the walk may recurse), looking
+    at no more than ``nodes`` values: the walk that follows refuses a larger document anyway."""
     deepest = 0
     stack = [(value, 0)]
-    while stack:
+    while stack and nodes > 0:
         item, depth = stack.pop()
+        nodes -= 1
         deepest = max(deepest, depth)
         if deepest >= MAX_DEPTH:
             break
@@ -249,7 +251,7 @@ class _Walk:
                 parsed = json.loads(text)
             except (ValueError, RecursionError):
                 return self.text(text, where)  # not JSON after all: sanitized as the text it is
-            if _nesting(parsed) < MAX_DEPTH:
+            if _nesting(parsed, self.budget.nodes) < MAX_DEPTH:
                 clean = self.value(parsed, where, 1)
                 return text if clean == parsed else json.dumps(clean, ensure_ascii=False)
         return self.text(text, where)
