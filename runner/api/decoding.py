@@ -41,7 +41,7 @@ def _deserializer(original: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
     def deserialize(data: bytes) -> Any:
         try:
             return original(data)
-        except (DecodeError, UnicodeDecodeError, ValueError) as exc:
+        except DecodeError as exc:
             # protobuf's message already names the type ("Error parsing message with type 'x.Y': ...").
             return Undecodable(str(exc)[:300] or type(exc).__name__)
 

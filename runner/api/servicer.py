@@ -1,6 +1,9 @@
 """The ``mcp_runner.v1.Runner`` servicer: protobuf in, domain calls, protobuf out.
 
 Conversion only — every decision belongs to the ``SessionService`` below it.
+Every caller-controlled field passes the door's checks (``runner.api.inputs``)
+on its way in, so what the layers below see is already sized, shaped and
+recordable; undecodable request bytes never get here (``runner.api.decoding``).
 Each RPC first learns who is calling from the ``Authenticator`` (client
 certificate or bearer token), inside the error translation, so a missing or
 wrong credential is UNAUTHENTICATED like any other domain error.
