@@ -81,8 +81,18 @@ def test_what_the_door_accepts_the_audit_log_can_hold(value: Any) -> None:
     try:
         accepted = inputs.arguments(text)
     except InvalidArgument:
+        assert json_problem(json.loads(text)) is not None  # the fast path refuses only what the rule refuses
         return
+    assert json_problem(accepted) is None
     canonical_json(accepted).encode("utf-8")
+
+
+def test_nesting_is_read_off_the_text_ignoring_brackets_in_strings() -> None:
+    text = '{"a": "[[[{\\"[", "b": [[{"c": "]]]}"}]], "d": {}}'
+    assert inputs._nesting(text) == 4
+    assert inputs.arguments(text)["a"] == '[[[{"['
+    deep_in_a_string = json.dumps({"s": "[" * 1000})
+    assert inputs.arguments(deep_in_a_string) == {"s": "[" * 1000}
 
 
 def test_json_problem_is_iterative_and_names_non_json_values() -> None:
