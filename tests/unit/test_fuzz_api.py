@@ -372,3 +372,14 @@ def test_a_truncated_message_is_invalid_argument_naming_its_type(door: Door) -> 
 @given(name=st.sampled_from([name for name, _ in METHODS if name != "ReplaySession"]), payload=st.binary(max_size=300))
 def test_raw_bytes(door: Door, name: str, payload: bytes) -> None:
     door.check(_raw(door, name, dict(METHODS)[name], payload, timeout=0.5))
+
+
+def test_a_lone_surrogate_cannot_poison_the_approvals(door: Door) -> None:
+    """Once, such arguments became a pending approval that ListApprovals and WatchApprovals could not send."""
+    for arguments_json in ('{"seconds": "\\ud800"}', '{"\\udbff": 1}'):
+        request = pb.CallToolRequest(session_id=door.sessions[0], tool="sleep", arguments_json=arguments_json)
+        assert door.unary(door.stub.CallTool, request) == grpc.StatusCode.INVALID_ARGUMENT
+    assert door.unary(door.stub.ListApprovals, pb.ListApprovalsRequest(include_decided=True)) == grpc.StatusCode.OK
+    assert door.streaming(door.stub.WatchApprovals, pb.WatchApprovalsRequest(), timeout=0.5) in {
+        grpc.StatusCode.OK, grpc.StatusCode.DEADLINE_EXCEEDED,
+    }  # fmt: skip
