@@ -85,12 +85,15 @@ class Buffered:
             return data
         return await self._reader.read(n)
 
-    async def readexactly(self, n: int) -> bytes:
-        while len(self._pending) < n:
-            chunk = await self._reader.read(_CHUNK)
-            if not chunk:
-                raise asyncio.IncompleteReadError(bytes(self._pending), n)
+    async def peek(self, n: int) -> bytes:
+        """The next ``n`` bytes, left to be read; fewer only at the end of the stream."""
+        while len(self._pending) < n and (chunk := await self._reader.read(_CHUNK)):
             self._pending += chunk
+        return bytes(self._pending[:n])
+
+    async def readexactly(self, n: int) -> bytes:
+        if len(await self.peek(n)) < n:
+            raise asyncio.IncompleteReadError(bytes(self._pending), n)
         data = bytes(self._pending[:n])
         del self._pending[:n]
         return data

@@ -42,12 +42,13 @@ from runner.egress.rules import (
     ip_literal,
     parse_request_target,
 )
-from runner.egress.tls import ACCESS_DENIED_ALERT, read_client_hello
+from runner.egress.tls import ACCESS_DENIED_ALERT, HelloRefused, checked_hello, server_first
 
 __all__ = ["EgressProxy", "ProxyLimits"]
 
 Emit = Callable[[dict[str, object]], None]
 Resolver = Callable[[str, int], Awaitable[list[str]]]
+_Streams = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 Touch = Callable[[], None]
 _Direction = Callable[[Touch], Coroutine[object, object, None]]
 
@@ -221,16 +222,8 @@ class EgressProxy:
         try:
             if request.method == "CONNECT":
                 writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
-                try:
-                    hello = await self._client_hello(client, request)
-                except _Refusal as refusal:
-                    self._decide(attempt, refusal.code, refusal.reason)
-                    if refusal.code != "not_tls":  # a TLS client: tell it why, in TLS
-                        writer.write(ACCESS_DENIED_ALERT)
-                    return
-                self._decide(attempt, "allowed", f"{allowed}; TLS server name checked")
-                up_writer.write(hello)
-                await self._tunnel(client, writer, up_reader, up_writer)
+                if await self._open_tunnel(client, writer, (up_reader, up_writer), request.host, attempt, allowed):
+                    await self._tunnel(client, writer, up_reader, up_writer)
             else:
                 self._decide(attempt, "allowed", allowed)
                 up_writer.write(_rewrite_head(request, rule))
@@ -330,33 +323,32 @@ class EgressProxy:
         where = _host_port(request.host, request.port)
         raise _Refusal(502, "connect_failed", f"cannot connect to {where}: {failure}")
 
-    async def _client_hello(self, client: Buffered, request: _Request) -> bytes:
-        """The tunnel's first TLS records, once their ClientHello names the CONNECT's host; else a _Refusal.
-
-        A CONNECT to an IP literal expects no server name (RFC 6066 forbids an
-        address there, and clients send none): a hello without one passes, one
-        that names any other host is refused like a mismatch.
-        """
-        tls_only = "a tunnel carries TLS only; send plain HTTP as http:// URLs"
+    async def _open_tunnel(
+        self,
+        client: Buffered,
+        writer: asyncio.StreamWriter,
+        upstream: _Streams,
+        host: str,
+        attempt: _Attempt,
+        allowed: str,
+    ) -> bool:
+        """Check the ClientHello (and a retried one) before anything else crosses; False when the tunnel ends."""
         try:
-            async with asyncio.timeout(self._limits.head_timeout_s):
-                records, name = await read_client_hello(client)
-        except TimeoutError:
-            wait = self._limits.head_timeout_s
-            raise _Refusal(400, "not_tls", f"no TLS ClientHello within {wait:g} s: {tls_only}") from None
-        except ValueError as exc:
-            raise _Refusal(400, "not_tls", f"{exc}: {tls_only}") from None
-        except OSError as exc:
-            broke = f"the connection broke before the TLS ClientHello: {_describe(exc)}"
-            raise _Refusal(400, "not_tls", broke) from None
-        if name is None:
-            if ip_literal(request.host) is not None:
-                return records
-            raise _Refusal(403, "sni_missing", f"the TLS ClientHello names no server; it must name {request.host}")
-        if name.lower().removesuffix(".") != request.host:
-            reason = f"the TLS ClientHello names {name!r}, not {request.host}, the host this tunnel was allowed for"
-            raise _Refusal(403, "sni_mismatch", reason)
-        return records
+            upstream[1].write(await checked_hello(client, host, self._limits.head_timeout_s))
+            self._decide(attempt, "allowed", f"{allowed}; TLS server name checked")
+            answer = await server_first(client, upstream[0], self._limits.idle_timeout_s)
+            if answer is None:
+                return False
+            writer.write(answer[0])
+            if answer[1]:
+                upstream[1].write(await checked_hello(client, host, self._limits.head_timeout_s, retried=True))
+            return True
+        except HelloRefused as refusal:
+            # A refused retry follows the first hello's allowed decision: that one request then has two.
+            self._decide(attempt, refusal.code, str(refusal))
+            if refusal.code != "not_tls":  # a TLS client: tell it why, in TLS
+                writer.write(ACCESS_DENIED_ALERT)
+            return False
 
     async def _refuse(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, attempt: _Attempt, refusal: _Refusal

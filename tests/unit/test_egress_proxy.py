@@ -24,6 +24,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from runner.certs import DevCerts, make_dev_certs
+from runner.egress import tls as tls_module
 from runner.egress.framing import CHUNKED, Buffered, forward_body
 from runner.egress.proxy import EgressProxy, ProxyLimits, _Request, _rewrite_head
 from runner.egress.rules import Rule
@@ -97,17 +98,31 @@ class Upstream:
             self.ended.set()
 
 
+# A TLS record carrying the start of a ServerHello, and one carrying a HelloRetryRequest (RFC 8446, 4.1.3).
+SERVER_HELLO = b"\x16\x03\x03\x00\x26\x02\x00\x00\x22\x03\x03" + bytes(range(32))
+RETRY_REQUEST = b"\x16\x03\x03\x00\x26\x02\x00\x00\x22\x03\x03" + bytes.fromhex(
+    "cf21ad74e59a6111be1d8c021e65b891c2a211167abb8c5e079e09e2c8a8339c"
+)
+CHANGE_CIPHER_SPEC = b"\x14\x03\x03\x00\x01\x01"
+
+
 class RawUpstream:
-    """A server that keeps every byte each connection sent, up to its end."""
+    """A server that sends ``greeting`` (a TLS server's first record) and keeps every byte each connection sent."""
 
     def __init__(self) -> None:
         self.received: list[bytes] = []
         self.ended = asyncio.Event()
         self.port = 0
+        self.greeting = SERVER_HELLO
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            self.received.append(await reader.read())
+            writer.write(self.greeting)
+            data = b""
+            with contextlib.suppress(ConnectionResetError):  # the proxy closed without reading the greeting
+                while chunk := await reader.read(65536):
+                    data += chunk
+            self.received.append(data)
         finally:
             writer.close()
             self.ended.set()
@@ -565,7 +580,7 @@ async def test_a_client_hello_naming_the_allowed_host_passes_unchanged(
         answer = await asyncio.wait_for(reader.read(), TIMEOUT)
     finally:
         writer.close()
-    assert answer == b"HTTP/1.1 200 Connection established\r\n\r\n"
+    assert answer == b"HTTP/1.1 200 Connection established\r\n\r\n" + SERVER_HELLO
     assert raw_upstream.received == [hello + b"early data"]
     decision = only_decision(events)
     assert decision["code"] == "allowed" and "TLS server name checked" in str(decision["reason"])
@@ -632,6 +647,90 @@ async def test_a_tunnel_whose_client_hello_names_another_host_is_refused(
     decision = only_decision(events)
     assert (decision["code"], decision["allowed"], decision["rule"]) == (code, False, f"{target}:{raw_upstream.port}")
     assert message in str(decision["reason"])
+
+
+@pytest.mark.parametrize(
+    ("retry", "decisions"),
+    [
+        (client_hello(sni(b"web.test")), ["allowed"]),
+        (CHANGE_CIPHER_SPEC + client_hello(sni(b"web.test")), ["allowed"]),
+        (client_hello(sni(b"other.test")), ["allowed", "sni_mismatch"]),
+        (CHANGE_CIPHER_SPEC + client_hello(sni(b"other.test")), ["allowed", "sni_mismatch"]),
+        (CHANGE_CIPHER_SPEC + b"\x17\x03\x03\x00\x01x", ["allowed", "not_tls"]),
+    ],
+    ids=["same-name", "ccs-then-same-name", "other-name", "ccs-then-other-name", "no-second-hello"],
+)
+async def test_the_hello_retried_after_a_hello_retry_request_is_checked_too(
+    raw_upstream: RawUpstream,
+    start_proxy: Proxies,
+    events: list[dict[str, object]],
+    retry: bytes,
+    decisions: list[str],
+) -> None:
+    """Otherwise: name the allowed host, offer a key share the server refuses, name another host in the retry."""
+    raw_upstream.greeting = RETRY_REQUEST
+    resolver = FakeResolver({"web.test": ["127.0.0.1"]})
+    port, _ = await start_proxy([Rule("web.test", raw_upstream.port, private=True)], resolver)
+    first = client_hello(sni(b"web.test"))
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(f"CONNECT web.test:{raw_upstream.port} HTTP/1.1\r\n\r\n".encode() + first)
+        expected = b"HTTP/1.1 200 Connection established\r\n\r\n" + RETRY_REQUEST
+        assert await asyncio.wait_for(reader.readexactly(len(expected)), TIMEOUT) == expected
+        writer.write(retry + b"finished")
+        writer.write_eof()
+        answer = await asyncio.wait_for(reader.read(), TIMEOUT)
+    finally:
+        writer.close()
+    await asyncio.wait_for(raw_upstream.ended.wait(), TIMEOUT)
+    assert [event["code"] for event in events] == decisions
+    if decisions == ["allowed"]:
+        assert (answer, raw_upstream.received) == (b"", [first + retry + b"finished"])
+    else:
+        assert answer == (b"" if decisions[-1] == "not_tls" else b"\x15\x03\x03\x00\x02\x02\x31")
+        assert raw_upstream.received == [first]  # the retry never reached the server
+
+
+async def test_a_real_hello_retry_passes(
+    tls_certs: DevCerts, start_proxy: Proxies, events: list[dict[str, object]]
+) -> None:
+    """A server that takes only P-384 makes Python's client (an X25519 key share) retry its hello."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(tls_certs.server_cert, tls_certs.server_key)
+    context.set_ecdh_curve("secp384r1")
+    retried: list[bool] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(await reader.readline())
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0, ssl=context)
+    tls_port = server.sockets[0].getsockname()[1]
+    real_read_server_first = tls_module.read_server_first
+
+    async def spy(source: asyncio.StreamReader) -> tuple[bytes, bool]:
+        first, retry = await real_read_server_first(source)
+        retried.append(retry)
+        return first, retry
+
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(tls_module, "read_server_first", spy)
+            port, _ = await start_proxy(
+                [Rule("web.test", tls_port, private=True)], FakeResolver({"web.test": ["127.0.0.1"]})
+            )
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(f"CONNECT web.test:{tls_port} HTTP/1.1\r\n\r\n".encode())
+            await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), TIMEOUT)
+            client = ssl.create_default_context(cafile=tls_certs.ca_cert)
+            await asyncio.wait_for(writer.start_tls(client, server_hostname="web.test"), TIMEOUT)
+            writer.write(b"after a retry\n")
+            assert await asyncio.wait_for(reader.read(), TIMEOUT) == b"after a retry\n"
+            writer.close()
+    finally:
+        server.close()
+    assert retried == [True]
+    assert [event["code"] for event in events] == ["allowed"]
 
 
 async def test_a_tunnel_without_a_client_hello_ends_at_the_head_timeout(
