@@ -3,8 +3,9 @@
 This is the single route out of a networked sandbox. It resolves names itself
 and connects only to the addresses it has just checked, so a sandbox can
 neither reach a name nobody allowed nor steer an allowed name to an internal
-address (DNS rebinding). Every request ends in exactly one decision event,
-which the host records: the proxy's stdout is the audit trail.
+address (DNS rebinding). Every request ends in exactly one decision event
+(a tunnel whose retried TLS hello is refused adds a second), which the host
+records: the proxy's stdout is the audit trail.
 
 It forwards only what it decided on: one request per connection (framing.py),
 ordinary methods only (an echoing method such as TRACE would hand a rule's

@@ -25,6 +25,7 @@ import yaml
 
 from runner.client import RunnerClient
 from tests.integration.conftest import Service, start_service, stop_service
+from tests.unit.test_egress_proxy import client_hello, sni
 
 pytestmark = pytest.mark.integration
 
@@ -234,8 +235,11 @@ def _echo_log(hosts: Hosts, until: str, seconds: float = 10.0) -> str:
         time.sleep(0.2)
 
 
-def test_trace_and_a_pipelined_request_never_reach_the_upstream(networked: Service, hosts: Hosts) -> None:
-    """TRACE would echo the credential the proxy adds; a pipelined request would pass unchecked and unrecorded."""
+def test_trace_a_pipelined_request_and_a_fronted_tunnel_never_reach_the_upstream(
+    networked: Service, hosts: Hosts
+) -> None:
+    """TRACE would echo the credential the proxy adds; a pipelined request would pass unchecked and unrecorded;
+    a tunnel to one allowed host whose TLS hello names another would reach that other name (domain fronting)."""
     mark = secrets.token_hex(4)
     with networked.client() as client, client.session("probe-net") as opened:
         sid = opened.session_id
@@ -250,11 +254,16 @@ def test_trace_and_a_pipelined_request_never_reach_the_upstream(networked: Servi
         first = f"GET http://allowed-web:8080/first-{mark} HTTP/1.1\r\nHost: allowed-web:8080\r\n\r\n"
         second = f"GET http://other-web:8080/second-{mark} HTTP/1.1\r\nHost: other-web:8080\r\n\r\n"
         assert raw(first + second).startswith("HTTP/1.0 200"), "the first request is answered"
+        # Every byte of this hand-made ClientHello is ASCII, so it survives the probe's text argument.
+        hello = client_hello(sni(b"other-web")).decode("ascii")
+        fronted = raw(f"CONNECT remote-mcp:3001 HTTP/1.1\r\nHost: remote-mcp:3001\r\n\r\n{hello}")
+        assert fronted.startswith("HTTP/1.1 200"), fronted  # the tunnel opened, then closed on the hello
 
-        decisions = [(d.method, d.host, d.code) for d in _decisions(client, sid, 2)]
-        assert decisions == [("TRACE", "allowed-web", "method_not_allowed"), ("GET", "allowed-web", "allowed")]
+        expected = [("TRACE", "allowed-web", "method_not_allowed"), ("GET", "allowed-web", "allowed"),
+                    ("CONNECT", "remote-mcp", "sni_mismatch")]
+        assert [(d.method, d.host, d.code) for d in _decisions(client, sid, 3)] == expected
         recorded = [json.loads(r.data_json) for r in client.query_audit(session_id=sid, kinds=["egress"])]
-        assert [(d["method"], d["code"]) for d in recorded] == [("TRACE", "method_not_allowed"), ("GET", "allowed")]
+        assert [(d["method"], d["host"], d["code"]) for d in recorded] == expected
 
     log = _echo_log(hosts, f"done with /first-{mark}")
     assert f"done with /first-{mark}: 0 bytes after it" in log, log
