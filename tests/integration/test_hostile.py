@@ -7,14 +7,18 @@ let an invalid result through.
 from __future__ import annotations
 
 import json
+import secrets
 import time
+from collections.abc import Iterator
+from pathlib import Path
 
 import grpc
 import pytest
+import yaml
 
 from runner.api._proto.mcp_runner.v1 import runner_pb2 as pb
-from runner.client import RunnerClient
-from tests.integration.conftest import Service
+from runner.client import Progress, RunnerClient, ToolResult
+from tests.integration.conftest import Service, start_service, stop_service
 
 pytestmark = [pytest.mark.integration, pytest.mark.hostile]
 
@@ -132,7 +136,7 @@ def test_fork_bomb_is_contained(client: RunnerClient, bystander: str) -> None:
     ("profile", "status", "needle"),
     [
         ("stdout_flood", None, ""),
-        ("oversized", grpc.StatusCode.FAILED_PRECONDITION, ""),
+        ("oversized", grpc.StatusCode.RESOURCE_EXHAUSTED, "larger than the 4 MiB cap"),
         ("malformed", grpc.StatusCode.FAILED_PRECONDITION, ""),
         ("wrong_id", None, ""),
         ("impersonate_agent", grpc.StatusCode.FAILED_PRECONDITION, ""),
@@ -196,3 +200,80 @@ def test_open_abandoned_at_deadline_leaves_no_container(client: RunnerClient, se
     while time.monotonic() < deadline and {c.id for c in service.containers()} != before:
         time.sleep(0.2)
     assert {c.id for c in service.containers()} == before
+
+
+# -- a server cannot stall or bloat the service: line caps and floods, on a service with a 2 MiB cap ----------
+
+CAPPED_TIMEOUT_S = 20
+FLOOD_TIMEOUT_MS = 180_000
+SERVERS = Path(__file__).resolve().parents[1] / "servers"
+
+
+@pytest.fixture(scope="module")
+def capped(images: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
+    """A service whose max_message_bytes (2 MiB) is not the agent's default (4 MiB): it must reach the agent."""
+    tmp = tmp_path_factory.mktemp("capped")
+    profiles = {
+        behaviour: {
+            "image": "python-servers",
+            "command": ["python3", "/srv/servers/scripted_server.py", behaviour],
+            "mounts": [{"source": str(SERVERS), "target": "/srv/servers"}],
+        }
+        for behaviour in ("good", "huge_line", "huge_answer", "progress_flood")
+    }
+    # 50 000 notifications through the agent's SDK take a while on a busy machine (about 16 s for the agent alone).
+    profiles["progress_flood"]["limits"] = {"call_timeout_s": FLOOD_TIMEOUT_MS / 1000}
+    config = tmp / "capped.yaml"
+    config.write_text(yaml.safe_dump({
+        "max_message_bytes": "2MiB", "defaults": {"call_timeout_s": CAPPED_TIMEOUT_S}, "profiles": profiles,
+    }))  # fmt: skip
+    service = start_service(tmp, f"it-capped-{secrets.token_hex(3)}", config=config)
+    yield service
+    stop_service(service)
+
+
+@pytest.fixture
+def capped_client(capped: Service) -> Iterator[RunnerClient]:
+    with capped.client() as client:
+        yield client
+
+
+@pytest.mark.parametrize("profile", ["huge_line", "huge_answer"])
+def test_a_message_past_the_cap_ends_the_session_at_once(
+    capped: Service, capped_client: RunnerClient, profile: str
+) -> None:
+    client = capped_client
+    neighbour = client.open_session("good")
+    opened = client.open_session(profile)
+    with pytest.raises(grpc.RpcError) as caught:
+        # The old agent read the line to its end (1 GiB, or 64 MiB through a quadratic join): DEADLINE_EXCEEDED
+        # after the whole call timeout, and a session said to be "still usable" that was not.
+        client.call_tool(opened.session_id, "echo", {"text": "x"}, timeout_ms=CAPPED_TIMEOUT_S * 1000)
+    assert code_of(caught) == grpc.StatusCode.RESOURCE_EXHAUSTED, details_of(caught)
+    # Cut by the agent, at the cap the host handed it (its own default is 4 MiB), and said once, consistently.
+    assert details_of(caught) == (
+        f"session {opened.session_id} was ended: MCP server wrote a message larger than the 2 MiB cap"
+    )
+    assert client.get_session(opened.session_id).state == pb.SESSION_STATE_FAILED
+    assert not [c for c in capped.containers() if c.labels["mcp-runner.session"] == opened.session_id]
+    assert client.call_tool(neighbour.session_id, "echo", {"text": "fine"}).structured_content == {"text": "fine"}
+    assert capped.healthy()
+    client.close_session(neighbour.session_id)
+
+
+def test_a_progress_flood_to_a_slow_reader_is_coalesced(capped: Service, capped_client: RunnerClient) -> None:
+    client = capped_client
+    items: list[Progress | pb.Approval | ToolResult] = []
+    with client.session("progress_flood") as opened:
+        # A slow reader all along: while it dawdles, the server sends 50 000 notifications of 1 KiB and answers.
+        # The old queue kept every one for it (RSS 87 -> 319 MiB), and it would have read all 50 000.
+        for item in client.call_tool_stream(opened.session_id, "echo", {"text": "x"}, timeout_ms=FLOOD_TIMEOUT_MS):
+            items.append(item)
+            assert len(items) < 10_000, "progress was not coalesced"
+            time.sleep(0.02)
+        assert capped.healthy()
+    progress = [item for item in items if isinstance(item, Progress)]
+    assert isinstance(items[-1], ToolResult)
+    assert items[-1].structured_content == {"text": "flooded 50000 progress notifications"}, len(progress)
+    assert progress[-1].progress == 50_000  # the latest is never the one that gives way
+    assert progress == sorted(progress, key=lambda p: p.progress)

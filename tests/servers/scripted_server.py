@@ -578,8 +578,7 @@ class Server:
         for step in range(1, steps + 1):
             self.send({"jsonrpc": "2.0", "method": "notifications/progress",
                        "params": {"progressToken": token, "progress": step, "total": steps, "message": message}})
-        text = f"flooded {steps} progress notifications"
-        self.result(rid, {"content": [{"type": "text", "text": text}], "isError": False})
+        self.result(rid, _structured({"text": f"flooded {steps} progress notifications"}))
 
     def malformed(self, rid: Any, params: dict[str, Any]) -> None:
         with self.lock:
