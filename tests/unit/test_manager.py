@@ -157,13 +157,19 @@ async def test_oom_is_resource_exhausted(manager: SessionManager) -> None:
 
 
 @pytest.mark.parametrize(
-    ("profile", "match"),
-    [("garbage_on_call", "not JSON"), ("huge_on_call", "larger than"), ("forge_on_call", "not pending")],
+    ("profile", "error", "match"),
+    [
+        ("garbage_on_call", errors.ProtocolViolation, "not JSON"),
+        ("huge_on_call", errors.MessageTooLarge, "was ended: the sandbox sent a message larger than the 1000000 byte"),
+        ("forge_on_call", errors.ProtocolViolation, "not pending"),
+    ],
 )
-async def test_protocol_violations_end_session(manager: SessionManager, profile: str, match: str) -> None:
+async def test_protocol_violations_end_session(
+    manager: SessionManager, profile: str, error: type[errors.RunnerError], match: str
+) -> None:
     sid = (await manager.open(profile, caller="a")).info.session_id
     other = (await manager.open("good", caller="b")).info.session_id
-    with pytest.raises(errors.ProtocolViolation, match=match):
+    with pytest.raises(error, match=match):
         await manager.call_tool(sid, "echo", {"text": "x"}, caller="a")
     assert manager.get(sid, caller="a").state is SessionState.FAILED
     assert (await manager.call_tool(other, "echo", {"text": "ok"}, caller="a")).result.structured_content == {
