@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -128,7 +129,14 @@ async def _service(config: str | None) -> AsyncIterator[str]:
     if config:
         command += ["--config", config]
     with tempfile.TemporaryFile() as log, tempfile.TemporaryDirectory() as state:
-        env = {**os.environ, "MCP_RUNNER_INSTANCE": BENCH_INSTANCE, "MCP_RUNNER_AUDIT_DB": f"{state}/audit.sqlite3"}
+        # Its own instance and state directory: the audit-on and audit-off services run side by side, and an
+        # instance is one running service (its lock would refuse the second).
+        env = {
+            **os.environ,
+            "MCP_RUNNER_INSTANCE": f"{BENCH_INSTANCE}-{secrets.token_hex(3)}",
+            "MCP_RUNNER_STATE_DIR": state,
+            "MCP_RUNNER_AUDIT_DB": f"{state}/audit.sqlite3",
+        }
         process = await asyncio.create_subprocess_exec(*command, stdout=log, stderr=log, env=env)
         try:
             async with AsyncRunnerClient(address) as client:

@@ -365,7 +365,8 @@ class AuditStore:
         for event, future in waiting:
             try:
                 record, row = _chain(seq + 1, event, prev)
-            except (TypeError, ValueError) as exc:
+            except (TypeError, ValueError, RecursionError) as exc:
+                # Only this event fails: the others of the group commit are written.
                 _fail(future, AuditError(f"the audit event {event.id!r} ({event.kind}) is not recordable: {exc}"))
                 continue
             chained.append((event, record, row, future))

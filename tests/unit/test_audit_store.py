@@ -207,9 +207,13 @@ def test_an_unrecordable_event_fails_only_its_own_future(store: AuditStore) -> N
         not_json = store.submit(event(thing=object()))
         also_good = store.submit(event(n=2))
         nan = store.submit(event(x=float("nan")))
+        deep: Any = []
+        for _ in range(100_000):
+            deep = [deep]
+        too_deep = store.submit(event(x=deep))
         last = store.submit(event(n=3))
 
-    for bad in (not_json, nan):
+    for bad in (not_json, nan, too_deep):
         with pytest.raises(AuditError, match="not recordable"):
             bad.result(timeout=10)
     assert [f.result(timeout=10).seq for f in (good, also_good, last)] == [1, 2, 3]
