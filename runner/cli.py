@@ -497,6 +497,10 @@ def _certs(args: argparse.Namespace) -> int:
         print(f"client {name:6}{cert} (key {key})")
     print("\nsettings file:\n  tls:")
     print(f"    cert: {made.server_cert}\n    key: {made.server_key}\n    client_ca: {made.ca_cert}")
+    # A service that authenticates callers refuses to start without a policy file: print one to start from.
+    print("  policy: policy.yaml\n\npolicy.yaml (each certificate's CN is its caller):\n  callers:")
+    for name in made.clients:
+        print(f"    {name}: {{profiles: [\"*\"]}}")
     return 0
 
 

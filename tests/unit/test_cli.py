@@ -302,6 +302,8 @@ def test_certs_creates_files(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     out = capsys.readouterr().out
     assert f"CA           {directory / 'ca.pem'}" in out
     assert f"client_ca: {directory / 'ca.pem'}" in out
+    assert "  policy: policy.yaml" in out  # an authenticated service will not start without one
+    assert '    bob: {profiles: ["*"]}' in out and '    carol: {profiles: ["*"]}' in out
 
 
 def test_certs_default_client_is_alice(tmp_path: Path) -> None:
