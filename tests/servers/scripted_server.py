@@ -19,7 +19,7 @@ Behaviours (all unnamed aspects behave like ``good``):
   oversized           tools/call answers with an 8 MiB text content
   huge_line           tools/call prints 1 GiB to stdout without a newline
   huge_answer         tools/call answers with a 64 MiB text content
-  progress_flood      tools/call sends 50 000 progress notifications (each with a 1 KiB message), then answers
+  progress_flood      tools/call sends 50 000 progress notifications (2 KiB messages), then answers
   malformed           tools/call answers with a line of invalid JSON
   wrong_id            tools/call answers with id = request id + 1000
   bad_output          add returns structuredContent {"sum": "not a number"}
@@ -574,7 +574,7 @@ class Server:
 
     def progress_flood(self, rid: Any, params: dict[str, Any]) -> None:
         token = (params.get("_meta") or {}).get("progressToken", rid)
-        steps, message = 50_000, "p" * 1024
+        steps, message = 50_000, "p" * 2048
         for step in range(1, steps + 1):
             self.send({"jsonrpc": "2.0", "method": "notifications/progress",
                        "params": {"progressToken": token, "progress": step, "total": steps, "message": message}})
