@@ -262,7 +262,11 @@ def _decode(line: bytes) -> JSONObject:
         frame = json.loads(line, parse_constant=_refuse_constant)
     except (UnicodeDecodeError, ValueError) as exc:
         raise ProtocolViolation(f"the sandbox sent a line that is not JSON ({_preview(line)})") from exc
-    if not isinstance(frame, dict) or frame.get("type") not in _FRAME_TYPES:
+    except RecursionError:
+        # A line of a few thousand '[' exhausts the parser's stack: hostile, not a bug of ours.
+        raise ProtocolViolation(f"the sandbox sent a line nested too deeply to parse ({_preview(line)})") from None
+    kind = frame.get("type") if isinstance(frame, dict) else None
+    if not isinstance(kind, str) or kind not in _FRAME_TYPES:
         raise ProtocolViolation(f"the sandbox sent an unknown frame ({_preview(line)})")
     return frame
 
