@@ -265,8 +265,7 @@ def _decode(line: bytes) -> JSONObject:
     except RecursionError:
         # A line of a few thousand '[' exhausts the parser's stack: hostile, not a bug of ours.
         raise ProtocolViolation(f"the sandbox sent a line nested too deeply to parse ({_preview(line)})") from None
-    kind = frame.get("type") if isinstance(frame, dict) else None
-    if not isinstance(kind, str) or kind not in _FRAME_TYPES:
+    if not isinstance(frame, dict) or not isinstance(frame.get("type"), str) or frame["type"] not in _FRAME_TYPES:
         raise ProtocolViolation(f"the sandbox sent an unknown frame ({_preview(line)})")
     return frame
 
