@@ -94,25 +94,56 @@ def refuse_address_in_use(listen: str) -> None:
 
     gRPC binds every address a name resolves to and is content when one of them works: ``localhost:50051``
     with 127.0.0.1:50051 taken binds ::1 alone, and IPv4 callers reach the other program. Its own bind still
-    decides (a probe is only a probe); this catches the half-bound case and names the address.
+    decides (a probe is only a probe); this catches the half-bound case and names the address. gRPC's
+    resolver gives ``localhost`` both loopback addresses (RFC 6761) even where the system's resolver knows
+    only one, so both are probed. A Unix socket path is probed by connecting, since gRPC's bind would unlink
+    a live socket there and take its callers over.
     """
+    if listen.startswith("unix:"):
+        _refuse_unix_socket_in_use(listen)
+        return
     host, colon, port_text = listen.rpartition(":")
-    if not colon or listen.startswith(("unix:", "unix-abstract:")) or not port_text.isdigit() or not int(port_text):
-        return  # port 0 is always free; what gRPC cannot parse, its own bind reports
+    if not colon or listen.startswith("unix-abstract:") or not port_text.isdigit() or not int(port_text):
+        return  # port 0 is always free; an abstract name's bind fails when taken; what gRPC cannot parse, it reports
+    host = host.strip("[]")
     try:
-        addresses = socket.getaddrinfo(
-            host.strip("[]") or None, int(port_text), type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-        )
+        addresses = [
+            (family, address)
+            for family, _, _, _, address in socket.getaddrinfo(
+                host or None, int(port_text), type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+            )
+        ]
     except (socket.gaierror, UnicodeError):
         return
-    for family, kind, proto, _, address in addresses:
-        with socket.socket(family, kind, proto) as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gRPC does: TIME_WAIT is no owner
-            try:
+    if host.lower() == "localhost":
+        addresses += [(socket.AF_INET, ("127.0.0.1", int(port_text))), (socket.AF_INET6, ("::1", int(port_text)))]
+    for family, address in addresses:
+        try:
+            with socket.socket(family, socket.SOCK_STREAM) as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gRPC does: TIME_WAIT is no owner
                 probe.bind(address)
-            except OSError as exc:
-                if exc.errno == errno.EADDRINUSE:
-                    raise Unavailable(
-                        f"cannot listen on {listen}: {address[0]} port {port_text} is already in use (another "
-                        "mcp-runner, or another program); stop it or choose another address"
-                    ) from None
+        except OSError as exc:  # no IPv6 here, say: gRPC cannot bind it either, and that is its to report
+            if exc.errno == errno.EADDRINUSE:
+                raise Unavailable(
+                    f"cannot listen on {listen}: {address[0]} port {port_text} is already in use (another "
+                    "mcp-runner, or another program); stop it or choose another address"
+                ) from None
+
+
+def _refuse_unix_socket_in_use(listen: str) -> None:
+    """``Unavailable`` when something accepts connections on the socket path (``unix:path``, ``unix:///path``)."""
+    path = listen.removeprefix("unix:")
+    if path.startswith("//"):
+        path = path[2:]
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        probe.settimeout(1.0)
+        try:
+            probe.connect(path)
+        except TimeoutError:
+            pass  # a listener too busy to accept is still a listener
+        except OSError:
+            return  # no socket, or a stale one nobody listens on (gRPC replaces it), or its bind will say why
+        raise Unavailable(
+            f"cannot listen on {listen}: a program is already listening on that socket (another mcp-runner, or "
+            "another program); stop it or choose another path"
+        )

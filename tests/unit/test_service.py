@@ -144,3 +144,30 @@ async def test_the_bound_port_is_not_shared_with_a_later_reuseport_socket() -> N
         assert refused.value.errno == errno.EADDRINUSE
     finally:
         await running.stop(0)
+
+
+async def test_localhost_is_refused_when_the_ipv6_loopback_port_is_taken() -> None:
+    """gRPC's resolver gives ``localhost`` ::1 as well, even where the system's knows only 127.0.0.1."""
+    first = await serve("[::1]:0")
+    try:
+        with pytest.raises(Unavailable, match=f"cannot listen on localhost:{first.port}: ::1 port {first.port} is"):
+            await serve(f"localhost:{first.port}")
+    finally:
+        await first.stop(0)
+
+
+@pytest.mark.parametrize("spelling", ["unix:{}", "unix://{}"])
+async def test_a_unix_socket_a_service_listens_on_is_not_taken_over(tmp_path: Path, spelling: str) -> None:
+    """gRPC's bind unlinks a socket file in its way: the first service would lose its callers to the second."""
+    path = tmp_path / "with space" / "runner.sock"
+    path.parent.mkdir()
+    first = await serve(f"unix:{path}")
+    try:
+        inode = path.stat().st_ino
+        with pytest.raises(Unavailable, match="a program is already listening on that socket"):
+            await serve(spelling.format(path))
+        assert path.stat().st_ino == inode
+    finally:
+        await first.stop(0)
+    second = await serve(f"unix:{path}")  # a stale socket file, nobody listening: replaced as before
+    await second.stop(0)
