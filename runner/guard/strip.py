@@ -30,18 +30,21 @@ from runner.text import TERMINAL_ESCAPES as _ESCAPES
 _CONTROLS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 # Invisible format characters other than the joiners: zero-width space, word joiner and the invisible
 # operators, deprecated format controls, BOM/ZWNBSP, Mongolian vowel separator, soft hyphen, combining
-# grapheme joiner, Hangul fillers, Khmer inherent vowels, interlinear annotation marks, shorthand format
-# controls and musical-symbol format controls. Runs of two or more variation selectors carry no meaning in
-# any script or emoji sequence and are a known way to smuggle bytes, so they go too; a single selector stays only
-# after a character that takes one (see ``_takes_selector``).
+# grapheme joiner, Hangul fillers, Khmer inherent vowels, Mongolian free variation selectors, interlinear
+# annotation marks, shorthand format controls, musical-symbol format controls, and the unassigned code points
+# Unicode declares default-ignorable (U+2065, U+FFF0–U+FFF8, the rest of U+E0000–U+E0FFF): a renderer must draw
+# those as nothing, so each can split a secret or a word as well as a zero-width space can.
+# Runs of two or more variation selectors carry no meaning in any script or emoji sequence and are a known way
+# to smuggle bytes, so they go too; a single selector stays only after a character that takes one (see
+# ``_takes_selector``).
 _INVISIBLE = re.compile(
-    "[\u00ad\u034f\u115f\u1160\u17b4\u17b5\u180e\u200b\u2060-\u2064\u206a-\u206f\u3164\ufeff\uffa0"
-    "\ufff9-\ufffb\U0001bca0-\U0001bca3\U0001d173-\U0001d17a]"
+    "[\u00ad\u034f\u115f\u1160\u17b4\u17b5\u180b-\u180f\u200b\u2060-\u2065\u206a-\u206f\u3164\ufeff\uffa0"
+    "\ufff0-\ufffb\U0001bca0-\U0001bca3\U0001d173-\U0001d17a\U000e0080-\U000e00ff\U000e01f0-\U000e0fff]"
 )
 _INVISIBLE_SET = frozenset(
-    "\u00ad\u034f\u115f\u1160\u17b4\u17b5\u180e\u200b\u2060\u2061\u2062\u2063\u2064\u206a\u206b\u206c\u206d"
-    "\u206e\u206f\u3164\ufeff\uffa0\ufff9\ufffa\ufffb"
-)
+    "\u00ad\u034f\u115f\u1160\u17b4\u17b5\u180b\u180c\u180d\u180e\u180f\u200b\u2060\u2061\u2062\u2063\u2064"
+    "\u2065\u206a\u206b\u206c\u206d\u206e\u206f\u3164\ufeff\uffa0"
+) | frozenset(map(chr, range(0xFFF0, 0xFFFC)))
 _SELECTORS = re.compile("[\ufe00-\ufe0f\U000e0100-\U000e01ef]+")
 _KEYCAP_BASES = frozenset("0123456789#*")
 _KEYCAP = "\u20e3"
@@ -60,8 +63,8 @@ _SELECTOR_TO_BYTE = {0xFE00 + i: i for i in range(16)} | {0xE0100 + i: 16 + i fo
 # shorthand and musical format controls) are found as UTF-8 byte prefixes instead, as are variation selectors
 # (each of which is then judged by what it follows, one callback per selector).
 _SUSPECT_BMP = re.compile(
-    "[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180e\u200b-\u200f"
-    "\u202a-\u202e\u2060-\u2064\u2066-\u206f\u3164\ufeff\uffa0\ufff9-\ufffb]"
+    "[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180b-\u180f\u200b-\u200f"
+    "\u202a-\u202e\u2060-\u206f\u3164\ufeff\uffa0\ufff0-\ufffb]"
 )
 # The same without the joiners, which a separate pass handles (they may stay, depending on their neighbours).
 _SUSPECT_RUN = re.compile(_SUSPECT_BMP.pattern.replace("\u200b-\u200f", "\u200b\u200e\u200f") + "+")
@@ -75,6 +78,8 @@ _SUSPECT_KIND = (
     | dict.fromkeys(_INVISIBLE_SET, INVISIBLE_CHARS)
 )
 _SELECTOR_UTF8 = re.compile(rb"\xef\xb8[\x80-\x8f]")
+# U+E0080–U+E00FF and U+E01F0–U+E0FFF: unassigned, but default-ignorable, so drawn as nothing like the tags.
+_UNASSIGNED_IGNORABLE_UTF8 = re.compile(rb"\xf3\xa0(?:[\x82\x83\x88-\xbf]|\x87[\xb0-\xbf])")
 _ASCII_ALLOWED = bytes(range(0x20, 0x7F)) + b"\t\n\r"
 
 
@@ -105,7 +110,7 @@ def strip(text: str, where: str, log: FindingLog, injection_action: str) -> str:
     selectors = any(lead in data for lead in _SUPPLEMENTARY_SELECTORS_UTF8) or (
         b"\xef\xb8" in data and _SELECTOR_UTF8.search(data) is not None
     )
-    other = b"\xf0\x9b\xb2" in data or b"\xf0\x9d\x85" in data
+    other = b"\xf0\x9b\xb2" in data or b"\xf0\x9d\x85" in data or _UNASSIGNED_IGNORABLE_UTF8.search(data) is not None
     if first is None and not (tags or selectors or other):
         return text
     invisible = 0
