@@ -24,6 +24,8 @@ from runner.guard.kinds import (
     INJECTION_INSTRUCTION,
     INJECTION_ROLE_MARKER,
 )
+from runner.guard.names import _LOWER as _LOOK_ALIKES_LOWER
+from runner.guard.names import _UPPER as _LOOK_ALIKES_UPPER
 
 _WS = r"\s{1,8}"
 _QUALIFIER = (
@@ -395,8 +397,17 @@ def _reference_links(text: str, seen: set[int]) -> int:
     return count
 
 
+def read_as_latin(text: str) -> str:
+    """``text`` lower-cased, with Cyrillic and Greek letters drawn like Latin ones read as those (``іgnore`` with a
+    Cyrillic i, ``ΙGΝΟRE`` in Greek capitals): NFKC leaves look-alikes alone, and a model reads them as the words
+    they imitate. The tables are the policy's (``names``), so a rule and the sanitizer see the same words."""
+    if text.isascii():
+        return text.lower()
+    return text.translate(_LOOK_ALIKES_UPPER).lower().translate(_LOOK_ALIKES_LOWER)
+
+
 def detect(text: str, lower: str, where: str, log: FindingLog, action: str) -> None:
-    """Count prompt-injection signs in ``text`` (``lower`` is ``text.lower()``); report them as ``action``."""
+    """Count prompt-injection signs in ``text`` (``lower`` is ``read_as_latin(text)``); report them as ``action``."""
     present = _present(lower, _DETECT_ANCHORS)
     instructions, markers = _angle_markers(lower) if "<" in present else (0, 0)
     if present:

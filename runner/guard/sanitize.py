@@ -15,7 +15,8 @@ module of this package:
 
 Stages 2 and 3 look at a compatibility-folded copy of the text (NFKC, character by character), so that fullwidth
 or mathematical letters (``ｉｇｎｏｒｅ``, ``ｇｈｐ＿…``) read as what they look like; the text itself keeps its
-characters, and a redaction found on the copy is mapped back to the characters it came from.
+characters, and a redaction found on the copy is mapped back to the characters it came from. Injection is looked
+for with Cyrillic and Greek look-alikes read as Latin letters too (``read_as_latin``), which NFKC leaves alone.
 
 Speed matters: this runs on every tool result. All patterns are compiled stdlib ``re`` with bounded
 repetitions, and a match attempt can only begin at the start of a run (the negative lookbehind comes *after* a
@@ -51,6 +52,7 @@ from runner.guard.detectors import (
 )
 from runner.guard.findings import BLOCKED, FLAGGED, REDACTED, FindingLog
 from runner.guard.injection import detect as detect_injection
+from runner.guard.injection import read_as_latin
 from runner.guard.kinds import BIDI_CONTROL as BIDI_CONTROL
 from runner.guard.kinds import CONTROL_CHARS as CONTROL_CHARS
 from runner.guard.kinds import INJECTION_EXFIL_LINK as INJECTION_EXFIL_LINK
@@ -196,7 +198,8 @@ class Sanitizer:
         lower = folded.lower()
         # Injection is looked for before redaction: a placeholder must not break up the URL or phrase it is in.
         if injection:
-            detect_injection(folded, lower, where, log, self._injection_action)
+            latin = lower if folded.isascii() else read_as_latin(folded)
+            detect_injection(folded, latin, where, log, self._injection_action)
         found = self._spans(folded, lower)
         if folded is not text:
             found = [(kind, *_back(start, end, origin)) for kind, start, end in found] + self._secret_spans(text)
