@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from runner.config import ConfigError, parse_size, problems, read_document
 from runner.errors import PermissionDenied
-from runner.guard.names import normalize, resource_key
+from runner.guard.names import MAX_MATCHED, matchable, normalize, resource_key, resource_keys
 
 log = logging.getLogger(__name__)
 
@@ -174,11 +174,17 @@ class Policy:
     def decision(self, kind: Kind, caller: str, profile: str, name: str) -> ToolDecision:
         """Deny wins at any level; every level with an allow list must allow; then approval; else allow.
 
-        Patterns match the ``normalize``d name (URIs: ``resource_key``), each pattern brought to the same form,
-        so ``Delete_file`` or a Cyrillic ``dеlete_file`` hits ``deny: ["*delete*"]``. Deny and approval rules
-        also match the name as sent; allow rules only the normalized form, so ``/public/%2e%2e/etc`` is never
-        allowed by ``/public/*``.
+        Patterns match the ``normalize``d name (URIs: each of its ``resource_keys``), each pattern brought to the
+        same form, so ``Delete_file`` or a Cyrillic ``dеlete_file`` hits ``deny: ["*delete*"]``. Deny and approval
+        rules also match the name as sent, and hit when any reading of a URI does; allow rules match only the
+        normalized form, every reading of it, so ``/public/%2e%2e/etc`` is never allowed by ``/public/*``. A name
+        too long to decide whole (``matchable``) is denied: it is never cut to a prefix that a rule might allow.
         """
+        quoted = json.dumps(name)
+        if not matchable(name):
+            return ToolDecision(
+                "deny", f"{self.label}: names and URIs longer than {MAX_MATCHED} characters (decomposed) are refused"
+            )
         policy = self.caller(caller)
         levels = [
             (f"profiles.{profile}.{kind}", getattr(self, f"profile_{kind}").get(profile)),
@@ -187,15 +193,16 @@ class Policy:
         ]
         present: list[tuple[str, AccessRules]] = [(where, rules) for where, rules in levels if rules is not None]
         key = resource_key if kind == "resources" else normalize
-        folded = key(name)
+        readings = resource_keys(name) if kind == "resources" else (normalize(name),)
 
         def normalized_match(pattern: str) -> bool:
-            return fnmatchcase(folded, key(pattern))
+            folded = key(pattern)
+            return all(fnmatchcase(reading, folded) for reading in readings)
 
         def hits(pattern: str) -> bool:
-            return fnmatchcase(name, pattern) or normalized_match(pattern)
+            folded = key(pattern)
+            return fnmatchcase(name, pattern) or any(fnmatchcase(reading, folded) for reading in readings)
 
-        quoted = json.dumps(name)
         for where, rules in present:
             for pattern in rules.deny:
                 if hits(pattern):

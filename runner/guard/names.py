@@ -32,10 +32,14 @@ _LOWER = str.maketrans(
 _INVISIBLE_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Mn", "Me"})
 _FILLERS = frozenset("\u115f\u1160\u3164\uffa0\u2800")
 """Letters and symbols drawn as nothing: Hangul fillers, the blank braille pattern."""
-_URI = re.compile(r"((?:[A-Za-z][A-Za-z0-9+.\-]*:)?)([^?#]*)(.*)", re.DOTALL)
-"""Scheme; authority and path; query and fragment (after RFC 3986, appendix B)."""
-_LIMIT = 4096
-"""Longer text is cut before normalizing: no rule is that long, and the work stays bounded per request."""
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*:")
+_PATH_END = re.compile(r"[?#]")
+_DECODING_ROUNDS = 8
+"""Rounds of decode-then-normalize; each that changes anything consumes an escape, so honest URIs need one."""
+MAX_MATCHED = 16 * 1024
+"""The longest name or URI the policy decides, counted decomposed (``matchable``); the door's caps are below it.
+Names are never cut (a cut name passes for the prefix it begins with), so this bounds the work of a decision."""
+FILE_LOCALHOST = "file://localhost/"
 
 
 def normalize(text: str) -> str:
@@ -48,7 +52,7 @@ def normalize(text: str) -> str:
     (NFKC). Dropping combining marks also maps ``dé`` to ``de``: for a deny or approval rule that errs on the
     side of the rule, which is the point. Only for matching: what is shown and recorded stays as sent.
     """
-    decomposed = unicodedata.normalize("NFKD", text[:_LIMIT])
+    decomposed = unicodedata.normalize("NFKD", text)
     visible = "".join(
         ch for ch in decomposed if unicodedata.category(ch) not in _INVISIBLE_CATEGORIES and ch not in _FILLERS
     )
@@ -56,24 +60,69 @@ def normalize(text: str) -> str:
     return unicodedata.normalize("NFKC", folded)
 
 
+def matchable(name: str) -> bool:
+    """Whether the policy can decide ``name`` whole: at most ``MAX_MATCHED`` characters once decomposed (one
+    character such as U+FDFA decomposes into 18, and ``normalize`` walks each in Python)."""
+    return len(name) <= MAX_MATCHED and len(unicodedata.normalize("NFKD", name)) <= MAX_MATCHED
+
+
 def resource_key(uri: str) -> str:
-    """A resource URI (or a resource rule's pattern) as resource rules compare it: percent-escapes decoded,
-    the part after the scheme resolved as a path (``.``, ``..``, repeated slashes), then ``normalize``d.
+    """A resource URI (or a resource rule's pattern) as resource rules compare it, read as a URL parser reads it:
+    split at the first ``?`` or ``#`` *as sent*, the part before decoded and resolved as a path (``.``, ``..``,
+    repeated slashes; the authority with it), the query and fragment decoded, everything ``normalize``d.
 
     A server decodes and resolves URIs its own way, so ``file:///public/%2e%2e/etc/passwd`` must neither pass
     an allow rule for ``file:///public/*`` nor slip by a deny rule for ``file:///etc/*``. Decoding repeats
-    until nothing changes (a few rounds at most), so a double-encoded ``%252e`` is seen through too. The
-    authority is resolved with the path, so ``mem://public/../private`` is not taken for a URI on host
-    ``public``: a server that reads everything after ``mem://`` as a path would go to ``private``.
+    until nothing changes, so a double-encoded ``%252e`` is seen through too; an escaped ``%3F`` or ``%23`` is
+    part of the path, as a parser reads it, not the start of a query. The authority is resolved with the path,
+    so ``mem://public/../private`` is not taken for a URI on host ``public``.
     """
-    text = uri[:_LIMIT]
-    for _ in range(4):
-        decoded = unquote(text)
-        if decoded == text:
+    scheme, rest = _split_scheme(uri)
+    path, tail = _split_path(rest)
+    return scheme + _resolved(_decoded(path)) + _decoded(tail)
+
+
+def resource_keys(uri: str) -> tuple[str, ...]:
+    """Every way a server may read ``uri``, as resource rules compare them; a deny rule that hits any of them
+    denies, and an allow rule must match all of them.
+
+    Besides ``resource_key`` (a URL parser's reading): all of it after the scheme decoded and resolved as one
+    path (a server that cuts off ``file://`` and opens the rest reads ``/public/x?/../../etc`` as ``/etc``),
+    and for ``file://localhost/…`` the path without the host (RFC 8089: the same file as ``file:///…``).
+    """
+    scheme, rest = _split_scheme(uri)
+    readings = [resource_key(uri), scheme + _resolved(_decoded(rest))]
+    readings += ["file:" + k[len(FILE_LOCALHOST) - 1:] for k in readings if k.startswith(FILE_LOCALHOST)]
+    return tuple(dict.fromkeys(readings))
+
+
+def _split_scheme(uri: str) -> tuple[str, str]:
+    """The scheme (normalized, with its colon) as sent, and the rest; an escaped scheme is no scheme."""
+    match = _SCHEME.match(uri)
+    end = match.end() if match else 0
+    return normalize(uri[:end]), uri[end:]
+
+
+def _split_path(rest: str) -> tuple[str, str]:
+    match = _PATH_END.search(rest)
+    return (rest, "") if match is None else (rest[: match.start()], rest[match.start():])
+
+
+def _decoded(text: str) -> str:
+    """Percent-escapes decoded until none is left, then ``normalize``d; again if normalizing made a new escape
+    (a fullwidth ``％``) or decoding a new look-alike, a few rounds at most."""
+    for _ in range(_DECODING_ROUNDS):
+        while (decoded := unquote(text)) != text:  # each round shortens the text: at most len/3 rounds
+            text = decoded
+        folded = normalize(text)
+        if folded == text:
             break
-        text = decoded
-    scheme, path, rest = _URI.match(text).groups()  # type: ignore[union-attr]  # every string matches
-    if path:
-        resolved = posixpath.normpath(path)
-        path = resolved + "/" if path.endswith("/") and not resolved.endswith("/") else resolved
-    return normalize(scheme + path + rest)
+        text = folded
+    return text
+
+
+def _resolved(path: str) -> str:
+    if not path:
+        return path
+    resolved = posixpath.normpath(path)
+    return resolved + "/" if path.endswith("/") and not resolved.endswith("/") else resolved

@@ -537,3 +537,35 @@ def test_refusal_rate_has_a_default_and_can_be_set(tmp_path: Path) -> None:
     assert EMBEDDED_DEFAULT.caller("anyone").rates.refusals_per_min == 60
     policy = load_policy(write(tmp_path, "default_caller:\n  rates: {refusals_per_min: 6, refusal_burst: 2}\n"))
     assert (policy.caller("x").rates.refusals_per_min, policy.caller("x").rates.refusal_burst) == (6, 2)
+
+
+@pytest.mark.parametrize(
+    "uri",
+    [
+        "file:///public/" + "a" * 4100 + "/../../etc/passwd",  # past the old 4096-character cut
+        "file:///public/x%3F/../../etc/passwd",  # an escaped ? is path: the traversal is in it
+        "file:///public/x%23/../../etc/passwd",
+        "file:///public/x?/../../etc/passwd",  # read as a path by a server that opens what follows file://
+        "file:///public/%25252525252e%25252525252e/etc/passwd",  # encoded five times
+        "file:///public/.\u200b./etc/passwd",
+        "file:///public/" + "a" * 17000,  # longer than the policy decides
+        "file:///public/" + "\ufdfa" * 1000,  # 18 000 characters once decomposed
+    ],
+)
+def test_no_reading_of_a_uri_escapes_an_allow_rule(tmp_path: Path, uri: str) -> None:
+    decision = load_policy(write(tmp_path, RESOURCE_AND_PROMPT_RULES)).decision("resources", "anyone", "files", uri)
+    assert decision.verdict == "deny"
+
+
+@pytest.mark.parametrize(
+    "uri", ["file://localhost/etc/passwd", "file:///%65tc/passwd?x=/../..", "file:///x/..%2f..%2fetc/shadow"]
+)
+def test_any_reading_of_a_uri_hits_a_deny_rule(tmp_path: Path, uri: str) -> None:
+    decision = load_policy(write(tmp_path, RESOURCE_AND_PROMPT_RULES)).decision("resources", "anyone", "time", uri)
+    assert decision.rule.endswith('default_caller.resources.deny "file:///etc/*"')
+
+
+def test_long_uris_within_the_cap_are_decided_whole(tmp_path: Path) -> None:
+    policy = load_policy(write(tmp_path, RESOURCE_AND_PROMPT_RULES))
+    assert policy.decision("resources", "anyone", "files", "file:///public/" + "a" * 8000).verdict == "allow"
+    assert policy.decision("resources", "anyone", "files", "file:///public/a?v=2#top").verdict == "allow"
