@@ -38,6 +38,11 @@ _MAX_TEXT = 4096
 TOO_LARGE = "message_too_large"
 #: The sandbox environment variable that hands the agent the host's cap (``runner/agent/frames.py`` reads it).
 MAX_MESSAGE_ENV = "MCP_AGENT_MAX_MESSAGE_BYTES"
+#: The most separators and containers (``,``, ``[``, ``{`` outside strings) a frame may hold, counted before it is
+#: parsed. ``json.loads`` holds the GIL whatever thread runs it, so a 4 MiB line of ``[],`` stalled every session
+#: for 0.3 s, and a 64 MiB one for seconds. A frame past this holds more than 100 000 values, which the sanitizer's
+#: work budget (runner/guard/results.py) refuses in any result anyway; here it costs a few counts at C speed.
+MAX_FRAME_VALUES = 200_000
 
 
 def agent_env(max_message_bytes: int) -> dict[str, str]:
@@ -257,7 +262,27 @@ def _refuse_constant(name: str) -> None:
     raise ValueError(f"{name} is not JSON")
 
 
+def _check_values(line: bytes) -> None:
+    """MessageTooLarge for a line of more than MAX_FRAME_VALUES separators and containers outside its strings.
+
+    Linear in the line and cheap: the counts run at C speed, and the text is split only when at most
+    MAX_FRAME_VALUES strings are in it. A line that is not JSON may be miscounted past the point where it
+    stops being JSON, but the parser stops there too.
+    """
+    if len(line) <= MAX_FRAME_VALUES or _structure(line) <= MAX_FRAME_VALUES:
+        return  # an upper bound (some may sit inside strings), and usually all it takes
+    plain = line.replace(b"\\\\", b"").replace(b'\\"', b"")  # escapes gone, every quote left opens or closes
+    if plain.count(b'"') // 2 <= MAX_FRAME_VALUES and _structure(b"".join(plain.split(b'"')[::2])) <= MAX_FRAME_VALUES:
+        return
+    raise MessageTooLarge(f"the sandbox sent a message of more than {MAX_FRAME_VALUES} JSON values, the cap")
+
+
+def _structure(text: bytes) -> int:
+    return text.count(b",") + text.count(b"[") + text.count(b"{")
+
+
 def _decode(line: bytes) -> JSONObject:
+    _check_values(line)
     try:
         frame = json.loads(line, parse_constant=_refuse_constant)
     except (UnicodeDecodeError, ValueError) as exc:

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from runner.channel import TOO_LARGE, AgentChannel, LineFramer, agent_env
+from runner.channel import MAX_FRAME_VALUES, TOO_LARGE, AgentChannel, LineFramer, agent_env
 from runner.errors import MessageTooLarge, ProtocolViolation, SandboxCrashed, ServerError, Status
 from runner.sessions.models import ProgressEvent
 
@@ -156,6 +156,37 @@ async def test_oversized_line_ends_channel_and_fails_pending(
     assert isinstance(await ended(channel), MessageTooLarge)
     with pytest.raises(MessageTooLarge, match="byte cap"):
         await asyncio.wait_for(channel.ready(), TIMEOUT)
+
+
+async def test_a_line_of_too_many_values_is_refused_before_it_is_parsed(link: FakeLink) -> None:
+    # 4 MiB of "[]," parses in ~0.3 s holding the GIL (in any thread): every session would stall that long.
+    channel = AgentChannel(link, max_message_bytes=4 * 1024**2)
+    channel.start()
+    try:
+        task = asyncio.create_task(channel.request("tools/call", {}))
+        request_id = (await link.sent_frame(0))["id"]
+        values = b"[" + b"[]," * 1_000_000 + b"[]]"
+        link.feed(b'{"type":"result","id":%d,"result":{"rows":%s}}\n' % (request_id, values))
+        with pytest.raises(MessageTooLarge, match=f"more than {MAX_FRAME_VALUES} JSON values") as caught:
+            await asyncio.wait_for(task, TIMEOUT)
+        assert caught.value.status is Status.RESOURCE_EXHAUSTED
+        assert isinstance(await ended(channel), MessageTooLarge)
+    finally:
+        await channel.aclose()
+
+
+async def test_separators_inside_strings_do_not_count_as_values(link: FakeLink) -> None:
+    channel = AgentChannel(link, max_message_bytes=4 * 1024**2)
+    channel.start()
+    try:
+        task = asyncio.create_task(channel.request("tools/call", {}))
+        request_id = (await link.sent_frame(0))["id"]
+        # 150 000 strings full of separators (some behind escaped quotes and backslashes): 1.5 M "," "[" "{" in all.
+        rows = ['a,[{\\",b\\\\,{[c,d'] * 150_000
+        link.feed(line({"type": "result", "id": request_id, "result": {"rows": rows}}))
+        assert (await asyncio.wait_for(task, TIMEOUT))["rows"] == rows
+    finally:
+        await channel.aclose()
 
 
 class CountingBuffer(bytearray):
