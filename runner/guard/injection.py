@@ -198,14 +198,34 @@ _HIDDEN_STYLE = re.compile(
 )
 # [//]: # (a markdown comment) — renders as nothing
 _MARKDOWN_COMMENT = re.compile(r"\]:[ \t]*(?:#|<>)[ \t]*([^\n]{0,500})")
-_MARKDOWN_LINK = re.compile(r"\]\([ \t]{0,8}<?([Hh][Tt][Tt][Pp][Ss]?://[^\s()<>\[\]\"'`]{1,2048})")
+# Absolute http(s) URLs and scheme-relative ones (``//evil.example/…``), which a page served over http(s) fetches.
+_WEB_URL = r"(?:[Hh][Tt][Tt][Pp][Ss]?:)?//"
+# ``](url)``; markdown allows spaces and one line break between the parenthesis and the URL.
+_MARKDOWN_LINK = re.compile(
+    r"\]\([ \t]{0,8}(?:\r?\n[ \t]{0,8})?<?(" + _WEB_URL + r"[^\s()<>\[\]\"'`]{1,2048})"
+)
+_LINK_TEXT_REACH = 500
+"""How far back from ``](`` the ``[`` that opens the link text is looked for."""
+_LINK_TEXT_NESTING = 16
 # Reference-style links and images: ``![alt][ref]`` (or ``![ref][]``, ``![ref]``) anywhere, and the definition
 # ``[ref]: https://…`` on a line of its own, maybe far below; the URL is judged as an image's when an image uses it.
 _REFERENCE_DEFINITION = re.compile(
-    r"^[ \t]{0,3}\[([^\]\n]{1,200})\]:[ \t]{0,8}<?([Hh][Tt][Tt][Pp][Ss]?://[^\s<>\"'`]{1,2048})", re.MULTILINE
+    r"^[ \t]{0,3}\[([^\]\n]{1,200})\]:[ \t]{0,8}<?(" + _WEB_URL + r"[^\s<>\"'`]{1,2048})", re.MULTILINE
 )
 _IMAGE_REFERENCE = re.compile(r"!\[([^\]\n]{0,500})\](?:\[([^\]\n]{0,200})\])?")
-_HTML_IMAGE = re.compile(r"<img\b[^>]{0,500}?\bsrc[ \t]*=[ \t]*[\"']?(https?://[^\s\"'<>]{1,2048})", re.IGNORECASE)
+# HTML elements a renderer fetches on its own (an image, an SVG image, a picture's source, a poster, a frame…),
+# each attribute that names what it fetches (``src``, ``srcset`` with several candidates, ``href``…) and every URL in
+# one; a tag is read up to its '>' once, so a text of unclosed tags stays linear.
+_FETCHING_TAG = re.compile(
+    r"<(?:img|image|source|video|audio|input|iframe|frame|embed|object|script|link|track|body|table|td|th)\b[^>]{0,2000}",
+    re.IGNORECASE,
+)
+_FETCHING_ATTRIBUTE = re.compile(
+    r"\b(?:src|srcset|href|xlink:href|poster|data|background|lowsrc|dynsrc)\s{0,8}=\s{0,8}"
+    r"(?:\"([^\"]{0,4096})\"|'([^']{0,4096})'|([^\s\"'<>]{1,2048}))",
+    re.IGNORECASE,
+)
+_FETCHED_URL = re.compile(_WEB_URL + r"[^\s\"'<>,]{1,2048}")
 # An http(s) URL with a template placeholder in it ("…?q={conversation}"); URLs without one fail inside ``re``.
 _URL_HEAD = r"://(?:(?<=[Hh][Tt][Tt][Pp]://)|(?<=[Hh][Tt][Tt][Pp][Ss]://))"
 _TEMPLATED_URL = re.compile(_URL_HEAD + r"[^\s\"'<>()\[\]`{]{0,2048}\{[^\s\"'<>()\[\]`]{0,2048}")
@@ -350,8 +370,7 @@ def _exfil_links(text: str, lower: str) -> int:
     seen: set[int] = set()
     if "](" in text:
         for m in _MARKDOWN_LINK.finditer(text):
-            window = max(0, m.start() - 500)
-            opened = text.rfind("[", max(text.rfind("\n", window, m.start()) + 1, window), m.start())
+            opened = _link_text_start(text, m.start())
             if opened < 0:
                 continue
             seen.add(m.start(1))
@@ -359,11 +378,14 @@ def _exfil_links(text: str, lower: str) -> int:
                 count += 1
     if "]:" in text:
         count += _reference_links(text, seen)
-    if "<img" in lower:
-        for m in _HTML_IMAGE.finditer(text):
-            seen.add(m.start(1))
-            if _carries_data(m.group(1), image=True):
-                count += 1
+    if "<" in text:
+        for tag in _FETCHING_TAG.finditer(text):
+            for attribute in _FETCHING_ATTRIBUTE.finditer(text, tag.start(), tag.end()):
+                group = next(g for g in (1, 2, 3) if attribute.group(g) is not None)
+                for url in _FETCHED_URL.finditer(text, attribute.start(group), attribute.end(group)):
+                    seen.add(url.start())
+                    if _carries_data(url.group(), image=True):
+                        count += 1
     for trigger, pattern in (("{", _TEMPLATED_URL), ("%7b", _ENCODED_TEMPLATE_URL)):
         if trigger not in lower:
             continue
@@ -375,6 +397,24 @@ def _exfil_links(text: str, lower: str) -> int:
             if _QUERY_PLACEHOLDER.search(m.group()) or _IMAGE_PATH.search(m.group()):
                 count += 1
     return count
+
+
+def _link_text_start(text: str, close: int) -> int:
+    """Where the ``[`` is that the ``]`` at ``close`` closes, or -1: brackets nest (``![a [b] c](…)``) and link text
+    may run over lines, though not over a blank one. Found with C-speed searches, at most a few per link."""
+    floor = max(0, close - _LINK_TEXT_REACH)
+    blank = text.rfind("\n\n", floor, close)
+    floor = blank + 2 if blank >= 0 else floor
+    pos, open_brackets_needed = close, 1
+    for _ in range(_LINK_TEXT_NESTING):
+        opened = text.rfind("[", floor, pos)
+        if opened < 0:
+            return -1
+        open_brackets_needed += text.count("]", opened + 1, pos) - 1
+        if open_brackets_needed <= 0:
+            return opened
+        pos = opened
+    return -1
 
 
 def _reference_label(label: str) -> str:
@@ -425,5 +465,5 @@ def detect(text: str, lower: str, where: str, log: FindingLog, action: str) -> N
     if "]:" in present:
         hidden += _markdown_comments(lower)
     log.add(INJECTION_HIDDEN_TEXT, action, where, hidden)
-    if "://" in text:
+    if "//" in text:
         log.add(INJECTION_EXFIL_LINK, action, where, _exfil_links(text, lower))

@@ -412,6 +412,9 @@ ADVERSARIAL = {
     "url-userinfo": "https://a:b@" * (MB // 12),
     "base64": "aZ9+" * (MB // 4),
     "role-lines": "\nsystem: you" * (MB // 12),
+    "img-tags": "<img src=//x?a " * (MB // 15),
+    "nested-link-text": "[" * (MB // 2) + "](https://x/?d=1)",
+    "closing-brackets": "]" * (MB // 2) + "](//x?d=1)" * 1000,
 }
 
 
