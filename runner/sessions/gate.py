@@ -36,6 +36,9 @@ from runner.throttle import BLOCKED, DENIED, INVALID, AnomalyWatch, Throttle, To
 log = logging.getLogger(__name__)
 
 MIN_MEMORY_BYTES = 16 * 1024**2
+MIN_REQUEST = {"cpus": 0.01, "pids": 8}
+"""Floors of what a caller may ask for: Docker's smallest CPU quota, and the smallest pids limit a profile may set.
+Below them a limit is not tighter but gone: 1e-10 CPUs rounds to NanoCpus 0, which Docker reads as unlimited."""
 RESTARTED = "the service restarted; the session that asked for it ended with the previous process"
 _LIMIT_NAMES = ("memory_bytes", "cpus", "pids", "call_timeout_s", "idle_timeout_s", "max_lifetime_s")
 _DOING = {"tools": "call tool", "resources": "read resource", "prompts": "get prompt"}
@@ -242,10 +245,10 @@ def apply_limits(profile: Limits, ceilings: LimitCeilings, request: LimitsReques
         if wanted is None:
             continue
         most = getattr(profile, name)
-        if wanted <= 0 or wanted > most:
-            raise InvalidArgument(
-                f"limit {name}={wanted:g} is outside what the profile allows (0 < value ≤ {most:g})"
-            )
+        least = MIN_REQUEST.get(name)
+        if (wanted < least if least is not None else wanted <= 0) or wanted > most:
+            bound = f"{least:g} ≤ value" if least is not None else "0 < value"
+            raise InvalidArgument(f"limit {name}={wanted:g} is outside what the profile allows ({bound} ≤ {most:g})")
         if name in capped and wanted > capped[name]:
             raise PermissionDenied(
                 f"limit {name}={wanted:g} is above the caller's ceiling of {capped[name]:g} ({rule})"

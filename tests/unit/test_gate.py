@@ -8,11 +8,12 @@ from types import MappingProxyType
 
 import pytest
 
-from runner.config import Settings
-from runner.errors import PermissionDenied, RateLimited
-from runner.policy import PolicyStore
+from runner.config import Limits, Settings
+from runner.errors import InvalidArgument, PermissionDenied, RateLimited
+from runner.policy import LimitCeilings, PolicyStore
 from runner.sessions import gate as gate_module
-from runner.sessions.gate import Gate
+from runner.sessions.gate import Gate, apply_limits
+from runner.sessions.models import LimitsRequest
 
 POLICY = """
     callers:
@@ -84,3 +85,15 @@ def test_refusals_past_the_rate_are_throttled_with_one_note_per_run(gate: Gate, 
     assert gate.throttle_refusal("ann") is None  # refilled: the run is over
     later = gate.throttle_refusal("ann")
     assert later is not None and later[1] is True  # a new run gets its note
+
+
+@pytest.mark.parametrize(("name", "value"), [("cpus", 1e-10), ("cpus", 0.009), ("pids", 1), ("pids", 7)])
+def test_asking_below_what_the_sandbox_can_hold_is_refused(name: str, value: float) -> None:
+    # 1e-10 CPUs would reach Docker as NanoCpus 0: no CPU limit at all.
+    with pytest.raises(InvalidArgument, match=f"limit {name}="):
+        apply_limits(Limits(), LimitCeilings(), LimitsRequest(**{name: value}), "rule")
+
+
+def test_the_floors_themselves_may_be_asked_for() -> None:
+    limits = apply_limits(Limits(), LimitCeilings(), LimitsRequest(cpus=0.01, pids=8), "rule")
+    assert (limits.cpus, limits.pids) == (0.01, 8)
