@@ -7,8 +7,10 @@ here, naming the first, before its orphan sweep could remove the first one's liv
 opens the guard's memory (pins, approvals, rate buckets of earlier runs: ``runner.guard.memory``) and the
 audit log (it refuses to start if either cannot be written: a service that cannot record must not answer),
 checks the engine and sweeps this instance's orphaned containers (a previous run killed with sessions
-open). Shutdown on SIGINT/SIGTERM is graceful: health NOT_SERVING, ``server.stop(grace)``, then every
-session's container is removed and its close recorded, then the audit log is closed and the lock released.
+open), leaving those of any other running service of the same name, say one with another state directory
+(``InstanceLock.abandoned``). Shutdown on SIGINT/SIGTERM is graceful: health NOT_SERVING,
+``server.stop(grace)``, then every session's container is removed and its close recorded, then the audit
+log is closed and the lock released.
 """
 
 from __future__ import annotations
@@ -19,7 +21,10 @@ import fcntl
 import json
 import logging
 import os
+import secrets
 import signal
+import socket
+import time
 from pathlib import Path
 
 from runner.api.auth import Authenticator, check_listen_safety, check_policy_required
@@ -38,6 +43,9 @@ from runner.sessions.manager import SessionManager
 
 log = logging.getLogger("runner")
 
+_LOCK_TRIES = 5
+"""Tries at the instance lock, 20 ms apart: another service's sweep may hold it shared for a moment."""
+
 
 class InstanceLock:
     """An exclusive ``flock`` on ``<state_dir>/instance-<name>.lock``, held for the life of the service.
@@ -46,10 +54,16 @@ class InstanceLock:
     labels go by. The kernel drops the lock when the process ends, however it ends (SIGKILL included), so a
     crash never leaves a stale lock behind; the file keeps its holder's pid, address and start time, so a
     refused start can name who holds it.
+
+    Two state directories hold two locks, so two services of one instance name can still both run. The
+    lock therefore also names the sandboxes' owner: the file keeps a random owner id across runs, every
+    container and network is labelled with it (``label``), and the start-up sweep removes only what
+    ``abandoned`` says: an earlier run's of this very lock, or a lock that nobody holds any more.
     """
 
-    def __init__(self, path: Path, fd: int) -> None:
+    def __init__(self, path: Path, fd: int, owner: str) -> None:
         self.path = path
+        self.owner = owner
         self._fd = fd
         self._started = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
 
@@ -59,33 +73,103 @@ class InstanceLock:
         path = state_dir / f"instance-{instance}.lock"
         try:
             state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         except OSError as exc:
             raise ConfigError(
                 f"cannot open the instance lock {path}: {exc.strerror or exc}; set a writable state directory "
                 "(`state_dir:` or MCP_RUNNER_STATE_DIR)"
             ) from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = _describe_holder(os.pread(fd, 4096, 0))
-            os.close(fd)
-            raise FailedPrecondition(
-                f"instance {instance!r} is already running ({holder}; lock {path}): stop that service first, "
-                "or give this one another instance name (`instance:` or MCP_RUNNER_INSTANCE)"
-            ) from None
-        lock = cls(path, fd)
+        for attempt in range(_LOCK_TRIES):
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if attempt + 1 < _LOCK_TRIES:
+                    time.sleep(0.02)  # another service's sweep may be checking this lock, for microseconds
+                    continue
+                holder = _describe_holder(os.pread(fd, 4096, 0))
+                os.close(fd)
+                raise FailedPrecondition(
+                    f"instance {instance!r} is already running ({holder}; lock {path}): stop that service first, "
+                    "or give this one another instance name (`instance:` or MCP_RUNNER_INSTANCE)"
+                ) from None
+        lock = cls(path, fd, _recorded_owner(os.pread(fd, 4096, 0)) or secrets.token_hex(16))
         lock.note(listen)
         return lock
 
     def note(self, listen: str) -> None:
         """Record this process as the holder, serving ``listen`` (rewritten once the bound port is known)."""
-        holder = json.dumps({"pid": os.getpid(), "listen": listen, "started": self._started}).encode() + b"\n"
+        holder = {"owner": self.owner, "pid": os.getpid(), "listen": listen, "started": self._started}
         os.ftruncate(self._fd, 0)
-        os.pwrite(self._fd, holder, 0)
+        os.pwrite(self._fd, json.dumps(holder).encode() + b"\n", 0)
+
+    @property
+    def label(self) -> str:
+        """The owner label of this service's sandboxes: the owner id, and where its lock can be checked."""
+        where = {"owner": self.owner, "lock": str(self.path.resolve()), "seen_from": _file_system_view()}
+        return json.dumps(where, sort_keys=True)
+
+    def abandoned(self, label: str | None) -> bool:
+        """Whether a sandbox with this owner ``label`` may be swept: nobody can be using it any more.
+
+        Without a label it predates owner labels (an earlier run of this instance). With this lock's owner id
+        it is an earlier run's of this lock, whatever machine or container ran it. Another owner's lock is
+        checked only from the same file-system view (a path means nothing elsewhere): abandoned if its file
+        is gone or nobody holds it; anything that cannot be checked is kept.
+        """
+        if label is None:
+            return True
+        try:
+            claim = json.loads(label)
+            owner, lock, seen_from = claim["owner"], claim["lock"], claim["seen_from"]
+        except (ValueError, KeyError, TypeError):
+            return False
+        here = seen_from == _file_system_view() and isinstance(lock, str)
+        if owner == self.owner:  # unless a copy of this state directory, running elsewhere here, holds it
+            return not (here and lock != str(self.path.resolve()) and _held(lock))
+        return here and not _held(lock)
 
     def release(self) -> None:
         os.close(self._fd)  # closing the only descriptor drops the flock
+
+
+def _file_system_view() -> str:
+    """This machine and mount namespace: where a lock path in an owner label means the same file as here."""
+    try:
+        namespace = os.readlink("/proc/self/ns/mnt")
+    except OSError:
+        namespace = ""
+    return f"{socket.gethostname()} {namespace}"
+
+
+def _held(path: str) -> bool:
+    """Whether a process holds the instance lock at ``path``; a shared probe, dropped at once.
+
+    A file that is gone is held by nobody (a service holding it would keep its lock on a file no one
+    else can open); a file this user cannot open is assumed held.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    finally:
+        os.close(fd)  # drops the probe's shared lock
+    return False
+
+
+def _recorded_owner(recorded: bytes) -> str | None:
+    """The owner id an earlier holder of the lock recorded, so this run sweeps the sandboxes it left."""
+    try:
+        owner = json.loads(recorded)["owner"]
+    except (ValueError, KeyError, TypeError):
+        return None
+    return owner if isinstance(owner, str) and owner else None
 
 
 def _describe_holder(recorded: bytes) -> str:
@@ -126,7 +210,7 @@ async def _serve(settings: Settings, lock: InstanceLock) -> None:
         memory.close()
         raise
     log.info("guard memory: %s", memory.path)
-    backend = DockerBackend(stderr_tail_bytes=settings.stderr_tail_bytes)
+    backend = DockerBackend(stderr_tail_bytes=settings.stderr_tail_bytes, owner=lock.label, abandoned=lock.abandoned)
     manager = SessionManager(backend, settings, policy, Journal(store), memory)
     audit = AuditService(store, policy, Replayer(manager, store)) if store is not None else None
     watcher: asyncio.Task[None] | None = None

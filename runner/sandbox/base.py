@@ -17,6 +17,8 @@ from runner.egress.rules import Rule
 
 SESSION_LABEL = "mcp-runner.session"
 INSTANCE_LABEL = "mcp-runner.instance"
+OWNER_LABEL = "mcp-runner.owner"
+"""The service (its instance lock) that made a sandbox: the orphan sweep leaves a running service's alone."""
 SANDBOX_USER = "10001:10001"
 
 

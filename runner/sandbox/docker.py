@@ -30,6 +30,7 @@ from runner.errors import FailedPrecondition, RunnerError, Unavailable
 from runner.sandbox import egress
 from runner.sandbox.base import (
     INSTANCE_LABEL,
+    OWNER_LABEL,
     SANDBOX_USER,
     SESSION_LABEL,
     EgressCallback,
@@ -198,8 +199,20 @@ class DockerSandbox:
 class DockerBackend:
     """Starts sessions' containers with the sandbox defaults of DESIGN.md; implements ``SandboxBackend``."""
 
-    def __init__(self, *, stderr_tail_bytes: int = 8 * 1024, max_threads: int = 32) -> None:
+    def __init__(
+        self,
+        *,
+        stderr_tail_bytes: int = 8 * 1024,
+        max_threads: int = 32,
+        owner: str | None = None,
+        abandoned: Callable[[str | None], bool] | None = None,
+    ) -> None:
+        """``owner`` labels every container and network this backend makes; ``abandoned`` tells the orphan sweep
+        which owner labels (None: unlabelled) belong to no running service, so another service of the same
+        instance name keeps its sandboxes (see ``runner.service.InstanceLock``). Without it all are swept."""
         self._pool = ThreadPoolExecutor(max_workers=max_threads, thread_name_prefix="docker")
+        self._owner = owner
+        self._abandoned = abandoned
         self._stderr_tail_bytes = stderr_tail_bytes
         self._client: Any = None
         self._cleanups: set[asyncio.Future[None]] = set()
@@ -269,7 +282,8 @@ class DockerBackend:
         return container_id, image_id, self._attach_and_start(container_id)
 
     def _labels(self, spec: SandboxSpec) -> dict[str, str]:
-        return {**spec.labels, SESSION_LABEL: spec.session_id, INSTANCE_LABEL: spec.instance}
+        owner = {OWNER_LABEL: self._owner} if self._owner is not None else {}
+        return {**spec.labels, SESSION_LABEL: spec.session_id, INSTANCE_LABEL: spec.instance, **owner}
 
     def _attach_and_start(self, container_id: str) -> Any:
         api = self._api()
@@ -457,15 +471,26 @@ class DockerBackend:
         def sweep() -> int:
             api = self._api()
             found = api.containers(all=True, filters={"label": [SESSION_LABEL, f"{INSTANCE_LABEL}={instance}"]})
-            for container in found:
+            orphans = [container for container in found if self._orphaned(container)]
+            for container in orphans:
                 with contextlib.suppress(docker.errors.NotFound):
                     api.remove_container(container["Id"], force=True)
             for network in api.networks(filters={"label": [f"{INSTANCE_LABEL}={instance}"]}):
-                with contextlib.suppress(docker.errors.NotFound):
-                    api.remove_network(network["Id"])
-            return len(found)
+                if self._orphaned(network):
+                    with contextlib.suppress(docker.errors.NotFound):
+                        api.remove_network(network["Id"])
+            if len(orphans) < len(found):
+                log.warning(
+                    "kept %d sandbox(es) of instance %r: another running service of that name owns them",
+                    len(found) - len(orphans), instance,
+                )
+            return len(orphans)
 
         return await self._run("sweeping orphaned sandboxes", sweep)
+
+    def _orphaned(self, listed: dict[str, Any]) -> bool:
+        """Whether a listed container or network belongs to no running service, so the sweep may remove it."""
+        return self._abandoned is None or self._abandoned((listed.get("Labels") or {}).get(OWNER_LABEL))
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)

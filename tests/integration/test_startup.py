@@ -75,6 +75,40 @@ def test_a_second_service_of_the_instance_refuses_to_start_and_leaves_the_first_
         stop_service(first)
 
 
+def test_a_service_of_the_instance_with_another_state_directory_leaves_the_first_ones_sandboxes(
+    images: dict[str, str], tmp_path: Path
+) -> None:
+    instance = f"it-owner-{secrets.token_hex(3)}"
+    first = start_service(directory(tmp_path / "first"), instance)
+    second: Service | None = None
+    try:
+        with first.client() as client:
+            session_id = client.open_session("time").session_id
+        (container,) = first.containers()
+        # Another state directory holds another instance lock: before owner labels, this one's orphan sweep
+        # removed the first service's live sandbox.
+        second = start_service(directory(tmp_path / "second"), instance)
+        assert "kept 1 sandbox(es) of instance" in second.log()
+        container.reload()
+        assert container.status == "running"
+        still_serves(first, session_id)
+        with second.client() as client:
+            client.open_session("time")
+        assert len(first.containers()) == 2
+        first.process.kill()  # its sandbox is an orphan now: the next start of either service removes it
+        first.process.wait()
+        second.process.terminate()  # not stop_service: that removes every sandbox of the instance name
+        assert second.process.wait(30) == 0
+        assert len(first.containers()) == 1  # the second one removed its own sandbox only
+        second = start_service(tmp_path / "second", instance)
+        assert "removed 1 orphaned sandbox(es)" in second.log()
+        assert not second.containers()
+    finally:
+        for service in (first, second):
+            if service is not None:
+                stop_service(service)
+
+
 def test_a_service_on_a_port_in_use_refuses_to_start_and_the_first_keeps_its_calls(
     images: dict[str, str], tmp_path: Path
 ) -> None:

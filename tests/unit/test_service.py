@@ -4,6 +4,7 @@ an address in use stops it too, and the port it binds is never shared."""
 from __future__ import annotations
 
 import errno
+import fcntl
 import json
 import os
 import re
@@ -11,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any, cast
 
@@ -21,6 +23,8 @@ from runner.api.auth import Authenticator
 from runner.api.server import RunningServer, start_server
 from runner.config import AuditConfig, AuthConfig, ConfigError, Settings, TlsConfig
 from runner.errors import FailedPrecondition, Unavailable
+from runner.sandbox.base import OWNER_LABEL, SandboxSpec
+from runner.sandbox.docker import DockerBackend
 from runner.service import InstanceLock, run_service
 
 MTLS = TlsConfig(cert=Path("server.pem"), key=Path("server-key.pem"), client_ca=Path("ca.pem"))
@@ -96,6 +100,125 @@ def test_an_unwritable_state_directory_is_a_configuration_error(tmp_path: Path) 
     (tmp_path / "file").write_text("not a directory")
     with pytest.raises(ConfigError, match="MCP_RUNNER_STATE_DIR"):
         InstanceLock.acquire(tmp_path / "file" / "state", "blue", "127.0.0.1:1")
+
+
+# ------------------------------------------------------------------------------- whose sandboxes the sweep removes
+
+
+def test_another_state_directorys_running_service_keeps_its_sandboxes(tmp_path: Path) -> None:
+    """Same instance name, another state directory: two locks, so the sweep must ask the owner's lock."""
+    mine = InstanceLock.acquire(tmp_path / "mine", "blue", "127.0.0.1:1")
+    theirs = InstanceLock.acquire(tmp_path / "their state", "blue", "127.0.0.1:2")
+    try:
+        assert mine.owner != theirs.owner
+        assert not mine.abandoned(theirs.label)  # theirs runs: its sandboxes stay
+        assert mine.abandoned(mine.label)  # an earlier run of this lock left them
+        assert mine.abandoned(None)  # made before sandboxes named their owner
+        away = json.loads(theirs.label) | {"seen_from": "another-host mnt:[1]"}
+        assert not mine.abandoned(json.dumps(away))  # a lock path elsewhere cannot be checked from here
+        assert not mine.abandoned("not json")
+    finally:
+        theirs.release()
+    assert mine.abandoned(theirs.label)  # nobody holds it any more
+    (tmp_path / "their state" / "instance-blue.lock").unlink()
+    assert mine.abandoned(theirs.label)
+    mine.release()
+
+
+def test_a_killed_owners_sandboxes_are_abandoned(tmp_path: Path) -> None:
+    hold = (
+        "import sys, time; from pathlib import Path; from runner.service import InstanceLock; "
+        f"lock = InstanceLock.acquire(Path({str(tmp_path / 'theirs')!r}), 'blue', '127.0.0.1:7'); "
+        "print(lock.label, flush=True); time.sleep(60)"
+    )
+    holder = subprocess.Popen([sys.executable, "-c", hold], stdout=subprocess.PIPE)
+    mine = InstanceLock.acquire(tmp_path / "mine", "blue", "127.0.0.1:8")
+    try:
+        assert holder.stdout is not None
+        label = holder.stdout.readline().decode().strip()
+        assert not mine.abandoned(label)
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    assert mine.abandoned(label)
+    mine.release()
+
+
+def test_the_owner_id_outlives_the_run_so_a_restart_elsewhere_sweeps_its_own(tmp_path: Path) -> None:
+    """A service run in a new container each time keeps its state directory but not its host name."""
+    first = InstanceLock.acquire(tmp_path, "blue", "127.0.0.1:1")
+    label, owner = first.label, first.owner
+    first.release()
+    again = InstanceLock.acquire(tmp_path, "blue", "127.0.0.1:1")
+    assert again.owner == owner
+    assert again.abandoned(json.dumps(json.loads(label) | {"seen_from": "old-container mnt:[2]"}))
+    again.release()
+
+
+def test_a_copied_state_directory_running_here_keeps_its_sandboxes(tmp_path: Path) -> None:
+    first = InstanceLock.acquire(tmp_path / "a", "blue", "127.0.0.1:1")
+    first.release()
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "instance-blue.lock").write_bytes((tmp_path / "a" / "instance-blue.lock").read_bytes())
+    mine = InstanceLock.acquire(tmp_path / "a", "blue", "127.0.0.1:1")
+    copy = InstanceLock.acquire(tmp_path / "b", "blue", "127.0.0.1:2")
+    try:
+        assert mine.owner == copy.owner
+        assert not mine.abandoned(copy.label)
+    finally:
+        copy.release()
+        mine.release()
+
+
+def test_a_sweep_probing_the_lock_does_not_refuse_its_owners_restart(tmp_path: Path) -> None:
+    InstanceLock.acquire(tmp_path, "blue", "127.0.0.1:1").release()
+    probe = os.open(tmp_path / "instance-blue.lock", os.O_RDONLY)
+    fcntl.flock(probe, fcntl.LOCK_SH)  # what another service's sweep holds, for microseconds
+    threading.Timer(0.03, os.close, (probe,)).start()
+    InstanceLock.acquire(tmp_path, "blue", "127.0.0.1:1").release()
+
+
+class FakeEngine:
+    """The docker-py calls the sweep makes, over made-up containers and networks."""
+
+    def __init__(self, owners: dict[str, str | None]) -> None:
+        self.listed = [
+            {"Id": name, "Labels": {"mcp-runner.instance": "blue"} | ({OWNER_LABEL: o} if o is not None else {})}
+            for name, o in owners.items()
+        ]
+        self.removed: list[str] = []
+
+    def containers(self, **_: object) -> list[dict[str, Any]]:
+        return self.listed
+
+    def networks(self, **_: object) -> list[dict[str, Any]]:
+        return [n | {"Id": "net-" + n["Id"]} for n in self.listed]
+
+    def remove_container(self, container_id: str, **_: object) -> None:
+        self.removed.append(container_id)
+
+    def remove_network(self, network_id: str) -> None:
+        self.removed.append(network_id)
+
+
+async def test_the_sweep_removes_only_sandboxes_of_no_running_service(tmp_path: Path) -> None:
+    mine = InstanceLock.acquire(tmp_path / "mine", "blue", "127.0.0.1:1")
+    theirs = InstanceLock.acquire(tmp_path / "theirs", "blue", "127.0.0.1:2")
+    gone = InstanceLock.acquire(tmp_path / "gone", "blue", "127.0.0.1:3")
+    gone.release()
+    engine = FakeEngine({"earlier": mine.label, "legacy": None, "live": theirs.label, "dead": gone.label})
+    backend = DockerBackend(owner=mine.label, abandoned=mine.abandoned)
+    backend._client = engine
+    try:
+        assert await backend.sweep_orphans("blue") == 3
+        assert engine.removed == ["earlier", "legacy", "dead", "net-earlier", "net-legacy", "net-dead"]
+        assert backend._labels(SandboxSpec(session_id="s", instance="blue", image="time", command=()))[
+            OWNER_LABEL
+        ] == mine.label
+    finally:
+        backend.close()
+        theirs.release()
+        mine.release()
 
 
 # ------------------------------------------------------------------------------------------------ the address
