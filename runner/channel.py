@@ -20,6 +20,7 @@ import contextlib
 import json
 import logging
 import secrets
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -43,6 +44,16 @@ MAX_MESSAGE_ENV = "MCP_AGENT_MAX_MESSAGE_BYTES"
 #: for 0.3 s, and a 64 MiB one for seconds. A frame past this holds more than 100 000 values, which the sanitizer's
 #: work budget (runner/guard/results.py) refuses in any result anyway; here it costs a few counts at C speed.
 MAX_FRAME_VALUES = 200_000
+#: What a session's frames may cost the event loop (one for the whole service), in seconds of parsing per second,
+#: after a burst of ``PARSE_BURST_S``: past it the reader waits before it reads on, so the sandbox's writes block.
+#: Without it one sandbox repeating lines just under the caps (progress, or answers to requests the host gave up
+#: on), or millions of tiny lines, kept the loop busy for as long as it liked.
+PARSE_SHARE = 0.25
+PARSE_BURST_S = 1.0
+# What a line costs to parse and dispatch, roughly (CPython 3.11): a fixed part, per byte, per value.
+_LINE_COST_S = 20e-6
+_BYTE_COST_S = 1e-9
+_VALUE_COST_S = 0.2e-6
 
 
 def agent_env(max_message_bytes: int) -> dict[str, str]:
@@ -126,16 +137,22 @@ class AgentChannel:
 
     async def _read_loop(self) -> None:
         framer = LineFramer(self._max)
+        pace = _Pace(PARSE_SHARE, PARSE_BURST_S)
         try:
             while self._terminal is None:
                 chunk = await self._link.read_stdout()
                 if not chunk:
                     self._end(SandboxCrashed("the sandbox exited"))
                     return
+                work = 0.0
                 for line in framer.feed(chunk):
                     if self._terminal is not None:
                         break
+                    values = _count_values(line)
+                    work += _LINE_COST_S + len(line) * _BYTE_COST_S + values * _VALUE_COST_S
                     await self._dispatch(line)
+                if (wait := pace.take(work)) > 0:
+                    await asyncio.sleep(wait)
         except RunnerError as exc:
             self._end(exc)
         except Exception as exc:  # a bug here must still end the session, not hang its callers
@@ -262,18 +279,38 @@ def _refuse_constant(name: str) -> None:
     raise ValueError(f"{name} is not JSON")
 
 
-def _check_values(line: bytes) -> None:
-    """MessageTooLarge for a line of more than MAX_FRAME_VALUES separators and containers outside its strings.
+class _Pace:
+    """A token bucket of event-loop seconds: ``take`` spends some and says how long to wait before reading on."""
+
+    def __init__(self, share: float, burst_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self._share = share
+        self._burst = burst_s
+        self._clock = clock
+        self._left = burst_s
+        self._last = clock()
+
+    def take(self, seconds: float) -> float:
+        now = self._clock()
+        self._left = min(self._burst, self._left + (now - self._last) * self._share) - seconds
+        self._last = now
+        return 0.0 if self._left >= 0 else -self._left / self._share
+
+
+def _count_values(line: bytes) -> int:
+    """The separators and containers outside the line's strings (at most, when few); MessageTooLarge past the cap.
 
     Linear in the line and cheap: the counts run at C speed, and the text is split only when at most
     MAX_FRAME_VALUES strings are in it. A line that is not JSON may be miscounted past the point where it
     stops being JSON, but the parser stops there too.
     """
-    if len(line) <= MAX_FRAME_VALUES or _structure(line) <= MAX_FRAME_VALUES:
-        return  # an upper bound (some may sit inside strings), and usually all it takes
+    upper = _structure(line)  # some may sit inside strings; when few, that is close enough
+    if upper <= MAX_FRAME_VALUES:
+        return upper
     plain = line.replace(b"\\\\", b"").replace(b'\\"', b"")  # escapes gone, every quote left opens or closes
-    if plain.count(b'"') // 2 <= MAX_FRAME_VALUES and _structure(b"".join(plain.split(b'"')[::2])) <= MAX_FRAME_VALUES:
-        return
+    if plain.count(b'"') // 2 <= MAX_FRAME_VALUES:
+        outside = _structure(b"".join(plain.split(b'"')[::2]))
+        if outside <= MAX_FRAME_VALUES:
+            return outside
     raise MessageTooLarge(f"the sandbox sent a message of more than {MAX_FRAME_VALUES} JSON values, the cap")
 
 
@@ -282,7 +319,7 @@ def _structure(text: bytes) -> int:
 
 
 def _decode(line: bytes) -> JSONObject:
-    _check_values(line)
+    """The frame on a line; the reader has counted its values (`_count_values`) before it comes here."""
     try:
         frame = json.loads(line, parse_constant=_refuse_constant)
     except (UnicodeDecodeError, ValueError) as exc:

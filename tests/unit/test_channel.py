@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 
-from runner.channel import MAX_FRAME_VALUES, TOO_LARGE, AgentChannel, LineFramer, agent_env
+import runner.channel as channel_module
+from runner.channel import MAX_FRAME_VALUES, TOO_LARGE, AgentChannel, LineFramer, _Pace, agent_env
 from runner.errors import MessageTooLarge, ProtocolViolation, SandboxCrashed, ServerError, Status
 from runner.sessions.models import ProgressEvent
 
@@ -187,6 +188,44 @@ async def test_separators_inside_strings_do_not_count_as_values(link: FakeLink) 
         assert (await asyncio.wait_for(task, TIMEOUT))["rows"] == rows
     finally:
         await channel.aclose()
+
+
+async def test_a_flood_of_frames_is_read_at_a_bounded_share_of_the_loop(
+    link: FakeLink, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Lines the channel parses and then coalesces or drops (progress, answers to abandoned requests) must not let
+    # one sandbox keep the service's event loop to itself: past the burst the reader waits, the sandbox blocks.
+    monkeypatch.setattr(channel_module, "PARSE_BURST_S", 0.01)
+    monkeypatch.setattr(channel_module, "PARSE_SHARE", 0.01)
+    channel = AgentChannel(link, max_message_bytes=CAP)
+    channel.start()
+    seen: list[ProgressEvent] = []
+
+    async def on_progress(event: ProgressEvent) -> None:
+        seen.append(event)
+
+    task = asyncio.create_task(channel.request("tools/call", {}, on_progress=on_progress))
+    try:
+        request_id = (await link.sent_frame(0))["id"]
+        frame = line({"type": "progress", "id": request_id, "progress": 1})
+        link.feed(*[frame * 100] * 20)  # ~40 ms of parsing by the channel's reckoning: four times the burst
+        await asyncio.sleep(0.5)
+        assert 0 < len(seen) < 2000, "the reader should be waiting, at 1 % of the loop, after a 10 ms burst"
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await channel.aclose()
+
+
+def test_the_pace_waits_in_proportion_to_the_work_past_the_burst() -> None:
+    now = [100.0]
+    pace = _Pace(0.25, 1.0, clock=lambda: now[0])
+    assert pace.take(0.75) == 0.0
+    assert pace.take(0.5) == pytest.approx(1.0)  # 0.25 s over, refilled at 0.25 s a second
+    now[0] += 1.0
+    assert pace.take(0.0) == 0.0
+    now[0] += 100.0
+    assert pace.take(1.0) == 0.0 and pace.take(0.25) == pytest.approx(1.0)  # the burst is the most it saves up
 
 
 class CountingBuffer(bytearray):
