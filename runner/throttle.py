@@ -176,6 +176,27 @@ class Throttle:
         taken unless everything passes, so a refusal by one limit never spends another limit's tokens.
         """
         now = self._clock()
+        mine, its = self._check_call(caller, session_id, caller_rates, session_rates, now)
+        for bucket in (mine.calls, its.calls):
+            if bucket is not None:
+                bucket.take(now)
+        if mine.calls is not None:
+            self._save(caller, CALLS, mine.calls)
+        mine.active += 1
+        its.active += 1
+        try:
+            yield
+        finally:
+            mine.active -= 1
+            its.active -= 1
+
+    def check_call(self, caller: str, session_id: str, caller_rates: Rates, session_rates: Rates) -> None:
+        """The ``RateLimited`` that ``call_slot`` would raise now, raised; nothing is taken."""
+        self._check_call(caller, session_id, caller_rates, session_rates, self._clock())
+
+    def _check_call(
+        self, caller: str, session_id: str, caller_rates: Rates, session_rates: Rates, now: float
+    ) -> tuple[_Limiter, _Limiter]:
         mine = self._caller(caller, caller_rates, now)
         its = _limiter(self._sessions, session_id, session_rates, now)
         caller_entry = caller_rates.entry or f"callers.{caller}.rates"
@@ -205,18 +226,7 @@ class Throttle:
                     f"(policy: {entry})",
                     wait,
                 )
-        for bucket in (mine.calls, its.calls):
-            if bucket is not None:
-                bucket.take(now)
-        if mine.calls is not None:
-            self._save(caller, CALLS, mine.calls)
-        mine.active += 1
-        its.active += 1
-        try:
-            yield
-        finally:
-            mine.active -= 1
-            its.active -= 1
+        return mine, its
 
     def forget_session(self, session_id: str) -> None:
         """Drop a closed session's buckets (its id is never reused)."""

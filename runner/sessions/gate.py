@@ -140,6 +140,15 @@ class Gate:
         rules = self.policy.caller(caller)
         return self.throttle.call_slot(caller, session_id, rules.rates, rules.session_rates)
 
+    def calls_exhausted(self, caller: str, session_id: str) -> bool:
+        """Whether a call slot would be refused now (nothing is taken): such a request is a refusal to count."""
+        rules = self.policy.caller(caller)
+        try:
+            self.throttle.check_call(caller, session_id, rules.rates, rules.session_rates)
+        except RateLimited:
+            return True
+        return False
+
     def quarantine_reason(self, session_id: str, error: RunnerError) -> str | None:
         """Count a denied, blocked or invalid event; the reason to end the session once the policy's limit is hit."""
         if isinstance(error, ResultBlocked):

@@ -415,7 +415,7 @@ class SessionManager:
     async def list_resources(
         self, session_id: str, *, caller: str, timeout: float | None = None
     ) -> Sanitized[list[mcp_types.Resource]]:
-        self._screen(session_id, caller, "resources/list")
+        self._screen(session_id, caller, "resources/list", "resources")
         async with self._journal.request(session_id, caller, "resources/list", {}) as entry:
             session = self._offering(session_id, caller, "resources", entry)
             async with self._guarding(session):
@@ -428,7 +428,7 @@ class SessionManager:
     async def read_resource(
         self, session_id: str, uri: str, *, caller: str, timeout: float | None = None
     ) -> Sanitized[list[mcp_types.TextResourceContents | mcp_types.BlobResourceContents]]:
-        self._screen(session_id, caller, "resources/read")
+        self._screen(session_id, caller, "resources/read", "resources")
         async with self._journal.request(session_id, caller, "resources/read", {"uri": uri}) as entry:
             session = self._offering(session_id, caller, "resources", entry)
             async with self._guarding(session):
@@ -443,7 +443,7 @@ class SessionManager:
     async def list_prompts(
         self, session_id: str, *, caller: str, timeout: float | None = None
     ) -> Sanitized[list[mcp_types.Prompt]]:
-        self._screen(session_id, caller, "prompts/list")
+        self._screen(session_id, caller, "prompts/list", "prompts")
         async with self._journal.request(session_id, caller, "prompts/list", {}) as entry:
             session = self._offering(session_id, caller, "prompts", entry)
             async with self._guarding(session):
@@ -457,7 +457,7 @@ class SessionManager:
         self, session_id: str, name: str, arguments: dict[str, str], *, caller: str, timeout: float | None = None
     ) -> Sanitized[mcp_types.GetPromptResult]:
         params = {"name": name, "arguments": arguments}
-        self._screen(session_id, caller, "prompts/get")
+        self._screen(session_id, caller, "prompts/get", "prompts")
         async with self._journal.request(session_id, caller, "prompts/get", params) as entry:
             session = self._offering(session_id, caller, "prompts", entry)
             async with self._guarding(session):
@@ -500,14 +500,22 @@ class SessionManager:
         self._journal.policy(session.id, caller, action, decision.verdict, decision.rule, **{detail: name})
         return decision
 
-    def _screen(self, session_id: str, caller: str, method: str) -> None:
-        """A request its session will refuse (unknown, another caller's, ended) counts against the refusal rate.
+    def _screen(self, session_id: str, caller: str, method: str, capability: str = "") -> None:
+        """A request that will be refused counts against the refusal rate: its session unknown, another caller's or
+        ended, its server without the ``capability`` it needs, or the caller's or session's call rate spent.
 
         Here, before the request's record is begun: past the rate it is answered RESOURCE_EXHAUSTED with nothing
-        of it recorded; within it, ``_live`` refuses it inside the record as before.
+        of it recorded; within it, it is refused inside the record as before (``_live``, ``_offering``, the call
+        slot). A caller held to its call rate cannot write records at the speed it sends requests either.
         """
         session = self._sessions.get(session_id)
-        if session is None or session.state is not SessionState.READY or not self._gate.may_see(caller, session.caller):
+        if (
+            session is None
+            or session.state is not SessionState.READY
+            or not self._gate.may_see(caller, session.caller)
+            or (capability and session.capabilities is not None and getattr(session.capabilities, capability) is None)
+            or self._gate.calls_exhausted(caller, session.id)
+        ):
             self._refusing(caller, method)
 
     def _refusing(self, caller: str, action: str) -> None:

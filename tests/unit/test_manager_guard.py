@@ -56,6 +56,7 @@ PROFILES = {
 }
 PROFILES["keyed_crash"] = replace(PROFILES["keyed"], name="keyed_crash", command=("crash_on_call",))
 PROFILES["named"] = Profile(name="named", image="fake", command=("named",), limits=LIMITS)
+PROFILES["tools_only"] = Profile(name="tools_only", image="fake", command=("tools_only",), limits=LIMITS)
 SETTINGS = Settings(profiles=MappingProxyType(PROFILES), max_sessions=20, reap_interval_s=3600)
 
 POLICY = """
@@ -519,5 +520,37 @@ async def test_a_burst_of_refusals_is_throttled_before_anything_is_recorded(
         throttled = [r for r in mine if r.kind == records.THROTTLE]
         assert len(throttled) == 1 and "refused requests/min" in str(throttled[0].data)
         assert len([r for r in mine if r.kind in (records.REQUEST, records.SESSION_OPEN)]) <= 25
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("flood", ["rate_limited_calls", "unoffered_reads"])
+async def test_a_flood_of_refusals_in_a_live_session_is_throttled_before_anything_is_recorded(
+    started: Callable[..., SessionManager], tmp_path: Path, flood: str
+) -> None:
+    """Refused for the call rate, or for a capability the server lacks: each still a refusal, counted as one."""
+    store = AuditStore(tmp_path / "audit.db")
+    store.open()
+    try:
+        manager = started(GUARD_POLICY, Journal(store))
+        await manager.start()
+        profile = "good" if flood == "rate_limited_calls" else "tools_only"
+        sid = (await manager.open(profile, caller="gina")).info.session_id
+        outcomes: list[type[errors.RunnerError]] = []
+        for _ in range(300):
+            try:
+                if flood == "rate_limited_calls":
+                    await manager.call_tool(sid, "echo", {"text": "x"}, caller="gina")
+                else:
+                    await manager.read_resource(sid, "mem://greeting", caller="gina")
+            except errors.RunnerError as exc:
+                outcomes.append(type(exc))
+        await manager.shutdown()
+        assert outcomes.count(errors.RateLimited) >= 270
+        assert all(issubclass(kind, errors.RateLimited | errors.Unimplemented) for kind in outcomes)
+        mine = store.query(AuditQuery(caller="gina"))
+        assert len([r for r in mine if r.kind == records.REQUEST]) <= 25
+        assert len([r for r in mine if r.kind == records.POLICY]) <= 26
+        assert "refused requests/min" in str([r for r in mine if r.kind == records.THROTTLE][-1].data)
     finally:
         store.close()
