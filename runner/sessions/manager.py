@@ -668,6 +668,8 @@ class SessionManager:
         what = f"{method} did not finish within {budget:.3g} s"
         assert session.channel is not None
         try:
+            # The ping reaches the server too: its intent goes on record first, like every request's.
+            await self._journal.sending("ping", {})
             async with asyncio.timeout(PING_AFTER_TIMEOUT_S):
                 await session.channel.request("ping", {})
         except (TimeoutError, RunnerError):

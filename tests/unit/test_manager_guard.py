@@ -554,3 +554,25 @@ async def test_a_flood_of_refusals_in_a_live_session_is_throttled_before_anythin
         assert "refused requests/min" in str([r for r in mine if r.kind == records.THROTTLE][-1].data)
     finally:
         store.close()
+
+
+async def test_the_ping_after_a_timeout_has_its_intent_on_record(
+    started: Callable[..., SessionManager], tmp_path: Path
+) -> None:
+    store = AuditStore(tmp_path / "audit.db")
+    store.open()
+    try:
+        manager = started(GUARD_POLICY, Journal(store))
+        await manager.start()
+        sid = (await manager.open("good", caller="dave")).info.session_id
+        with pytest.raises(errors.DeadlineExceeded, match="still usable"):
+            await manager.call_tool(sid, "sleep", {"seconds": 5}, caller="dave", timeout=0.2)
+        await manager.shutdown()
+        sent = [m["method"] for m in manager.agents[0].seen if m.get("type") == "request"]  # type: ignore[attr-defined]
+        assert sent[-2:] == ["tools/call", "ping"]
+        [request] = [r for r in store.query(AuditQuery(session_id=sid)) if r.kind == records.REQUEST]
+        intents = [r for r in store.query(AuditQuery(session_id=sid)) if r.kind == records.REQUEST_INTENT]
+        assert [i.data["method"] for i in intents] == ["tools/call", "ping"]
+        assert request.data["intents"] == [i.id for i in intents]
+    finally:
+        store.close()
