@@ -27,7 +27,7 @@ from typing import Any, Protocol
 
 from runner.errors import MessageTooLarge, ProtocolViolation, RunnerError, SandboxCrashed, ServerError
 from runner.sessions.models import ProgressEvent
-from runner.text import printable
+from runner.text import printable, whole_words
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +35,7 @@ JSONObject = dict[str, Any]
 ProgressSink = Callable[[ProgressEvent], Awaitable[None]]
 _MAX_RECENTLY_CANCELLED = 1024
 _MAX_TEXT = 4096
+_PREVIEW = 60
 #: A ``fatal`` frame's ``reason`` when the agent met a line past the cap (docs/agent-protocol.md).
 TOO_LARGE = "message_too_large"
 #: The sandbox environment variable that hands the agent the host's cap (``runner/agent/frames.py`` reads it).
@@ -340,10 +341,16 @@ def _object(frame: JSONObject, key: str) -> JSONObject:
 
 
 def _text(value: object, default: str) -> str:
+    """A message of the sandbox's, capped in whole words: the sanitizer it passes next must see any secret whole."""
     if not isinstance(value, str):
         return default
-    return printable(value, _MAX_TEXT) or default
+    kept = whole_words(value, _MAX_TEXT)
+    return printable(kept if len(kept) == len(value) else f"{kept.rstrip()} … (cut)") or default
 
 
 def _preview(line: bytes) -> str:
-    return repr(line[:60].decode("utf-8", errors="replace")) + ("…" if len(line) > 60 else "")
+    """The start of a bad line, quoted for an error message: cut in whole words and with invisible characters
+    removed before quoting, since ``repr`` would spell a zero-width space that splits a secret as six visible
+    characters, and the sanitizer the message passes next would see two harmless halves."""
+    text = line[: _PREVIEW * 4].decode("utf-8", errors="replace")
+    return repr(printable(whole_words(text, _PREVIEW))) + ("…" if len(line) > _PREVIEW else "")

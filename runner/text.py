@@ -16,6 +16,34 @@ TERMINAL_ESCAPES = re.compile(
 )
 
 
+_BETWEEN_WORDS = ' \n\t\r"'
+"""What ends a word for ``whole_words``: white space, and the double quote that ends a JSON string (no credential
+format holds either)."""
+
+
+def whole_words(text: str, limit: int) -> str:
+    """At most the first ``limit`` characters of ``text`` (the last ``-limit`` when negative), never part of a word.
+
+    A cut through a word leaves part of it behind, and part of a secret is one no detector recognizes (``ghp_``
+    and 12 of its 36 characters, the last 20 characters of a key): the word the cut runs through goes with it.
+    Text from a sandbox is cut with this before it is sanitized.
+    """
+    if limit >= 0:
+        if len(text) <= limit:
+            return text
+        head = text[:limit]
+        if text[limit] in _BETWEEN_WORDS:
+            return head
+        return head[: max(head.rfind(ch) for ch in _BETWEEN_WORDS) + 1]
+    if len(text) <= -limit:
+        return text
+    tail = text[limit:]
+    if text[limit - 1] in _BETWEEN_WORDS:
+        return tail
+    starts = [pos for pos in (tail.find(ch) for ch in _BETWEEN_WORDS) if pos >= 0]
+    return tail[min(starts) :] if starts else ""
+
+
 def printable(text: str, limit: int | None = None) -> str:
     """``text`` without escape sequences or control characters (newlines and tabs kept).
 

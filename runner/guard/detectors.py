@@ -23,20 +23,33 @@ Finder = Callable[[str], Iterator[Span]]
 _PRIVATE_KEY_BEGIN = re.compile(
     r"-----BEGIN ((?:RSA |EC |DSA |OPENSSH |ENCRYPTED |PGP |SSH2 )?PRIVATE KEY(?: BLOCK)?)-----", re.IGNORECASE
 )
+_PRIVATE_KEY_END = re.compile(
+    r"-----END (?:(?:RSA |EC |DSA |OPENSSH |ENCRYPTED |PGP |SSH2 )?PRIVATE KEY(?: BLOCK)?)-----", re.IGNORECASE
+)
 
 
 def private_keys(text: str) -> Iterator[Span]:
-    """Whole PEM blocks; one without its END line runs to the end of the text (better too much than a key)."""
+    """Whole PEM blocks; one without its END line runs to the end of the text, and an END line without its BEGIN
+    (a text cut off ahead of it: a log's tail) takes all the text before it (better too much than a key)."""
     if "-----" not in text:
         return
     pos = 0
-    while (m := _PRIVATE_KEY_BEGIN.search(text, pos)) is not None:
-        end_line = re.compile(re.escape(f"-----END {m.group(1)}-----"), re.IGNORECASE).search(text, m.end())
+    begin = _PRIVATE_KEY_BEGIN.search(text)
+    while True:
+        orphan = _PRIVATE_KEY_END.search(text, pos, begin.start() if begin is not None else len(text))
+        if orphan is not None:
+            yield pos, orphan.end()
+            pos = orphan.end()
+            continue
+        if begin is None:
+            return
+        end_line = re.compile(re.escape(f"-----END {begin.group(1)}-----"), re.IGNORECASE).search(text, begin.end())
         if end_line is None:
-            yield m.start(), len(text)
+            yield begin.start(), len(text)
             return
         pos = end_line.end()
-        yield m.start(), pos
+        yield begin.start(), pos
+        begin = _PRIVATE_KEY_BEGIN.search(text, pos)
 
 
 # user and password of scheme://user:password@host; only the password is redacted. The password may hold ':' or

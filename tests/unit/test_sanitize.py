@@ -399,6 +399,7 @@ ADVERSARIAL = {
     "digit-space": "1 " * (MB // 2),
     "pem-headers": "-----BEGIN PRIVATE KEY-----" * (MB // 27),
     "pem-unterminated": "-----BEGIN PRIVATE KEY-----\n" + "A" * MB,
+    "pem-footers": "-----END PRIVATE KEY-----" * (MB // 25) + "-----BEGIN PRIVATE KEY-----",
     "image-openers": "![" * (MB // 2),
     "links": "[a](http://x" * (MB // 12),
     "escapes": "\x1b[" * (MB // 2),

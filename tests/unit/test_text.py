@@ -2,7 +2,7 @@
 
 import pytest
 
-from runner.text import printable
+from runner.text import printable, whole_words
 
 
 @pytest.mark.parametrize(
@@ -24,3 +24,20 @@ def test_printable_strips_escapes_and_controls(raw: str, shown: str) -> None:
 def test_printable_limits_length() -> None:
     assert printable("abcdef", 3) == "abc"
     assert printable("abcdef", -2) == "ef"
+
+
+def test_whole_words_cuts_between_words() -> None:
+    assert whole_words("abc def", 3) == "abc"
+    assert whole_words("abc def", -3) == "def"
+    assert whole_words("abc def", 5) == "abc "
+    assert whole_words("abc def", -5) == " def"
+    assert whole_words("abcdef", 3) == whole_words("abcdef", -3) == ""
+
+
+def test_a_cut_never_leaves_part_of_a_secret_behind() -> None:
+    token = "ghp_" + "A1b2C3d4E5f6G7h8I9j0K1l2M3n4O5p6Q7r8"
+    for cut in range(1, len(token)):  # every cut through the token
+        head = whole_words(("x " * 100) + token + " tail", 200 + cut)
+        tail = whole_words("head " + token + (" x" * 100), -(200 + cut))
+        assert head == "x " * 100
+        assert tail == " x" * 100

@@ -1,0 +1,109 @@
+"""Sandbox text on its way to the caller and the audit log, through a real manager and audit store: nothing a
+server writes leaves unsanitized or in a form (cut, escaped) that lets part of a secret past the sanitizer."""
+
+from __future__ import annotations
+
+import textwrap
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from runner import errors
+from runner.audit.records import AuditQuery
+from runner.audit.store import AuditStore
+from runner.config import Limits, Profile, Settings
+from runner.policy import PolicyStore
+from runner.sandbox.base import SandboxSpec
+from runner.sandbox.fake import FakeBackend, FakeIO, Handler
+from runner.sessions.journal import Journal
+from runner.sessions.manager import SessionManager
+from tests.unit.fake_agent import TOOLS, FakeAgent, frame
+
+TOKEN = "ghp_" + "A1b2C3d4E5f6G7h8I9j0K1l2M3n4O5p6Q7r8"
+PIECES = [TOKEN[i : i + 8] for i in range(0, len(TOKEN) - 8, 4)]
+"""Any 8 characters of the token in a row: none may be left anywhere."""
+OSC52 = "\x1b]52;c;ZXZpbA==\x07"
+LIMITS = Limits(memory_bytes=256 * 1024**2, call_timeout_s=2.0, idle_timeout_s=60, max_lifetime_s=600)
+
+
+class LeakyAgent(FakeAgent):
+    """Puts the token where it may be cut or escaped: the behaviour names the place."""
+
+    async def _answer(self, io: FakeIO, msg: dict[str, Any]) -> None:
+        rid, method, params = msg["id"], msg["method"], msg["params"]
+        b = self.behaviour
+        if method == "tools/list" and b == "paged_cursor":
+            if params.get("cursor"):
+                await io.write(frame(type="result", id=rid, result={"tools": TOOLS[1:]}))
+            else:
+                page = {"tools": TOOLS[:1], "nextCursor": f"page2 {TOKEN}{OSC52}"}
+                await io.write(frame(type="result", id=rid, result=page))
+        elif method == "tools/call" and b == "error_at_cut":
+            # 4096 characters are kept of a server's error message: the cut runs through the token
+            message = "x " * 2040 + TOKEN + " more"
+            await io.write(frame(type="error", id=rid, error={"code": -32000, "message": message}))
+        elif method == "tools/call" and b == "split_bad_line":
+            # Not a frame: the error quotes the start of the line, where a zero-width space splits the token
+            await io.write(f'{{"t": "{TOKEN[:20]}\u200b{TOKEN[20:]}"}}\n'.encode())
+        else:
+            await super()._answer(io, msg)
+
+
+@pytest.fixture
+async def env(tmp_path: Path) -> AsyncIterator[tuple[SessionManager, AuditStore]]:
+    store = AuditStore(tmp_path / "audit" / "audit.db")
+    store.open()
+
+    def factory(spec: SandboxSpec) -> Handler:
+        return LeakyAgent(spec.command[0])
+
+    behaviours = ("paged_cursor", "error_at_cut", "split_bad_line")
+    profiles = {b: Profile(name=b, image="fake", command=(b,), limits=LIMITS) for b in behaviours}
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(textwrap.dedent("callers:\n  alice:\n    profiles: ['*']\n"), encoding="utf-8")
+    manager = SessionManager(
+        FakeBackend(factory), Settings(profiles=profiles, reap_interval_s=3600), PolicyStore(policy), Journal(store)
+    )
+    await manager.start()
+    try:
+        yield manager, store
+    finally:
+        await manager.shutdown()
+        store.close()
+
+
+def leaked(text: str) -> list[str]:
+    return [piece for piece in PIECES if piece in text]
+
+
+def audit_text(store: AuditStore) -> str:
+    return "\n".join(repr(record) for record in store.query(AuditQuery()))
+
+
+async def call(manager: SessionManager, profile: str) -> errors.RunnerError:
+    sid = (await manager.open(profile, caller="alice")).info.session_id
+    with pytest.raises(errors.RunnerError) as caught:
+        await manager.call_tool(sid, "echo", {"text": "x"}, caller="alice")
+    return caught.value
+
+
+async def test_a_secret_at_the_cut_of_a_server_error_leaves_no_part_behind(
+    env: tuple[SessionManager, AuditStore],
+) -> None:
+    manager, store = env
+    error = await call(manager, "error_at_cut")
+    assert isinstance(error, errors.ServerError)
+    assert "x x" in error.message and not leaked(error.message)
+    assert not leaked(audit_text(store))
+
+
+async def test_a_bad_lines_preview_cannot_split_a_secret_with_an_escaped_invisible(
+    env: tuple[SessionManager, AuditStore],
+) -> None:
+    manager, store = env
+    error = await call(manager, "split_bad_line")
+    assert "not JSON" in error.message or "unknown frame" in error.message
+    assert not leaked(error.message) and "\\u200b" not in error.message
+    assert not leaked(audit_text(store))
