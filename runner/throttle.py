@@ -9,9 +9,10 @@ their operator) knows which line of the policy to raise.
 With a ``GuardMemory`` a caller's buckets outlive the process: each change is
 saved in wall-clock terms (tokens at a Unix time), and the first use after a
 restart continues from the saved tokens, refilled for the wall time since, so
-a restart does not hand a caller a fresh burst. A clock that went back refills
-nothing. Session buckets and anomaly windows are not saved: their sessions end
-with the process (see ``runner.guard.memory``).
+a restart does not hand a caller a fresh burst (of calls, opens or refused
+requests). A clock that went back refills nothing. Session buckets and anomaly
+windows are not saved: their sessions end with the process (see
+``runner.guard.memory``).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ BLOCKED = "blocked"
 INVALID = "invalid"
 CALLS = "calls"
 SESSIONS = "sessions"
+REFUSALS = "refusals"
 
 
 class TokenBucket:
@@ -131,6 +133,7 @@ class Throttle:
         self._saved = memory.buckets() if memory is not None else {}
         self._callers: dict[str, _Limiter] = {}
         self._sessions: dict[str, _Limiter] = {}
+        self._refusals: dict[str, tuple[Rates, TokenBucket]] = {}
 
     def _caller(self, caller: str, rates: Rates, now: float) -> _Limiter:
         """The caller's limiter; when first built in this process, resumed from its saved buckets."""
@@ -227,6 +230,24 @@ class Throttle:
                     wait,
                 )
         return mine, its
+
+    def take_refusal(self, caller: str, rates: Rates, now: float) -> float:
+        """Take one of the caller's refusal tokens at monotonic ``now``: 0.0, else seconds until one is available.
+
+        Kept like the caller's other buckets: a caller who drained it by flooding refusals (each one a record)
+        must not get a fresh burst of records from a restart.
+        """
+        held = self._refusals.get(caller)
+        if held is None or held[0] != rates:
+            bucket = TokenBucket(rates.refusals_per_min / 60, rates.refusal_burst, now)
+            saved = self._saved.pop((caller, REFUSALS), None)
+            if saved is not None:
+                bucket.resume(saved, now, self._wall())
+            held = self._refusals[caller] = (rates, bucket)
+        wait = held[1].take(now)
+        if not wait:
+            self._save(caller, REFUSALS, held[1])
+        return wait
 
     def forget_session(self, session_id: str) -> None:
         """Drop a closed session's buckets (its id is never reused)."""

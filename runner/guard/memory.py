@@ -40,9 +40,11 @@ from __future__ import annotations
 
 import fcntl
 import json
+import math
 import os
 import sqlite3
-from collections.abc import Iterable, Mapping
+import time
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 from types import MappingProxyType
@@ -66,6 +68,14 @@ CREATE TABLE IF NOT EXISTS buckets (
 );
 """
 
+# Only rows of numbers: a damaged row is left for ``buckets`` to refuse, not silently dropped.
+_DROP_REFILLED = """
+DELETE FROM buckets
+WHERE typeof(rate_per_s) IN ('real', 'integer') AND typeof(burst) IN ('real', 'integer')
+    AND typeof(tokens) IN ('real', 'integer') AND typeof(at) IN ('real', 'integer')
+    AND tokens + max(0.0, ? - at) * rate_per_s >= burst
+"""
+
 
 def memory_path(state_dir: Path, instance: str) -> Path:
     """One file per instance, like the instance lock: two instances never share a guard's memory."""
@@ -85,8 +95,9 @@ class SavedBucket:
 class GuardMemory:
     """The SQLite file behind pins, approvals and caller buckets; see the module docstring."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, wall: Callable[[], float] = time.time) -> None:
         self.path = path
+        self._wall = wall
         self._db: sqlite3.Connection | None = None
         self._lock_fd: int | None = None
         self._synchronous = ""
@@ -111,7 +122,9 @@ class GuardMemory:
             ) from None
         try:
             self._db = self._connect()
+            self._drop_refilled_buckets(self._wall())
         except BaseException:
+            self.close()
             os.close(lock_fd)
             raise
         self._lock_fd = lock_fd
@@ -178,7 +191,14 @@ class GuardMemory:
     # ---- approvals ---------------------------------------------------------------------------------------------
 
     def approvals(self) -> list[Approval]:
-        return [_approval(json.loads(record)) for (record,) in self._read("SELECT record FROM approvals")]
+        """Every remembered approval; Unavailable naming the row if one cannot be read back as an approval."""
+        out = []
+        for approval_id, record in self._read("SELECT approval_id, record FROM approvals"):
+            try:
+                out.append(_approval(json.loads(record)))
+            except (ValueError, TypeError, KeyError) as exc:
+                raise self._damaged(f"approval {str(approval_id)[:64]!r}", exc) from exc
+        return out
 
     def save_approval(self, approval: Approval) -> None:
         """The approval as it is now, durable (fsync) on return."""
@@ -196,8 +216,15 @@ class GuardMemory:
 
     def buckets(self) -> dict[tuple[str, str], SavedBucket]:
         """Saved buckets by (caller, kind)."""
-        rows = self._read("SELECT caller, kind, rate_per_s, burst, tokens, at FROM buckets")
-        return {(row[0], row[1]): SavedBucket(row[2], int(row[3]), row[4], row[5]) for row in rows}
+        out = {}
+        for caller, kind, rate_per_s, burst, tokens, at in self._read(
+            "SELECT caller, kind, rate_per_s, burst, tokens, at FROM buckets"
+        ):
+            numbers = (rate_per_s, burst, tokens, at)
+            if not all(isinstance(n, int | float) and math.isfinite(n) for n in numbers):
+                raise self._damaged(f"the {str(kind)[:16]!r} bucket of caller {str(caller)[:64]!r}", numbers)
+            out[(str(caller), str(kind))] = SavedBucket(float(rate_per_s), int(burst), float(tokens), float(at))
+        return out
 
     def save_bucket(self, caller: str, kind: str, bucket: SavedBucket) -> None:
         """A caller's bucket after a change; survives the process being killed, not a machine crash (cheap)."""
@@ -207,7 +234,19 @@ class GuardMemory:
             durable=False,
         )
 
+    def _drop_refilled_buckets(self, wall_now: float) -> None:
+        """At start, forget buckets full again by now: a full bucket is what an unknown caller gets anyway, so
+        such a row says nothing, and callers that never come back do not grow the file without end."""
+        self._write(_DROP_REFILLED, [(wall_now,)], durable=False)
+
     # ---- internals ---------------------------------------------------------------------------------------------
+
+    def _damaged(self, what: str, why: object) -> Unavailable:
+        """A row the service cannot trust: it must not start guessing what the guard knew."""
+        return Unavailable(
+            f"the guard's state file {self.path} is damaged: {what} cannot be read ({str(why)[:200]}); move the "
+            "file aside (the service then starts with no first-seen pins, approvals or rate history) or delete the row"
+        )
 
     def _connection(self) -> sqlite3.Connection:
         if self._db is None:
@@ -245,7 +284,17 @@ def _approval_json(approval: Approval) -> str:
     return json.dumps(record, ensure_ascii=True, sort_keys=True)
 
 
+_APPROVAL_TEXT = ("approval_id", "session_id", "caller", "profile", "tool", "rule", "decided_by", "reason")
+
+
 def _approval(record: dict[str, Any]) -> Approval:
-    return Approval(
-        **{**record, "state": ApprovalState(record["state"]), "arguments": MappingProxyType(record["arguments"])}
+    """The approval a row holds; ValueError or TypeError if the row is not one (the book compares and sends these)."""
+    approval = Approval(
+        **{**record, "state": ApprovalState(record["state"]), "arguments": MappingProxyType(dict(record["arguments"]))}
     )
+    times = (approval.requested_at, approval.expires_at, 0.0 if approval.decided_at is None else approval.decided_at)
+    if not all(isinstance(getattr(approval, name), str) for name in _APPROVAL_TEXT) or not all(
+        isinstance(t, int | float) and not isinstance(t, bool) and math.isfinite(t) for t in times
+    ) or not isinstance(approval.used, bool):
+        raise ValueError("a field has the wrong type")
+    return approval

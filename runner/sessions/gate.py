@@ -29,9 +29,9 @@ from runner.errors import (
 )
 from runner.guard.memory import GuardMemory
 from runner.guard.pinning import PinBook
-from runner.policy import ADMIN, APPROVER, Kind, LimitCeilings, Policy, PolicyStore, Rates, ToolDecision
+from runner.policy import ADMIN, APPROVER, Kind, LimitCeilings, Policy, PolicyStore, ToolDecision
 from runner.sessions.models import LimitsRequest
-from runner.throttle import BLOCKED, DENIED, INVALID, AnomalyWatch, Throttle, TokenBucket
+from runner.throttle import BLOCKED, DENIED, INVALID, AnomalyWatch, Throttle
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,6 @@ class Gate:
         self._policy = policy
         self.throttle = Throttle(memory=memory)
         self._anomalies = AnomalyWatch()
-        self._refusals: dict[str, tuple[Rates, TokenBucket]] = {}
         self._quiet: set[str] = set()
         """Callers whose refusals are being throttled and who have had their one throttle note already."""
         self.approvals = ApprovalBook(on_change=on_approval, memory=memory)
@@ -99,11 +98,7 @@ class Gate:
         (the one refusal worth a short throttle note), so a flood of refusals cannot grow the audit log.
         """
         rates = self.policy.caller(caller).rates
-        now = time.monotonic()
-        held = self._refusals.get(caller)
-        if held is None or held[0] != rates:
-            held = self._refusals[caller] = (rates, TokenBucket(rates.refusals_per_min / 60, rates.refusal_burst, now))
-        wait = held[1].take(now)
+        wait = self.throttle.take_refusal(caller, rates, time.monotonic())
         if not wait:
             self._quiet.discard(caller)
             return None

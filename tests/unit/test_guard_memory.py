@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import stat
 import textwrap
@@ -19,7 +20,7 @@ from runner.audit.store import AuditStore
 from runner.config import Limits, Profile, Settings
 from runner.errors import RateLimited, Unavailable
 from runner.guard import memory as memory_module
-from runner.guard.memory import GuardMemory, memory_path
+from runner.guard.memory import GuardMemory, SavedBucket, memory_path
 from runner.guard.pinning import PinBook, PinViolation, tool_fingerprint
 from runner.policy import PolicyStore, Rates
 from runner.sandbox.base import SandboxSpec
@@ -47,7 +48,7 @@ def path(tmp_path: Path) -> Path:
 
 
 def opened(path: Path) -> GuardMemory:
-    memory = GuardMemory(path)
+    memory = GuardMemory(path, wall=lambda: WALL)  # the tests' wall clock: no bucket refills at opening
     memory.open()
     return memory
 
@@ -165,6 +166,25 @@ def test_an_empty_caller_bucket_stays_empty_across_a_restart(memory: GuardMemory
         after.admit_open("mallory", rates, 0, None)
     with after.call_slot("alice", "s3", rates, Rates()):  # other callers start full
         pass
+    memory.close()
+
+
+def test_a_drained_refusal_bucket_stays_drained_across_a_restart(memory: GuardMemory) -> None:
+    """Each refusal within the rate is a record: a restart must not hand the flooding caller a fresh burst."""
+    wall = Clock(WALL)
+    rates = Rates(refusals_per_min=1, refusal_burst=3)
+    throttle = Throttle(wall=wall, memory=memory)
+    assert [throttle.take_refusal("mallory", rates, 100.0) for _ in range(3)] == [0.0, 0.0, 0.0]
+    assert throttle.take_refusal("mallory", rates, 100.0) > 0
+
+    memory = reopen(memory)
+    wall.now += 30  # half a token's worth while down
+    after = Throttle(wall=wall, memory=memory)
+    assert after.take_refusal("mallory", rates, 5.0) == pytest.approx(30.0, abs=0.01)
+    assert after.take_refusal("alice", rates, 5.0) == 0.0  # other callers start full
+    wall.now += 30
+    memory = reopen(memory)
+    assert Throttle(wall=wall, memory=memory).take_refusal("mallory", rates, 7.0) == 0.0
     memory.close()
 
 
@@ -305,3 +325,60 @@ async def test_a_restarted_manager_holds_back_the_changed_tool_and_audits_the_ex
     finally:
         memory.close()
         store.close()
+
+
+@pytest.mark.parametrize(
+    ("table", "row"),
+    [
+        ("approvals", ("apr_1", "not json")),
+        ("approvals", ("apr_2", '{"approval_id": "apr_2"}')),
+        ("approvals", ("apr_3", '["a", "list"]')),
+        ("buckets", ("mallory", "calls", 0.5, 2, "lots", WALL)),
+        ("buckets", ("mallory", "calls", 0.5, 2, 1.0, b"\x00")),
+    ],
+)
+def test_a_row_that_cannot_be_read_back_stops_the_start_naming_it(
+    memory: GuardMemory, table: str, row: tuple[object, ...]
+) -> None:
+    """A hand-edited or half-restored file: a clear refusal to start, not a traceback (or a bucket in error
+    on every later call)."""
+    ApprovalBook(memory=memory).request(
+        session_id="s1", caller="agent", profile="files", tool="t", arguments={"n": 1}, rule="r", timeout_s=60
+    )
+    with sqlite3.connect(memory.path) as other:
+        if table == "approvals":
+            other.execute("INSERT INTO approvals (approval_id, record) VALUES (?, ?)", row)
+        else:
+            other.execute("INSERT INTO buckets VALUES (?, ?, ?, ?, ?, ?)", row)
+    memory = reopen(memory)
+    with pytest.raises(Unavailable, match=r"is damaged: .* cannot be read") as refused:
+        ApprovalBook(memory=memory)
+        Throttle(memory=memory)
+    assert str(memory.path) in refused.value.message and "move the file aside" in refused.value.message
+    memory.close()
+
+
+def test_an_approval_record_with_a_wrongly_typed_field_is_damage(memory: GuardMemory) -> None:
+    good = ask(ApprovalBook(memory=memory))
+    with sqlite3.connect(memory.path) as other:
+        (record,) = other.execute("SELECT record FROM approvals").fetchone()
+        other.execute("UPDATE approvals SET record = ?", (json.dumps(json.loads(record) | {"expires_at": "soon"}),))
+    memory = reopen(memory)
+    with pytest.raises(Unavailable, match=f"approval '{good.approval_id}' cannot be read"):
+        ApprovalBook(memory=memory)
+    memory.close()
+
+
+def test_buckets_full_again_are_forgotten_at_start_so_the_file_stays_bounded(memory: GuardMemory) -> None:
+    """Callers that never come back: their rows say no more than a missing row, and would pile up forever."""
+    rates = Rates(calls_per_s=0.5, call_burst=2)
+    throttle = Throttle(Clock(100.0), wall=Clock(WALL), memory=memory)
+    for caller in ("gone", "recent"):
+        with throttle.call_slot(caller, "s1", rates, Rates()):
+            pass  # one token of two left: full again after 2 s
+    memory.save_bucket("recent", "calls", SavedBucket(0.5, 2, 0.0, WALL + 3))
+    memory.close()
+    later = GuardMemory(memory.path, wall=lambda: WALL + 3)
+    later.open()
+    assert set(later.buckets()) == {("recent", "calls")}
+    later.close()
