@@ -153,12 +153,21 @@ class Agent:
         import httpx2
         from mcp.client.streamable_http import streamable_http_client
 
+        from .remote import ACCEPT_IDENTITY, CappedTransport
+
         proxy = os.environ.get("HTTPS_PROXY" if url.startswith("https:") else "HTTP_PROXY") or None
         # trust_env off: the proxy above is the only way out, and no .netrc or CA override from the server's side.
+        # The proxy goes to the inner transport: a client's own proxy setting would route around the capped one.
+        inner = httpx2.AsyncHTTPTransport(proxy=proxy, trust_env=False)
+        capped = CappedTransport(inner, self.max_message, self._server_line_too_large, self.fatal)
         timeout = httpx2.Timeout(REMOTE_TIMEOUT_S, read=REMOTE_READ_TIMEOUT_S)
         async with (
-            httpx2.AsyncClient(proxy=proxy, trust_env=False, timeout=timeout) as client,
-            streamable_http_client(url, http_client=client) as (raw_read, raw_write),
+            httpx2.AsyncClient(transport=capped, trust_env=False, timeout=timeout, headers=ACCEPT_IDENTITY) as client,
+            # The SDK's own event cap (a backstop) no lower than ours, so ours is the one a server meets.
+            streamable_http_client(url, http_client=client, max_sse_event_size=self.max_message + 1) as (
+                raw_read,
+                raw_write,
+            ),
         ):
             await self._run_session(raw_read, raw_write)
 

@@ -6,7 +6,10 @@ the real egress proxy in this process, the real agent in a subprocess.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import gzip
+import re
 import socket
 import subprocess
 import sys
@@ -16,10 +19,11 @@ from pathlib import Path
 
 import pytest
 
+from runner.agent.remote import _EventSize
 from runner.egress.proxy import EgressProxy
 from runner.egress.rules import Rule
 from tests.unit.agent_driver import AgentProcess
-from tests.unit.test_agent import expect_fatal
+from tests.unit.test_agent import expect_fatal, expect_fatal_frame
 
 SERVER = Path(__file__).resolve().parents[1] / "servers" / "http_mcp_server.py"
 CREDENTIAL = "Bearer remote-test-credential"
@@ -106,3 +110,73 @@ async def test_url_mode_needs_exactly_one_url() -> None:
         assert await agent.wait() == 2
     finally:
         await agent.aclose()
+
+
+# -- a remote server's answers are capped like a stdio server's lines ---------------------------------------------
+
+CAP = 1024 * 1024
+ENDLESS = 512 * 1024**2  # what a hostile server would go on sending; the agent must stop long before
+
+
+async def _answer_every_post(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, kind: str) -> None:
+    """A hostile Streamable HTTP server: whatever it is asked, an answer that never ends (or a gzip bomb)."""
+    try:
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = re.search(rb"(?i)\r\ncontent-length: *([0-9]+)", head)
+        await reader.readexactly(int(length[1]) if length else 0)
+        if kind == "gzip":
+            body = gzip.compress(b'{"jsonrpc":"2.0","id":0,"result":{"pad":"' + b"x" * 64 * CAP + b'"}}', 1)
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Encoding: gzip\r\n")
+            writer.write(b"Content-Length: %d\r\n\r\n" % len(body) + body)
+            await writer.drain()
+            return
+        content_type = b"text/event-stream" if kind == "sse" else b"application/json"
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: " + content_type + b"\r\nConnection: close\r\n\r\n")
+        writer.write(b"event: message\ndata: " if kind == "sse" else b'{"jsonrpc":"2.0","id":0,"result":{"pad":[')
+        piece = (b"x" if kind == "sse" else b"0,") * 65536
+        for _ in range(ENDLESS // len(piece)):
+            writer.write(piece)
+            await writer.drain()
+    except (ConnectionError, asyncio.IncompleteReadError):
+        pass
+    finally:
+        writer.close()
+
+
+@pytest.mark.parametrize("kind", ["json", "sse"])
+async def test_a_remote_answer_past_the_cap_is_too_large_at_once(kind: str) -> None:
+    # The SDK reads a JSON answer whole, and caps an event at its own 1 MiB, not the host's cap.
+    server = await asyncio.start_server(lambda r, w: _answer_every_post(r, w, kind), "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    env = {"MCP_AGENT_MAX_MESSAGE_BYTES": str(CAP), "HTTP_PROXY": ""}
+    agent = await AgentProcess.start(command=["--url", f"http://127.0.0.1:{port}/mcp"], env=env)
+    try:
+        frame = await expect_fatal_frame(agent, timeout=15)
+        assert frame["reason"] == "message_too_large" and "1 MiB cap" in str(frame["message"]), frame
+    finally:
+        await agent.aclose()
+        server.close()
+
+
+async def test_a_compressed_remote_answer_is_refused_before_it_is_inflated() -> None:
+    server = await asyncio.start_server(lambda r, w: _answer_every_post(r, w, "gzip"), "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    env = {"MCP_AGENT_MAX_MESSAGE_BYTES": str(CAP), "HTTP_PROXY": ""}
+    agent = await AgentProcess.start(command=["--url", f"http://127.0.0.1:{port}/mcp"], env=env)
+    try:
+        message = await expect_fatal(agent, timeout=15)
+        assert "compressed" in message and "gzip" in message, message
+    finally:
+        await agent.aclose()
+        server.close()
+
+
+@pytest.mark.parametrize("end", [b"\n", b"\r\n", b"\r"])
+@pytest.mark.parametrize("piece", [1, 2, 3, 7, 4096])
+def test_an_event_stream_is_counted_event_by_event(end: bytes, piece: int) -> None:
+    # Many events, each well under the cap, make a long stream: none of it may count against the next event.
+    event = b"event: message" + end + b"data: " + b"y" * 200 + end + end
+    stream = event * 50 + b"data: " + b"z" * 1000
+    counter = _EventSize()
+    sizes = [counter.add(stream[at : at + piece]) for at in range(0, len(stream), piece)]
+    assert max(sizes) <= len(event) + 1007 and sizes[-1] in (1006, 1007)  # a CRLF split at its LF: one byte more
