@@ -26,6 +26,7 @@ import signal
 import socket
 import time
 from pathlib import Path
+from typing import Any
 
 from runner.api.auth import Authenticator, check_listen_safety, check_policy_required
 from runner.api.server import refuse_address_in_use, start_server
@@ -100,8 +101,9 @@ class InstanceLock:
     def note(self, listen: str) -> None:
         """Record this process as the holder, serving ``listen`` (rewritten once the bound port is known)."""
         holder = {"owner": self.owner, "pid": os.getpid(), "listen": listen, "started": self._started}
-        os.ftruncate(self._fd, 0)
-        os.pwrite(self._fd, json.dumps(holder).encode() + b"\n", 0)
+        recorded = json.dumps(holder).encode() + b"\n"
+        os.pwrite(self._fd, recorded, 0)  # then cut: a crash in between leaves the owner id readable
+        os.ftruncate(self._fd, len(recorded))
 
     @property
     def label(self) -> str:
@@ -125,8 +127,10 @@ class InstanceLock:
         except (ValueError, KeyError, TypeError):
             return False
         here = seen_from == _file_system_view() and isinstance(lock, str)
+        if here and _same_file(lock, self.path):
+            return True  # this very lock, now held by this service: even if the file lost its owner id
         if owner == self.owner:  # unless a copy of this state directory, running elsewhere here, holds it
-            return not (here and lock != str(self.path.resolve()) and _held(lock))
+            return not (here and _held(lock))
         return here and not _held(lock)
 
     def release(self) -> None:
@@ -140,6 +144,13 @@ def _file_system_view() -> str:
     except OSError:
         namespace = ""
     return f"{socket.gethostname()} {namespace}"
+
+
+def _same_file(path: str, lock: Path) -> bool:
+    try:
+        return os.path.samefile(path, lock)
+    except OSError:
+        return False
 
 
 def _held(path: str) -> bool:
@@ -166,16 +177,21 @@ def _held(path: str) -> bool:
 def _recorded_owner(recorded: bytes) -> str | None:
     """The owner id an earlier holder of the lock recorded, so this run sweeps the sandboxes it left."""
     try:
-        owner = json.loads(recorded)["owner"]
+        owner = _first_value(recorded)["owner"]
     except (ValueError, KeyError, TypeError):
         return None
     return owner if isinstance(owner, str) and owner else None
 
 
+def _first_value(recorded: bytes) -> Any:
+    """The holder's record, even with the tail of a longer earlier one after it (``note`` writes, then cuts)."""
+    return json.JSONDecoder().raw_decode(recorded.decode())[0]
+
+
 def _describe_holder(recorded: bytes) -> str:
     """The holder as the lock file names it; a lock being taken this very moment may not name one yet."""
     try:
-        holder = json.loads(recorded)
+        holder = _first_value(recorded)
         return f"pid {int(holder['pid'])}, listening on {holder['listen']}, since {holder['started']}"
     except (ValueError, KeyError, TypeError):
         return "its holder has not recorded itself yet"

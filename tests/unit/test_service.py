@@ -155,6 +155,28 @@ def test_the_owner_id_outlives_the_run_so_a_restart_elsewhere_sweeps_its_own(tmp
     again.release()
 
 
+def test_an_earlier_runs_sandboxes_are_swept_even_if_the_lock_file_lost_its_owner_id(tmp_path: Path) -> None:
+    first = InstanceLock.acquire(tmp_path, "blue", "127.0.0.1:1")
+    label = first.label
+    first.release()
+    (tmp_path / "instance-blue.lock").write_bytes(b"")  # emptied, say by a disk full or a hand
+    again = InstanceLock.acquire(tmp_path, "blue", "127.0.0.1:1")
+    assert again.owner != first.owner
+    assert again.abandoned(label)  # still this very lock file: this service holds it now
+    again.release()
+
+
+def test_a_holder_record_cut_short_by_a_crash_keeps_the_owner_id(tmp_path: Path) -> None:
+    first = InstanceLock.acquire(tmp_path, "blue", "[::1]:" + "1" * 40)
+    shorter = {"owner": first.owner, "pid": 1, "listen": "127.0.0.1:1", "started": "2026"}
+    with (tmp_path / "instance-blue.lock").open("r+b") as recorded:
+        recorded.write(json.dumps(shorter).encode())  # what a crash between the write and the cut leaves
+    first.release()
+    again = InstanceLock.acquire(tmp_path, "blue", "127.0.0.1:2")
+    assert again.owner == first.owner
+    again.release()
+
+
 def test_a_copied_state_directory_running_here_keeps_its_sandboxes(tmp_path: Path) -> None:
     first = InstanceLock.acquire(tmp_path / "a", "blue", "127.0.0.1:1")
     first.release()
