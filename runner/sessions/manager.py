@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import secrets
 import time
@@ -81,6 +82,7 @@ from runner.sessions.models import (
     ToolCallOutcome,
 )
 from runner.sessions.session import LiveSession, check_labels, session_info
+from runner.text import whole_words
 
 log = logging.getLogger(__name__)
 P = TypeVar("P", bound=BaseModel)
@@ -630,7 +632,8 @@ class SessionManager:
         pages: list[P] = []
         cursor: str | None = None
         for _ in range(MAX_PAGES):
-            raw = await self._request(session, method, {"cursor": cursor} if cursor else {}, timeout, None)
+            params, recorded = ({"cursor": cursor}, {"cursor": _cursor_record(session, cursor)}) if cursor else ({}, {})
+            raw = await self._request(session, method, params, timeout, None, recorded)
             page = await asyncio.to_thread(parse_result, model, raw, f"{method} result")
             pages.append(page)
             cursor = getattr(page, "next_cursor", None)
@@ -645,12 +648,15 @@ class SessionManager:
         params: dict[str, Any],
         timeout: float | None,
         on_progress: ProgressCallback | None,
+        recorded: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
+        """``recorded``: what the intent record keeps of ``params`` when they carry the server's own text back."""
         assert session.channel is not None
         session.last_used = time.monotonic()
         cap = session.limits.call_timeout_s
         budget = min(timeout, cap) if timeout is not None else cap
-        await self._journal.sending(method, params)  # write-ahead: not sent unless its intent is on record
+        # write-ahead: not sent unless its intent is on record
+        await self._journal.sending(method, params if recorded is None else recorded)
         try:
             async with asyncio.timeout(budget):
                 return await session.channel.request(method, params, on_progress=on_progress)
@@ -791,6 +797,19 @@ class SessionManager:
                 await self._end(session, SessionState.CLOSED, reason)
             elif session.ended is not None and now - session.ended > CLOSED_RETENTION_S:
                 del self._sessions[session.id]
+
+
+def _cursor_record(session: LiveSession, cursor: str) -> dict[str, Any]:
+    """A server's next cursor as the record of the request that sends it back keeps it: the server's text, so
+    never as it was (a secret or an escape in it would reach the audit log), but its digest and a short prefix
+    that passed the sanitizer."""
+    data = cursor.encode("utf-8", "surrogatepass")
+    prefix = whole_words(cursor, records.PREFIX_CHARS)
+    return {
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "bytes": len(data),
+        "prefix": session.sanitizer.locator(prefix, "nextCursor", FindingLog()),
+    }
 
 
 def _sanitize_message(session: LiveSession, error: RunnerError) -> None:

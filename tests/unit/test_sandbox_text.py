@@ -107,3 +107,16 @@ async def test_a_bad_lines_preview_cannot_split_a_secret_with_an_escaped_invisib
     assert "not JSON" in error.message or "unknown frame" in error.message
     assert not leaked(error.message) and "\\u200b" not in error.message
     assert not leaked(audit_text(store))
+
+
+async def test_a_next_cursor_goes_back_to_the_server_as_it_was_but_is_recorded_sanitized(
+    env: tuple[SessionManager, AuditStore],
+) -> None:
+    manager, store = env
+    sid = (await manager.open("paged_cursor", caller="alice")).info.session_id
+    listed = await manager.list_tools(sid, caller="alice")
+    assert [tool.name for tool in listed.value] == [tool["name"] for tool in TOOLS]
+    assert not leaked(audit_text(store)) and "\\x1b" not in audit_text(store)
+    intents = [r for r in store.query(AuditQuery()) if r.kind == "request.intent" and r.data["params"]]
+    assert intents and all(r.data["params"]["cursor"]["sha256"] for r in intents)
+
