@@ -23,7 +23,7 @@ from typing import Any
 
 from runner.audit.records import canonical_json
 from runner.errors import InvalidArgument
-from runner.guard.validate import MAX_JSON_DEPTH, json_problem
+from runner.guard.validate import MAX_JSON_DEPTH, MAX_JSON_INTEGER, json_problem
 
 MAX_ARGUMENTS_BYTES = 1024 * 1024
 """Tool arguments are instructions for a tool, not bulk data; 1 MiB bounds the door's parse and every record
@@ -115,13 +115,20 @@ def arguments(arguments_json: str) -> dict[str, Any]:
         raise InvalidArgument(f"arguments_json is not valid JSON: {exc}") from None
     if not isinstance(value, dict):
         raise InvalidArgument(f"arguments_json must be a JSON object, got {type(value).__name__}")
-    if _nesting(arguments_json) <= MAX_JSON_DEPTH:
+    bare = _STRING.sub("", arguments_json)
+    if _nesting(bare) <= MAX_JSON_DEPTH and not _LONG_DIGITS.search(bare):
         try:
             canonical_json(value).encode("utf-8")  # refuses non-finite numbers and lone surrogates
             return value
         except ValueError:
             pass
-    problem = json_problem(value) or "cannot be held by the audit log"
+    problem = json_problem(value)
+    if problem is None:  # only long digits sent it here, and they were a float's (0.000…1)
+        try:
+            canonical_json(value).encode("utf-8")
+            return value
+        except ValueError:
+            problem = "cannot be held by the audit log"
     raise InvalidArgument(f"arguments_json: {problem}")
 
 
@@ -129,11 +136,13 @@ def arguments(arguments_json: str) -> dict[str, Any]:
 _STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"')
 _NOT_BRACKETS = re.compile(r"[^\[\]{}]+")
 _STEP = {"[": 1, "{": 1, "]": -1, "}": -1}
+_LONG_DIGITS = re.compile(rf"\d{{{len(str(MAX_JSON_INTEGER))},}}")
+"""Digits outside strings enough for an integer past ``MAX_JSON_INTEGER``: such text is checked value by value."""
 
 
-def _nesting(text: str) -> int:
-    """How deep the containers of valid JSON ``text`` nest, without walking them in Python."""
-    brackets = _NOT_BRACKETS.sub("", _STRING.sub("", text))
+def _nesting(bare: str) -> int:
+    """How deep the containers of valid JSON nest, without walking them in Python (``bare``: strings removed)."""
+    brackets = _NOT_BRACKETS.sub("", bare)
     return max(accumulate(map(_STEP.__getitem__, brackets)), default=0)
 
 

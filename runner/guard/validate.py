@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -31,6 +32,10 @@ MAX_JSON_DEPTH = 64
 """Deepest nesting of JSON taken from a caller or a server. Honest arguments and results nest a handful of
 levels; 64 leaves room for any of them while staying far below the ~1000 frames that Python's json, pydantic,
 jsonschema and the sanitizer recurse through, so no later walk of an accepted value can hit RecursionError."""
+
+MAX_JSON_INTEGER = int(sys.float_info.max)
+"""Largest integer magnitude accepted: beyond a double's range most JSON parsers read the number as infinity (a
+JavaScript server would), and arithmetic on it with a float fails (jsonschema's ``multipleOf: 0.5``)."""
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
 _Path = tuple["_Path", str | int] | None
@@ -54,7 +59,8 @@ def json_problem(value: Any, max_depth: int = MAX_JSON_DEPTH) -> str | None:
 
     The audit record's canonical JSON (``runner.audit.records.canonical_json``, then UTF-8) refuses non-finite
     numbers and strings that are not Unicode scalar values (lone surrogates); this refuses the same, plus
-    nesting deeper than ``max_depth`` and anything that is not a JSON value. Iterative, so depth cannot hurt it.
+    integers beyond ``MAX_JSON_INTEGER`` (finite to Python, infinite to others), nesting deeper than
+    ``max_depth`` and anything that is not a JSON value. Iterative, so depth cannot hurt it.
     """
     stack: list[tuple[Any, int, _Path]] = [(value, 0, None)]
     while stack:
@@ -62,7 +68,10 @@ def json_problem(value: Any, max_depth: int = MAX_JSON_DEPTH) -> str | None:
         if isinstance(item, str):
             if not item.isascii() and _SURROGATE.search(item):
                 return f"{_show_path(path)}: string holds a lone surrogate (not Unicode text)"
-        elif isinstance(item, bool | int) or item is None:
+        elif isinstance(item, int) and not isinstance(item, bool):
+            if not -MAX_JSON_INTEGER <= item <= MAX_JSON_INTEGER:
+                return f"{_show_path(path)}: integer is beyond the range of a JSON number (about ±1.8e308)"
+        elif isinstance(item, bool) or item is None:
             continue
         elif isinstance(item, float):
             if not math.isfinite(item):

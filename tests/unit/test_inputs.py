@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from typing import Any
 
 import pytest
@@ -89,7 +90,7 @@ def test_what_the_door_accepts_the_audit_log_can_hold(value: Any) -> None:
 
 def test_nesting_is_read_off_the_text_ignoring_brackets_in_strings() -> None:
     text = '{"a": "[[[{\\"[", "b": [[{"c": "]]]}"}]], "d": {}}'
-    assert inputs._nesting(text) == 4
+    assert inputs._nesting(inputs._STRING.sub("", text)) == 4
     assert inputs.arguments(text)["a"] == '[[[{"['
     deep_in_a_string = json.dumps({"s": "[" * 1000})
     assert inputs.arguments(deep_in_a_string) == {"s": "[" * 1000}
@@ -158,3 +159,23 @@ def test_audit_query_fields() -> None:
             convert.audit_query_from_proto(pb.QueryAuditRequest(since=since))
     query = convert.audit_query_from_proto(pb.QueryAuditRequest(until=Timestamp(seconds=253_402_300_799)))
     assert query.until == 253_402_300_799
+
+
+@pytest.mark.parametrize(
+    ("text", "where"),
+    [
+        ('{"n": 1' + "0" * 400 + "}", "$.n"),
+        ('{"a": [1, {"n": -1' + "0" * 309 + "}]}", "$.a[1].n"),
+    ],
+)
+def test_integers_beyond_a_json_numbers_range_are_refused(text: str, where: str) -> None:
+    # Python holds them, a JavaScript server reads Infinity, and jsonschema's multipleOf: 0.5 raised OverflowError.
+    with pytest.raises(InvalidArgument, match=rf"arguments_json: {re.escape(where)}: integer is beyond the range"):
+        inputs.arguments(text)
+
+
+def test_long_digits_that_are_a_float_or_fit_a_double_pass() -> None:
+    assert inputs.arguments('{"f": 0.' + "0" * 400 + "1}") == {"f": 0.0}
+    largest = str(int(sys.float_info.max))
+    assert inputs.arguments('{"n": ' + largest + ', "m": -' + largest + "}")["n"] == int(sys.float_info.max)
+    assert inputs.arguments('{"s": "' + "9" * 400 + '"}')["s"] == "9" * 400  # digits in a string are text

@@ -292,3 +292,11 @@ def test_output_pattern_cannot_stall_the_host() -> None:
         subprocess.run([sys.executable, "-c", _REDOS], timeout=3, check=True, cwd=Path(__file__).parents[2])
     except subprocess.TimeoutExpired:
         pytest.fail("validating a 41-character string took more than 3 s")
+
+
+def test_a_result_integer_beyond_a_json_numbers_range_is_rejected_not_a_crash() -> None:
+    schema = {"type": "object", "properties": {"n": {"type": "number", "multipleOf": 0.5}}}
+    tool = validate.check_tools([mcp_types.Tool(name="t", inputSchema={"type": "object"}, outputSchema=schema)])["t"]
+    raw = {"content": [], "structuredContent": {"n": 10**400}}  # jsonschema's float arithmetic overflowed on it
+    with pytest.raises(ResultRejected, match=r"\$\.structuredContent\.n: integer is beyond the range"):
+        validate.parse_call_result(tool, raw)
