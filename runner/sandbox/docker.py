@@ -480,9 +480,10 @@ class DockerBackend:
                     with contextlib.suppress(docker.errors.NotFound):
                         api.remove_network(network["Id"])
             if len(orphans) < len(found):
+                owners = {str((c.get("Labels") or {}).get(OWNER_LABEL)) for c in found if c not in orphans}
                 log.warning(
-                    "kept %d sandbox(es) of instance %r: another running service of that name owns them",
-                    len(found) - len(orphans), instance,
+                    "kept %d sandbox(es) of instance %r: another running service of that name owns them (%s)",
+                    len(found) - len(orphans), instance, "; ".join(sorted(owners)),
                 )
             return len(orphans)
 

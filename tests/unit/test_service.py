@@ -223,7 +223,9 @@ class FakeEngine:
         self.removed.append(network_id)
 
 
-async def test_the_sweep_removes_only_sandboxes_of_no_running_service(tmp_path: Path) -> None:
+async def test_the_sweep_removes_only_sandboxes_of_no_running_service(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     mine = InstanceLock.acquire(tmp_path / "mine", "blue", "127.0.0.1:1")
     theirs = InstanceLock.acquire(tmp_path / "theirs", "blue", "127.0.0.1:2")
     gone = InstanceLock.acquire(tmp_path / "gone", "blue", "127.0.0.1:3")
@@ -234,6 +236,8 @@ async def test_the_sweep_removes_only_sandboxes_of_no_running_service(tmp_path: 
     try:
         assert await backend.sweep_orphans("blue") == 3
         assert engine.removed == ["earlier", "legacy", "dead", "net-earlier", "net-legacy", "net-dead"]
+        assert "kept 1 sandbox(es) of instance 'blue'" in caplog.text
+        assert str((tmp_path / "theirs" / "instance-blue.lock").resolve()) in caplog.text  # who owns them
         assert backend._labels(SandboxSpec(session_id="s", instance="blue", image="time", command=()))[
             OWNER_LABEL
         ] == mine.label
