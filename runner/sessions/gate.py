@@ -18,6 +18,7 @@ from dataclasses import replace
 from typing import Any
 
 from runner.approvals import Approval, ApprovalBook, ApprovalState
+from runner.audit.records import canonical_json
 from runner.config import Limits, Profile, Settings
 from runner.errors import (
     DeadlineExceeded,
@@ -39,6 +40,10 @@ MIN_MEMORY_BYTES = 16 * 1024**2
 MIN_REQUEST = {"cpus": 0.01, "pids": 8}
 """Floors of what a caller may ask for: Docker's smallest CPU quota, and the smallest pids limit a profile may set.
 Below them a limit is not tighter but gone: 1e-10 CPUs rounds to NanoCpus 0, which Docker reads as unlimited."""
+MAX_APPROVAL_ARGUMENTS_BYTES = 32 * 1024
+"""A person reads an approval's arguments, and ListApprovals sends every pending one in one message: at 1 MiB
+each, four approvals of one caller passed gRPC's default 4 MiB and every approver's ListApprovals failed. At this
+cap the whole pending list (1000 at most) stays within the runner client's 64 MiB."""
 RESTARTED = "the service restarted; the session that asked for it ended with the previous process"
 _LIMIT_NAMES = ("memory_bytes", "cpus", "pids", "call_timeout_s", "idle_timeout_s", "max_lifetime_s")
 _DOING = {"tools": "call tool", "resources": "read resource", "prompts": "get prompt"}
@@ -170,6 +175,12 @@ class Gate:
         # Each request counts as a call against the caller's and the session's rates: asking costs an approver's
         # attention and a place in the pending list, so it must not be free where calling is not.
         with self.call_slot(caller, session_id):
+            size = len(canonical_json(arguments).encode("utf-8"))
+            if size > MAX_APPROVAL_ARGUMENTS_BYTES:
+                raise InvalidArgument(
+                    f"the arguments of a call that needs approval may be at most {MAX_APPROVAL_ARGUMENTS_BYTES} "
+                    f"bytes (a person reads them), these are {size}"
+                )
             return self.approvals.request(
                 session_id=session_id,
                 caller=caller,

@@ -97,3 +97,14 @@ def test_asking_below_what_the_sandbox_can_hold_is_refused(name: str, value: flo
 def test_the_floors_themselves_may_be_asked_for() -> None:
     limits = apply_limits(Limits(), LimitCeilings(), LimitsRequest(cpus=0.01, pids=8), "rule")
     assert (limits.cpus, limits.pids) == (0.01, 8)
+
+
+def test_an_approval_holds_only_arguments_a_person_can_read(gate: Gate) -> None:
+    # At 1 MiB each, four approvals of one caller made every approver's ListApprovals pass gRPC's 4 MiB default.
+    def ask(text: str) -> None:
+        gate.request_approval(session_id="s1", caller="ben", profile="p", tool="t", arguments={"t": text}, rule="r")
+
+    with pytest.raises(InvalidArgument, match="at most 32768 bytes"):
+        ask("x" * 1024 * 1024)
+    ask("x" * 32_000)
+    assert [len(a.arguments["t"]) for a in gate.approvals.list_approvals()] == [32_000]
