@@ -11,7 +11,8 @@ from __future__ import annotations
 import logging
 from collections import deque
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import fields, replace
+from typing import Any
 
 from runner.config import Profile
 from runner.guard.findings import FindingLog
@@ -33,12 +34,14 @@ class EgressRecord:
         self._decisions: deque[EgressDecision] = deque(maxlen=MAX_EGRESS_KEPT)
 
     def record(self, decision: EgressDecision) -> None:
+        # Every text of it, not a chosen few: the method is the sandbox's word as much as the host is.
         findings = FindingLog()
-        decision = replace(
-            decision,
-            host=self._sanitizer.text(decision.host, "egress host", findings),
-            reason=self._sanitizer.text(decision.reason, "egress reason", findings),
-        )
+        texts: dict[str, Any] = {
+            f.name: self._sanitizer.text(value, f"egress {f.name}", findings)
+            for f in fields(decision)
+            if isinstance(value := getattr(decision, f.name), str)
+        }
+        decision = replace(decision, **texts)
         self._decisions.append(decision)
         if self._listener is not None:
             self._listener(decision)

@@ -3,6 +3,7 @@ server writes leaves unsanitized or in a form (cut, escaped) that lets part of a
 
 from __future__ import annotations
 
+import logging
 import textwrap
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -14,9 +15,11 @@ from runner import errors
 from runner.audit.records import AuditQuery
 from runner.audit.store import AuditStore
 from runner.config import Limits, Profile, Settings
+from runner.guard.sanitize import SanitizeConfig, Sanitizer
 from runner.policy import PolicyStore
-from runner.sandbox.base import SandboxSpec
+from runner.sandbox.base import EgressDecision, SandboxSpec
 from runner.sandbox.fake import FakeBackend, FakeIO, Handler
+from runner.sessions.egress_record import EgressRecord
 from runner.sessions.journal import Journal
 from runner.sessions.manager import SessionManager
 from tests.unit.fake_agent import TOOLS, FakeAgent, frame
@@ -120,3 +123,18 @@ async def test_a_next_cursor_goes_back_to_the_server_as_it_was_but_is_recorded_s
     intents = [r for r in store.query(AuditQuery()) if r.kind == "request.intent" and r.data["params"]]
     assert intents and all(r.data["params"]["cursor"]["sha256"] for r in intents)
 
+
+def test_every_text_of_an_egress_decision_passes_the_sanitizer(caplog: pytest.LogCaptureFixture) -> None:
+    # The method is the sandbox's word as much as the host: a request line "ghp_… http://x/ HTTP/1.1" is refused,
+    # and its decision reaches the service log, the audit log and GetSession.
+    heard: list[EgressDecision] = []
+    record = EgressRecord("s1", Sanitizer(SanitizeConfig()), heard.append)
+    decision = EgressDecision(
+        time=0.0, method=TOKEN, host=f"{TOKEN}.evil.example", port=80, address=TOKEN, rule=TOKEN, allowed=False,
+        code=TOKEN, reason=f"method {TOKEN} is not allowed",
+    )  # fmt: skip
+    with caplog.at_level(logging.INFO):
+        record.record(decision)
+    kept = record.decisions()[0]
+    assert heard == [kept]
+    assert not leaked(repr(kept)) and not leaked(caplog.text)
