@@ -94,6 +94,12 @@ class InstanceLock:
                     f"instance {instance!r} is already running ({holder}; lock {path}): stop that service first, "
                     "or give this one another instance name (`instance:` or MCP_RUNNER_INSTANCE)"
                 ) from None
+            except OSError as exc:  # a file system without locks: nothing would keep a second service out
+                os.close(fd)
+                raise ConfigError(
+                    f"cannot lock the instance lock {path}: {exc.strerror or exc}; put the state directory "
+                    "(`state_dir:` or MCP_RUNNER_STATE_DIR) on a local file system"
+                ) from None
         lock = cls(path, fd, _recorded_owner(os.pread(fd, 4096, 0)) or secrets.token_hex(16))
         lock.note(listen)
         return lock

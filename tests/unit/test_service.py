@@ -247,6 +247,17 @@ async def test_the_sweep_removes_only_sandboxes_of_no_running_service(
         mine.release()
 
 
+def test_a_state_directory_without_locks_is_a_configuration_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_locks(fd: int, operation: int) -> None:
+        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+
+    monkeypatch.setattr(service.fcntl, "flock", no_locks)
+    with pytest.raises(ConfigError, match=r"cannot lock the instance lock .*: No locks available; put the state"):
+        InstanceLock.acquire(tmp_path, "blue", "127.0.0.1:1")
+
+
 # ------------------------------------------------------------------------------------------------ the address
 
 
