@@ -118,6 +118,7 @@ ARGUMENTS = [
     ('{"\\udc00": 1}', "key holds a lone surrogate"),
     ('{"a": ' + "[" * 65 + "]" * 65 + "}", "nesting is deeper than 64 levels"),
     ("[" * 100_000, "nesting is deeper than 64 levels"),
+    ('{"a": {"n": 1' + "0" * 400 + "}}", "$.a.n: integer is beyond the range"),  # Infinity to most parsers
 ]
 
 
