@@ -13,6 +13,12 @@ protocol, and a request it should have answered would otherwise hang. Lines
 that are not JSON-RPC reach the session as ``Exception`` items; they are
 caught here too, and so is the end of the server's stdout.
 
+Requests the server sends the client (roots, sampling, elicitation) are bounded
+too: the SDK answers each in a task of its own, and a server that sends them
+without reading the answers left those tasks piling up (70 MiB a second, until
+the call's deadline). Past ``MAX_SERVER_REQUESTS`` unanswered, or one reusing the
+id of another still unanswered, is a protocol violation.
+
 `BoundedProcess` bounds what the SDK reads: ``stdio_client`` joins a line's
 chunks with ``buffer + chunk`` (quadratic, and unbounded), so a server printing
 a gigabyte without a newline would cost minutes of CPU and the memory of the
@@ -34,6 +40,9 @@ if TYPE_CHECKING:
     from mcp.shared.message import SessionMessage
 
     InItem = SessionMessage | Exception
+
+#: Requests from the server the agent may be answering at once; honest servers send a few (they wait for each).
+MAX_SERVER_REQUESTS = 64
 
 
 def _key(request_id: object) -> object:
@@ -166,6 +175,7 @@ class ServerLink:
         self._on_eof = on_eof
         self._outstanding: set[object] = set()
         self._cancelled: set[object] = set()
+        self._answering: set[object] = set()  # the server's requests whose answers are not yet written
         self.read_send: MemoryObjectSendStream[InItem]
         self.read: MemoryObjectReceiveStream[InItem]
         self.read_send, self.read = anyio.create_memory_object_stream["InItem"](0)
@@ -178,7 +188,7 @@ class ServerLink:
         tg.start_soon(self._pump_out)
 
     async def _pump_out(self) -> None:
-        from mcp_types import JSONRPCNotification, JSONRPCRequest
+        from mcp_types import JSONRPCError, JSONRPCNotification, JSONRPCRequest, JSONRPCResponse
 
         async with self._raw_write, self._write_recv:
             async for item in self._write_recv:
@@ -195,9 +205,11 @@ class ServerLink:
                     await self._raw_write.send(item)
                 except (anyio.ClosedResourceError, anyio.BrokenResourceError):
                     return
+                if isinstance(msg, JSONRPCResponse | JSONRPCError):
+                    self._answering.discard(_key(msg.id))
 
     async def _pump_in(self) -> None:
-        from mcp_types import JSONRPCError, JSONRPCResponse
+        from mcp_types import JSONRPCError, JSONRPCNotification, JSONRPCRequest, JSONRPCResponse
 
         async with self.read_send:
             try:
@@ -209,6 +221,11 @@ class ServerLink:
                         )
                         return
                     msg = item.message
+                    if isinstance(msg, JSONRPCNotification) and msg.method == "notifications/cancelled":
+                        # The server gave up on one of its requests: the SDK may never answer it.
+                        self._answering.discard(_key((msg.params or {}).get("requestId")))
+                    elif isinstance(msg, JSONRPCRequest) and not self._admit(msg.id):
+                        return
                     if isinstance(msg, JSONRPCResponse | JSONRPCError) and msg.id is not None:
                         rid = _key(msg.id)
                         if rid in self._outstanding:
@@ -227,3 +244,16 @@ class ServerLink:
             # The server's stdout ended. Report it before closing the session's
             # stream, so pending requests fail after (not before) the fatal frame.
             await self._on_eof()
+
+    def _admit(self, request_id: object) -> bool:
+        """Note a request from the server (False, with the violation reported, past the bound or for a reused id)."""
+        rid = _key(request_id)
+        if rid in self._answering:
+            problem = f"it sent request id {repr(request_id)[:80]} again while the agent was still answering it"
+        elif len(self._answering) >= MAX_SERVER_REQUESTS:
+            problem = f"it sent more than {MAX_SERVER_REQUESTS} requests without reading the answers"
+        else:
+            self._answering.add(rid)
+            return True
+        self._on_violation(f"MCP server broke the protocol: {problem}")
+        return False

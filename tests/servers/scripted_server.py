@@ -20,6 +20,7 @@ Behaviours (all unnamed aspects behave like ``good``):
   huge_line           tools/call prints 1 GiB to stdout without a newline
   huge_answer         tools/call answers with a 64 MiB text content
   progress_flood      tools/call sends 50 000 progress notifications (2 KiB messages), then answers
+  request_flood       tools/call sends 200 000 requests to the client (roots/list) without reading the answers
   malformed           tools/call answers with a line of invalid JSON
   wrong_id            tools/call answers with id = request id + 1000
   bad_output          add returns structuredContent {"sum": "not a number"}
@@ -73,6 +74,7 @@ BEHAVIOURS = (
     "huge_line",
     "huge_answer",
     "progress_flood",
+    "request_flood",
     "malformed",
     "wrong_id",
     "bad_output",
@@ -329,6 +331,7 @@ class Server:
             "huge_line": self.huge_line,
             "huge_answer": self.huge_answer,
             "progress_flood": self.progress_flood,
+            "request_flood": self.request_flood,
             "malformed": self.malformed,
             "wrong_id": self.wrong_id,
             "impersonate_agent": self.impersonate_agent,
@@ -579,6 +582,14 @@ class Server:
             self.send({"jsonrpc": "2.0", "method": "notifications/progress",
                        "params": {"progressToken": token, "progress": step, "total": steps, "message": message}})
         self.result(rid, _structured({"text": f"flooded {steps} progress notifications"}))
+
+    def request_flood(self, rid: Any, params: dict[str, Any]) -> None:
+        # On the main thread: stdin goes unread, so every answer the client writes stays pending.
+        with self.lock:
+            for number in range(200_000):
+                self.out.write(b'{"jsonrpc":"2.0","id":"flood-%d","method":"roots/list"}\n' % number)
+            self.out.flush()
+        time.sleep(3600)
 
     def malformed(self, rid: Any, params: dict[str, Any]) -> None:
         with self.lock:

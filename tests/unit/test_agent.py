@@ -386,6 +386,14 @@ async def test_stdout_flood_is_a_protocol_violation(start: Start) -> None:
     assert (await expect_fatal(agent)).startswith("MCP server broke the protocol")
 
 
+async def test_requests_to_the_client_left_unread_are_a_protocol_violation(start: Start) -> None:
+    # The SDK answers each in a task of its own; unread, they piled up at ~70 MiB a second till the deadline.
+    agent = await ready_agent(start, "request_flood")
+    await agent.request(1, "tools/call", {"name": "echo", "arguments": {"text": "x"}})
+    message = await expect_fatal(agent, timeout=10)
+    assert message == "MCP server broke the protocol: it sent more than 64 requests without reading the answers"
+
+
 async def test_wrong_id_is_a_protocol_violation(start: Start) -> None:
     # The SDK itself would only debug-log and drop the answer (the call would hang);
     # the agent's link checks ids and treats an answer to an unsent id as fatal.
