@@ -44,6 +44,32 @@ def whole_words(text: str, limit: int) -> str:
     return tail[min(starts) :] if starts else ""
 
 
+# What ``repr`` and JSON make of a character they will not show: \xXX, \uXXXX (a surrogate pair as two), \UXXXXXXXX.
+_BACKSLASH_ESCAPE = re.compile(
+    r"\\(?:x([0-9a-fA-F]{2})|u([dD][89abAB][0-9a-fA-F]{2})\\u([dD][c-fC-F][0-9a-fA-F]{2})|u([0-9a-fA-F]{4})"
+    r"|U([0-9a-fA-F]{8}))"
+)
+
+
+def _unescape(m: re.Match[str]) -> str:
+    if m[1] is not None:
+        return chr(int(m[1], 16))
+    if m[2] is not None:
+        return chr(0x10000 + ((int(m[2], 16) - 0xD800) << 10) + int(m[3], 16) - 0xDC00)
+    code = int(m[4] or m[5], 16)
+    return m[0] if code > 0x10FFFF or 0xD800 <= code <= 0xDFFF else chr(code)  # a lone surrogate stays spelled
+
+
+def unescaped(text: str) -> str:
+    """``text`` with the backslash escapes of ``repr`` and JSON turned back into the characters they spell.
+
+    A message that quotes untrusted text through ``repr`` or ``json.dumps`` spells a zero-width space as six
+    visible characters (``ghp_AAAA\\u200bBBBB``): a reader joins the halves at a glance, the sanitizer cannot.
+    Decoded, the invisible character is one the sanitizer strips, and the secret is whole again for it.
+    """
+    return _BACKSLASH_ESCAPE.sub(_unescape, text) if "\\" in text else text
+
+
 def printable(text: str, limit: int | None = None) -> str:
     """``text`` without escape sequences or control characters (newlines and tabs kept).
 

@@ -28,6 +28,8 @@ from jsonschema.protocols import Validator
 from referencing import Registry
 from referencing.exceptions import Unresolvable
 
+from runner.text import whole_words
+
 PATTERN_TIMEOUT_S = 0.05
 VALIDATION_BUDGET_S = 0.5
 _deadline: contextvars.ContextVar[float] = contextvars.ContextVar("schema_deadline", default=0.0)
@@ -43,8 +45,9 @@ class ValidationTooSlow(Exception):
 
 
 def short(text: str, limit: int = 160) -> str:
-    """Untrusted text bounded for an error message."""
-    return text if len(text) <= limit else text[:limit] + f"… ({len(text)} chars)"
+    """Untrusted text bounded for an error message, cut in whole words: the sanitizer the message passes next
+    cannot recognize the part of a secret a cut leaves behind."""
+    return text if len(text) <= limit else whole_words(text, limit) + f"… ({len(text)} chars)"
 
 
 def _search(pattern: str, text: str) -> bool:

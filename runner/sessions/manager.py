@@ -82,7 +82,7 @@ from runner.sessions.models import (
     ToolCallOutcome,
 )
 from runner.sessions.session import LiveSession, check_labels, session_info
-from runner.text import whole_words
+from runner.text import unescaped, whole_words
 
 log = logging.getLogger(__name__)
 P = TypeVar("P", bound=BaseModel)
@@ -547,7 +547,9 @@ class SessionManager:
         session.tools = await asyncio.to_thread(check_tools, listed)
         violations = self._gate.pins.check(session.profile.name, listed)
         for violation in violations:
-            log.warning("session %s (profile %s): %s", session.id, session.profile.name, violation.message)
+            # The message quotes the server's tool name: the service log gets it sanitized, like the caller does.
+            message = session.sanitizer.text(unescaped(violation.message), "service log", FindingLog())
+            log.warning("session %s (profile %s): %s", session.id, session.profile.name, message)
         session.listing = await asyncio.to_thread(screen_tools, session.sanitizer, listed, violations)
 
     async def _callable_tool(self, session: LiveSession, caller: str, tool: str, timeout: float | None) -> CheckedTool:
@@ -815,10 +817,11 @@ def _cursor_record(session: LiveSession, cursor: str) -> dict[str, Any]:
 def _sanitize_message(session: LiveSession, error: RunnerError) -> None:
     """An error's message through the session's sanitizer: it may quote the server's words or the caller's.
 
-    On the event loop, so capped first (cut at a space, so no half of a secret is left behind the cut).
+    On the event loop, so capped first (in whole words, so no half of a secret is left behind the cut). What it
+    quotes through ``repr`` or JSON (a validation error quoting a value, a bad line) is read unescaped, as a
+    person reads it: an escaped invisible character must not keep a secret in two harmless-looking halves.
     """
     message = error.message
     if len(message) > MAX_ERROR_MESSAGE:
-        head = message[:MAX_ERROR_MESSAGE]
-        message = head[: max(head.rfind(" "), 0)] + " … (cut)"
-    error.message = session.sanitizer.text(message, "error message", FindingLog())
+        message = whole_words(message, MAX_ERROR_MESSAGE).rstrip() + " … (cut)"
+    error.message = session.sanitizer.text(unescaped(message), "error message", FindingLog())

@@ -47,6 +47,16 @@ class LeakyAgent(FakeAgent):
             # 4096 characters are kept of a server's error message: the cut runs through the token
             message = "x " * 2040 + TOKEN + " more"
             await io.write(frame(type="error", id=rid, error={"code": -32000, "message": message}))
+        elif method == "tools/list" and b == "secret_named_rug":
+            # A valid tool name that is a secret; its definition changes from the second listing on
+            self.listings += 1
+            named = {"name": TOKEN, "description": f"v{min(self.listings, 2)}", "inputSchema": {"type": "object"}}
+            await io.write(frame(type="result", id=rid, result={"tools": [named]}))
+        elif method == "tools/call" and b in ("invalid_output_cut", "invalid_output_split"):
+            # Breaks echo's outputSchema (text: a string); the validation error quotes the value
+            value = ["x " * 60 + TOKEN] if b == "invalid_output_cut" else [f"{TOKEN[:20]}\u200b{TOKEN[20:]}"]
+            result = {"content": [{"type": "text", "text": "ok"}], "structuredContent": {"text": value}}
+            await io.write(frame(type="result", id=rid, result=result))
         elif method == "tools/call" and b == "split_bad_line":
             # Not a frame: the error quotes the start of the line, where a zero-width space splits the token
             await io.write(f'{{"t": "{TOKEN[:20]}\u200b{TOKEN[20:]}"}}\n'.encode())
@@ -62,7 +72,10 @@ async def env(tmp_path: Path) -> AsyncIterator[tuple[SessionManager, AuditStore]
     def factory(spec: SandboxSpec) -> Handler:
         return LeakyAgent(spec.command[0])
 
-    behaviours = ("paged_cursor", "error_at_cut", "split_bad_line")
+    behaviours = (
+        "paged_cursor", "error_at_cut", "split_bad_line", "invalid_output_cut", "invalid_output_split",
+        "secret_named_rug",
+    )  # fmt: skip
     profiles = {b: Profile(name=b, image="fake", command=(b,), limits=LIMITS) for b in behaviours}
     policy = tmp_path / "policy.yaml"
     policy.write_text(textwrap.dedent("callers:\n  alice:\n    profiles: ['*']\n"), encoding="utf-8")
@@ -138,3 +151,25 @@ def test_every_text_of_an_egress_decision_passes_the_sanitizer(caplog: pytest.Lo
     kept = record.decisions()[0]
     assert heard == [kept]
     assert not leaked(repr(kept)) and not leaked(caplog.text)
+
+
+@pytest.mark.parametrize("behaviour", ["invalid_output_cut", "invalid_output_split"])
+async def test_a_validation_error_quoting_the_servers_value_leaves_no_part_of_a_secret(
+    env: tuple[SessionManager, AuditStore], behaviour: str
+) -> None:
+    manager, store = env
+    error = await call(manager, behaviour)
+    assert isinstance(error, errors.ResultRejected)
+    assert not leaked(error.message)
+    assert not leaked(audit_text(store))
+
+
+async def test_the_service_log_gets_a_changed_tools_name_sanitized(
+    env: tuple[SessionManager, AuditStore], caplog: pytest.LogCaptureFixture
+) -> None:
+    manager, _ = env
+    sid = (await manager.open("secret_named_rug", caller="alice")).info.session_id
+    with caplog.at_level(logging.WARNING):
+        listed = await manager.list_tools(sid, caller="alice")
+    assert not listed.value and "changed its definition" in caplog.text
+    assert not leaked(caplog.text)

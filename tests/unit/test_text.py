@@ -1,8 +1,10 @@
 """Untrusted text shown to people: no terminal control survives."""
 
+import json
+
 import pytest
 
-from runner.text import printable, whole_words
+from runner.text import printable, unescaped, whole_words
 
 
 @pytest.mark.parametrize(
@@ -41,3 +43,10 @@ def test_a_cut_never_leaves_part_of_a_secret_behind() -> None:
         tail = whole_words("head " + token + (" x" * 100), -(200 + cut))
         assert head == "x " * 100
         assert tail == " x" * 100
+
+
+def test_unescaped_reads_what_repr_and_json_spell_out() -> None:
+    assert unescaped(repr("ghp_AAAA\u200bBBBB\x1b")) == "'ghp_AAAA\u200bBBBB\x1b'"
+    assert unescaped(json.dumps("\uff47\U0001d422")) == '"\uff47\U0001d422"'
+    assert unescaped(r"\ud800 stays spelled") == r"\ud800 stays spelled"  # a lone surrogate could not be sent on
+    assert unescaped("no escapes") == "no escapes"
