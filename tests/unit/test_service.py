@@ -12,7 +12,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 from pathlib import Path
 from typing import Any, cast
 
@@ -192,12 +191,22 @@ def test_a_copied_state_directory_running_here_keeps_its_sandboxes(tmp_path: Pat
         mine.release()
 
 
-def test_a_sweep_probing_the_lock_does_not_refuse_its_owners_restart(tmp_path: Path) -> None:
+def test_a_sweep_probing_the_lock_does_not_refuse_its_owners_restart(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     InstanceLock.acquire(tmp_path, "blue", "127.0.0.1:1").release()
     probe = os.open(tmp_path / "instance-blue.lock", os.O_RDONLY)
     fcntl.flock(probe, fcntl.LOCK_SH)  # what another service's sweep holds, for microseconds
-    threading.Timer(0.03, os.close, (probe,)).start()
+    waits: list[float] = []
+
+    def probe_done(seconds: float) -> None:  # the probe ends while the owner waits to try again
+        if not waits:
+            os.close(probe)
+        waits.append(seconds)
+
+    monkeypatch.setattr(service.time, "sleep", probe_done)
     InstanceLock.acquire(tmp_path, "blue", "127.0.0.1:1").release()
+    assert len(waits) == 1
 
 
 class FakeEngine:
