@@ -39,7 +39,8 @@ _DECODING_ROUNDS = 8
 MAX_MATCHED = 16 * 1024
 """The longest name or URI the policy decides, counted decomposed (``matchable``); the door's caps are below it.
 Names are never cut (a cut name passes for the prefix it begins with), so this bounds the work of a decision."""
-FILE_LOCALHOST = "file://localhost/"
+_FILE_HOST = re.compile(r"//[^/?#]*")
+"""A ``file:`` URI's authority, which servers read in different ways (most ignore it)."""
 
 
 def normalize(text: str) -> str:
@@ -77,22 +78,27 @@ def resource_key(uri: str) -> str:
     part of the path, as a parser reads it, not the start of a query. The authority is resolved with the path,
     so ``mem://public/../private`` is not taken for a URI on host ``public``.
     """
-    scheme, rest = _split_scheme(uri)
-    path, tail = _split_path(rest)
-    return scheme + _resolved(_decoded(path)) + _decoded(tail)
+    return resource_keys(uri)[0]
 
 
 def resource_keys(uri: str) -> tuple[str, ...]:
-    """Every way a server may read ``uri``, as resource rules compare them; a deny rule that hits any of them
-    denies, and an allow rule must match all of them.
+    """Every way a server may read ``uri``, as resource rules compare them (``resource_key``'s first); a deny
+    rule that hits any of them denies, and an allow rule must match all of them.
 
-    Besides ``resource_key`` (a URL parser's reading): all of it after the scheme decoded and resolved as one
-    path (a server that cuts off ``file://`` and opens the rest reads ``/public/x?/../../etc`` as ``/etc``),
-    and for ``file://localhost/…`` the path without the host (RFC 8089: the same file as ``file:///…``).
+    Besides a URL parser's reading: all of it after the scheme decoded and resolved as one path (a server
+    that cuts off ``file://`` and opens the rest reads ``/public/x?/../../etc`` as ``/etc``), and for
+    ``file://host/…`` both with the host dropped before the path is resolved: ``localhost`` names this
+    machine (RFC 8089), and a server opening ``urlparse(uri).path`` reads ``file://h/a/../../etc`` as ``/etc``.
     """
     scheme, rest = _split_scheme(uri)
-    readings = [resource_key(uri), scheme + _resolved(_decoded(rest))]
-    readings += ["file:" + k[len(FILE_LOCALHOST) - 1:] for k in readings if k.startswith(FILE_LOCALHOST)]
+    path, tail = _split_path(rest)
+    path, tail, whole = _decoded(path), _decoded(tail), _decoded(rest)
+    readings = [scheme + _resolved(path) + tail, scheme + _resolved(whole)]
+    if scheme == "file:":
+        for text, after in ((path, tail), (whole, "")):
+            host = _FILE_HOST.match(text)
+            if host is not None:
+                readings.append(scheme + _resolved(text[host.end():] or "/") + after)
     return tuple(dict.fromkeys(readings))
 
 

@@ -100,6 +100,8 @@ def test_resource_key(uri: str, expected: str) -> None:
         ("file:///public/%ef%bc%8e%ef%bc%8e/etc", ("file:/etc",)),  # fullwidth dots, escaped
         ("file:///public/.\u200b./etc", ("file:/etc",)),  # an invisible character between the dots
         ("file://LOCALHOST/etc/passwd", ("file://localhost/etc/passwd", "file:/etc/passwd")),
+        ("file://any/etc/passwd", ("file://any/etc/passwd", "file:/etc/passwd")),  # urlparse(uri).path
+        ("file://h/a/../../etc/x", ("file://etc/x", "file:/etc/x")),  # the host dropped before resolving
         ("https://h/a?next=/../b#x", ("https://h/a?next=/../b#x", "https://h/b#x")),
     ],
 )

@@ -558,7 +558,14 @@ def test_no_reading_of_a_uri_escapes_an_allow_rule(tmp_path: Path, uri: str) -> 
 
 
 @pytest.mark.parametrize(
-    "uri", ["file://localhost/etc/passwd", "file:///%65tc/passwd?x=/../..", "file:///x/..%2f..%2fetc/shadow"]
+    "uri",
+    [
+        "file://localhost/etc/passwd",
+        "file://any/etc/passwd",
+        "file://h/a/../../etc/shadow",
+        "file:///%65tc/passwd?x=/../..",
+        "file:///x/..%2f..%2fetc/shadow",
+    ],
 )
 def test_any_reading_of_a_uri_hits_a_deny_rule(tmp_path: Path, uri: str) -> None:
     decision = load_policy(write(tmp_path, RESOURCE_AND_PROMPT_RULES)).decision("resources", "anyone", "time", uri)
