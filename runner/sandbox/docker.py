@@ -73,6 +73,16 @@ def map_docker_errors(action: str) -> Iterator[None]:
         raise Unavailable(f"{action}: Docker engine unreachable: {exc}") from exc
 
 
+_BETWEEN_WORDS = (b" ", b"\n", b"\t", b"\r", b'"')
+"""Bytes a stderr tail may start after: never in the middle of a word (``runner.text.whole_words``)."""
+
+
+def _word_end(data: bytes | bytearray, start: int) -> int:
+    """Where the word at ``start`` ends (its first byte between words), or -1 if it runs to the end of ``data``."""
+    ends = [i for i in (data.find(ch, start) for ch in _BETWEEN_WORDS) if i >= 0]
+    return min(ends) if ends else -1
+
+
 class DockerSandbox:
     """One running container; implements ``SandboxHandle``."""
 
@@ -98,6 +108,7 @@ class DockerSandbox:
         self._keepalive = keepalive  # docker-py's socket wrapper; collecting it would close the socket
         self._stderr = bytearray()
         self._stderr_cap = stderr_tail_bytes
+        self._stderr_mid_word = False
         self._raw = bytearray()  # read from the attach stream, not yet taken apart: at most one read
         self._left = 0  # bytes of the current frame still to come, in stream ``_left_stream``
         self._left_stream = 0
@@ -154,9 +165,23 @@ class DockerSandbox:
         return bytes(out)
 
     def _keep_stderr(self, data: bytes | bytearray) -> None:
+        # A cut through a word (maybe a secret whose rest no detector would recognize) takes the rest of the word
+        # too, also when that rest arrives later: the tail always starts between words.
+        if self._stderr_mid_word:
+            start = _word_end(data, 0)
+            if start < 0:
+                return
+            data, self._stderr_mid_word = data[start:], False
         self._stderr += data
         if len(self._stderr) > self._stderr_cap:
-            del self._stderr[: len(self._stderr) - self._stderr_cap]
+            cut = len(self._stderr) - self._stderr_cap
+            if self._stderr[cut - 1 : cut] not in _BETWEEN_WORDS:
+                cut = _word_end(self._stderr, cut)
+                if cut < 0:
+                    self._stderr.clear()
+                    self._stderr_mid_word = True
+                    return
+            del self._stderr[:cut]
 
     async def write_stdin(self, data: bytes) -> None:
         if self._destroyed:

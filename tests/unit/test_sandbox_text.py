@@ -23,6 +23,7 @@ from runner.sessions.egress_record import EgressRecord
 from runner.sessions.journal import Journal
 from runner.sessions.manager import SessionManager
 from tests.unit.fake_agent import TOOLS, FakeAgent, frame
+from tests.unit.test_docker_stream import Make, err, make, out, read  # noqa: F401  (make: a fixture)
 
 TOKEN = "ghp_" + "A1b2C3d4E5f6G7h8I9j0K1l2M3n4O5p6Q7r8"
 PIECES = [TOKEN[i : i + 8] for i in range(0, len(TOKEN) - 8, 4)]
@@ -173,3 +174,12 @@ async def test_the_service_log_gets_a_changed_tools_name_sanitized(
         listed = await manager.list_tools(sid, caller="alice")
     assert not listed.value and "changed its definition" in caplog.text
     assert not leaked(caplog.text)
+
+
+async def test_a_stderr_tail_never_starts_inside_a_word(make: Make) -> None:  # noqa: F811
+    # The tail's cut lands in the token: what is left of it would pass every detector, so it goes too
+    kept = len(TOKEN) - 10 + len(" more\n")
+    sandbox, reader = make(stderr_tail_bytes=kept)
+    reader.feed_data(err(b"boom " * 50 + TOKEN.encode() + b" more\n") + out(b"x"))
+    assert await read(sandbox) == b"x"
+    assert sandbox.stderr_tail() == "more"
