@@ -200,8 +200,12 @@ class ApprovalBook:
         return self.list_approvals()
 
     def list_approvals(self, *, include_decided: bool = False) -> list[Approval]:
-        """Pending approvals (and, with ``include_decided``, retained decided ones), oldest first."""
-        self._expire_overdue()
+        """Pending approvals (and, with ``include_decided``, retained decided ones), oldest first.
+
+        Sweeps first, so no decided approval is shown (or kept in the guard's file) past its retention just
+        because nobody has asked for a new one since.
+        """
+        self.sweep()
         return [
             self._out(a)
             for a in sorted(self._records.values(), key=lambda a: a.requested_at)

@@ -67,8 +67,10 @@ class Gate:
         self.pins = PinBook(configured, memory=memory)
 
     def expire_orphaned_approvals(self) -> None:
-        """At start-up, before any session opens: approvals left pending by the previous process expire."""
+        """At start-up, before any session opens: approvals left pending by the previous process expire, and
+        settled ones past their retention leave the guard's file."""
         self.approvals.expire_all_pending(RESTARTED)
+        self.approvals.sweep()
 
     @property
     def policy(self) -> Policy:

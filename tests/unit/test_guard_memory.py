@@ -382,3 +382,25 @@ def test_buckets_full_again_are_forgotten_at_start_so_the_file_stays_bounded(mem
     later.open()
     assert set(later.buckets()) == {("recent", "calls")}
     later.close()
+
+
+def test_approvals_past_retention_leave_at_start_and_at_listing_without_a_new_request(memory: GuardMemory) -> None:
+    """Their recorded arguments must not outlive the retention period just because nobody asked again."""
+    clock = Clock(WALL)
+    book = ApprovalBook(clock, memory=memory)
+    old = ask(book)
+    recent = book.request(
+        session_id="s1", caller="agent", profile="files", tool="t", arguments={}, rule="r", timeout_s=7200
+    )
+    book.decide(old.approval_id, approver="alice", approve=False, reason="no", allow_self_approval=False)
+    clock.now += 3000
+    book.decide(recent.approval_id, approver="alice", approve=True, reason="", allow_self_approval=False)
+    clock.now += 700  # old: past the hour; recent: not yet
+    assert [a.approval_id for a in book.list_approvals(include_decided=True)] == [recent.approval_id]
+    assert [a.approval_id for a in memory.approvals()] == [recent.approval_id]
+
+    memory = reopen(memory)
+    gate = Gate(PolicyStore(None), Settings(), memory=memory)  # on the real clock: years after WALL
+    gate.expire_orphaned_approvals()
+    assert memory.approvals() == []
+    memory.close()
