@@ -33,7 +33,7 @@ from runner.api._proto.mcp_runner.v1 import runner_pb2 as pb
 from runner.api.auth import Authenticator
 from runner.approvals import Approval
 from runner.audit.records import AuditQuery, AuditRecord, ReplayVerdict, Verification
-from runner.errors import FailedPrecondition, InvalidArgument, RateLimited, RunnerError, Status
+from runner.errors import FailedPrecondition, InvalidArgument, RateLimited, RunnerError, Status, Unauthenticated
 from runner.sessions.models import (
     ApprovalCallback,
     LimitsRequest,
@@ -346,7 +346,12 @@ class RunnerServicer:
 
     async def WatchApprovals(self, request: Any, context: Context) -> AsyncIterator[Any]:
         async with _translate_errors(context, "WatchApprovals"):
-            async for approval in self._manager.watch_approvals(caller=self._auth.identify(context)):
+            caller = self._auth.identify(context)
+            async for approval in self._manager.watch_approvals(caller=caller):
+                # A watch outlives any one call: a token revoked (or given to another caller) by a policy reload
+                # ends it before the next approval, as it would refuse any new call.
+                if self._auth.identify(context) != caller:
+                    raise Unauthenticated("the credential this watch was opened with now names another caller")
                 yield pb.WatchApprovalsResponse(approval=convert.approval_to_proto(approval))
 
     async def DecideApproval(self, request: Any, context: Context) -> Any:

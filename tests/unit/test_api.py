@@ -952,3 +952,25 @@ async def test_start_server_refuses_mtls_without_client_ca(fake: FakeManager) ->
     authenticator = Authenticator(AuthConfig(mtls=True), lambda token_hash: None)
     with pytest.raises(errors.InvalidArgument, match="client_ca"):
         await start_server(_typed(fake), "127.0.0.1:0", authenticator=authenticator)
+
+
+async def test_a_watch_ends_when_its_token_is_revoked(
+    token_address: str, fake: FakeManager, owners: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    revoked = asyncio.Event()
+
+    async def watch_approvals(*, caller: str) -> AsyncIterator[Approval]:
+        yield make_approval(approval_id="apr_1")
+        await revoked.wait()
+        yield make_approval(approval_id="apr_2")  # must not reach a caller whose token is gone
+
+    monkeypatch.setattr(fake, "watch_approvals", watch_approvals)
+    seen: list[str] = []
+    async with AsyncRunnerClient(token_address, token=ALICE_TOKEN) as client:
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            async for approval in client.watch_approvals(timeout=5):
+                seen.append(approval.approval_id)
+                owners.clear()  # the policy file was reloaded without the token
+                revoked.set()
+    assert seen == ["apr_1"]
+    assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED and "not known" in (info.value.details() or "")
