@@ -49,6 +49,8 @@ _PRIVATE = (
     # Site-local: deprecated (RFC 3879), so Python counts it as global, but a network may still route it inside.
     ipaddress.IPv6Network("fec0::/10"),
 )
+# Ranges newer than some Python's tables, which then count them as global (the egress image's Python is Debian's).
+_NOT_GLOBAL = (ipaddress.IPv6Network("3fff::/20"),)  # documentation, RFC 9637: like 2001:db8::/32, never routed out
 
 
 def ip_literal(host: str) -> IPAddress | None:
@@ -274,7 +276,7 @@ def address_refusal(address: IPAddress) -> str | None:
         return "private"
     if address.is_reserved:
         return "reserved"
-    if not address.is_global:
+    if not address.is_global or any(address in network for network in _NOT_GLOBAL):
         return "not-global"
     return None
 

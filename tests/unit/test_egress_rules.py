@@ -276,6 +276,11 @@ def test_header_errors_never_quote_the_value() -> None:
         ("240.0.0.1", "reserved"),
         ("192.0.2.1", "not-global"),
         ("2001:db8::1", "not-global"),
+        ("3fff::1", "not-global"),
+        ("3fff:fff:ffff::1", "not-global"),
+        ("::10.0.0.1", "reserved"),  # IPv4-compatible
+        ("2001:0:4136:e378:8000:63bf:3fff:fdd2", "not-global"),  # Teredo
+        ("64:ff9b:1::a00:1", "reserved"),  # local-use NAT64
         ("8.8.8.8", None),
         ("2606:4700::1111", None),
         ("::ffff:8.8.8.8", None),
