@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import codecs
 import json
 import re
 from dataclasses import dataclass
@@ -79,6 +80,9 @@ _TEXT_SUBTYPES = frozenset(
     {"json", "xml", "javascript", "ecmascript", "yaml", "x-yaml", "toml", "x-toml", "sql", "graphql", "x-sh",
      "x-shellscript", "csv", "ndjson", "x-ndjson", "jsonl", "x-www-form-urlencoded", "markdown", "x-python"}
 )  # fmt: skip
+_CHARSET = re.compile(r";\s*charset\s*=\s*[\"']?([A-Za-z0-9_.:\-]{1,40})", re.IGNORECASE)
+_MOSTLY_TEXT = 20
+"""A payload without a MIME type is text when at most one character in this many is not (an image has many)."""
 _CLEAN_CACHE_LIMIT = 4096
 _CLEAN_CACHE_MAX_LEN = 128
 
@@ -89,6 +93,18 @@ def _text_like(mime_type: str | None) -> bool:
         return True
     kind, _, subtype = mime_type.split(";", 1)[0].strip().lower().partition("/")
     return kind == "text" or subtype in _TEXT_SUBTYPES or subtype.endswith(("+json", "+xml", "+yaml"))
+
+
+def _charset(mime_type: str | None) -> str:
+    """The text encoding a MIME type's ``charset`` names, if Python knows it as one; else UTF-8."""
+    found = _CHARSET.search(mime_type or "")
+    if found is not None:
+        try:
+            if codecs.lookup(found.group(1))._is_text_encoding:
+                return found.group(1)
+        except LookupError:
+            pass
+    return "utf-8"
 
 
 def _json_typed(mime_type: str | None) -> bool:
@@ -232,16 +248,29 @@ class _Walk:
         return model.model_copy(update=update) if update else model
 
     def payload(self, data: str, where: str, mime_type: str | None) -> str:
-        """A base64 payload: a text-like one is decoded, sanitized and encoded again; binary is left alone."""
+        """A base64 payload: a text-like one is decoded, sanitized and encoded again; binary is left alone.
+
+        Text is decoded in the charset its MIME type names (UTF-8 if none or one Python does not know as text);
+        bytes that are not text in it are read as U+FFFD, since a reader's decoder skips them and reads the rest
+        (one stray byte must not make a text/plain blob "binary" and let it pass unread). Only a payload without a
+        MIME type that is not mostly UTF-8 text is taken for binary and left as it is.
+        """
         self.tick()
         if not _text_like(mime_type):
             return data
         try:
-            text = base64.b64decode(data, validate=True).decode("utf-8")
+            raw = base64.b64decode(data, validate=True)
         except (binascii.Error, ValueError):
-            return data  # not text after all: left as the bytes it is
+            return data  # not base64: no reader gets text out of it
+        charset = _charset(mime_type)
+        try:
+            text = raw.decode(charset)
+        except UnicodeDecodeError:
+            text = raw.decode(charset, errors="replace")
+            if not mime_type and text.count("\ufffd") * _MOSTLY_TEXT > len(text):
+                return data  # no type, and not text: binary, left as the bytes it is
         clean = self.document(text, where, mime_type)
-        return data if clean == text else base64.b64encode(clean.encode("utf-8")).decode("ascii")
+        return data if clean == text else base64.b64encode(clean.encode(charset, errors="replace")).decode("ascii")
 
     def document(self, text: str, where: str, mime_type: str | None) -> str:
         """Text of a MIME type. JSON is parsed and walked as a value: in its text, ``\\u001b`` is six harmless

@@ -34,6 +34,7 @@ EMAIL = "jane.doe@example.com"
 CARD = "4111 1111 1111 1111"
 IMAGE = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkjOjl/jane.doe@example.com"
 BLOB = "ZmFrZSBibG9iIGphbmUuZG9lQGV4YW1wbGUuY29t"
+TOKEN_BYTES = b"ghp_A1b2C3d4E5f6G7h8I9j0K1l2M3n4O5p6Q7r8"
 
 
 def where_of(log: FindingLog) -> dict[str, set[str]]:
@@ -506,13 +507,6 @@ def test_binary_blobs_are_left_alone(mime_type: str) -> None:
     assert log.findings() == ()
 
 
-def test_a_text_like_blob_that_is_not_utf8_is_left_alone() -> None:
-    raw = base64.b64encode(b"\xff\xfe" + EMAIL.encode()).decode()
-    blob = mcp_types.BlobResourceContents(uri="file:///b", blob=raw, mime_type="text/plain")
-    (clean,) = sanitize_resource_contents(S, [blob], FindingLog())
-    assert isinstance(clean, mcp_types.BlobResourceContents) and clean.blob == raw
-
-
 def test_server_name_version_and_instructions_are_sanitized() -> None:
     init = mcp_types.InitializeResult.model_validate({
         "protocolVersion": "2025-06-18", "capabilities": {"tools": {}},
@@ -630,3 +624,29 @@ def test_a_tool_whose_property_name_would_change_is_held_back_under_flag_too() -
     listing = screen_tools(S, [mcp_types.Tool(name="send", input_schema=schema)], [])
     assert listing.tools == ()
     assert ("unsafe_identifier", BLOCKED, "tools[send]") in {(f.kind, f.action, f.where) for f in listing.findings}
+
+
+@pytest.mark.parametrize(
+    ("mime_type", "raw"),
+    [
+        ("text/plain", b"\xff key " + TOKEN_BYTES),  # one stray byte is no reason to read it as binary
+        ("text/plain; charset=utf-16", ("key " + TOKEN_BYTES.decode()).encode("utf-16")),
+        ("text/plain; charset=UTF-7", ("key " + TOKEN_BYTES.decode()).encode("utf-7")),
+        ("text/csv; charset=latin-1", b"caf\xe9," + TOKEN_BYTES),
+        (None, b"\xff key " + TOKEN_BYTES),
+    ],
+)
+def test_a_text_like_blob_is_read_in_its_charset_and_despite_stray_bytes(mime_type: str | None, raw: bytes) -> None:
+    blob = mcp_types.BlobResourceContents(uri="mem://x", blob=base64.b64encode(raw).decode(), mimeType=mime_type)
+    log = FindingLog()
+    [clean] = sanitize_resource_contents(Sanitizer(SanitizeConfig()), [blob], log)
+    assert isinstance(clean, mcp_types.BlobResourceContents)
+    assert TOKEN_BYTES[8:20] not in base64.b64decode(clean.blob).replace(b"\x00", b"")
+    assert "github_token" in {f.kind for f in log.findings()}
+
+
+def test_a_binary_blob_without_a_type_is_left_as_it_is() -> None:
+    raw = bytes(range(256)) * 4 + TOKEN_BYTES
+    blob = mcp_types.BlobResourceContents(uri="mem://x", blob=base64.b64encode(raw).decode())
+    [clean] = sanitize_resource_contents(Sanitizer(SanitizeConfig()), [blob], FindingLog())
+    assert clean == blob
