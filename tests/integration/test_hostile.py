@@ -219,7 +219,7 @@ def capped(images: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> 
             "command": ["python3", "/srv/servers/scripted_server.py", behaviour],
             "mounts": [{"source": str(SERVERS), "target": "/srv/servers"}],
         }
-        for behaviour in ("good", "huge_line", "huge_answer", "progress_flood")
+        for behaviour in ("good", "huge_line", "huge_answer", "progress_flood", "request_flood")
     }
     # 50 000 notifications through the agent's SDK take a while on a busy machine (about 16 s for the agent alone).
     profiles["progress_flood"]["limits"] = {"call_timeout_s": FLOOD_TIMEOUT_MS / 1000}
@@ -259,6 +259,21 @@ def test_a_message_past_the_cap_ends_the_session_at_once(
     assert client.call_tool(neighbour.session_id, "echo", {"text": "fine"}).structured_content == {"text": "fine"}
     assert capped.healthy()
     client.close_session(neighbour.session_id)
+
+
+def test_requests_to_the_client_left_unread_end_the_session(capped: Service, capped_client: RunnerClient) -> None:
+    client = capped_client
+    opened = client.open_session("request_flood")
+    started = time.monotonic()
+    with pytest.raises(grpc.RpcError) as caught:
+        # The agent answered each of 200 000 roots/list requests in a task of its own, none of them ever written:
+        # ~70 MiB a second of the sandbox's memory until the call's deadline.
+        client.call_tool(opened.session_id, "echo", {"text": "x"}, timeout_ms=CAPPED_TIMEOUT_S * 1000)
+    assert code_of(caught) == grpc.StatusCode.FAILED_PRECONDITION, details_of(caught)
+    assert "it sent more than 64 requests without reading the answers" in details_of(caught)
+    assert time.monotonic() - started < CAPPED_TIMEOUT_S / 2
+    assert client.get_session(opened.session_id).state == pb.SESSION_STATE_FAILED
+    assert capped.healthy()
 
 
 def answered(client: RunnerClient, session_id: str) -> bool:
