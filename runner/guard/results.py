@@ -276,13 +276,23 @@ class _Walk:
         """Text of a MIME type. JSON is parsed and walked as a value: in its text, ``\\u001b`` is six harmless
         characters, but whoever parses it gets the escape (and a secret may be spelled with escapes)."""
         if _json_typed(mime_type):
+            duplicates = False
+
+            def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
+                nonlocal duplicates
+                obj = dict(items)
+                duplicates = duplicates or len(obj) < len(items)
+                return obj
+
             try:
-                parsed = json.loads(text)
+                parsed = json.loads(text, object_pairs_hook=pairs)
             except (ValueError, RecursionError):
                 return self.text(text, where)  # not JSON after all: sanitized as the text it is
             if _nesting(parsed, self.budget.nodes) < MAX_DEPTH:
                 clean = self.value(parsed, where, 1)
-                return text if clean == parsed else json.dumps(clean, ensure_ascii=False)
+                # A key given twice keeps only its last value here, but the text holds both (and some parsers,
+                # and any reader, take the first): such a document is passed on as what was walked.
+                return text if clean == parsed and not duplicates else json.dumps(clean, ensure_ascii=False)
         return self.text(text, where)
 
 

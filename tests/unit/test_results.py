@@ -650,3 +650,16 @@ def test_a_binary_blob_without_a_type_is_left_as_it_is() -> None:
     blob = mcp_types.BlobResourceContents(uri="mem://x", blob=base64.b64encode(raw).decode())
     [clean] = sanitize_resource_contents(Sanitizer(SanitizeConfig()), [blob], FindingLog())
     assert clean == blob
+
+
+def test_a_json_document_cannot_hide_a_value_behind_a_repeated_key() -> None:
+    text = json.dumps({"a": "fine"})[:-1] + f', "b": "{TOKEN_BYTES.decode()}", "b": "fine"}}'
+    for contents in (
+        mcp_types.TextResourceContents(uri="mem://x", text=text, mimeType="application/json"),
+        mcp_types.BlobResourceContents(
+            uri="mem://x", blob=base64.b64encode(text.encode()).decode(), mimeType="application/json"
+        ),
+    ):
+        [clean] = sanitize_resource_contents(S, [contents], FindingLog())
+        shown = clean.text if isinstance(clean, mcp_types.TextResourceContents) else base64.b64decode(clean.blob)
+        assert json.loads(shown) == {"a": "fine", "b": "fine"}
