@@ -66,6 +66,7 @@ class InstanceLock:
         self.path = path
         self.owner = owner
         self._fd = fd
+        self._file = _file_id(os.fstat(fd))
         self._started = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
 
     @classmethod
@@ -114,7 +115,9 @@ class InstanceLock:
     @property
     def label(self) -> str:
         """The owner label of this service's sandboxes: the owner id, and where its lock can be checked."""
-        where = {"owner": self.owner, "lock": str(self.path.resolve()), "seen_from": _file_system_view()}
+        where = {
+            "owner": self.owner, "lock": str(self.path.resolve()), "file": self._file, "seen_from": _file_system_view()
+        }
         return json.dumps(where, sort_keys=True)
 
     def abandoned(self, label: str | None) -> bool:
@@ -122,22 +125,23 @@ class InstanceLock:
 
         Without a label it predates owner labels (an earlier run of this instance). With this lock's owner id
         it is an earlier run's of this lock, whatever machine or container ran it. Another owner's lock is
-        checked only from the same file-system view (a path means nothing elsewhere): abandoned if its file
-        is gone or nobody holds it; anything that cannot be checked is kept.
+        checked only from the same file-system view (a path means nothing elsewhere): abandoned if nobody
+        holds it. Anything that cannot be checked is kept, a lock file removed or replaced since included
+        (its holder may still run, holding the old file).
         """
         if label is None:
             return True
         try:
             claim = json.loads(label)
-            owner, lock, seen_from = claim["owner"], claim["lock"], claim["seen_from"]
+            owner, lock, file, seen_from = claim["owner"], claim["lock"], claim["file"], claim["seen_from"]
         except (ValueError, KeyError, TypeError):
             return False
         here = seen_from == _file_system_view() and isinstance(lock, str)
-        if here and _same_file(lock, self.path):
-            return True  # this very lock, now held by this service: even if the file lost its owner id
         if owner == self.owner:  # unless a copy of this state directory, running elsewhere here, holds it
-            return not (here and _held(lock))
-        return here and not _held(lock)
+            return not (here and file != self._file and _held(lock, file))
+        if not here:
+            return False
+        return file == self._file or not _held(lock, file)  # this very file: its owner id was lost, not its lock
 
     def release(self) -> None:
         os.close(self._fd)  # closing the only descriptor drops the flock
@@ -152,26 +156,23 @@ def _file_system_view() -> str:
     return f"{socket.gethostname()} {namespace}"
 
 
-def _same_file(path: str, lock: Path) -> bool:
-    try:
-        return os.path.samefile(path, lock)
-    except OSError:
-        return False
+def _file_id(stat: os.stat_result) -> str:
+    return f"{stat.st_dev}:{stat.st_ino}"
 
 
-def _held(path: str) -> bool:
-    """Whether a process holds the instance lock at ``path``; a shared probe, dropped at once.
+def _held(path: str, file: object) -> bool:
+    """Whether the instance lock at ``path`` may be held: a shared probe, dropped at once.
 
-    A file that is gone is held by nobody (a service holding it would keep its lock on a file no one
-    else can open); a file this user cannot open is assumed held.
+    Only the very file the label names can be asked; one removed or replaced since (its holder may still
+    hold the old one) or that this user cannot open counts as held.
     """
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return False
     except OSError:
         return True
     try:
+        if _file_id(os.fstat(fd)) != file:
+            return True
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except OSError:
         return True

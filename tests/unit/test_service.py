@@ -120,8 +120,20 @@ def test_another_state_directorys_running_service_keeps_its_sandboxes(tmp_path: 
         theirs.release()
     assert mine.abandoned(theirs.label)  # nobody holds it any more
     (tmp_path / "their state" / "instance-blue.lock").unlink()
-    assert mine.abandoned(theirs.label)
+    assert not mine.abandoned(theirs.label)  # gone: whoever held it may hold it still, so it cannot be asked
     mine.release()
+
+
+def test_a_lock_file_removed_under_its_running_holder_still_protects_its_sandboxes(tmp_path: Path) -> None:
+    """The state directory cleaned while the service runs: the next service locks a new file at the same path."""
+    first = InstanceLock.acquire(tmp_path, "blue", "127.0.0.1:1")
+    (tmp_path / "instance-blue.lock").unlink()
+    second = InstanceLock.acquire(tmp_path, "blue", "127.0.0.1:2")
+    try:
+        assert not second.abandoned(first.label)
+    finally:
+        second.release()
+        first.release()
 
 
 def test_a_killed_owners_sandboxes_are_abandoned(tmp_path: Path) -> None:
