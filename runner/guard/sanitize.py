@@ -26,6 +26,7 @@ linear on hostile input. Expensive scans are gated; each stage module says how.
 
 from __future__ import annotations
 
+import base64
 import heapq
 import json
 import unicodedata
@@ -100,6 +101,9 @@ DEFAULT_REDACTIONS: frozenset[str] = DETECTORS - OPTIONAL_DETECTORS
 
 INJECTION_ACTIONS: frozenset[str] = frozenset({"flag", "block"})
 MIN_SECRET_LENGTH = 4
+_MIN_BASE64_FORM = 8
+"""Shorter base64 pieces of a short secret would be found by chance in any long base64 text."""
+_URLSAFE = str.maketrans("+/", "-_")
 
 
 @dataclass(frozen=True)
@@ -137,14 +141,29 @@ def check_config(config: SanitizeConfig) -> None:
 
 
 def _secret_forms(secrets: tuple[str, ...]) -> tuple[str, ...]:
-    """Each secret as written, URL-encoded and JSON-escaped; longest first so a longer secret wins."""
+    """Each secret as written, URL-encoded, JSON-escaped and base64-encoded; longest first so a longer secret wins."""
     forms: set[str] = set()
     for secret in secrets:
         forms.add(secret)
         forms.add(urllib.parse.quote(secret, safe=""))
         forms.add(urllib.parse.quote_plus(secret, safe=""))
         forms.add(json.dumps(secret)[1:-1])
+        forms.update(_base64_forms(secret.encode("utf-8", "surrogatepass")))
     return tuple(sorted(forms, key=lambda s: (-len(s), s)))
+
+
+def _base64_forms(secret: bytes) -> set[str]:
+    """What the secret turns into inside any base64 text that holds it (``Authorization: Basic`` of
+    ``user:secret``, a config file sent as a blob): for each of the three alignments it can start at, the
+    characters made of its bits alone, in both alphabets."""
+    forms: set[str] = set()
+    for offset in range(3):
+        encoded = base64.b64encode(bytes(offset) + secret).decode("ascii")
+        first, end = (8 * offset + 5) // 6, 8 * (offset + len(secret)) // 6  # characters wholly the secret's bits
+        stable = encoded[first:end]
+        if len(stable) >= _MIN_BASE64_FORM:
+            forms.update((stable, stable.translate(_URLSAFE)))
+    return forms
 
 
 class Sanitizer:

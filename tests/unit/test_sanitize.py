@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import urllib.parse
@@ -447,3 +448,13 @@ def test_every_default_ignorable_code_point_is_stripped_before_detection() -> No
         if out != placeholder("github_token") or secret != placeholder("secret"):
             missed.append(f"U+{cp:04X}")
     assert not missed
+
+
+@pytest.mark.parametrize("prefix", ["", "u:", "us:", "user:"])
+def test_the_services_secrets_are_found_inside_base64_at_any_alignment(prefix: str) -> None:
+    secret = "s3cr3t-Value-9f8e7d"
+    own = Sanitizer(SanitizeConfig(secrets=(secret,)))
+    encoded = base64.b64encode(f"{prefix}{secret}!tail".encode()).decode()
+    for text in (f"Authorization: Basic {encoded}", encoded.translate(str.maketrans("+/", "-_"))):
+        out, found = run(own, text)
+        assert placeholder("secret") in out and {f.kind for f in found} == {"secret"}
