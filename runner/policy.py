@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from runner.config import ConfigError, parse_size, problems, read_document
 from runner.errors import PermissionDenied
-from runner.guard.names import MAX_MATCHED, matchable, normalize, resource_key, resource_keys
+from runner.guard.names import MAX_MATCHED, Undecidable, matchable, normalize, resource_key, resource_keys
 
 log = logging.getLogger(__name__)
 
@@ -178,7 +178,8 @@ class Policy:
         same form, so ``Delete_file`` or a Cyrillic ``dеlete_file`` hits ``deny: ["*delete*"]``. Deny and approval
         rules also match the name as sent, and hit when any reading of a URI does; allow rules match only the
         normalized form, every reading of it, so ``/public/%2e%2e/etc`` is never allowed by ``/public/*``. A name
-        too long to decide whole (``matchable``) is denied: it is never cut to a prefix that a rule might allow.
+        too long to decide whole (``matchable``) is denied: it is never cut to a prefix that a rule might allow;
+        so is a URI still percent-encoded after many rounds of decoding (``Undecidable``).
         """
         quoted = json.dumps(name)
         if not matchable(name):
@@ -192,6 +193,15 @@ class Policy:
             (f"{policy.entry}.profile_{kind}.{profile}", getattr(policy, f"profile_{kind}").get(profile)),
         ]
         present: list[tuple[str, AccessRules]] = [(where, rules) for where, rules in levels if rules is not None]
+        if not present:
+            return ToolDecision("allow", f"{self.label}: no allow list restricts {quoted}")
+        try:
+            return self._decide(kind, name, present)
+        except Undecidable as exc:  # of the name, or (never written so, but still) of a pattern
+            return ToolDecision("deny", f"{self.label}: {quoted} cannot be decided: {exc}")
+
+    def _decide(self, kind: Kind, name: str, present: list[tuple[str, AccessRules]]) -> ToolDecision:
+        quoted = json.dumps(name)
         key = resource_key if kind == "resources" else normalize
         readings = resource_keys(name) if kind == "resources" else (normalize(name),)
 

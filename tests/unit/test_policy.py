@@ -576,3 +576,12 @@ def test_long_uris_within_the_cap_are_decided_whole(tmp_path: Path) -> None:
     policy = load_policy(write(tmp_path, RESOURCE_AND_PROMPT_RULES))
     assert policy.decision("resources", "anyone", "files", "file:///public/" + "a" * 8000).verdict == "allow"
     assert policy.decision("resources", "anyone", "files", "file:///public/a?v=2#top").verdict == "allow"
+
+
+def test_a_uri_that_never_settles_is_denied_without_decoding_it_to_the_end(tmp_path: Path) -> None:
+    # Decoded to the end, 4000 nested %25 took 0.1 s of the event loop per request.
+    policy = load_policy(write(tmp_path, RESOURCE_AND_PROMPT_RULES))
+    for profile in ("time", "files"):  # a deny list only, and an allow list
+        decision = policy.decision("resources", "anyone", profile, "file:///public/%" + "25" * 4000 + "2e")
+        assert decision.verdict == "deny" and "still percent-encoded after 12 rounds" in decision.rule
+    assert policy.decision("resources", "anyone", "files", "file:///public/%252E%252Ex").verdict == "allow"
