@@ -3,8 +3,10 @@
 Everything read here comes from inside a sandbox and is untrusted: a hostile
 server can replace or impersonate the agent. So lines are cut at
 ``max_message_bytes`` before they are parsed (in time linear in the bytes
-read, `LineFramer`), every frame must have a known shape, and a frame for a
-request that is not pending ends the session. Request ids are random 53-bit
+read, `LineFramer`), their JSON values are counted before they are parsed
+(``MAX_FRAME_VALUES``), the lines a session sends are read at a bounded share of
+the event loop (``PARSE_SHARE``), every frame must have a known shape, and a
+frame for a request that is not pending ends the session. Request ids are random 53-bit
 integers, so a forger cannot guess a pending one. A line past the cap, seen
 here or reported by the agent, ends the session with MessageTooLarge.
 
