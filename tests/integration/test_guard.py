@@ -627,3 +627,25 @@ def test_a_blocking_profile_holds_back_poison_and_drops_poisoned_progress(leaky:
             if isinstance(item, Progress)
         ]
         assert len(messages) == 2 and messages == ["", ""]  # the numbers arrive, the poisoned words do not
+
+
+def test_cursors_cut_errors_quoted_values_and_stray_byte_blobs_leak_nothing(leaky: Service) -> None:
+    seen: list[str] = []
+    with leaky.client() as client, client.session("leaky") as opened:
+        assert {"leaky_error", "leaky_invalid"} <= {tool.name for tool in opened.tools}  # the second page came
+        seen += _strings(client.list_tools(opened.session_id))  # its cursor goes into the request's intent record
+        for tool in ("leaky_error", "leaky_invalid"):
+            with pytest.raises(grpc.RpcError) as failed:
+                client.call_tool(opened.session_id, tool, {})
+            assert _code(failed) is grpc.StatusCode.FAILED_PRECONDITION
+            seen.append(_details(failed))
+        (contents,) = client.read_resource(opened.session_id, "mem://leaky-text")
+        assert contents.blob.count(b"[REDACTED:secret]") == 2  # plain, and inside the Basic credentials
+        seen += _strings(contents)
+    parts = [LEAK[i : i + 8] for i in range(0, len(LEAK) - 8, 4)]  # a cut must not leave part of it either
+    with sqlite3.connect(f"file:{leaky.audit_db}?mode=ro", uri=True) as db:
+        seen += [" ".join(str(cell) for cell in row) for row in db.execute("SELECT * FROM records")]
+    seen.append(leaky.log())
+    for i, text in enumerate(seen):
+        _assert_clean(text, f"string {i}: {text[:80]!r}")
+        assert not [part for part in parts if part in text], f"part of the secret reached string {i}"
