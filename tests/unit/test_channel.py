@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 import runner.channel as channel_module
-from runner.channel import MAX_FRAME_VALUES, TOO_LARGE, AgentChannel, LineFramer, _Pace, agent_env
+from runner.channel import MAX_FRAME_VALUES, TOO_LARGE, AgentChannel, LineFramer, _line_cost, _Pace, agent_env
 from runner.errors import MessageTooLarge, ProtocolViolation, SandboxCrashed, ServerError, Status
 from runner.sessions.models import ProgressEvent
 
@@ -215,6 +215,14 @@ async def test_a_flood_of_frames_is_read_at_a_bounded_share_of_the_loop(
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
         await channel.aclose()
+
+
+def test_a_progress_line_is_reckoned_at_what_sanitizing_its_message_costs() -> None:
+    # Measured: 18 µs for a bare progress line, 290 µs with a 4 KiB message (the sanitizer, on the loop).
+    bare = line({"type": "progress", "id": 2**52, "progress": 1})
+    wordy = line({"type": "progress", "id": 2**52, "progress": 1, "message": "p" * 4096})
+    assert 15e-6 <= _line_cost(len(bare), 1) <= 50e-6
+    assert _line_cost(len(wordy), 3) >= 250e-6
 
 
 def test_the_pace_waits_in_proportion_to_the_work_past_the_burst() -> None:
