@@ -201,9 +201,7 @@ _MARKDOWN_COMMENT = re.compile(r"\]:[ \t]*(?:#|<>)[ \t]*([^\n]{0,500})")
 # Absolute http(s) URLs and scheme-relative ones (``//evil.example/…``), which a page served over http(s) fetches.
 _WEB_URL = r"(?:[Hh][Tt][Tt][Pp][Ss]?:)?//"
 # ``](url)``; markdown allows spaces and one line break between the parenthesis and the URL.
-_MARKDOWN_LINK = re.compile(
-    r"\]\([ \t]{0,8}(?:\r?\n[ \t]{0,8})?<?(" + _WEB_URL + r"[^\s()<>\[\]\"'`]{1,2048})"
-)
+_MARKDOWN_LINK = re.compile(r"\]\([ \t]{0,8}(?:\r?\n[ \t]{0,8})?<?(" + _WEB_URL + r"[^\s()<>\[\]\"'`]{1,2048})")
 _LINK_TEXT_REACH = 500
 """How far back from ``](`` the ``[`` that opens the link text is looked for."""
 _LINK_TEXT_NESTING = 16
@@ -446,8 +444,11 @@ def read_as_latin(text: str) -> str:
     return text.translate(_LOOK_ALIKES_UPPER).lower().translate(_LOOK_ALIKES_LOWER)
 
 
-def detect(text: str, lower: str, where: str, log: FindingLog, action: str) -> None:
-    """Count prompt-injection signs in ``text`` (``lower`` is ``read_as_latin(text)``); report them as ``action``."""
+def detect(text: str, lower: str, where: str, log: FindingLog, action: str, *, links: bool = True) -> None:
+    """Count prompt-injection signs in ``text`` (``lower`` is ``read_as_latin(text)``); report them as ``action``.
+
+    ``links``: also links that can carry data out (not for a URI itself, which is made of queries and templates).
+    """
     present = _present(lower, _DETECT_ANCHORS)
     instructions, markers = _angle_markers(lower) if "<" in present else (0, 0)
     if present:
@@ -465,5 +466,5 @@ def detect(text: str, lower: str, where: str, log: FindingLog, action: str) -> N
     if "]:" in present:
         hidden += _markdown_comments(lower)
     log.add(INJECTION_HIDDEN_TEXT, action, where, hidden)
-    if "//" in text:
+    if links and "//" in text:
         log.add(INJECTION_EXFIL_LINK, action, where, _exfil_links(text, lower))

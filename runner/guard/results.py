@@ -159,6 +159,7 @@ class _Walk:
         self.nodes = 0
         self.chars = 0
         self._clean: set[str] = set()  # short strings already found clean (table keys repeat in every row)
+        self._clean_words: set[str] = set()  # the same for identifiers read as words
 
     def tick(self, chars: int = 0) -> None:
         self.nodes += 1
@@ -176,7 +177,7 @@ class _Walk:
         before = self.log.added
         out = self.s.locator(value, where, self.log) if locator else self.s.text(value, where, self.log)
         if (
-            not locator  # a locator skips injection detection: clean as a locator is not clean as text
+            not locator  # a locator skips link detection: clean as a locator is not clean as text
             and self.log.added == before
             and len(value) <= _CLEAN_CACHE_MAX_LEN
             and len(self._clean) < _CLEAN_CACHE_LIMIT
@@ -185,8 +186,15 @@ class _Walk:
         return out
 
     def identifier(self, value: str, where: str) -> str:
-        """A name the caller must send back: sanitized, and in a tool reported as unsafe when that changes it."""
+        """A name the caller must send back: sanitized, and in a tool reported as unsafe when that changes it.
+        Its words are read for injection too, however it joins them (``ignore_all_previous_instructions``)."""
         clean = self.text(value, where)
+        if not value.isalnum() and value not in self._clean_words:
+            before = self.log.added
+            self.s.words(value, where, self.log)
+            short = len(value) <= _CLEAN_CACHE_MAX_LEN and len(self._clean_words) < _CLEAN_CACHE_LIMIT
+            if self.log.added == before and short:
+                self._clean_words.add(value)
         if clean != value and self.identifiers:
             self.log.add(UNSAFE_IDENTIFIER, BLOCKED, where)
         return clean

@@ -29,6 +29,7 @@ from __future__ import annotations
 import base64
 import heapq
 import json
+import re
 import unicodedata
 import urllib.parse
 from collections.abc import Callable, Iterator
@@ -104,6 +105,8 @@ MIN_SECRET_LENGTH = 4
 _MIN_BASE64_FORM = 8
 """Shorter base64 pieces of a short secret would be found by chance in any long base64 text."""
 _URLSAFE = str.maketrans("+/", "-_")
+_IDENTIFIER_JOINT = re.compile(r"[_.\-]+|(?<=[a-z0-9])(?=[A-Z])")
+"""Where an identifier joins its words: separators, and a capital after a small letter or digit (camelCase)."""
 
 
 @dataclass(frozen=True)
@@ -200,14 +203,24 @@ class Sanitizer:
 
     def text(self, text: str, where: str, log: FindingLog) -> str:
         """``text`` stripped and redacted; what was found is added to ``log`` under ``where``."""
-        return self._clean(text, where, log, injection=True)
+        return self._clean(text, where, log)
 
     def locator(self, text: str, where: str, log: FindingLog) -> str:
-        """A URI, URI template or MIME type: stripped and redacted, not searched for prompt injection (a query or a
-        template placeholder is what a URI is made of, not a sign of an attack)."""
-        return self._clean(text, where, log, injection=False)
+        """A URI, URI template or MIME type: stripped and redacted, and searched for prompt injection read with its
+        %-escapes decoded, but not for links that carry data (a query or a template placeholder is what a URI is
+        made of, not a sign of an attack). Poison in an icon's ``src`` or a MIME type's parameters is poison."""
+        return self._clean(text, where, log, links=False)
 
-    def _clean(self, text: str, where: str, log: FindingLog, *, injection: bool) -> str:
+    def words(self, text: str, where: str, log: FindingLog) -> None:
+        """Prompt injection in an identifier read as the words it joins (``ignore_all_previous_instructions``,
+        ``ignorePreviousInstructions``): only reported, the identifier itself is ``text``'s business."""
+        if not self._enabled:
+            return
+        spaced = _IDENTIFIER_JOINT.sub(" ", strip(text, where, FindingLog(), self._injection_action))
+        folded, _ = _fold(spaced)
+        detect_injection(folded, read_as_latin(folded), where, log, self._injection_action, links=False)
+
+    def _clean(self, text: str, where: str, log: FindingLog, *, links: bool = True) -> str:
         if not text:
             return text
         if not self._enabled:
@@ -216,9 +229,9 @@ class Sanitizer:
         folded, origin = _fold(text)
         lower = folded.lower()
         # Injection is looked for before redaction: a placeholder must not break up the URL or phrase it is in.
-        if injection:
-            latin = lower if folded.isascii() else read_as_latin(folded)
-            detect_injection(folded, latin, where, log, self._injection_action)
+        read = folded if links or "%" not in folded else urllib.parse.unquote(folded)
+        latin = lower if read is folded and folded.isascii() else read_as_latin(read)
+        detect_injection(folded, latin, where, log, self._injection_action, links=links)
         found = self._spans(folded, lower)
         if folded is not text:
             found = [(kind, *_back(start, end, origin)) for kind, start, end in found] + self._secret_spans(text)
