@@ -27,6 +27,7 @@ linear on hostile input. Expensive scans are gated; each stage module says how.
 from __future__ import annotations
 
 import base64
+import bisect
 import heapq
 import json
 import re
@@ -105,6 +106,7 @@ MIN_SECRET_LENGTH = 4
 _MIN_BASE64_FORM = 8
 """Shorter base64 pieces of a short secret would be found by chance in any long base64 text."""
 _URLSAFE = str.maketrans("+/", "-_")
+_ASCII_ESCAPE = re.compile(r"%[0-7][0-9A-Fa-f]")
 _IDENTIFIER_JOINT = re.compile(r"[_.\-]+|(?<=[a-z0-9])(?=[A-Z])")
 """Where an identifier joins its words: separators, and a capital after a small letter or digit (camelCase)."""
 
@@ -233,6 +235,8 @@ class Sanitizer:
         latin = lower if read is folded and folded.isascii() else read_as_latin(read)
         detect_injection(folded, latin, where, log, self._injection_action, links=links)
         found = self._spans(folded, lower)
+        if "%" in folded:
+            found += self._escaped_spans(folded)
         if folded is not text:
             found = [(kind, *_back(start, end, origin)) for kind, start, end in found] + self._secret_spans(text)
         return _apply(text, found, where, log) if found else text
@@ -264,6 +268,27 @@ class Sanitizer:
                 found.append((SECRET, pos, pos + len(secret)))
                 pos = text.find(secret, pos + len(secret))
         return found
+
+    def _escaped_spans(self, text: str) -> list[tuple[str, int, int]]:
+        """What to redact that is spelled with %-escapes (``ghp%5F…``, ``sk%2D…``): found on a decoded copy, and
+        mapped back to the escapes it came from. Only ASCII is decoded: every credential format is ASCII."""
+        escapes = [m.start() for m in _ASCII_ESCAPE.finditer(text)]
+        if not escapes:
+            return []
+        decoded = _ASCII_ESCAPE.sub(lambda m: chr(int(m.group()[1:], 16)), text)
+        at = [pos - 2 * k for k, pos in enumerate(escapes)]  # where each decoded escape sits in ``decoded``
+
+        def start_of(pos: int) -> int:
+            """Where the character at ``pos`` of ``decoded`` starts in ``text``."""
+            return pos + 2 * bisect.bisect_left(at, pos)
+
+        def end_of(pos: int) -> int:
+            """Where the character at ``pos`` of ``decoded`` ends in ``text``: an escape is three characters."""
+            k = bisect.bisect_left(at, pos)
+            return start_of(pos) + (3 if k < len(at) and at[k] == pos else 1)
+
+        spans = self._spans(decoded, decoded.lower())
+        return [(kind, start_of(start), end_of(end - 1)) for kind, start, end in spans if end > start]
 
     def _spans(self, text: str, lower: str) -> list[tuple[str, int, int]]:
         """(kind, start, end) of everything to redact in ``text`` (``lower`` is ``text.lower()``)."""

@@ -417,6 +417,8 @@ ADVERSARIAL = {
     "img-tags": "<img src=//x?a " * (MB // 15),
     "nested-link-text": "[" * (MB // 2) + "](https://x/?d=1)",
     "closing-brackets": "]" * (MB // 2) + "](//x?d=1)" * 1000,
+    "percent-escapes": "%41%5F" * (MB // 6),
+    "percent-emails": "a%40b.co " * (MB // 9),
 }
 
 
@@ -458,3 +460,19 @@ def test_the_services_secrets_are_found_inside_base64_at_any_alignment(prefix: s
     for text in (f"Authorization: Basic {encoded}", encoded.translate(str.maketrans("+/", "-_"))):
         out, found = run(own, text)
         assert placeholder("secret") in out and {f.kind for f in found} == {"secret"}
+
+
+
+@pytest.mark.parametrize(
+    ("text", "kind"),
+    [
+        ("x?token=ghp%5FA1b2C3d4E5f6G7h8I9j0K1l2M3n4O5p6Q7r8&y=1", "github_token"),
+        ("%67%68%70%5FA1b2C3d4E5f6G7h8I9j0K1l2M3n4O5p6Q7r8 end", "github_token"),
+        ("sk%2DprojA1b2C3d4E5f6G7h8I9j0K1l2", "openai_key"),
+        ("mail jane%2Edoe%40example.com ok", "email"),
+    ],
+)
+def test_secrets_spelled_with_percent_escapes_are_redacted(text: str, kind: str) -> None:
+    out, found = run(EVERYTHING, text)
+    assert placeholder(kind) in out and kind in kinds_of(found)
+    assert "A1b2C3d4" not in out and "jane" not in out
