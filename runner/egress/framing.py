@@ -39,6 +39,11 @@ Touch = Callable[[], None]
 
 def request_body(method: str, version: str, headers: Iterable[tuple[str, str]]) -> int:
     """How the request's body is framed: its length (0: none) or CHUNKED; ValueError if that is ambiguous."""
+    headers = list(headers)
+    for name, _ in headers:
+        # CGI, WSGI and PHP servers read '_' and '-' in a name alike: Content_Length could frame the body there.
+        if name.lower() not in _FRAMING and name.lower().replace("_", "-") in _FRAMING:
+            raise ValueError(f"header {name}: a server that reads '_' as '-' would take it for the body's framing")
     lengths = [value for name, value in headers if name.lower() == "content-length"]
     codings = [value for name, value in headers if name.lower() == "transfer-encoding"]
     if lengths and codings:

@@ -467,15 +467,23 @@ def _rewrite_head(request: _Request, rule: Rule) -> bytes:
     """The head the upstream sees: origin-form, no hop-by-hop headers, the rule's credentials, one request only."""
     # Checked again here, not only at the door: a method that echoes never carries a credential.
     credentials = rule.headers if request.method in _FORWARDED_METHODS else ()
-    dropped = hop_by_hop(request.headers) | {"host"} | {name.lower() for name, _ in rule.headers}
+    dropped = hop_by_hop(request.headers) | {"host"}
+    # Compared as servers that read '_' as '-' do: X_Api_Key from the sandbox would shadow the rule's X-Api-Key there.
+    credential_names = {_alike(name) for name, _ in rule.headers}
     framing = {"content-length": str(request.body), "transfer-encoding": "chunked"}
     lines = [f"{request.method} {request.path} HTTP/1.1", f"Host: {_authority(request.host, request.port)}"]
     lines += [
-        f"{name}: {framing.get(name.lower(), value)}" for name, value in request.headers if name.lower() not in dropped
+        f"{name}: {framing.get(name.lower(), value)}"
+        for name, value in request.headers
+        if name.lower() not in dropped and _alike(name) not in credential_names
     ]
     lines += [f"{name}: {value}" for name, value in credentials]
     lines.append("Connection: close")
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
+def _alike(name: str) -> str:
+    return name.lower().replace("_", "-")
 
 
 async def _close(writer: asyncio.StreamWriter) -> None:

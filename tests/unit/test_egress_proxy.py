@@ -296,6 +296,21 @@ async def test_plain_http_is_rewritten_and_gets_the_rule_credentials(
         assert secret not in logged
 
 
+async def test_a_header_a_server_reads_as_the_credential_is_dropped(upstream: Upstream, start_proxy: Proxies) -> None:
+    # A CGI, WSGI or PHP server reads X_Api_Key and X-Api-Key alike: the sandbox's would shadow the rule's there.
+    rule = Rule("web.test", upstream.port, private=True, headers=(("X-Api-Key", "rule-key"),))
+    port, _ = await start_proxy([rule], FakeResolver({"web.test": ["127.0.0.1"]}))
+    request = get(f"http://web.test:{upstream.port}/", "X_Api_Key: sandbox-key", "x-api-key: other", "X_Kept: yes")
+    status, _, _ = parse_response(await exchange(port, request))
+    assert status == 200
+    assert upstream.requests[0]["headers"] == [
+        ["Host", f"web.test:{upstream.port}"],
+        ["X_Kept", "yes"],
+        ["X-Api-Key", "rule-key"],
+        ["Connection", "close"],
+    ]
+
+
 @pytest.mark.parametrize("method", ["TRACE", "TRACK", "DEBUG", "PROPFIND", "get", "CONNECTX"])
 async def test_echoing_and_unknown_methods_are_refused_before_anything_is_sent(
     upstream: Upstream, start_proxy: Proxies, events: list[dict[str, object]], method: str
@@ -865,6 +880,10 @@ async def test_an_ip_literal_is_still_checked(
         (get("http://web.test/", "Transfer-Encoding: chunked, chunked"), "GET", "exactly 'chunked'"),
         (get("http://web.test/", "Transfer-Encoding: gzip, chunked"), "GET", "exactly 'chunked'"),
         (get("http://web.test/", "Transfer-Encoding: xchunked"), "GET", "exactly 'chunked'"),
+        # CGI-style servers read these as Content-Length and Transfer-Encoding: the body would end elsewhere there.
+        (get("http://web.test/", "Content_Length: 5"), "GET", "would take it for the body's framing"),
+        (get("http://web.test/", "Content-Length: 0", "content_length: 40"), "GET", "for the body's framing"),
+        (get("http://web.test/", "Transfer_Encoding: chunked"), "GET", "would take it for the body's framing"),
         (b"POST http://web.test/ HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n", "POST", "HTTP/1.0"),
         (b"CONNECT web.test:443 HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello", "CONNECT", "has no body"),
         (get("http://web.test/", "X: a", "\tobs-fold"), "GET", "header line 2 is malformed"),
