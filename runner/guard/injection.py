@@ -435,6 +435,11 @@ def _reference_links(text: str, seen: set[int]) -> int:
     return count
 
 
+def may_detect(lower: str) -> bool:
+    """Whether ``lower`` holds any literal a rule needs: without one, ``detect`` would find nothing."""
+    return any(anchor in lower for anchor in _DETECT_ANCHORS)
+
+
 def read_as_latin(text: str) -> str:
     """``text`` lower-cased, with Cyrillic and Greek letters drawn like Latin ones read as those (``іgnore`` with a
     Cyrillic i, ``ΙGΝΟRE`` in Greek capitals): NFKC leaves look-alikes alone, and a model reads them as the words

@@ -55,7 +55,7 @@ from runner.guard.detectors import (
 )
 from runner.guard.findings import BLOCKED, FLAGGED, REDACTED, FindingLog
 from runner.guard.injection import detect as detect_injection
-from runner.guard.injection import read_as_latin
+from runner.guard.injection import may_detect, read_as_latin
 from runner.guard.kinds import BIDI_CONTROL as BIDI_CONTROL
 from runner.guard.kinds import CONTROL_CHARS as CONTROL_CHARS
 from runner.guard.kinds import INJECTION_EXFIL_LINK as INJECTION_EXFIL_LINK
@@ -216,8 +216,8 @@ class Sanitizer:
     def words(self, text: str, where: str, log: FindingLog) -> None:
         """Prompt injection in an identifier read as the words it joins (``ignore_all_previous_instructions``,
         ``ignorePreviousInstructions``): only reported, the identifier itself is ``text``'s business."""
-        if not self._enabled:
-            return
+        if not self._enabled or (text.isascii() and not may_detect(text.lower())):
+            return  # the common case: a plain identifier (first_name, maxDays) holds no word a rule starts from
         spaced = _IDENTIFIER_JOINT.sub(" ", strip(text, where, FindingLog(), self._injection_action))
         folded, _ = _fold(spaced)
         detect_injection(folded, read_as_latin(folded), where, log, self._injection_action, links=False)
