@@ -81,8 +81,12 @@ def printable(text: str, limit: int | None = None) -> str:
     return "".join(ch for ch in text if ch in "\n\t" or ch.isprintable())
 
 
-_ESCAPED_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
-"""Controls, format characters (bidi overrides, zero-width and tag characters…), surrogates, line separators."""
+_ESCAPED_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp", "Cn"})
+"""Controls, format characters (bidi overrides, zero-width and tag characters…), surrogates, line separators, and
+unassigned code points (some of which, U+2065 and U+FFF0–U+FFF8 among them, are drawn as nothing)."""
+_DRAWN_AS_NOTHING = re.compile("[\u034f\u115f\u1160\u17b4\u17b5\u180b-\u180d\u180f\u3164\uffa0\U000e0100-\U000e01ef]")
+"""Printable by Python's rules, yet invisible: the combining grapheme joiner, Hangul fillers, Khmer inherent
+vowels, Mongolian free variation selectors, supplementary variation selectors (the emoji selectors stay)."""
 
 
 def _escape(ch: str) -> str:
@@ -99,8 +103,11 @@ def control_free(text: str) -> str:
     Unlike ``printable`` nothing is removed, so a person sees that something was there (``\\u202e``, ``\\u001b``).
     Newlines and tabs stay. The escapes are JSON's, so JSON text stays valid JSON with the same value.
     """
-    if text.replace("\n", "").replace("\t", "").isprintable():  # in C: the common case costs next to nothing
-        return text
+    if text.replace("\n", "").replace("\t", "").isprintable() and not _DRAWN_AS_NOTHING.search(text):
+        return text  # in C: the common case costs next to nothing
     return "".join(
-        _escape(ch) if ch not in "\n\t" and unicodedata.category(ch) in _ESCAPED_CATEGORIES else ch for ch in text
+        _escape(ch)
+        if ch not in "\n\t" and (unicodedata.category(ch) in _ESCAPED_CATEGORIES or _DRAWN_AS_NOTHING.match(ch))
+        else ch
+        for ch in text
     )

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from runner.text import printable, unescaped, whole_words
+from runner.text import control_free, printable, unescaped, whole_words
 
 
 @pytest.mark.parametrize(
@@ -50,3 +50,9 @@ def test_unescaped_reads_what_repr_and_json_spell_out() -> None:
     assert unescaped(json.dumps("\uff47\U0001d422")) == '"\uff47\U0001d422"'
     assert unescaped(r"\ud800 stays spelled") == r"\ud800 stays spelled"  # a lone surrogate could not be sent on
     assert unescaped("no escapes") == "no escapes"
+
+
+@pytest.mark.parametrize("invisible", ["\u034f", "\u180b", "\u2065", "\ufff0", "\u3164", "\u115f", "\U000e0100"])
+def test_control_free_shows_what_is_drawn_as_nothing(invisible: str) -> None:
+    shown = control_free(f"del{invisible}ete ❤\ufe0f")
+    assert invisible not in shown and "\\u" in shown and shown.endswith("❤\ufe0f")  # the emoji selector stays
