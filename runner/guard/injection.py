@@ -200,8 +200,13 @@ _HIDDEN_STYLE = re.compile(
 _MARKDOWN_COMMENT = re.compile(r"\]:[ \t]*(?:#|<>)[ \t]*([^\n]{0,500})")
 # Absolute http(s) URLs and scheme-relative ones (``//evil.example/…``), which a page served over http(s) fetches.
 _WEB_URL = r"(?:[Hh][Tt][Tt][Pp][Ss]?:)?//"
-# ``](url)``; markdown allows spaces and one line break between the parenthesis and the URL.
-_MARKDOWN_LINK = re.compile(r"\]\([ \t]{0,8}(?:\r?\n[ \t]{0,8})?<?(" + _WEB_URL + r"[^\s()<>\[\]\"'`]{1,2048})")
+# ``](url)``; markdown allows spaces and one line break between the parenthesis and the URL; also ``] (url)``,
+# which some renderers take for a link too.
+_MARKDOWN_LINK = re.compile(
+    r"\][ \t]{0,3}\([ \t]{0,8}(?:\r?\n[ \t]{0,8})?<?(" + _WEB_URL + r"[^\s()<>\[\]\"'`]{1,2048})"
+)
+# ``<https://…>``: a link as much as ``[text](https://…)`` is.
+_AUTOLINK = re.compile(r"<([Hh][Tt][Tt][Pp][Ss]?://[^\s<>\"'`]{1,2048})>")
 _LINK_TEXT_REACH = 500
 """How far back from ``](`` the ``[`` that opens the link text is looked for."""
 _LINK_TEXT_NESTING = 16
@@ -366,7 +371,7 @@ def _exfil_links(text: str, lower: str) -> int:
     """Markdown links and images, HTML images and templated URLs that could carry data to someone else."""
     count = 0
     seen: set[int] = set()
-    if "](" in text:
+    if "](" in text or "] (" in text:
         for m in _MARKDOWN_LINK.finditer(text):
             opened = _link_text_start(text, m.start())
             if opened < 0:
@@ -377,6 +382,10 @@ def _exfil_links(text: str, lower: str) -> int:
     if "]:" in text:
         count += _reference_links(text, seen)
     if "<" in text:
+        for m in _AUTOLINK.finditer(text):
+            if m.start(1) not in seen:  # not the <url> form of a markdown link's destination
+                seen.add(m.start(1))
+                count += _carries_data(m.group(1), image=False)
         for tag in _FETCHING_TAG.finditer(text):
             for attribute in _FETCHING_ATTRIBUTE.finditer(text, tag.start(), tag.end()):
                 group = next(g for g in (1, 2, 3) if attribute.group(g) is not None)

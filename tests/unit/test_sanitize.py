@@ -418,6 +418,7 @@ ADVERSARIAL = {
     "nested-link-text": "[" * (MB // 2) + "](https://x/?d=1)",
     "closing-brackets": "]" * (MB // 2) + "](//x?d=1)" * 1000,
     "percent-escapes": "%41%5F" * (MB // 6),
+    "autolinks": "<https://" + "a" * 3000 + " ] (//x" * (MB // 8),
     "percent-emails": "a%40b.co " * (MB // 9),
 }
 
