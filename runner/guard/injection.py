@@ -444,6 +444,14 @@ def _reference_links(text: str, seen: set[int]) -> int:
     return count
 
 
+# Letters NFKC leaves alone that "small caps" text generators use (ɪɢɴᴏʀᴇ ᴀʟʟ…), Armenian look-alikes, and
+# Latin letters drawn like others (dotless i, script a and g); the policy's tables cover Cyrillic and Greek.
+_SMALL_CAPITALS = str.maketrans(
+    "ᴀʙᴄᴅᴇꜰɢʜɪᴊᴋʟᴍɴᴏᴘǫʀꜱᴛᴜᴠᴡʏᴢօսոհցզıȷɑɡ",
+    "abcdefghijklmnopqrstuvwyzounhgqijag",
+)
+
+
 def may_detect(lower: str) -> bool:
     """Whether ``lower`` holds any literal a rule needs: without one, ``detect`` would find nothing."""
     return any(anchor in lower for anchor in _DETECT_ANCHORS)
@@ -455,7 +463,7 @@ def read_as_latin(text: str) -> str:
     they imitate. The tables are the policy's (``names``), so a rule and the sanitizer see the same words."""
     if text.isascii():
         return text.lower()
-    return text.translate(_LOOK_ALIKES_UPPER).lower().translate(_LOOK_ALIKES_LOWER)
+    return text.translate(_LOOK_ALIKES_UPPER).lower().translate(_LOOK_ALIKES_LOWER).translate(_SMALL_CAPITALS)
 
 
 def detect(text: str, lower: str, where: str, log: FindingLog, action: str, *, links: bool = True) -> None:
