@@ -12,6 +12,7 @@ an anchor literal; text without the anchors costs one substring search per rule.
 from __future__ import annotations
 
 import re
+import unicodedata
 import urllib.parse
 from collections.abc import Iterator
 from collections.abc import Set as AbstractSet
@@ -452,6 +453,26 @@ _SMALL_CAPITALS = str.maketrans(
 )
 
 
+def _as_latin() -> dict[int, int | None]:
+    """One table for ``read_as_latin``: a capital look-alike (Greek Eta, drawn like H) is read as the capital it
+    imitates before case is folded, since its small letter (eta) looks like another (n); any other capital as
+    its small letter's look-alike; small capitals and the like; accents and variation selectors dropped."""
+    table: dict[int, int | None] = {}
+    for small, latin in _LOOK_ALIKES_LOWER.items():
+        table[small] = latin
+        capital = chr(small).upper()
+        if len(capital) == 1:
+            table[ord(capital)] = latin
+    table.update(_LOOK_ALIKES_UPPER)
+    table.update(_SMALL_CAPITALS)
+    for first, last in ((0x0300, 0x036F), (0xFE00, 0xFE0F), (0xE0100, 0xE01EF)):
+        table.update(dict.fromkeys(range(first, last + 1)))
+    return table
+
+
+_AS_LATIN = _as_latin()
+
+
 def may_detect(lower: str) -> bool:
     """Whether ``lower`` holds any literal a rule needs: without one, ``detect`` would find nothing."""
     return any(anchor in lower for anchor in _DETECT_ANCHORS)
@@ -460,10 +481,13 @@ def may_detect(lower: str) -> bool:
 def read_as_latin(text: str) -> str:
     """``text`` lower-cased, with Cyrillic and Greek letters drawn like Latin ones read as those (``іgnore`` with a
     Cyrillic i, ``ΙGΝΟRE`` in Greek capitals): NFKC leaves look-alikes alone, and a model reads them as the words
-    they imitate. The tables are the policy's (``names``), so a rule and the sanitizer see the same words."""
+    they imitate. The tables are the policy's (``names``), so a rule and the sanitizer see the same words.
+    Accents and variation selectors are dropped too (``ignóre``, a selector the stripping stage lets stand after
+    a non-Latin look-alike): a reader skips them."""
     if text.isascii():
         return text.lower()
-    return text.translate(_LOOK_ALIKES_UPPER).lower().translate(_LOOK_ALIKES_LOWER).translate(_SMALL_CAPITALS)
+    # ``ó`` decomposed into ``o`` and its accent, which the table drops; one pass of the table, as it is the cost.
+    return unicodedata.normalize("NFD", text).translate(_AS_LATIN).lower()
 
 
 def detect(text: str, lower: str, where: str, log: FindingLog, action: str, *, links: bool = True) -> None:
