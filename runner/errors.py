@@ -33,9 +33,10 @@ the servicer only ever translates this tree::
 
 ``ServerError`` picks its status from the JSON-RPC code: invalid params map to
 INVALID_ARGUMENT, "resource not found" to NOT_FOUND, "method not found" to
-UNIMPLEMENTED, "internal error" to FAILED_PRECONDITION (a server-side fault: the
-agent reports a result that does not fit MCP, or any failure of its own, with
-that code), anything else to UNKNOWN (the server's own failure, not ours).
+UNIMPLEMENTED, and every other code to FAILED_PRECONDITION: a server-side fault
+(the agent reports a result that does not fit MCP, or any failure of its own,
+as "internal error"; a server's own codes say its state does not allow the
+request). The runner never answers UNKNOWN: a caller can act on every status.
 """
 
 from __future__ import annotations
@@ -55,7 +56,6 @@ class Status(Enum):
     UNIMPLEMENTED = "UNIMPLEMENTED"
     UNAVAILABLE = "UNAVAILABLE"
     UNAUTHENTICATED = "UNAUTHENTICATED"
-    UNKNOWN = "UNKNOWN"
     INTERNAL = "INTERNAL"
 
 
@@ -188,7 +188,6 @@ _SERVER_CODE_STATUS = {
     JSONRPC_INVALID_PARAMS: Status.INVALID_ARGUMENT,
     MCP_RESOURCE_NOT_FOUND: Status.NOT_FOUND,
     JSONRPC_METHOD_NOT_FOUND: Status.UNIMPLEMENTED,
-    JSONRPC_INTERNAL_ERROR: Status.FAILED_PRECONDITION,
 }
 
 
@@ -198,4 +197,4 @@ class ServerError(RunnerError):
     def __init__(self, code: int, message: str) -> None:
         super().__init__(f"MCP server error {code}: {message}")
         self.code = code
-        self.status = _SERVER_CODE_STATUS.get(code, Status.UNKNOWN)
+        self.status = _SERVER_CODE_STATUS.get(code, Status.FAILED_PRECONDITION)

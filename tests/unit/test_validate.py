@@ -229,7 +229,8 @@ def test_check_initialize_refuses_an_unencodable_server_name() -> None:
         # How the agent reports a result that does not fit MCP (or any failure of its own): a server-side fault.
         (errors.JSONRPC_INTERNAL_ERROR, errors.Status.FAILED_PRECONDITION),
         (errors.JSONRPC_INVALID_PARAMS, errors.Status.INVALID_ARGUMENT),
-        (-32000, errors.Status.UNKNOWN),
+        (-32000, errors.Status.FAILED_PRECONDITION),  # the server's own fault: never UNKNOWN
+        (-1, errors.Status.FAILED_PRECONDITION),
     ],
 )
 def test_server_error_status(code: int, status: errors.Status) -> None:
