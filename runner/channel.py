@@ -22,12 +22,12 @@ import contextlib
 import json
 import logging
 import secrets
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from runner.errors import MessageTooLarge, ProtocolViolation, RunnerError, SandboxCrashed, ServerError
+from runner.pace import Pace
 from runner.sessions.models import ProgressEvent
 from runner.text import printable, whole_words
 
@@ -144,7 +144,7 @@ class AgentChannel:
 
     async def _read_loop(self) -> None:
         framer = LineFramer(self._max)
-        pace = _Pace(PARSE_SHARE, PARSE_BURST_S)
+        pace = Pace(PARSE_SHARE, PARSE_BURST_S)  # seconds of event loop a second
         try:
             while self._terminal is None:
                 chunk = await self._link.read_stdout()
@@ -284,23 +284,6 @@ _FRAME_TYPES = frozenset({"ready", "result", "error", "progress", "fatal"})
 def _refuse_constant(name: str) -> None:
     # Python's json accepts NaN and Infinity, which JSON does not; nothing downstream could pass them on.
     raise ValueError(f"{name} is not JSON")
-
-
-class _Pace:
-    """A token bucket of event-loop seconds: ``take`` spends some and says how long to wait before reading on."""
-
-    def __init__(self, share: float, burst_s: float, clock: Callable[[], float] = time.monotonic) -> None:
-        self._share = share
-        self._burst = burst_s
-        self._clock = clock
-        self._left = burst_s
-        self._last = clock()
-
-    def take(self, seconds: float) -> float:
-        now = self._clock()
-        self._left = min(self._burst, self._left + (now - self._last) * self._share) - seconds
-        self._last = now
-        return 0.0 if self._left >= 0 else -self._left / self._share
 
 
 def _line_cost(size: int, values: int) -> float:

@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -22,6 +21,7 @@ import docker.errors
 
 from runner.egress.rules import ProxyConfig
 from runner.errors import FailedPrecondition, Unavailable
+from runner.pace import Pace
 from runner.sandbox.base import SANDBOX_USER, EgressCallback, EgressDecision, SandboxHandle, SandboxNetwork, SandboxSpec
 from runner.text import printable
 
@@ -177,30 +177,6 @@ class _Lines:
         return out
 
 
-class _Pace:
-    """Decisions flow at ``rate_per_s`` after a ``burst``; past that the pump waits before it reads on.
-
-    Every decision becomes an audit record, and the audit log's queue is shared by the whole service: a
-    sandbox that opens connections as fast as it can must not fill it. Waiting here (instead of dropping or
-    queueing) leaves the proxy's output unread, so the proxy blocks on its next decision and serves nothing
-    more until the host has taken what it wrote: nothing the sandbox does goes unrecorded, and nothing piles up.
-    """
-
-    def __init__(self, rate_per_s: float, burst: int, clock: Callable[[], float] = time.monotonic) -> None:
-        self._rate = rate_per_s
-        self._burst = float(burst)
-        self._clock = clock
-        self._tokens = float(burst)
-        self._last = clock()
-
-    def take(self, count: int) -> float:
-        """Spend ``count`` decisions; the seconds to wait before the next read (0.0: none)."""
-        now = self._clock()
-        self._tokens = min(self._burst, self._tokens + (now - self._last) * self._rate) - count
-        self._last = now
-        return 0.0 if self._tokens >= 0 else -self._tokens / self._rate
-
-
 class EgressProxy:
     """A session's running egress proxy: configured over its stdin, reporting decisions on its stdout."""
 
@@ -210,7 +186,10 @@ class EgressProxy:
         self.address = address
         self._on_egress = on_egress
         self._lines = _Lines(bytearray())
-        self._pace = _Pace(DECISIONS_PER_S, DECISION_BURST)
+        # Every decision becomes an audit record, and the audit log's queue is shared by the whole service: a
+        # sandbox opening connections as fast as it can must not fill it. Past the pace the pump leaves the
+        # proxy's output unread, so the proxy blocks on its next decision: nothing goes unrecorded or piles up.
+        self._pace = Pace(DECISIONS_PER_S, DECISION_BURST)
         self._stopping = asyncio.Event()
         self._pump: asyncio.Task[None] | None = None
 

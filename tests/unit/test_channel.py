@@ -10,8 +10,9 @@ from typing import Any
 import pytest
 
 import runner.channel as channel_module
-from runner.channel import MAX_FRAME_VALUES, TOO_LARGE, AgentChannel, LineFramer, _line_cost, _Pace, agent_env
+from runner.channel import MAX_FRAME_VALUES, TOO_LARGE, AgentChannel, LineFramer, _line_cost, agent_env
 from runner.errors import MessageTooLarge, ProtocolViolation, SandboxCrashed, ServerError, Status
+from runner.pace import Pace
 from runner.sessions.models import ProgressEvent
 
 CAP = 200
@@ -227,7 +228,7 @@ def test_a_progress_line_is_reckoned_at_what_sanitizing_its_message_costs() -> N
 
 def test_the_pace_waits_in_proportion_to_the_work_past_the_burst() -> None:
     now = [100.0]
-    pace = _Pace(0.25, 1.0, clock=lambda: now[0])
+    pace = Pace(0.25, 1.0, clock=lambda: now[0])
     assert pace.take(0.75) == 0.0
     assert pace.take(0.5) == pytest.approx(1.0)  # 0.25 s over, refilled at 0.25 s a second
     now[0] += 1.0

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
-from runner.sandbox.egress import DECISION_BURST, DECISIONS_PER_S, MAX_LINE_BYTES, EgressProxy, _Lines, _Pace
+from runner.pace import Pace
+from runner.sandbox.egress import DECISION_BURST, DECISIONS_PER_S, MAX_LINE_BYTES, EgressProxy, _Lines
 from tests.unit.test_channel import CountingBuffer
 from tests.unit.test_sandbox_egress import GOOD, NETWORK, FakeHandle, Recorder, _stop, line
 
@@ -20,7 +21,7 @@ def test_decision_lines_are_cut_in_linear_time() -> None:
 
 def test_pace_lets_a_burst_through_then_asks_for_the_wait_its_rate_implies() -> None:
     now = [0.0]
-    pace = _Pace(100.0, 50, clock=lambda: now[0])
+    pace = Pace(100.0, 50, clock=lambda: now[0])
     assert pace.take(50) == 0.0
     assert pace.take(100) == 1.0  # 100 beyond the burst at 100 a second
     now[0] = 1.0
