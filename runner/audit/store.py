@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import json
 import logging
 import os
@@ -28,6 +27,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
+from runner import sqlite_files
 from runner.audit.export import write_export
 from runner.audit.records import (
     GENESIS,
@@ -168,48 +168,34 @@ class AuditStore:
 
     def _take_lock(self, lock_path: Path) -> int:
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            lock_fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        except OSError as exc:
-            raise AuditError(f"cannot create the audit log's directory or lock file {lock_path}: {exc}") from exc
-        try:
-            fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(lock_fd)
+            return sqlite_files.take_lock(lock_path)
+        except sqlite_files.LockHeld:
             raise AuditError(
                 f"the audit log {self.path} is in use by another mcp-runner process; give this one its own audit.path"
             ) from None
         except OSError as exc:
-            os.close(lock_fd)
-            raise AuditError(f"cannot lock the audit log {self.path} (via {lock_path}): {exc}") from exc
-        return lock_fd
+            raise AuditError(f"cannot create or lock the audit log's lock file {lock_path}: {exc}") from exc
 
     def _connect(self) -> sqlite3.Connection:
         try:
-            # Created here rather than by SQLite so the -wal and -shm files, which copy its mode, start private.
-            os.close(os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
-            db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            db = sqlite_files.connect_private_wal(self.path, _SCHEMA, SCHEMA_VERSION, check_same_thread=False)
+        except sqlite_files.NotWriteAhead as exc:
+            raise AuditError(
+                f"the audit log {self.path} cannot use write-ahead logging (journal mode {exc.mode!r}); "
+                "put audit.path on a local file system"
+            ) from None
+        except sqlite_files.OtherSchema as exc:
+            raise AuditError(
+                f"the audit log {self.path} has schema {exc.found!r}; this mcp-runner writes schema {SCHEMA_VERSION}"
+            ) from None
         except (OSError, sqlite3.Error) as exc:
             raise AuditError(f"cannot open the audit log {self.path}: {exc}") from exc
         try:
-            (mode,) = db.execute("PRAGMA journal_mode=WAL").fetchone()
-            if str(mode).lower() != "wal":
-                raise AuditError(
-                    f"the audit log {self.path} cannot use write-ahead logging (journal mode {mode!r}); "
-                    "put audit.path on a local file system"
-                )
             db.execute("PRAGMA synchronous=FULL")
-            db.executescript(_SCHEMA)
-            (schema,) = db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
-            if schema != SCHEMA_VERSION:
-                raise AuditError(
-                    f"the audit log {self.path} has schema {schema!r}; this mcp-runner writes schema {SCHEMA_VERSION}"
-                )
-            os.chmod(self.path, 0o600)
             head = db.execute("SELECT seq, hash FROM records ORDER BY seq DESC LIMIT 1").fetchone()
         except BaseException as exc:
             db.close()
-            if isinstance(exc, sqlite3.Error | OSError):
+            if isinstance(exc, sqlite3.Error):
                 raise AuditError(f"cannot open the audit log {self.path}: {exc}") from exc
             raise
         if head is not None:

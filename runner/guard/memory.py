@@ -38,7 +38,6 @@ To accept a changed tool definition, pin its new fingerprint in the profile
 
 from __future__ import annotations
 
-import fcntl
 import json
 import math
 import os
@@ -50,6 +49,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+from runner import sqlite_files
 from runner.approvals import Approval, ApprovalState
 from runner.errors import Unavailable
 
@@ -106,20 +106,11 @@ class GuardMemory:
         """Lock, open and check the file; Unavailable naming the file and the cause if any of it fails."""
         lock_path = self.path.with_name(self.path.name + ".lock")
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            lock_fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            lock_fd = sqlite_files.take_lock(lock_path)
+        except sqlite_files.LockHeld:
+            raise Unavailable(f"the guard's state file {self.path} is in use by another mcp-runner process") from None
         except OSError as exc:
-            raise Unavailable(f"cannot create the guard's state file's directory or lock {lock_path}: {exc}") from exc
-        try:
-            fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            os.close(lock_fd)
-            held = isinstance(exc, BlockingIOError)
-            raise Unavailable(
-                f"the guard's state file {self.path} is in use by another mcp-runner process"
-                if held
-                else f"cannot lock the guard's state file {self.path}: {exc}"
-            ) from None
+            raise Unavailable(f"cannot create or lock the guard's state file's lock {lock_path}: {exc}") from None
         try:
             self._db = self._connect()
             self._drop_refilled_buckets(self._wall())
@@ -130,36 +121,31 @@ class GuardMemory:
         self._lock_fd = lock_fd
 
     def _connect(self) -> sqlite3.Connection:
+        damaged = (
+            f"cannot open the guard's state file {self.path} ({{}}); if it is damaged, move it aside: "
+            "the service then starts with no first-seen pins, approvals or rate history"
+        )
         try:
-            # Created here rather than by SQLite so the -wal and -shm files, which copy its mode, start private.
-            os.close(os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
-            db = sqlite3.connect(self.path, isolation_level=None, timeout=_BUSY_TIMEOUT_S)
+            db = sqlite_files.connect_private_wal(self.path, _SCHEMA, SCHEMA_VERSION, timeout=_BUSY_TIMEOUT_S)
+        except sqlite_files.NotWriteAhead as exc:
+            raise Unavailable(
+                f"the guard's state file {self.path} cannot use write-ahead logging (journal mode {exc.mode!r}); "
+                "put the state directory on a local file system"
+            ) from None
+        except sqlite_files.OtherSchema as exc:
+            raise Unavailable(
+                f"the guard's state file {self.path} has schema {exc.found!r}; this mcp-runner uses {SCHEMA_VERSION}"
+            ) from None
         except (OSError, sqlite3.Error) as exc:
-            raise Unavailable(f"cannot open the guard's state file {self.path}: {exc}") from exc
+            raise Unavailable(damaged.format(exc)) from exc
         try:
-            (mode,) = db.execute("PRAGMA journal_mode=WAL").fetchone()
-            if str(mode).lower() != "wal":
-                raise Unavailable(
-                    f"the guard's state file {self.path} cannot use write-ahead logging (journal mode {mode!r}); "
-                    "put the state directory on a local file system"
-                )
-            db.executescript(_SCHEMA)
-            (schema,) = db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
-            if schema != SCHEMA_VERSION:
-                raise Unavailable(
-                    f"the guard's state file {self.path} has schema {schema!r}; this mcp-runner uses {SCHEMA_VERSION}"
-                )
             (check,) = db.execute("PRAGMA quick_check").fetchone()
             if check != "ok":
                 raise Unavailable(f"the guard's state file {self.path} is damaged: {check}")
-            os.chmod(self.path, 0o600)
         except BaseException as exc:
             db.close()
             if isinstance(exc, sqlite3.Error | OSError):
-                raise Unavailable(
-                    f"cannot open the guard's state file {self.path} ({exc}); if it is damaged, move it aside: "
-                    "the service then starts with no first-seen pins, approvals or rate history"
-                ) from exc
+                raise Unavailable(damaged.format(exc)) from exc
             raise
         return db
 
