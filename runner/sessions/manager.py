@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 import secrets
 import time
@@ -39,7 +38,6 @@ from runner.errors import (
     PermissionDenied,
     ProfileNotFound,
     QuotaExceeded,
-    ResultBlocked,
     ResultRejected,
     RunnerError,
     SandboxCrashed,
@@ -51,7 +49,7 @@ from runner.errors import (
     Unimplemented,
 )
 from runner.guard import results
-from runner.guard.findings import BLOCKED, FindingLog
+from runner.guard.findings import FindingLog
 from runner.guard.memory import GuardMemory
 from runner.guard.sanitize import Sanitizer
 from runner.guard.screening import screen_tools
@@ -66,6 +64,7 @@ from runner.guard.validate import (
 from runner.policy import Kind, PolicyStore, ToolDecision
 from runner.sandbox.base import SandboxBackend, SandboxHandle, SandboxNetwork, SandboxSpec
 from runner.secret_sources import egress_rules, resolve_secrets
+from runner.sessions import outflow
 from runner.sessions.egress_record import EgressRecord, describe_network
 from runner.sessions.gate import Gate
 from runner.sessions.journal import Journal, RequestEntry, as_json, durable, error_json, redacted
@@ -74,7 +73,6 @@ from runner.sessions.models import (
     LimitsRequest,
     OpenedSession,
     ProgressCallback,
-    ProgressEvent,
     Sanitized,
     ServerInfo,
     SessionInfo,
@@ -82,7 +80,7 @@ from runner.sessions.models import (
     ToolCallOutcome,
 )
 from runner.sessions.session import LiveSession, check_labels, session_info
-from runner.text import unescaped, whole_words
+from runner.text import unescaped
 
 log = logging.getLogger(__name__)
 P = TypeVar("P", bound=BaseModel)
@@ -96,11 +94,6 @@ EXIT_WAIT_S = 3.0
 CLOSED_RETENTION_S = 600.0
 # Errors that count towards the anomaly rule: the policy refused, the sanitizer blocked, input or output was invalid.
 _ANOMALIES = (PermissionDenied, SchemaViolation, ResultRejected)
-MAX_ERROR_MESSAGE = 8192
-"""Characters of an error message kept: it is sanitized on the event loop, so it must stay cheap."""
-MAX_ON_LOOP_PROGRESS = 4096
-"""A progress message up to this many characters is sanitized on the event loop; a longer one in a thread."""
-_BLOCKED_SHOWN = 5
 _ACTIONS: dict[Kind, tuple[str, str]] = {
     "tools": ("tools/call", "tool"), "resources": ("resources/read", "uri"), "prompts": ("prompts/get", "prompt"),
 }
@@ -195,7 +188,7 @@ class SessionManager:
             raise late from None
         except RunnerError as exc:
             error = await self._explain(session, exc)
-            _sanitize_message(session, error)
+            outflow.sanitize_message(session, error)
             await self._end(session, SessionState.FAILED, error.message)
             await self._announce(session, error)
             raise error from exc
@@ -279,7 +272,7 @@ class SessionManager:
         session.channel.start()
         raw_init = check_initialize(await session.channel.ready())
         # All of it reaches the caller and the audit log: name, version and instructions are the server's words.
-        clean = await self._sanitize(session, results.sanitize_initialize, raw_init, "the server's initialize result")
+        clean = await outflow.sanitize(session, results.sanitize_initialize, raw_init, "the server's initialize result")
         init = clean.value
         session.instructions_findings = clean.findings
         session.server = ServerInfo(
@@ -408,10 +401,11 @@ class SessionManager:
                 progress = FindingLog()
                 raw = await self._request(
                     session, "tools/call", {"name": tool, "arguments": arguments}, timeout,
-                    self._sanitizing_progress(session, on_progress, progress),
+                    outflow.sanitizing_progress(session, on_progress, progress),
                 )
             result = await asyncio.to_thread(parse_call_result, checked, raw)
-            clean = await self._sanitize(session, results.sanitize_call_result, result, f"the result of tool {tool!r}")
+            what = f"the result of tool {tool!r}"
+            clean = await outflow.sanitize(session, results.sanitize_call_result, result, what)
         return ToolCallOutcome(result=clean.value, findings=progress.findings() + clean.findings, approval=approval)
 
     async def list_resources(
@@ -424,7 +418,7 @@ class SessionManager:
                 with self._gate.call_slot(caller, session.id):
                     pages = await self._pages(session, "resources/list", mcp_types.ListResourcesResult, timeout)
                 listed = [r for page in pages for r in page.resources]
-                clean = await self._sanitize(session, results.sanitize_resources, listed, "the resource list")
+                clean = await outflow.sanitize(session, results.sanitize_resources, listed, "the resource list")
             return self._returning(session, entry, clean)
 
     async def read_resource(
@@ -439,7 +433,7 @@ class SessionManager:
                     raw = await self._request(session, "resources/read", {"uri": uri}, timeout, None)
                 what = f"contents of {uri!r}"
                 result = await asyncio.to_thread(parse_result, mcp_types.ReadResourceResult, raw, what)
-                clean = await self._sanitize(session, results.sanitize_resource_contents, list(result.contents), what)
+                clean = await outflow.sanitize(session, results.sanitize_resource_contents, list(result.contents), what)
             return self._returning(session, entry, clean)
 
     async def list_prompts(
@@ -452,7 +446,7 @@ class SessionManager:
                 with self._gate.call_slot(caller, session.id):
                     pages = await self._pages(session, "prompts/list", mcp_types.ListPromptsResult, timeout)
                 listed = [p for page in pages for p in page.prompts]
-                clean = await self._sanitize(session, results.sanitize_prompts, listed, "the prompt list")
+                clean = await outflow.sanitize(session, results.sanitize_prompts, listed, "the prompt list")
             return self._returning(session, entry, clean)
 
     async def get_prompt(
@@ -467,7 +461,7 @@ class SessionManager:
                 with self._gate.call_slot(caller, session.id):
                     raw = await self._request(session, "prompts/get", dict(params), timeout, None)
                 result = await asyncio.to_thread(parse_result, mcp_types.GetPromptResult, raw, f"prompt {name!r}")
-                clean = await self._sanitize(session, results.sanitize_prompt_result, result, f"prompt {name!r}")
+                clean = await outflow.sanitize(session, results.sanitize_prompt_result, result, f"prompt {name!r}")
             return self._returning(session, entry, clean)
 
     # -- approvals -----------------------------------------------------------------------------
@@ -566,55 +560,13 @@ class SessionManager:
             raise PermissionDenied(f"tool {tool!r} of session {session.id} is blocked: {blocked}")
         return checked
 
-    async def _sanitize(
-        self, session: LiveSession, clean: Callable[[Sanitizer, V, FindingLog], V], value: V, what: str
-    ) -> Sanitized[V]:
-        """``value`` cleaned by the session's sanitizer, or ResultBlocked if its policy blocks what it found."""
-        found = FindingLog()
-        cleaned = await asyncio.to_thread(clean, session.sanitizer, value, found)
-        findings = found.findings()
-        if found.blocked:
-            places = [f"{f.kind} in {f.where}" for f in findings if f.action == BLOCKED]
-            more = f" and {len(places) - _BLOCKED_SHOWN} more" if len(places) > _BLOCKED_SHOWN else ""
-            raise ResultBlocked(
-                f"{what} was blocked by profile {session.profile.name!r}'s sanitizer policy: "
-                f"{', '.join(places[:_BLOCKED_SHOWN])}{more}"
-            )
-        return Sanitized(cleaned, findings)
-
-    def _sanitizing_progress(
-        self, session: LiveSession, on_progress: ProgressCallback | None, found: FindingLog
-    ) -> ProgressCallback | None:
-        """``on_progress`` fed sanitized messages; what they held goes to ``found``, the call's findings. A message
-        whose injection the profile blocks is not passed on: the progress numbers are.
-
-        The channel's reader waits for each event, so a flood of short status lines is sanitized on the loop
-        (microseconds each, less than a thread hop); a long message goes to a thread, like any result.
-        """
-        if on_progress is None:
-            return None
-        forward = on_progress
-
-        async def sanitized(event: ProgressEvent) -> None:
-            if event.message:
-                own = FindingLog()
-                if len(event.message) <= MAX_ON_LOOP_PROGRESS:
-                    message = results.sanitize_progress(session.sanitizer, event.message, own)
-                else:
-                    message = await asyncio.to_thread(results.sanitize_progress, session.sanitizer, event.message, own)
-                found.extend(own.findings())
-                event = replace(event, message=None if own.blocked else message)
-            await forward(event)
-
-        return sanitized
-
     @contextlib.asynccontextmanager
     async def _guarding(self, session: LiveSession) -> AsyncIterator[None]:
         """Errors leave sanitized; denied, blocked and invalid events count, and past the limit quarantine."""
         try:
             yield
         except RunnerError as exc:
-            _sanitize_message(session, exc)
+            outflow.sanitize_message(session, exc)
             if isinstance(exc, _ANOMALIES):
                 await self._count_anomaly(session, exc)
             raise
@@ -634,7 +586,8 @@ class SessionManager:
         pages: list[P] = []
         cursor: str | None = None
         for _ in range(MAX_PAGES):
-            params, recorded = ({"cursor": cursor}, {"cursor": _cursor_record(session, cursor)}) if cursor else ({}, {})
+            params: dict[str, Any] = {"cursor": cursor} if cursor else {}
+            recorded = {"cursor": outflow.cursor_record(session, cursor)} if cursor else {}
             raw = await self._request(session, method, params, timeout, None, recorded)
             page = await asyncio.to_thread(parse_result, model, raw, f"{method} result")
             pages.append(page)
@@ -696,7 +649,7 @@ class SessionManager:
 
     async def _conclude(self, session: LiveSession, handle: SandboxHandle, error: RunnerError) -> RunnerError:
         ending = await handle.wait_exit(EXIT_WAIT_S)
-        _sanitize_message(session, error)  # it may quote what the sandbox wrote, secrets and all
+        outflow.sanitize_message(session, error)  # it may quote what the sandbox wrote, secrets and all
         explained: RunnerError
         if ending.oom_killed:
             mib = session.limits.memory_bytes // 1024**2
@@ -799,29 +752,3 @@ class SessionManager:
                 await self._end(session, SessionState.CLOSED, reason)
             elif session.ended is not None and now - session.ended > CLOSED_RETENTION_S:
                 del self._sessions[session.id]
-
-
-def _cursor_record(session: LiveSession, cursor: str) -> dict[str, Any]:
-    """A server's next cursor as the record of the request that sends it back keeps it: the server's text, so
-    never as it was (a secret or an escape in it would reach the audit log), but its digest and a short prefix
-    that passed the sanitizer."""
-    data = cursor.encode("utf-8", "surrogatepass")
-    prefix = whole_words(cursor, records.PREFIX_CHARS)
-    return {
-        "sha256": hashlib.sha256(data).hexdigest(),
-        "bytes": len(data),
-        "prefix": session.sanitizer.locator(prefix, "nextCursor", FindingLog()),
-    }
-
-
-def _sanitize_message(session: LiveSession, error: RunnerError) -> None:
-    """An error's message through the session's sanitizer: it may quote the server's words or the caller's.
-
-    On the event loop, so capped first (in whole words, so no half of a secret is left behind the cut). What it
-    quotes through ``repr`` or JSON (a validation error quoting a value, a bad line) is read unescaped, as a
-    person reads it: an escaped invisible character must not keep a secret in two harmless-looking halves.
-    """
-    message = error.message
-    if len(message) > MAX_ERROR_MESSAGE:
-        message = whole_words(message, MAX_ERROR_MESSAGE).rstrip() + " … (cut)"
-    error.message = session.sanitizer.text(unescaped(message), "error message", FindingLog())

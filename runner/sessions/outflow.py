@@ -1,0 +1,102 @@
+"""What flows out of a session's sandbox on its way to the caller and the audit log, through its sanitizer.
+
+Results, the initialize answer, progress messages, error messages that quote the server, and the cursors the
+server hands back: each passes the session's ``Sanitizer`` here. Results go to a thread (a hostile one may
+cost the sanitizer its whole work budget); what is sanitized on the event loop is capped first, so it stays
+cheap.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any, TypeVar
+
+from runner.audit import records
+from runner.errors import ResultBlocked, RunnerError
+from runner.guard import results
+from runner.guard.findings import BLOCKED, FindingLog
+from runner.guard.sanitize import Sanitizer
+from runner.sessions.models import ProgressCallback, ProgressEvent, Sanitized
+from runner.sessions.session import LiveSession
+from runner.text import unescaped, whole_words
+
+V = TypeVar("V")
+
+MAX_ERROR_MESSAGE = 8192
+"""Characters of an error message kept: it is sanitized on the event loop, so it must stay cheap."""
+MAX_ON_LOOP_PROGRESS = 4096
+"""A progress message up to this many characters is sanitized on the event loop; a longer one in a thread."""
+_BLOCKED_SHOWN = 5
+
+
+async def sanitize(
+    session: LiveSession, clean: Callable[[Sanitizer, V, FindingLog], V], value: V, what: str
+) -> Sanitized[V]:
+    """``value`` cleaned by the session's sanitizer, or ResultBlocked if its policy blocks what it found."""
+    found = FindingLog()
+    cleaned = await asyncio.to_thread(clean, session.sanitizer, value, found)
+    findings = found.findings()
+    if found.blocked:
+        places = [f"{f.kind} in {f.where}" for f in findings if f.action == BLOCKED]
+        more = f" and {len(places) - _BLOCKED_SHOWN} more" if len(places) > _BLOCKED_SHOWN else ""
+        raise ResultBlocked(
+            f"{what} was blocked by profile {session.profile.name!r}'s sanitizer policy: "
+            f"{', '.join(places[:_BLOCKED_SHOWN])}{more}"
+        )
+    return Sanitized(cleaned, findings)
+
+
+def sanitizing_progress(
+    session: LiveSession, on_progress: ProgressCallback | None, found: FindingLog
+) -> ProgressCallback | None:
+    """``on_progress`` fed sanitized messages; what they held goes to ``found``, the call's findings. A message
+    whose injection the profile blocks is not passed on: the progress numbers are.
+
+    The channel's reader waits for each event, so a flood of short status lines is sanitized on the loop
+    (microseconds each, less than a thread hop); a long message goes to a thread, like any result.
+    """
+    if on_progress is None:
+        return None
+    forward = on_progress
+
+    async def sanitized(event: ProgressEvent) -> None:
+        if event.message:
+            own = FindingLog()
+            if len(event.message) <= MAX_ON_LOOP_PROGRESS:
+                message = results.sanitize_progress(session.sanitizer, event.message, own)
+            else:
+                message = await asyncio.to_thread(results.sanitize_progress, session.sanitizer, event.message, own)
+            found.extend(own.findings())
+            event = replace(event, message=None if own.blocked else message)
+        await forward(event)
+
+    return sanitized
+
+
+def cursor_record(session: LiveSession, cursor: str) -> dict[str, Any]:
+    """A server's next cursor as the record of the request that sends it back keeps it: the server's text, so
+    never as it was (a secret or an escape in it would reach the audit log), but its digest and a short prefix
+    that passed the sanitizer."""
+    data = cursor.encode("utf-8", "surrogatepass")
+    prefix = whole_words(cursor, records.PREFIX_CHARS)
+    return {
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "bytes": len(data),
+        "prefix": session.sanitizer.locator(prefix, "nextCursor", FindingLog()),
+    }
+
+
+def sanitize_message(session: LiveSession, error: RunnerError) -> None:
+    """An error's message through the session's sanitizer: it may quote the server's words or the caller's.
+
+    On the event loop, so capped first (in whole words, so no half of a secret is left behind the cut). What it
+    quotes through ``repr`` or JSON (a validation error quoting a value, a bad line) is read unescaped, as a
+    person reads it: an escaped invisible character must not keep a secret in two harmless-looking halves.
+    """
+    message = error.message
+    if len(message) > MAX_ERROR_MESSAGE:
+        message = whole_words(message, MAX_ERROR_MESSAGE).rstrip() + " … (cut)"
+    error.message = session.sanitizer.text(unescaped(message), "error message", FindingLog())
