@@ -25,8 +25,7 @@ from runner.guard.kinds import (
     INJECTION_INSTRUCTION,
     INJECTION_ROLE_MARKER,
 )
-from runner.guard.names import _LOWER as _LOOK_ALIKES_LOWER
-from runner.guard.names import _UPPER as _LOOK_ALIKES_UPPER
+from runner.guard.names import LOOK_ALIKES_LOWER, LOOK_ALIKES_UPPER
 
 _WS = r"\s{1,8}"
 _QUALIFIER = (
@@ -458,12 +457,12 @@ def _as_latin() -> dict[int, int | None]:
     imitates before case is folded, since its small letter (eta) looks like another (n); any other capital as
     its small letter's look-alike; small capitals and the like; accents and variation selectors dropped."""
     table: dict[int, int | None] = {}
-    for small, latin in _LOOK_ALIKES_LOWER.items():
+    for small, latin in LOOK_ALIKES_LOWER.items():
         table[small] = latin
         capital = chr(small).upper()
         if len(capital) == 1:
             table[ord(capital)] = latin
-    table.update(_LOOK_ALIKES_UPPER)
+    table.update(LOOK_ALIKES_UPPER)
     table.update(_SMALL_CAPITALS)
     for first, last in ((0x0300, 0x036F), (0xFE00, 0xFE0F), (0xE0100, 0xE01EF)):
         table.update(dict.fromkeys(range(first, last + 1)))

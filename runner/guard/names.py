@@ -21,11 +21,11 @@ can hide what it is (invisible or look-alike characters, terminal escapes, a 1 M
 # Look-alikes that NFKC leaves alone: Cyrillic and Greek letters drawn like Latin ones. Upper case is mapped
 # before case folding, because folding would first turn a look-alike capital (Greek Eta, drawn like H) into a
 # small letter that looks like something else (eta, drawn like n).
-_UPPER = str.maketrans(
+LOOK_ALIKES_UPPER = str.maketrans(
     "АВЕЅІЈКМНОРСТХУԚԜҺӀΑΒΕΖΗΙΚΜΝΟΡΤΥΧϹ",
     "ABESIJKMHOPCTXYQWHIABEZHIKMNOPTYXC",
 )
-_LOWER = str.maketrans(
+LOOK_ALIKES_LOWER = str.maketrans(
     "аеһіјкорсѕхуԁԛԝӏғԍпгвмтαβγεικνορτυχωϲϳ",
     "aehijkopcsxydqwlfgnrbmtabyeiknoptuxwcj",
 )
@@ -58,7 +58,7 @@ def normalize(text: str) -> str:
     visible = "".join(
         ch for ch in decomposed if unicodedata.category(ch) not in _INVISIBLE_CATEGORIES and ch not in _FILLERS
     )
-    folded = visible.translate(_UPPER).casefold().translate(_LOWER)
+    folded = visible.translate(LOOK_ALIKES_UPPER).casefold().translate(LOOK_ALIKES_LOWER)
     return unicodedata.normalize("NFKC", folded)
 
 
