@@ -141,10 +141,37 @@ def parse_result(model: type[M], raw: dict[str, Any], what: str) -> M:
     if problem is not None:
         raise ResultRejected(f"the server's {what} cannot be passed on: {problem}")
     try:
-        return model.model_validate(raw)
+        parsed = model.model_validate(raw)
     except ValidationError as exc:
         problems = _problems(exc, _MAX_ERRORS_SHOWN)
         raise ResultRejected(f"the server's {what} is not a valid MCP {model.__name__}: {problems}") from exc
+    problem = _size_problem(parsed)
+    if problem is not None:
+        raise ResultRejected(f"the server's {what} cannot be passed on: {problem}")
+    return parsed
+
+
+MAX_SIZE = 2**63 - 1
+"""A resource's declared ``size`` travels as a protobuf int64: past it (or below 0) it cannot be a size."""
+
+
+def _size_problem(value: Any) -> str | None:
+    """A resource or resource link in ``value`` whose declared size the API cannot carry, wherever it sits.
+
+    Checked here rather than where the answer is converted, so that a result the caller will not get is never
+    recorded as returned.
+    """
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, mcp_types.Resource | mcp_types.ResourceLink):
+            if item.size is not None and not 0 <= item.size <= MAX_SIZE:
+                return f"resource {short(str(item.uri), 80)!r} declares a size of {short(str(item.size), 40)} bytes"
+        elif isinstance(item, BaseModel):
+            stack.extend(v for v in vars(item).values() if isinstance(v, BaseModel | list))
+        elif isinstance(item, list):
+            stack.extend(v for v in item if isinstance(v, BaseModel | list))
+    return None
 
 
 def _json_path(path: Iterable[Any]) -> str:

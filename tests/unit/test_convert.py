@@ -369,14 +369,3 @@ def test_resources_and_prompts() -> None:
     assert rendered.description == ""
     assert rendered.messages[0].role == "assistant" and rendered.messages[0].content.text == "x"
     assert _rows(rendered.findings) == [("injection_role_marker", 2, "flagged", "messages[0].content.text")]
-
-
-@pytest.mark.parametrize("size", [2**63, -1, 10**40])
-def test_a_size_beyond_int64_is_result_rejected(size: int) -> None:
-    """A server's impossible size is its fault (FAILED_PRECONDITION), not a ValueError inside protobuf."""
-    link = mcp_types.ResourceLink(type="resource_link", uri="file:///a", name="a", size=size)
-    with pytest.raises(ResultRejected, match="declared a size of"):
-        convert.content_to_proto(link)
-    with pytest.raises(ResultRejected, match="declared a size of"):
-        convert.resource_to_proto(mcp_types.Resource(uri="file:///a", name="a", size=size))
-    assert convert.resource_to_proto(mcp_types.Resource(uri="file:///a", name="a", size=2**63 - 1)).size == 2**63 - 1

@@ -12,6 +12,7 @@ from typing import Any
 
 import mcp_types
 import pytest
+from pydantic import BaseModel
 
 from runner import errors
 from runner.errors import ProtocolViolation, ResultRejected, RunnerError, SchemaViolation
@@ -301,3 +302,27 @@ def test_a_result_integer_beyond_a_json_numbers_range_is_rejected_not_a_crash() 
     raw = {"content": [], "structuredContent": {"n": 10**400}}  # jsonschema's float arithmetic overflowed on it
     with pytest.raises(ResultRejected, match=r"\$\.structuredContent\.n: integer is beyond the range"):
         validate.parse_call_result(tool, raw)
+
+
+@pytest.mark.parametrize("size", [2**63, -1, 10**40])
+@pytest.mark.parametrize(
+    ("model", "raw"),
+    [
+        (mcp_types.ListResourcesResult, lambda size: {"resources": [{"uri": "file:///a", "name": "a", "size": size}]}),
+        (mcp_types.CallToolResult, lambda size: {"content": [
+            {"type": "text", "text": "x"}, {"type": "resource_link", "uri": "file:///a", "name": "a", "size": size},
+        ]}),
+        (mcp_types.GetPromptResult, lambda size: {"messages": [
+            {"role": "user", "content": {"type": "resource_link", "uri": "file:///a", "name": "a", "size": size}},
+        ]}),
+    ],
+)
+def test_a_declared_size_the_api_cannot_carry_is_rejected_before_anything_records_it(
+    model: type[BaseModel], raw: Any, size: int
+) -> None:
+    """A server's impossible size is its fault (FAILED_PRECONDITION) at the guard, wherever a resource sits:
+    found later, at conversion, the audit log would already say the result was returned."""
+    with pytest.raises(ResultRejected, match="declares a size of"):
+        parse_result(model, raw(size), "answer")
+    assert parse_result(model, raw(2**63 - 1), "answer")
+
