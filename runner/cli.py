@@ -250,6 +250,10 @@ def _error_text(error: Any) -> str:
     return _text(error or "error")
 
 
+_KIND_WIDTH = max(map(len, KINDS))
+"""`audit list` lines up its columns on the longest record kind."""
+
+
 def _audit_summary(kind: str, data: Any) -> str:
     """A short readable digest of a record's data; tolerant of missing or odd fields, generic for unknown kinds."""
     if not isinstance(data, dict):
@@ -325,7 +329,7 @@ def _record_line(record: pb.AuditRecord) -> str:
     at = datetime.fromtimestamp(unix_time(record.at)).strftime("%Y-%m-%d %H:%M:%S")
     session, caller = _text(record.session_id, 60) or "-", _text(record.caller, 60) or "-"
     summary = _audit_summary(record.kind, _json_value(record.data_json, {}))
-    return f"{record.seq:>6}  {at}  {_text(record.kind, 20):<13}  {session}  {caller}  {summary}"
+    return f"{record.seq:>6}  {at}  {_text(record.kind, 20):<{_KIND_WIDTH}}  {session}  {caller}  {summary}"
 
 
 def _print_record(record: pb.AuditRecord) -> None:

@@ -98,7 +98,7 @@ async def test_list_prints_one_readable_line_per_record(
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == len(SUMMARIES)
     for seq, (line, (event, summary)) in enumerate(zip(lines, SUMMARIES, strict=True), 1):
-        assert line == f"{seq:>6}  {local(T0)}  {event.kind:<13}  s1  alice  {summary}"
+        assert line == f"{seq:>6}  {local(T0)}  {event.kind:<14}  s1  alice  {summary}"  # request.intent is 14
 
 
 async def test_list_makes_recorded_text_printable(
@@ -112,9 +112,9 @@ async def test_list_makes_recorded_text_printable(
     assert await run(address, "audit", "list") == 0
     out = capsys.readouterr().out
     assert out.splitlines() == [
-        f"     1  {local(T0)}  session.close  s1  mal lory  closed (red nextline)",
+        f"     1  {local(T0)}  session.close   s1  mal lory  closed (red nextline)",
         # JSON escapes C0 controls into plain text; what JSON leaves raw (C1, bidi overrides) is removed
-        f"     2  {local(T0)}  quarantine     s1  alice  " + r'{"why":"\u001b]0;owned\u0007red\u001b[31m\nnextline"}',
+        f"     2  {local(T0)}  quarantine      s1  alice  " + r'{"why":"\u001b]0;owned\u0007red\u001b[31m\nnextline"}',
     ]
 
 
