@@ -41,7 +41,7 @@ import mcp_types
 from pydantic import BaseModel
 
 from runner.errors import ResultRejected
-from runner.guard.findings import BLOCKED, FindingLog
+from runner.guard.findings import BLOCKED, REDACTED, FindingLog
 from runner.guard.kinds import UNSAFE_IDENTIFIER
 from runner.guard.sanitize import Sanitizer
 
@@ -81,6 +81,12 @@ _TEXT_SUBTYPES = frozenset(
      "x-shellscript", "csv", "ndjson", "x-ndjson", "jsonl", "x-www-form-urlencoded", "markdown", "x-python"}
 )  # fmt: skip
 _CHARSET = re.compile(r";\s*charset\s*=\s*[\"']?([A-Za-z0-9_.:\-]{1,40})", re.IGNORECASE)
+_DOCUMENT_CHARSETS = re.compile(
+    r"utf-(?:8|8-sig|7|16|16-le|16-be|32|32-le|32-be)|ascii|iso8859-\d{1,2}|cp125\d|cp866|cp874|koi8-[ru]|mac-roman"
+    r"|shift_jis|cp932|euc_jp|iso2022_jp|gb2312|gbk|gb18030|big5|big5hkscs|cp950|euc_kr|cp949"
+)
+"""Python's canonical names of the charsets documents are written in (the WHATWG list, UTF-7 and UTF-32); each
+decodes in linear time and takes the ``replace`` error handler both ways."""
 _MOSTLY_TEXT = 20
 """A payload without a MIME type is text when at most one character in this many is not (an image has many)."""
 _CLEAN_CACHE_LIMIT = 4096
@@ -96,14 +102,17 @@ def _text_like(mime_type: str | None) -> bool:
 
 
 def _charset(mime_type: str | None) -> str:
-    """The text encoding a MIME type's ``charset`` names, if Python knows it as one; else UTF-8."""
+    """The document charset a MIME type's ``charset`` names, if it is one readers know (``_DOCUMENT_CHARSETS``);
+    else UTF-8. Python also calls ``punycode``, ``idna`` and ``unicode_escape`` text encodings: no reader decodes a
+    document with them, punycode decodes in quadratic time and idna raises on any error handler."""
     found = _CHARSET.search(mime_type or "")
     if found is not None:
         try:
-            if codecs.lookup(found.group(1))._is_text_encoding:
-                return found.group(1)
+            name = codecs.lookup(found.group(1)).name
         except LookupError:
-            pass
+            return "utf-8"
+        if _DOCUMENT_CHARSETS.fullmatch(name):
+            return name
     return "utf-8"
 
 
@@ -273,12 +282,29 @@ class _Walk:
         charset = _charset(mime_type)
         try:
             text = raw.decode(charset)
-        except UnicodeDecodeError:
+        except UnicodeError:
             text = raw.decode(charset, errors="replace")
             if not mime_type and text.count("\ufffd") * _MOSTLY_TEXT > len(text):
                 return data  # no type, and not text: binary, left as the bytes it is
         clean = self.document(text, where, mime_type)
-        return data if clean == text else base64.b64encode(clean.encode(charset, errors="replace")).decode("ascii")
+        out = raw if clean == text else clean.encode(charset, errors="replace")
+        if charset != "utf-8":
+            self.utf8_reading(out, where)
+        return data if out is raw else base64.b64encode(out).decode("ascii")
+
+    def utf8_reading(self, raw: bytes, where: str) -> None:
+        """A payload in another charset, read as UTF-8: what many readers do whatever the MIME type says. ASCII
+        bytes of a secret under a ``charset=utf-16`` label read as CJK in the declared charset, so nothing was
+        redacted there; a payload whose UTF-8 reading still holds something to redact is refused."""
+        text = raw.decode("utf-8", errors="replace")
+        self.tick(len(text))
+        other = FindingLog()
+        self.s.text(text, where, other)
+        if any(finding.action == REDACTED for finding in other.findings()):
+            raise ResultRejected(
+                f"the payload at {where} holds data to redact when read as UTF-8 instead of its declared charset; "
+                "it was refused, not passed on for readers that ignore the charset"
+            )
 
     def document(self, text: str, where: str, mime_type: str | None) -> str:
         """Text of a MIME type. JSON is parsed and walked as a value: in its text, ``\\u001b`` is six harmless

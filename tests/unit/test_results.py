@@ -702,3 +702,49 @@ def test_identifiers_read_as_words_stay_cheap() -> None:
     started = time.process_time()
     sanitize_call_result(S, result, FindingLog())
     assert time.process_time() - started < 2.0
+
+
+@pytest.mark.parametrize(
+    ("charset", "raw"),
+    [
+        ("punycode", b"a" * 100_000 + b"-" + b"zz" * 100_000),  # Python's punycode decoder is quadratic
+        ("idna", b"key " + TOKEN_BYTES),  # idna takes no 'replace' handler: it raised UnicodeError both ways
+        ("idna", b"a.\xff key " + TOKEN_BYTES),
+        ("unicode_escape", b"key " + TOKEN_BYTES + b"\\"),
+    ],
+)
+def test_a_blob_in_a_charset_no_document_is_written_in_is_read_as_utf8(charset: str, raw: bytes) -> None:
+    blob = mcp_types.BlobResourceContents(
+        uri="mem://x", blob=base64.b64encode(raw).decode(), mimeType=f"text/plain; charset={charset}"
+    )
+    started = time.perf_counter()
+    [clean] = sanitize_resource_contents(S, [blob], FindingLog())
+    assert time.perf_counter() - started < 0.5
+    assert isinstance(clean, mcp_types.BlobResourceContents)
+    assert TOKEN_BYTES[8:20] not in base64.b64decode(clean.blob)
+
+
+@pytest.mark.parametrize(
+    ("charset", "raw"),
+    [
+        ("utf-16", b"key " + TOKEN_BYTES),  # CJK in UTF-16, a token to any reader that ignores the charset
+        ("utf-16", "key ".encode("utf-16") + TOKEN_BYTES),
+        ("utf-32-le", b"".join(TOKEN_BYTES[i : i + 2] + bytes(2) for i in range(0, len(TOKEN_BYTES), 2))),
+        ("latin-1", "key \uff21\uff2b\uff29\uff21".encode() + b"QWERTY2345ZXCVBN"),  # fullwidth AKIA: mojibake
+    ],
+)
+def test_a_blob_whose_utf8_reading_holds_a_secret_is_refused(charset: str, raw: bytes) -> None:
+    blob = mcp_types.BlobResourceContents(
+        uri="mem://x", blob=base64.b64encode(raw).decode(), mimeType=f"text/plain; charset={charset}"
+    )
+    with pytest.raises(ResultRejected, match="read as UTF-8"):
+        sanitize_resource_contents(S, [blob], FindingLog())
+
+
+def test_japanese_text_in_utf16_passes_unchanged() -> None:
+    raw = ("日本語のテキストです、ありがとうございます。電話は本日休みです" * 50).encode("utf-16")
+    blob = mcp_types.BlobResourceContents(
+        uri="mem://x", blob=base64.b64encode(raw).decode(), mimeType="text/plain; charset=utf-16"
+    )
+    [clean] = sanitize_resource_contents(S, [blob], FindingLog())
+    assert clean == blob
