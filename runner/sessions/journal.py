@@ -203,14 +203,17 @@ class Journal:
         event = AuditEvent(records.REQUEST_INTENT, entry.session_id, entry.caller, {
             "method": method, "params": _params_kept(method, params, entry.redact, whole=True), "request_id": entry.id,
         })  # fmt: skip
+        # Named before it is durable: the writer records it even if this caller leaves while it waits (a
+        # deadline, a cancel), and the outcome ("abandoned", then) must still name it.
+        entry.intents.append(event.id)
         try:
             await self.record(event)
         except AuditError as exc:
+            entry.intents.remove(event.id)  # not on record
             log.error("not sending %s of session %s: %s", method, entry.session_id or "-", exc.message)
             raise AuditError(
                 f"{exc.message}; {method} was not sent to the server because its record could not be written"
             ) from exc
-        entry.intents.append(event.id)
 
     def _request_data(
         self, entry: RequestEntry, started: float, outcome: str, session_id: str, **extra: Any
