@@ -193,12 +193,23 @@ class SessionManager:
             await self._announce(session, error)
             raise error from exc
         except BaseException:
+            # The caller left (its deadline, a cancel) while its sandbox started: on record all the same, queued
+            # since nothing waits for it, and closed by the session.close record that follows.
+            abandoned = self._open_record(session, "abandoned")
+            self._journal.note(records.SESSION_OPEN, session.id, session.caller, abandoned)
+            session.announced = True
             await self._end(session, SessionState.FAILED, "opening was cancelled")
             raise
         try:
             await self._announce(session, None)
         except RunnerError as exc:
             await self._end(session, SessionState.FAILED, exc.message)
+            raise
+        except BaseException:
+            # The caller left while the record was being made durable: the writer records it all the same, but
+            # nobody holds the session's id, so it ends now (it stayed STARTING for ever, its sandbox running).
+            session.announced = True
+            await self._end(session, SessionState.FAILED, "opening was cancelled")
             raise
         session.announced = True
         session.state = SessionState.READY
@@ -231,10 +242,16 @@ class SessionManager:
 
     async def _announce(self, session: LiveSession, error: RunnerError | None) -> None:
         """The session.open record, durable: who opened what, in which image, with which limits and network."""
-        profile = session.profile
+        outcome = "ok" if error is None else "error"
         await self._journal.durable_or_raise(records.SESSION_OPEN, session.id, session.caller, {
+            **self._open_record(session, outcome), **({"error": error_json(error)} if error is not None else {}),
+        })  # fmt: skip
+
+    def _open_record(self, session: LiveSession, outcome: str) -> dict[str, Any]:
+        profile = session.profile
+        return {
             "profile": profile.name,
-            "outcome": "ok" if error is None else "error",
+            "outcome": outcome,
             "image": profile.image,
             "image_id": session.handle.image_id if session.handle is not None else "",
             "command": list(profile.command),
@@ -248,8 +265,7 @@ class SessionManager:
             "server": asdict(session.server) if session.server is not None else None,
             "tools": as_json(list(session.listing.tools)),  # as the caller got them: sanitized, blocked ones left out
             "findings": [asdict(f) for f in session.instructions_findings + session.listing.findings],
-            **({"error": error_json(error)} if error is not None else {}),
-        })
+        }
 
     async def _boot(
         self, session: LiveSession, secret_values: Mapping[str, str], network: SandboxNetwork | None

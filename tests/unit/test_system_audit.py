@@ -221,17 +221,13 @@ def test_every_intent_has_one_outcome_under_cancels_closes_kills_and_approvals(
     healthy(service, health, caplog)
 
 
-def test_a_caller_leaving_while_its_intent_is_written_leaves_an_outcome_naming_it(
-    service: SystemService, stub: Any, caplog: pytest.LogCaptureFixture
-) -> None:
-    """The intent lands (it was handed to the writer) though its caller left while it was being made durable."""
-    runner, health = stub
-    sid = open_session(runner)
+def slow_writes(service: SystemService, kind: str, delay: float = 0.5) -> None:
+    """Records of ``kind`` are written as usual, but their writers hear so only after ``delay`` (a slow disk)."""
     submit = service.store.submit
 
-    def slow_intents(event: Any) -> Any:
+    def slow(event: Any) -> Any:
         future = submit(event)
-        if event.kind != records.REQUEST_INTENT:
+        if event.kind != kind:
             return future
         later: Any = type(future)()
 
@@ -239,10 +235,19 @@ def test_a_caller_leaving_while_its_intent_is_written_leaves_an_outcome_naming_i
             if later.set_running_or_notify_cancel():  # the waiter gave up: the record is written all the same
                 later.set_result(future.result())
 
-        threading.Timer(0.5, resolve).start()
+        threading.Timer(delay, resolve).start()
         return later
 
-    service.store.submit = slow_intents  # type: ignore[method-assign]
+    service.store.submit = slow  # type: ignore[method-assign]
+
+
+def test_a_caller_leaving_while_its_intent_is_written_leaves_an_outcome_naming_it(
+    service: SystemService, stub: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The intent lands (it was handed to the writer) though its caller left while it was being made durable."""
+    runner, health = stub
+    sid = open_session(runner)
+    slow_writes(service, records.REQUEST_INTENT)
     assert code_of(lambda: runner.CallTool(call("echo", sid, text="hi"), timeout=0.2)) == (
         grpc.StatusCode.DEADLINE_EXCEEDED
     )
@@ -250,4 +255,22 @@ def test_a_caller_leaving_while_its_intent_is_written_leaves_an_outcome_naming_i
     found = service.all_records()
     assert [r.kind for r in found if r.kind == records.REQUEST_INTENT] == [records.REQUEST_INTENT]
     one_outcome_each(found)
+    healthy(service, health, caplog)
+
+
+def test_a_caller_leaving_while_its_session_open_is_written_leaves_no_session_behind(
+    service: SystemService, stub: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Once, the session stayed STARTING for ever: its sandbox running, a slot of the caller's quota taken."""
+    runner, health = stub
+    slow_writes(service, records.SESSION_OPEN)
+    opening = lambda: runner.OpenSession(pb.OpenSessionRequest(profile="good"), timeout=0.2)  # noqa: E731
+    assert code_of(opening) == grpc.StatusCode.DEADLINE_EXCEEDED
+    time.sleep(0.8)
+    sandbox = service.backend.sandboxes[-1]
+    settle(lambda: sandbox.destroyed, "the sandbox of the open nobody waits for is destroyed")
+    sessions = runner.ListSessions(pb.ListSessionsRequest(), timeout=5).sessions
+    assert [s.state for s in sessions] == [pb.SESSION_STATE_FAILED], sessions
+    found = [r for r in service.all_records() if r.session_id == sessions[0].session_id]
+    assert [r.kind for r in found] == ["policy", "session.open", "session.close"]
     healthy(service, health, caplog)
