@@ -12,6 +12,7 @@ go through approvals (claimed by id and waited for on a stream); after all of it
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import threading
@@ -273,4 +274,34 @@ def test_a_caller_leaving_while_its_session_open_is_written_leaves_no_session_be
     assert [s.state for s in sessions] == [pb.SESSION_STATE_FAILED], sessions
     found = [r for r in service.all_records() if r.session_id == sessions[0].session_id]
     assert [r.kind for r in found] == ["policy", "session.open", "session.close"]
+    healthy(service, health, caplog)
+
+
+def test_a_caller_leaving_while_its_sandbox_boots_leaves_a_record_of_it(
+    service: SystemService, stub: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Once, a sandbox started and destroyed for an open nobody waited for had no record but the policy's."""
+    runner, health = stub
+    handler_for = service.backend._handler_for
+
+    def slow_server(spec: Any) -> Any:
+        agent = handler_for(spec)
+
+        async def slow(io: Any) -> int:
+            await asyncio.sleep(0.5)  # the server is slow to come up
+            return int(await agent(io))
+
+        return slow
+
+    service.backend._handler_for = slow_server
+    opening = runner.OpenSession.future(pb.OpenSessionRequest(profile="good"), timeout=10)
+    time.sleep(0.2)
+    opening.cancel()  # a deadline would be the runner's own: a session.open record of DEADLINE_EXCEEDED
+    sandbox = service.backend.sandboxes[-1]
+    settle(lambda: sandbox.destroyed, "the sandbox of the open nobody waits for is destroyed")
+    time.sleep(0.3)
+    found = [r for r in service.all_records() if r.session_id == service.backend.specs[-1].session_id]
+    assert [(r.kind, r.data.get("outcome") or r.data.get("state")) for r in found] == [
+        ("policy", None), ("session.open", "abandoned"), ("session.close", "failed"),
+    ]  # fmt: skip
     healthy(service, health, caplog)
