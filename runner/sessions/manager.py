@@ -658,6 +658,12 @@ class SessionManager:
         """Turn a dead channel into the reason a person can act on, once, with the sandbox gone after it."""
         if session.handle is None or session.channel is None or session.channel.terminal_error is None:
             return error
+        if session.concluding is None and session.state in (SessionState.CLOSED, SessionState.FAILED):
+            # The runner ended it (closed, quarantined, reaped) and its teardown closed the channel under this
+            # call: that is the reason, not a sandbox that exited (with the 137 of the runner's own kill).
+            if session.failure is None:
+                return SessionClosed(f"session {session.id} was closed during the call")
+            return SessionClosed(f"session {session.id} ended during the call: {session.failure}")
         if session.concluding is None:
             session.concluding = asyncio.create_task(self._conclude(session, session.handle, error))
         # Shielded: a caller giving up must not abort the teardown other callers wait for.

@@ -69,8 +69,10 @@ class SystemService(Service):
 
 
 @pytest.fixture
-def service(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> Iterator[Any]:
-    monkeypatch.setattr(test_fuzz_api, "POLICY", POLICY)
+def service(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> Iterator[Any]:
+    monkeypatch.setattr(test_fuzz_api, "POLICY", getattr(request, "param", POLICY))
     caplog.set_level(logging.INFO)
     made = SystemService(tmp_path)
     try:
@@ -92,6 +94,14 @@ def open_session(stub: Any) -> str:
 def call(tool: str, session_id: str, approval_id: str = "", **arguments: Any) -> Any:
     return pb.CallToolRequest(session_id=session_id, tool=tool, arguments_json=json.dumps(arguments),
                               approval_id=approval_id)  # fmt: skip
+
+
+def status_of(run: Any) -> tuple[grpc.StatusCode, str]:
+    try:
+        run()
+    except grpc.RpcError as exc:
+        return exc.code(), exc.details()  # type: ignore[attr-defined]
+    return grpc.StatusCode.OK, ""
 
 
 def code_of(run: Any) -> grpc.StatusCode:
@@ -125,16 +135,19 @@ def one_outcome_each(found: list[AuditRecord]) -> None:
 def healthy(service: SystemService, health: Any, caplog: pytest.LogCaptureFixture) -> None:
     answer = health.Check(health_pb2.HealthCheckRequest(service=""), timeout=5)
     assert answer.status == health_pb2.HealthCheckResponse.SERVING
-    bad = [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
+    # An earlier test's FakeAgent, garbage-collected with its loop, is the harness's, not the service's.
+    bad = [
+        r for r in caplog.records if (r.levelno >= logging.ERROR or r.exc_info) and "fake_agent" not in r.getMessage()
+    ]
     assert not bad, [r.getMessage() for r in bad]
 
 
-def ended_during_a_call(service: SystemService, runner: Any, end: str) -> grpc.StatusCode:
+def ended_during_a_call(service: SystemService, runner: Any, end: str) -> tuple[grpc.StatusCode, str]:
     """The status of a call whose session is closed by another RPC (``close``) or whose sandbox dies (``kill``)."""
     other = open_session(runner)
-    codes: list[grpc.StatusCode] = []
+    answers: list[tuple[grpc.StatusCode, str]] = []
     caller = threading.Thread(
-        target=lambda: codes.append(code_of(lambda: runner.CallTool(call("sleep", other, seconds=2), timeout=10)))
+        target=lambda: answers.append(status_of(lambda: runner.CallTool(call("sleep", other, seconds=2), timeout=10)))
     )
     caller.start()
     agent = service.backend.agents[-1]
@@ -144,7 +157,7 @@ def ended_during_a_call(service: SystemService, runner: Any, end: str) -> grpc.S
     else:
         service.run(service.backend.sandboxes[-1].destroy())
     caller.join(10)
-    return codes[0]
+    return answers[0]
 
 
 def test_every_intent_has_one_outcome_under_cancels_closes_kills_and_approvals(
@@ -190,8 +203,10 @@ def test_every_intent_has_one_outcome_under_cancels_closes_kills_and_approvals(
                                            timeout=10)) == grpc.StatusCode.PERMISSION_DENIED  # fmt: skip
 
     # A session closed by another RPC during a call; another whose sandbox dies during one.
-    for end in ("close", "kill"):
-        assert ended_during_a_call(service, runner, end) not in test_fuzz_api.NEVER
+    closed, killed = (ended_during_a_call(service, runner, end) for end in ("close", "kill"))
+    assert closed[0] == killed[0] == grpc.StatusCode.FAILED_PRECONDITION
+    assert closed[1].endswith("was closed during the call"), closed
+    assert "the sandbox exited (exit status 137)" in killed[1], killed
 
     time.sleep(0.3)  # abandoned outcomes are queued, not awaited
     found = service.all_records()
@@ -304,4 +319,47 @@ def test_a_caller_leaving_while_its_sandbox_boots_leaves_a_record_of_it(
     assert [(r.kind, r.data.get("outcome") or r.data.get("state")) for r in found] == [
         ("policy", None), ("session.open", "abandoned"), ("session.close", "failed"),
     ]  # fmt: skip
+    healthy(service, health, caplog)
+
+
+STRICT = """
+    approvals: {timeout_s: 30}
+    anomaly: {max_events: 3, window_s: 60}
+    callers:
+      anonymous:
+        roles: [admin, approver, auditor]
+        profiles: ["*"]
+        session_rates: {concurrent_calls: 2}
+"""
+
+
+@pytest.mark.parametrize("service", [STRICT], indirect=True)
+def test_quarantine_and_rate_refusals_during_a_call(
+    service: SystemService, stub: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    runner, health = stub
+    sid = open_session(runner)
+    answers: list[tuple[grpc.StatusCode, str]] = []
+    in_flight = [threading.Thread(target=lambda: answers.append(status_of(
+        lambda: runner.CallTool(call("sleep", sid, seconds=2), timeout=10)))) for _ in range(2)]  # fmt: skip
+    agent = service.backend.agents[-1]
+    for started, caller in enumerate(in_flight, 1):
+        caller.start()
+        settle(lambda: sum(m.get("method") == "tools/call" for m in agent.seen) == started, "the call reached it")  # noqa: B023
+    # Both call slots taken: a third call is refused by the rate, not run.
+    refused = [code_of(lambda: runner.CallTool(call("echo", sid, text="x"), timeout=10)) for _ in range(2)]
+    assert refused == [grpc.StatusCode.RESOURCE_EXHAUSTED] * 2
+    # Three invalid calls quarantine the session under the two still running.
+    invalid = [code_of(lambda: runner.CallTool(call("echo", sid, text="x" * 30), timeout=10)) for _ in range(3)]
+    assert invalid == [grpc.StatusCode.INVALID_ARGUMENT] * 3
+    for caller in in_flight:
+        caller.join(10)
+    # The calls under way hear why their session ended; nobody records the runner's own kill as the sandbox's exit.
+    assert [code for code, _ in answers] == [grpc.StatusCode.FAILED_PRECONDITION] * 2
+    assert all("quarantined after 3" in details and "exit status" not in details for _, details in answers), answers
+    time.sleep(0.3)
+    found = service.all_records()
+    assert not [r for r in found if r.kind == records.EXIT]
+    one_outcome_each(found)
+    assert runner.VerifyAudit(pb.VerifyAuditRequest(), timeout=10).intact
     healthy(service, health, caplog)
