@@ -228,7 +228,7 @@ class Sanitizer:
         if not self._enabled:
             return self._own_secrets(text, where, log)
         text = strip(text, where, log, self._injection_action)
-        folded, origin = _fold(text)
+        folded, shifted = _fold(text)
         lower = folded.lower()
         # Injection is looked for before redaction: a placeholder must not break up the URL or phrase it is in.
         read = folded if links or "%" not in folded else urllib.parse.unquote(folded)
@@ -238,6 +238,7 @@ class Sanitizer:
         if "%" in folded:
             found += self._escaped_spans(folded)
         if folded is not text:
+            origin = _origin(text) if found and shifted else None  # only text with a finding pays for the map
             found = [(kind, *_back(start, end, origin)) for kind, start, end in found] + self._secret_spans(text)
         return _apply(text, found, where, log) if found else text
 
@@ -319,36 +320,48 @@ class Sanitizer:
         return found
 
 
+_JOINERS = frozenset({0x200C, 0x200D})
+"""ZWNJ and ZWJ: stripping keeps one between two non-ASCII characters (emoji sequences, Persian, Indic scripts),
+and so between fullwidth or mathematical letters (``１<ZWJ>ｂ``) too; the folded copy reads those as ASCII letters
+with nothing between them, so the copy leaves the joiners out."""
+
+
 class _Folding(dict[int, str]):
-    """Code point -> its NFKC form, computed on first use; bounded, as a hostile text can hold a million."""
+    """Code point -> its NFKC form (a joiner: nothing), computed on first use; bounded, as a hostile text can
+    hold a million."""
 
     def __missing__(self, cp: int) -> str:
         if len(self) >= 65536:
             self.clear()
-        folded = self[cp] = unicodedata.normalize("NFKC", chr(cp))
+        folded = self[cp] = "" if cp in _JOINERS else unicodedata.normalize("NFKC", chr(cp))
         return folded
 
 
 _FOLDING = _Folding()
 
 
-def _fold(text: str) -> tuple[str, list[int] | None]:
-    """``text`` with each character NFKC-folded, and where each folded character came from.
+def _fold(text: str) -> tuple[str, bool]:
+    """``text`` with each character NFKC-folded, and whether positions shifted (``_origin`` maps them back).
 
-    ``text`` itself (the same object) when nothing folds; the map is None when every character folded to one
-    character, so positions are the same (the common case: fullwidth and mathematical letters).
+    ``text`` itself (the same object) when nothing folds; positions stay when every character folded to one
+    character (the common case: fullwidth and mathematical letters).
     """
-    if text.isascii() or unicodedata.is_normalized("NFKC", text):
-        return text, None
+    joiners = "\u200c" in text or "\u200d" in text
+    if text.isascii() or (not joiners and unicodedata.is_normalized("NFKC", text)):
+        return text, False
     folded = text.translate(_FOLDING)
     if folded == text:
-        return text, None
-    if len(folded) == len(text):
-        return folded, None
+        return text, False
+    # A joiner folds to nothing: lengths can match and positions shift all the same.
+    return folded, joiners or len(folded) != len(text)
+
+
+def _origin(text: str) -> list[int]:
+    """Where each character of ``_fold(text)`` came from in ``text``."""
     origin: list[int] = []
     for i, ch in enumerate(text):
         origin.extend(repeat(i, len(_FOLDING[ord(ch)])))
-    return folded, origin
+    return origin
 
 
 def _back(start: int, end: int, origin: list[int] | None) -> tuple[int, int]:
