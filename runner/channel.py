@@ -44,8 +44,8 @@ TOO_LARGE = "message_too_large"
 MAX_MESSAGE_ENV = "MCP_AGENT_MAX_MESSAGE_BYTES"
 #: The most separators and containers (``,``, ``[``, ``{`` outside strings) a frame may hold, counted before it is
 #: parsed. ``json.loads`` holds the GIL whatever thread runs it, so a 4 MiB line of ``[],`` stalled every session
-#: for 0.3 s, and a 64 MiB one for seconds. A frame past this holds more than 100 000 values, which the sanitizer's
-#: work budget (runner/guard/results.py) refuses in any result anyway; here it costs a few counts at C speed.
+#: for 0.3 s, and a 64 MiB one for seconds. A frame past this holds more values than the sanitizer's work budget
+#: (runner/guard/results.py, the same number) walks in any result; here it is refused for a few counts at C speed.
 MAX_FRAME_VALUES = 200_000
 #: What a session's frames may cost the event loop (one for the whole service), in seconds of parsing per second,
 #: after a burst of ``PARSE_BURST_S``: past it the reader waits before it reads on, so the sandbox's writes block.

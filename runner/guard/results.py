@@ -62,9 +62,15 @@ T = TypeVar("T")
 @dataclass(frozen=True)
 class WorkBudget:
     """How much one result may cost the sanitizer. About 6 µs per small string: the node cap bounds a hostile
-    result to well under a second of CPU, and leaves honest ones (tables of thousands of rows) far below it."""
+    result to about a second of CPU, off the event loop.
 
-    nodes: int = 100_000
+    The node cap is the channel's cap on a frame's values (runner/channel.py, MAX_FRAME_VALUES): each of a
+    frame's separators and containers stands before or for a value the walk visits, so anything the channel lets
+    through is within the budget unless text inside it (a JSON document, a text-like blob) adds values. A lower
+    cap refused honest answers the transport had carried: the memory server's graph of 10,000 entities (2.3 MB,
+    120,000 values) after the server had stored them."""
+
+    nodes: int = 200_000
     """Values visited: strings, numbers, lists, objects, model fields."""
     chars: int = 16 * 1024**2
     """Characters sanitized, decoded text-like payloads included."""

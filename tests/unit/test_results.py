@@ -11,6 +11,7 @@ import mcp_types
 import pytest
 from pydantic import ConfigDict
 
+from runner.channel import MAX_FRAME_VALUES
 from runner.errors import ResultRejected
 from runner.guard.findings import BLOCKED, FLAGGED, REDACTED, STRIPPED, Finding, FindingLog
 from runner.guard.results import (
@@ -548,9 +549,26 @@ def test_uri_templates_and_uris_are_not_searched_for_injection() -> None:
 def test_a_result_past_the_work_budget_is_refused_not_half_sanitized() -> None:
     many = mcp_types.CallToolResult(content=[], structured_content={"rows": [f"r{i}" for i in range(300_000)]})
     started = time.process_time()
-    with pytest.raises(ResultRejected, match="work budget of 100000 values"):
+    with pytest.raises(ResultRejected, match="work budget of 200000 values"):
         sanitize_call_result(S, many, FindingLog())
     assert time.process_time() - started < 3.0  # the walk stops at the budget, it does not finish first
+
+
+def test_the_budget_walks_whatever_the_channel_carries() -> None:
+    """The memory server's read_graph of 10,000 entities (2.3 MB of text plus the same as structured content,
+    under the 4 MiB message cap) was refused by a budget of 100,000 values, after the server had stored them."""
+    graph = {
+        "entities": [
+            {"name": f"Entity {i}", "entityType": "thing", "observations": [f"note {j} of {i}" for j in range(5)]}
+            for i in range(10_000)
+        ],
+        "relations": [],
+    }
+    memory = mcp_types.CallToolResult(content=[text(json.dumps(graph, indent=2))], structured_content=graph)
+    assert sanitize_call_result(S, memory, FindingLog()) is not None
+    # A frame at the channel's value cap, one value per separator, is walked whole too.
+    numbers = mcp_types.CallToolResult(content=[], structured_content={"v": list(range(MAX_FRAME_VALUES - 8))})
+    sanitize_call_result(S, numbers, FindingLog())
 
 
 def test_the_budget_counts_characters_too() -> None:
