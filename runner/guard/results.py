@@ -93,6 +93,9 @@ _DOCUMENT_CHARSETS = re.compile(
 )
 """Python's canonical names of the charsets documents are written in (the WHATWG list, UTF-7 and UTF-32); each
 decodes in linear time and takes the ``replace`` error handler both ways."""
+_LONG_NUMBER = 10**8
+"""Numbers from here up have as many digits as the shortest number a detector redacts (an SSN); shorter ones are
+left alone without a look."""
 _MOSTLY_TEXT = 20
 """A payload without a MIME type is text when at most one character in this many is not (an image has many)."""
 _CLEAN_CACHE_LIMIT = 4096
@@ -228,7 +231,19 @@ class _Walk:
                 return self.mapping(value, where, depth)
             return [self.value(item, f"{where}[{i}]", depth + 1, locator=locator) for i, item in enumerate(value)]
         self.tick()
+        if isinstance(value, int | float) and not isinstance(value, bool) and abs(value) >= _LONG_NUMBER:
+            return self.number(value, where)
         return value
+
+    def number(self, value: float, where: str) -> Any:
+        """A long number is read as the digits a reader sees: a card number is one as ``4111111111111111`` as much
+        as in quotes. What the detectors redact in its digits becomes the placeholder text, like any string."""
+        try:
+            digits = str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
+        except ValueError:  # past Python's limit on digits (4300); results refuse numbers beyond a double anyway
+            raise ResultRejected(f"the result holds a number too long to read at {where}") from None
+        clean = self.text(digits, where)
+        return value if clean == digits else clean
 
     def mapping(self, value: dict[Any, Any], where: str, depth: int) -> dict[Any, Any]:
         """Keys are sanitized too (structured-content keys are read like any text); in a tool they are identifiers."""

@@ -766,3 +766,21 @@ def test_japanese_text_in_utf16_passes_unchanged() -> None:
     )
     [clean] = sanitize_resource_contents(S, [blob], FindingLog())
     assert clean == blob
+
+
+def test_a_card_number_written_as_a_json_number_is_redacted_like_its_digits() -> None:
+    structured = {"card": 4111111111111111, "as_float": 4111111111111111.0, "id": 1733400000000, "n": 12, "ok": True}
+    log = FindingLog()
+    result = mcp_types.CallToolResult(content=[], structuredContent=structured)
+    clean = sanitize_call_result(S, result, log)
+    assert clean.structured_content == {
+        "card": "[REDACTED:card]", "as_float": "[REDACTED:card]", "id": 1733400000000, "n": 12, "ok": True
+    }  # fmt: skip
+    assert {(f.kind, f.where) for f in log.findings()} == {
+        ("card", "structured_content.card"), ("card", "structured_content.as_float")
+    }  # fmt: skip
+    text = json.dumps({"card": 4111111111111111})
+    document = mcp_types.TextResourceContents(uri="mem://x", text=text, mimeType="application/json")
+    [shown] = sanitize_resource_contents(S, [document], FindingLog())
+    assert isinstance(shown, mcp_types.TextResourceContents)
+    assert json.loads(shown.text) == {"card": "[REDACTED:card]"}
