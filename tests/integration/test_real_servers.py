@@ -257,6 +257,19 @@ def _memory(client: RunnerClient, sid: str) -> None:
     assert "Иван" in graph_text.text
 
 
+def test_memory_answers_a_graph_as_large_as_a_message_may_carry(real: Service) -> None:
+    """10,000 entities: 2.3 MB of text and as much structured content, 120,000 values, under the 4 MiB cap (the
+    sanitizer's work budget of 100,000 values refused it, after the server had stored them)."""
+    with real.client() as client, client.session("memory") as opened:
+        sid = opened.session_id
+        for batch in range(2):  # two calls: arguments are capped at 1 MiB
+            entities = [{"name": f"Entity {batch}-{i}", "entityType": "thing",
+                         "observations": [f"note {j} of {i}" for j in range(5)]} for i in range(5_000)]
+            _ok(client.call_tool(sid, "create_entities", {"entities": entities}, timeout=60), "create_entities")
+        graph = _ok(client.call_tool(sid, "read_graph", {}, timeout=60), "read_graph").structured_content
+        assert len(graph["entities"]) == 10_000
+
+
 def test_git_on_a_repository(real: Service) -> None:
     with real.client() as client, client.session("git-repo") as opened:
         sid = opened.session_id
