@@ -230,9 +230,9 @@ class _Walk:
             if isinstance(value, dict):
                 return self.mapping(value, where, depth)
             return [self.value(item, f"{where}[{i}]", depth + 1, locator=locator) for i, item in enumerate(value)]
-        self.tick()
         if isinstance(value, int | float) and not isinstance(value, bool) and abs(value) >= _LONG_NUMBER:
-            return self.number(value, where)
+            return self.number(value, where)  # counted as the string it is read as
+        self.tick()
         return value
 
     def number(self, value: float, where: str) -> Any:
