@@ -172,6 +172,14 @@ _DONE = object()
 MAX_PROGRESS_WAITING = 64
 
 
+def _answered_to_nobody(task: asyncio.Task[Any]) -> None:
+    """A stream's call that ended as its caller left: its refusal is on record and heard by nobody, so it is
+    retrieved here (asyncio logged each as an ERROR with a traceback); only a bug is worth the service log."""
+    error = None if task.cancelled() else task.exception()
+    if error is not None and not isinstance(error, RunnerError):
+        log.error("CallToolStream failed unexpectedly after its caller left", exc_info=error)
+
+
 class _StreamUpdates:
     """What one CallToolStream has yet to send, in order; bounded whatever the server sends, never blocking it.
 
@@ -288,10 +296,12 @@ class RunnerServicer:
             try:
                 while (item := await queue.get()) is not _DONE:
                     yield item
-                outcome = await task
-            finally:
-                if not task.done():  # the caller went away mid-call
-                    task.cancel()
+            except BaseException:
+                # The caller went away mid-call, or in the very turn the call ended: nobody hears how it ends.
+                task.cancel()
+                task.add_done_callback(_answered_to_nobody)
+                raise
+            outcome = await task  # done: run() puts _DONE as it ends
             yield pb.CallToolStreamResponse(result=convert.outcome_to_proto(outcome))
 
     async def ListResources(self, request: Any, context: Context) -> Any:
