@@ -578,7 +578,11 @@ class SessionManager:
 
     @contextlib.asynccontextmanager
     async def _guarding(self, session: LiveSession) -> AsyncIterator[None]:
-        """Errors leave sanitized; denied, blocked and invalid events count, and past the limit quarantine."""
+        """Errors leave sanitized; denied, blocked and invalid events count, and past the limit quarantine.
+
+        Meanwhile the session is busy, never idle: a call, or its wait for an approval, may outlast the idle timeout.
+        """
+        session.busy += 1
         try:
             yield
         except RunnerError as exc:
@@ -586,6 +590,9 @@ class SessionManager:
             if isinstance(exc, _ANOMALIES):
                 await self._count_anomaly(session, exc)
             raise
+        finally:
+            session.busy -= 1
+            session.last_used = time.monotonic()
 
     async def _count_anomaly(self, session: LiveSession, exc: RunnerError) -> None:
         reason = self._gate.quarantine_reason(session.id, exc)
@@ -764,7 +771,7 @@ class SessionManager:
         now = time.monotonic()
         for session in list(self._sessions.values()):
             if session.state is SessionState.READY:
-                if now - session.last_used > session.limits.idle_timeout_s:
+                if not session.busy and now - session.last_used > session.limits.idle_timeout_s:
                     reason = f"idle for more than {session.limits.idle_timeout_s:g} s"
                 elif now - session.started > session.limits.max_lifetime_s:
                     reason = f"reached its maximum lifetime of {session.limits.max_lifetime_s:g} s"

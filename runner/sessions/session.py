@@ -52,6 +52,8 @@ class LiveSession:
     """What callers see: sanitized definitions, blocked tools left out, and the findings."""
     instructions_findings: tuple[Finding, ...] = ()
     calls: int = 0
+    busy: int = 0
+    """Requests under way (running, or waiting for an approval): while any is, the session is not idle."""
     stats: SandboxStats = SandboxStats()
     concluding: asyncio.Task[RunnerError] | None = None
     watcher: asyncio.Task[None] | None = None

@@ -363,3 +363,31 @@ def test_quarantine_and_rate_refusals_during_a_call(
     one_outcome_each(found)
     assert runner.VerifyAudit(pb.VerifyAuditRequest(), timeout=10).intact
     healthy(service, health, caplog)
+
+
+def test_a_session_busy_with_a_call_is_not_reaped_as_idle(
+    service: SystemService, stub: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Once, a call (or an approval wait) longer than the session's idle timeout ended it as "idle" mid-call."""
+    runner, health = stub
+    opening = pb.OpenSessionRequest(profile="good")
+    opening.limits.idle_timeout_ms = 300
+    sid = runner.OpenSession(opening, timeout=10).session_id
+    answers: list[tuple[grpc.StatusCode, str]] = []
+    caller = threading.Thread(
+        target=lambda: answers.append(status_of(lambda: runner.CallTool(call("sleep", sid, seconds=1), timeout=10)))
+    )
+    caller.start()
+    agent = service.backend.agents[-1]
+    settle(lambda: any(m.get("method") == "tools/call" for m in agent.seen), "the call reached the server")
+    for _ in range(4):  # the reaper looks in, again and again, past the idle timeout
+        time.sleep(0.2)
+        service.run(service.manager.reap())  # type: ignore[union-attr]
+    caller.join(10)
+    assert answers == [(grpc.StatusCode.OK, "")]
+    # Idle again, it is reaped.
+    time.sleep(0.4)
+    service.run(service.manager.reap())  # type: ignore[union-attr]
+    state = runner.GetSession(pb.GetSessionRequest(session_id=sid), timeout=5).session
+    assert state.state == pb.SESSION_STATE_CLOSED and "idle" in state.failure
+    healthy(service, health, caplog)
