@@ -669,8 +669,8 @@ class SessionManager:
             # The runner ended it (closed, quarantined, reaped) and its teardown closed the channel under this
             # call: that is the reason, not a sandbox that exited (with the 137 of the runner's own kill).
             if session.failure is None:
-                return SessionClosed(f"session {session.id} was closed during the call")
-            return SessionClosed(f"session {session.id} ended during the call: {session.failure}")
+                return SessionClosed(f"session {session.id} was closed while this request ran")
+            return SessionClosed(f"session {session.id} ended while this request ran: {session.failure}")
         if session.concluding is None:
             session.concluding = asyncio.create_task(self._conclude(session, session.handle, error))
         # Shielded: a caller giving up must not abort the teardown other callers wait for.

@@ -80,7 +80,7 @@ def test_every_intent_has_one_outcome_when_calls_are_cut_short(service: Service,
         killed = ended_under_a_call(service, stub, "kill")
         stub.CloseSession(pb.CloseSessionRequest(session_id=session_id), timeout=30)
 
-    assert closed[0] == grpc.StatusCode.FAILED_PRECONDITION and closed[1].endswith("was closed during the call")
+    assert closed[0] == grpc.StatusCode.FAILED_PRECONDITION and closed[1].endswith("was closed while this request ran")
     assert killed[0] == grpc.StatusCode.FAILED_PRECONDITION and "exit status 137" in killed[1], killed
 
     time.sleep(0.5)  # an abandoned call's outcome is queued, not awaited

@@ -205,7 +205,7 @@ def test_every_intent_has_one_outcome_under_cancels_closes_kills_and_approvals(
     # A session closed by another RPC during a call; another whose sandbox dies during one.
     closed, killed = (ended_during_a_call(service, runner, end) for end in ("close", "kill"))
     assert closed[0] == killed[0] == grpc.StatusCode.FAILED_PRECONDITION
-    assert closed[1].endswith("was closed during the call"), closed
+    assert closed[1].endswith("was closed while this request ran"), closed
     assert "the sandbox exited (exit status 137)" in killed[1], killed
 
     time.sleep(0.3)  # abandoned outcomes are queued, not awaited
@@ -390,4 +390,35 @@ def test_a_session_busy_with_a_call_is_not_reaped_as_idle(
     service.run(service.manager.reap())  # type: ignore[union-attr]
     state = runner.GetSession(pb.GetSessionRequest(session_id=sid), timeout=5).session
     assert state.state == pb.SESSION_STATE_CLOSED and "idle" in state.failure
+    healthy(service, health, caplog)
+
+
+def test_a_session_closed_while_it_opens_says_so(
+    service: SystemService, stub: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Its owner sees it STARTING in ListSessions and closes it: the open says why, no exit record blames it."""
+    runner, health = stub
+    handler_for = service.backend._handler_for
+
+    def slow_server(spec: Any) -> Any:
+        agent = handler_for(spec)
+
+        async def slow(io: Any) -> int:
+            await asyncio.sleep(0.5)
+            return int(await agent(io))
+
+        return slow
+
+    service.backend._handler_for = slow_server
+    opening = runner.OpenSession.future(pb.OpenSessionRequest(profile="good"), timeout=10)
+    settle(lambda: runner.ListSessions(pb.ListSessionsRequest(), timeout=5).sessions, "the session is listed")
+    [starting] = runner.ListSessions(pb.ListSessionsRequest(), timeout=5).sessions
+    assert starting.state == pb.SESSION_STATE_STARTING
+    runner.CloseSession(pb.CloseSessionRequest(session_id=starting.session_id), timeout=10)
+    assert status_of(opening.result) == (
+        grpc.StatusCode.FAILED_PRECONDITION, f"session {starting.session_id} was closed while this request ran",
+    )  # fmt: skip
+    time.sleep(0.3)
+    found = [r for r in service.all_records() if r.session_id == starting.session_id]
+    assert [(r.kind, r.data.get("outcome")) for r in found] == [("policy", None), ("session.open", "error")]
     healthy(service, health, caplog)
