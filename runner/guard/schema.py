@@ -17,6 +17,8 @@ rather than re-implement that, a schema combining the two is refused.
 from __future__ import annotations
 
 import contextvars
+import re._constants  # type: ignore[import-not-found]  # the parser behind re.compile; typeshed has no stubs
+import re._parser  # type: ignore[import-not-found]
 import time
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -31,6 +33,10 @@ from referencing.exceptions import Unresolvable
 from runner.text import whole_words
 
 PATTERN_TIMEOUT_S = 0.05
+MAX_PATTERN_UNITS = 10_000
+"""Largest a pattern may grow when the ``regex`` module compiles it. It writes out a repeat's minimum count (and
+nested repeats' product): ``((a{1000}){1000}){1000}`` compiles for minutes holding the GIL and takes gigabytes, and
+the match timeout does not cover compiling. Honest patterns (``^[0-9a-f]{64}$``, dates, ``.{0,255}``) use tens."""
 VALIDATION_BUDGET_S = 0.5
 _deadline: contextvars.ContextVar[float] = contextvars.ContextVar("schema_deadline", default=0.0)
 _NO_RETRIEVAL: Registry[Any] = Registry()
@@ -98,6 +104,44 @@ def _additional_properties(
         yield ValidationError(f"Additional properties are not allowed ({names} {verb} unexpected)")
 
 
+def _budgeted(check: Any) -> Any:
+    """``check`` that first looks at the validation's deadline. Only patterns looked before, so a schema without
+    one ran unbounded: 22 levels of ``anyOf`` of two ``$ref`` to the next level try 2**22 branches, minutes of
+    pure Python holding the GIL (every session waits) for one structuredContent or one call's arguments."""
+
+    def budgeted(validator: Any, value: Any, instance: Any, schema: Mapping[str, Any]) -> Iterator[ValidationError]:
+        if time.monotonic() >= _deadline.get():
+            raise ValidationTooSlow
+        yield from check(validator, value, instance, schema)
+
+    return budgeted
+
+
+def _unique_items(validator: Any, unique: Any, instance: Any, schema: Mapping[str, Any]) -> Iterator[ValidationError]:
+    """uniqueItems in one pass over hashed items: jsonschema compares objects pairwise, one keyword call that no
+    deadline interrupts (5000 objects took 17 s of the GIL)."""
+    if unique and validator.is_type(instance, "array"):
+        seen = {_same(item) for item in instance}
+        if len(seen) < len(instance):
+            yield ValidationError(f"{short(repr(instance), 80)} has non-unique elements")
+
+
+def _same(value: Any) -> Any:
+    """A hashable form equal for exactly the JSON values jsonschema calls equal: 1 and 1.0 alike, True and 1 not,
+    objects whatever their key order. Accepted values nest a bounded depth (validate.MAX_JSON_DEPTH)."""
+    if isinstance(value, bool) or value is None:
+        return ("literal", value)
+    if isinstance(value, float) and value.is_integer():
+        return ("number", int(value))
+    if isinstance(value, int | float):
+        return ("number", value)
+    if isinstance(value, list):
+        return ("array", tuple(_same(item) for item in value))
+    if isinstance(value, dict):
+        return ("object", frozenset((key, _same(item)) for key, item in value.items()))
+    return ("string", value)
+
+
 def _uses(schema: Any, keyword: str) -> bool:
     if isinstance(schema, dict):
         return keyword in schema or any(_uses(v, keyword) for v in schema.values())
@@ -106,18 +150,64 @@ def _uses(schema: Any, keyword: str) -> bool:
     return False
 
 
+def _units(node: Any) -> int:
+    """How large ``regex`` writes out a parsed pattern (``re._parser``'s tree): repeats multiply by their minimum."""
+    if isinstance(node, re._parser.SubPattern):
+        total = 0
+        for op, arguments in node.data:
+            if op in (re._constants.MAX_REPEAT, re._constants.MIN_REPEAT, re._constants.POSSESSIVE_REPEAT):
+                low, _, inner = arguments
+                total += max(low, 1) * _units(inner)
+            else:
+                total += 1 + _units(arguments)
+            if total > MAX_PATTERN_UNITS:
+                break  # no need to multiply further: enough to refuse
+        return total
+    if isinstance(node, list | tuple):
+        return sum(_units(item) for item in node)
+    return 0
+
+
+def _pattern_problem(schema: Any) -> str | None:
+    """The first pattern in ``schema`` (a ``pattern`` string, a ``patternProperties`` key) too large to compile."""
+    stack = [schema]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, dict):
+            patterns = [item["pattern"]] if isinstance(item.get("pattern"), str) else []
+            if isinstance(item.get("patternProperties"), dict):
+                patterns.extend(item["patternProperties"])
+            for pattern in patterns:
+                if _units(re._parser.parse(pattern)) > MAX_PATTERN_UNITS:
+                    return f"its pattern {short(repr(pattern), 80)} repeats more than {MAX_PATTERN_UNITS} times in all"
+            stack.extend(item.values())
+    return None
+
+
 def compile_schema(schema: dict[str, Any]) -> Validator:
     """A validator for ``schema``; SchemaError if it is not valid JSON Schema, UnsafeSchema if refused."""
     base = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
-    base.check_schema(schema)
+    try:
+        base.check_schema(schema)
+    except (OverflowError, RecursionError) as exc:  # re.compile of a 'regex' format: a{99999999999} overflows
+        raise UnsafeSchema(f"it holds a pattern Python cannot compile ({short(str(exc), 80)})") from None
+    problem = _pattern_problem(schema)
+    if problem is not None:
+        raise UnsafeSchema(problem)
     if _uses(schema, "unevaluatedProperties") and _uses(schema, "patternProperties"):
         raise UnsafeSchema(
             "it combines unevaluatedProperties with patternProperties, which the runner does not evaluate"
         )
-    safe = jsonschema.validators.extend(  # type: ignore[no-untyped-call]  # the stubs leave extend untyped
-        base,
-        {"pattern": _pattern, "patternProperties": _pattern_properties, "additionalProperties": _additional_properties},
-    )
+    own = {
+        "pattern": _pattern,
+        "patternProperties": _pattern_properties,
+        "additionalProperties": _additional_properties,
+        "uniqueItems": _unique_items,
+    }
+    keywords = {keyword: _budgeted(own.get(keyword, check)) for keyword, check in base.VALIDATORS.items()}
+    safe = jsonschema.validators.extend(base, keywords)  # type: ignore[no-untyped-call]  # the stubs leave extend untyped
     validator: Validator = safe(schema, registry=_NO_RETRIEVAL)
     return validator
 
