@@ -28,6 +28,19 @@ M = TypeVar("M", bound=BaseModel)
 MAX_TOOLS = 1024
 _MAX_ERRORS_SHOWN = 3
 
+MAX_RESULT_ITEMS = 4096
+"""Most items a server's answer may hold in its lists (content blocks, tools, resources, templates, prompts,
+contents, messages, icons…), counted over all of them before pydantic builds a model per item. The channel's value
+cap alone let 60 000 content blocks through, which took pydantic ~0.5 s holding the GIL (every session waits, even
+with the work in a thread). Honest pages stay far below: MAX_TOOLS is 1024 over all pages; servers page long
+listings. Free-form JSON (structuredContent, schemas, _meta…) is not built into models and is not counted."""
+
+_FREE_FORM = frozenset(
+    {"structuredContent", "_meta", "inputSchema", "outputSchema", "input", "metadata", "data", "experimental",
+     "extensions"}
+)
+"""Keys whose values the MCP models keep as plain JSON: their lists cost no model per item."""
+
 MAX_JSON_DEPTH = 64
 """Deepest nesting of JSON taken from a caller or a server. Honest arguments and results nest a handful of
 levels; 64 leaves room for any of them while staying far below the ~1000 frames that Python's json, pydantic,
@@ -93,6 +106,29 @@ def json_problem(value: Any, max_depth: int = MAX_JSON_DEPTH) -> str | None:
     return None
 
 
+def _item_problem(raw: dict[str, Any]) -> str | None:
+    """Where ``raw``'s lists pass MAX_RESULT_ITEMS items in all, or None; free-form values are not counted."""
+    count = 0
+    stack: list[tuple[Any, _Path]] = [(raw, None)]
+    while stack:
+        item, path = stack.pop()
+        if isinstance(item, list):
+            count += len(item)
+            if count > MAX_RESULT_ITEMS:
+                return f"{_show_path(path)}: its lists hold more than {MAX_RESULT_ITEMS} items in all"
+            stack.extend((child, (path, index)) for index, child in enumerate(item) if isinstance(child, dict | list))
+        elif isinstance(item, dict):
+            stack.extend((child, (path, key)) for key, child in item.items() if _modelled(key, child))
+    return None
+
+
+def _modelled(key: str, child: Any) -> bool:
+    """Whether ``child`` may hold lists of models: a prompt's ``arguments`` list does, a call's arguments do not."""
+    if key in _FREE_FORM:
+        return False
+    return isinstance(child, list) or (isinstance(child, dict) and key != "arguments")
+
+
 def _problems(exc: ValidationError, count: int) -> str:
     """The first ``count`` problems as ``field: message``, bounded (they describe untrusted input).
 
@@ -137,7 +173,7 @@ def parse_result(model: type[M], raw: dict[str, Any], what: str) -> M:
     would otherwise fail later, far from its cause), nesting deep enough to break a later walk, or a shape
     pydantic refuses.
     """
-    problem = json_problem(raw)
+    problem = json_problem(raw) or _item_problem(raw)
     if problem is not None:
         raise ResultRejected(f"the server's {what} cannot be passed on: {problem}")
     try:

@@ -10,12 +10,14 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import mcp_types
 import pytest
 from pydantic import BaseModel
 
 from runner import errors
 from runner.errors import ProtocolViolation, ResultRejected, RunnerError, SchemaViolation
+from runner.guard import schema as schema_module
 from runner.guard import validate
 from runner.guard.validate import (
     MAX_TOOLS,
@@ -326,3 +328,79 @@ def test_a_declared_size_the_api_cannot_carry_is_rejected_before_anything_record
         parse_result(model, raw(size), "answer")
     assert parse_result(model, raw(2**63 - 1), "answer")
 
+
+
+def test_a_result_with_more_list_items_than_the_cap_is_refused_before_pydantic_builds_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """60 000 content blocks (within the channel's value cap) held the GIL ~0.5 s in model_validate."""
+    built: list[Any] = []
+    real = mcp_types.CallToolResult.model_validate
+
+    def counted(raw: Any) -> mcp_types.CallToolResult:
+        built.append(raw)
+        return real(raw)
+
+    monkeypatch.setattr(mcp_types.CallToolResult, "model_validate", counted)
+    block = {"type": "text", "text": ""}
+    with pytest.raises(ResultRejected, match=r"\$\.content: its lists hold more than 4096 items"):
+        parse_result(mcp_types.CallToolResult, {"content": [block] * 60_000}, "x")
+    # Nested lists count together: 2048 prompts with 2 arguments each pass no list's cap alone.
+    prompt = {"name": "p", "arguments": [{"name": "a"}, {"name": "b"}]}
+    with pytest.raises(ResultRejected, match="more than 4096 items"):
+        parse_result(mcp_types.ListPromptsResult, {"prompts": [prompt] * 2048}, "x")
+    assert built == []
+    # At the cap, and free-form JSON of any length, pass.
+    parse_result(mcp_types.CallToolResult, {"content": [block] * validate.MAX_RESULT_ITEMS}, "x")
+    parse_result(mcp_types.CallToolResult, {"content": [], "structuredContent": {"rows": list(range(50_000))}}, "x")
+    assert len(built) == 2
+
+
+def _nested_choices(levels: int) -> dict[str, Any]:
+    """A schema without patterns whose every branch is tried: 2**levels evaluations for a value it refuses."""
+    defs = {f"d{i}": {"anyOf": [{"$ref": f"#/$defs/d{i + 1}"}] * 2} for i in range(levels)}
+    return {"$defs": {**defs, f"d{levels}": {"type": "string"}}, "$ref": "#/$defs/d0"}
+
+
+def test_every_keyword_of_a_schema_is_held_to_the_validation_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only patterns looked at the deadline: 22 levels of anyOf held the GIL for minutes."""
+    monkeypatch.setattr(schema_module, "VALIDATION_BUDGET_S", 0.0)  # a budget already spent: the first keyword stops
+    checked = check_tools([tool("t", _nested_choices(12), _nested_choices(12))])["t"]
+    with pytest.raises(SchemaViolation, match="took too long"):
+        check_arguments(checked, {"a": 1})
+    result = mcp_types.CallToolResult(content=[], structured_content=5)
+    with pytest.raises(ResultRejected, match="took too long"):
+        check_call_result(checked, result)
+
+
+def test_unique_items_is_one_pass_and_keeps_jsonschemas_equality(monkeypatch: pytest.MonkeyPatch) -> None:
+    """jsonschema compared objects pairwise in one keyword call (5000 objects: 17 s of the GIL)."""
+    compared: list[Any] = []
+    real = jsonschema._utils.equal
+
+    def counted(one: Any, two: Any) -> bool:
+        compared.append(one)
+        return bool(real(one, two))
+
+    monkeypatch.setattr(jsonschema._utils, "equal", counted)
+    unique = {"type": "object", "properties": {"u": {"type": "array", "uniqueItems": True}}}
+    checked = check_tools([tool("t", unique)])["t"]
+    check_arguments(checked, {"u": [{"a": i} for i in range(5000)]})
+    assert compared == []
+    for same in ([1, 1.0], [{"a": 1, "b": [2]}, {"b": [2.0], "a": 1}], ["x", "x"]):
+        with pytest.raises(SchemaViolation, match="non-unique"):
+            check_arguments(checked, {"u": same})
+    for different in ([True, 1], [False, 0, None], [[1], [1, 1]], ["1", 1], [{"a": 1}, {"a": True}]):
+        check_arguments(checked, {"u": different})
+
+
+@pytest.mark.parametrize(
+    "pattern",
+    ["((a{1000}){1000}){1000}", "(?:x{1000,}){1000}", "a{99999999999999999999}", "(" * 3000 + "a" + ")" * 3000],
+)
+def test_a_pattern_too_large_to_compile_is_refused_when_tools_are_listed(pattern: str) -> None:
+    """regex writes out repeats when it compiles, before its match timeout starts: minutes of the GIL, gigabytes."""
+    for declared in ({"type": "string", "pattern": pattern}, {"type": "object", "patternProperties": {pattern: {}}}):
+        with pytest.raises(ResultRejected, match="schema the runner refuses"):
+            check_tools([tool("t", {"type": "object", "properties": {"x": declared}})])
+    check_tools([tool("t", {"type": "object", "properties": {"x": {"pattern": "^[0-9a-f]{64}$|(?:a{0,1000}){1000}"}}})])
