@@ -132,13 +132,26 @@ def _metadata(metadata: Metadata | None, token: str | None) -> tuple[tuple[str, 
     return (*sent, ("authorization", f"Bearer {token}")) if token else sent
 
 
+def _arguments_json(arguments: Mapping[str, Any]) -> str:
+    """Compact JSON with non-ASCII text as itself: the service caps arguments_json at 1 MiB of UTF-8, and
+    ``\\uXXXX`` escapes made Cyrillic text three times its size (a 400 KB Russian document to write was refused).
+    Text that cannot be UTF-8 (a lone surrogate) goes escaped, so the service names it instead of protobuf
+    failing to encode the request here."""
+    compact = json.dumps(dict(arguments), separators=(",", ":"), ensure_ascii=False)
+    try:
+        compact.encode("utf-8")
+    except UnicodeEncodeError:
+        return json.dumps(dict(arguments), separators=(",", ":"))
+    return compact
+
+
 def _call_request(
     session_id: str, tool: str, arguments: Mapping[str, Any] | None, timeout_ms: int, approval_id: str
 ) -> pb.CallToolRequest:
     return pb.CallToolRequest(
         session_id=session_id,
         tool=tool,
-        arguments_json=json.dumps(dict(arguments or {}), separators=(",", ":")) if arguments is not None else "",
+        arguments_json=_arguments_json(arguments) if arguments is not None else "",
         timeout_ms=timeout_ms,
         approval_id=approval_id,
     )

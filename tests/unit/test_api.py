@@ -24,6 +24,7 @@ from runner.api import RUNNER_SERVICE, start_server
 from runner.api._proto.mcp_runner.v1 import runner_pb2 as pb
 from runner.api._proto.mcp_runner.v1 import runner_pb2_grpc
 from runner.api.auth import ANONYMOUS, Authenticator, hash_token, new_token
+from runner.api.inputs import MAX_ARGUMENTS_BYTES
 from runner.api.servicer import SessionService
 from runner.approvals import Approval, ApprovalState
 from runner.client import AsyncRunnerClient, Progress, ToolResult
@@ -382,6 +383,21 @@ async def test_call_tool_round_trip(client: AsyncRunnerClient, fake: FakeManager
     assert result.approval is None and not result.pending
     assert fake.timeouts[-1] is None  # no deadline, no timeout_ms
     assert fake.call_args["approval_id"] == "" and not fake.call_args["on_approval"]
+
+
+async def test_non_ascii_arguments_are_sent_as_utf8_within_the_door_cap(
+    client: AsyncRunnerClient, fake: FakeManager
+) -> None:
+    """0.6 MB of Cyrillic is 1.8 MB as \\u escapes, past the door's 1 MiB cap: the client sent escapes."""
+    opened = await client.open_session("time")
+    document = "Съешь же ещё этих мягких французских булок, да выпей чаю 🎉\n" * 5_000
+    assert len(json.dumps(document).encode()) > MAX_ARGUMENTS_BYTES > len(document.encode())
+    await client.call_tool(opened.session_id, "echo", {"content": document})
+    assert fake.call_args["arguments"] == {"content": document}
+    # Text that is not UTF-8 still reaches the door, escaped, and is refused there by name.
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await client.call_tool(opened.session_id, "echo", {"text": "x\ud800"})
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "lone surrogate" in (info.value.details() or "")
 
 
 async def test_call_tool_is_error(client: AsyncRunnerClient) -> None:
