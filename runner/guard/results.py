@@ -96,6 +96,8 @@ decodes in linear time and takes the ``replace`` error handler both ways."""
 _LONG_NUMBER = 10**8
 """Numbers from here up have as many digits as the shortest number a detector redacts (an SSN); shorter ones are
 left alone without a look."""
+_SEAM = 512
+"""Characters read on each side of the seam between two text blocks: longer than any phrase a rule looks for."""
 _MOSTLY_TEXT = 20
 """A payload without a MIME type is text when at most one character in this many is not (an image has many)."""
 _CLEAN_CACHE_LIMIT = 4096
@@ -148,6 +150,15 @@ def _nesting(value: Any, nodes: int) -> int:
         elif isinstance(item, list):
             stack.extend((child, depth + 1) for child in item)
     return deepest
+
+
+def _shown_text(item: Any) -> str | None:
+    """The text a reader sees of a content block, embedded resource or prompt message, if it is text."""
+    if isinstance(item, mcp_types.PromptMessage | mcp_types.EmbeddedResource):
+        item = item.content if isinstance(item, mcp_types.PromptMessage) else item.resource
+    if isinstance(item, mcp_types.TextContent | mcp_types.TextResourceContents):
+        return item.text
+    return None
 
 
 def _locator(name: str) -> bool:
@@ -229,11 +240,34 @@ class _Walk:
             self.tick()
             if isinstance(value, dict):
                 return self.mapping(value, where, depth)
-            return [self.value(item, f"{where}[{i}]", depth + 1, locator=locator) for i, item in enumerate(value)]
+            items = [self.value(item, f"{where}[{i}]", depth + 1, locator=locator) for i, item in enumerate(value)]
+            self.seams(items, where)
+            return items
         if isinstance(value, int | float) and not isinstance(value, bool) and abs(value) >= _LONG_NUMBER:
             return self.number(value, where)  # counted as the string it is read as
         self.tick()
         return value
+
+    def seams(self, items: list[Any], where: str) -> None:
+        """Prompt injection across two text blocks in a row (``ignore all`` | ``previous instructions``): a model
+        reads consecutive blocks as one text, so the end of each and the start of the next are read together too.
+        Only what neither end shows alone is reported, under ``where[i-j]``. Not counted against the budget: each
+        block's text was, and a seam reads at most ``_SEAM`` characters of it twice more."""
+        shown = [_shown_text(item) for item in items]
+        for i in range(len(shown) - 1):
+            left, right = shown[i], shown[i + 1]
+            if left is None or right is None:
+                continue
+            joined = FindingLog()
+            self.s.injection(f"{left[-_SEAM:]}\n{right[:_SEAM]}", "", joined)
+            if not joined.added:
+                continue  # the common case: one read of the seam
+            ends = FindingLog()
+            self.s.injection(left[-_SEAM:], "", ends)
+            self.s.injection(right[:_SEAM], "", ends)
+            alone = {f.kind: f.count for f in ends.findings()}
+            for f in joined.findings():
+                self.log.add(f.kind, f.action, f"{where}[{i}-{i + 1}]", f.count - alone.get(f.kind, 0))
 
     def number(self, value: float, where: str) -> Any:
         """A long number is read as the digits a reader sees: a card number is one as ``4111111111111111`` as much

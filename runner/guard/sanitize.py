@@ -109,6 +109,8 @@ _URLSAFE = str.maketrans("+/", "-_")
 _ASCII_ESCAPE = re.compile(r"%[0-7][0-9A-Fa-f]")
 _IDENTIFIER_JOINT = re.compile(r"[_.\-]+|(?<=[a-z0-9])(?=[A-Z])")
 """Where an identifier joins its words: separators, and a capital after a small letter or digit (camelCase)."""
+_LOCATOR_JOINT = re.compile(r"[_.\-/+=&?#:;,~]+|(?<=[a-z0-9])(?=[A-Z])")
+"""The same for a URI, whose path segments and query parameters join words too."""
 
 
 @dataclass(frozen=True)
@@ -210,15 +212,32 @@ class Sanitizer:
     def locator(self, text: str, where: str, log: FindingLog) -> str:
         """A URI, URI template or MIME type: stripped and redacted, and searched for prompt injection read with its
         %-escapes decoded, but not for links that carry data (a query or a template placeholder is what a URI is
-        made of, not a sign of an attack). Poison in an icon's ``src`` or a MIME type's parameters is poison."""
-        return self._clean(text, where, log, links=False)
+        made of, not a sign of an attack). Poison in an icon's ``src`` or a MIME type's parameters is poison, and
+        so are its words joined as a URI joins them (``?q=ignore+all+previous+instructions``, ``/ignore-all-…``)."""
+        found = FindingLog()
+        clean = self._clean(text, where, found, links=False)
+        if self._enabled and not any(f.kind in INJECTION_KINDS for f in found.findings()):
+            self._words(urllib.parse.unquote_plus(text), where, found, _LOCATOR_JOINT)
+        log.extend(found.findings())
+        return clean
+
+    def injection(self, text: str, where: str, log: FindingLog) -> None:
+        """Prompt injection only, nothing rewritten: for text a reader sees as one but that arrives in pieces (the
+        seam between two content blocks)."""
+        if self._enabled and not (text.isascii() and not may_detect(text.lower())):
+            folded, _ = _fold(strip(text, where, FindingLog(), self._injection_action))
+            detect_injection(folded, read_as_latin(folded), where, log, self._injection_action)
 
     def words(self, text: str, where: str, log: FindingLog) -> None:
         """Prompt injection in an identifier read as the words it joins (``ignore_all_previous_instructions``,
         ``ignorePreviousInstructions``): only reported, the identifier itself is ``text``'s business."""
-        if not self._enabled or (text.isascii() and not may_detect(text.lower())):
+        if self._enabled:
+            self._words(text, where, log, _IDENTIFIER_JOINT)
+
+    def _words(self, text: str, where: str, log: FindingLog, joint: re.Pattern[str]) -> None:
+        if text.isascii() and not may_detect(text.lower()):
             return  # the common case: a plain identifier (first_name, maxDays) holds no word a rule starts from
-        spaced = _IDENTIFIER_JOINT.sub(" ", strip(text, where, FindingLog(), self._injection_action))
+        spaced = joint.sub(" ", strip(text, where, FindingLog(), self._injection_action))
         folded, _ = _fold(spaced)
         detect_injection(folded, read_as_latin(folded), where, log, self._injection_action, links=False)
 
