@@ -225,6 +225,10 @@ def _files_in_scratch(client: RunnerClient, sid: str) -> None:
     assert call("search_files", path="/tmp", pattern="**/*.txt") == "/tmp/d/b.txt"
     assert "isFile: true" in call("get_file_info", path="/tmp/d/b.txt")
     call("list_directory_with_sizes", path="/tmp/d")
+    # 0.6 MB of non-Latin text to write: as \u escapes it was past the 1 MiB argument cap.
+    document = "Съешь же ещё этих мягких французских булок, да выпей чаю. 日本語 🎉\n" * 5_000
+    call("write_file", path="/tmp/d/long.md", content=document)
+    assert call("read_text_file", path="/tmp/d/long.md") == document
 
 
 def _files_on_a_mount(client: RunnerClient, sid: str) -> None:
