@@ -277,14 +277,21 @@ class ApprovalBook:
                 if not waiters and self._waiters.get(approval_id) is waiters:
                     del self._waiters[approval_id]
 
-    def claim(self, approval_id: str, *, caller: str, session_id: str) -> Approval:
-        """The caller comes back to run an approved call: it runs once, in the session that asked for it."""
+    def claimable(self, approval_id: str, *, caller: str, session_id: str) -> Approval:
+        """The approval, if ``caller`` asked for it in ``session_id``: nothing of another's (its tool, whether
+        some arguments are its) is told by what a claim compares next."""
         self._expire_overdue()
         current = self._record(approval_id)
         if current.caller != caller:
             raise PermissionDenied(f"approval {approval_id} was requested by another caller")
         if current.session_id != session_id:
             raise PermissionDenied(f"approval {approval_id} was requested in another session")
+        return self._out(current)
+
+    def claim(self, approval_id: str, *, caller: str, session_id: str) -> Approval:
+        """The caller comes back to run an approved call: it runs once, in the session that asked for it."""
+        self.claimable(approval_id, caller=caller, session_id=session_id)
+        current = self._record(approval_id)
         if current.state is ApprovalState.PENDING:
             raise FailedPrecondition(f"approval {approval_id} is still waiting for an approver")
         if current.state is ApprovalState.DENIED:

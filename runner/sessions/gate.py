@@ -197,7 +197,7 @@ class Gate:
         self, caller: str, session_id: str, profile: str, approval_id: str, tool: str, arguments: dict[str, Any]
     ) -> Approval:
         """The approved call behind ``approval_id``, if it is this call, still allowed, and not used yet."""
-        approval = self.approvals.get(approval_id)
+        approval = self.approvals.claimable(approval_id, caller=caller, session_id=session_id)
         if approval.tool != tool:
             raise InvalidArgument(f"approval {approval_id} is for tool {approval.tool!r}, not {tool!r}")
         if arguments and arguments != dict(approval.arguments):

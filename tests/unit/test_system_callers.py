@@ -33,7 +33,7 @@ TOKENS = {"alice": "alice-token-0123456789", "bob": "bob-token-0123456789"}
 RATES = "rates: {refusals_per_min: 100000, refusal_burst: 1000}"  # every refusal answered, none throttled
 POLICY = f"""
     callers:
-      alice: {{tokens: ["{hash_token(TOKENS["alice"])}"], profiles: ["*"], {RATES}}}
+      alice: {{tokens: ["{hash_token(TOKENS["alice"])}"], profiles: ["*"], {RATES}, tools: {{approval: [say]}}}}
       bob: {{tokens: ["{hash_token(TOKENS["bob"])}"], profiles: ["*"], {RATES}}}
 """
 OK = {grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.NOT_FOUND}
@@ -131,3 +131,23 @@ def test_callers_learn_nothing_of_each_others_sessions(service: TokenService) ->
         assert alice.GetSession(pb.GetSessionRequest(session_id=live)).session.state == pb.SESSION_STATE_READY
         assert alice.CallTool(pb.CallToolRequest(session_id=live, tool="echo", arguments_json='{"text": "hi"}'))
         assert not re.search("alice", repr([m for _, (_, m) in made_up]))
+
+
+def test_another_callers_approval_id_tells_nothing_of_its_call(service: TokenService) -> None:
+    """Once, claiming it named its tool ("is for tool 'say'") and told whether the arguments were its."""
+    with grpc.insecure_channel(service.address) as channel:
+        stub = runner_pb2_grpc.RunnerStub(channel)
+        alice, bob = as_caller(stub, "alice"), as_caller(stub, "bob")
+        hers = alice.OpenSession(pb.OpenSessionRequest(profile="good")).session_id
+        mine = bob.OpenSession(pb.OpenSessionRequest(profile="good")).session_id
+        asked = alice.CallTool(pb.CallToolRequest(session_id=hers, tool="say", arguments_json='{"text": "secret"}'))
+        approval_id = asked.approval.approval_id
+        answers = {
+            (tool, arguments): answer(lambda: bob.CallTool(pb.CallToolRequest(
+                session_id=mine, tool=tool, arguments_json=arguments, approval_id=approval_id)))  # noqa: B023
+            for tool in ("say", "echo")
+            for arguments in ('{"text": "secret"}', '{"text": "guess"}')
+        }  # fmt: skip
+        assert set(answers.values()) == {
+            (grpc.StatusCode.PERMISSION_DENIED, f"approval {approval_id} was requested by another caller")
+        }, answers
