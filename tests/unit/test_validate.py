@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import subprocess
 import sys
+import types
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -371,6 +373,21 @@ def test_every_keyword_of_a_schema_is_held_to_the_validation_budget(monkeypatch:
     result = mcp_types.CallToolResult(content=[], structured_content=5)
     with pytest.raises(ResultRejected, match="took too long"):
         check_call_result(checked, result)
+
+
+def test_the_validation_budget_grows_with_the_value(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A flat 0.5 s dropped the memory server's graph of 10,000 entities (0.4 s idle) on a busy machine: large
+    honest values get time per value, while an exploding schema on a small value still stops at once."""
+    monkeypatch.setattr(schema_module, "VALIDATION_BUDGET_S", 0.0)  # only the allowance per value is left
+    ticks = itertools.count()  # a clock that moves 1 µs per look, whatever the machine's load
+    monkeypatch.setattr(schema_module, "time", types.SimpleNamespace(monotonic=lambda: next(ticks) * 1e-6))
+    rows = {"type": "array", "items": {"type": "object", "properties": {"name": {"type": "string"}}}}
+    checked = check_tools([tool("t", {"type": "object"}, {"type": "object", "properties": {"rows": rows}})])["t"]
+    rows_of_names = {"rows": [{"name": f"r{i}"} for i in range(20_000)]}
+    check_call_result(checked, mcp_types.CallToolResult(content=[], structured_content=rows_of_names))
+    exploding = check_tools([tool("x", _nested_choices(12), _nested_choices(12))])["x"]
+    with pytest.raises(ResultRejected, match="took too long"):
+        check_call_result(exploding, mcp_types.CallToolResult(content=[], structured_content=5))
 
 
 def test_unique_items_is_one_pass_and_keeps_jsonschemas_equality(monkeypatch: pytest.MonkeyPatch) -> None:
