@@ -30,12 +30,13 @@ import base64
 import bisect
 import heapq
 import json
+import operator
 import re
 import unicodedata
 import urllib.parse
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from itertools import repeat
+from itertools import accumulate, count, repeat
 
 from runner.guard.detectors import (
     LONG_RUN,
@@ -106,7 +107,15 @@ MIN_SECRET_LENGTH = 4
 _MIN_BASE64_FORM = 8
 """Shorter base64 pieces of a short secret would be found by chance in any long base64 text."""
 _URLSAFE = str.maketrans("+/", "-_")
-_ASCII_ESCAPE = re.compile(r"%[0-7][0-9A-Fa-f]")
+_ASCII_ESCAPE = re.compile(r"(%[0-7][0-9A-Fa-f]|\\(?:u00[0-7][0-9A-Fa-f]|x[0-7][0-9A-Fa-f]|/))")
+"""An ASCII character spelled as a URL escape (``%5F``) or as JSON and ``repr`` spell it (``\\u0041``, ``\\x41``,
+``\\/``): whoever decodes the text reads the character."""
+_UNESCAPED = {"\\/": "/"} | {
+    f"{lead}{digits}": chr(code)
+    for code in range(128)
+    for digits in {f"{code:02x}", f"{code:02X}"}
+    for lead in ("%", "\\u00", "\\x")
+}
 _IDENTIFIER_JOINT = re.compile(r"[_.\-]+|(?<=[a-z0-9])(?=[A-Z])")
 """Where an identifier joins its words: separators, and a capital after a small letter or digit (camelCase)."""
 _LOCATOR_JOINT = re.compile(r"[_.\-/+=&?#:;,~]+|(?<=[a-z0-9])(?=[A-Z])")
@@ -254,23 +263,28 @@ class Sanitizer:
         latin = lower if read is folded and folded.isascii() else read_as_latin(read)
         detect_injection(folded, latin, where, log, self._injection_action, links=links)
         found = self._spans(folded, lower)
-        if "%" in folded:
-            found += self._escaped_spans(folded)
+        if "%" in folded or "\\" in folded:
+            found += self._escaped_spans(folded, self._spans)
         if folded is not text:
             origin = _origin(text) if found and shifted else None  # only text with a finding pays for the map
             found = [(kind, *_back(start, end, origin)) for kind, start, end in found] + self._secret_spans(text)
         return _apply(text, found, where, log) if found else text
 
     def _own_secrets(self, text: str, where: str, log: FindingLog) -> str:
-        """Sanitizing off: only the service's own secrets go, also when invisible characters split them."""
+        """Sanitizing off: only the service's own secrets go, however they are spelled: split by invisible
+        characters, in compatibility forms (``Ｏwn…``), or with escapes (``%4Fwn…``, ``\\u004fwn…``)."""
         found = self._secret_spans(text)
         stripping = FindingLog()
         stripped = strip(text, where, stripping, FLAGGED)
-        if stripped != text:
-            hidden = self._secret_spans(stripped)
-            if len(hidden) > len(found):
-                log.extend(stripping.findings())
-                return _apply(stripped, hidden, where, log)
+        hidden = self._secret_spans(stripped)
+        folded, shifted = _fold(stripped)
+        if folded is not stripped or "%" in folded or "\\" in folded:
+            spelled = self._secret_spans(folded) + self._escaped_spans(folded, self._secret_spans)
+            origin = _origin(stripped) if spelled and shifted else None
+            hidden += [(kind, *_back(start, end, origin)) for kind, start, end in spelled]
+        if len(_choose(hidden)) > len(_choose(found)):
+            log.extend(stripping.findings())
+            return _apply(stripped, hidden, where, log)
         return _apply(text, found, where, log) if found else text
 
     def redact_secrets(self, text: str) -> str:
@@ -280,7 +294,8 @@ class Sanitizer:
 
     # -- redaction -----------------------------------------------------------------------------------------------------
 
-    def _secret_spans(self, text: str) -> list[tuple[str, int, int]]:
+    def _secret_spans(self, text: str, lower: str = "") -> list[tuple[str, int, int]]:
+        """Every occurrence of one of the service's own secrets (``lower`` is unused: ``_spans``'s signature)."""
         found: list[tuple[str, int, int]] = []
         for secret in self._secrets:
             pos = text.find(secret)
@@ -289,25 +304,32 @@ class Sanitizer:
                 pos = text.find(secret, pos + len(secret))
         return found
 
-    def _escaped_spans(self, text: str) -> list[tuple[str, int, int]]:
-        """What to redact that is spelled with %-escapes (``ghp%5F…``, ``sk%2D…``): found on a decoded copy, and
-        mapped back to the escapes it came from. Only ASCII is decoded: every credential format is ASCII."""
-        escapes = [m.start() for m in _ASCII_ESCAPE.finditer(text)]
-        if not escapes:
+    def _escaped_spans(
+        self, text: str, find: Callable[[str, str], list[tuple[str, int, int]]]
+    ) -> list[tuple[str, int, int]]:
+        """What ``find`` redacts that is spelled with escapes (``ghp%5F…``, ``sk%2D…``, ``ghp_\\u0041…``): found on
+        a decoded copy, and mapped back to the escapes it came from. Only ASCII is decoded: every credential
+        format is ASCII."""
+        pieces = _ASCII_ESCAPE.split(text)  # plain text, escape, plain text, …: the work stays in C
+        if len(pieces) == 1:
             return []
-        decoded = _ASCII_ESCAPE.sub(lambda m: chr(int(m.group()[1:], 16)), text)
-        at = [pos - 2 * k for k, pos in enumerate(escapes)]  # where each decoded escape sits in ``decoded``
+        escapes = pieces[1::2]
+        plain = list(map(len, pieces[0::2]))
+        at = list(map(operator.add, accumulate(plain[:-1]), count()))  # where each escape's character sits
+        shift = list(accumulate(map((1).__rsub__, map(len, escapes)), initial=0))  # characters escapes took beyond one
+        pieces[1::2] = map(_UNESCAPED.__getitem__, escapes)
+        decoded = "".join(pieces)
 
         def start_of(pos: int) -> int:
             """Where the character at ``pos`` of ``decoded`` starts in ``text``."""
-            return pos + 2 * bisect.bisect_left(at, pos)
+            return pos + shift[bisect.bisect_left(at, pos)]
 
         def end_of(pos: int) -> int:
-            """Where the character at ``pos`` of ``decoded`` ends in ``text``: an escape is three characters."""
+            """Where the character at ``pos`` of ``decoded`` ends in ``text``, escape and all."""
             k = bisect.bisect_left(at, pos)
-            return start_of(pos) + (3 if k < len(at) and at[k] == pos else 1)
+            return pos + shift[k] + 1 + (shift[k + 1] - shift[k] if k < len(at) and at[k] == pos else 0)
 
-        spans = self._spans(decoded, decoded.lower())
+        spans = find(decoded, decoded.lower())
         return [(kind, start_of(start), end_of(end - 1)) for kind, start, end in spans if end > start]
 
     def _spans(self, text: str, lower: str) -> list[tuple[str, int, int]]:

@@ -68,3 +68,21 @@ def test_a_disguised_secret_goes_whole_and_its_neighbours_stay(data: st.DataObje
 @given(NEIGHBOURS)
 def test_text_without_secrets_only_loses_what_stripping_removes(text: str) -> None:
     assert S.text(text, "x", FindingLog()) == stripped(text)
+
+
+def test_a_token_spelled_with_json_escapes_is_redacted_escapes_and_all() -> None:
+    # A tool that returns JSON as text: whoever parses it reads \u0041 as A and \/ as /.
+    text = '{"t": "ghp_\\u0041\\u00311b2C3d4E5f6G7h8I9j0K1l2M3n4O5p6Q7r8", "next": "ok"}'
+    assert S.text(text, "x", FindingLog()) == '{"t": "[REDACTED:github_token]", "next": "ok"}'
+
+
+def test_own_secrets_go_however_spelled_with_sanitizing_off() -> None:
+    off = Sanitizer(SanitizeConfig(enabled=False, secrets=(OWN,)))
+    for spelled in (
+        "\uff3aq9#own-Secret!42",
+        "%5Aq9#own-Secret!42",
+        "\\u005aq9#own-Secret!42",
+        "Zq9#own-Secret!4\uff12",
+    ):
+        assert off.text(f"a {spelled} b \x1b[1m", "x", FindingLog()) == "a [REDACTED:secret] b ", spelled
+    assert off.text("plain \x1b[1m text", "x", FindingLog()) == "plain \x1b[1m text"
