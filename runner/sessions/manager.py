@@ -54,6 +54,8 @@ from runner.guard.memory import GuardMemory
 from runner.guard.sanitize import Sanitizer
 from runner.guard.screening import screen_tools
 from runner.guard.validate import (
+    MAX_RESULT_ITEMS,
+    MAX_TOOLS,
     CheckedTool,
     check_arguments,
     check_initialize,
@@ -87,6 +89,11 @@ P = TypeVar("P", bound=BaseModel)
 V = TypeVar("V")
 
 MAX_PAGES = 100
+_LISTED = {"tools/list": ("tools", MAX_TOOLS), "resources/list": ("resources", MAX_RESULT_ITEMS),
+           "prompts/list": ("prompts", MAX_RESULT_ITEMS)}
+"""What each listing holds and how many of it all its pages together may hold. Counted page by page: a server
+paging 4096 resources a time for MAX_PAGES pages had the service hold, sanitize and record 409 600 of them for one
+call before any cap applied (tools: 1024, but only after all pages)."""
 PING_AFTER_TIMEOUT_S = 3.0
 MIN_CALL_BUDGET_S = 0.05
 """Less time than this left after an approval wait: the approved call is left for a later CallTool."""
@@ -608,12 +615,17 @@ class SessionManager:
     ) -> list[P]:
         pages: list[P] = []
         cursor: str | None = None
+        listed = 0
         for _ in range(MAX_PAGES):
             params: dict[str, Any] = {"cursor": cursor} if cursor else {}
             recorded = {"cursor": outflow.cursor_record(session, cursor)} if cursor else {}
             raw = await self._request(session, method, params, timeout, None, recorded)
             page = await asyncio.to_thread(parse_result, model, raw, f"{method} result")
             pages.append(page)
+            field, cap = _LISTED[method]
+            listed += len(getattr(page, field))
+            if listed > cap:
+                raise ResultRejected(f"the server's {method} lists more than {cap} {field} over {len(pages)} pages")
             cursor = getattr(page, "next_cursor", None)
             if not cursor:
                 return pages
