@@ -1,6 +1,6 @@
-"""Properties of redaction mapped back from the folded copy: a secret disguised with invisible characters and
-compatibility forms (fullwidth, mathematical letters) goes whole, and the text around it is left as stripping
-leaves it."""
+"""Properties of redaction mapped back from the folded copy: a secret disguised with invisible characters,
+compatibility forms (fullwidth, mathematical letters) and escapes (``%41``, ``\\u0041``) goes whole, and the text
+around it is left as stripping leaves it."""
 
 from __future__ import annotations
 
@@ -38,7 +38,10 @@ PROPERTY = settings(max_examples=300, deadline=None, suppress_health_check=list(
 def disguised(draw: st.DrawFn, secret: str) -> str:
     out = []
     for ch in secret:
-        form = draw(st.integers(0, 5))
+        form = draw(st.integers(0, 7))
+        if form == 2:
+            out.append(draw(st.sampled_from(["%{:02X}", "\\u{:04x}", "\\x{:02x}"])).format(ord(ch)))
+            continue
         out.append(FULLWIDTH.get(ch, ch) if form == 0 else BOLD.get(ch, ch) if form == 1 else ch)
         if draw(st.integers(0, 4)) == 0:
             out.append(draw(st.sampled_from(INVISIBLE)))
