@@ -32,8 +32,10 @@ from __future__ import annotations
 import base64
 import binascii
 import codecs
+import itertools
 import json
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, TypeAlias, TypeVar
 
@@ -96,6 +98,7 @@ decodes in linear time and takes the ``replace`` error handler both ways."""
 _LONG_NUMBER = 10**8
 """Numbers from here up have as many digits as the shortest number a detector redacts (an SSN); shorter ones are
 left alone without a look."""
+_PROSE_FIELDS = ("title", "description")
 _SEAM = 512
 """Characters read on each side of the seam between two text blocks: longer than any phrase a rule looks for."""
 _MOSTLY_TEXT = 20
@@ -159,6 +162,21 @@ def _shown_text(item: Any) -> str | None:
     if isinstance(item, mcp_types.TextContent | mcp_types.TextResourceContents):
         return item.text
     return None
+
+
+def _prose(value: Any) -> Iterator[str]:
+    """The descriptions and titles in a JSON value (a tool's, its schemas' and their properties'), in the order a
+    reader meets them; iterative, as schemas nest."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            for key in _PROSE_FIELDS:
+                if isinstance(item.get(key), str):
+                    yield item[key]
+            stack.extend(reversed(item.values()))
+        elif isinstance(item, list):
+            stack.extend(reversed(item))
 
 
 def _locator(name: str) -> bool:
@@ -251,23 +269,27 @@ class _Walk:
     def seams(self, items: list[Any], where: str) -> None:
         """Prompt injection across two text blocks in a row (``ignore all`` | ``previous instructions``): a model
         reads consecutive blocks as one text, so the end of each and the start of the next are read together too.
-        Only what neither end shows alone is reported, under ``where[i-j]``. Not counted against the budget: each
-        block's text was, and a seam reads at most ``_SEAM`` characters of it twice more."""
+        Only what neither end shows alone is reported, under ``where[i-j]``."""
         shown = [_shown_text(item) for item in items]
         for i in range(len(shown) - 1):
-            left, right = shown[i], shown[i + 1]
-            if left is None or right is None:
-                continue
-            joined = FindingLog()
-            self.s.injection(f"{left[-_SEAM:]}\n{right[:_SEAM]}", "", joined)
-            if not joined.added:
-                continue  # the common case: one read of the seam
-            ends = FindingLog()
-            self.s.injection(left[-_SEAM:], "", ends)
-            self.s.injection(right[:_SEAM], "", ends)
-            alone = {f.kind: f.count for f in ends.findings()}
-            for f in joined.findings():
-                self.log.add(f.kind, f.action, f"{where}[{i}-{i + 1}]", f.count - alone.get(f.kind, 0))
+            self.seam(shown[i], shown[i + 1], f"{where}[{i}-{i + 1}]")
+
+    def seam(self, left: str | None, right: str | None, where: str) -> None:
+        """What the end of ``left`` and the start of ``right`` say only together. Not counted against the budget:
+        both were, and a seam reads at most ``_SEAM`` characters of each twice more."""
+        if not left or not right:
+            return
+        left, right = left[-_SEAM:], right[:_SEAM]
+        joined = FindingLog()
+        self.s.injection(f"{left}\n{right}", "", joined)
+        if not joined.added:
+            return  # the common case: one read of the seam
+        ends = FindingLog()
+        self.s.injection(left, "", ends)
+        self.s.injection(right, "", ends)
+        alone = {f.kind: f.count for f in ends.findings()}
+        for f in joined.findings():
+            self.log.add(f.kind, f.action, where, f.count - alone.get(f.kind, 0))
 
     def number(self, value: float, where: str) -> Any:
         """A long number is read as the digits a reader sees: a card number is one as ``4111111111111111`` as much
@@ -423,7 +445,14 @@ class ToolWalk:
     def tool(self, tool: mcp_types.Tool, index: int, log: FindingLog) -> mcp_types.Tool:
         """Every string of the tool; a name or schema key that would change is reported as ``unsafe_identifier``."""
         self._walk.log = log
-        return self._walk.model(tool, self.where(tool, index), 0)
+        where = self.where(tool, index)
+        clean = self._walk.model(tool, where, 0)
+        # A model reads a tool's definition as one text: an instruction can start in the description and end in
+        # a property's description, so the seam between each two descriptions or titles in a row is read too.
+        prose = list(_prose(clean.model_dump(exclude_none=True)))
+        for left, right in itertools.pairwise(prose):
+            self._walk.seam(left, right, f"{where}.<between descriptions>")
+        return clean
 
 
 def sanitize_tools(
