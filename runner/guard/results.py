@@ -266,6 +266,17 @@ class _Walk:
         self.tick()
         return value
 
+    def definition(self, model: T, where: str) -> T:
+        """A tool or prompt: every string, and the seam between each two descriptions or titles in a row. A model
+        reads the definition as one text: an instruction can start in the description and end in a property's or
+        an argument's description."""
+        clean = self.model(model, where, 0)
+        assert isinstance(clean, BaseModel)
+        prose = list(_prose(clean.model_dump(exclude_none=True)))
+        for left, right in itertools.pairwise(prose):
+            self.seam(left, right, f"{where}.<between descriptions>")
+        return clean
+
     def seams(self, items: list[Any], where: str) -> None:
         """Prompt injection across two text blocks in a row (``ignore all`` | ``previous instructions``): a model
         reads consecutive blocks as one text, so the end of each and the start of the next are read together too.
@@ -446,13 +457,7 @@ class ToolWalk:
         """Every string of the tool; a name or schema key that would change is reported as ``unsafe_identifier``."""
         self._walk.log = log
         where = self.where(tool, index)
-        clean = self._walk.model(tool, where, 0)
-        # A model reads a tool's definition as one text: an instruction can start in the description and end in
-        # a property's description, so the seam between each two descriptions or titles in a row is read too.
-        prose = list(_prose(clean.model_dump(exclude_none=True)))
-        for left, right in itertools.pairwise(prose):
-            self._walk.seam(left, right, f"{where}.<between descriptions>")
-        return clean
+        return self._walk.definition(tool, where)
 
 
 def sanitize_tools(
@@ -482,7 +487,7 @@ def sanitize_prompts(
 ) -> list[mcp_types.Prompt]:
     """Every string of each prompt and its arguments."""
     walk = _Walk(s, log, budget or DEFAULT_BUDGET)
-    return [walk.model(prompt, _named(s, prompt, "prompts", i), 0) for i, prompt in enumerate(prompts)]
+    return [walk.definition(prompt, _named(s, prompt, "prompts", i)) for i, prompt in enumerate(prompts)]
 
 
 def sanitize_prompt_result(
