@@ -20,7 +20,7 @@ import contextlib
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from dataclasses import asdict, replace
 from typing import Any, TypeVar
 
@@ -775,12 +775,17 @@ class SessionManager:
     async def _reap_forever(self) -> None:
         while True:
             await asyncio.sleep(self._settings.reap_interval_s)
-            await self.reap()
+            # Not awaited: a teardown that hangs (Docker slow to stop one sandbox) must not hold back the next
+            # round's reaping; a session being ended is no longer READY, so no round ends it twice.
+            reaping = asyncio.ensure_future(self.reap())
+            self._teardowns.add(reaping)
+            reaping.add_done_callback(self._teardowns.discard)
 
     async def reap(self) -> None:
         """End sessions idle or alive for too long; forget long-ended ones."""
         self._gate.approvals.sweep()
         now = time.monotonic()
+        due: list[Coroutine[Any, Any, None]] = []
         for session in list(self._sessions.values()):
             if session.state is SessionState.READY:
                 if not session.busy and now - session.last_used > session.limits.idle_timeout_s:
@@ -790,6 +795,8 @@ class SessionManager:
                 else:
                     continue
                 log.info("reaping session %s: %s", session.id, reason)
-                await self._end(session, SessionState.CLOSED, reason)
+                due.append(self._end(session, SessionState.CLOSED, reason))
             elif session.ended is not None and now - session.ended > CLOSED_RETENTION_S:
                 del self._sessions[session.id]
+        # Side by side: one after another, a sandbox slow to tear down kept every other due session running.
+        await asyncio.gather(*due)
