@@ -47,6 +47,13 @@ def _one_line(text: str) -> str:
     return " ".join(text.split())
 
 
+def _field(text: str) -> str:
+    """A one-line field of a line-oriented output (a name, an id, a label): its line breaks and tabs shown as
+    ``\\n`` and ``\\t``, so a value from a server or another caller cannot start a line that looks like the
+    command's own (a forged tool, approval or session row)."""
+    return text.replace("\n", "\\n").replace("\t", "\\t")
+
+
 def _client(args: argparse.Namespace) -> RunnerClient:
     credentials = None
     if args.ca or args.cert or args.key:
@@ -60,11 +67,12 @@ def _client(args: argparse.Namespace) -> RunnerClient:
 
 def _approval_line(approval: pb.Approval) -> str:
     state = _APPROVAL_STATES.get(approval.state, "unknown")
-    decided = f" by {approval.decided_by}" if approval.decided_by else ""
+    decided = f" by {_field(approval.decided_by)}" if approval.decided_by else ""
     reason = f" ({_one_line(approval.reason)})" if approval.reason else ""
     return (
-        f"{approval.approval_id}  {state}{decided}{reason}  caller={approval.caller} session={approval.session_id} "
-        f"tool={approval.tool} arguments={approval.arguments_json or '{}'}  rule: {approval.rule}"
+        f"{_field(approval.approval_id)}  {state}{decided}{reason}  caller={_field(approval.caller)} "
+        f"session={_field(approval.session_id)} tool={_field(approval.tool)} "
+        f"arguments={_field(approval.arguments_json or '{}')}  rule: {_field(approval.rule)}"
     )
 
 
@@ -88,11 +96,12 @@ def _serve(args: argparse.Namespace) -> int:
 def _tools(args: argparse.Namespace) -> int:
     with _client(args) as client, client.session(args.profile) as opened:
         server = opened.server
-        print(f"# {server.name} {server.version} (MCP {server.protocol_version}) — {len(opened.tools)} tools")
+        head = f"{_field(server.name)} {_field(server.version)} (MCP {_field(server.protocol_version)})"
+        print(f"# {head} — {len(opened.tools)} tools")
         for tool in opened.tools:
             description = _one_line(tool.description)
-            print(f"{tool.name}" + (f" — {description}" if description else ""))
-            print(f"    input: {tool.input_schema_json or '{}'}")
+            print(f"{_field(tool.name)}" + (f" — {description}" if description else ""))
+            print(f"    input: {_field(tool.input_schema_json or '{}')}")
         _print_findings(opened.findings)
     return 0
 
@@ -148,13 +157,12 @@ def _sessions(args: argparse.Namespace) -> int:
         return _session_detail(args)
     with _client(args) as client:
         sessions = client.list_sessions()
-    rows = [("SESSION", "PROFILE", "CALLER", "STATE", "AGE", "CALLS", "LABELS")]
+    rows: list[tuple[str, ...]] = [("SESSION", "PROFILE", "CALLER", "STATE", "AGE", "CALLS", "LABELS")]
     for s in sessions:
         labels = ",".join(f"{k}={v}" for k, v in sorted(s.labels.items()))
         state = _STATES.get(s.state, "unknown")
-        rows.append(
-            (s.session_id, s.profile, s.caller, state, f"{s.age_ms / 1000:.1f}s", str(s.usage.calls), labels)
-        )
+        cells = (s.session_id, s.profile, s.caller, state, f"{s.age_ms / 1000:.1f}s", str(s.usage.calls), labels)
+        rows.append(tuple(map(_field, cells)))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
@@ -164,19 +172,21 @@ def _sessions(args: argparse.Namespace) -> int:
 def _session_detail(args: argparse.Namespace) -> int:
     with _client(args) as client:
         s = client.get_session(args.session_id)
-    print(f"session {s.session_id}  profile {s.profile}  caller {s.caller}  {_STATES.get(s.state, 'unknown')}")
+    state = _STATES.get(s.state, "unknown")
+    print(f"session {_field(s.session_id)}  profile {_field(s.profile)}  caller {_field(s.caller)}  {state}")
     if s.failure:
         print(f"failure: {s.failure}")
-    print(f"runtime: {s.runtime}")
-    print(f"network: {s.network}")
+    print(f"runtime: {_field(s.runtime)}")
+    print(f"network: {_field(s.network)}")
     if s.egress:
         print(f"egress decisions (most recent {len(s.egress)}):")
     for d in s.egress:
         moment = d.time.ToDatetime().strftime("%H:%M:%S")
         verdict = "allowed" if d.allowed else "REFUSED"
-        target = f"{d.host}:{d.port}" if d.port else d.host or "-"
-        address = f" [{d.address}]" if d.address else ""
-        print(f"  {moment}  {verdict:<7}  {d.method or '-':<7} {target}{address}  {d.code}: {d.reason}")
+        target = _field(f"{d.host}:{d.port}" if d.port else d.host or "-")
+        address = f" [{_field(d.address)}]" if d.address else ""
+        method, why = _field(d.method or "-"), f"{_field(d.code)}: {_field(d.reason)}"
+        print(f"  {moment}  {verdict:<7}  {method:<7} {target}{address}  {why}")
     return 0
 
 

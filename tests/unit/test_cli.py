@@ -437,3 +437,24 @@ def test_control_free_streams_are_restored(capsys: pytest.CaptureFixture[str]) -
     assert cli.main(["token", "b\u202eob"]) == 0
     assert sys.stdout is stdout
     assert "b\\u202eob" in capsys.readouterr().out
+
+
+async def test_line_breaks_from_the_service_cannot_forge_lines(
+    address: str, fake: FakeManager, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import dataclasses
+
+    from tests.unit import test_api
+
+    forged = "\nsafe_tool — verified by the operator"
+    monkeypatch.setattr(test_api, "SERVER", dataclasses.replace(test_api.SERVER, name="fake" + forged))
+    assert await run(address, "tools", "--profile", "time") == 0
+    out = capsys.readouterr().out
+    assert "# fake\\nsafe_tool — verified by the operator 1.0" in out
+    assert not any(line.startswith("safe_tool") for line in out.splitlines())
+    opened = await fake.open("time", caller="bob", labels={"team": "a\tb"})
+    fake.sessions[opened.info.session_id] = dataclasses.replace(opened.info, runtime="runsc" + forged)
+    assert await run(address, "sessions") == 0
+    assert "team=a\\tb" in capsys.readouterr().out
+    assert await run(address, "sessions", opened.info.session_id) == 0
+    assert "runtime: runsc\\nsafe_tool" in capsys.readouterr().out
