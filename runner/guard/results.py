@@ -44,7 +44,7 @@ from pydantic import BaseModel
 
 from runner.errors import ResultRejected
 from runner.guard.findings import BLOCKED, REDACTED, FindingLog
-from runner.guard.kinds import UNSAFE_IDENTIFIER
+from runner.guard.kinds import INJECTION_KINDS, UNSAFE_IDENTIFIER
 from runner.guard.sanitize import Sanitizer
 
 MAX_DEPTH = 64
@@ -388,11 +388,18 @@ class _Walk:
         self.tick(len(text))
         other = FindingLog()
         self.s.text(text, where, other)
-        if any(finding.action == REDACTED for finding in other.findings()):
+        found = other.findings()
+        if any(finding.action == REDACTED for finding in found):
             raise ResultRejected(
                 f"the payload at {where} holds data to redact when read as UTF-8 instead of its declared charset; "
                 "it was refused, not passed on for readers that ignore the charset"
             )
+        injected = [finding for finding in found if finding.kind in INJECTION_KINDS]
+        if injected:  # reported as found in the payload, unless its declared reading found the same already
+            seen = {finding.kind for finding in self.log.findings() if finding.where == where}
+            for finding in injected:
+                if finding.kind not in seen:
+                    self.log.add(finding.kind, finding.action, where, finding.count)
 
     def document(self, text: str, where: str, mime_type: str | None) -> str:
         """Text of a MIME type. JSON is parsed and walked as a value: in its text, ``\\u001b`` is six harmless
