@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import secrets
 import time
@@ -30,7 +31,7 @@ from pydantic import BaseModel
 from runner.approvals import Approval
 from runner.audit import records
 from runner.audit.records import capped
-from runner.channel import AgentChannel, agent_env
+from runner.channel import AgentChannel, agent_env, describe_cap
 from runner.config import Limits, Profile, Settings
 from runner.errors import (
     DeadlineExceeded,
@@ -94,6 +95,9 @@ _LISTED = {"tools/list": ("tools", MAX_TOOLS), "resources/list": ("resources", M
 """What each listing holds and how many of it all its pages together may hold. Counted page by page: a server
 paging 4096 resources a time for MAX_PAGES pages had the service hold, sanitize and record 409 600 of them for one
 call before any cap applied (tools: 1024, but only after all pages)."""
+LISTING_MESSAGES = 4
+"""A listing's pages together may weigh this many of the largest message a sandbox may send: pages holding few
+items each but near the cap (descriptions, _meta) made 100 pages of 4 MiB, 400 MiB held for one call."""
 PING_AFTER_TIMEOUT_S = 3.0
 MIN_CALL_BUDGET_S = 0.05
 """Less time than this left after an approval wait: the approved call is left for a later CallTool."""
@@ -615,17 +619,24 @@ class SessionManager:
     ) -> list[P]:
         pages: list[P] = []
         cursor: str | None = None
-        listed = 0
+        listed = weight = 0
+        heaviest = LISTING_MESSAGES * self._settings.max_message_bytes
         for _ in range(MAX_PAGES):
             params: dict[str, Any] = {"cursor": cursor} if cursor else {}
             recorded = {"cursor": outflow.cursor_record(session, cursor)} if cursor else {}
             raw = await self._request(session, method, params, timeout, None, recorded)
-            page = await asyncio.to_thread(parse_result, model, raw, f"{method} result")
+            page, size = await asyncio.to_thread(_parse_page, model, raw, f"{method} result")
             pages.append(page)
             field, cap = _LISTED[method]
             listed += len(getattr(page, field))
+            weight += size
             if listed > cap:
                 raise ResultRejected(f"the server's {method} lists more than {cap} {field} over {len(pages)} pages")
+            if weight > heaviest:
+                raise ResultRejected(
+                    f"the server's {method} pages weigh more than {LISTING_MESSAGES} messages of the "
+                    f"{describe_cap(self._settings.max_message_bytes)} cap over {len(pages)} pages"
+                )
             cursor = getattr(page, "next_cursor", None)
             if not cursor:
                 return pages
@@ -800,3 +811,8 @@ class SessionManager:
                 del self._sessions[session.id]
         # Side by side: one after another, a sandbox slow to tear down kept every other due session running.
         await asyncio.gather(*due)
+
+
+def _parse_page(model: type[P], raw: dict[str, Any], what: str) -> tuple[P, int]:
+    """A page of a listing and its size as sent (near enough: compact JSON of what the channel parsed)."""
+    return parse_result(model, raw, what), len(json.dumps(raw, separators=(",", ":"), ensure_ascii=False))

@@ -28,10 +28,16 @@ SERVED: dict[str, int] = {}
 
 
 class EndlessAgent(FakeAgent):
-    """'endless_<method>': every page of that listing holds PER_PAGE items and names a next one."""
+    """'endless_<method>': every page of that listing holds PER_PAGE items and names a next one; 'heavy_pages':
+    every resources page holds one resource and 600 KB of _meta."""
 
     async def _answer(self, io: FakeIO, msg: dict[str, Any]) -> None:
         rid, method = msg["id"], msg["method"]
+        if self.behaviour == "heavy_pages" and method == "resources/list":
+            SERVED[method] = SERVED.get(method, 0) + 1
+            page = {"resources": [{"uri": "mem://r", "name": "r"}], "_meta": {"pad": "x" * 600_000}, "nextCursor": "c"}
+            await io.write(frame(type="result", id=rid, result=page))
+            return
         if self.behaviour != f"endless_{method}" or (method == "tools/list" and self.listings == 0):
             await super()._answer(io, msg)  # the first tools listing (at open) is an honest one
             return
@@ -53,11 +59,13 @@ async def manager(tmp_path: Path) -> AsyncIterator[SessionManager]:
     def factory(spec: SandboxSpec) -> Handler:
         return EndlessAgent(spec.command[0])
 
-    names = ("good", "endless_resources/list", "endless_prompts/list", "endless_tools/list")
+    names = ("good", "endless_resources/list", "endless_prompts/list", "endless_tools/list", "heavy_pages")
     profiles = {n: Profile(name=n.replace("/", "_"), image="fake", command=(n,), limits=LIMITS) for n in names}
     policy = tmp_path / "policy.yaml"
     policy.write_text(textwrap.dedent("callers:\n  alice:\n    profiles: ['*']\n"), encoding="utf-8")
-    settings = Settings(profiles={p.name: p for p in profiles.values()}, reap_interval_s=3600)
+    settings = Settings(
+        profiles={p.name: p for p in profiles.values()}, reap_interval_s=3600, max_message_bytes=1024**2
+    )
     manager = SessionManager(FakeBackend(factory), settings, PolicyStore(policy), Journal(store))
     await manager.start()
     SERVED.clear()
@@ -86,3 +94,14 @@ async def test_tools_paged_past_their_cap_stop_at_the_page_that_passes_it(manage
     with pytest.raises(errors.ResultRejected, match=f"lists more than {MAX_TOOLS} tools"):
         await manager.call_tool(hostile.info.session_id, "unknown", {}, caller="alice")  # an unknown name lists again
     assert SERVED["tools/list"] == MAX_TOOLS // PER_PAGE + 1 < MAX_PAGES
+
+
+async def test_pages_heavy_with_few_items_stop_at_the_listings_weight(manager: SessionManager) -> None:
+    """One resource and 600 KB of _meta a page passed the item cap for MAX_PAGES pages: 60 MB held for one call."""
+    neighbour = await manager.open("good", caller="alice")
+    hostile = await manager.open("heavy_pages", caller="alice")
+    with pytest.raises(errors.ResultRejected, match="weigh more than 4 messages of the 1 MiB cap"):
+        await manager.list_resources(hostile.info.session_id, caller="alice")
+    assert SERVED["resources/list"] == 4 * 1024**2 // 600_000 + 1 < MAX_PAGES
+    said = await manager.call_tool(neighbour.info.session_id, "echo", {"text": "hi"}, caller="alice")
+    assert said.result is not None
