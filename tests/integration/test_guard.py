@@ -615,6 +615,7 @@ def test_a_blocking_profile_holds_back_poison_and_drops_poisoned_progress(leaky:
     with leaky.client() as client, client.session("leaky_strict") as opened:
         names = [tool.name for tool in opened.tools]
         assert "poisoned_default" not in names and "secret_property" not in names and "leaky_schema" in names
+        assert "split_poison" not in names
         assert ("tool_poisoning", "blocked", "tools[poisoned_default]") in {
             (f.kind, f.action, f.where) for f in opened.findings
         }
