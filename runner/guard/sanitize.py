@@ -110,6 +110,7 @@ _URLSAFE = str.maketrans("+/", "-_")
 _ASCII_ESCAPE = re.compile(r"(%[0-7][0-9A-Fa-f]|\\(?:u00[0-7][0-9A-Fa-f]|x[0-7][0-9A-Fa-f]|/))")
 """An ASCII character spelled as a URL escape (``%5F``) or as JSON and ``repr`` spell it (``\\u0041``, ``\\x41``,
 ``\\/``): whoever decodes the text reads the character."""
+_LINE_BREAK = re.compile(r"(\r?\n[ \t]*)")
 _UNESCAPED = {"\\/": "/"} | {
     f"{lead}{digits}": chr(code)
     for code in range(128)
@@ -191,6 +192,7 @@ class Sanitizer:
         self._enabled = config.enabled
         self._redact = frozenset(config.redact)
         self._secrets = _secret_forms(config.secrets)
+        self._wrappable = tuple(form for form in self._secrets if len(form) >= _MIN_BASE64_FORM)
         self._injection_action = BLOCKED if config.injection_action == "block" else FLAGGED
         self._numbers = frozenset(k for k in NUMBER_KINDS if k in self._redact)
         self._aws = bool(self._redact & {"aws_access_key", "aws_secret_key"})
@@ -265,6 +267,8 @@ class Sanitizer:
         found = self._spans(folded, lower)
         if "%" in folded or "\\" in folded:
             found += self._escaped_spans(folded, self._spans)
+        if "\n" in folded and self._wrappable:
+            found += self._wrapped_spans(folded)
         if folded is not text:
             origin = _origin(text) if found and shifted else None  # only text with a finding pays for the map
             found = [(kind, *_back(start, end, origin)) for kind, start, end in found] + self._secret_spans(text)
@@ -278,8 +282,9 @@ class Sanitizer:
         stripped = strip(text, where, stripping, FLAGGED)
         hidden = self._secret_spans(stripped)
         folded, shifted = _fold(stripped)
-        if folded is not stripped or "%" in folded or "\\" in folded:
+        if folded is not stripped or "%" in folded or "\\" in folded or "\n" in folded:
             spelled = self._secret_spans(folded) + self._escaped_spans(folded, self._secret_spans)
+            spelled += self._wrapped_spans(folded) if "\n" in folded and self._wrappable else []
             origin = _origin(stripped) if spelled and shifted else None
             hidden += [(kind, *_back(start, end, origin)) for kind, start, end in spelled]
         if len(_choose(hidden)) > len(_choose(found)):
@@ -303,6 +308,29 @@ class Sanitizer:
                 found.append((SECRET, pos, pos + len(secret)))
                 pos = text.find(secret, pos + len(secret))
         return found
+
+    def _wrapped_spans(self, text: str) -> list[tuple[str, int, int]]:
+        """The service's own secrets wrapped across lines: ``base64`` wraps its output at 76 columns and PEM at 64,
+        so the base64 form of ``user:secret`` in a config file sent as text can hold a line break (and the
+        indentation of a YAML block after it). Found with the breaks taken out, and mapped back across them."""
+        pieces = _LINE_BREAK.split(text)
+        joined = "".join(pieces[0::2])
+        found: list[tuple[str, int, int]] = []
+        for secret in self._wrappable:
+            pos = joined.find(secret)
+            while pos >= 0:
+                found.append((SECRET, pos, pos + len(secret)))
+                pos = joined.find(secret, pos + len(secret))
+        if not found:
+            return []
+        at = list(accumulate(map(len, pieces[0:-1:2])))  # where in ``joined`` each break was taken out
+        taken = list(accumulate(map(len, pieces[1::2]), initial=0))  # characters taken out before each
+
+        def back(pos: int) -> int:
+            """Where the character at ``pos`` of ``joined`` sits in ``text``."""
+            return pos + taken[bisect.bisect_right(at, pos)]
+
+        return [(kind, back(start), back(end - 1) + 1) for kind, start, end in found]
 
     def _escaped_spans(
         self, text: str, find: Callable[[str, str], list[tuple[str, int, int]]]

@@ -89,3 +89,20 @@ def test_own_secrets_go_however_spelled_with_sanitizing_off() -> None:
     ):
         assert off.text(f"a {spelled} b \x1b[1m", "x", FindingLog()) == "a [REDACTED:secret] b ", spelled
     assert off.text("plain \x1b[1m text", "x", FindingLog()) == "plain \x1b[1m text"
+
+
+def test_own_secrets_in_base64_wrapped_across_lines_are_redacted() -> None:
+    import base64
+    import textwrap
+
+    secret = "Zq9-own-Secret-42-abcdefghij"
+    encoded = base64.b64encode(f"{'x' * 70}user:{secret}{'y' * 40}".encode()).decode()
+    forms = [encoded[k : k + 12] for k in range(100, 125)]  # base64 made of the secret's bits alone
+    for config in (SanitizeConfig(secrets=(secret,)), SanitizeConfig(enabled=False, secrets=(secret,))):
+        sanitizer = Sanitizer(config)
+        for wrapped in ("\n".join(textwrap.wrap(encoded, 76)), "\r\n  ".join(textwrap.wrap(encoded, 64))):
+            out = sanitizer.text(f"config: |\n  {wrapped}\nend", "x", FindingLog())
+            unwrapped = "".join(out.split())
+            assert "[REDACTED:secret]" in out and not any(form in unwrapped for form in forms), out
+            lines = out.split("\n")
+            assert lines[0] == "config: |" and lines[-1] == "end"  # the text around the secret stays
