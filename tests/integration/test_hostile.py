@@ -180,6 +180,23 @@ def test_invalid_output_is_never_passed_on(client: RunnerClient, profile: str, n
         assert client.get_session(opened.session_id).state == pb.SESSION_STATE_READY
 
 
+@pytest.mark.parametrize(
+    ("tool", "needle"),
+    [("many_blocks", "its lists hold more than 4096 items"), ("choice_bomb", "structuredContent took too long")],
+)
+def test_a_result_costly_to_check_is_refused_within_the_budget(
+    client: RunnerClient, bystander: str, tool: str, needle: str
+) -> None:
+    """60 000 content blocks (within the value cap) and an outputSchema of 2**22 branches: refused, not checked
+    for minutes holding the service's GIL; the neighbour keeps working (the bystander fixture checks)."""
+    with client.session("costly_results") as opened:
+        with pytest.raises(grpc.RpcError) as caught:
+            client.call_tool(opened.session_id, tool, {}, timeout_ms=60_000)
+        assert code_of(caught) == grpc.StatusCode.FAILED_PRECONDITION, details_of(caught)
+        assert needle in details_of(caught)
+        assert client.call_tool(opened.session_id, "echo", {"text": "x"}).structured_content == {"text": "x"}
+
+
 def test_late_answer_after_timeout_does_not_end_session(client: RunnerClient) -> None:
     with client.session("scripted") as opened:
         with pytest.raises(grpc.RpcError) as caught:
