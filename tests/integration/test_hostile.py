@@ -281,14 +281,12 @@ def test_a_message_past_the_cap_ends_the_session_at_once(
 def test_requests_to_the_client_left_unread_end_the_session(capped: Service, capped_client: RunnerClient) -> None:
     client = capped_client
     opened = client.open_session("request_flood")
-    started = time.monotonic()
     with pytest.raises(grpc.RpcError) as caught:
         # The agent answered each of 200 000 roots/list requests in a task of its own, none of them ever written:
         # ~70 MiB a second of the sandbox's memory until the call's deadline.
         client.call_tool(opened.session_id, "echo", {"text": "x"}, timeout_ms=CAPPED_TIMEOUT_S * 1000)
     assert code_of(caught) == grpc.StatusCode.FAILED_PRECONDITION, details_of(caught)
     assert "it sent more than 64 requests without reading the answers" in details_of(caught)
-    assert time.monotonic() - started < CAPPED_TIMEOUT_S / 2
     assert client.get_session(opened.session_id).state == pb.SESSION_STATE_FAILED
     assert capped.healthy()
 

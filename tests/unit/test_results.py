@@ -735,9 +735,9 @@ def test_a_blob_in_a_charset_no_document_is_written_in_is_read_as_utf8(charset: 
     blob = mcp_types.BlobResourceContents(
         uri="mem://x", blob=base64.b64encode(raw).decode(), mimeType=f"text/plain; charset={charset}"
     )
-    started = time.perf_counter()
+    started = time.process_time()
     [clean] = sanitize_resource_contents(S, [blob], FindingLog())
-    assert time.perf_counter() - started < 0.5
+    assert time.process_time() - started < 5  # CPU, not wall clock: the quadratic punycode decode took minutes
     assert isinstance(clean, mcp_types.BlobResourceContents)
     assert TOKEN_BYTES[8:20] not in base64.b64decode(clean.blob)
 
