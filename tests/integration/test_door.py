@@ -165,7 +165,7 @@ def test_caller_input_the_log_cannot_hold_never_reaches_the_server(door: Service
         # Not JSON at all to the agent's parser: the session ends.
         ("lone_surrogate", "broke the protocol"),
         # Past the agent, the host refuses it.
-        ("huge_size", "declared a size of 1180591620717411303424 bytes"),
+        ("huge_size", "declares a size of 1180591620717411303424 bytes"),
         ("too_deep", "$.structuredContent.d[0]"),
     ],
 )
