@@ -35,7 +35,8 @@ APPROVER = "approver"
 ADMIN = "admin"
 AUDITOR = "auditor"
 """Reads every caller's audit records and verifies the chain (a caller reads only its own)."""
-_CALLER_NAME = re.compile(r"^[A-Za-z0-9._@-]{1,64}$")
+# What a caller may be called: the policy names callers so, and an identity outside it could never be given rules.
+CALLER_NAME = re.compile(r"^[A-Za-z0-9._@-]{1,64}$")
 _TOKEN_HASH = re.compile(r"^sha256:[0-9a-fA-F]{64}$")
 
 
@@ -386,7 +387,7 @@ class _File(_Strict):
     @classmethod
     def _names(cls, value: dict[str, _Caller]) -> dict[str, _Caller]:
         for name in value:
-            if not _CALLER_NAME.match(name):
+            if not CALLER_NAME.fullmatch(name):
                 raise ValueError(f"caller name {name!r}: use 1-64 letters, digits, '.', '_', '-' or '@'")
         return value
 

@@ -39,6 +39,7 @@ from cryptography.hazmat.primitives import serialization
 
 from runner.config import AuthConfig, ConfigError, TlsConfig
 from runner.errors import InvalidArgument, Unauthenticated
+from runner.policy import CALLER_NAME
 
 log = logging.getLogger(__name__)
 
@@ -216,13 +217,24 @@ def _bearer_token(context: Context) -> str | None:
 
 
 def _certificate_name(context: Context) -> str | None:
-    """The verified client certificate's CN, else its first SAN; None without a client certificate."""
+    """The verified client certificate's CN, else its first SAN; None without a client certificate.
+
+    The name is taken exactly as certified and must be a caller name the policy could give rules to: trimming
+    it would make a certificate for ``"alice "`` act as alice, and control characters or stray bytes would be
+    carried into logs and audit records as the caller.
+    """
     auth = context.auth_context()
     for key in (X509_COMMON_NAME, X509_SAN):
         for raw in auth.get(key, ()):
-            name = raw.decode("utf-8", "replace").strip()
-            if name:
-                return name
+            name = raw.decode("utf-8", "replace")
+            if not name:
+                continue
+            if not CALLER_NAME.fullmatch(name):
+                raise Unauthenticated(
+                    f"the client certificate names {name[:80]!r}, which is not a caller name "
+                    "(1-64 letters, digits, '.', '_', '-' or '@')"
+                )
+            return name
     return None
 
 

@@ -470,3 +470,17 @@ def test_missing_credentials_message_says_what_is_accepted() -> None:
     with pytest.raises(Unauthenticated, match=re.escape("send `authorization: Bearer <token>` metadata")) as info:
         identify(TOKENS, FakeContext())
     assert "certificate" not in info.value.message
+
+
+@pytest.mark.parametrize(
+    "name", [b"alice ", b" alice", b"alice\n", b"ali\x1bce", b"al\x00ice", b"Alice Smith", b"x" * 65]
+)
+def test_certificate_name_outside_caller_names_is_refused_not_trimmed(name: bytes) -> None:
+    # A CN "alice " trimmed to "alice" would act as alice; control characters would reach logs as a caller.
+    with pytest.raises(Unauthenticated, match="not a caller name"):
+        identify(CERTS, FakeContext(auth={"x509_common_name": [name]}))
+
+
+def test_empty_certificate_cn_falls_back_to_its_san() -> None:
+    auth = {"x509_common_name": [b""], "x509_subject_alternative_name": [b"a.example"]}
+    assert identify(CERTS, FakeContext(auth=auth)) == "a.example"

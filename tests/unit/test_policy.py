@@ -233,6 +233,7 @@ def test_uppercase_hash_is_normalised(tmp_path: Path) -> None:
         ("callers:\n  alice:\n    rates: {calls_per_s: 0}\n",
          "callers.alice.rates.calls_per_s: Input should be greater than 0"),
         ("callers:\n  'bad name':\n    profiles: []\n", "callers: Value error, caller name 'bad name': use 1-64"),
+        ("callers:\n  \"alice\\n\":\n    profiles: []\n", "callers: Value error, caller name 'alice\\n': use 1-64"),
         ("nonsense: 1\n", "nonsense: Extra inputs are not permitted"),
     ],
 )
