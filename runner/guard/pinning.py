@@ -34,6 +34,8 @@ from typing import TYPE_CHECKING
 
 import mcp_types
 
+from runner.text import whole_words
+
 if TYPE_CHECKING:
     from runner.guard.memory import GuardMemory
 
@@ -48,6 +50,16 @@ MAX_PINNED_NAME = 128
 _FINGERPRINTED = ("name", "title", "description", "inputSchema", "outputSchema", "annotations")
 _PIN = re.compile(r"sha256:[0-9a-fA-F]{64}")
 _NO_PINS: Mapping[str, Mapping[str, str]] = MappingProxyType({})
+
+
+def _named(tool: str) -> str:
+    """A tool's name as a message quotes it: whole up to ``MAX_PINNED_NAME`` characters (every pinned name), a
+    longer one cut in whole words with its length told. A cut through a word leaves part of it behind, and part
+    of a secret (``ghp_`` and 26 of its 36 characters, as ``[:80]`` left it) is one no detector recognizes: the
+    message reaches the service log and the caller through the sanitizer, which needs the secret whole."""
+    if len(tool) <= MAX_PINNED_NAME:
+        return repr(tool)
+    return f"{whole_words(tool, 80)!r}… ({len(tool)} characters)"
 
 
 def tool_fingerprint(tool: mcp_types.Tool) -> str:
@@ -77,7 +89,7 @@ class PinViolation:
     @property
     def message(self) -> str:
         return (
-            f"tool {self.tool[:80]!r} changed its definition since it was pinned ({self.source}): "
+            f"tool {_named(self.tool)} changed its definition since it was pinned ({self.source}): "
             f"pinned {self.pinned}, now {self.now}"
         )
 
@@ -90,7 +102,7 @@ class UnpinnedTool(PinViolation):
 
     @property
     def message(self) -> str:
-        return f"tool {self.tool[:80]!r} is held back because it could not be pinned: {self.why}"
+        return f"tool {_named(self.tool)} is held back because it could not be pinned: {self.why}"
 
 
 def _check_configured(configured: Mapping[str, Mapping[str, str]]) -> dict[str, dict[str, str]]:

@@ -159,3 +159,23 @@ def test_overlong_names_are_held_back_not_pinned() -> None:
     assert f"more than the {MAX_PINNED_NAME} a pinned name may have" in held[0].message
     assert held[0].message.count("n") < 100  # the message quotes a prefix of the name, not all of it
     assert list(book.pins("fs")) == [longest]
+
+
+@pytest.mark.parametrize("pad", [10, 40, 60, 70, 120, 500])
+def test_messages_quote_a_tool_name_without_leaving_part_of_a_secret(pad: int) -> None:
+    """The messages reach the service log and the caller through the sanitizer: a name cut at 80 characters
+    kept ``ghp_`` and part of a token, which no detector recognizes."""
+    from runner.guard.findings import FindingLog
+    from runner.guard.sanitize import SanitizeConfig, Sanitizer
+    from runner.text import unescaped
+
+    body = "A1b2C3d4E5f6G7h8I9j0K1l2M3n4O5p6Q7r8"
+    name = "x" * pad + "-ghp_" + body
+    sanitizer = Sanitizer(SanitizeConfig())
+    for violation in (PinViolation(name, "a", "b", "config"), UnpinnedTool(name, "", "b", "first seen", "why")):
+        shown = sanitizer.text(unescaped(violation.message), "service log", FindingLog())
+        assert body[:8] not in shown, shown
+        if len(name) <= MAX_PINNED_NAME:
+            assert "[REDACTED:github_token]" in shown
+        else:
+            assert f"({len(name)} characters)" in shown
