@@ -64,9 +64,21 @@ def parse_duration(value: float | str) -> float:
 
 
 def state_directory() -> Path:
-    """Where the service keeps its state by default: $XDG_STATE_HOME/mcp-runner (~/.local/state/mcp-runner)."""
-    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-    return Path(base) / "mcp-runner"
+    """Where the service keeps its state by default: $XDG_STATE_HOME/mcp-runner (~/.local/state/mcp-runner).
+
+    A relative XDG_STATE_HOME is ignored, as the XDG specification asks: it would put the instance lock and
+    the guard's memory wherever the service happened to be started, so two starts could miss each other's lock.
+    """
+    base = os.environ.get("XDG_STATE_HOME", "")
+    return (Path(base) if Path(base).is_absolute() else Path.home() / ".local" / "state") / "mcp-runner"
+
+
+def local_path(text: str, base: Path) -> Path:
+    """An absolute path for a path the operator wrote: ``~`` is their home (not a directory named ``~``), and a
+    relative path is relative to ``base`` (the settings file's directory, or the working directory for the
+    environment), fixed at load so the instance lock and the files beside it do not depend on where it is read.
+    """
+    return (base / Path(text).expanduser()).absolute()
 
 
 def default_audit_path(instance: str, state_dir: Path | None = None) -> Path:
@@ -456,16 +468,16 @@ class _AuditModel(BaseModel):
     def config(self, base: Path, instance: str, state_dir: Path) -> AuditConfig:
         env_path = os.environ.get("MCP_RUNNER_AUDIT_DB")
         if env_path:
-            path = Path(env_path)
+            path = local_path(env_path, Path.cwd())
         elif self.path is not None:
-            path = base / self.path
+            path = local_path(self.path, base)
         else:
             path = default_audit_path(instance, state_dir)
         return AuditConfig(
             path=path,
             enabled=self.enabled,
             retention_s=parse_duration(self.retention) if self.retention is not None else None,
-            export_dir=base / self.export_dir if self.export_dir is not None else None,
+            export_dir=local_path(self.export_dir, base) if self.export_dir is not None else None,
         )
 
 
@@ -559,11 +571,14 @@ def _profiles(parsed: _FileModel, base: Path, defaults: Limits) -> dict[str, Pro
 
 
 def _state_dir(user: _FileModel, base: Path) -> Path:
-    """Env MCP_RUNNER_STATE_DIR, else the file's ``state_dir`` (relative to the file), else the XDG default."""
+    """Env MCP_RUNNER_STATE_DIR, else the file's ``state_dir`` (relative to the file), else the XDG default.
+
+    An empty MCP_RUNNER_STATE_DIR counts as unset (as an unset one would in a shell's ``${VAR:-...}``).
+    """
     env_state = os.environ.get("MCP_RUNNER_STATE_DIR")
     if env_state:
-        return Path(env_state)
-    return base / user.state_dir if user.state_dir else state_directory()
+        return local_path(env_state, Path.cwd())
+    return local_path(user.state_dir, base) if user.state_dir else state_directory()
 
 
 def load_settings(config_path: Path | str | None = None, *, listen: str | None = None) -> Settings:

@@ -267,3 +267,26 @@ def test_bad_audit_settings_name_the_field(tmp_path: Path, text: str, fragment: 
     with pytest.raises(ConfigError) as caught:
         load_settings(write(tmp_path, "s.yaml", text))
     assert fragment in caught.value.message
+
+
+def test_state_and_audit_paths_expand_home_and_are_absolute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # "~/state" made a directory named "~" beside the file; a relative env path depended on the working directory.
+    monkeypatch.delenv("MCP_RUNNER_AUDIT_DB", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    path = write(tmp_path / "conf", "s.yaml", "state_dir: ~/st\naudit: {path: ~/a.sqlite3, export_dir: ~/out}\n")
+    settings = load_settings(path)
+    assert settings.state_dir == tmp_path / "home" / "st"
+    assert (settings.audit.path, settings.audit.exports) == (tmp_path / "home" / "a.sqlite3", tmp_path / "home" / "out")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MCP_RUNNER_STATE_DIR", "rel")
+    monkeypatch.setenv("MCP_RUNNER_AUDIT_DB", "~/env.sqlite3")
+    settings = load_settings(path)
+    assert (settings.state_dir, settings.audit.path) == (tmp_path / "rel", tmp_path / "home" / "env.sqlite3")
+    monkeypatch.setenv("MCP_RUNNER_STATE_DIR", "")
+    assert load_settings(path).state_dir == tmp_path / "home" / "st"
+
+
+def test_a_relative_xdg_state_home_is_ignored(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("XDG_STATE_HOME", "relative/state")
+    assert load_settings().state_dir == tmp_path / ".local" / "state" / "mcp-runner"
