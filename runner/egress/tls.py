@@ -4,7 +4,9 @@ A CONNECT is allowed for one ``host:port``, but a TLS client names the server it
 wants inside its ClientHello, and a shared front end (a CDN, a reverse proxy)
 routes by that name: without this check a tunnel allowed to one host reaches
 every other name served at the same address (domain fronting). A hello the
-server asks to retry (HelloRetryRequest) is checked again. Standard library
+server asks to retry (HelloRetryRequest) is checked again, and a hello that
+carries an encrypted inner hello (ECH, or the older ESNI) is refused: the front
+end routes by the inner name, which the proxy cannot read. Standard library
 only: this runs in the egress image.
 """
 
@@ -30,6 +32,11 @@ _RETRY_RANDOM = bytes.fromhex("cf21ad74e59a6111be1d8c021e65b891c2a211167abb8c5e0
 _CLIENT_HELLO = 1
 _SERVER_NAME_EXTENSION = 0
 _HOST_NAME = 0
+# encrypted_client_hello (RFC 9849; drafts 8 to 13 used 0xfe08-0xfe0d) and encrypted_server_name (ESNI drafts).
+# A front end that accepts one routes by the encrypted inner name, so the outer
+# name may be the allowed host while the tunnel reaches any other. A GREASE ECH
+# extension (Chrome sends one) looks the same by design, so it is refused too.
+_ENCRYPTED_NAME_EXTENSIONS = frozenset({*range(0xFE08, 0xFE0E), 0xFFCE})
 _MAX_FRAGMENT = 1 << 14
 # What a client may send after its ClientHello before the server answers (TLS early data), read ahead.
 _EARLY_BYTES = 1 << 16
@@ -37,11 +44,15 @@ _TLS_ONLY = "a tunnel carries TLS only; send plain HTTP as http:// URLs"
 
 
 class HelloRefused(Exception):
-    """Why a tunnel is closed: ``code`` is sni_missing, sni_mismatch or not_tls."""
+    """Why a tunnel is closed: ``code`` is sni_missing, sni_mismatch, sni_hidden or not_tls."""
 
     def __init__(self, code: str, reason: str) -> None:
         super().__init__(reason)
         self.code = code
+
+
+class HiddenName(ValueError):
+    """A well-formed ClientHello whose real server name is encrypted (ECH/ESNI)."""
 
 
 class Source(Protocol):
@@ -62,6 +73,8 @@ async def checked_hello(source: Source, host: str, timeout: float, *, retried: b
             records, name = await read_client_hello(source, retried=retried)
     except TimeoutError:
         raise HelloRefused("not_tls", f"no TLS ClientHello within {timeout:g} s: {_TLS_ONLY}") from None
+    except HiddenName as exc:
+        raise HelloRefused("sni_hidden", f"{exc}; it must name {host} in the clear") from None
     except ValueError as exc:
         raise HelloRefused("not_tls", f"{exc}: {_TLS_ONLY}") from None
     except OSError as exc:
@@ -196,7 +209,8 @@ def server_name(hello: bytes) -> str | None:
     """The host_name in a ClientHello body's server_name extension; None without the extension.
 
     Strict (ValueError) wherever two readers could disagree: duplicate
-    extensions, more than one host_name, trailing bytes.
+    extensions, more than one host_name, trailing bytes; HiddenName when an
+    encrypted inner hello would name the server instead.
     """
     body = _Cursor(hello)
     body.take(2 + 32)  # legacy_version, random
@@ -216,6 +230,8 @@ def server_name(hello: bytes) -> str | None:
         if kind in seen:
             raise ValueError(f"the TLS ClientHello repeats extension {kind}")
         seen.add(kind)
+        if kind in _ENCRYPTED_NAME_EXTENSIONS:
+            raise HiddenName(f"the TLS ClientHello carries an encrypted server name (extension {kind:#06x})")
         if kind == _SERVER_NAME_EXTENSION:
             name = _host_name(data)
     return name
