@@ -519,6 +519,10 @@ def read_document(path: Path, what: str) -> dict[str, Any]:
         data = tomllib.loads(text) if kind == "TOML" else yaml.safe_load(text)
     except (tomllib.TOMLDecodeError, yaml.YAMLError) as exc:
         raise ConfigError(f"{what} {path} is not valid {kind}: {exc}") from exc
+    except RecursionError as exc:
+        # Both parsers recurse per level of nesting: a file of thousands of '[' must be refused like any other
+        # broken file (a reload keeps the policy in force), not escape as a traceback that ends a start or reload.
+        raise ConfigError(f"{what} {path} is not valid {kind}: nested too deeply") from exc
     if data is None:
         return {}
     if not isinstance(data, dict):

@@ -397,6 +397,20 @@ def test_reload_good_then_broken_keeps_the_good_policy(tmp_path: Path, caplog: p
     assert any(r.levelno == logging.ERROR and "default_caller.profile" in r.getMessage() for r in caplog.records)
 
 
+@pytest.mark.parametrize("name", ["policy.yaml", "policy.toml"])
+def test_reload_to_a_too_deeply_nested_file_keeps_the_policy(tmp_path: Path, name: str) -> None:
+    # The parsers recurse per level: a RecursionError escaped reload() (a traceback on SIGHUP) and start-up.
+    path = write(tmp_path, "default_caller:\n  profiles: [time]\n" if name.endswith("yaml") else "", name)
+    store = PolicyStore(path)
+    good = store.current
+    write(tmp_path, "a = " + "[" * 5000 + "]" * 5000 + "\n" if name.endswith("toml") else "a: " + "[" * 5000, name)
+    error = store.reload()
+    assert error is not None and "nested too deeply" in error
+    assert store.current is good
+    with pytest.raises(ConfigError, match="nested too deeply"):
+        load_policy(path)
+
+
 async def _wait_for(condition: object, timeout_s: float = 5.0) -> None:
     assert callable(condition)
     loop = asyncio.get_running_loop()
