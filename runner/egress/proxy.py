@@ -96,8 +96,14 @@ def _bad(reason: str) -> _Refusal:
 
 
 def _clip(text: str) -> str:
-    """Client-supplied text made safe for a log line and a one-line reply."""
-    return "".join(c if c.isprintable() else "?" for c in text[:_CLIP])
+    """Client-supplied text made safe for a log line and a one-line reply: at most ``_CLIP`` characters, cut in
+    whole words. A cut through a word leaves part of it, and part of a secret the sandbox put in a host name is
+    one the host's sanitizer no longer recognizes in the decision it records and logs."""
+    if len(text) > _CLIP:
+        head = text[:_CLIP]
+        text = head if text[_CLIP] == " " else head[: head.rfind(" ") + 1]
+        text += "..."
+    return "".join(c if c.isprintable() else "?" for c in text)
 
 
 def _describe(exc: BaseException) -> str:

@@ -23,7 +23,7 @@ from runner.egress.rules import ProxyConfig
 from runner.errors import FailedPrecondition, Unavailable
 from runner.pace import Pace
 from runner.sandbox.base import SANDBOX_USER, EgressCallback, EgressDecision, SandboxHandle, SandboxNetwork, SandboxSpec
-from runner.text import printable
+from runner.text import printable, whole_words
 
 log = logging.getLogger(__name__)
 
@@ -127,9 +127,10 @@ def parse_decision(obj: object) -> EgressDecision | None:
         return None
 
     def text(key: str) -> str:
-        # One line: these go into single-line log records and error messages.
+        # One line: these go into single-line log records and error messages. Cut in whole words: part of a
+        # secret left at the cut is one the session's sanitizer no longer recognizes.
         value = obj.get(key)
-        return " ".join(printable(value, _TEXT_CAP).split()) if isinstance(value, str) else ""
+        return " ".join(printable(whole_words(value, _TEXT_CAP)).split()) if isinstance(value, str) else ""
 
     moment, port, allowed = obj.get("time"), obj.get("port"), obj.get("allowed")
     if not isinstance(moment, (int, float)) or isinstance(moment, bool) or not isinstance(allowed, bool):
