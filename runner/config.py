@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Hashable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -506,6 +506,29 @@ class _FileModel(BaseModel):
     profiles: dict[str, _ProfileModel] = {}
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """Safe YAML that refuses a key given twice in one mapping (TOML does already).
+
+    PyYAML keeps the last of two ``alice:`` blocks without a word, so a caller's rules written twice in a
+    policy (say, a restricted block added above an old permissive one) would silently be the later block's.
+    """
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # '<<' merges may be overridden by the mapping's own keys, as YAML intends
+            key = self.construct_object(key_node, deep=True)
+            if not isinstance(key, Hashable):
+                continue  # the base class refuses it, with its own message
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    "while constructing a mapping", node.start_mark, f"found key {key!r} twice", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
 def read_document(path: Path, what: str) -> dict[str, Any]:
     """A YAML (or, for ``.toml``, TOML) file's top-level mapping; ConfigError naming ``what`` and the file."""
     kind = "TOML" if path.suffix == ".toml" else "YAML"
@@ -516,7 +539,7 @@ def read_document(path: Path, what: str) -> dict[str, Any]:
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{what} {path} is not UTF-8: {exc}") from exc
     try:
-        data = tomllib.loads(text) if kind == "TOML" else yaml.safe_load(text)
+        data = tomllib.loads(text) if kind == "TOML" else yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader
     except (tomllib.TOMLDecodeError, yaml.YAMLError) as exc:
         raise ConfigError(f"{what} {path} is not valid {kind}: {exc}") from exc
     except RecursionError as exc:

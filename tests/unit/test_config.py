@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from runner.config import DEFAULT_LISTEN, ConfigError, Limits, Mount, load_settings, parse_size
+from runner.config import DEFAULT_LISTEN, ConfigError, Limits, Mount, load_settings, parse_size, read_document
 
 P = "profiles:\n  p:\n    image: i\n"
 BUILTINS = {"time", "fetch", "git", "everything", "filesystem", "memory"}
@@ -290,3 +290,12 @@ def test_a_relative_xdg_state_home_is_ignored(tmp_path: Path, monkeypatch: pytes
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.setenv("XDG_STATE_HOME", "relative/state")
     assert load_settings().state_dir == tmp_path / ".local" / "state" / "mcp-runner"
+
+
+def test_a_key_given_twice_is_refused_naming_it(tmp_path: Path) -> None:
+    # PyYAML silently kept the later of two blocks; merges ('<<') may still be overridden.
+    path = write(tmp_path, "s.yaml", "instance: red\nlisten: 127.0.0.1:1\ninstance: blue\n")
+    with pytest.raises(ConfigError, match="found key 'instance' twice"):
+        load_settings(path)
+    merged = write(tmp_path, "m.yaml", "base: &b {a: 1, b: 2}\nx:\n  <<: *b\n  a: 3\n")
+    assert read_document(merged, "settings file")["x"] == {"a": 3, "b": 2}

@@ -600,3 +600,9 @@ def test_a_uri_that_never_settles_is_denied_without_decoding_it_to_the_end(tmp_p
         decision = policy.decision("resources", "anyone", profile, "file:///public/%" + "25" * 4000 + "2e")
         assert decision.verdict == "deny" and "still percent-encoded after 12 rounds" in decision.rule
     assert policy.decision("resources", "anyone", "files", "file:///public/%252E%252Ex").verdict == "allow"
+
+
+def test_a_caller_written_twice_is_refused(tmp_path: Path) -> None:
+    path = write(tmp_path, "callers:\n  alice: {profiles: []}\n  bob: {profiles: []}\n  alice: {profiles: [git]}\n")
+    with pytest.raises(ConfigError, match="found key 'alice' twice"):
+        load_policy(path)
