@@ -634,14 +634,14 @@ def load_settings(config_path: Path | str | None = None, *, listen: str | None =
         tls = None
         if user.tls is not None:
             tls = TlsConfig(
-                cert=base / user.tls.cert,
-                key=base / user.tls.key,
-                client_ca=base / user.tls.client_ca if user.tls.client_ca else None,
+                cert=local_path(user.tls.cert, base),
+                key=local_path(user.tls.key, base),
+                client_ca=local_path(user.tls.client_ca, base) if user.tls.client_ca else None,
             )
         return Settings(
             tls=tls,
             auth=AuthConfig(mtls=tls is not None and tls.client_ca is not None, tokens=user.auth.tokens),
-            policy=base / user.policy if user.policy else None,
+            policy=local_path(user.policy, base) if user.policy else None,
             listen=listen or os.environ.get("MCP_RUNNER_LISTEN") or user.listen or DEFAULT_LISTEN,
             instance=instance,
             audit=user.audit.config(base, instance, state_dir),

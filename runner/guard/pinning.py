@@ -14,6 +14,14 @@ server). With a ``GuardMemory`` first-seen pins are written durably before
 the listing that took them is answered, and survive a restart: a server that
 changes a tool while the service is down is caught at its first listing.
 
+First-seen pins belong to the profile's name, not to its image or command: a
+profile whose image or command changes keeps its pins across the restart, since
+a new image is exactly how a changed server arrives, and the operator who
+changed it accepts each changed tool the way any other is accepted (a configured
+pin, or deleting its row). A profile renamed is another profile, pinned afresh
+at its first listing; a removed profile's pins stay, and apply again if a
+profile of that name comes back.
+
 First-seen pins are bounded, since a hostile server choosing tool names could
 otherwise grow them without end: at most ``max_per_profile`` names per profile,
 each at most ``MAX_PINNED_NAME`` characters (the MCP spec's limit for a tool

@@ -273,8 +273,15 @@ def test_state_and_audit_paths_expand_home_and_are_absolute(tmp_path: Path, monk
     # "~/state" made a directory named "~" beside the file; a relative env path depended on the working directory.
     monkeypatch.delenv("MCP_RUNNER_AUDIT_DB", raising=False)
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    path = write(tmp_path / "conf", "s.yaml", "state_dir: ~/st\naudit: {path: ~/a.sqlite3, export_dir: ~/out}\n")
+    path = write(
+        tmp_path / "conf", "s.yaml",
+        "state_dir: ~/st\naudit: {path: ~/a.sqlite3, export_dir: ~/out}\npolicy: ~/p.yaml\n"
+        "tls: {cert: ~/c.pem, key: ~/k.pem, client_ca: ~/ca.pem}\n",
+    )
     settings = load_settings(path)
+    assert settings.policy == tmp_path / "home" / "p.yaml"
+    assert settings.tls is not None and settings.tls.client_ca == tmp_path / "home" / "ca.pem"
+    assert (settings.tls.cert, settings.tls.key) == (tmp_path / "home" / "c.pem", tmp_path / "home" / "k.pem")
     assert settings.state_dir == tmp_path / "home" / "st"
     assert (settings.audit.path, settings.audit.exports) == (tmp_path / "home" / "a.sqlite3", tmp_path / "home" / "out")
     monkeypatch.chdir(tmp_path)
