@@ -171,9 +171,14 @@ async def discard(source: Buffered, limit: int) -> None:
         received += len(chunk)
 
 
-async def relay_response(upstream: asyncio.StreamReader, client: asyncio.StreamWriter, touch: Touch) -> None:
+async def relay_response(
+    upstream: asyncio.StreamReader, client: asyncio.StreamWriter, touch: Touch, *, interim: bool = True
+) -> None:
     """Copy the upstream's answer to the client, its final head saying Connection: close.
 
+    Interim (1xx) heads go on only if ``interim``: the request went upstream as
+    HTTP/1.1, so the upstream may send them even to an HTTP/1.0 client, which
+    knows no 1xx and would take one for the answer (RFC 9110, section 15.2).
     ValueError before the final head is written if the upstream does not
     answer with an HTTP/1.x head: the caller may then still answer 502.
     """
@@ -186,6 +191,8 @@ async def relay_response(upstream: asyncio.StreamReader, client: asyncio.StreamW
             raise ValueError("the upstream's answer head is too large") from None
         touch()
         status, rewritten = _rewrite_response_head(head[:-4])
+        if status < 200 and not interim:
+            continue
         client.write(rewritten)
         await client.drain()
         if status >= 200:

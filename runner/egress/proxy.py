@@ -138,6 +138,7 @@ class _Request:
     path: str
     headers: list[tuple[str, str]]
     body: int = 0  # its length, or framing.CHUNKED
+    version: str = "1.1"  # the client's; the upstream is always asked in HTTP/1.1
 
 
 async def _system_resolve(host: str, port: int) -> list[str]:
@@ -291,7 +292,7 @@ class EgressProxy:
             body = request_body(method, version, headers)
         except ValueError as exc:
             raise _bad(str(exc)) from None
-        return _Request(method, host, port, path, headers, body)
+        return _Request(method, host, port, path, headers, body, version)
 
     async def _addresses(self, request: _Request, rule: Rule, attempt: _Attempt) -> list[IPAddress]:
         """The checked addresses to try, in order: the only ones ever connected to."""
@@ -417,7 +418,7 @@ class EgressProxy:
 
         async def download(touch: Touch) -> None:
             try:
-                await relay_response(up_reader, writer, touch)
+                await relay_response(up_reader, writer, touch, interim=request.version != "1.0")
             except ValueError as exc:
                 writer.write(_reply(502, str(exc)))
 

@@ -433,6 +433,19 @@ async def test_the_answer_ends_the_connection(upstream: Upstream, start_proxy: P
     assert headers == {"X-Kept": "2", "Content-Length": str(len(body)), "Connection": "close"}
 
 
+async def test_an_http_1_0_client_gets_no_interim_answer(upstream: Upstream, start_proxy: Proxies) -> None:
+    # The proxy asks in HTTP/1.1, so the upstream may send 1xx; a 1.0 client would take one for the answer.
+    upstream.answer_head = (
+        b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\nHTTP/1.1 200 OK\r\n"
+    )
+    port, _ = await start_proxy([Rule("127.0.0.1", upstream.port, private=True)])
+    request = f"PUT http://127.0.0.1:{upstream.port}/ HTTP/1.0\r\nContent-Length: 2\r\n\r\nok"
+    raw = await exchange(port, request.encode())
+    assert raw.startswith(b"HTTP/1.1 200 OK\r\n")
+    status, _, body = parse_response(raw)
+    assert status == 200 and json.loads(body)["body"] == "ok"
+
+
 @pytest.mark.parametrize(
     ("answer", "message"),
     [
