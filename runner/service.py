@@ -224,6 +224,15 @@ async def run_service(settings: Settings) -> None:
 
 async def _serve(settings: Settings, lock: InstanceLock) -> None:
     policy = PolicyStore(settings.policy)
+    # Signals are ours from the first step, not from the first call served: a SIGHUP (a reload sent while the
+    # orphan sweep runs) would otherwise kill the process by default, and a SIGTERM would end it with the audit
+    # log unclosed; instead a stop asked for during start-up is honoured before anyone is served.
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    if settings.policy is not None:
+        loop.add_signal_handler(signal.SIGHUP, policy.reload)
     authenticator = Authenticator(settings.auth, lambda digest: policy.current.token_owner(digest))
     memory = GuardMemory(memory_path(settings.state_dir, settings.instance))
     memory.open()
@@ -242,6 +251,10 @@ async def _serve(settings: Settings, lock: InstanceLock) -> None:
         removed = await manager.start()
         if removed:
             log.info("removed %d orphaned sandbox(es) of instance %r", removed, settings.instance)
+        if stop.is_set():
+            log.info("stopped during start-up, before serving")
+            await manager.shutdown()
+            return
         server = await start_server(
             manager, settings.listen, authenticator=authenticator, tls=settings.tls, grace=settings.shutdown_grace_s,
             audit=audit,
@@ -258,12 +271,7 @@ async def _serve(settings: Settings, lock: InstanceLock) -> None:
             " + ".join(methods) or "no authentication (loopback only)", policy.current.source,
             settings.instance, ", ".join(sorted(settings.profiles)),
         )
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
         if settings.policy is not None:
-            loop.add_signal_handler(signal.SIGHUP, policy.reload)
             watcher = asyncio.create_task(policy.watch(), name="policy-watch")
         await stop.wait()
         log.info("shutting down: draining calls for up to %.0f s, then removing sandboxes", settings.shutdown_grace_s)

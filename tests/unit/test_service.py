@@ -3,6 +3,7 @@ an address in use stops it too, and the port it binds is never shared."""
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import fcntl
 import json
@@ -353,3 +354,40 @@ async def test_a_unix_socket_a_service_listens_on_is_not_taken_over(tmp_path: Pa
         await first.stop(0)
     second = await serve(f"unix:{path}")  # a stale socket file, nobody listening: replaced as before
     await second.stop(0)
+
+
+async def test_signals_during_start_up_are_the_services_a_stop_is_honoured_before_serving(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A SIGHUP sent while the orphan sweep ran killed the process (the default action), a SIGTERM ended it with
+    the audit log unclosed; now a reload is a reload and a stop ends the start cleanly, the lock free again."""
+    from runner.sandbox.fake import FakeBackend
+
+    class SignalledDuringSweep(FakeBackend):
+        async def sweep_orphans(self, instance: str) -> int:
+            os.kill(os.getpid(), signal.SIGHUP)
+            os.kill(os.getpid(), signal.SIGTERM)
+            for _ in range(5):  # the loop reads its signal pipe within a few turns
+                await asyncio.sleep(0)
+            return 0
+
+        def close(self) -> None:
+            return None
+
+    def default_action(signum: int, _: object) -> None:
+        raise AssertionError(f"signal {signum} reached its default action")
+
+    def never_bound(*_: object, **__: object) -> None:
+        raise AssertionError("the server was started after a stop was asked for")
+
+    monkeypatch.setattr(service, "DockerBackend", lambda **_: SignalledDuringSweep(lambda _: cast(Any, None)))
+    monkeypatch.setattr(service, "start_server", never_bound)
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("default_caller: {profiles: [time]}\n")
+    previous = {sig: signal.signal(sig, default_action) for sig in (signal.SIGHUP, signal.SIGTERM)}
+    try:
+        await run_service(settings(tmp_path, policy=policy))
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    InstanceLock.acquire(tmp_path / "state", "blue", "127.0.0.1:1").release()
