@@ -43,6 +43,8 @@ if TYPE_CHECKING:
 
 #: Requests from the server the agent may be answering at once; honest servers send a few (they wait for each).
 MAX_SERVER_REQUESTS = 64
+_BETWEEN_WORDS = ' \n\t\r"\''
+"""What ends a word for ``whole_words``: white space and quotes (no credential format holds them)."""
 
 
 def _key(request_id: object) -> object:
@@ -148,15 +150,27 @@ class BoundedProcess(anyio.abc.Process):
         return self._process.stderr
 
 
+def whole_words(text: str, limit: int) -> str:
+    """At most the first ``limit`` characters of ``text``, never part of a word (what ``runner.text.whole_words``
+    does on the host, which this image does not hold). What the agent quotes of the server goes through the host's
+    sanitizer, and part of a secret left at a cut (``ghp_`` and some of its characters) is one it does not know."""
+    if len(text) <= limit:
+        return text
+    head = text[:limit]
+    if text[limit] not in _BETWEEN_WORDS:
+        head = head[: max(head.rfind(ch) for ch in _BETWEEN_WORDS) + 1]
+    return head + "…"
+
+
 def describe_exception(exc: Exception) -> str:
     errors = getattr(exc, "errors", None)
     if callable(errors):
         try:
             first = errors()[0]
-            return str(first.get("msg", exc))[:200]
+            return whole_words(str(first.get("msg", exc)), 200)
         except Exception:
             pass
-    return (str(exc).splitlines() or [type(exc).__name__])[0][:200]
+    return whole_words((str(exc).splitlines() or [type(exc).__name__])[0], 200)
 
 
 class ServerLink:
@@ -249,7 +263,8 @@ class ServerLink:
         """Note a request from the server (False, with the violation reported, past the bound or for a reused id)."""
         rid = _key(request_id)
         if rid in self._answering:
-            problem = f"it sent request id {repr(request_id)[:80]} again while the agent was still answering it"
+            shown = whole_words(repr(request_id), 80)
+            problem = f"it sent request id {shown} again while the agent was still answering it"
         elif len(self._answering) >= MAX_SERVER_REQUESTS:
             problem = f"it sent more than {MAX_SERVER_REQUESTS} requests without reading the answers"
         else:

@@ -13,7 +13,7 @@ import anyio.abc
 import pytest
 
 from runner.agent.frames import MAX_MESSAGE_ENV, TOO_LARGE, CancelFrame, FrameWriter, RequestFrame, parse_host_frame
-from runner.agent.link import BoundedLines
+from runner.agent.link import BoundedLines, describe_exception, whole_words
 from tests.servers.scripted_server import BEHAVIOURS
 from tests.unit.agent_driver import PYTHON, AgentProcess
 
@@ -512,3 +512,16 @@ async def test_scripted_server_handshake(behaviour: str) -> None:
     # Every behaviour offers the good server's tools; some (net_probe, leaky, ...) add their own.
     assert {"echo", "add", "slow", "whoami", "inspect_sandbox"} <= {t["name"] for t in replies[1]["result"]["tools"]}
     assert proc.returncode == 0
+
+
+@pytest.mark.parametrize("pad", [0, 30, 60, 75])
+def test_what_the_agent_quotes_of_the_server_is_cut_in_whole_words(pad: int) -> None:
+    """A reused request id or an exception's message goes to the host's sanitizer: a cut at a fixed length kept
+    ``ghp_`` and part of a token, which it no longer recognizes in the exit record."""
+    body = "A1b2C3d4E5f6G7h8I9j0K1l2M3n4O5p6Q7r8"
+    request_id = "x " * (pad // 2) + "ghp_" + body
+    shown = whole_words(repr(request_id), 80)
+    assert body in shown or "ghp_" not in shown, shown
+    message = describe_exception(ValueError("y " * (pad + 70) + "ghp_" + body))
+    assert body in message or "ghp_" not in message, message
+    assert whole_words("short", 80) == "short"
