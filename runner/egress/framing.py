@@ -172,13 +172,23 @@ async def discard(source: Buffered, limit: int) -> None:
 
 
 async def relay_response(
-    upstream: asyncio.StreamReader, client: asyncio.StreamWriter, touch: Touch, *, interim: bool = True
+    upstream: asyncio.StreamReader,
+    client: asyncio.StreamWriter,
+    touch: Touch,
+    *,
+    interim: bool = True,
+    head_request: bool = False,
 ) -> None:
     """Copy the upstream's answer to the client, its final head saying Connection: close.
 
     Interim (1xx) heads go on only if ``interim``: the request went upstream as
     HTTP/1.1, so the upstream may send them even to an HTTP/1.0 client, which
     knows no 1xx and would take one for the answer (RFC 9110, section 15.2).
+    The answer ends where its own framing says when that is a Content-Length
+    (or no body at all), not when the upstream closes: one that ignores
+    Connection: close would hold the connection (and the client reading to
+    the end) until the idle timeout, and what it sends past the answer is a
+    second response the client never asked for.
     ValueError before the final head is written if the upstream does not
     answer with an HTTP/1.x head: the caller may then still answer 502.
     """
@@ -190,23 +200,38 @@ async def relay_response(
         except asyncio.LimitOverrunError:
             raise ValueError("the upstream's answer head is too large") from None
         touch()
-        status, rewritten = _rewrite_response_head(head[:-4])
+        status, rewritten, headers = _rewrite_response_head(head[:-4])
         if status < 200 and not interim:
             continue
         client.write(rewritten)
         await client.drain()
         if status >= 200:
             break
-    while chunk := await upstream.read(_CHUNK):
+    remaining = _response_length(status, headers, head_request)
+    while remaining != 0 and (chunk := await upstream.read(_CHUNK if remaining is None else min(remaining, _CHUNK))):
         touch()
+        if remaining is not None:
+            remaining -= len(chunk)
         client.write(chunk)
         await client.drain()
     if client.can_write_eof():
         client.write_eof()
 
 
-def _rewrite_response_head(head: bytes) -> tuple[int, bytes]:
-    """The status and the head the client sees: no hop-by-hop headers, and a final head ends the connection."""
+def _response_length(status: int, headers: list[tuple[str, str]], head_request: bool) -> int | None:
+    """The final answer's body length, or None when it runs until the upstream closes (chunked, unframed)."""
+    if head_request or status in (204, 304):
+        return 0
+    lengths = [value for name, value in headers if name.lower() == "content-length"]
+    codings = [value for name, value in headers if name.lower() == "transfer-encoding"]
+    if codings or len(lengths) != 1 or not _CONTENT_LENGTH.fullmatch(lengths[0]):
+        return None  # the client reads its framing, or up to the close, as the upstream sent it
+    return int(lengths[0])
+
+
+def _rewrite_response_head(head: bytes) -> tuple[int, bytes, list[tuple[str, str]]]:
+    """The status, the head the client sees (no hop-by-hop headers, and a final head ends the connection),
+    and the upstream's header fields."""
     lines = head.split(b"\r\n")
     status_line = _STATUS_LINE.fullmatch(lines[0])
     if status_line is None:
@@ -224,4 +249,4 @@ def _rewrite_response_head(head: bytes) -> tuple[int, bytes]:
     kept = [f"{name}: {value}" for name, value in headers if name.lower() not in dropped]
     final = ["Connection: close"] if status >= 200 else []
     out = [status_line[0].decode("latin-1"), *kept, *final]
-    return status, ("\r\n".join(out) + "\r\n\r\n").encode("latin-1")
+    return status, ("\r\n".join(out) + "\r\n\r\n").encode("latin-1"), headers

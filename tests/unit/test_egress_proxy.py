@@ -447,6 +447,38 @@ async def test_an_http_1_0_client_gets_no_interim_answer(upstream: Upstream, sta
 
 
 @pytest.mark.parametrize(
+    ("method", "answer", "relayed"),
+    [
+        ("GET", b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokHTTP/1.1 200 OK\r\n\r\nsecond", b"ok"),
+        ("HEAD", b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nHTTP/1.1 200 OK\r\n\r\nsecond", b""),
+        ("GET", b"HTTP/1.1 304 Not Modified\r\n\r\nHTTP/1.1 200 OK\r\n\r\nsecond", b""),
+    ],
+    ids=["content-length", "head", "not-modified"],
+)
+async def test_the_answer_ends_where_its_framing_says_though_the_upstream_stays(
+    start_proxy: Proxies, method: str, answer: bytes, relayed: bytes
+) -> None:
+    # An upstream that ignores Connection: close and sends a second response the client never asked for.
+    stay = asyncio.Event()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(answer)
+        await stay.wait()
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    up_port = server.sockets[0].getsockname()[1]
+    try:
+        port, _ = await start_proxy([Rule("127.0.0.1", up_port, private=True)])
+        raw = await exchange(port, f"{method} http://127.0.0.1:{up_port}/ HTTP/1.1\r\n\r\n".encode())
+        assert raw.partition(b"\r\n\r\n")[2] == relayed
+    finally:
+        stay.set()
+        server.close()
+
+
+@pytest.mark.parametrize(
     ("answer", "message"),
     [
         (b"", "the upstream closed before answering"),
