@@ -131,7 +131,11 @@ class Gate:
 
     def decide_access(self, kind: Kind, caller: str, profile: str, name: str) -> ToolDecision:
         """Allow or approval for a tool, resource URI or prompt name; a denial is raised naming the rule."""
-        decision = self.policy.decision(kind, caller, profile, name)
+        policy = self.policy
+        # Sessions outlive reloads: a caller removed from the policy, or whose profile was taken away, must not go
+        # on using the sessions it opened under the earlier one (the open was the only place this was weighed).
+        policy.check_open(caller, profile)
+        decision = policy.decision(kind, caller, profile, name)
         if decision.verdict == "deny":
             raise PermissionDenied(
                 f"caller {caller} may not {_DOING[kind]} {name!r} on profile {profile!r} ({decision.rule})"

@@ -359,6 +359,20 @@ async def test_policy_reload_applies_to_the_next_call(started: Callable[..., Ses
         await manager.call_tool(sid, "say", {"text": "ok"}, caller="alice")
 
 
+async def test_a_reload_that_takes_a_profile_away_stops_calls_in_its_open_sessions(
+    started: Callable[..., SessionManager], tmp_path: Path
+) -> None:
+    # decide_access weighed tool rules only: bob, removed from the policy (or his profile taken away), kept
+    # calling tools, reading resources and prompts in the session he had open, until it ended.
+    manager = started()
+    await manager.start()
+    sid = (await manager.open("good", caller="bob")).info.session_id
+    write_policy(tmp_path, POLICY.replace('profiles: ["good"]\n        max_sessions: 1', "profiles: []"))
+    assert manager._gate._policy.reload() is None
+    with pytest.raises(errors.PermissionDenied, match="profiles"):
+        await manager.call_tool(sid, "say", {"text": "ok"}, caller="bob")
+
+
 async def test_stderr_tail_redacts_the_sessions_secrets(
     manager: SessionManager, monkeypatch: pytest.MonkeyPatch
 ) -> None:
