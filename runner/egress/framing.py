@@ -12,6 +12,7 @@ saw none. Standard library only: this runs in the egress image.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 from collections.abc import Callable, Iterable
 
@@ -134,25 +135,29 @@ async def _forward_exactly(source: Buffered, sink: asyncio.StreamWriter, length:
         await sink.drain()
 
 
-async def _forward_chunked(source: Buffered, sink: asyncio.StreamWriter, touch: Touch) -> None:
+async def _forward_chunked(source: Buffered, sink: asyncio.StreamWriter, touch: Touch, *, framed: bool = True) -> None:
+    """Re-encode a chunked body canonically; only its data when not ``framed`` (for a reader that ends at the close)."""
     while True:
         size_line = _CHUNK_LINE.fullmatch(await source.readline())
         if size_line is None:
             raise ValueError("a malformed chunk-size line in the request body")
         touch()
         size = int(size_line[1], 16)
-        sink.write(b"%x\r\n" % size)
+        if framed:
+            sink.write(b"%x\r\n" % size)
         if size == 0:
             break
         await _forward_exactly(source, sink, size, touch)
         if await source.readexactly(2) != b"\r\n":
             raise ValueError("a chunk of the request body does not end with CRLF")
-        sink.write(b"\r\n")
+        if framed:
+            sink.write(b"\r\n")
     # Trailer fields are checked for framing, then dropped: one could carry a header a rule sets.
     for _ in range(_MAX_TRAILERS + 1):
         line = await source.readline()
         if line == b"\r\n":
-            sink.write(b"\r\n")
+            if framed:
+                sink.write(b"\r\n")
             await sink.drain()
             return
         if not line.endswith(b"\r\n") or not HEADER_LINE.fullmatch(line[:-2]) or BAD_VALUE.search(line[:-2]):
@@ -176,19 +181,21 @@ async def relay_response(
     client: asyncio.StreamWriter,
     touch: Touch,
     *,
-    interim: bool = True,
+    http_1_0: bool = False,
     head_request: bool = False,
 ) -> None:
     """Copy the upstream's answer to the client, its final head saying Connection: close.
 
-    Interim (1xx) heads go on only if ``interim``: the request went upstream as
-    HTTP/1.1, so the upstream may send them even to an HTTP/1.0 client, which
-    knows no 1xx and would take one for the answer (RFC 9110, section 15.2).
-    The answer ends where its own framing says when that is a Content-Length
-    (or no body at all), not when the upstream closes: one that ignores
-    Connection: close would hold the connection (and the client reading to
-    the end) until the idle timeout, and what it sends past the answer is a
-    second response the client never asked for.
+    The answer ends where its own framing says when that is a Content-Length,
+    chunked (re-encoded, as a request body is) or no body at all, not when the
+    upstream closes: one that ignores Connection: close would hold the
+    connection (and the client reading to the end) until the idle timeout, and
+    what it sends past the answer is a second response nobody asked for.
+
+    The request went upstream as HTTP/1.1, so the upstream may answer with what
+    an HTTP/1.0 client does not know (RFC 9110, section 15.2; RFC 9112, section
+    6.1): for one, interim (1xx) heads are dropped, as it would take one for the
+    answer, and a chunked body goes as its data only, ending at the close.
     ValueError before the final head is written if the upstream does not
     answer with an HTTP/1.x head: the caller may then still answer 502.
     """
@@ -200,14 +207,21 @@ async def relay_response(
         except asyncio.LimitOverrunError:
             raise ValueError("the upstream's answer head is too large") from None
         touch()
-        status, rewritten, headers = _rewrite_response_head(head[:-4])
-        if status < 200 and not interim:
-            continue
-        client.write(rewritten)
-        await client.drain()
+        status_line, status, headers = _parse_response_head(head[:-4])
         if status >= 200:
             break
+        if not http_1_0:
+            client.write(_response_head(status_line, status, headers, set()))
+            await client.drain()
     remaining = _response_length(status, headers, head_request)
+    dechunk = http_1_0 and remaining == CHUNKED
+    client.write(_response_head(status_line, status, headers, {"transfer-encoding"} if dechunk else set()))
+    await client.drain()
+    if remaining == CHUNKED:
+        # A broken chunked body is cut short there: the client sees it end early.
+        with contextlib.suppress(ValueError, EOFError, asyncio.IncompleteReadError):
+            await _forward_chunked(Buffered(upstream, b""), client, touch, framed=not dechunk)
+        remaining = 0
     while remaining != 0 and (chunk := await upstream.read(_CHUNK if remaining is None else min(remaining, _CHUNK))):
         touch()
         if remaining is not None:
@@ -219,19 +233,20 @@ async def relay_response(
 
 
 def _response_length(status: int, headers: list[tuple[str, str]], head_request: bool) -> int | None:
-    """The final answer's body length, or None when it runs until the upstream closes (chunked, unframed)."""
+    """The final answer's body length, CHUNKED, or None when it runs until the upstream closes."""
     if head_request or status in (204, 304):
         return 0
     lengths = [value for name, value in headers if name.lower() == "content-length"]
     codings = [value for name, value in headers if name.lower() == "transfer-encoding"]
+    if not lengths and len(codings) == 1 and codings[0].lower() == "chunked":
+        return CHUNKED
     if codings or len(lengths) != 1 or not _CONTENT_LENGTH.fullmatch(lengths[0]):
         return None  # the client reads its framing, or up to the close, as the upstream sent it
     return int(lengths[0])
 
 
-def _rewrite_response_head(head: bytes) -> tuple[int, bytes, list[tuple[str, str]]]:
-    """The status, the head the client sees (no hop-by-hop headers, and a final head ends the connection),
-    and the upstream's header fields."""
+def _parse_response_head(head: bytes) -> tuple[str, int, list[tuple[str, str]]]:
+    """The status line, the status and the header fields of an upstream's answer head."""
     lines = head.split(b"\r\n")
     status_line = _STATUS_LINE.fullmatch(lines[0])
     if status_line is None:
@@ -245,8 +260,13 @@ def _rewrite_response_head(head: bytes) -> tuple[int, bytes, list[tuple[str, str
         if header is None or BAD_VALUE.search(header[2]):
             raise ValueError("the upstream's answer has a malformed header line")
         headers.append((header[1].decode("ascii"), header[2].strip(b" \t").decode("latin-1")))
-    dropped = hop_by_hop(headers)
+    return status_line[0].decode("latin-1"), status, headers
+
+
+def _response_head(status_line: str, status: int, headers: list[tuple[str, str]], also_dropped: set[str]) -> bytes:
+    """The head the client sees: no hop-by-hop headers, and a final head ends the connection."""
+    dropped = hop_by_hop(headers) | also_dropped
     kept = [f"{name}: {value}" for name, value in headers if name.lower() not in dropped]
     final = ["Connection: close"] if status >= 200 else []
-    out = [status_line[0].decode("latin-1"), *kept, *final]
-    return status, ("\r\n".join(out) + "\r\n\r\n").encode("latin-1"), headers
+    out = [status_line, *kept, *final]
+    return ("\r\n".join(out) + "\r\n\r\n").encode("latin-1")

@@ -419,7 +419,7 @@ class EgressProxy:
         async def download(touch: Touch) -> None:
             try:
                 await relay_response(
-                    up_reader, writer, touch, interim=request.version != "1.0", head_request=request.method == "HEAD"
+                    up_reader, writer, touch, http_1_0=request.version == "1.0", head_request=request.method == "HEAD"
                 )
             except ValueError as exc:
                 writer.write(_reply(502, str(exc)))

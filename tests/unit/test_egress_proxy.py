@@ -446,14 +446,35 @@ async def test_an_http_1_0_client_gets_no_interim_answer(upstream: Upstream, sta
     assert status == 200 and json.loads(body)["body"] == "ok"
 
 
+async def test_an_http_1_0_client_gets_a_chunked_answer_as_its_data(start_proxy: Proxies) -> None:
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n3\r\n!!!\r\n0\r\n\r\n")
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    up_port = server.sockets[0].getsockname()[1]
+    try:
+        port, _ = await start_proxy([Rule("127.0.0.1", up_port, private=True)])
+        raw = await exchange(port, f"GET http://127.0.0.1:{up_port}/ HTTP/1.0\r\n\r\n".encode())
+        assert raw == b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nok!!!"
+    finally:
+        server.close()
+
+
 @pytest.mark.parametrize(
     ("method", "answer", "relayed"),
     [
         ("GET", b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokHTTP/1.1 200 OK\r\n\r\nsecond", b"ok"),
         ("HEAD", b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nHTTP/1.1 200 OK\r\n\r\nsecond", b""),
         ("GET", b"HTTP/1.1 304 Not Modified\r\n\r\nHTTP/1.1 200 OK\r\n\r\nsecond", b""),
+        (
+            "GET",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n002;x=y\r\nok\r\n0\r\nX-T: 1\r\n\r\nsecond",
+            b"2\r\nok\r\n0\r\n\r\n",
+        ),
     ],
-    ids=["content-length", "head", "not-modified"],
+    ids=["content-length", "head", "not-modified", "chunked"],
 )
 async def test_the_answer_ends_where_its_framing_says_though_the_upstream_stays(
     start_proxy: Proxies, method: str, answer: bytes, relayed: bytes
