@@ -626,7 +626,7 @@ def load_settings(config_path: Path | str | None = None, *, listen: str | None =
         profiles.update(_profiles(user, user_path.resolve().parent, defaults))
         max_message = user.max_message_bytes
         env_instance = os.environ.get("MCP_RUNNER_INSTANCE")
-        if env_instance is not None and not _INSTANCE.match(env_instance):
+        if env_instance is not None and not _INSTANCE.fullmatch(env_instance):
             raise ConfigError(f"MCP_RUNNER_INSTANCE={env_instance!r}: use 1-64 letters, digits, '_', '.' or '-'")
         instance = env_instance or user.instance or "default"
         base = user_path.resolve().parent

@@ -362,7 +362,7 @@ class _Caller(_DefaultCaller):
     def _hashes(cls, value: list[str]) -> list[str]:
         # Never echo the value: if it is a pasted token, it is a secret.
         for index, item in enumerate(value):
-            if not _TOKEN_HASH.match(item):
+            if not _TOKEN_HASH.fullmatch(item):
                 raise ValueError(
                     f"entry {index} is not a token hash (sha256:<64 hex>); put the hash that "
                     "`mcp-runner token <caller>` prints here, never the token itself"

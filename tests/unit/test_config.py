@@ -213,8 +213,10 @@ def test_nonpositive_max_message_bytes_rejected(tmp_path: Path, value: str) -> N
     assert "max_message_bytes" in problem(caught.value, path)
 
 
-def test_instance_from_env_is_validated(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("MCP_RUNNER_INSTANCE", "bad name/x=y")
+@pytest.mark.parametrize("value", ["bad name/x=y", "blue\n", ""])
+def test_instance_from_env_is_validated(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    # "blue\n" passed the pattern's $ (Python's matches before a final newline) and named the lock and audit files.
+    monkeypatch.setenv("MCP_RUNNER_INSTANCE", value)
     with pytest.raises(ConfigError, match="MCP_RUNNER_INSTANCE"):
         load_settings()
 

@@ -250,6 +250,8 @@ def test_a_pasted_token_is_refused_without_echoing_it(tmp_path: Path) -> None:
 
 def test_a_short_hash_is_refused(tmp_path: Path) -> None:
     assert "not a token hash" in refusal(tmp_path, 'callers:\n  a:\n    tokens: ["sha256:9f86d0"]\n')
+    # A hash with a final newline (a YAML block scalar) passed the $ anchor and could never match a token.
+    assert "not a token hash" in refusal(tmp_path, f'callers:\n  a:\n    tokens: ["{ALICE_HASH}\\n"]\n')
 
 
 def test_the_same_hash_under_two_callers_is_refused(tmp_path: Path) -> None:
