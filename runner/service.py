@@ -261,13 +261,13 @@ async def _serve(settings: Settings, lock: InstanceLock) -> None:
         )
         if store is not None and settings.audit.retention_s is not None:
             retention = asyncio.create_task(keep_retention(store, settings.audit), name="audit-retention")
-        host = settings.listen.rsplit(":", 1)[0]
-        if settings.listen.endswith(":0"):  # the holder's record names the port actually bound
-            lock.note(f"{host}:{server.port}")
+        address = bound_address(settings.listen, server.port)
+        if address != settings.listen:  # the holder's record names the port actually bound
+            lock.note(address)
         methods = [name for name, on in (("mTLS", settings.auth.mtls), ("bearer tokens", settings.auth.tokens)) if on]
         log.info(
-            "mcp-runner listening on %s:%d (%s; %s; policy: %s; instance %r, profiles: %s)",
-            host, server.port, "TLS" if settings.tls else "plaintext",
+            "mcp-runner listening on %s (%s; %s; policy: %s; instance %r, profiles: %s)",
+            address, "TLS" if settings.tls else "plaintext",
             " + ".join(methods) or "no authentication (loopback only)", policy.current.source,
             settings.instance, ", ".join(sorted(settings.profiles)),
         )
@@ -287,6 +287,16 @@ async def _serve(settings: Settings, lock: InstanceLock) -> None:
             store.close()
             seq, digest = store.head
             log.info("audit log closed at seq %d, head %s", seq, digest)
+
+
+def bound_address(listen: str, port: int) -> str:
+    """Where the service is reached: ``listen`` with port 0 replaced by the bound port; a Unix socket as given.
+
+    gRPC reports 1 as the "port" of a Unix socket, so ``unix:/run/r.sock`` was logged as listening on ``unix:1``.
+    """
+    if listen.startswith(("unix:", "unix-abstract:")) or not listen.endswith(":0"):
+        return listen
+    return f"{listen.removesuffix(':0')}:{port}"
 
 
 def _open_audit(settings: Settings) -> AuditStore | None:

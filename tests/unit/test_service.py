@@ -391,3 +391,18 @@ async def test_signals_during_start_up_are_the_services_a_stop_is_honoured_befor
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     InstanceLock.acquire(tmp_path / "state", "blue", "127.0.0.1:1").release()
+
+
+@pytest.mark.parametrize(
+    ("listen", "port", "address"),
+    [
+        ("127.0.0.1:0", 4321, "127.0.0.1:4321"),
+        ("[::]:0", 4321, "[::]:4321"),
+        ("0.0.0.0:50051", 50051, "0.0.0.0:50051"),
+        ("unix:/run/r.sock", 1, "unix:/run/r.sock"),  # was logged and recorded as "unix:1"
+        ("unix:/run/r:0", 1, "unix:/run/r:0"),
+        ("unix-abstract:r", 1, "unix-abstract:r"),
+    ],
+)
+def test_the_address_logged_and_recorded_is_where_the_service_is_reached(listen: str, port: int, address: str) -> None:
+    assert service.bound_address(listen, port) == address
