@@ -18,6 +18,8 @@ from collections.abc import AsyncIterator, Callable
 
 import httpx2
 
+from .link import whole_words
+
 #: Asked of every remote server: counting the bytes on the wire then counts what the SDK will hold.
 ACCEPT_IDENTITY = {"accept-encoding": "identity"}
 
@@ -42,7 +44,8 @@ class CappedTransport(httpx2.AsyncBaseTransport):
         coding = response.headers.get("content-encoding", "").strip().lower()
         if coding not in ("", "identity"):
             await response.aclose()
-            message = f"the remote MCP server sent a compressed answer (Content-Encoding: {coding[:40]}), unasked"
+            shown = whole_words(coding, 40)  # the server's words, for the host's sanitizer: never part of one
+            message = f"the remote MCP server sent a compressed answer (Content-Encoding: {shown}), unasked"
             self._on_violation(message)
             raise httpx2.RemoteProtocolError(message, request=request)
         events = response.headers.get("content-type", "").strip().lower().startswith("text/event-stream")

@@ -17,9 +17,10 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
+import httpx2
 import pytest
 
-from runner.agent.remote import _EventSize
+from runner.agent.remote import CappedTransport, _EventSize
 from runner.egress.proxy import EgressProxy
 from runner.egress.rules import Rule
 from tests.unit.agent_driver import AgentProcess
@@ -180,3 +181,21 @@ def test_an_event_stream_is_counted_event_by_event(end: bytes, piece: int) -> No
     counter = _EventSize()
     sizes = [counter.add(stream[at : at + piece]) for at in range(0, len(stream), piece)]
     assert max(sizes) <= len(event) + 1007 and sizes[-1] in (1006, 1007)  # a CRLF split at its LF: one byte more
+
+
+@pytest.mark.parametrize("pad", [0, 10, 25])
+async def test_a_compressed_answer_quotes_its_encoding_in_whole_words(pad: int) -> None:
+    """The encoding is the server's word and the message reaches the host's sanitizer: cut at 40 characters it kept
+    ``ghp_`` and part of a token, which the sanitizer no longer recognizes in the exit record."""
+    body = "a1b2c3d4e5f6g7h8i9j0k1l2m3n4o5p6q7r8"
+    coding = "gzip, " + "x, " * (pad // 3) + "ghp_" + body
+
+    class Compressed(httpx2.AsyncBaseTransport):
+        async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
+            return httpx2.Response(200, headers={"content-encoding": coding}, stream=httpx2.ByteStream(b"{}"))
+
+    said: list[str] = []
+    transport = CappedTransport(Compressed(), 1024, lambda: None, said.append)
+    with pytest.raises(httpx2.RemoteProtocolError):
+        await transport.handle_async_request(httpx2.Request("POST", "http://127.0.0.1/mcp"))
+    assert said and "gzip" in said[0] and (body in said[0] or "ghp_" not in said[0]), said
