@@ -520,7 +520,13 @@ def _certs(args: argparse.Namespace) -> int:
 
 def _token(args: argparse.Namespace) -> int:
     from runner.api.auth import hash_token, new_token
+    from runner.policy import CALLER_NAME
 
+    if not CALLER_NAME.fullmatch(args.caller):
+        # The entry printed is pasted into the policy: a name the loader refuses, or one carrying YAML of its own
+        # ("bob: {roles: [admin]}"), must not be handed out with a token that then works for nobody (or more).
+        print(f"error: caller name {args.caller!r}: use 1-64 letters, digits, '.', '_', '-' or '@'", file=sys.stderr)
+        return 2
     token = new_token()
     print(f"token for {args.caller} (give it to the caller; it is not stored anywhere): {token}")
     print(f"policy file entry:\n  callers:\n    {args.caller}:\n      tokens: [\"{hash_token(token)}\"]")

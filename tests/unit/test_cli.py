@@ -236,6 +236,13 @@ def test_token_prints_a_token_and_its_hash(capsys: pytest.CaptureFixture[str]) -
     assert second != token and second_hash != token_hash  # fresh randomness every time
 
 
+@pytest.mark.parametrize("name", ["bad name", "bob: {roles: [admin]}", "alice\n", ""])
+def test_token_refuses_a_name_the_policy_could_not_hold(name: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["token", name]) == 2
+    out, err = capsys.readouterr()
+    assert "caller name" in err and TOKEN_PREFIX not in out  # no token handed out for it
+
+
 async def test_token_entry_works_in_a_policy_file_and_on_the_wire(
     fake: FakeManager, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
