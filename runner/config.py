@@ -529,6 +529,16 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep)
 
 
+def _one_line(exc: Exception) -> str:
+    """A parser's complaint on one line: PyYAML's spans several (context, the offending line, a caret), which
+    broke a refused reload's log entry across lines and echoed a line of the file into the log."""
+    if isinstance(exc, yaml.MarkedYAMLError) and exc.problem_mark is not None:
+        mark = exc.problem_mark
+        context = f"{exc.context}: " if exc.context else ""
+        return f"{context}{exc.problem} (line {mark.line + 1}, column {mark.column + 1})"
+    return " ".join(str(exc).split())
+
+
 def read_document(path: Path, what: str) -> dict[str, Any]:
     """A YAML (or, for ``.toml``, TOML) file's top-level mapping; ConfigError naming ``what`` and the file."""
     kind = "TOML" if path.suffix == ".toml" else "YAML"
@@ -541,7 +551,7 @@ def read_document(path: Path, what: str) -> dict[str, Any]:
     try:
         data = tomllib.loads(text) if kind == "TOML" else yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader
     except (tomllib.TOMLDecodeError, yaml.YAMLError) as exc:
-        raise ConfigError(f"{what} {path} is not valid {kind}: {exc}") from exc
+        raise ConfigError(f"{what} {path} is not valid {kind}: {_one_line(exc)}") from exc
     except RecursionError as exc:
         # Both parsers recurse per level of nesting: a file of thousands of '[' must be refused like any other
         # broken file (a reload keeps the policy in force), not escape as a traceback that ends a start or reload.

@@ -608,3 +608,19 @@ def test_a_caller_written_twice_is_refused(tmp_path: Path) -> None:
     path = write(tmp_path, "callers:\n  alice: {profiles: []}\n  bob: {profiles: []}\n  alice: {profiles: [git]}\n")
     with pytest.raises(ConfigError, match="found key 'alice' twice"):
         load_policy(path)
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["callers: [unclosed\n", "callers:\n  alice: {profiles: []}\n  alice: {}\n", "a: !!python/name:os.system x\n"],
+)
+def test_a_refused_reload_is_one_log_line_with_the_place(
+    tmp_path: Path, text: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # PyYAML's message spans lines and quotes the offending line: the reload's log entry broke across lines.
+    store = PolicyStore(write(tmp_path, ""))
+    write(tmp_path, text)
+    with caplog.at_level(logging.ERROR, logger="runner.policy"):
+        error = store.reload()
+    assert error is not None and "\n" not in error and "(line " in error
+    assert [r.getMessage().count("\n") for r in caplog.records] == [0]
