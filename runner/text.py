@@ -45,13 +45,18 @@ def whole_words(text: str, limit: int) -> str:
 
 
 # What ``repr`` and JSON make of a character they will not show: \xXX, \uXXXX (a surrogate pair as two), \UXXXXXXXX.
+# An escaped backslash is read as one unit first, so the text after it is never taken for an escape.
 _BACKSLASH_ESCAPE = re.compile(
-    r"\\(?:x([0-9a-fA-F]{2})|u([dD][89abAB][0-9a-fA-F]{2})\\u([dD][c-fC-F][0-9a-fA-F]{2})|u([0-9a-fA-F]{4})"
+    r"\\(?:\\|x([0-9a-fA-F]{2})|u([dD][89abAB][0-9a-fA-F]{2})\\u([dD][c-fC-F][0-9a-fA-F]{2})|u([0-9a-fA-F]{4})"
     r"|U([0-9a-fA-F]{8}))"
 )
 
 
 def _unescape(m: re.Match[str]) -> str:
+    if m[0] == "\\\\":
+        # The quoted text held a backslash, spelled ``\\``: what follows it is text (a name spelling ``\x0a``
+        # as four characters), not an escape; read as one it put a line break into the service log.
+        return m[0]
     if m[1] is not None:
         return chr(int(m[1], 16))
     if m[2] is not None:

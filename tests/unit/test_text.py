@@ -56,3 +56,12 @@ def test_unescaped_reads_what_repr_and_json_spell_out() -> None:
 def test_control_free_shows_what_is_drawn_as_nothing(invisible: str) -> None:
     shown = control_free(f"del{invisible}ete ❤\ufe0f")
     assert invisible not in shown and "\\u" in shown and shown.endswith("❤\ufe0f")  # the emoji selector stays
+
+
+@pytest.mark.parametrize("name", [r"a\x0aforged", r"a\u000d\u000aforged", "a\\\\x0aforged", r"a\U0000000aforged"])
+def test_unescaped_reads_an_escaped_backslash_as_one_character(name: str) -> None:
+    """A name that spells ``\\x0a`` as four characters is quoted by ``repr`` as ``\\\\x0a``: read as a backslash
+    and an escape, it became a line break, and a pin warning quoting a server's tool name forged a service log line."""
+    assert "\n" not in unescaped(repr(name)) and "\r" not in unescaped(repr(name))
+    assert unescaped(json.dumps(name)) == json.dumps(name)
+    assert unescaped(repr(name + "\u200b")) == repr(name)[:-1] + "\u200b'"  # an escape after it is still read
