@@ -21,7 +21,7 @@ from runner.sandbox.base import SandboxHandle, SandboxStats
 from runner.sessions.egress_record import EgressRecord, describe_network
 from runner.sessions.models import ServerInfo, SessionInfo, SessionState, Usage
 
-_LABEL_KEY = re.compile(r"^[a-zA-Z0-9_.\-/]{1,63}$")
+_LABEL_KEY = re.compile(r"[a-zA-Z0-9_.\-/]{1,63}")  # whole key: "$" would let "team\n" through
 _MAX_LABELS = 16
 
 
@@ -89,7 +89,7 @@ def check_labels(labels: Mapping[str, str]) -> Mapping[str, str]:
     if len(labels) > _MAX_LABELS:
         raise InvalidArgument(f"at most {_MAX_LABELS} labels are allowed, got {len(labels)}")
     for key, value in labels.items():
-        if not _LABEL_KEY.match(key):
+        if not _LABEL_KEY.fullmatch(key):
             raise InvalidArgument(f"label key {key!r} must be 1-63 characters of letters, digits, _ . - /")
         if len(value) > 256:
             raise InvalidArgument(f"label {key!r} is longer than 256 characters")

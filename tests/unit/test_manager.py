@@ -200,9 +200,10 @@ async def test_limits_may_only_go_down(manager: SessionManager) -> None:
     assert opened.info.state is SessionState.READY
 
 
-async def test_bad_labels(manager: SessionManager) -> None:
+@pytest.mark.parametrize("key", ["bad key!", "team\n", "", "x" * 64])
+async def test_bad_labels(manager: SessionManager, key: str) -> None:
     with pytest.raises(errors.InvalidArgument, match="label key"):
-        await manager.open("good", caller="a", labels={"bad key!": "v"})
+        await manager.open("good", caller="a", labels={key: "v"})
 
 
 async def test_idle_reaping(make_manager: Callable[..., SessionManager]) -> None:
