@@ -83,7 +83,7 @@ from runner.sessions.models import (
     ToolCallOutcome,
 )
 from runner.sessions.session import LiveSession, check_labels, session_info
-from runner.text import unescaped
+from runner.text import control_free, unescaped
 
 log = logging.getLogger(__name__)
 P = TypeVar("P", bound=BaseModel)
@@ -568,9 +568,10 @@ class SessionManager:
         session.tools = await asyncio.to_thread(check_tools, listed)
         violations = self._gate.pins.check(session.profile.name, listed)
         for violation in violations:
-            # The message quotes the server's tool name: the service log gets it sanitized, like the caller does.
+            # The message quotes the server's tool name: the service log gets it sanitized, like the caller does,
+            # and on one line (a line or paragraph separator the sanitizer keeps in text is shown escaped).
             message = session.sanitizer.text(unescaped(violation.message), "service log", FindingLog())
-            log.warning("session %s (profile %s): %s", session.id, session.profile.name, message)
+            log.warning("session %s (profile %s): %s", session.id, session.profile.name, control_free(message))
         session.listing = await asyncio.to_thread(screen_tools, session.sanitizer, listed, violations)
 
     async def _callable_tool(self, session: LiveSession, caller: str, tool: str, timeout: float | None) -> CheckedTool:
