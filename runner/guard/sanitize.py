@@ -107,16 +107,29 @@ MIN_SECRET_LENGTH = 4
 _MIN_BASE64_FORM = 8
 """Shorter base64 pieces of a short secret would be found by chance in any long base64 text."""
 _URLSAFE = str.maketrans("+/", "-_")
-_ASCII_ESCAPE = re.compile(r"(%[0-7][0-9A-Fa-f]|\\(?:u00[0-7][0-9A-Fa-f]|x[0-7][0-9A-Fa-f]|/))")
+_ASCII_ESCAPE = re.compile(r"(%[0-7][0-9A-Fa-f]|(?<!\\)\\++(?:u00[0-7][0-9A-Fa-f]|x[0-7][0-9A-Fa-f]|/))")
 """An ASCII character spelled as a URL escape (``%5F``) or as JSON and ``repr`` spell it (``\\u0041``, ``\\x41``,
-``\\/``): whoever decodes the text reads the character."""
+``\\/``): whoever decodes the text reads the character. Its backslash may be doubled, as often as the text was
+quoted again (``repr`` of ``ghp\\u005f…`` in an error message is ``ghp\\\\u005f…``): a reader sees through that too.
+A run of backslashes is read once, from its first one and without backtracking: else a line of them costs
+quadratic time."""
 _LINE_BREAK = re.compile(r"(\r?\n[ \t]*)")
-_UNESCAPED = {"\\/": "/"} | {
-    f"{lead}{digits}": chr(code)
+
+
+class _Escapes(dict[str, str]):
+    """What each escape spells; an escape whose backslash was doubled spells what it does with one."""
+
+    def __missing__(self, escape: str) -> str:
+        return self["\\" + escape.lstrip("\\")]
+
+
+_UNESCAPED = _Escapes({"\\/": "/"})
+_UNESCAPED.update(
+    (f"{lead}{digits}", chr(code))
     for code in range(128)
     for digits in {f"{code:02x}", f"{code:02X}"}
     for lead in ("%", "\\u00", "\\x")
-}
+)
 _IDENTIFIER_JOINT = re.compile(r"[_.\-]+|(?<=[a-z0-9])(?=[A-Z])")
 """Where an identifier joins its words: separators, and a capital after a small letter or digit (camelCase)."""
 _LOCATOR_JOINT = re.compile(r"[_.\-/+=&?#:;,~]+|(?<=[a-z0-9])(?=[A-Z])")
