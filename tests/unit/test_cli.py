@@ -440,10 +440,10 @@ async def test_everything_printed_is_control_free(
 
 
 def test_control_free_streams_are_restored(capsys: pytest.CaptureFixture[str]) -> None:
-    stdout = sys.stdout
-    assert cli.main(["token", "b\u202eob"]) == 0
-    assert sys.stdout is stdout
-    assert "b\\u202eob" in capsys.readouterr().out
+    stdout, stderr = sys.stdout, sys.stderr
+    assert cli.main(["token", "b\u202eob"]) == 2  # not a caller name the policy can hold
+    assert sys.stdout is stdout and sys.stderr is stderr
+    assert "b\\u202eob" in capsys.readouterr().err
 
 
 async def test_line_breaks_from_the_service_cannot_forge_lines(
