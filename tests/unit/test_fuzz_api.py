@@ -66,7 +66,10 @@ FUZZ = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCh
 class Service:
     """The service on its own event loop in a background thread."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, policy: str = POLICY, *, tokens: bool = False) -> None:
+        """``policy``: the policy file's text; ``tokens``: callers authenticate with the tokens it lists."""
+        self.policy_text = policy
+        self.tokens = tokens
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, name="fuzzed-service", daemon=True)
         self.thread.start()
@@ -81,11 +84,11 @@ class Service:
 
     async def _start(self, directory: Path) -> None:
         self.store.open()
-        policy = PolicyStore(write_policy(directory, POLICY))
+        policy = PolicyStore(write_policy(directory, self.policy_text))
         self.manager = SessionManager(self.backend, SETTINGS, policy, Journal(self.store))
         await self.manager.start()
         audit = AuditService(self.store, policy, Replayer(self.manager, self.store))
-        authenticator = Authenticator(AuthConfig(), lambda token_hash: None)
+        authenticator = Authenticator(AuthConfig(tokens=self.tokens), lambda digest: policy.current.token_owner(digest))
         self.running = await start_server(self.manager, "127.0.0.1:0", authenticator=authenticator, grace=0,
                                           audit=audit)  # fmt: skip
 

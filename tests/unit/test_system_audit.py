@@ -31,7 +31,6 @@ from runner.api._proto.mcp_runner.v1 import runner_pb2_grpc
 from runner.audit import records
 from runner.audit.records import AuditQuery, AuditRecord
 from runner.audit.verify import verify_export
-from tests.unit import test_fuzz_api
 from tests.unit.test_fuzz_api import Service
 
 # "say" waits for an approval; the rest run at once.
@@ -70,11 +69,10 @@ class SystemService(Service):
 
 @pytest.fixture
 def service(
-    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    request: pytest.FixtureRequest, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> Iterator[Any]:
-    monkeypatch.setattr(test_fuzz_api, "POLICY", getattr(request, "param", POLICY))
     caplog.set_level(logging.INFO)
-    made = SystemService(tmp_path)
+    made = SystemService(tmp_path, getattr(request, "param", POLICY))
     try:
         yield made
     finally:

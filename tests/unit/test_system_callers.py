@@ -16,18 +16,10 @@ from typing import Any
 import grpc
 import pytest
 
-from runner.api import start_server
 from runner.api._proto.mcp_runner.v1 import runner_pb2 as pb
 from runner.api._proto.mcp_runner.v1 import runner_pb2_grpc
-from runner.api.auth import Authenticator, hash_token
-from runner.audit.replay import Replayer
-from runner.audit.service import AuditService
-from runner.config import AuthConfig
-from runner.policy import PolicyStore
-from runner.sessions.journal import Journal
-from runner.sessions.manager import SessionManager
+from runner.api.auth import hash_token
 from tests.unit.test_fuzz_api import Service
-from tests.unit.test_manager_audit import SETTINGS, write_policy
 
 TOKENS = {"alice": "alice-token-0123456789", "bob": "bob-token-0123456789"}
 RATES = "rates: {refusals_per_min: 100000, refusal_burst: 1000}"  # every refusal answered, none throttled
@@ -39,21 +31,9 @@ POLICY = f"""
 OK = {grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.NOT_FOUND}
 
 
-class TokenService(Service):
-    async def _start(self, directory: Path) -> None:
-        self.store.open()
-        policy = PolicyStore(write_policy(directory, POLICY))
-        self.manager = SessionManager(self.backend, SETTINGS, policy, Journal(self.store))
-        await self.manager.start()
-        audit = AuditService(self.store, policy, Replayer(self.manager, self.store))
-        authenticator = Authenticator(AuthConfig(tokens=True), lambda digest: policy.current.token_owner(digest))
-        self.running = await start_server(self.manager, "127.0.0.1:0", authenticator=authenticator, grace=0,
-                                          audit=audit)  # fmt: skip
-
-
 @pytest.fixture
-def service(tmp_path: Path) -> Iterator[TokenService]:
-    made = TokenService(tmp_path)
+def service(tmp_path: Path) -> Iterator[Service]:
+    made = Service(tmp_path, POLICY, tokens=True)
     try:
         yield made
     finally:
@@ -105,7 +85,7 @@ def answer(run: Any) -> tuple[grpc.StatusCode, str]:
     return grpc.StatusCode.OK, ""
 
 
-def test_callers_learn_nothing_of_each_others_sessions(service: TokenService) -> None:
+def test_callers_learn_nothing_of_each_others_sessions(service: Service) -> None:
     with grpc.insecure_channel(service.address) as channel:
         stub = runner_pb2_grpc.RunnerStub(channel)
         alice, bob = as_caller(stub, "alice"), as_caller(stub, "bob")
@@ -133,7 +113,7 @@ def test_callers_learn_nothing_of_each_others_sessions(service: TokenService) ->
         assert not re.search("alice", repr([m for _, (_, m) in made_up]))
 
 
-def test_another_callers_approval_id_tells_nothing_of_its_call(service: TokenService) -> None:
+def test_another_callers_approval_id_tells_nothing_of_its_call(service: Service) -> None:
     """Once, claiming it named its tool ("is for tool 'say'") and told whether the arguments were its."""
     with grpc.insecure_channel(service.address) as channel:
         stub = runner_pb2_grpc.RunnerStub(channel)
