@@ -27,7 +27,7 @@ from docker.types import Ulimit
 
 from runner.config import DEFAULT_UPSTREAM_NETWORK
 from runner.errors import FailedPrecondition, RunnerError, Unavailable
-from runner.sandbox import egress
+from runner.sandbox import egress, sweep
 from runner.sandbox.base import (
     INSTANCE_LABEL,
     OWNER_LABEL,
@@ -47,8 +47,6 @@ _HEADER = struct.Struct(">BxxxL")
 _STDOUT, _STDERR = 1, 2
 _READ_CHUNK = 64 * 1024
 _NOFILE = 1024
-SWEEP_THREADS = 8
-"""Orphans removed at a time at start: Docker takes tens of ms for each, and nothing else runs yet."""
 
 
 @contextlib.contextmanager
@@ -497,33 +495,9 @@ class DockerBackend:
             log.warning("could not remove container %s: %s", container_id[:12], exc)
 
     async def sweep_orphans(self, instance: str) -> int:
-        def sweep() -> int:
-            api = self._api()
-            found = api.containers(all=True, filters={"label": [SESSION_LABEL, f"{INSTANCE_LABEL}={instance}"]})
-            orphaned = functools.cache(self._abandoned_owner)  # one lock probe per owner, not per sandbox
-            orphans = [container for container in found if orphaned(_owner(container))]
-
-            def remove(container: dict[str, Any]) -> None:
-                with contextlib.suppress(docker.errors.NotFound):
-                    api.remove_container(container["Id"], force=True)
-
-            # Side by side: one by one, the thousands a crashed busy service leaves took minutes before it served.
-            with ThreadPoolExecutor(max_workers=SWEEP_THREADS, thread_name_prefix="sweep") as pool:
-                list(pool.map(remove, orphans))
-            for network in api.networks(filters={"label": [f"{INSTANCE_LABEL}={instance}"]}):
-                if orphaned(_owner(network)):
-                    with contextlib.suppress(docker.errors.NotFound):
-                        api.remove_network(network["Id"])
-            if len(orphans) < len(found):
-                swept = {id(c) for c in orphans}
-                owners = {str(_owner(c)) for c in found if id(c) not in swept}
-                log.warning(
-                    "kept %d sandbox(es) of instance %r: another running service of that name owns them (%s)",
-                    len(found) - len(orphans), instance, "; ".join(sorted(owners)),
-                )
-            return len(orphans)
-
-        return await self._run("sweeping orphaned sandboxes", sweep)
+        return await self._run(
+            "sweeping orphaned sandboxes", lambda: sweep.sweep_orphans(self._api(), instance, self._abandoned_owner)
+        )
 
     def _abandoned_owner(self, owner: str | None) -> bool:
         """Whether sandboxes and networks of this owner label belong to no running service: the sweep removes them."""
@@ -532,7 +506,3 @@ class DockerBackend:
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
-
-def _owner(listed: dict[str, Any]) -> str | None:
-    owner: str | None = (listed.get("Labels") or {}).get(OWNER_LABEL)
-    return owner

@@ -5,7 +5,8 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
-from runner.sandbox.docker import SWEEP_THREADS, DockerBackend
+from runner.sandbox.docker import DockerBackend
+from runner.sandbox.sweep import SWEEP_THREADS
 from runner.service import InstanceLock
 from tests.unit.test_service import FakeEngine
 
