@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import codecs
 import itertools
 import json
 import re
@@ -45,6 +44,7 @@ from pydantic import BaseModel
 from runner.errors import ResultRejected
 from runner.guard.findings import BLOCKED, REDACTED, FindingLog
 from runner.guard.kinds import INJECTION_KINDS, UNSAFE_IDENTIFIER
+from runner.guard.mime import document_charset, json_typed, text_like
 from runner.guard.sanitize import Sanitizer
 
 MAX_DEPTH = 64
@@ -84,17 +84,6 @@ _SIMPLE_NAME = re.compile(r"[A-Za-z0-9_.\-/:]{1,128}")
 _SIMPLE_KEY = re.compile(r"[A-Za-z_$][A-Za-z0-9_$\-]{0,63}")
 _PAYLOAD_FIELDS = frozenset({"data", "blob"})
 _LOCATOR_FIELDS = frozenset({"uri", "uri_template", "mime_type", "src", "url"})
-_TEXT_SUBTYPES = frozenset(
-    {"json", "xml", "javascript", "ecmascript", "yaml", "x-yaml", "toml", "x-toml", "sql", "graphql", "x-sh",
-     "x-shellscript", "csv", "ndjson", "x-ndjson", "jsonl", "x-www-form-urlencoded", "markdown", "x-python"}
-)  # fmt: skip
-_CHARSET = re.compile(r";\s*charset\s*=\s*[\"']?([A-Za-z0-9_.:\-]{1,40})", re.IGNORECASE)
-_DOCUMENT_CHARSETS = re.compile(
-    r"utf-(?:8|8-sig|7|16|16-le|16-be|32|32-le|32-be)|ascii|iso8859-\d{1,2}|cp125\d|cp866|cp874|koi8-[ru]|mac-roman"
-    r"|shift_jis|cp932|euc_jp|iso2022_jp|gb2312|gbk|gb18030|big5|big5hkscs|cp950|euc_kr|cp949"
-)
-"""Python's canonical names of the charsets documents are written in (the WHATWG list, UTF-7 and UTF-32); each
-decodes in linear time and takes the ``replace`` error handler both ways."""
 _LONG_NUMBER = 10**8
 """Numbers from here up have as many digits as the shortest number a detector redacts (an SSN); shorter ones are
 left alone without a look."""
@@ -105,36 +94,6 @@ _MOSTLY_TEXT = 20
 """A payload without a MIME type is text when at most one character in this many is not (an image has many)."""
 _CLEAN_CACHE_LIMIT = 4096
 _CLEAN_CACHE_MAX_LEN = 128
-
-
-def _text_like(mime_type: str | None) -> bool:
-    """A MIME type whose payload is text a person or a model will read; no type at all counts as text."""
-    if not mime_type:
-        return True
-    kind, _, subtype = mime_type.split(";", 1)[0].strip().lower().partition("/")
-    return kind == "text" or subtype in _TEXT_SUBTYPES or subtype.endswith(("+json", "+xml", "+yaml"))
-
-
-def _charset(mime_type: str | None) -> str:
-    """The document charset a MIME type's ``charset`` names, if it is one readers know (``_DOCUMENT_CHARSETS``);
-    else UTF-8. Python also calls ``punycode``, ``idna`` and ``unicode_escape`` text encodings: no reader decodes a
-    document with them, punycode decodes in quadratic time and idna raises on any error handler."""
-    found = _CHARSET.search(mime_type or "")
-    if found is not None:
-        try:
-            name = codecs.lookup(found.group(1)).name
-        except LookupError:
-            return "utf-8"
-        if _DOCUMENT_CHARSETS.fullmatch(name):
-            return name
-    return "utf-8"
-
-
-def _json_typed(mime_type: str | None) -> bool:
-    if not mime_type:
-        return False
-    subtype = mime_type.split(";", 1)[0].strip().lower().partition("/")[2]
-    return subtype in ("json", "ld+json") or subtype.endswith("+json")
 
 
 def _nesting(value: Any, nodes: int) -> int:
@@ -342,7 +301,7 @@ class _Walk:
             typed = mime_type if isinstance(mime_type, str) else None
             if name in _PAYLOAD_FIELDS and isinstance(item, str) and "mime_type" in type(model).model_fields:
                 clean: Any = self.payload(item, path, typed)
-            elif name == "text" and isinstance(item, str) and _json_typed(typed):
+            elif name == "text" and isinstance(item, str) and json_typed(typed):
                 clean = self.document(item, path, typed)
             elif name == "name" and isinstance(item, str):
                 clean = self.identifier(item, path)
@@ -361,13 +320,13 @@ class _Walk:
         MIME type that is not mostly UTF-8 text is taken for binary and left as it is.
         """
         self.tick()
-        if not _text_like(mime_type):
+        if not text_like(mime_type):
             return data
         try:
             raw = base64.b64decode(data, validate=True)
         except (binascii.Error, ValueError):
             return data  # not base64: no reader gets text out of it
-        charset = _charset(mime_type)
+        charset = document_charset(mime_type)
         try:
             text = raw.decode(charset)
         except UnicodeError:
@@ -404,7 +363,7 @@ class _Walk:
     def document(self, text: str, where: str, mime_type: str | None) -> str:
         """Text of a MIME type. JSON is parsed and walked as a value: in its text, ``\\u001b`` is six harmless
         characters, but whoever parses it gets the escape (and a secret may be spelled with escapes)."""
-        if _json_typed(mime_type):
+        if json_typed(mime_type):
             duplicates = False
 
             def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
