@@ -32,11 +32,10 @@ import heapq
 import json
 import operator
 import re
-import unicodedata
 import urllib.parse
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from itertools import accumulate, count, repeat
+from itertools import accumulate, count
 
 from runner.guard.detectors import (
     LONG_RUN,
@@ -55,6 +54,7 @@ from runner.guard.detectors import (
     url_passwords,
 )
 from runner.guard.findings import BLOCKED, FLAGGED, REDACTED, FindingLog
+from runner.guard.folding import fold, fold_map, unfold
 from runner.guard.injection import detect as detect_injection
 from runner.guard.injection import may_detect, read_as_latin
 from runner.guard.kinds import BIDI_CONTROL as BIDI_CONTROL
@@ -249,7 +249,7 @@ class Sanitizer:
         """Prompt injection only, nothing rewritten: for text a reader sees as one but that arrives in pieces (the
         seam between two content blocks)."""
         if self._enabled and not (text.isascii() and not may_detect(text.lower())):
-            folded, _ = _fold(strip(text, where, FindingLog(), self._injection_action))
+            folded, _ = fold(strip(text, where, FindingLog(), self._injection_action))
             detect_injection(folded, read_as_latin(folded), where, log, self._injection_action)
 
     def words(self, text: str, where: str, log: FindingLog) -> None:
@@ -262,7 +262,7 @@ class Sanitizer:
         if text.isascii() and not may_detect(text.lower()):
             return  # the common case: a plain identifier (first_name, maxDays) holds no word a rule starts from
         spaced = joint.sub(" ", strip(text, where, FindingLog(), self._injection_action))
-        folded, _ = _fold(spaced)
+        folded, _ = fold(spaced)
         detect_injection(folded, read_as_latin(folded), where, log, self._injection_action, links=False)
 
     def _clean(self, text: str, where: str, log: FindingLog, *, links: bool = True) -> str:
@@ -271,7 +271,7 @@ class Sanitizer:
         if not self._enabled:
             return self._own_secrets(text, where, log)
         text = strip(text, where, log, self._injection_action)
-        folded, shifted = _fold(text)
+        folded, shifted = fold(text)
         lower = folded.lower()
         # Injection is looked for before redaction: a placeholder must not break up the URL or phrase it is in.
         read = folded if links or "%" not in folded else urllib.parse.unquote(folded)
@@ -283,8 +283,8 @@ class Sanitizer:
         if "\n" in folded and self._wrappable:
             found += self._wrapped_spans(folded)
         if folded is not text:
-            origin = _origin(text) if found and shifted else None  # only text with a finding pays for the map
-            found = [(kind, *_back(start, end, origin)) for kind, start, end in found] + self._secret_spans(text)
+            origin = fold_map(text) if found and shifted else None  # only text with a finding pays for the map
+            found = [(kind, *unfold(start, end, origin)) for kind, start, end in found] + self._secret_spans(text)
         return _apply(text, found, where, log) if found else text
 
     def _own_secrets(self, text: str, where: str, log: FindingLog) -> str:
@@ -294,12 +294,12 @@ class Sanitizer:
         stripping = FindingLog()
         stripped = strip(text, where, stripping, FLAGGED)
         hidden = self._secret_spans(stripped)
-        folded, shifted = _fold(stripped)
+        folded, shifted = fold(stripped)
         if folded is not stripped or "%" in folded or "\\" in folded or "\n" in folded:
             spelled = self._secret_spans(folded) + self._escaped_spans(folded, self._secret_spans)
             spelled += self._wrapped_spans(folded) if "\n" in folded and self._wrappable else []
-            origin = _origin(stripped) if spelled and shifted else None
-            hidden += [(kind, *_back(start, end, origin)) for kind, start, end in spelled]
+            origin = fold_map(stripped) if spelled and shifted else None
+            hidden += [(kind, *unfold(start, end, origin)) for kind, start, end in spelled]
         if len(_choose(hidden)) > len(_choose(found)):
             log.extend(stripping.findings())
             return _apply(stripped, hidden, where, log)
@@ -400,59 +400,6 @@ class Sanitizer:
         for kind, find_in in self._tail:
             found.extend((kind, start, end) for start, end in find_in(text, data))
         return found
-
-
-_JOINERS = frozenset({0x200C, 0x200D})
-"""ZWNJ and ZWJ: stripping keeps one between two non-ASCII characters (emoji sequences, Persian, Indic scripts),
-and so between fullwidth or mathematical letters (``１<ZWJ>ｂ``) too; the folded copy reads those as ASCII letters
-with nothing between them, so the copy leaves the joiners out."""
-
-
-class _Folding(dict[int, str]):
-    """Code point -> its NFKC form (a joiner: nothing), computed on first use; bounded, as a hostile text can
-    hold a million."""
-
-    def __missing__(self, cp: int) -> str:
-        if len(self) >= 65536:
-            self.clear()
-        folded = self[cp] = "" if cp in _JOINERS else unicodedata.normalize("NFKC", chr(cp))
-        return folded
-
-
-_FOLDING = _Folding()
-
-
-def _fold(text: str) -> tuple[str, bool]:
-    """``text`` with each character NFKC-folded, and whether positions shifted (``_origin`` maps them back).
-
-    ``text`` itself (the same object) when nothing folds; positions stay when every character folded to one
-    character (the common case: fullwidth and mathematical letters).
-    """
-    joiners = "\u200c" in text or "\u200d" in text
-    if text.isascii() or (not joiners and unicodedata.is_normalized("NFKC", text)):
-        return text, False
-    folded = text.translate(_FOLDING)
-    if folded == text:
-        return text, False
-    # A joiner folds to nothing: lengths can match and positions shift all the same.
-    return folded, joiners or len(folded) != len(text)
-
-
-def _origin(text: str) -> list[int]:
-    """Where each character of ``_fold(text)`` came from in ``text``."""
-    origin: list[int] = []
-    for i, ch in enumerate(text):
-        origin.extend(repeat(i, len(_FOLDING[ord(ch)])))
-    return origin
-
-
-def _back(start: int, end: int, origin: list[int] | None) -> tuple[int, int]:
-    """A span of the folded copy as the span of the characters it came from."""
-    if origin is None:
-        return start, end
-    if end <= start:
-        return 0, 0  # empty: dropped when spans are chosen
-    return origin[start], origin[end - 1] + 1
 
 
 _PRIORITY = {
