@@ -18,61 +18,33 @@ import json
 import logging
 import os
 import sys
-from collections import Counter
-from collections.abc import Iterator, Sequence
-from datetime import datetime
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO, cast
 
 import grpc
 
 from runner.api._proto.mcp_runner.v1 import runner_pb2 as pb
-from runner.api.timestamps import unix_time
-from runner.audit.diff import describe
-from runner.audit.records import KINDS, Verification, is_capped, iso_time
-from runner.client import DEFAULT_ADDRESS, Progress, RunnerClient, ToolResult, tls_credentials
+from runner.audit.records import KINDS
+from runner.cli_audit import audit_export, audit_list, audit_show, audit_verify, replay, when_arg
+from runner.cli_common import field, one_line, open_client, print_json
+from runner.client import DEFAULT_ADDRESS, Progress, ToolResult
 from runner.errors import RunnerError
-from runner.text import control_free, printable
-from runner.when import FORMS, parse_when
+from runner.text import control_free
+from runner.when import FORMS
 
 _STATES = {1: "starting", 2: "ready", 3: "closed", 4: "failed"}
 _APPROVAL_STATES = {1: "pending", 2: "approved", 3: "denied", 4: "expired"}
 
 
-def _print_json(value: Any) -> None:
-    print(json.dumps(value, indent=2, ensure_ascii=False, sort_keys=True))
-
-
-def _one_line(text: str) -> str:
-    return " ".join(text.split())
-
-
-def _field(text: str) -> str:
-    """A one-line field of a line-oriented output (a name, an id, a label): its line breaks and tabs shown as
-    ``\\n`` and ``\\t``, so a value from a server or another caller cannot start a line that looks like the
-    command's own (a forged tool, approval or session row)."""
-    return text.replace("\n", "\\n").replace("\t", "\\t")
-
-
-def _client(args: argparse.Namespace) -> RunnerClient:
-    credentials = None
-    if args.ca or args.cert or args.key:
-        credentials = tls_credentials(
-            Path(args.ca) if args.ca else None,
-            Path(args.cert) if args.cert else None,
-            Path(args.key) if args.key else None,
-        )
-    return RunnerClient(args.address, credentials=credentials, token=args.token or None)
-
-
 def _approval_line(approval: pb.Approval) -> str:
     state = _APPROVAL_STATES.get(approval.state, "unknown")
-    decided = f" by {_field(approval.decided_by)}" if approval.decided_by else ""
-    reason = f" ({_one_line(approval.reason)})" if approval.reason else ""
+    decided = f" by {field(approval.decided_by)}" if approval.decided_by else ""
+    reason = f" ({one_line(approval.reason)})" if approval.reason else ""
     return (
-        f"{_field(approval.approval_id)}  {state}{decided}{reason}  caller={_field(approval.caller)} "
-        f"session={_field(approval.session_id)} tool={_field(approval.tool)} "
-        f"arguments={_field(approval.arguments_json or '{}')}  rule: {_field(approval.rule)}"
+        f"{field(approval.approval_id)}  {state}{decided}{reason}  caller={field(approval.caller)} "
+        f"session={field(approval.session_id)} tool={field(approval.tool)} "
+        f"arguments={field(approval.arguments_json or '{}')}  rule: {field(approval.rule)}"
     )
 
 
@@ -94,14 +66,14 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _tools(args: argparse.Namespace) -> int:
-    with _client(args) as client, client.session(args.profile) as opened:
+    with open_client(args) as client, client.session(args.profile) as opened:
         server = opened.server
-        head = f"{_field(server.name)} {_field(server.version)} (MCP {_field(server.protocol_version)})"
+        head = f"{field(server.name)} {field(server.version)} (MCP {field(server.protocol_version)})"
         print(f"# {head} — {len(opened.tools)} tools")
         for tool in opened.tools:
-            description = _one_line(tool.description)
-            print(f"{_field(tool.name)}" + (f" — {description}" if description else ""))
-            print(f"    input: {_field(tool.input_schema_json or '{}')}")
+            description = one_line(tool.description)
+            print(f"{field(tool.name)}" + (f" — {description}" if description else ""))
+            print(f"    input: {field(tool.input_schema_json or '{}')}")
         _print_findings(opened.findings)
     return 0
 
@@ -116,7 +88,7 @@ def _print_result(result: ToolResult) -> None:
         print(result.text)
     if result.structured_content is not None:
         print("structured content:")
-        _print_json(result.structured_content)
+        print_json(result.structured_content)
     _print_findings(result.findings)
     if result.is_error:
         print("the tool reported an error", file=sys.stderr)
@@ -133,7 +105,7 @@ def _call(args: argparse.Namespace) -> int:
         return 2
     # Always the streaming call: the session lives only as long as this command, so a tool that needs
     # approval must wait for the decision here (the stream does), not come back later.
-    with _client(args) as client, client.session(args.profile) as opened:
+    with open_client(args) as client, client.session(args.profile) as opened:
         result: ToolResult | None = None
         for item in client.call_tool_stream(opened.session_id, args.tool, arguments, timeout_ms=args.timeout_ms):
             if isinstance(item, Progress):
@@ -155,14 +127,14 @@ def _call(args: argparse.Namespace) -> int:
 def _sessions(args: argparse.Namespace) -> int:
     if args.session_id:
         return _session_detail(args)
-    with _client(args) as client:
+    with open_client(args) as client:
         sessions = client.list_sessions()
     rows: list[tuple[str, ...]] = [("SESSION", "PROFILE", "CALLER", "STATE", "AGE", "CALLS", "LABELS")]
     for s in sessions:
         labels = ",".join(f"{k}={v}" for k, v in sorted(s.labels.items()))
         state = _STATES.get(s.state, "unknown")
         cells = (s.session_id, s.profile, s.caller, state, f"{s.age_ms / 1000:.1f}s", str(s.usage.calls), labels)
-        rows.append(tuple(map(_field, cells)))
+        rows.append(tuple(map(field, cells)))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
@@ -170,28 +142,28 @@ def _sessions(args: argparse.Namespace) -> int:
 
 
 def _session_detail(args: argparse.Namespace) -> int:
-    with _client(args) as client:
+    with open_client(args) as client:
         s = client.get_session(args.session_id)
     state = _STATES.get(s.state, "unknown")
-    print(f"session {_field(s.session_id)}  profile {_field(s.profile)}  caller {_field(s.caller)}  {state}")
+    print(f"session {field(s.session_id)}  profile {field(s.profile)}  caller {field(s.caller)}  {state}")
     if s.failure:
         print(f"failure: {s.failure}")
-    print(f"runtime: {_field(s.runtime)}")
-    print(f"network: {_field(s.network)}")
+    print(f"runtime: {field(s.runtime)}")
+    print(f"network: {field(s.network)}")
     if s.egress:
         print(f"egress decisions (most recent {len(s.egress)}):")
     for d in s.egress:
         moment = d.time.ToDatetime().strftime("%H:%M:%S")
         verdict = "allowed" if d.allowed else "REFUSED"
-        target = _field(f"{d.host}:{d.port}" if d.port else d.host or "-")
-        address = f" [{_field(d.address)}]" if d.address else ""
-        method, why = _field(d.method or "-"), f"{_field(d.code)}: {_field(d.reason)}"
+        target = field(f"{d.host}:{d.port}" if d.port else d.host or "-")
+        address = f" [{field(d.address)}]" if d.address else ""
+        method, why = field(d.method or "-"), f"{field(d.code)}: {field(d.reason)}"
         print(f"  {moment}  {verdict:<7}  {method:<7} {target}{address}  {why}")
     return 0
 
 
 def _approvals(args: argparse.Namespace) -> int:
-    with _client(args) as client:
+    with open_client(args) as client:
         if args.action == "list":
             for approval in client.list_approvals(include_decided=args.all):
                 print(_approval_line(approval))
@@ -205,291 +177,6 @@ def _approvals(args: argparse.Namespace) -> int:
             decided = client.decide_approval(args.approval_id, approve=args.action == "approve", reason=args.reason)
             print(_approval_line(decided))
     return 0
-
-
-# ------------------------------------------------------------------- audit
-
-
-def _when(text: str) -> float:
-    """``--since`` / ``--until``: a bad time is a usage error naming the accepted forms."""
-    try:
-        return parse_when(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def _text(value: Any, limit: int = 100) -> str:
-    """A recorded value (untrusted: it may hold anything a tool returned) as one printable line."""
-    if not isinstance(value, str):
-        value = json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str)
-    line = _one_line(printable(value))
-    return line if len(line) <= limit else line[: limit - 1] + "…"
-
-
-def _json_value(text: str, empty: Any) -> Any:
-    """``text`` parsed, ``empty`` when there is none, the text itself when it is not JSON (shown, never lost)."""
-    try:
-        return json.loads(text) if text else empty
-    except ValueError:
-        return text
-
-
-def _record_json(record: pb.AuditRecord) -> dict[str, Any]:
-    """The record as the log exports it."""
-    return {
-        "seq": record.seq, "id": record.id, "at": iso_time(unix_time(record.at)), "kind": record.kind,
-        "session_id": record.session_id, "caller": record.caller, "data": _json_value(record.data_json, {}),
-        "prev": record.prev_hash, "hash": record.hash,
-    }  # fmt: skip
-
-
-def _shown(value: Any, limit: int = 100) -> str:
-    """``_text``, with caller input the log kept as a digest shown as its prefix and size."""
-    if is_capped(value):
-        if "unrecordable" in value:
-            return f"[unrecordable: {_text(value['unrecordable'], 60)}]"
-        size = f" [{_text(value['bytes'], 20)} bytes, sha256 {_text(value['sha256'], 64)[:12]}]"
-        return _text(value["prefix"], max(limit - len(size), 2)) + size
-    return _text(value, limit)
-
-
-def _error_text(error: Any) -> str:
-    if isinstance(error, dict):
-        status, message = _text(error.get("status") or "error", 40), _shown(error.get("message") or "")
-        return f"{status}: {message}" if message else status
-    return _text(error or "error")
-
-
-_KIND_WIDTH = max(map(len, KINDS))
-"""`audit list` lines up its columns on the longest record kind."""
-
-
-def _audit_summary(kind: str, data: Any) -> str:
-    """A short readable digest of a record's data; tolerant of missing or odd fields, generic for unknown kinds."""
-    if not isinstance(data, dict):
-        return _text(data)
-
-    def field(key: str, limit: int = 60) -> str:
-        value = data.get(key)
-        return "" if value is None else _shown(value, limit)
-
-    if kind in ("request", "request.intent"):
-        params = data.get("params")
-        tool = data.get("tool") or (params.get("name") if isinstance(params, dict) else None)
-        head = " ".join(_shown(part, 60) for part in (data.get("method"), tool) if part) or "request"
-        if kind == "request.intent":
-            return f"sending {head}" + (f" (for {field('request_id')})" if data.get("request_id") else "")
-        result = data.get("result")
-        if data.get("outcome") == "error" or data.get("error"):
-            outcome = _error_text(data.get("error"))
-        elif isinstance(result, dict) and result.get("isError"):
-            outcome = "ok (the tool reported an error)"
-        else:
-            outcome = field("outcome") or "?"
-        findings = data.get("findings")
-        count = len(findings) if isinstance(findings, list) else 0
-        return f"{head} → {outcome}" + (f" [{count} finding{'s' if count != 1 else ''}]" if count else "")
-    if kind in ("validation", "throttle", "finding") and data.get("error"):
-        return " ".join(part for part in (field("method") or field("action"), field("profile")) if part) + (
-            f" → {_error_text(data.get('error'))}"
-        )
-    found = data.get("findings")
-    if kind == "finding" and isinstance(found, list):
-        listed = ", ".join(
-            f"{_text(f.get('kind'), 30)} {_text(f.get('action'), 20)} in {_text(f.get('where'), 40)}"
-            for f in found if isinstance(f, dict)
-        )
-        return f"{field('where') or field('method')}: {listed}"
-    if kind == "exit" and data.get("error"):
-        how = "killed for memory" if data.get("oom_killed") else f"exit status {field('exit_code') or '?'}"
-        return f"{how}: {_error_text(data.get('error'))}"
-    if kind == "quarantine" and data.get("reason"):
-        return field("reason", 200)
-    if kind == "session.open":
-        digest = field("image_id", 80).removeprefix("sha256:")[:12]
-        image = field("image", 80) or "?"
-        summary = f"profile {field('profile') or '?'} image {image}" + (
-            f" ({digest})" if digest and digest not in image else ""
-        )
-        if data.get("outcome") not in (None, "ok"):
-            summary += f" → {field('outcome')}: {_error_text(data.get('error'))}"
-        return summary
-    if kind == "session.close":
-        reason = field("reason")
-        return (field("state") or "?") + (f" ({reason})" if reason else "")
-    if kind == "policy":
-        rule = field("rule")
-        head = " ".join(part for part in (field("verdict"), field("action"), field("tool")) if part) or "?"
-        return head + (f" (rule {rule})" if rule else "")
-    if kind == "egress":
-        allowed = data.get("allowed")
-        verdict = "allowed" if allowed else "refused"
-        target = f"{field('host')}:{field('port')}" if data.get("port") else field("host")
-        reason = "" if allowed else field("reason")
-        head = " ".join(part for part in (verdict, field("method"), target) if part)
-        return head + (f" ({reason})" if reason else "")
-    if kind == "approval":
-        by, reason = field("decided_by"), field("reason")
-        head = " ".join(part for part in (field("state"), field("tool"), field("approval_id")) if part) or "?"
-        return head + (f" by {by}" if by else "") + (f" ({reason})" if reason else "")
-    return _text(data)
-
-
-def _record_line(record: pb.AuditRecord) -> str:
-    at = datetime.fromtimestamp(unix_time(record.at)).strftime("%Y-%m-%d %H:%M:%S")
-    session, caller = _text(record.session_id, 60) or "-", _text(record.caller, 60) or "-"
-    summary = _audit_summary(record.kind, _json_value(record.data_json, {}))
-    return f"{record.seq:>6}  {at}  {_text(record.kind, 20):<{_KIND_WIDTH}}  {session}  {caller}  {summary}"
-
-
-def _print_record(record: pb.AuditRecord) -> None:
-    print(printable(json.dumps(_record_json(record), indent=2, ensure_ascii=False)))
-
-
-def _audit_records(client: RunnerClient, *, limit: int = 0, **filters: Any) -> Iterator[pb.AuditRecord]:
-    """Every matching record, page after page: the server may answer a query with fewer records than asked."""
-    after = shown = 0
-    while True:
-        page = 0
-        for record in client.query_audit(after_seq=after, limit=limit - shown if limit else 0, **filters):
-            if record.seq <= after:  # no progress: never loop over the same page
-                return
-            yield record
-            after, shown, page = record.seq, shown + 1, page + 1
-            if shown == limit:
-                return
-        if not page:
-            return
-
-
-def _audit_list(args: argparse.Namespace) -> int:
-    with _client(args) as client:
-        for record in _audit_records(
-            client, session_id=args.session, caller=args.caller, since=args.since, until=args.until,
-            kinds=args.kind, limit=args.limit,
-        ):  # fmt: skip
-            if args.json:
-                print(json.dumps(_record_json(record), separators=(",", ":")), flush=True)
-            else:
-                print(_record_line(record), flush=True)
-    return 0
-
-
-def _audit_show(args: argparse.Namespace) -> int:
-    shown = 0
-    with _client(args) as client:
-        if args.id.startswith("aud_"):
-            records: Iterator[pb.AuditRecord] = client.query_audit(record_id=args.id, limit=1)
-        else:
-            records = _audit_records(client, session_id=args.id)
-        for record in records:
-            _print_record(record)
-            shown += 1
-    if not shown:
-        what = f"audit record {args.id}" if args.id.startswith("aud_") else f"audit records of session {args.id}"
-        print(f"error: NOT_FOUND: no {_text(what)}", file=sys.stderr)
-        return 1
-    return 0
-
-
-def _audit_export(args: argparse.Namespace) -> int:
-    lines = 0
-    with _client(args) as client:
-        chunks = client.export_session(args.session_id)
-        if args.output is None:
-            for chunk in chunks:
-                sys.stdout.write(chunk)
-                lines += chunk.count("\n")
-            sys.stdout.flush()
-        else:
-            # Written beside the target and renamed at the end: a failed export never looks like a finished one.
-            target = Path(args.output)
-            partial = target.with_name(target.name + ".partial")
-            try:
-                with partial.open("w", encoding="utf-8", newline="") as out:
-                    for chunk in chunks:
-                        out.write(chunk)
-                        lines += chunk.count("\n")
-                if lines:
-                    partial.replace(target)
-            except OSError as exc:
-                print(f"error: cannot write {target}: {exc.strerror or exc}", file=sys.stderr)
-                return 2
-            finally:
-                partial.unlink(missing_ok=True)
-    if not lines:
-        print(f"error: NOT_FOUND: no audit records of session {_text(args.session_id)}", file=sys.stderr)
-        return 1
-    if args.output is not None:
-        print(f"exported {lines} records of session {args.session_id} to {args.output}", file=sys.stderr)
-    return 0
-
-
-def _audit_verify(args: argparse.Namespace) -> int:
-    result: Verification | pb.VerifyAuditResponse
-    if args.db or args.export:
-        from runner.audit.verify import verify_database, verify_export
-
-        result = verify_database(Path(args.db)) if args.db else verify_export(Path(args.export))
-    else:
-        with _client(args) as client:
-            result = client.verify_audit()
-    if not result.intact:
-        print(f"audit log BROKEN at record seq {result.broken_seq} ({_text(result.broken_id, 40)}): "
-              f"{_text(result.problem, 500)}")  # fmt: skip
-        return 1
-    if not result.checked:
-        print("audit log intact: no records")
-    else:
-        print(f"audit log intact: {result.checked} records (seq {result.first_seq}..{result.head_seq}), "
-              f"head {result.head_hash}")  # fmt: skip
-    return 0
-
-
-def _diff_lines(diff_json: str) -> list[str]:
-    """``  replace /content/0/text: "old" → "new"`` per entry (an entry of another shape as JSON)."""
-    entries = _json_value(diff_json, [])
-    lines = []
-    for entry in entries if isinstance(entries, list) else [entries]:
-        try:
-            lines.append(f"  {_text(describe(entry), 300)}")
-        except (KeyError, TypeError, ValueError):
-            lines.append(f"  {_text(entry)}")
-    return lines
-
-
-def _replay(args: argparse.Namespace) -> int:
-    timeout_ms = 0
-    if args.timeout is not None:
-        timeout_ms = round(args.timeout * 1000)
-        if not 0 < timeout_ms < 2**32:
-            print("error: --timeout must be a positive number of seconds (under 49 days)", file=sys.stderr)
-            return 2
-    verdicts: Counter[str] = Counter()
-    replayed_in = ""
-    with _client(args) as client:
-        for verdict in client.replay_session(args.session_id, timeout_ms=timeout_ms):
-            verdicts[verdict.verdict] += 1
-            replayed_in = verdict.replay_session_id or replayed_in
-            if args.json:
-                print(json.dumps({
-                    "index": verdict.index, "tool": verdict.tool, "verdict": verdict.verdict,
-                    "diff": _json_value(verdict.diff_json, []),
-                    "reason": verdict.reason, "original_audit_id": verdict.original_audit_id,
-                    "replay_audit_id": verdict.replay_audit_id, "replay_session_id": verdict.replay_session_id,
-                }, separators=(",", ":")), flush=True)  # fmt: skip
-                continue
-            head = f"#{verdict.index} {_text(verdict.tool, 60)}: {_text(verdict.verdict, 20)}"
-            if verdict.reason:
-                head += f": {_text(verdict.reason, 300)}"
-            print("\n".join([head, *_diff_lines(verdict.diff_json)]), flush=True)
-    total = sum(verdicts.values())
-    summary = (
-        f"{total} call{'s' if total != 1 else ''}: {verdicts['same']} same, {verdicts['different']} different, "
-        f"{verdicts['refused']} refused" + (f" (replayed in session {_text(replayed_in, 60)})" if replayed_in else "")
-    )
-    print(summary, file=sys.stderr if args.json else sys.stdout)
-    return 0 if verdicts["same"] == total else 1
 
 
 def _certs(args: argparse.Namespace) -> int:
@@ -613,32 +300,32 @@ def build_parser() -> argparse.ArgumentParser:
     listing = audit_actions.add_parser("list", help="one line per record, oldest first")
     listing.add_argument("--session", default="", help="only this session's records")
     listing.add_argument("--caller", default="", help="only this caller's records")
-    listing.add_argument("--since", type=_when, metavar="WHEN", help=f"from this time on (inclusive): {FORMS}")
-    listing.add_argument("--until", type=_when, metavar="WHEN", help="before this time (exclusive); same forms")
+    listing.add_argument("--since", type=when_arg, metavar="WHEN", help=f"from this time on (inclusive): {FORMS}")
+    listing.add_argument("--until", type=when_arg, metavar="WHEN", help="before this time (exclusive); same forms")
     listing.add_argument(
         "--kind", action="append", default=[], metavar="KIND", help=f"only this kind (repeatable): {', '.join(KINDS)}"
     )
     listing.add_argument("--limit", type=int, default=0, metavar="N", help="at most N records (default: all)")
     listing.add_argument("--json", action="store_true", help="each record as one JSON line")
-    listing.set_defaults(func=_audit_list)
+    listing.set_defaults(func=audit_list)
     show = audit_actions.add_parser("show", help="one record (aud_…) or every record of a session, in full")
     show.add_argument("id", metavar="ID", help="an audit record id (aud_…) or a session id")
-    show.set_defaults(func=_audit_show)
+    show.set_defaults(func=audit_show)
     export = audit_actions.add_parser("export", help="a session's records as JSON Lines (what verify --export checks)")
     export.add_argument("session_id", metavar="SESSION")
     export.add_argument("-o", "--output", metavar="FILE", help="write to FILE instead of standard output")
-    export.set_defaults(func=_audit_export)
+    export.set_defaults(func=audit_export)
     verify = audit_actions.add_parser("verify", help="check the hash chain: on the server, or a file offline")
     offline = verify.add_mutually_exclusive_group()
     offline.add_argument("--db", metavar="PATH", help="check this audit SQLite database offline")
     offline.add_argument("--export", metavar="FILE", help="check this JSON Lines export offline")
-    verify.set_defaults(func=_audit_verify)
+    verify.set_defaults(func=audit_verify)
 
-    replay = sub.add_parser("replay", help="re-run a recorded session's tool calls and compare the results")
-    replay.add_argument("session_id", metavar="SESSION")
-    replay.add_argument("--timeout", type=float, metavar="SECONDS", help="time limit for the replay")
-    replay.add_argument("--json", action="store_true", help="each verdict as one JSON line")
-    replay.set_defaults(func=_replay)
+    replaying = sub.add_parser("replay", help="re-run a recorded session's tool calls and compare the results")
+    replaying.add_argument("session_id", metavar="SESSION")
+    replaying.add_argument("--timeout", type=float, metavar="SECONDS", help="time limit for the replay")
+    replaying.add_argument("--json", action="store_true", help="each verdict as one JSON line")
+    replaying.set_defaults(func=replay)
 
     certs = sub.add_parser("certs", help="make a development CA with server and client certificates")
     certs.add_argument("directory")

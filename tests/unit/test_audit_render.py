@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from runner import cli
+from runner import cli_audit
 from runner.audit import records
 from runner.audit.records import capped
 
@@ -33,9 +33,9 @@ SHOWN_MESSAGE = "no tool '" + "p" * 55 + "… [10010 bytes, sha256 " + MESSAGE["
     ],
 )  # fmt: skip
 def test_intents_and_digests_read_as_sentences(kind: str, data: dict[str, Any], summary: str) -> None:
-    assert cli._audit_summary(kind, data) == summary
+    assert cli_audit._audit_summary(kind, data) == summary
 
 
 def test_a_digest_is_shown_as_its_prefix_size_and_hash_within_the_limit() -> None:
-    shown = cli._shown(DIGEST, 60)
+    shown = cli_audit._shown(DIGEST, 60)
     assert len(shown) == 60 and shown.startswith("ppp") and shown.endswith(f"sha256 {DIGEST['sha256'][:12]}]")

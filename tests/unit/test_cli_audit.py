@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from runner import cli, errors
+from runner import cli, cli_audit, errors
 from runner.audit.records import AuditEvent, AuditQuery, ReplayVerdict, canonical_json
 from runner.when import parse_when
 from tests.unit.test_api_audit import BROKEN, DIFF, INTACT, T0, FakeAudit, chain, sample_records, serve_audit
@@ -404,4 +404,4 @@ async def test_audit_disabled(capsys: pytest.CaptureFixture[str]) -> None:
     ],
 )
 def test_summaries_of_every_kind_read_as_a_sentence(kind: str, data: dict[str, Any], expected: str) -> None:
-    assert cli._audit_summary(kind, data) == expected
+    assert cli_audit._audit_summary(kind, data) == expected
