@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import secrets
 import time
@@ -26,12 +25,11 @@ from dataclasses import asdict, replace
 from typing import Any, TypeVar
 
 import mcp_types
-from pydantic import BaseModel
 
 from runner.approvals import Approval
 from runner.audit import records
 from runner.audit.records import capped
-from runner.channel import AgentChannel, agent_env, describe_cap
+from runner.channel import AgentChannel, agent_env
 from runner.config import Limits, Profile, Settings
 from runner.errors import (
     DeadlineExceeded,
@@ -55,8 +53,6 @@ from runner.guard.memory import GuardMemory
 from runner.guard.sanitize import Sanitizer
 from runner.guard.screening import screen_tools
 from runner.guard.validate import (
-    MAX_RESULT_ITEMS,
-    MAX_TOOLS,
     CheckedTool,
     check_arguments,
     check_initialize,
@@ -67,7 +63,7 @@ from runner.guard.validate import (
 from runner.policy import Kind, PolicyStore, ToolDecision
 from runner.sandbox.base import SandboxBackend, SandboxHandle, SandboxNetwork, SandboxSpec
 from runner.secret_sources import egress_rules, resolve_secrets
-from runner.sessions import outflow
+from runner.sessions import listing, outflow
 from runner.sessions.egress_record import EgressRecord, describe_network
 from runner.sessions.gate import Gate
 from runner.sessions.journal import Journal, RequestEntry, as_json, durable, error_json, redacted
@@ -86,18 +82,8 @@ from runner.sessions.session import LiveSession, check_labels, session_info
 from runner.text import control_free, unescaped
 
 log = logging.getLogger(__name__)
-P = TypeVar("P", bound=BaseModel)
 V = TypeVar("V")
 
-MAX_PAGES = 100
-_LISTED = {"tools/list": ("tools", MAX_TOOLS), "resources/list": ("resources", MAX_RESULT_ITEMS),
-           "prompts/list": ("prompts", MAX_RESULT_ITEMS)}
-"""What each listing holds and how many of it all its pages together may hold. Counted page by page: a server
-paging 4096 resources a time for MAX_PAGES pages had the service hold, sanitize and record 409 600 of them for one
-call before any cap applied (tools: 1024, but only after all pages)."""
-LISTING_MESSAGES = 4
-"""A listing's pages together may weigh this many of the largest message a sandbox may send: pages holding few
-items each but near the cap (descriptions, _meta) made 100 pages of 4 MiB, 400 MiB held for one call."""
 PING_AFTER_TIMEOUT_S = 3.0
 MIN_CALL_BUDGET_S = 0.05
 """Less time than this left after an approval wait: the approved call is left for a later CallTool."""
@@ -443,7 +429,10 @@ class SessionManager:
             session = self._offering(session_id, caller, "resources", entry)
             async with self._guarding(session):
                 with self._gate.call_slot(caller, session.id):
-                    pages = await self._pages(session, "resources/list", mcp_types.ListResourcesResult, timeout)
+                    pages = await listing.pages(
+                        self._request, session, "resources/list", mcp_types.ListResourcesResult, timeout,
+                        self._settings.max_message_bytes,
+                    )
                 listed = [r for page in pages for r in page.resources]
                 clean = await outflow.sanitize(session, results.sanitize_resources, listed, "the resource list")
             return self._returning(session, entry, clean)
@@ -471,7 +460,10 @@ class SessionManager:
             session = self._offering(session_id, caller, "prompts", entry)
             async with self._guarding(session):
                 with self._gate.call_slot(caller, session.id):
-                    pages = await self._pages(session, "prompts/list", mcp_types.ListPromptsResult, timeout)
+                    pages = await listing.pages(
+                        self._request, session, "prompts/list", mcp_types.ListPromptsResult, timeout,
+                        self._settings.max_message_bytes,
+                    )
                 listed = [p for page in pages for p in page.prompts]
                 clean = await outflow.sanitize(session, results.sanitize_prompts, listed, "the prompt list")
             return self._returning(session, entry, clean)
@@ -563,7 +555,9 @@ class SessionManager:
 
     async def _refresh_tools(self, session: LiveSession, *, timeout: float | None) -> None:
         """List, compile schemas, check pins, sanitize; blocked tools stay known but uncallable."""
-        pages = await self._pages(session, "tools/list", mcp_types.ListToolsResult, timeout)
+        pages = await listing.pages(
+            self._request, session, "tools/list", mcp_types.ListToolsResult, timeout, self._settings.max_message_bytes
+        )
         listed = [t for page in pages for t in page.tools]
         session.tools = await asyncio.to_thread(check_tools, listed)
         violations = self._gate.pins.check(session.profile.name, listed)
@@ -614,34 +608,6 @@ class SessionManager:
             await self._end(session, SessionState.FAILED, reason)
             # The caller learns from this very answer that its session is gone, and why.
             exc.message = f"{exc.message}; session {session.id} was {reason}"
-
-    async def _pages(
-        self, session: LiveSession, method: str, model: type[P], timeout: float | None
-    ) -> list[P]:
-        pages: list[P] = []
-        cursor: str | None = None
-        listed = weight = 0
-        heaviest = LISTING_MESSAGES * self._settings.max_message_bytes
-        for _ in range(MAX_PAGES):
-            params: dict[str, Any] = {"cursor": cursor} if cursor else {}
-            recorded = {"cursor": outflow.cursor_record(session, cursor)} if cursor else {}
-            raw = await self._request(session, method, params, timeout, None, recorded)
-            page, size = await asyncio.to_thread(_parse_page, model, raw, f"{method} result")
-            pages.append(page)
-            field, cap = _LISTED[method]
-            listed += len(getattr(page, field))
-            weight += size
-            if listed > cap:
-                raise ResultRejected(f"the server's {method} lists more than {cap} {field} over {len(pages)} pages")
-            if weight > heaviest:
-                raise ResultRejected(
-                    f"the server's {method} pages weigh more than {LISTING_MESSAGES} messages of the "
-                    f"{describe_cap(self._settings.max_message_bytes)} cap over {len(pages)} pages"
-                )
-            cursor = getattr(page, "next_cursor", None)
-            if not cursor:
-                return pages
-        raise ResultRejected(f"the server's {method} did not end after {MAX_PAGES} pages")
 
     async def _request(
         self,
@@ -813,7 +779,3 @@ class SessionManager:
         # Side by side: one after another, a sandbox slow to tear down kept every other due session running.
         await asyncio.gather(*due)
 
-
-def _parse_page(model: type[P], raw: dict[str, Any], what: str) -> tuple[P, int]:
-    """A page of a listing and its size as sent (near enough: compact JSON of what the channel parsed)."""
-    return parse_result(model, raw, what), len(json.dumps(raw, separators=(",", ":"), ensure_ascii=False))

@@ -18,7 +18,8 @@ from runner.policy import PolicyStore
 from runner.sandbox.base import SandboxSpec
 from runner.sandbox.fake import FakeBackend, FakeIO, Handler
 from runner.sessions.journal import Journal
-from runner.sessions.manager import MAX_PAGES, SessionManager
+from runner.sessions.listing import MAX_PAGES
+from runner.sessions.manager import SessionManager
 from tests.unit.fake_agent import TOOLS, FakeAgent, frame
 
 LIMITS = Limits(memory_bytes=256 * 1024**2, call_timeout_s=5.0, idle_timeout_s=60, max_lifetime_s=600)
