@@ -9,40 +9,33 @@ records: the proxy's stdout is the audit trail.
 
 It forwards only what it decided on: one request per connection (framing.py),
 ordinary methods only (an echoing method such as TRACE would hand a rule's
-credential back to the sandbox), and inside a CONNECT tunnel only TLS whose
-ClientHello names the host the tunnel was allowed for (tls.py).
+credential back to the sandbox; request.py), and inside a CONNECT tunnel only
+TLS whose ClientHello names the host the tunnel was allowed for (tls.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import ipaddress
-import re
 import socket
 import sys
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
-from dataclasses import dataclass
 
-from runner.egress.framing import (
-    BAD_VALUE,
-    HEADER_LINE,
-    Buffered,
-    discard,
-    forward_body,
-    hop_by_hop,
-    relay_response,
-    request_body,
+from runner.egress.framing import Buffered, discard, forward_body, relay_response
+from runner.egress.request import (
+    NOT_HTTP,
+    REQUEST_LINE,
+    REQUEST_PREFIX,
+    Attempt,
+    Refusal,
+    Request,
+    bad,
+    host_port,
+    parse_head,
+    rewrite_head,
 )
-from runner.egress.rules import (
-    IPAddress,
-    ProxyLimits,
-    Rule,
-    address_refusal,
-    first_match,
-    ip_literal,
-    parse_request_target,
-)
+from runner.egress.rules import IPAddress, ProxyLimits, Rule, address_refusal, first_match, ip_literal
 from runner.egress.tls import ACCESS_DENIED_ALERT, HelloRefused, checked_hello, server_first
 
 __all__ = ["EgressProxy", "ProxyLimits"]
@@ -68,31 +61,6 @@ _STATUS = {
     502: "Bad Gateway",
     503: "Service Unavailable",
 }
-# Methods whose answer does not reflect the request: the only ones forwarded, and
-# the only ones given a rule's credentials. TRACE, TRACK and DEBUG echo what they
-# were sent; an unknown method might, and nothing the sandbox needs uses one.
-_FORWARDED_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
-_ALLOW = ", ".join(sorted(_FORWARDED_METHODS)) + ", CONNECT"
-
-_TCHAR = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]"
-_REQUEST_LINE = re.compile(rb"(" + _TCHAR + rb"+) ([\x21-\x7e]+) HTTP/(1\.[01])")
-# What a request line may look like before its CRLF has arrived: lets a TLS
-# ClientHello or an SSH banner be refused at once instead of at the timeout.
-_REQUEST_PREFIX = re.compile(_TCHAR + rb"*(?: [\x21-\x7e]*(?: [\x21-\x7e]*\r?)?)?")
-_NOT_HTTP = "this is not an HTTP request: the proxy forwards only HTTP requests and CONNECT tunnels"
-
-
-class _Refusal(Exception):
-    def __init__(self, status: int, code: str, reason: str, headers: str = "") -> None:
-        super().__init__(reason)
-        self.status = status
-        self.code = code
-        self.reason = reason
-        self.headers = headers  # extra reply header lines, each ending in CRLF
-
-
-def _bad(reason: str) -> _Refusal:
-    return _Refusal(400, "bad_request", reason)
 
 
 def _clip(text: str) -> str:
@@ -108,37 +76,6 @@ def _clip(text: str) -> str:
 
 def _describe(exc: BaseException) -> str:
     return "timed out" if isinstance(exc, TimeoutError) else (str(exc) or type(exc).__name__)
-
-
-def _host_port(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-def _authority(host: str, port: int) -> str:
-    """The Host header for a target: the port is left out when it is HTTP's default."""
-    return _host_port(host, port).removesuffix(":80")
-
-
-@dataclass
-class _Attempt:
-    """What is known so far about one request, for its decision event."""
-
-    method: str = ""
-    host: str | None = None
-    port: int | None = None
-    address: str | None = None
-    rule: str | None = None
-
-
-@dataclass(frozen=True)
-class _Request:
-    method: str
-    host: str
-    port: int
-    path: str
-    headers: list[tuple[str, str]]
-    body: int = 0  # its length, or framing.CHUNKED
-    version: str = "1.1"  # the client's; the upstream is always asked in HTTP/1.1
 
 
 async def _system_resolve(host: str, port: int) -> list[str]:
@@ -184,11 +121,11 @@ class EgressProxy:
         task = asyncio.current_task()
         if task is not None:
             self._handlers.add(task)
-        attempt = _Attempt()
+        attempt = Attempt()
         try:
             if self._active >= self._limits.max_connections:
                 busy = f"more than {self._limits.max_connections} connections at once; try again later"
-                await self._refuse(reader, writer, attempt, _Refusal(503, "too_many_connections", busy))
+                await self._refuse(reader, writer, attempt, Refusal(503, "too_many_connections", busy))
                 return
             self._active += 1
             try:
@@ -205,24 +142,24 @@ class EgressProxy:
                 self._handlers.discard(task)
 
     async def _handle_request(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, attempt: _Attempt
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, attempt: Attempt
     ) -> None:
         try:
             head = await self._read_head(reader)
             if head is None:
                 return  # closed before sending a byte: no request, no decision
-            request = self._parse(head[0], attempt)
+            request = parse_head(head[0], attempt, self._limits.max_headers)
             rule = first_match(self._rules, request.host, request.port)
             if rule is None:
-                where = _host_port(request.host, request.port)
-                raise _Refusal(403, "not_allowed", f"{where} is not on the allowlist")
+                where = host_port(request.host, request.port)
+                raise Refusal(403, "not_allowed", f"{where} is not on the allowlist")
             attempt.rule = rule.label()
             if request.method == "CONNECT" and rule.headers:
                 why = "it cannot add them inside a TLS tunnel: request http:// URLs so the proxy can add them"
-                raise _Refusal(403, "credentials_need_http", f"{rule.label()} has credentials; {why}")
+                raise Refusal(403, "credentials_need_http", f"{rule.label()} has credentials; {why}")
             addresses = await self._addresses(request, rule, attempt)
             up_reader, up_writer = await self._connect(addresses, request, attempt)
-        except _Refusal as refusal:
+        except Refusal as refusal:
             await self._refuse(reader, writer, attempt, refusal)
             return
         client = Buffered(reader, head[1])
@@ -234,7 +171,7 @@ class EgressProxy:
                     await self._tunnel(client, writer, up_reader, up_writer)
             else:
                 self._decide(attempt, "allowed", allowed)
-                up_writer.write(_rewrite_head(request, rule))
+                up_writer.write(rewrite_head(request, rule))
                 await self._forward(request, client, writer, up_reader, up_writer)
         finally:
             await _close(up_writer)
@@ -249,52 +186,23 @@ class EgressProxy:
                     start = max(0, len(buf) - 3)
                     buf += chunk
                     eol = buf.find(b"\r\n")
-                    pattern, line = (_REQUEST_PREFIX, buf) if eol < 0 else (_REQUEST_LINE, buf[:eol])
+                    pattern, line = (REQUEST_PREFIX, buf) if eol < 0 else (REQUEST_LINE, buf[:eol])
                     if not pattern.fullmatch(line):
-                        raise _bad(_NOT_HTTP)
+                        raise bad(NOT_HTTP)
                     end = buf.find(b"\r\n\r\n", start)
                     if 0 <= end <= limit - 4:
                         return bytes(buf[:end]), bytes(buf[end + 4 :])
                     if end >= 0 or len(buf) >= limit:
-                        raise _bad(f"the request head is larger than {limit} bytes")
+                        raise bad(f"the request head is larger than {limit} bytes")
         except TimeoutError:
-            raise _bad(f"no complete request head within {self._limits.head_timeout_s:g} s") from None
+            raise bad(f"no complete request head within {self._limits.head_timeout_s:g} s") from None
         except OSError as exc:
-            raise _bad(f"the connection broke while sending the request head: {_describe(exc)}") from None
+            raise bad(f"the connection broke while sending the request head: {_describe(exc)}") from None
         if buf:
-            raise _bad("the connection closed before the request head was complete")
+            raise bad("the connection closed before the request head was complete")
         return None
 
-    def _parse(self, head: bytes, attempt: _Attempt) -> _Request:
-        lines = head.split(b"\r\n")
-        line = _REQUEST_LINE.fullmatch(lines[0])
-        if line is None:
-            raise _bad(_NOT_HTTP)
-        method, target, version = line[1].decode("ascii"), line[2].decode("ascii"), line[3].decode("ascii")
-        attempt.method = method
-        if len(lines) - 1 > self._limits.max_headers:
-            raise _bad(f"more than {self._limits.max_headers} header lines")
-        headers: list[tuple[str, str]] = []
-        for number, raw in enumerate(lines[1:], 1):
-            header = HEADER_LINE.fullmatch(raw)
-            if header is None or BAD_VALUE.search(header[2]):
-                raise _bad(f"header line {number} is malformed")
-            headers.append((header[1].decode("ascii"), header[2].strip(b" \t").decode("latin-1")))
-        try:
-            host, port, path = parse_request_target(method, target)
-        except ValueError as exc:
-            raise _bad(str(exc)) from None
-        attempt.host, attempt.port = host, port
-        if method != "CONNECT" and method not in _FORWARDED_METHODS:
-            reason = f"method {method} is not forwarded: only {_ALLOW}"
-            raise _Refusal(405, "method_not_allowed", reason, f"Allow: {_ALLOW}\r\n")
-        try:
-            body = request_body(method, version, headers)
-        except ValueError as exc:
-            raise _bad(str(exc)) from None
-        return _Request(method, host, port, path, headers, body, version)
-
-    async def _addresses(self, request: _Request, rule: Rule, attempt: _Attempt) -> list[IPAddress]:
+    async def _addresses(self, request: Request, rule: Rule, attempt: Attempt) -> list[IPAddress]:
         """The checked addresses to try, in order: the only ones ever connected to."""
         literal = ip_literal(request.host)
         if literal is not None:
@@ -305,20 +213,20 @@ class EgressProxy:
                     names = await self._resolve(request.host, request.port)
                 candidates = list(dict.fromkeys(ipaddress.ip_address(name) for name in names))
             except Exception as exc:
-                raise _Refusal(502, "resolve_failed", f"cannot resolve {request.host}: {_describe(exc)}") from None
+                raise Refusal(502, "resolve_failed", f"cannot resolve {request.host}: {_describe(exc)}") from None
             if not candidates:
-                raise _Refusal(502, "resolve_failed", f"{request.host} has no addresses")
+                raise Refusal(502, "resolve_failed", f"{request.host} has no addresses")
         if not rule.private:
             for address in candidates:
                 kind = address_refusal(address)
                 if kind is not None:
                     attempt.address = str(address)
                     reason = f"{kind} address {address} refused for {request.host}: the rule is not private"
-                    raise _Refusal(403, "refused_address", reason)
+                    raise Refusal(403, "refused_address", reason)
         return candidates
 
     async def _connect(
-        self, addresses: list[IPAddress], request: _Request, attempt: _Attempt
+        self, addresses: list[IPAddress], request: Request, attempt: Attempt
     ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         failure = ""
         for address in addresses:
@@ -328,8 +236,8 @@ class EgressProxy:
                     return await asyncio.open_connection(str(address), request.port, flags=socket.AI_NUMERICHOST)
             except OSError as exc:
                 failure = _describe(exc)
-        where = _host_port(request.host, request.port)
-        raise _Refusal(502, "connect_failed", f"cannot connect to {where}: {failure}")
+        where = host_port(request.host, request.port)
+        raise Refusal(502, "connect_failed", f"cannot connect to {where}: {failure}")
 
     async def _open_tunnel(
         self,
@@ -337,7 +245,7 @@ class EgressProxy:
         writer: asyncio.StreamWriter,
         upstream: _Streams,
         host: str,
-        attempt: _Attempt,
+        attempt: Attempt,
         allowed: str,
     ) -> bool:
         """Check the ClientHello (and a retried one) before anything else crosses; False when the tunnel ends."""
@@ -359,7 +267,7 @@ class EgressProxy:
             return False
 
     async def _refuse(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, attempt: _Attempt, refusal: _Refusal
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, attempt: Attempt, refusal: Refusal
     ) -> None:
         self._decide(attempt, refusal.code, refusal.reason)
         try:
@@ -374,7 +282,7 @@ class EgressProxy:
         except OSError:
             return
 
-    def _decide(self, attempt: _Attempt, code: str, reason: str) -> None:
+    def _decide(self, attempt: Attempt, code: str, reason: str) -> None:
         self._emit(
             {
                 "type": "decision",
@@ -403,7 +311,7 @@ class EgressProxy:
 
     async def _forward(
         self,
-        request: _Request,
+        request: Request,
         client: Buffered,
         writer: asyncio.StreamWriter,
         up_reader: asyncio.StreamReader,
@@ -470,29 +378,6 @@ def _reply(status: int, reason: str, headers: str = "") -> bytes:
         f"Content-Length: {len(body)}\r\n{headers}Connection: close\r\n\r\n"
     )
     return head.encode("ascii") + body
-
-
-def _rewrite_head(request: _Request, rule: Rule) -> bytes:
-    """The head the upstream sees: origin-form, no hop-by-hop headers, the rule's credentials, one request only."""
-    # Checked again here, not only at the door: a method that echoes never carries a credential.
-    credentials = rule.headers if request.method in _FORWARDED_METHODS else ()
-    dropped = hop_by_hop(request.headers) | {"host"}
-    # Compared as servers that read '_' as '-' do: X_Api_Key from the sandbox would shadow the rule's X-Api-Key there.
-    credential_names = {_alike(name) for name, _ in rule.headers}
-    framing = {"content-length": str(request.body), "transfer-encoding": "chunked"}
-    lines = [f"{request.method} {request.path} HTTP/1.1", f"Host: {_authority(request.host, request.port)}"]
-    lines += [
-        f"{name}: {framing.get(name.lower(), value)}"
-        for name, value in request.headers
-        if name.lower() not in dropped and _alike(name) not in credential_names
-    ]
-    lines += [f"{name}: {value}" for name, value in credentials]
-    lines.append("Connection: close")
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
-
-
-def _alike(name: str) -> str:
-    return name.lower().replace("_", "-")
 
 
 async def _close(writer: asyncio.StreamWriter) -> None:

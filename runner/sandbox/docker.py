@@ -505,4 +505,3 @@ class DockerBackend:
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
-

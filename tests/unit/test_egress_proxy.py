@@ -27,7 +27,9 @@ from runner.certs import DevCerts, make_dev_certs
 from runner.egress import proxy as proxy_module
 from runner.egress import tls as tls_module
 from runner.egress.framing import CHUNKED, Buffered, forward_body
-from runner.egress.proxy import EgressProxy, ProxyLimits, _Request, _rewrite_head
+from runner.egress.proxy import EgressProxy, ProxyLimits
+from runner.egress.request import Request as _Request
+from runner.egress.request import rewrite_head as _rewrite_head
 from runner.egress.rules import Rule
 from runner.egress.tls import read_client_hello
 
