@@ -28,7 +28,7 @@ import yaml
 from runner.audit.records import REQUEST, AuditEvent
 from runner.audit.store import AuditStore
 from runner.bench_sandbox import change, rotated
-from runner.config import read_document
+from runner.config_document import read_document
 
 if TYPE_CHECKING:
     from runner.bench import Figures

@@ -25,7 +25,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from runner.config import ConfigError, parse_size, problems, read_document
+from runner.config import ConfigError, parse_size, problems
+from runner.config_document import read_document
 from runner.errors import PermissionDenied
 from runner.guard.names import MAX_MATCHED, Undecidable, matchable, normalize, resource_key, resource_keys
 

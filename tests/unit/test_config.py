@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from runner.config import DEFAULT_LISTEN, ConfigError, Limits, Mount, load_settings, parse_size, read_document
+from runner.config import DEFAULT_LISTEN, ConfigError, Limits, Mount, load_settings, parse_size
+from runner.config_document import read_document
 
 P = "profiles:\n  p:\n    image: i\n"
 BUILTINS = {"time", "fetch", "git", "everything", "filesystem", "memory"}
