@@ -22,187 +22,34 @@ takes ``tls_credentials(ca, cert, key)`` for TLS or mutual TLS.
 
 from __future__ import annotations
 
-import json
-from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager, suppress
-from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, cast
+from typing import Any
 
 import grpc
 
 from runner.api._proto.mcp_runner.v1 import runner_pb2 as pb
 from runner.api._proto.mcp_runner.v1 import runner_pb2_grpc
 from runner.api.auth import channel_credentials as tls_credentials
-from runner.api.timestamps import set_time
+from runner.client_messages import (
+    Metadata,
+    OpenedSession,
+    Progress,
+    ToolResult,
+    audit_query,
+    call_metadata,
+    call_request,
+    open_request,
+    opened_session,
+    stream_item,
+    tool_result,
+)
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
 _OPTIONS = [("grpc.max_receive_message_length", 64 * 1024 * 1024)]
 
-Metadata = Sequence[tuple[str, str]]
-
 __all__ = ["AsyncRunnerClient", "OpenedSession", "Progress", "RunnerClient", "ToolResult", "tls_credentials"]
-
-
-@dataclass(frozen=True)
-class OpenedSession:
-    """A ready session: ``server`` is a ``ServerInfo`` message, ``tools`` are ``Tool`` messages."""
-
-    session_id: str
-    server: pb.ServerInfo
-    tools: list[pb.Tool]
-    session: pb.Session
-    findings: list[pb.Finding]
-    """What the sanitizer found in the server's instructions and tool definitions (held-back tools too)."""
-
-
-@dataclass(frozen=True)
-class ToolResult:
-    """A tool's validated result. ``content`` holds ``Content`` messages, ``findings`` ``Finding`` messages."""
-
-    content: list[pb.Content]
-    structured_content: Any
-    """Parsed JSON, or None when the tool returned no structured content."""
-    is_error: bool
-    findings: list[pb.Finding]
-    audit_id: str
-    approval: pb.Approval | None = None
-    """Set when the tool needs approval; PENDING means the call has not run (see ``pending``)."""
-
-    @property
-    def pending(self) -> bool:
-        """The call waits for an approver: call again with ``approval_id=result.approval.approval_id``."""
-        return self.approval is not None and self.approval.state == pb.APPROVAL_STATE_PENDING
-
-    @property
-    def text(self) -> str:
-        """The content blocks rendered as text, one per line (media and links as short placeholders)."""
-        return "\n".join(content_text(c) for c in self.content)
-
-
-@dataclass(frozen=True)
-class Progress:
-    """A progress notification the server sent during a streamed call."""
-
-    progress: float
-    total: float | None
-    message: str
-
-
-def content_text(content: pb.Content) -> str:
-    """One content block as readable text."""
-    kind = content.WhichOneof("kind")
-    if kind == "text":
-        return str(content.text)
-    if kind in ("image", "audio"):
-        media = getattr(content, kind)
-        return f"[{kind}: {media.mime_type}, {len(media.data)} bytes]"
-    if kind == "resource":
-        res = content.resource
-        if res.WhichOneof("body") == "text":
-            return f"[resource {res.uri}]\n{res.text}"
-        return f"[resource {res.uri}: {res.mime_type or 'binary'}, {len(res.blob)} bytes]"
-    if kind == "resource_link":
-        link = content.resource_link
-        return f"[link: {link.uri}" + (f" ({link.name})" if link.name else "") + "]"
-    return "[empty content]"
-
-
-def _open_request(
-    profile: str, labels: Mapping[str, str] | None, limits: Mapping[str, float] | None
-) -> pb.OpenSessionRequest:
-    request = pb.OpenSessionRequest(profile=profile, labels=dict(labels or {}))
-    if limits is not None:
-        request.limits.CopyFrom(cast(Any, pb.Limits)(**limits))
-    return request
-
-
-def _opened(response: pb.OpenSessionResponse) -> OpenedSession:
-    return OpenedSession(
-        session_id=response.session_id,
-        server=response.server,
-        tools=list(response.tools),
-        session=response.session,
-        findings=list(response.findings),
-    )
-
-
-def _metadata(metadata: Metadata | None, token: str | None) -> tuple[tuple[str, str], ...]:
-    sent = tuple(metadata or ())
-    return (*sent, ("authorization", f"Bearer {token}")) if token else sent
-
-
-def _arguments_json(arguments: Mapping[str, Any]) -> str:
-    """Compact JSON with non-ASCII text as itself: the service caps arguments_json at 1 MiB of UTF-8, and
-    ``\\uXXXX`` escapes made Cyrillic text three times its size (a 400 KB Russian document to write was refused).
-    Text that cannot be UTF-8 (a lone surrogate) goes escaped, so the service names it instead of protobuf
-    failing to encode the request here."""
-    compact = json.dumps(dict(arguments), separators=(",", ":"), ensure_ascii=False)
-    try:
-        compact.encode("utf-8")
-    except UnicodeEncodeError:
-        return json.dumps(dict(arguments), separators=(",", ":"))
-    return compact
-
-
-def _call_request(
-    session_id: str, tool: str, arguments: Mapping[str, Any] | None, timeout_ms: int, approval_id: str
-) -> pb.CallToolRequest:
-    return pb.CallToolRequest(
-        session_id=session_id,
-        tool=tool,
-        arguments_json=_arguments_json(arguments) if arguments is not None else "",
-        timeout_ms=timeout_ms,
-        approval_id=approval_id,
-    )
-
-
-def _audit_query(
-    record_id: str,
-    session_id: str,
-    caller: str,
-    since: float | None,
-    until: float | None,
-    kinds: Iterable[str],
-    after_seq: int,
-    limit: int,
-) -> pb.QueryAuditRequest:
-    request = pb.QueryAuditRequest(
-        record_id=record_id, session_id=session_id, caller=caller, kinds=list(kinds), after_seq=after_seq,
-        limit=limit,
-    )  # fmt: skip
-    if since is not None:
-        set_time(request.since, since)
-    if until is not None:
-        set_time(request.until, until)
-    return request
-
-
-def _tool_result(response: pb.CallToolResponse) -> ToolResult:
-    text = response.structured_content_json
-    return ToolResult(
-        content=list(response.content),
-        structured_content=json.loads(text) if text else None,
-        is_error=response.is_error,
-        findings=list(response.findings),
-        audit_id=response.audit_id,
-        approval=response.approval if response.HasField("approval") else None,
-    )
-
-
-def _stream_item(message: pb.CallToolStreamResponse) -> Progress | pb.Approval | ToolResult:
-    kind = message.WhichOneof("event")
-    if kind == "approval":
-        approval: pb.Approval = message.approval
-        return approval
-    if kind == "progress":
-        event = message.progress
-        return Progress(
-            progress=event.progress,
-            total=event.total if event.HasField("total") else None,
-            message=event.message,
-        )
-    return _tool_result(message.result)
 
 
 class AsyncRunnerClient:
@@ -229,7 +76,7 @@ class AsyncRunnerClient:
                 channel = grpc.aio.secure_channel(address, credentials, options=_OPTIONS)
         self._channel = channel
         self._stub = runner_pb2_grpc.RunnerStub(channel)
-        self._metadata = _metadata(metadata, token)
+        self._metadata = call_metadata(metadata, token)
 
     async def __aenter__(self) -> AsyncRunnerClient:
         return self
@@ -251,9 +98,9 @@ class AsyncRunnerClient:
         timeout: float | None = None,
     ) -> OpenedSession:
         response = await self._stub.OpenSession(
-            _open_request(profile, labels, limits), timeout=timeout, metadata=self._metadata
+            open_request(profile, labels, limits), timeout=timeout, metadata=self._metadata
         )
-        return _opened(response)
+        return opened_session(response)
 
     async def close_session(self, session_id: str, *, timeout: float | None = None) -> pb.Session:
         """Close a session; the returned ``Session`` carries the final usage."""
@@ -289,9 +136,9 @@ class AsyncRunnerClient:
         approval_id: str = "",
     ) -> ToolResult:
         """Call a tool; with ``approval_id`` run the approved call (``arguments`` None sends the approved ones)."""
-        request = _call_request(session_id, tool, arguments, timeout_ms, approval_id)
+        request = call_request(session_id, tool, arguments, timeout_ms, approval_id)
         response = await self._stub.CallTool(request, timeout=timeout, metadata=self._metadata)
-        return _tool_result(response)
+        return tool_result(response)
 
     async def call_tool_stream(
         self,
@@ -307,11 +154,11 @@ class AsyncRunnerClient:
         A tool that needs approval first yields its PENDING ``Approval``, then the decided one, while the
         stream waits (within ``timeout``) for an approver.
         """
-        request = _call_request(session_id, tool, arguments, timeout_ms, "")
+        request = call_request(session_id, tool, arguments, timeout_ms, "")
         call = self._stub.CallToolStream(request, timeout=timeout, metadata=self._metadata)
         try:
             async for message in call:
-                yield _stream_item(message)
+                yield stream_item(message)
         finally:
             call.cancel()
 
@@ -382,7 +229,7 @@ class AsyncRunnerClient:
         timeout: float | None = None,
     ) -> AsyncIterator[pb.AuditRecord]:
         """Audit records oldest first; ``since`` (inclusive) and ``until`` (exclusive) are Unix times."""
-        request = _audit_query(record_id, session_id, caller, since, until, kinds, after_seq, limit)
+        request = audit_query(record_id, session_id, caller, since, until, kinds, after_seq, limit)
         call = self._stub.QueryAudit(request, timeout=timeout, metadata=self._metadata)
         try:
             async for record in call:
@@ -458,7 +305,7 @@ class RunnerClient:
                 channel = grpc.secure_channel(address, credentials, options=_OPTIONS)
         self._channel = channel
         self._stub = runner_pb2_grpc.RunnerStub(channel)
-        self._metadata = _metadata(metadata, token)
+        self._metadata = call_metadata(metadata, token)
 
     def __enter__(self) -> RunnerClient:
         return self
@@ -479,8 +326,8 @@ class RunnerClient:
         limits: Mapping[str, float] | None = None,
         timeout: float | None = None,
     ) -> OpenedSession:
-        request = _open_request(profile, labels, limits)
-        return _opened(self._stub.OpenSession(request, timeout=timeout, metadata=self._metadata))
+        request = open_request(profile, labels, limits)
+        return opened_session(self._stub.OpenSession(request, timeout=timeout, metadata=self._metadata))
 
     def close_session(self, session_id: str, *, timeout: float | None = None) -> pb.Session:
         request = pb.CloseSessionRequest(session_id=session_id)
@@ -511,8 +358,8 @@ class RunnerClient:
         approval_id: str = "",
     ) -> ToolResult:
         """Call a tool; with ``approval_id`` run the approved call (``arguments`` None sends the approved ones)."""
-        request = _call_request(session_id, tool, arguments, timeout_ms, approval_id)
-        return _tool_result(self._stub.CallTool(request, timeout=timeout, metadata=self._metadata))
+        request = call_request(session_id, tool, arguments, timeout_ms, approval_id)
+        return tool_result(self._stub.CallTool(request, timeout=timeout, metadata=self._metadata))
 
     def call_tool_stream(
         self,
@@ -524,11 +371,11 @@ class RunnerClient:
         timeout: float | None = None,
     ) -> Iterator[Progress | pb.Approval | ToolResult]:
         """Yield ``Progress`` events, then one ``ToolResult``; a pending and a decided ``Approval`` first if needed."""
-        request = _call_request(session_id, tool, arguments, timeout_ms, "")
+        request = call_request(session_id, tool, arguments, timeout_ms, "")
         call = self._stub.CallToolStream(request, timeout=timeout, metadata=self._metadata)
         try:
             for message in call:
-                yield _stream_item(message)
+                yield stream_item(message)
         finally:
             call.cancel()
 
@@ -592,7 +439,7 @@ class RunnerClient:
         timeout: float | None = None,
     ) -> Iterator[pb.AuditRecord]:
         """Audit records oldest first; ``since`` (inclusive) and ``until`` (exclusive) are Unix times."""
-        request = _audit_query(record_id, session_id, caller, since, until, kinds, after_seq, limit)
+        request = audit_query(record_id, session_id, caller, since, until, kinds, after_seq, limit)
         call = self._stub.QueryAudit(request, timeout=timeout, metadata=self._metadata)
         try:
             yield from call
