@@ -33,13 +33,11 @@ from runner.channel import AgentChannel, agent_env
 from runner.config import Limits, Profile, Settings
 from runner.errors import (
     DeadlineExceeded,
-    OutOfMemory,
     PermissionDenied,
     ProfileNotFound,
     QuotaExceeded,
     ResultRejected,
     RunnerError,
-    SandboxCrashed,
     SchemaViolation,
     ServerError,
     SessionClosed,
@@ -61,12 +59,13 @@ from runner.guard.validate import (
     parse_result,
 )
 from runner.policy import Kind, PolicyStore, ToolDecision
-from runner.sandbox.base import SandboxBackend, SandboxHandle, SandboxNetwork, SandboxSpec
+from runner.sandbox.base import SandboxBackend, SandboxNetwork, SandboxSpec
 from runner.secret_sources import egress_rules, resolve_secrets
 from runner.sessions import listing, outflow
 from runner.sessions.egress_record import EgressRecord, describe_network
+from runner.sessions.ending import Ending
 from runner.sessions.gate import Gate
-from runner.sessions.journal import Journal, RequestEntry, as_json, durable, error_json, redacted
+from runner.sessions.journal import Journal, RequestEntry, as_json, error_json, redacted
 from runner.sessions.models import (
     ApprovalCallback,
     LimitsRequest,
@@ -84,10 +83,8 @@ from runner.text import control_free, unescaped
 log = logging.getLogger(__name__)
 V = TypeVar("V")
 
-PING_AFTER_TIMEOUT_S = 3.0
 MIN_CALL_BUDGET_S = 0.05
 """Less time than this left after an approval wait: the approved call is left for a later CallTool."""
-EXIT_WAIT_S = 3.0
 CLOSED_RETENTION_S = 600.0
 # Errors that count towards the anomaly rule: the policy refused, the sanitizer blocked, input or output was invalid.
 _ANOMALIES = (PermissionDenied, SchemaViolation, ResultRejected)
@@ -112,7 +109,7 @@ class SessionManager:
         self._sessions: dict[str, LiveSession] = {}
         self._gate = Gate(policy or PolicyStore(None), settings, on_approval=self._approval_changed, memory=memory)
         self._reaper: asyncio.Task[None] | None = None
-        self._teardowns: set[asyncio.Future[None]] = set()
+        self._ending = Ending(self._journal, self._gate)
 
     # -- lifecycle of the manager ------------------------------------------------------------
 
@@ -130,7 +127,7 @@ class SessionManager:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reaper
         live = [s for s in self._sessions.values() if s.state in (SessionState.STARTING, SessionState.READY)]
-        await asyncio.gather(*(self._end(s, SessionState.CLOSED, "the service shut down") for s in live))
+        await asyncio.gather(*(self._ending.end(s, SessionState.CLOSED, "the service shut down") for s in live))
 
     # -- open / close / inspect ---------------------------------------------------------------
 
@@ -179,14 +176,14 @@ class SessionManager:
             async with asyncio.timeout(budget):
                 await self._boot(session, secret_values, network)
         except TimeoutError:
-            await self._end(session, SessionState.FAILED, f"did not start within {budget:.1f} s")
+            await self._ending.end(session, SessionState.FAILED, f"did not start within {budget:.1f} s")
             late = DeadlineExceeded(f"opening a session on profile {profile!r} took longer than {budget:.1f} s")
             await self._announce(session, late)
             raise late from None
         except RunnerError as exc:
-            error = await self._explain(session, exc)
+            error = await self._ending.explain(session, exc)
             outflow.sanitize_message(session, error)
-            await self._end(session, SessionState.FAILED, error.message)
+            await self._ending.end(session, SessionState.FAILED, error.message)
             await self._announce(session, error)
             raise error from exc
         except BaseException:
@@ -195,22 +192,22 @@ class SessionManager:
             abandoned = self._open_record(session, "abandoned")
             self._journal.note(records.SESSION_OPEN, session.id, session.caller, abandoned)
             session.announced = True
-            await self._end(session, SessionState.FAILED, "opening was cancelled")
+            await self._ending.end(session, SessionState.FAILED, "opening was cancelled")
             raise
         try:
             await self._announce(session, None)
         except RunnerError as exc:
-            await self._end(session, SessionState.FAILED, exc.message)
+            await self._ending.end(session, SessionState.FAILED, exc.message)
             raise
         except BaseException:
             # The caller left while the record was being made durable: the writer records it all the same, but
             # nobody holds the session's id, so it ends now (it stayed STARTING for ever, its sandbox running).
             session.announced = True
-            await self._end(session, SessionState.FAILED, "opening was cancelled")
+            await self._ending.end(session, SessionState.FAILED, "opening was cancelled")
             raise
         session.announced = True
         session.state = SessionState.READY
-        session.watcher = asyncio.create_task(self._watch(session), name=f"watch-{session.id}")
+        session.watcher = asyncio.create_task(self._ending.watch(session), name=f"watch-{session.id}")
         assert session.server is not None
         return OpenedSession(
             info=session_info(session),
@@ -301,7 +298,7 @@ class SessionManager:
     async def close(self, session_id: str, *, caller: str) -> SessionInfo:
         session = self._lookup(session_id, caller)
         if session.state in (SessionState.STARTING, SessionState.READY):
-            await self._end(session, SessionState.CLOSED, None)
+            await self._ending.end(session, SessionState.CLOSED, None)
         return session_info(session)
 
     def get(self, session_id: str, *, caller: str) -> SessionInfo:
@@ -605,7 +602,7 @@ class SessionManager:
         if reason is not None and session.state is SessionState.READY:
             log.warning("session %s of caller %s %s", session.id, session.caller, reason)
             self._journal.note(records.QUARANTINE, session.id, session.caller, {"reason": reason})
-            await self._end(session, SessionState.FAILED, reason)
+            await self._ending.end(session, SessionState.FAILED, reason)
             # The caller learns from this very answer that its session is gone, and why.
             exc.message = f"{exc.message}; session {session.id} was {reason}"
 
@@ -629,100 +626,13 @@ class SessionManager:
             async with asyncio.timeout(budget):
                 return await session.channel.request(method, params, on_progress=on_progress)
         except TimeoutError:
-            raise await self._after_timeout(session, method, budget) from None
+            raise await self._ending.after_timeout(session, method, budget) from None
         except ServerError:
             raise
         except RunnerError as exc:
-            raise await self._explain(session, exc) from exc
+            raise await self._ending.explain(session, exc) from exc
         finally:
             session.last_used = time.monotonic()
-
-    async def _after_timeout(self, session: LiveSession, method: str, budget: float) -> DeadlineExceeded:
-        """A call ran out of time: the session is either still answering, or it is ended now."""
-        what = f"{method} did not finish within {budget:.3g} s"
-        assert session.channel is not None
-        try:
-            # The ping reaches the server too: its intent goes on record first, like every request's.
-            await self._journal.sending("ping", {})
-            async with asyncio.timeout(PING_AFTER_TIMEOUT_S):
-                await session.channel.request("ping", {})
-        except (TimeoutError, RunnerError):
-            await self._end(session, SessionState.FAILED, f"{what} and the server stopped answering")
-            return DeadlineExceeded(f"{what}; the server stopped answering, so session {session.id} was ended")
-        return DeadlineExceeded(f"{what}; the call was cancelled and session {session.id} is still usable")
-
-    async def _explain(self, session: LiveSession, error: RunnerError) -> RunnerError:
-        """Turn a dead channel into the reason a person can act on, once, with the sandbox gone after it."""
-        if session.handle is None or session.channel is None or session.channel.terminal_error is None:
-            return error
-        if session.concluding is None and session.state in (SessionState.CLOSED, SessionState.FAILED):
-            # The runner ended it (closed, quarantined, reaped) and its teardown closed the channel under this
-            # call: that is the reason, not a sandbox that exited (with the 137 of the runner's own kill).
-            if session.failure is None:
-                return SessionClosed(f"session {session.id} was closed while this request ran")
-            return SessionClosed(f"session {session.id} ended while this request ran: {session.failure}")
-        if session.concluding is None:
-            session.concluding = asyncio.create_task(self._conclude(session, session.handle, error))
-        # Shielded: a caller giving up must not abort the teardown other callers wait for.
-        return await asyncio.shield(session.concluding)
-
-    async def _conclude(self, session: LiveSession, handle: SandboxHandle, error: RunnerError) -> RunnerError:
-        ending = await handle.wait_exit(EXIT_WAIT_S)
-        outflow.sanitize_message(session, error)  # it may quote what the sandbox wrote, secrets and all
-        explained: RunnerError
-        if ending.oom_killed:
-            mib = session.limits.memory_bytes // 1024**2
-            explained = OutOfMemory(f"session {session.id} was killed for exceeding its memory limit of {mib} MiB")
-        elif isinstance(error, SandboxCrashed):
-            status = f" (exit status {ending.exit_code})" if ending.exit_code is not None else ""
-            # The server's stderr may echo a secret of the session: the sanitizer redacts it like any output.
-            tail = session.sanitizer.text(handle.stderr_tail(), "stderr", FindingLog())
-            hint = session.egress.hint()
-            explained = SandboxCrashed(f"session {session.id} ended: {error.message}{status}{hint}", tail)
-        else:
-            explained = type(error)(f"session {session.id} was ended: {error.message}")
-        self._journal.note(records.EXIT, session.id, session.caller, {
-            "oom_killed": ending.oom_killed, "exit_code": ending.exit_code, "error": error_json(explained),
-        })  # fmt: skip
-        await self._end(session, SessionState.FAILED, explained.message)
-        return explained
-
-    async def _watch(self, session: LiveSession) -> None:
-        """Notice a sandbox dying between calls, so the next caller hears why."""
-        assert session.channel is not None
-        await session.channel.closed.wait()
-        if session.state is SessionState.READY and session.channel.terminal_error is not None:
-            await self._explain(session, session.channel.terminal_error)
-
-    async def _end(self, session: LiveSession, state: SessionState, reason: str | None) -> None:
-        if session.state in (SessionState.CLOSED, SessionState.FAILED):
-            return
-        session.state = state
-        session.failure = reason
-        session.ended = time.monotonic()
-        self._gate.forget(session.id)
-        if session.watcher is not None and session.watcher is not asyncio.current_task():
-            session.watcher.cancel()
-        # Held and shielded: a caller cancelled halfway (its deadline, then the RPC's own) must not leave the
-        # sandbox running with the session already marked ended.
-        teardown = asyncio.ensure_future(self._tear_down(session))
-        self._teardowns.add(teardown)
-        teardown.add_done_callback(self._teardowns.discard)
-        await asyncio.shield(teardown)
-
-    async def _tear_down(self, session: LiveSession) -> None:
-        if session.handle is not None:
-            session.stats = await session.handle.stats()
-        if session.channel is not None:
-            await session.channel.aclose()
-        if session.handle is not None:
-            await session.handle.destroy()
-        if not session.announced:
-            return  # a failed open: its session.open record says how it ended
-        await durable(self._journal, records.SESSION_CLOSE, session.id, session.caller, {
-            "state": session.state.value, "reason": session.failure, "usage": asdict(session_info(session).usage),
-            "profile": session.profile.name,
-        })  # fmt: skip
 
     def _lookup(self, session_id: str, caller: str, entry: RequestEntry | None = None) -> LiveSession:
         session = self._sessions.get(session_id)
@@ -756,8 +666,8 @@ class SessionManager:
             # Not awaited: a teardown that hangs (Docker slow to stop one sandbox) must not hold back the next
             # round's reaping; a session being ended is no longer READY, so no round ends it twice.
             reaping = asyncio.ensure_future(self.reap())
-            self._teardowns.add(reaping)
-            reaping.add_done_callback(self._teardowns.discard)
+            self._ending.teardowns.add(reaping)
+            reaping.add_done_callback(self._ending.teardowns.discard)
 
     async def reap(self) -> None:
         """End sessions idle or alive for too long; forget long-ended ones."""
@@ -773,7 +683,7 @@ class SessionManager:
                 else:
                     continue
                 log.info("reaping session %s: %s", session.id, reason)
-                due.append(self._end(session, SessionState.CLOSED, reason))
+                due.append(self._ending.end(session, SessionState.CLOSED, reason))
             elif session.ended is not None and now - session.ended > CLOSED_RETENTION_S:
                 del self._sessions[session.id]
         # Side by side: one after another, a sandbox slow to tear down kept every other due session running.

@@ -16,8 +16,7 @@ from runner.config import Credential, EgressRule, Limits, NetworkPolicy, Profile
 from runner.egress.rules import Rule
 from runner.sandbox.base import EgressDecision, SandboxSpec
 from runner.sandbox.fake import FakeBackend, FakeIO, Handler
-from runner.sessions import egress_record
-from runner.sessions import manager as manager_module
+from runner.sessions import egress_record, ending
 from runner.sessions.manager import SessionManager
 from runner.sessions.models import SessionInfo, SessionState, Usage
 from tests.unit.fake_agent import FakeAgent
@@ -242,7 +241,7 @@ async def test_crash_after_only_allowed_egress_has_no_hint(manager: SessionManag
 async def test_sandbox_dying_between_calls_names_the_refused_egress(
     manager: SessionManager, sandboxes: Sandboxes, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(manager_module, "EXIT_WAIT_S", 0.05)  # the fake's process does not exit by itself
+    monkeypatch.setattr(ending, "EXIT_WAIT_S", 0.05)  # the fake's process does not exit by itself
     sid = (await manager.open("networked", caller="a")).info.session_id
     io = sandboxes.ios[0]
     io.egress(refused("pypi.example.org", reason="resolves to a private address"))
