@@ -20,11 +20,9 @@ import contextlib
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
+from collections.abc import AsyncIterator, Coroutine, Mapping
 from dataclasses import asdict, replace
-from typing import Any, TypeVar
-
-import mcp_types
+from typing import Any
 
 from runner.approvals import Approval
 from runner.audit import records
@@ -33,68 +31,40 @@ from runner.channel import AgentChannel, agent_env
 from runner.config import Limits, Profile, Settings
 from runner.errors import (
     DeadlineExceeded,
-    PermissionDenied,
     ProfileNotFound,
     QuotaExceeded,
-    ResultRejected,
     RunnerError,
-    SchemaViolation,
-    ServerError,
-    SessionClosed,
-    SessionNotFound,
-    ToolNotFound,
-    Unimplemented,
 )
 from runner.guard import results
-from runner.guard.findings import FindingLog
 from runner.guard.memory import GuardMemory
 from runner.guard.sanitize import Sanitizer
-from runner.guard.screening import screen_tools
 from runner.guard.validate import (
-    CheckedTool,
-    check_arguments,
     check_initialize,
-    check_tools,
-    parse_call_result,
-    parse_result,
 )
-from runner.policy import Kind, PolicyStore, ToolDecision
+from runner.policy import PolicyStore, ToolDecision
 from runner.sandbox.base import SandboxBackend, SandboxNetwork, SandboxSpec
 from runner.secret_sources import egress_rules, resolve_secrets
-from runner.sessions import listing, outflow
+from runner.sessions import outflow
 from runner.sessions.egress_record import EgressRecord, describe_network
 from runner.sessions.ending import Ending
 from runner.sessions.gate import Gate
-from runner.sessions.journal import Journal, RequestEntry, as_json, error_json, redacted
+from runner.sessions.journal import Journal, as_json, error_json, redacted
 from runner.sessions.models import (
-    ApprovalCallback,
     LimitsRequest,
     OpenedSession,
-    ProgressCallback,
-    Sanitized,
     ServerInfo,
     SessionInfo,
     SessionState,
-    ToolCallOutcome,
 )
+from runner.sessions.operations import Operations
 from runner.sessions.session import LiveSession, check_labels, session_info
-from runner.text import control_free, unescaped
 
 log = logging.getLogger(__name__)
-V = TypeVar("V")
 
-MIN_CALL_BUDGET_S = 0.05
-"""Less time than this left after an approval wait: the approved call is left for a later CallTool."""
 CLOSED_RETENTION_S = 600.0
-# Errors that count towards the anomaly rule: the policy refused, the sanitizer blocked, input or output was invalid.
-_ANOMALIES = (PermissionDenied, SchemaViolation, ResultRejected)
-_ACTIONS: dict[Kind, tuple[str, str]] = {
-    "tools": ("tools/call", "tool"), "resources": ("resources/read", "uri"), "prompts": ("prompts/get", "prompt"),
-}
-"""Policy records: the action decided and the detail that names what it was about."""
 
 
-class SessionManager:
+class SessionManager(Operations):
     def __init__(
         self,
         backend: SandboxBackend,
@@ -308,178 +278,6 @@ class SessionManager:
         """The caller's own sessions; an admin sees everyone's."""
         return [session_info(s) for s in self._sessions.values() if self._gate.may_see(caller, s.caller)]
 
-    # -- MCP operations ------------------------------------------------------------------------
-
-    async def list_tools(
-        self, session_id: str, *, caller: str, timeout: float | None = None
-    ) -> Sanitized[list[mcp_types.Tool]]:
-        self._screen(session_id, caller, "tools/list")
-        async with self._journal.request(session_id, caller, "tools/list", {}) as entry:
-            session = self._live(session_id, caller, entry)
-            async with self._guarding(session):
-                with self._gate.call_slot(caller, session.id):
-                    await self._refresh_tools(session, timeout=timeout)
-            return self._returning(session, entry, Sanitized(list(session.listing.tools), session.listing.findings))
-
-    async def call_tool(
-        self,
-        session_id: str,
-        tool: str,
-        arguments: dict[str, Any],
-        *,
-        caller: str,
-        approval_id: str = "",
-        timeout: float | None = None,
-        on_progress: ProgressCallback | None = None,
-        on_approval: ApprovalCallback | None = None,
-    ) -> ToolCallOutcome:
-        """Policy, approval, rates, the call, validation, sanitization — in that order.
-
-        A tool that needs approval returns a PENDING outcome at once, unless ``on_approval`` is given: then
-        the pending approval is reported through it and the call waits (within ``timeout``) for the decision.
-        """
-        self._screen(session_id, caller, "tools/call")
-        async with self._journal.request(session_id, caller, "tools/call", {"name": tool, "arguments": arguments}
-                                         ) as entry:
-            session = self._live(session_id, caller, entry)
-            outcome = await self._call_tool(
-                session, entry, tool, arguments, caller, approval_id, timeout, on_progress, on_approval
-            )
-            if outcome.approval is not None:
-                entry.returned["approval_id"] = outcome.approval.approval_id
-            if outcome.result is None:
-                entry.outcome = "approval_pending"
-            else:
-                self._returning(session, entry, Sanitized(outcome.result, outcome.findings))
-            return replace(outcome, audit_id=entry.id)
-
-    async def _call_tool(
-        self,
-        session: LiveSession,
-        entry: RequestEntry,
-        tool: str,
-        arguments: dict[str, Any],
-        caller: str,
-        approval_id: str,
-        timeout: float | None,
-        on_progress: ProgressCallback | None,
-        on_approval: ApprovalCallback | None,
-    ) -> ToolCallOutcome:
-        async with self._guarding(session):
-            checked = await self._callable_tool(session, caller, tool, timeout)
-            approval: Approval | None = None
-            # Claiming uses an approval up, so it happens inside the call slot: a call refused by a rate
-            # limit leaves its approval for the retry.
-            claim: Callable[[], Approval] | None = None
-            if approval_id:
-                profile = session.profile.name
-
-                def claim() -> Approval:
-                    return self._gate.claim(caller, session.id, profile, approval_id, tool, arguments)
-            else:
-                decision = self._decide(session, caller, "tools", tool)
-                # Validation is CPU work on untrusted input: off the event loop, so other sessions keep moving.
-                await asyncio.to_thread(check_arguments, checked, arguments)
-                if decision.verdict == "approval":
-                    pending = self._gate.request_approval(
-                        session_id=session.id, caller=caller, profile=session.profile.name,
-                        tool=tool, arguments=arguments, rule=decision.rule,
-                    )
-                    log.info("call of %s in session %s waits for approval %s", tool, session.id, pending.approval_id)
-                    if on_approval is None:
-                        return ToolCallOutcome(result=None, approval=pending)
-                    await on_approval(pending)
-                    started = time.monotonic()
-                    decided = await self._gate.approvals.wait(pending.approval_id, timeout)
-                    if session.state is not SessionState.READY:
-                        raise SessionClosed(f"session {session.id} ended while its call waited for approval")
-                    if timeout is not None:
-                        timeout -= time.monotonic() - started
-                    # With no time left to run the call, the approval stays unclaimed for a later CallTool.
-                    time_left = timeout is None or timeout >= MIN_CALL_BUDGET_S
-
-                    def claim() -> Approval:
-                        return self._gate.claim_decided(decided, caller, time_left=time_left)
-            with self._gate.call_slot(caller, session.id):
-                if claim is not None:
-                    approval = claim()
-                    arguments = dict(approval.arguments)
-                    entry.params = {"name": tool, "arguments": arguments}
-                    if on_approval is not None:
-                        await on_approval(approval)
-                session.calls += 1
-                progress = FindingLog()
-                raw = await self._request(
-                    session, "tools/call", {"name": tool, "arguments": arguments}, timeout,
-                    outflow.sanitizing_progress(session, on_progress, progress),
-                )
-            result = await asyncio.to_thread(parse_call_result, checked, raw)
-            what = f"the result of tool {tool!r}"
-            clean = await outflow.sanitize(session, results.sanitize_call_result, result, what)
-        return ToolCallOutcome(result=clean.value, findings=progress.findings() + clean.findings, approval=approval)
-
-    async def list_resources(
-        self, session_id: str, *, caller: str, timeout: float | None = None
-    ) -> Sanitized[list[mcp_types.Resource]]:
-        self._screen(session_id, caller, "resources/list", "resources")
-        async with self._journal.request(session_id, caller, "resources/list", {}) as entry:
-            session = self._offering(session_id, caller, "resources", entry)
-            async with self._guarding(session):
-                with self._gate.call_slot(caller, session.id):
-                    pages = await listing.pages(
-                        self._request, session, "resources/list", mcp_types.ListResourcesResult, timeout,
-                        self._settings.max_message_bytes,
-                    )
-                listed = [r for page in pages for r in page.resources]
-                clean = await outflow.sanitize(session, results.sanitize_resources, listed, "the resource list")
-            return self._returning(session, entry, clean)
-
-    async def read_resource(
-        self, session_id: str, uri: str, *, caller: str, timeout: float | None = None
-    ) -> Sanitized[list[mcp_types.TextResourceContents | mcp_types.BlobResourceContents]]:
-        self._screen(session_id, caller, "resources/read", "resources")
-        async with self._journal.request(session_id, caller, "resources/read", {"uri": uri}) as entry:
-            session = self._offering(session_id, caller, "resources", entry)
-            async with self._guarding(session):
-                self._decide(session, caller, "resources", uri)
-                with self._gate.call_slot(caller, session.id):
-                    raw = await self._request(session, "resources/read", {"uri": uri}, timeout, None)
-                what = f"contents of {uri!r}"
-                result = await asyncio.to_thread(parse_result, mcp_types.ReadResourceResult, raw, what)
-                clean = await outflow.sanitize(session, results.sanitize_resource_contents, list(result.contents), what)
-            return self._returning(session, entry, clean)
-
-    async def list_prompts(
-        self, session_id: str, *, caller: str, timeout: float | None = None
-    ) -> Sanitized[list[mcp_types.Prompt]]:
-        self._screen(session_id, caller, "prompts/list", "prompts")
-        async with self._journal.request(session_id, caller, "prompts/list", {}) as entry:
-            session = self._offering(session_id, caller, "prompts", entry)
-            async with self._guarding(session):
-                with self._gate.call_slot(caller, session.id):
-                    pages = await listing.pages(
-                        self._request, session, "prompts/list", mcp_types.ListPromptsResult, timeout,
-                        self._settings.max_message_bytes,
-                    )
-                listed = [p for page in pages for p in page.prompts]
-                clean = await outflow.sanitize(session, results.sanitize_prompts, listed, "the prompt list")
-            return self._returning(session, entry, clean)
-
-    async def get_prompt(
-        self, session_id: str, name: str, arguments: dict[str, str], *, caller: str, timeout: float | None = None
-    ) -> Sanitized[mcp_types.GetPromptResult]:
-        params = {"name": name, "arguments": arguments}
-        self._screen(session_id, caller, "prompts/get", "prompts")
-        async with self._journal.request(session_id, caller, "prompts/get", params) as entry:
-            session = self._offering(session_id, caller, "prompts", entry)
-            async with self._guarding(session):
-                self._decide(session, caller, "prompts", name)
-                with self._gate.call_slot(caller, session.id):
-                    raw = await self._request(session, "prompts/get", dict(params), timeout, None)
-                result = await asyncio.to_thread(parse_result, mcp_types.GetPromptResult, raw, f"prompt {name!r}")
-                clean = await outflow.sanitize(session, results.sanitize_prompt_result, result, f"prompt {name!r}")
-            return self._returning(session, entry, clean)
-
     # -- approvals -----------------------------------------------------------------------------
 
     def list_approvals(self, *, caller: str, include_decided: bool = False) -> list[Approval]:
@@ -498,167 +296,6 @@ class SessionManager:
     def tool_decision(self, caller: str, profile: str, tool: str) -> ToolDecision:
         """What the policy says now about ``caller`` calling ``tool`` on ``profile`` (a denial is raised)."""
         return self._gate.decide_tool(caller, profile, tool)
-
-    # -- internals -----------------------------------------------------------------------------
-
-    def _decide(self, session: LiveSession, caller: str, kind: Kind, name: str) -> ToolDecision:
-        """The policy's decision on a tool call, resource read or prompt get, recorded; a denial is raised."""
-        action, detail = _ACTIONS[kind]
-        try:
-            decision = self._gate.decide_access(kind, caller, session.profile.name, name)
-        except PermissionDenied as exc:
-            self._journal.policy(session.id, caller, action, "deny", exc.message, **{detail: name})
-            raise
-        self._journal.policy(session.id, caller, action, decision.verdict, decision.rule, **{detail: name})
-        return decision
-
-    def _screen(self, session_id: str, caller: str, method: str, capability: str = "") -> None:
-        """A request that will be refused counts against the refusal rate: its session unknown, another caller's or
-        ended, its server without the ``capability`` it needs, or the caller's or session's call rate spent.
-
-        Here, before the request's record is begun: past the rate it is answered RESOURCE_EXHAUSTED with nothing
-        of it recorded; within it, it is refused inside the record as before (``_live``, ``_offering``, the call
-        slot). A caller held to its call rate cannot write records at the speed it sends requests either.
-        """
-        session = self._sessions.get(session_id)
-        if (
-            session is None
-            or session.state is not SessionState.READY
-            or not self._gate.may_see(caller, session.caller)
-            or (capability and session.capabilities is not None and getattr(session.capabilities, capability) is None)
-            or self._gate.calls_exhausted(caller, session.id)
-        ):
-            self._refusing(caller, method)
-
-    def _refusing(self, caller: str, action: str) -> None:
-        """Past the caller's refusal rate: raise RESOURCE_EXHAUSTED, with one short throttle note per run."""
-        throttled = self._gate.throttle_refusal(caller)
-        if throttled is None:
-            return
-        error, first = throttled
-        if first:
-            self._journal.note(records.THROTTLE, "", caller, {"action": action, "error": error_json(error)})
-        raise error
-
-    def _returning(self, session: LiveSession, entry: RequestEntry, answer: Sanitized[V]) -> Sanitized[V]:
-        """``answer`` goes to the caller: into the request's record, its findings into records of their own."""
-        entry.result(answer.value, answer.findings)
-        self._journal.findings(session.id, session.caller, entry.method, answer.findings)
-        return answer
-
-    def _approval_changed(self, approval: Approval) -> None:
-        session = self._sessions.get(approval.session_id)
-        self._journal.approval(approval, session.sanitizer.redact_secrets if session is not None else str)
-
-    async def _refresh_tools(self, session: LiveSession, *, timeout: float | None) -> None:
-        """List, compile schemas, check pins, sanitize; blocked tools stay known but uncallable."""
-        pages = await listing.pages(
-            self._request, session, "tools/list", mcp_types.ListToolsResult, timeout, self._settings.max_message_bytes
-        )
-        listed = [t for page in pages for t in page.tools]
-        session.tools = await asyncio.to_thread(check_tools, listed)
-        violations = self._gate.pins.check(session.profile.name, listed)
-        for violation in violations:
-            # The message quotes the server's tool name: the service log gets it sanitized, like the caller does,
-            # and on one line (a line or paragraph separator the sanitizer keeps in text is shown escaped).
-            message = session.sanitizer.text(unescaped(violation.message), "service log", FindingLog())
-            log.warning("session %s (profile %s): %s", session.id, session.profile.name, control_free(message))
-        session.listing = await asyncio.to_thread(screen_tools, session.sanitizer, listed, violations)
-
-    async def _callable_tool(self, session: LiveSession, caller: str, tool: str, timeout: float | None) -> CheckedTool:
-        checked = session.tools.get(tool)
-        if checked is None:
-            with self._gate.call_slot(caller, session.id):  # a listing the caller's unknown name causes is a call
-                await self._refresh_tools(session, timeout=timeout)
-            checked = session.tools.get(tool)
-        if checked is None:
-            names = ", ".join(sorted(t.name for t in session.listing.tools)) or "none"
-            raise ToolNotFound(f"session {session.id} has no tool {tool!r} (its tools: {names})")
-        blocked = session.listing.blocked.get(tool)
-        if blocked is not None:
-            raise PermissionDenied(f"tool {tool!r} of session {session.id} is blocked: {blocked}")
-        return checked
-
-    @contextlib.asynccontextmanager
-    async def _guarding(self, session: LiveSession) -> AsyncIterator[None]:
-        """Errors leave sanitized; denied, blocked and invalid events count, and past the limit quarantine.
-
-        Meanwhile the session is busy, never idle: a call, or its wait for an approval, may outlast the idle timeout.
-        """
-        session.busy += 1
-        try:
-            yield
-        except RunnerError as exc:
-            outflow.sanitize_message(session, exc)
-            if isinstance(exc, _ANOMALIES):
-                await self._count_anomaly(session, exc)
-            raise
-        finally:
-            session.busy -= 1
-            session.last_used = time.monotonic()
-
-    async def _count_anomaly(self, session: LiveSession, exc: RunnerError) -> None:
-        reason = self._gate.quarantine_reason(session.id, exc)
-        if reason is not None and session.state is SessionState.READY:
-            log.warning("session %s of caller %s %s", session.id, session.caller, reason)
-            self._journal.note(records.QUARANTINE, session.id, session.caller, {"reason": reason})
-            await self._ending.end(session, SessionState.FAILED, reason)
-            # The caller learns from this very answer that its session is gone, and why.
-            exc.message = f"{exc.message}; session {session.id} was {reason}"
-
-    async def _request(
-        self,
-        session: LiveSession,
-        method: str,
-        params: dict[str, Any],
-        timeout: float | None,
-        on_progress: ProgressCallback | None,
-        recorded: dict[str, Any] | None = None,
-    ) -> dict[str, Any]:
-        """``recorded``: what the intent record keeps of ``params`` when they carry the server's own text back."""
-        assert session.channel is not None
-        session.last_used = time.monotonic()
-        cap = session.limits.call_timeout_s
-        budget = min(timeout, cap) if timeout is not None else cap
-        # write-ahead: not sent unless its intent is on record
-        await self._journal.sending(method, params if recorded is None else recorded)
-        try:
-            async with asyncio.timeout(budget):
-                return await session.channel.request(method, params, on_progress=on_progress)
-        except TimeoutError:
-            raise await self._ending.after_timeout(session, method, budget) from None
-        except ServerError:
-            raise
-        except RunnerError as exc:
-            raise await self._ending.explain(session, exc) from exc
-        finally:
-            session.last_used = time.monotonic()
-
-    def _lookup(self, session_id: str, caller: str, entry: RequestEntry | None = None) -> LiveSession:
-        session = self._sessions.get(session_id)
-        if session is None:
-            raise SessionNotFound(f"no session {session_id!r} (it never existed or was forgotten)")
-        if entry is not None:
-            # Before the owner check: what another caller sends to this session is recorded without its secrets.
-            entry.redact = session.sanitizer.redact_secrets
-        self._gate.check_owner(caller, session.caller, session_id)
-        return session
-
-    def _live(self, session_id: str, caller: str, entry: RequestEntry | None = None) -> LiveSession:
-        session = self._lookup(session_id, caller, entry)
-        if session.state is SessionState.READY:
-            return session
-        reason = f": {session.failure}" if session.failure else ""
-        raise SessionClosed(f"session {session_id} is {session.state.value}{reason}")
-
-    def _offering(self, session_id: str, caller: str, capability: str, entry: RequestEntry) -> LiveSession:
-        """The live session, if its server declared ``capability`` at initialize."""
-        session = self._live(session_id, caller, entry)
-        if session.capabilities is not None and getattr(session.capabilities, capability) is None:
-            raise Unimplemented(
-                f"session {session_id}'s server ({session.profile.name}) does not offer {capability}"
-            )
-        return session
 
     async def _reap_forever(self) -> None:
         while True:
@@ -688,4 +325,3 @@ class SessionManager:
                 del self._sessions[session.id]
         # Side by side: one after another, a sandbox slow to tear down kept every other due session running.
         await asyncio.gather(*due)
-

@@ -1,0 +1,233 @@
+"""The MCP operations of a live session: tools, resources and prompts, each guarded and recorded.
+
+Policy, approval, rates, the request, validation, sanitization — in that order;
+every answer's record durable before the answer is returned (``Journal.request``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any
+
+import mcp_types
+
+from runner.approvals import Approval
+from runner.errors import (
+    SessionClosed,
+)
+from runner.guard import results
+from runner.guard.findings import FindingLog
+from runner.guard.validate import (
+    check_arguments,
+    parse_call_result,
+    parse_result,
+)
+from runner.sessions import listing, outflow
+from runner.sessions.journal import RequestEntry
+from runner.sessions.models import (
+    ApprovalCallback,
+    ProgressCallback,
+    Sanitized,
+    SessionState,
+    ToolCallOutcome,
+)
+from runner.sessions.serving import Serving
+from runner.sessions.session import LiveSession
+
+log = logging.getLogger(__name__)
+
+MIN_CALL_BUDGET_S = 0.05
+"""Less time than this left after an approval wait: the approved call is left for a later CallTool."""
+
+
+class Operations(Serving):
+    async def list_tools(
+        self, session_id: str, *, caller: str, timeout: float | None = None
+    ) -> Sanitized[list[mcp_types.Tool]]:
+        self._screen(session_id, caller, "tools/list")
+        async with self._journal.request(session_id, caller, "tools/list", {}) as entry:
+            session = self._live(session_id, caller, entry)
+            async with self._guarding(session):
+                with self._gate.call_slot(caller, session.id):
+                    await self._refresh_tools(session, timeout=timeout)
+            return self._returning(session, entry, Sanitized(list(session.listing.tools), session.listing.findings))
+
+    async def call_tool(
+        self,
+        session_id: str,
+        tool: str,
+        arguments: dict[str, Any],
+        *,
+        caller: str,
+        approval_id: str = "",
+        timeout: float | None = None,
+        on_progress: ProgressCallback | None = None,
+        on_approval: ApprovalCallback | None = None,
+    ) -> ToolCallOutcome:
+        """Policy, approval, rates, the call, validation, sanitization — in that order.
+
+        A tool that needs approval returns a PENDING outcome at once, unless ``on_approval`` is given: then
+        the pending approval is reported through it and the call waits (within ``timeout``) for the decision.
+        """
+        self._screen(session_id, caller, "tools/call")
+        async with self._journal.request(
+            session_id, caller, "tools/call", {"name": tool, "arguments": arguments}
+        ) as entry:
+            session = self._live(session_id, caller, entry)
+            outcome = await self._call_tool(
+                session, entry, tool, arguments, caller, approval_id, timeout, on_progress, on_approval
+            )
+            if outcome.approval is not None:
+                entry.returned["approval_id"] = outcome.approval.approval_id
+            if outcome.result is None:
+                entry.outcome = "approval_pending"
+            else:
+                self._returning(session, entry, Sanitized(outcome.result, outcome.findings))
+            return replace(outcome, audit_id=entry.id)
+
+    async def _call_tool(
+        self,
+        session: LiveSession,
+        entry: RequestEntry,
+        tool: str,
+        arguments: dict[str, Any],
+        caller: str,
+        approval_id: str,
+        timeout: float | None,
+        on_progress: ProgressCallback | None,
+        on_approval: ApprovalCallback | None,
+    ) -> ToolCallOutcome:
+        async with self._guarding(session):
+            checked = await self._callable_tool(session, caller, tool, timeout)
+            approval: Approval | None = None
+            # Claiming uses an approval up, so it happens inside the call slot: a call refused by a rate
+            # limit leaves its approval for the retry.
+            claim: Callable[[], Approval] | None = None
+            if approval_id:
+                profile = session.profile.name
+
+                def claim() -> Approval:
+                    return self._gate.claim(caller, session.id, profile, approval_id, tool, arguments)
+            else:
+                decision = self._decide(session, caller, "tools", tool)
+                # Validation is CPU work on untrusted input: off the event loop, so other sessions keep moving.
+                await asyncio.to_thread(check_arguments, checked, arguments)
+                if decision.verdict == "approval":
+                    pending = self._gate.request_approval(
+                        session_id=session.id,
+                        caller=caller,
+                        profile=session.profile.name,
+                        tool=tool,
+                        arguments=arguments,
+                        rule=decision.rule,
+                    )
+                    log.info("call of %s in session %s waits for approval %s", tool, session.id, pending.approval_id)
+                    if on_approval is None:
+                        return ToolCallOutcome(result=None, approval=pending)
+                    await on_approval(pending)
+                    started = time.monotonic()
+                    decided = await self._gate.approvals.wait(pending.approval_id, timeout)
+                    if session.state is not SessionState.READY:
+                        raise SessionClosed(f"session {session.id} ended while its call waited for approval")
+                    if timeout is not None:
+                        timeout -= time.monotonic() - started
+                    # With no time left to run the call, the approval stays unclaimed for a later CallTool.
+                    time_left = timeout is None or timeout >= MIN_CALL_BUDGET_S
+
+                    def claim() -> Approval:
+                        return self._gate.claim_decided(decided, caller, time_left=time_left)
+
+            with self._gate.call_slot(caller, session.id):
+                if claim is not None:
+                    approval = claim()
+                    arguments = dict(approval.arguments)
+                    entry.params = {"name": tool, "arguments": arguments}
+                    if on_approval is not None:
+                        await on_approval(approval)
+                session.calls += 1
+                progress = FindingLog()
+                raw = await self._request(
+                    session,
+                    "tools/call",
+                    {"name": tool, "arguments": arguments},
+                    timeout,
+                    outflow.sanitizing_progress(session, on_progress, progress),
+                )
+            result = await asyncio.to_thread(parse_call_result, checked, raw)
+            what = f"the result of tool {tool!r}"
+            clean = await outflow.sanitize(session, results.sanitize_call_result, result, what)
+        return ToolCallOutcome(result=clean.value, findings=progress.findings() + clean.findings, approval=approval)
+
+    async def list_resources(
+        self, session_id: str, *, caller: str, timeout: float | None = None
+    ) -> Sanitized[list[mcp_types.Resource]]:
+        self._screen(session_id, caller, "resources/list", "resources")
+        async with self._journal.request(session_id, caller, "resources/list", {}) as entry:
+            session = self._offering(session_id, caller, "resources", entry)
+            async with self._guarding(session):
+                with self._gate.call_slot(caller, session.id):
+                    pages = await listing.pages(
+                        self._request,
+                        session,
+                        "resources/list",
+                        mcp_types.ListResourcesResult,
+                        timeout,
+                        self._settings.max_message_bytes,
+                    )
+                listed = [r for page in pages for r in page.resources]
+                clean = await outflow.sanitize(session, results.sanitize_resources, listed, "the resource list")
+            return self._returning(session, entry, clean)
+
+    async def read_resource(
+        self, session_id: str, uri: str, *, caller: str, timeout: float | None = None
+    ) -> Sanitized[list[mcp_types.TextResourceContents | mcp_types.BlobResourceContents]]:
+        self._screen(session_id, caller, "resources/read", "resources")
+        async with self._journal.request(session_id, caller, "resources/read", {"uri": uri}) as entry:
+            session = self._offering(session_id, caller, "resources", entry)
+            async with self._guarding(session):
+                self._decide(session, caller, "resources", uri)
+                with self._gate.call_slot(caller, session.id):
+                    raw = await self._request(session, "resources/read", {"uri": uri}, timeout, None)
+                what = f"contents of {uri!r}"
+                result = await asyncio.to_thread(parse_result, mcp_types.ReadResourceResult, raw, what)
+                clean = await outflow.sanitize(session, results.sanitize_resource_contents, list(result.contents), what)
+            return self._returning(session, entry, clean)
+
+    async def list_prompts(
+        self, session_id: str, *, caller: str, timeout: float | None = None
+    ) -> Sanitized[list[mcp_types.Prompt]]:
+        self._screen(session_id, caller, "prompts/list", "prompts")
+        async with self._journal.request(session_id, caller, "prompts/list", {}) as entry:
+            session = self._offering(session_id, caller, "prompts", entry)
+            async with self._guarding(session):
+                with self._gate.call_slot(caller, session.id):
+                    pages = await listing.pages(
+                        self._request,
+                        session,
+                        "prompts/list",
+                        mcp_types.ListPromptsResult,
+                        timeout,
+                        self._settings.max_message_bytes,
+                    )
+                listed = [p for page in pages for p in page.prompts]
+                clean = await outflow.sanitize(session, results.sanitize_prompts, listed, "the prompt list")
+            return self._returning(session, entry, clean)
+
+    async def get_prompt(
+        self, session_id: str, name: str, arguments: dict[str, str], *, caller: str, timeout: float | None = None
+    ) -> Sanitized[mcp_types.GetPromptResult]:
+        params = {"name": name, "arguments": arguments}
+        self._screen(session_id, caller, "prompts/get", "prompts")
+        async with self._journal.request(session_id, caller, "prompts/get", params) as entry:
+            session = self._offering(session_id, caller, "prompts", entry)
+            async with self._guarding(session):
+                self._decide(session, caller, "prompts", name)
+                with self._gate.call_slot(caller, session.id):
+                    raw = await self._request(session, "prompts/get", dict(params), timeout, None)
+                result = await asyncio.to_thread(parse_result, mcp_types.GetPromptResult, raw, f"prompt {name!r}")
+                clean = await outflow.sanitize(session, results.sanitize_prompt_result, result, f"prompt {name!r}")
+            return self._returning(session, entry, clean)
