@@ -68,6 +68,11 @@ def state_directory() -> Path:
     return (Path(base) if Path(base).is_absolute() else Path.home() / ".local" / "state") / "mcp-runner"
 
 
+def default_concurrent_boots() -> int:
+    """Two boots per core: a boot spends part of its time waiting on the engine, so one per core leaves CPU idle."""
+    return max(2, 2 * (os.cpu_count() or 1))
+
+
 def local_path(text: str, base: Path) -> Path:
     """An absolute path for a path the operator wrote: ``~`` is their home (not a directory named ``~``), and a
     relative path is relative to ``base`` (the settings file's directory, or the working directory for the
@@ -92,6 +97,10 @@ class AuditConfig:
     """Records older than this are exported to ``export_dir``, then deleted; None keeps them forever."""
     export_dir: Path | None = None
     """None: ``<path's directory>/audit-exports``."""
+    fsync_intents: bool = False
+    """True: each ``request.intent`` is fsync'd on its own before its message is sent. False (the default): it is
+    committed (in the WAL, so it survives the service's crash) before sending, and made durable on disk by the fsync
+    of the outcome record that follows, before the answer leaves: one fsync per request instead of two."""
 
     @property
     def exports(self) -> Path:
@@ -223,6 +232,14 @@ class Settings:
     max_message_bytes: int = 4 * 1024**2
     stderr_tail_bytes: int = 8 * 1024
     open_timeout_s: float = 60.0
+    """How long a sandbox may take from the start of its boot to ready (a wait for a boot slot is not counted)."""
+    max_concurrent_boots: int = field(default_factory=default_concurrent_boots)
+    """Sandboxes booting at once (cold opens and pool refills); further opens wait their turn, within their
+    caller's deadline (or ``open_queue_timeout_s`` without one)."""
+    open_queue_timeout_s: float = 300.0
+    """The longest an open without a deadline of its own waits for a boot slot."""
+    pool: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
+    """Profile name -> warm sandboxes kept ready for it (booted, initialized, tools listed, never used)."""
     reap_interval_s: float = 5.0
     shutdown_grace_s: float = 5.0
     profiles: Mapping[str, Profile] = field(default_factory=lambda: MappingProxyType({}))
@@ -452,6 +469,7 @@ class _AuditModel(BaseModel):
     path: str | None = Field(default=None, min_length=1)
     retention: float | str | None = None
     export_dir: str | None = Field(default=None, min_length=1)
+    fsync_intents: bool = False
 
     @field_validator("retention")
     @classmethod
@@ -473,6 +491,7 @@ class _AuditModel(BaseModel):
             enabled=self.enabled,
             retention_s=parse_duration(self.retention) if self.retention is not None else None,
             export_dir=local_path(self.export_dir, base) if self.export_dir is not None else None,
+            fsync_intents=self.fsync_intents,
         )
 
 
@@ -484,6 +503,9 @@ class _FileModel(BaseModel):
     max_sessions: int | None = Field(default=None, ge=1, le=10000)
     max_message_bytes: int | str | None = None
     open_timeout_s: float | None = Field(default=None, gt=0)
+    max_concurrent_boots: int | None = Field(default=None, ge=1, le=1000)
+    open_queue_timeout_s: float | None = Field(default=None, gt=0)
+    pool: dict[str, int] | None = None
     reap_interval_s: float | None = Field(default=None, gt=0)
     builtin_profiles: bool = True
     tls: _TlsModel | None = None
@@ -545,6 +567,28 @@ def _profiles(parsed: _FileModel, base: Path, defaults: Limits) -> dict[str, Pro
     return out
 
 
+MAX_POOL_SIZE = 64
+
+
+def _pool(builtin: _FileModel, user: _FileModel, profiles: Mapping[str, Profile]) -> dict[str, int]:
+    """Warm sandboxes per profile: the user's ``pool`` replaces the built-in one whole (``pool: {}`` turns it off);
+    the built-in one covers only the built-in profiles still in use."""
+    if user.pool is not None:
+        chosen = user.pool
+        unknown = sorted(set(chosen) - set(profiles))
+        if unknown:
+            known = ", ".join(sorted(profiles)) or "none"
+            raise ValueError(f"pool: no profile named {', '.join(map(repr, unknown))} (known profiles: {known})")
+    else:
+        # A built-in profile the user's file replaced is the user's own: no warm sandboxes unless it asks.
+        builtin_pool = builtin.pool if user.builtin_profiles and builtin.pool else {}
+        chosen = {name: size for name, size in builtin_pool.items() if name in profiles and name not in user.profiles}
+    bad = {name: size for name, size in chosen.items() if not 0 <= size <= MAX_POOL_SIZE}
+    if bad:
+        raise ValueError(f"pool: sizes must be 0 to {MAX_POOL_SIZE} ({bad})")
+    return {name: size for name, size in chosen.items() if size > 0}
+
+
 def _state_dir(user: _FileModel, base: Path) -> Path:
     """Env MCP_RUNNER_STATE_DIR, else the file's ``state_dir`` (relative to the file), else the XDG default.
 
@@ -597,6 +641,9 @@ def load_settings(config_path: Path | str | None = None, *, listen: str | None =
             max_sessions=user.max_sessions or Settings.max_sessions,
             max_message_bytes=parse_size(max_message) if max_message else Settings.max_message_bytes,
             open_timeout_s=user.open_timeout_s or Settings.open_timeout_s,
+            max_concurrent_boots=user.max_concurrent_boots or default_concurrent_boots(),
+            open_queue_timeout_s=user.open_queue_timeout_s or Settings.open_queue_timeout_s,
+            pool=MappingProxyType(_pool(builtin, user, profiles)),
             reap_interval_s=user.reap_interval_s or Settings.reap_interval_s,
             profiles=MappingProxyType(profiles),
         )
