@@ -24,10 +24,11 @@ from collections.abc import AsyncIterator, Coroutine, Mapping
 from dataclasses import asdict, replace
 from typing import Any
 
+import mcp_types
+
 from runner.approvals import Approval
 from runner.audit import records
 from runner.audit.records import capped
-from runner.channel import AgentChannel, agent_env
 from runner.config import Limits, Profile, Settings
 from runner.errors import (
     DeadlineExceeded,
@@ -36,15 +37,13 @@ from runner.errors import (
     RunnerError,
 )
 from runner.guard import results
+from runner.guard.findings import FindingLog
 from runner.guard.memory import GuardMemory
-from runner.guard.sanitize import Sanitizer
-from runner.guard.validate import (
-    check_initialize,
-)
+from runner.guard.screening import screen_tools
 from runner.policy import PolicyStore, ToolDecision
-from runner.sandbox.base import SandboxBackend, SandboxNetwork, SandboxSpec
-from runner.secret_sources import egress_rules, resolve_secrets
+from runner.sandbox.base import SandboxBackend, SandboxNetwork
 from runner.sessions import outflow
+from runner.sessions.admission import BootSlots
 from runner.sessions.egress_record import EgressRecord, describe_network
 from runner.sessions.ending import Ending
 from runner.sessions.gate import Gate
@@ -57,7 +56,9 @@ from runner.sessions.models import (
     SessionState,
 )
 from runner.sessions.operations import Operations
-from runner.sessions.session import LiveSession, check_labels, session_info
+from runner.sessions.pool import WarmPool, WarmSandbox, sandbox_inputs, session_sanitizer
+from runner.sessions.session import LiveSession, check_labels, sandbox_spec, session_info, start_agent
+from runner.text import control_free, unescaped, whole_words
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +81,14 @@ class SessionManager(Operations):
         self._gate = Gate(policy or PolicyStore(None), settings, on_approval=self._approval_changed, memory=memory)
         self._reaper: asyncio.Task[None] | None = None
         self._ending = Ending(self._journal, self._gate)
+        self._slots = BootSlots(settings.max_concurrent_boots)
+        self.pool = WarmPool(backend, settings, self._slots)
+        """Warm sandboxes per profile (``Settings.pool``): ``status()``, ``filled(profile)``."""
+
+    @property
+    def admission(self) -> BootSlots:
+        """Boot slots and the queue of opens waiting for one: ``status()``."""
+        return self._slots
 
     # -- lifecycle of the manager ------------------------------------------------------------
 
@@ -89,6 +98,7 @@ class SessionManager(Operations):
         removed = await self._backend.sweep_orphans(self._settings.instance)
         self._gate.expire_orphaned_approvals()  # their sessions were the orphans' (recorded: on_approval)
         self._reaper = asyncio.create_task(self._reap_forever(), name="session-reaper")
+        self.pool.start()  # after the sweep: it must not take the pool's new sandboxes for orphans
         return removed
 
     async def shutdown(self) -> None:
@@ -96,6 +106,7 @@ class SessionManager(Operations):
             self._reaper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reaper
+        await self.pool.shutdown()
         live = [s for s in self._sessions.values() if s.state in (SessionState.STARTING, SessionState.READY)]
         await asyncio.gather(*(self._ending.end(s, SessionState.CLOSED, "the service shut down") for s in live))
 
@@ -111,54 +122,79 @@ class SessionManager(Operations):
         timeout: float | None = None,
         image: str | None = None,
     ) -> OpenedSession:
-        """Admit, start, initialize, list tools; ``image`` (a digest) replaces the profile's image for a replay."""
-        network = None
-        credentials: tuple[str, ...] = ()
-        session_id = secrets.token_hex(8)
+        """Admit, then claim a warm sandbox or boot one; ``image`` (a digest) replaces the profile's for a replay.
+
+        ``timeout`` is the caller's deadline for all of it (``open_queue_timeout_s`` without one): a wait for a boot
+        slot, then the boot itself within what is left of it, and never longer than ``open_timeout_s``.
+        """
+        deadline = time.monotonic() + (timeout if timeout is not None else self._settings.open_queue_timeout_s)
         try:
-            chosen, checked_labels, granted = self._admit(session_id, profile, caller, labels, limits)
+            chosen, checked_labels, granted = self._admit(profile, caller, labels, limits)
             if image is not None:
                 chosen = replace(chosen, image=image)
-            secret_values = resolve_secrets(chosen.secrets)
-            if chosen.network is not None:
-                rules, credentials = egress_rules(chosen.network)
-                network = SandboxNetwork(rules=rules, upstream=chosen.network.upstream)
+            secret_values, network, credentials = sandbox_inputs(chosen)
         except RunnerError as exc:
+            log.warning("open of profile %r by caller %r refused: %s", whole_words(profile, 100), caller,
+                        control_free(exc.message))
             self._refusing(caller, "open")
             self._journal.refusal(caller, profile, exc)
             await self._journal.durable_or_raise(records.SESSION_OPEN, "", caller, {
                 "profile": capped(profile), "outcome": "refused", "error": error_json(exc),
             })  # fmt: skip
             raise
-        sanitizer = Sanitizer(replace(chosen.sanitize, secrets=(*secret_values.values(), *credentials)))
-        session = LiveSession(
-            id=session_id,
-            profile=chosen,
-            caller=caller,
-            labels=checked_labels,
-            limits=granted,
-            sanitizer=sanitizer,
-            egress=EgressRecord(session_id, sanitizer, lambda d: self._journal.egress(session_id, caller, d)),
-        )
+        # A replay names its image: only a cold start runs exactly that one.
+        warm = self.pool.claim(chosen, granted, secret_values, network) if image is None else None
+        if warm is not None:
+            session = warm.session
+            session.caller = caller
+            session.labels = checked_labels
+            session.limits = granted
+            session.created_at, session.started = time.time(), time.monotonic()
+            session.last_used = session.started
+            session.egress.bind(lambda d: self._journal.egress(session.id, caller, d))
+        else:
+            session_id = secrets.token_hex(8)
+            sanitizer = session_sanitizer(chosen, secret_values, credentials)
+            session = LiveSession(
+                id=session_id,
+                profile=chosen,
+                caller=caller,
+                labels=checked_labels,
+                limits=granted,
+                sanitizer=sanitizer,
+                egress=EgressRecord(session_id, sanitizer, lambda d: self._journal.egress(session_id, caller, d)),
+            )
+        self._journal.policy(session.id, caller, "open", "allow", self._gate.policy.label, profile=profile)
         self._sessions[session.id] = session
-        budget = min(timeout or self._settings.open_timeout_s, self._settings.open_timeout_s)
+        budget = 0.0
         try:
-            async with asyncio.timeout(budget):
-                await self._boot(session, secret_values, network)
+            if warm is not None:
+                budget = self._boot_budget(deadline)
+                async with asyncio.timeout(budget):
+                    await self._hand_over(session, warm)
+            else:
+                async with self._slots.open_slot(deadline, f"open of profile {profile!r} by caller {caller!r}"):
+                    budget = self._boot_budget(deadline)
+                    async with asyncio.timeout(budget):
+                        await self._boot(session, secret_values, network, budget)
         except TimeoutError:
-            await self._ending.end(session, SessionState.FAILED, f"did not start within {budget:.1f} s")
+            reason = f"did not start within {budget:.1f} s"
+            log.warning("open of profile %r by caller %r failed: %s", profile, caller, reason)
+            await self._ending.end(session, SessionState.FAILED, reason)
             late = DeadlineExceeded(f"opening a session on profile {profile!r} took longer than {budget:.1f} s")
             await self._announce(session, late)
             raise late from None
         except RunnerError as exc:
             error = await self._ending.explain(session, exc)
             outflow.sanitize_message(session, error)
+            log.warning("open of profile %r by caller %r failed: %s", profile, caller, control_free(error.message))
             await self._ending.end(session, SessionState.FAILED, error.message)
             await self._announce(session, error)
             raise error from exc
         except BaseException:
             # The caller left (its deadline, a cancel) while its sandbox started: on record all the same, queued
             # since nothing waits for it, and closed by the session.close record that follows.
+            log.warning("open of profile %r by caller %r failed: the caller left while it started", profile, caller)
             abandoned = self._open_record(session, "abandoned")
             self._journal.note(records.SESSION_OPEN, session.id, session.caller, abandoned)
             session.announced = True
@@ -187,8 +223,9 @@ class SessionManager(Operations):
         )
 
     def _admit(
-        self, session_id: str, profile: str, caller: str, labels: Mapping[str, str] | None, limits: LimitsRequest | None
+        self, profile: str, caller: str, labels: Mapping[str, str] | None, limits: LimitsRequest | None
     ) -> tuple[Profile, Mapping[str, str], Limits]:
+        """Policy, quotas and labels: the same for a warm claim as for a cold start; raises if refused."""
         chosen = self._settings.profiles.get(profile)
         if chosen is None:
             known = ", ".join(sorted(self._settings.profiles)) or "none"
@@ -201,7 +238,6 @@ class SessionManager(Operations):
                 "close one or retry later"
             )
         granted = self._gate.admit_open(caller, chosen, limits, sum(s.caller == caller for s in live))
-        self._journal.policy(session_id, caller, "open", "allow", self._gate.policy.label, profile=profile)
         return chosen, checked_labels, granted
 
     async def _announce(self, session: LiveSession, error: RunnerError | None) -> None:
@@ -216,6 +252,7 @@ class SessionManager(Operations):
         return {
             "profile": profile.name,
             "outcome": outcome,
+            "start": session.start,
             "image": profile.image,
             "image_id": session.handle.image_id if session.handle is not None else "",
             "command": list(profile.command),
@@ -231,28 +268,43 @@ class SessionManager(Operations):
             "findings": [asdict(f) for f in session.instructions_findings + session.listing.findings],
         }
 
+    def _boot_budget(self, deadline: float) -> float:
+        """What a boot may take: what is left of the open's deadline, never more than ``open_timeout_s``."""
+        return max(0.0, min(deadline - time.monotonic(), self._settings.open_timeout_s))
+
     async def _boot(
-        self, session: LiveSession, secret_values: Mapping[str, str], network: SandboxNetwork | None
+        self, session: LiveSession, secret_values: Mapping[str, str], network: SandboxNetwork | None, budget: float
     ) -> None:
-        profile = session.profile
-        spec = SandboxSpec(
-            session_id=session.id,
-            instance=self._settings.instance,
-            image=profile.image,
-            command=("--url", profile.remote_url) if profile.remote_url else profile.command,
-            env={**profile.env, **secret_values, **agent_env(self._settings.max_message_bytes)},
-            mounts=profile.mounts,
-            limits=session.limits,
-            labels={"mcp-runner.profile": profile.name},
-            network=network,
-            runtime=profile.runtime,
-        )
-        session.handle = await self._backend.start(spec, session.egress.record)
-        session.channel = AgentChannel(session.handle, max_message_bytes=self._settings.max_message_bytes)
-        session.channel.start()
-        raw_init = check_initialize(await session.channel.ready())
+        """A cold start: the sandbox, the agent's initialize, the tool listing, all for this session."""
+        spec = sandbox_spec(session, self._settings, secret_values, network, budget)
+        initialize = await start_agent(self._backend, session, spec, self._settings.max_message_bytes)
+        await self._present_initialize(session, initialize)
+        if initialize.capabilities.tools is not None:
+            await self._refresh_tools(session, timeout=None)
+
+    async def _hand_over(self, session: LiveSession, warm: WarmSandbox) -> None:
+        """A warm start: what the pool fetched, shown to this session as a cold start shows it.
+
+        Sanitized with the session's sanitizer, pins checked and tools screened now, at the claim, by the same
+        steps a cold start's ``_refresh_tools`` ends with; only listing the tools and compiling their schemas
+        were done ahead.
+        """
+        await self._present_initialize(session, warm.initialize)
+        if warm.initialize.capabilities.tools is None:
+            return
+        # As ``Serving._refresh_tools`` does once it has listed: pins (a first sight pins here, at the claim), the
+        # service log's warning about a changed tool, sanitized and on one line, then screening.
+        violations = self._gate.pins.check(session.profile.name, warm.listed)
+        for violation in violations:
+            message = session.sanitizer.text(unescaped(violation.message), "service log", FindingLog())
+            log.warning("session %s (profile %s): %s", session.id, session.profile.name, control_free(message))
+        session.listing = await asyncio.to_thread(screen_tools, session.sanitizer, warm.listed, violations)
+
+    async def _present_initialize(self, session: LiveSession, initialize: mcp_types.InitializeResult) -> None:
         # All of it reaches the caller and the audit log: name, version and instructions are the server's words.
-        clean = await outflow.sanitize(session, results.sanitize_initialize, raw_init, "the server's initialize result")
+        clean = await outflow.sanitize(
+            session, results.sanitize_initialize, initialize, "the server's initialize result"
+        )
         init = clean.value
         session.instructions_findings = clean.findings
         session.server = ServerInfo(
@@ -262,8 +314,6 @@ class SessionManager(Operations):
             instructions=init.instructions,
         )
         session.capabilities = init.capabilities
-        if init.capabilities.tools is not None:
-            await self._refresh_tools(session, timeout=None)
 
     async def close(self, session_id: str, *, caller: str) -> SessionInfo:
         session = self._lookup(session_id, caller)
@@ -307,8 +357,9 @@ class SessionManager(Operations):
             reaping.add_done_callback(self._ending.teardowns.discard)
 
     async def reap(self) -> None:
-        """End sessions idle or alive for too long; forget long-ended ones."""
+        """End sessions idle or alive for too long; forget long-ended ones; drain pools whose secrets changed."""
         self._gate.approvals.sweep()
+        self.pool.check_sources()
         now = time.monotonic()
         due: list[Coroutine[Any, Any, None]] = []
         for session in list(self._sessions.values()):

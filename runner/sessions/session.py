@@ -10,17 +10,19 @@ from dataclasses import dataclass, field
 
 import mcp_types
 
-from runner.channel import AgentChannel
-from runner.config import Limits, Profile
+from runner.channel import AgentChannel, agent_env
+from runner.config import Limits, Profile, Settings
 from runner.errors import InvalidArgument, RunnerError
 from runner.guard.findings import Finding
 from runner.guard.sanitize import Sanitizer
 from runner.guard.screening import ToolListing
-from runner.guard.validate import CheckedTool
-from runner.sandbox.base import SandboxHandle, SandboxStats
+from runner.guard.validate import CheckedTool, check_initialize
+from runner.sandbox.base import SandboxBackend, SandboxHandle, SandboxNetwork, SandboxSpec, SandboxStats
 from runner.sessions.egress_record import EgressRecord, describe_network
 from runner.sessions.models import ServerInfo, SessionInfo, SessionState, Usage
 
+INIT_TIMEOUT_ENV = "MCP_AGENT_INIT_TIMEOUT"
+"""The agent's start-up budget in seconds (``runner/agent`` reads it): what is left of the open's own budget."""
 _LABEL_KEY = re.compile(r"[a-zA-Z0-9_.\-/]{1,63}")  # whole key: "$" would let "team\n" through
 _MAX_LABELS = 16
 
@@ -59,6 +61,8 @@ class LiveSession:
     watcher: asyncio.Task[None] | None = None
     announced: bool = False
     """Its session.open record is written: its end gets a session.close record."""
+    start: str = "cold"
+    """``cold``: its sandbox was booted for it; ``warm``: it was handed a pooled one, booted ahead and never used."""
 
 
 def session_info(session: LiveSession) -> SessionInfo:
@@ -95,3 +99,39 @@ def check_labels(labels: Mapping[str, str]) -> Mapping[str, str]:
             raise InvalidArgument(f"label {key!r} is longer than 256 characters")
     return dict(labels)
 
+
+
+def sandbox_spec(
+    session: LiveSession,
+    settings: Settings,
+    secret_values: Mapping[str, str],
+    network: SandboxNetwork | None,
+    budget_s: float,
+) -> SandboxSpec:
+    """What a session's sandbox is started with, warm or cold alike: the profile, the secrets read for it, the
+    host's cap, and the agent's start-up budget (``budget_s``, what the boot may still take)."""
+    profile = session.profile
+    return SandboxSpec(
+        session_id=session.id,
+        instance=settings.instance,
+        image=profile.image,
+        command=("--url", profile.remote_url) if profile.remote_url else profile.command,
+        env={
+            **profile.env, **secret_values, **agent_env(settings.max_message_bytes),
+            INIT_TIMEOUT_ENV: f"{max(budget_s, 0.001):.3f}",
+        },
+        mounts=profile.mounts,
+        limits=session.limits,
+        labels={"mcp-runner.profile": profile.name},
+        network=network,
+        runtime=profile.runtime,
+    )
+
+
+async def start_agent(backend: SandboxBackend, session: LiveSession, spec: SandboxSpec, max_message_bytes: int
+                      ) -> mcp_types.InitializeResult:
+    """Start the sandbox, open its channel, and wait for the agent's initialize (checked, not yet sanitized)."""
+    session.handle = await backend.start(spec, session.egress.record)
+    session.channel = AgentChannel(session.handle, max_message_bytes=max_message_bytes)
+    session.channel.start()
+    return check_initialize(await session.channel.ready())

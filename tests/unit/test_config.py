@@ -309,3 +309,54 @@ def test_a_key_given_twice_is_refused_naming_it(tmp_path: Path) -> None:
         load_settings(path)
     merged = write(tmp_path, "m.yaml", "base: &b {a: 1, b: 2}\nx:\n  <<: *b\n  a: 3\n")
     assert read_document(merged, "settings file")["x"] == {"a": 3, "b": 2}
+
+
+# -- the warm pool and admission --------------------------------------------------------------------------------------
+
+SERVER = "profiles:\n  p:\n    image: i\n    command: [s]\n"
+
+
+def test_the_builtin_pool_keeps_one_warm_sandbox_per_builtin_profile() -> None:
+    settings = load_settings()
+    assert dict(settings.pool) == dict.fromkeys(BUILTINS, 1)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("pool: {}\n", {}),  # off
+        ("pool: {time: 3, fetch: 0}\n", {"time": 3}),  # replaces the built-in pool whole; 0 means none
+        (SERVER + "pool: {p: 2}\n", {"p": 2}),
+        ("builtin_profiles: false\n" + SERVER, {}),  # no built-in profiles, no built-in pool
+        # A built-in profile the file replaces is the file's own: no warm sandbox unless the file asks.
+        (SERVER.replace("  p:", "  time:"), dict.fromkeys(BUILTINS - {"time"}, 1)),
+    ],
+)
+def test_pool_settings(tmp_path: Path, text: str, expected: dict[str, int]) -> None:
+    settings = load_settings(write(tmp_path, "s.yaml", text))
+    assert dict(settings.pool) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        ("pool: {nosuch: 1}\n", "pool: no profile named 'nosuch'"),
+        ("pool: {time: 65}\n", "pool: sizes must be 0 to 64"),
+        ("pool: {time: -1}\n", "pool: sizes must be 0 to 64"),
+        ("pool: [time]\n", "pool: Input should be a valid dictionary"),
+        ("max_concurrent_boots: 0\n", "max_concurrent_boots: Input should be greater than or equal to 1"),
+        ("open_queue_timeout_s: 0\n", "open_queue_timeout_s: Input should be greater than 0"),
+    ],
+)
+def test_bad_pool_and_admission_settings_name_the_field(tmp_path: Path, text: str, fragment: str) -> None:
+    path = write(tmp_path, "s.yaml", text)
+    with pytest.raises(ConfigError) as caught:
+        load_settings(path)
+    assert fragment in problem(caught.value, path)
+
+
+def test_admission_settings(tmp_path: Path) -> None:
+    settings = load_settings(write(tmp_path, "s.yaml", "max_concurrent_boots: 3\nopen_queue_timeout_s: 45\n"))
+    assert (settings.max_concurrent_boots, settings.open_queue_timeout_s) == (3, 45)
+    default = load_settings()
+    assert default.max_concurrent_boots >= 2 and default.open_queue_timeout_s == 300

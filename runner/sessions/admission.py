@@ -1,0 +1,115 @@
+"""Admission: how many sandboxes boot at once, and who boots next.
+
+A boot costs about a CPU-second; 200 booting side by side on two cores all finish late together, past any
+start-up timeout. So at most ``limit`` boot at once (``Settings.max_concurrent_boots``): further opens wait in
+FIFO order, each within its own deadline, and leave the queue the moment their caller gives up. Warm-pool refills
+take a slot only when no open waits for one, so live sessions always go first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from runner.errors import DeadlineExceeded
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class BootStatus:
+    """What admission looks like now: sandboxes booting, opens waiting for a slot, and the limit."""
+
+    booting: int
+    queued: int
+    limit: int
+
+
+class BootSlots:
+    """At most ``limit`` boots at once; opens queue in FIFO order, background refills yield to them."""
+
+    def __init__(self, limit: int) -> None:
+        if limit < 1:
+            raise ValueError("at least one sandbox must be allowed to boot")
+        self._limit = limit
+        self._booting = 0
+        self._queue: deque[asyncio.Future[None]] = deque()
+        self._changed = asyncio.Event()
+
+    def status(self) -> BootStatus:
+        return BootStatus(booting=self._booting, queued=len(self._queue), limit=self._limit)
+
+    @contextlib.asynccontextmanager
+    async def open_slot(self, deadline: float, what: str) -> AsyncIterator[None]:
+        """Hold a slot for one open's boot; wait for it (FIFO) until ``deadline`` (``time.monotonic()``).
+
+        DeadlineExceeded if the deadline passes in the queue, saying how many boot and how many were ahead.
+        ``what`` names the open in the log line that says it has to wait.
+        """
+        await self._take(deadline, what)
+        try:
+            yield
+        finally:
+            self._release()
+
+    @contextlib.asynccontextmanager
+    async def background_slot(self) -> AsyncIterator[None]:
+        """Hold a slot for a background boot (a pool refill): taken only while no open waits for one."""
+        while not (self._booting < self._limit and not self._queue):
+            changed = self._changed
+            await changed.wait()
+        self._booting += 1
+        try:
+            yield
+        finally:
+            self._release()
+
+    async def _take(self, deadline: float, what: str) -> None:
+        if self._booting < self._limit and not self._queue:
+            self._booting += 1
+            return
+        turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._queue.append(turn)
+        log.info(
+            "%s waits for a boot slot: %d booting (limit %d), %d queued", what, self._booting, self._limit,
+            len(self._queue),
+        )
+        started = time.monotonic()
+        try:
+            async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+                await asyncio.shield(turn)
+        except TimeoutError:
+            if turn.done():  # granted just as the deadline passed: it is this open's after all
+                return
+            ahead = self._queue.index(turn)
+            self._queue.remove(turn)
+            self._signal()
+            raise DeadlineExceeded(
+                f"waited {time.monotonic() - started:.1f} s for a boot slot ({self._booting} booting, "
+                f"{ahead} ahead) and its deadline passed"
+            ) from None
+        except BaseException:
+            # The caller left (a cancel): out of the queue at once, or the slot it was just given goes on.
+            if turn.done():
+                self._release()
+            else:
+                self._queue.remove(turn)
+                self._signal()
+            raise
+
+    def _release(self) -> None:
+        self._booting -= 1
+        while self._queue and self._booting < self._limit:
+            self._queue.popleft().set_result(None)  # the slot passes straight on: nobody can take it in between
+            self._booting += 1
+        self._signal()
+
+    def _signal(self) -> None:
+        """Wake background boots to look again: a slot freed or the queue emptied."""
+        self._changed.set()
+        self._changed = asyncio.Event()
