@@ -1,10 +1,12 @@
-"""The in-container agent: an MCP client (over the ``mcp`` SDK) bridging the host to one stdio server.
+"""The in-container agent: an MCP client bridging the host to one MCP server.
 
-Runs INSIDE the sandbox as ``python -m runner.agent -- CMD ARGS...``. It may
-import only the ``mcp``/``mcp_types`` packages, anyio and the standard library:
-it is copied into the image without the rest of ``runner``. The wire contract
-with the host is ``docs/agent-protocol.md``.
+Runs INSIDE the sandbox as ``python -m runner.agent -- CMD ARGS...`` (a stdio
+server it spawns) or ``-- --url URL`` (a remote Streamable HTTP server). It is
+copied into the image without the rest of ``runner``. The stdio path uses the
+standard library only; the remote path alone imports the ``mcp`` SDK (and
+anyio, httpx2), lazily. The wire contract with the host is
+``docs/agent-protocol.md``.
 
 Nothing is imported here on purpose: start-up latency counts towards every
-session's open time, so the SDK is loaded lazily (see ``_sdk.py``).
+session's open time.
 """

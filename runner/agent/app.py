@@ -1,365 +1,18 @@
-"""The agent's life: spawn the server, initialize it, serve host frames concurrently, report death.
+"""``python -m runner.agent -- CMD ARGS... | --url URL``: which agent runs, on which event loop.
 
-Frames and their meaning are specified in ``docs/agent-protocol.md``. A
-``fatal`` frame is the last thing the agent ever writes: `Agent.fatal` closes
-the frame writer, kills the server's process group and unwinds everything.
+A stdio server gets the stdlib-only agent (stdio.py) on a plain asyncio loop; a
+remote server the SDK-backed one (remote_agent.py), imported only then, on
+anyio. Frames and their meaning are specified in ``docs/agent-protocol.md``.
 """
 
 from __future__ import annotations
 
-import contextlib
-import logging
-import os
-import shlex
-import signal
+import asyncio
 import sys
-import traceback
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
 
-import anyio
-from anyio.abc import Process
+from .frames import FrameWriter, diag
 
-from . import _sdk
-from .frames import (
-    TOO_LARGE,
-    CancelFrame,
-    FrameWriter,
-    RequestFrame,
-    describe_cap,
-    diag,
-    max_message_bytes,
-    open_stdin_lines,
-    parse_host_frame,
-)
-from .link import BoundedProcess, ServerLink, describe_exception
-
-if TYPE_CHECKING:
-    from mcp.client.session import ClientSession, IncomingMessage
-    from mcp_types import Result
-
-INTERNAL_ERROR = -32603
-DEFAULT_INIT_TIMEOUT = 30.0
-REMOTE_TIMEOUT_S = 30.0
-REMOTE_READ_TIMEOUT_S = 300.0
-EXIT_POLL_SECONDS = 0.1
-
-#: host method -> (mcp_types request class, plain result class). Plain result
-#: types on purpose: the host, not the agent, validates tool output.
-REQUESTS: dict[str, tuple[str, str]] = {
-    "tools/list": ("ListToolsRequest", "ListToolsResult"),
-    "tools/call": ("CallToolRequest", "CallToolResult"),
-    "resources/list": ("ListResourcesRequest", "ListResourcesResult"),
-    "resources/read": ("ReadResourceRequest", "ReadResourceResult"),
-    "prompts/list": ("ListPromptsRequest", "ListPromptsResult"),
-    "prompts/get": ("GetPromptRequest", "GetPromptResult"),
-    "ping": ("PingRequest", "EmptyResult"),
-}
-
-
-class AgentError(Exception):
-    """The agent could not perform a request (reported with code -32603)."""
-
-
-def dump(model: Result) -> dict[str, Any]:
-    return model.model_dump(mode="json", by_alias=True, exclude_none=True)
-
-
-def init_timeout() -> float:
-    raw = os.environ.get("MCP_AGENT_INIT_TIMEOUT", "")
-    if raw:
-        try:
-            value = float(raw)
-            if value > 0:
-                return value
-        except ValueError:
-            pass
-        diag(f"ignoring invalid MCP_AGENT_INIT_TIMEOUT={raw!r}; using {DEFAULT_INIT_TIMEOUT:g} s")
-    return DEFAULT_INIT_TIMEOUT
-
-
-class _DropParseTracebacks(logging.Filter):
-    """The SDK logs a traceback per unparsable server line; the agent reports it itself."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not record.getMessage().startswith("Failed to parse JSONRPC message")
-
-
-class Agent:
-    """Bridges the host to one MCP server: a stdio ``command`` it spawns, or a Streamable HTTP ``url``."""
-
-    def __init__(self, command: list[str], *, url: str | None = None, fast_import: bool = True) -> None:
-        self.command = command
-        self.url = url
-        self.fast_import = fast_import
-        self.max_message = max_message_bytes()
-        self.out = FrameWriter(max_bytes=self.max_message, on_too_large=self._frame_too_large)
-        self.exit_code = 0
-        self.process: Process | None = None
-        self.ready = False
-        self.stopping = False  # a clean shutdown is under way: the server's exit is expected
-        self._fatal_sent = False
-        self._scope: anyio.CancelScope | None = None
-        self._active: dict[int, anyio.CancelScope] = {}
-
-    # -- life cycle ---------------------------------------------------------------
-
-    async def run(self) -> int:
-        self._scope = anyio.CancelScope()
-        try:
-            with self._scope:
-                async with anyio.create_task_group() as tg:
-                    tg.start_soon(self._watch_signals)
-                    try:
-                        await self._main()
-                    except Exception as exc:
-                        traceback.print_exc()
-                        self.fatal(f"internal agent error: {describe_exception(exc)}")
-                    finally:
-                        tg.cancel_scope.cancel()
-        finally:
-            self._kill_server()
-        return 1 if self._fatal_sent else (1 if self.out.broken else self.exit_code)
-
-    async def _main(self) -> None:
-        if self.url is not None:
-            await self._main_remote(self.url)
-            return
-        try:
-            # Spawned before the SDK import, so the server starts up while we import.
-            self.process = await anyio.open_process(
-                self.command, stderr=None, env=dict(os.environ), start_new_session=True
-            )
-        except OSError as exc:
-            self.fatal(f"cannot start MCP server {shlex.join(self.command)}: {exc.strerror or exc}")
-            return
-        _sdk.load(self.fast_import)
-        logging.getLogger("mcp.client.stdio").addFilter(_DropParseTracebacks())
-        bounded = BoundedProcess(self.process, self.max_message, self._server_line_too_large)
-        if not _sdk.adopt_process(bounded):
-            diag("this MCP SDK cannot adopt a process; letting it spawn the server (exit status unknown)")
-            self._kill_server()
-            self.process = None
-
-        from mcp.client.stdio import StdioServerParameters, stdio_client
-
-        params = StdioServerParameters(command=self.command[0], args=self.command[1:], env=dict(os.environ))
-        async with stdio_client(params, errlog=sys.stderr) as (raw_read, raw_write):
-            await self._run_session(raw_read, raw_write)
-
-    async def _main_remote(self, url: str) -> None:
-        """A Streamable HTTP server, reached only through the proxy the sandbox's environment names."""
-        _sdk.load(self.fast_import, remote=True)
-        import httpx2
-        from mcp.client.streamable_http import streamable_http_client
-
-        from .remote import ACCEPT_IDENTITY, CappedTransport
-
-        proxy = os.environ.get("HTTPS_PROXY" if url.startswith("https:") else "HTTP_PROXY") or None
-        # trust_env off: the proxy above is the only way out, and no .netrc or CA override from the server's side.
-        # The proxy goes to the inner transport: a client's own proxy setting would route around the capped one.
-        inner = httpx2.AsyncHTTPTransport(proxy=proxy, trust_env=False)
-        capped = CappedTransport(inner, self.max_message, self._server_line_too_large, self.fatal)
-        timeout = httpx2.Timeout(REMOTE_TIMEOUT_S, read=REMOTE_READ_TIMEOUT_S)
-        async with (
-            httpx2.AsyncClient(transport=capped, trust_env=False, timeout=timeout, headers=ACCEPT_IDENTITY) as client,
-            # The SDK's own event cap (a backstop) no lower than ours, so ours is the one a server meets.
-            streamable_http_client(url, http_client=client, max_sse_event_size=self.max_message + 1) as (
-                raw_read,
-                raw_write,
-            ),
-        ):
-            await self._run_session(raw_read, raw_write)
-
-    async def _run_session(self, raw_read: Any, raw_write: Any) -> None:
-        from mcp.client.session import ClientSession
-
-        link = ServerLink(raw_read, raw_write, self.fatal, self._server_eof)
-        async with anyio.create_task_group() as tg:
-            link.start(tg)
-            tg.start_soon(self._watch_exit)
-            try:
-                async with ClientSession(link.read, link.write, message_handler=self._on_message) as session:
-                    if await self._initialize(session):
-                        await self._serve_host(session)
-            finally:
-                tg.cancel_scope.cancel()
-
-    async def _initialize(self, session: ClientSession) -> bool:
-        from mcp.shared.exceptions import MCPError
-
-        timeout = init_timeout()
-        try:
-            with anyio.fail_after(timeout):
-                result = await session.initialize()
-        except TimeoutError:
-            self.fatal(f"MCP server did not complete initialize within {timeout:g} s")
-            return False
-        except MCPError as exc:
-            self.fatal(f"MCP server rejected initialize: {exc.message} (code {exc.code})")
-            return False
-        except Exception as exc:
-            self.fatal(f"MCP initialize failed: {describe_exception(exc)}")
-            return False
-        self.ready = True
-        self.out.send({"type": "ready", "initialize": dump(result)})
-        return True
-
-    async def _serve_host(self, session: ClientSession) -> None:
-        readline = await open_stdin_lines()
-        async with anyio.create_task_group() as tg:
-            while line := await readline():
-                if not line.strip():
-                    continue
-                frame = parse_host_frame(line)
-                if isinstance(frame, str):
-                    diag(frame)
-                elif isinstance(frame, CancelFrame):
-                    scope = self._active.pop(frame.id, None)
-                    if scope is not None:
-                        scope.cancel()
-                elif frame.id in self._active:
-                    diag(f"ignoring request {frame.id}: a request with that id is still running")
-                else:
-                    scope = anyio.CancelScope()
-                    self._active[frame.id] = scope
-                    tg.start_soon(self._request, session, frame, scope)
-            # stdin closed: the host is done with this session.
-            self.stopping = True
-            tg.cancel_scope.cancel()
-
-    # -- requests ---------------------------------------------------------------------
-
-    async def _request(self, session: ClientSession, frame: RequestFrame, scope: anyio.CancelScope) -> None:
-        from mcp.shared.exceptions import MCPError
-
-        rid = frame.id
-
-        def live() -> bool:
-            return self._active.get(rid) is scope and not scope.cancel_called
-
-        try:
-            with scope:
-                reply: dict[str, Any]
-                try:
-                    result = await self._perform(session, frame, live)
-                    reply = {"type": "result", "id": rid, "result": result}
-                except MCPError as exc:
-                    reply = {"type": "error", "id": rid, "error": {"code": exc.code, "message": exc.message}}
-                except Exception as exc:
-                    message = str(exc) if isinstance(exc, AgentError) else describe_exception(exc)
-                    reply = {"type": "error", "id": rid, "error": {"code": INTERNAL_ERROR, "message": message}}
-                if live():
-                    try:
-                        self.out.send(reply)
-                    except ValueError as exc:  # not representable as JSON
-                        error = {"code": INTERNAL_ERROR, "message": f"unserializable result: {exc}"}
-                        self.out.send({"type": "error", "id": rid, "error": error})
-        finally:
-            if self._active.get(rid) is scope:
-                del self._active[rid]
-
-    async def _perform(self, session: ClientSession, frame: RequestFrame, live: Callable[[], bool]) -> Any:
-        import mcp_types
-
-        names = REQUESTS.get(frame.method)
-        if names is None:
-            raise AgentError(f"the agent does not support method {frame.method!r}")
-        request_type, result_type = (getattr(mcp_types, name) for name in names)
-        try:
-            request = request_type.model_validate({"method": frame.method, "params": frame.params}, by_name=False)
-        except ValueError as exc:
-            raise AgentError(f"invalid params for {frame.method}: {describe_exception(exc)}") from None
-
-        async def on_progress(progress: float, total: float | None, message: str | None) -> None:
-            if live():
-                update = {"type": "progress", "id": frame.id, "progress": progress, "total": total, "message": message}
-                self.out.send(update)
-
-        callback = on_progress if frame.method == "tools/call" else None
-        try:
-            result = await session.send_request(request, result_type, progress_callback=callback)
-        except ValueError as exc:  # pydantic's ValidationError: the result does not fit the MCP types
-            raise AgentError(
-                f"MCP server returned an invalid {frame.method} result: {describe_exception(exc)}"
-            ) from None
-        return dump(result)
-
-    # -- failure --------------------------------------------------------------------------
-
-    def fatal(self, message: str, reason: str | None = None) -> None:
-        """Report that the agent cannot go on, stop the server and unwind (exit status 1)."""
-        if self._fatal_sent or self.stopping:
-            return
-        self._fatal_sent = True
-        diag(f"fatal: {message}")
-        self.out.send({"type": "fatal", "message": message, **({"reason": reason} if reason else {})})
-        self.out.close()
-        self._kill_server()
-        if self._scope is not None:
-            self._scope.cancel()
-
-    def _server_line_too_large(self) -> None:
-        # At once, with the server killed: waiting for the line's end is what let one line take the agent's
-        # CPU and memory until the caller's deadline.
-        cap = describe_cap(self.max_message)
-        self.fatal(f"MCP server wrote a message larger than the {cap} cap", TOO_LARGE)
-
-    def _frame_too_large(self) -> None:
-        # The server's lines fit, but the frame that carries one (escaped, wrapped) would not fit the host's cap.
-        cap = describe_cap(self.max_message)
-        self.fatal(f"MCP server sent a message larger than the {cap} cap once framed for the host", TOO_LARGE)
-
-    def _kill_server(self) -> None:
-        if self.process is not None:
-            with contextlib.suppress(OSError):
-                os.killpg(self.process.pid, signal.SIGKILL)
-
-    def _exit_message(self, status: int | None) -> str:
-        phase = "" if self.ready else " before completing initialize"
-        if self.url is not None:
-            return f"the remote MCP server's stream ended{phase}"
-        if status is None:
-            return f"MCP server closed its stdout{phase} (the process is still running)"
-        if status >= 0:
-            return f"MCP server exited with status {status}{phase} (its stderr may say why)"
-        try:
-            name = signal.Signals(-status).name
-        except ValueError:
-            name = f"signal {-status}"
-        hint = " (out of memory, or killed from outside)" if -status == signal.SIGKILL else ""
-        return f"MCP server was killed by {name}{phase}{hint}"
-
-    async def _server_eof(self) -> None:
-        if self.stopping or self._fatal_sent:
-            return
-        proc = self.process
-        if proc is not None:
-            with anyio.move_on_after(2):
-                while proc.returncode is None:
-                    await anyio.sleep(0.01)
-        self.fatal(self._exit_message(proc.returncode if proc is not None else None))
-
-    async def _watch_exit(self) -> None:
-        proc = self.process
-        if proc is None:
-            return
-        while proc.returncode is None:
-            await anyio.sleep(EXIT_POLL_SECONDS)
-        self.fatal(self._exit_message(proc.returncode))
-
-    async def _on_message(self, message: IncomingMessage) -> None:
-        if isinstance(message, Exception):
-            self.fatal(f"MCP server broke the protocol: {describe_exception(message)}")
-
-    async def _watch_signals(self) -> None:
-        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-            async for signum in signals:
-                diag(f"received {signal.Signals(signum).name}; shutting down")
-                self.stopping = True
-                if self._scope is not None:
-                    self._scope.cancel()
-                return
+USAGE = "no MCP server given (usage: python -m runner.agent -- CMD ARGS... | --url URL)"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -373,9 +26,26 @@ def main(argv: list[str] | None = None) -> int:
         else:
             url = args[1]
     if not args:
-        usage = "no MCP server given (usage: python -m runner.agent -- CMD ARGS... | --url URL)"
-        diag(usage)
-        FrameWriter().send({"type": "fatal", "message": usage})
+        diag(USAGE)
+        FrameWriter().send({"type": "fatal", "message": USAGE})
         return 2
+    if url is not None:
+        return _run_remote(url)
+    from .stdio import StdioAgent
+
+    # Not asyncio.run: its teardown (cancelling leftover tasks, joining executor threads) is work the caller,
+    # __main__, skips by ending the process at once.
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    return loop.run_until_complete(StdioAgent(args).run())
+
+
+def _run_remote(url: str) -> int:
+    import logging
+
+    import anyio
+
+    from .remote_agent import RemoteAgent
+
     logging.basicConfig(stream=sys.stderr, level=logging.WARNING, format="mcp-agent: %(name)s: %(message)s")
-    return anyio.run(Agent([] if url else args, url=url).run)
+    return anyio.run(RemoteAgent(url).run)

@@ -1,6 +1,6 @@
-"""Host-side framing: newline-delimited JSON frames on the agent's stdin/stdout.
+"""Host-side framing: newline-delimited JSON frames on the agent's stdin/stdout, and the host's settings.
 
-Stdlib + anyio only, so it loads before (and without) the MCP SDK.
+Stdlib only: the stdio agent never loads more than the standard library.
 """
 
 from __future__ import annotations
@@ -10,11 +10,10 @@ import json
 import os
 import select
 import sys
+import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
-
-import anyio.to_thread
 
 #: Longest host frame the agent accepts (the host is trusted; this only bounds memory).
 MAX_HOST_LINE = 64 * 1024 * 1024
@@ -24,6 +23,11 @@ MAX_MESSAGE_ENV = "MCP_AGENT_MAX_MESSAGE_BYTES"
 DEFAULT_MAX_MESSAGE = 4 * 1024 * 1024
 #: A ``fatal`` frame's ``reason`` when a message passed that cap: the host answers RESOURCE_EXHAUSTED.
 TOO_LARGE = "message_too_large"
+#: The code of an error frame for a request the agent could not perform itself.
+INTERNAL_ERROR = -32603
+#: Seconds a server has to start and complete initialize; the host sets it from the open's own deadline.
+INIT_TIMEOUT_ENV = "MCP_AGENT_INIT_TIMEOUT"
+DEFAULT_INIT_TIMEOUT = 30.0
 
 METHODS = frozenset(
     {"tools/list", "tools/call", "resources/list", "resources/read", "prompts/list", "prompts/get", "ping"}
@@ -51,6 +55,19 @@ def max_message_bytes() -> int:
             pass
         diag(f"ignoring invalid {MAX_MESSAGE_ENV}={raw!r}; using {DEFAULT_MAX_MESSAGE} bytes")
     return DEFAULT_MAX_MESSAGE
+
+
+def init_timeout() -> float:
+    raw = os.environ.get(INIT_TIMEOUT_ENV, "")
+    if raw:
+        try:
+            value = float(raw)
+            if value > 0:
+                return value
+        except ValueError:
+            pass
+        diag(f"ignoring invalid {INIT_TIMEOUT_ENV}={raw!r}; using {DEFAULT_INIT_TIMEOUT:g} s")
+    return DEFAULT_INIT_TIMEOUT
 
 
 def describe_cap(max_bytes: int) -> str:
@@ -157,13 +174,9 @@ async def open_stdin_lines() -> Callable[[], Awaitable[bytes]]:
     try:
         await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader, loop=loop), sys.stdin.buffer)
     except (ValueError, OSError):
-        # A regular file (or anything epoll refuses): read it on a worker thread instead.
-        stdin = sys.stdin.buffer
-
-        async def thread_readline() -> bytes:
-            return await anyio.to_thread.run_sync(stdin.readline, abandon_on_cancel=True)
-
-        return thread_readline
+        # A regular file (or anything epoll refuses): read it on a thread of its own, a daemon, so one stuck
+        # reading never holds the agent's exit.
+        return _thread_lines(loop)
 
     async def readline() -> bytes:
         while True:
@@ -173,3 +186,18 @@ async def open_stdin_lines() -> Callable[[], Awaitable[bytes]]:
                 diag(f"ignoring a host line longer than {MAX_HOST_LINE} bytes")
 
     return readline
+
+
+def _thread_lines(loop: asyncio.AbstractEventLoop) -> Callable[[], Awaitable[bytes]]:
+    lines: asyncio.Queue[bytes] = asyncio.Queue()
+    stdin = sys.stdin.buffer
+
+    def pump() -> None:
+        while True:
+            line = stdin.readline(MAX_HOST_LINE)
+            loop.call_soon_threadsafe(lines.put_nowait, line)
+            if not line:
+                return
+
+    threading.Thread(target=pump, name="stdin", daemon=True).start()
+    return lines.get

@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator, Callable
 
 import httpx2
 
-from .link import whole_words
+from .words import whole_words
 
 #: Asked of every remote server: counting the bytes on the wire then counts what the SDK will hold.
 ACCEPT_IDENTITY = {"accept-encoding": "identity"}
