@@ -1,9 +1,14 @@
 """The audit log: an append-only, hash-chained SQLite (WAL) database with one writer thread.
 
-Every record is committed with ``synchronous=FULL`` before anyone is told it
-exists, so a response that names its audit record never outlives that record.
+A durable record is committed with ``synchronous=FULL`` (the WAL fsync'd) before
+anyone is told it exists, so a response that names its audit record never
+outlives that record. A record submitted with ``durable=False`` is committed
+before it is reported, without its own fsync: it is in the WAL, so it survives
+a crash of the service, and the next durable commit (its fsync covers the whole
+WAL) or the writer's sync once it falls idle (``IDLE_SYNC_S``) puts it on disk.
 To keep that affordable under load, the writer commits whatever has queued up
-while the previous commit was being fsync'd in one transaction (group commit).
+while the previous commit was being fsync'd in one transaction (group commit),
+with ``FULL`` when anything in it must be durable and ``NORMAL`` otherwise.
 Readers open their own read-only connections; WAL lets them read while the
 writer writes. Triggers refuse UPDATE always and DELETE outside retention, so
 a stray ``sqlite3`` session cannot quietly change the evidence, and a file lock
@@ -69,6 +74,9 @@ BEGIN SELECT RAISE(ABORT, 'audit records are deleted only by retention'); END;
 COMMIT;
 """
 
+IDLE_SYNC_S = 0.05
+"""A record committed without an fsync is fsync'd at most this long after, when no durable commit came first."""
+
 _INSERT = "INSERT INTO records(seq, id, at, kind, session_id, caller, body, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 
 
@@ -76,6 +84,7 @@ _INSERT = "INSERT INTO records(seq, id, at, kind, session_id, caller, body, hash
 class _Append:
     event: AuditEvent
     future: Future[AuditRecord]
+    durable: bool
 
 
 @dataclass(eq=False)
@@ -83,6 +92,15 @@ class _Prune:
     before: float
     export_dir: Path
     future: Future[PruneResult]
+
+
+@dataclass(frozen=True)
+class _Waiting:
+    """An append the writer took from the queue: its future None when its waiter gave up (it is written anyway)."""
+
+    event: AuditEvent
+    future: Future[AuditRecord] | None
+    durable: bool
 
 
 _Item = _Append | _Prune | None
@@ -140,11 +158,20 @@ class AuditStore:
         self._head_seq = 0
         self._head_hash = GENESIS
         self._commits = 0
+        self._synced_commits = 0
+        self._synchronous = ""
+        self._unsynced = False
+        """Records are committed that no fsync has covered yet (written by a ``NORMAL`` commit since the last)."""
 
     @property
     def commits(self) -> int:
         """Transactions committed so far; fewer than records written when group commit batched them."""
         return self._commits
+
+    @property
+    def synced_commits(self) -> int:
+        """Of ``commits``, those committed with ``synchronous=FULL``: each fsync'd the WAL before it was reported."""
+        return self._synced_commits
 
     @property
     def head(self) -> tuple[int, str]:
@@ -191,7 +218,7 @@ class AuditStore:
         except (OSError, sqlite3.Error) as exc:
             raise AuditError(f"cannot open the audit log {self.path}: {exc}") from exc
         try:
-            db.execute("PRAGMA synchronous=FULL")
+            self._set_synchronous(db, "FULL")
             head = db.execute("SELECT seq, hash FROM records ORDER BY seq DESC LIMIT 1").fetchone()
         except BaseException as exc:
             db.close()
@@ -216,17 +243,19 @@ class AuditStore:
         self._db.close()
         os.close(self._lock_fd)
 
-    def submit(self, event: AuditEvent) -> Future[AuditRecord]:
-        """Queue ``event``; the future resolves once its record is committed and durable."""
+    def submit(self, event: AuditEvent, *, durable: bool = True) -> Future[AuditRecord]:
+        """Queue ``event``; the future resolves once its record is committed, and with ``durable`` once it is
+        fsync'd too. Without, it is committed (it survives the service's crash, not the machine's) and made
+        durable by the next durable commit, or ``IDLE_SYNC_S`` after it if none comes."""
         future: Future[AuditRecord] = Future()
         with self._lock:
             if self._state != _OPEN:
                 return _failed(AuditError(f"the audit log {self.path} is closed"))
-            self._queue.put(_Append(event, future))
+            self._queue.put(_Append(event, future, durable))
         return future
 
-    async def append(self, event: AuditEvent) -> AuditRecord:
-        return await asyncio.wrap_future(self.submit(event))
+    async def append(self, event: AuditEvent, *, durable: bool = True) -> AuditRecord:
+        return await asyncio.wrap_future(self.submit(event, durable=durable))
 
     def prune(self, before: float, export_dir: Path) -> PruneResult:
         """Export, then delete, the oldest records up to the last one before ``before``; blocks until done."""
@@ -304,7 +333,12 @@ class AuditStore:
 
     def _run(self) -> None:
         while True:
-            items = [self._queue.get()]
+            try:
+                first = self._queue.get(timeout=IDLE_SYNC_S) if self._unsynced else self._queue.get()
+            except queue.Empty:
+                self._sync_wal()
+                continue
+            items = [first]
             while len(items) < self._batch_max:
                 try:
                     items.append(self._queue.get_nowait())
@@ -318,12 +352,21 @@ class AuditStore:
                 self._write(appends)
                 appends = []
                 if item is None:
+                    if self._unsynced:
+                        self._sync_wal()
                     return
                 self._prune(item)
             self._write(appends)
 
-    def _transaction(self, work: Callable[[sqlite3.Cursor], _T]) -> _T:
+    def _set_synchronous(self, db: sqlite3.Connection, mode: str) -> None:
+        if mode != self._synchronous:
+            db.execute(f"PRAGMA synchronous={mode}")
+            self._synchronous = mode
+
+    def _transaction(self, work: Callable[[sqlite3.Cursor], _T], *, durable: bool = True) -> _T:
+        """``work`` in one transaction; ``durable``: committed with ``FULL`` (fsync'd), else with ``NORMAL``."""
         assert self._db is not None
+        self._set_synchronous(self._db, "FULL" if durable else "NORMAL")
         cursor = self._db.cursor()
         cursor.execute("BEGIN IMMEDIATE")
         try:
@@ -334,54 +377,77 @@ class AuditStore:
                 cursor.execute("ROLLBACK")
             raise
         self._commits += 1
+        if durable:
+            # The fsync of a FULL commit is the WAL file's: every frame written before, of NORMAL commits too.
+            self._synced_commits += 1
+            self._unsynced = False
+        else:
+            self._unsynced = True
         return result
 
+    def _sync_wal(self) -> None:
+        """Records committed without an fsync and no durable commit since: fsync the WAL (the queue is idle, or
+        the store closing)."""
+        wal = self.path.with_name(self.path.name + "-wal")
+        try:
+            fd = os.open(wal, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            _log.error("the audit writer could not sync %s (its newest records wait for the next commit): %s", wal, exc)
+        self._unsynced = False
+
     def _write(self, appends: list[_Append]) -> None:
-        waiting = [(item.event, _claim(item.future)) for item in appends]
+        waiting = [_Waiting(item.event, _claim(item.future), item.durable) for item in appends]
         try:
             self._write_events(waiting)
         except Exception as exc:
             _log.exception("the audit writer failed to write %d events", len(waiting))
-            for _, future in waiting:
-                _fail(future, AuditError(f"the audit log {self.path} could not be written: {exc}"))
+            for item in waiting:
+                _fail(item.future, AuditError(f"the audit log {self.path} could not be written: {exc}"))
 
-    def _write_events(self, waiting: list[tuple[AuditEvent, Future[AuditRecord] | None]]) -> None:
-        chained: list[tuple[AuditEvent, AuditRecord, tuple[Any, ...], Future[AuditRecord] | None]] = []
+    def _write_events(self, waiting: list[_Waiting]) -> None:
+        chained: list[tuple[_Waiting, AuditRecord, tuple[Any, ...]]] = []
         seq, prev = self._head_seq, self._head_hash
-        for event, future in waiting:
+        for item in waiting:
+            event = item.event
             try:
                 record, row = _chain(seq + 1, event, prev)
             except (TypeError, ValueError, RecursionError) as exc:
                 # Only this event fails: the others of the group commit are written.
-                _fail(future, AuditError(f"the audit event {event.id!r} ({event.kind}) is not recordable: {exc}"))
+                _fail(item.future, AuditError(f"the audit event {event.id!r} ({event.kind}) is not recordable: {exc}"))
                 continue
-            chained.append((event, record, row, future))
+            chained.append((item, record, row))
             seq, prev = record.seq, record.hash
         if not chained:
             return
+        durable = any(item.durable for item, _, _ in chained)
         try:
-            self._transaction(lambda cursor: cursor.executemany(_INSERT, [row for _, _, row, _ in chained]))
+            rows = [row for _, _, row in chained]
+            self._transaction(lambda cursor: cursor.executemany(_INSERT, rows), durable=durable)
         except sqlite3.IntegrityError:
             if len(chained) == 1:
                 raise
             # One event broke a constraint (a reused id, say): write each alone so only that one fails.
-            for event, _, _, future in chained:
-                self._write_one(event, future)
+            for item, _, _ in chained:
+                self._write_one(item)
             return
         except sqlite3.Error as exc:
-            for _, _, _, future in chained:
-                _fail(future, AuditError(f"the audit log {self.path} could not be written: {exc}"))
+            for item, _, _ in chained:
+                _fail(item.future, AuditError(f"the audit log {self.path} could not be written: {exc}"))
             return
         self._head_seq, self._head_hash = seq, prev
-        for _, record, _, future in chained:
-            if future is not None:
-                future.set_result(record)
+        for item, record, _ in chained:
+            if item.future is not None:
+                item.future.set_result(record)
 
-    def _write_one(self, event: AuditEvent, future: Future[AuditRecord] | None) -> None:
+    def _write_one(self, item: _Waiting) -> None:
         try:
-            self._write_events([(event, future)])
+            self._write_events([item])
         except sqlite3.Error as exc:
-            _fail(future, AuditError(f"the audit log {self.path} could not be written: {exc}"))
+            _fail(item.future, AuditError(f"the audit log {self.path} could not be written: {exc}"))
 
     def _prune(self, command: _Prune) -> None:
         future = _claim(command.future)

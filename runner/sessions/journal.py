@@ -8,11 +8,18 @@ written is withheld (``AuditError``). Nothing here reaches a secret: results are
 recorded as sanitized for the caller, and what a caller sent has the session's
 own secrets redacted.
 
-Write-ahead: inside a ``request`` block, ``sending`` makes a ``request.intent``
-record of each message durable before it goes to the server; if it cannot be
-written, the message is not sent. The ``request`` record (the outcome) follows
-and names its intents. So a call that ran is on record even when its outcome
-cannot be written (a crash, a value the log refuses).
+Write-ahead: inside a ``request`` block, ``sending`` commits a ``request.intent``
+record of each message before it goes to the server; if it cannot be written,
+the message is not sent. The ``request`` record (the outcome) follows and names
+its intents. So a call that ran is on record even when its outcome cannot be
+written (a crash, a value the log refuses).
+
+One fsync per request (``fsync_intents`` False, the default): intents and notes
+are committed without one of their own (in the WAL, they survive a crash of the
+service), and the fsync of the outcome that follows (before the answer leaves)
+makes them durable with it; the store syncs on its own soon after when no
+outcome comes (``runner.audit.store.IDLE_SYNC_S``). With ``fsync_intents`` every
+record is fsync'd before it is reported, the intent before its message is sent.
 
 What a caller sent is kept capped (``records.capped``): refused requests cost
 a few hundred bytes whatever their size; only the arguments of a tool call that
@@ -132,8 +139,10 @@ _serving: contextvars.ContextVar[RequestEntry | None] = contextvars.ContextVar("
 
 
 class Journal:
-    def __init__(self, store: AuditStore | None) -> None:
+    def __init__(self, store: AuditStore | None, *, fsync_intents: bool = False) -> None:
         self._store = store  # None: the audit log is turned off (benchmarks), and nothing is recorded
+        self._fsync_each = fsync_intents
+        """Intents and notes fsync'd on their own too, not only by the outcome that follows them."""
 
     def note(self, kind: str, session_id: str, caller: str, data: Mapping[str, Any]) -> None:
         """Queue a record; if it cannot be written it is logged, and the next durable record fails too."""
@@ -141,12 +150,12 @@ class Journal:
 
     def _queue(self, event: AuditEvent) -> None:
         if self._store is not None:
-            self._store.submit(event).add_done_callback(_log_failure)
+            self._store.submit(event, durable=self._fsync_each).add_done_callback(_log_failure)
 
-    async def record(self, event: AuditEvent) -> None:
-        """Write ``event`` and wait until it is durable; AuditError if it cannot be."""
+    async def record(self, event: AuditEvent, *, durable: bool = True) -> None:
+        """Write ``event`` and wait until it is committed, and with ``durable`` fsync'd; AuditError if it cannot be."""
         if self._store is not None:
-            await self._store.append(event)
+            await self._store.append(event, durable=durable)
 
     async def durable_or_raise(self, kind: str, session_id: str, caller: str, data: Mapping[str, Any]) -> None:
         """Write and wait; what depends on it (an answer) is withheld with AuditError if it cannot be written."""
@@ -184,7 +193,7 @@ class Journal:
         await self._durable(AuditEvent(records.REQUEST, column, caller, data, id=entry.id), None)
 
     async def sending(self, method: str, params: Mapping[str, Any]) -> None:
-        """Make the intent to send ``method`` durable before it is sent; raises if it cannot be, so it is not sent.
+        """Commit the intent to send ``method`` before it is sent; raises if it cannot be, so it is not sent.
 
         InvalidArgument when the log's canonical JSON cannot hold ``params`` (the door should have refused them:
         this is the second line), AuditError when the record cannot be written. Outside a request (a session
@@ -203,11 +212,11 @@ class Journal:
         event = AuditEvent(records.REQUEST_INTENT, entry.session_id, entry.caller, {
             "method": method, "params": _params_kept(method, params, entry.redact, whole=True), "request_id": entry.id,
         })  # fmt: skip
-        # Named before it is durable: the writer records it even if this caller leaves while it waits (a
+        # Named before it is committed: the writer records it even if this caller leaves while it waits (a
         # deadline, a cancel), and the outcome ("abandoned", then) must still name it.
         entry.intents.append(event.id)
         try:
-            await self.record(event)
+            await self.record(event, durable=self._fsync_each)
         except AuditError as exc:
             entry.intents.remove(event.id)  # not on record
             log.error("not sending %s of session %s: %s", method, entry.session_id or "-", exc.message)

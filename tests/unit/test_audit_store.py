@@ -278,6 +278,70 @@ async def test_append_on_a_closed_store_raises(tmp_path: Path) -> None:
         await audit.append(event())
 
 
+# Sync modes: a transaction is fsync'd (synchronous=FULL) when a record in it must be durable, not otherwise
+
+
+@contextlib.contextmanager
+def commit_modes(store: AuditStore) -> Iterator[list[str]]:
+    """The synchronous mode each transaction the writer commits meanwhile is committed with, in order (read off
+    the statements its connection runs)."""
+    modes: list[str] = []
+    current = ["FULL"]  # the store opens its connection with FULL
+
+    def seen(statement: str) -> None:
+        if statement.startswith("PRAGMA synchronous="):
+            current[0] = statement.removeprefix("PRAGMA synchronous=")
+        elif statement == "COMMIT":
+            modes.append(current[0])
+
+    assert store._db is not None
+    store._db.set_trace_callback(seen)
+    try:
+        yield modes
+    finally:
+        store._db.set_trace_callback(None)
+
+
+def test_a_record_that_need_not_be_durable_is_committed_without_an_fsync(store: AuditStore) -> None:
+    with commit_modes(store) as modes:
+        lazy = store.submit(event(n=1), durable=False).result(timeout=10)
+        # Committed when reported: another connection reads it.
+        assert [r.id for r in store.query(AuditQuery(record_id=lazy.id))] == [lazy.id]
+        store.submit(event(n=2)).result(timeout=10)
+    assert modes == ["NORMAL", "FULL"]
+    assert (store.commits, store.synced_commits) == (2, 1)
+
+
+def test_a_batch_holding_one_durable_record_is_fsynced_whole(store: AuditStore) -> None:
+    with commit_modes(store) as modes:
+        with writer_held(store.path):
+            first = store.submit(event(n=0), durable=False)
+            time.sleep(0.2)
+            batch = [store.submit(event(n=n), durable=n != 2) for n in range(1, 4)]
+            batch += [store.submit(event(n=n), durable=False) for n in range(4, 6)]
+        [f.result(timeout=10) for f in [first, *batch]]
+    # The first alone without an fsync (had the writer not taken it yet, it would be in the batch), the batch with.
+    assert modes in (["NORMAL", "FULL"], ["FULL"])
+
+
+def test_records_committed_without_an_fsync_are_synced_once_the_writer_is_idle(
+    store: AuditStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    synced: list[int] = []
+    fsync = os.fsync
+
+    def counting(fd: int) -> None:
+        synced.append(fd)
+        fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", counting)
+    store.submit(event(n=1), durable=False).result(timeout=10)
+    deadline = time.monotonic() + 10
+    while not synced and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert len(synced) == 1
+
+
 # The lock and the triggers
 
 

@@ -15,6 +15,7 @@ from runner import errors
 from runner.audit import records
 from runner.audit.records import AuditEvent, AuditQuery, AuditRecord, capped
 from runner.sandbox.fake import FakeIO
+from tests.unit.test_audit_store import commit_modes
 from tests.unit.test_manager_audit import PROFILES, SECRET, SECRET_ENV, Env, audit_env, calls_seen, of_kind, only
 
 MIB = 1024**2
@@ -31,9 +32,9 @@ def fail_kind(env: Env, monkeypatch: pytest.MonkeyPatch, kind: str) -> None:
     """From now on, records of ``kind`` cannot be written; every other kind still can."""
     submit = env.store.submit
 
-    def failing(event: AuditEvent) -> Future[AuditRecord]:
+    def failing(event: AuditEvent, *, durable: bool = True) -> Future[AuditRecord]:
         if event.kind != kind:
-            return submit(event)
+            return submit(event, durable=durable)
         failed: Future[AuditRecord] = Future()
         failed.set_exception(errors.AuditError(f"no {kind} records today"))
         return failed
@@ -49,25 +50,40 @@ def digest_of(text: str) -> dict[str, Any]:
 # -- 1. write-ahead -----------------------------------------------------------------------------------------------
 
 
-async def test_the_intent_is_durable_before_the_server_sees_the_call(env: Env) -> None:
-    sid = (await env.manager.open("good", caller="alice")).info.session_id
-    agent = env.backend.agents[0]
-    on_record: list[list[AuditRecord]] = []
-    call = agent._call
+@pytest.mark.parametrize("fsync_intents", [False, True])
+async def test_the_intent_is_committed_before_the_server_sees_the_call_and_fsynced_as_set(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fsync_intents: bool
+) -> None:
+    monkeypatch.setenv(SECRET_ENV, SECRET)
+    async with audit_env(tmp_path, fsync_intents=fsync_intents) as env:
+        sid = (await env.manager.open("good", caller="alice")).info.session_id
+        agent = env.backend.agents[0]
+        on_record: list[tuple[list[AuditRecord], int]] = []
+        call = agent._call
 
-    async def looking(io: FakeIO, rid: int, params: dict[str, Any]) -> None:
-        # What the log held (committed: a fresh read connection) when the call reached the server.
-        on_record.append(env.store.query(AuditQuery(kinds=(records.REQUEST_INTENT,))))
-        await call(io, rid, params)
+        async def looking(io: FakeIO, rid: int, params: dict[str, Any]) -> None:
+            # What the log held (committed: a fresh read connection) when the call reached the server, and how
+            # many commits had been fsync'd by then.
+            on_record.append((env.store.query(AuditQuery(kinds=(records.REQUEST_INTENT,))), env.store.synced_commits))
+            await call(io, rid, params)
 
-    agent._call = looking  # type: ignore[method-assign]
-    outcome = await env.manager.call_tool(sid, "say", {"text": "hello"}, caller="alice")
-    [held] = on_record
-    intent = only(of_kind(held, records.REQUEST_INTENT, method="tools/call"))
-    assert intent.data["method"] == "tools/call" and intent.data["request_id"] == outcome.audit_id
-    assert intent.data["params"] == {"name": "say", "arguments": {"text": "hello"}}
-    assert intent.session_id == sid and intent.caller == "alice"
-    assert only(env.records(record_id=outcome.audit_id)).data["intents"] == [intent.id]
+        agent._call = looking  # type: ignore[method-assign]
+        synced_before = env.store.synced_commits
+        with commit_modes(env.store) as modes:
+            outcome = await env.manager.call_tool(sid, "say", {"text": "hello"}, caller="alice")
+        [(held, synced_on_sending)] = on_record
+        intent = only(of_kind(held, records.REQUEST_INTENT, method="tools/call"))
+        assert intent.data["method"] == "tools/call" and intent.data["request_id"] == outcome.audit_id
+        assert intent.data["params"] == {"name": "say", "arguments": {"text": "hello"}}
+        assert intent.session_id == sid and intent.caller == "alice"
+        assert only(env.records(record_id=outcome.audit_id)).data["intents"] == [intent.id]
+        # The outcome is fsync'd before the call returns, in the call's last commit; with fsync_intents every record
+        # is (the policy note and the intent before the message was sent), else that one fsync is the call's only.
+        assert modes[-1] == "FULL"
+        if fsync_intents:
+            assert set(modes) == {"FULL"} and synced_on_sending > synced_before
+        else:
+            assert modes.count("FULL") == 1 and synced_on_sending == synced_before
 
 
 async def test_a_call_that_ran_is_on_record_even_when_its_outcome_cannot_be_written(

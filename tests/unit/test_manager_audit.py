@@ -159,12 +159,13 @@ class Env:
 
 
 @contextlib.asynccontextmanager
-async def audit_env(tmp_path: Path) -> AsyncIterator[Env]:
+async def audit_env(tmp_path: Path, *, fsync_intents: bool = False) -> AsyncIterator[Env]:
     """A manager on RecordingBackend with a real store in ``tmp_path``; tests/unit/test_journal.py uses it too."""
     store = AuditStore(tmp_path / "audit" / "audit.db")
     store.open()
     backend = RecordingBackend()
-    manager = SessionManager(backend, SETTINGS, PolicyStore(write_policy(tmp_path)), Journal(store))
+    journal = Journal(store, fsync_intents=fsync_intents)
+    manager = SessionManager(backend, SETTINGS, PolicyStore(write_policy(tmp_path)), journal)
     await manager.start()
     made = Env(manager, store, backend)
     try:

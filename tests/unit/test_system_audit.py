@@ -239,8 +239,8 @@ def slow_writes(service: SystemService, kind: str, delay: float = 0.5) -> None:
     """Records of ``kind`` are written as usual, but their writers hear so only after ``delay`` (a slow disk)."""
     submit = service.store.submit
 
-    def slow(event: Any) -> Any:
-        future = submit(event)
+    def slow(event: Any, *, durable: bool = True) -> Any:
+        future = submit(event, durable=durable)
         if event.kind != kind:
             return future
         later: Any = type(future)()
