@@ -9,8 +9,8 @@ audit log (it refuses to start if either cannot be written: a service that canno
 checks the engine and sweeps this instance's orphaned containers (a previous run killed with sessions
 open), leaving those of any other running service of the same name, say one with another state directory
 (``InstanceLock.abandoned``). Shutdown on SIGINT/SIGTERM is graceful: health NOT_SERVING,
-``server.stop(grace)``, then every session's container is removed and its close recorded, then the audit
-log is closed and the lock released.
+``server.stop(grace)``, then the warm pool is emptied and every session's container is removed and its close
+recorded, then the audit log is closed and the lock released.
 """
 
 from __future__ import annotations
@@ -271,6 +271,9 @@ async def _serve(settings: Settings, lock: InstanceLock) -> None:
             " + ".join(methods) or "no authentication (loopback only)", policy.current.source,
             settings.instance, ", ".join(sorted(settings.profiles)),
         )
+        pools = ", ".join(f"{name} {size}" for name, size in sorted(settings.pool.items())) or "off"
+        log.info("warm pool: %s; at most %d sandboxes boot at once, an open waits for a slot up to %g s without a "
+                 "deadline of its own", pools, settings.max_concurrent_boots, settings.open_queue_timeout_s)
         if settings.policy is not None:
             watcher = asyncio.create_task(policy.watch(), name="policy-watch")
         await stop.wait()

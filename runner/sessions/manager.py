@@ -11,6 +11,13 @@ pins, quarantine), each session's ``Sanitizer`` cleans every text that came
 out of its sandbox, and the ``Journal`` records it all in the audit log (the
 answer's record durable before the answer is returned); the manager only puts
 them in order.
+
+An open is admitted the same way whether it starts warm or cold (policy,
+quotas, labels), then takes a pooled sandbox booted exactly as its own would be
+(``pool.py``), or boots one when a slot is free (``admission.py``). What the
+caller and the audit log see is made at that moment either way: sanitized by
+the session's own sanitizer, pins checked, tools screened; only the
+session.open record's ``start`` tells them apart.
 """
 
 from __future__ import annotations
@@ -134,9 +141,9 @@ class SessionManager(Operations):
                 chosen = replace(chosen, image=image)
             secret_values, network, credentials = sandbox_inputs(chosen)
         except RunnerError as exc:
+            self._refusing(caller, "open")  # past the caller's refusal rate: neither recorded nor logged
             log.warning("open of profile %r by caller %r refused: %s", whole_words(profile, 100), caller,
                         control_free(exc.message))
-            self._refusing(caller, "open")
             self._journal.refusal(caller, profile, exc)
             await self._journal.durable_or_raise(records.SESSION_OPEN, "", caller, {
                 "profile": capped(profile), "outcome": "refused", "error": error_json(exc),

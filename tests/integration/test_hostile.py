@@ -243,6 +243,7 @@ def capped(images: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> 
     config = tmp / "capped.yaml"
     config.write_text(yaml.safe_dump({
         "max_message_bytes": "2MiB", "defaults": {"call_timeout_s": CAPPED_TIMEOUT_S}, "profiles": profiles,
+        "pool": {},
     }))  # fmt: skip
     service = start_service(tmp, f"it-capped-{secrets.token_hex(3)}", config=config)
     yield service

@@ -110,6 +110,7 @@ def networked(hosts: Hosts, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     ]
     settings = {
         "reap_interval_s": 0.5,
+        "pool": {},  # no warm sandboxes: the tests count what a session leaves behind
         "defaults": {"call_timeout_s": 20},
         "profiles": {
             "probe-none": probe,
