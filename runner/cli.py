@@ -26,6 +26,8 @@ import grpc
 
 from runner.api._proto.mcp_runner.v1 import runner_pb2 as pb
 from runner.audit.records import KINDS
+from runner.bench.options import add_arguments as add_bench_arguments
+from runner.bench.options import options_from
 from runner.cli_audit import audit_export, audit_list, audit_show, audit_verify, replay, when_arg
 from runner.cli_common import field, one_line, open_client, print_json
 from runner.client import DEFAULT_ADDRESS, Progress, ToolResult
@@ -237,10 +239,10 @@ def _images(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from runner.bench import bench_main
+    from runner.bench.main import bench_main
 
     try:
-        bench_main(args.config, opens=args.opens, calls=args.calls, profile=args.profile)
+        bench_main(options_from(args))
     except RunnerError as exc:
         print(f"error: {exc.status.value}: {exc.message}", file=sys.stderr)
         return 2
@@ -343,11 +345,11 @@ def build_parser() -> argparse.ArgumentParser:
     images.add_argument("--force", action="store_true", help="rebuild even when the image is present")
     images.set_defaults(func=_images)
 
-    bench = sub.add_parser("bench", help="measure session open and tool calls: sandboxed vs on the host")
-    bench.add_argument("--config", help="settings file (YAML or TOML)")
-    bench.add_argument("--profile", default="time", help="profile to measure (default: time)")
-    bench.add_argument("--opens", type=int, default=10, help="sessions to open (default: 10)")
-    bench.add_argument("--calls", type=int, default=200, help="tool calls to time (default: 200)")
+    bench = sub.add_parser(
+        "bench", help="measure opens (warm, cold), calls, throughput, many sessions at once, guard, sandbox options "
+                      "and audit, each beside its baseline"
+    )
+    add_bench_arguments(bench)
     bench.set_defaults(func=_bench)
     return parser
 

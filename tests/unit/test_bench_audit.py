@@ -14,18 +14,18 @@ import pytest
 import yaml
 
 from runner.audit.records import canonical_json
-from runner.bench import Figures
-from runner.bench_audit import (
+from runner.bench.audit import (
     AuditCalls,
     StoreFigures,
     StoreSide,
     Throughput,
-    audit_off_config,
     audit_report,
     measure_audit_calls,
     measure_store,
     sample_event,
 )
+from runner.bench.common import Figures
+from runner.bench.service import settings_file
 from runner.client import AsyncRunnerClient
 from runner.config import load_settings
 
@@ -67,16 +67,16 @@ class _FakeClient:
 
 def test_service_calls_alternate_one_by_one_after_one_untimed_call_each() -> None:
     log: list[str] = []
-    on, off = _FakeClient("on", log), _FakeClient("off", log)
-    result = asyncio.run(measure_audit_calls(cast(AsyncRunnerClient, on), cast(AsyncRunnerClient, off), "time",
-                                             "get_current_time", {}, 3))
-    assert result.off.samples == result.on.samples == 3
+    clients = [cast(AsyncRunnerClient, _FakeClient(name, log)) for name in ("off", "on", "sync")]
+    result = asyncio.run(measure_audit_calls(clients, "time", "get_current_time", {}, 3))
+    assert [figures.samples for figures in result] == [3, 3, 3]
     assert log == [
         "off open time", "off call off-session", "on open time", "on call on-session",
-        "off call off-session", "on call on-session",
-        "on call on-session", "off call off-session",
-        "off call off-session", "on call on-session",
-        "off close off-session", "on close on-session",
+        "sync open time", "sync call sync-session",
+        "off call off-session", "on call on-session", "sync call sync-session",
+        "on call on-session", "sync call sync-session", "off call off-session",
+        "sync call sync-session", "off call off-session", "on call on-session",
+        "off close off-session", "on close on-session", "sync close sync-session",
     ]  # fmt: skip
 
 
@@ -87,13 +87,13 @@ def test_sessions_opened_are_closed_when_a_call_fails() -> None:
         async def call_tool(self, session_id: str, tool: str, arguments: dict[str, object]) -> None:
             raise RuntimeError("sandbox gone")
 
-    off, on = _FakeClient("off", log), Failing("on", log)
+    clients = [cast(AsyncRunnerClient, client) for client in (_FakeClient("off", log), Failing("on", log))]
     with pytest.raises(RuntimeError):
-        asyncio.run(measure_audit_calls(cast(AsyncRunnerClient, on), cast(AsyncRunnerClient, off), "time", "t", {}, 2))
+        asyncio.run(measure_audit_calls(clients, "time", "t", {}, 2))
     assert log[-2:] == ["off close off-session", "on close on-session"]
 
 
-def test_the_audit_off_copy_merges_into_the_settings_beside_them_and_is_removed(
+def test_an_audit_variant_merges_into_the_settings_beside_them_and_is_removed(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv("MCP_RUNNER_AUDIT_DB", raising=False)
@@ -101,14 +101,16 @@ def test_the_audit_off_copy_merges_into_the_settings_beside_them_and_is_removed(
     source = tmp_path / "settings.yaml"
     source.write_text(yaml.safe_dump({"policy": "policy.yaml", "max_sessions": 7, "audit": {"path": "a.db"}}),
                       encoding="utf-8")
-    with audit_off_config(str(source)) as quiet:
+    with settings_file(str(source), audit={"enabled": False, "fsync_intents": True}) as quiet:
         copy = Path(quiet)
-        assert copy.parent == tmp_path and copy.name.startswith(".settings-audit-off-")
+        assert copy.parent == tmp_path and copy.name.startswith(".settings-bench-")
         assert yaml.safe_load(copy.read_text(encoding="utf-8")) == {
-            "policy": "policy.yaml", "max_sessions": 7, "audit": {"path": "a.db", "enabled": False},
+            "policy": "policy.yaml", "max_sessions": 7,
+            "audit": {"path": "a.db", "enabled": False, "fsync_intents": True},
         }  # fmt: skip
         settings, original = load_settings(quiet), load_settings(source)
         assert not settings.audit.enabled and original.audit.enabled
+        assert settings.audit.fsync_intents and not original.audit.fsync_intents
         assert settings.policy == original.policy == tmp_path / "policy.yaml"
         assert settings.audit.path == original.audit.path
     assert not copy.exists()
@@ -118,7 +120,7 @@ def test_the_audit_off_copy_merges_into_the_settings_beside_them_and_is_removed(
 def test_a_toml_settings_file_is_copied_as_yaml(tmp_path: Path) -> None:
     source = tmp_path / "settings.toml"
     source.write_text('max_sessions = 3\n[audit]\nretention = "30d"\n', encoding="utf-8")
-    with audit_off_config(str(source)) as quiet:
+    with settings_file(str(source), audit={"enabled": False}) as quiet:
         assert quiet.endswith(".yaml")
         assert yaml.safe_load(Path(quiet).read_text(encoding="utf-8")) == {
             "max_sessions": 3, "audit": {"retention": "30d", "enabled": False},
@@ -128,7 +130,7 @@ def test_a_toml_settings_file_is_copied_as_yaml(tmp_path: Path) -> None:
 def test_the_report_prints_both_tables_baseline_first_with_readings() -> None:
     one = StoreSide(Figures(200, 4.0, 6.0), Throughput(records=2000, seconds=8.0, commits=2000))
     group = StoreSide(Figures(200, 4.5, 6.0), Throughput(records=2000, seconds=1.0, commits=125))
-    calls = AuditCalls(off=Figures(20, 10.0, 12.0), on=Figures(20, 11.5, 13.0))
+    calls = AuditCalls(off=Figures(20, 10.0, 12.0), on=Figures(20, 11.5, 13.0), fsync_intents=Figures(20, 12.0, 15.0))
     lines: list[str] = []
     audit_report(lines.append, "/var/tmp", StoreFigures(one_commit=one, group=group, appenders=32), calls)
     text = "\n".join(lines)
@@ -143,6 +145,9 @@ def test_the_report_prints_both_tables_baseline_first_with_readings() -> None:
     calls_header = next(line for line in lines if "audit off" in line)
     assert calls_header.index("audit off") < calls_header.index("audit on")
     assert "the audit cost per call is +1.5 ms (+15 %) at p50 (+1.0 ms (+8 %) at p95)" in text
+    sync_header = next(line for line in lines if "fsync_intents: true" in line)
+    assert sync_header.index("fsync_intents: false") < sync_header.index("fsync_intents: true")
+    assert "syncing each intent on its own costs +0.5 ms (+4 %) per call at p50 (+2.0 ms (+15 %) at p95)" in text
 
 
 def test_throughput_of_nothing_measured_is_not_a_number() -> None:

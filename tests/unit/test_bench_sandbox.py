@@ -11,20 +11,15 @@ from typing import cast
 import grpc
 import yaml
 
-from runner.bench import figures
-from runner.bench_sandbox import (
+from runner.bench.common import change, figures, rotated
+from runner.bench.sandbox import Lifecycle, SandboxFigures, measure_sandbox, sandbox_report, unavailable
+from runner.bench.twins import (
     BENCH_EGRESS,
     EGRESS,
     RUNSC,
     UNGUARDED,
-    Lifecycle,
-    SandboxFigures,
-    change,
-    measure_sandbox,
     profile_document,
-    rotated,
-    sandbox_report,
-    unavailable,
+    twin_settings,
     variants,
     variants_settings,
 )
@@ -105,6 +100,15 @@ def test_twins_copy_mounts_and_limits(tmp_path: Path) -> None:
         assert loaded[name] == twin
         assert (twin.mounts, twin.limits, twin.env, twin.image, twin.command) == (
             rich.mounts, rich.limits, rich.env, rich.image, rich.command)
+
+
+def test_the_twins_service_has_no_warm_pool_so_every_open_is_cold(tmp_path: Path) -> None:
+    time_profile = load_settings(None).profiles["time"]
+    path = tmp_path / "bench.yaml"
+    path.write_text(yaml.safe_dump(twin_settings(time_profile)), encoding="utf-8")
+    settings = load_settings(path)
+    assert dict(settings.pool) == {}
+    assert {"time", "time" + UNGUARDED, "time" + RUNSC, "time" + EGRESS} <= set(settings.profiles)
 
 
 def test_the_bench_egress_rule_can_never_resolve() -> None:

@@ -1,4 +1,4 @@
-"""The guard's share of ``mcp-runner bench``: sanitizer throughput and the guard's cost per call.
+"""The guard's section: sanitizer throughput and the guard's cost per call, in this process.
 
 Throughput is measured in this process on a generated, mixed corpus (prose,
 JSON, logs, code, with secrets and personal data sprinkled in at a realistic
@@ -16,6 +16,7 @@ from collections.abc import Callable
 
 import mcp_types
 
+from runner.bench.common import Out
 from runner.guard.findings import FindingLog
 from runner.guard.results import sanitize_call_result
 from runner.guard.sanitize import DETECTORS, SanitizeConfig, Sanitizer
@@ -107,8 +108,9 @@ def _per_call_us(sanitizer: Sanitizer, result: mcp_types.CallToolResult, repeats
     return (time.perf_counter() - start) / repeats * 1e6
 
 
-def guard_report(out: Callable[[str], None], call_p50_ms: float | None) -> None:
-    """Print the sanitizer's throughput and the guard's cost per call (against the sandboxed call p50)."""
+def guard_report(out: Out, call_p50_ms: float | None) -> None:
+    """Print the sanitizer's throughput and the guard's cost per call (against the sandboxed call p50 of the calls
+    section, when it ran)."""
     chunks = mixed_corpus()
     size_mb = sum(len(c.encode()) for c in chunks) / 1e6
     default = Sanitizer(SanitizeConfig())

@@ -1,46 +1,40 @@
-"""The audit log's share of ``mcp-runner bench``: what write-ahead recording costs a call.
+"""The audit log's section: what write-ahead recording costs a call.
 
-Each tools/call waits twice for the disk: its intent before it is sent, its outcome before the answer leaves.
+Each tools/call waits for the disk: its intent is committed before it is sent, its outcome is durable before the
+answer leaves.
 
 Two measurements. In this process, the store on its own with a real SQLite file: a lone append's latency
 with one commit per record (``batch_max=1``) against group commit (the default), alternated append by
 append, then N concurrent appenders against each, as records/s and the commits they took. That is the
 case for group commit: under load, many records share one fsync. Through the service: tools/call with
-the audit log on (as shipped) against a second service whose settings add ``audit: {enabled: false}``,
-same profiles, calls alternated one by one so drift in the machine's load falls on both; the p50
-difference is the audit cost per call.
+the audit log off (``audit: {enabled: false}``), on as shipped, and on with ``audit: {fsync_intents: true}``
+(each intent fsync'd on its own before its message is sent), three services with the same profiles, calls
+alternated one by one so drift in the machine's load falls on all; the p50 differences are the audit cost
+per call and the cost of syncing intents separately.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
-import yaml
+from typing import Any
 
 from runner.audit.records import REQUEST, AuditEvent
 from runner.audit.store import AuditStore
-from runner.bench_sandbox import change, rotated
-from runner.config_document import read_document
-
-if TYPE_CHECKING:
-    from runner.bench import Figures
-    from runner.client import AsyncRunnerClient
+from runner.bench.common import Figures, Out, change, figures, rotated, row
+from runner.bench.service import served, settings_file
+from runner.client import AsyncRunnerClient
 
 SEQUENTIAL = 200
 """Appends timed one at a time, per store."""
 CONCURRENT = 2000
 """Records appended under concurrency, per store."""
 APPENDERS = 32
-_LABEL, _BASELINE = 44, 46
-"""Column widths of the bench's tables."""
 
 
 def sample_event() -> AuditEvent:
@@ -97,10 +91,11 @@ class StoreFigures:
 
 @dataclass(frozen=True)
 class AuditCalls:
-    """tools/call through a service without and with the audit log."""
+    """tools/call through a service without the audit log, with it as shipped, and with intents fsync'd alone."""
 
     off: Figures
     on: Figures
+    fsync_intents: Figures
 
 
 async def _latencies(stores: list[AuditStore], count: int) -> list[list[float]]:
@@ -132,8 +127,6 @@ async def _burst(store: AuditStore, records: int, appenders: int) -> Throughput:
 async def measure_store(directory: Path, *, sequential: int = SEQUENTIAL, concurrent: int = CONCURRENT,
                         appenders: int = APPENDERS) -> StoreFigures:
     """One store with one commit per record and one with group commit, each on its own file in ``directory``."""
-    from runner.bench import figures  # here, not at the top: runner.bench imports this module
-
     stores = [AuditStore(directory / "one-commit.sqlite3", batch_max=1), AuditStore(directory / "group.sqlite3")]
     with contextlib.ExitStack() as opened:
         for store in stores:
@@ -146,31 +139,11 @@ async def measure_store(directory: Path, *, sequential: int = SEQUENTIAL, concur
     return StoreFigures(one_commit=one, group=group, appenders=appenders)
 
 
-@contextlib.contextmanager
-def audit_off_config(config: str) -> Iterator[str]:
-    """``config`` with ``audit: {enabled: false}`` merged in, as YAML written beside it (so relative paths in it
-    still resolve) and removed afterwards.
-    """
-    source = Path(config)
-    document = read_document(source, "settings file")
-    document["audit"] = {**(document.get("audit") or {}), "enabled": False}
-    fd, name = tempfile.mkstemp(prefix=f".{source.stem}-audit-off-", suffix=".yaml", dir=source.resolve().parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            yaml.safe_dump(document, out)
-        yield name
-    finally:
-        os.unlink(name)
-
-
-async def measure_audit_calls(on: AsyncRunnerClient, off: AsyncRunnerClient, profile: str, tool: str,
-                              arguments: dict[str, Any], calls: int) -> AuditCalls:
-    """tools/call on one session per service, alternated call by call in rotating order."""
-    from runner.bench import figures
-
-    clients = [off, on]
+async def measure_audit_calls(clients: Sequence[AsyncRunnerClient], profile: str, tool: str,
+                              arguments: dict[str, Any], calls: int) -> list[Figures]:
+    """tools/call on one session per service, alternated call by call in rotating order; figures per client."""
     sessions: list[str] = []
-    times: list[list[float]] = [[], []]
+    times: list[list[float]] = [[] for _ in clients]
     try:
         for client in clients:
             sessions.append((await client.open_session(profile)).session_id)
@@ -183,29 +156,56 @@ async def measure_audit_calls(on: AsyncRunnerClient, off: AsyncRunnerClient, pro
     finally:
         for client, session_id in zip(clients, sessions, strict=False):
             await client.close_session(session_id)
-    return AuditCalls(off=figures(times[0]), on=figures(times[1]))
+    return [figures(series) for series in times]
 
 
-def _row(out: Callable[[str], None], label: str, baseline: str, other: str) -> None:
-    out(f"{label:{_LABEL}} {baseline:{_BASELINE}} {other}")
-
-
-def audit_report(out: Callable[[str], None], where: str, store: StoreFigures, calls: AuditCalls) -> None:
+def audit_report(out: Out, where: str, store: StoreFigures, calls: AuditCalls) -> None:
     """Print the store's figures and the service's audit cost per call, each with a reading.
 
     ``where`` names the directory the store's files were in: fsync costs what that filesystem makes it cost.
     """
     one, group = store.one_commit, store.group
     out(f"\naudit store in this process (SQLite WAL, synchronous=FULL, temporary files under {where}):")
-    _row(out, "", "one commit per record (batch_max=1)", "group commit (the default)")
-    _row(out, "durable append, one at a time", one.latency.cell(), group.latency.cell())
-    _row(out, f"durable append, {store.appenders} concurrent appenders", one.burst.cell(), group.burst.cell())
+    row(out, "", "one commit per record (batch_max=1)", "group commit (the default)")
+    row(out, "durable append, one at a time", one.latency.cell(), group.latency.cell())
+    row(out, f"durable append, {store.appenders} concurrent appenders", one.burst.cell(), group.burst.cell())
     speedup = group.burst.per_second / one.burst.per_second if one.burst.per_second else float("nan")
     out(f"  reading: group commit changes a lone append's p50 by {change(one.latency.p50_ms, group.latency.p50_ms)}; "
         f"under {store.appenders} concurrent appenders it appends {speedup:.1f}x the records/s "
         f"in {group.burst.commits} commits instead of {one.burst.commits}")
-    out("\ntools/call through the service, audit log off and on, two services alternated call by call")
-    _row(out, "", "audit off (audit: {enabled: false})", "audit on (the default: held until durable)")
-    _row(out, "tools/call", calls.off.cell(), calls.on.cell())
+    out("\ntools/call through the service, audit log off, on, and on with intents synced alone; three services "
+        "alternated call by call")
+    row(out, "", "audit off (audit: {enabled: false})", "audit on (the default: held until durable)")
+    row(out, "tools/call", calls.off.cell(), calls.on.cell())
     out(f"  reading: the audit cost per call is {change(calls.off.p50_ms, calls.on.p50_ms)} at p50 "
         f"({change(calls.off.p95_ms, calls.on.p95_ms)} at p95)")
+    row(out, "", "audit on (fsync_intents: false, the default)", "fsync_intents: true (intent fsync'd alone)")
+    row(out, "tools/call", calls.on.cell(), calls.fsync_intents.cell())
+    out(f"  reading: syncing each intent on its own costs {change(calls.on.p50_ms, calls.fsync_intents.p50_ms)} "
+        f"per call at p50 ({change(calls.on.p95_ms, calls.fsync_intents.p95_ms)} at p95)")
+
+
+async def audit_calls(config: str | None, profile: str, tool: str, arguments: dict[str, Any], calls: int
+                      ) -> AuditCalls:
+    """tools/call through three services that differ only in their audit settings."""
+    cold: dict[str, Any] = {"pool": {}}  # no warm sandbox boots in the background of the measured calls
+    with contextlib.ExitStack() as files:
+        variants = [
+            files.enter_context(settings_file(config, replace=cold, audit=audit))
+            for audit in ({"enabled": False}, {}, {"fsync_intents": True})
+        ]
+        async with contextlib.AsyncExitStack() as services:
+            clients = []
+            for settings in variants:
+                service = await services.enter_async_context(served(settings))
+                clients.append(await services.enter_async_context(AsyncRunnerClient(service.address)))
+            off, on, fsync_intents = await measure_audit_calls(clients, profile, tool, arguments, calls)
+    return AuditCalls(off=off, on=on, fsync_intents=fsync_intents)
+
+
+async def run(out: Out, config: str | None, profile: str, tool: str, arguments: dict[str, Any], calls: int) -> None:
+    calls_figures = await audit_calls(config, profile, tool, arguments, calls)
+    with tempfile.TemporaryDirectory() as scratch:
+        # With every service stopped: the store's figures are the disk's, not shared with containers.
+        store = await measure_store(Path(scratch))
+    audit_report(out, tempfile.gettempdir(), store, calls_figures)
