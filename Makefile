@@ -50,7 +50,8 @@ lint: venv ## ruff and mypy --strict on runner/
 proto: venv ## Regenerate the gRPC stubs from proto/
 	@bash scripts/gen-proto.sh
 
-bench: images ## Benchmark session open, tool calls and the guard (sanitizer MB/s, cost per call) against baselines
+bench: images ## Benchmark every section beside its baseline: warm/cold open, calls, throughput, 200 at once, guard, sandbox, audit
+	@echo "[make] running every bench section with its defaults (several minutes; figures are wall clock on this machine)"
 	@$(BIN)/mcp-runner bench
 
 clean: ## Remove the virtualenv and caches (images stay; `docker image rm` them by hand)
