@@ -161,7 +161,8 @@ class InProcess:
 @contextlib.asynccontextmanager
 async def in_process(config: str) -> AsyncIterator[InProcess]:
     """The service wired as ``runner.service`` wires it (Docker backend, policy, audit log, gRPC on a free loopback
-    port), in this event loop. Without the instance lock: its instance name is fresh, nobody else can hold it.
+    port), in this event loop. Without the instance lock (its instance name is fresh, nobody else can hold it) and
+    without the guard's memory across restarts (pins and rate buckets live as long as it does).
     """
     with tempfile.TemporaryDirectory() as state:
         loaded = load_settings(config)
