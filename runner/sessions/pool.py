@@ -251,11 +251,14 @@ class WarmPool:
             try:
                 async with self._slots.background_slot():
                     warm = await self._boot(pool.profile)
-            except (RunnerError, TimeoutError, OSError) as exc:
+            except Exception as exc:  # whatever it was, the filler lives on: a pool that stops refilling is silent
                 pool.failures += 1
                 pool.pause = self._backoff(pool.failures)
+                why = f"not ready within {self._settings.open_timeout_s:g} s" if isinstance(exc, TimeoutError) else (
+                    _reason(exc))
                 log.warning("warm sandbox of profile %r failed to boot (%d in a row): %s; next try in %.0f s",
-                            name, pool.failures, _reason(exc), pool.pause)
+                            name, pool.failures, why, pool.pause,
+                            exc_info=not isinstance(exc, RunnerError | TimeoutError | OSError))
                 continue
             pool.ready.append(warm)
             warm.watcher = asyncio.create_task(self._watch(pool, warm), name=f"pooled-{warm.session.id}")
