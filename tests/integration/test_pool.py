@@ -138,3 +138,33 @@ def test_a_settings_file_can_turn_the_pool_off(images: dict[str, str], tmp_path:
         assert "warm sandbox" not in service.log()
     finally:
         stop_service(service)
+
+
+def test_a_warm_session_with_network_gets_its_own_proxy_and_leaves_nothing(
+    images: dict[str, str], tmp_path: Path
+) -> None:
+    servers = Path(__file__).parent.parent / "servers"
+    config = tmp_path / "networked.yaml"
+    config.write_text(textwrap.dedent(f"""\
+        pool: {{networked: 1}}
+        profiles:
+          networked:
+            image: python-servers
+            command: [python3, /srv/servers/scripted_server.py, good]
+            mounts: [{{source: {json.dumps(str(servers))}, target: /srv/servers}}]
+            network: {{egress: ["never-contacted.invalid:443"]}}
+        """), encoding="utf-8")
+    service = start_service(tmp_path, f"it-pool-net-{secrets.token_hex(3)}", config=config)
+    try:
+        _wait_for(lambda: len(pooled(service)) == 1, "the pool filled")
+        [warm_id] = pooled(service)
+        assert len(session_containers(service, warm_id)) == 2  # the sandbox and its egress proxy, booted ahead
+        with service.client() as client:
+            opened = client.open_session("networked")
+            assert opened.session_id == warm_id
+            record = open_record(service, opened.session_id)
+            assert record["start"] == "warm" and record["network"] == "egress proxy: never-contacted.invalid:443"
+            client.close_session(opened.session_id)
+        _wait_for(lambda: session_containers(service, warm_id) == [], "the session's sandbox and proxy gone", 30)
+    finally:
+        stop_service(service)
