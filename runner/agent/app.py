@@ -1,13 +1,13 @@
-"""``python -m runner.agent -- CMD ARGS... | --url URL``: which agent runs, on which event loop.
+"""``python -m runner.agent -- CMD ARGS... | --url URL``: which agent runs.
 
-A stdio server gets the stdlib-only agent (stdio.py) on a plain asyncio loop; a
-remote server the SDK-backed one (remote_agent.py), imported only then, on
-anyio. Frames and their meaning are specified in ``docs/agent-protocol.md``.
+A stdio server gets the standard-library agent (stdio.py, a ``selectors``
+loop); a remote server the SDK-backed one (remote_agent.py, on anyio),
+imported only then. Frames and their meaning are specified in
+``docs/agent-protocol.md``.
 """
 
 from __future__ import annotations
 
-import asyncio
 import sys
 
 from .frames import FrameWriter, diag
@@ -33,11 +33,7 @@ def main(argv: list[str] | None = None) -> int:
         return _run_remote(url)
     from .stdio import StdioAgent
 
-    # Not asyncio.run: its teardown (cancelling leftover tasks, joining executor threads) is work the caller,
-    # __main__, skips by ending the process at once.
-    loop = asyncio.new_event_loop()
-    asyncio.set_event_loop(loop)
-    return loop.run_until_complete(StdioAgent(args).run())
+    return StdioAgent(args).run()
 
 
 def _run_remote(url: str) -> int:

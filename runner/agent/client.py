@@ -1,4 +1,4 @@
-"""A lean MCP client over newline-delimited JSON-RPC: stdlib only, results relayed raw.
+"""A lean MCP client over newline-delimited JSON-RPC: standard library only, results relayed raw.
 
 The host parses, validates and sanitizes every result itself (runner/guard/), so
 the agent does not build models of them: it checks each line is a JSON-RPC
@@ -16,20 +16,28 @@ It is still a client in its own right, and holds the server to the protocol:
   (roots, sampling, elicitation: capabilities the agent never declares) is
   refused with "method not found";
 * a late answer to a request it cancelled is dropped quietly, as the spec allows.
+
+No event loop of its own: the agent's loop (stdio.py) feeds it lines and
+carries what it sends; answers come back through callbacks.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, Protocol
 
 from .words import whole_words
 
-JSON = dict[str, Any]
-ProgressSink = Callable[[float, float | None, str | None], None]
+TYPE_CHECKING = False  # typing costs the agent's start-up; mypy reads the names below all the same
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any
+
+    JSON = dict[str, Any]
+    #: An answer: the result object, or the server's error.
+    Done = Callable[[JSON | "RemoteError"], None]
+    ProgressSink = Callable[[float, float | None, str | None], None]
+    #: Writes one message to the server; the callback, if any, runs once it has left the agent.
+    Send = Callable[[bytes, Callable[[], None] | None], None]
 
 PROTOCOL_VERSION = "2025-11-25"
 CLIENT_INFO = {"name": "mcp-sandbox-runner-agent", "version": "1.0.0"}
@@ -37,6 +45,7 @@ METHOD_NOT_FOUND = -32601
 #: Requests from the server the agent may be answering at once; honest servers send a few (they wait for each).
 MAX_SERVER_REQUESTS = 64
 _BROKE = "MCP server broke the protocol: "
+_NOT_JSON_RPC = "it wrote a line to stdout that is not a JSON-RPC message"
 
 
 class RemoteError(Exception):
@@ -48,18 +57,12 @@ class RemoteError(Exception):
         self.message = message
 
 
-class Sink(Protocol):
-    """The server's stdin: an asyncio ``StreamWriter`` in the agent."""
-
-    def write(self, data: bytes) -> None: ...
-
-    async def drain(self) -> None: ...
-
-
-@dataclass
 class _Pending:
-    future: asyncio.Future[JSON]
-    on_progress: ProgressSink | None
+    __slots__ = ("on_done", "on_progress")
+
+    def __init__(self, on_done: Done, on_progress: ProgressSink | None) -> None:
+        self.on_done = on_done
+        self.on_progress = on_progress
 
 
 def _refuse_constant(name: str) -> None:
@@ -89,58 +92,55 @@ def _encode(message: JSON) -> bytes:
 
 
 class McpClient:
-    """One MCP session with one server: `received` takes its lines, ``sink`` carries what the client sends."""
+    """One MCP session with one server: `received` takes its lines, ``send`` carries what the client says."""
 
-    def __init__(self, sink: Sink, on_violation: Callable[[str], None]) -> None:
-        self._sink = sink
+    def __init__(self, send: Send, on_violation: Callable[[str], None]) -> None:
+        self._send = send
         self._on_violation = on_violation
         self._next_id = 1
         self._pending: dict[int, _Pending] = {}
         self._cancelled: set[int] = set()  # sent, then cancelled: a late answer is fine
-        self._answering: set[object] = set()  # the server's requests whose answers are not yet written
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._answering: set[object] = set()  # the server's requests whose answers have not left the agent
         self.broken = False
 
     # -- what the client sends --------------------------------------------------------
 
-    async def initialize(self) -> JSON:
-        """The handshake: the server's InitializeResult, raw (the host validates it), once it is acknowledged."""
-        params = {"protocolVersion": PROTOCOL_VERSION, "capabilities": {}, "clientInfo": CLIENT_INFO}
-        result = await self.request("initialize", params)
-        await self.notify("notifications/initialized")
-        return result
+    def initialize(self, on_done: Done) -> None:
+        """The handshake: ``on_done`` gets the server's InitializeResult raw (the host validates it) once it is
+        acknowledged with ``notifications/initialized``, or the server's error."""
 
-    async def request(self, method: str, params: JSON, on_progress: ProgressSink | None = None) -> JSON:
-        """Send one request and wait for its result object; RemoteError for an error answer.
+        def answered(outcome: JSON | RemoteError) -> None:
+            if not isinstance(outcome, RemoteError):
+                self.notify("notifications/initialized")
+            on_done(outcome)
+
+        params = {"protocolVersion": PROTOCOL_VERSION, "capabilities": {}, "clientInfo": CLIENT_INFO}
+        self.request("initialize", params, answered)
+
+    def request(self, method: str, params: JSON, on_done: Done, on_progress: ProgressSink | None = None) -> int:
+        """Send one request; ``on_done`` gets its result object or RemoteError. Returns the request's id.
 
         With ``on_progress``, the request asks for progress (``_meta.progressToken``, the request's own id).
-        Cancelling the wait cancels the request: the server is told, and its answer, if it comes, is dropped.
         """
         request_id, self._next_id = self._next_id, self._next_id + 1
         if on_progress is not None:
             meta = params.get("_meta")
             params = {**params, "_meta": {**(meta if isinstance(meta, dict) else {}), "progressToken": request_id}}
-        future: asyncio.Future[JSON] = asyncio.get_running_loop().create_future()
-        self._pending[request_id] = _Pending(future, on_progress)
-        try:
-            self._sink.write(_encode({"jsonrpc": "2.0", "id": request_id, "method": method, "params": params}))
-            await self._sink.drain()
-            return await future
-        finally:
-            # Cancelling the waiting task cancels ``future`` too: "gave up" is not answered, or cancelled.
-            if self._pending.pop(request_id, None) is not None and (not future.done() or future.cancelled()):
-                future.cancel()
-                self._cancelled.add(request_id)
-                # Written at once, not drained: the cancelled task must not wait for a server that stopped reading.
-                cancel = {"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": request_id}}
-                self._sink.write(_encode(cancel))
+        self._pending[request_id] = _Pending(on_done, on_progress)
+        self._send(_encode({"jsonrpc": "2.0", "id": request_id, "method": method, "params": params}), None)
+        return request_id
 
-    async def notify(self, method: str, params: JSON | None = None) -> None:
+    def cancel(self, request_id: int) -> None:
+        """Give up on a request: the server is told, ``on_done`` never runs, a late answer is dropped."""
+        if self._pending.pop(request_id, None) is not None:
+            self._cancelled.add(request_id)
+            self.notify("notifications/cancelled", {"requestId": request_id})
+
+    def notify(self, method: str, params: JSON | None = None) -> None:
         message: JSON = {"jsonrpc": "2.0", "method": method}
         if params is not None:
             message["params"] = params
-        self._sink.write(_encode(message))
-        await self._sink.drain()
+        self._send(_encode(message), None)
 
     # -- what the server sends ------------------------------------------------------------
 
@@ -151,15 +151,15 @@ class McpClient:
         try:
             message = json.loads(line, parse_constant=_refuse_constant)
         except (ValueError, RecursionError) as exc:
-            self._violation(f"it wrote a line to stdout that is not a JSON-RPC message ({whole_words(str(exc), 200)})")
+            self._violation(f"{_NOT_JSON_RPC} ({whole_words(str(exc), 200)})")
             return
         if not isinstance(message, dict) or message.get("jsonrpc") != "2.0":
-            self._violation("it wrote a line to stdout that is not a JSON-RPC message (not a JSON-RPC 2.0 object)")
+            self._violation(f"{_NOT_JSON_RPC} (not a JSON-RPC 2.0 object)")
             return
         method = message.get("method")
         if method is not None:
             if not isinstance(method, str):
-                self._violation("it wrote a line to stdout that is not a JSON-RPC message (its method is no string)")
+                self._violation(f"{_NOT_JSON_RPC} (its method is no string)")
             elif "id" in message:
                 self._server_request(message["id"], method)
             else:
@@ -167,7 +167,7 @@ class McpClient:
         elif "result" in message or "error" in message:
             self._response(message)
         else:
-            self._violation("it wrote a line to stdout that is not a JSON-RPC message (no method, result or error)")
+            self._violation(f"{_NOT_JSON_RPC} (no method, result or error)")
 
     def _response(self, message: JSON) -> None:
         result, error, rid = message.get("result"), message.get("error"), message.get("id")
@@ -199,10 +199,10 @@ class McpClient:
             )
             return
         if isinstance(error, dict):
-            pending.future.set_exception(RemoteError(error["code"], error["message"]))
+            pending.on_done(RemoteError(error["code"], error["message"]))
         else:
             assert isinstance(result, dict)
-            pending.future.set_result(result)
+            pending.on_done(result)
 
     def _notification(self, method: str, params: object) -> None:
         if not isinstance(params, dict):
@@ -243,18 +243,7 @@ class McpClient:
         else:
             # No roots, sampling or elicitation: the agent declares none of them, and the sandbox has nothing to give.
             answer["error"] = {"code": METHOD_NOT_FOUND, "message": "Method not found"}
-        task = asyncio.ensure_future(self._answer(key, answer))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _answer(self, key: object, answer: JSON) -> None:
-        try:
-            self._sink.write(_encode(answer))
-            await self._sink.drain()
-        except (ConnectionError, OSError):
-            pass  # the server is gone: its exit is reported elsewhere
-        finally:
-            self._answering.discard(key)
+        self._send(_encode(answer), lambda: self._answering.discard(key))
 
     # -- violations ---------------------------------------------------------------------
 

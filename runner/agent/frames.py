@@ -1,19 +1,20 @@
 """Host-side framing: newline-delimited JSON frames on the agent's stdin/stdout, and the host's settings.
 
-Stdlib only: the stdio agent never loads more than the standard library.
+Standard library only, and the lightest of it: every module the agent imports costs each session its
+start-up CPU and memory (``dataclasses`` and ``typing`` alone cost 2 MiB), so neither is used at run time.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import select
 import sys
-import threading
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
-from typing import Any
+
+TYPE_CHECKING = False  # typing costs the agent's start-up; mypy reads the names below all the same
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any
 
 #: Longest host frame the agent accepts (the host is trusted; this only bounds memory).
 MAX_HOST_LINE = 64 * 1024 * 1024
@@ -75,26 +76,43 @@ def describe_cap(max_bytes: int) -> str:
     return f"{max_bytes // 1024**2} MiB" if max_bytes % 1024**2 == 0 else f"{max_bytes} byte"
 
 
-@dataclass(frozen=True)
 class RequestFrame:
-    id: int
-    method: str
-    params: dict[str, Any] = field(default_factory=dict)
+    __slots__ = ("id", "method", "params")
+
+    def __init__(self, id: int, method: str, params: dict[str, Any] | None = None) -> None:
+        self.id = id
+        self.method = method
+        self.params = {} if params is None else params
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, RequestFrame) and (self.id, self.method, self.params) == (
+            other.id,
+            other.method,
+            other.params,
+        )
+
+    def __repr__(self) -> str:
+        return f"RequestFrame({self.id!r}, {self.method!r}, {self.params!r})"
 
 
-@dataclass(frozen=True)
 class CancelFrame:
-    id: int
+    __slots__ = ("id",)
 
+    def __init__(self, id: int) -> None:
+        self.id = id
 
-HostFrame = RequestFrame | CancelFrame
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, CancelFrame) and self.id == other.id
+
+    def __repr__(self) -> str:
+        return f"CancelFrame({self.id!r})"
 
 
 def _is_id(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
-def parse_host_frame(line: bytes) -> HostFrame | str:
+def parse_host_frame(line: bytes) -> RequestFrame | CancelFrame | str:
     """Parse one host line; a `str` result is a diagnostic explaining why it was rejected."""
     try:
         frame = json.loads(line)
@@ -167,37 +185,31 @@ class FrameWriter:
         self.closed = True
 
 
-async def open_stdin_lines() -> Callable[[], Awaitable[bytes]]:
-    """Return an async ``readline`` over stdin (``b""`` at EOF) that never blocks the event loop."""
-    loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader(limit=MAX_HOST_LINE, loop=loop)
-    try:
-        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader, loop=loop), sys.stdin.buffer)
-    except (ValueError, OSError):
-        # A regular file (or anything epoll refuses): read it on a thread of its own, a daemon, so one stuck
-        # reading never holds the agent's exit.
-        return _thread_lines(loop)
+class HostLines:
+    """The host's stdin cut into lines; one longer than ``MAX_HOST_LINE`` is dropped (the host is trusted: this
+    only bounds memory). Each byte is searched for a newline once."""
 
-    async def readline() -> bytes:
-        while True:
-            try:
-                return await reader.readline()
-            except ValueError:
-                diag(f"ignoring a host line longer than {MAX_HOST_LINE} bytes")
+    def __init__(self, max_bytes: int = MAX_HOST_LINE) -> None:
+        self._max = max_bytes
+        self._buffer = bytearray()
+        self._scanned = 0
+        self._skipping = False  # inside a line that passed the cap: dropped up to its newline
 
-    return readline
-
-
-def _thread_lines(loop: asyncio.AbstractEventLoop) -> Callable[[], Awaitable[bytes]]:
-    lines: asyncio.Queue[bytes] = asyncio.Queue()
-    stdin = sys.stdin.buffer
-
-    def pump() -> None:
-        while True:
-            line = stdin.readline(MAX_HOST_LINE)
-            loop.call_soon_threadsafe(lines.put_nowait, line)
-            if not line:
-                return
-
-    threading.Thread(target=pump, name="stdin", daemon=True).start()
-    return lines.get
+    def feed(self, chunk: bytes) -> list[bytes]:
+        buffer = self._buffer
+        buffer += chunk
+        lines: list[bytes] = []
+        start = 0
+        while (newline := buffer.find(b"\n", self._scanned)) >= 0:
+            if not self._skipping:
+                lines.append(bytes(buffer[start:newline]))
+            self._skipping = False
+            start = self._scanned = newline + 1
+        if len(buffer) - start > self._max:
+            if not self._skipping:
+                diag(f"ignoring a host line longer than {self._max} bytes")
+            self._skipping = True
+            start = len(buffer)
+        del buffer[:start]
+        self._scanned = len(buffer)
+        return lines

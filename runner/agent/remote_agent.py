@@ -8,10 +8,13 @@ ever writes: `RemoteAgent.fatal` closes the frame writer and unwinds.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
+import sys
+import threading
 import traceback
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -19,6 +22,7 @@ import anyio
 from . import _sdk
 from .frames import (
     INTERNAL_ERROR,
+    MAX_HOST_LINE,
     METHODS,
     TOO_LARGE,
     CancelFrame,
@@ -28,7 +32,6 @@ from .frames import (
     diag,
     init_timeout,
     max_message_bytes,
-    open_stdin_lines,
     parse_host_frame,
 )
 from .link import ServerLink
@@ -271,3 +274,39 @@ class RemoteAgent:
                 if self._scope is not None:
                     self._scope.cancel()
                 return
+
+
+async def open_stdin_lines() -> Callable[[], Awaitable[bytes]]:
+    """Return an async ``readline`` over stdin (``b""`` at EOF) that never blocks the event loop."""
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=MAX_HOST_LINE, loop=loop)
+    try:
+        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader, loop=loop), sys.stdin.buffer)
+    except (ValueError, OSError):
+        # A regular file (or anything epoll refuses): read it on a thread of its own, a daemon, so one stuck
+        # reading never holds the agent's exit.
+        return _thread_lines(loop)
+
+    async def readline() -> bytes:
+        while True:
+            try:
+                return await reader.readline()
+            except ValueError:
+                diag(f"ignoring a host line longer than {MAX_HOST_LINE} bytes")
+
+    return readline
+
+
+def _thread_lines(loop: asyncio.AbstractEventLoop) -> Callable[[], Awaitable[bytes]]:
+    lines: asyncio.Queue[bytes] = asyncio.Queue()
+    stdin = sys.stdin.buffer
+
+    def pump() -> None:
+        while True:
+            line = stdin.readline(MAX_HOST_LINE)
+            loop.call_soon_threadsafe(lines.put_nowait, line)
+            if not line:
+                return
+
+    threading.Thread(target=pump, name="stdin", daemon=True).start()
+    return lines.get

@@ -1,45 +1,61 @@
-"""The agent's life with a stdio server: spawn it, initialize it, serve host frames concurrently, report death.
+"""The agent's life with a stdio server: spawn it, initialize it, serve host frames, report its death.
 
-Stdlib only (asyncio): the SDK is never imported on this path (see client.py
-for why). Frames and their meaning are specified in ``docs/agent-protocol.md``.
-A ``fatal`` frame is the last thing the agent ever writes: `StdioAgent.fatal`
-closes the frame writer, kills the server's process group and unwinds.
+One thread, one ``selectors`` loop, the lightest of the standard library: the
+agent's imports are part of every session's start-up CPU and memory, and
+asyncio alone (which loads ssl, inspect, logging…) cost more than everything
+else the agent does. The loop watches the server's stdout and its exit (a
+pidfd), the server's stdin while anything waits to be written, the host's
+stdin once the server is ready, and a signal wake-up pipe. Frames and their
+meaning are specified in ``docs/agent-protocol.md``. A ``fatal`` frame is the
+last thing the agent ever writes: `StdioAgent.fatal` closes the frame writer,
+ends the loop, and the server's process group is killed.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
-import shlex
+import selectors
 import signal
-import traceback
-from collections.abc import Coroutine
-from typing import Any
+import time
 
-from .client import JSON, McpClient, RemoteError
+from .client import McpClient, RemoteError
 from .frames import (
     INTERNAL_ERROR,
     METHODS,
     TOO_LARGE,
     CancelFrame,
     FrameWriter,
-    RequestFrame,
+    HostLines,
     describe_cap,
     diag,
     init_timeout,
     max_message_bytes,
-    open_stdin_lines,
     parse_host_frame,
 )
 from .lines import BoundedLines
 from .words import describe_exception
 
+TYPE_CHECKING = False  # typing costs the agent's start-up; mypy reads the names below all the same
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any
+
+    from .frames import RequestFrame
+
+    #: (when, callback): a list, so that one is told from another by identity.
+    Timer = list[Any]
+
 #: How long a server may take to exit once its stdin is closed (or its stdout ended) before it is killed.
 EXIT_GRACE_S = 2.0
+#: How often the server's exit is polled where a pidfd is not to be had.
+EXIT_POLL_S = 0.1
 _READ_CHUNK = 65536
+#: Reads of what a server left in its stdout pipe when it exited (a pipe holds 16 chunks): its last answer.
+_LAST_READS = 64
 #: Params each method cannot do without: a request missing one is refused here, as the SDK's models did.
 _REQUIRED = {"tools/call": "name", "prompts/get": "name", "resources/read": "uri"}
+STDIN, STDOUT = 0, 1
 
 
 def exit_message(status: int, ready: bool) -> str:
@@ -54,6 +70,33 @@ def exit_message(status: int, ready: bool) -> str:
     return f"MCP server was killed by {name}{phase}{hint}"
 
 
+def spawn(command: list[str]) -> tuple[int, int, int]:
+    """Start ``command`` in a session (process group) of its own: (pid, its stdin, its stdout) as our pipe ends."""
+    child_in, to_child = os.pipe()
+    from_child, child_out = os.pipe()
+    try:
+        pid = os.posix_spawnp(
+            command[0],
+            command,
+            os.environ,
+            file_actions=[(os.POSIX_SPAWN_DUP2, child_in, STDIN), (os.POSIX_SPAWN_DUP2, child_out, STDOUT)],
+            setsid=True,
+            # Python ignores these two; a server expects them at their defaults, as subprocess restores them.
+            setsigdef=(signal.SIGPIPE, signal.SIGXFSZ),
+            setsigmask=(),
+        )
+    except BaseException:
+        for fd in (to_child, from_child):
+            os.close(fd)
+        raise
+    finally:
+        os.close(child_in)
+        os.close(child_out)
+    os.set_blocking(to_child, False)
+    os.set_blocking(from_child, False)
+    return pid, to_child, from_child
+
+
 class StdioAgent:
     """Bridges the host to one MCP server, a ``command`` it spawns and speaks to over the server's stdio."""
 
@@ -61,127 +104,153 @@ class StdioAgent:
         self.command = command
         self.max_message = max_message_bytes()
         self.out = FrameWriter(max_bytes=self.max_message, on_too_large=self._frame_too_large)
-        self.process: asyncio.subprocess.Process | None = None
         self.ready = False
         self.stopping = False  # a clean shutdown is under way: the server's exit is expected
+        self.running = True
         self._fatal_sent = False
-        self._main: asyncio.Task[Any] | None = None
-        self._active: dict[int, asyncio.Task[None]] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._pid: int | None = None
+        self._status: int | None = None  # the server's exit status, once reaped
+        self._selector = selectors.DefaultSelector()
+        self._timers: list[Timer] = []
+        self._init_timer: Timer | None = None
+        self._pidfd: int | None = None
+        self._to_server: int | None = None
+        self._from_server: int | None = None
+        self._pending_out = bytearray()  # what waits to be written to the server's stdin
+        self._queued = self._written = 0  # bytes ever queued for it, and written to it
+        self._marks: list[tuple[int, Callable[[], None]]] = []  # (offset, run once written past it)
+        self._server_lines = BoundedLines(self.max_message)
+        self._host_lines = HostLines()
+        self._host_file = False  # the host's stdin is a regular file: always readable, epoll refuses it
+        self._active: dict[int, int] = {}  # host request id -> the client's request id
+        self._signalled: int | None = None
+        self.client = McpClient(self._send, self.fatal)
 
     # -- life cycle ---------------------------------------------------------------
 
-    async def run(self) -> int:
-        # The server first: it starts up while the agent sets up the rest.
+    def run(self) -> int:
         try:
-            self.process = await asyncio.create_subprocess_exec(
-                *self.command,
-                stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=None,
-                start_new_session=True,
-            )
+            # The server first: it starts up while the agent sets up the rest.
+            self._pid, self._to_server, self._from_server = spawn(self.command)
         except OSError as exc:
+            import shlex
+
             self.fatal(f"cannot start MCP server {shlex.join(self.command)}: {exc.strerror or exc}")
             return 1
-        self._main = asyncio.current_task()
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, self._on_signal, signum)
         try:
-            await self._session(self.process)
-        except asyncio.CancelledError:
-            if not (self._fatal_sent or self.stopping):
-                raise
+            self._start()
+            self._loop()
         except Exception as exc:
+            import traceback
+
             traceback.print_exc()
             self.fatal(f"internal agent error: {describe_exception(exc)}")
         finally:
             self._kill_server()
         return 1 if self._fatal_sent or self.out.broken else 0
 
-    async def _session(self, process: asyncio.subprocess.Process) -> None:
-        assert process.stdin is not None and process.stdout is not None
-        client = McpClient(process.stdin, self.fatal)
-        reader = self._spawn(self._read_server(process.stdout, client))
-        self._spawn(self._watch_exit(process, reader))
+    def _start(self) -> None:
+        assert self._pid is not None and self._from_server is not None
+        self._selector.register(self._from_server, selectors.EVENT_READ, self._server_readable)
+        try:
+            self._pidfd = os.pidfd_open(self._pid)
+        except (AttributeError, OSError):  # an old kernel, or a seccomp profile without pidfd_open
+            self._after(EXIT_POLL_S, self._poll_exit)
+        else:
+            self._selector.register(self._pidfd, selectors.EVENT_READ, self._exited)
+        wake_read, wake_write = os.pipe()
+        os.set_blocking(wake_read, False)
+        os.set_blocking(wake_write, False)
+        signal.set_wakeup_fd(wake_write)
+        self._selector.register(wake_read, selectors.EVENT_READ, lambda: self._woken(wake_read))
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, self._on_signal)
         timeout = init_timeout()
-        try:
-            initialized = await asyncio.wait_for(client.initialize(), timeout)
-        except TimeoutError:
-            self.fatal(f"MCP server did not complete initialize within {timeout:g} s")
+        message = f"MCP server did not complete initialize within {timeout:g} s"
+        self._init_timer = self._after(timeout, lambda: self.fatal(message))
+        self.client.initialize(self._initialized)
+
+    def _loop(self) -> None:
+        while self.running:
+            now = time.monotonic()
+            wait = None if not self._timers else max(0.0, min(when for when, _ in self._timers) - now)
+            for key, _ in self._selector.select(0 if self._host_file else wait):
+                if not self.running:
+                    return
+                key.data()
+            if self._host_file and self.running:
+                self._host_readable()
+            now = time.monotonic()
+            for timer in [timer for timer in self._timers if timer[0] <= now]:
+                self._cancel(timer)
+                if self.running:
+                    timer[1]()
+
+    def _after(self, delay: float, callback: Callable[[], None]) -> Timer:
+        timer = [time.monotonic() + delay, callback]
+        self._timers.append(timer)
+        return timer
+
+    def _cancel(self, timer: Timer | None) -> None:
+        self._timers = [t for t in self._timers if t is not timer]
+
+    def _initialized(self, outcome: dict[str, Any] | RemoteError) -> None:
+        if isinstance(outcome, RemoteError):
+            self.fatal(f"MCP server rejected initialize: {outcome.message} (code {outcome.code})")
             return
-        except RemoteError as exc:
-            self.fatal(f"MCP server rejected initialize: {exc.message} (code {exc.code})")
-            return
-        except (ConnectionError, OSError) as exc:
-            await asyncio.sleep(EXIT_GRACE_S)  # the server is going: its exit status says more, if it comes
-            self.fatal(f"MCP initialize failed: {describe_exception(exc)}")
-            return
+        self._cancel(self._init_timer)
         self.ready = True
-        self.out.send({"type": "ready", "initialize": initialized})
-        await self._serve_host(client)
-        # stdin closed: the host is done with this session. The server may go on its own, then it is killed.
-        self.stopping = True
-        process.stdin.close()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(process.wait(), EXIT_GRACE_S)
-
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
-        task = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return task
-
-    async def _serve_host(self, client: McpClient) -> None:
-        readline = await open_stdin_lines()
-        while line := await readline():
-            if not line.strip():
-                continue
-            frame = parse_host_frame(line)
-            if isinstance(frame, str):
-                diag(frame)
-            elif isinstance(frame, CancelFrame):
-                task = self._active.pop(frame.id, None)
-                if task is not None:
-                    task.cancel()
-            elif frame.id in self._active:
-                diag(f"ignoring request {frame.id}: a request with that id is still running")
-            else:
-                self._active[frame.id] = asyncio.ensure_future(self._request(client, frame))
-
-    # -- requests ---------------------------------------------------------------------
-
-    async def _request(self, client: McpClient, frame: RequestFrame) -> None:
+        self.out.send({"type": "ready", "initialize": outcome})
         try:
-            await self._perform(client, frame)
-        finally:
-            if self._active.get(frame.id) is asyncio.current_task():
-                del self._active[frame.id]
+            self._selector.register(STDIN, selectors.EVENT_READ, self._host_readable)
+        except PermissionError:
+            self._host_file = True
 
-    async def _perform(self, client: McpClient, frame: RequestFrame) -> None:
-        rid = frame.id
+    # -- the host's frames ------------------------------------------------------------
 
-        def on_progress(progress: float, total: float | None, message: str | None) -> None:
-            self.out.send({"type": "progress", "id": rid, "progress": progress, "total": total, "message": message})
-
-        reply: JSON
+    def _host_readable(self) -> None:
         try:
+            chunk = os.read(STDIN, _READ_CHUNK)
+        except BlockingIOError:
+            return
+        except OSError:
+            chunk = b""
+        if not chunk:
+            self._host_done()
+            return
+        for line in self._host_lines.feed(chunk):
+            if not self.running:
+                return
+            if line.strip():
+                self._host_frame(line)
+
+    def _host_frame(self, line: bytes) -> None:
+        frame = parse_host_frame(line)
+        if isinstance(frame, str):
+            diag(frame)
+        elif isinstance(frame, CancelFrame):
+            request_id = self._active.pop(frame.id, None)
+            if request_id is not None:
+                self.client.cancel(request_id)
+        elif frame.id in self._active:
+            diag(f"ignoring request {frame.id}: a request with that id is still running")
+        else:
             problem = self._refusal(frame)
             if problem is not None:
-                raise ValueError(problem)
-            progress = on_progress if frame.method == "tools/call" else None
-            result = await client.request(frame.method, frame.params, progress)
-            reply = {"type": "result", "id": rid, "result": result}
-        except RemoteError as exc:
-            reply = {"type": "error", "id": rid, "error": {"code": exc.code, "message": exc.message}}
-        except Exception as exc:
-            reply = {"type": "error", "id": rid, "error": {"code": INTERNAL_ERROR, "message": describe_exception(exc)}}
-        try:
-            self.out.send(reply)
-        except (ValueError, RecursionError) as exc:  # a number JSON cannot hold (1e999 reads as infinity)
-            error = {"code": INTERNAL_ERROR, "message": f"unserializable result: {exc}"}
-            self.out.send({"type": "error", "id": rid, "error": error})
+                error = {"code": INTERNAL_ERROR, "message": problem}
+                self.out.send({"type": "error", "id": frame.id, "error": error})
+                return
+            rid = frame.id
+
+            def done(outcome: dict[str, Any] | RemoteError) -> None:
+                del self._active[rid]
+                self._reply(rid, outcome)
+
+            def progress(progress: float, total: float | None, message: str | None) -> None:
+                self.out.send({"type": "progress", "id": rid, "progress": progress, "total": total, "message": message})
+
+            on_progress = progress if frame.method == "tools/call" else None
+            self._active[rid] = self.client.request(frame.method, frame.params, done, on_progress)
 
     @staticmethod
     def _refusal(frame: RequestFrame) -> str | None:
@@ -192,38 +261,142 @@ class StdioAgent:
             return f"invalid params for {frame.method}: {key!r} must be a string"
         return None
 
-    # -- the server's output and end ----------------------------------------------------
+    def _reply(self, rid: int, outcome: dict[str, Any] | RemoteError) -> None:
+        if isinstance(outcome, RemoteError):
+            self.out.send({"type": "error", "id": rid, "error": {"code": outcome.code, "message": outcome.message}})
+            return
+        try:
+            self.out.send({"type": "result", "id": rid, "result": outcome})
+        except (ValueError, RecursionError) as exc:  # a number JSON cannot hold (1e999 reads as infinity)
+            error = {"code": INTERNAL_ERROR, "message": f"unserializable result: {exc}"}
+            self.out.send({"type": "error", "id": rid, "error": error})
 
-    async def _read_server(self, stdout: asyncio.StreamReader, client: McpClient) -> None:
-        lines = BoundedLines(self.max_message)
-        while chunk := await stdout.read(_READ_CHUNK):
-            complete = lines.feed(chunk)
-            if complete is None:
-                # At once, with the server killed: waiting for the line's end let one line take the agent's CPU
-                # and memory until the caller's deadline.
-                cap = describe_cap(self.max_message)
-                self.fatal(f"MCP server wrote a message larger than the {cap} cap", TOO_LARGE)
-                return
-            for line in complete:
-                client.received(line)
-        # The server's stdout ended: its exit status says why, if it comes soon.
-        process = self.process
-        assert process is not None
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(process.wait(), EXIT_GRACE_S)
-        if process.returncode is None:
+    def _host_done(self) -> None:
+        """stdin closed: the host is done with this session. The server may go on its own, then it is killed."""
+        self.stopping = True
+        if self._host_file:
+            self._host_file = False
+        else:
+            self._selector.unregister(STDIN)
+        self._close_server_stdin()
+        if self._status is not None:
+            self.running = False
+        else:
+            self._after(EXIT_GRACE_S, self._stop)
+
+    def _stop(self) -> None:
+        self.running = False
+
+    # -- the server's stdin -------------------------------------------------------------
+
+    def _send(self, data: bytes, on_written: Callable[[], None] | None) -> None:
+        if self._to_server is None:
+            return  # the server's stdin is closed: it reads nothing more
+        self._pending_out += data
+        self._queued += len(data)
+        if on_written is not None:
+            self._marks.append((self._queued, on_written))
+        if len(self._pending_out) == len(data):
+            self._flush()
+
+    def _flush(self) -> None:
+        fd = self._to_server
+        if fd is None:
+            return
+        try:
+            written = os.write(fd, self._pending_out)
+        except BlockingIOError:
+            written = 0
+        except OSError:  # the server closed its stdin: its exit, if it comes, is reported as such
+            self._close_server_stdin()
+            return
+        del self._pending_out[:written]
+        self._written += written
+        while self._marks and self._marks[0][0] <= self._written:
+            self._marks.pop(0)[1]()
+        waiting = fd in self._selector.get_map()
+        if self._pending_out and not waiting:
+            self._selector.register(fd, selectors.EVENT_WRITE, self._flush)
+        elif not self._pending_out and waiting:
+            self._selector.unregister(fd)
+
+    def _close_server_stdin(self) -> None:
+        fd, self._to_server = self._to_server, None
+        if fd is not None:
+            if fd in self._selector.get_map():
+                self._selector.unregister(fd)
+            os.close(fd)
+        self._pending_out.clear()
+
+    # -- the server's stdout and exit ---------------------------------------------------
+
+    def _server_readable(self) -> bool:
+        """Read and dispatch what the server wrote; False when nothing was there to read."""
+        fd = self._from_server
+        assert fd is not None
+        try:
+            chunk = os.read(fd, _READ_CHUNK)
+        except BlockingIOError:
+            return False
+        except OSError:
+            chunk = b""
+        if not chunk:
+            self._server_eof()
+            return False
+        lines = self._server_lines.feed(chunk)
+        if lines is None:
+            # At once, with the server killed: waiting for the line's end let one line take the agent's CPU and
+            # memory until the caller's deadline.
+            self.fatal(f"MCP server wrote a message larger than the {describe_cap(self.max_message)} cap", TOO_LARGE)
+            return False
+        for line in lines:
+            if not self.running:
+                break
+            self.client.received(line)
+        return True
+
+    def _server_eof(self) -> None:
+        fd, self._from_server = self._from_server, None
+        if fd is not None:
+            self._selector.unregister(fd)
+            os.close(fd)
+        if self.stopping or self._fatal_sent:
+            return
+        if self._status is not None:
+            self.fatal(exit_message(self._status, self.ready))
+        else:  # its exit status says why, if it comes soon
+            self._after(EXIT_GRACE_S, self._stdout_gone)
+
+    def _stdout_gone(self) -> None:
+        if self._status is None:
             phase = "" if self.ready else " before completing initialize"
             self.fatal(f"MCP server closed its stdout{phase} (the process is still running)")
-        else:
-            self.fatal(exit_message(process.returncode, self.ready))
 
-    async def _watch_exit(self, process: asyncio.subprocess.Process, reader: asyncio.Task[None]) -> None:
-        status = await process.wait()
+    def _poll_exit(self) -> None:
+        pid, status = os.waitpid(self._pid or 0, os.WNOHANG)
+        if pid:
+            self._reaped(status)
+        else:
+            self._after(EXIT_POLL_S, self._poll_exit)
+
+    def _exited(self) -> None:
+        fd, self._pidfd = self._pidfd, None
+        if fd is not None:
+            self._selector.unregister(fd)
+            os.close(fd)
+        self._reaped(os.waitpid(self._pid or 0, 0)[1])
+
+    def _reaped(self, wait_status: int) -> None:
+        self._status = os.waitstatus_to_exitcode(wait_status)
+        if self.stopping:
+            self.running = False
+            return
         # What the server wrote before it exited is read first (its last answer); a child that keeps its stdout
-        # open must not hide the exit, though.
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.shield(reader), 0.5)
-        self.fatal(exit_message(status, self.ready))
+        # open and writing must not hide the exit, though.
+        for _ in range(_LAST_READS):
+            if self._from_server is None or not self.running or not self._server_readable():
+                break
+        self.fatal(exit_message(self._status, self.ready))
 
     # -- failure --------------------------------------------------------------------------
 
@@ -232,12 +405,11 @@ class StdioAgent:
         if self._fatal_sent or self.stopping:
             return
         self._fatal_sent = True
+        self.running = False
         diag(f"fatal: {message}")
         self.out.send({"type": "fatal", "message": message, **({"reason": reason} if reason else {})})
         self.out.close()
         self._kill_server()
-        if self._main is not None:
-            self._main.cancel()
 
     def _frame_too_large(self) -> None:
         # The server's lines fit, but the frame that carries one (escaped, wrapped) would not fit the host's cap.
@@ -245,12 +417,17 @@ class StdioAgent:
         self.fatal(f"MCP server sent a message larger than the {cap} cap once framed for the host", TOO_LARGE)
 
     def _kill_server(self) -> None:
-        if self.process is not None:
+        if self._pid is not None:
             with contextlib.suppress(OSError):
-                os.killpg(self.process.pid, signal.SIGKILL)
+                os.killpg(self._pid, signal.SIGKILL)
 
-    def _on_signal(self, signum: int) -> None:
-        diag(f"received {signal.Signals(signum).name}; shutting down")
-        self.stopping = True
-        if self._main is not None:
-            self._main.cancel()
+    def _on_signal(self, signum: int, frame: object) -> None:
+        self._signalled = signum
+
+    def _woken(self, fd: int) -> None:
+        with contextlib.suppress(OSError):
+            os.read(fd, 512)
+        if self._signalled is not None:
+            diag(f"received {signal.Signals(self._signalled).name}; shutting down")
+            self.stopping = True
+            self.running = False

@@ -29,12 +29,20 @@ class AgentProcess:
 
     @classmethod
     async def start(
-        cls, behaviour: str = "good", *, command: list[str] | None = None, env: dict[str, str] | None = None
+        cls,
+        behaviour: str = "good",
+        *,
+        command: list[str] | None = None,
+        env: dict[str, str] | None = None,
+        before: str | None = None,
     ) -> AgentProcess:
+        """``before``: Python source run in the agent's process before the agent (to take a facility away)."""
+        agent = ["-m", "runner.agent"]
+        if before is not None:
+            agent = ["-c", f"{before}\nimport runpy\nrunpy.run_module('runner.agent', run_name='__main__')"]
         proc = await asyncio.create_subprocess_exec(
             PYTHON,
-            "-m",
-            "runner.agent",
+            *agent,
             "--",
             *(command or server_command(behaviour)),
             stdin=asyncio.subprocess.PIPE,

@@ -382,6 +382,47 @@ async def test_wrong_id_is_a_protocol_violation(start: Start) -> None:
     assert "never sent" in message
 
 
+async def test_exit_is_seen_where_no_pidfd_is_to_be_had(start: Start) -> None:
+    # An old kernel, or a seccomp profile without pidfd_open: the agent polls for the server's exit instead.
+    agent = await ready_agent(start, "crash_on_call", before="import os; del os.pidfd_open")
+    await agent.request(1, "tools/call", {"name": "echo", "arguments": {"text": "x"}})
+    assert (await expect_fatal(agent)).startswith("MCP server exited with status 7")
+
+
+async def test_a_server_killed_by_a_signal_is_named(start: Start) -> None:
+    agent = await start(command=[PYTHON, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGSEGV)"])
+    assert await expect_fatal(agent) == "MCP server was killed by SIGSEGV before completing initialize"
+
+
+async def test_a_server_that_closes_its_stdout_but_lives_on(start: Start) -> None:
+    agent = await start(command=[PYTHON, "-c", "import os, time; os.close(1); time.sleep(60)"])
+    assert await expect_fatal(agent) == (
+        "MCP server closed its stdout before completing initialize (the process is still running)"
+    )
+
+
+def test_host_frames_from_a_regular_file(tmp_path: Path) -> None:
+    """A regular file cannot be watched for reading (epoll refuses it): it is read as it comes, to its end."""
+    import json
+    import subprocess
+
+    from tests.unit.agent_driver import server_command
+
+    frames = tmp_path / "frames"
+    frames.write_text(json.dumps({"type": "request", "id": 4, "method": "ping"}) + "\n")
+    with frames.open("rb") as stdin:
+        done = subprocess.run(
+            [PYTHON, "-m", "runner.agent", "--", *server_command()],
+            stdin=stdin,
+            capture_output=True,
+            cwd=ROOT,
+            timeout=30,
+        )
+    replies = [json.loads(line) for line in done.stdout.splitlines()]
+    assert [r["type"] for r in replies] == ["ready", "result"] and replies[1]["id"] == 4, done.stderr
+    assert done.returncode == 0
+
+
 async def test_command_not_found(start: Start) -> None:
     agent = await start(command=["/nonexistent/mcp-server", "--flag"])
     message = await expect_fatal(agent)
@@ -463,7 +504,8 @@ def test_what_the_agent_quotes_of_the_server_is_cut_in_whole_words(pad: int) -> 
 
 
 def test_the_stdio_agent_loads_the_standard_library_only(tmp_path: Path) -> None:
-    """Importing the SDK (and pydantic, anyio) cost each session ~0.5 CPU-s and ~60 MiB before its server answered."""
+    """Importing the SDK (and pydantic, anyio) cost each session ~0.5 CPU-s and ~60 MiB before its server answered;
+    asyncio (which loads ssl), typing and dataclasses cost it 8 MiB more, half the agent's memory."""
     import subprocess
 
     # As in the image: the agent package under an empty ``runner`` package (the host's pulls in the service).
@@ -472,7 +514,8 @@ def test_the_stdio_agent_loads_the_standard_library_only(tmp_path: Path) -> None
     (tmp_path / "runner" / "agent").symlink_to(ROOT / "runner" / "agent")
     probe = (
         "import sys, runner.agent.app, runner.agent.stdio;"
-        "print(sorted({m.split('.')[0] for m in sys.modules} & {'mcp', 'mcp_types', 'anyio', 'pydantic', 'httpx2'}))"
+        "heavy = {'mcp', 'mcp_types', 'anyio', 'pydantic', 'httpx2', 'asyncio', 'ssl', 'typing', 'dataclasses'};"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & heavy))"
     )
     done = subprocess.run([PYTHON, "-c", probe], capture_output=True, text=True, check=True, cwd=tmp_path)
     assert done.stdout == "[]\n"
