@@ -246,6 +246,9 @@ def _bench(args: argparse.Namespace) -> int:
     except RunnerError as exc:
         print(f"error: {exc.status.value}: {exc.message}", file=sys.stderr)
         return 2
+    except grpc.aio.AioRpcError as exc:  # the service refused what a section needs (e.g. an image not built)
+        print(f"error: {exc.code().name}: {exc.details()}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import grpc
 import pytest
 
+import runner.bench.main
 from runner.bench.options import MAX_AT_ONCE, SECTIONS, BenchOptions, options_from
-from runner.cli import build_parser
+from runner.cli import build_parser, main
 
 
 def _options(*argv: str) -> BenchOptions:
@@ -47,3 +49,14 @@ def test_bad_values_are_refused_by_name(argv: list[str], message: str, capsys: p
         build_parser().parse_args(["bench", *argv])
     assert exited.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_a_refusal_from_the_service_is_one_line_and_exit_2(monkeypatch: pytest.MonkeyPatch,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    def refused(options: BenchOptions) -> None:
+        raise grpc.aio.AioRpcError(grpc.StatusCode.FAILED_PRECONDITION, grpc.aio.Metadata(), grpc.aio.Metadata(),
+                                   "image not found; build it with `make images`", None)
+
+    monkeypatch.setattr(runner.bench.main, "bench_main", refused)
+    assert main(["bench", "--sections", "sandbox"]) == 2
+    assert capsys.readouterr().err == "error: FAILED_PRECONDITION: image not found; build it with `make images`\n"
