@@ -135,12 +135,16 @@ class SessionManager(Operations):
         slot, then the boot itself within what is left of it, and never longer than ``open_timeout_s``.
         """
         deadline = time.monotonic() + (timeout if timeout is not None else self._settings.open_queue_timeout_s)
+        admitted = False
         try:
             chosen, checked_labels, granted = self._admit(profile, caller, labels, limits)
+            admitted = True
             if image is not None:
                 chosen = replace(chosen, image=image)
             secret_values, network, credentials = sandbox_inputs(chosen)
         except RunnerError as exc:
+            if admitted:  # the policy allowed it; a secret could not be read
+                self._journal.policy("", caller, "open", "allow", self._gate.policy.label, profile=profile)
             self._refusing(caller, "open")  # past the caller's refusal rate: neither recorded nor logged
             log.warning("open of profile %r by caller %r refused: %s", whole_words(profile, 100), caller,
                         control_free(exc.message))
