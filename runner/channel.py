@@ -76,9 +76,22 @@ class ByteLink(Protocol):
     async def write_stdin(self, data: bytes) -> None: ...
 
 
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """A request's result with what the reader knew of its line at no extra cost: what it weighs, so the host can
+    decide whether the work on it (parsing, validation, sanitizing) is small enough for the event loop."""
+
+    result: JSONObject
+    size: int
+    """Bytes of the frame's line (the result and its envelope)."""
+    values: int
+    """The line's separators and containers, counted before it was parsed (``_count_values``): at least the JSON
+    values of the result, and more when its strings hold commas or brackets."""
+
+
 @dataclass
 class _Pending:
-    future: asyncio.Future[JSONObject]
+    future: asyncio.Future[Reply]
     on_progress: ProgressSink | None
 
 
@@ -112,10 +125,16 @@ class AgentChannel:
         self, method: str, params: JSONObject, *, on_progress: ProgressSink | None = None
     ) -> JSONObject:
         """Send one request and wait for its result; cancelling the wait tells the agent to cancel."""
+        return (await self.request_sized(method, params, on_progress=on_progress)).result
+
+    async def request_sized(
+        self, method: str, params: JSONObject, *, on_progress: ProgressSink | None = None
+    ) -> Reply:
+        """``request``, its result handed back with the size of the line that carried it."""
         if self._terminal is not None:
             raise self._terminal
         request_id = secrets.randbits(53) or 1
-        future: asyncio.Future[JSONObject] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
         self._pending[request_id] = _Pending(future, on_progress)
         try:
             await self._send({"type": "request", "id": request_id, "method": method, "params": params})
@@ -157,7 +176,7 @@ class AgentChannel:
                         break
                     values = _count_values(line)
                     work += _line_cost(len(line), values)
-                    await self._dispatch(line)
+                    await self._dispatch(line, values)
                 if (wait := pace.take(work)) > 0:
                     await asyncio.sleep(wait)
         except RunnerError as exc:
@@ -166,7 +185,7 @@ class AgentChannel:
             log.exception("agent channel reader failed")
             self._end(ProtocolViolation(f"unreadable output from the sandbox: {type(exc).__name__}"))
 
-    async def _dispatch(self, line: bytes) -> None:
+    async def _dispatch(self, line: bytes, values: int) -> None:
         frame = _decode(line)
         kind = frame["type"]
         if kind == "ready":
@@ -189,7 +208,7 @@ class AgentChannel:
             await self._progress(pending, frame)
         elif kind == "result":
             if not pending.future.done():
-                pending.future.set_result(_object(frame, "result"))
+                pending.future.set_result(Reply(_object(frame, "result"), len(line), values))
         else:
             error = _object(frame, "error")
             code = error.get("code")

@@ -224,6 +224,57 @@ class CheckedTool:
     tool: mcp_types.Tool
     input_validator: Validator
     output_validator: Validator | None
+    plain_input: bool = False
+    """Its inputSchema is plain (``plain_schema``): checking small arguments against it is quick."""
+    plain_output: bool = True
+    """It has no outputSchema, or a plain one: checking a small result's structuredContent is quick."""
+
+
+PLAIN_SCHEMA_VALUES = 256
+"""Most values a plain schema holds (``plain_schema``); honest tools' schemas hold tens."""
+QUICK_VALUES = 64
+QUICK_CHARS = 8 * 1024
+"""Arguments of at most QUICK_VALUES values and QUICK_CHARS characters of strings and keys, checked against a
+plain schema, take tens of microseconds: less than handing them to a thread would."""
+_UNBOUNDED = frozenset({"$ref", "$dynamicRef", "$recursiveRef", "pattern", "patternProperties"})
+"""Keywords whose cost the schema's and the instance's sizes do not bound: references may recurse (the budget
+stops them only after VALIDATION_BUDGET_S), a pattern may backtrack for PATTERN_TIMEOUT_S each time it runs."""
+
+
+def plain_schema(schema: Any) -> bool:
+    """Whether validating against ``schema`` costs at most about its size times the instance's: no keyword of
+    ``_UNBOUNDED`` and at most PLAIN_SCHEMA_VALUES values, so a small instance is checked in microseconds."""
+    return _within(schema, PLAIN_SCHEMA_VALUES, None, _UNBOUNDED)
+
+
+def quick_arguments(tool: CheckedTool, arguments: dict[str, Any]) -> bool:
+    """Whether checking ``arguments`` is quick enough to do on the event loop (small, against a plain schema)."""
+    return tool.plain_input and _within(arguments, QUICK_VALUES, QUICK_CHARS, frozenset())
+
+
+def _within(value: Any, max_values: int, max_chars: int | None, refused_keys: frozenset[str]) -> bool:
+    """Whether ``value`` holds at most ``max_values`` values (and ``max_chars`` characters of strings and keys)
+    and none of ``refused_keys`` as a key; stops as soon as it is not, so a large value costs no more."""
+    values, chars = 0, 0
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        values += 1
+        if isinstance(item, str):
+            chars += len(item)
+        elif isinstance(item, dict | list):
+            if values + len(item) > max_values:  # before anything is walked or stacked: a huge one costs nothing
+                return False
+            if isinstance(item, list):
+                stack.extend(item)
+                continue
+            if not refused_keys.isdisjoint(item):
+                return False
+            chars += sum(len(key) for key in item)
+            stack.extend(item.values())
+        if max_chars is not None and chars > max_chars:
+            return False
+    return values <= max_values
 
 
 def check_tools(tools: list[mcp_types.Tool]) -> dict[str, CheckedTool]:
@@ -245,7 +296,13 @@ def check_tools(tools: list[mcp_types.Tool]) -> dict[str, CheckedTool]:
             ) from exc
         except UnsafeSchema as exc:
             raise ResultRejected(f"tool {name!r} declares a schema the runner refuses: {exc}") from exc
-        checked[tool.name] = CheckedTool(tool, input_validator, output_validator)
+        checked[tool.name] = CheckedTool(
+            tool,
+            input_validator,
+            output_validator,
+            plain_input=plain_schema(tool.input_schema),
+            plain_output=tool.output_schema is None or plain_schema(tool.output_schema),
+        )
     return checked
 
 

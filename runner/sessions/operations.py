@@ -6,7 +6,6 @@ every answer's record durable before the answer is returned (``Journal.request``
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Callable
@@ -25,6 +24,7 @@ from runner.guard.validate import (
     check_arguments,
     parse_call_result,
     parse_result,
+    quick_arguments,
 )
 from runner.sessions import listing, outflow
 from runner.sessions.journal import RequestEntry
@@ -114,8 +114,9 @@ class Operations(Serving):
                     return self._gate.claim(caller, session.id, profile, approval_id, tool, arguments)
             else:
                 decision = self._decide(session, caller, "tools", tool)
-                # Validation is CPU work on untrusted input: off the event loop, so other sessions keep moving.
-                await asyncio.to_thread(check_arguments, checked, arguments)
+                # Validation is CPU work on untrusted input: unless quick, off the event loop, so other sessions
+                # keep moving.
+                await outflow.run_guard_work(quick_arguments(checked, arguments), check_arguments, checked, arguments)
                 if decision.verdict == "approval":
                     pending = self._gate.request_approval(
                         session_id=session.id,
@@ -150,16 +151,19 @@ class Operations(Serving):
                         await on_approval(approval)
                 session.calls += 1
                 progress = FindingLog()
-                raw = await self._request(
+                reply = await self._request_sized(
                     session,
                     "tools/call",
                     {"name": tool, "arguments": arguments},
                     timeout,
                     outflow.sanitizing_progress(session, on_progress, progress),
                 )
-            result = await asyncio.to_thread(parse_call_result, checked, raw)
+            small = outflow.small(reply)
+            # A small result against a plain outputSchema (or none) is parsed and checked on the loop.
+            quick = small and checked.plain_output
+            result = await outflow.run_guard_work(quick, parse_call_result, checked, reply.result)
             what = f"the result of tool {tool!r}"
-            clean = await outflow.sanitize(session, results.sanitize_call_result, result, what)
+            clean = await outflow.sanitize(session, results.sanitize_call_result, result, what, inline=small)
         return ToolCallOutcome(result=clean.value, findings=progress.findings() + clean.findings, approval=approval)
 
     async def list_resources(
@@ -191,10 +195,14 @@ class Operations(Serving):
             async with self._guarding(session):
                 self._decide(session, caller, "resources", uri)
                 with self._gate.call_slot(caller, session.id):
-                    raw = await self._request(session, "resources/read", {"uri": uri}, timeout, None)
+                    reply = await self._request_sized(session, "resources/read", {"uri": uri}, timeout, None)
                 what = f"contents of {uri!r}"
-                result = await asyncio.to_thread(parse_result, mcp_types.ReadResourceResult, raw, what)
-                clean = await outflow.sanitize(session, results.sanitize_resource_contents, list(result.contents), what)
+                small = outflow.small(reply)
+                read = mcp_types.ReadResourceResult
+                result = await outflow.run_guard_work(small, parse_result, read, reply.result, what)
+                clean = await outflow.sanitize(
+                    session, results.sanitize_resource_contents, list(result.contents), what, inline=small
+                )
             return self._returning(session, entry, clean)
 
     async def list_prompts(
@@ -227,7 +235,10 @@ class Operations(Serving):
             async with self._guarding(session):
                 self._decide(session, caller, "prompts", name)
                 with self._gate.call_slot(caller, session.id):
-                    raw = await self._request(session, "prompts/get", dict(params), timeout, None)
-                result = await asyncio.to_thread(parse_result, mcp_types.GetPromptResult, raw, f"prompt {name!r}")
-                clean = await outflow.sanitize(session, results.sanitize_prompt_result, result, f"prompt {name!r}")
+                    reply = await self._request_sized(session, "prompts/get", dict(params), timeout, None)
+                what = f"prompt {name!r}"
+                small = outflow.small(reply)
+                prompt = mcp_types.GetPromptResult
+                result = await outflow.run_guard_work(small, parse_result, prompt, reply.result, what)
+                clean = await outflow.sanitize(session, results.sanitize_prompt_result, result, what, inline=small)
             return self._returning(session, entry, clean)

@@ -20,6 +20,7 @@ import mcp_types
 
 from runner.approvals import Approval
 from runner.audit import records
+from runner.channel import Reply
 from runner.config import Settings
 from runner.errors import (
     PermissionDenied,
@@ -187,6 +188,18 @@ class Serving:
         on_progress: ProgressCallback | None,
         recorded: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
+        """The result of ``_request_sized`` alone: the shape ``listing.pages`` asks of a request."""
+        return (await self._request_sized(session, method, params, timeout, on_progress, recorded)).result
+
+    async def _request_sized(
+        self,
+        session: LiveSession,
+        method: str,
+        params: dict[str, Any],
+        timeout: float | None,
+        on_progress: ProgressCallback | None,
+        recorded: dict[str, Any] | None = None,
+    ) -> Reply:
         """``recorded``: what the intent record keeps of ``params`` when they carry the server's own text back."""
         assert session.channel is not None
         session.last_used = time.monotonic()
@@ -196,7 +209,7 @@ class Serving:
         await self._journal.sending(method, params if recorded is None else recorded)
         try:
             async with asyncio.timeout(budget):
-                return await session.channel.request(method, params, on_progress=on_progress)
+                return await session.channel.request_sized(method, params, on_progress=on_progress)
         except TimeoutError:
             raise await self._ending.after_timeout(session, method, budget) from None
         except ServerError:

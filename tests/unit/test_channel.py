@@ -106,6 +106,18 @@ async def test_request_frame_shape_and_result_by_id(link: FakeLink, channel: Age
     assert await asyncio.wait_for(task, TIMEOUT) == {"content": []}
 
 
+async def test_a_result_comes_with_the_size_and_value_count_of_its_line(link: FakeLink, channel: AgentChannel) -> None:
+    task = asyncio.create_task(channel.request_sized("tools/call", {"name": "echo"}))
+    sent = await link.sent_frame(0)
+    data = line({"type": "result", "id": sent["id"], "result": {"content": [{"type": "text", "text": "a, [b]"}]}})
+    link.feed(data)
+    reply = await asyncio.wait_for(task, TIMEOUT)
+    assert reply.result == {"content": [{"type": "text", "text": "a, [b]"}]}
+    assert reply.size == len(data) - 1  # the line without its newline
+    # Separators and containers counted on the bytes, before parsing: the comma and bracket in the text too.
+    assert reply.values == data.count(b",") + data.count(b"[") + data.count(b"{")
+
+
 async def test_error_frame_becomes_server_error_with_code(link: FakeLink, channel: AgentChannel) -> None:
     task = asyncio.create_task(channel.request("tools/call", {"name": "x"}))
     request_id = (await link.sent_frame(0))["id"]
