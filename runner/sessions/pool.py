@@ -210,7 +210,7 @@ class WarmPool:
         pools = list(self._pools.values())
         self._pools.clear()
         await asyncio.gather(*(self._drain(pool) for pool in pools))
-        if self._teardowns:
+        while self._teardowns:  # a drain under way (a changed profile) adds teardowns of its own as it goes
             await asyncio.gather(*self._teardowns, return_exceptions=True)
 
     # -- filling -------------------------------------------------------------------------------
