@@ -32,19 +32,14 @@ class EgressRecord:
         self._sanitizer = sanitizer
         self._listener = listener  # the audit log: every decision, where only the last MAX_EGRESS_KEPT stay here
         self._decisions: deque[EgressDecision] = deque(maxlen=MAX_EGRESS_KEPT)
-        self._unheard: list[EgressDecision] = []
-        """Decisions made before a listener was bound (a pooled sandbox's, before a caller claimed it)."""
 
     def bind(self, listener: Callable[[EgressDecision], None]) -> None:
-        """Report every decision to ``listener`` from now on, those made so far first.
+        """Report every decision to ``listener`` from now on.
 
-        A pooled sandbox boots before anyone claims it: what its proxy decided meanwhile goes on record with the
-        caller that claims it, as a cold start's boot-time decisions do.
+        A pooled sandbox boots before anyone claims it: what its proxy decided until then went on record at once,
+        under the sandbox's session id and no caller (there was none), so none is lost however many there were.
         """
         self._listener = listener
-        unheard, self._unheard = self._unheard, []
-        for decision in unheard:
-            listener(decision)
 
     def record(self, decision: EgressDecision) -> None:
         # Every text of it, not a chosen few: the method is the sandbox's word as much as the host is.
@@ -58,8 +53,6 @@ class EgressRecord:
         self._decisions.append(decision)
         if self._listener is not None:
             self._listener(decision)
-        elif len(self._unheard) < MAX_EGRESS_KEPT:
-            self._unheard.append(decision)
         log.info(
             "egress session=%s %s %s:%s %s (%s: %s)", self._session_id, decision.method, decision.host,
             decision.port, "allowed" if decision.allowed else "refused", decision.code, decision.reason,

@@ -89,7 +89,10 @@ class SessionManager(Operations):
         self._reaper: asyncio.Task[None] | None = None
         self._ending = Ending(self._journal, self._gate)
         self._slots = BootSlots(settings.max_concurrent_boots)
-        self.pool = WarmPool(backend, settings, self._slots)
+        # Before a claim there is no caller: what a pooled sandbox's proxy decides is recorded under its id alone.
+        self.pool = WarmPool(
+            backend, settings, self._slots, on_egress=lambda session_id, d: self._journal.egress(session_id, "", d)
+        )
         """Warm sandboxes per profile (``Settings.pool``): ``status()``, ``filled(profile)``."""
 
     @property

@@ -37,7 +37,7 @@ from runner.errors import RunnerError
 from runner.guard.findings import FindingLog
 from runner.guard.sanitize import Sanitizer
 from runner.guard.validate import check_tools
-from runner.sandbox.base import SandboxBackend, SandboxNetwork
+from runner.sandbox.base import EgressDecision, SandboxBackend, SandboxNetwork
 from runner.secret_sources import egress_rules, resolve_secrets
 from runner.sessions import listing
 from runner.sessions.admission import BootSlots
@@ -120,7 +120,10 @@ class WarmPool:
         settings: Settings,
         slots: BootSlots,
         backoff: Callable[[int], float] = backoff_s,
+        on_egress: Callable[[str, EgressDecision], None] | None = None,
     ) -> None:
+        """``on_egress``: what a pooled sandbox's proxy decides before anyone claims it (session id, decision)."""
+        self._on_egress = on_egress
         self._backend = backend
         self._settings = settings
         self._slots = slots
@@ -273,7 +276,7 @@ class WarmPool:
         session_id = secrets.token_hex(8)
         session = LiveSession(
             id=session_id, profile=profile, caller="", labels={}, limits=profile.limits, sanitizer=sanitizer,
-            egress=EgressRecord(session_id, sanitizer), start="warm",
+            egress=EgressRecord(session_id, sanitizer, self._unclaimed_egress(session_id)), start="warm",
         )
         budget = settings.open_timeout_s
         try:
@@ -314,6 +317,12 @@ class WarmPool:
         self._discard(warm.session)
         pool.notify()
         pool.wake.set()
+
+    def _unclaimed_egress(self, session_id: str) -> Callable[[EgressDecision], None] | None:
+        on_egress = self._on_egress
+        if on_egress is None:
+            return None
+        return lambda decision: on_egress(session_id, decision)
 
     def _discard(self, session: LiveSession) -> None:
         """Tear a pooled sandbox down, held and shielded from whoever cancels the caller."""

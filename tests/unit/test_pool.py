@@ -327,7 +327,7 @@ def test_backoff_doubles_up_to_its_cap() -> None:
     assert backoff_s(40) == BACKOFF_MAX_S == backoff_s(1000)
 
 
-async def test_egress_decided_before_the_claim_is_recorded_for_the_claiming_caller(
+async def test_egress_decided_before_the_claim_is_recorded_at_once_under_the_sandbox_without_a_caller(
     make_env: Callable[..., Any]
 ) -> None:
     env = await make_env(networked=1)
@@ -336,7 +336,8 @@ async def test_egress_decided_before_the_claim_is_recorded_for_the_claiming_call
     assert env.records(records.SESSION_OPEN, opened.info.session_id)[0].data["start"] == "warm"
     await asyncio.sleep(0.05)  # the egress record is queued, not awaited
     [decision] = env.records(records.EGRESS, opened.info.session_id)
-    assert decision.caller == "alice" and decision.data["host"] == "api.example.com"
+    # Recorded when it happened, before anyone claimed the sandbox: no caller then, and nothing held back or dropped.
+    assert decision.caller == "" and decision.data["host"] == "api.example.com"
     info = env.manager.get(opened.info.session_id, caller="alice")
     assert [d.host for d in info.egress] == ["api.example.com"]
 
