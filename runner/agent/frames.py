@@ -201,15 +201,20 @@ class HostLines:
         lines: list[bytes] = []
         start = 0
         while (newline := buffer.find(b"\n", self._scanned)) >= 0:
-            if not self._skipping:
+            if self._skipping or newline - start > self._max:
+                self._skipped()
+            else:
                 lines.append(bytes(buffer[start:newline]))
             self._skipping = False
             start = self._scanned = newline + 1
         if len(buffer) - start > self._max:
-            if not self._skipping:
-                diag(f"ignoring a host line longer than {self._max} bytes")
+            self._skipped()
             self._skipping = True
             start = len(buffer)
         del buffer[:start]
         self._scanned = len(buffer)
         return lines
+
+    def _skipped(self) -> None:
+        if not self._skipping:  # said once per line, however many chunks it spans
+            diag(f"ignoring a host line longer than {self._max} bytes")

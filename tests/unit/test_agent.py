@@ -11,7 +11,15 @@ from pathlib import Path
 
 import pytest
 
-from runner.agent.frames import MAX_MESSAGE_ENV, TOO_LARGE, CancelFrame, FrameWriter, RequestFrame, parse_host_frame
+from runner.agent.frames import (
+    MAX_MESSAGE_ENV,
+    TOO_LARGE,
+    CancelFrame,
+    FrameWriter,
+    HostLines,
+    RequestFrame,
+    parse_host_frame,
+)
 from runner.agent.lines import BoundedLines
 from runner.agent.words import describe_exception, whole_words
 from tests.servers.scripted_server import BEHAVIOURS
@@ -325,6 +333,14 @@ def test_bounded_lines_end_at_the_first_line_past_the_cap(data: bytes, piece: in
     lines = BoundedLines(50)
     assert feed_in_pieces(lines, data, piece) is None
     assert lines.over and lines.feed(b"fine\n") is None  # and it stays ended
+
+
+@pytest.mark.parametrize("piece", [1, 4, 100])
+def test_a_host_line_past_its_cap_is_dropped_and_the_next_kept(piece: int) -> None:
+    lines = HostLines(10)
+    data = b"ping\n" + b"x" * 25 + b"\nnext\n" + b"y" * 10 + b"\n"
+    got = [line for at in range(0, len(data), piece) for line in lines.feed(data[at : at + piece])]
+    assert got == [b"ping", b"next", b"y" * 10]
 
 
 def test_bounded_lines_reads_a_long_line_in_linear_time() -> None:
