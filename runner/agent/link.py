@@ -11,7 +11,7 @@ cancelled or timed-out request is legitimate. A response to an id that was
 never issued, or a second answer to one, is not: it is a server that broke the
 protocol, and a request it should have answered would otherwise hang. Lines
 that are not JSON-RPC reach the session as ``Exception`` items; they are
-caught here too, and so is the end of the server's stdout.
+caught here too, and so is the end of the server's stream.
 
 Requests the server sends the client (roots, sampling, elicitation) are bounded
 too: the SDK answers each in a task of its own, and a server that sends them
