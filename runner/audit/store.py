@@ -103,8 +103,9 @@ class _Waiting:
     durable: bool
 
 
-_Item = _Append | _Prune | None
-"""None tells the writer to finish what is queued and stop."""
+_Item = _Append | list[_Append] | _Prune | None
+"""A list is a batch (``AuditStore.batch``), committed in one transaction; None tells the writer to finish what is
+queued and stop."""
 
 _NEW, _OPEN, _CLOSED = "new", "open", "closed"
 
@@ -162,6 +163,8 @@ class AuditStore:
         self._synchronous = ""
         self._unsynced = False
         """Records are committed that no fsync has covered yet (written by a ``NORMAL`` commit since the last)."""
+        self._batching = threading.local()
+        """``appends``: what this thread submits inside ``batch``, queued at its end."""
 
     @property
     def commits(self) -> int:
@@ -251,8 +254,31 @@ class AuditStore:
         with self._lock:
             if self._state != _OPEN:
                 return _failed(AuditError(f"the audit log {self.path} is closed"))
-            self._queue.put(_Append(event, future, durable))
+            batch: list[_Append] | None = getattr(self._batching, "appends", None)
+            if batch is not None:
+                batch.append(_Append(event, future, durable))
+            else:
+                self._queue.put(_Append(event, future, durable))
         return future
+
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[None]:
+        """What this thread submits in the block is queued at its end as one item, so the writer commits it in one
+        transaction (records a request makes at once: its policy note with its intent, say)."""
+        if getattr(self._batching, "appends", None) is not None:
+            raise RuntimeError("AuditStore.batch does not nest")
+        appends: list[_Append] = []
+        self._batching.appends = appends
+        try:
+            yield
+        finally:
+            self._batching.appends = None
+            with self._lock:
+                if appends and self._state == _OPEN:
+                    self._queue.put(appends)
+                elif appends:
+                    for append in appends:
+                        _fail(append.future, AuditError(f"the audit log {self.path} is closed"))
 
     async def append(self, event: AuditEvent, *, durable: bool = True) -> AuditRecord:
         return await asyncio.wrap_future(self.submit(event, durable=durable))
@@ -348,6 +374,9 @@ class AuditStore:
             for item in items:
                 if isinstance(item, _Append):
                     appends.append(item)
+                    continue
+                if isinstance(item, list):
+                    appends.extend(item)
                     continue
                 self._write(appends)
                 appends = []

@@ -28,6 +28,7 @@ is sent are kept whole, in its intent, because replay runs them again.
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import contextlib
 import contextvars
@@ -127,12 +128,21 @@ class RequestEntry:
     outcome: str = "ok"
     intents: list[str] = field(default_factory=list)
     """The ``request.intent`` records of what this request sent to the server, in order."""
+    serving: bool = True
+    """The request block has not ended: notes of ``HELD_KINDS`` made for it wait in ``held``."""
+    held: list[AuditEvent] = field(default_factory=list)
+    """Notes queued with the request's next record (its intent or outcome), in one transaction with it."""
 
     def result(self, value: Any, findings: tuple[Finding, ...] = ()) -> None:
         self.returned["result"] = as_json(value)
         if findings:
             self.returned["findings"] = findings_json(findings)
 
+
+HELD_KINDS = frozenset({records.POLICY, records.FINDING})
+"""Notes a request makes just before its intent or its outcome (the policy's decision, what the sanitizer found):
+written in one transaction with that record, not one of their own. Any other note written meanwhile goes with
+them, so the order of a request's records stays the order they were made in."""
 
 _serving: contextvars.ContextVar[RequestEntry | None] = contextvars.ContextVar("serving", default=None)
 """The request the current task serves: what the manager sends on its behalf, however deep, is recorded under it."""
@@ -148,14 +158,35 @@ class Journal:
         """Queue a record; if it cannot be written it is logged, and the next durable record fails too."""
         self._queue(AuditEvent(kind, session_id, caller, data))
 
-    def _queue(self, event: AuditEvent) -> None:
-        if self._store is not None:
-            self._store.submit(event, durable=self._fsync_each).add_done_callback(_log_failure)
+    def _queue(self, event: AuditEvent, entry: RequestEntry | None = None) -> None:
+        """Queue ``event`` (after the notes ``entry``, or the request this task serves, holds); a note of
+        ``HELD_KINDS`` made for a request is held for its next record instead."""
+        if self._store is None:
+            return
+        entry = entry or _serving.get()
+        if entry is not None and entry.serving and event.kind in HELD_KINDS:
+            entry.held.append(event)
+            return
+        self._submit(event, self._fsync_each, entry).add_done_callback(_log_failure)
 
-    async def record(self, event: AuditEvent, *, durable: bool = True) -> None:
-        """Write ``event`` and wait until it is committed, and with ``durable`` fsync'd; AuditError if it cannot be."""
+    def _submit(
+        self, event: AuditEvent, durable: bool, entry: RequestEntry | None
+    ) -> concurrent.futures.Future[AuditRecord]:
+        """``event`` to the store, in one transaction with the notes ``entry`` holds, after them."""
+        assert self._store is not None
+        if entry is None or not entry.held:
+            return self._store.submit(event, durable=durable)
+        held, entry.held = entry.held, []
+        with self._store.batch():
+            for note in held:
+                self._store.submit(note, durable=self._fsync_each).add_done_callback(_log_failure)
+            return self._store.submit(event, durable=durable)
+
+    async def record(self, event: AuditEvent, *, durable: bool = True, entry: RequestEntry | None = None) -> None:
+        """Write ``event`` (after the notes ``entry`` holds) and wait until it is committed, and with ``durable``
+        fsync'd; AuditError if it cannot be."""
         if self._store is not None:
-            await self._store.append(event, durable=durable)
+            await asyncio.wrap_future(self._submit(event, durable, entry))
 
     async def durable_or_raise(self, kind: str, session_id: str, caller: str, data: Mapping[str, Any]) -> None:
         """Write and wait; what depends on it (an answer) is withheld with AuditError if it cannot be written."""
@@ -175,22 +206,26 @@ class Journal:
         except AuditError as exc:
             # The log failed already (an intent, say); its message says what was and was not sent.
             data = self._request_data(entry, started, "error", session_id, error=error_json(exc, entry.redact))
-            self._queue(AuditEvent(records.REQUEST, column, caller, data, id=entry.id))
+            entry.serving = False
+            self._queue(AuditEvent(records.REQUEST, column, caller, data, id=entry.id), entry)
             raise
         except RunnerError as exc:
             self._classify(column, caller, method, exc, entry.redact)
             data = self._request_data(entry, started, "error", session_id, error=error_json(exc, entry.redact))
-            await self._durable(AuditEvent(records.REQUEST, column, caller, data, id=entry.id), exc)
+            entry.serving = False
+            await self._durable(AuditEvent(records.REQUEST, column, caller, data, id=entry.id), exc, entry)
             raise
         except BaseException:
             # Cancelled (the caller left) or a bug: nothing was answered, so nothing waits for the record.
             data = self._request_data(entry, started, "abandoned", session_id)
-            self._queue(AuditEvent(records.REQUEST, column, caller, data, id=entry.id))
+            entry.serving = False
+            self._queue(AuditEvent(records.REQUEST, column, caller, data, id=entry.id), entry)
             raise
         finally:
             _serving.reset(token)
         data = self._request_data(entry, started, entry.outcome, session_id)
-        await self._durable(AuditEvent(records.REQUEST, column, caller, data, id=entry.id), None)
+        entry.serving = False
+        await self._durable(AuditEvent(records.REQUEST, column, caller, data, id=entry.id), None, entry)
 
     async def sending(self, method: str, params: Mapping[str, Any]) -> None:
         """Commit the intent to send ``method`` before it is sent; raises if it cannot be, so it is not sent.
@@ -216,7 +251,7 @@ class Journal:
         # deadline, a cancel), and the outcome ("abandoned", then) must still name it.
         entry.intents.append(event.id)
         try:
-            await self.record(event, durable=self._fsync_each)
+            await self.record(event, durable=self._fsync_each, entry=entry)
         except AuditError as exc:
             entry.intents.remove(event.id)  # not on record
             log.error("not sending %s of session %s: %s", method, entry.session_id or "-", exc.message)
@@ -239,9 +274,11 @@ class Journal:
             **extra,
         }
 
-    async def _durable(self, event: AuditEvent, answering: RunnerError | None) -> None:
+    async def _durable(
+        self, event: AuditEvent, answering: RunnerError | None, entry: RequestEntry | None = None
+    ) -> None:
         try:
-            await self.record(event)
+            await self.record(event, entry=entry)
         except AuditError as exc:
             what = event.data.get("method") or event.kind
             log.error("withholding the answer to %s of session %s: %s", what, event.session_id or "-", exc.message)

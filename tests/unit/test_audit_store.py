@@ -324,6 +324,17 @@ def test_a_batch_holding_one_durable_record_is_fsynced_whole(store: AuditStore) 
     assert modes in (["NORMAL", "FULL"], ["FULL"])
 
 
+def test_a_batch_is_committed_in_one_transaction_in_the_order_submitted(store: AuditStore) -> None:
+    with commit_modes(store) as modes:
+        with store.batch():
+            futures = [store.submit(event(n=n), durable=n == 4) for n in range(5)]
+            assert not any(f.done() for f in futures)  # queued only as the block ends
+        written = [f.result(timeout=10) for f in futures]
+    assert [r.data["n"] for r in written] == list(range(5))
+    assert [r.seq for r in written] == list(range(1, 6))
+    assert modes == ["FULL"]
+
+
 def test_records_committed_without_an_fsync_are_synced_once_the_writer_is_idle(
     store: AuditStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -77,13 +77,12 @@ async def test_the_intent_is_committed_before_the_server_sees_the_call_and_fsync
         assert intent.data["params"] == {"name": "say", "arguments": {"text": "hello"}}
         assert intent.session_id == sid and intent.caller == "alice"
         assert only(env.records(record_id=outcome.audit_id)).data["intents"] == [intent.id]
-        # The outcome is fsync'd before the call returns, in the call's last commit; with fsync_intents every record
-        # is (the policy note and the intent before the message was sent), else that one fsync is the call's only.
-        assert modes[-1] == "FULL"
-        if fsync_intents:
-            assert set(modes) == {"FULL"} and synced_on_sending > synced_before
-        else:
-            assert modes.count("FULL") == 1 and synced_on_sending == synced_before
+        # Two transactions: the policy's note with the intent (fsync'd only with fsync_intents), then the outcome,
+        # fsync'd before the call returns: without fsync_intents that is the call's one fsync.
+        assert modes == (["FULL", "FULL"] if fsync_intents else ["NORMAL", "FULL"])
+        assert (synced_on_sending > synced_before) is fsync_intents
+        kinds = [r.kind for r in env.records(session_id=sid) if r.seq > intent.seq - 2]
+        assert kinds == [records.POLICY, records.REQUEST_INTENT, records.REQUEST]
 
 
 async def test_a_call_that_ran_is_on_record_even_when_its_outcome_cannot_be_written(
