@@ -187,7 +187,7 @@ def test_replay_of_a_real_server_reports_same_different_and_refused(images: dict
     policy = tmp_path / "policy.yaml"
     policy.write_text("default_caller: {profiles: [time], roles: [auditor]}\n", encoding="utf-8")
     config = tmp_path / "settings.yaml"
-    config.write_text("policy: policy.yaml\n", encoding="utf-8")
+    config.write_text("policy: policy.yaml\npool: {}\n", encoding="utf-8")
     service = start_service(tmp_path, f"it-audit-replay-{secrets.token_hex(3)}", config=config)
     try:
         with service.client() as client:
@@ -243,6 +243,7 @@ def test_retention_exports_then_deletes_and_the_chain_still_verifies(images: dic
     config = tmp_path / "settings.yaml"
     config.write_text(textwrap.dedent(f"""
         audit: {{retention: 3s, export_dir: {exports}}}
+        pool: {{}}
     """), encoding="utf-8")  # fmt: skip
     service = start_service(tmp_path, f"it-audit-keep-{secrets.token_hex(3)}", config=config)
     try:

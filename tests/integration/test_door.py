@@ -75,6 +75,7 @@ def door(images: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> It
     config.write_text(textwrap.dedent(f"""\
         reap_interval_s: 0.5
         max_sessions: 20
+        pool: {{}}
         defaults:
           call_timeout_s: 20
         profiles:

@@ -66,6 +66,7 @@ def mtls_service(
         textwrap.dedent(f"""
             tls: {{cert: {ours.server_cert}, key: {ours.server_key}, client_ca: {ours.ca_cert}}}
             policy: policy.yaml
+            pool: {{}}
         """),
         encoding="utf-8",
     )
@@ -178,6 +179,7 @@ def guarded(
             tls: {{cert: {ours.server_cert}, key: {ours.server_key}}}
             auth: {{tokens: true}}
             policy: policy.yaml
+            pool: {{}}
             profiles:
               keyed:
                 image: node-servers
@@ -370,6 +372,7 @@ def test_policy_reloads_on_sighup_and_on_change_keeping_a_good_one_over_a_broken
     config.write_text(
         textwrap.dedent(f"""
             policy: policy.yaml
+            pool: {{}}
             profiles:
               scripted: {{image: python-servers, command: [python3, /srv/servers/scripted_server.py, good],
                           mounts: [{{source: {SERVERS}, target: /srv/servers}}]}}
@@ -534,7 +537,7 @@ def leaky(images: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> I
     )
     config = tmp / "settings.yaml"
     config.write_text(
-        f"profiles:\n  leaky: {{{base}}}\n  leaky_strict: {{{base}, sanitize: {{injection: block}}}}\n",
+        f"pool: {{}}\nprofiles:\n  leaky: {{{base}}}\n  leaky_strict: {{{base}, sanitize: {{injection: block}}}}\n",
         encoding="utf-8",
     )
     service = start_service(tmp, f"it-leaky-{secrets.token_hex(4)}", config=config)

@@ -120,7 +120,7 @@ def real(web: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service
         },
     }
     config = tmp / "settings.yaml"
-    config.write_text(yaml.safe_dump(settings))
+    config.write_text(yaml.safe_dump({**settings, "pool": {}}))
     service = start_service(tmp, f"real-{secrets.token_hex(4)}", config=config)
     yield service
     stop_service(service)
