@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import docker.errors
+from docker.types import LogConfig
 
 from runner.egress.rules import ProxyConfig
 from runner.errors import FailedPrecondition, Unavailable
@@ -95,6 +96,7 @@ def proxy_container_args(api: Any, image: str, spec: SandboxSpec, labels: Mappin
         memswap_limit=PROXY_MEMORY_BYTES,
         nano_cpus=PROXY_NANO_CPUS,
         pids_limit=PROXY_PIDS,
+        log_config=LogConfig(type=LogConfig.types.NONE),  # its decisions come over the attach stream, logged by us
     )
     return {
         "image": image,

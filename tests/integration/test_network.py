@@ -328,6 +328,7 @@ def test_the_network_and_proxy_are_hardened_and_removed_with_the_session(network
             host = container.attrs["HostConfig"]
             assert host["ReadonlyRootfs"] and host["CapDrop"] == ["ALL"] and "no-new-privileges" in host["SecurityOpt"]
             assert container.attrs["Config"]["User"] == "10001:10001" and host["Memory"] > 0 and host["PidsLimit"] > 0
+            assert host["LogConfig"]["Type"] == "none"
         assert proxy.attrs["HostConfig"]["Binds"] in (None, [])
     assert not engine.networks.list(names=[name])
     assert not any(c.name.startswith(name) for c in networked.containers())

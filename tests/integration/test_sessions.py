@@ -50,6 +50,7 @@ def test_sandbox_is_hardened(client: RunnerClient, service: Service) -> None:
         assert host["Memory"] == host["MemorySwap"] > 0
         assert host["PidsLimit"] > 0
         assert host["NanoCpus"] > 0
+        assert host["LogConfig"]["Type"] == "none"  # nothing of what it says is kept on the host's disk
         assert "/tmp" in host["Tmpfs"] and "size=" in host["Tmpfs"]["/tmp"]
         assert attrs["Config"]["User"] == "10001:10001"
         assert attrs["Config"]["Labels"]["mcp-runner.session"] == opened.session_id
