@@ -243,7 +243,7 @@ async def _serve(settings: Settings, lock: InstanceLock) -> None:
         raise
     log.info("guard memory: %s", memory.path)
     backend = DockerBackend(stderr_tail_bytes=settings.stderr_tail_bytes, owner=lock.label, abandoned=lock.abandoned)
-    manager = SessionManager(backend, settings, policy, Journal(store), memory)
+    manager = SessionManager(backend, settings, policy, journal_for(settings, store), memory)
     audit = AuditService(store, policy, Replayer(manager, store)) if store is not None else None
     watcher: asyncio.Task[None] | None = None
     retention: asyncio.Task[None] | None = None
@@ -300,6 +300,11 @@ def bound_address(listen: str, port: int) -> str:
     if listen.startswith(("unix:", "unix-abstract:")) or not listen.endswith(":0"):
         return listen
     return f"{listen.removesuffix(':0')}:{port}"
+
+
+def journal_for(settings: Settings, store: AuditStore | None) -> Journal:
+    """What the manager records through, syncing as the settings say (``audit.fsync_intents``)."""
+    return Journal(store, fsync_intents=settings.audit.fsync_intents)
 
 
 def _open_audit(settings: Settings) -> AuditStore | None:

@@ -34,8 +34,7 @@ from runner.config_document import read_document
 from runner.errors import Unavailable
 from runner.policy import PolicyStore
 from runner.sandbox.docker import DockerBackend
-from runner.service import bound_address
-from runner.sessions.journal import Journal
+from runner.service import bound_address, journal_for
 from runner.sessions.manager import SessionManager
 
 BENCH_INSTANCE = "bench"
@@ -175,7 +174,7 @@ async def in_process(config: str) -> AsyncIterator[InProcess]:
         if store is not None:
             store.open()
         backend = DockerBackend(stderr_tail_bytes=settings.stderr_tail_bytes)
-        manager = SessionManager(backend, settings, policy, Journal(store))
+        manager = SessionManager(backend, settings, policy, journal_for(settings, store))
         try:
             await manager.start()
             authenticator = Authenticator(settings.auth, lambda digest: policy.current.token_owner(digest))

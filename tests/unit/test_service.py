@@ -406,3 +406,22 @@ async def test_signals_during_start_up_are_the_services_a_stop_is_honoured_befor
 )
 def test_the_address_logged_and_recorded_is_where_the_service_is_reached(listen: str, port: int, address: str) -> None:
     assert service.bound_address(listen, port) == address
+
+
+@pytest.mark.parametrize("fsync_intents", [False, True])
+def test_the_service_journal_syncs_notes_and_intents_as_its_settings_say(tmp_path: Path, fsync_intents: bool) -> None:
+    from runner.audit.records import AuditEvent
+    from runner.audit.store import AuditStore
+    from tests.unit.test_audit_store import commit_modes
+
+    store = AuditStore(tmp_path / "audit.sqlite3")
+    store.open()
+    try:
+        chosen = Settings(state_dir=tmp_path / "state", audit=AuditConfig(path=store.path, fsync_intents=fsync_intents))
+        journal = service.journal_for(chosen, store)
+        with commit_modes(store) as modes:
+            journal.note("policy", "s1", "alice", {"verdict": "allow"})
+            store.submit(AuditEvent("probe", "", "", {}), durable=False).result(timeout=10)  # after the note's commit
+    finally:
+        store.close()
+    assert modes[0] == ("FULL" if fsync_intents else "NORMAL")
