@@ -98,9 +98,10 @@ class AuditConfig:
     export_dir: Path | None = None
     """None: ``<path's directory>/audit-exports``."""
     fsync_intents: bool = False
-    """True: each ``request.intent`` is fsync'd on its own before its message is sent. False (the default): it is
-    committed (in the WAL, so it survives the service's crash) before sending, and made durable on disk by the fsync
-    of the outcome record that follows, before the answer leaves: one fsync per request instead of two."""
+    """True: each ``request.intent`` (and each queued note: policy, findings, egress) is fsync'd on its own, the
+    intent before its message is sent. False (the default): they are committed (in the WAL, so they survive the
+    service's crash) without a sync of their own, and made durable on disk by the fsync of the outcome record that
+    follows, before the answer leaves: one fsync per request instead of two or three."""
 
     @property
     def exports(self) -> Path:
