@@ -31,7 +31,8 @@ def test_the_policy_example_loads_and_decides_as_the_readme_says(tmp_path: Path)
 
 
 @pytest.mark.parametrize(
-    "marker", ["# settings.yaml", "project-files:", "github:", "# network-profiles.yaml", "# audit-settings.yaml"]
+    "marker", ["# settings.yaml", "project-files:", "github:", "# network-profiles.yaml", "# audit-settings.yaml",
+     "# pool-settings.yaml"]
 )
 def test_the_settings_examples_load(marker: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("MCP_RUNNER_CONFIG", raising=False)
@@ -53,3 +54,14 @@ def test_the_audit_settings_example_means_what_it_says(tmp_path: Path, monkeypat
     assert audit.exports == Path("/var/lib/mcp-runner/exports")
     monkeypatch.setenv("MCP_RUNNER_AUDIT_DB", str(tmp_path / "elsewhere.sqlite3"))
     assert load_settings(path).audit.path == tmp_path / "elsewhere.sqlite3"
+
+
+def test_the_pool_example_means_what_it_says(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MCP_RUNNER_CONFIG", raising=False)
+    [example] = _blocks("# pool-settings.yaml")
+    path = tmp_path / "settings.yaml"
+    path.write_text(example, encoding="utf-8")
+    settings = load_settings(path)
+    assert dict(settings.pool) == {"time": 4, "everything": 2}  # the built-in pool replaced whole
+    assert settings.max_concurrent_boots == 4 and settings.open_queue_timeout_s == 300
+    assert settings.open_timeout_s == 60
