@@ -16,6 +16,7 @@ rather than re-implement that, a schema combining the two is refused.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import re._constants  # type: ignore[import-not-found]  # the parser behind re.compile; typeshed has no stubs
 import re._parser  # type: ignore[import-not-found]
@@ -43,7 +44,13 @@ VALIDATION_S_PER_VALUE = 10e-6
 large honest values. jsonschema takes ~4 µs per value of a plain schema; a flat 0.5 s dropped the memory
 server's graph of 10,000 entities (90,000 values, 0.4 s idle) whenever the machine was busy. 10 µs leaves room
 for a shared CPU and bounds a result the sanitizer may walk (200,000 values) to about 2.5 s."""
+QUICK_BUDGET_S = 0.002
+"""What a validation on the event loop (``on_the_loop``) may take before it gives up with NotQuick, to be done again
+in a thread. Whether a schema is "plain" (no pattern, no reference, a few hundred values) does not bound its cost:
+20 levels of ``anyOf`` with ``unevaluatedProperties`` (80 values) re-evaluate each other exponentially, and a flat
+``anyOf`` of 60 branches over 60 items runs 36 ms of jsonschema, all of it holding up every session on the loop."""
 _deadline: contextvars.ContextVar[float] = contextvars.ContextVar("schema_deadline", default=0.0)
+_on_loop: contextvars.ContextVar[bool] = contextvars.ContextVar("schema_on_loop", default=False)
 _NO_RETRIEVAL: Registry[Any] = Registry()
 
 
@@ -53,6 +60,20 @@ class UnsafeSchema(Exception):
 
 class ValidationTooSlow(Exception):
     pass
+
+
+class NotQuick(Exception):
+    """A validation on the event loop passed QUICK_BUDGET_S: not an answer, a hand-over (do it in a thread)."""
+
+
+@contextlib.contextmanager
+def on_the_loop() -> Iterator[None]:
+    """Validations in the block are cut at QUICK_BUDGET_S with NotQuick instead of running their full budget."""
+    token = _on_loop.set(True)
+    try:
+        yield
+    finally:
+        _on_loop.reset(token)
 
 
 def short(text: str, limit: int = 160) -> str:
@@ -221,13 +242,19 @@ def first_error(validator: Validator, instance: Any) -> ValidationError | None:
     """The most relevant error, within the time budget (a base plus an allowance per value of ``instance``).
 
     Raises UnsafeSchema when a ``$ref`` cannot be resolved locally (nothing is
-    fetched) and ValidationTooSlow when the budget runs out.
+    fetched) and ValidationTooSlow when the budget runs out; inside ``on_the_loop``
+    the budget is QUICK_BUDGET_S, and running out of it raises NotQuick.
     """
-    budget = VALIDATION_BUDGET_S + _values(instance) * VALIDATION_S_PER_VALUE
+    quick = _on_loop.get()
+    budget = QUICK_BUDGET_S if quick else VALIDATION_BUDGET_S + _values(instance) * VALIDATION_S_PER_VALUE
     token = _deadline.set(time.monotonic() + budget)
     try:
         error: ValidationError | None = jsonschema.exceptions.best_match(validator.iter_errors(instance))
         return error
+    except ValidationTooSlow:
+        if quick:
+            raise NotQuick from None
+        raise
     except Unresolvable as exc:
         raise UnsafeSchema(f"it has a $ref the runner does not resolve ({short(str(exc), 120)}); "
                            "only references inside the schema are followed") from exc
@@ -248,4 +275,13 @@ def _values(instance: Any) -> int:
     return count
 
 
-__all__ = ["SchemaError", "UnsafeSchema", "ValidationTooSlow", "compile_schema", "first_error", "short"]
+__all__ = [
+    "NotQuick",
+    "SchemaError",
+    "UnsafeSchema",
+    "ValidationTooSlow",
+    "compile_schema",
+    "first_error",
+    "on_the_loop",
+    "short",
+]

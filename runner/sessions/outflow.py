@@ -21,6 +21,7 @@ from runner.errors import ResultBlocked, RunnerError
 from runner.guard import results
 from runner.guard.findings import BLOCKED, FindingLog
 from runner.guard.sanitize import Sanitizer
+from runner.guard.schema import NotQuick, on_the_loop
 from runner.sessions.models import ProgressCallback, ProgressEvent, Sanitized
 from runner.sessions.session import LiveSession
 from runner.text import unescaped, whole_words
@@ -49,8 +50,18 @@ def small(reply: Reply) -> bool:
 
 
 async def run_guard_work(inline: bool, work: Callable[[*Ts], V], *args: *Ts) -> V:
-    """``work(*args)`` on the event loop when ``inline`` (small work, cheaper than a thread hop), else in a thread."""
-    return work(*args) if inline else await asyncio.to_thread(work, *args)
+    """``work(*args)`` on the event loop when ``inline`` (small work, cheaper than a thread hop), else in a thread.
+
+    Small input against a plain schema is not always small work (``runner.guard.schema.QUICK_BUDGET_S``): a
+    schema validation on the loop that runs past its short budget is dropped and the work is done again in a
+    thread, with the full budget. The work is pure (it checks, parses, sanitizes), so running it twice is safe."""
+    if inline:
+        try:
+            with on_the_loop():
+                return work(*args)
+        except NotQuick:
+            pass
+    return await asyncio.to_thread(work, *args)
 
 
 async def sanitize(

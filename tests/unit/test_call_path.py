@@ -16,7 +16,10 @@ import mcp_types
 import pytest
 
 from runner.channel import Reply
+from runner.errors import ResultRejected
 from runner.guard import results, validate
+from runner.guard import schema as schema_module
+from runner.guard.schema import NotQuick, on_the_loop
 from runner.guard.validate import QUICK_CHARS, QUICK_VALUES, check_tools, plain_schema, quick_arguments
 from runner.sessions import operations, outflow
 from tests.unit.test_manager_audit import SECRET, SECRET_ENV, Env, audit_env
@@ -121,3 +124,50 @@ def test_quick_arguments_are_small_and_checked_against_a_plain_schema() -> None:
     assert not quick_arguments(plain, {"city": "Oslo", "pad": {f"k{n}": n for n in range(QUICK_VALUES)}})
     patterned = _checked({"type": "object", "properties": {"id": {"type": "string", "pattern": "^a$"}}})
     assert not quick_arguments(patterned, {"id": "a"})
+
+
+def _exploding(levels: int) -> dict[str, Any]:
+    """A plain schema (no pattern, no reference, few values) whose check re-evaluates itself exponentially."""
+    schema: dict[str, Any] = {"type": "object"}
+    for _ in range(levels):
+        schema = {"anyOf": [schema, {"type": "object"}], "unevaluatedProperties": False}
+    return {"type": "object", "properties": {"a": schema}}
+
+
+def test_a_plain_schema_that_explodes_is_handed_over_from_the_loop_not_run_there() -> None:
+    """Plain bounds a schema's size, not its cost: on the loop, a check stops at QUICK_BUDGET_S (NotQuick), where it
+    ran the whole validation budget (0.5 s, every session stalled) once per call of a hostile server's tool."""
+    checked = _checked(_exploding(20))
+    arguments = {"a": {"x": 1}}
+    assert checked.plain_input and quick_arguments(checked, arguments)
+    with pytest.raises(NotQuick), on_the_loop():
+        validate.check_arguments(checked, arguments)
+
+
+async def test_guard_work_that_is_not_quick_on_the_loop_is_done_again_in_a_thread() -> None:
+    loop_thread = threading.get_ident()
+    ran: list[str] = []
+
+    def work(value: int) -> int:
+        ran.append("loop" if threading.get_ident() == loop_thread else "thread")
+        if ran[-1] == "loop":
+            raise NotQuick
+        return value + 1
+
+    assert await outflow.run_guard_work(True, work, 1) == 2
+    assert ran == ["loop", "thread"]
+
+
+async def test_an_output_schema_that_explodes_is_checked_in_a_thread_with_the_full_budget(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The same answer as before the hand-over (the full budget, in a thread), never NotQuick to the caller."""
+    tool = mcp_types.Tool.model_validate(
+        {"name": "t", "inputSchema": {"type": "object"}, "outputSchema": _exploding(8)}
+    )
+    checked = check_tools([tool])["t"]
+    assert checked.plain_output
+    monkeypatch.setattr(schema_module, "QUICK_BUDGET_S", 0.0)  # whatever the machine's speed: over at once
+    raw = {"content": [], "structuredContent": {"a": {"x": 1}}}
+    with pytest.raises(ResultRejected, match="breaks its outputSchema"):
+        await outflow.run_guard_work(True, validate.parse_call_result, checked, raw)
