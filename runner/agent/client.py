@@ -24,6 +24,7 @@ carries what it sends; answers come back through callbacks.
 from __future__ import annotations
 
 import json
+import sys
 
 from .words import whole_words
 
@@ -40,10 +41,14 @@ if TYPE_CHECKING:
     Send = Callable[[bytes, Callable[[], None] | None], None]
 
 PROTOCOL_VERSION = "2025-11-25"
+#: The revisions reached by the initialize handshake that a server may answer with (as the SDK's client accepts):
+#: the host parses each one's results. Any other (a stateless revision, a future or unknown one) is not spoken here.
+HANDSHAKE_VERSIONS = ("2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25")
 CLIENT_INFO = {"name": "mcp-sandbox-runner-agent", "version": "1.0.0"}
 METHOD_NOT_FOUND = -32601
 #: Requests from the server the agent may be answering at once; honest servers send a few (they wait for each).
 MAX_SERVER_REQUESTS = 64
+_MAX_FLOAT = int(sys.float_info.max)
 _BROKE = "MCP server broke the protocol: "
 _NOT_JSON_RPC = "it wrote a line to stdout that is not a JSON-RPC message"
 
@@ -84,7 +89,10 @@ def _is_id(value: object) -> bool:
 
 
 def _is_number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
+    """A number the host can be sent: JSON reads ``1e999`` as infinity, which no frame can carry."""
+    if isinstance(value, float):
+        return value - value == 0.0  # not inf, nan (math.isfinite, without importing math)
+    return isinstance(value, int) and not isinstance(value, bool) and -_MAX_FLOAT <= value <= _MAX_FLOAT
 
 
 def _encode(message: JSON) -> bytes:
@@ -111,6 +119,15 @@ class McpClient:
 
         def answered(outcome: JSON | RemoteError) -> None:
             if not isinstance(outcome, RemoteError):
+                version = outcome.get("protocolVersion")
+                if version not in HANDSHAKE_VERSIONS:
+                    # The spec: a client that does not support the version the server answered with disconnects.
+                    self.broken = True
+                    self._on_violation(
+                        f"MCP server answered initialize with protocol version {self._show(version)}, which the agent "
+                        f"does not speak (it offered {PROTOCOL_VERSION}; it speaks {', '.join(HANDSHAKE_VERSIONS)})"
+                    )
+                    return
                 self.notify("notifications/initialized")
             on_done(outcome)
 

@@ -94,6 +94,31 @@ def test_an_initialize_answered_with_something_else_than_an_object_is_a_violatio
     assert init.heard == []
 
 
+@pytest.mark.parametrize("version", ["2026-07-28", "1999-01-01", None, 20251125])
+def test_an_initialize_answered_with_a_version_the_agent_does_not_speak_ends_the_session(
+    server: Server, version: object
+) -> None:
+    """The spec: a client that does not support the server's version disconnects (the SDK raised here). The lean
+    client handed the answer on as ready, and the session ran on a revision nobody had agreed on."""
+    init = Outcome()
+    server.client.initialize(init)
+    answer = {"capabilities": {}, "serverInfo": {"name": "s", "version": "1"}}
+    server.answer(1, answer if version is None else {"protocolVersion": version, **answer})
+    assert init.heard == []
+    assert [m.get("method") for m in server.sent] == ["initialize"], "no notifications/initialized"
+    [violation] = server.violations
+    assert f"protocol version {version!r}" in violation and "does not speak" in violation
+
+
+@pytest.mark.parametrize("version", ["2024-11-05", "2025-03-26", "2025-06-18", PROTOCOL_VERSION])
+def test_an_initialize_answered_with_an_older_handshake_version_is_accepted(server: Server, version: str) -> None:
+    init = Outcome()
+    server.client.initialize(init)
+    server.answer(1, {"protocolVersion": version, "capabilities": {}, "serverInfo": {"name": "s", "version": "1"}})
+    assert len(init.heard) == 1 and server.violations == []
+    assert server.sent[-1] == {"jsonrpc": "2.0", "method": "notifications/initialized"}
+
+
 def test_requests_get_the_clients_own_ids_and_answers_find_their_request(server: Server) -> None:
     first, second = Outcome(), Outcome()
     assert server.client.request("tools/list", {"cursor": "c"}, first) == 1
@@ -148,6 +173,18 @@ def test_progress_is_asked_for_with_the_requests_id_and_relayed_while_it_runs(se
     server.say({"jsonrpc": "2.0", "method": "notifications/progress", "params": {"progressToken": 1, "progress": 3}})
     assert heard == [(1.0, 3.0, "one"), (2.5, None, None)]
     assert server.violations == []
+
+
+@pytest.mark.parametrize(
+    "numbers", [b'"progress":1e999', b'"progress":-1e999', b'"progress":1,"total":1e999', b'"progress":1' + b"0" * 400]
+)
+def test_progress_no_frame_can_carry_is_dropped(server: Server, numbers: bytes) -> None:
+    """JSON reads 1e999 as infinity and a 400-digit integer past a float: relayed, the frame writer refused the one
+    (ValueError) and float() the other (OverflowError), and the agent died of an "internal agent error"."""
+    heard: list[tuple[float, float | None, str | None]] = []
+    server.client.request("tools/call", {"name": "slow"}, Outcome(), lambda *a: heard.append(a))
+    server.say(b'{"jsonrpc":"2.0","method":"notifications/progress","params":{"progressToken":1,' + numbers + b"}}")
+    assert heard == [] and server.violations == []
 
 
 def test_a_request_without_a_progress_sink_does_not_ask_for_progress(server: Server) -> None:
