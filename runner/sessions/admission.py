@@ -16,7 +16,7 @@ from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-from runner.errors import DeadlineExceeded
+from runner.errors import DeadlineExceeded, Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +40,15 @@ class BootSlots:
         self._booting = 0
         self._queue: deque[asyncio.Future[None]] = deque()
         self._changed = asyncio.Event()
+        self._closed: str | None = None
+
+    def close(self, why: str) -> None:
+        """Refuse every open waiting for a slot, and every later one, with Unavailable(``why``): the service shuts
+        down, and an open queued for minutes (``open_queue_timeout_s``) must not hold its shutdown up or boot after."""
+        self._closed = why
+        while self._queue:
+            self._queue.popleft().set_exception(Unavailable(why))
+        self._signal()
 
     def status(self) -> BootStatus:
         return BootStatus(booting=self._booting, queued=len(self._queue), limit=self._limit)
@@ -70,6 +79,8 @@ class BootSlots:
             self._release()
 
     async def _take(self, deadline: float, what: str) -> None:
+        if self._closed is not None:
+            raise Unavailable(self._closed)
         if self._booting < self._limit and not self._queue:
             self._booting += 1
             return
@@ -84,7 +95,8 @@ class BootSlots:
             async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
                 await asyncio.shield(turn)
         except TimeoutError:
-            if turn.done():  # granted just as the deadline passed: it is this open's after all
+            if turn.done():  # granted (or refused by close) just as the deadline passed: that answer stands
+                turn.result()
                 return
             ahead = self._queue.index(turn)
             self._queue.remove(turn)
@@ -94,9 +106,11 @@ class BootSlots:
                 f"{ahead} ahead) and its deadline passed"
             ) from None
         except BaseException:
-            # The caller left (a cancel): out of the queue at once, or the slot it was just given goes on.
+            # The caller left (a cancel): out of the queue at once, or the slot it was just given goes on. A turn
+            # refused by ``close`` holds no slot.
             if turn.done():
-                self._release()
+                if not turn.cancelled() and turn.exception() is None:
+                    self._release()
             else:
                 self._queue.remove(turn)
                 self._signal()

@@ -107,6 +107,26 @@ class Ending:
         teardown.add_done_callback(self.teardowns.discard)
         await asyncio.shield(teardown)
 
+    async def discard(self, session: LiveSession) -> None:
+        """Tear down what an open booted after its session was ended under it (the service shut down while the
+        sandbox started, before there was a handle to destroy): held and shielded like any teardown; a session whose
+        open record was already written gets its close record too."""
+        teardown = asyncio.ensure_future(self._discard(session))
+        self.teardowns.add(teardown)
+        teardown.add_done_callback(self.teardowns.discard)
+        await asyncio.shield(teardown)
+
+    async def _discard(self, session: LiveSession) -> None:
+        if session.channel is not None:
+            await session.channel.aclose()
+        if session.handle is not None:
+            await session.handle.destroy()  # idempotent: a sandbox the first teardown removed stays removed
+        if session.announced:
+            await durable(self._journal, records.SESSION_CLOSE, session.id, session.caller, {
+                "state": session.state.value, "reason": session.failure,
+                "usage": asdict(session_info(session).usage), "profile": session.profile.name,
+            })  # fmt: skip
+
     async def _tear_down(self, session: LiveSession) -> None:
         if session.handle is not None:
             session.stats = await session.handle.stats()

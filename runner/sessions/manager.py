@@ -42,6 +42,7 @@ from runner.errors import (
     ProfileNotFound,
     QuotaExceeded,
     RunnerError,
+    Unavailable,
 )
 from runner.guard import results
 from runner.guard.findings import FindingLog
@@ -70,6 +71,7 @@ from runner.text import control_free, unescaped, whole_words
 log = logging.getLogger(__name__)
 
 CLOSED_RETENTION_S = 600.0
+SHUTTING_DOWN = "the service is shutting down"
 
 
 class SessionManager(Operations):
@@ -89,6 +91,9 @@ class SessionManager(Operations):
         self._reaper: asyncio.Task[None] | None = None
         self._ending = Ending(self._journal, self._gate)
         self._slots = BootSlots(settings.max_concurrent_boots)
+        self._closing = False
+        self._opens: set[asyncio.Future[None]] = set()
+        """One per open past admission, done when it returns or raises: ``shutdown`` waits for them."""
         # Before a claim there is no caller: what a pooled sandbox's proxy decides is recorded under its id alone.
         self.pool = WarmPool(
             backend, settings, self._slots, on_egress=lambda session_id, d: self._journal.egress(session_id, "", d)
@@ -112,6 +117,13 @@ class SessionManager(Operations):
         return removed
 
     async def shutdown(self) -> None:
+        """Refuse new opens, empty the pools, end every session, and wait for the opens under way to finish.
+
+        A session still starting is ended like a live one; its open notices (``_ended_under``) and removes what its
+        boot made after that, so no sandbox outlives the shutdown, and none is resurrected as READY.
+        """
+        self._closing = True
+        self._slots.close(SHUTTING_DOWN)
         if self._reaper is not None:
             self._reaper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -119,6 +131,8 @@ class SessionManager(Operations):
         await self.pool.shutdown()
         live = [s for s in self._sessions.values() if s.state in (SessionState.STARTING, SessionState.READY)]
         await asyncio.gather(*(self._ending.end(s, SessionState.CLOSED, "the service shut down") for s in live))
+        while self._opens:
+            await asyncio.gather(*self._opens)
 
     # -- open / close / inspect ---------------------------------------------------------------
 
@@ -180,6 +194,24 @@ class SessionManager(Operations):
             )
         self._journal.policy(session.id, caller, "open", "allow", self._gate.policy.label, profile=profile)
         self._sessions[session.id] = session
+        opening: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._opens.add(opening)
+        try:
+            return await self._start(session, warm, deadline, secret_values, network)
+        finally:
+            opening.set_result(None)
+            self._opens.discard(opening)
+
+    async def _start(
+        self,
+        session: LiveSession,
+        warm: WarmSandbox | None,
+        deadline: float,
+        secret_values: Mapping[str, str],
+        network: SandboxNetwork | None,
+    ) -> OpenedSession:
+        """An admitted open from its claim or boot to its durable session.open record: READY, or ended and said why."""
+        profile, caller = session.profile.name, session.caller
         budget = 0.0
         try:
             if warm is not None:
@@ -194,7 +226,7 @@ class SessionManager(Operations):
         except TimeoutError:
             reason = f"did not start within {budget:.1f} s"
             log.warning("open of profile %r by caller %r failed: %s", profile, caller, reason)
-            await self._ending.end(session, SessionState.FAILED, reason)
+            await self._fail_open(session, reason)
             late = DeadlineExceeded(f"opening a session on profile {profile!r} took longer than {budget:.1f} s")
             await self._announce(session, late)
             raise late from None
@@ -202,7 +234,7 @@ class SessionManager(Operations):
             error = await self._ending.explain(session, exc)
             outflow.sanitize_message(session, error)
             log.warning("open of profile %r by caller %r failed: %s", profile, caller, control_free(error.message))
-            await self._ending.end(session, SessionState.FAILED, error.message)
+            await self._fail_open(session, error.message)
             await self._announce(session, error)
             raise error from exc
         except BaseException:
@@ -212,20 +244,28 @@ class SessionManager(Operations):
             abandoned = self._open_record(session, "abandoned")
             self._journal.note(records.SESSION_OPEN, session.id, session.caller, abandoned)
             session.announced = True
-            await self._ending.end(session, SessionState.FAILED, "opening was cancelled")
+            await self._fail_open(session, "opening was cancelled")
             raise
+        if session.state is not SessionState.STARTING:
+            ended = self._ended_under(session)
+            await self._ending.discard(session)
+            await self._announce(session, ended)
+            raise ended
         try:
             await self._announce(session, None)
         except RunnerError as exc:
-            await self._ending.end(session, SessionState.FAILED, exc.message)
+            await self._fail_open(session, exc.message)
             raise
         except BaseException:
             # The caller left while the record was being made durable: the writer records it all the same, but
             # nobody holds the session's id, so it ends now (it stayed STARTING for ever, its sandbox running).
             session.announced = True
-            await self._ending.end(session, SessionState.FAILED, "opening was cancelled")
+            await self._fail_open(session, "opening was cancelled")
             raise
         session.announced = True
+        if session.state is not SessionState.STARTING:  # ended while its record was written: closed on record too
+            await self._ending.discard(session)
+            raise self._ended_under(session)
         session.state = SessionState.READY
         session.watcher = asyncio.create_task(self._ending.watch(session), name=f"watch-{session.id}")
         assert session.server is not None
@@ -236,10 +276,24 @@ class SessionManager(Operations):
             findings=session.instructions_findings + session.listing.findings,
         )
 
+    async def _fail_open(self, session: LiveSession, reason: str) -> None:
+        """End a session whose open failed; one ended under its open (a shutdown) loses what its boot made since."""
+        if session.state is SessionState.STARTING:
+            await self._ending.end(session, SessionState.FAILED, reason)
+        else:
+            await self._ending.discard(session)
+
+    @staticmethod
+    def _ended_under(session: LiveSession) -> RunnerError:
+        """What an open says when its session was ended while it started (only a shutdown ends a STARTING one)."""
+        return Unavailable(f"session {session.id} was ended while it opened: {session.failure or 'closed'}")
+
     def _admit(
         self, profile: str, caller: str, labels: Mapping[str, str] | None, limits: LimitsRequest | None
     ) -> tuple[Profile, Mapping[str, str], Limits]:
         """Policy, quotas and labels: the same for a warm claim as for a cold start; raises if refused."""
+        if self._closing:
+            raise Unavailable(SHUTTING_DOWN)
         chosen = self._settings.profiles.get(profile)
         if chosen is None:
             known = ", ".join(sorted(self._settings.profiles)) or "none"

@@ -274,3 +274,45 @@ async def test_the_boot_budget_is_what_is_left_of_the_deadline_and_the_agent_get
         assert capped == 30  # never more than open_timeout_s
     finally:
         await manager.shutdown()
+
+
+async def test_closing_refuses_the_queued_opens_and_every_later_one_without_losing_a_slot() -> None:
+    slots = BootSlots(1)
+    hold = asyncio.Event()
+
+    async def boot() -> None:
+        async with slots.open_slot(time.monotonic() + 600, "boot"):
+            await hold.wait()
+
+    first = asyncio.create_task(boot())
+    await settle()
+    queued = [asyncio.create_task(boot()) for _ in range(2)]
+    await settle()
+    slots.close("the service is shutting down")
+    for task in queued:  # at once, not after their 600 s deadlines
+        with pytest.raises(errors.Unavailable, match="shutting down"):
+            await task
+    with pytest.raises(errors.Unavailable, match="shutting down"):
+        await boot()
+    hold.set()
+    await first  # the boot under way finishes and gives its slot back: nothing held by the refused ones
+    assert slots.status() == BootStatus(booting=0, queued=0, limit=1)
+
+
+async def test_shutdown_refuses_an_open_queued_for_a_boot_slot_at_once() -> None:
+    backend = GatedBackend()
+    manager = manager_with(backend, boots=1)
+    await manager.start()
+    booting = asyncio.create_task(manager.open("good", caller="a"))
+    await settle()
+    queued = asyncio.create_task(manager.open("good", caller="b", timeout=600))
+    await settle()
+    assert manager.admission.status().queued == 1
+    closing = asyncio.create_task(manager.shutdown())
+    with pytest.raises(errors.Unavailable, match="shutting down"):
+        await queued
+    backend.gate.set()
+    await closing
+    with pytest.raises(errors.RunnerError):
+        await booting
+    assert len(backend.specs) == 1  # the queued open never booted

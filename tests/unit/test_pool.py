@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from runner import errors
 from runner.audit import records
 from runner.audit.records import AuditQuery, AuditRecord
 from runner.audit.store import AuditStore
@@ -369,3 +370,66 @@ async def test_a_claimed_session_is_a_session_like_any_other(make_env: Callable[
     assert info.state is SessionState.CLOSED and info.caller == "alice"
     [closed] = env.records(records.SESSION_CLOSE, opened.info.session_id)
     assert closed.caller == "alice"
+
+
+@dataclass
+class HeldStart(Backend):
+    """Backend whose ``start`` waits at ``gate`` (when set) before the sandbox exists: a slow ``docker start``."""
+
+    gate: asyncio.Event | None = None
+    waiting: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def start(self, spec: SandboxSpec, on_egress: EgressCallback | None = None) -> FakeSandbox:
+        if self.gate is not None:
+            self.waiting.set()
+            await self.gate.wait()
+        return await super().start(spec, on_egress)
+
+
+async def test_a_cold_open_under_way_at_shutdown_leaves_no_sandbox_and_no_ready_session(tmp_path: Path) -> None:
+    store = AuditStore(tmp_path / "audit.db")
+    store.open()
+    backend = HeldStart()
+    manager = SessionManager(backend, settings(), journal=Journal(store))
+    await manager.start()
+    backend.gate = asyncio.Event()
+    opening = asyncio.create_task(manager.open("good", caller="alice"))
+    await backend.waiting.wait()  # its session is STARTING, its sandbox not yet made
+    closing = asyncio.create_task(manager.shutdown())
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert not closing.done()  # it waits for the open under way, which would otherwise boot after it
+    backend.gate.set()
+    with pytest.raises(errors.Unavailable, match="the service shut down"):
+        await opening
+    await closing
+    [(_, _, sandbox)] = backend.started
+    assert sandbox.destroyed
+    [session] = manager._sessions.values()
+    assert session.state is SessionState.CLOSED
+    [record] = [r for r in store.query(AuditQuery()) if r.kind == records.SESSION_OPEN]
+    assert record.data["outcome"] == "error"
+    store.close()
+
+
+async def test_a_warm_hand_over_cut_by_shutdown_is_not_reported_open(make_env: Callable[..., Any]) -> None:
+    env = await make_env(good=1)
+    await env.manager.pool.filled("good")
+    opening = asyncio.create_task(env.manager.open("good", caller="alice"))
+    await asyncio.sleep(0)  # claimed; its hand-over under way
+    await env.manager.shutdown()
+    with pytest.raises(errors.Unavailable, match="the service shut down"):
+        await opening
+    assert all(sandbox.destroyed for _, _, sandbox in env.backend.started)
+    assert all(s.state is SessionState.CLOSED for s in env.manager._sessions.values())
+    [record] = env.records(records.SESSION_OPEN)
+    assert record.data["outcome"] == "error" and record.data["start"] == "warm"
+
+
+async def test_an_open_after_shutdown_is_refused_and_boots_nothing(make_env: Callable[..., Any]) -> None:
+    env = await make_env(good=1)
+    await env.manager.pool.filled("good")
+    await env.manager.shutdown()
+    with pytest.raises(errors.Unavailable, match="shutting down"):
+        await env.manager.open("good", caller="alice")
+    assert len(env.backend.started) == 1 and all(sandbox.destroyed for _, _, sandbox in env.backend.started)
