@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from runner.audit import store as store_module
 from runner.audit.export import json_line, json_lines, write_export
 from runner.audit.records import (
     GENESIS,
@@ -351,6 +352,30 @@ def test_records_committed_without_an_fsync_are_synced_once_the_writer_is_idle(
     while not synced and time.monotonic() < deadline:
         time.sleep(0.01)
     assert len(synced) == 1
+
+
+def test_a_steady_trickle_of_records_without_an_fsync_is_synced_within_idle_sync_s(
+    store: AuditStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The writer waited for the queue to fall idle IDLE_SYNC_S before it synced: records that kept coming closer
+    together than that (egress decisions, a pooled sandbox's notes) stayed off the disk for as long as they came.
+    The writer's clock is moved here, and the real idle wait made too long to matter."""
+    synced = threading.Event()
+    fsync = os.fsync
+
+    def counting(fd: int) -> None:
+        synced.set()
+        fsync(fd)
+
+    now = [1000.0]
+    monkeypatch.setattr(store_module, "IDLE_SYNC_S", 3600.0)
+    monkeypatch.setattr(store_module, "_now", lambda: now[0])
+    monkeypatch.setattr(os, "fsync", counting)
+    for _ in range(3):  # each record before the queue could have idled for IDLE_SYNC_S, the first well past it
+        store.submit(event(), durable=False).result(timeout=10)
+        now[0] += 3600.0 * 0.6
+    store.submit(event(), durable=False).result(timeout=10)
+    assert synced.wait(timeout=10)
 
 
 # The lock and the triggers
