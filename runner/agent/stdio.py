@@ -307,8 +307,12 @@ class StdioAgent:
             written = os.write(fd, self._pending_out)
         except BlockingIOError:
             written = 0
-        except OSError:  # the server closed its stdin: its exit, if it comes, is reported as such
+        except OSError:  # the server closed its stdin: its exit, if it comes soon, is reported as such
             self._close_server_stdin()
+            if not (self.stopping or self._fatal_sent) and self._status is None:
+                # Else it lives on reading nothing: every request, this one and the next, would wait for the caller's
+                # deadline, unanswered.
+                self._after(EXIT_GRACE_S, self._stdin_gone)
             return
         del self._pending_out[:written]
         self._written += written
@@ -371,6 +375,11 @@ class StdioAgent:
         if self._status is None:
             phase = "" if self.ready else " before completing initialize"
             self.fatal(f"MCP server closed its stdout{phase} (the process is still running)")
+
+    def _stdin_gone(self) -> None:
+        if self._status is None:
+            phase = "" if self.ready else " before completing initialize"
+            self.fatal(f"MCP server closed its stdin{phase} (the process is still running)")
 
     def _poll_exit(self) -> None:
         pid, status = os.waitpid(self._pid or 0, os.WNOHANG)

@@ -417,6 +417,26 @@ async def test_a_server_that_closes_its_stdout_but_lives_on(start: Start) -> Non
     )
 
 
+# Answers initialize, then closes its stdin and lives on: the agent's next write to it fails (EPIPE).
+DEAF_SERVER = """
+import json, os, sys, time
+init = json.loads(sys.stdin.readline())
+result = {"protocolVersion": "2025-11-25", "capabilities": {"tools": {}}, "serverInfo": {"name": "deaf", "version": "1"}}
+sys.stdout.write(json.dumps({"jsonrpc": "2.0", "id": init["id"], "result": result}) + "\\n")
+sys.stdout.flush()
+sys.stdin.readline()  # notifications/initialized
+os.close(0)
+time.sleep(60)
+"""
+
+
+async def test_a_server_that_closes_its_stdin_but_lives_on(start: Start) -> None:
+    """The agent dropped what it could not write and said nothing: each call waited for its caller's deadline."""
+    agent = await ready_agent(start, command=[PYTHON, "-c", DEAF_SERVER])
+    await agent.request(1, "tools/call", {"name": "echo", "arguments": {"text": "x" * 100_000}})
+    assert await expect_fatal(agent) == "MCP server closed its stdin (the process is still running)"
+
+
 def test_host_frames_from_a_regular_file(tmp_path: Path) -> None:
     """A regular file cannot be watched for reading (epoll refuses it): it is read as it comes, to its end."""
     import json
