@@ -421,7 +421,8 @@ async def test_a_server_that_closes_its_stdout_but_lives_on(start: Start) -> Non
 DEAF_SERVER = """
 import json, os, sys, time
 init = json.loads(sys.stdin.readline())
-result = {"protocolVersion": "2025-11-25", "capabilities": {"tools": {}}, "serverInfo": {"name": "deaf", "version": "1"}}
+info = {"name": "deaf", "version": "1"}
+result = {"protocolVersion": "2025-11-25", "capabilities": {"tools": {}}, "serverInfo": info}
 sys.stdout.write(json.dumps({"jsonrpc": "2.0", "id": init["id"], "result": result}) + "\\n")
 sys.stdout.flush()
 sys.stdin.readline()  # notifications/initialized
