@@ -3,7 +3,9 @@
 A boot costs about a CPU-second; 200 booting side by side on two cores all finish late together, past any
 start-up timeout. So at most ``limit`` boot at once (``Settings.max_concurrent_boots``): further opens wait in
 FIFO order, each within its own deadline, and leave the queue the moment their caller gives up. Warm-pool refills
-take a slot only when no open waits for one, so live sessions always go first.
+take a slot only when no open waits for one, and give it up when one comes to wait: an open that finds every
+slot taken and a refill among the holders cancels that refill (``Preempted``) and boots in its place, so a pool
+boot that hangs until ``open_timeout_s`` (a server that never starts) never makes a live session wait for it.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Any
 
 from runner.errors import DeadlineExceeded, Unavailable
 
@@ -30,6 +33,10 @@ class BootStatus:
     limit: int
 
 
+class Preempted(Exception):
+    """A background boot gave its slot to an open that came to wait for one: not a failure of what it booted."""
+
+
 class BootSlots:
     """At most ``limit`` boots at once; opens queue in FIFO order, background refills yield to them."""
 
@@ -41,6 +48,8 @@ class BootSlots:
         self._queue: deque[asyncio.Future[None]] = deque()
         self._changed = asyncio.Event()
         self._closed: str | None = None
+        self._background: dict[asyncio.Task[Any], bool] = {}
+        """Tasks holding a background slot -> whether an open preempted them."""
 
     def close(self, why: str) -> None:
         """Refuse every open waiting for a slot, and every later one, with Unavailable(``why``): the service shuts
@@ -68,14 +77,25 @@ class BootSlots:
 
     @contextlib.asynccontextmanager
     async def background_slot(self) -> AsyncIterator[None]:
-        """Hold a slot for a background boot (a pool refill): taken only while no open waits for one."""
+        """Hold a slot for a background boot (a pool refill): taken only while no open waits for one.
+
+        The task holding it is cancelled when an open comes to wait for a slot; it then leaves with ``Preempted``.
+        """
         while not (self._booting < self._limit and not self._queue):
             changed = self._changed
             await changed.wait()
+        task = asyncio.current_task()
+        assert task is not None
         self._booting += 1
+        self._background[task] = False
         try:
             yield
+        except asyncio.CancelledError:
+            if self._background.get(task) and task.uncancel() == 0:
+                raise Preempted("a waiting open took its boot slot") from None
+            raise
         finally:
+            self._background.pop(task, None)
             self._release()
 
     async def _take(self, deadline: float, what: str) -> None:
@@ -86,6 +106,7 @@ class BootSlots:
             return
         turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._queue.append(turn)
+        self._preempt()
         log.info(
             "%s waits for a boot slot: %d booting (limit %d), %d queued", what, self._booting, self._limit,
             len(self._queue),
@@ -115,6 +136,17 @@ class BootSlots:
                 self._queue.remove(turn)
                 self._signal()
             raise
+
+    def _preempt(self) -> None:
+        """One background boot per waiting open gives its slot up (cancelled; its slot passes to the queue)."""
+        wanted = len(self._queue) - sum(self._background.values())
+        for task, preempted in self._background.items():
+            if wanted <= 0:
+                return
+            if not preempted:
+                self._background[task] = True
+                task.cancel()
+                wanted -= 1
 
     def _release(self) -> None:
         self._booting -= 1

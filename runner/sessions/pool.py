@@ -13,8 +13,8 @@ claimed, it lives and dies with its session.
 
 A pool is drained and refilled when its profile changes or a secret source reads differently now than when its
 sandboxes booted; a pooled sandbox that dies while waiting is replaced, after a backoff that grows with every
-failure in a row, so a broken profile does not boot in a loop. Refills boot one at a time per profile and take a
-boot slot only when no open waits for one (``BootSlots.background_slot``).
+failure in a row, so a broken profile does not boot in a loop. Refills boot one at a time per profile, take a
+boot slot only when no open waits for one, and give it up to an open that comes to wait (``BootSlots``).
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ from runner.guard.validate import check_tools
 from runner.sandbox.base import EgressDecision, SandboxBackend, SandboxNetwork
 from runner.secret_sources import egress_rules, resolve_secrets
 from runner.sessions import listing
-from runner.sessions.admission import BootSlots
+from runner.sessions.admission import BootSlots, Preempted
 from runner.sessions.egress_record import EgressRecord
 from runner.sessions.models import ProgressCallback
 from runner.sessions.session import LiveSession, sandbox_spec, start_agent
@@ -254,6 +254,9 @@ class WarmPool:
             try:
                 async with self._slots.background_slot():
                     warm = await self._boot(pool.profile)
+            except Preempted:  # an open needed the slot: nothing wrong with the profile, boot again when one is free
+                log.info("warm sandbox boot of profile %r gave its slot to a waiting open", name)
+                continue
             except Exception as exc:  # whatever it was, the filler lives on: a pool that stops refilling is silent
                 pool.failures += 1
                 pool.pause = self._backoff(pool.failures)

@@ -14,7 +14,7 @@ from runner import errors
 from runner.config import Limits, Profile, Settings
 from runner.sandbox.base import SandboxSpec
 from runner.sandbox.fake import FakeBackend, FakeIO, Handler
-from runner.sessions.admission import BootSlots, BootStatus
+from runner.sessions.admission import BootSlots, BootStatus, Preempted
 from runner.sessions.manager import SessionManager
 from tests.unit.fake_agent import FakeAgent
 
@@ -209,9 +209,13 @@ async def test_a_pool_refill_counts_as_a_boot_and_yields_to_opens() -> None:
         assert manager.list_sessions(caller="anyone") == []
         opening = asyncio.create_task(manager.open("good", caller="alice"))
         await settle()
-        assert manager.admission.status().queued == 1  # nothing was ready: it waits behind the refill
+        # Nothing was ready: the open takes the refill's slot (the refill is cancelled, to boot again later) rather
+        # than wait behind a boot that may hang for open_timeout_s.
+        assert manager.admission.status() == BootStatus(booting=1, queued=0, limit=1)
+        assert len(backend.specs) == 2
         backend.gate.set()
         await opening
+        assert manager.pool._pools["good"].failures == 0  # the preempted refill was no failure: no backoff
         await manager.pool.filled("good")
     finally:
         await manager.shutdown()
@@ -316,3 +320,53 @@ async def test_shutdown_refuses_an_open_queued_for_a_boot_slot_at_once() -> None
     with pytest.raises(errors.RunnerError):
         await booting
     assert len(backend.specs) == 1  # the queued open never booted
+
+
+async def test_an_open_that_finds_every_slot_held_by_refills_takes_one_of_theirs() -> None:
+    slots = BootSlots(2)
+    hung = asyncio.Event()  # never set: refills whose servers never start
+    outcomes: list[str] = []
+
+    async def refill() -> None:
+        try:
+            async with slots.background_slot():
+                await hung.wait()
+        except Preempted:
+            outcomes.append("preempted")
+
+    refills = [asyncio.create_task(refill()) for _ in range(2)]
+    await settle()
+    assert slots.status() == BootStatus(booting=2, queued=0, limit=2)
+    got = asyncio.Event()
+
+    async def open_() -> None:
+        async with slots.open_slot(time.monotonic() + 600, "open"):
+            got.set()
+            await hung.wait()
+
+    opening = asyncio.create_task(open_())
+    await settle()
+    assert got.is_set()  # at once, not when a hung refill's open_timeout_s runs out
+    assert outcomes == ["preempted"]  # one refill gave its slot up, as a Preempted, not a cancelled task
+    assert slots.status() == BootStatus(booting=2, queued=0, limit=2)
+    for task in (opening, *refills):
+        task.cancel()
+    await asyncio.gather(opening, *refills, return_exceptions=True)
+    assert slots.status() == BootStatus(booting=0, queued=0, limit=2)
+
+
+async def test_a_refill_cancelled_by_its_owner_is_not_taken_for_a_preempted_one() -> None:
+    slots = BootSlots(1)
+    hung = asyncio.Event()
+
+    async def refill() -> None:
+        async with slots.background_slot():
+            await hung.wait()
+
+    task = asyncio.create_task(refill())
+    await settle()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert slots.status() == BootStatus(booting=0, queued=0, limit=1)
+

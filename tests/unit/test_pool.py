@@ -423,7 +423,10 @@ async def test_a_warm_hand_over_cut_by_shutdown_is_not_reported_open(make_env: C
     assert all(sandbox.destroyed for _, _, sandbox in env.backend.started)
     assert all(s.state is SessionState.CLOSED for s in env.manager._sessions.values())
     [record] = env.records(records.SESSION_OPEN)
-    assert record.data["outcome"] == "error" and record.data["start"] == "warm"
+    assert record.data["start"] == "warm"
+    # Cut before its open record ("error"), or while it was written ("ok", then closed on record): never left open.
+    closes = env.records(records.SESSION_CLOSE, record.session_id)
+    assert (record.data["outcome"], len(closes)) in {("error", 0), ("ok", 1)}
 
 
 async def test_an_open_after_shutdown_is_refused_and_boots_nothing(make_env: Callable[..., Any]) -> None:
