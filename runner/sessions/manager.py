@@ -266,6 +266,9 @@ class SessionManager(Operations):
         if session.state is not SessionState.STARTING:  # ended while its record was written: closed on record too
             await self._ending.discard(session)
             raise self._ended_under(session)
+        # Its clocks (age, idle, lifetime) start as it is handed over, warm or cold alike: a cold one's wait for a
+        # boot slot (minutes under load) is no idleness of the caller's, nor part of the lifetime it was granted.
+        session.started = session.last_used = time.monotonic()
         session.state = SessionState.READY
         session.watcher = asyncio.create_task(self._ending.watch(session), name=f"watch-{session.id}")
         assert session.server is not None

@@ -370,3 +370,24 @@ async def test_a_refill_cancelled_by_its_owner_is_not_taken_for_a_preempted_one(
         await task
     assert slots.status() == BootStatus(booting=0, queued=0, limit=1)
 
+
+
+async def test_a_cold_sessions_idle_and_lifetime_clocks_start_when_it_is_handed_over_not_while_it_queued() -> None:
+    backend = GatedBackend()
+    manager = manager_with(backend, boots=1)
+    await manager.start()
+    try:
+        first = asyncio.create_task(manager.open("good", caller="a"))
+        await settle()
+        second = asyncio.create_task(manager.open("good", caller="b", timeout=600))
+        await settle()
+        assert manager.admission.status().queued == 1
+        released = time.monotonic()  # the second has waited in the queue until now
+        backend.gate.set()
+        await first
+        opened = await second
+        session = manager._sessions[opened.info.session_id]
+        # Ordering only: a queue wait past its idle or lifetime limit would have it reaped as soon as it opened.
+        assert session.started >= released and session.last_used >= released
+    finally:
+        await manager.shutdown()
