@@ -24,7 +24,7 @@ from runner.sessions.journal import Journal
 from runner.sessions.manager import SessionManager
 from runner.sessions.models import LimitsRequest, SessionState
 from runner.sessions.pool import BACKOFF_MAX_S, WarmPool, backoff_s
-from tests.unit.fake_agent import FakeAgent
+from tests.unit.fake_agent import FakeAgent, frame
 
 LIMITS = Limits(memory_bytes=256 * 1024**2, call_timeout_s=2.0, idle_timeout_s=60, max_lifetime_s=600)
 SECRET_ENV = "RUNNER_TEST_POOL_TOKEN"
@@ -436,3 +436,47 @@ async def test_an_open_after_shutdown_is_refused_and_boots_nothing(make_env: Cal
     with pytest.raises(errors.Unavailable, match="shutting down"):
         await env.manager.open("good", caller="alice")
     assert len(env.backend.started) == 1 and all(sandbox.destroyed for _, _, sandbox in env.backend.started)
+
+
+class TalksWhileWaiting(FakeAgent):
+    """Boots and lists its tools, then writes to the host while it waits in the pool: an answer nobody asked for,
+    a line past the cap, or a second ready."""
+
+    async def _answer(self, io: FakeIO, msg: dict[str, Any]) -> None:
+        await super()._answer(io, msg)
+        if msg["method"] != "tools/list":
+            return
+        if self.behaviour == "unsolicited":
+            await io.write(frame(type="result", id=12345, result={"content": []}))
+        elif self.behaviour == "huge":
+            for _ in range(8):
+                await io.write(b"x" * 1024**2)
+        else:
+            await io.write(frame(type="ready", initialize={}))
+
+
+@pytest.mark.parametrize("behaviour", ["unsolicited", "huge", "ready_again"])
+async def test_a_pooled_server_that_writes_while_waiting_dies_is_never_handed_out_and_backs_off(
+    behaviour: str,
+) -> None:
+    backend = Backend()
+    backend._handler_for = lambda spec: backend._agents.setdefault(spec.session_id, TalksWhileWaiting(behaviour))
+    failures: list[int] = []
+    third = asyncio.Event()
+
+    def backoff(n: int) -> float:
+        failures.append(n)
+        if n >= 3:
+            third.set()
+            return 3600.0
+        return 0.0
+
+    pool = WarmPool(backend, settings(good=1), BootSlots(2), backoff=backoff)
+    pool.start()
+    try:
+        await asyncio.wait_for(third.wait(), 30)
+        assert failures == [1, 2, 3]  # each death counted in a row: the pool backs off instead of booting in a loop
+        assert pool.claim(PROFILES["good"], LIMITS, {}, None) is None
+    finally:
+        await pool.shutdown()
+    assert len(backend.started) == 3 and all(sandbox.destroyed for _, _, sandbox in backend.started)
