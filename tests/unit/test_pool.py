@@ -480,3 +480,23 @@ async def test_a_pooled_server_that_writes_while_waiting_dies_is_never_handed_ou
     finally:
         await pool.shutdown()
     assert len(backend.started) == 3 and all(sandbox.destroyed for _, _, sandbox in backend.started)
+
+
+async def test_a_secret_that_can_no_longer_be_read_is_never_served_from_the_pool(
+    make_env: Callable[..., Any], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv(SECRET_ENV, "first-token-value")
+    env = await make_env(keyed=1)
+    await env.manager.pool.filled("keyed")
+    _, _, pooled = env.backend.started[0]
+    monkeypatch.delenv(SECRET_ENV)
+    with pytest.raises(errors.FailedPrecondition, match=SECRET_ENV):
+        await env.manager.open("keyed", caller="alice")  # refused before any claim: the warm one is not handed out
+    assert env.manager.pool.status() == {"keyed": (1, 1)}
+    with caplog.at_level(logging.WARNING, logger="runner.sessions.pool"):
+        await env.manager.reap()  # the reaper drains it: a revoked secret must not wait in a running sandbox
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert pooled.destroyed
+    assert env.manager.pool.status() == {"keyed": (0, 1)}
+    assert any("draining its warm pool" in r.message for r in caplog.records)
