@@ -158,6 +158,12 @@ class Journal:
         """Queue a record; if it cannot be written it is logged, and the next durable record fails too."""
         self._queue(AuditEvent(kind, session_id, caller, data))
 
+    def _durable_note(self, kind: str, session_id: str, caller: str, data: Mapping[str, Any]) -> None:
+        if self._store is not None:
+            self._submit(AuditEvent(kind, session_id, caller, data), True, _serving.get()).add_done_callback(
+                _log_failure
+            )
+
     def _queue(self, event: AuditEvent, entry: RequestEntry | None = None) -> None:
         """Queue ``event`` (after the notes ``entry``, or the request this task serves, holds); a note of
         ``HELD_KINDS`` made for a request is held for its next record instead."""
@@ -323,7 +329,9 @@ class Journal:
         self.note(records.EGRESS, session_id, caller, asdict(decision))
 
     def approval(self, approval: Approval, redact: Redact) -> None:
-        self.note(records.APPROVAL, approval.session_id, approval.caller, {
+        """Queued like a note, but fsync'd at once: a decision is the approver's answer, on disk as soon as it can be
+        rather than with the next outcome or the idle sync."""
+        self._durable_note(records.APPROVAL, approval.session_id, approval.caller, {
             "approval_id": approval.approval_id, "state": approval.state.value, "tool": capped(approval.tool),
             "arguments": kept_input(dict(approval.arguments), redact), "rule": approval.rule,
             "decided_by": approval.decided_by, "reason": capped(approval.reason), "used": approval.used,

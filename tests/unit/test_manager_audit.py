@@ -438,6 +438,20 @@ async def test_a_denied_approval_is_recorded(env: Env) -> None:
     assert states[:2] == [("pending", ""), ("denied", "carol")]
 
 
+async def test_an_approval_decision_is_fsynced_at_once_not_with_a_later_record(env: Env) -> None:
+    from tests.unit.test_audit_store import commit_modes
+
+    sid = (await env.manager.open("good", caller="dave")).info.session_id
+    pending = await env.manager.call_tool(sid, "say", {"text": "rm"}, caller="dave")
+    assert pending.approval is not None
+    with commit_modes(env.store) as modes:
+        env.manager.decide_approval(pending.approval.approval_id, caller="carol", approve=False, reason="no")
+        # Queued, not awaited: a probe queued after it is committed after it (one writer, in order).
+        await asyncio.wrap_future(env.store.submit(records.AuditEvent("probe", "", "", {}), durable=False))
+    # Committed fsync'd (alone, or with the probe): the approver's answer is on disk without waiting for another sync.
+    assert modes and modes[0] == "FULL"
+
+
 # -- 4. secrets ---------------------------------------------------------------------------------------------------
 
 
