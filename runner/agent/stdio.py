@@ -50,6 +50,8 @@ if TYPE_CHECKING:
 EXIT_GRACE_S = 2.0
 #: How often the server's exit is polled where a pidfd is not to be had.
 EXIT_POLL_S = 0.1
+#: Messages of the cap's size that may wait for the server to read them before it counts as not reading.
+UNREAD_MESSAGES = 4
 _READ_CHUNK = 65536
 #: Reads of what a server left in its stdout pipe when it exited (a pipe holds 16 chunks): its last answer.
 _LAST_READS = 64
@@ -293,11 +295,20 @@ class StdioAgent:
         if self._to_server is None:
             return  # the server's stdin is closed: it reads nothing more
         self._pending_out += data
+        if len(self._pending_out) > self._max_unread():
+            # A server that stopped reading: what the host sends would pile up here until the sandbox's memory
+            # cap killed everything, with no word of why.
+            self.fatal(f"MCP server stopped reading its stdin ({len(self._pending_out)} bytes waiting for it)")
+            return
         self._queued += len(data)
         if on_written is not None:
             self._marks.append((self._queued, on_written))
         if len(self._pending_out) == len(data):
             self._flush()
+
+    def _max_unread(self) -> int:
+        """What may wait for the server to read: a few of the largest messages, whatever it is busy with."""
+        return UNREAD_MESSAGES * self.max_message
 
     def _flush(self) -> None:
         fd = self._to_server

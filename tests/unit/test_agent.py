@@ -438,6 +438,21 @@ async def test_a_server_that_closes_its_stdin_but_lives_on(start: Start) -> None
     assert await expect_fatal(agent) == "MCP server closed its stdin (the process is still running)"
 
 
+STOPS_READING_SERVER = DEAF_SERVER.replace("os.close(0)\n", "")
+
+
+async def test_a_server_that_stops_reading_its_stdin_is_reported_not_buffered_for_ever(start: Start) -> None:
+    """What the host sent piled up in the agent until the sandbox's memory cap killed it, with no word of why."""
+    agent = await ready_agent(start, command=[PYTHON, "-c", STOPS_READING_SERVER], env={MAX_MESSAGE_ENV: "100000"})
+    for rid in range(1, 40):  # 39 calls of ~90 kB: past the pipe's buffer and the agent's four messages' worth
+        try:
+            await agent.request(rid, "tools/call", {"name": "echo", "arguments": {"text": "x" * 90_000}})
+        except (BrokenPipeError, ConnectionResetError):
+            break  # it gave up already, and exited
+    message = await expect_fatal(agent)
+    assert message.startswith("MCP server stopped reading its stdin (") and "bytes waiting for it)" in message
+
+
 def test_host_frames_from_a_regular_file(tmp_path: Path) -> None:
     """A regular file cannot be watched for reading (epoll refuses it): it is read as it comes, to its end."""
     import json
