@@ -45,9 +45,7 @@ from runner.errors import (
     Unavailable,
 )
 from runner.guard import results
-from runner.guard.findings import FindingLog
 from runner.guard.memory import GuardMemory
-from runner.guard.screening import screen_tools
 from runner.policy import PolicyStore, ToolDecision
 from runner.sandbox.base import SandboxBackend, SandboxNetwork
 from runner.sessions import outflow
@@ -66,7 +64,7 @@ from runner.sessions.models import (
 from runner.sessions.operations import Operations
 from runner.sessions.pool import WarmPool, WarmSandbox, sandbox_inputs, session_sanitizer
 from runner.sessions.session import LiveSession, check_labels, sandbox_spec, session_info, start_agent
-from runner.text import control_free, unescaped, whole_words
+from runner.text import control_free, whole_words
 
 log = logging.getLogger(__name__)
 
@@ -357,19 +355,12 @@ class SessionManager(Operations):
         """A warm start: what the pool fetched, shown to this session as a cold start shows it.
 
         Sanitized with the session's sanitizer, pins checked and tools screened now, at the claim, by the same
-        steps a cold start's ``_refresh_tools`` ends with; only listing the tools and compiling their schemas
-        were done ahead.
+        steps a cold start's ``_refresh_tools`` ends with (``_show_tools``); only listing the tools and compiling
+        their schemas were done ahead.
         """
         await self._present_initialize(session, warm.initialize)
-        if warm.initialize.capabilities.tools is None:
-            return
-        # As ``Serving._refresh_tools`` does once it has listed: pins (a first sight pins here, at the claim), the
-        # service log's warning about a changed tool, sanitized and on one line, then screening.
-        violations = self._gate.pins.check(session.profile.name, warm.listed)
-        for violation in violations:
-            message = session.sanitizer.text(unescaped(violation.message), "service log", FindingLog())
-            log.warning("session %s (profile %s): %s", session.id, session.profile.name, control_free(message))
-        session.listing = await asyncio.to_thread(screen_tools, session.sanitizer, warm.listed, violations)
+        if warm.initialize.capabilities.tools is not None:
+            await self._show_tools(session, warm.listed)
 
     async def _present_initialize(self, session: LiveSession, initialize: mcp_types.InitializeResult) -> None:
         # All of it reaches the caller and the audit log: name, version and instructions are the server's words.

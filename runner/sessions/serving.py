@@ -130,6 +130,13 @@ class Serving:
         )
         listed = [t for page in pages for t in page.tools]
         session.tools = await asyncio.to_thread(check_tools, listed)
+        await self._show_tools(session, listed)
+
+    async def _show_tools(self, session: LiveSession, listed: list[mcp_types.Tool]) -> None:
+        """Pins checked (a first sight pins), changes logged, tools sanitized and screened: what the caller gets.
+
+        A warm sandbox's tools were listed and compiled ahead; this part runs at its claim, for its session.
+        """
         violations = self._gate.pins.check(session.profile.name, listed)
         for violation in violations:
             # The message quotes the server's tool name: the service log gets it sanitized, like the caller does,
