@@ -270,7 +270,8 @@ class StdioAgent:
         try:
             self.out.send({"type": "result", "id": rid, "result": outcome})
         except (ValueError, RecursionError) as exc:  # a number JSON cannot hold (1e999 reads as infinity)
-            error = {"code": INTERNAL_ERROR, "message": f"unserializable result: {exc}"}
+            what = "nesting too deep" if isinstance(exc, RecursionError) else "a number JSON cannot carry (inf, NaN)"
+            error = {"code": INTERNAL_ERROR, "message": f"the MCP server's result holds {what}; it was not passed on"}
             self.out.send({"type": "error", "id": rid, "error": error})
 
     def _host_done(self) -> None:
