@@ -40,6 +40,13 @@ def _no_engine(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(service, "DockerBackend", reached)
 
 
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
 def settings(tmp_path: Path, audit: str = "audit.sqlite3", **changes: object) -> Settings:
     base = Settings(state_dir=tmp_path / "state", instance="blue", audit=AuditConfig(path=tmp_path / audit))
     return Settings(**{**base.__dict__, **changes})
@@ -56,7 +63,8 @@ async def test_a_second_service_of_an_instance_refuses_to_start_whatever_its_aud
     lock = InstanceLock.acquire(first.state_dir, first.instance, "127.0.0.1:50051")
     try:
         with pytest.raises(FailedPrecondition) as refused:
-            await run_service(settings(tmp_path, audit="second.sqlite3", listen="127.0.0.1:50052"))
+            # A port free now, not a fixed one: 50052 lies in the ephemeral range, and a client's connection held it.
+            await run_service(settings(tmp_path, audit="second.sqlite3", listen=f"127.0.0.1:{free_port()}"))
     finally:
         lock.release()
     message = refused.value.message
