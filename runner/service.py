@@ -284,6 +284,9 @@ async def _serve(settings: Settings, lock: InstanceLock) -> None:
         for task in (watcher, retention):
             if task is not None:
                 task.cancel()
+        # A boot given up at shutdown (a pooled sandbox's, say) may still be removing what it made: its network
+        # outlived the service when the process ended first.
+        await backend.settle()
         backend.close()
         memory.close()
         if store is not None:

@@ -185,6 +185,7 @@ async def in_process(config: str) -> AsyncIterator[InProcess]:
                 await server.stop(0)
         finally:
             await manager.shutdown()
+            await backend.settle()
             # Whatever the shutdown left (a sandbox still booting for the pool, say) goes too: the instance is ours.
             await backend.sweep_orphans(settings.instance)
             backend.close()

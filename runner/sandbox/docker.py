@@ -388,7 +388,7 @@ class DockerBackend:
         try:
             network, container_id, sock, address = await asyncio.shield(starting)
         except asyncio.CancelledError:
-            starting.add_done_callback(self._discard_late_proxy)
+            self.later(self._discard_late_proxy(starting))
             raise
         proxy = None
         try:
@@ -422,13 +422,16 @@ class DockerBackend:
         except RunnerError as exc:
             log.warning("could not remove network %s: %s", network, exc)
 
-    def _discard_late_proxy(self, starting: asyncio.Future[tuple[str, str, Any, str]]) -> None:
-        if starting.cancelled() or starting.exception() is not None:
-            return
-        network, container_id, sock, _ = starting.result()
+    async def _discard_late_proxy(self, starting: asyncio.Future[tuple[str, str, Any, str]]) -> None:
+        """The opener gave up while its proxy started: once it exists, it goes, with its network. Held by ``later``
+        from the moment of giving up (not only once the thread is done), so ``settle`` waits for it."""
+        try:
+            network, container_id, sock, _ = await starting
+        except Exception:
+            return  # the proxy never came up
         with contextlib.suppress(Exception):
             sock.close()
-        self.later(self._remove_proxy(container_id, network))
+        await self._remove_proxy(container_id, network)
 
     async def _remove_proxy(self, container_id: str, network: str) -> None:
         await self.remove(container_id)
@@ -507,6 +510,12 @@ class DockerBackend:
     def _abandoned_owner(self, owner: str | None) -> bool:
         """Whether sandboxes and networks of this owner label belong to no running service: the sweep removes them."""
         return self._abandoned is None or self._abandoned(owner)
+
+    async def settle(self) -> None:
+        """Wait for every clean-up still running: what a start given up midway made (a container, a proxy, its
+        network) is removed by then. The service awaits it before ``close``, which drops what has not run."""
+        while self._cleanups:
+            await asyncio.gather(*self._cleanups, return_exceptions=True)
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)

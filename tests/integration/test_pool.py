@@ -18,7 +18,7 @@ import docker
 import pytest
 
 from runner.audit import records
-from runner.sandbox.base import SESSION_LABEL
+from runner.sandbox.base import INSTANCE_LABEL, SESSION_LABEL
 from tests.integration.conftest import Service, start_service, stop_service
 
 pytestmark = pytest.mark.integration
@@ -168,3 +168,6 @@ def test_a_warm_session_with_network_gets_its_own_proxy_and_leaves_nothing(
         _wait_for(lambda: session_containers(service, warm_id) == [], "the session's sandbox and proxy gone", 30)
     finally:
         stop_service(service)
+    # The refill that was booting when the service stopped: its network went with it (it outlived the service).
+    networks = docker.from_env().networks.list(filters={"label": f"{INSTANCE_LABEL}={service.instance}"})
+    assert [n.name for n in networks] == []
