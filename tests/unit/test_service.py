@@ -379,6 +379,9 @@ async def test_signals_during_start_up_are_the_services_a_stop_is_honoured_befor
                 await asyncio.sleep(0)
             return 0
 
+        async def settle(self) -> None:
+            return None
+
         def close(self) -> None:
             return None
 
