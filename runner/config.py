@@ -229,7 +229,10 @@ class Settings:
     listen: str = DEFAULT_LISTEN
     instance: str = "default"
     """Names this service's containers; the orphan sweep at start-up only touches its own instance."""
-    max_sessions: int = 32
+    max_sessions: int = 256
+    """Sessions open at once (starting or ready); warm sandboxes not counted. A ``time`` session holds about 52 MiB:
+    256 of them about 13 GiB, and 200 opened at once boot in turn (``max_concurrent_boots``) within a minute or two
+    on two cores. Lower it on a small machine."""
     max_message_bytes: int = 4 * 1024**2
     stderr_tail_bytes: int = 8 * 1024
     open_timeout_s: float = 60.0
