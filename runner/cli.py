@@ -55,8 +55,8 @@ def _approval_line(approval: pb.Approval) -> str:
 
 def _serve(args: argparse.Namespace) -> int:
     # Imported here: the server side (Docker) is not needed by client commands.
-    from runner.config import load_settings
     from runner.service import run_service
+    from runner.settings_file import load_settings
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:

@@ -9,8 +9,8 @@ from typing import Any
 from runner.bench import at_once, audit, calls, guard, opens, sandbox, throughput
 from runner.bench.common import Out, machine_caveat
 from runner.bench.options import BenchOptions
-from runner.config import load_settings
 from runner.errors import ProfileNotFound
+from runner.settings_file import load_settings
 
 TOOL = "get_current_time"
 ARGUMENTS: dict[str, Any] = {"timezone": "UTC"}

@@ -29,13 +29,13 @@ from runner.api.auth import Authenticator
 from runner.api.server import start_server
 from runner.audit.store import AuditStore
 from runner.client import AsyncRunnerClient
-from runner.config import load_settings
 from runner.config_document import read_document
 from runner.errors import Unavailable
 from runner.policy import PolicyStore
 from runner.sandbox.docker import DockerBackend
 from runner.service import bound_address, journal_for
 from runner.sessions.manager import SessionManager
+from runner.settings_file import load_settings
 
 BENCH_INSTANCE = "bench"
 BENCH_CALLER_POLICY = "bench-policy.yaml"

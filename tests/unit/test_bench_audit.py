@@ -27,7 +27,7 @@ from runner.bench.audit import (
 from runner.bench.common import Figures
 from runner.bench.service import settings_file
 from runner.client import AsyncRunnerClient
-from runner.config import load_settings
+from runner.settings_file import load_settings
 
 
 def test_the_store_part_runs_both_stores_and_group_commit_takes_fewer_commits(tmp_path: Path) -> None:

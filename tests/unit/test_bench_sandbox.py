@@ -32,9 +32,9 @@ from runner.config import (
     NetworkPolicy,
     Profile,
     SecretSource,
-    load_settings,
 )
 from runner.guard.sanitize import SanitizeConfig
+from runner.settings_file import load_settings
 
 
 def _load(tmp_path: Path, document: dict[str, object]) -> dict[str, Profile]:

@@ -8,8 +8,8 @@ import pytest
 import yaml
 
 from runner.bench.service import capacity, derived_settings, settings_file
-from runner.config import load_settings
 from runner.policy import load_policy
+from runner.settings_file import load_settings
 
 
 def test_replaced_keys_replace_and_audit_keys_merge() -> None:

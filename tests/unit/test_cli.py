@@ -179,7 +179,7 @@ def test_serve_loads_settings_and_runs(monkeypatch: pytest.MonkeyPatch) -> None:
         seen["run"] = settings
 
     monkeypatch.setitem(
-        sys.modules, "runner.config", types.SimpleNamespace(load_settings=load_settings)
+        sys.modules, "runner.settings_file", types.SimpleNamespace(load_settings=load_settings)
     )
     monkeypatch.setitem(sys.modules, "runner.service", types.SimpleNamespace(run_service=run_service))
     assert cli.main(["serve", "--config", "r.yaml", "--listen", "0.0.0.0:1"]) == 0

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from runner.config import DEFAULT_LISTEN, ConfigError, Limits, Mount, load_settings, parse_size
+from runner.config import DEFAULT_LISTEN, ConfigError, Limits, Mount, parse_size
 from runner.config_document import read_document
+from runner.settings_file import load_settings
 
 P = "profiles:\n  p:\n    image: i\n"
 BUILTINS = {"time", "fetch", "git", "everything", "filesystem", "memory"}

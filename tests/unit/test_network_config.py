@@ -14,10 +14,10 @@ from runner.config import (
     EgressRule,
     NetworkPolicy,
     SecretSource,
-    load_settings,
 )
 from runner.egress.rules import Rule
 from runner.secret_sources import SecretUnavailable, egress_rules
+from runner.settings_file import load_settings
 
 TOKEN = "tok-4f9a-Secret-77"
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from runner.config import load_settings
 from runner.policy import load_policy
+from runner.settings_file import load_settings
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 _YAML_BLOCKS = re.compile(r"```yaml\n(.*?)```", re.DOTALL)
