@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Callable
 
 import pytest
 
-from runner.sandbox.docker import DockerSandbox
+from runner.sandbox.attach import DockerSandbox
 
 TIMEOUT = 2.0
 KIB64 = 64 * 1024
