@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import queue
@@ -28,11 +27,12 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 from runner import sqlite_files
+from runner.audit import reading
 from runner.audit.export import write_export
 from runner.audit.records import (
     GENESIS,
@@ -45,7 +45,7 @@ from runner.audit.records import (
     chain_hash,
     iso_time,
 )
-from runner.audit.verify import connect_readonly, verify_database
+from runner.audit.verify import verify_database
 from runner.errors import AuditError
 
 _log = logging.getLogger(__name__)
@@ -110,14 +110,6 @@ _Item = _Append | list[_Append] | _Prune | None
 queued and stop."""
 
 _NEW, _OPEN, _CLOSED = "new", "open", "closed"
-
-
-def record_from_row(at: float, body: str, digest: str) -> AuditRecord:
-    fields = json.loads(body)
-    return AuditRecord(
-        seq=fields["seq"], id=fields["id"], at=at, kind=fields["kind"], session_id=fields["session_id"],
-        caller=fields["caller"], data=fields["data"], prev=fields["prev"], hash=digest,
-    )  # fmt: skip
 
 
 def _chain(seq: int, event: AuditEvent, prev: str) -> tuple[AuditRecord, tuple[Any, ...]]:
@@ -306,58 +298,11 @@ class AuditStore:
         return verify_database(self.path)
 
     def query(self, q: AuditQuery) -> list[AuditRecord]:
-        clauses: list[str] = []
-        params: list[Any] = []
-        for column, value in (("id", q.record_id), ("session_id", q.session_id), ("caller", q.caller)):
-            if value:
-                clauses.append(f"{column} = ?")
-                params.append(value)
-        if q.since is not None:
-            clauses.append("at >= ?")
-            params.append(q.since)
-        if q.until is not None:
-            clauses.append("at < ?")
-            params.append(q.until)
-        if q.kinds:
-            clauses.append(f"kind IN ({', '.join('?' * len(q.kinds))})")
-            params.extend(q.kinds)
-        if q.after_seq:
-            clauses.append("seq > ?")
-            params.append(q.after_seq)
-        sql = "SELECT at, body, hash FROM records"
-        if clauses:
-            sql += " WHERE " + " AND ".join(clauses)
-        sql += " ORDER BY seq"
-        if q.limit > 0:
-            sql += " LIMIT ?"
-            params.append(q.limit)
-        try:
-            with contextlib.closing(connect_readonly(self.path)) as db:
-                return [record_from_row(*row) for row in db.execute(sql, params)]
-        except sqlite3.Error as exc:
-            raise AuditError(f"the audit log {self.path} could not be read: {exc}") from exc
-        except (ValueError, KeyError, TypeError) as exc:
-            raise AuditError(
-                f"the audit log {self.path} holds a record that cannot be read ({exc!r}); run `mcp-runner audit verify`"
-            ) from exc
+        return reading.query(self.path, q)
 
     def pages(self, q: AuditQuery, page_size: int = 500) -> Iterator[list[AuditRecord]]:
         """The answer to ``q`` a page at a time, so a long history never sits in memory at once."""
-        if page_size < 1:
-            raise ValueError(f"page_size must be at least 1, not {page_size}")
-        after, left = q.after_seq, q.limit
-        while True:
-            size = min(page_size, left) if q.limit > 0 else page_size
-            page = self.query(replace(q, after_seq=after, limit=size))
-            if page:
-                yield page
-            if len(page) < size:
-                return
-            after = page[-1].seq
-            if q.limit > 0:
-                left -= len(page)
-                if left <= 0:
-                    return
+        return reading.pages(self.path, q, page_size)
 
     # The writer thread: everything below runs only there.
 
@@ -516,7 +461,7 @@ class AuditStore:
         rows = db.execute("SELECT at, body, hash FROM records WHERE seq <= ? ORDER BY seq", (last,))
         try:
             export_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-            digest = write_export((record_from_row(*row) for row in rows), export)
+            digest = write_export((reading.record_from_row(*row) for row in rows), export)
         except OSError as exc:
             raise AuditError(
                 f"could not export audit records {first}..{last} to {export} (nothing was deleted): {exc}"
