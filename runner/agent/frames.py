@@ -46,29 +46,27 @@ def diag(message: str) -> None:
 
 def max_message_bytes() -> int:
     """The line cap for the server's output and the agent's own frames: the host's, or the default."""
-    raw = os.environ.get(MAX_MESSAGE_ENV, "")
-    if raw:
-        try:
-            value = int(raw)
-            if value > 0:
-                return value
-        except ValueError:
-            pass
-        diag(f"ignoring invalid {MAX_MESSAGE_ENV}={raw!r}; using {DEFAULT_MAX_MESSAGE} bytes")
-    return DEFAULT_MAX_MESSAGE
+    return int(_positive_setting(MAX_MESSAGE_ENV, int, DEFAULT_MAX_MESSAGE, f"{DEFAULT_MAX_MESSAGE} bytes"))
 
 
 def init_timeout() -> float:
-    raw = os.environ.get(INIT_TIMEOUT_ENV, "")
+    """How long the server may take to answer initialize: the host's budget for this open, or the default."""
+    return _positive_setting(INIT_TIMEOUT_ENV, float, DEFAULT_INIT_TIMEOUT, f"{DEFAULT_INIT_TIMEOUT:g} s")
+
+
+def _positive_setting(name: str, parse: Callable[[str], float], default: float, shown: str) -> float:
+    """The positive number the environment variable ``name`` holds, else ``default`` (with a diagnostic when the
+    variable is set but not such a number)."""
+    raw = os.environ.get(name, "")
     if raw:
         try:
-            value = float(raw)
+            value = parse(raw)
             if value > 0:
                 return value
         except ValueError:
             pass
-        diag(f"ignoring invalid {INIT_TIMEOUT_ENV}={raw!r}; using {DEFAULT_INIT_TIMEOUT:g} s")
-    return DEFAULT_INIT_TIMEOUT
+        diag(f"ignoring invalid {name}={raw!r}; using {shown}")
+    return default
 
 
 def describe_cap(max_bytes: int) -> str:
