@@ -60,7 +60,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        asyncio.run(run_service(load_settings(args.config, listen=args.listen)))
+        asyncio.run(run_service(load_settings(args.config, listen=args.listen, backend=args.backend)))
     except RunnerError as exc:
         print(f"error: {exc.status.value}: {exc.message}", file=sys.stderr)
         return 2
@@ -275,6 +275,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the gRPC server")
     serve.add_argument("--config", metavar="PATH", help="settings file (YAML or TOML)")
     serve.add_argument("--listen", metavar="ADDR", help="host:port to listen on")
+    serve.add_argument(
+        "--backend", choices=("docker", "kubernetes"),
+        help="where sandboxes run (env MCP_RUNNER_BACKEND, else the file's `backend:`, else docker)",
+    )
     serve.set_defaults(func=_serve)
 
     tools = sub.add_parser("tools", help="list the tools of a profile's server")

@@ -216,6 +216,28 @@ class AuthConfig:
         return not (self.mtls or self.tokens)
 
 
+BACKENDS = ("docker", "kubernetes")
+DEFAULT_KUBECONFIG = Path("~/.kube/mcp-runner-test.yaml")
+"""Where `make kubernetes` writes the test cluster's kubeconfig: the Kubernetes backend's default."""
+
+
+@dataclass(frozen=True)
+class KubernetesConfig:
+    """Where the Kubernetes backend places sessions: a cluster (kubeconfig or in-cluster) and a namespace."""
+
+    kubeconfig: Path | None = None
+    """None: the in-cluster configuration (the service's own ServiceAccount)."""
+    context: str | None = None
+    namespace: str = "mcp-runner"
+    runtime_classes: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({"runsc": "gvisor"}))
+    """A profile's ``runtime`` -> the RuntimeClass its pods run with; ``runc`` is the node's default runtime."""
+    registry: str | None = None
+    """Images are pulled as ``REGISTRY/NAME:TAG`` (pushed by `mcp-runner images push`); None: they were loaded into
+    the nodes' runtime (`mcp-runner images load --kubernetes`) and are never pulled."""
+    api_timeout_s: float = 10.0
+    """The longest one call to the API server may take before the backend reports it unavailable."""
+
+
 @dataclass(frozen=True)
 class Settings:
     listen: str = DEFAULT_LISTEN
@@ -244,6 +266,9 @@ class Settings:
     policy: Path | None = None
     """The policy file (callers, tool rules, rates); None: the embedded single-developer default."""
     audit: AuditConfig = AuditConfig()
+    backend: str = "docker"
+    """Where sandboxes run: ``docker`` (this machine's engine) or ``kubernetes`` (pods, see ``kubernetes``)."""
+    kubernetes: KubernetesConfig = KubernetesConfig(kubeconfig=DEFAULT_KUBECONFIG.expanduser())
     state_dir: Path = field(default_factory=state_directory)
     """This machine's per-instance state (the instance lock; the guard's store), shared by every instance here."""
 
