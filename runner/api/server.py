@@ -38,14 +38,20 @@ class RunningServer:
     health: Any
     grace: float
 
-    async def set_not_serving(self) -> None:
-        """Tell health checkers to stop sending work (first step of a graceful shutdown)."""
+    stopping: bool = False
+
+    async def set_serving(self, serving: bool) -> None:
+        """Tell health checkers whether to send work; once stopping, it stays NOT_SERVING."""
+        status = health_pb2.HealthCheckResponse.SERVING if serving and not self.stopping else (
+            health_pb2.HealthCheckResponse.NOT_SERVING
+        )
         for service in (OVERALL, RUNNER_SERVICE):
-            await self.health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
+            await self.health.set(service, status)
 
     async def stop(self, grace: float | None = None) -> None:
         """NOT_SERVING, then stop accepting RPCs and give calls in flight ``grace`` seconds."""
-        await self.set_not_serving()
+        self.stopping = True
+        await self.set_serving(False)
         await self.server.stop(self.grace if grace is None else grace)
 
 

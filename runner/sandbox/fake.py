@@ -123,3 +123,9 @@ class FakeBackend:
 
     async def check(self) -> None:
         return None
+
+    async def settle(self) -> None:
+        return None
+
+    def close(self) -> None:
+        return None

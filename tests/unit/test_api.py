@@ -583,8 +583,15 @@ async def test_health_serving_then_not_serving(fake: FakeManager) -> None:
             for service in ("", RUNNER_SERVICE):
                 reply = await stub.Check(health_pb2.HealthCheckRequest(service=service))
                 assert reply.status == health_pb2.HealthCheckResponse.SERVING
-            await running.set_not_serving()
+            await running.set_serving(False)
             reply = await stub.Check(health_pb2.HealthCheckRequest(service=RUNNER_SERVICE))
+            assert reply.status == health_pb2.HealthCheckResponse.NOT_SERVING
+            await running.set_serving(True)
+            reply = await stub.Check(health_pb2.HealthCheckRequest(service=RUNNER_SERVICE))
+            assert reply.status == health_pb2.HealthCheckResponse.SERVING
+            running.stopping = True  # a shutdown under way: nothing turns it back to SERVING
+            await running.set_serving(True)
+            reply = await stub.Check(health_pb2.HealthCheckRequest(service=""))
             assert reply.status == health_pb2.HealthCheckResponse.NOT_SERVING
     finally:
         await running.stop(0)
