@@ -2,7 +2,8 @@
 
 Docker multiplexes stdout and stderr on the attach socket with 8-byte frame headers, which
 ``DockerSandbox.read_stdout`` takes apart (from large reads, however small the frames), keeping only a
-bounded tail of stderr that always starts between words. Its life (wait, stats, teardown) is the backend's.
+bounded tail of stderr that always starts between words (``runner.sandbox.tail``). Its life (wait, stats,
+teardown) is the backend's.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from runner.sandbox import egress
 from runner.sandbox.base import SandboxExit, SandboxStats
-from runner.text import printable
+from runner.sandbox.tail import StderrTail
 
 if TYPE_CHECKING:
     from runner.sandbox.docker import DockerBackend
@@ -23,16 +24,6 @@ if TYPE_CHECKING:
 _HEADER = struct.Struct(">BxxxL")
 _STDOUT, _STDERR = 1, 2
 READ_CHUNK = 64 * 1024
-
-
-_BETWEEN_WORDS = (b" ", b"\n", b"\t", b"\r", b'"')
-"""Bytes a stderr tail may start after: never in the middle of a word (``runner.text.whole_words``)."""
-
-
-def _word_end(data: bytes | bytearray, start: int) -> int:
-    """Where the word at ``start`` ends (its first byte between words), or -1 if it runs to the end of ``data``."""
-    ends = [i for i in (data.find(ch, start) for ch in _BETWEEN_WORDS) if i >= 0]
-    return min(ends) if ends else -1
 
 
 class DockerSandbox:
@@ -58,9 +49,7 @@ class DockerSandbox:
         self._reader = reader
         self._writer = writer
         self._keepalive = keepalive  # docker-py's socket wrapper; collecting it would close the socket
-        self._stderr = bytearray()
-        self._stderr_cap = stderr_tail_bytes
-        self._stderr_mid_word = False
+        self._stderr = StderrTail(stderr_tail_bytes)
         self._raw = bytearray()  # read from the attach stream, not yet taken apart: at most one read
         self._left = 0  # bytes of the current frame still to come, in stream ``_left_stream``
         self._left_stream = 0
@@ -105,7 +94,7 @@ class DockerSandbox:
                 if self._left_stream == _STDOUT:
                     out += raw[pos : pos + take]
                 elif self._left_stream == _STDERR:
-                    self._keep_stderr(raw[pos : pos + take])
+                    self._stderr.keep(raw[pos : pos + take])
                 pos += take
                 self._left -= take
             elif len(raw) - pos >= _HEADER.size:
@@ -116,25 +105,6 @@ class DockerSandbox:
         del raw[:pos]
         return bytes(out)
 
-    def _keep_stderr(self, data: bytes | bytearray) -> None:
-        # A cut through a word (maybe a secret whose rest no detector would recognize) takes the rest of the word
-        # too, also when that rest arrives later: the tail always starts between words.
-        if self._stderr_mid_word:
-            start = _word_end(data, 0)
-            if start < 0:
-                return
-            data, self._stderr_mid_word = data[start:], False
-        self._stderr += data
-        if len(self._stderr) > self._stderr_cap:
-            cut = len(self._stderr) - self._stderr_cap
-            if self._stderr[cut - 1 : cut] not in _BETWEEN_WORDS:
-                cut = _word_end(self._stderr, cut)
-                if cut < 0:
-                    self._stderr.clear()
-                    self._stderr_mid_word = True
-                    return
-            del self._stderr[:cut]
-
     async def write_stdin(self, data: bytes) -> None:
         if self._destroyed:
             raise ConnectionError("sandbox destroyed")
@@ -142,7 +112,7 @@ class DockerSandbox:
         await self._writer.drain()
 
     def stderr_tail(self) -> str:
-        return printable(bytes(self._stderr).decode("utf-8", errors="replace")).strip()
+        return self._stderr.text()
 
     async def wait_exit(self, timeout: float) -> SandboxExit:
         return await self._backend.wait_exit(self._id, timeout)

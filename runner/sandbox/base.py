@@ -1,8 +1,8 @@
 """The SandboxBackend Protocol: start one isolated process tree, give back its stdio, destroy it.
 
 A backend knows containers, never MCP: it moves bytes. ``DockerBackend`` is the
-real one; ``FakeBackend`` runs a handler in-process for unit tests. Kubernetes
-can come later behind the same two Protocols.
+real one on this machine, ``KubernetesBackend`` places sandboxes as pods on a
+cluster; ``FakeBackend`` runs a handler in-process for unit tests.
 """
 
 from __future__ import annotations
@@ -68,14 +68,19 @@ class SandboxSpec:
     network: SandboxNetwork | None = None
     """None: no network at all (a loopback interface only)."""
     runtime: str = "runc"
+    lifetime_s: float | None = None
+    """The session's maximum lifetime, for backends that can enforce a backstop deadline of their own (a pod's
+    ``activeDeadlineSeconds``); None: the sandbox lives until destroyed (a warm one waiting in the pool)."""
 
 
 @dataclass(frozen=True)
 class SandboxExit:
-    """How a sandbox ended: ``exit_code`` is None while it still runs."""
+    """How a sandbox ended: ``exit_code`` is None while it still runs (or when nobody could tell)."""
 
     exit_code: int | None
     oom_killed: bool = False
+    reason: str = ""
+    """Why it ended, when the backend knows more than the exit status (e.g. its pod was deleted from outside)."""
 
 
 @dataclass(frozen=True)
@@ -123,4 +128,12 @@ class SandboxBackend(Protocol):
 
     async def check(self) -> None:
         """Raise ``Unavailable`` if the backend cannot start sandboxes now."""
+        ...
+
+    async def settle(self) -> None:
+        """Wait for every clean-up still running (what a start given up midway made is removed by then)."""
+        ...
+
+    def close(self) -> None:
+        """Release the backend's threads and connections; clean-ups not yet run are dropped (``settle`` first)."""
         ...
