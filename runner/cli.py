@@ -30,6 +30,7 @@ from runner.bench.options import add_arguments as add_bench_arguments
 from runner.bench.options import options_from
 from runner.cli_audit import audit_export, audit_list, audit_show, audit_verify, replay, when_arg
 from runner.cli_common import field, one_line, open_client, print_json
+from runner.cli_health import health
 from runner.client import DEFAULT_ADDRESS, Progress, ToolResult
 from runner.errors import RunnerError
 from runner.text import control_free
@@ -223,14 +224,28 @@ def _token(args: argparse.Namespace) -> int:
 
 
 def _images(args: argparse.Namespace) -> int:
-    from runner.images import ImageBuildError, ensure_images, list_images
+    from runner.image_transfer import load_into_containerd, push_to_registry
+    from runner.images import ALL_IMAGE_NAMES, ImageBuildError, ensure_images, list_images
 
     try:
         if args.action == "build":
-            for name, ref in ensure_images(force=args.force).items():
+            for name, ref in ensure_images(ALL_IMAGE_NAMES, force=args.force).items():
+                print(f"{name:15} {ref}")
+        elif args.action == "load":
+            if not args.kubernetes:
+                print("error: images load: say where to (--kubernetes: the cluster's containerd)", file=sys.stderr)
+                return 2
+            socket = Path(args.containerd_socket) if args.containerd_socket else None
+            for name, ref in load_into_containerd(socket).items():
+                print(f"{name:15} {ref}")
+        elif args.action == "push":
+            if not args.registry:
+                print("error: images push needs --registry HOST[:PORT]/PATH", file=sys.stderr)
+                return 2
+            for name, ref in push_to_registry(args.registry).items():
                 print(f"{name:15} {ref}")
         else:
-            for name, ref, present in list_images():
+            for name, ref, present in list_images(ALL_IMAGE_NAMES):
                 print(f"{name:15} {ref:40} {'present' if present else 'missing (run: mcp-runner images build)'}")
     except ImageBuildError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -347,10 +362,21 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument("caller", help="the caller's name in the policy file")
     token.set_defaults(func=_token)
 
-    images = sub.add_parser("images", help="build or list the sandbox images")
-    images.add_argument("action", choices=["build", "list"])
+    images = sub.add_parser("images", help="build or list the images; load them into a cluster or push them")
+    images.add_argument("action", choices=["build", "list", "load", "push"])
     images.add_argument("--force", action="store_true", help="rebuild even when the image is present")
+    images.add_argument("--kubernetes", action="store_true", help="load: into the Kubernetes nodes' containerd")
+    images.add_argument("--containerd-socket", metavar="PATH", help="load: containerd's socket (default: the "
+                        "test cluster's, under /run/mcp-runner-kubernetes)")
+    images.add_argument("--registry", metavar="HOST[:PORT]/PATH", help="push: to this registry, as REGISTRY/NAME:TAG")
     images.set_defaults(func=_images)
+
+    probe = sub.add_parser("health", help="gRPC health check: exit 0 when the service is SERVING, else 1")
+    probe.add_argument("--address", default=argparse.SUPPRESS, help="as the global --address")
+    probe.add_argument("--service", default="", help="the health service name to ask about (default: overall)")
+    probe.add_argument("--timeout", type=float, default=5.0, metavar="SECONDS", help="give up after this long")
+    probe.add_argument("--live", action="store_true", help="exit 0 on any answer, SERVING or not (liveness)")
+    probe.set_defaults(func=health)
 
     bench = sub.add_parser(
         "bench", help="measure opens (warm, cold), calls, throughput, many sessions at once, guard, sandbox options "

@@ -33,13 +33,20 @@ import uuid
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 from runner.egress.rules import ProxyConfig
 
-__all__ = ["IMAGE_NAMES", "ImageBuildError", "ensure_images", "image_ref", "list_images", "missing_images"]
+__all__ = [
+    "ALL_IMAGE_NAMES", "IMAGE_NAMES", "SERVICE_IMAGE", "ImageBuildError", "ensure_images", "image_ref", "list_images",
+    "missing_images",
+]
 
 IMAGE_NAMES: tuple[str, ...] = ("rootfs", "python-servers", "node-servers", "egress")
+SERVICE_IMAGE = "service"
+"""The service's own image (runner.service_image), for clusters; sandboxes never use it."""
+ALL_IMAGE_NAMES: tuple[str, ...] = (*IMAGE_NAMES, SERVICE_IMAGE)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 IMAGES_DIR = REPO_ROOT / "sandbox_images"
@@ -89,6 +96,13 @@ class Code:
 
     agent: Files
     egress: Files
+
+    @cached_property
+    def service(self) -> Files:
+        """The whole runner package (the service image's), read only when that image is asked for."""
+        from runner.service_image import service_files  # it builds on this module
+
+        return service_files()
 
 
 class ImageBuildError(Exception):
@@ -146,6 +160,10 @@ def _inputs(name: str, code: Code) -> Inputs:
             items.append(("apt-sources", src.read_bytes() if src else b""))
         return items
     items.append(("FROM", _ref("rootfs", code).encode()))
+    if name == SERVICE_IMAGE:
+        from runner.service_image import service_inputs
+
+        return [*items, *service_inputs(code.service)]
     if name == "egress":
         return [*items, _file("egress/Dockerfile"), *((f"egress/{fn}", data) for fn, data in code.egress)]
     items += [_file(f"{name}/Dockerfile"), _file("agent.txt"), _file("constraints.txt")]
@@ -167,8 +185,8 @@ def _digest(items: Inputs) -> str:
 
 
 def _ref(name: str, code: Code) -> str:
-    if name not in IMAGE_NAMES:
-        raise ValueError(f"unknown image {name!r}; known images: {', '.join(IMAGE_NAMES)}")
+    if name not in ALL_IMAGE_NAMES:
+        raise ValueError(f"unknown image {name!r}; known images: {', '.join(ALL_IMAGE_NAMES)}")
     return f"{REPOSITORY}/{name}:{_digest(_inputs(name, code))[:12]}"
 
 
@@ -459,8 +477,8 @@ def _smoke_check(ref: str, argv: Sequence[str], log: Log, timeout: float = 60.0)
 def _names(names: Iterable[str] | None) -> list[str]:
     wanted = list(IMAGE_NAMES) if names is None else list(dict.fromkeys(names))
     for n in wanted:
-        if n not in IMAGE_NAMES:
-            raise ValueError(f"unknown image {n!r}; known images: {', '.join(IMAGE_NAMES)}")
+        if n not in ALL_IMAGE_NAMES:
+            raise ValueError(f"unknown image {n!r}; known images: {', '.join(ALL_IMAGE_NAMES)}")
     return wanted
 
 
@@ -471,11 +489,11 @@ def missing_images(names: Iterable[str] | None = None) -> list[str]:
     return [n for n in wanted if not _present(image_ref(n))]
 
 
-def list_images() -> list[tuple[str, str, bool]]:
-    """``(name, ref, present)`` for every image."""
+def list_images(names: Iterable[str] | None = None) -> list[tuple[str, str, bool]]:
+    """``(name, ref, present)`` for each of ``names`` (default: the sandbox images)."""
     _check_docker()
     code = _code()
-    refs = [(n, _ref(n, code)) for n in IMAGE_NAMES]
+    refs = [(n, _ref(n, code)) for n in _names(names)]
     return [(n, ref, _present(ref)) for n, ref in refs]
 
 
@@ -488,7 +506,7 @@ def ensure_images(names: Iterable[str] | None = None, *, force: bool = False,
     wanted = _names(names)
     _check_docker()
     code = _code()  # read once: the bytes hashed into the tags are the bytes built in
-    refs = {n: _ref(n, code) for n in IMAGE_NAMES}
+    refs = {n: _ref(n, code) for n in dict.fromkeys([*IMAGE_NAMES, *wanted])}
     todo: dict[str, str] = {}
     for n in wanted:
         if force:
@@ -505,7 +523,7 @@ def ensure_images(names: Iterable[str] | None = None, *, force: bool = False,
     CACHE_DIR.mkdir(parents=True, exist_ok=True)
     with open(CACHE_DIR / "images.lock", "w") as lock:  # one builder at a time per checkout
         fcntl.flock(lock, fcntl.LOCK_EX)
-        for n in IMAGE_NAMES:  # IMAGE_NAMES lists dependencies first
+        for n in ALL_IMAGE_NAMES:  # dependencies first
             if n not in todo or (not force and _present(refs[n])):  # another process built it meanwhile
                 continue
             log(f"building {refs[n]} ({todo[n]})")
@@ -514,6 +532,10 @@ def ensure_images(names: Iterable[str] | None = None, *, force: bool = False,
                 _build_rootfs(refs[n], force=force, log=log)
             elif n == "egress":
                 _build_egress_image(refs, code, force=force, log=log)
+            elif n == SERVICE_IMAGE:
+                from runner.service_image import build_service_image
+
+                build_service_image(refs[n], refs["rootfs"], code.service, force=force, log=log)
             else:
                 _build_server_image(n, refs, code, force=force, log=log)
             log(f"built {refs[n]} in {time.monotonic() - t0:.0f} s")

@@ -189,11 +189,11 @@ def test_serve_loads_settings_and_runs(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_images(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     import runner.images
 
-    def ensure_images(*, force: bool = False) -> dict[str, str]:
+    def ensure_images(names: object = None, *, force: bool = False) -> dict[str, str]:
         return {"rootfs": "mcp-runner/rootfs:1" + ("f" if force else "")}
 
     monkeypatch.setattr(runner.images, "ensure_images", ensure_images)
-    monkeypatch.setattr(runner.images, "list_images", lambda: [("rootfs", "mcp-runner/rootfs:1", False)])
+    monkeypatch.setattr(runner.images, "list_images", lambda names=None: [("rootfs", "mcp-runner/rootfs:1", False)])
     assert cli.main(["images", "build", "--force"]) == 0
     assert cli.main(["images", "list"]) == 0
     out = [" ".join(line.split()) for line in capsys.readouterr().out.splitlines()]
@@ -203,7 +203,7 @@ def test_images(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[s
 def test_images_build_error(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     import runner.images
 
-    def broken(*, force: bool = False) -> dict[str, str]:
+    def broken(names: object = None, *, force: bool = False) -> dict[str, str]:
         raise runner.images.ImageBuildError("docker build failed: disk full")
 
     monkeypatch.setattr(runner.images, "ensure_images", broken)

@@ -1,0 +1,112 @@
+"""The service's own image, ``mcp-runner/service:<hash>``: the runner package and its dependencies, to run in a cluster.
+
+Built like the sandbox images (``runner.images``): FROM the project's root filesystem, wheels fetched on the host
+for the image's interpreter, ``docker build --network none``. Its tag hashes the whole runner package's source
+(``*.py``, ``*.pyi``, ``*.yaml``, ``py.typed``) with the pins and the Dockerfile, so an image whose tag exists runs
+exactly the checkout's code. Sandboxes never need it: it is not one of ``IMAGE_NAMES``.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from runner.images import (
+    CACHE_DIR,
+    IMAGES_DIR,
+    REPO_ROOT,
+    WHEEL_TARGET,
+    Files,
+    ImageBuildError,
+    Inputs,
+    Log,
+    _digest,
+    _docker_env,
+    _file,
+    _labels,
+    _link_or_copy,
+    _run,
+)
+
+__all__ = ["SERVICE_CHECK", "build_service_image", "service_files", "service_inputs"]
+
+PACKAGE_DIR = REPO_ROOT / "runner"
+SOURCE_SUFFIXES = frozenset({".py", ".pyi", ".yaml", ".typed"})
+REQUIREMENTS = "service/requirements.txt"
+SERVICE_CHECK = ("health", "--help")
+"""Run in the built image: the CLI must import with everything it needs (and know the probe's command)."""
+
+
+def service_files() -> Files:
+    """The runner package's source as ``(path under runner/, bytes)``; caches and editor leftovers excluded."""
+    found = (p for p in PACKAGE_DIR.rglob("*") if p.is_file() and p.suffix in SOURCE_SUFFIXES)
+    return tuple(
+        (p.relative_to(PACKAGE_DIR).as_posix(), p.read_bytes())
+        for p in sorted(found)
+        if "__pycache__" not in p.parts
+    )
+
+
+def service_inputs(files: Files) -> Inputs:
+    """What goes into the image besides its base: the tag is hashed over these."""
+    return [
+        _file("service/Dockerfile"),
+        _file(REQUIREMENTS),
+        ("wheel-target", "\0".join(WHEEL_TARGET).encode()),
+        *((f"runner/{path}", data) for path, data in files),
+    ]
+
+
+def _fetch_service_wheels(log: Log) -> Path:
+    """pip download the pinned dependencies for the image's Python into a cache dir keyed by the pins.
+
+    Not ``images._fetch_wheels``: that one holds every download to the sandboxes' constraints, which pin
+    some of the same distributions at other versions.
+    """
+    dest = CACHE_DIR / "wheels" / ("service-" + _digest([("target", "\0".join(WHEEL_TARGET).encode()),
+                                                         _file(REQUIREMENTS)])[:16])
+    if (dest / ".complete").exists():
+        log(f"wheels for the service: cached in {dest}")
+        return dest
+    log(f"downloading wheels for the service into {dest}")
+    dest.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "pip", "download", "--disable-pip-version-check", "--progress-bar", "off",
+           "--no-deps", *WHEEL_TARGET, "-d", str(dest), "-r", str(IMAGES_DIR / REQUIREMENTS)]
+    _run(cmd, "pip download (on the host)", log, prefix="pip")
+    (dest / ".complete").write_text("ok\n")
+    return dest
+
+
+def build_service_image(ref: str, rootfs: str, files: Files, *, force: bool, log: Log) -> None:
+    """Build ``ref`` FROM ``rootfs`` with exactly ``files`` (the bytes its tag was hashed over), then check it."""
+    wheels = _fetch_service_wheels(log)
+    (CACHE_DIR / "build").mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="service-", dir=CACHE_DIR / "build") as tmp:
+        ctx = Path(tmp)
+        shutil.copy2(IMAGES_DIR / "service" / "Dockerfile", ctx / "Dockerfile")
+        (ctx / "req").mkdir()
+        shutil.copy2(IMAGES_DIR / REQUIREMENTS, ctx / "req" / "requirements.txt")
+        (ctx / "wheels").mkdir()
+        for whl in wheels.glob("*.whl"):
+            _link_or_copy(str(whl), str(ctx / "wheels" / whl.name))
+        for path, data in files:
+            target = ctx / "pkg" / "runner" / path
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(data)
+        cmd = ["docker", "build", "--network", "none", "--force-rm", "--build-arg", f"ROOTFS={rootfs}",
+               *(a for lb in _labels("service", ref) for a in ("--label", lb)), "-t", ref, str(ctx)]
+        if force:
+            cmd.insert(2, "--no-cache")
+        _run(cmd, f"docker build of {ref}", log, prefix="docker", env=_docker_env())
+    check = ["docker", "run", "--rm", "--network", "none", "--read-only", "--cap-drop", "ALL",
+             "--security-opt", "no-new-privileges", ref, *SERVICE_CHECK]
+    try:
+        _run(check, f"check of {ref} (mcp-runner {' '.join(SERVICE_CHECK)})", log, prefix="check")
+    except ImageBuildError:
+        subprocess.run(["docker", "rmi", "-f", ref], capture_output=True)  # a broken tag must not look "present"
+        raise
+    log(f"  [check] {ref}: mcp-runner starts (read-only root, no network, all capabilities dropped)")
+
