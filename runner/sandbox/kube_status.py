@@ -1,0 +1,82 @@
+"""What a pod's status means for the runner: started, failing to start (and why), or ended (and why).
+
+Pure functions of a ``V1Pod`` (or None once it is gone), so every case is testable without a cluster.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from runner.errors import FailedPrecondition, ResourceExhausted, Unavailable
+from runner.sandbox.base import SandboxExit
+from runner.text import printable
+
+DELETED_OUTSIDE = "its pod was deleted from outside the runner"
+_IMAGE_MISSING = ("ErrImageNeverPull", "ImagePullBackOff", "ErrImagePull", "InvalidImageName")
+_CANNOT_CREATE = ("CreateContainerConfigError", "CreateContainerError", "RunContainerError")
+_MESSAGE_CAP = 300
+
+
+def _text(value: object) -> str:
+    return printable(" ".join(str(value or "").split()), _MESSAGE_CAP)
+
+
+def _container(pod: Any) -> Any:
+    statuses = (pod.status.container_statuses or []) if pod.status is not None else []
+    return statuses[0] if statuses else None
+
+
+def started(pod: Any, what: str, image: str, load_hint: str) -> Any | None:
+    """The running container's status once ``pod`` runs; None while it may still start; raises why it cannot."""
+    if pod is None or pod.metadata.deletion_timestamp is not None:
+        raise Unavailable(f"{what}: its pod was deleted while it started")
+    status = pod.status
+    for condition in (status.conditions or []) if status is not None else []:
+        if condition.type == "PodScheduled" and condition.status == "False" and condition.reason == "Unschedulable":
+            raise ResourceExhausted(f"{what}: the cluster cannot place its pod: {_text(condition.message)}")
+    if status is not None and status.phase in ("Failed", "Succeeded") and _container(pod) is None:
+        raise Unavailable(f"{what}: its pod ended before it ran ({status.reason}: {_text(status.message)})")
+    container = _container(pod)
+    if container is None or container.state is None:
+        return None
+    if container.state.running is not None:
+        return container
+    waiting, terminated = container.state.waiting, container.state.terminated
+    if waiting is not None and waiting.reason in _IMAGE_MISSING:
+        raise FailedPrecondition(
+            f"{what}: the image {image} is not available on the cluster's nodes ({waiting.reason}: "
+            f"{_text(waiting.message)}); {load_hint}"
+        )
+    if waiting is not None and waiting.reason in _CANNOT_CREATE:
+        raise FailedPrecondition(f"{what}: its container cannot start ({waiting.reason}: {_text(waiting.message)})")
+    if terminated is not None:
+        raise Unavailable(
+            f"{what}: its container ended before the runner attached (exit status {terminated.exit_code}, "
+            f"{terminated.reason}: {_text(terminated.message)})"
+        )
+    return None
+
+
+def exit_of(pod: Any, removed_by_us: bool) -> SandboxExit | None:
+    """How the sandbox in ``pod`` (None: gone) ended, or None while it runs."""
+    if pod is None:
+        return SandboxExit(exit_code=None, reason="" if removed_by_us else DELETED_OUTSIDE)
+    reason = _reason(pod, removed_by_us)
+    container = _container(pod)
+    terminated = container.state.terminated if container is not None and container.state is not None else None
+    if terminated is not None:
+        return SandboxExit(exit_code=terminated.exit_code, oom_killed=terminated.reason == "OOMKilled", reason=reason)
+    if reason:  # being deleted, or failed as a whole: its container is going, its exit status may never show
+        return SandboxExit(exit_code=None, reason=reason)
+    return None
+
+
+def _reason(pod: Any, removed_by_us: bool) -> str:
+    status = pod.status
+    if status is not None and status.reason == "DeadlineExceeded":
+        return f"its pod reached its deadline ({pod.spec.active_deadline_seconds} s, activeDeadlineSeconds)"
+    if status is not None and status.reason == "Evicted":
+        return f"the node evicted its pod: {_text(status.message)}"
+    if pod.metadata.deletion_timestamp is not None and not removed_by_us:
+        return DELETED_OUTSIDE
+    return ""
