@@ -71,7 +71,9 @@ class Ending:
             mib = session.limits.memory_bytes // 1024**2
             explained = OutOfMemory(f"session {session.id} was killed for exceeding its memory limit of {mib} MiB")
         elif isinstance(error, SandboxCrashed):
-            status = f" (exit status {ending.exit_code})" if ending.exit_code is not None else ""
+            said = ([f"exit status {ending.exit_code}"] if ending.exit_code is not None else []) + (
+                [ending.reason] if ending.reason else [])  # the backend's why, e.g. its pod deleted from outside
+            status = f" ({'; '.join(said)})" if said else ""
             # The server's stderr may echo a secret of the session: the sanitizer redacts it like any output.
             tail = session.sanitizer.text(handle.stderr_tail(), "stderr", FindingLog())
             hint = session.egress.hint()
