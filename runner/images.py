@@ -47,6 +47,7 @@ IMAGE_NAMES: tuple[str, ...] = ("rootfs", "python-servers", "node-servers", "egr
 SERVICE_IMAGE = "service"
 """The service's own image (runner.service_image), for clusters; sandboxes never use it."""
 ALL_IMAGE_NAMES: tuple[str, ...] = (*IMAGE_NAMES, SERVICE_IMAGE)
+IMAGE_REFS_ENV = "MCP_RUNNER_IMAGE_REFS"
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 IMAGES_DIR = REPO_ROOT / "sandbox_images"
@@ -163,7 +164,7 @@ def _inputs(name: str, code: Code) -> Inputs:
     if name == SERVICE_IMAGE:
         from runner.service_image import service_inputs
 
-        return [*items, *service_inputs(code.service)]
+        return [*items, *service_inputs(code.service, {n: _ref(n, code) for n in IMAGE_NAMES})]
     if name == "egress":
         return [*items, _file("egress/Dockerfile"), *((f"egress/{fn}", data) for fn, data in code.egress)]
     items += [_file(f"{name}/Dockerfile"), _file("agent.txt"), _file("constraints.txt")]
@@ -191,7 +192,14 @@ def _ref(name: str, code: Code) -> str:
 
 
 def image_ref(name: str) -> str:
-    """``mcp-runner/<name>:<hash12>`` computed from the inputs; needs no Docker."""
+    """``mcp-runner/<name>:<hash12>`` computed from the inputs; needs no Docker.
+
+    Where env ``MCP_RUNNER_IMAGE_REFS`` names a JSON file of ``name -> ref``, its refs: the service image has no
+    build inputs, and carries the refs of the sandbox images built beside it.
+    """
+    fixed = os.environ.get(IMAGE_REFS_ENV)
+    if fixed and name in (refs := json.loads(Path(fixed).read_bytes())):
+        return str(refs[name])
     return _ref(name, _code())
 
 
@@ -535,7 +543,7 @@ def ensure_images(names: Iterable[str] | None = None, *, force: bool = False,
             elif n == SERVICE_IMAGE:
                 from runner.service_image import build_service_image
 
-                build_service_image(refs[n], refs["rootfs"], code.service, force=force, log=log)
+                build_service_image(refs[n], {m: refs[m] for m in IMAGE_NAMES}, code.service, force=force, log=log)
             else:
                 _build_server_image(n, refs, code, force=force, log=log)
             log(f"built {refs[n]} in {time.monotonic() - t0:.0f} s")

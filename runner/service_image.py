@@ -8,10 +8,12 @@ exactly the checkout's code. Sandboxes never need it: it is not one of ``IMAGE_N
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 
 from runner.images import (
@@ -50,9 +52,19 @@ def service_files() -> Files:
     )
 
 
-def service_inputs(files: Files) -> Inputs:
-    """What goes into the image besides its base: the tag is hashed over these."""
+def _refs_file(sandbox_refs: Mapping[str, str]) -> bytes:
+    return json.dumps(dict(sorted(sandbox_refs.items())), indent=1).encode() + b"\n"
+
+
+def service_inputs(files: Files, sandbox_refs: Mapping[str, str]) -> Inputs:
+    """What goes into the image besides its base: the tag is hashed over these.
+
+    ``sandbox_refs`` (name -> ref of each sandbox image) go in as ``image-refs.json``: inside the image the
+    sandbox images' build inputs are absent, so the service names its sessions' images from that file
+    (``runner.images.IMAGE_REFS_ENV``), and a new sandbox image means a new service image.
+    """
     return [
+        ("image-refs.json", _refs_file(sandbox_refs)),
         _file("service/Dockerfile"),
         _file(REQUIREMENTS),
         ("wheel-target", "\0".join(WHEEL_TARGET).encode()),
@@ -80,8 +92,9 @@ def _fetch_service_wheels(log: Log) -> Path:
     return dest
 
 
-def build_service_image(ref: str, rootfs: str, files: Files, *, force: bool, log: Log) -> None:
-    """Build ``ref`` FROM ``rootfs`` with exactly ``files`` (the bytes its tag was hashed over), then check it."""
+def build_service_image(ref: str, sandbox_refs: Mapping[str, str], files: Files, *, force: bool, log: Log) -> None:
+    """Build ``ref`` FROM the rootfs of ``sandbox_refs`` with exactly ``files`` and ``sandbox_refs`` (what its tag
+    was hashed over), then check it."""
     wheels = _fetch_service_wheels(log)
     (CACHE_DIR / "build").mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="service-", dir=CACHE_DIR / "build") as tmp:
@@ -92,11 +105,12 @@ def build_service_image(ref: str, rootfs: str, files: Files, *, force: bool, log
         (ctx / "wheels").mkdir()
         for whl in wheels.glob("*.whl"):
             _link_or_copy(str(whl), str(ctx / "wheels" / whl.name))
+        (ctx / "image-refs.json").write_bytes(_refs_file(sandbox_refs))
         for path, data in files:
             target = ctx / "pkg" / "runner" / path
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(data)
-        cmd = ["docker", "build", "--network", "none", "--force-rm", "--build-arg", f"ROOTFS={rootfs}",
+        cmd = ["docker", "build", "--network", "none", "--force-rm", "--build-arg", f"ROOTFS={sandbox_refs['rootfs']}",
                *(a for lb in _labels("service", ref) for a in ("--label", lb)), "-t", ref, str(ctx)]
         if force:
             cmd.insert(2, "--no-cache")

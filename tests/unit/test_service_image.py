@@ -79,3 +79,25 @@ def test_health_without_a_server() -> None:
         sock.bind(("127.0.0.1", 0))
         address = f"127.0.0.1:{sock.getsockname()[1]}"
         assert cli.main(["health", "--address", address, "--timeout", "0.5", "--live"]) == 1
+
+
+def test_the_service_names_sandbox_images_from_the_file_it_carries(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dockerfile = (images.IMAGES_DIR / "service" / "Dockerfile").read_text()
+    assert f"{images.IMAGE_REFS_ENV}=/opt/service/image-refs.json" in dockerfile
+    computed = images.image_ref("python-servers")
+    refs = tmp_path / "image-refs.json"
+    refs.write_text('{"python-servers": "mcp-runner/python-servers:0123456789ab"}')
+    monkeypatch.setenv(images.IMAGE_REFS_ENV, str(refs))
+    assert images.image_ref("python-servers") == "mcp-runner/python-servers:0123456789ab"
+    assert images.image_ref("egress") == images._ref("egress", images._code())  # not in the file: computed
+    monkeypatch.delenv(images.IMAGE_REFS_ENV)
+    assert images.image_ref("python-servers") == computed
+
+
+def test_a_new_sandbox_image_means_a_new_service_image() -> None:
+    files = service_image.service_files()
+    one = service_image.service_inputs(files, {"python-servers": "mcp-runner/python-servers:1"})
+    two = service_image.service_inputs(files, {"python-servers": "mcp-runner/python-servers:2"})
+    assert images._digest(one) != images._digest(two)
