@@ -1,4 +1,4 @@
-"""The embedded default service: Docker backend, built-in profiles, SQLite audit log, gRPC on 127.0.0.1:50051.
+"""The embedded default service: Docker (or Kubernetes) backend, built-in profiles, SQLite audit, gRPC on :50051.
 
 Start-up first refuses configurations that would expose the runner or hand the embedded default policy to
 authenticated callers, and an address already in use, then takes the instance lock: an instance is one
@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from runner.api.auth import Authenticator, check_listen_safety, check_policy_required
+from runner.api.backend_health import follow_backend
 from runner.api.server import refuse_address_in_use, start_server
 from runner.audit.replay import Replayer
 from runner.audit.retention import keep_retention
@@ -38,7 +39,7 @@ from runner.config import ConfigError, Settings
 from runner.errors import FailedPrecondition
 from runner.guard.memory import GuardMemory, memory_path
 from runner.policy import PolicyStore
-from runner.sandbox.docker import DockerBackend
+from runner.sandbox.backends import backend_for, describe
 from runner.sessions.journal import Journal
 from runner.sessions.manager import SessionManager
 
@@ -242,11 +243,13 @@ async def _serve(settings: Settings, lock: InstanceLock) -> None:
         memory.close()
         raise
     log.info("guard memory: %s", memory.path)
-    backend = DockerBackend(stderr_tail_bytes=settings.stderr_tail_bytes, owner=lock.label, abandoned=lock.abandoned)
+    backend = backend_for(settings, owner=lock.label, abandoned=lock.abandoned)
+    log.info("sandbox backend: %s", describe(settings))
     manager = SessionManager(backend, settings, policy, journal_for(settings, store), memory)
     audit = AuditService(store, policy, Replayer(manager, store)) if store is not None else None
     watcher: asyncio.Task[None] | None = None
     retention: asyncio.Task[None] | None = None
+    health: asyncio.Task[None] | None = None
     try:
         removed = await manager.start()
         if removed:
@@ -274,6 +277,7 @@ async def _serve(settings: Settings, lock: InstanceLock) -> None:
         pools = ", ".join(f"{name} {size}" for name, size in sorted(settings.pool.items())) or "off"
         log.info("warm pool: %s; at most %d sandboxes boot at once, an open waits for a slot up to %g s without a "
                  "deadline of its own", pools, settings.max_concurrent_boots, settings.open_queue_timeout_s)
+        health = asyncio.create_task(follow_backend(backend, server), name="backend-health")
         if settings.policy is not None:
             watcher = asyncio.create_task(policy.watch(), name="policy-watch")
         await stop.wait()
@@ -281,7 +285,7 @@ async def _serve(settings: Settings, lock: InstanceLock) -> None:
         await server.stop()
         await manager.shutdown()
     finally:
-        for task in (watcher, retention):
+        for task in (watcher, retention, health):
             if task is not None:
                 task.cancel()
         # A boot given up at shutdown (a pooled sandbox's, say) may still be removing what it made: its network

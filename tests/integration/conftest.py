@@ -2,6 +2,11 @@
 
 Each test run uses its own instance name, so the start-up orphan sweep never
 touches containers of another run; fixtures force-remove what they made.
+
+Backend-independent modules say so with ``pytest.mark.backends("docker", "kubernetes")``: each of their
+tests then runs once per backend (the ``backend`` fixture, ids ``[docker]`` and ``[kubernetes]``), against
+a service started with that backend; a test marked ``backends("docker")`` inside such a module runs on
+Docker only. Tests without the marker run on Docker.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from runner.client import RunnerClient, tls_credentials
 from runner.sandbox.base import INSTANCE_LABEL
+from tests.kubernetes_cluster import KUBECONFIG, NAMESPACE, Sandbox, pods
 
 PROFILES = Path(__file__).parent / "profiles.yaml"
 
@@ -47,6 +53,7 @@ class Service:
     """Set when the service speaks TLS: the CA that signed its certificate."""
     probe_cert: tuple[Path, Path] | None = None
     """A client certificate and key for the health probe, when the service requires mutual TLS."""
+    backend: str = "docker"
 
     def client(
         self, *, token: str | None = None, cert: tuple[Path, Path] | None = None, ca: Path | None = None
@@ -74,6 +81,12 @@ class Service:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
+    def sandboxes(self) -> list[Sandbox]:
+        """The sandboxes (containers or pods, with their egress proxies) this service's instance has now."""
+        if self.backend == "kubernetes":
+            return pods(f"{INSTANCE_LABEL}={self.instance}")
+        return [Sandbox(c.id, dict(c.labels)) for c in self.containers()]
+
     def containers(self) -> list[docker.models.containers.Container]:
         engine = docker.from_env()
         for _ in range(20):
@@ -93,6 +106,7 @@ def start_service(
     ca: Path | None = None,
     probe_cert: tuple[Path, Path] | None = None,
     state_dir: Path | None = None,
+    backend: str = "docker",
 ) -> Service:
     """The service on ``port`` (default: a free one); its audit log is ``tmp``/audit-``instance``.sqlite3.
 
@@ -108,6 +122,9 @@ def start_service(
         "MCP_RUNNER_INSTANCE": instance,
         "MCP_RUNNER_AUDIT_DB": str(audit_db),
         "MCP_RUNNER_STATE_DIR": str(state_dir),
+        "MCP_RUNNER_BACKEND": backend,
+        "MCP_RUNNER_KUBECONFIG": str(KUBECONFIG),
+        "MCP_RUNNER_NAMESPACE": NAMESPACE,
     }
     process = subprocess.Popen(
         [sys.executable, "-m", "runner.cli", "serve", "--listen", f"127.0.0.1:{port}", "--config", str(config)],
@@ -115,7 +132,9 @@ def start_service(
         stderr=subprocess.STDOUT,
         env=env,
     )
-    service = Service(f"127.0.0.1:{port}", instance, process, log_path, audit_db, state_dir, ca, probe_cert)
+    service = Service(
+        f"127.0.0.1:{port}", instance, process, log_path, audit_db, state_dir, ca, probe_cert, backend=backend
+    )
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -135,6 +154,11 @@ def stop_service(service: Service) -> None:
         except subprocess.TimeoutExpired:
             service.process.kill()
             service.process.wait()
+    if service.backend == "kubernetes":
+        from tests.kubernetes_cluster import remove_instance
+
+        remove_instance(service.instance)
+        return
     for container in service.containers():
         container.remove(force=True)
 
@@ -146,9 +170,28 @@ def images() -> dict[str, str]:
     return ensure_images()
 
 
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Run the tests of a ``backends(...)`` module once per backend it names (session-scoped: one service each)."""
+    marker = metafunc.definition.get_closest_marker("backends")
+    if marker is None or "backend" not in metafunc.fixturenames:
+        return
+    params = [pytest.param(name, marks=[getattr(pytest.mark, name)]) for name in marker.args]
+    metafunc.parametrize("backend", params, indirect=True, scope="session")
+
+
 @pytest.fixture(scope="session")
-def service(images: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
-    svc = start_service(tmp_path_factory.mktemp("service"), f"it-{secrets.token_hex(4)}")
+def backend(request: pytest.FixtureRequest) -> str:
+    """The backend the test's service runs on: a ``backends(...)`` parameter, else docker."""
+    return str(getattr(request, "param", "docker"))
+
+
+@pytest.fixture(scope="session")
+def service(images: dict[str, str], backend: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
+    if backend == "kubernetes":
+        from tests.kubernetes_cluster import ensure_images_loaded
+
+        ensure_images_loaded()
+    svc = start_service(tmp_path_factory.mktemp("service"), f"it-{secrets.token_hex(4)}", backend=backend)
     yield svc
     stop_service(svc)
 

@@ -1,4 +1,4 @@
-"""Real service, real Docker, real MCP servers from PyPI and npm: the happy paths and the sandbox's shape."""
+"""Real service, real sandboxes (Docker containers and Kubernetes pods), real MCP servers from PyPI and npm."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from runner.api._proto.mcp_runner.v1 import runner_pb2 as pb
 from runner.client import Progress, RunnerClient, ToolResult
 from tests.integration.conftest import Service
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.backends("docker", "kubernetes")]
 
 
 def test_time_server_end_to_end(client: RunnerClient, service: Service) -> None:
@@ -34,9 +34,10 @@ def test_time_server_end_to_end(client: RunnerClient, service: Service) -> None:
         final = client.close_session(opened.session_id)
     assert final.usage.calls == 1
     assert final.usage.wall_ms > 0
-    assert not service.containers(), "the session's container must be removed on close"
+    assert not service.sandboxes(), "the session's container must be removed on close"
 
 
+@pytest.mark.backends("docker")
 def test_sandbox_is_hardened(client: RunnerClient, service: Service) -> None:
     opened = client.open_session("scripted")
     try:
@@ -118,7 +119,7 @@ def test_twenty_parallel_sessions_no_crosstalk(service: Service) -> None:
         answers = list(pool.map(one, range(20)))
     for n, got in enumerate(answers):
         assert got == [f"caller-{n}-call-{i}" for i in range(5)]
-    assert not service.containers()
+    assert not service.sandboxes()
 
 
 def test_idle_session_is_reaped(client: RunnerClient, service: Service) -> None:
@@ -134,7 +135,7 @@ def test_idle_session_is_reaped(client: RunnerClient, service: Service) -> None:
     assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
 
     def still_there() -> bool:
-        return any(c.labels["mcp-runner.session"] == opened.session_id for c in service.containers())
+        return any(c.labels["mcp-runner.session"] == opened.session_id for c in service.sandboxes())
 
     # The reaper marks the session closed first, then removes its container.
     while time.monotonic() < deadline and still_there():
@@ -149,6 +150,43 @@ def test_health_and_reflection(service: Service) -> None:
         stub = health_pb2_grpc.HealthStub(channel)
         status = stub.Check(health_pb2.HealthCheckRequest(service="mcp_runner.v1.Runner"), timeout=5).status
         assert status == health_pb2.HealthCheckResponse.SERVING
+
+
+@pytest.mark.backends("kubernetes")
+def test_pod_is_hardened(client: RunnerClient, service: Service) -> None:
+    from tests.kubernetes_cluster import NAMESPACE, core_api
+
+    opened = client.open_session("scripted")
+    try:
+        (sandbox,) = service.sandboxes()
+        pod = core_api().read_namespaced_pod(sandbox.id, NAMESPACE)
+        spec = pod.spec
+        assert spec.automount_service_account_token is False
+        assert spec.enable_service_links is False
+        assert not (spec.host_network or spec.host_pid or spec.host_ipc)
+        assert spec.restart_policy == "Never"
+        assert spec.active_deadline_seconds and spec.active_deadline_seconds > 0
+        assert spec.security_context.run_as_non_root is True
+        assert spec.security_context.run_as_user == 10001
+        assert spec.security_context.seccomp_profile.type == "RuntimeDefault"
+        (container,) = spec.containers
+        context = container.security_context
+        assert context.read_only_root_filesystem is True
+        assert context.allow_privilege_escalation is False
+        assert context.capabilities.drop == ["ALL"]
+        assert container.resources.limits == container.resources.requests
+        assert {"cpu", "memory"} <= set(container.resources.limits)
+        assert not container.env or all(e.value_from is not None for e in container.env)  # nothing in clear
+        tmp = next(v for v in spec.volumes if v.empty_dir is not None)
+        assert tmp.empty_dir.medium == "Memory" and tmp.empty_dir.size_limit
+        assert pod.metadata.labels["mcp-runner.session"] == opened.session_id
+        assert pod.metadata.labels["mcp-runner.profile"] == "scripted"
+        # Seen from inside: not root, root filesystem read-only.
+        seen = client.call_tool(opened.session_id, "inspect_sandbox", {}).structured_content
+        assert seen["uid"] == 10001
+        assert seen["root_writable"] is False
+    finally:
+        client.close_session(opened.session_id)
 
 
 def test_docker_engine_is_real() -> None:
