@@ -51,6 +51,9 @@ log = logging.getLogger(__name__)
 BACKOFF_BASE_S = 1.0
 BACKOFF_MAX_S = 300.0
 HEALTHY_AFTER_S = 60.0
+WARM_MAX_AGE_S = 3600.0
+"""A warm sandbox older than this is replaced (the pool drained and refilled): its lifetime backstop (a pod's
+deadline on Kubernetes) counts from its boot, so waiting must not eat into the life of the session that claims it."""
 """A pooled sandbox that waited this long before dying does not count as one more failure in a row."""
 _REASON_CHARS = 300
 
@@ -192,12 +195,18 @@ class WarmPool:
     def check_sources(self) -> None:
         """Drain and refill the pools whose secret sources read differently now than when their sandboxes booted.
 
-        Called by the manager's reaper, so a rotated secret replaces warm sandboxes before anyone claims one.
+        Called by the manager's reaper, so a rotated secret replaces warm sandboxes before anyone claims one; so
+        are pools whose oldest sandbox is over ``WARM_MAX_AGE_S``.
         """
         for pool in list(self._pools.values()):
             if not pool.ready:
                 continue
             warm = pool.ready[0]
+            if time.monotonic() - warm.ready_at > WARM_MAX_AGE_S:
+                log.info("warm sandboxes of profile %r are over %g s old: draining and refilling its pool",
+                         pool.profile.name, WARM_MAX_AGE_S)
+                self._replace(pool, pool.profile)
+                continue
             try:
                 secret_values, network, _ = sandbox_inputs(pool.profile)
             except RunnerError as exc:
@@ -284,7 +293,9 @@ class WarmPool:
         budget = settings.open_timeout_s
         try:
             async with asyncio.timeout(budget):
-                spec = sandbox_spec(session, settings, secret_values, network, budget)
+                # Its lifetime covers the wait for a claim, and the reaper's turn that notices the age.
+                warm_for = WARM_MAX_AGE_S + settings.reap_interval_s
+                spec = sandbox_spec(session, settings, secret_values, network, budget, warm_for)
                 initialize = await start_agent(self._backend, session, spec, settings.max_message_bytes)
                 listed: list[mcp_types.Tool] = []
                 if initialize.capabilities.tools is not None:

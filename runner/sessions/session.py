@@ -107,9 +107,12 @@ def sandbox_spec(
     secret_values: Mapping[str, str],
     network: SandboxNetwork | None,
     budget_s: float,
+    warm_for_s: float = 0.0,
 ) -> SandboxSpec:
     """What a session's sandbox is started with, warm or cold alike: the profile, the secrets read for it, the
-    host's cap, and the agent's start-up budget (``budget_s``, what the boot may still take)."""
+    host's cap, and the agent's start-up budget (``budget_s``, what the boot may still take). Its lifetime, a
+    backstop the backend may enforce without the service (a pod's deadline), covers the boot, up to
+    ``warm_for_s`` waiting in a warm pool, and the session's longest life."""
     profile = session.profile
     return SandboxSpec(
         session_id=session.id,
@@ -125,6 +128,7 @@ def sandbox_spec(
         labels={"mcp-runner.profile": profile.name},
         network=network,
         runtime=profile.runtime,
+        lifetime_s=budget_s + warm_for_s + session.limits.max_lifetime_s,
     )
 
 

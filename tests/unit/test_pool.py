@@ -23,7 +23,7 @@ from runner.sessions.admission import BootSlots
 from runner.sessions.journal import Journal
 from runner.sessions.manager import SessionManager
 from runner.sessions.models import LimitsRequest, SessionState
-from runner.sessions.pool import BACKOFF_MAX_S, WarmPool, backoff_s
+from runner.sessions.pool import BACKOFF_MAX_S, WARM_MAX_AGE_S, WarmPool, backoff_s
 from tests.unit.fake_agent import FakeAgent, frame
 
 LIMITS = Limits(memory_bytes=256 * 1024**2, call_timeout_s=2.0, idle_timeout_s=60, max_lifetime_s=600)
@@ -192,7 +192,9 @@ async def test_records_of_a_warm_and_a_cold_open_differ_only_in_start(make_env: 
     assert (warm.server, warm.tools, warm.findings) == (cold.server, cold.tools, cold.findings)
     warm_spec = warm_env.backend.of(warm.info.session_id)[0]
     cold_spec = cold_env.backend.of(cold.info.session_id)[0]
-    assert replace(warm_spec, session_id="") == replace(cold_spec, session_id="")
+    # The same sandbox, but for the lifetime backstop: a warm one's also covers its wait for a claim.
+    assert replace(warm_spec, session_id="", lifetime_s=0) == replace(cold_spec, session_id="", lifetime_s=0)
+    assert warm_spec.lifetime_s == cold_spec.lifetime_s + WARM_MAX_AGE_S + settings().reap_interval_s
 
 
 async def test_other_limits_than_the_pools_start_cold(
@@ -268,6 +270,26 @@ async def test_a_changed_profile_drains_the_pool_and_refills_it_with_the_new_one
         assert [spec.env.get("MODE") for spec in ready] == ["new", "new"]
         claimed = pool.claim(changed, changed.limits, {}, None)
         assert claimed is not None and claimed.session.profile == changed
+    finally:
+        await pool.shutdown()
+
+
+async def test_warm_sandboxes_past_their_age_are_replaced() -> None:
+    backend = Backend()
+    pool = WarmPool(backend, settings(good=2), BootSlots(2))
+    pool.start()
+    try:
+        await pool.filled("good")
+        old = [sandbox for _, _, sandbox in backend.started]
+        pool.check_sources()  # young: kept
+        assert not any(sandbox.destroyed for sandbox in old)
+        for warm in pool._pools["good"].ready:
+            warm.ready_at -= WARM_MAX_AGE_S + 1
+        pool.check_sources()
+        await pool.filled("good")
+        await asyncio.sleep(0)
+        assert all(sandbox.destroyed for sandbox in old)
+        assert len([s for _, _, s in backend.started if not s.destroyed]) == 2
     finally:
         await pool.shutdown()
 
