@@ -25,6 +25,7 @@ from pathlib import Path
 import docker
 import grpc
 import pytest
+import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from runner.client import RunnerClient, tls_credentials
@@ -114,6 +115,8 @@ def start_service(
     user's, so parallel runs and a developer's own service never see each other's locks.
     """
     port = port or free_port()
+    if backend == "kubernetes":
+        config = cluster_variant(config, tmp / f"settings-{instance}.yaml")
     log_path = tmp / f"service-{instance}-{port}.log"
     audit_db = tmp / f"audit-{instance}.sqlite3"
     state_dir = state_dir or tmp / "state"
@@ -144,6 +147,25 @@ def start_service(
         time.sleep(0.2)
     process.kill()
     raise RuntimeError(f"the service did not answer within 60 s:\n{service.log()}")
+
+
+CLUSTER_CPUS = 0.08
+"""Each test sandbox's CPU on the test cluster. A pod's CPU request equals its limit, and the one node has 2 CPUs:
+at the profiles' 1 CPU only two sessions fit at once, while the tests open twenty side by side."""
+
+
+def cluster_variant(config: Path, written: Path) -> Path:
+    """``config`` for a service on the test cluster, written to ``written``: every profile with ``CLUSTER_CPUS``, and
+    mount sources made absolute (they were relative to ``config``'s directory)."""
+    settings = yaml.safe_load(config.read_text())
+    settings.setdefault("defaults", {})["cpus"] = CLUSTER_CPUS
+    for profile in settings.get("profiles", {}).values():
+        if "limits" in profile:
+            profile["limits"].pop("cpus", None)
+        for mount in profile.get("mounts", []):
+            mount["source"] = str((config.parent / mount["source"]).resolve())
+    written.write_text(yaml.safe_dump(settings))
+    return written
 
 
 def stop_service(service: Service) -> None:
