@@ -110,7 +110,7 @@ def tls_context(api: KubeApi) -> ssl.SSLContext | None:
 
 
 def _said(body: object, fallback: object) -> str:
-    text = body.decode(errors="replace") if isinstance(body, bytes) else str(body or "")
+    text = bytes(body).decode(errors="replace") if isinstance(body, bytes | bytearray) else str(body or "")
     with contextlib.suppress(ValueError, AttributeError):
         text = str(json.loads(text).get("message") or text)
     return printable(" ".join((text or str(fallback or "")).split()), _MESSAGE_CAP)

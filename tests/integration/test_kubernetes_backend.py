@@ -74,7 +74,8 @@ def left_over(instance: str) -> list[str]:
     core = core_api()
     pods = core.list_namespaced_pod(NAMESPACE, label_selector=selector).items
     found = [f"pod/{p.metadata.name}" for p in pods if p.metadata.deletion_timestamp is None]
-    found += [f"secret/{s.metadata.name}" for s in core.list_namespaced_secret(NAMESPACE, label_selector=selector).items]
+    secrets_left = core.list_namespaced_secret(NAMESPACE, label_selector=selector).items
+    found += [f"secret/{s.metadata.name}" for s in secrets_left]
     policies = kube.NetworkingV1Api(core.api_client).list_namespaced_network_policy(NAMESPACE, label_selector=selector)
     return found + [f"networkpolicy/{p.metadata.name}" for p in policies.items]
 
