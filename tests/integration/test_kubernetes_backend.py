@@ -36,6 +36,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.kubernetes]
 
 TIME_SERVER = ("mcp-server-time", "--local-timezone", "UTC")
 OWNER = '{"owner": "kube-backend-test"}'
+LIMITS = Limits(cpus=0.1, memory_bytes=256 * 1024**2)
+"""Small: the test node has two cores, and CPU requests equal limits, so default sessions (1 CPU) fill it."""
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +65,7 @@ def spec(instance: str, **fields: Any) -> SandboxSpec:
     base: dict[str, Any] = {
         "session_id": secrets.token_hex(8), "instance": instance, "image": "python-servers", "command": TIME_SERVER,
         "env": {**agent_env(4 * 1024**2), "MCP_AGENT_INIT_TIMEOUT": "30", "SOME_SECRET": "hunter2-value"},
-        "labels": {"mcp-runner.profile": "time"}, "lifetime_s": 600.0,
+        "labels": {"mcp-runner.profile": "time"}, "lifetime_s": 600.0, "limits": LIMITS,
     }
     return SandboxSpec(**{**base, **fields})
 
@@ -128,7 +130,7 @@ async def test_a_session_pod_runs_the_agent_hardened_and_leaves_nothing(instance
 async def test_over_its_memory_the_sandbox_is_oom_killed(instance: str) -> None:
     kube_backend = backend()
     hog = ("/opt/agent/bin/python", "-c", "b = bytearray(1024**3); import time; time.sleep(60)")
-    handle = await kube_backend.start(spec(instance, command=hog, limits=Limits(memory_bytes=128 * 1024**2)))
+    handle = await kube_backend.start(spec(instance, command=hog, limits=Limits(cpus=0.1, memory_bytes=128 * 1024**2)))
     try:
         async with asyncio.timeout(60):
             while await handle.read_stdout():
@@ -144,7 +146,7 @@ async def test_over_its_memory_the_sandbox_is_oom_killed(instance: str) -> None:
 async def test_an_unschedulable_pod_is_resource_exhausted_and_nothing_is_left(instance: str) -> None:
     kube_backend = backend()
     with pytest.raises(ResourceExhausted, match="Insufficient memory"):
-        await kube_backend.start(spec(instance, limits=Limits(memory_bytes=10000 * 1024**3)))
+        await kube_backend.start(spec(instance, limits=Limits(cpus=0.1, memory_bytes=10000 * 1024**3)))
     await kube_backend.settle()
     kube_backend.close()
     assert left_over(instance) == []
