@@ -54,5 +54,12 @@ bench: images ## Benchmark every section beside its baseline: warm/cold open, ca
 	@echo "[make] running every bench section with its defaults (several minutes; figures are wall clock on this machine)"
 	@$(BIN)/mcp-runner bench
 
+.PHONY: kubernetes kubernetes-down
+kubernetes: ## Bring up (or find up) the single-node test cluster, Kubernetes v1.20.2 offline; kubeconfig ~/.kube/mcp-runner-test.yaml
+	@bash scripts/kubernetes.sh up
+
+kubernetes-down: ## Stop the test cluster by pid and remove pods' leftovers (cached binaries, certificates, etcd data, images stay)
+	@bash scripts/kubernetes.sh down
+
 clean: ## Remove the virtualenv and caches (images stay; `docker image rm` them by hand)
 	rm -rf $(VENV) .cache .pytest_cache .mypy_cache .ruff_cache build
