@@ -58,6 +58,7 @@ ensure_packages() {
     command -v iptables >/dev/null || missing+=(iptables)
     command -v conntrack >/dev/null || missing+=(conntrack)   # kube-proxy clears stale UDP entries with it
     command -v openssl >/dev/null || missing+=(openssl)
+    command -v curl >/dev/null || missing+=(curl)           # etcd's health check
     [[ ${#missing[@]} -eq 0 ]] && return
     command -v apt-get >/dev/null || die "missing ${missing[*]} and no apt-get to install them"
     say "installing Debian packages: ${missing[*]} (apt-get)"
@@ -410,7 +411,8 @@ up() {
     elif [[ ${#stopped[@]} -eq 0 ]]; then
         say "the processes run but the API does not answer or node $NODE is not Ready: restarting the cluster"
     else
-        say "starting the cluster (node $NODE, $NODE_IP; pods $POD_CIDR, services $SERVICE_CIDR)"
+        say "starting the cluster (node $NODE, $NODE_IP; pods $POD_CIDR, services $SERVICE_CIDR)," \
+            "after removing what an earlier run left"
     fi
     teardown
     prepare_and_start
