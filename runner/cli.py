@@ -380,7 +380,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser(
         "bench", help="measure opens (warm, cold), calls, throughput, many sessions at once, guard, sandbox options "
-                      "and audit, each beside its baseline"
+                      "and audit, each beside its baseline (with --backend kubernetes: pods beside Docker containers)"
     )
     add_bench_arguments(bench)
     bench.set_defaults(func=_bench)

@@ -151,8 +151,9 @@ def load_into_containerd(
     commands: Commands | None = None,
     ensure: Callable[..., dict[str, str]] = ensure_images,
     ctr: str | None = None,
+    names: Sequence[str] = CLUSTER_IMAGE_NAMES,
 ) -> dict[str, str]:
-    """Build what is missing, then import into containerd each cluster image it does not hold yet.
+    """Build what is missing, then import into containerd each of ``names`` it does not hold yet.
 
     ``socket`` default: the test cluster's (``find_containerd_socket``). Returns ``name -> ref``.
     """
@@ -165,7 +166,7 @@ def load_into_containerd(
     if not _is_socket(socket):
         raise ImageTransferError(f"{socket} is not a socket: is the cluster's containerd running? {_BRING_UP}")
     base = [ctr, "--address", str(socket), "--namespace", CONTAINERD_NAMESPACE]
-    refs = ensure(CLUSTER_IMAGE_NAMES, log=log)
+    refs = ensure(names, log=log)
     held = set(commands.output([*base, "images", "list", "--quiet"], f"listing the images in {socket}").split())
     for ref in refs.values():
         if containerd_name(ref) in held:

@@ -9,8 +9,11 @@ import argparse
 from collections.abc import Callable
 from dataclasses import dataclass
 
-SECTIONS = ("open", "calls", "throughput", "at-once", "guard", "sandbox", "audit")
+SECTIONS = ("open", "calls", "throughput", "at-once", "guard", "sandbox", "audit", "backends")
 """Every section, in the order ``main`` runs them (the order on the command line does not matter)."""
+DEFAULT_SECTIONS = SECTIONS[:-1]
+"""What runs without ``--sections``: all but ``backends``, which needs the test cluster (``--backend kubernetes``)."""
+BACKENDS = ("docker", "kubernetes")
 MAX_AT_ONCE = 729
 """Sessions the at-once section can tell apart by their arguments (27 source x 27 target time zones)."""
 MAX_AT_ONCE_CALLS = 1440
@@ -21,12 +24,14 @@ MAX_AT_ONCE_CALLS = 1440
 class BenchOptions:
     config: str | None = None
     profile: str = "time"
-    sections: tuple[str, ...] = SECTIONS
+    sections: tuple[str, ...] = DEFAULT_SECTIONS
     opens: int = 10
     calls: int = 200
     at_once: int = 200
     at_once_calls: int = 100
     concurrency: tuple[int, ...] = (1, 10, 50)
+    backend: str = "docker"
+    """``kubernetes``: the ``backends`` section also runs, measuring pods next to Docker's containers."""
 
 
 def sections_arg(text: str) -> tuple[str, ...]:
@@ -71,10 +76,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     defaults = BenchOptions()
     parser.add_argument("--config", help="settings file (YAML or TOML) the bench's services start from")
     parser.add_argument("--profile", default=defaults.profile,
-                        help="profile for open, calls, throughput, sandbox and audit (default: time; "
+                        help="profile for open, calls, throughput, sandbox, audit and backends (default: time; "
                              "at-once always uses time)")
     parser.add_argument("--sections", type=sections_arg, default=defaults.sections, metavar="LIST",
-                        help=f"comma-separated sections to run (default: all: {','.join(SECTIONS)})")
+                        help=f"comma-separated sections to run (default: {','.join(DEFAULT_SECTIONS)}; "
+                             "backends too with --backend kubernetes)")
+    parser.add_argument("--backend", choices=BACKENDS, default=defaults.backend,
+                        help="kubernetes: also run the backends section (open/call/close on pods of the test "
+                             "cluster next to Docker containers); default: docker")
     parser.add_argument("--opens", type=bounded(1, 10_000), default=defaults.opens, metavar="N",
                         help=f"sessions opened per column (default: {defaults.opens})")
     parser.add_argument("--calls", type=bounded(1, 1_000_000), default=defaults.calls, metavar="N",
@@ -87,8 +96,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="concurrent sessions for throughput (default: 1,10,50)")
 
 
+def with_backend(sections: tuple[str, ...], backend: str) -> tuple[str, ...]:
+    """``sections`` plus ``backends`` when the backend to measure beside Docker is Kubernetes, in run order."""
+    chosen = {*sections, "backends"} if backend == "kubernetes" else set(sections)
+    return tuple(name for name in SECTIONS if name in chosen)
+
+
 def options_from(args: argparse.Namespace) -> BenchOptions:
     return BenchOptions(
-        config=args.config, profile=args.profile, sections=args.sections, opens=args.opens, calls=args.calls,
-        at_once=args.at_once, at_once_calls=args.at_once_calls, concurrency=args.concurrency,
+        config=args.config, profile=args.profile, sections=with_backend(args.sections, args.backend),
+        opens=args.opens, calls=args.calls, at_once=args.at_once, at_once_calls=args.at_once_calls,
+        concurrency=args.concurrency, backend=args.backend,
     )

@@ -97,14 +97,17 @@ class Served:
 
 
 @contextlib.asynccontextmanager
-async def served(config: str | None) -> AsyncIterator[Served]:
-    """The real service in its own process on a free loopback port, as callers meet it."""
+async def served(config: str | None, *, backend: str | None = None) -> AsyncIterator[Served]:
+    """The real service in its own process on a free loopback port, as callers meet it; ``backend`` is passed as
+    ``--backend``, which outranks env MCP_RUNNER_BACKEND (None: the service chooses as it would for a user)."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         address = f"127.0.0.1:{probe.getsockname()[1]}"
     command = [sys.executable, "-m", "runner.cli", "serve", "--listen", address]
     if config:
         command += ["--config", config]
+    if backend:
+        command += ["--backend", backend]
     instance = instance_name()
     with tempfile.TemporaryFile() as log, tempfile.TemporaryDirectory() as state:
         env = {
