@@ -7,11 +7,15 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 CONFIG ?=
 LISTEN ?= 127.0.0.1:50051
+BACKEND ?= docker
+# `make run BACKEND=kubernetes` without CONFIG: settings sized for the test cluster's one 2-CPU node.
+KUBERNETES_RUN_CONFIG := scripts/kubernetes/run-settings.yaml
+RUN_CONFIG := $(or $(CONFIG),$(if $(filter kubernetes,$(BACKEND)),$(KUBERNETES_RUN_CONFIG)))
 PYTEST_ARGS ?=
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help venv docker images run test test-unit test-integration lint proto bench clean
+.PHONY: help venv docker images images-kubernetes run test test-unit test-integration lint proto bench clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-17s\033[0m %s\n", $$1, $$2}'
@@ -32,11 +36,15 @@ images: venv docker ## Build the sandbox images that are missing (offline, conte
 	@echo "[make] checking sandbox images (only missing ones are built)..."
 	@$(BIN)/mcp-runner images build
 
-run: images ## Start the service (CONFIG=path for another settings file, LISTEN=host:port)
-	@echo "[make] starting mcp-runner on $(LISTEN) — Ctrl-C stops it and removes its sandboxes"
-	@$(BIN)/mcp-runner serve --listen $(LISTEN) $(if $(CONFIG),--config $(CONFIG))
+run: images $(if $(filter kubernetes,$(BACKEND)),images-kubernetes) ## Start the service (BACKEND=docker|kubernetes, CONFIG=settings file, LISTEN=host:port)
+	@echo "[make] starting mcp-runner on $(LISTEN), sandboxes on $(BACKEND) — Ctrl-C stops it and removes its sandboxes"
+	@$(BIN)/mcp-runner serve --listen $(LISTEN) --backend $(BACKEND) $(if $(RUN_CONFIG),--config $(RUN_CONFIG))
 
-test: images lint ## Run lint, then every test: unit, integration (real Docker, real servers), hostile servers
+images-kubernetes: images kubernetes ## Load the images that are missing into the test cluster's runtime (no registry needed)
+	@echo "[make] loading images into the test cluster (only missing ones are imported)..."
+	@$(BIN)/mcp-runner images load --kubernetes
+
+test: images lint images-kubernetes ## Run lint, then every test: unit, integration (Docker and the test cluster, real servers), hostile servers
 	@echo "[make] running the whole test suite"
 	@$(BIN)/python -m pytest $(PYTEST_ARGS)
 

@@ -14,6 +14,10 @@ from runner.text import printable
 DELETED_OUTSIDE = "its pod was deleted from outside the runner"
 _IMAGE_MISSING = ("ErrImageNeverPull", "ImagePullBackOff", "ErrImagePull", "InvalidImageName")
 _CANNOT_CREATE = ("CreateContainerConfigError", "CreateContainerError", "RunContainerError")
+_PASSING = ("failed to sync", "timed out waiting for the condition", "context deadline exceeded")
+"""Messages of a ``_CANNOT_CREATE`` state that the kubelet retries and that pass (its secret cache not yet synced
+on a busy node, a slow runtime): the start keeps waiting, within its budget, instead of failing a session that
+was about to run. Any other message (a missing key, an image that runs as root) stays as it is."""
 _MESSAGE_CAP = 300
 
 
@@ -47,7 +51,7 @@ def started(pod: Any, what: str, image: str, load_hint: str) -> Any | None:
             f"{what}: the image {image} is not available on the cluster's nodes ({waiting.reason}: "
             f"{_text(waiting.message)}); {load_hint}"
         )
-    if waiting is not None and waiting.reason in _CANNOT_CREATE:
+    if waiting is not None and waiting.reason in _CANNOT_CREATE and not _passing(waiting.message):
         raise FailedPrecondition(f"{what}: its container cannot start ({waiting.reason}: {_text(waiting.message)})")
     if terminated is not None:
         raise Unavailable(
@@ -55,6 +59,11 @@ def started(pod: Any, what: str, image: str, load_hint: str) -> Any | None:
             f"{terminated.reason}: {_text(terminated.message)})"
         )
     return None
+
+
+def _passing(message: object) -> bool:
+    said = str(message or "").lower()
+    return any(mark in said for mark in _PASSING)
 
 
 def exit_of(pod: Any, removed_by_us: bool) -> SandboxExit | None:

@@ -62,6 +62,15 @@ def test_a_container_that_cannot_start_or_ended_early_or_a_pod_deleted_while_sta
         started(pod({"phase": "Pending"}, deletionTimestamp="2026-01-01T00:00:00Z"))
 
 
+@pytest.mark.parametrize("message", [
+    "failed to sync secret cache: timed out waiting for the condition",
+    "context deadline exceeded",
+])
+def test_a_passing_kubelet_state_keeps_the_start_waiting(message: str) -> None:
+    for reason in ("CreateContainerConfigError", "CreateContainerError"):
+        assert started(pod(container({"waiting": {"reason": reason, "message": message}}))) is None
+
+
 def test_how_a_sandbox_ended() -> None:
     assert kube_status.exit_of(pod({"phase": "Running", **container({"running": {}})}), False) is None
     oom = kube_status.exit_of(pod(container({"terminated": {"exitCode": 137, "reason": "OOMKilled"}})), False)
