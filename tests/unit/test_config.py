@@ -361,3 +361,58 @@ def test_admission_settings(tmp_path: Path) -> None:
     assert (settings.max_concurrent_boots, settings.open_queue_timeout_s) == (3, 45)
     default = load_settings()
     assert default.max_concurrent_boots >= 2 and default.open_queue_timeout_s == 300
+
+
+@pytest.fixture
+def no_backend_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("MCP_RUNNER_BACKEND", "MCP_RUNNER_KUBECONFIG", "MCP_RUNNER_NAMESPACE", "MCP_RUNNER_CONFIG"):
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.mark.usefixtures("no_backend_env")
+def test_the_backend_is_docker_unless_chosen_and_kubernetes_defaults_to_the_test_cluster(tmp_path: Path) -> None:
+    settings = load_settings()
+    assert settings.backend == "docker"
+    assert settings.kubernetes.kubeconfig == Path("~/.kube/mcp-runner-test.yaml").expanduser()
+    assert settings.kubernetes.namespace == "mcp-runner"
+    path = write(tmp_path, "k.yaml", "backend: kubernetes\nkubernetes: {in_cluster: true, namespace: sessions}\n")
+    chosen = load_settings(path)
+    cluster = chosen.kubernetes
+    assert (chosen.backend, cluster.kubeconfig, cluster.namespace) == ("kubernetes", None, "sessions")
+    relative = write(tmp_path, "r.yaml", "kubernetes: {kubeconfig: cluster/admin.yaml}\n")
+    assert load_settings(relative).kubernetes.kubeconfig == tmp_path / "cluster" / "admin.yaml"
+
+
+@pytest.mark.usefixtures("no_backend_env")
+def test_the_environment_names_the_backend_cluster_and_namespace(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MCP_RUNNER_BACKEND", "kubernetes")
+    monkeypatch.setenv("MCP_RUNNER_KUBECONFIG", str(tmp_path / "kc.yaml"))
+    monkeypatch.setenv("MCP_RUNNER_NAMESPACE", "elsewhere")
+    settings = load_settings(write(tmp_path, "s.yaml", "kubernetes: {in_cluster: true}\n"))
+    assert settings.backend == "kubernetes"
+    assert settings.kubernetes.kubeconfig == tmp_path / "kc.yaml"  # a kubeconfig named at run time wins
+    assert settings.kubernetes.namespace == "elsewhere"
+    monkeypatch.setenv("MCP_RUNNER_NAMESPACE", "Not_A_Namespace")
+    with pytest.raises(ConfigError, match="MCP_RUNNER_NAMESPACE"):
+        load_settings()
+    monkeypatch.setenv("MCP_RUNNER_BACKEND", "podman")
+    monkeypatch.delenv("MCP_RUNNER_NAMESPACE")
+    with pytest.raises(ConfigError, match="backend 'podman': use one of docker, kubernetes"):
+        load_settings()
+
+
+@pytest.mark.usefixtures("no_backend_env")
+@pytest.mark.parametrize(("text", "said"), [
+    ("kubernetes: {in_cluster: true, kubeconfig: a.yaml}", "either `kubeconfig` or `in_cluster: true`"),
+    ("kubernetes: {namespace: Bad_Name}", "kubernetes.namespace"),
+    ("kubernetes: {runtime_classes: {kata: kata}}", "must map one of"),
+    ("kubernetes: {runtime_classes: {runsc: 'Not Valid'}}", "must map one of"),
+    ("kubernetes: {registry: 'http://x'}", "kubernetes.registry"),
+    ("kubernetes: {api_timeout_s: 0}", "kubernetes.api_timeout_s"),
+    ("kubernetes: {namespase: x}", "namespase"),
+])
+def test_bad_kubernetes_settings_are_refused_naming_the_field(tmp_path: Path, text: str, said: str) -> None:
+    with pytest.raises(ConfigError, match=said.replace("(", r"\(").replace(")", r"\)")):
+        load_settings(write(tmp_path, "bad.yaml", text + "\n"))

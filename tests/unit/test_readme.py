@@ -32,7 +32,7 @@ def test_the_policy_example_loads_and_decides_as_the_readme_says(tmp_path: Path)
 
 @pytest.mark.parametrize(
     "marker", ["# settings.yaml", "project-files:", "github:", "# network-profiles.yaml", "# audit-settings.yaml",
-     "# pool-settings.yaml"]
+     "# pool-settings.yaml", "# kubernetes-settings.yaml"]
 )
 def test_the_settings_examples_load(marker: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("MCP_RUNNER_CONFIG", raising=False)
@@ -65,3 +65,20 @@ def test_the_pool_example_means_what_it_says(tmp_path: Path, monkeypatch: pytest
     assert dict(settings.pool) == {"time": 4, "everything": 2}  # the built-in pool replaced whole
     assert settings.max_concurrent_boots == 4 and settings.open_queue_timeout_s == 300
     assert settings.open_timeout_s == 60
+
+
+def test_the_kubernetes_example_means_what_it_says(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("MCP_RUNNER_BACKEND", "MCP_RUNNER_KUBECONFIG", "MCP_RUNNER_NAMESPACE"):
+        monkeypatch.delenv(name, raising=False)
+    [example] = _blocks("# kubernetes-settings.yaml")
+    path = tmp_path / "settings.yaml"
+    path.write_text(example, encoding="utf-8")
+    settings = load_settings(path)
+    assert settings.backend == "kubernetes"
+    assert settings.kubernetes.kubeconfig == Path("~/.kube/config").expanduser()
+    assert settings.kubernetes.namespace == "mcp-runner"
+    assert dict(settings.kubernetes.runtime_classes) == {"runsc": "gvisor"}
+    assert settings.profiles["time"].limits.cpus == 0.25
+    monkeypatch.setenv("MCP_RUNNER_BACKEND", "docker")
+    assert load_settings(path).backend == "docker"  # the environment overrides the file
+    assert load_settings(path, backend="kubernetes").backend == "kubernetes"  # and --backend the environment
