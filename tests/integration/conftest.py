@@ -21,6 +21,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import docker
 import grpc
@@ -86,7 +87,7 @@ class Service:
         """The sandboxes (containers or pods, with their egress proxies) this service's instance has now."""
         if self.backend == "kubernetes":
             return pods(f"{INSTANCE_LABEL}={self.instance}")
-        return [Sandbox(c.id, dict(c.labels)) for c in self.containers()]
+        return [Sandbox(c.id, dict(c.labels), c.status == "running") for c in self.containers()]
 
     def containers(self) -> list[docker.models.containers.Container]:
         engine = docker.from_env()
@@ -108,11 +109,13 @@ def start_service(
     probe_cert: tuple[Path, Path] | None = None,
     state_dir: Path | None = None,
     backend: str = "docker",
+    kubeconfig: Path = KUBECONFIG,
 ) -> Service:
     """The service on ``port`` (default: a free one); its audit log is ``tmp``/audit-``instance``.sqlite3.
 
     Its state directory (instance lock, guard store) is ``state_dir``, default ``tmp``/state: never the
-    user's, so parallel runs and a developer's own service never see each other's locks.
+    user's, so parallel runs and a developer's own service never see each other's locks. On Kubernetes it
+    reaches the cluster through ``kubeconfig`` (default: the test cluster's).
     """
     port = port or free_port()
     if backend == "kubernetes":
@@ -126,7 +129,7 @@ def start_service(
         "MCP_RUNNER_AUDIT_DB": str(audit_db),
         "MCP_RUNNER_STATE_DIR": str(state_dir),
         "MCP_RUNNER_BACKEND": backend,
-        "MCP_RUNNER_KUBECONFIG": str(KUBECONFIG),
+        "MCP_RUNNER_KUBECONFIG": str(kubeconfig),
         "MCP_RUNNER_NAMESPACE": NAMESPACE,
     }
     process = subprocess.Popen(
@@ -156,14 +159,30 @@ at the profiles' 1 CPU only two sessions fit at once, while the tests open twent
 
 def cluster_variant(config: Path, written: Path) -> Path:
     """``config`` for a service on the test cluster, written to ``written``: every profile with ``CLUSTER_CPUS``, and
-    mount sources made absolute (they were relative to ``config``'s directory)."""
+    every path the file names made absolute (they were relative to ``config``'s directory, and ``written`` may be
+    elsewhere): mount sources, secret and credential files, policy, TLS files, state and audit paths."""
     settings = yaml.safe_load(config.read_text())
+    base = config.parent
+
+    def absolute(holder: dict[str, Any], *keys: str) -> None:
+        for key in keys:
+            if isinstance(holder.get(key), str):
+                holder[key] = str((base / Path(holder[key]).expanduser()).resolve())
+
     settings.setdefault("defaults", {})["cpus"] = CLUSTER_CPUS
-    for profile in settings.get("profiles", {}).values():
+    absolute(settings, "policy", "state_dir")
+    absolute(settings.get("tls") or {}, "cert", "key", "client_ca")
+    absolute(settings.get("audit") or {}, "path", "export_dir")
+    for profile in (settings.get("profiles") or {}).values():
         if "limits" in profile:
             profile["limits"].pop("cpus", None)
         for mount in profile.get("mounts", []):
-            mount["source"] = str((config.parent / mount["source"]).resolve())
+            absolute(mount, "source")
+        for secret in (profile.get("secrets") or {}).values():
+            absolute(secret, "file")
+        for rule in (profile.get("network") or {}).get("egress", []):
+            for credential in (rule.get("headers") or {}).values() if isinstance(rule, dict) else ():
+                absolute(credential, "file")
     written.write_text(yaml.safe_dump(settings))
     return written
 
