@@ -28,11 +28,20 @@ from runner.api.auth import hash_token, new_token
 from runner.certs import DevCerts, make_dev_certs
 from runner.client import Progress, RunnerClient, ToolResult
 from tests.integration.conftest import Service, start_service, stop_service
+from tests.kubernetes_cluster import ensure_images_loaded
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.backends("docker", "kubernetes")]
 
 SERVERS = Path(__file__).resolve().parent.parent / "servers"
 SECRET = f"tok-{secrets.token_hex(12)}"
+
+
+@pytest.fixture(scope="module")
+def sandbox_images(images: dict[str, str], backend: str) -> dict[str, str]:
+    """The sandbox images, in the cluster's runtime too when the services run on Kubernetes."""
+    if backend == "kubernetes":
+        ensure_images_loaded()
+    return images
 
 
 def _code(exc: pytest.ExceptionInfo[grpc.RpcError]) -> grpc.StatusCode:
@@ -56,7 +65,10 @@ def certs(tmp_path_factory: pytest.TempPathFactory) -> tuple[DevCerts, DevCerts]
 
 @pytest.fixture(scope="module")
 def mtls_service(
-    images: dict[str, str], certs: tuple[DevCerts, DevCerts], tmp_path_factory: pytest.TempPathFactory
+    sandbox_images: dict[str, str],
+    backend: str,
+    certs: tuple[DevCerts, DevCerts],
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Service]:
     ours, _ = certs
     tmp = tmp_path_factory.mktemp("mtls")
@@ -71,7 +83,8 @@ def mtls_service(
         encoding="utf-8",
     )
     service = start_service(
-        tmp, f"it-mtls-{secrets.token_hex(4)}", config=config, ca=ours.ca_cert, probe_cert=ours.clients["carol"]
+        tmp, f"it-mtls-{secrets.token_hex(4)}", config=config, ca=ours.ca_cert, probe_cert=ours.clients["carol"],
+        backend=backend,
     )
     yield service
     stop_service(service)
@@ -125,7 +138,8 @@ def tokens() -> Tokens:
 
 @pytest.fixture(scope="module")
 def guarded(
-    images: dict[str, str],
+    sandbox_images: dict[str, str],
+    backend: str,
     certs: tuple[DevCerts, DevCerts],
     tokens: Tokens,
     tmp_path_factory: pytest.TempPathFactory,
@@ -196,7 +210,7 @@ def guarded(
         """),
         encoding="utf-8",
     )
-    service = start_service(tmp, f"it-guard-{secrets.token_hex(4)}", config=config, ca=ours.ca_cert)
+    service = start_service(tmp, f"it-guard-{secrets.token_hex(4)}", config=config, ca=ours.ca_cert, backend=backend)
     yield service
     stop_service(service)
 
@@ -364,7 +378,7 @@ def test_quarantine_after_repeated_denials(guarded: Service, tokens: Tokens) -> 
 
 
 def test_policy_reloads_on_sighup_and_on_change_keeping_a_good_one_over_a_broken_one(
-    images: dict[str, str], tmp_path: Path
+    sandbox_images: dict[str, str], backend: str, tmp_path: Path
 ) -> None:
     policy = tmp_path / "policy.yaml"
     policy.write_text("default_caller: {profiles: [scripted]}\n", encoding="utf-8")
@@ -379,7 +393,7 @@ def test_policy_reloads_on_sighup_and_on_change_keeping_a_good_one_over_a_broken
         """),
         encoding="utf-8",
     )
-    service = start_service(tmp_path, f"it-reload-{secrets.token_hex(4)}", config=config)
+    service = start_service(tmp_path, f"it-reload-{secrets.token_hex(4)}", config=config, backend=backend)
     try:
         service.process.send_signal(signal.SIGHUP)
         _wait_for(lambda: "policy reloaded" in service.log())
@@ -528,7 +542,7 @@ OSC52_PAYLOAD = "cm0gLXJmIH4K"  # what the planted clipboard escape would have p
 
 
 @pytest.fixture(scope="module")
-def leaky(images: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
+def leaky(sandbox_images: dict[str, str], backend: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
     tmp = tmp_path_factory.mktemp("leaky")
     (tmp / "leak.txt").write_text(LEAK + "\n", encoding="utf-8")
     base = (
@@ -540,7 +554,7 @@ def leaky(images: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> I
         f"pool: {{}}\nprofiles:\n  leaky: {{{base}}}\n  leaky_strict: {{{base}, sanitize: {{injection: block}}}}\n",
         encoding="utf-8",
     )
-    service = start_service(tmp, f"it-leaky-{secrets.token_hex(4)}", config=config)
+    service = start_service(tmp, f"it-leaky-{secrets.token_hex(4)}", config=config, backend=backend)
     yield service
     stop_service(service)
 
