@@ -28,6 +28,7 @@ class Sandbox:
 
     id: str
     labels: dict[str, str] = field(default_factory=dict)
+    running: bool = True
 
 
 @functools.cache
@@ -52,10 +53,20 @@ def pods(selector: str) -> list[Sandbox]:
     """The pods in the test namespace matching a label selector (``key=value,...``), deleted ones excluded."""
     listed = core_api().list_namespaced_pod(NAMESPACE, label_selector=selector, _request_timeout=API_TIMEOUT_S)
     return [
-        Sandbox(pod.metadata.name, dict(pod.metadata.labels or {}))
+        Sandbox(pod.metadata.name, dict(pod.metadata.labels or {}), getattr(pod.status, "phase", "") == "Running")
         for pod in listed.items
         if pod.metadata.deletion_timestamp is None
     ]
+
+
+def network_policies(selector: str) -> list[str]:
+    """The names of the NetworkPolicies in the test namespace matching a label selector."""
+    from kubernetes import client
+
+    listed = client.NetworkingV1Api(core_api().api_client).list_namespaced_network_policy(
+        NAMESPACE, label_selector=selector, _request_timeout=API_TIMEOUT_S
+    )
+    return [policy.metadata.name for policy in listed.items]
 
 
 def remove_instance(instance: str) -> None:

@@ -20,8 +20,9 @@ import pytest
 from runner.audit import records
 from runner.sandbox.base import INSTANCE_LABEL, SESSION_LABEL
 from tests.integration.conftest import Service, start_service, stop_service
+from tests.kubernetes_cluster import network_policies
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.backends("docker", "kubernetes")]
 
 NOW = {"timezone": "UTC"}
 
@@ -37,12 +38,12 @@ def pooled(service: Service) -> list[str]:
     """Session ids of the service's warm sandboxes that are ready (the log says so) and still running."""
     ready = [line.split()[line.split().index("sandbox") + 1] for line in service.log().splitlines()
              if "warm sandbox" in line and "is ready" in line]
-    running = {c.labels.get(SESSION_LABEL) for c in service.containers() if c.status == "running"}
+    running = {c.labels.get(SESSION_LABEL) for c in service.sandboxes() if c.running}
     return [session_id for session_id in ready if session_id in running]
 
 
 def session_containers(service: Service, session_id: str) -> list[str]:
-    return [c.name for c in service.containers() if c.labels.get(SESSION_LABEL) == session_id]
+    return [c.id for c in service.sandboxes() if c.labels.get(SESSION_LABEL) == session_id]
 
 
 def open_record(service: Service, session_id: str) -> dict[str, object]:
@@ -53,10 +54,10 @@ def open_record(service: Service, session_id: str) -> dict[str, object]:
 
 
 @pytest.fixture
-def pool_service(images: dict[str, str], tmp_path: Path) -> Iterator[Service]:
+def pool_service(images: dict[str, str], backend: str, tmp_path: Path) -> Iterator[Service]:
     config = tmp_path / "pool.yaml"
     config.write_text("pool: {time: 1}\nreap_interval_s: 0.5\n", encoding="utf-8")
-    service = start_service(tmp_path, f"it-pool-{secrets.token_hex(3)}", config=config)
+    service = start_service(tmp_path, f"it-pool-{secrets.token_hex(3)}", config=config, backend=backend)
     try:
         yield service
     finally:
@@ -97,14 +98,16 @@ def test_shutdown_removes_the_pooled_sandboxes(pool_service: Service) -> None:
     _wait_for(lambda: len(pooled(pool_service)) == 1, "the pool filled")
     pool_service.process.send_signal(signal.SIGTERM)
     pool_service.process.wait(60)
-    assert pool_service.containers() == []
+    assert pool_service.sandboxes() == []
 
 
-def test_the_orphan_sweep_removes_a_dead_services_pooled_sandboxes(images: dict[str, str], tmp_path: Path) -> None:
+def test_the_orphan_sweep_removes_a_dead_services_pooled_sandboxes(
+    images: dict[str, str], backend: str, tmp_path: Path
+) -> None:
     instance = f"it-pool-sweep-{secrets.token_hex(3)}"
     warm = tmp_path / "warm.yaml"
     warm.write_text("pool: {time: 1}\n", encoding="utf-8")
-    first = start_service(tmp_path, instance, config=warm)
+    first = start_service(tmp_path, instance, config=warm, backend=backend)
     try:
         _wait_for(lambda: len(pooled(first)) == 1, "the pool filled")
         [orphan] = pooled(first)
@@ -116,20 +119,18 @@ def test_the_orphan_sweep_removes_a_dead_services_pooled_sandboxes(images: dict[
         raise
     cold = tmp_path / "cold.yaml"
     cold.write_text("pool: {}\n", encoding="utf-8")
-    second = start_service(tmp_path, instance, config=cold)
+    second = start_service(tmp_path, instance, config=cold, backend=backend)
     try:
         assert session_containers(second, orphan) == []
         assert "removed 1 orphaned sandbox(es)" in second.log()
     finally:
-        stop_service(second)
-        for container in docker.from_env().containers.list(all=True, filters={"label": f"{SESSION_LABEL}={orphan}"}):
-            container.remove(force=True)
+        stop_service(second)  # and whatever of the instance is left, on either backend
 
 
-def test_a_settings_file_can_turn_the_pool_off(images: dict[str, str], tmp_path: Path) -> None:
+def test_a_settings_file_can_turn_the_pool_off(images: dict[str, str], backend: str, tmp_path: Path) -> None:
     config = tmp_path / "off.yaml"
     config.write_text(textwrap.dedent("pool: {}\n"), encoding="utf-8")
-    service = start_service(tmp_path, f"it-pool-off-{secrets.token_hex(3)}", config=config)
+    service = start_service(tmp_path, f"it-pool-off-{secrets.token_hex(3)}", config=config, backend=backend)
     try:
         with service.client() as client:
             opened = client.open_session("time")
@@ -141,7 +142,7 @@ def test_a_settings_file_can_turn_the_pool_off(images: dict[str, str], tmp_path:
 
 
 def test_a_warm_session_with_network_gets_its_own_proxy_and_leaves_nothing(
-    images: dict[str, str], tmp_path: Path
+    images: dict[str, str], backend: str, tmp_path: Path
 ) -> None:
     servers = Path(__file__).parent.parent / "servers"
     config = tmp_path / "networked.yaml"
@@ -154,7 +155,7 @@ def test_a_warm_session_with_network_gets_its_own_proxy_and_leaves_nothing(
             mounts: [{{source: {json.dumps(str(servers))}, target: /srv/servers}}]
             network: {{egress: ["never-contacted.invalid:443"]}}
         """), encoding="utf-8")
-    service = start_service(tmp_path, f"it-pool-net-{secrets.token_hex(3)}", config=config)
+    service = start_service(tmp_path, f"it-pool-net-{secrets.token_hex(3)}", config=config, backend=backend)
     try:
         _wait_for(lambda: len(pooled(service)) == 1, "the pool filled")
         [warm_id] = pooled(service)
@@ -168,6 +169,10 @@ def test_a_warm_session_with_network_gets_its_own_proxy_and_leaves_nothing(
         _wait_for(lambda: session_containers(service, warm_id) == [], "the session's sandbox and proxy gone", 30)
     finally:
         stop_service(service)
-    # The refill that was booting when the service stopped: its network went with it (it outlived the service).
-    networks = docker.from_env().networks.list(filters={"label": f"{INSTANCE_LABEL}={service.instance}"})
-    assert [n.name for n in networks] == []
+    # The refill that was booting when the service stopped: its network (or NetworkPolicies) went with it (they
+    # outlived the service once).
+    if backend == "kubernetes":
+        assert network_policies(f"{INSTANCE_LABEL}={service.instance}") == []
+    else:
+        networks = docker.from_env().networks.list(filters={"label": f"{INSTANCE_LABEL}={service.instance}"})
+        assert [n.name for n in networks] == []
