@@ -25,6 +25,7 @@ from runner.sandbox import egress
 from runner.sandbox.base import SandboxExit, SandboxStats
 from runner.sandbox.kube_client import KubeApi, attach_url, auth_headers, map_kube_errors, tls_context
 from runner.sandbox.tail import StderrTail
+from runner.text import printable
 
 if TYPE_CHECKING:
     from runner.sandbox.kubernetes import KubernetesBackend
@@ -33,10 +34,19 @@ log = logging.getLogger(__name__)
 
 PROTOCOL = Subprotocol("v4.channel.k8s.io")
 STDIN, STDOUT, STDERR, STATUS = 0, 1, 2, 3
-MAX_MESSAGE_BYTES = 16 * 1024**2
-"""The largest websocket message taken from the API server; it sends at most 32 KiB at a time."""
+MAX_MESSAGE_BYTES = 1024**2
+"""The largest websocket message taken from the API server (it relays at most 32 KiB at a time); a larger one
+ends the stream instead of being buffered."""
+MAX_QUEUE = 8
+"""Messages received but not yet read: with ``MAX_MESSAGE_BYTES``, what one session can make the host hold."""
+MAX_STATUS_BYTES = 4096
+"""The largest channel-3 status parsed (a short JSON ``Status``): a bigger one is noted, not parsed."""
+MAX_STATUS_NESTING = 32
+"""Brackets a parsed status may hold: deeper JSON would exhaust the parser's recursion (a ``RecursionError``
+that also upsets CPython 3.11's own parser state)."""
 WRITE_PIECE = 256 * 1024
 """Stdin goes out in messages of at most this size, so no single message holds the link for long."""
+CLOSE_TIMEOUT_S = 1.0
 
 
 async def open_attach(api: KubeApi, pod: str, container: str) -> websockets.asyncio.client.ClientConnection:
@@ -54,8 +64,19 @@ async def open_attach(api: KubeApi, pod: str, container: str) -> websockets.asyn
             open_timeout=api.timeout,
             ping_interval=None,  # the API server to kubelet hop would not see them; the kubelet's idle timeout rules
             max_size=MAX_MESSAGE_BYTES,
-            close_timeout=1.0,
+            max_queue=MAX_QUEUE,
+            close_timeout=CLOSE_TIMEOUT_S,
         )
+
+
+async def close_attach(socket: websockets.asyncio.client.ClientConnection) -> None:
+    """Close ``socket`` within ``CLOSE_TIMEOUT_S`` whatever the peer does. ``close()`` alone waits to flush its
+    close frame behind unsent stdin, forever when the sandbox never reads: then the socket is cut."""
+    try:
+        async with asyncio.timeout(CLOSE_TIMEOUT_S):
+            await socket.close()
+    except TimeoutError:
+        socket.transport.abort()
 
 
 class KubeSandbox:
@@ -79,6 +100,7 @@ class KubeSandbox:
         self._teardown = teardown
         self._egress = egress_proxy
         self._destroyed = False
+        self._writing: asyncio.Future[None] | None = None
 
     @property
     def id(self) -> str:
@@ -93,8 +115,8 @@ class KubeSandbox:
         while True:
             try:
                 message = await self._socket.recv(decode=False)
-            except (websockets.exceptions.ConnectionClosed, OSError):
-                return b""
+            except (websockets.exceptions.WebSocketException, OSError):
+                return b""  # closed, a protocol error, a message over the cap: the stream is over either way
             if not message:
                 continue
             channel, payload = message[0], message[1:]
@@ -106,18 +128,35 @@ class KubeSandbox:
                 self._note_status(payload)
 
     def _note_status(self, payload: bytes) -> None:
-        with contextlib.suppress(ValueError, AttributeError):
+        if len(payload) > MAX_STATUS_BYTES or payload.count(b"[") + payload.count(b"{") > MAX_STATUS_NESTING:
+            log.info("attach stream of pod %s sent a status of %d bytes, not read", self._pod, len(payload))
+            return
+        status: object = None
+        with contextlib.suppress(ValueError):
             status = json.loads(payload)
-            if status.get("status") != "Success":
-                log.info("attach stream of pod %s ended: %s", self._pod, str(status.get("message"))[:200])
+        if not isinstance(status, dict):
+            return
+        if status.get("status") != "Success":
+            log.info("attach stream of pod %s ended: %s", self._pod, printable(str(status.get("message")), 200))
 
     async def write_stdin(self, data: bytes) -> None:
+        """Send ``data`` whole, like Docker's buffered write: a caller that gives up midway (a deadline) does
+        not cut it, else the agent would read half a line glued to the next. One write is in flight at a time,
+        so a sandbox that never reads its stdin makes its writers wait, never the host buffer without bound."""
+        while self._writing is not None and not self._writing.done():
+            await asyncio.wait([self._writing])  # an earlier writer's, whom a cancel left behind
         if self._destroyed:
             raise ConnectionError("sandbox destroyed")
+        if self._writing is not None and not self._writing.cancelled() and self._writing.exception() is not None:
+            raise ConnectionError("the attach stream closed")
+        self._writing = asyncio.ensure_future(self._send_pieces(data))
+        await asyncio.shield(self._writing)
+
+    async def _send_pieces(self, data: bytes) -> None:
         try:
             for start in range(0, len(data), WRITE_PIECE):
                 await self._socket.send(bytes((STDIN,)) + data[start : start + WRITE_PIECE])
-        except websockets.exceptions.ConnectionClosed as exc:
+        except (websockets.exceptions.WebSocketException, OSError) as exc:
             raise ConnectionError(f"the attach stream closed ({exc})") from exc
 
     def stderr_tail(self) -> str:
@@ -134,7 +173,7 @@ class KubeSandbox:
             return
         self._destroyed = True
         # Closing our end first: the API server stops relaying output nobody reads.
-        self._backend.later(self._socket.close())
+        self._backend.later(close_attach(self._socket))
         if self._egress is None:
             teardown = self._teardown()
         else:

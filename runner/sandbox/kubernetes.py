@@ -30,7 +30,7 @@ from runner.config import KubernetesConfig
 from runner.errors import FailedPrecondition, RunnerError
 from runner.sandbox import egress, kube_objects, kube_status, kube_sweep
 from runner.sandbox.base import SESSION_LABEL, EgressCallback, SandboxExit, SandboxSpec, SandboxStats
-from runner.sandbox.kube_attach import STDIN, KubeSandbox, open_attach
+from runner.sandbox.kube_attach import STDIN, KubeSandbox, close_attach, open_attach
 from runner.sandbox.kube_client import KubeApi, connect, map_kube_errors
 from runner.sandbox.kube_objects import PROXY_CONTAINER, SANDBOX_CONTAINER, label_value, object_name
 
@@ -190,7 +190,7 @@ class KubernetesBackend:
         """A start given up (an error, a deadline, a cancel): whatever it made goes, once its creation is over."""
         await asyncio.wait([creating])
         for socket in sockets:
-            await socket.close()
+            await close_attach(socket)
         removal = self._remove_sandbox(spec)
         if proxy is not None:
             await self.stop_egress(proxy, alongside=removal)
@@ -218,7 +218,7 @@ class KubernetesBackend:
         async def discard() -> None:
             await asyncio.wait([creating])
             for socket in sockets:
-                await socket.close()
+                await close_attach(socket)
             await asyncio.gather(self._delete_pod(name), self.remove_policies(spec.session_id))
 
         try:

@@ -1,0 +1,195 @@
+"""What a hostile sandbox (or a broken link) can do through the Kubernetes backend, against loopback fakes.
+
+The attach stream is served by a loopback websocket server speaking v4.channel.k8s.io; pod states are
+``V1Pod`` objects; the client's errors are ``ApiException`` objects as the client raises them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import kubernetes.client as kube
+import pytest
+import websockets.asyncio.server
+import websockets.exceptions
+from websockets.asyncio.server import ServerConnection
+
+from runner.sandbox import kube_attach
+from runner.sandbox.kube_attach import KubeSandbox, open_attach
+from runner.sandbox.kube_client import KubeApi
+
+pytestmark = pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning")
+
+
+class HostileApiServer:
+    """Sends what a test queues; reads stdin only while ``reading`` is set (a sandbox that never reads)."""
+
+    def __init__(self) -> None:
+        self.outgoing: asyncio.Queue[bytes | None] = asyncio.Queue()
+        self.stdin = bytearray()
+        self.reading = asyncio.Event()
+        self.reading.set()
+        self.connection: ServerConnection | None = None
+
+    async def handle(self, connection: ServerConnection) -> None:
+        self.connection = connection
+
+        async def take_stdin() -> None:
+            with contextlib.suppress(websockets.exceptions.ConnectionClosed):
+                while True:
+                    await self.reading.wait()
+                    message = await connection.recv(decode=False)
+                    assert message[0] == 0
+                    self.stdin += message[1:]
+
+        taker = asyncio.create_task(take_stdin())
+        with contextlib.suppress(websockets.exceptions.ConnectionClosed):
+            while (message := await self.outgoing.get()) is not None:
+                await connection.send(message)
+        await connection.close()
+        taker.cancel()
+
+    def pause(self) -> None:
+        """Stop reading at the socket too, so the client's writes back up as they would behind a full pipe."""
+        self.reading.clear()
+        assert self.connection is not None
+        self.connection.transport.pause_reading()
+
+    def resume(self) -> None:
+        assert self.connection is not None
+        self.connection.transport.resume_reading()
+        self.reading.set()
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[tuple[HostileApiServer, KubeApi]]:
+    fake = HostileApiServer()
+    async with websockets.asyncio.server.serve(fake.handle, "127.0.0.1", 0, subprotocols=["v4.channel.k8s.io"],
+                                               max_size=None) as listening:
+        port = listening.sockets[0].getsockname()[1]
+        config = kube.Configuration(host=f"http://127.0.0.1:{port}")
+        yield fake, KubeApi(namespace="ns", host=config.host, timeout=5.0, configuration=config, core=None,
+                            networking=None, node=None, custom=None, apis=None)
+        await fake.outgoing.put(None)
+
+
+class Backend:
+    def later(self, cleanup: Any) -> asyncio.Future[None]:
+        return asyncio.ensure_future(cleanup)
+
+
+async def handle(api: KubeApi, tail_bytes: int = 64) -> KubeSandbox:
+    socket = await open_attach(api, "p", "sandbox")
+
+    async def teardown() -> None:
+        return None
+
+    return KubeSandbox(Backend(), "p", socket, tail_bytes, "sha256:ab", teardown)  # type: ignore[arg-type]
+
+
+async def read_all(sandbox: KubeSandbox) -> bytes:
+    out = bytearray()
+    async with asyncio.timeout(30):
+        while chunk := await sandbox.read_stdout():
+            out += chunk
+    return bytes(out)
+
+
+# -- the attach stream -------------------------------------------------------------------------------
+
+
+async def test_the_host_buffers_a_bounded_amount_of_unread_output(server: tuple[HostileApiServer, KubeApi]) -> None:
+    _, api = server
+    sandbox = await handle(api)
+    socket: Any = sandbox._socket
+    assert socket.protocol.max_message_size <= 1024**2
+    queue = socket.max_queue_high
+    assert queue is not None and queue * socket.protocol.max_message_size <= 16 * 1024**2
+
+
+async def test_a_message_over_the_cap_ends_the_stream_quietly(server: tuple[HostileApiServer, KubeApi]) -> None:
+    fake, api = server
+    sandbox = await handle(api)
+    await fake.outgoing.put(b"\x01" + b"x" * (kube_attach.MAX_MESSAGE_BYTES + 1))
+    assert await read_all(sandbox) == b""
+    with pytest.raises(ConnectionError):
+        await sandbox.write_stdin(b"{}\n")
+
+
+async def test_garbage_channels_and_frames_are_ignored(server: tuple[HostileApiServer, KubeApi]) -> None:
+    fake, api = server
+    sandbox = await handle(api)
+    for message in (b"", b"\x07nonsense", b"\xff\x00\x01", b"\x00stdin echoed back", b"\x01", b"\x03", b"\x03[1,2]",
+                    b"\x03\"text\"", b"\x03\xff\xfe not json", b"\x03" + b"[" * 100_000,
+                    b"\x03" + b"[" * 2000 + b"]" * 2000,
+                    b"\x03" + json.dumps({"status": "Failure", "message": "\x1b[31m" + "m" * 9000}).encode(),
+                    b'\x03{"status": "Failure", "message": "\\u001b]0;title\\u0007 bad"}'):
+        await fake.outgoing.put(message)
+    await fake.outgoing.put(b"\x01end")
+    await fake.outgoing.put(None)
+    assert await read_all(sandbox) == b"end"
+
+
+async def test_a_flood_of_tiny_writes_arrives_whole_and_stderr_stays_bounded(
+    server: tuple[HostileApiServer, KubeApi],
+) -> None:
+    fake, api = server
+    sandbox = await handle(api, tail_bytes=32)
+    for i in range(3000):
+        await fake.outgoing.put(b"\x01" + bytes((48 + i % 10,)))
+        await fake.outgoing.put(b"\x02" + (b"word " if i % 2 else b"x"))
+    await fake.outgoing.put(b"\x02" + b"S" * 200_000)  # one word longer than the tail, then its end
+    await fake.outgoing.put(b"\x02ECRET tail words\n")
+    await fake.outgoing.put(None)
+    assert await read_all(sandbox) == bytes(48 + i % 10 for i in range(3000))
+    assert sandbox.stderr_tail() == "tail words"
+
+
+async def test_a_cancelled_write_still_goes_out_whole(server: tuple[HostileApiServer, KubeApi]) -> None:
+    """A caller's deadline cancels its write while the sandbox does not read: the line is not cut in two."""
+    fake, api = server
+    sandbox = await handle(api)
+    await sandbox.write_stdin(b"first\n")
+    async with asyncio.timeout(10):
+        while fake.stdin != b"first\n":
+            await asyncio.sleep(0.01)
+    fake.pause()
+    big = b"".join(b"%07d," % i for i in range(16_000_000 // 8)) + b"\n"  # more than loopback's socket buffers
+    writing = asyncio.create_task(sandbox.write_stdin(big))
+    await asyncio.sleep(0.3)
+    assert not writing.done(), "the write should be held up by the sandbox not reading"
+    writing.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await writing
+    nxt = asyncio.create_task(sandbox.write_stdin(b'{"type":"cancel"}\n'))
+    await asyncio.sleep(0.05)
+    fake.resume()
+    async with asyncio.timeout(30):
+        await nxt
+        while not fake.stdin.endswith(b'{"type":"cancel"}\n'):
+            await asyncio.sleep(0.01)
+    assert bytes(fake.stdin) == b"first\n" + big + b'{"type":"cancel"}\n'
+
+
+async def test_a_sandbox_that_never_reads_blocks_writers_until_destroy(
+    server: tuple[HostileApiServer, KubeApi],
+) -> None:
+    fake, api = server
+    sandbox = await handle(api)
+    await sandbox.write_stdin(b"x\n")
+    async with asyncio.timeout(10):
+        while fake.stdin != b"x\n":
+            await asyncio.sleep(0.01)
+    fake.pause()
+    writers = [asyncio.create_task(sandbox.write_stdin(b"y" * 8_000_000 + b"\n")) for _ in range(3)]
+    await asyncio.sleep(0.3)
+    assert not any(w.done() for w in writers)
+    async with asyncio.timeout(10):
+        await sandbox.destroy()  # closing the socket does not wait on the stdin nobody reads
+        results = await asyncio.gather(*writers, return_exceptions=True)
+    assert all(isinstance(r, ConnectionError) for r in results), results
+    assert await sandbox.read_stdout() == b""
