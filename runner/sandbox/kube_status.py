@@ -12,12 +12,17 @@ from runner.sandbox.base import SandboxExit
 from runner.text import printable
 
 DELETED_OUTSIDE = "its pod was deleted from outside the runner"
-_IMAGE_MISSING = ("ErrImageNeverPull", "ImagePullBackOff", "ErrImagePull", "InvalidImageName")
+_IMAGE_MISSING = ("ErrImageNeverPull", "ImagePullBackOff", "ErrImagePull", "InvalidImageName", "ImageInspectError",
+                  "RegistryUnavailable")
+_NODE_FULL = ("OutOfcpu", "OutOfmemory", "OutOfpods", "OutOfephemeral-storage")
+"""Reasons the kubelet's admission gives a pod it rejects for want of room on its node."""
 _CANNOT_CREATE = ("CreateContainerConfigError", "CreateContainerError", "RunContainerError")
 _PASSING = ("failed to sync", "timed out waiting for the condition", "context deadline exceeded")
 """Messages of a ``_CANNOT_CREATE`` state that the kubelet retries and that pass (its secret cache not yet synced
 on a busy node, a slow runtime): the start keeps waiting, within its budget, instead of failing a session that
 was about to run. Any other message (a missing key, an image that runs as root) stays as it is."""
+_RUNTIME_SAID = ("StartError", "ContainerCannotRun")
+"""Terminated reasons whose message the runtime wrote: the container's process never ran."""
 _MESSAGE_CAP = 300
 
 
@@ -38,14 +43,18 @@ def started(pod: Any, what: str, image: str, load_hint: str) -> Any | None:
     for condition in (status.conditions or []) if status is not None else []:
         if condition.type == "PodScheduled" and condition.status == "False" and condition.reason == "Unschedulable":
             raise ResourceExhausted(f"{what}: the cluster cannot place its pod: {_text(condition.message)}")
-    if status is not None and status.phase in ("Failed", "Succeeded") and _container(pod) is None:
-        raise Unavailable(f"{what}: its pod ended before it ran ({status.reason}: {_text(status.message)})")
     container = _container(pod)
-    if container is None or container.state is None:
+    state = container.state if container is not None else None
+    if status is not None and status.phase in ("Failed", "Succeeded") and (state is None or state.terminated is None):
+        # Ended as a whole while its container still waited (a deadline, an eviction, the node's admission):
+        # nothing will start it again (restartPolicy Never), so the start fails now, not at its budget's end.
+        error = ResourceExhausted if str(status.reason or "") in _NODE_FULL else Unavailable
+        raise error(f"{what}: its pod ended before it ran ({_text(status.reason)}: {_text(status.message)})")
+    if state is None:
         return None
-    if container.state.running is not None:
+    if state.running is not None:
         return container
-    waiting, terminated = container.state.waiting, container.state.terminated
+    waiting, terminated = state.waiting, state.terminated
     if waiting is not None and waiting.reason in _IMAGE_MISSING:
         raise FailedPrecondition(
             f"{what}: the image {image} is not available on the cluster's nodes ({waiting.reason}: "
@@ -54,9 +63,12 @@ def started(pod: Any, what: str, image: str, load_hint: str) -> Any | None:
     if waiting is not None and waiting.reason in _CANNOT_CREATE and not _passing(waiting.message):
         raise FailedPrecondition(f"{what}: its container cannot start ({waiting.reason}: {_text(waiting.message)})")
     if terminated is not None:
+        # Its message is quoted only when the runtime wrote it: a process that ran may have written its own
+        # (/dev/termination-log), which no sanitizer has seen.
+        said = f": {_text(terminated.message)}" if terminated.reason in _RUNTIME_SAID else ""
         raise Unavailable(
             f"{what}: its container ended before the runner attached (exit status {terminated.exit_code}, "
-            f"{terminated.reason}: {_text(terminated.message)})"
+            f"{_text(terminated.reason)}{said})"
         )
     return None
 

@@ -18,7 +18,8 @@ import websockets.asyncio.server
 import websockets.exceptions
 from websockets.asyncio.server import ServerConnection
 
-from runner.sandbox import kube_attach
+from runner.errors import FailedPrecondition, ResourceExhausted, Unavailable
+from runner.sandbox import kube_attach, kube_status
 from runner.sandbox.kube_attach import KubeSandbox, open_attach
 from runner.sandbox.kube_client import KubeApi
 
@@ -193,3 +194,50 @@ async def test_a_sandbox_that_never_reads_blocks_writers_until_destroy(
         results = await asyncio.gather(*writers, return_exceptions=True)
     assert all(isinstance(r, ConnectionError) for r in results), results
     assert await sandbox.read_stdout() == b""
+
+
+# -- pod states ----------------------------------------------------------------------------------------
+
+
+def pod(status: dict[str, Any]) -> Any:
+    return kube.V1Pod.from_dict({"metadata": {"name": "p"}, "spec": {"containers": [{"name": "sandbox"}]},
+                                 "status": status})
+
+
+def waiting_container(reason: str = "ContainerCreating", message: str = "") -> dict[str, Any]:
+    return {"containerStatuses": [{"name": "sandbox", "image": "i", "imageID": "", "ready": False,
+                                   "restartCount": 0, "state": {"waiting": {"reason": reason, "message": message}}}]}
+
+
+def started(read: Any) -> Any:
+    return kube_status.started(read, "the sandbox", "img", "load it")
+
+
+@pytest.mark.parametrize(("reason", "error"), [
+    ("DeadlineExceeded", Unavailable), ("Evicted", Unavailable), ("OutOfcpu", ResourceExhausted),
+])
+def test_a_pod_that_ended_while_its_container_waited_fails_the_start_at_once(
+    reason: str, error: type[Exception],
+) -> None:
+    """restartPolicy Never: a Failed pod never runs its container; waiting for it would use up the whole budget."""
+    with pytest.raises(error, match=f"ended before it ran \\({reason}"):
+        started(pod({"phase": "Failed", "reason": reason, "message": "gone", **waiting_container()}))
+
+
+def test_an_image_the_node_cannot_inspect_fails_the_start_at_once() -> None:
+    with pytest.raises(FailedPrecondition, match="ImageInspectError"):
+        started(pod({"phase": "Pending", **waiting_container("ImageInspectError", "bad image")}))
+
+
+def test_what_the_container_wrote_as_its_termination_message_is_not_quoted() -> None:
+    """A process that ran (an image's own start gate shell) may write /dev/termination-log: not sanitized."""
+    ran = {"containerStatuses": [{"name": "sandbox", "image": "i", "imageID": "", "ready": False, "restartCount": 0,
+                                  "state": {"terminated": {"exitCode": 1, "reason": "Error",
+                                                           "message": "TOKEN=hunter2-secret"}}}]}
+    with pytest.raises(Unavailable) as raised:
+        started(pod({"phase": "Failed", **ran}))
+    assert "hunter2" not in str(raised.value) and "exit status 1" in str(raised.value)
+    runtime = {"containerStatuses": [{**ran["containerStatuses"][0], "state": {"terminated": {
+        "exitCode": 128, "reason": "StartError", "message": "exec: no such file"}}}]}
+    with pytest.raises(Unavailable, match="exec: no such file"):
+        started(pod({"phase": "Failed", **runtime}))
