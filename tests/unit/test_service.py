@@ -34,10 +34,10 @@ MTLS = TlsConfig(cert=Path("server.pem"), key=Path("server-key.pem"), client_ca=
 def _no_engine(monkeypatch: pytest.MonkeyPatch) -> None:
     """Every refusal here must come before the service reaches for Docker (and its orphan sweep)."""
 
-    def reached(**_: object) -> None:
+    def reached(*_: object, **__: object) -> None:
         raise AssertionError("the service reached the engine")
 
-    monkeypatch.setattr(service, "DockerBackend", reached)
+    monkeypatch.setattr(service, "backend_for", reached)
 
 
 def free_port() -> int:
@@ -391,7 +391,7 @@ async def test_signals_during_start_up_are_the_services_a_stop_is_honoured_befor
     def never_bound(*_: object, **__: object) -> None:
         raise AssertionError("the server was started after a stop was asked for")
 
-    monkeypatch.setattr(service, "DockerBackend", lambda **_: SignalledDuringSweep(lambda _: cast(Any, None)))
+    monkeypatch.setattr(service, "backend_for", lambda *_, **__: SignalledDuringSweep(lambda _: cast(Any, None)))
     monkeypatch.setattr(service, "start_server", never_bound)
     policy = tmp_path / "policy.yaml"
     policy.write_text("default_caller: {profiles: [time]}\n")
