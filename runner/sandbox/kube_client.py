@@ -19,6 +19,7 @@ from urllib.parse import urlencode
 
 import kubernetes.client
 import kubernetes.config
+import pydantic
 import urllib3.exceptions
 import urllib3.util
 import websockets.exceptions
@@ -28,7 +29,8 @@ from runner.config import KubernetesConfig
 from runner.errors import FailedPrecondition, RunnerError, Unavailable
 from runner.text import printable
 
-_FORBIDDEN = re.compile(r'cannot (\S+) resource "([^"]+)"')
+_FORBIDDEN = re.compile(r'cannot ([a-z]+) resource "([a-z0-9./-]+)"')
+_STATUS_REASON = re.compile(r"[A-Za-z]{1,40}")
 _MESSAGE_CAP = 400
 _LOADERS: Any = kubernetes.config  # untyped
 RETRIES = urllib3.util.Retry(total=2, connect=2, read=0, status=0, redirect=0, backoff_factor=0.1)
@@ -116,6 +118,25 @@ def _said(body: object, fallback: object) -> str:
     return printable(" ".join((text or str(fallback or "")).split()), _MESSAGE_CAP)
 
 
+def without_body(exc: ApiException) -> ApiException:
+    """``exc`` keeping its status and the Status's reason word only, for a request that carried a Secret's
+    values: a decoding or admission error quotes the request back (the decoder's "bigger context" is a cut of
+    it, which no redaction of whole values would catch). A denial's verb and resource are kept."""
+    said: Any = None
+    with contextlib.suppress(ValueError, TypeError):
+        said = json.loads(exc.body or "")
+    said = said if isinstance(said, dict) else {}
+    reason = str(said.get("reason") or "")
+    denied = _FORBIDDEN.search(str(said.get("message") or ""))
+    message = f"{reason if _STATUS_REASON.fullmatch(reason) else 'refused'} (the answer is not quoted: it may " \
+              "echo the Secret's values)"
+    if denied:
+        message = f'cannot {denied.group(1)} resource "{denied.group(2)}"; {message}'
+    stripped = ApiException(status=exc.status, reason=exc.reason)
+    stripped.body = json.dumps({"message": message})
+    return stripped
+
+
 def error_for_status(action: str, status: int, message: str, api: KubeApi) -> RunnerError:
     """What an API server's answer ``status`` means for the caller (see ``map_kube_errors``)."""
     if status == 401:
@@ -153,6 +174,11 @@ def map_kube_errors(action: str, api: KubeApi | None) -> Iterator[None]:
         if not exc.status or api is None:
             raise Unavailable(f"{action}: Kubernetes API server unreachable: {exc.reason}") from exc
         raise error_for_status(action, int(exc.status), _said(exc.body, exc.reason), api) from exc
+    except pydantic.ValidationError as exc:
+        # The client checks a request's types before it sends it; its message quotes the values (maybe secret).
+        fields = "; ".join(".".join(str(part) for part in error["loc"]) for error in exc.errors()[:5])
+        raise FailedPrecondition(f"{action}: the Kubernetes client refused the request ({printable(fields, 200)})"
+                                 ) from None
     except websockets.exceptions.InvalidStatus as exc:
         if api is None:
             raise Unavailable(f"{action}: {exc}") from exc

@@ -31,7 +31,7 @@ from runner.errors import FailedPrecondition, RunnerError
 from runner.sandbox import egress, kube_objects, kube_status, kube_sweep
 from runner.sandbox.base import SESSION_LABEL, EgressCallback, SandboxExit, SandboxSpec, SandboxStats
 from runner.sandbox.kube_attach import STDIN, KubeSandbox, close_attach, open_attach
-from runner.sandbox.kube_client import KubeApi, connect, map_kube_errors
+from runner.sandbox.kube_client import KubeApi, connect, map_kube_errors, without_body
 from runner.sandbox.kube_objects import PROXY_CONTAINER, SANDBOX_CONTAINER, label_value, object_name
 
 log = logging.getLogger(__name__)
@@ -137,7 +137,10 @@ class KubernetesBackend:
         secret = object_name(spec) if spec.env else None
         if secret is not None:
             manifest = kube_objects.env_secret(spec, name=secret, owner=self._owner)
-            api.core.create_namespaced_secret(ns, manifest, _request_timeout=timeout)
+            try:
+                api.core.create_namespaced_secret(ns, manifest, _request_timeout=timeout)
+            except ApiException as exc:
+                raise without_body(exc) from None
         image, pull_policy = self._image(spec.image)
         pod = kube_objects.sandbox_pod(
             spec, name=object_name(spec), image=image, pull_policy=pull_policy, owner=self._owner,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import traceback
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -16,12 +17,16 @@ import kubernetes.client as kube
 import pytest
 import websockets.asyncio.server
 import websockets.exceptions
+from kubernetes.client.exceptions import ApiException
 from websockets.asyncio.server import ServerConnection
 
-from runner.errors import FailedPrecondition, ResourceExhausted, Unavailable
+from runner.config import KubernetesConfig
+from runner.errors import FailedPrecondition, ResourceExhausted, RunnerError, Unavailable
 from runner.sandbox import kube_attach, kube_status
+from runner.sandbox.base import SandboxSpec
 from runner.sandbox.kube_attach import KubeSandbox, open_attach
 from runner.sandbox.kube_client import KubeApi
+from runner.sandbox.kubernetes import KubernetesBackend
 
 pytestmark = pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning")
 
@@ -241,3 +246,76 @@ def test_what_the_container_wrote_as_its_termination_message_is_not_quoted() -> 
         "exitCode": 128, "reason": "StartError", "message": "exec: no such file"}}}]}
     with pytest.raises(Unavailable, match="exec: no such file"):
         started(pod({"phase": "Failed", **runtime}))
+
+
+# -- secrets in what the API server answers ---------------------------------------------------------------
+
+SECRET = "hunter2-supersecret-value"
+"""A decoder's error quotes a cut of the request body ("bigger context"), here of the Secret's stringData."""
+ECHOING = json.dumps({"kind": "Status", "reason": "BadRequest", "message": (
+    'Secret in version "v1" cannot be handled as a Secret: v1.Secret.StringData: ReadString: expects " or n, '
+    f'error found in #10 byte of ...|"TOKEN":"{SECRET[:12]}|..., bigger context ...|{{"stringData":'
+    f'{{"TOKEN":"{SECRET}"}}}}|...')})
+
+
+class SecretRefusingCore:
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+        self.pods: list[Any] = []
+
+    def create_namespaced_secret(self, namespace: str, body: Any, **_: Any) -> None:
+        raise self.error
+
+    def create_namespaced_pod(self, namespace: str, body: Any, **_: Any) -> None:
+        self.pods.append(body)
+
+
+class Policies:
+    def create_namespaced_network_policy(self, namespace: str, body: Any, **_: Any) -> None:
+        return None
+
+
+def backend_with(core: Any) -> KubernetesBackend:
+    backend = KubernetesBackend(KubernetesConfig())
+    backend._client = KubeApi(namespace="ns", host="https://api.invalid", timeout=5.0, configuration=None,
+                              core=core, networking=Policies(), node=None, custom=None, apis=None)
+    return backend
+
+
+def secret_spec() -> SandboxSpec:
+    return SandboxSpec(session_id="abc123", instance="it-hostile", image="some/image:1", command=("server",),
+                       env={"TOKEN": SECRET})
+
+
+@pytest.mark.parametrize("status", [400, 403, 422, 500])
+async def test_an_answer_that_echoes_the_secret_is_not_quoted(status: int) -> None:
+    backend = backend_with(SecretRefusingCore(ApiException(status=status, reason="Bad Request")))
+    backend._client.core.error.body = ECHOING  # type: ignore[union-attr]
+    with pytest.raises(RunnerError) as raised:
+        await backend._run("creating the sandbox",
+                           lambda api: backend._create_sandbox(api, secret_spec(), None))
+    backend.close()
+    shown = "".join(traceback.format_exception(raised.value))
+    assert SECRET[:8] not in shown and "BadRequest" in str(raised.value)
+    assert backend._client.core.pods == []  # type: ignore[union-attr]
+
+
+async def test_a_denied_secret_still_names_the_missing_permission() -> None:
+    denied = ApiException(status=403, reason="Forbidden")
+    denied.body = json.dumps({"kind": "Status", "reason": "Forbidden", "message": 'secrets is forbidden: User "x" '
+                              'cannot create resource "secrets" in API group "" in the namespace "ns"'})
+    backend = backend_with(SecretRefusingCore(denied))
+    with pytest.raises(FailedPrecondition, match="verb 'create' on 'secrets'"):
+        await backend._run("creating the sandbox", lambda api: backend._create_sandbox(api, secret_spec(), None))
+    backend.close()
+
+
+async def test_the_clients_own_refusal_is_a_runner_error_without_the_values() -> None:
+    """The client checks types before sending (pydantic): its error quotes the input; it was raised raw."""
+    backend = backend_with(kube.CoreV1Api(kube.ApiClient(kube.Configuration(host="http://127.0.0.1:9"))))
+    spec = SandboxSpec(session_id="abc123", instance="it-hostile", image="some/image:1", command=("server",),
+                       env={"TOKEN": SECRET, "N": 5})  # type: ignore[dict-item]
+    with pytest.raises(FailedPrecondition) as raised:
+        await backend._run("creating the sandbox", lambda api: backend._create_sandbox(api, spec, None))
+    backend.close()
+    assert SECRET[:8] not in "".join(traceback.format_exception(raised.value))
