@@ -318,10 +318,7 @@ class KubernetesBackend:
                 return SandboxStats()
             usage = api.custom.get_namespaced_custom_object(
                 METRICS_GROUP, "v1beta1", api.namespace, "pods", pod, _request_timeout=api.timeout)
-            memory = 0
-            for container in usage.get("containers") or []:
-                memory += int(_QUANTITY(container["usage"]["memory"]))
-            return SandboxStats(peak_memory_bytes=memory)
+            return SandboxStats(peak_memory_bytes=_memory_in_use(usage))
 
         try:
             return await self._run("reading sandbox usage", read)
@@ -352,6 +349,18 @@ def _read_pod(name: str, api: KubeApi) -> Any:
         if exc.status == 404:
             return None
         raise
+
+
+def _memory_in_use(usage: object) -> int:
+    """The containers' memory in a metrics API ``PodMetrics``; 0 for an answer of another shape (a pod just
+    started has no usage yet): the figure is informative, never worth failing a session's end."""
+    memory = 0
+    try:
+        for container in usage.get("containers") or [] if isinstance(usage, dict) else []:
+            memory += int(_QUANTITY(str(container["usage"]["memory"])))
+    except (KeyError, TypeError, ValueError, ArithmeticError):
+        return 0
+    return max(memory, 0)
 
 
 def _image_id(pod: Any, image: str) -> str:

@@ -319,3 +319,31 @@ async def test_the_clients_own_refusal_is_a_runner_error_without_the_values() ->
         await backend._run("creating the sandbox", lambda api: backend._create_sandbox(api, spec, None))
     backend.close()
     assert SECRET[:8] not in "".join(traceback.format_exception(raised.value))
+
+
+# -- usage figures ---------------------------------------------------------------------------------------
+
+
+class Metrics:
+    def __init__(self, answer: object) -> None:
+        self.answer = answer
+
+    def get_namespaced_custom_object(self, *args: Any, **kwargs: Any) -> object:
+        return self.answer
+
+
+@pytest.mark.parametrize("answer", [
+    {"containers": [{"name": "sandbox"}]}, {"containers": [{"usage": {"memory": "lots"}}]}, {"containers": "x"},
+    {"containers": [{"usage": {"memory": "Infinity"}}]}, ["not", "an", "object"],
+])
+async def test_a_metrics_answer_of_another_shape_is_no_usage_not_a_foreign_error(answer: object) -> None:
+    backend = backend_with(None)
+    backend._client = KubeApi(namespace="ns", host="https://api.invalid", timeout=5.0, configuration=None,
+                              core=None, networking=None, node=None, custom=Metrics(answer), apis=None)
+    backend._metrics = True
+    assert (await backend.stats("p")).peak_memory_bytes == 0
+    backend._client = KubeApi(namespace="ns", host="https://api.invalid", timeout=5.0, configuration=None, core=None,
+                              networking=None, node=None, apis=None,
+                              custom=Metrics({"containers": [{"usage": {"memory": "12Mi"}}]}))
+    assert (await backend.stats("p")).peak_memory_bytes == 12 * 1024**2
+    backend.close()
