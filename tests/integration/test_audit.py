@@ -25,11 +25,20 @@ import pytest
 from runner.audit import records
 from runner.client import Progress
 from tests.integration.conftest import Service, start_service, stop_service
+from tests.kubernetes_cluster import ensure_images_loaded
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.backends("docker", "kubernetes")]
 
 CONVERT = {"source_timezone": "UTC", "time": "12:00", "target_timezone": "Asia/Tokyo"}  # no DST: same every day
 NOW = {"timezone": "UTC"}
+
+
+@pytest.fixture
+def sandbox_images(images: dict[str, str], backend: str) -> dict[str, str]:
+    """The sandbox images, in the cluster's runtime too when the services run on Kubernetes."""
+    if backend == "kubernetes":
+        ensure_images_loaded()
+    return images
 
 
 def cli(service: Service, *args: str) -> subprocess.CompletedProcess[str]:
@@ -55,10 +64,12 @@ def _wait_for(condition: Callable[[], bool], seconds: float = 20.0) -> None:
         time.sleep(0.2)
 
 
-def test_sigkill_under_load_loses_no_answered_call(images: dict[str, str], tmp_path: Path) -> None:
+def test_sigkill_under_load_loses_no_answered_call(
+    sandbox_images: dict[str, str], backend: str, tmp_path: Path
+) -> None:
     """Every call that got an answer is in the log after a SIGKILL mid-load, and the chain verifies."""
     instance = f"it-audit-kill-{secrets.token_hex(3)}"
-    service = start_service(tmp_path, instance)
+    service = start_service(tmp_path, instance, backend=backend)
     answered: list[str] = []
     lock = threading.Lock()
     stop = threading.Event()
@@ -89,7 +100,7 @@ def test_sigkill_under_load_loses_no_answered_call(images: dict[str, str], tmp_p
         stop.set()
         stop_service(service)
     assert all(answered), "every answer names its audit record"
-    restarted = start_service(tmp_path, instance)
+    restarted = start_service(tmp_path, instance, backend=backend)
     try:
         with restarted.client() as client:
             verdict = client.verify_audit()
@@ -108,11 +119,11 @@ def test_sigkill_under_load_loses_no_answered_call(images: dict[str, str], tmp_p
 
 
 def test_sigkill_mid_call_leaves_the_intent_of_every_call_the_server_received(
-    images: dict[str, str], tmp_path: Path
+    sandbox_images: dict[str, str], backend: str, tmp_path: Path
 ) -> None:
     """Calls the server is working on (it reported progress) when the service dies are on record: write-ahead."""
     instance = f"it-audit-intent-{secrets.token_hex(3)}"
-    service = start_service(tmp_path, instance)
+    service = start_service(tmp_path, instance, backend=backend)
     markers = [f"call-{i}-{secrets.token_hex(4)}" for i in range(4)]
     received: set[str] = set()
     lock = threading.Lock()
@@ -144,7 +155,7 @@ def test_sigkill_mid_call_leaves_the_intent_of_every_call_the_server_received(
             worker.join(30)
     finally:
         stop_service(service)
-    restarted = start_service(tmp_path, instance)
+    restarted = start_service(tmp_path, instance, backend=backend)
     try:
         with restarted.client() as client:
             intents = [json.loads(r.data_json) for r in client.query_audit(kinds=[records.REQUEST_INTENT])]
@@ -159,8 +170,8 @@ def test_sigkill_mid_call_leaves_the_intent_of_every_call_the_server_received(
         stop_service(restarted)
 
 
-def test_an_altered_row_is_named_by_verify(images: dict[str, str], tmp_path: Path) -> None:
-    service = start_service(tmp_path, f"it-audit-tamper-{secrets.token_hex(3)}")
+def test_an_altered_row_is_named_by_verify(sandbox_images: dict[str, str], backend: str, tmp_path: Path) -> None:
+    service = start_service(tmp_path, f"it-audit-tamper-{secrets.token_hex(3)}", backend=backend)
     try:
         with service.client() as client, client.session("time") as opened:
             client.call_tool(opened.session_id, "convert_time", CONVERT)
@@ -183,12 +194,14 @@ def test_an_altered_row_is_named_by_verify(images: dict[str, str], tmp_path: Pat
         stop_service(service)
 
 
-def test_replay_of_a_real_server_reports_same_different_and_refused(images: dict[str, str], tmp_path: Path) -> None:
+def test_replay_of_a_real_server_reports_same_different_and_refused(
+    sandbox_images: dict[str, str], backend: str, tmp_path: Path
+) -> None:
     policy = tmp_path / "policy.yaml"
     policy.write_text("default_caller: {profiles: [time], roles: [auditor]}\n", encoding="utf-8")
     config = tmp_path / "settings.yaml"
     config.write_text("policy: policy.yaml\npool: {}\n", encoding="utf-8")
-    service = start_service(tmp_path, f"it-audit-replay-{secrets.token_hex(3)}", config=config)
+    service = start_service(tmp_path, f"it-audit-replay-{secrets.token_hex(3)}", config=config, backend=backend)
     try:
         with service.client() as client:
             with client.session("time") as opened:
@@ -238,14 +251,16 @@ def test_replay_of_a_real_server_reports_same_different_and_refused(images: dict
         stop_service(service)
 
 
-def test_retention_exports_then_deletes_and_the_chain_still_verifies(images: dict[str, str], tmp_path: Path) -> None:
+def test_retention_exports_then_deletes_and_the_chain_still_verifies(
+    sandbox_images: dict[str, str], backend: str, tmp_path: Path
+) -> None:
     exports = tmp_path / "exports"
     config = tmp_path / "settings.yaml"
     config.write_text(textwrap.dedent(f"""
         audit: {{retention: 3s, export_dir: {exports}}}
         pool: {{}}
     """), encoding="utf-8")  # fmt: skip
-    service = start_service(tmp_path, f"it-audit-keep-{secrets.token_hex(3)}", config=config)
+    service = start_service(tmp_path, f"it-audit-keep-{secrets.token_hex(3)}", config=config, backend=backend)
     try:
         with service.client() as client, client.session("time") as opened:
             first = client.call_tool(opened.session_id, "get_current_time", NOW).audit_id

@@ -22,8 +22,9 @@ from runner.api._proto.mcp_runner.v1 import runner_pb2 as pb
 from runner.guard.memory import memory_path
 from runner.sessions.gate import RESTARTED
 from tests.integration.conftest import start_service, stop_service
+from tests.kubernetes_cluster import ensure_images_loaded
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.backends("docker", "kubernetes")]
 
 SERVERS = Path(__file__).resolve().parent.parent / "servers"
 # The scripted server, changed while the service was down: echo lists the rug-pull description from the start.
@@ -59,10 +60,14 @@ def _config(tmp: Path, name: str, command: list[str]) -> Path:
     return config
 
 
-def test_pins_approvals_and_rate_buckets_survive_a_sigkill(images: dict[str, str], tmp_path: Path) -> None:
+def test_pins_approvals_and_rate_buckets_survive_a_sigkill(
+    images: dict[str, str], backend: str, tmp_path: Path
+) -> None:
+    if backend == "kubernetes":
+        ensure_images_loaded()
     instance = f"guard-restart-{secrets.token_hex(4)}"
     before = _config(tmp_path, "before.yaml", ["python3", "/srv/servers/scripted_server.py", "rug_pull"])
-    first = start_service(tmp_path, instance, config=before)
+    first = start_service(tmp_path, instance, config=before, backend=backend)
     try:
         with first.client() as client:
             opened = client.open_session("rug")
@@ -83,7 +88,7 @@ def test_pins_approvals_and_rate_buckets_survive_a_sigkill(images: dict[str, str
     assert memory_path(first.state_dir, instance).exists()
 
     after = _config(tmp_path, "after.yaml", ["python3", "-c", CHANGED_SERVER])
-    second = start_service(tmp_path, instance, config=after)
+    second = start_service(tmp_path, instance, config=after, backend=backend)
     try:
         with second.client() as client:
             listed = client.list_approvals(include_decided=True)

@@ -1,4 +1,8 @@
-"""The service killed with sessions open leaves containers behind; the next start removes them."""
+"""The service killed with sessions open leaves containers behind; the next start removes them.
+
+Docker only: what a killed service leaves there includes Docker networks. The Kubernetes counterpart (pods,
+Secrets, NetworkPolicies) is test_kubernetes_faults.py::test_orphan_pods_secrets_and_policies_removed_at_restart.
+"""
 
 from __future__ import annotations
 
