@@ -206,6 +206,7 @@ def test_api_server_unreachable_is_unavailable_and_not_serving_then_serving_agai
         tmp_path, f"it-kf-api-{secrets.token_hex(4)}", backend="kubernetes", kubeconfig=kubeconfig
     )
     try:
+        assert f"sandbox backend: Kubernetes (namespace {NAMESPACE}, {kubeconfig})" in service.log()
         with service.client() as client:
             with client.session("scripted") as opened:  # through the forwarder
                 assert client.call_tool(opened.session_id, "add", {"a": 1, "b": 2}).structured_content == {"sum": 3}
@@ -213,6 +214,7 @@ def test_api_server_unreachable_is_unavailable_and_not_serving_then_serving_agai
             with pytest.raises(grpc.RpcError) as down:
                 client.open_session("scripted", timeout=120)
             assert _code(down) is grpc.StatusCode.UNAVAILABLE, _details(down)
+            assert "Kubernetes API server unreachable" in _details(down)
             _wait_for(lambda: not service.healthy(), HEALTH_FOLLOW_S, "health NOT_SERVING")
             assert "health NOT_SERVING" in service.log()
 
