@@ -31,6 +31,10 @@ if TYPE_CHECKING:
     from runner.sandbox.kubernetes import KubernetesBackend
 
 log = logging.getLogger(__name__)
+_SOCKET_LOG = logging.getLogger(f"{__name__}.socket")
+_SOCKET_LOG.setLevel(logging.INFO)
+"""The websocket's own logger, never at DEBUG: websockets would log the request's headers there (the API
+server's bearer token) and every frame (a session's traffic, both ways)."""
 
 PROTOCOL = Subprotocol("v4.channel.k8s.io")
 STDIN, STDOUT, STDERR, STATUS = 0, 1, 2, 3
@@ -66,6 +70,7 @@ async def open_attach(api: KubeApi, pod: str, container: str) -> websockets.asyn
             max_size=MAX_MESSAGE_BYTES,
             max_queue=MAX_QUEUE,
             close_timeout=CLOSE_TIMEOUT_S,
+            logger=_SOCKET_LOG,
         )
 
 

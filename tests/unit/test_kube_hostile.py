@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import traceback
 from collections.abc import AsyncIterator
 from typing import Any
@@ -347,3 +348,19 @@ async def test_a_metrics_answer_of_another_shape_is_no_usage_not_a_foreign_error
                               custom=Metrics({"containers": [{"usage": {"memory": "12Mi"}}]}))
     assert (await backend.stats("p")).peak_memory_bytes == 12 * 1024**2
     backend.close()
+
+
+async def test_debug_logging_shows_neither_the_token_nor_the_traffic(
+    server: tuple[HostileApiServer, KubeApi], caplog: pytest.LogCaptureFixture,
+) -> None:
+    fake, api = server
+    api.configuration.api_key = {"authorization": "sekrit-bearer-token"}
+    api.configuration.api_key_prefix = {"authorization": "Bearer"}
+    caplog.set_level(logging.DEBUG)
+    sandbox = await handle(api)
+    await sandbox.write_stdin(b'{"arguments":{"password":"tool-input-secret"}}\n')
+    await fake.outgoing.put(b'\x01{"result":"tool-output-secret"}\n')
+    assert b"tool-output-secret" in await sandbox.read_stdout()
+    await sandbox.destroy()
+    ours = "\n".join(r.getMessage() for r in caplog.records if not r.name.startswith("websockets.server"))
+    assert "sekrit" not in ours and "tool-input-secret" not in ours and "tool-output-secret" not in ours
