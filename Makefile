@@ -58,9 +58,9 @@ lint: venv ## ruff and mypy --strict on runner/
 proto: venv ## Regenerate the gRPC stubs from proto/
 	@bash scripts/gen-proto.sh
 
-bench: images ## Benchmark every section beside its baseline: warm/cold open, calls, throughput, 200 at once, guard, sandbox, audit
+bench: images $(if $(filter kubernetes,$(BACKEND)),images-kubernetes) ## Benchmark every section beside its baseline (BACKEND=kubernetes adds pods beside containers)
 	@echo "[make] running every bench section with its defaults (several minutes; figures are wall clock on this machine)"
-	@$(BIN)/mcp-runner bench
+	@$(BIN)/mcp-runner bench --backend $(BACKEND)
 
 .PHONY: kubernetes kubernetes-down
 kubernetes: ## Bring up (or find up) the single-node test cluster, Kubernetes v1.20.2 offline; kubeconfig ~/.kube/mcp-runner-test.yaml
