@@ -78,8 +78,12 @@ class KubernetesBackend:
 
     async def _run(self, action: str, fn: Callable[[KubeApi], T]) -> T:
         def call() -> T:
-            with map_kube_errors(action, self._client):
-                return fn(self._api())
+            with map_kube_errors(action, None):
+                api = self._api()
+            # The client as connected: on the first call ``self._client`` was still None, and the API server's
+            # answers (a missing namespace, RBAC) would have read as "unreachable".
+            with map_kube_errors(action, api):
+                return fn(api)
 
         return await asyncio.get_running_loop().run_in_executor(self._pool, call)
 

@@ -364,3 +364,33 @@ async def test_debug_logging_shows_neither_the_token_nor_the_traffic(
     await sandbox.destroy()
     ours = "\n".join(r.getMessage() for r in caplog.records if not r.name.startswith("websockets.server"))
     assert "sekrit" not in ours and "tool-input-secret" not in ours and "tool-output-secret" not in ours
+
+
+# -- the first call's answers ------------------------------------------------------------------------------
+
+
+class Namespaces:
+    def __init__(self, error: ApiException) -> None:
+        self.error = error
+
+    def read_namespace(self, name: str, **_: Any) -> None:
+        raise self.error
+
+
+@pytest.mark.parametrize(("status", "message", "error", "says"), [
+    (404, 'namespaces "mcp-runner" not found', FailedPrecondition, "does not exist"),
+    (403, 'namespaces "mcp-runner" is forbidden: User "x" cannot get resource "namespaces" in API group ""',
+     FailedPrecondition, "verb 'get' on 'namespaces'"),
+])
+async def test_the_first_call_s_answer_is_read_as_such_not_as_unreachable(
+    monkeypatch: pytest.MonkeyPatch, status: int, message: str, error: type[Exception], says: str,
+) -> None:
+    refused = ApiException(status=status, reason="refused")
+    refused.body = json.dumps({"kind": "Status", "message": message})
+    api = KubeApi(namespace="mcp-runner", host="https://api.invalid", timeout=5.0, configuration=None,
+                  core=Namespaces(refused), networking=None, node=None, custom=None, apis=None)
+    monkeypatch.setattr("runner.sandbox.kubernetes.connect", lambda config, pool_size: api)
+    backend = KubernetesBackend(KubernetesConfig())
+    with pytest.raises(error, match=says):
+        await backend.check()
+    backend.close()
