@@ -26,6 +26,10 @@ _RUNTIME_SAID = ("StartError", "ContainerCannotRun")
 _MESSAGE_CAP = 300
 
 
+class Unschedulable(ResourceExhausted):
+    """No node can take the pod now: its limits are above every node's, or the nodes are full for the moment."""
+
+
 def _text(value: object) -> str:
     return printable(" ".join(str(value or "").split()), _MESSAGE_CAP)
 
@@ -42,7 +46,7 @@ def started(pod: Any, what: str, image: str, load_hint: str) -> Any | None:
     status = pod.status
     for condition in (status.conditions or []) if status is not None else []:
         if condition.type == "PodScheduled" and condition.status == "False" and condition.reason == "Unschedulable":
-            raise ResourceExhausted(f"{what}: the cluster cannot place its pod: {_text(condition.message)}")
+            raise Unschedulable(f"{what}: the cluster cannot place its pod: {_text(condition.message)}")
     container = _container(pod)
     state = container.state if container is not None else None
     if status is not None and status.phase in ("Failed", "Succeeded") and (state is None or state.terminated is None):

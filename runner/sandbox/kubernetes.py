@@ -39,6 +39,10 @@ T = TypeVar("T")
 
 POLL_FIRST_S = 0.05
 POLL_MAX_S = 0.5
+UNSCHEDULABLE_GRACE_S = 5.0
+"""How long a pod the scheduler cannot place yet is given before the open fails RESOURCE_EXHAUSTED: the node may be
+full only for the moment (the CPU of a pod just deleted is counted until its kubelet confirms), and the scheduler
+says the same ("Insufficient cpu") either way."""
 METRICS_GROUP = "metrics.k8s.io"
 _QUANTITY: Callable[[str], Any] = kubernetes.utils.parse_quantity  # untyped: "12Mi" -> Decimal
 
@@ -155,11 +159,17 @@ class KubernetesBackend:
 
     async def _wait_running(self, pod: str, what: str, image: str) -> Any:
         """The pod once its container runs (polled: a start given up stops polling at once)."""
-        delay = POLL_FIRST_S
+        loop = asyncio.get_running_loop()
+        delay, unplaced_until = POLL_FIRST_S, None
         while True:
             read = await self._run(f"starting {what}", functools.partial(_read_pod, pod))
-            if kube_status.started(read, what, image, self._load_hint()) is not None:
-                return read
+            try:
+                if kube_status.started(read, what, image, self._load_hint()) is not None:
+                    return read
+            except kube_status.Unschedulable:
+                unplaced_until = unplaced_until or loop.time() + UNSCHEDULABLE_GRACE_S
+                if loop.time() >= unplaced_until:
+                    raise
             await asyncio.sleep(delay)
             delay = min(delay * 2, POLL_MAX_S)
 
