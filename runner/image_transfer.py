@@ -25,7 +25,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Protocol
 
-from runner.images import SERVICE_IMAGE, ImageBuildError, Log, ensure_images
+from runner.image_checks import Log
+from runner.images import SERVICE_IMAGE, ImageBuildError, ensure_images
 
 __all__ = [
     "CLUSTER_IMAGE_NAMES",

@@ -27,16 +27,14 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-import uuid
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
-from runner.egress.rules import ProxyConfig
+from runner.image_checks import SMOKE_COMMANDS, ImageBuildError, Log, failure, run, smoke_check, smoke_check_egress
 
 __all__ = [
     "ALL_IMAGE_NAMES", "IMAGE_NAMES", "SERVICE_IMAGE", "ImageBuildError", "ensure_images", "image_ref", "list_images",
@@ -74,18 +72,6 @@ WHEEL_TARGET: tuple[str, ...] = (
     *(a for t in ("2014", "2010", "1") for a in ("--platform", f"manylinux{t}_x86_64")),
 )
 
-# Every server the images ship, checked with an MCP initialize after a build.
-SMOKE_COMMANDS: dict[str, tuple[tuple[str, ...], ...]] = {
-    "python-servers": (("mcp-server-time",), ("mcp-server-fetch",), ("mcp-server-git",)),
-    "node-servers": (("mcp-server-everything",), ("mcp-server-filesystem", "/tmp"), ("mcp-server-memory",)),
-}
-INITIALIZE_LINE = json.dumps({
-    "jsonrpc": "2.0", "id": 1, "method": "initialize",
-    "params": {"protocolVersion": "2025-06-18", "capabilities": {},
-               "clientInfo": {"name": "mcp-runner-image-check", "version": "0"}},
-})
-
-Log = Callable[[str], None]
 Inputs = list[tuple[str, bytes]]
 Files = tuple[tuple[str, bytes], ...]
 
@@ -104,10 +90,6 @@ class Code:
         from runner.service_image import service_files  # it builds on this module
 
         return service_files()
-
-
-class ImageBuildError(Exception):
-    """A build step failed; the message names the step and ends with its output's tail."""
 
 
 # --------------------------------------------------------------------------- inputs / tags
@@ -206,31 +188,6 @@ def image_ref(name: str) -> str:
 # --------------------------------------------------------------------------- subprocess helpers
 
 
-def _run(cmd: Sequence[str], step: str, log: Log, *, prefix: str, cwd: Path | None = None,
-         env: dict[str, str] | None = None) -> None:
-    """Run ``cmd``, stream its output through ``log``, raise ImageBuildError with its tail."""
-    tail: deque[str] = deque(maxlen=40)
-    try:
-        proc = subprocess.Popen(list(cmd), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, text=True, errors="replace", cwd=cwd,
-                                env=env)
-    except FileNotFoundError as e:
-        raise ImageBuildError(f"{step}: {cmd[0]!r} is not installed or not on PATH") from e
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        line = line.rstrip()
-        tail.append(line)
-        log(f"  [{prefix}] {line}")
-    rc = proc.wait()
-    if rc != 0:
-        raise ImageBuildError(_failure(step, rc, cmd, tail))
-
-
-def _failure(step: str, rc: int, cmd: Sequence[str], tail: Iterable[str]) -> str:
-    shown = " ".join(cmd) if len(cmd) < 12 else " ".join([*cmd[:11], "..."])
-    return f"{step} failed (exit {rc}): {shown}\n--- last output ---\n" + "\n".join(tail)
-
-
 def _check_docker() -> None:
     try:
         p = subprocess.run(["docker", "version", "--format", "{{.Server.Version}}"],
@@ -268,21 +225,27 @@ def _link_or_copy(src: str, dst: str) -> None:
         shutil.copy2(src, dst)
 
 
-def _fetch_wheels(reqs: Sequence[str], log: Log) -> Path:
-    """pip download ``reqs`` for the image's Python into a cache dir keyed by the inputs."""
-    items = [("target", "\0".join(WHEEL_TARGET).encode()), _file("constraints.txt")]
+def _fetch_wheels(reqs: Sequence[str], log: Log, *, constrained: bool = True, label: str = "") -> Path:
+    """pip download ``reqs`` for the image's Python into a cache dir keyed by the inputs.
+
+    ``constrained``: held to the sandboxes' ``constraints.txt`` (dependencies resolved); otherwise ``reqs`` pin
+    every distribution themselves (``--no-deps``), as the service's do (some at other versions than the sandboxes').
+    """
+    items = [("target", "\0".join(WHEEL_TARGET).encode()), *([_file("constraints.txt")] if constrained else [])]
     items += [_file(r) for r in reqs]
     dest = CACHE_DIR / "wheels" / _digest(items)[:16]
+    what = label or ", ".join(reqs)
     if (dest / ".complete").exists():
-        log(f"wheels for {', '.join(reqs)}: cached in {dest}")
+        log(f"wheels for {what}: cached in {dest}")
         return dest
-    log(f"downloading wheels for {', '.join(reqs)} into {dest}")
+    log(f"downloading wheels for {what} into {dest}")
     dest.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "pip", "download", "--disable-pip-version-check", "--progress-bar", "off",
-           *WHEEL_TARGET, "-d", str(dest), "-c", str(IMAGES_DIR / "constraints.txt")]
+           *WHEEL_TARGET, "-d", str(dest)]
+    cmd += ["-c", str(IMAGES_DIR / "constraints.txt")] if constrained else ["--no-deps"]
     for r in reqs:
         cmd += ["-r", str(IMAGES_DIR / r)]
-    _run(cmd, "pip download (on the host)", log, prefix="pip")
+    run(cmd, "pip download (on the host)", log, prefix="pip")
     (dest / ".complete").write_text("ok\n")
     return dest
 
@@ -299,7 +262,7 @@ def _fetch_node_modules(log: Log) -> Path:
     dest.mkdir(parents=True)
     for fn in ("package.json", "package-lock.json"):
         shutil.copy2(IMAGES_DIR / "node-servers" / fn, dest / fn)
-    _run(["npm", "ci", "--omit=dev", "--no-audit", "--no-fund", "--ignore-scripts"],
+    run(["npm", "ci", "--omit=dev", "--no-audit", "--no-fund", "--ignore-scripts"],
          "npm ci (on the host)", log, prefix="npm", cwd=dest)
     for cmd in SMOKE_COMMANDS["node-servers"]:
         if not (dest / "node_modules" / ".bin" / cmd[0]).exists():
@@ -320,7 +283,7 @@ def _build_rootfs(ref: str, *, force: bool, log: Log) -> None:
                    *(a for lb in _labels("rootfs", ref) for a in ("--label", lb)), "-t", ref, ctx]
             if force:
                 cmd.insert(2, "--no-cache")
-            _run(cmd, f"docker build of {ref} FROM {base}", log, prefix="docker", env=_docker_env())
+            run(cmd, f"docker build of {ref} FROM {base}", log, prefix="docker", env=_docker_env())
         return
     sources = _apt_sources()
     if sources is None:
@@ -352,9 +315,9 @@ def _build_rootfs(ref: str, *, force: bool, log: Log) -> None:
     text = out.decode(errors="replace").strip()
     if rc_deb != 0:
         subprocess.run(["docker", "rmi", "-f", ref], capture_output=True)  # never keep a partial rootfs
-        raise ImageBuildError(_failure("mmdebstrap (root filesystem bootstrap)", rc_deb, argv, tail))
+        raise ImageBuildError(failure("mmdebstrap (root filesystem bootstrap)", rc_deb, argv, tail))
     if docker.returncode != 0:
-        raise ImageBuildError(_failure("docker import", docker.returncode, imp, text.splitlines()))
+        raise ImageBuildError(failure("docker import", docker.returncode, imp, text.splitlines()))
     log(f"  [docker] imported {text}")
 
 
@@ -393,10 +356,10 @@ def _build_server_image(name: str, refs: Mapping[str, str], code: Code, *, force
                *(a for lb in _labels(name, ref) for a in ("--label", lb)), "-t", ref, str(ctx)]
         if force:
             cmd.insert(2, "--no-cache")
-        _run(cmd, f"docker build of {ref}", log, prefix="docker", env=_docker_env())
+        run(cmd, f"docker build of {ref}", log, prefix="docker", env=_docker_env())
     try:
         for argv in SMOKE_COMMANDS[name]:
-            _smoke_check(ref, argv, log)
+            smoke_check(ref, argv, log)
     except ImageBuildError:
         subprocess.run(["docker", "rmi", "-f", ref], capture_output=True)  # a broken tag must not look "present"
         raise
@@ -418,65 +381,12 @@ def _build_egress_image(refs: Mapping[str, str], code: Code, *, force: bool, log
                *(a for lb in _labels("egress", ref) for a in ("--label", lb)), "-t", ref, str(ctx)]
         if force:
             cmd.insert(2, "--no-cache")
-        _run(cmd, f"docker build of {ref}", log, prefix="docker", env=_docker_env())
+        run(cmd, f"docker build of {ref}", log, prefix="docker", env=_docker_env())
     try:
-        _smoke_check_egress(ref, log)
+        smoke_check_egress(ref, log)
     except ImageBuildError:
         subprocess.run(["docker", "rmi", "-f", ref], capture_output=True)
         raise
-
-
-def _smoke_check_egress(ref: str, log: Log, timeout: float = 30.0) -> None:
-    """The proxy, hardened and without network, must take a configuration and say it listens."""
-    cmd = ["docker", "run", "--rm", "-i", "--network", "none", "--read-only", "--cap-drop", "ALL",
-           "--security-opt", "no-new-privileges", ref]
-    config = json.dumps(ProxyConfig(rules=(), listen_host="127.0.0.1").to_wire())
-    try:
-        done = subprocess.run(cmd, input=config + "\n", capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired as exc:
-        raise ImageBuildError(_failure(f"smoke check of {ref}", -1, cmd, [str(exc)])) from None
-    first = done.stdout.splitlines()[:1]
-    if done.returncode != 0 or not first or json.loads(first[0]).get("type") != "ready":
-        raise ImageBuildError(_failure(f"smoke check of {ref} (proxy ready line)", done.returncode, cmd,
-                                       (done.stdout + done.stderr).splitlines()[-20:]))
-    log(f"  [check] egress proxy: ready ({first[0]})")
-
-
-def _smoke_check(ref: str, argv: Sequence[str], log: Log, timeout: float = 60.0) -> None:
-    """Start ``argv`` in ``ref`` hardened as in production; it must answer an MCP initialize."""
-    cname = f"mcp-runner-imagecheck-{uuid.uuid4().hex[:10]}"
-    cmd = ["docker", "run", "--rm", "-i", "--name", cname, "--network", "none", "--read-only",
-           "--tmpfs", "/tmp", "--cap-drop", "ALL", "--security-opt", "no-new-privileges",
-           "--user", "10001:10001", "--entrypoint", argv[0], ref, *argv[1:]]
-    rm = ["docker", "rm", "-f", cname]
-    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, errors="replace")
-    assert proc.stdin is not None and proc.stdout is not None
-    timer = threading.Timer(timeout, lambda: subprocess.run(rm, capture_output=True))
-    timer.start()
-    seen: deque[str] = deque(maxlen=40)
-    try:
-        proc.stdin.write(INITIALIZE_LINE + "\n")
-        proc.stdin.flush()  # stdin stays open: some servers drop in-flight requests on EOF
-        for line in proc.stdout:
-            seen.append(line.rstrip())
-            try:
-                msg = json.loads(line)
-            except ValueError:
-                continue  # diagnostics (stderr is merged in)
-            if isinstance(msg, dict) and msg.get("id") == 1 and isinstance(msg.get("result"), dict):
-                info = msg["result"].get("serverInfo", {})
-                log(f"  [check] {argv[0]}: initialize ok ({info.get('name')} {info.get('version')})")
-                return
-    except OSError:
-        pass  # the container died before reading stdin; reported below
-    finally:
-        timer.cancel()
-        subprocess.run(rm, capture_output=True)
-        proc.stdin.close()
-        proc.wait()
-    raise ImageBuildError(_failure(f"smoke check of {argv[0]} in {ref} (MCP initialize within {timeout:.0f} s)",
-                                   proc.returncode, cmd, seen))
 
 
 # --------------------------------------------------------------------------- public API

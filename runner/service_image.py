@@ -11,26 +11,23 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import sys
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
+from runner.image_checks import ImageBuildError, Log, run
 from runner.images import (
     CACHE_DIR,
     IMAGES_DIR,
     REPO_ROOT,
     WHEEL_TARGET,
     Files,
-    ImageBuildError,
     Inputs,
-    Log,
-    _digest,
     _docker_env,
+    _fetch_wheels,
     _file,
     _labels,
     _link_or_copy,
-    _run,
 )
 
 __all__ = ["SERVICE_CHECK", "build_service_image", "service_files", "service_inputs"]
@@ -72,30 +69,10 @@ def service_inputs(files: Files, sandbox_refs: Mapping[str, str]) -> Inputs:
     ]
 
 
-def _fetch_service_wheels(log: Log) -> Path:
-    """pip download the pinned dependencies for the image's Python into a cache dir keyed by the pins.
-
-    Not ``images._fetch_wheels``: that one holds every download to the sandboxes' constraints, which pin
-    some of the same distributions at other versions.
-    """
-    dest = CACHE_DIR / "wheels" / ("service-" + _digest([("target", "\0".join(WHEEL_TARGET).encode()),
-                                                         _file(REQUIREMENTS)])[:16])
-    if (dest / ".complete").exists():
-        log(f"wheels for the service: cached in {dest}")
-        return dest
-    log(f"downloading wheels for the service into {dest}")
-    dest.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "pip", "download", "--disable-pip-version-check", "--progress-bar", "off",
-           "--no-deps", *WHEEL_TARGET, "-d", str(dest), "-r", str(IMAGES_DIR / REQUIREMENTS)]
-    _run(cmd, "pip download (on the host)", log, prefix="pip")
-    (dest / ".complete").write_text("ok\n")
-    return dest
-
-
 def build_service_image(ref: str, sandbox_refs: Mapping[str, str], files: Files, *, force: bool, log: Log) -> None:
     """Build ``ref`` FROM the rootfs of ``sandbox_refs`` with exactly ``files`` and ``sandbox_refs`` (what its tag
     was hashed over), then check it."""
-    wheels = _fetch_service_wheels(log)
+    wheels = _fetch_wheels([REQUIREMENTS], log, constrained=False, label="the service")
     (CACHE_DIR / "build").mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="service-", dir=CACHE_DIR / "build") as tmp:
         ctx = Path(tmp)
@@ -114,11 +91,11 @@ def build_service_image(ref: str, sandbox_refs: Mapping[str, str], files: Files,
                *(a for lb in _labels("service", ref) for a in ("--label", lb)), "-t", ref, str(ctx)]
         if force:
             cmd.insert(2, "--no-cache")
-        _run(cmd, f"docker build of {ref}", log, prefix="docker", env=_docker_env())
+        run(cmd, f"docker build of {ref}", log, prefix="docker", env=_docker_env())
     check = ["docker", "run", "--rm", "--network", "none", "--read-only", "--cap-drop", "ALL",
              "--security-opt", "no-new-privileges", ref, *SERVICE_CHECK]
     try:
-        _run(check, f"check of {ref} (mcp-runner {' '.join(SERVICE_CHECK)})", log, prefix="check")
+        run(check, f"check of {ref} (mcp-runner {' '.join(SERVICE_CHECK)})", log, prefix="check")
     except ImageBuildError:
         subprocess.run(["docker", "rmi", "-f", ref], capture_output=True)  # a broken tag must not look "present"
         raise

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import functools
 import os
+import secrets
 import subprocess
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -82,6 +84,17 @@ def remove_instance(instance: str) -> None:
     client.NetworkingV1Api(api.api_client).delete_collection_namespaced_network_policy(
         NAMESPACE, label_selector=selector, _request_timeout=API_TIMEOUT_S
     )
+
+
+def instance_on_cluster(prefix: str) -> Iterator[str]:
+    """A fresh instance name for a test driving the backend directly; what it left is removed after it.
+
+    The cluster's absence needs no check here: tests marked ``kubernetes`` are skipped, or under CI failed,
+    before they start (``tests/conftest.py``)."""
+    ensure_images_loaded()
+    name = f"{prefix}-{secrets.token_hex(4)}"
+    yield name
+    remove_instance(name)
 
 
 @functools.cache

@@ -7,7 +7,6 @@ cluster fails the tests instead of skipping them.
 from __future__ import annotations
 
 import asyncio
-import os
 import secrets
 from collections.abc import Iterator
 from typing import Any
@@ -26,10 +25,8 @@ from runner.sandbox.kubernetes import KubernetesBackend
 from tests.kubernetes_cluster import (
     KUBECONFIG,
     NAMESPACE,
-    cluster_problem,
     core_api,
-    ensure_images_loaded,
-    remove_instance,
+    instance_on_cluster,
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.kubernetes]
@@ -40,21 +37,9 @@ LIMITS = Limits(cpus=0.1, memory_bytes=256 * 1024**2)
 """Small: the test node has two cores, and CPU requests equal limits, so default sessions (1 CPU) fill it."""
 
 
-@pytest.fixture(scope="module")
-def cluster() -> None:
-    problem = cluster_problem()
-    if problem is not None:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"CI=true and {problem}")
-        pytest.skip(problem)
-    ensure_images_loaded()
-
-
 @pytest.fixture
-def instance(cluster: None) -> Iterator[str]:
-    name = f"kt-{secrets.token_hex(4)}"
-    yield name
-    remove_instance(name)
+def instance() -> Iterator[str]:
+    yield from instance_on_cluster("kt")
 
 
 def backend(**config: Any) -> KubernetesBackend:

@@ -9,8 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-import os
-import secrets
 from collections.abc import Iterator
 
 import pytest
@@ -21,26 +19,14 @@ from runner.errors import RunnerError
 from runner.sandbox.base import SandboxNetwork
 from runner.sandbox.kubernetes import KubernetesBackend
 from tests.integration.test_kubernetes_backend import OWNER, first_line, left_over, spec
-from tests.kubernetes_cluster import KUBECONFIG, NAMESPACE, cluster_problem, ensure_images_loaded, remove_instance
+from tests.kubernetes_cluster import KUBECONFIG, NAMESPACE, instance_on_cluster
 
 pytestmark = [pytest.mark.integration, pytest.mark.kubernetes]
 
 
-@pytest.fixture(scope="module")
-def cluster() -> None:
-    problem = cluster_problem()
-    if problem is not None:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"CI=true and {problem}")
-        pytest.skip(problem)
-    ensure_images_loaded()
-
-
 @pytest.fixture
-def instance(cluster: None) -> Iterator[str]:
-    name = f"kh-{secrets.token_hex(4)}"
-    yield name
-    remove_instance(name)
+def instance() -> Iterator[str]:
+    yield from instance_on_cluster("kh")
     # The cancelled starts leave cycles (tracebacks through frames); collected later, inside pytest's own
     # ast.parse, they trip CPython 3.11.7's "AST constructor recursion depth mismatch" SystemError.
     gc.collect()

@@ -25,9 +25,10 @@ from runner.config import KubernetesConfig
 from runner.errors import FailedPrecondition, ResourceExhausted, RunnerError, Unavailable
 from runner.sandbox import kube_attach, kube_status
 from runner.sandbox.base import SandboxSpec
-from runner.sandbox.kube_attach import KubeSandbox, open_attach
+from runner.sandbox.kube_attach import KubeSandbox
 from runner.sandbox.kube_client import KubeApi
 from runner.sandbox.kubernetes import KubernetesBackend
+from tests.unit.test_kube_attach import handle
 
 pytestmark = pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning")
 
@@ -82,20 +83,6 @@ async def server() -> AsyncIterator[tuple[HostileApiServer, KubeApi]]:
         yield fake, KubeApi(namespace="ns", host=config.host, timeout=5.0, configuration=config, core=None,
                             networking=None, node=None, custom=None, apis=None)
         await fake.outgoing.put(None)
-
-
-class Backend:
-    def later(self, cleanup: Any) -> asyncio.Future[None]:
-        return asyncio.ensure_future(cleanup)
-
-
-async def handle(api: KubeApi, tail_bytes: int = 64) -> KubeSandbox:
-    socket = await open_attach(api, "p", "sandbox")
-
-    async def teardown() -> None:
-        return None
-
-    return KubeSandbox(Backend(), "p", socket, tail_bytes, "sha256:ab", teardown)  # type: ignore[arg-type]
 
 
 async def read_all(sandbox: KubeSandbox) -> bytes:
