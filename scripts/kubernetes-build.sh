@@ -43,7 +43,8 @@ deb http://deb.debian.org/debian bullseye main
 SRC
 apt_opts=(-o "Dir::Etc::SourceList=$apt_dir/sources.list" -o "Dir::Etc::SourceParts=/dev/null"
           -o "Dir::State::Lists=$apt_dir/lists" -o "Dir::Cache::Archives=$apt_dir/archives"
-          -o "APT::Architecture=$(dpkg --print-architecture)" -o "Acquire::Languages=none")
+          -o "APT::Architecture=$(dpkg --print-architecture)" -o "Acquire::Languages=none"
+          -o "APT::Sandbox::User=root")  # the private dirs are root's: no "unsandboxed" warning per file
 say "reading package lists for the kubernetes source and Go 1.15 (private apt state in $apt_dir)"
 apt-get "${apt_opts[@]}" -qq update
 
