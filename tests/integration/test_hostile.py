@@ -121,22 +121,37 @@ def test_memory_hog_is_killed_for_memory(client: RunnerClient, bystander: str) -
 
 
 def test_fork_bomb_is_contained(client: RunnerClient, service: Service, bystander: str) -> None:
-    with client.session("fork_bomb") as opened:
-        pod_cap = _pod_pids_max(service, opened.session_id) if service.backend == "kubernetes" else None
-        text = client.call_tool(opened.session_id, "echo", {"text": "x"}, timeout_ms=30_000).structured_content["text"]
-    counts = dict(part.split("=") for part in text.removeprefix("survived: ").split())
-    if pod_cap is None:
+    if service.backend == "kubernetes":
+        _fork_bomb_on_a_pod(client, service)
+    else:
+        with client.session("fork_bomb") as opened:
+            said = client.call_tool(opened.session_id, "echo", {"text": "x"}, timeout_ms=30_000)
+        text = said.structured_content["text"]
+        counts = dict(part.split("=") for part in text.removeprefix("survived: ").split())
         # The profile's pids limit is 48, and tini, the agent and the server already use some of it.
         assert int(counts["children"]) < 48, text
         assert int(counts["refused"]) > 0, text
-    else:
-        # Kubernetes 1.20 has no pids limit per pod: the kubelet caps every pod (--pod-max-pids, 1024 on the test
-        # cluster) in the pod's pids cgroup. At the cluster's 0.08 CPU the bomb may not reach that in its 10 s, so
-        # no refusal is asserted here, only the cap and that nothing got past it.
-        assert 0 < pod_cap <= 4096, pod_cap
-        assert int(counts["children"]) < pod_cap, text
     with client.session("scripted") as fresh:
         assert client.call_tool(fresh.session_id, "add", {"a": 1, "b": 1}).structured_content == {"sum": 2}
+
+
+def _fork_bomb_on_a_pod(client: RunnerClient, service: Service) -> None:
+    """Kubernetes 1.20 has no pids limit per pod: the kubelet caps every pod (--pod-max-pids, 1024 on the test
+    cluster) in the pod's pids cgroup. The bomb's children share the pod's 0.08 CPU with its server, so the server
+    may answer with fewer children than the cap, or not within the call's timeout (then the runner ends that
+    session): both are contained. What must hold is the cap itself, and the other sessions (below)."""
+    with client.session("fork_bomb") as opened:
+        pod_cap = _pod_pids_max(service, opened.session_id)
+        assert 0 < pod_cap <= 4096, pod_cap
+        try:
+            said = client.call_tool(opened.session_id, "echo", {"text": "x"}, timeout_ms=30_000)
+        except grpc.RpcError as exc:
+            assert exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED, exc
+            assert "was ended" in (exc.details() or ""), exc.details()
+            return
+    text = said.structured_content["text"]
+    counts = dict(part.split("=") for part in text.removeprefix("survived: ").split())
+    assert int(counts["children"]) < pod_cap, text
 
 
 def _pod_pids_max(service: Service, session_id: str) -> int:
