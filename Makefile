@@ -7,7 +7,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 CONFIG ?=
 LISTEN ?= 127.0.0.1:50051
-BACKEND ?= docker
+BACKEND ?=
 # `make run BACKEND=kubernetes` without CONFIG: settings sized for the test cluster's one 2-CPU node.
 KUBERNETES_RUN_CONFIG := scripts/kubernetes/run-settings.yaml
 RUN_CONFIG := $(or $(CONFIG),$(if $(filter kubernetes,$(BACKEND)),$(KUBERNETES_RUN_CONFIG)))
@@ -36,9 +36,9 @@ images: venv docker ## Build the sandbox images that are missing (offline, conte
 	@echo "[make] checking sandbox images (only missing ones are built)..."
 	@$(BIN)/mcp-runner images build
 
-run: images $(if $(filter kubernetes,$(BACKEND)),images-kubernetes) ## Start the service (BACKEND=docker|kubernetes, CONFIG=settings file, LISTEN=host:port)
-	@echo "[make] starting mcp-runner on $(LISTEN), sandboxes on $(BACKEND) — Ctrl-C stops it and removes its sandboxes"
-	@$(BIN)/mcp-runner serve --listen $(LISTEN) --backend $(BACKEND) $(if $(RUN_CONFIG),--config $(RUN_CONFIG))
+run: images $(if $(filter kubernetes,$(BACKEND)),images-kubernetes) ## Start the service (CONFIG=settings file, LISTEN=host:port, BACKEND=kubernetes: sandboxes as pods on the test cluster)
+	@echo "[make] starting mcp-runner on $(LISTEN)$(if $(BACKEND), with sandboxes on $(BACKEND)) — Ctrl-C stops it and removes its sandboxes"
+	@$(BIN)/mcp-runner serve --listen $(LISTEN) $(if $(BACKEND),--backend $(BACKEND)) $(if $(RUN_CONFIG),--config $(RUN_CONFIG))
 
 images-kubernetes: images kubernetes ## Load the images that are missing into the test cluster's runtime (no registry needed)
 	@echo "[make] loading images into the test cluster (only missing ones are imported)..."
@@ -60,7 +60,7 @@ proto: venv ## Regenerate the gRPC stubs from proto/
 
 bench: images $(if $(filter kubernetes,$(BACKEND)),images-kubernetes) ## Benchmark every section beside its baseline (BACKEND=kubernetes adds pods beside containers)
 	@echo "[make] running every bench section with its defaults (several minutes; figures are wall clock on this machine)"
-	@$(BIN)/mcp-runner bench --backend $(BACKEND)
+	@$(BIN)/mcp-runner bench $(if $(BACKEND),--backend $(BACKEND))
 
 .PHONY: kubernetes kubernetes-down
 kubernetes: ## Bring up (or find up) the single-node test cluster, Kubernetes v1.20.2 offline; kubeconfig ~/.kube/mcp-runner-test.yaml
