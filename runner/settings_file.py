@@ -19,17 +19,13 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from runner.config import (
-    BACKENDS,
-    DEFAULT_KUBECONFIG,
     DEFAULT_LISTEN,
     DEFAULT_UPSTREAM_NETWORK,
-    RUNTIMES,
     AuditConfig,
     AuthConfig,
     ConfigError,
     Credential,
     EgressRule,
-    KubernetesConfig,
     Limits,
     Mount,
     NetworkPolicy,
@@ -48,6 +44,7 @@ from runner.config import (
 from runner.config_document import read_document
 from runner.egress.rules import check_header_name, header_value_problem, parse_host_pattern, parse_target
 from runner.guard.sanitize import DEFAULT_REDACTIONS, DETECTORS, SanitizeConfig
+from runner.settings_kubernetes import KubernetesModel, chosen_backend
 
 _INSTANCE = re.compile(r"^[a-zA-Z0-9_.-]{1,64}$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
@@ -298,64 +295,6 @@ class _AuditModel(BaseModel):
         )
 
 
-_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
-_REGISTRY = re.compile(r"^[a-zA-Z0-9.-]+(:[0-9]{1,5})?(/[a-z0-9._/-]+)?$")
-
-
-class _KubernetesModel(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    kubeconfig: str | None = Field(default=None, min_length=1)
-    in_cluster: bool = False
-    context: str | None = Field(default=None, min_length=1)
-    namespace: str = Field(default=KubernetesConfig.namespace, pattern=_DNS_LABEL.pattern)
-    runtime_classes: dict[str, str] | None = None
-    registry: str | None = Field(default=None, pattern=_REGISTRY.pattern)
-    api_timeout_s: float = Field(default=KubernetesConfig.api_timeout_s, gt=0, le=300)
-
-    @model_validator(mode="after")
-    def _one_cluster(self) -> _KubernetesModel:
-        if self.in_cluster and self.kubeconfig is not None:
-            raise ValueError("kubernetes: give either `kubeconfig` or `in_cluster: true`, not both")
-        for runtime, name in (self.runtime_classes or {}).items():
-            if runtime not in RUNTIMES or not _DNS_LABEL.fullmatch(name):
-                raise ValueError(
-                    f"kubernetes.runtime_classes: {runtime!r}: {name!r} must map one of {list(RUNTIMES)} to a "
-                    "RuntimeClass name (lower-case letters, digits and '-')"
-                )
-        return self
-
-    def config(self, base: Path) -> KubernetesConfig:
-        env_kubeconfig = os.environ.get("MCP_RUNNER_KUBECONFIG")
-        if self.in_cluster and not env_kubeconfig:
-            kubeconfig = None
-        elif env_kubeconfig:
-            kubeconfig = local_path(env_kubeconfig, Path.cwd())
-        elif self.kubeconfig is not None:
-            kubeconfig = local_path(self.kubeconfig, base)
-        else:
-            kubeconfig = DEFAULT_KUBECONFIG.expanduser()
-        namespace = os.environ.get("MCP_RUNNER_NAMESPACE") or self.namespace
-        if not _DNS_LABEL.fullmatch(namespace):
-            raise ValueError(f"MCP_RUNNER_NAMESPACE={namespace!r}: not a Kubernetes namespace name")
-        runtime_classes = KubernetesConfig().runtime_classes if self.runtime_classes is None else self.runtime_classes
-        return KubernetesConfig(
-            kubeconfig=kubeconfig,
-            context=self.context,
-            namespace=namespace,
-            runtime_classes=MappingProxyType(dict(runtime_classes)),
-            registry=self.registry.rstrip("/") if self.registry else None,
-            api_timeout_s=self.api_timeout_s,
-        )
-
-
-def _backend(user: _FileModel, backend: str | None) -> str:
-    """``--backend``, else env MCP_RUNNER_BACKEND, else the file's ``backend``, else docker."""
-    chosen = backend or os.environ.get("MCP_RUNNER_BACKEND") or user.backend or "docker"
-    if chosen not in BACKENDS:
-        raise ValueError(f"backend {chosen!r}: use one of {', '.join(BACKENDS)}")
-    return chosen
-
-
 class _FileModel(BaseModel):
     model_config = ConfigDict(extra="forbid")
     listen: str | None = None
@@ -374,7 +313,7 @@ class _FileModel(BaseModel):
     policy: str | None = None
     audit: _AuditModel = _AuditModel()
     backend: str | None = None
-    kubernetes: _KubernetesModel = _KubernetesModel()
+    kubernetes: KubernetesModel = KubernetesModel()
 
     @field_validator("max_message_bytes")
     @classmethod
@@ -506,7 +445,7 @@ def load_settings(
             pool=MappingProxyType(_pool(builtin, user, profiles)),
             reap_interval_s=user.reap_interval_s or Settings.reap_interval_s,
             profiles=MappingProxyType(profiles),
-            backend=_backend(user, backend),
+            backend=chosen_backend(user.backend, backend),
             kubernetes=user.kubernetes.config(base),
         )
     except ValueError as exc:
