@@ -17,10 +17,9 @@ from kubernetes.client.exceptions import ApiException
 
 from runner.sandbox.kube_client import KubeApi
 from runner.sandbox.kube_objects import OWNER_ANNOTATION, instance_selector
+from runner.sandbox.sweep import SWEEP_THREADS
 
 log = logging.getLogger(__name__)
-
-SWEEP_THREADS = 8
 
 
 def sweep_orphans(api: KubeApi, instance: str, abandoned_owner: Callable[[str | None], bool]) -> int:
@@ -52,7 +51,8 @@ def sweep_orphans(api: KubeApi, instance: str, abandoned_owner: Callable[[str | 
     with ThreadPoolExecutor(max_workers=SWEEP_THREADS, thread_name_prefix="kube-sweep") as pool:
         list(pool.map(remove, removals))
     if len(doomed_pods) < len(pods):
-        owners = {str(_owner(pod)) for pod in pods if pod.metadata.name not in set(doomed_pods)}
+        doomed = set(doomed_pods)
+        owners = {str(_owner(pod)) for pod in pods if pod.metadata.name not in doomed}
         log.warning("kept %d pod(s) of instance %r: another running service of that name owns them (%s)",
                     len(pods) - len(doomed_pods), instance, "; ".join(sorted(owners)))
     return len(doomed_pods)
