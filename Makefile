@@ -44,7 +44,11 @@ images-kubernetes: images kubernetes ## Load the images that are missing into th
 	@echo "[make] loading images into the test cluster (only missing ones are imported)..."
 	@$(BIN)/mcp-runner images load --kubernetes
 
-test: images lint images-kubernetes ## Run lint, then every test: unit, integration (Docker and the test cluster, real servers), hostile servers
+.PHONY: mcp-tools
+mcp-tools: ## Install the pinned MCP test tools (Node 22, conformance suite, Inspector CLI) into /var/cache/mcp-runner
+	@bash scripts/mcp-tools.sh
+
+test: images lint images-kubernetes mcp-tools ## Run lint, then every test: unit, integration (Docker and the test cluster, real servers, the MCP conformance suite), hostile servers
 	@echo "[make] running the whole test suite"
 	@$(BIN)/python -m pytest $(PYTEST_ARGS)
 
