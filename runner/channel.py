@@ -13,6 +13,14 @@ here or reported by the agent, ends the session with MessageTooLarge.
 The first terminal event (agent ``fatal``, end of stream, or a violation)
 fails every pending request and wakes ``closed``; the session manager then
 asks the sandbox how it ended.
+
+The server speaks back too (``server_request`` and ``notification`` frames): the channel checks their shape,
+holds at most ``MAX_SERVER_REQUESTS`` unanswered (each waits in a task of its own, since a person may be the one
+to answer), names the request in flight each belongs to (``related``: its ``Exchange``, if it has one), and hands
+them to the session's ``Inbound`` (runner/sessions/inbox.py validates, sanitizes, routes and records them). A
+server request ends in exactly one ``answer`` frame: the ``Inbound``'s result, or the error of a
+``ClientDeclined`` it raised; -32601 when nothing takes server requests, -32603 when the answer was not to be had
+(the request it belonged to ended, the inbound failed).
 """
 
 from __future__ import annotations
@@ -26,9 +34,20 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from runner.errors import MessageTooLarge, ProtocolViolation, RunnerError, SandboxCrashed, ServerError
+from runner.errors import (
+    JSONRPC_INTERNAL_ERROR,
+    JSONRPC_METHOD_NOT_FOUND,
+    ClientDeclined,
+    MessageTooLarge,
+    ProtocolViolation,
+    RunnerError,
+    SandboxCrashed,
+    ServerError,
+)
+from runner.framing import MAX_FRAME_VALUES as MAX_FRAME_VALUES  # re-exported: the cap belongs to the link
+from runner.framing import MAX_TEXT, LineFramer, count_values, line_cost
 from runner.pace import Pace
-from runner.sessions.models import ProgressEvent
+from runner.sessions.models import DEFAULT_PROTOCOL, PROTOCOLS, Exchange, ProgressEvent
 from runner.text import printable, whole_words
 
 log = logging.getLogger(__name__)
@@ -36,31 +55,29 @@ log = logging.getLogger(__name__)
 JSONObject = dict[str, Any]
 ProgressSink = Callable[[ProgressEvent], Awaitable[None]]
 _MAX_RECENTLY_CANCELLED = 1024
-_MAX_TEXT = 4096
 _PREVIEW = 60
 #: A ``fatal`` frame's ``reason`` when the agent met a line past the cap (docs/agent-protocol.md).
 TOO_LARGE = "message_too_large"
 #: The sandbox environment variable that hands the agent the host's cap (``runner/agent/frames.py`` reads it).
 MAX_MESSAGE_ENV = "MCP_AGENT_MAX_MESSAGE_BYTES"
-#: The most separators and containers (``,``, ``[``, ``{`` outside strings) a frame may hold, counted before it is
-#: parsed. ``json.loads`` holds the GIL whatever thread runs it, so a 4 MiB line of ``[],`` stalled every session
-#: for 0.3 s, and a 64 MiB one for seconds. A frame past this holds more values than the sanitizer's work budget
-#: (runner/guard/results.py, the same number) walks in any result; here it is refused for a few counts at C speed.
-MAX_FRAME_VALUES = 200_000
 #: What a session's frames may cost the event loop (one for the whole service), in seconds of parsing per second,
 #: after a burst of ``PARSE_BURST_S``: past it the reader waits before it reads on, so the sandbox's writes block.
 #: Without it one sandbox repeating lines just under the caps (progress, or answers to requests the host gave up
 #: on), or millions of tiny lines, kept the loop busy for as long as it liked.
 PARSE_SHARE = 0.25
 PARSE_BURST_S = 1.0
-# What a line costs to parse and dispatch, roughly (CPython 3.11): a fixed part, per byte, per value, and the
-# sanitizing of the text the reader's callbacks sanitize on the loop (a progress message: at most _MAX_TEXT
-# characters, up to 6 bytes each once escaped), measured at 18 µs for a bare progress line, 290 µs with 4 KiB.
-_LINE_COST_S = 20e-6
-_BYTE_COST_S = 1e-9
-_VALUE_COST_S = 0.2e-6
-_TEXT_BYTES = 6 * _MAX_TEXT
-_TEXT_COST_S = 70e-9
+
+
+#: Server requests (sampling, elicitation, roots) the agent may hold unanswered at once, as the agent does with its
+#: server (docs/agent-protocol.md): one more is a protocol violation.
+MAX_SERVER_REQUESTS = 64
+SERVER_REQUEST_METHODS = frozenset({"sampling/createMessage", "elicitation/create", "roots/list"})
+NOTIFICATION_METHODS = frozenset({
+    "notifications/message", "notifications/tools/list_changed", "notifications/resources/list_changed",
+    "notifications/prompts/list_changed", "notifications/resources/updated",
+})  # fmt: skip
+_MAX_FRAME_ID = 2**53
+"""Ids are JSON numbers both sides read exactly: positive integers up to 2**53."""
 
 
 def agent_env(max_message_bytes: int) -> dict[str, str]:
@@ -85,14 +102,40 @@ class Reply:
     size: int
     """Bytes of the frame's line (the result and its envelope)."""
     values: int
-    """The line's separators and containers, counted before it was parsed (``_count_values``): at least the JSON
+    """The line's separators and containers, counted before it was parsed (``count_values``): at least the JSON
     values of the result, and more when its strings hold commas or brackets."""
+
+
+@dataclass(frozen=True, slots=True)
+class Inbound:
+    """A server request or notification as the channel read it: shape checked, content not yet."""
+
+    method: str
+    params: JSONObject
+    exchange: Exchange | None
+    """The ``Exchange`` of the request in flight the agent related it to, if that request has one."""
+    tag: str
+    """That request's tag (``request_sized(tag=)``: the audit id of what the caller asked), "" when unrelated."""
+    size: int
+    values: int
+
+
+class InboundHandler(Protocol):
+    """The session's side of what its server sends unasked (runner/sessions/inbox.py)."""
+
+    async def server_request(self, request: Inbound) -> JSONObject:
+        """The answer's result; ClientDeclined for an error answer."""
+        ...
+
+    async def notification(self, note: Inbound) -> None: ...
 
 
 @dataclass
 class _Pending:
     future: asyncio.Future[Reply]
     on_progress: ProgressSink | None
+    exchange: Exchange | None = None
+    tag: str = ""
 
 
 class AgentChannel:
@@ -108,6 +151,15 @@ class AgentChannel:
         self.closed = asyncio.Event()
         self._reader: asyncio.Task[None] | None = None
         self._write_lock = asyncio.Lock()
+        self._inbound: InboundHandler | None = None
+        self._answering: dict[int, tuple[asyncio.Task[None], int | None]] = {}
+        """Server requests being answered: their task and the host request they belong to."""
+        self.protocol = DEFAULT_PROTOCOL
+        """The era the agent speaks with its server, from its ``ready`` frame."""
+
+    def set_inbound(self, inbound: InboundHandler | None) -> None:
+        """Who takes the server's requests and notifications; without one, requests get -32601, notes are dropped."""
+        self._inbound = inbound
 
     def start(self) -> None:
         self._reader = asyncio.create_task(self._read_loop(), name="agent-channel-reader")
@@ -121,25 +173,41 @@ class AgentChannel:
         """The agent's ``initialize`` payload, once the server is up."""
         return await asyncio.shield(self._ready)
 
-    async def request(
-        self, method: str, params: JSONObject, *, on_progress: ProgressSink | None = None
-    ) -> JSONObject:
+    async def request(self, method: str, params: JSONObject, *, on_progress: ProgressSink | None = None) -> JSONObject:
         """Send one request and wait for its result; cancelling the wait tells the agent to cancel."""
         return (await self.request_sized(method, params, on_progress=on_progress)).result
 
     async def request_sized(
-        self, method: str, params: JSONObject, *, on_progress: ProgressSink | None = None
+        self,
+        method: str,
+        params: JSONObject,
+        *,
+        on_progress: ProgressSink | None = None,
+        capabilities: JSONObject | None = None,
+        exchange: Exchange | None = None,
+        tag: str = "",
     ) -> Reply:
-        """``request``, its result handed back with the size of the line that carried it."""
+        """``request``, its result handed back with the size of the line that carried it.
+
+        ``capabilities`` (2026-07-28 era) go on the frame for the agent to put in the request's ``_meta``;
+        what the server sends related to this request reaches ``exchange`` (with ``tag``) while it runs.
+        """
         if self._terminal is not None:
             raise self._terminal
         request_id = secrets.randbits(53) or 1
         future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
-        self._pending[request_id] = _Pending(future, on_progress)
+        self._pending[request_id] = _Pending(future, on_progress, exchange, tag)
+        frame: JSONObject = {"type": "request", "id": request_id, "method": method, "params": params}
+        if capabilities is not None:
+            frame["capabilities"] = capabilities
         try:
-            await self._send({"type": "request", "id": request_id, "method": method, "params": params})
+            await self._send(frame)
             return await future
         finally:
+            # What the server asked for this request waits for no one now: answered with an error.
+            for task, related in list(self._answering.values()):
+                if related == request_id:
+                    task.cancel()
             # Cancelling this task cancels ``future`` too, so "gave up" is: not answered, or cancelled.
             gave_up = not future.done() or future.cancelled()
             if self._pending.pop(request_id, None) is not None and gave_up and self._terminal is None:
@@ -174,8 +242,8 @@ class AgentChannel:
                 for line in framer.feed(chunk):
                     if self._terminal is not None:
                         break
-                    values = _count_values(line)
-                    work += _line_cost(len(line), values)
+                    values = count_values(line)
+                    work += line_cost(len(line), values)
                     await self._dispatch(line, values)
                 if (wait := pace.take(work)) > 0:
                     await asyncio.sleep(wait)
@@ -191,11 +259,18 @@ class AgentChannel:
         if kind == "ready":
             if self._ready.done():
                 raise ProtocolViolation("the agent announced itself twice")
+            protocol = frame.get("protocol", DEFAULT_PROTOCOL)
+            if protocol not in PROTOCOLS:
+                raise ProtocolViolation(f"the agent announced a protocol the host does not know ({_preview(line)})")
+            self.protocol = protocol
             self._ready.set_result(_object(frame, "initialize"))
             return
         if kind == "fatal":
             message = _text(frame.get("message"), "the agent gave up without a reason")
             raise MessageTooLarge(message) if frame.get("reason") == TOO_LARGE else SandboxCrashed(message)
+        if kind in ("server_request", "notification"):
+            await self._inbound_frame(kind, frame, len(line), values)
+            return
         request_id = frame.get("id")
         if not isinstance(request_id, int) or isinstance(request_id, bool):
             raise ProtocolViolation(f"a {kind!r} frame without an integer id")
@@ -216,6 +291,68 @@ class AgentChannel:
                 raise ProtocolViolation("an error frame without an integer code")
             if not pending.future.done():
                 pending.future.set_exception(ServerError(code, _text(error.get("message"), "(no message)")))
+
+    async def _inbound_frame(self, kind: str, frame: JSONObject, size: int, values: int) -> None:
+        """A server request or notification: shape checked here, then handed on (a request in a task of its own)."""
+        method = frame.get("method")
+        known = SERVER_REQUEST_METHODS if kind == "server_request" else NOTIFICATION_METHODS
+        if not isinstance(method, str) or method not in known:
+            raise ProtocolViolation(f"a {kind!r} frame for a method the agent does not forward ({_text(method, '?')})")
+        params = frame.get("params", {})
+        if not isinstance(params, dict):
+            raise ProtocolViolation(f"a {kind!r} frame whose 'params' is not an object")
+        related = frame.get("related")
+        if related is not None and not _is_id(related):
+            raise ProtocolViolation(f"a {kind!r} frame whose 'related' is not a request id")
+        # A request that just ended (or never was) relates to nothing any more: the session's listener takes it.
+        pending = self._pending.get(related) if related is not None else None
+        if pending is not None and pending.future.done():
+            pending = None
+        inbound = Inbound(
+            method=method,
+            params=params,
+            exchange=pending.exchange if pending is not None else None,
+            tag=pending.tag if pending is not None else "",
+            size=size,
+            values=values,
+        )
+        if kind == "notification":
+            if self._inbound is not None:
+                try:
+                    await self._inbound.notification(inbound)
+                except Exception:
+                    log.exception("notification handler failed")
+            return
+        server_id = frame.get("id")
+        if not _is_id(server_id):
+            raise ProtocolViolation("a 'server_request' frame without a positive integer id")
+        assert isinstance(server_id, int)
+        if server_id in self._answering:
+            raise ProtocolViolation(f"the agent sent server request {server_id} again while it was unanswered")
+        if len(self._answering) >= MAX_SERVER_REQUESTS:
+            raise ProtocolViolation(f"the agent sent more than {MAX_SERVER_REQUESTS} server requests left unanswered")
+        task = asyncio.create_task(self._answer(server_id, inbound), name=f"server-request-{server_id}")
+        self._answering[server_id] = (task, related if pending is not None else None)
+
+    async def _answer(self, server_id: int, inbound: Inbound) -> None:
+        """The one ``answer`` frame a server request gets."""
+        answer: JSONObject
+        try:
+            if self._inbound is None:
+                raise ClientDeclined(JSONRPC_METHOD_NOT_FOUND, f"this session's client cannot answer {inbound.method}")
+            answer = {"result": await self._inbound.server_request(inbound)}
+        except ClientDeclined as exc:
+            answer = {"error": {"code": exc.code, "message": exc.message}}
+        except asyncio.CancelledError:
+            answer = {"error": {"code": JSONRPC_INTERNAL_ERROR, "message": "the request it belonged to ended"}}
+        except Exception:
+            log.exception("answering %s failed", inbound.method)
+            answer = {"error": {"code": JSONRPC_INTERNAL_ERROR, "message": "the client's answer could not be had"}}
+        finally:
+            self._answering.pop(server_id, None)
+        if self._terminal is None:
+            with contextlib.suppress(RunnerError):
+                await self._send({"type": "answer", "id": server_id, **answer})
 
     async def _progress(self, pending: _Pending, frame: JSONObject) -> None:
         progress, total = frame.get("progress"), frame.get("total")
@@ -245,6 +382,9 @@ class AgentChannel:
         for pending in self._pending.values():
             if not pending.future.done():
                 pending.future.set_exception(error)
+        for task, _ in self._answering.values():
+            task.cancel()
+        self._answering.clear()
         self.closed.set()
 
     async def aclose(self) -> None:
@@ -256,80 +396,16 @@ class AgentChannel:
         self._end(SandboxCrashed("the session was closed"))
 
 
-def describe_cap(max_bytes: int) -> str:
-    """``4 MiB`` for a cap in whole MiB, else ``1000 byte``: what a person reads in the error."""
-    return f"{max_bytes // 1024**2} MiB" if max_bytes % 1024**2 == 0 else f"{max_bytes} byte"
+_FRAME_TYPES = frozenset({"ready", "result", "error", "progress", "fatal", "server_request", "notification"})
 
 
-class LineFramer:
-    """Cuts a byte stream into lines of at most ``max_bytes``, in time linear in the bytes fed.
-
-    Each byte is searched for a newline once: the search resumes where the last
-    one stopped, so a long line that arrives in tiny pieces (a hostile sandbox's
-    choice) costs no more than one that arrives whole. Consumed lines are dropped
-    from the buffer once per chunk, and a partial line past the cap is refused
-    before it is kept, so the buffer never holds more than the cap plus one chunk.
-    """
-
-    def __init__(self, max_bytes: int) -> None:
-        self._max = max_bytes
-        self._buffer = bytearray()
-        self._scanned = 0  # bytes of the buffer already known to hold no newline
-
-    def feed(self, chunk: bytes) -> list[bytes]:
-        """The lines ``chunk`` completes, without their newlines; MessageTooLarge for a line past the cap."""
-        buffer = self._buffer
-        buffer += chunk
-        lines: list[bytes] = []
-        start = 0
-        while (newline := buffer.find(b"\n", self._scanned)) >= 0:
-            if newline - start > self._max:
-                raise self._too_large()
-            lines.append(bytes(buffer[start:newline]))
-            start = self._scanned = newline + 1
-        if len(buffer) - start > self._max:
-            raise self._too_large()
-        del buffer[:start]
-        self._scanned = len(buffer)
-        return lines
-
-    def _too_large(self) -> MessageTooLarge:
-        return MessageTooLarge(f"the sandbox sent a message larger than the {describe_cap(self._max)} cap")
-
-
-_FRAME_TYPES = frozenset({"ready", "result", "error", "progress", "fatal"})
+def _is_id(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 < value <= _MAX_FRAME_ID
 
 
 def _refuse_constant(name: str) -> None:
     # Python's json accepts NaN and Infinity, which JSON does not; nothing downstream could pass them on.
     raise ValueError(f"{name} is not JSON")
-
-
-def _line_cost(size: int, values: int) -> float:
-    """Seconds of event loop a line of ``size`` bytes and ``values`` values costs, by the estimate above."""
-    return _LINE_COST_S + size * _BYTE_COST_S + min(size, _TEXT_BYTES) * _TEXT_COST_S + values * _VALUE_COST_S
-
-
-def _count_values(line: bytes) -> int:
-    """The separators and containers outside the line's strings (at most, when few); MessageTooLarge past the cap.
-
-    Linear in the line and cheap: the counts run at C speed, and the text is split only when at most
-    MAX_FRAME_VALUES strings are in it. A line that is not JSON may be miscounted past the point where it
-    stops being JSON, but the parser stops there too.
-    """
-    upper = _structure(line)  # some may sit inside strings; when few, that is close enough
-    if upper <= MAX_FRAME_VALUES:
-        return upper
-    plain = line.replace(b"\\\\", b"").replace(b'\\"', b"")  # escapes gone, every quote left opens or closes
-    if plain.count(b'"') // 2 <= MAX_FRAME_VALUES:
-        outside = _structure(b"".join(plain.split(b'"')[::2]))
-        if outside <= MAX_FRAME_VALUES:
-            return outside
-    raise MessageTooLarge(f"the sandbox sent a message of more than {MAX_FRAME_VALUES} JSON values, the cap")
-
-
-def _structure(text: bytes) -> int:
-    return text.count(b",") + text.count(b"[") + text.count(b"{")
 
 
 def _decode(line: bytes) -> JSONObject:
@@ -357,7 +433,7 @@ def _text(value: object, default: str) -> str:
     """A message of the sandbox's, capped in whole words: the sanitizer it passes next must see any secret whole."""
     if not isinstance(value, str):
         return default
-    kept = whole_words(value, _MAX_TEXT)
+    kept = whole_words(value, MAX_TEXT)
     return printable(kept if len(kept) == len(value) else f"{kept.rstrip()} … (cut)") or default
 
 

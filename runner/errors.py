@@ -26,10 +26,15 @@ the servicer only ever translates this tree::
     │   ├── ProtocolViolation ...................... container broke the wire rules; session ended
     │   └── ResultRejected ......................... a result failed host validation; not passed on
     ├── ServerError ................ per MCP code      the MCP server answered with a JSON-RPC error
+    ├── ClientDeclined ............. FAILED_PRECONDITION a session's caller would not answer a server's request
     ├── Unimplemented .............. UNIMPLEMENTED      the server lacks the capability
     ├── Unavailable ................ UNAVAILABLE        backend (Docker) unreachable
     │   └── AuditError ............................. the audit log cannot be written or read
     └── Unauthenticated ............ UNAUTHENTICATED
+
+``ClientDeclined`` travels the other way: a caller's handler raises it to answer the sandboxed server's own
+request (sampling, elicitation, roots) with that JSON-RPC error; it reaches a caller only if a handler's own
+failure is reported.
 
 ``ServerError`` picks its status from the JSON-RPC code: invalid params map to
 INVALID_ARGUMENT, "resource not found" to NOT_FOUND, "method not found" to
@@ -198,3 +203,17 @@ class ServerError(RunnerError):
         super().__init__(f"MCP server error {code}: {message}")
         self.code = code
         self.status = _SERVER_CODE_STATUS.get(code, Status.FAILED_PRECONDITION)
+
+
+class ClientDeclined(RunnerError):
+    """The client will not (or cannot) answer a server's request: the server gets JSON-RPC error ``code``.
+
+    Raised by an ``InputHandler`` (runner/sessions/models.py); -32601 when the client cannot, -1 when its user
+    rejected the request, -32602 when its answer did not fit what the server asked for.
+    """
+
+    status = Status.FAILED_PRECONDITION
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code

@@ -52,12 +52,17 @@ EXIT = "exit"
 """A sandbox stopped on its own: out of memory, crashed, broke the protocol."""
 EGRESS = "egress"
 """A decision of a session's egress proxy."""
+SERVER_REQUEST = "server_request"
+"""A sandboxed server's request to the client (sampling, elicitation, roots), sanitized as the client was shown it,
+and its outcome: ``answered`` (the answer as the server got it), ``declined``, ``unhandled`` (nobody could answer),
+``invalid_request``, ``blocked``, ``invalid_answer``, ``failed`` or ``throttled``; ``related`` names the request
+record it came up under, ``door`` how the session's caller is reached."""
 RETENTION = "retention"
 """Records older than the retention period were exported and deleted; names the export and the chain's anchor."""
 
 KINDS = (
     SESSION_OPEN, SESSION_CLOSE, REQUEST, REQUEST_INTENT, POLICY, VALIDATION, FINDING, APPROVAL, THROTTLE,
-    QUARANTINE, EXIT, EGRESS, RETENTION,
+    QUARANTINE, EXIT, EGRESS, RETENTION, SERVER_REQUEST,
 )  # fmt: skip
 
 

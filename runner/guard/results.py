@@ -470,6 +470,11 @@ def sanitize_initialize(
     return _walk(s, result, "", log, budget)
 
 
+def sanitize_value(s: Sanitizer, value: T, where: str, log: FindingLog, budget: WorkBudget | None = None) -> T:
+    """Every string of any model or JSON value of a server's: its requests to the client, its notifications."""
+    return _walk(s, value, where, log, budget)
+
+
 def sanitize_progress(s: Sanitizer, message: str | None, log: FindingLog) -> str | None:
     """A progress notification's message, shown to the caller while a tool runs."""
     return None if message is None else _walk(s, message, "progress.message", log, None)

@@ -21,7 +21,7 @@ import mcp_types
 from jsonschema.protocols import Validator
 from pydantic import BaseModel, ValidationError
 
-from runner.errors import ProtocolViolation, ResultRejected, SchemaViolation
+from runner.errors import InvalidArgument, ProtocolViolation, ResultRejected, SchemaViolation
 from runner.guard.schema import SchemaError, UnsafeSchema, ValidationTooSlow, compile_schema, first_error, short
 
 M = TypeVar("M", bound=BaseModel)
@@ -185,6 +185,21 @@ def parse_result(model: type[M], raw: dict[str, Any], what: str) -> M:
     if problem is not None:
         raise ResultRejected(f"the server's {what} cannot be passed on: {problem}")
     return parsed
+
+
+def parse_input(model: type[M], raw: Any, what: str) -> M:
+    """``raw`` from a caller (a client's answer to a server's request) as an MCP ``model``, or InvalidArgument
+    naming what does not fit; the same bounds as a server's result (``parse_result``)."""
+    if not isinstance(raw, dict):
+        raise InvalidArgument(f"{what} is not a JSON object")
+    problem = json_problem(raw) or _item_problem(raw)
+    if problem is not None:
+        raise InvalidArgument(f"{what} cannot be passed on: {problem}")
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        problems = _problems(exc, _MAX_ERRORS_SHOWN)
+        raise InvalidArgument(f"{what} is not a valid MCP {model.__name__}: {problems}") from exc
 
 
 MAX_SIZE = 2**63 - 1

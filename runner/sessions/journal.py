@@ -132,6 +132,8 @@ class RequestEntry:
     """The request block has not ended: notes of ``HELD_KINDS`` made for it wait in ``held``."""
     held: list[AuditEvent] = field(default_factory=list)
     """Notes queued with the request's next record (its intent or outcome), in one transaction with it."""
+    door: str = ""
+    """How the session's caller reached the runner (``grpc``, ``mcp-http``…); set once the session is known."""
 
     def result(self, value: Any, findings: tuple[Finding, ...] = ()) -> None:
         self.returned["result"] = as_json(value)
@@ -233,6 +235,13 @@ class Journal:
         entry.serving = False
         await self._durable(AuditEvent(records.REQUEST, column, caller, data, id=entry.id), None, entry)
 
+    @staticmethod
+    def serving_id() -> str:
+        """The audit id of the request the current task serves ("" outside one): what the server sends back while
+        it runs is recorded as related to it."""
+        entry = _serving.get()
+        return entry.id if entry is not None else ""
+
     async def sending(self, method: str, params: Mapping[str, Any]) -> None:
         """Commit the intent to send ``method`` before it is sent; raises if it cannot be, so it is not sent.
 
@@ -275,6 +284,7 @@ class Journal:
             "outcome": outcome,
             "duration_ms": round((time.monotonic() - started) * 1000, 3),
             **({"intents": list(entry.intents)} if entry.intents else {}),
+            **({"door": entry.door} if entry.door else {}),
             **({} if entry.session_id == session_id else {"session_id": capped(session_id)}),
             **entry.returned,
             **extra,

@@ -14,8 +14,8 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel
 
-from runner.channel import describe_cap
 from runner.errors import ResultRejected
+from runner.framing import describe_cap
 from runner.guard.validate import MAX_RESULT_ITEMS, MAX_TOOLS, parse_result
 from runner.sessions import outflow
 from runner.sessions.models import ProgressCallback
@@ -31,6 +31,7 @@ Request = Callable[
 
 MAX_PAGES = 100
 _LISTED = {"tools/list": ("tools", MAX_TOOLS), "resources/list": ("resources", MAX_RESULT_ITEMS),
+           "resources/templates/list": ("resource_templates", MAX_RESULT_ITEMS),
            "prompts/list": ("prompts", MAX_RESULT_ITEMS)}
 """What each listing holds and how many of it all its pages together may hold. Counted page by page: a server
 paging 4096 resources a time for MAX_PAGES pages had the service hold, sanitize and record 409 600 of them for one

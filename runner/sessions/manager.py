@@ -39,6 +39,7 @@ from runner.audit.records import capped
 from runner.config import Limits, Profile, Settings
 from runner.errors import (
     DeadlineExceeded,
+    InvalidArgument,
     ProfileNotFound,
     QuotaExceeded,
     RunnerError,
@@ -53,8 +54,12 @@ from runner.sessions.admission import BootSlots
 from runner.sessions.egress_record import EgressRecord, describe_network
 from runner.sessions.ending import Ending
 from runner.sessions.gate import Gate
+from runner.sessions.inbox import Inbox
 from runner.sessions.journal import Journal, as_json, error_json, redacted
 from runner.sessions.models import (
+    DEFAULT_PROTOCOL,
+    DOORS,
+    PROTOCOLS,
     LimitsRequest,
     OpenedSession,
     ServerInfo,
@@ -143,15 +148,25 @@ class SessionManager(Operations):
         limits: LimitsRequest | None = None,
         timeout: float | None = None,
         image: str | None = None,
+        door: str = "grpc",
+        protocol: str = DEFAULT_PROTOCOL,
     ) -> OpenedSession:
         """Admit, then claim a warm sandbox or boot one; ``image`` (a digest) replaces the profile's for a replay.
 
         ``timeout`` is the caller's deadline for all of it (``open_queue_timeout_s`` without one): a wait for a boot
         slot, then the boot itself within what is left of it, and never longer than ``open_timeout_s``.
+        ``door`` names how the caller came (its records say so); ``protocol`` is the era the sandbox's agent is to
+        speak with the server (``models.PROTOCOLS``): only the default era's opens claim warm sandboxes, which
+        were booted speaking it.
         """
         deadline = time.monotonic() + (timeout if timeout is not None else self._settings.open_queue_timeout_s)
         admitted = False
         try:
+            if door not in DOORS or protocol not in PROTOCOLS:
+                raise InvalidArgument(
+                    f"an open names door {door!r} and protocol {protocol!r}; known: doors {', '.join(DOORS)}, "
+                    f"protocols {', '.join(PROTOCOLS)}"
+                )
             chosen, checked_labels, granted = self._admit(profile, caller, labels, limits)
             admitted = True
             if image is not None:
@@ -169,7 +184,8 @@ class SessionManager(Operations):
             })  # fmt: skip
             raise
         # A replay names its image: only a cold start runs exactly that one.
-        warm = self.pool.claim(chosen, granted, secret_values, network) if image is None else None
+        default_era = protocol == DEFAULT_PROTOCOL
+        warm = self.pool.claim(chosen, granted, secret_values, network) if image is None and default_era else None
         if warm is not None:
             session = warm.session
             session.caller = caller
@@ -189,7 +205,9 @@ class SessionManager(Operations):
                 limits=granted,
                 sanitizer=sanitizer,
                 egress=EgressRecord(session_id, sanitizer, lambda d: self._journal.egress(session_id, caller, d)),
+                protocol=protocol,
             )
+        session.door = door
         self._journal.policy(session.id, caller, "open", "allow", self._gate.policy.label, profile=profile)
         self._sessions[session.id] = session
         opening: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -275,6 +293,8 @@ class SessionManager(Operations):
             server=session.server,
             tools=session.listing.tools,
             findings=session.instructions_findings + session.listing.findings,
+            protocol=session.protocol,
+            capabilities=session.capabilities or mcp_types.ServerCapabilities(),
         )
 
     async def _fail_open(self, session: LiveSession, reason: str) -> None:
@@ -321,6 +341,8 @@ class SessionManager(Operations):
         return {
             "profile": profile.name,
             "outcome": outcome,
+            "door": session.door,
+            "protocol": session.protocol,
             "start": session.start,
             "image": profile.image,
             "image_id": session.handle.image_id if session.handle is not None else "",
@@ -346,7 +368,8 @@ class SessionManager(Operations):
     ) -> None:
         """A cold start: the sandbox, the agent's initialize, the tool listing, all for this session."""
         spec = sandbox_spec(session, self._settings, secret_values, network, budget)
-        initialize = await start_agent(self._backend, session, spec, self._settings.max_message_bytes)
+        inbox = Inbox(session, self._journal)
+        initialize = await start_agent(self._backend, session, spec, self._settings.max_message_bytes, inbox)
         await self._present_initialize(session, initialize)
         if initialize.capabilities.tools is not None:
             await self._refresh_tools(session, timeout=None)
@@ -358,6 +381,8 @@ class SessionManager(Operations):
         steps a cold start's ``_refresh_tools`` ends with (``_show_tools``); only listing the tools and compiling
         their schemas were done ahead.
         """
+        assert session.channel is not None
+        session.channel.set_inbound(Inbox(session, self._journal))
         await self._present_initialize(session, warm.initialize)
         if warm.initialize.capabilities.tools is not None:
             await self._show_tools(session, warm.listed)

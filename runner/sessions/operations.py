@@ -10,12 +10,13 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import replace
-from typing import Any
+from typing import Any, overload
 
 import mcp_types
 
 from runner.approvals import Approval
 from runner.errors import (
+    FailedPrecondition,
     SessionClosed,
 )
 from runner.guard import results
@@ -26,17 +27,18 @@ from runner.guard.validate import (
     parse_result,
     quick_arguments,
 )
-from runner.sessions import listing, outflow
+from runner.sessions import interactive, listing, outflow
 from runner.sessions.journal import RequestEntry
 from runner.sessions.models import (
     ApprovalCallback,
+    Exchange,
     ProgressCallback,
     Sanitized,
     SessionState,
     ToolCallOutcome,
 )
-from runner.sessions.serving import Serving
 from runner.sessions.session import LiveSession
+from runner.sessions.utilities import Utilities
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +46,7 @@ MIN_CALL_BUDGET_S = 0.05
 """Less time than this left after an approval wait: the approved call is left for a later CallTool."""
 
 
-class Operations(Serving):
+class Operations(Utilities):
     async def list_tools(
         self, session_id: str, *, caller: str, timeout: float | None = None
     ) -> Sanitized[list[mcp_types.Tool]]:
@@ -67,11 +69,14 @@ class Operations(Serving):
         timeout: float | None = None,
         on_progress: ProgressCallback | None = None,
         on_approval: ApprovalCallback | None = None,
+        exchange: Exchange | None = None,
     ) -> ToolCallOutcome:
         """Policy, approval, rates, the call, validation, sanitization — in that order.
 
         A tool that needs approval returns a PENDING outcome at once, unless ``on_approval`` is given: then
         the pending approval is reported through it and the call waits (within ``timeout``) for the decision.
+        ``exchange``: how the call talks back while it runs (the server's requests and notifications); in the
+        2026-07-28 era the server may answer with ``input_required`` instead of a result.
         """
         self._screen(session_id, caller, "tools/call")
         async with self._journal.request(
@@ -79,11 +84,13 @@ class Operations(Serving):
         ) as entry:
             session = self._live(session_id, caller, entry)
             outcome = await self._call_tool(
-                session, entry, tool, arguments, caller, approval_id, timeout, on_progress, on_approval
+                session, entry, tool, arguments, caller, approval_id, timeout, on_progress, on_approval, exchange
             )
             if outcome.approval is not None:
                 entry.returned["approval_id"] = outcome.approval.approval_id
-            if outcome.result is None:
+            if outcome.input_required is not None:
+                self._input_required(session, entry, Sanitized(outcome.input_required, outcome.findings))
+            elif outcome.result is None:
                 entry.outcome = "approval_pending"
             else:
                 self._returning(session, entry, Sanitized(outcome.result, outcome.findings))
@@ -100,6 +107,7 @@ class Operations(Serving):
         timeout: float | None,
         on_progress: ProgressCallback | None,
         on_approval: ApprovalCallback | None,
+        exchange: Exchange | None,
     ) -> ToolCallOutcome:
         async with self._guarding(session):
             checked = await self._callable_tool(session, caller, tool, timeout)
@@ -157,6 +165,15 @@ class Operations(Serving):
                     {"name": tool, "arguments": arguments},
                     timeout,
                     outflow.sanitizing_progress(session, on_progress, progress),
+                    exchange=exchange,
+                )
+            if interactive.input_required(session, reply):
+                needed = await interactive.needed_input(session, reply, f"tool {tool!r}")
+                return ToolCallOutcome(
+                    result=None,
+                    findings=progress.findings() + needed.findings,
+                    approval=approval,
+                    input_required=needed.value,
                 )
             small = outflow.small(reply)
             # A small result against a plain outputSchema (or none) is parsed and checked on the loop.
@@ -189,21 +206,39 @@ class Operations(Serving):
     async def read_resource(
         self, session_id: str, uri: str, *, caller: str, timeout: float | None = None
     ) -> Sanitized[list[mcp_types.TextResourceContents | mcp_types.BlobResourceContents]]:
+        """The contents alone (what gRPC returns); a server asking for input is refused (no exchange to give it)."""
+        read = await self.read_resource_result(session_id, uri, caller=caller, timeout=timeout)
+        if isinstance(read.value, mcp_types.InputRequiredResult):
+            raise _cannot_give_input(f"resource {uri!r}")
+        return Sanitized(list(read.value.contents), read.findings)
+
+    async def read_resource_result(
+        self, session_id: str, uri: str, *, caller: str, timeout: float | None = None, exchange: Exchange | None = None
+    ) -> Sanitized[mcp_types.ReadResourceResult | mcp_types.InputRequiredResult]:
+        """The whole ReadResourceResult, its contents sanitized; or (2026-07-28) the server's input request."""
         self._screen(session_id, caller, "resources/read", "resources")
         async with self._journal.request(session_id, caller, "resources/read", {"uri": uri}) as entry:
             session = self._offering(session_id, caller, "resources", entry)
             async with self._guarding(session):
                 self._decide(session, caller, "resources", uri)
                 with self._gate.call_slot(caller, session.id):
-                    reply = await self._request_sized(session, "resources/read", {"uri": uri}, timeout, None)
+                    reply = await self._request_sized(
+                        session, "resources/read", {"uri": uri}, timeout, None, exchange=exchange
+                    )
                 what = f"contents of {uri!r}"
+                if interactive.input_required(session, reply):
+                    needed = await interactive.needed_input(session, reply, f"resource {uri!r}")
+                    return self._input_required(session, entry, needed)
                 small = outflow.small(reply)
                 read = mcp_types.ReadResourceResult
                 result = await outflow.run_guard_work(small, parse_result, read, reply.result, what)
                 clean = await outflow.sanitize(
                     session, results.sanitize_resource_contents, list(result.contents), what, inline=small
                 )
-            return self._returning(session, entry, clean)
+            answer = Sanitized(result.model_copy(update={"contents": clean.value}), clean.findings)
+            # Recorded as before: the contents as returned.
+            self._returning(session, entry, clean)
+            return answer
 
     async def list_prompts(
         self, session_id: str, *, caller: str, timeout: float | None = None
@@ -225,9 +260,42 @@ class Operations(Serving):
                 clean = await outflow.sanitize(session, results.sanitize_prompts, listed, "the prompt list")
             return self._returning(session, entry, clean)
 
+    @overload
     async def get_prompt(
-        self, session_id: str, name: str, arguments: dict[str, str], *, caller: str, timeout: float | None = None
-    ) -> Sanitized[mcp_types.GetPromptResult]:
+        self,
+        session_id: str,
+        name: str,
+        arguments: dict[str, str],
+        *,
+        caller: str,
+        timeout: float | None = None,
+        exchange: None = None,
+    ) -> Sanitized[mcp_types.GetPromptResult]: ...
+
+    @overload
+    async def get_prompt(
+        self,
+        session_id: str,
+        name: str,
+        arguments: dict[str, str],
+        *,
+        caller: str,
+        timeout: float | None = None,
+        exchange: Exchange,
+    ) -> Sanitized[mcp_types.GetPromptResult | mcp_types.InputRequiredResult]: ...
+
+    async def get_prompt(
+        self,
+        session_id: str,
+        name: str,
+        arguments: dict[str, str],
+        *,
+        caller: str,
+        timeout: float | None = None,
+        exchange: Exchange | None = None,
+    ) -> Sanitized[mcp_types.GetPromptResult] | Sanitized[mcp_types.GetPromptResult | mcp_types.InputRequiredResult]:
+        """The prompt's messages; with an ``exchange`` (2026-07-28 era), possibly the server's input request
+        instead. Without one, a server asking for input is refused: nobody could give it."""
         params = {"name": name, "arguments": arguments}
         self._screen(session_id, caller, "prompts/get", "prompts")
         async with self._journal.request(session_id, caller, "prompts/get", params) as entry:
@@ -235,10 +303,33 @@ class Operations(Serving):
             async with self._guarding(session):
                 self._decide(session, caller, "prompts", name)
                 with self._gate.call_slot(caller, session.id):
-                    reply = await self._request_sized(session, "prompts/get", dict(params), timeout, None)
+                    reply = await self._request_sized(
+                        session, "prompts/get", dict(params), timeout, None, exchange=exchange
+                    )
                 what = f"prompt {name!r}"
+                if interactive.input_required(session, reply):
+                    if exchange is None:
+                        raise _cannot_give_input(what)
+                    needed = await interactive.needed_input(session, reply, what)
+                    return self._input_required(session, entry, needed)
                 small = outflow.small(reply)
                 prompt = mcp_types.GetPromptResult
                 result = await outflow.run_guard_work(small, parse_result, prompt, reply.result, what)
                 clean = await outflow.sanitize(session, results.sanitize_prompt_result, result, what, inline=small)
             return self._returning(session, entry, clean)
+
+    def _input_required(
+        self, session: LiveSession, entry: RequestEntry, answer: Sanitized[mcp_types.InputRequiredResult]
+    ) -> Sanitized[mcp_types.InputRequiredResult]:
+        """An input-required answer goes to the caller: recorded with its state as a digest."""
+        entry.outcome = "input_required"
+        self._returning(session, entry, answer)
+        entry.returned["result"] = interactive.recorded(session, answer.value)
+        return answer
+
+
+def _cannot_give_input(what: str) -> FailedPrecondition:
+    return FailedPrecondition(
+        f"the server asks for the client's input before it answers for {what}, which this caller cannot give "
+        "(only a 2026-07-28 MCP client can)"
+    )

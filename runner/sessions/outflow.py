@@ -46,7 +46,12 @@ _BLOCKED_SHOWN = 5
 
 def small(reply: Reply) -> bool:
     """Whether the work on ``reply`` is small enough for the event loop (``INLINE_BYTES``, ``INLINE_VALUES``)."""
-    return reply.size <= INLINE_BYTES and reply.values <= INLINE_VALUES
+    return small_line(reply.size, reply.values)
+
+
+def small_line(size: int, values: int) -> bool:
+    """Whether the work on a line of ``size`` bytes and ``values`` values is small enough for the event loop."""
+    return size <= INLINE_BYTES and values <= INLINE_VALUES
 
 
 async def run_guard_work(inline: bool, work: Callable[[*Ts], V], *args: *Ts) -> V:

@@ -40,11 +40,12 @@ from runner.guard.validate import (
     check_tools,
 )
 from runner.policy import Kind, ToolDecision
-from runner.sessions import listing, outflow
+from runner.sessions import interactive, listing, outflow
 from runner.sessions.ending import Ending
 from runner.sessions.gate import Gate
 from runner.sessions.journal import Journal, RequestEntry, error_json
 from runner.sessions.models import (
+    Exchange,
     ProgressCallback,
     Sanitized,
     SessionState,
@@ -74,9 +75,13 @@ class Serving:
     _gate: Gate
     _ending: Ending
 
-    def _decide(self, session: LiveSession, caller: str, kind: Kind, name: str) -> ToolDecision:
-        """The policy's decision on a tool call, resource read or prompt get, recorded; a denial is raised."""
-        action, detail = _ACTIONS[kind]
+    def _decide(self, session: LiveSession, caller: str, kind: Kind, name: str, action: str = "") -> ToolDecision:
+        """The policy's decision on a tool call, resource read or prompt get, recorded; a denial is raised.
+
+        ``action`` names what was decided when it is another request about the same thing (a completion of a
+        prompt's argument, a subscription to a resource): the rule for the prompt or resource decides it."""
+        default, detail = _ACTIONS[kind]
+        action = action or default
         try:
             decision = self._gate.decide_access(kind, caller, session.profile.name, name)
         except PermissionDenied as exc:
@@ -206,9 +211,17 @@ class Serving:
         timeout: float | None,
         on_progress: ProgressCallback | None,
         recorded: dict[str, Any] | None = None,
+        exchange: Exchange | None = None,
     ) -> Reply:
-        """``recorded``: what the intent record keeps of ``params`` when they carry the server's own text back."""
+        """``recorded``: what the intent record keeps of ``params`` when they carry the server's own text back.
+
+        ``exchange``: how the request talks back while it runs; in the 2026-07-28 era also what its params and
+        ``_meta`` carry (the client's capabilities, its input responses, the server's request state).
+        """
         assert session.channel is not None
+        capabilities = None
+        if exchange is not None:
+            params, recorded, capabilities = interactive.prepare(session, params, recorded, exchange)
         session.last_used = time.monotonic()
         cap = session.limits.call_timeout_s
         budget = min(timeout, cap) if timeout is not None else cap
@@ -216,7 +229,14 @@ class Serving:
         await self._journal.sending(method, params if recorded is None else recorded)
         try:
             async with asyncio.timeout(budget):
-                return await session.channel.request_sized(method, params, on_progress=on_progress)
+                return await session.channel.request_sized(
+                    method,
+                    params,
+                    on_progress=on_progress,
+                    capabilities=capabilities,
+                    exchange=exchange,
+                    tag=self._journal.serving_id(),
+                )
         except TimeoutError:
             raise await self._ending.after_timeout(session, method, budget) from None
         except ServerError:
@@ -233,6 +253,7 @@ class Serving:
         if entry is not None:
             # Before the owner check: what another caller sends to this session is recorded without its secrets.
             entry.redact = session.sanitizer.redact_secrets
+            entry.door = session.door
         self._gate.check_owner(caller, session.caller, session_id)
         return session
 

@@ -10,19 +10,21 @@ from dataclasses import dataclass, field
 
 import mcp_types
 
-from runner.channel import AgentChannel, agent_env
+from runner.channel import AgentChannel, InboundHandler, agent_env
 from runner.config import Limits, Profile, Settings
-from runner.errors import InvalidArgument, RunnerError
+from runner.errors import InvalidArgument, ProtocolViolation, RunnerError
 from runner.guard.findings import Finding
 from runner.guard.sanitize import Sanitizer
 from runner.guard.screening import ToolListing
 from runner.guard.validate import CheckedTool, check_initialize
 from runner.sandbox.base import SandboxBackend, SandboxHandle, SandboxNetwork, SandboxSpec, SandboxStats
 from runner.sessions.egress_record import EgressRecord, describe_network
-from runner.sessions.models import ServerInfo, SessionInfo, SessionState, Usage
+from runner.sessions.models import DEFAULT_PROTOCOL, Exchange, ServerInfo, SessionInfo, SessionState, Usage
 
 INIT_TIMEOUT_ENV = "MCP_AGENT_INIT_TIMEOUT"
 """The agent's start-up budget in seconds (``runner/agent`` reads it): what is left of the open's own budget."""
+PROTOCOL_ENV = "MCP_AGENT_PROTOCOL"
+"""The era the agent speaks with its server (``runner/agent`` reads it); set only for an era other than the default."""
 _LABEL_KEY = re.compile(r"[a-zA-Z0-9_.\-/]{1,63}")  # whole key: "$" would let "team\n" through
 _MAX_LABELS = 16
 
@@ -63,6 +65,12 @@ class LiveSession:
     """Its session.open record is written: its end gets a session.close record."""
     start: str = "cold"
     """``cold``: its sandbox was booted for it; ``warm``: it was handed a pooled one, booted ahead and never used."""
+    door: str = "grpc"
+    """How its caller reaches the runner (``models.DOORS``): named in its audit records."""
+    protocol: str = DEFAULT_PROTOCOL
+    """The era asked for at open; once started, the era its agent speaks (it may fall back to the default)."""
+    listener: Exchange | None = None
+    """What takes the server's requests and notifications that belong to no request in flight (``listen``)."""
 
 
 def session_info(session: LiveSession) -> SessionInfo:
@@ -122,6 +130,7 @@ def sandbox_spec(
         env={
             **profile.env, **secret_values, **agent_env(settings.max_message_bytes),
             INIT_TIMEOUT_ENV: f"{max(budget_s, 0.001):.3f}",
+            **({PROTOCOL_ENV: session.protocol} if session.protocol != DEFAULT_PROTOCOL else {}),
         },
         mounts=profile.mounts,
         limits=session.limits,
@@ -132,10 +141,20 @@ def sandbox_spec(
     )
 
 
-async def start_agent(backend: SandboxBackend, session: LiveSession, spec: SandboxSpec, max_message_bytes: int
-                      ) -> mcp_types.InitializeResult:
-    """Start the sandbox, open its channel, and wait for the agent's initialize (checked, not yet sanitized)."""
+async def start_agent(backend: SandboxBackend, session: LiveSession, spec: SandboxSpec, max_message_bytes: int,
+                      inbound: InboundHandler | None = None) -> mcp_types.InitializeResult:
+    """Start the sandbox, open its channel, and wait for the agent's initialize (checked, not yet sanitized).
+
+    ``inbound`` takes what the server sends unasked from the start (a server may ask for roots at once); the
+    session's ``protocol`` becomes the era the agent reports: the one asked for, or the default it fell back to.
+    """
     session.handle = await backend.start(spec, session.egress.record)
     session.channel = AgentChannel(session.handle, max_message_bytes=max_message_bytes)
+    session.channel.set_inbound(inbound)
     session.channel.start()
-    return check_initialize(await session.channel.ready())
+    initialize = check_initialize(await session.channel.ready())
+    spoken = session.channel.protocol
+    if spoken not in (session.protocol, DEFAULT_PROTOCOL):
+        raise ProtocolViolation(f"the agent speaks {spoken} with its server, not the {session.protocol} asked for")
+    session.protocol = spoken
+    return initialize

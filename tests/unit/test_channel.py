@@ -10,8 +10,10 @@ from typing import Any
 import pytest
 
 import runner.channel as channel_module
-from runner.channel import MAX_FRAME_VALUES, TOO_LARGE, AgentChannel, LineFramer, _line_cost, agent_env
+from runner.channel import TOO_LARGE, AgentChannel, agent_env
 from runner.errors import MessageTooLarge, ProtocolViolation, SandboxCrashed, ServerError, Status
+from runner.framing import MAX_FRAME_VALUES, LineFramer
+from runner.framing import line_cost as _line_cost
 from runner.pace import Pace
 from runner.sessions.models import ProgressEvent
 
