@@ -32,6 +32,7 @@ from runner.cli_audit import audit_export, audit_list, audit_show, audit_verify,
 from runner.cli_common import field, one_line, open_client, print_json
 from runner.cli_health import health
 from runner.client import DEFAULT_ADDRESS, Progress, ToolResult
+from runner.door import host_configs
 from runner.errors import RunnerError
 from runner.text import control_free
 from runner.when import FORMS
@@ -370,6 +371,14 @@ def build_parser() -> argparse.ArgumentParser:
                         "test cluster's, under /run/mcp-runner-kubernetes)")
     images.add_argument("--registry", metavar="HOST[:PORT]/PATH", help="push: to this registry, as REGISTRY/NAME:TAG")
     images.set_defaults(func=_images)
+
+    mcp = sub.add_parser(
+        "mcp", help="speak MCP on stdin/stdout for a host that launches a command (Claude Desktop, Cursor, VS Code), "
+                    "relayed to the service's MCP door; --print-config prints the host's entry",
+        epilog=host_configs.HTTP_HOSTS_HELP,
+    )
+    host_configs.add_arguments(mcp)
+    mcp.set_defaults(func=host_configs.command)
 
     probe = sub.add_parser("health", help="gRPC health check: exit 0 when the service is SERVING, else 1")
     probe.add_argument("--address", default=argparse.SUPPRESS, help="as the global --address")

@@ -1,0 +1,95 @@
+"""``mcp-runner mcp time`` against the real service: a host that launches a command (here the SDK's stdio client,
+as Claude Desktop or Cursor would) gets the sandboxed server through the service's HTTP door, and the sandbox
+closes when the host closes the bridge's stdin.
+
+The service is this module's own, its door on a free loopback port (never the default 50052 a developer's own
+service may hold).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import socket
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from mcp import Client
+from mcp.client.stdio import StdioServerParameters
+
+from runner.api._proto.mcp_runner.v1 import runner_pb2 as pb
+from tests.integration.conftest import Service, free_port, start_service, stop_service
+
+pytestmark = pytest.mark.integration
+
+
+@dataclass(frozen=True)
+class DoorService:
+    service: Service
+    door: str  # the door's URL: a profile's endpoint is door/<profile>
+
+
+def _wait_for_port(port: int, service: Service) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.2)
+    raise RuntimeError(f"the service's MCP door did not listen on 127.0.0.1:{port}:\n{service.log()}")
+
+
+@pytest.fixture(scope="module")
+def door_service(images: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[DoorService]:
+    port = free_port()
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("MCP_RUNNER_MCP_LISTEN", f"127.0.0.1:{port}")
+        service = start_service(tmp_path_factory.mktemp("mcp-stdio"), f"it-stdio-{secrets.token_hex(4)}")
+    try:
+        _wait_for_port(port, service)
+        yield DoorService(service, f"http://127.0.0.1:{port}/mcp")
+    finally:
+        stop_service(service)
+
+
+def _bridge(door: str, profile: str) -> StdioServerParameters:
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("MCP_RUNNER_")}
+    return StdioServerParameters(
+        command=sys.executable, args=["-m", "runner.cli", "mcp", "--url", door, profile], env=environment,
+        cwd=str(Path(__file__).resolve().parents[2]),
+    )
+
+
+def _open_sessions(service: Service, profile: str) -> set[str]:
+    with service.client() as client:
+        return {
+            s.session_id for s in client.list_sessions()
+            if s.profile == profile and s.state in (pb.SESSION_STATE_STARTING, pb.SESSION_STATE_READY)
+        }
+
+
+async def test_a_host_uses_the_time_profile_through_the_bridge_and_eof_closes_the_sandbox(
+    door_service: DoorService,
+) -> None:
+    service = door_service.service
+    before = _open_sessions(service, "time")
+    async with Client(_bridge(door_service.door, "time")) as client:
+        assert client.protocol_version == "2025-11-25"  # the stateful era: the bridge is one door session
+        names = [tool.name for tool in (await client.list_tools()).tools]
+        assert "get_current_time" in names
+        result = await client.call_tool("get_current_time", {"timezone": "UTC"})
+        assert not result.is_error
+        text = result.content[0].text  # type: ignore[union-attr]
+        assert json.loads(text)["timezone"] == "UTC"
+        [opened] = _open_sessions(service, "time") - before  # one sandbox for the bridge's lifetime
+    # The client closed the bridge's stdin: the bridge ends its door session, the door closes the sandbox.
+    with service.client() as grpc_client:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and grpc_client.get_session(opened).state != pb.SESSION_STATE_CLOSED:
+            time.sleep(0.2)
+        assert grpc_client.get_session(opened).state == pb.SESSION_STATE_CLOSED
