@@ -40,9 +40,10 @@ from runner.guard.validate import (
     check_tools,
 )
 from runner.policy import Kind, ToolDecision
-from runner.sessions import interactive, listing, outflow
+from runner.sessions import listing, outflow
 from runner.sessions.ending import Ending
 from runner.sessions.gate import Gate
+from runner.sessions.interactive import prepare
 from runner.sessions.journal import Journal, RequestEntry, error_json
 from runner.sessions.models import (
     Exchange,
@@ -221,7 +222,7 @@ class Serving:
         assert session.channel is not None
         capabilities = None
         if exchange is not None:
-            params, recorded, capabilities = interactive.prepare(session, params, recorded, exchange)
+            params, recorded, capabilities = prepare(session, params, recorded, exchange)
         session.last_used = time.monotonic()
         cap = session.limits.call_timeout_s
         budget = min(timeout, cap) if timeout is not None else cap
