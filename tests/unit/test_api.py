@@ -456,6 +456,7 @@ ERROR_CASES = [
     (errors.ServerError(errors.JSONRPC_METHOD_NOT_FOUND, "x"), grpc.StatusCode.UNIMPLEMENTED),
     (errors.ServerError(errors.JSONRPC_INTERNAL_ERROR, "x"), grpc.StatusCode.FAILED_PRECONDITION),
     (errors.ServerError(-1, "x"), grpc.StatusCode.FAILED_PRECONDITION),
+    (errors.ClientDeclined(-1, "x"), grpc.StatusCode.FAILED_PRECONDITION),
     (errors.Unimplemented("x"), grpc.StatusCode.UNIMPLEMENTED),
     (errors.Unavailable("x"), grpc.StatusCode.UNAVAILABLE),
     (errors.AuditError("x"), grpc.StatusCode.UNAVAILABLE),
