@@ -62,7 +62,9 @@ def _serve(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        asyncio.run(run_service(load_settings(args.config, listen=args.listen, backend=args.backend)))
+        asyncio.run(run_service(load_settings(
+            args.config, listen=args.listen, backend=args.backend, mcp_listen=args.mcp_listen
+        )))
     except RunnerError as exc:
         print(f"error: {exc.status.value}: {exc.message}", file=sys.stderr)
         return 2
@@ -291,6 +293,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the gRPC server")
     serve.add_argument("--config", metavar="PATH", help="settings file (YAML or TOML)")
     serve.add_argument("--listen", metavar="ADDR", help="host:port to listen on")
+    serve.add_argument(
+        "--mcp-listen", metavar="ADDR",
+        help="host:port of the MCP door over HTTP, '' for none (env MCP_RUNNER_MCP_LISTEN, else the file's "
+        "`mcp_http.listen`, else 127.0.0.1:50052)",
+    )
     serve.add_argument(
         "--backend", choices=("docker", "kubernetes"),
         help="where sandboxes run (env MCP_RUNNER_BACKEND, else the file's `backend:`, else docker)",

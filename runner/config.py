@@ -22,6 +22,7 @@ from runner.egress.rules import Rule
 from runner.guard.sanitize import SanitizeConfig
 
 DEFAULT_LISTEN = "127.0.0.1:50051"
+DEFAULT_MCP_LISTEN = "127.0.0.1:50052"
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmg]?)i?b?\s*$", re.IGNORECASE)
 _SIZE_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
@@ -239,6 +240,20 @@ class KubernetesConfig:
 
 
 @dataclass(frozen=True)
+class McpHttpConfig:
+    """The MCP front door over Streamable HTTP (``runner.door``), served beside gRPC at ``/mcp/<profile>``."""
+
+    listen: str = DEFAULT_MCP_LISTEN
+    """``host:port``; empty: no HTTP door."""
+    session_idle_timeout_s: float = 600.0
+    """A stateful MCP session (and its sandbox) with no request in flight for this long is closed."""
+    lease_idle_timeout_s: float = 300.0
+    """A stateless (2026-07-28) caller's sandbox lease unused for this long is closed."""
+    max_body_bytes: int = 4 * 1024**2
+    """Larger request bodies are refused with 413 before they are parsed."""
+
+
+@dataclass(frozen=True)
 class Settings:
     listen: str = DEFAULT_LISTEN
     instance: str = "default"
@@ -269,6 +284,7 @@ class Settings:
     backend: str = "docker"
     """Where sandboxes run: ``docker`` (this machine's engine) or ``kubernetes`` (pods, see ``kubernetes``)."""
     kubernetes: KubernetesConfig = KubernetesConfig(kubeconfig=DEFAULT_KUBECONFIG.expanduser())
+    mcp_http: McpHttpConfig = McpHttpConfig()
     state_dir: Path = field(default_factory=state_directory)
     """This machine's per-instance state (the instance lock; the guard's store), shared by every instance here."""
 

@@ -36,6 +36,8 @@ from runner.audit.retention import keep_retention
 from runner.audit.service import AuditService
 from runner.audit.store import AuditStore
 from runner.config import ConfigError, Settings
+from runner.door.http import DoorApp, RunningDoor, start_door
+from runner.door.identity import HttpAuthenticator, check_door_auth
 from runner.errors import FailedPrecondition
 from runner.guard.memory import GuardMemory, memory_path
 from runner.policy import PolicyStore
@@ -216,6 +218,12 @@ async def run_service(settings: Settings) -> None:
     # Early as well as at the bind: two services left at the default port (two users on one engine, say)
     # stop here, before the orphan sweep; the bind itself still decides.
     refuse_address_in_use(settings.listen)
+    door_listen = settings.mcp_http.listen
+    if door_listen:
+        check_listen_safety(door_listen, settings.tls, settings.auth)
+        check_door_auth(settings.auth)
+        check_policy_required(door_listen, settings.auth, settings.policy)
+        refuse_address_in_use(door_listen)
     lock = InstanceLock.acquire(settings.state_dir, settings.instance, settings.listen)
     try:
         await _serve(settings, lock)
@@ -245,11 +253,13 @@ async def _serve(settings: Settings, lock: InstanceLock) -> None:
     log.info("guard memory: %s", memory.path)
     backend = backend_for(settings, owner=lock.label, abandoned=lock.abandoned)
     log.info("sandbox backend: %s", describe(settings))
-    manager = SessionManager(backend, settings, policy, journal_for(settings, store), memory)
+    journal = journal_for(settings, store)
+    manager = SessionManager(backend, settings, policy, journal, memory)
     audit = AuditService(store, policy, Replayer(manager, store)) if store is not None else None
     watcher: asyncio.Task[None] | None = None
     retention: asyncio.Task[None] | None = None
     health: asyncio.Task[None] | None = None
+    door: RunningDoor | None = None
     try:
         removed = await manager.start()
         if removed:
@@ -274,6 +284,15 @@ async def _serve(settings: Settings, lock: InstanceLock) -> None:
             " + ".join(methods) or "no authentication (loopback only)", policy.current.source,
             settings.instance, ", ".join(sorted(settings.profiles)),
         )
+        if settings.mcp_http.listen:
+            door_app = DoorApp(
+                manager, settings.mcp_http, settings.profiles,
+                HttpAuthenticator(settings.auth, lambda digest: policy.current.token_owner(digest)), journal.note,
+            )  # fmt: skip
+            door = await start_door(door_app, settings.mcp_http.listen, tls=settings.tls,
+                                    grace=settings.shutdown_grace_s)  # fmt: skip
+            log.info("MCP door: %s://%s/mcp/<profile> (Streamable HTTP, both protocol eras)",
+                     "https" if settings.tls else "http", bound_address(settings.mcp_http.listen, door.port))
         pools = ", ".join(f"{name} {size}" for name, size in sorted(settings.pool.items())) or "off"
         log.info("warm pool: %s; at most %d sandboxes boot at once, an open waits for a slot up to %g s without a "
                  "deadline of its own", pools, settings.max_concurrent_boots, settings.open_queue_timeout_s)
@@ -282,9 +301,14 @@ async def _serve(settings: Settings, lock: InstanceLock) -> None:
             watcher = asyncio.create_task(policy.watch(), name="policy-watch")
         await stop.wait()
         log.info("shutting down: draining calls for up to %.0f s, then removing sandboxes", settings.shutdown_grace_s)
+        if door is not None:  # before the manager: its sessions' sandboxes close as the door's own
+            await door.stop()
+            door = None
         await server.stop()
         await manager.shutdown()
     finally:
+        if door is not None:
+            await door.stop()
         for task in (watcher, retention, health):
             if task is not None:
                 task.cancel()

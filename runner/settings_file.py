@@ -45,6 +45,7 @@ from runner.config_document import read_document
 from runner.egress.rules import check_header_name, header_value_problem, parse_host_pattern, parse_target
 from runner.guard.sanitize import DEFAULT_REDACTIONS, DETECTORS, SanitizeConfig
 from runner.settings_kubernetes import KubernetesModel, chosen_backend
+from runner.settings_mcp_http import McpHttpModel
 
 _INSTANCE = re.compile(r"^[a-zA-Z0-9_.-]{1,64}$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
@@ -314,6 +315,7 @@ class _FileModel(BaseModel):
     audit: _AuditModel = _AuditModel()
     backend: str | None = None
     kubernetes: KubernetesModel = KubernetesModel()
+    mcp_http: McpHttpModel = McpHttpModel()
 
     @field_validator("max_message_bytes")
     @classmethod
@@ -398,7 +400,11 @@ def _state_dir(user: _FileModel, base: Path) -> Path:
 
 
 def load_settings(
-    config_path: Path | str | None = None, *, listen: str | None = None, backend: str | None = None
+    config_path: Path | str | None = None,
+    *,
+    listen: str | None = None,
+    backend: str | None = None,
+    mcp_listen: str | None = None,
 ) -> Settings:
     """Built-in profiles, then the user's file (``config_path`` or env MCP_RUNNER_CONFIG), then overrides.
 
@@ -447,6 +453,7 @@ def load_settings(
             profiles=MappingProxyType(profiles),
             backend=chosen_backend(user.backend, backend),
             kubernetes=user.kubernetes.config(base),
+            mcp_http=user.mcp_http.config(mcp_listen),
         )
     except ValueError as exc:
         raise ConfigError(f"{user_path}: {exc}") from exc

@@ -171,8 +171,11 @@ def test_no_command_prints_help(capsys: pytest.CaptureFixture[str]) -> None:
 def test_serve_loads_settings_and_runs(monkeypatch: pytest.MonkeyPatch) -> None:
     seen: dict[str, Any] = {}
 
-    def load_settings(config_path: str | None = None, *, listen: str | None = None, backend: str | None = None) -> str:
-        seen["load"] = (config_path, listen, backend)
+    def load_settings(
+        config_path: str | None = None, *, listen: str | None = None, backend: str | None = None,
+        mcp_listen: str | None = None,
+    ) -> str:
+        seen["load"] = (config_path, listen, backend, mcp_listen)
         return "settings"
 
     async def run_service(settings: str) -> None:
@@ -182,8 +185,10 @@ def test_serve_loads_settings_and_runs(monkeypatch: pytest.MonkeyPatch) -> None:
         sys.modules, "runner.settings_file", types.SimpleNamespace(load_settings=load_settings)
     )
     monkeypatch.setitem(sys.modules, "runner.service", types.SimpleNamespace(run_service=run_service))
-    assert cli.main(["serve", "--config", "r.yaml", "--listen", "0.0.0.0:1", "--backend", "kubernetes"]) == 0
-    assert seen == {"load": ("r.yaml", "0.0.0.0:1", "kubernetes"), "run": "settings"}
+    assert cli.main([
+        "serve", "--config", "r.yaml", "--listen", "0.0.0.0:1", "--backend", "kubernetes", "--mcp-listen", "",
+    ]) == 0
+    assert seen == {"load": ("r.yaml", "0.0.0.0:1", "kubernetes", ""), "run": "settings"}
 
 
 def test_images(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:

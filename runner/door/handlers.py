@@ -1,0 +1,349 @@
+"""The door's MCP server for one profile: the SDK's low-level ``Server``, each handler one SessionManager call.
+
+The HTTP layer (``runner.door.http``) has already named the caller and, for a stateful session, bound it to its
+sandbox (``SCOPE_BINDING`` in the ASGI scope, opened at ``initialize``); a stateless 2026-07-28 request gets the
+caller's lease. Errors of the runner become JSON-RPC errors in ``runner.door.errors`` only.
+
+Approvals: a tool whose rule asks for approval is shown to the client as an elicitation naming the approval id
+(accept = wait for the approver's decision, decline or cancel = give up) on a stateful session whose client can
+elicit; in the stateless era as an input-required result carrying that elicitation, its ``requestState`` sealed
+with the approval id; otherwise as a JSON-RPC error naming the approval id. The door remembers a call waiting for
+approval, so the same call (tool and arguments) sent again claims the approval once an approver has decided.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from typing import Any, TypeVar
+
+import anyio
+import mcp_types as types
+from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
+from mcp.server.lowlevel.server import Server
+from mcp.shared.exceptions import MCPError
+from mcp_types.version import MODERN_PROTOCOL_VERSIONS
+
+from runner.approvals import Approval, ApprovalState
+from runner.audit import records
+from runner.door.calls import DoorManager
+from runner.door.errors import error_code, to_mcp_error
+from runner.door.leases import Binding, Leases
+from runner.door.seal import Opened, StateRefused, StateSeal, target_of
+from runner.door.talkback import asker, door_capabilities, notifier
+from runner.errors import FailedPrecondition, RunnerError
+from runner.sessions.models import Exchange, ProgressEvent
+
+log = logging.getLogger(__name__)
+
+SCOPE_CALLER = "mcp_runner.caller"
+SCOPE_BINDING = "mcp_runner.binding"
+APPROVAL_INPUT = "mcp-runner/approval"
+"""The key of the runner's own elicitation in an input-required result."""
+RUNNER_VERSION = "0.1.0"
+
+Ctx = ServerRequestContext[Any, Any]
+P = TypeVar("P")
+R = TypeVar("R")
+Note = Callable[[str, str, str, Mapping[str, Any]], None]
+"""Records an audit note: (kind, session id, caller, data)."""
+
+
+def _translated(handler: Callable[[Ctx, P], Awaitable[R]]) -> Callable[[Ctx, P], Awaitable[R]]:
+    async def translating(ctx: Ctx, params: P) -> R:
+        try:
+            return await handler(ctx, params)
+        except RunnerError as exc:
+            raise to_mcp_error(exc) from None
+
+    return translating
+
+
+def _stateless(ctx: Ctx) -> bool:
+    return ctx.protocol_version in MODERN_PROTOCOL_VERSIONS
+
+
+def _scope(ctx: Ctx) -> Mapping[str, Any]:
+    request = ctx.request
+    return request.scope if request is not None else {}
+
+
+def _approval_message(approval: Approval) -> str:
+    return (
+        f"The tool {approval.tool!r} needs approval {approval.approval_id} (rule: {approval.rule}). An approver "
+        f"decides with `mcp-runner approvals approve {approval.approval_id}` (or deny). Accept to wait for the "
+        "decision; decline or cancel to give up the call."
+    )
+
+
+def _approval_elicitation(approval: Approval) -> types.ElicitRequest:
+    return types.ElicitRequest(
+        params=types.ElicitRequestFormParams(
+            message=_approval_message(approval), requested_schema={"type": "object", "properties": {}}
+        )
+    )
+
+
+class DoorServer:
+    """Builds the profile's ``Server`` and serves its handlers through ``manager``."""
+
+    def __init__(self, profile: str, manager: DoorManager, leases: Leases, seal: StateSeal, note: Note) -> None:
+        self._profile = profile
+        self._manager = manager
+        self._leases = leases
+        self._seal = seal
+        self._note = note
+        server: Server[Any] = Server(
+            f"mcp-runner/{profile}",
+            version=RUNNER_VERSION,
+            title=f"profile {profile!r} in an mcp-runner sandbox",
+            on_list_tools=_translated(self._list_tools),
+            on_call_tool=_translated(self._call_tool),
+            on_list_resources=_translated(self._list_resources),
+            on_list_resource_templates=_translated(self._list_templates),
+            on_read_resource=_translated(self._read_resource),
+            on_subscribe_resource=_translated(self._subscribe),
+            on_unsubscribe_resource=_translated(self._unsubscribe),
+            on_list_prompts=_translated(self._list_prompts),
+            on_get_prompt=_translated(self._get_prompt),
+            on_completion=_translated(self._complete),
+        )
+        # Registered apart: the constructor warns that logging is deprecated at 2026-07-28, which it is; the
+        # handshake era still has it, and servers still use it.
+        server.add_request_handler("logging/setLevel", types.SetLevelRequestParams, _translated(self._set_level))
+        server.add_request_handler("server/discover", types.RequestParams, _translated(self._discover))
+        server.middleware.append(self._initialize)
+        self.server = server
+
+    # -- binding a request to its sandbox ------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def _bound(self, ctx: Ctx) -> AsyncIterator[Binding]:
+        scope = _scope(ctx)
+        binding = scope.get(SCOPE_BINDING)
+        if isinstance(binding, Binding):
+            with binding.busy():
+                yield binding
+            return
+        if not _stateless(ctx) or SCOPE_CALLER not in scope:
+            raise MCPError(code=types.INVALID_REQUEST, message="this request belongs to no session: initialize first")
+        async with self._leases.using(scope[SCOPE_CALLER], self._profile) as leased:
+            yield leased
+
+    async def _initialize(self, ctx: Ctx, call_next: CallNext) -> HandlerResult:
+        """Declares the sandboxed server (opened by the HTTP layer) and routes its session-level traffic."""
+        result = await call_next(ctx)
+        binding = _scope(ctx).get(SCOPE_BINDING)
+        if ctx.method != "initialize" or not isinstance(binding, Binding) or not isinstance(result, dict):
+            return result
+        opened = binding.opened
+        result["capabilities"] = door_capabilities(opened.capabilities, stateless=False)
+        result["serverInfo"] = {
+            "name": f"mcp-runner/{self._profile}",
+            "title": f"{opened.server.name} {opened.server.version} in an mcp-runner sandbox",
+            "version": RUNNER_VERSION,
+        }
+        if opened.server.instructions:
+            result["instructions"] = opened.server.instructions
+        self._manager.listen(
+            binding.session_id, caller=binding.caller,
+            on_notification=notifier(ctx.session, None), on_input=asker(ctx.session, None),
+        )  # fmt: skip
+        return result
+
+    async def _discover(self, ctx: Ctx, params: types.RequestParams) -> types.DiscoverResult:
+        async with self._bound(ctx) as binding:
+            opened = binding.opened
+            capabilities = types.ServerCapabilities.model_validate(
+                door_capabilities(opened.capabilities, stateless=True)
+            )
+            return types.DiscoverResult(
+                supported_versions=list(MODERN_PROTOCOL_VERSIONS),
+                capabilities=capabilities,
+                instructions=opened.server.instructions,
+            )
+
+    def _exchange(self, ctx: Ctx, server_state: str | None, responses: Any) -> Exchange:
+        if _stateless(ctx):
+            capabilities = ctx.session.client_capabilities
+            return Exchange(
+                on_notification=notifier(ctx.session, ctx.request_id),
+                client_capabilities=capabilities.model_dump(by_alias=True, mode="json", exclude_none=True)
+                if capabilities is not None else None,
+                input_responses={
+                    key: answer.model_dump(by_alias=True, mode="json", exclude_none=True)
+                    for key, answer in (responses or {}).items()
+                } or None,
+                request_state=server_state,
+            )  # fmt: skip
+        related = ctx.request_id
+        return Exchange(on_input=asker(ctx.session, related), on_notification=notifier(ctx.session, related))
+
+    def _unseal(self, ctx: Ctx, binding: Binding, params: Mapping[str, Any]) -> Opened | None:
+        state = params.get("requestState")
+        if state is None or not _stateless(ctx):
+            return None
+        try:
+            return self._seal.open(
+                state, caller=binding.caller, lease=binding.session_id, method=ctx.method, params=params
+            )
+        except StateRefused as exc:
+            log.warning("refused a requestState of %r on %s: %s", binding.caller, ctx.method, exc.reason)
+            self._note(records.VALIDATION, binding.session_id, binding.caller, {
+                "door": "mcp-http", "method": ctx.method, "what": "requestState", "reason": exc.reason,
+                "error": {"status": exc.status.value, "message": exc.message},
+            })  # fmt: skip
+            raise
+
+    def _sealed(
+        self, ctx: Ctx, binding: Binding, result: types.InputRequiredResult, approval_id: str = ""
+    ) -> types.InputRequiredResult:
+        token = self._seal.seal(
+            caller=binding.caller, lease=binding.session_id, method=ctx.method, params=ctx.params or {},
+            server_state=result.request_state, approval_id=approval_id,
+        )  # fmt: skip
+        return result.model_copy(update={"request_state": token})
+
+    async def _cancellable(self, ctx: Ctx, binding: Binding, call: Callable[[], Awaitable[R]]) -> R:
+        """Runs ``call``; the HTTP layer cancels it (and so the request in the sandbox) if its client leaves."""
+        key = str(ctx.request_id)
+        with anyio.CancelScope() as scope:
+            binding.running[key] = scope
+            try:
+                return await call()
+            finally:
+                binding.running.pop(key, None)
+        raise MCPError(code=-32800, message="the client left before the request ended; it was cancelled")
+
+    # -- tools ---------------------------------------------------------------------------------------
+
+    async def _list_tools(self, ctx: Ctx, params: types.PaginatedRequestParams | None) -> types.ListToolsResult:
+        async with self._bound(ctx) as binding:
+            tools = await self._manager.list_tools(binding.session_id, caller=binding.caller)
+            return types.ListToolsResult(tools=tools.value)
+
+    async def _call_tool(
+        self, ctx: Ctx, params: types.CallToolRequestParams
+    ) -> types.CallToolResult | types.InputRequiredResult:
+        async with self._bound(ctx) as binding:
+            wire = ctx.params or {}
+            opened = self._unseal(ctx, binding, wire)
+            key = "\0".join(target_of("tools/call", {"name": params.name, "arguments": params.arguments}))
+            approval_id = binding.pending_approvals.get(key, "")
+            responses = params.input_responses
+            if opened is not None and opened.approval_id:  # the answer to the runner's own elicitation
+                approval_id, responses = opened.approval_id, None
+                answer = (params.input_responses or {}).get(APPROVAL_INPUT)
+                if not isinstance(answer, types.ElicitResult) or answer.action != "accept":
+                    binding.pending_approvals.pop(key, None)
+                    raise FailedPrecondition(f"the call of {params.name!r} was given up: approval {approval_id} "
+                                             "was not waited for")
+            exchange = self._exchange(ctx, opened.server_state if opened else None, responses)
+
+            async def progress(event: ProgressEvent) -> None:
+                await ctx.session.report_progress(event.progress, event.total, event.message)
+
+            elicits = not _stateless(ctx) and ctx.session.check_client_capability(
+                types.ClientCapabilities(elicitation=types.ElicitationCapability())
+            )
+
+            async def on_approval(approval: Approval) -> None:
+                if approval.state is not ApprovalState.PENDING:
+                    return
+                answer = await ctx.session.elicit_form(
+                    _approval_message(approval), {"type": "object", "properties": {}}, ctx.request_id
+                )
+                if answer.action != "accept":
+                    raise FailedPrecondition(f"the call of {approval.tool!r} was given up: approval "
+                                             f"{approval.approval_id} was not waited for")
+
+            outcome = await self._cancellable(ctx, binding, lambda: self._manager.call_tool(
+                binding.session_id, params.name, dict(params.arguments or {}), caller=binding.caller,
+                approval_id=approval_id, on_progress=progress, on_approval=on_approval if elicits else None,
+                exchange=exchange,
+            ))  # fmt: skip
+            if approval_id:
+                binding.pending_approvals.pop(key, None)
+            if outcome.input_required is not None:
+                return self._sealed(ctx, binding, outcome.input_required)
+            if outcome.result is not None:
+                return outcome.result
+            pending = outcome.approval
+            assert pending is not None  # no result: the call waits for this approval
+            binding.pending_approvals[key] = pending.approval_id
+            if _stateless(ctx):
+                asking = types.InputRequiredResult(input_requests={APPROVAL_INPUT: _approval_elicitation(pending)})
+                return self._sealed(ctx, binding, asking, pending.approval_id)
+            waiting = FailedPrecondition(
+                f"tool {params.name!r} needs approval {pending.approval_id} (rule: {pending.rule}): an approver "
+                f"decides with `mcp-runner approvals approve {pending.approval_id}`; then call it again with the same "
+                "arguments"
+            )
+            raise MCPError(code=error_code(waiting), message=waiting.message, data={
+                "status": waiting.status.value, "approvalId": pending.approval_id,
+            })  # fmt: skip
+
+    # -- resources -----------------------------------------------------------------------------------
+
+    async def _list_resources(self, ctx: Ctx, params: types.PaginatedRequestParams | None) -> types.ListResourcesResult:
+        async with self._bound(ctx) as binding:
+            listed = await self._manager.list_resources(binding.session_id, caller=binding.caller)
+            return types.ListResourcesResult(resources=listed.value)
+
+    async def _list_templates(
+        self, ctx: Ctx, params: types.PaginatedRequestParams | None
+    ) -> types.ListResourceTemplatesResult:
+        async with self._bound(ctx) as binding:
+            listed = await self._manager.list_resource_templates(binding.session_id, caller=binding.caller)
+            return types.ListResourceTemplatesResult(resource_templates=listed.value)
+
+    async def _read_resource(
+        self, ctx: Ctx, params: types.ReadResourceRequestParams
+    ) -> types.ReadResourceResult | types.InputRequiredResult:
+        async with self._bound(ctx) as binding:
+            opened = self._unseal(ctx, binding, ctx.params or {})
+            exchange = self._exchange(ctx, opened.server_state if opened else None, params.input_responses)
+            read = await self._cancellable(ctx, binding, lambda: self._manager.read_resource_result(
+                binding.session_id, str(params.uri), caller=binding.caller, exchange=exchange
+            ))  # fmt: skip
+            value = read.value
+            return self._sealed(ctx, binding, value) if isinstance(value, types.InputRequiredResult) else value
+
+    async def _subscribe(self, ctx: Ctx, params: types.SubscribeRequestParams) -> types.EmptyResult:
+        async with self._bound(ctx) as binding:
+            await self._manager.subscribe(binding.session_id, str(params.uri), caller=binding.caller)
+            return types.EmptyResult()
+
+    async def _unsubscribe(self, ctx: Ctx, params: types.UnsubscribeRequestParams) -> types.EmptyResult:
+        async with self._bound(ctx) as binding:
+            await self._manager.unsubscribe(binding.session_id, str(params.uri), caller=binding.caller)
+            return types.EmptyResult()
+
+    # -- prompts, completion, logging ----------------------------------------------------------------
+
+    async def _list_prompts(self, ctx: Ctx, params: types.PaginatedRequestParams | None) -> types.ListPromptsResult:
+        async with self._bound(ctx) as binding:
+            listed = await self._manager.list_prompts(binding.session_id, caller=binding.caller)
+            return types.ListPromptsResult(prompts=listed.value)
+
+    async def _get_prompt(
+        self, ctx: Ctx, params: types.GetPromptRequestParams
+    ) -> types.GetPromptResult | types.InputRequiredResult:
+        async with self._bound(ctx) as binding:
+            opened = self._unseal(ctx, binding, ctx.params or {})
+            exchange = self._exchange(ctx, opened.server_state if opened else None, params.input_responses)
+            got = await self._cancellable(ctx, binding, lambda: self._manager.get_prompt(
+                binding.session_id, params.name, dict(params.arguments or {}), caller=binding.caller, exchange=exchange
+            ))  # fmt: skip
+            value = got.value
+            return self._sealed(ctx, binding, value) if isinstance(value, types.InputRequiredResult) else value
+
+    async def _complete(self, ctx: Ctx, params: types.CompleteRequestParams) -> types.CompleteResult:
+        async with self._bound(ctx) as binding:
+            return await self._manager.complete(binding.session_id, params, caller=binding.caller)
+
+    async def _set_level(self, ctx: Ctx, params: types.SetLevelRequestParams) -> types.EmptyResult:
+        async with self._bound(ctx) as binding:
+            await self._manager.set_logging_level(binding.session_id, params.level, caller=binding.caller)
+            return types.EmptyResult()

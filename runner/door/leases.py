@@ -1,0 +1,153 @@
+"""Which sandbox serves a door request: one per stateful MCP session, one per (caller, profile) lease otherwise.
+
+A 2025-era client negotiates a session (``initialize``, ``Mcp-Session-Id``): the door opens one sandbox for it
+and closes it on DELETE, after ``session_idle_timeout_s`` with no request in flight, or at service stop
+(``DoorSessions``). A 2026-07-28 client has no session: its requests go to the sandbox leased to the
+authenticated caller for that profile, opened at its first request, shared by that caller's concurrent requests
+and never by another caller's, and closed after ``lease_idle_timeout_s`` unused (``Leases``). A sandbox that ended
+under a binding (its own idle or lifetime limit, a crash) ends the binding too: a session then answers 404 (the
+client starts a new one), a lease is opened afresh.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+
+import anyio
+
+from runner.door.calls import DOOR, DoorManager
+from runner.errors import RunnerError
+from runner.sessions.models import STATELESS_PROTOCOL, OpenedSession, SessionState
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Binding:
+    """A sandbox session as the door holds it for its caller, and what the door remembers about it."""
+
+    caller: str
+    profile: str
+    opened: OpenedSession
+    in_flight: int = 0
+    last_used: float = field(default_factory=time.monotonic)
+    pending_approvals: dict[str, str] = field(default_factory=dict)
+    """A call's key (tool and arguments) -> the approval it waits for: the same call again claims it."""
+    running: dict[str, anyio.CancelScope] = field(default_factory=dict)
+    """JSON-RPC request id -> the scope of its handler, cancelled when its client leaves mid-call."""
+
+    @property
+    def session_id(self) -> str:
+        return self.opened.info.session_id
+
+    @contextlib.contextmanager
+    def busy(self) -> Iterator[None]:
+        self.in_flight += 1
+        try:
+            yield
+        finally:
+            self.in_flight -= 1
+            self.last_used = time.monotonic()
+
+    def idle(self, now: float, limit: float) -> bool:
+        return self.in_flight == 0 and now - self.last_used > limit
+
+
+def _alive(manager: DoorManager, binding: Binding) -> bool:
+    try:
+        return manager.get(binding.session_id, caller=binding.caller).state is SessionState.READY
+    except RunnerError:
+        return False
+
+
+async def _close(manager: DoorManager, binding: Binding, why: str) -> None:
+    log.info("closing door sandbox %s of %r (%s): %s", binding.session_id, binding.caller, binding.profile, why)
+    try:
+        await manager.close(binding.session_id, caller=binding.caller)
+    except RunnerError as exc:  # already ended (reaped, crashed): nothing left to close
+        log.debug("door sandbox %s was already gone: %s", binding.session_id, exc.message)
+
+
+class DoorSessions:
+    """Stateful MCP sessions by ``Mcp-Session-Id``; another caller's id is as unknown as a made-up one."""
+
+    def __init__(self, manager: DoorManager, idle_timeout_s: float) -> None:
+        self._manager = manager
+        self._idle_timeout_s = idle_timeout_s
+        self._by_id: dict[str, Binding] = {}
+
+    def add(self, mcp_session_id: str, binding: Binding) -> None:
+        self._by_id[mcp_session_id] = binding
+
+    def find(self, mcp_session_id: str, caller: str) -> Binding | None:
+        binding = self._by_id.get(mcp_session_id)
+        if binding is None or binding.caller != caller:
+            return None
+        if not _alive(self._manager, binding):
+            del self._by_id[mcp_session_id]
+            return None
+        return binding
+
+    async def end(self, mcp_session_id: str, why: str) -> None:
+        binding = self._by_id.pop(mcp_session_id, None)
+        if binding is not None:
+            await _close(self._manager, binding, why)
+
+    async def reap(self, now: float) -> None:
+        limit = self._idle_timeout_s
+        due = [key for key, binding in self._by_id.items() if binding.idle(now, limit)]
+        await asyncio.gather(*(self.end(key, f"idle for more than {limit:g} s") for key in due))
+
+    async def close_all(self) -> None:
+        await asyncio.gather(*(self.end(key, "the service is stopping") for key in list(self._by_id)))
+
+    def __len__(self) -> int:
+        return len(self._by_id)
+
+
+class Leases:
+    """Stateless-era sandboxes, one per (caller, profile), opened at first use and reaped when idle."""
+
+    def __init__(self, manager: DoorManager, idle_timeout_s: float) -> None:
+        self._manager = manager
+        self._idle_timeout_s = idle_timeout_s
+        self._leases: dict[tuple[str, str], Binding] = {}
+        self._opening: dict[tuple[str, str], asyncio.Lock] = {}
+
+    @contextlib.asynccontextmanager
+    async def using(self, caller: str, profile: str) -> AsyncIterator[Binding]:
+        binding = await self._acquire(caller, profile)
+        with binding.busy():  # no await since the acquire: a reap cannot end it in between
+            yield binding
+
+    async def _acquire(self, caller: str, profile: str) -> Binding:
+        key = (caller, profile)
+        lock = self._opening.setdefault(key, asyncio.Lock())
+        async with lock:  # a caller's first requests, side by side, share one open
+            binding = self._leases.get(key)
+            if binding is not None and _alive(self._manager, binding):
+                return binding
+            opened = await self._manager.open(profile, caller=caller, door=DOOR, protocol=STATELESS_PROTOCOL)
+            binding = Binding(caller=caller, profile=profile, opened=opened)
+            self._leases[key] = binding
+            log.info("leased sandbox %s to %r for profile %r", binding.session_id, caller, profile)
+            return binding
+
+    async def reap(self, now: float) -> None:
+        limit = self._idle_timeout_s
+        due = [key for key, binding in self._leases.items() if binding.idle(now, limit)]
+        ended = [self._leases.pop(key) for key in due]
+        await asyncio.gather(*(_close(self._manager, b, f"lease unused for more than {limit:g} s") for b in ended))
+
+    async def close_all(self) -> None:
+        ended = list(self._leases.values())
+        self._leases.clear()
+        await asyncio.gather(*(_close(self._manager, b, "the service is stopping") for b in ended))
+
+    def __len__(self) -> int:
+        return len(self._leases)

@@ -1,0 +1,246 @@
+"""The HTTP door against a fake SessionManager: the SDK's own client in both eras, over uvicorn on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx2
+import mcp_types as types
+import pytest
+from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
+from mcp.shared.exceptions import MCPError
+
+from runner.api.auth import hash_token
+from runner.config import AuthConfig, McpHttpConfig
+from runner.door.http import DoorApp, RunningDoor, start_door
+from runner.door.identity import HttpAuthenticator
+from runner.errors import PermissionDenied, QuotaExceeded
+from tests.unit.door_fakes import FakeManager
+
+TOKENS = {"mcpr_alice": "alice", "mcpr_bob": "bob"}
+JSON_SSE = {"accept": "application/json, text/event-stream", "content-type": "application/json"}
+INIT = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+    "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}}
+
+notes: list[tuple[str, str, str, Any]] = []
+
+
+async def _door(manager: FakeManager, *, tokens: bool = False, max_body: int = 4 * 1024**2) -> RunningDoor:
+    owners = {hash_token(token): caller for token, caller in TOKENS.items()}
+    config = McpHttpConfig(listen="127.0.0.1:0", max_body_bytes=max_body)
+    app = DoorApp(manager, config, ["time"], HttpAuthenticator(AuthConfig(tokens=tokens), owners.get),
+                  lambda *note: notes.append(note))
+    return await start_door(app, "127.0.0.1:0", tls=None, grace=1)
+
+
+@pytest.fixture
+async def manager() -> FakeManager:
+    return FakeManager()
+
+
+@pytest.fixture
+async def door(manager: FakeManager) -> AsyncIterator[RunningDoor]:
+    running = await _door(manager)
+    yield running
+    await running.stop()
+
+
+def url(door: RunningDoor, profile: str = "time") -> str:
+    return f"http://127.0.0.1:{door.port}/mcp/{profile}"
+
+
+def client(door: RunningDoor, mode: str, token: str | None = None, profile: str = "time") -> Client:
+    headers = {"authorization": f"Bearer {token}"} if token else None
+    http = httpx2.AsyncClient(headers=headers, timeout=30)
+    return Client(streamable_http_client(url(door, profile), http_client=http), mode=mode)  # type: ignore[arg-type]
+
+
+async def test_stateful_session_opens_one_sandbox_and_delete_closes_it(door: RunningDoor, manager: FakeManager) -> None:
+    async with client(door, "legacy") as mcp:
+        assert mcp.server_info is not None and mcp.server_info.name == "mcp-runner/time"
+        assert "mcp-time" in (mcp.server_info.title or "")
+        assert mcp.server_capabilities.tools is not None and mcp.server_capabilities.experimental is None
+        assert mcp.instructions == "tell the time"
+        tools = await mcp.list_tools()
+        assert [t.name for t in tools.tools] == ["get_current_time"]
+        result = await mcp.call_tool("get_current_time", {"timezone": "UTC"})
+        assert "get_current_time" in result.content[0].text  # type: ignore[union-attr]
+    assert [(o.caller, o.door, o.protocol) for o in manager.opens] == [("anonymous", "mcp-http", "2025-11-25")]
+    assert manager.closed == ["s1"]
+    assert len(door.app.sessions) == 0
+
+
+async def test_stateless_requests_share_the_callers_lease(door: RunningDoor, manager: FakeManager) -> None:
+    async with client(door, "2026-07-28") as mcp:
+        await mcp.list_tools()
+        await mcp.call_tool("get_current_time", {})
+        await mcp.call_tool("get_current_time", {"timezone": "UTC"})
+    assert [(o.door, o.protocol) for o in manager.opens] == [("mcp-http", "2026-07-28")]
+    assert {call["session"] for call in manager.calls} == {"s1"}
+    assert len(door.app.leases) == 1
+
+
+async def test_leases_are_per_caller(manager: FakeManager) -> None:
+    running = await _door(manager, tokens=True)
+    try:
+        for token in ("mcpr_alice", "mcpr_bob", "mcpr_alice"):
+            async with client(running, "2026-07-28", token) as mcp:
+                await mcp.call_tool("get_current_time", {})
+        assert [o.caller for o in manager.opens] == ["alice", "bob"]
+    finally:
+        await running.stop()
+    assert sorted(manager.closed) == ["s1", "s2"]  # the service's stop closes every lease
+
+
+async def test_missing_or_wrong_token_is_401_with_a_challenge(manager: FakeManager) -> None:
+    running = await _door(manager, tokens=True)
+    try:
+        async with httpx2.AsyncClient() as http:
+            for headers in ({}, {"authorization": "Bearer mcpr_nobody"}, {"authorization": "Basic x"}):
+                reply = await http.post(url(running), json=INIT, headers={**JSON_SSE, **headers})
+                assert reply.status_code == 401
+                assert reply.headers["www-authenticate"].startswith("Bearer")
+                assert reply.json()["error"]["data"]["status"] == "UNAUTHENTICATED"
+        assert manager.opens == []
+    finally:
+        await running.stop()
+
+
+async def test_dns_rebinding_host_and_origin(door: RunningDoor) -> None:
+    async with httpx2.AsyncClient() as http:
+        reply = await http.post(url(door), json=INIT, headers={**JSON_SSE, "host": "evil.example:80"})
+        assert reply.status_code == 421
+        reply = await http.post(url(door), json=INIT, headers={**JSON_SSE, "origin": "http://evil.example"})
+        assert reply.status_code == 403
+
+
+async def test_unknown_profile_is_404_with_a_jsonrpc_error(door: RunningDoor, manager: FakeManager) -> None:
+    async with httpx2.AsyncClient() as http:
+        reply = await http.post(url(door, "nope"), json=INIT, headers=JSON_SSE)
+    assert reply.status_code == 404
+    error = reply.json()["error"]
+    assert "no profile named 'nope'" in error["message"] and "time" in error["message"]
+    assert manager.opens == []
+
+
+async def test_body_over_the_cap_is_413(manager: FakeManager) -> None:
+    running = await _door(manager, max_body=1024)
+    try:
+        async with httpx2.AsyncClient() as http:
+            big = {**INIT, "params": {**INIT["params"], "pad": "x" * 2048}}  # type: ignore[dict-item]
+            reply = await http.post(url(running), content=json.dumps(big), headers=JSON_SSE)
+        assert reply.status_code == 413
+        assert manager.opens == []
+    finally:
+        await running.stop()
+
+
+async def test_another_callers_session_is_not_found(manager: FakeManager) -> None:
+    running = await _door(manager, tokens=True)
+    try:
+        async with httpx2.AsyncClient() as http:
+            alice = {**JSON_SSE, "authorization": "Bearer mcpr_alice"}
+            opened = await http.post(url(running), json=INIT, headers=alice)
+            assert opened.status_code == 200
+            session = opened.headers["mcp-session-id"]
+            probe = {"jsonrpc": "2.0", "id": 2, "method": "tools/list"}
+            headers = {**JSON_SSE, "mcp-session-id": session, "mcp-protocol-version": "2025-11-25"}
+            theirs = await http.post(url(running), json=probe, headers={**headers, "authorization": "Bearer mcpr_bob"})
+            made_up = await http.post(url(running), json=probe, headers={
+                **headers, "mcp-session-id": "0" * 32, "authorization": "Bearer mcpr_bob"})
+        assert theirs.status_code == made_up.status_code == 404
+        assert theirs.json()["error"]["message"] == made_up.json()["error"]["message"]
+    finally:
+        await running.stop()
+
+
+async def test_refused_open_is_a_jsonrpc_error_and_no_session(door: RunningDoor, manager: FakeManager) -> None:
+    manager.open_error = QuotaExceeded("caller 'anonymous' has 10 sessions open, its limit is 10")
+    async with httpx2.AsyncClient() as http:
+        reply = await http.post(url(door), json=INIT, headers=JSON_SSE)
+    assert reply.status_code == 429
+    assert "mcp-session-id" not in reply.headers
+    assert reply.json() == {"jsonrpc": "2.0", "id": 1, "error": {
+        "code": -32004, "message": manager.open_error.message, "data": {"status": "RESOURCE_EXHAUSTED"}}}
+
+
+async def test_runner_errors_become_jsonrpc_errors(door: RunningDoor, manager: FakeManager) -> None:
+    manager.call_error = PermissionDenied("caller 'anonymous' may not call 'get_current_time' (rule: deny all)")
+    for mode in ("legacy", "2026-07-28"):
+        async with client(door, mode) as mcp:
+            with pytest.raises(MCPError) as raised:
+                await mcp.call_tool("get_current_time", {})
+        assert raised.value.error.code == -32003
+        assert raised.value.error.message == manager.call_error.message
+
+
+async def test_approval_without_elicitation_names_the_id_and_the_retry_claims_it(
+    door: RunningDoor, manager: FakeManager
+) -> None:
+    manager.needs_approval = True
+    async with client(door, "legacy") as mcp:
+        with pytest.raises(MCPError) as raised:
+            await mcp.call_tool("get_current_time", {"timezone": "UTC"})
+        assert "apr_0123456789abcdef" in raised.value.error.message
+        assert raised.value.error.data["approvalId"] == "apr_0123456789abcdef"
+        await mcp.call_tool("get_current_time", {"timezone": "UTC"})
+    assert [call["approval_id"] for call in manager.calls] == ["", "apr_0123456789abcdef"]
+
+
+async def test_approval_with_elicitation_asks_the_user(door: RunningDoor, manager: FakeManager) -> None:
+    manager.needs_approval = True
+    asked: list[str] = []
+
+    async def answer(context: Any, params: types.ElicitRequestParams) -> types.ElicitResult:
+        asked.append(params.message)
+        return types.ElicitResult(action="decline")
+
+    http = httpx2.AsyncClient(timeout=30)
+    mcp = Client(streamable_http_client(url(door), http_client=http), mode="legacy", elicitation_callback=answer)
+    async with mcp:
+        with pytest.raises(MCPError) as raised:
+            await mcp.call_tool("get_current_time", {})
+    assert "apr_0123456789abcdef" in asked[0] and "mcp-runner approvals approve" in asked[0]
+    assert "given up" in raised.value.error.message
+
+
+async def test_input_required_state_is_sealed_and_single_use(door: RunningDoor, manager: FakeManager) -> None:
+    manager.input_required = types.InputRequiredResult(
+        input_requests={"q": types.ElicitRequest(params=types.ElicitRequestFormParams(
+            message="name?", requested_schema={"type": "object", "properties": {}}))},
+        request_state="server-state",
+    )
+    async with client(door, "2026-07-28") as mcp:
+        first = await mcp.session.call_tool("get_current_time", {}, allow_input_required=True)
+        assert isinstance(first, types.InputRequiredResult)
+        token = first.request_state
+        assert token and "server-state" not in token
+        answers = {"q": types.ElicitResult(action="accept", content={})}
+        done = await mcp.session.call_tool("get_current_time", {}, input_responses=answers, request_state=token)
+        assert "state=server-state" in done.content[0].text  # type: ignore[union-attr]
+        with pytest.raises(MCPError) as replayed:
+            await mcp.session.call_tool("get_current_time", {}, input_responses=answers, request_state=token)
+        assert replayed.value.error.code == -32602 and "already used" in replayed.value.error.message
+        with pytest.raises(MCPError) as tampered:
+            await mcp.session.call_tool("get_current_time", {}, input_responses=answers, request_state=token[:-2])
+        assert "not issued by this runner" in tampered.value.error.message
+    assert [note[0] for note in notes[-2:]] == ["validation", "validation"]
+
+
+async def test_client_leaving_mid_call_cancels_it(door: RunningDoor, manager: FakeManager) -> None:
+    manager.call_gate = asyncio.Event()
+    for mode in ("legacy", "2026-07-28"):
+        async with client(door, mode) as mcp:
+            call = asyncio.create_task(mcp.call_tool("get_current_time", {}))
+            while len(manager.calls) < (1 if mode == "legacy" else 2):
+                await asyncio.sleep(0.01)
+            call.cancel()
+        for _ in range(300):
+            if len(manager.cancelled) == (1 if mode == "legacy" else 2):
+                break
+            await asyncio.sleep(0.01)
+    assert manager.cancelled == ["get_current_time", "get_current_time"]
