@@ -76,6 +76,12 @@ def host_config(
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.description = (
+        "Speak MCP on stdin/stdout (the stdio transport) and relay every message to the service's MCP door at "
+        "URL/PROFILE as one session, one sandbox, for as long as the host keeps this command running. Exit codes: "
+        "0 the host closed stdin or sent SIGTERM, 2 a file could not be read, 69 the door is not running or went "
+        "away (start `mcp-runner serve`)."
+    )
     env = os.environ.get
     parser.add_argument("profile", help="the profile whose sandboxed server the host gets")
     parser.add_argument(

@@ -63,6 +63,10 @@ MAX_DOOR_MESSAGE_BYTES = 16 * 1024**2
 """One answer or SSE event from the door. Its results are already capped by the runner's ``max_message_bytes``
 (4 MiB from the sandbox); JSON escaping on the way out can grow them, never by four times in practice."""
 
+DOOR_HEADER = ("x-mcp-runner-door", "mcp-stdio")
+"""Sent on every request: the door may name the stdio door in the session's audit records (``door="mcp-stdio"``)
+instead of ``mcp-http``. A caller's own claim, so a record of where the session came from, never a permission."""
+
 CLOSE_GRACE_S = 5.0
 """How long the DELETE that ends the session may take once the host has gone; a door that hangs is left behind."""
 
@@ -184,7 +188,9 @@ def _refusal(status: int, url: str, in_session: bool) -> str:
 def http_client(door: Door) -> httpx2.AsyncClient:
     """The bridge's HTTP client: no read timeout (the door's own call timeouts decide how long an answer takes, and
     the GET stream waits for as long as the session lives), no proxy from the environment (the door is loopback)."""
-    headers = {"Authorization": f"Bearer {door.token}"} if door.token else None
+    headers = dict([DOOR_HEADER])
+    if door.token:
+        headers["Authorization"] = f"Bearer {door.token}"
     inner = httpx2.AsyncHTTPTransport(verify=door.tls or True)
     return httpx2.AsyncClient(
         headers=headers,

@@ -181,7 +181,7 @@ async def test_a_session_goes_through_and_ends_with_a_delete(stand_in: StandIn) 
         assert "\u202e".encode() not in host.raw[-1] and b"h\xc3\xa9llo\\n\\u202e" in host.raw[-1]  # … control-free
         await host.done()
     mine = [r for r in stand_in.requests if r["path"] == "/mcp/time"]
-    assert all(r["authorization"] == f"Bearer {TOKEN}" for r in mine)
+    assert all(r["authorization"] == f"Bearer {TOKEN}" and r["x-mcp-runner-door"] == "mcp-stdio" for r in mine)
     [opening, *after] = [r for r in mine if r["method"] == "POST"]
     session = next(r["mcp-session-id"] for r in after)
     assert "mcp-session-id" not in opening and all(r["mcp-session-id"] == session for r in after)
