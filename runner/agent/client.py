@@ -12,10 +12,18 @@ It is still a client in its own right, and holds the server to the protocol:
   already had answered), a request from the server reusing the id of one still
   being answered, or more than ``MAX_SERVER_REQUESTS`` of them unanswered, is a
   violation: ``on_violation`` hears of it and nothing more is read;
-* requests the server sends the client: ``ping`` is answered, every other
-  (roots, sampling, elicitation: capabilities the agent never declares) is
-  refused with "method not found";
+* requests the server sends the client: ``ping`` is answered; roots, sampling
+  and elicitation are handed to ``on_server_request`` under a positive integer
+  id of the client's own (the server's may be a string, or reused once
+  answered) and answered with what `answer` is given; every other is refused
+  with "method not found";
+* the notifications a caller can use (``RELAYED_NOTIFICATIONS``) go to
+  ``on_notification``; progress to its request's sink; the rest are dropped;
 * a late answer to a request it cancelled is dropped quietly, as the spec allows.
+
+It speaks the era the agent was asked for (era.py): `connect` either initializes
+(2025-11-25) or discovers (2026-07-28, falling back to initialize for a server
+that cannot), and in the 2026-07-28 era every request carries the envelope.
 
 No event loop of its own: the agent's loop (stdio.py) feeds it lines and
 carries what it sends; answers come back through callbacks.
@@ -26,6 +34,7 @@ from __future__ import annotations
 import json
 import sys
 
+from .era import CLIENT_CAPABILITIES, CLIENT_INFO, HANDSHAKE, MODERN, as_initialize_result, stamped
 from .words import whole_words
 
 TYPE_CHECKING = False  # typing costs the agent's start-up; mypy reads the names below all the same
@@ -39,13 +48,29 @@ if TYPE_CHECKING:
     ProgressSink = Callable[[float, float | None, str | None], None]
     #: Writes one message to the server; the callback, if any, runs once it has left the agent.
     Send = Callable[[bytes, Callable[[], None] | None], None]
+    #: (the era the client speaks, the InitializeResult-shaped answer or the server's refusal).
+    Connected = Callable[[str, JSON | "RemoteError"], None]
+    #: (the client's id for it, method, params) of a request from the server that the host is to answer.
+    ServerRequestSink = Callable[[int, str, JSON], None]
+    NotificationSink = Callable[[str, JSON], None]
 
-PROTOCOL_VERSION = "2025-11-25"
+PROTOCOL_VERSION = HANDSHAKE
 #: The revisions reached by the initialize handshake that a server may answer with (as the SDK's client accepts):
 #: the host parses each one's results. Any other (a stateless revision, a future or unknown one) is not spoken here.
 HANDSHAKE_VERSIONS = ("2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25")
-CLIENT_INFO = {"name": "mcp-sandbox-runner-agent", "version": "1.0.0"}
 METHOD_NOT_FOUND = -32601
+INVALID_PARAMS = -32602
+#: Requests from the server that the host's caller may answer (the client declares their capabilities).
+RELAYED_REQUESTS = frozenset({"sampling/createMessage", "elicitation/create", "roots/list"})
+RELAYED_NOTIFICATIONS = frozenset(
+    {
+        "notifications/message",
+        "notifications/tools/list_changed",
+        "notifications/resources/list_changed",
+        "notifications/prompts/list_changed",
+        "notifications/resources/updated",
+    }
+)
 #: Requests from the server the agent may be answering at once; honest servers send a few (they wait for each).
 MAX_SERVER_REQUESTS = 64
 _MAX_FLOAT = int(sys.float_info.max)
@@ -102,16 +127,46 @@ def _encode(message: JSON) -> bytes:
 class McpClient:
     """One MCP session with one server: `received` takes its lines, ``send`` carries what the client says."""
 
-    def __init__(self, send: Send, on_violation: Callable[[str], None]) -> None:
+    def __init__(
+        self,
+        send: Send,
+        on_violation: Callable[[str], None],
+        on_server_request: ServerRequestSink | None = None,
+        on_notification: NotificationSink | None = None,
+    ) -> None:
         self._send = send
         self._on_violation = on_violation
+        self._on_server_request = on_server_request
+        self._on_notification = on_notification
         self._next_id = 1
         self._pending: dict[int, _Pending] = {}
         self._cancelled: set[int] = set()  # sent, then cancelled: a late answer is fine
         self._answering: set[object] = set()  # the server's requests whose answers have not left the agent
+        self._next_relay = 1
+        self._relayed: dict[int, object] = {}  # the client's id for a relayed server request -> the server's id
+        self._relay_ids: dict[object, int] = {}  # and back, by `id_key`
+        self.protocol: str | None = None  # the era spoken, once connected
         self.broken = False
 
     # -- what the client sends --------------------------------------------------------
+
+    def connect(self, era: str, on_ready: Connected) -> None:
+        """Open the session in ``era``: 2026-07-28 asks ``server/discover`` first and initializes when the server
+        refuses it or does not list 2026-07-28. ``on_ready`` hears the era and the InitializeResult (or the
+        InitializeResult-shaped object built from the discover result), or the server's refusal."""
+        if era != MODERN:
+            self.initialize(lambda outcome: on_ready(HANDSHAKE, outcome))
+            return
+
+        def discovered(outcome: JSON | RemoteError) -> None:
+            shaped = None if isinstance(outcome, RemoteError) else as_initialize_result(outcome)
+            if shaped is None:
+                self.initialize(lambda outcome: on_ready(HANDSHAKE, outcome))
+                return
+            self.protocol = MODERN
+            on_ready(MODERN, shaped)
+
+        self._request("server/discover", stamped({}, None), discovered, None)
 
     def initialize(self, on_done: Done) -> None:
         """The handshake: ``on_done`` gets the server's InitializeResult raw (the host validates it) once it is
@@ -128,17 +183,31 @@ class McpClient:
                         f"does not speak (it offered {PROTOCOL_VERSION}; it speaks {', '.join(HANDSHAKE_VERSIONS)})"
                     )
                     return
+                self.protocol = HANDSHAKE
                 self.notify("notifications/initialized")
             on_done(outcome)
 
-        params = {"protocolVersion": PROTOCOL_VERSION, "capabilities": {}, "clientInfo": CLIENT_INFO}
-        self.request("initialize", params, answered)
+        params = {"protocolVersion": PROTOCOL_VERSION, "capabilities": CLIENT_CAPABILITIES, "clientInfo": CLIENT_INFO}
+        self._request("initialize", params, answered, None)
 
-    def request(self, method: str, params: JSON, on_done: Done, on_progress: ProgressSink | None = None) -> int:
+    def request(
+        self,
+        method: str,
+        params: JSON,
+        on_done: Done,
+        on_progress: ProgressSink | None = None,
+        capabilities: JSON | None = None,
+    ) -> int:
         """Send one request; ``on_done`` gets its result object or RemoteError. Returns the request's id.
 
-        With ``on_progress``, the request asks for progress (``_meta.progressToken``, the request's own id).
+        With ``on_progress``, the request asks for progress (``_meta.progressToken``, the request's own id). In the
+        2026-07-28 era it carries the envelope, declaring ``capabilities`` (None: the client's own).
         """
+        if self.protocol == MODERN:
+            params = stamped(params, capabilities)
+        return self._request(method, params, on_done, on_progress)
+
+    def _request(self, method: str, params: JSON, on_done: Done, on_progress: ProgressSink | None) -> int:
         request_id, self._next_id = self._next_id, self._next_id + 1
         if on_progress is not None:
             meta = params.get("_meta")
@@ -159,6 +228,22 @@ class McpClient:
             message["params"] = params
         self._send(_encode(message), None)
 
+    def answer(self, relay_id: int, result: JSON | None = None, error: JSON | None = None) -> bool:
+        """Answer the server's request relayed as ``relay_id`` with ``result`` or ``error`` (code and message).
+        False when there is none such: never relayed, already answered, or cancelled by the server."""
+        request_id = self._relayed.pop(relay_id, None)
+        if request_id is None:
+            return False
+        key = id_key(request_id)
+        del self._relay_ids[key]
+        answer: JSON = {"jsonrpc": "2.0", "id": request_id}
+        if error is not None:
+            answer["error"] = {"code": error["code"], "message": error["message"]}
+        else:
+            answer["result"] = result
+        self._send(_encode(answer), lambda: self._answering.discard(key))
+        return True
+
     # -- what the server sends ------------------------------------------------------------
 
     def received(self, line: bytes) -> None:
@@ -178,7 +263,7 @@ class McpClient:
             if not isinstance(method, str):
                 self._violation(f"{_NOT_JSON_RPC} (its method is no string)")
             elif "id" in message:
-                self._server_request(message["id"], method)
+                self._server_request(message["id"], method, message.get("params"))
             else:
                 self._notification(method, message.get("params"))
         elif "result" in message or "error" in message:
@@ -222,13 +307,22 @@ class McpClient:
             pending.on_done(result)
 
     def _notification(self, method: str, params: object) -> None:
+        if params is None and method in RELAYED_NOTIFICATIONS:
+            params = {}  # the list_changed ones come without
         if not isinstance(params, dict):
             return
         if method == "notifications/progress":
             self._progress(params)
         elif method == "notifications/cancelled":
-            # The server gave up on one of its requests: it no longer counts as one being answered.
-            self._answering.discard(id_key(params.get("requestId")))
+            # The server gave up on one of its requests: it no longer counts as one being answered, and an answer
+            # from the host to it is not sent.
+            key = id_key(params.get("requestId"))
+            self._answering.discard(key)
+            relay_id = self._relay_ids.pop(key, None)
+            if relay_id is not None:
+                del self._relayed[relay_id]
+        elif method in RELAYED_NOTIFICATIONS and self._on_notification is not None and self.protocol is not None:
+            self._on_notification(method, params)
 
     def _progress(self, params: JSON) -> None:
         token, progress, total, message = (params.get(k) for k in ("progressToken", "progress", "total", "message"))
@@ -242,7 +336,7 @@ class McpClient:
         text = message if isinstance(message, str) else None
         pending.on_progress(float(progress), None if total is None else float(total), text)
 
-    def _server_request(self, request_id: object, method: str) -> None:
+    def _server_request(self, request_id: object, method: str, params: object) -> None:
         if not _is_id(request_id):
             self._violation(f"it sent a request with id {self._show(request_id)}, which is no string or integer")
             return
@@ -255,10 +349,18 @@ class McpClient:
             return
         self._answering.add(key)
         answer: JSON = {"jsonrpc": "2.0", "id": request_id}
-        if method == "ping":
+        if method in RELAYED_REQUESTS and self._on_server_request is not None and self.protocol is not None:
+            if params is None or isinstance(params, dict):
+                relay_id, self._next_relay = self._next_relay, self._next_relay + 1
+                self._relayed[relay_id] = request_id
+                self._relay_ids[key] = relay_id
+                self._on_server_request(relay_id, method, {} if params is None else params)
+                return
+            answer["error"] = {"code": INVALID_PARAMS, "message": "Invalid params: not an object"}
+        elif method == "ping":
             answer["result"] = {}
         else:
-            # No roots, sampling or elicitation: the agent declares none of them, and the sandbox has nothing to give.
+            # Nothing else a client is asked (and before the session is open, not even those).
             answer["error"] = {"code": METHOD_NOT_FOUND, "message": "Method not found"}
         self._send(_encode(answer), lambda: self._answering.discard(key))
 

@@ -31,7 +31,20 @@ INIT_TIMEOUT_ENV = "MCP_AGENT_INIT_TIMEOUT"
 DEFAULT_INIT_TIMEOUT = 30.0
 
 METHODS = frozenset(
-    {"tools/list", "tools/call", "resources/list", "resources/read", "prompts/list", "prompts/get", "ping"}
+    {
+        "tools/list",
+        "tools/call",
+        "resources/list",
+        "resources/templates/list",
+        "resources/read",
+        "resources/subscribe",
+        "resources/unsubscribe",
+        "prompts/list",
+        "prompts/get",
+        "completion/complete",
+        "logging/setLevel",
+        "ping",
+    }
 )
 
 
@@ -75,22 +88,51 @@ def describe_cap(max_bytes: int) -> str:
 
 
 class RequestFrame:
-    __slots__ = ("id", "method", "params")
+    """``capabilities``: the client capabilities to declare with this request (2026-07-28 era), None for the
+    agent's own."""
 
-    def __init__(self, id: int, method: str, params: dict[str, Any] | None = None) -> None:
+    __slots__ = ("capabilities", "id", "method", "params")
+
+    def __init__(
+        self, id: int, method: str, params: dict[str, Any] | None = None, capabilities: dict[str, Any] | None = None
+    ) -> None:
         self.id = id
         self.method = method
         self.params = {} if params is None else params
+        self.capabilities = capabilities
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, RequestFrame) and (self.id, self.method, self.params) == (
+        return isinstance(other, RequestFrame) and (self.id, self.method, self.params, self.capabilities) == (
             other.id,
             other.method,
             other.params,
+            other.capabilities,
         )
 
     def __repr__(self) -> str:
-        return f"RequestFrame({self.id!r}, {self.method!r}, {self.params!r})"
+        return f"RequestFrame({self.id!r}, {self.method!r}, {self.params!r}, {self.capabilities!r})"
+
+
+class AnswerFrame:
+    """The host's answer to the server's request the agent relayed as ``id``: a result object, or an error
+    (``{"code": int, "message": str}``)."""
+
+    __slots__ = ("error", "id", "result")
+
+    def __init__(self, id: int, result: dict[str, Any] | None = None, error: dict[str, Any] | None = None) -> None:
+        self.id = id
+        self.result = result
+        self.error = error
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, AnswerFrame) and (self.id, self.result, self.error) == (
+            other.id,
+            other.result,
+            other.error,
+        )
+
+    def __repr__(self) -> str:
+        return f"AnswerFrame({self.id!r}, result={self.result!r}, error={self.error!r})"
 
 
 class CancelFrame:
@@ -110,7 +152,7 @@ def _is_id(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
-def parse_host_frame(line: bytes) -> RequestFrame | CancelFrame | str:
+def parse_host_frame(line: bytes) -> RequestFrame | CancelFrame | AnswerFrame | str:
     """Parse one host line; a `str` result is a diagnostic explaining why it was rejected."""
     try:
         frame = json.loads(line)
@@ -119,21 +161,41 @@ def parse_host_frame(line: bytes) -> RequestFrame | CancelFrame | str:
     if not isinstance(frame, dict):
         return "ignoring host frame that is not a JSON object"
     kind, rid = frame.get("type"), frame.get("id")
-    if kind not in ("request", "cancel"):
+    if kind not in ("request", "cancel", "answer"):
         return f"ignoring host frame of unknown type {kind!r}"
     if not _is_id(rid):
         return f"ignoring {kind} frame without a positive integer id ({rid!r})"
     assert isinstance(rid, int)
     if kind == "cancel":
         return CancelFrame(rid)
-    method, params = frame.get("method"), frame.get("params", {})
+    if kind == "answer":
+        return _answer_frame(rid, frame)
+    method, params, capabilities = frame.get("method"), frame.get("params", {}), frame.get("capabilities")
     if not isinstance(method, str):
         return f"ignoring request {rid}: 'method' is not a string"
     if params is None:
         params = {}
     if not isinstance(params, dict):
         return f"ignoring request {rid}: 'params' is not an object"
-    return RequestFrame(rid, method, params)
+    if not (capabilities is None or isinstance(capabilities, dict)):
+        return f"ignoring request {rid}: 'capabilities' is not an object"
+    return RequestFrame(rid, method, params, capabilities)
+
+
+def _answer_frame(rid: int, frame: dict[str, Any]) -> AnswerFrame | str:
+    result, error = frame.get("result"), frame.get("error")
+    if (result is None) == (error is None):
+        return f"ignoring answer {rid}: it needs a 'result' or an 'error', not both"
+    if result is not None and not isinstance(result, dict):
+        return f"ignoring answer {rid}: 'result' is not an object"
+    if error is not None and not (
+        isinstance(error, dict)
+        and isinstance(error.get("code"), int)
+        and not isinstance(error["code"], bool)
+        and isinstance(error.get("message"), str)
+    ):
+        return f"ignoring answer {rid}: 'error' needs an integer 'code' and a string 'message'"
+    return AnswerFrame(rid, result, error)
 
 
 class FrameWriter:

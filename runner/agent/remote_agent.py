@@ -25,6 +25,7 @@ from .frames import (
     MAX_HOST_LINE,
     METHODS,
     TOO_LARGE,
+    AnswerFrame,
     CancelFrame,
     FrameWriter,
     RequestFrame,
@@ -53,6 +54,11 @@ REQUESTS: dict[str, tuple[str, str]] = {
     "resources/read": ("ReadResourceRequest", "ReadResourceResult"),
     "prompts/list": ("ListPromptsRequest", "ListPromptsResult"),
     "prompts/get": ("GetPromptRequest", "GetPromptResult"),
+    "resources/templates/list": ("ListResourceTemplatesRequest", "ListResourceTemplatesResult"),
+    "resources/subscribe": ("SubscribeRequest", "EmptyResult"),
+    "resources/unsubscribe": ("UnsubscribeRequest", "EmptyResult"),
+    "completion/complete": ("CompleteRequest", "CompleteResult"),
+    "logging/setLevel": ("SetLevelRequest", "EmptyResult"),
     "ping": ("PingRequest", "EmptyResult"),
 }
 assert set(REQUESTS) == METHODS, "every method the host may ask for is mapped"
@@ -151,7 +157,7 @@ class RemoteAgent:
             self.fatal(f"MCP initialize failed: {describe_exception(exc)}")
             return False
         self.ready = True
-        self.out.send({"type": "ready", "initialize": dump(result)})
+        self.out.send({"type": "ready", "protocol": "2025-11-25", "initialize": dump(result)})
         return True
 
     async def _serve_host(self, session: ClientSession) -> None:
@@ -167,6 +173,8 @@ class RemoteAgent:
                     scope = self._active.pop(frame.id, None)
                     if scope is not None:
                         scope.cancel()
+                elif isinstance(frame, AnswerFrame):  # it relays no server requests: there is nothing to answer
+                    diag(f"ignoring answer {frame.id}: no request of the server's is waiting for it")
                 elif frame.id in self._active:
                     diag(f"ignoring request {frame.id}: a request with that id is still running")
                 else:

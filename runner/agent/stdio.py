@@ -19,11 +19,13 @@ import selectors
 import signal
 import time
 
-from .client import McpClient, RemoteError
+from .client import INVALID_PARAMS, McpClient, RemoteError
+from .era import wanted_era
 from .frames import (
     INTERNAL_ERROR,
     METHODS,
     TOO_LARGE,
+    AnswerFrame,
     CancelFrame,
     FrameWriter,
     HostLines,
@@ -56,7 +58,15 @@ _READ_CHUNK = 65536
 #: Reads of what a server left in its stdout pipe when it exited (a pipe holds 16 chunks): its last answer.
 _LAST_READS = 64
 #: Params each method cannot do without: a request missing one is refused here, as the SDK's models did.
-_REQUIRED = {"tools/call": "name", "prompts/get": "name", "resources/read": "uri"}
+_REQUIRED: dict[str, tuple[tuple[str, type, str], ...]] = {
+    "tools/call": (("name", str, "a string"),),
+    "prompts/get": (("name", str, "a string"),),
+    "resources/read": (("uri", str, "a string"),),
+    "resources/subscribe": (("uri", str, "a string"),),
+    "resources/unsubscribe": (("uri", str, "a string"),),
+    "logging/setLevel": (("level", str, "a string"),),
+    "completion/complete": (("ref", dict, "an object"), ("argument", dict, "an object")),
+}
 STDIN, STDOUT = 0, 1
 
 
@@ -124,9 +134,9 @@ class StdioAgent:
         self._server_lines = BoundedLines(self.max_message)
         self._host_lines = HostLines()
         self._host_file = False  # the host's stdin is a regular file: always readable, epoll refuses it
-        self._active: dict[int, int] = {}  # host request id -> the client's request id
+        self._active: dict[int, tuple[int, str]] = {}  # host request id -> (the client's request id, method)
         self._signalled: int | None = None
-        self.client = McpClient(self._send, self.fatal)
+        self.client = McpClient(self._send, self.fatal, self._server_request, self._server_notification)
 
     # -- life cycle ---------------------------------------------------------------
 
@@ -170,7 +180,7 @@ class StdioAgent:
         timeout = init_timeout()
         message = f"MCP server did not complete initialize within {timeout:g} s"
         self._init_timer = self._after(timeout, lambda: self.fatal(message))
-        self.client.initialize(self._initialized)
+        self.client.connect(wanted_era(), self._initialized)
 
     def _loop(self) -> None:
         while self.running:
@@ -196,13 +206,13 @@ class StdioAgent:
     def _cancel(self, timer: Timer | None) -> None:
         self._timers = [t for t in self._timers if t is not timer]
 
-    def _initialized(self, outcome: dict[str, Any] | RemoteError) -> None:
+    def _initialized(self, protocol: str, outcome: dict[str, Any] | RemoteError) -> None:
         if isinstance(outcome, RemoteError):
             self.fatal(f"MCP server rejected initialize: {outcome.message} (code {outcome.code})")
             return
         self._cancel(self._init_timer)
         self.ready = True
-        self.out.send({"type": "ready", "initialize": outcome})
+        self.out.send({"type": "ready", "protocol": protocol, "initialize": outcome})
         try:
             self._selector.register(STDIN, selectors.EVENT_READ, self._host_readable)
         except PermissionError:
@@ -231,9 +241,12 @@ class StdioAgent:
         if isinstance(frame, str):
             diag(frame)
         elif isinstance(frame, CancelFrame):
-            request_id = self._active.pop(frame.id, None)
-            if request_id is not None:
-                self.client.cancel(request_id)
+            active = self._active.pop(frame.id, None)
+            if active is not None:
+                self.client.cancel(active[0])
+        elif isinstance(frame, AnswerFrame):
+            if not self.client.answer(frame.id, frame.result, frame.error):
+                diag(f"ignoring answer {frame.id}: no request of the server's is waiting for it")
         elif frame.id in self._active:
             diag(f"ignoring request {frame.id}: a request with that id is still running")
         else:
@@ -252,15 +265,16 @@ class StdioAgent:
                 self.out.send({"type": "progress", "id": rid, "progress": progress, "total": total, "message": message})
 
             on_progress = progress if frame.method == "tools/call" else None
-            self._active[rid] = self.client.request(frame.method, frame.params, done, on_progress)
+            request_id = self.client.request(frame.method, frame.params, done, on_progress, frame.capabilities)
+            self._active[rid] = (request_id, frame.method)
 
     @staticmethod
     def _refusal(frame: RequestFrame) -> str | None:
         if frame.method not in METHODS:
             return f"the agent does not support method {frame.method!r}"
-        key = _REQUIRED.get(frame.method)
-        if key is not None and not isinstance(frame.params.get(key), str):
-            return f"invalid params for {frame.method}: {key!r} must be a string"
+        for key, kind, shown in _REQUIRED.get(frame.method, ()):
+            if not isinstance(frame.params.get(key), kind):
+                return f"invalid params for {frame.method}: {key!r} must be {shown}"
         return None
 
     def _reply(self, rid: int, outcome: dict[str, Any] | RemoteError) -> None:
@@ -273,6 +287,28 @@ class StdioAgent:
             what = "nesting too deep" if isinstance(exc, RecursionError) else "a number JSON cannot carry (inf, NaN)"
             error = {"code": INTERNAL_ERROR, "message": f"the MCP server's result holds {what}; it was not passed on"}
             self.out.send({"type": "error", "id": rid, "error": error})
+
+    # -- what the server asks and tells the client ------------------------------------------
+
+    def _related(self) -> int | None:
+        """The host request the server's words belong to: the only one (other than ping) in flight, else None."""
+        working = [rid for rid, (_, method) in self._active.items() if method != "ping"]
+        return working[0] if len(working) == 1 else None
+
+    def _server_request(self, relay_id: int, method: str, params: dict[str, Any]) -> None:
+        frame = {"type": "server_request", "id": relay_id, "method": method, "params": params}
+        try:
+            self.out.send({**frame, "related": self._related()})
+        except (ValueError, RecursionError) as exc:
+            what = "nesting too deep" if isinstance(exc, RecursionError) else "a number JSON cannot carry (inf, NaN)"
+            self.client.answer(relay_id, error={"code": INVALID_PARAMS, "message": f"Invalid params: {what}"})
+
+    def _server_notification(self, method: str, params: dict[str, Any]) -> None:
+        related = self._related() if method == "notifications/message" else None
+        try:
+            self.out.send({"type": "notification", "method": method, "params": params, "related": related})
+        except (ValueError, RecursionError):
+            diag(f"dropped the server's {method}: it holds what JSON cannot carry")
 
     def _host_done(self) -> None:
         """stdin closed: the host is done with this session. The server may go on its own, then it is killed."""

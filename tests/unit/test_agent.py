@@ -156,9 +156,12 @@ async def test_agent_side_errors_use_internal_error(start: Start) -> None:
     agent = await ready_agent(start)
     await agent.request(1, "sampling/createMessage", {})
     await agent.request(2, "tools/call", {"arguments": {}})  # no tool name
-    for rid in (1, 2):
+    await agent.request(3, "completion/complete", {"ref": {"type": "ref/prompt", "name": "p"}})  # no argument
+    await agent.request(4, "resources/subscribe", {"uri": 7})
+    for rid in (1, 2, 3, 4):
         frame = await agent.recv_for(rid)
         assert frame["type"] == "error" and frame["error"]["code"] == -32603, frame
+    assert frame["error"]["message"] == "invalid params for resources/subscribe: 'uri' must be a string"
 
 
 async def test_invalid_host_frames_are_ignored(start: Start) -> None:
@@ -380,12 +383,23 @@ async def test_stdout_flood_is_a_protocol_violation(start: Start) -> None:
     assert (await expect_fatal(agent)).startswith("MCP server broke the protocol")
 
 
-async def test_requests_to_the_client_left_unread_are_a_protocol_violation(start: Start) -> None:
-    # The SDK answers each in a task of its own; unread, they piled up at ~70 MiB a second till the deadline.
+async def test_requests_to_the_client_past_the_bound_are_a_protocol_violation(start: Start) -> None:
+    # Relayed to the host, 64 may wait for answers; more (this server sends 200 000 without reading any answer)
+    # would pile up in the agent and on the host.
     agent = await ready_agent(start, "request_flood")
     await agent.request(1, "tools/call", {"name": "echo", "arguments": {"text": "x"}})
-    message = await expect_fatal(agent, timeout=10)
-    assert message == "MCP server broke the protocol: it sent more than 64 requests without reading the answers"
+    relayed = []
+    frame = await agent.recv(10)
+    while frame["type"] == "server_request":
+        relayed.append(frame)
+        frame = await agent.recv(10)
+    assert [f["id"] for f in relayed] == list(range(1, 65))
+    assert {(f["method"], f["related"]) for f in relayed} == {("roots/list", 1)}
+    assert frame["type"] == "fatal"
+    assert (
+        frame["message"] == "MCP server broke the protocol: it sent more than 64 requests without reading the answers"
+    )
+    assert await agent.wait() == 1
 
 
 async def test_wrong_id_is_a_protocol_violation(start: Start) -> None:

@@ -54,7 +54,7 @@ def server() -> Server:
     return Server()
 
 
-def test_the_handshake_asks_for_nothing_and_hands_on_the_servers_answer_raw(server: Server) -> None:
+def test_the_handshake_declares_what_the_host_can_relay_and_hands_on_the_servers_answer_raw(server: Server) -> None:
     init = Outcome()
     server.client.initialize(init)
     assert server.sent == [
@@ -64,7 +64,12 @@ def test_the_handshake_asks_for_nothing_and_hands_on_the_servers_answer_raw(serv
             "method": "initialize",
             "params": {
                 "protocolVersion": PROTOCOL_VERSION,
-                "capabilities": {},  # no roots, sampling or elicitation
+                # What the host's caller may answer through the agent (it may still decline each request).
+                "capabilities": {
+                    "sampling": {},
+                    "elicitation": {"form": {}, "url": {}},
+                    "roots": {"listChanged": True},
+                },
                 "clientInfo": {"name": "mcp-sandbox-runner-agent", "version": "1.0.0"},
             },
         }
@@ -206,7 +211,7 @@ def test_cancelling_a_request_tells_the_server_and_a_late_answer_is_dropped(serv
     assert server.violations and "answered request id 1," in server.violations[0]
 
 
-def test_a_servers_ping_is_answered_and_every_other_request_refused(server: Server) -> None:
+def test_without_a_relay_a_servers_ping_is_answered_and_every_other_request_refused(server: Server) -> None:
     server.say({"jsonrpc": "2.0", "id": "p", "method": "ping"})
     for number, method in enumerate(("roots/list", "sampling/createMessage", "elicitation/create", "x/unknown")):
         server.say({"jsonrpc": "2.0", "id": number, "method": method, "params": {}})
