@@ -64,6 +64,9 @@ def check_server_request(method: str, params: JSONObject) -> CheckedRequest:
     validator = None
     if isinstance(request, mcp_types.ElicitRequest) and isinstance(request.params, mcp_types.ElicitRequestFormParams):
         schema = request.params.requested_schema
+        if _holds_reference(schema):
+            raise ResultRejected("the server's requestedSchema holds a reference; MCP asks for a flat object of "
+                                 "primitive properties")  # fmt: skip
         try:
             validator = compile_schema(schema)
         except SchemaError as exc:
@@ -72,6 +75,22 @@ def check_server_request(method: str, params: JSONObject) -> CheckedRequest:
         except UnsafeSchema as exc:
             raise ResultRejected(f"the server's requestedSchema is refused: {exc}") from None
     return CheckedRequest(method, request, validator)
+
+
+_REFERENCES = frozenset({"$ref", "$dynamicRef", "$recursiveRef"})
+
+
+def _holds_reference(schema: Any) -> bool:
+    stack = [schema]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            if not _REFERENCES.isdisjoint(item):
+                return True
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
 
 
 def sanitize_server_request(s: Sanitizer, checked: CheckedRequest, log: FindingLog) -> JSONObject:
