@@ -4,6 +4,13 @@ other profile, once per requirement set (2026-07-28: stateless, 2025-11-25: sess
 requires must pass, except those listed in ``conformance/expected-failures-<revision>.yml``, each with the
 guard feature it conflicts with; an entry that passes is stale and fails the test too.
 
+An expected-failures file (absent: none expected) reads::
+
+    server:
+      - scenario: <required scenario>
+        check: <check id>      # optional: only this check may fail; without it, the whole scenario may
+        reason: <the guard feature this scenario conflicts with, and why the runner keeps the feature>
+
 The same suite first runs against the fixture served directly (its own Streamable HTTP, no runner), where
 every required scenario must pass: a failure through the door is then the door's, never the fixture's.
 """

@@ -7,7 +7,8 @@ MIT License, Copyright (c) 2024 Anthropic, PBC). Changes: it speaks stdio, the r
 (the SDK's dual-era loop: the client's first request decides between the 2025-11-25 handshake and the
 2026-07-28 per-request envelope), and drops what only an HTTP server has: the SSE event store and the
 SSE-reconnection tool (the door in front of it owns the HTTP transport; `server-sse-polling` is not a
-required scenario). The request-state key is a fixed fixture key, as in the original.
+required scenario); and adds the two diagnostic tools `server-stateless` looks for (see below). The
+request-state key is a fixed fixture key, as in the original.
 
 It runs inside the `python-servers` sandbox image with its /opt/servers/bin/python3 (mcp 2.3.0).
 
@@ -529,6 +530,24 @@ def json_schema_2020_12_tool() -> str:
 
 # MCPServer.tool() takes no input schema of its own: install the 2020-12 one on the registered tool.
 mcp._tool_manager._tools["json_schema_2020_12_tool"].parameters = JSON_SCHEMA_2020_12_INPUT_SCHEMA
+
+
+# Diagnostic tools of the suite's `server-stateless` scenario (SEP-2575), as its own TypeScript fixture has them
+# (conformance repo, examples/servers/typescript/everything-server.ts); not in the SDK's everything-server.
+
+
+@mcp.tool()
+async def test_streaming_elicitation(ctx: Context) -> str:
+    """Diagnostic tool validating response progress streams: a notification, then the result, no request"""
+    await ctx.report_progress(progress=50, total=100)
+    return "Streaming complete"
+
+
+@mcp.tool()
+async def test_logging_tool(ctx: Context) -> str:
+    """Diagnostic logging validator tool: logs once; the SDK sends it only to a request that opted in (2026-07-28)"""
+    await ctx.info("Diagnostic trace logging activated")
+    return "Logging evaluated"
 
 
 def _dynamic_tool() -> str:
