@@ -150,16 +150,15 @@ def show(capsys: pytest.CaptureFixture[str], title: str, verdict: Verdict) -> No
 
 
 @pytest.fixture(scope="module")
-def fixture_url() -> Iterator[str]:
+def fixture_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The fixture server on its own Streamable HTTP (the SDK's transport, this virtualenv's mcp)."""
     port = free_port()
-    server = subprocess.Popen(
-        [sys.executable, str(FIXTURE), "--http", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-    )
+    log = tmp_path_factory.mktemp("fixture") / "server.log"
+    with log.open("wb") as sink:
+        server = subprocess.Popen([sys.executable, str(FIXTURE), "--http", str(port)], stdout=sink, stderr=sink)
     try:
         if not listening(port, server):
-            server.kill()
-            raise RuntimeError(f"the fixture did not listen: {server.communicate()[1]!r}")
+            raise RuntimeError(f"the fixture did not listen:\n{log.read_text()}")
         yield f"http://127.0.0.1:{port}/mcp"
     finally:
         server.terminate()
