@@ -83,6 +83,7 @@ EOF
 wrapper conformance @modelcontextprotocol/conformance/dist/index.js ""
 # inspector-cli 1.0.3 finds its own package.json as ../package.json of the *working directory* (a bug): from
 # bin/, that is the cache's package.json (so relative --config paths do not work through this wrapper).
+# shellcheck disable=SC2016  # $here expands in the wrapper, not here
 wrapper mcp-inspector-cli @modelcontextprotocol/inspector-cli/build/cli.js 'cd "$here"'
 
 installed="$("$work/bin/node" --version)"
