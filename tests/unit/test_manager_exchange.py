@@ -10,7 +10,7 @@ import asyncio
 import json
 import textwrap
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -367,3 +367,32 @@ async def test_a_handler_still_waiting_when_the_call_times_out_is_let_go(env: En
                                     exchange=Exchange(on_input=on_input))  # fmt: skip
     assert waiting.is_set()
     await env.manager.ping(session, caller="alice")
+
+
+async def test_only_default_era_opens_claim_warm_sandboxes_and_a_claimed_one_routes_its_server(
+    tmp_path: Path,
+) -> None:
+    agents: list[InteractiveAgent] = []
+
+    def handler(spec: SandboxSpec) -> Handler:
+        agents.append(InteractiveAgent())
+        return agents[-1]
+
+    pooled = replace(SETTINGS, pool=MappingProxyType({"talk": 1}))
+    manager = SessionManager(FakeBackend(handler), pooled)
+    await manager.start()
+    try:
+        await asyncio.wait_for(manager.pool.filled("talk"), 5)
+        stateless = await manager.open("talk", caller="alice", protocol="2026-07-28")
+        assert stateless.protocol == "2026-07-28" and manager.pool.status()["talk"] == (1, 1)  # booted cold
+        warm = await manager.open("talk", caller="alice", door="mcp-stdio")
+        assert warm.protocol == "2025-11-25"
+
+        async def on_input(request: ServerRequest) -> dict[str, Any]:
+            return {"action": "decline"}
+
+        outcome = await manager.call_tool(warm.info.session_id, "ask", {}, caller="alice",
+                                          exchange=Exchange(on_input=on_input))  # fmt: skip
+        assert said(outcome)["result"] == {"action": "decline"}  # the claim set the session's inbox
+    finally:
+        await manager.shutdown()
