@@ -16,8 +16,10 @@ from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from runner.agent import era
 from runner.agent.client import MAX_SERVER_REQUESTS, McpClient, RemoteError
 from runner.agent.frames import METHODS, AnswerFrame, RequestFrame, parse_host_frame
+from tests.unit.agent_driver import PYTHON, AgentProcess
 
 JSON = dict[str, Any]
+CANNOT_CARRY = "a number JSON cannot carry (inf, NaN)"
 ROOTS = {"roots": [{"uri": "file:///work", "name": "work"}]}
 
 
@@ -309,3 +311,38 @@ def test_the_methods_a_host_may_ask_for() -> None:
         "resources/subscribe",
         "resources/unsubscribe",
     } <= METHODS
+
+
+# -- through the agent process: what no frame can carry --------------------------------------------
+
+RAW_SERVER = r"""
+import json, sys
+def say(message):
+    sys.stdout.write(json.dumps(message) + "\n"); sys.stdout.flush()
+for line in sys.stdin:
+    message = json.loads(line)
+    if message.get("method") == "initialize":
+        say({"jsonrpc": "2.0", "id": message["id"], "result": {"protocolVersion": "2025-11-25", "capabilities": {}}})
+    elif message.get("method") == "tools/call":
+        call = message["id"]
+        sys.stdout.write('{"jsonrpc":"2.0","method":"notifications/message","params":{"level":"info","data":1e999}}\n')
+        sys.stdout.write('{"jsonrpc":"2.0","id":"r","method":"roots/list","params":{"x":1e999}}\n')
+        sys.stdout.flush()
+    elif message.get("id") == "r":
+        say({"jsonrpc": "2.0", "id": call, "result": {"content": [], "answer": message}})
+"""
+
+
+async def test_a_server_request_no_frame_can_carry_is_refused_and_such_a_notification_dropped() -> None:
+    agent = await AgentProcess.start(command=[PYTHON, "-c", RAW_SERVER])
+    try:
+        await agent.ready()
+        await agent.request(1, "tools/call", {"name": "t", "arguments": {}})
+        frame = await agent.recv()  # neither the notification nor the request came first
+        assert frame["type"] == "result" and frame["id"] == 1
+        assert frame["result"]["answer"]["error"] == {"code": -32602, "message": "Invalid params: " + CANNOT_CARRY}
+        await agent.close_stdin()
+        assert await agent.wait() == 0
+        assert "dropped the server's notifications/message" in agent.stderr_text
+    finally:
+        await agent.aclose()
