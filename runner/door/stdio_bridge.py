@@ -233,6 +233,7 @@ class _Relay:
         self.host_done = False
         self.answered = anyio.Event()  # set while no request of the host waits for its answer
         self.answered.set()
+        self._handshake = anyio.Event()  # set once initialize is answered
 
     async def host_to_door(self, lines: HostLines, to_door: Any) -> None:
         async for line in lines:
@@ -264,6 +265,10 @@ class _Relay:
                 # MCP-Protocol-Version header); a raw relay has no session to do it.
                 metadata = ClientMessageMetadata(headers={MCP_PROTOCOL_VERSION_HEADER: self._protocol_version})
             await to_door.send(SessionMessage(message, metadata=metadata))
+            if isinstance(message, JSONRPCRequest) and message.method == "initialize":
+                # Nothing else goes out before the session exists: the transport POSTs requests side by side, and
+                # one sent before the answer would carry no session id (a host that writes ahead, e.g. a pipe).
+                await self._handshake.wait()
         self.host_done = True
 
     async def door_to_host(self, from_door: Any) -> None:
@@ -272,14 +277,15 @@ class _Relay:
                 print(f"mcp-runner mcp: a message from the door was dropped: {item}", file=sys.stderr)
                 continue
             message = item.message
+            await self._write(encode(message))  # before the bookkeeping: the last answer is out before the end
             if isinstance(message, JSONRPCResponse | JSONRPCError) and message.id in self.pending:
                 del self.pending[message.id]
                 if not self.pending:
                     self.answered.set()
-                if message.id == self._initialize_id and isinstance(message, JSONRPCResponse):
-                    version = message.result.get("protocolVersion")
+                if message.id == self._initialize_id:
+                    version = message.result.get("protocolVersion") if isinstance(message, JSONRPCResponse) else None
                     self._protocol_version = version if isinstance(version, str) else None
-            await self._write(encode(message))
+                    self._handshake.set()
         if not self.host_done:
             raise DoorUnavailable(f"the connection to the door at {self._door.url} ended")
 

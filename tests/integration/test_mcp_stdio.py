@@ -12,6 +12,7 @@ import json
 import os
 import secrets
 import socket
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -93,3 +94,22 @@ async def test_a_host_uses_the_time_profile_through_the_bridge_and_eof_closes_th
         while time.monotonic() < deadline and grpc_client.get_session(opened).state != pb.SESSION_STATE_CLOSED:
             time.sleep(0.2)
         assert grpc_client.get_session(opened).state == pb.SESSION_STATE_CLOSED
+
+
+def test_a_pipe_gets_its_answers_before_the_bridge_ends_the_session(door_service: DoorService) -> None:
+    lines = [
+        {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+            "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "a-pipe", "version": "1"}}},
+        {"jsonrpc": "2.0", "method": "notifications/initialized"},
+        {"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+         "params": {"name": "get_current_time", "arguments": {"timezone": "Asia/Tokyo"}}},
+    ]
+    params = _bridge(door_service.door, "time")
+    done = subprocess.run(
+        [params.command, *params.args], input="".join(json.dumps(line) + "\n" for line in lines).encode(),
+        capture_output=True, env=params.env, cwd=params.cwd, timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    initialized, called = (json.loads(line) for line in done.stdout.splitlines())
+    assert initialized["result"]["protocolVersion"] == "2025-11-25"
+    assert json.loads(called["result"]["content"][0]["text"])["timezone"] == "Asia/Tokyo"

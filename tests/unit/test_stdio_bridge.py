@@ -31,6 +31,7 @@ from mcp.server.lowlevel import Server
 from mcp.shared.message import ServerMessageMetadata
 from starlette.types import Receive, Scope, Send
 
+from runner.cli import main
 from runner.door import host_configs, stdio_bridge
 from runner.door.stdio_bridge import Door, DoorUnavailable, Oversized, endpoint, relay
 
@@ -189,6 +190,18 @@ async def test_a_session_goes_through_and_ends_with_a_delete(stand_in: StandIn) 
     assert [r["mcp-session-id"] for r in mine if r["method"] == "DELETE"] == [session]
 
 
+async def test_a_host_that_writes_ahead_and_closes_gets_every_answer(stand_in: StandIn) -> None:
+    host = Host()
+    for line in (INITIALIZE, INITIALIZED, _request(2, "tools/call", {"name": "echo", "arguments": {"text": "ahead"}})):
+        await host.say(line)
+    await host.done()  # stdin ends before any answer: a pipe
+    await relay(Door(endpoint(stand_in.base, "pipe")), host.lines(), host.write)
+    first, second = await host.hear(), await host.hear()
+    assert first["id"] == 1 and second["result"]["content"][0]["text"] == "ahead"
+    calls = [r for r in stand_in.seen("POST") if r["path"] == "/mcp/pipe"][1:]
+    assert calls and all("mcp-session-id" in r for r in calls)  # held back until the session existed
+
+
 async def test_the_servers_requests_reach_the_host_and_its_answers_go_back(stand_in: StandIn) -> None:
     host = Host()
     async with anyio.create_task_group() as tasks:
@@ -328,14 +341,13 @@ def test_no_door_is_one_line_on_stderr_and_exit_69() -> None:
 
 
 @pytest.mark.parametrize("host", host_configs.HOSTS)
-def test_print_config_is_the_hosts_json_with_an_absolute_command(host: str, tmp_path: Path) -> None:
+def test_print_config_is_the_hosts_json_with_an_absolute_command(
+    host: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("MCP_RUNNER_MCP_URL", raising=False)
     token_file = tmp_path / "token"
-    done = subprocess.run(
-        _command("mcp", "--print-config", host, "--token-file", str(token_file), "time"),
-        capture_output=True, timeout=60, env={**os.environ, "MCP_RUNNER_MCP_URL": host_configs.DEFAULT_DOOR_URL},
-    )
-    assert done.returncode == 0, done.stderr
-    config = json.loads(done.stdout)
+    assert main(["mcp", "--print-config", host, "--token-file", str(token_file), "time"]) == 0
+    config = json.loads(capsys.readouterr().out)
     servers = config["servers"] if host == "vscode" else config["mcpServers"]
     entry = servers["mcp-runner-time"]
     assert Path(entry["command"]).is_absolute()
@@ -353,10 +365,7 @@ def test_print_config_keeps_a_door_url() -> None:
     }
 
 
-def test_print_config_never_writes_the_token() -> None:
-    done = subprocess.run(
-        _command("--token", TOKEN, "mcp", "--print-config", "cursor", "time"), capture_output=True, timeout=60,
-        env={k: v for k, v in os.environ.items() if not k.startswith("MCP_RUNNER_")},
-    )
-    assert done.returncode == 0 and TOKEN not in done.stdout.decode()
-    assert "--token-file" in done.stderr.decode()
+def test_print_config_never_writes_the_token(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--token", TOKEN, "mcp", "--print-config", "cursor", "time"]) == 0
+    printed = capsys.readouterr()
+    assert TOKEN not in printed.out and "--token-file" in printed.err
