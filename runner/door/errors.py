@@ -61,7 +61,10 @@ def error_code(exc: RunnerError) -> int:
     return RUNNER_CODES.get(exc.status, JSONRPC_INTERNAL_ERROR)
 
 
-def error_data(exc: RunnerError) -> dict[str, Any]:
+def error_data(exc: RunnerError) -> dict[str, Any] | None:
+    """``status`` (and a rate limit's wait); none for a server's own error, whose code's data is the server's."""
+    if isinstance(exc, ServerError):
+        return None
     data: dict[str, Any] = {"status": exc.status.value}
     if isinstance(exc, RateLimited):
         data["retryAfterMs"] = max(1, round(exc.retry_after_s * 1000))

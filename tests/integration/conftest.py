@@ -56,6 +56,8 @@ class Service:
     probe_cert: tuple[Path, Path] | None = None
     """A client certificate and key for the health probe, when the service requires mutual TLS."""
     backend: str = "docker"
+    mcp_listen: str = ""
+    """The MCP door's ``host:port`` (a free loopback port unless MCP_RUNNER_MCP_LISTEN names one); "" for none."""
 
     def client(
         self, *, token: str | None = None, cert: tuple[Path, Path] | None = None, ca: Path | None = None
@@ -123,6 +125,8 @@ def start_service(
     log_path = tmp / f"service-{instance}-{port}.log"
     audit_db = tmp / f"audit-{instance}.sqlite3"
     state_dir = state_dir or tmp / "state"
+    # A free port each, as for gRPC: the default 50052 would have services started side by side refuse each other.
+    mcp_listen = os.environ.get("MCP_RUNNER_MCP_LISTEN", f"127.0.0.1:{free_port()}")
     env = {
         **os.environ,
         "MCP_RUNNER_INSTANCE": instance,
@@ -131,6 +135,7 @@ def start_service(
         "MCP_RUNNER_BACKEND": backend,
         "MCP_RUNNER_KUBECONFIG": str(kubeconfig),
         "MCP_RUNNER_NAMESPACE": NAMESPACE,
+        "MCP_RUNNER_MCP_LISTEN": mcp_listen,
     }
     process = subprocess.Popen(
         [sys.executable, "-m", "runner.cli", "serve", "--listen", f"127.0.0.1:{port}", "--config", str(config)],
@@ -139,7 +144,8 @@ def start_service(
         env=env,
     )
     service = Service(
-        f"127.0.0.1:{port}", instance, process, log_path, audit_db, state_dir, ca, probe_cert, backend=backend
+        f"127.0.0.1:{port}", instance, process, log_path, audit_db, state_dir, ca, probe_cert, backend=backend,
+        mcp_listen=mcp_listen,
     )
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:

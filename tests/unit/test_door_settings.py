@@ -9,6 +9,7 @@ import pytest
 from runner.config import AuthConfig, ConfigError, McpHttpConfig
 from runner.door.identity import check_door_auth
 from runner.settings_file import load_settings
+from tests.unit.test_readme import _blocks
 
 
 def test_defaults_serve_the_door_on_loopback(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -47,3 +48,11 @@ def test_certificates_alone_cannot_name_http_callers() -> None:
     check_door_auth(AuthConfig(mtls=True, tokens=True))
     with pytest.raises(ConfigError, match="tokens"):
         check_door_auth(AuthConfig(mtls=True))
+
+
+def test_the_readme_example_means_what_it_says(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MCP_RUNNER_MCP_LISTEN", raising=False)
+    [example] = _blocks("# door-settings.yaml")
+    path = tmp_path / "settings.yaml"
+    path.write_text(example, encoding="utf-8")
+    assert load_settings(path).mcp_http == McpHttpConfig()
