@@ -2,21 +2,17 @@
 as Claude Desktop or Cursor would) gets the sandboxed server through the service's HTTP door, and the sandbox
 closes when the host closes the bridge's stdin.
 
-The service is this module's own, its door on a free loopback port (never the default 50052 a developer's own
-service may hold).
+The service is the shared one (tests/integration/conftest.py), its door on a free loopback port.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import secrets
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -24,38 +20,27 @@ from mcp import Client
 from mcp.client.stdio import StdioServerParameters
 
 from runner.api._proto.mcp_runner.v1 import runner_pb2 as pb
-from tests.integration.conftest import Service, free_port, start_service, stop_service
+from tests.integration.conftest import Service
 
 pytestmark = pytest.mark.integration
 
 
-@dataclass(frozen=True)
-class DoorService:
-    service: Service
-    door: str  # the door's URL: a profile's endpoint is door/<profile>
-
-
-def _wait_for_port(port: int, service: Service) -> None:
+def _wait_for_port(listen: str, service: Service) -> None:
+    host, port = listen.rsplit(":", 1)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
+            if sock.connect_ex((host, int(port))) == 0:
                 return
         time.sleep(0.2)
-    raise RuntimeError(f"the service's MCP door did not listen on 127.0.0.1:{port}:\n{service.log()}")
+    raise RuntimeError(f"the service's MCP door did not listen on {listen}:\n{service.log()}")
 
 
-@pytest.fixture(scope="module")
-def door_service(images: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[DoorService]:
-    port = free_port()
-    with pytest.MonkeyPatch.context() as env:
-        env.setenv("MCP_RUNNER_MCP_LISTEN", f"127.0.0.1:{port}")
-        service = start_service(tmp_path_factory.mktemp("mcp-stdio"), f"it-stdio-{secrets.token_hex(4)}")
-    try:
-        _wait_for_port(port, service)
-        yield DoorService(service, f"http://127.0.0.1:{port}/mcp")
-    finally:
-        stop_service(service)
+@pytest.fixture
+def door(service: Service) -> str:
+    """The shared service's door URL (start_service gives it a free loopback port)."""
+    _wait_for_port(service.mcp_listen, service)
+    return f"http://{service.mcp_listen}/mcp"
 
 
 def _bridge(door: str, profile: str) -> StdioServerParameters:
@@ -75,11 +60,10 @@ def _open_sessions(service: Service, profile: str) -> set[str]:
 
 
 async def test_a_host_uses_the_time_profile_through_the_bridge_and_eof_closes_the_sandbox(
-    door_service: DoorService,
+    service: Service, door: str
 ) -> None:
-    service = door_service.service
     before = _open_sessions(service, "time")
-    async with Client(_bridge(door_service.door, "time")) as client:
+    async with Client(_bridge(door, "time")) as client:
         assert client.protocol_version == "2025-11-25"  # the stateful era: the bridge is one door session
         names = [tool.name for tool in (await client.list_tools()).tools]
         assert "get_current_time" in names
@@ -96,7 +80,7 @@ async def test_a_host_uses_the_time_profile_through_the_bridge_and_eof_closes_th
         assert grpc_client.get_session(opened).state == pb.SESSION_STATE_CLOSED
 
 
-def test_a_pipe_gets_its_answers_before_the_bridge_ends_the_session(door_service: DoorService) -> None:
+def test_a_pipe_gets_its_answers_before_the_bridge_ends_the_session(door: str) -> None:
     lines = [
         {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
             "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "a-pipe", "version": "1"}}},
@@ -104,7 +88,7 @@ def test_a_pipe_gets_its_answers_before_the_bridge_ends_the_session(door_service
         {"jsonrpc": "2.0", "id": 2, "method": "tools/call",
          "params": {"name": "get_current_time", "arguments": {"timezone": "Asia/Tokyo"}}},
     ]
-    params = _bridge(door_service.door, "time")
+    params = _bridge(door, "time")
     done = subprocess.run(
         [params.command, *params.args], input="".join(json.dumps(line) + "\n" for line in lines).encode(),
         capture_output=True, env=params.env, cwd=params.cwd, timeout=120,
