@@ -1,4 +1,5 @@
-"""``mcp-runner mcp``'s command line, and ``--print-config HOST``: the snippet that makes a host launch the bridge.
+"""``mcp-runner mcp``'s command line: its options (the door's URL, the token and TLS files), its stderr (one line a
+log record, never a traceback), and ``--print-config HOST``: the snippet that makes a host launch the bridge.
 
 Kept apart from ``runner.door.stdio_bridge`` so building the CLI's parser does not import the MCP SDK and HTTP
 client every other command can do without.
@@ -14,11 +15,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import shutil
+import ssl
 import sys
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 DEFAULT_DOOR_URL = "http://127.0.0.1:50052/mcp"
 """The door of a service started with its defaults (``mcp-runner serve``, ``make run``); a profile's endpoint is
@@ -75,6 +79,30 @@ def host_config(
     raise ValueError(f"unknown host {host!r}: one of {', '.join(HOSTS)}")
 
 
+def tls_context(ca: str | None, cert: str | None, key: str | None) -> ssl.SSLContext | None:
+    """The TLS settings for an https door from the CLI's --ca/--cert/--key; None when none is given. Raises
+    ``OSError`` (``ssl.SSLError`` is one) for a file that cannot be read or used."""
+    if not (ca or cert):
+        return None
+    context = ssl.create_default_context(cafile=ca)
+    if cert:
+        context.load_cert_chain(cert, key)
+    return context
+
+
+def endpoint(door_url: str, profile: str) -> str:
+    """The profile's endpoint on the door at ``door_url``."""
+    return f"{door_url.rstrip('/')}/{quote(profile, safe='')}"
+
+
+class _OneLine(logging.Formatter):
+    """A log record as one line without its traceback: stderr is the host's log of this server, read by people."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        record.exc_info, record.exc_text, record.stack_info = None, None, None
+        return " ".join(super().format(record).split())
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.description = (
         "Speak MCP on stdin/stdout (the stdio transport) and relay every message to the service's MCP door at "
@@ -114,7 +142,11 @@ def command(args: argparse.Namespace) -> int:
         print(json.dumps(config, indent=2))
         return 0
     # Imported here: the SDK's client transport and the HTTP client are this command's alone.
-    from runner.door.stdio_bridge import Door, endpoint, run_bridge, tls_context
+    from runner.door.stdio_bridge import Door, run_bridge
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_OneLine("mcp-runner mcp: %(name)s: %(message)s"))
+    logging.basicConfig(level=logging.WARNING, handlers=[handler])
 
     try:
         token = Path(args.token_file).read_text(encoding="utf-8").strip() if args.token_file else args.token

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import signal
 import ssl
 import sys
@@ -30,7 +29,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
-from urllib.parse import quote
 
 import anyio
 import httpx2
@@ -84,29 +82,6 @@ class Door:
     url: str  # the profile's endpoint: <door>/<profile>
     token: str | None = None
     tls: ssl.SSLContext | None = None  # an https door's CA and client certificate (else the system's CAs)
-
-
-def tls_context(ca: str | None, cert: str | None, key: str | None) -> ssl.SSLContext | None:
-    """The TLS settings for an https door from the CLI's --ca/--cert/--key; None when none is given. Raises
-    ``OSError`` (``ssl.SSLError`` is one) for a file that cannot be read or used."""
-    if not (ca or cert):
-        return None
-    context = ssl.create_default_context(cafile=ca)
-    if cert:
-        context.load_cert_chain(cert, key)
-    return context
-
-
-def endpoint(door_url: str, profile: str) -> str:
-    """The profile's endpoint on the door at ``door_url``."""
-    return f"{door_url.rstrip('/')}/{quote(profile, safe='')}"
-
-
-def what_to_start(url: str) -> str:
-    return (
-        f"the mcp-runner service's MCP door at {url} is not answering: start the service (`mcp-runner serve`, or "
-        "`make run` in a checkout) or point this command at its door (--url / MCP_RUNNER_MCP_URL)"
-    )
 
 
 class DoorAnswerTooLarge(httpx2.StreamError):
@@ -350,7 +325,10 @@ def _door_failure(exc: BaseException, url: str) -> str | None:
                 return why
         return None
     if isinstance(exc, httpx2.ConnectError):
-        return what_to_start(url)
+        return (
+            f"the mcp-runner service's MCP door at {url} is not answering: start the service (`mcp-runner serve`, "
+            "or `make run` in a checkout) or point this command at its door (--url / MCP_RUNNER_MCP_URL)"
+        )
     if isinstance(exc, httpx2.TransportError):
         return f"the connection to the door at {url} failed: {type(exc).__name__}: {exc}"
     if isinstance(exc, DoorUnavailable):
@@ -407,19 +385,8 @@ async def _serve_stdio(door: Door) -> None:
         tasks.cancel_scope.cancel()
 
 
-class _OneLine(logging.Formatter):
-    """A log record as one line without its traceback: stderr is the host's log of this server, read by people."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        record.exc_info, record.exc_text, record.stack_info = None, None, None
-        return " ".join(super().format(record).split())
-
-
 def run_bridge(door: Door) -> int:
     """``mcp-runner mcp``: relay this process's stdin/stdout to ``door``; the exit code."""
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_OneLine("mcp-runner mcp: %(name)s: %(message)s"))
-    logging.basicConfig(level=logging.WARNING, handlers=[handler])
     try:
         asyncio.run(_serve_stdio(door))
     except Exception as exc:

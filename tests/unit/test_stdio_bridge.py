@@ -33,7 +33,8 @@ from starlette.types import Receive, Scope, Send
 
 from runner.cli import main
 from runner.door import host_configs, stdio_bridge
-from runner.door.stdio_bridge import Door, DoorUnavailable, Oversized, endpoint, relay
+from runner.door.host_configs import endpoint
+from runner.door.stdio_bridge import Door, DoorUnavailable, Oversized, relay
 
 TOKEN = "mcpr_stand-in-token"
 
