@@ -103,7 +103,8 @@ async def served(config: str | None, *, backend: str | None = None) -> AsyncIter
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         address = f"127.0.0.1:{probe.getsockname()[1]}"
-    command = [sys.executable, "-m", "runner.cli", "serve", "--listen", address]
+    # No MCP door: the bench measures gRPC, and services side by side (or a developer's own) would contend for 50052.
+    command = [sys.executable, "-m", "runner.cli", "serve", "--listen", address, "--mcp-listen", ""]
     if config:
         command += ["--config", config]
     if backend:

@@ -39,6 +39,7 @@ def refused(
         "MCP_RUNNER_INSTANCE": instance,
         "MCP_RUNNER_AUDIT_DB": str(directory(tmp) / f"audit-{instance}.sqlite3"),
         "MCP_RUNNER_STATE_DIR": str(state_dir or tmp / "state"),
+        "MCP_RUNNER_MCP_LISTEN": "",  # no door: what it refuses must be the gRPC side's, not a taken 50052
     }
     listen = f"127.0.0.1:{port or free_port()}"
     command = [sys.executable, "-m", "runner.cli", "serve", "--listen", listen, "--config", str(config)]

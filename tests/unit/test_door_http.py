@@ -244,3 +244,58 @@ async def test_client_leaving_mid_call_cancels_it(door: RunningDoor, manager: Fa
                 break
             await asyncio.sleep(0.01)
     assert manager.cancelled == ["get_current_time", "get_current_time"]
+
+
+async def test_stateless_approval_is_an_input_required_elicitation(door: RunningDoor, manager: FakeManager) -> None:
+    manager.needs_approval = True
+    asked: list[str] = []
+
+    async def accept(context: Any, params: types.ElicitRequestParams) -> types.ElicitResult:
+        asked.append(params.message)
+        return types.ElicitResult(action="accept", content={})
+
+    http = httpx2.AsyncClient(timeout=30)
+    mcp = Client(streamable_http_client(url(door), http_client=http), mode="2026-07-28", elicitation_callback=accept)
+    async with mcp:
+        result = await mcp.call_tool("get_current_time", {"timezone": "UTC"})
+    assert "apr_0123456789abcdef" in asked[0]
+    assert "get_current_time" in result.content[0].text  # type: ignore[union-attr]
+    assert [call["approval_id"] for call in manager.calls] == ["", "apr_0123456789abcdef"]
+
+
+async def test_idle_sessions_and_leases_are_closed(manager: FakeManager) -> None:
+    running = await _door(manager)
+    try:
+        async with client(running, "2026-07-28") as mcp:
+            await mcp.list_tools()
+        http = httpx2.AsyncClient()
+        opened = await http.post(url(running), json=INIT, headers=JSON_SSE)
+        assert opened.status_code == 200 and len(running.app.sessions) == 1
+        await running.app.sessions.reap(now=0.0)  # not idle yet: the clock has not moved past its last use
+        await running.app.leases.reap(now=0.0)
+        assert manager.closed == []
+        far = 10.0**9
+        for _ in range(200):  # the server may finish its side of the answer just after the client read it
+            await running.app.sessions.reap(now=far)
+            await running.app.leases.reap(now=far)
+            if len(manager.closed) == 2:
+                break
+            await asyncio.sleep(0.01)
+        assert sorted(manager.closed) == ["s1", "s2"]
+        session = {"mcp-session-id": opened.headers["mcp-session-id"], "mcp-protocol-version": "2025-11-25"}
+        after = await http.post(url(running), json={"jsonrpc": "2.0", "id": 2, "method": "tools/list"},
+                                headers={**JSON_SSE, **session})
+        assert after.status_code == 404  # the client starts a new session
+        await http.aclose()
+    finally:
+        await running.stop()
+
+
+async def test_a_session_whose_sandbox_ended_is_not_found(door: RunningDoor, manager: FakeManager) -> None:
+    async with httpx2.AsyncClient() as http:
+        opened = await http.post(url(door), json=INIT, headers=JSON_SSE)
+        manager.opens[0].state = manager.opens[0].state.__class__.FAILED
+        session = {"mcp-session-id": opened.headers["mcp-session-id"], "mcp-protocol-version": "2025-11-25"}
+        after = await http.post(url(door), json={"jsonrpc": "2.0", "id": 2, "method": "tools/list"},
+                                headers={**JSON_SSE, **session})
+    assert after.status_code == 404
