@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import ssl
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -15,7 +16,8 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 
 from runner.api.auth import hash_token
-from runner.config import AuthConfig, McpHttpConfig
+from runner.certs import make_dev_certs
+from runner.config import AuthConfig, McpHttpConfig, TlsConfig
 from runner.door.http import DoorApp, RunningDoor, start_door
 from runner.door.identity import HttpAuthenticator
 from runner.errors import PermissionDenied, QuotaExceeded
@@ -299,3 +301,25 @@ async def test_a_session_whose_sandbox_ended_is_not_found(door: RunningDoor, man
         after = await http.post(url(door), json={"jsonrpc": "2.0", "id": 2, "method": "tools/list"},
                                 headers={**JSON_SSE, **session})
     assert after.status_code == 404
+
+
+async def test_tls_listener_with_client_certificates(manager: FakeManager, tmp_path: Any) -> None:
+    certs = make_dev_certs(tmp_path, clients=["alice"])
+    owners = {hash_token(token): caller for token, caller in TOKENS.items()}
+    tls = TlsConfig(cert=certs.server_cert, key=certs.server_key, client_ca=certs.ca_cert)
+    app = DoorApp(manager, McpHttpConfig(listen="127.0.0.1:0"), ["time"],
+                  HttpAuthenticator(AuthConfig(mtls=True, tokens=True), owners.get), lambda *note: None)
+    running = await start_door(app, "127.0.0.1:0", tls=tls, grace=1)
+    endpoint = f"https://127.0.0.1:{running.port}/mcp/time"
+    try:
+        context = ssl.create_default_context(cafile=str(certs.ca_cert))
+        context.load_cert_chain(*map(str, certs.clients["alice"]))
+        async with httpx2.AsyncClient(verify=context) as http:
+            reply = await http.post(endpoint, json=INIT, headers={**JSON_SSE, "authorization": "Bearer mcpr_alice"})
+            assert reply.status_code == 200 and manager.opens[0].caller == "alice"
+        without_certificate = ssl.create_default_context(cafile=str(certs.ca_cert))
+        async with httpx2.AsyncClient(verify=without_certificate) as http:
+            with pytest.raises(httpx2.HTTPError):
+                await http.post(endpoint, json=INIT, headers={**JSON_SSE, "authorization": "Bearer mcpr_alice"})
+    finally:
+        await running.stop()
