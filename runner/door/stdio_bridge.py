@@ -42,6 +42,7 @@ from mcp_types import (
     PARSE_ERROR,
     JSONRPCError,
     JSONRPCMessage,
+    JSONRPCNotification,
     JSONRPCRequest,
     JSONRPCResponse,
     RequestId,
@@ -228,6 +229,9 @@ class _Relay:
                 # do) falls back to initialize on this answer, as with any stdio server of the handshake era.
                 await self._write(error_line(message.id, METHOD_NOT_FOUND, _NO_DISCOVER))
                 continue
+            if isinstance(message, JSONRPCNotification) and message.method == "notifications/cancelled":
+                # No answer follows a cancelled request: the end of stdin must not wait for one.
+                self._answered((message.params or {}).get("requestId"))
             if isinstance(message, JSONRPCRequest):
                 self.pending[message.id] = None
                 if self.answered.is_set():
@@ -254,15 +258,19 @@ class _Relay:
             message = item.message
             await self._write(encode(message))  # before the bookkeeping: the last answer is out before the end
             if isinstance(message, JSONRPCResponse | JSONRPCError) and message.id in self.pending:
-                del self.pending[message.id]
-                if not self.pending:
-                    self.answered.set()
+                self._answered(message.id)
                 if message.id == self._initialize_id:
                     version = message.result.get("protocolVersion") if isinstance(message, JSONRPCResponse) else None
                     self._protocol_version = version if isinstance(version, str) else None
                     self._handshake.set()
         if not self.host_done:
             raise DoorUnavailable(f"the connection to the door at {self._door.url} ended")
+
+    def _answered(self, request_id: Any) -> None:
+        if request_id in self.pending:
+            del self.pending[request_id]
+            if not self.pending:
+                self.answered.set()
 
     async def answer_pending(self, why: str) -> None:
         for request_id in list(self.pending):
