@@ -31,7 +31,9 @@ from runner.bench.options import options_from
 from runner.cli_audit import audit_export, audit_list, audit_show, audit_verify, replay, when_arg
 from runner.cli_common import field, one_line, open_client, print_json
 from runner.cli_health import health
-from runner.client import DEFAULT_ADDRESS, Progress, ToolResult
+from runner.cli_protocol import add_commands as add_protocol_commands
+from runner.cli_protocol import input_requested
+from runner.client import DEFAULT_ADDRESS, InputRequest, Progress, ToolResult
 from runner.door import host_configs
 from runner.errors import RunnerError
 from runner.text import control_free
@@ -113,7 +115,11 @@ def _call(args: argparse.Namespace) -> int:
     # approval must wait for the decision here (the stream does), not come back later.
     with open_client(args) as client, client.session(args.profile) as opened:
         result: ToolResult | None = None
-        for item in client.call_tool_stream(opened.session_id, args.tool, arguments, timeout_ms=args.timeout_ms):
+        stream = client.call_tool_stream(opened.session_id, args.tool, arguments, timeout_ms=args.timeout_ms,
+                                         answers_input=True)  # fmt: skip
+        for item in stream:
+            if isinstance(item, InputRequest):
+                return input_requested(item)
             if isinstance(item, Progress):
                 if args.stream:
                     total = f"/{item.total:g}" if item.total is not None else ""
@@ -315,6 +321,8 @@ def build_parser() -> argparse.ArgumentParser:
     call.add_argument("--timeout-ms", type=int, default=0, help="per-call timeout (0 = profile's)")
     call.add_argument("--stream", action="store_true", help="show progress while the tool runs")
     call.set_defaults(func=_call)
+
+    add_protocol_commands(sub)
 
     sessions = sub.add_parser("sessions", help="list sessions, or show one (network, runtime, egress decisions)")
     sessions.add_argument("session_id", nargs="?", help="show this session in detail")

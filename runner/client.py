@@ -5,7 +5,9 @@ protobuf messages themselves (``runner.api._proto.mcp_runner.v1.runner_pb2``),
 except for the few places where a small result object saves every caller the
 same work (open → ``OpenedSession``; call → ``ToolResult`` with parsed
 structured content; stream → ``Progress`` events then a ``ToolResult``).
-Audit methods stream: records, export text, replay verdicts as they come.
+Audit methods stream: records, export text, replay verdicts as they come. The protocol's other requests
+(templates, completion, logging, subscriptions, ping, watching a session, answering a server's requests) are
+in ``runner.client_protocol``, which both clients inherit.
 
 Errors are not wrapped: every method raises ``grpc.RpcError`` (``grpc.aio.AioRpcError``
 for the async client) whose ``.code()`` is the status the runner chose —
@@ -33,6 +35,8 @@ from runner.api._proto.mcp_runner.v1 import runner_pb2 as pb
 from runner.api._proto.mcp_runner.v1 import runner_pb2_grpc
 from runner.api.auth import channel_credentials as tls_credentials
 from runner.client_messages import (
+    InputError,
+    InputRequest,
     Metadata,
     OpenedSession,
     Progress,
@@ -45,14 +49,24 @@ from runner.client_messages import (
     stream_item,
     tool_result,
 )
+from runner.client_protocol import AsyncProtocolMethods, ProtocolMethods
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
 _OPTIONS = [("grpc.max_receive_message_length", 64 * 1024 * 1024)]
 
-__all__ = ["AsyncRunnerClient", "OpenedSession", "Progress", "RunnerClient", "ToolResult", "tls_credentials"]
+__all__ = [
+    "AsyncRunnerClient",
+    "InputError",
+    "InputRequest",
+    "OpenedSession",
+    "Progress",
+    "RunnerClient",
+    "ToolResult",
+    "tls_credentials",
+]
 
 
-class AsyncRunnerClient:
+class AsyncRunnerClient(AsyncProtocolMethods):
     """asyncio client. Use ``async with AsyncRunnerClient(addr) as client:`` or call ``close()``.
 
     ``limits`` keys are the ``Limits`` message fields (memory_bytes, cpus, pids,
@@ -134,9 +148,14 @@ class AsyncRunnerClient:
         timeout_ms: int = 0,
         timeout: float | None = None,
         approval_id: str = "",
+        answers_input: bool = False,
     ) -> ToolResult:
-        """Call a tool; with ``approval_id`` run the approved call (``arguments`` None sends the approved ones)."""
-        request = call_request(session_id, tool, arguments, timeout_ms, approval_id)
+        """Call a tool; with ``approval_id`` run the approved call (``arguments`` None sends the approved ones).
+
+        With ``answers_input`` a server's request to the caller comes back as ``result.input_request`` while the
+        call stays pending: ``answer_input`` returns its next result (or see ``call_tool_answering``).
+        """
+        request = call_request(session_id, tool, arguments, timeout_ms, approval_id, answers_input)
         response = await self._stub.CallTool(request, timeout=timeout, metadata=self._metadata)
         return tool_result(response)
 
@@ -148,13 +167,15 @@ class AsyncRunnerClient:
         *,
         timeout_ms: int = 0,
         timeout: float | None = None,
-    ) -> AsyncIterator[Progress | pb.Approval | ToolResult]:
+        answers_input: bool = False,
+    ) -> AsyncIterator[Progress | pb.Approval | InputRequest | ToolResult]:
         """Yield ``Progress`` events as the server reports them, then one ``ToolResult``.
 
         A tool that needs approval first yields its PENDING ``Approval``, then the decided one, while the
-        stream waits (within ``timeout``) for an approver.
+        stream waits (within ``timeout``) for an approver. With ``answers_input`` a server's request to the caller
+        is yielded as an ``InputRequest``: answer it with ``answer_input`` and the stream goes on.
         """
-        request = call_request(session_id, tool, arguments, timeout_ms, "")
+        request = call_request(session_id, tool, arguments, timeout_ms, "", answers_input)
         call = self._stub.CallToolStream(request, timeout=timeout, metadata=self._metadata)
         try:
             async for message in call:
@@ -286,7 +307,7 @@ class AsyncRunnerClient:
         await self.close_session(opened.session_id)
 
 
-class RunnerClient:
+class RunnerClient(ProtocolMethods):
     """Blocking client with the same methods as ``AsyncRunnerClient``."""
 
     def __init__(
@@ -356,9 +377,10 @@ class RunnerClient:
         timeout_ms: int = 0,
         timeout: float | None = None,
         approval_id: str = "",
+        answers_input: bool = False,
     ) -> ToolResult:
-        """Call a tool; with ``approval_id`` run the approved call (``arguments`` None sends the approved ones)."""
-        request = call_request(session_id, tool, arguments, timeout_ms, approval_id)
+        """Call a tool; with ``approval_id`` run the approved call; ``answers_input`` as on the async client."""
+        request = call_request(session_id, tool, arguments, timeout_ms, approval_id, answers_input)
         return tool_result(self._stub.CallTool(request, timeout=timeout, metadata=self._metadata))
 
     def call_tool_stream(
@@ -369,9 +391,11 @@ class RunnerClient:
         *,
         timeout_ms: int = 0,
         timeout: float | None = None,
-    ) -> Iterator[Progress | pb.Approval | ToolResult]:
-        """Yield ``Progress`` events, then one ``ToolResult``; a pending and a decided ``Approval`` first if needed."""
-        request = call_request(session_id, tool, arguments, timeout_ms, "")
+        answers_input: bool = False,
+    ) -> Iterator[Progress | pb.Approval | InputRequest | ToolResult]:
+        """Yield ``Progress`` events, then one ``ToolResult``; a pending and a decided ``Approval`` first if needed,
+        and with ``answers_input`` each ``InputRequest`` (answer it with ``answer_input``)."""
+        request = call_request(session_id, tool, arguments, timeout_ms, "", answers_input)
         call = self._stub.CallToolStream(request, timeout=timeout, metadata=self._metadata)
         try:
             for message in call:

@@ -32,6 +32,26 @@ class OpenedSession:
 
 
 @dataclass(frozen=True)
+class InputRequest:
+    """A server's request to the caller (sampling, elicitation, roots): answer it with ``answer_input``."""
+
+    input_id: str
+    method: str
+    params: dict[str, Any]
+    """The request's MCP params (parsed JSON)."""
+    expires_at: float
+    """Unix time; unanswered by then, the call it belongs to is cancelled."""
+
+
+@dataclass(frozen=True)
+class InputError:
+    """An answer that refuses a server's request: the server gets this JSON-RPC error (-1: the user declined)."""
+
+    code: int
+    message: str
+
+
+@dataclass(frozen=True)
 class ToolResult:
     """A tool's validated result. ``content`` holds ``Content`` messages, ``findings`` ``Finding`` messages."""
 
@@ -43,6 +63,8 @@ class ToolResult:
     audit_id: str
     approval: pb.Approval | None = None
     """Set when the tool needs approval; PENDING means the call has not run (see ``pending``)."""
+    input_request: InputRequest | None = None
+    """Set (and nothing else) when the pending call waits for the caller's answer (``answer_input``)."""
 
     @property
     def pending(self) -> bool:
@@ -121,7 +143,12 @@ def arguments_json(arguments: Mapping[str, Any]) -> str:
 
 
 def call_request(
-    session_id: str, tool: str, arguments: Mapping[str, Any] | None, timeout_ms: int, approval_id: str
+    session_id: str,
+    tool: str,
+    arguments: Mapping[str, Any] | None,
+    timeout_ms: int,
+    approval_id: str,
+    answers_input: bool = False,
 ) -> pb.CallToolRequest:
     return pb.CallToolRequest(
         session_id=session_id,
@@ -129,6 +156,25 @@ def call_request(
         arguments_json=arguments_json(arguments) if arguments is not None else "",
         timeout_ms=timeout_ms,
         approval_id=approval_id,
+        answers_input=answers_input,
+    )
+
+
+def answer_request(session_id: str, input_id: str, answer: Mapping[str, Any] | InputError) -> pb.AnswerInputRequest:
+    request = pb.AnswerInputRequest(session_id=session_id, input_id=input_id)
+    if isinstance(answer, InputError):
+        request.error.CopyFrom(pb.InputError(code=answer.code, message=answer.message))
+    else:
+        request.result_json = arguments_json(answer)
+    return request
+
+
+def input_request(message: pb.InputRequired) -> InputRequest:
+    return InputRequest(
+        input_id=message.input_id,
+        method=message.method,
+        params=json.loads(message.params_json) if message.params_json else {},
+        expires_at=message.expires_at.seconds + message.expires_at.nanos / 1e9,
     )
 
 
@@ -162,11 +208,14 @@ def tool_result(response: pb.CallToolResponse) -> ToolResult:
         findings=list(response.findings),
         audit_id=response.audit_id,
         approval=response.approval if response.HasField("approval") else None,
+        input_request=input_request(response.input_required) if response.HasField("input_required") else None,
     )
 
 
-def stream_item(message: pb.CallToolStreamResponse) -> Progress | pb.Approval | ToolResult:
+def stream_item(message: pb.CallToolStreamResponse) -> Progress | pb.Approval | InputRequest | ToolResult:
     kind = message.WhichOneof("event")
+    if kind == "input_required":
+        return input_request(message.input_required)
     if kind == "approval":
         approval: pb.Approval = message.approval
         return approval

@@ -94,15 +94,15 @@ def reason(value: str) -> str:
     return text(value, "reason", MAX_TEXT, multiline=True)
 
 
-def arguments(arguments_json: str) -> dict[str, Any]:
-    """The tool arguments of a CallToolRequest as a JSON object; empty text means no arguments.
+def arguments(arguments_json: str, field: str = "arguments_json") -> dict[str, Any]:
+    """The tool arguments of a CallToolRequest (or another JSON object ``field``); empty text means none ({}).
 
     Accepted are exactly the objects ``json_problem`` accepts. The common case is decided at C speed (the
     nesting read off the text, then the audit log's own canonical encoding); only refused input is walked,
     to name the spot. Large input is still CPU work: the servicer runs this off the event loop.
     """
     if len(arguments_json) > MAX_ARGUMENTS_BYTES or len(arguments_json.encode("utf-8")) > MAX_ARGUMENTS_BYTES:
-        raise InvalidArgument(f"arguments_json is larger than the cap of {MAX_ARGUMENTS_BYTES} bytes")
+        raise InvalidArgument(f"{field} is larger than the cap of {MAX_ARGUMENTS_BYTES} bytes")
     if not arguments_json.strip():
         return {}
     try:
@@ -110,11 +110,11 @@ def arguments(arguments_json: str) -> dict[str, Any]:
         value = json.loads(arguments_json)
     except RecursionError:
         # The C decoder stops cleanly at Python's recursion limit; nothing that deep could be accepted anyway.
-        raise InvalidArgument(f"arguments_json: $: nesting is deeper than {MAX_JSON_DEPTH} levels") from None
+        raise InvalidArgument(f"{field}: $: nesting is deeper than {MAX_JSON_DEPTH} levels") from None
     except ValueError as exc:
-        raise InvalidArgument(f"arguments_json is not valid JSON: {exc}") from None
+        raise InvalidArgument(f"{field} is not valid JSON: {exc}") from None
     if not isinstance(value, dict):
-        raise InvalidArgument(f"arguments_json must be a JSON object, got {type(value).__name__}")
+        raise InvalidArgument(f"{field} must be a JSON object, got {type(value).__name__}")
     bare = _STRING.sub("", arguments_json)
     if _nesting(bare) <= MAX_JSON_DEPTH and not _LONG_DIGITS.search(bare):
         try:
@@ -129,7 +129,7 @@ def arguments(arguments_json: str) -> dict[str, Any]:
             return value
         except ValueError:
             problem = "cannot be held by the audit log"
-    raise InvalidArgument(f"arguments_json: {problem}")
+    raise InvalidArgument(f"{field}: {problem}")
 
 
 # A JSON string literal (the unrolled form, fast on long strings), and everything but brackets.

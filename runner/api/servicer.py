@@ -7,7 +7,7 @@ recordable; undecodable request bytes never get here (``runner.api.decoding``).
 Each RPC first learns who is calling from the ``Authenticator`` (client
 certificate or bearer token), inside the error translation, so a missing or
 wrong credential is UNAUTHENTICATED like any other domain error.
-``RunnerError`` becomes a gRPC status in exactly one place (``_translate_errors``)
+``RunnerError`` becomes a gRPC status in exactly one place (``statuses.translate_errors``)
 through the ``Status`` table; anything else is a bug, logged with its traceback
 and reported as INTERNAL without details (they may carry sandbox output).
 
@@ -22,20 +22,30 @@ import builtins
 import logging
 from collections import deque
 from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
 from typing import Any, Protocol
 
-import grpc
 import mcp_types
 
 from runner.api import convert, inputs
 from runner.api._proto.mcp_runner.v1 import runner_pb2 as pb
 from runner.api.auth import Authenticator
+from runner.api.protocol_convert import input_to_proto, step_to_proto
+from runner.api.protocol_rpcs import ProtocolRpcs, ProtocolService
+from runner.api.statuses import Context, deadline_of, translate_errors
 from runner.approvals import Approval
 from runner.audit.records import AuditQuery, AuditRecord, ReplayVerdict, Verification
-from runner.errors import FailedPrecondition, InvalidArgument, RateLimited, RunnerError, Status, Unauthenticated
+from runner.errors import FailedPrecondition, RunnerError, Unauthenticated
+from runner.sessions.continuations import (
+    Continuations,
+    Conversation,
+    InputRequest,
+    PendingCall,
+    PendingInput,
+    unanswered,
+)
 from runner.sessions.models import (
     ApprovalCallback,
+    Exchange,
     LimitsRequest,
     OpenedSession,
     ProgressCallback,
@@ -47,16 +57,6 @@ from runner.sessions.models import (
 
 log = logging.getLogger(__name__)
 
-Context = grpc.aio.ServicerContext[Any, Any]
-
-# The manager's budget ends this much before the caller's deadline, so it can stop the call and
-# answer DEADLINE_EXCEEDED itself (the wire deadline is also rounded, and may read slightly long).
-DEADLINE_MARGIN_S = 0.02
-DEADLINE_ROUNDING = 1.01
-"""gRPC rounds a timeout up by as much as ~1% when it encodes it (10 s arrives as 10.099 s)."""
-
-_CODES: dict[Status, grpc.StatusCode] = {status: grpc.StatusCode[status.value] for status in Status}
-
 AUDIT_DISABLED = "this service runs with the audit log disabled (settings: audit.enabled: false)"
 INLINE_ARGUMENTS_CHARS = 64 * 1024
 """Tool arguments up to this size are checked on the event loop (a thread hop would cost more)."""
@@ -64,7 +64,7 @@ EXPORT_CHUNK_BYTES = 64 * 1024
 """ExportSession packs whole lines into messages of about this size: few messages, none near the size limit."""
 
 
-class SessionService(Protocol):
+class SessionService(ProtocolService, Protocol):
     """What the servicer needs from the layer below (the SessionManager satisfies it structurally)."""
 
     async def open(
@@ -78,8 +78,6 @@ class SessionService(Protocol):
     ) -> OpenedSession: ...
 
     async def close(self, session_id: str, *, caller: str) -> SessionInfo: ...
-
-    def get(self, session_id: str, *, caller: str) -> SessionInfo: ...
 
     def list_sessions(self, *, caller: str) -> builtins.list[SessionInfo]: ...
 
@@ -98,6 +96,7 @@ class SessionService(Protocol):
         timeout: float | None = None,
         on_progress: ProgressCallback | None = None,
         on_approval: ApprovalCallback | None = None,
+        exchange: Exchange | None = None,
     ) -> ToolCallOutcome: ...
 
     async def list_resources(
@@ -134,38 +133,6 @@ class AuditAccess(Protocol):
     async def verify(self, *, caller: str) -> Verification: ...
 
     def replay(self, session_id: str, *, caller: str, timeout: float | None) -> AsyncIterator[ReplayVerdict]: ...
-
-
-def deadline_of(context: Context, timeout_ms: int = 0) -> float | None:
-    """Seconds the manager may spend: the shorter of the gRPC deadline and ``timeout_ms`` (0 = none).
-
-    None means no limit from the caller (the profile's own limits still apply).
-    """
-    if timeout_ms < 0:
-        raise InvalidArgument("timeout_ms must not be negative")
-    candidates: list[float] = []
-    remaining: float | None = context.time_remaining()
-    if remaining is not None:
-        candidates.append(max(remaining / DEADLINE_ROUNDING - DEADLINE_MARGIN_S, 0.0))
-    if timeout_ms:
-        candidates.append(timeout_ms / 1000)
-    return min(candidates) if candidates else None
-
-
-@asynccontextmanager
-async def _translate_errors(context: Context, rpc: str) -> AsyncIterator[None]:
-    """The one place domain errors become gRPC statuses."""
-    try:
-        yield
-    except grpc.aio.AbortError:
-        raise
-    except RunnerError as exc:
-        if isinstance(exc, RateLimited):
-            context.set_trailing_metadata((("retry-after-ms", str(max(1, round(exc.retry_after_s * 1000)))),))
-        await context.abort(_CODES.get(exc.status, grpc.StatusCode.INTERNAL), exc.message)
-    except Exception:
-        log.exception("%s failed unexpectedly", rpc)
-        await context.abort(grpc.StatusCode.INTERNAL, "internal error (see the runner's log)")
 
 
 _DONE = object()
@@ -212,18 +179,26 @@ class _StreamUpdates:
         return item
 
 
-class RunnerServicer:
+class RunnerServicer(ProtocolRpcs):
     """Implements every RPC of ``mcp_runner.v1.Runner`` (registered with ``add_RunnerServicer_to_server``)."""
 
+    _manager: SessionService
+
     def __init__(
-        self, manager: SessionService, authenticator: Authenticator, audit: AuditAccess | None = None
+        self,
+        manager: SessionService,
+        authenticator: Authenticator,
+        audit: AuditAccess | None = None,
+        continuations: Continuations | None = None,
     ) -> None:
         self._manager = manager
         self._auth = authenticator
         self._audit = audit
+        self._continuations = Continuations() if continuations is None else continuations
+        self._watches = {}
 
     async def OpenSession(self, request: Any, context: Context) -> Any:
-        async with _translate_errors(context, "OpenSession"):
+        async with translate_errors(context, "OpenSession"):
             caller = self._auth.identify(context)
             opened = await self._manager.open(
                 inputs.name(request.profile, "profile"),
@@ -235,24 +210,24 @@ class RunnerServicer:
             return convert.opened_to_proto(opened)
 
     async def CloseSession(self, request: Any, context: Context) -> Any:
-        async with _translate_errors(context, "CloseSession"):
+        async with translate_errors(context, "CloseSession"):
             caller = self._auth.identify(context)
             info = await self._manager.close(convert.require_session_id(request.session_id), caller=caller)
             return pb.CloseSessionResponse(session=convert.session_to_proto(info))
 
     async def GetSession(self, request: Any, context: Context) -> Any:
-        async with _translate_errors(context, "GetSession"):
+        async with translate_errors(context, "GetSession"):
             caller = self._auth.identify(context)
             info = self._manager.get(convert.require_session_id(request.session_id), caller=caller)
             return pb.GetSessionResponse(session=convert.session_to_proto(info))
 
     async def ListSessions(self, request: Any, context: Context) -> Any:
-        async with _translate_errors(context, "ListSessions"):
+        async with translate_errors(context, "ListSessions"):
             sessions = self._manager.list_sessions(caller=self._auth.identify(context))
             return pb.ListSessionsResponse(sessions=[convert.session_to_proto(s) for s in sessions])
 
     async def ListTools(self, request: Any, context: Context) -> Any:
-        async with _translate_errors(context, "ListTools"):
+        async with translate_errors(context, "ListTools"):
             caller = self._auth.identify(context)
             tools = await self._manager.list_tools(
                 convert.require_session_id(request.session_id), caller=caller, timeout=deadline_of(context)
@@ -263,16 +238,24 @@ class RunnerServicer:
             )
 
     async def CallTool(self, request: Any, context: Context) -> Any:
-        async with _translate_errors(context, "CallTool"):
+        async with translate_errors(context, "CallTool"):
             caller = self._auth.identify(context)
             session_id, tool, arguments, timeout = await self._call_args(request, context)
+            if request.answers_input:
+                # The call outlives this RPC when it waits for an answer: only timeout_ms bounds it as a whole.
+                pending = PendingCall(self._continuations, caller=caller, session_id=session_id)
+                pending.start(self._manager.call_tool(
+                    session_id, tool, arguments, caller=caller, approval_id=request.approval_id,
+                    timeout=request.timeout_ms / 1000 or None, exchange=pending.exchange,
+                ))  # fmt: skip
+                return step_to_proto(await pending.next_step(deadline_of(context)))
             outcome = await self._manager.call_tool(
                 session_id, tool, arguments, caller=caller, approval_id=request.approval_id, timeout=timeout
             )
             return convert.outcome_to_proto(outcome)
 
     async def CallToolStream(self, request: Any, context: Context) -> AsyncIterator[Any]:
-        async with _translate_errors(context, "CallToolStream"):
+        async with translate_errors(context, "CallToolStream"):
             caller = self._auth.identify(context)
             session_id, tool, arguments, timeout = await self._call_args(request, context)
             queue = _StreamUpdates()
@@ -283,11 +266,26 @@ class RunnerServicer:
             async def on_approval(approval: Approval) -> None:
                 queue.put(pb.CallToolStreamResponse(approval=convert.approval_to_proto(approval)))
 
+            expired: list[InputRequest] = []
+
+            def on_expiry(pending: PendingInput) -> None:
+                expired.append(pending.request)
+                task.cancel()
+
+            def deliver(shown: InputRequest) -> None:
+                queue.put(pb.CallToolStreamResponse(input_required=input_to_proto(shown)))
+
+            conversation = Conversation(
+                self._continuations, caller=caller, session_id=session_id, deliver=deliver, on_expiry=on_expiry
+            )
+            exchange = Exchange(on_input=conversation.on_input) if request.answers_input else None
+
             async def run() -> ToolCallOutcome:
                 try:
                     return await self._manager.call_tool(
                         session_id, tool, arguments, caller=caller, approval_id=request.approval_id,
                         timeout=timeout, on_progress=on_progress, on_approval=on_approval,
+                        exchange=exchange,
                     )
                 finally:
                     queue.put(_DONE)
@@ -301,11 +299,15 @@ class RunnerServicer:
                 task.cancel()
                 task.add_done_callback(_answered_to_nobody)
                 raise
+            finally:
+                conversation.end("can no longer be answered: the stream it was sent on ended")
+            if task.cancelled() and expired:
+                raise unanswered(expired[0], self._continuations.ttl_s)
             outcome = await task  # done: run() puts _DONE as it ends
             yield pb.CallToolStreamResponse(result=convert.outcome_to_proto(outcome))
 
     async def ListResources(self, request: Any, context: Context) -> Any:
-        async with _translate_errors(context, "ListResources"):
+        async with translate_errors(context, "ListResources"):
             caller = self._auth.identify(context)
             resources = await self._manager.list_resources(
                 convert.require_session_id(request.session_id), caller=caller, timeout=deadline_of(context)
@@ -316,7 +318,7 @@ class RunnerServicer:
             )
 
     async def ReadResource(self, request: Any, context: Context) -> Any:
-        async with _translate_errors(context, "ReadResource"):
+        async with translate_errors(context, "ReadResource"):
             caller = self._auth.identify(context)
             contents = await self._manager.read_resource(
                 convert.require_session_id(request.session_id), inputs.uri(request.uri), caller=caller,
@@ -325,7 +327,7 @@ class RunnerServicer:
             return convert.read_result_to_proto(contents.value, contents.findings)
 
     async def ListPrompts(self, request: Any, context: Context) -> Any:
-        async with _translate_errors(context, "ListPrompts"):
+        async with translate_errors(context, "ListPrompts"):
             caller = self._auth.identify(context)
             prompts = await self._manager.list_prompts(
                 convert.require_session_id(request.session_id), caller=caller, timeout=deadline_of(context)
@@ -336,7 +338,7 @@ class RunnerServicer:
             )
 
     async def GetPrompt(self, request: Any, context: Context) -> Any:
-        async with _translate_errors(context, "GetPrompt"):
+        async with translate_errors(context, "GetPrompt"):
             caller = self._auth.identify(context)
             result = await self._manager.get_prompt(
                 convert.require_session_id(request.session_id),
@@ -348,14 +350,14 @@ class RunnerServicer:
             return convert.prompt_result_to_proto(result.value, result.findings)
 
     async def ListApprovals(self, request: Any, context: Context) -> Any:
-        async with _translate_errors(context, "ListApprovals"):
+        async with translate_errors(context, "ListApprovals"):
             approvals = self._manager.list_approvals(
                 caller=self._auth.identify(context), include_decided=request.include_decided
             )
             return pb.ListApprovalsResponse(approvals=[convert.approval_to_proto(a) for a in approvals])
 
     async def WatchApprovals(self, request: Any, context: Context) -> AsyncIterator[Any]:
-        async with _translate_errors(context, "WatchApprovals"):
+        async with translate_errors(context, "WatchApprovals"):
             caller = self._auth.identify(context)
             async for approval in self._manager.watch_approvals(caller=caller):
                 # A watch outlives any one call: a token revoked (or given to another caller) by a policy reload
@@ -365,7 +367,7 @@ class RunnerServicer:
                 yield pb.WatchApprovalsResponse(approval=convert.approval_to_proto(approval))
 
     async def DecideApproval(self, request: Any, context: Context) -> Any:
-        async with _translate_errors(context, "DecideApproval"):
+        async with translate_errors(context, "DecideApproval"):
             caller = self._auth.identify(context)
             decided = self._manager.decide_approval(
                 inputs.identifier(request.approval_id, "approval_id"), caller=caller, approve=request.approve,
@@ -374,14 +376,14 @@ class RunnerServicer:
             return pb.DecideApprovalResponse(approval=convert.approval_to_proto(decided))
 
     async def QueryAudit(self, request: Any, context: Context) -> AsyncIterator[Any]:
-        async with _translate_errors(context, "QueryAudit"):
+        async with translate_errors(context, "QueryAudit"):
             caller = self._auth.identify(context)
             audit = self._audit_access()
             async for record in audit.query(convert.audit_query_from_proto(request), caller=caller):
                 yield convert.audit_record_to_proto(record)
 
     async def ExportSession(self, request: Any, context: Context) -> AsyncIterator[Any]:
-        async with _translate_errors(context, "ExportSession"):
+        async with translate_errors(context, "ExportSession"):
             caller = self._auth.identify(context)
             audit = self._audit_access()
             session_id = convert.require_session_id(request.session_id)
@@ -399,13 +401,13 @@ class RunnerServicer:
                 yield pb.ExportSessionResponse(lines="".join(batch))
 
     async def VerifyAudit(self, request: Any, context: Context) -> Any:
-        async with _translate_errors(context, "VerifyAudit"):
+        async with translate_errors(context, "VerifyAudit"):
             caller = self._auth.identify(context)
             verification = await self._audit_access().verify(caller=caller)
             return convert.verification_to_proto(verification)
 
     async def ReplaySession(self, request: Any, context: Context) -> AsyncIterator[Any]:
-        async with _translate_errors(context, "ReplaySession"):
+        async with translate_errors(context, "ReplaySession"):
             caller = self._auth.identify(context)
             audit = self._audit_access()
             session_id = convert.require_session_id(request.session_id)

@@ -177,6 +177,7 @@ class FakeManager:
         timeout: float | None = None,
         on_progress: ProgressCallback | None = None,
         on_approval: ApprovalCallback | None = None,
+        exchange: Any = None,
     ) -> ToolCallOutcome:
         self._check("call_tool", caller, session_id)
         self.timeouts.append(timeout)

@@ -231,18 +231,20 @@ class ListToolsResponse(_message.Message):
     def __init__(self, tools: _Optional[_Iterable[_Union[Tool, _Mapping]]] = ..., findings: _Optional[_Iterable[_Union[Finding, _Mapping]]] = ...) -> None: ...
 
 class CallToolRequest(_message.Message):
-    __slots__ = ("session_id", "tool", "arguments_json", "timeout_ms", "approval_id")
+    __slots__ = ("session_id", "tool", "arguments_json", "timeout_ms", "approval_id", "answers_input")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     TOOL_FIELD_NUMBER: _ClassVar[int]
     ARGUMENTS_JSON_FIELD_NUMBER: _ClassVar[int]
     TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
     APPROVAL_ID_FIELD_NUMBER: _ClassVar[int]
+    ANSWERS_INPUT_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     tool: str
     arguments_json: str
     timeout_ms: int
     approval_id: str
-    def __init__(self, session_id: _Optional[str] = ..., tool: _Optional[str] = ..., arguments_json: _Optional[str] = ..., timeout_ms: _Optional[int] = ..., approval_id: _Optional[str] = ...) -> None: ...
+    answers_input: bool
+    def __init__(self, session_id: _Optional[str] = ..., tool: _Optional[str] = ..., arguments_json: _Optional[str] = ..., timeout_ms: _Optional[int] = ..., approval_id: _Optional[str] = ..., answers_input: _Optional[bool] = ...) -> None: ...
 
 class Media(_message.Message):
     __slots__ = ("data", "mime_type")
@@ -309,20 +311,60 @@ class Finding(_message.Message):
     def __init__(self, kind: _Optional[str] = ..., count: _Optional[int] = ..., action: _Optional[str] = ..., where: _Optional[str] = ...) -> None: ...
 
 class CallToolResponse(_message.Message):
-    __slots__ = ("content", "structured_content_json", "is_error", "findings", "audit_id", "approval")
+    __slots__ = ("content", "structured_content_json", "is_error", "findings", "audit_id", "approval", "input_required")
     CONTENT_FIELD_NUMBER: _ClassVar[int]
     STRUCTURED_CONTENT_JSON_FIELD_NUMBER: _ClassVar[int]
     IS_ERROR_FIELD_NUMBER: _ClassVar[int]
     FINDINGS_FIELD_NUMBER: _ClassVar[int]
     AUDIT_ID_FIELD_NUMBER: _ClassVar[int]
     APPROVAL_FIELD_NUMBER: _ClassVar[int]
+    INPUT_REQUIRED_FIELD_NUMBER: _ClassVar[int]
     content: _containers.RepeatedCompositeFieldContainer[Content]
     structured_content_json: str
     is_error: bool
     findings: _containers.RepeatedCompositeFieldContainer[Finding]
     audit_id: str
     approval: Approval
-    def __init__(self, content: _Optional[_Iterable[_Union[Content, _Mapping]]] = ..., structured_content_json: _Optional[str] = ..., is_error: _Optional[bool] = ..., findings: _Optional[_Iterable[_Union[Finding, _Mapping]]] = ..., audit_id: _Optional[str] = ..., approval: _Optional[_Union[Approval, _Mapping]] = ...) -> None: ...
+    input_required: InputRequired
+    def __init__(self, content: _Optional[_Iterable[_Union[Content, _Mapping]]] = ..., structured_content_json: _Optional[str] = ..., is_error: _Optional[bool] = ..., findings: _Optional[_Iterable[_Union[Finding, _Mapping]]] = ..., audit_id: _Optional[str] = ..., approval: _Optional[_Union[Approval, _Mapping]] = ..., input_required: _Optional[_Union[InputRequired, _Mapping]] = ...) -> None: ...
+
+class InputRequired(_message.Message):
+    __slots__ = ("input_id", "method", "params_json", "expires_at")
+    INPUT_ID_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    PARAMS_JSON_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    input_id: str
+    method: str
+    params_json: str
+    expires_at: _timestamp_pb2.Timestamp
+    def __init__(self, input_id: _Optional[str] = ..., method: _Optional[str] = ..., params_json: _Optional[str] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class AnswerInputRequest(_message.Message):
+    __slots__ = ("session_id", "input_id", "result_json", "error")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    INPUT_ID_FIELD_NUMBER: _ClassVar[int]
+    RESULT_JSON_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    input_id: str
+    result_json: str
+    error: InputError
+    def __init__(self, session_id: _Optional[str] = ..., input_id: _Optional[str] = ..., result_json: _Optional[str] = ..., error: _Optional[_Union[InputError, _Mapping]] = ...) -> None: ...
+
+class InputError(_message.Message):
+    __slots__ = ("code", "message")
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    code: int
+    message: str
+    def __init__(self, code: _Optional[int] = ..., message: _Optional[str] = ...) -> None: ...
+
+class AnswerInputResponse(_message.Message):
+    __slots__ = ("call",)
+    CALL_FIELD_NUMBER: _ClassVar[int]
+    call: CallToolResponse
+    def __init__(self, call: _Optional[_Union[CallToolResponse, _Mapping]] = ...) -> None: ...
 
 class ProgressEvent(_message.Message):
     __slots__ = ("progress", "total", "message")
@@ -335,14 +377,16 @@ class ProgressEvent(_message.Message):
     def __init__(self, progress: _Optional[float] = ..., total: _Optional[float] = ..., message: _Optional[str] = ...) -> None: ...
 
 class CallToolStreamResponse(_message.Message):
-    __slots__ = ("progress", "result", "approval")
+    __slots__ = ("progress", "result", "approval", "input_required")
     PROGRESS_FIELD_NUMBER: _ClassVar[int]
     RESULT_FIELD_NUMBER: _ClassVar[int]
     APPROVAL_FIELD_NUMBER: _ClassVar[int]
+    INPUT_REQUIRED_FIELD_NUMBER: _ClassVar[int]
     progress: ProgressEvent
     result: CallToolResponse
     approval: Approval
-    def __init__(self, progress: _Optional[_Union[ProgressEvent, _Mapping]] = ..., result: _Optional[_Union[CallToolResponse, _Mapping]] = ..., approval: _Optional[_Union[Approval, _Mapping]] = ...) -> None: ...
+    input_required: InputRequired
+    def __init__(self, progress: _Optional[_Union[ProgressEvent, _Mapping]] = ..., result: _Optional[_Union[CallToolResponse, _Mapping]] = ..., approval: _Optional[_Union[Approval, _Mapping]] = ..., input_required: _Optional[_Union[InputRequired, _Mapping]] = ...) -> None: ...
 
 class Resource(_message.Message):
     __slots__ = ("uri", "name", "title", "description", "mime_type", "size")
@@ -389,6 +433,60 @@ class ReadResourceResponse(_message.Message):
     contents: _containers.RepeatedCompositeFieldContainer[ResourceContents]
     findings: _containers.RepeatedCompositeFieldContainer[Finding]
     def __init__(self, contents: _Optional[_Iterable[_Union[ResourceContents, _Mapping]]] = ..., findings: _Optional[_Iterable[_Union[Finding, _Mapping]]] = ...) -> None: ...
+
+class ResourceTemplate(_message.Message):
+    __slots__ = ("uri_template", "name", "title", "description", "mime_type", "annotations_json")
+    URI_TEMPLATE_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    TITLE_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    MIME_TYPE_FIELD_NUMBER: _ClassVar[int]
+    ANNOTATIONS_JSON_FIELD_NUMBER: _ClassVar[int]
+    uri_template: str
+    name: str
+    title: str
+    description: str
+    mime_type: str
+    annotations_json: str
+    def __init__(self, uri_template: _Optional[str] = ..., name: _Optional[str] = ..., title: _Optional[str] = ..., description: _Optional[str] = ..., mime_type: _Optional[str] = ..., annotations_json: _Optional[str] = ...) -> None: ...
+
+class ListResourceTemplatesRequest(_message.Message):
+    __slots__ = ("session_id",)
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    def __init__(self, session_id: _Optional[str] = ...) -> None: ...
+
+class ListResourceTemplatesResponse(_message.Message):
+    __slots__ = ("resource_templates", "findings")
+    RESOURCE_TEMPLATES_FIELD_NUMBER: _ClassVar[int]
+    FINDINGS_FIELD_NUMBER: _ClassVar[int]
+    resource_templates: _containers.RepeatedCompositeFieldContainer[ResourceTemplate]
+    findings: _containers.RepeatedCompositeFieldContainer[Finding]
+    def __init__(self, resource_templates: _Optional[_Iterable[_Union[ResourceTemplate, _Mapping]]] = ..., findings: _Optional[_Iterable[_Union[Finding, _Mapping]]] = ...) -> None: ...
+
+class SubscribeRequest(_message.Message):
+    __slots__ = ("session_id", "uri")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    URI_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    uri: str
+    def __init__(self, session_id: _Optional[str] = ..., uri: _Optional[str] = ...) -> None: ...
+
+class SubscribeResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class UnsubscribeRequest(_message.Message):
+    __slots__ = ("session_id", "uri")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    URI_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    uri: str
+    def __init__(self, session_id: _Optional[str] = ..., uri: _Optional[str] = ...) -> None: ...
+
+class UnsubscribeResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
 
 class PromptArgument(_message.Message):
     __slots__ = ("name", "title", "description", "required")
@@ -462,6 +560,91 @@ class GetPromptResponse(_message.Message):
     messages: _containers.RepeatedCompositeFieldContainer[PromptMessage]
     findings: _containers.RepeatedCompositeFieldContainer[Finding]
     def __init__(self, description: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[PromptMessage, _Mapping]]] = ..., findings: _Optional[_Iterable[_Union[Finding, _Mapping]]] = ...) -> None: ...
+
+class CompleteRequest(_message.Message):
+    __slots__ = ("session_id", "prompt", "resource_template", "argument_name", "argument_value", "context_arguments")
+    class ContextArgumentsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_FIELD_NUMBER: _ClassVar[int]
+    RESOURCE_TEMPLATE_FIELD_NUMBER: _ClassVar[int]
+    ARGUMENT_NAME_FIELD_NUMBER: _ClassVar[int]
+    ARGUMENT_VALUE_FIELD_NUMBER: _ClassVar[int]
+    CONTEXT_ARGUMENTS_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    prompt: str
+    resource_template: str
+    argument_name: str
+    argument_value: str
+    context_arguments: _containers.ScalarMap[str, str]
+    def __init__(self, session_id: _Optional[str] = ..., prompt: _Optional[str] = ..., resource_template: _Optional[str] = ..., argument_name: _Optional[str] = ..., argument_value: _Optional[str] = ..., context_arguments: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class CompleteResponse(_message.Message):
+    __slots__ = ("values", "total", "has_more")
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_FIELD_NUMBER: _ClassVar[int]
+    HAS_MORE_FIELD_NUMBER: _ClassVar[int]
+    values: _containers.RepeatedScalarFieldContainer[str]
+    total: int
+    has_more: bool
+    def __init__(self, values: _Optional[_Iterable[str]] = ..., total: _Optional[int] = ..., has_more: _Optional[bool] = ...) -> None: ...
+
+class SetLoggingLevelRequest(_message.Message):
+    __slots__ = ("session_id", "level")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    LEVEL_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    level: str
+    def __init__(self, session_id: _Optional[str] = ..., level: _Optional[str] = ...) -> None: ...
+
+class SetLoggingLevelResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class PingRequest(_message.Message):
+    __slots__ = ("session_id",)
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    def __init__(self, session_id: _Optional[str] = ...) -> None: ...
+
+class PingResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class WatchSessionRequest(_message.Message):
+    __slots__ = ("session_id",)
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    def __init__(self, session_id: _Optional[str] = ...) -> None: ...
+
+class LogMessage(_message.Message):
+    __slots__ = ("level", "logger", "data_json")
+    LEVEL_FIELD_NUMBER: _ClassVar[int]
+    LOGGER_FIELD_NUMBER: _ClassVar[int]
+    DATA_JSON_FIELD_NUMBER: _ClassVar[int]
+    level: str
+    logger: str
+    data_json: str
+    def __init__(self, level: _Optional[str] = ..., logger: _Optional[str] = ..., data_json: _Optional[str] = ...) -> None: ...
+
+class SessionEvent(_message.Message):
+    __slots__ = ("log", "resource_updated", "list_changed", "input_required", "dropped")
+    LOG_FIELD_NUMBER: _ClassVar[int]
+    RESOURCE_UPDATED_FIELD_NUMBER: _ClassVar[int]
+    LIST_CHANGED_FIELD_NUMBER: _ClassVar[int]
+    INPUT_REQUIRED_FIELD_NUMBER: _ClassVar[int]
+    DROPPED_FIELD_NUMBER: _ClassVar[int]
+    log: LogMessage
+    resource_updated: str
+    list_changed: str
+    input_required: InputRequired
+    dropped: int
+    def __init__(self, log: _Optional[_Union[LogMessage, _Mapping]] = ..., resource_updated: _Optional[str] = ..., list_changed: _Optional[str] = ..., input_required: _Optional[_Union[InputRequired, _Mapping]] = ..., dropped: _Optional[int] = ...) -> None: ...
 
 class Approval(_message.Message):
     __slots__ = ("approval_id", "session_id", "caller", "profile", "tool", "arguments_json", "rule", "state", "requested_at", "expires_at", "decided_by", "reason", "decided_at", "used")

@@ -90,6 +90,46 @@ class RunnerStub:
                 request_serializer=mcp__runner_dot_v1_dot_runner__pb2.GetPromptRequest.SerializeToString,
                 response_deserializer=mcp__runner_dot_v1_dot_runner__pb2.GetPromptResponse.FromString,
                 _registered_method=True)
+        self.ListResourceTemplates = channel.unary_unary(
+                '/mcp_runner.v1.Runner/ListResourceTemplates',
+                request_serializer=mcp__runner_dot_v1_dot_runner__pb2.ListResourceTemplatesRequest.SerializeToString,
+                response_deserializer=mcp__runner_dot_v1_dot_runner__pb2.ListResourceTemplatesResponse.FromString,
+                _registered_method=True)
+        self.Complete = channel.unary_unary(
+                '/mcp_runner.v1.Runner/Complete',
+                request_serializer=mcp__runner_dot_v1_dot_runner__pb2.CompleteRequest.SerializeToString,
+                response_deserializer=mcp__runner_dot_v1_dot_runner__pb2.CompleteResponse.FromString,
+                _registered_method=True)
+        self.SetLoggingLevel = channel.unary_unary(
+                '/mcp_runner.v1.Runner/SetLoggingLevel',
+                request_serializer=mcp__runner_dot_v1_dot_runner__pb2.SetLoggingLevelRequest.SerializeToString,
+                response_deserializer=mcp__runner_dot_v1_dot_runner__pb2.SetLoggingLevelResponse.FromString,
+                _registered_method=True)
+        self.Subscribe = channel.unary_unary(
+                '/mcp_runner.v1.Runner/Subscribe',
+                request_serializer=mcp__runner_dot_v1_dot_runner__pb2.SubscribeRequest.SerializeToString,
+                response_deserializer=mcp__runner_dot_v1_dot_runner__pb2.SubscribeResponse.FromString,
+                _registered_method=True)
+        self.Unsubscribe = channel.unary_unary(
+                '/mcp_runner.v1.Runner/Unsubscribe',
+                request_serializer=mcp__runner_dot_v1_dot_runner__pb2.UnsubscribeRequest.SerializeToString,
+                response_deserializer=mcp__runner_dot_v1_dot_runner__pb2.UnsubscribeResponse.FromString,
+                _registered_method=True)
+        self.Ping = channel.unary_unary(
+                '/mcp_runner.v1.Runner/Ping',
+                request_serializer=mcp__runner_dot_v1_dot_runner__pb2.PingRequest.SerializeToString,
+                response_deserializer=mcp__runner_dot_v1_dot_runner__pb2.PingResponse.FromString,
+                _registered_method=True)
+        self.WatchSession = channel.unary_stream(
+                '/mcp_runner.v1.Runner/WatchSession',
+                request_serializer=mcp__runner_dot_v1_dot_runner__pb2.WatchSessionRequest.SerializeToString,
+                response_deserializer=mcp__runner_dot_v1_dot_runner__pb2.SessionEvent.FromString,
+                _registered_method=True)
+        self.AnswerInput = channel.unary_unary(
+                '/mcp_runner.v1.Runner/AnswerInput',
+                request_serializer=mcp__runner_dot_v1_dot_runner__pb2.AnswerInputRequest.SerializeToString,
+                response_deserializer=mcp__runner_dot_v1_dot_runner__pb2.AnswerInputResponse.FromString,
+                _registered_method=True)
         self.ListApprovals = channel.unary_unary(
                 '/mcp_runner.v1.Runner/ListApprovals',
                 request_serializer=mcp__runner_dot_v1_dot_runner__pb2.ListApprovalsRequest.SerializeToString,
@@ -208,6 +248,66 @@ class RunnerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListResourceTemplates(self, request, context):
+        """Lists the resource templates (RFC 6570 URI templates) of a session's server.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Complete(self, request, context):
+        """Asks the server for completions of a prompt's or a resource template's argument.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetLoggingLevel(self, request, context):
+        """Sets the least severe level of log message the server sends (they arrive through WatchSession).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Subscribe(self, request, context):
+        """Subscribes to updates of one resource (they arrive through WatchSession).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Unsubscribe(self, request, context):
+        """Ends a subscription made with Subscribe.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Ping(self, request, context):
+        """Checks that the session's server answers.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchSession(self, request, context):
+        """Streams what a session's server sends outside any streamed call: log messages, resource updates,
+        list changes, and its requests to the caller (answer them with AnswerInput). One watch per session:
+        a newer one replaces it (the older ends with FAILED_PRECONDITION). Ends when the session does.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AnswerInput(self, request, context):
+        """Answers a server's request to the caller (sampling, elicitation, roots) that an InputRequired named.
+        For a unary CallTool's request the answer returns the call's next response (its result, or the next
+        input_required); for a CallToolStream's or a WatchSession's the stream goes on.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListApprovals(self, request, context):
         """Approvals of calls to high-impact tools (approver role required).
         Lists approvals: pending ones, and with include_decided recent decisions too.
@@ -316,6 +416,46 @@ def add_RunnerServicer_to_server(servicer, server):
                     servicer.GetPrompt,
                     request_deserializer=mcp__runner_dot_v1_dot_runner__pb2.GetPromptRequest.FromString,
                     response_serializer=mcp__runner_dot_v1_dot_runner__pb2.GetPromptResponse.SerializeToString,
+            ),
+            'ListResourceTemplates': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListResourceTemplates,
+                    request_deserializer=mcp__runner_dot_v1_dot_runner__pb2.ListResourceTemplatesRequest.FromString,
+                    response_serializer=mcp__runner_dot_v1_dot_runner__pb2.ListResourceTemplatesResponse.SerializeToString,
+            ),
+            'Complete': grpc.unary_unary_rpc_method_handler(
+                    servicer.Complete,
+                    request_deserializer=mcp__runner_dot_v1_dot_runner__pb2.CompleteRequest.FromString,
+                    response_serializer=mcp__runner_dot_v1_dot_runner__pb2.CompleteResponse.SerializeToString,
+            ),
+            'SetLoggingLevel': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetLoggingLevel,
+                    request_deserializer=mcp__runner_dot_v1_dot_runner__pb2.SetLoggingLevelRequest.FromString,
+                    response_serializer=mcp__runner_dot_v1_dot_runner__pb2.SetLoggingLevelResponse.SerializeToString,
+            ),
+            'Subscribe': grpc.unary_unary_rpc_method_handler(
+                    servicer.Subscribe,
+                    request_deserializer=mcp__runner_dot_v1_dot_runner__pb2.SubscribeRequest.FromString,
+                    response_serializer=mcp__runner_dot_v1_dot_runner__pb2.SubscribeResponse.SerializeToString,
+            ),
+            'Unsubscribe': grpc.unary_unary_rpc_method_handler(
+                    servicer.Unsubscribe,
+                    request_deserializer=mcp__runner_dot_v1_dot_runner__pb2.UnsubscribeRequest.FromString,
+                    response_serializer=mcp__runner_dot_v1_dot_runner__pb2.UnsubscribeResponse.SerializeToString,
+            ),
+            'Ping': grpc.unary_unary_rpc_method_handler(
+                    servicer.Ping,
+                    request_deserializer=mcp__runner_dot_v1_dot_runner__pb2.PingRequest.FromString,
+                    response_serializer=mcp__runner_dot_v1_dot_runner__pb2.PingResponse.SerializeToString,
+            ),
+            'WatchSession': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchSession,
+                    request_deserializer=mcp__runner_dot_v1_dot_runner__pb2.WatchSessionRequest.FromString,
+                    response_serializer=mcp__runner_dot_v1_dot_runner__pb2.SessionEvent.SerializeToString,
+            ),
+            'AnswerInput': grpc.unary_unary_rpc_method_handler(
+                    servicer.AnswerInput,
+                    request_deserializer=mcp__runner_dot_v1_dot_runner__pb2.AnswerInputRequest.FromString,
+                    response_serializer=mcp__runner_dot_v1_dot_runner__pb2.AnswerInputResponse.SerializeToString,
             ),
             'ListApprovals': grpc.unary_unary_rpc_method_handler(
                     servicer.ListApprovals,
@@ -651,6 +791,222 @@ class Runner:
             '/mcp_runner.v1.Runner/GetPrompt',
             mcp__runner_dot_v1_dot_runner__pb2.GetPromptRequest.SerializeToString,
             mcp__runner_dot_v1_dot_runner__pb2.GetPromptResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListResourceTemplates(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mcp_runner.v1.Runner/ListResourceTemplates',
+            mcp__runner_dot_v1_dot_runner__pb2.ListResourceTemplatesRequest.SerializeToString,
+            mcp__runner_dot_v1_dot_runner__pb2.ListResourceTemplatesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Complete(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mcp_runner.v1.Runner/Complete',
+            mcp__runner_dot_v1_dot_runner__pb2.CompleteRequest.SerializeToString,
+            mcp__runner_dot_v1_dot_runner__pb2.CompleteResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetLoggingLevel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mcp_runner.v1.Runner/SetLoggingLevel',
+            mcp__runner_dot_v1_dot_runner__pb2.SetLoggingLevelRequest.SerializeToString,
+            mcp__runner_dot_v1_dot_runner__pb2.SetLoggingLevelResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Subscribe(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mcp_runner.v1.Runner/Subscribe',
+            mcp__runner_dot_v1_dot_runner__pb2.SubscribeRequest.SerializeToString,
+            mcp__runner_dot_v1_dot_runner__pb2.SubscribeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Unsubscribe(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mcp_runner.v1.Runner/Unsubscribe',
+            mcp__runner_dot_v1_dot_runner__pb2.UnsubscribeRequest.SerializeToString,
+            mcp__runner_dot_v1_dot_runner__pb2.UnsubscribeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Ping(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mcp_runner.v1.Runner/Ping',
+            mcp__runner_dot_v1_dot_runner__pb2.PingRequest.SerializeToString,
+            mcp__runner_dot_v1_dot_runner__pb2.PingResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchSession(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/mcp_runner.v1.Runner/WatchSession',
+            mcp__runner_dot_v1_dot_runner__pb2.WatchSessionRequest.SerializeToString,
+            mcp__runner_dot_v1_dot_runner__pb2.SessionEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AnswerInput(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mcp_runner.v1.Runner/AnswerInput',
+            mcp__runner_dot_v1_dot_runner__pb2.AnswerInputRequest.SerializeToString,
+            mcp__runner_dot_v1_dot_runner__pb2.AnswerInputResponse.FromString,
             options,
             channel_credentials,
             insecure,
