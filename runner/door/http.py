@@ -45,6 +45,7 @@ from starlette.types import Message, Receive, Scope, Send
 from runner.api.auth import is_loopback
 from runner.config import McpHttpConfig, TlsConfig
 from runner.door.calls import DOOR, DoorManager
+from runner.door.draining import Draining
 from runner.door.errors import error_code, error_data, http_status
 from runner.door.handlers import SCOPE_BINDING, SCOPE_CALLER, DoorServer, Note
 from runner.door.identity import HttpAuthenticator
@@ -115,6 +116,7 @@ class DoorApp:
         self._auth = authenticator
         self.sessions = DoorSessions(manager, config.session_idle_timeout_s)
         self.leases = Leases(manager, config.lease_idle_timeout_s)
+        self.draining = Draining()
         seal = StateSeal()
         security = _security(config.listen)
         self._security = TransportSecurityMiddleware(security)
@@ -152,6 +154,10 @@ class DoorApp:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return
+        stream = scope["method"] == "GET"
+        await self.draining.serve(stream, lambda watched: self._serve(scope, receive, watched), send)
+
+    async def _serve(self, scope: Scope, receive: Receive, send: Send) -> None:
         path: str = scope["path"]
         profile = path[len(PATH_PREFIX):].rstrip("/") if path.startswith(PATH_PREFIX) else ""
         if not profile or "/" in profile:
@@ -318,10 +324,12 @@ class RunningDoor:
     _serving: asyncio.Task[None]
     _lifetime: asyncio.Task[None]
     _stopping: asyncio.Event
+    grace: float
 
     async def stop(self) -> None:
-        """Stop accepting, let requests in flight finish within the grace, then close every door sandbox."""
+        """Stop accepting, end GET streams, let requests in flight finish within the grace, close every sandbox."""
         self._server.should_exit = True
+        await self.app.draining.stop(self.grace)
         await self._serving
         self._stopping.set()
         await self._lifetime
@@ -359,7 +367,7 @@ async def start_door(app: DoorApp, listen: str, *, tls: TlsConfig | None, grace:
         sock.close()
         lifetime.result()
     config = uvicorn.Config(
-        app, lifespan="off", log_config=None, access_log=False, timeout_graceful_shutdown=max(1, round(grace)),
+        app, lifespan="off", log_config=None, access_log=False, timeout_graceful_shutdown=round(grace) + 5,
         ssl_certfile=str(tls.cert) if tls else None, ssl_keyfile=str(tls.key) if tls else None,
         ssl_ca_certs=str(tls.client_ca) if tls and tls.client_ca else None,
         ssl_cert_reqs=ssl.CERT_REQUIRED if tls and tls.client_ca else ssl.CERT_NONE,
@@ -373,4 +381,4 @@ async def start_door(app: DoorApp, listen: str, *, tls: TlsConfig | None, grace:
         await lifetime
         serving.result()
         raise Unavailable(f"the MCP door on {listen} did not start")
-    return RunningDoor(app, sock.getsockname()[1], server, serving, lifetime, stopping)
+    return RunningDoor(app, sock.getsockname()[1], server, serving, lifetime, stopping, grace)

@@ -323,3 +323,19 @@ async def test_tls_listener_with_client_certificates(manager: FakeManager, tmp_p
                 await http.post(endpoint, json=INIT, headers={**JSON_SSE, "authorization": "Bearer mcpr_alice"})
     finally:
         await running.stop()
+
+
+async def test_stop_ends_open_streams_and_closes_the_sandboxes(manager: FakeManager) -> None:
+    running = await _door(manager)
+    http = httpx2.AsyncClient(timeout=30)
+    opened = await http.post(url(running), json=INIT, headers=JSON_SSE)
+    session = {"mcp-session-id": opened.headers["mcp-session-id"], "mcp-protocol-version": "2025-11-25"}
+    async with http.stream("GET", url(running), headers={"accept": "text/event-stream", **session}) as stream:
+        assert stream.status_code == 200
+        while len(running.app.draining) == 0:
+            await asyncio.sleep(0.01)
+        await running.stop()  # a standalone stream never ends on its own: the stop ends it
+        async for _ in stream.aiter_bytes():  # to its proper end: no connection cut mid-chunk
+            pass
+    await http.aclose()
+    assert manager.closed == ["s1"] and len(running.app.draining) == 0
