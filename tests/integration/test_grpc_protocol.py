@@ -15,6 +15,7 @@ import grpc
 import pytest
 import yaml
 
+from runner import cli
 from runner.client import AsyncRunnerClient, InputRequest, ToolResult
 from tests.integration.conftest import Service, start_service, stop_service
 
@@ -141,3 +142,27 @@ async def test_without_answers_input_the_server_is_told_the_caller_cannot(
     client, session_id = everything
     result = await client.call_tool(session_id, "trigger-sampling-request", {"prompt": "x"}, timeout=ANSWER_TIMEOUT_S)
     assert result.input_request is None and result.is_error
+
+
+async def test_a_pending_call_ends_with_its_session(service: Service) -> None:
+    async with AsyncRunnerClient(service.address) as client:
+        opened = await client.open_session("everything", timeout=120)
+        first = await client.call_tool(
+            opened.session_id, "trigger-elicitation-request", {}, answers_input=True, timeout=ANSWER_TIMEOUT_S
+        )
+        assert first.input_request is not None
+        await client.close_session(opened.session_id, timeout=ANSWER_TIMEOUT_S)
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await client.answer_input(
+                opened.session_id, first.input_request.input_id, {"action": "decline"}, timeout=ANSWER_TIMEOUT_S
+            )
+    assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "can no longer be answered" in (info.value.details() or "")
+
+
+async def test_cli_call_prints_the_request_and_exits_2(service: Service, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["--address", service.address, "call", "--profile", "everything", "trigger-elicitation-request"]
+    assert await asyncio.to_thread(cli.main, argv) == 2
+    captured = capsys.readouterr()
+    assert '"method": "elicitation/create"' in captured.out
+    assert "`mcp-runner call` cannot answer it" in captured.err
