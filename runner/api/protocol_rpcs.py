@@ -34,9 +34,12 @@ from runner.sessions.models import (
 
 MAX_EVENTS_WAITING = 256
 """Watch events a slow watcher may leave unread before the oldest log messages and list changes give way."""
+INLINE_ANSWER_CHARS = 64 * 1024
+"""An answer up to this size is parsed on the event loop (as tool arguments are: a thread hop would cost more)."""
 WATCH_CHECK_S = 1.0
 """A quiet watch checks this often whether its session has ended (the stream then ends)."""
 WATCH_GONE = (-32601, "the caller stopped watching this session")
+WATCH_ENDED = "can no longer be answered: the watch it was sent on ended"
 """What a server hears for a request its watcher left unanswered."""
 
 
@@ -185,7 +188,11 @@ class ProtocolRpcs:
             caller = self._auth.identify(context)
             session_id = convert.require_session_id(request.session_id)
             input_id = inputs.identifier(request.input_id, "input_id")
-            answer = pconvert.answer_from_proto(request)
+            # Checking a large answer is CPU work: off the event loop, so other sessions keep moving.
+            inline = len(request.result_json) <= INLINE_ANSWER_CHARS
+            answer = pconvert.answer_from_proto(request) if inline else await asyncio.to_thread(
+                pconvert.answer_from_proto, request
+            )
             pending = self._continuations.answer(input_id, answer, caller=caller, session_id=session_id)
             if pending.call is None:
                 return pb.AnswerInputResponse()
@@ -212,8 +219,9 @@ class ProtocolRpcs:
                     events.put(event)
 
             conversation = Conversation(
-                self._continuations, caller=caller, session_id=session_id, deliver=deliver, on_expiry=unanswered
-            )
+                self._continuations, caller=caller, session_id=session_id, deliver=deliver, on_expiry=unanswered,
+                gone=WATCH_ENDED,
+            )  # fmt: skip
             self._protocol.listen(
                 session_id, caller=caller, on_notification=on_notification, on_input=conversation.on_input
             )
@@ -231,7 +239,7 @@ class ProtocolRpcs:
                     elif not self._live(session_id, caller):
                         return
             finally:
-                conversation.decline_all("can no longer be answered: the watch it was sent on ended", *WATCH_GONE)
+                conversation.decline_all(*WATCH_GONE)
                 if self._watches.get(session_id) is events:
                     del self._watches[session_id]
                     with suppress(RunnerError):

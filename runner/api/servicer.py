@@ -276,8 +276,9 @@ class RunnerServicer(ProtocolRpcs):
                 queue.put(pb.CallToolStreamResponse(input_required=input_to_proto(shown)))
 
             conversation = Conversation(
-                self._continuations, caller=caller, session_id=session_id, deliver=deliver, on_expiry=on_expiry
-            )
+                self._continuations, caller=caller, session_id=session_id, deliver=deliver, on_expiry=on_expiry,
+                gone="can no longer be answered: the stream it was sent on ended",
+            )  # fmt: skip
             exchange = Exchange(on_input=conversation.on_input) if request.answers_input else None
 
             async def run() -> ToolCallOutcome:
@@ -300,7 +301,7 @@ class RunnerServicer(ProtocolRpcs):
                 task.add_done_callback(_answered_to_nobody)
                 raise
             finally:
-                conversation.end("can no longer be answered: the stream it was sent on ended")
+                conversation.end()
             if task.cancelled() and expired:
                 raise unanswered(expired[0], self._continuations.ttl_s)
             outcome = await task  # done: run() puts _DONE as it ends

@@ -154,8 +154,11 @@ class Conversation:
         session_id: str,
         deliver: Callable[[InputRequest], None],
         on_expiry: Callable[[PendingInput], None],
+        gone: str = "can no longer be answered: its call ended first",
     ) -> None:
+        """``gone`` completes "input request X …" for a request whose asker ended before it was answered."""
         self._continuations = continuations
+        self._gone = gone
         self._caller = caller
         self._session_id = session_id
         self._deliver = deliver
@@ -175,16 +178,17 @@ class Conversation:
             return await pending.answer
         finally:
             self.open.discard(pending)
-            self._continuations.withdraw(pending, "can no longer be answered: what asked for it has ended")
+            self._continuations.withdraw(pending, self._gone)
 
-    def end(self, why: str) -> None:
+    def end(self) -> None:
         """Nothing this conversation holds can be answered any more."""
         for pending in list(self.open):
-            self._continuations.withdraw(pending, why)
+            self._continuations.withdraw(pending, self._gone)
 
-    def decline_all(self, why: str, code: int, message: str) -> None:
+    def decline_all(self, code: int, message: str) -> None:
+        """Withdraw everything held, answering each server with JSON-RPC error ``code``."""
         for pending in list(self.open):
-            self._continuations.decline(pending, why, code, message)
+            self._continuations.decline(pending, self._gone, code, message)
 
 
 Step = ToolCallOutcome | InputRequest
@@ -266,5 +270,5 @@ class PendingCall:
     def _ended(self, task: asyncio.Task[ToolCallOutcome]) -> None:
         if not task.cancelled():
             task.exception()  # retrieved: the next RPC reports it, or nobody is left to hear it
-        self.conversation.end("can no longer be answered: its call ended first")
+        self.conversation.end()
         self._changed.set()

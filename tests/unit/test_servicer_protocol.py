@@ -452,3 +452,27 @@ async def test_a_newer_watch_replaces_the_older(alice: AsyncRunnerClient, fake: 
     await fake.listeners["s-alice"][0](ServerNotification("notifications/resources/list_changed", {}))  # type: ignore[misc]
     assert (await second).list_changed == "resources"
     await newer.aclose()
+
+
+async def test_a_large_answer_is_taken(alice: AsyncRunnerClient) -> None:
+    """Past the inline size an answer is parsed off the event loop: it is taken all the same."""
+    first = await alice.call_tool("s-alice", "ask", {}, answers_input=True)
+    assert first.input_request is not None
+    name = "Ада " * 50_000
+    answer = {"action": "accept", "content": {"name": name}}
+    done = await alice.answer_input("s-alice", first.input_request.input_id, answer)
+    assert done is not None and name in done.text
+
+
+async def test_a_left_streams_request_says_so(alice: AsyncRunnerClient, fake: FakeManager) -> None:
+    stream = alice.call_tool_stream("s-alice", "ask", {}, answers_input=True)
+    asked = await _next(stream)
+    assert isinstance(asked, InputRequest)
+    await stream.aclose()  # the caller leaves: the call is cancelled
+    await _until(lambda: "ask" in fake.cancelled)
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await alice.answer_input("s-alice", asked.input_id, {"action": "decline"})
+    assert _code(info) == (
+        grpc.StatusCode.FAILED_PRECONDITION,
+        f"input request {asked.input_id} can no longer be answered: the stream it was sent on ended",
+    )
