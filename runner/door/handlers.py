@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
 import anyio
@@ -114,7 +114,14 @@ class DoorServer:
         server.add_request_handler("logging/setLevel", types.SetLevelRequestParams, _translated(self._set_level))
         server.add_request_handler("server/discover", types.RequestParams, _translated(self._discover))
         server.middleware.append(self._initialize)
+        # The 2026-07-28 transport checks Mcp-Param-* headers against the tool's schema; without this it would ask
+        # the sandbox for tools/list before every call. The profile's last listing answers (None: not checked).
+        self._schemas: dict[str, Mapping[str, Any]] = {}
+        server.get_tool_input_schema = self._schemas.get
         self.server = server
+
+    def _remember(self, tools: Iterable[types.Tool]) -> None:
+        self._schemas.update((tool.name, tool.input_schema) for tool in tools)
 
     # -- binding a request to its sandbox ------------------------------------------------------------
 
@@ -129,6 +136,7 @@ class DoorServer:
         if not _stateless(ctx) or SCOPE_CALLER not in scope:
             raise MCPError(code=types.INVALID_REQUEST, message="this request belongs to no session: initialize first")
         async with self._leases.using(scope[SCOPE_CALLER], self._profile) as leased:
+            self._remember(leased.opened.tools)
             yield leased
 
     async def _initialize(self, ctx: Ctx, call_next: CallNext) -> HandlerResult:
@@ -221,6 +229,7 @@ class DoorServer:
     async def _list_tools(self, ctx: Ctx, params: types.PaginatedRequestParams | None) -> types.ListToolsResult:
         async with self._bound(ctx) as binding:
             tools = await self._manager.list_tools(binding.session_id, caller=binding.caller)
+            self._remember(tools.value)
             return types.ListToolsResult(tools=tools.value)
 
     async def _call_tool(
