@@ -58,7 +58,7 @@ def door(images: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> It
     (tmp / "policy.yaml").write_text(textwrap.dedent(f"""
         callers:
           alice: {{tokens: ["{hash_token(alice)}"], profiles: [time]}}
-          bob: {{tokens: ["{hash_token(bob)}"], profiles: [time]}}
+          bob: {{tokens: ["{hash_token(bob)}"], profiles: [time], max_sessions: 1}}
     """), encoding="utf-8")  # fmt: skip
     config = tmp / "settings.yaml"
     config.write_text("auth: {tokens: true}\npolicy: policy.yaml\npool: {}\n", encoding="utf-8")
@@ -143,3 +143,18 @@ async def test_another_callers_session_is_not_found(door: Door) -> None:
         assert "get_current_time" not in theirs.text
         ended = await http.delete(door.url, headers={**alice, **session})
         assert ended.status_code == 200
+
+
+async def test_a_flood_of_sessions_meets_the_callers_quota(door: Door) -> None:
+    bob = {**JSON_SSE, "authorization": f"Bearer {door.bob}"}
+    async with httpx2.AsyncClient(timeout=60) as http:
+        first = await http.post(door.url, json=INIT, headers=bob)
+        assert first.status_code == 200
+        session = {"mcp-session-id": first.headers["mcp-session-id"], "mcp-protocol-version": "2025-11-25"}
+        try:
+            second = await http.post(door.url, json=INIT, headers=bob)
+            assert second.status_code == 429 and "mcp-session-id" not in second.headers
+            error = second.json()["error"]
+            assert error["data"]["status"] == "RESOURCE_EXHAUSTED" and "1" in error["message"]
+        finally:
+            await http.delete(door.url, headers={**bob, **session})

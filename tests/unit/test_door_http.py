@@ -339,3 +339,12 @@ async def test_stop_ends_open_streams_and_closes_the_sandboxes(manager: FakeMana
             pass
     await http.aclose()
     assert manager.closed == ["s1"] and len(running.app.draining) == 0
+
+
+async def test_a_2025_06_18_client_gets_its_version(door: RunningDoor) -> None:
+    older = {**INIT, "params": {**INIT["params"], "protocolVersion": "2025-06-18"}}  # type: ignore[dict-item]
+    async with httpx2.AsyncClient() as http:
+        reply = await http.post(url(door), json=older, headers=JSON_SSE)
+    assert reply.status_code == 200 and reply.headers["mcp-session-id"]
+    data = next(line for line in reply.text.splitlines() if line.startswith("data: {"))
+    assert json.loads(data.removeprefix("data: "))["result"]["protocolVersion"] == "2025-06-18"
