@@ -348,3 +348,21 @@ async def test_a_2025_06_18_client_gets_its_version(door: RunningDoor) -> None:
     assert reply.status_code == 200 and reply.headers["mcp-session-id"]
     data = next(line for line in reply.text.splitlines() if line.startswith("data: {"))
     assert json.loads(data.removeprefix("data: "))["result"]["protocolVersion"] == "2025-06-18"
+
+
+async def test_a_session_post_cut_mid_call_cancels_the_call(door: RunningDoor, manager: FakeManager) -> None:
+    manager.call_gate = asyncio.Event()
+    async with httpx2.AsyncClient(timeout=30) as http:
+        opened = await http.post(url(door), json=INIT, headers=JSON_SSE)
+        headers = {**JSON_SSE, "mcp-session-id": opened.headers["mcp-session-id"], "mcp-protocol-version": "2025-11-25"}
+        await http.post(url(door), json={"jsonrpc": "2.0", "method": "notifications/initialized"}, headers=headers)
+        call = {"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": {"name": "get_current_time"}}
+        leaving = httpx2.AsyncClient(timeout=30)  # no notifications/cancelled: its connection just ends
+        async with leaving, leaving.stream("POST", url(door), json=call, headers=headers):
+            while not manager.calls:
+                await asyncio.sleep(0.01)
+    for _ in range(500):
+        if manager.cancelled:
+            break
+        await asyncio.sleep(0.01)
+    assert manager.cancelled == ["get_current_time"]
