@@ -14,6 +14,7 @@ approval, so the same call (tool and arguments) sent again claims the approval o
 from __future__ import annotations
 
 import contextlib
+import importlib.metadata
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from typing import Any, TypeVar
@@ -41,7 +42,10 @@ SCOPE_CALLER = "mcp_runner.caller"
 SCOPE_BINDING = "mcp_runner.binding"
 APPROVAL_INPUT = "mcp-runner/approval"
 """The key of the runner's own elicitation in an input-required result."""
-RUNNER_VERSION = "0.1.0"
+try:
+    RUNNER_VERSION = importlib.metadata.version("mcp-sandbox-runner")
+except importlib.metadata.PackageNotFoundError:  # run from a checkout that was never installed
+    RUNNER_VERSION = "0"
 
 Ctx = ServerRequestContext[Any, Any]
 P = TypeVar("P")
