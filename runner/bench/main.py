@@ -6,7 +6,7 @@ import asyncio
 import time
 from typing import Any
 
-from runner.bench import at_once, audit, backends, calls, guard, opens, sandbox, throughput
+from runner.bench import at_once, audit, backends, calls, door, guard, opens, sandbox, throughput
 from runner.bench.common import Out, machine_caveat
 from runner.bench.options import BenchOptions
 from runner.errors import ProfileNotFound
@@ -14,7 +14,8 @@ from runner.settings_file import load_settings
 
 TOOL = "get_current_time"
 ARGUMENTS: dict[str, Any] = {"timezone": "UTC"}
-"""What the open, calls, throughput, sandbox, audit and backends sections call: small, answered by the time server."""
+"""What the open, calls, throughput, sandbox, audit, door and backends sections call: small, answered by the time
+server."""
 
 
 async def run_bench(options: BenchOptions, out: Out = print) -> None:
@@ -41,6 +42,8 @@ async def run_bench(options: BenchOptions, out: Out = print) -> None:
             await sandbox.run(out, config, profile, TOOL, ARGUMENTS, options.opens, options.calls)
         elif section == "audit":
             await audit.run(out, config, profile.name, TOOL, ARGUMENTS, options.calls)
+        elif section == "door":
+            await door.run(out, config, profile, TOOL, ARGUMENTS, options.opens, options.calls)
         elif section == "backends":
             await backends.run(out, config, profile, TOOL, ARGUMENTS, options.opens, options.backend)
         out(f"  ({section}: {time.monotonic() - start:.0f} s)")

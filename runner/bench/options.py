@@ -9,7 +9,7 @@ import argparse
 from collections.abc import Callable
 from dataclasses import dataclass
 
-SECTIONS = ("open", "calls", "throughput", "at-once", "guard", "sandbox", "audit", "backends")
+SECTIONS = ("open", "calls", "throughput", "at-once", "guard", "sandbox", "audit", "door", "backends")
 """Every section, in the order ``main`` runs them (the order on the command line does not matter)."""
 DEFAULT_SECTIONS = SECTIONS[:-1]
 """What runs without ``--sections``: all but ``backends``, which needs the test cluster (``--backend kubernetes``)."""
@@ -76,7 +76,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     defaults = BenchOptions()
     parser.add_argument("--config", help="settings file (YAML or TOML) the bench's services start from")
     parser.add_argument("--profile", default=defaults.profile,
-                        help="profile for open, calls, throughput, sandbox, audit and backends (default: time; "
+                        help="profile for open, calls, throughput, sandbox, audit, door and backends (default: time; "
                              "at-once always uses time)")
     parser.add_argument("--sections", type=sections_arg, default=defaults.sections, metavar="LIST",
                         help=f"comma-separated sections to run (default: {','.join(DEFAULT_SECTIONS)}; "

@@ -87,6 +87,27 @@ def capacity(sessions: int, directory: Path) -> dict[str, Any]:
     return {"max_sessions": sessions, "policy": str(policy)}
 
 
+def free_address() -> str:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return f"127.0.0.1:{probe.getsockname()[1]}"
+
+
+async def _listening(address: str, process: asyncio.subprocess.Process) -> None:
+    """Returns once ``address`` accepts a connection, or the process exited (its caller reports that)."""
+    host, _, port = address.rpartition(":")
+    for _ in range(150):
+        if process.returncode is not None:
+            return
+        with contextlib.suppress(OSError):
+            _, writer = await asyncio.open_connection(host, int(port))
+            writer.close()
+            await writer.wait_closed()
+            return
+        await asyncio.sleep(0.2)
+    raise Unavailable(f"the service's MCP door did not listen on {address} within 30 s")
+
+
 @dataclass(frozen=True)
 class Served:
     """A service running in its own process."""
@@ -94,17 +115,19 @@ class Served:
     address: str
     instance: str
     pid: int
+    door: str = ""
+    """The MCP door's ``host:port`` when started with one, else ""."""
 
 
 @contextlib.asynccontextmanager
-async def served(config: str | None, *, backend: str | None = None) -> AsyncIterator[Served]:
+async def served(config: str | None, *, backend: str | None = None, door: bool = False) -> AsyncIterator[Served]:
     """The real service in its own process on a free loopback port, as callers meet it; ``backend`` is passed as
-    ``--backend``, which outranks env MCP_RUNNER_BACKEND (None: the service chooses as it would for a user)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        address = f"127.0.0.1:{probe.getsockname()[1]}"
-    # No MCP door: the bench measures gRPC, and services side by side (or a developer's own) would contend for 50052.
-    command = [sys.executable, "-m", "runner.cli", "serve", "--listen", address, "--mcp-listen", ""]
+    ``--backend``, which outranks env MCP_RUNNER_BACKEND (None: the service chooses as it would for a user);
+    ``door``: its MCP door too, on a free loopback port of its own."""
+    address = free_address()
+    # The door only when asked for, never on 50052: services side by side (or a developer's own) would contend for it.
+    door_address = free_address() if door else ""
+    command = [sys.executable, "-m", "runner.cli", "serve", "--listen", address, "--mcp-listen", door_address]
     if config:
         command += ["--config", config]
     if backend:
@@ -129,10 +152,12 @@ async def served(config: str | None, *, backend: str | None = None) -> AsyncIter
                     await asyncio.sleep(0.2)
                 else:
                     raise Unavailable(f"the service did not answer on {address} within 60 s")
+            if door_address:
+                await _listening(door_address, process)  # it starts after gRPC
             if process.returncode is not None:
                 log.seek(0)
                 raise Unavailable(f"the service exited: {log.read()[-2000:].decode(errors='replace')}")
-            yield Served(address, instance, process.pid)
+            yield Served(address, instance, process.pid, door_address)
         finally:
             if process.returncode is None:
                 process.send_signal(signal.SIGTERM)

@@ -9,7 +9,7 @@ from pathlib import Path
 import runner.bench
 
 PACKAGE = Path(runner.bench.__file__).parent
-SECTIONS = {"opens", "calls", "throughput", "at_once", "guard", "sandbox", "audit", "backends"}
+SECTIONS = {"opens", "calls", "throughput", "at_once", "guard", "sandbox", "audit", "door", "backends"}
 
 
 def _bench_imports(path: Path) -> set[str]:

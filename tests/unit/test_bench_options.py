@@ -16,7 +16,7 @@ def _options(*argv: str) -> BenchOptions:
 
 def test_defaults_run_every_section_with_the_issues_counts() -> None:
     assert _options() == BenchOptions()
-    assert BenchOptions().sections == ("open", "calls", "throughput", "at-once", "guard", "sandbox", "audit")
+    assert BenchOptions().sections == ("open", "calls", "throughput", "at-once", "guard", "sandbox", "audit", "door")
     assert (BenchOptions().at_once, BenchOptions().at_once_calls, BenchOptions().concurrency) == (200, 100, (1, 10, 50))
 
 
