@@ -9,6 +9,10 @@ Approvals: a tool whose rule asks for approval is shown to the client as an elic
 elicit; in the stateless era as an input-required result carrying that elicitation, its ``requestState`` sealed
 with the approval id; otherwise as a JSON-RPC error naming the approval id. The door remembers a call waiting for
 approval, so the same call (tool and arguments) sent again claims the approval once an approver has decided.
+
+A stateless request on a lease whose server speaks only 2025-11-25 (the agent fell back to ``initialize``) has its
+call held across the client's requests, the server's requests shown as input-required rounds
+(``runner.door.translate``).
 """
 
 from __future__ import annotations
@@ -33,8 +37,9 @@ from runner.door.errors import error_code, to_mcp_error
 from runner.door.leases import Binding, Leases
 from runner.door.seal import Opened, StateRefused, StateSeal, target_of
 from runner.door.talkback import asker, door_capabilities, notifier
+from runner.door.translate import Paused, Start, Translator
 from runner.errors import FailedPrecondition, RunnerError
-from runner.sessions.models import Exchange, ProgressEvent
+from runner.sessions.models import STATELESS_PROTOCOL, Exchange, ProgressEvent
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +103,7 @@ class DoorServer:
         self._leases = leases
         self._seal = seal
         self._note = note
+        self.translator = Translator(seal.ttl_s)
         server: Server[Any] = Server(
             f"mcp-runner/{profile}",
             version=RUNNER_VERSION,
@@ -192,13 +198,18 @@ class DoorServer:
         related = ctx.request_id
         return Exchange(on_input=asker(ctx.session, related), on_notification=notifier(ctx.session, related))
 
+    def _translating(self, ctx: Ctx, binding: Binding) -> bool:
+        """A 2026 client on a lease whose server speaks 2025: its server's requests become input-required rounds."""
+        return _stateless(ctx) and binding.opened.protocol != STATELESS_PROTOCOL
+
     def _unseal(self, ctx: Ctx, binding: Binding, params: Mapping[str, Any]) -> Opened | None:
         state = params.get("requestState")
         if state is None or not _stateless(ctx):
             return None
+        check = self.translator.checker(binding, params) if self._translating(ctx, binding) else None
         try:
             return self._seal.open(
-                state, caller=binding.caller, lease=binding.session_id, method=ctx.method, params=params
+                state, caller=binding.caller, lease=binding.session_id, method=ctx.method, params=params, check=check
             )
         except StateRefused as exc:
             log.warning("refused a requestState of %r on %s: %s", binding.caller, ctx.method, exc.reason)
@@ -209,13 +220,20 @@ class DoorServer:
             raise
 
     def _sealed(
-        self, ctx: Ctx, binding: Binding, result: types.InputRequiredResult, approval_id: str = ""
+        self, ctx: Ctx, binding: Binding, result: types.InputRequiredResult, approval_id: str = "", held_call: str = ""
     ) -> types.InputRequiredResult:
         token = self._seal.seal(
             caller=binding.caller, lease=binding.session_id, method=ctx.method, params=ctx.params or {},
-            server_state=result.request_state, approval_id=approval_id,
+            server_state=result.request_state, approval_id=approval_id, held_call=held_call,
         )  # fmt: skip
         return result.model_copy(update={"request_state": token})
+
+    async def _held(
+        self, ctx: Ctx, binding: Binding, opened: Opened | None, start: Start[R]
+    ) -> R | types.InputRequiredResult:
+        """The translated call's next step: its result, or its server's requests as a sealed input-required one."""
+        step = await self.translator.run(ctx.session, ctx.request_id, binding, opened, start)
+        return self._sealed(ctx, binding, step.result, held_call=step.held_call) if isinstance(step, Paused) else step
 
     async def _cancellable(self, ctx: Ctx, binding: Binding, call: Callable[[], Awaitable[R]]) -> R:
         """Runs ``call``; the HTTP layer cancels it (and so the request in the sandbox) if its client leaves."""
@@ -271,11 +289,20 @@ class DoorServer:
                     raise FailedPrecondition(f"the call of {approval.tool!r} was given up: approval "
                                              f"{approval.approval_id} was not waited for")
 
-            outcome = await self._cancellable(ctx, binding, lambda: self._manager.call_tool(
-                binding.session_id, params.name, dict(params.arguments or {}), caller=binding.caller,
-                approval_id=approval_id, on_progress=progress, on_approval=on_approval if elicits else None,
-                exchange=exchange,
-            ))  # fmt: skip
+            if self._translating(ctx, binding):
+                step = await self._held(ctx, binding, opened, lambda held, held_progress: self._manager.call_tool(
+                    binding.session_id, params.name, dict(params.arguments or {}), caller=binding.caller,
+                    approval_id=approval_id, on_progress=held_progress, exchange=held,
+                ))  # fmt: skip
+                if isinstance(step, types.InputRequiredResult):
+                    return step
+                outcome = step
+            else:
+                outcome = await self._cancellable(ctx, binding, lambda: self._manager.call_tool(
+                    binding.session_id, params.name, dict(params.arguments or {}), caller=binding.caller,
+                    approval_id=approval_id, on_progress=progress, on_approval=on_approval if elicits else None,
+                    exchange=exchange,
+                ))  # fmt: skip
             if approval_id:
                 binding.pending_approvals.pop(key, None)
             if outcome.input_required is not None:
@@ -316,6 +343,11 @@ class DoorServer:
     ) -> types.ReadResourceResult | types.InputRequiredResult:
         async with self._bound(ctx) as binding:
             opened = self._unseal(ctx, binding, ctx.params or {})
+            if self._translating(ctx, binding):
+                step = await self._held(ctx, binding, opened, lambda held, _: self._manager.read_resource_result(
+                    binding.session_id, str(params.uri), caller=binding.caller, exchange=held
+                ))  # fmt: skip
+                return step if isinstance(step, types.InputRequiredResult) else step.value
             exchange = self._exchange(ctx, opened.server_state if opened else None, params.input_responses)
             read = await self._cancellable(ctx, binding, lambda: self._manager.read_resource_result(
                 binding.session_id, str(params.uri), caller=binding.caller, exchange=exchange
@@ -345,6 +377,11 @@ class DoorServer:
     ) -> types.GetPromptResult | types.InputRequiredResult:
         async with self._bound(ctx) as binding:
             opened = self._unseal(ctx, binding, ctx.params or {})
+            if self._translating(ctx, binding):
+                step = await self._held(ctx, binding, opened, lambda held, _: self._manager.get_prompt(
+                    binding.session_id, params.name, dict(params.arguments or {}), caller=binding.caller, exchange=held
+                ))  # fmt: skip
+                return step if isinstance(step, types.InputRequiredResult) else step.value
             exchange = self._exchange(ctx, opened.server_state if opened else None, params.input_responses)
             got = await self._cancellable(ctx, binding, lambda: self._manager.get_prompt(
                 binding.session_id, params.name, dict(params.arguments or {}), caller=binding.caller, exchange=exchange

@@ -4,9 +4,10 @@ A 2025-era client negotiates a session (``initialize``, ``Mcp-Session-Id``): the
 and closes it on DELETE, after ``session_idle_timeout_s`` with no request in flight, or at service stop
 (``DoorSessions``). A 2026-07-28 client has no session: its requests go to the sandbox leased to the
 authenticated caller for that profile, opened at its first request, shared by that caller's concurrent requests
-and never by another caller's, and closed after ``lease_idle_timeout_s`` unused (``Leases``). A sandbox that ended
-under a binding (its own idle or lifetime limit, a crash) ends the binding too: a session then answers 404 (the
-client starts a new one), a lease is opened afresh.
+and never by another caller's, and closed after ``lease_idle_timeout_s`` unused (``Leases``; a call held for the
+client's answers between its requests is a use). A sandbox that ended under a binding (its own idle or lifetime
+limit, a crash) ends the binding too: a session then answers 404 (the client starts a new one), a lease is opened
+afresh.
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ class Binding:
     """A call's key (tool and arguments) -> the approval it waits for: the same call again claims it."""
     running: dict[str, anyio.CancelScope] = field(default_factory=dict)
     """JSON-RPC request id -> the scope of its handler, cancelled when its client leaves mid-call."""
+    held: set[str] = field(default_factory=set)
+    """Calls the door holds running between a client's requests (``runner.door.translate``): the lease is in use."""
 
     @property
     def session_id(self) -> str:
@@ -55,7 +58,7 @@ class Binding:
             self.last_used = time.monotonic()
 
     def idle(self, now: float, limit: float) -> bool:
-        return self.in_flight == 0 and now - self.last_used > limit
+        return self.in_flight == 0 and not self.held and now - self.last_used > limit
 
 
 def _alive(manager: DoorManager, binding: Binding) -> bool:

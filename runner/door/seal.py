@@ -2,11 +2,12 @@
 
 An input-required result hands the client a ``requestState`` to echo on its retry. What the server put there is
 the server's own, but the client holding it is not to be trusted with it: the door wraps it (with the runner's own
-note, an approval id) in a token encrypted and authenticated under a key made when this process started (the
-SDK's AES-256-GCM codec), bound to the caller, the lease's sandbox session, the method and its target (tool or
-prompt name, resource URI) and a digest of the arguments, good for ``ttl_s`` and for one retry. The SDK's own
-``RequestStateBoundary`` was not used: it answers every failure with one fixed message and keeps no record of use,
-where a caller here is told what went wrong (and the refusal is audited by the door).
+note: an approval id, or the call the door holds for the client's answers, ``runner.door.translate``) in a token
+encrypted and authenticated under a key made when this process started (the SDK's AES-256-GCM codec), bound to
+the caller, the lease's sandbox session, the method and its target (tool or prompt name, resource URI) and a
+digest of the arguments, good for ``ttl_s`` and for one retry. The SDK's own ``RequestStateBoundary`` was not
+used: it answers every failure with one fixed message and keeps no record of use, where a caller here is told
+what went wrong (and the refusal is audited by the door).
 
 A restart forgets the key: tokens minted before it are refused, and the client starts the request again.
 """
@@ -46,6 +47,8 @@ class Opened:
 
     server_state: str | None
     approval_id: str = ""
+    held_call: str = ""
+    """The door's call waiting for the client's answers (a 2025 server's requests), ``runner.door.translate``."""
 
 
 def target_of(method: str, params: Mapping[str, Any]) -> tuple[str, str]:
@@ -74,16 +77,30 @@ class StateSeal:
         params: Mapping[str, Any],
         server_state: str | None,
         approval_id: str = "",
+        held_call: str = "",
     ) -> str:
         target, digest = target_of(method, params)
         claims = {
             "c": caller, "l": lease, "m": method, "t": target, "a": digest, "s": server_state, "p": approval_id,
-            "n": secrets.token_urlsafe(12), "exp": self._clock() + self.ttl_s,
+            "h": held_call, "n": secrets.token_urlsafe(12), "exp": self._clock() + self.ttl_s,
         }  # fmt: skip
         return self._codec.seal(json.dumps(claims, separators=(",", ":")).encode())
 
-    def open(self, token: object, *, caller: str, lease: str, method: str, params: Mapping[str, Any]) -> Opened:
-        """The token's content, used up; ``StateRefused`` saying why it cannot be honoured."""
+    def open(
+        self,
+        token: object,
+        *,
+        caller: str,
+        lease: str,
+        method: str,
+        params: Mapping[str, Any],
+        check: Callable[[Opened], None] | None = None,
+    ) -> Opened:
+        """The token's content, used up; ``StateRefused`` saying why it cannot be honoured.
+
+        ``check`` runs before the token is used up: what it raises leaves the token good for another try (a
+        client's answer that does not fit its request is refused, and the client may answer again).
+        """
         if not isinstance(token, str):
             raise StateRefused("malformed", f"requestState must be the string this runner handed out; {AGAIN}")
         try:
@@ -108,13 +125,18 @@ class StateSeal:
             )
         if claims.get("l") != lease:
             raise StateRefused("lease", f"requestState belongs to a sandbox lease that has ended; {AGAIN}")
+        server_state = claims.get("s")
+        opened = Opened(
+            server_state=server_state if isinstance(server_state, str) else None,
+            approval_id=str(claims.get("p", "")),
+            held_call=str(claims.get("h") or ""),
+        )
+        if check is not None:
+            check(opened)
         self._used[nonce] = expiry
         if len(self._used) > MAX_REMEMBERED:
             del self._used[next(iter(self._used))]
-        server_state = claims.get("s")
-        return Opened(
-            server_state=server_state if isinstance(server_state, str) else None, approval_id=str(claims.get("p", ""))
-        )
+        return opened
 
     def _forget_expired(self, now: float) -> None:
         for nonce, expiry in list(self._used.items()):

@@ -66,6 +66,45 @@ def door_capabilities(server: types.ServerCapabilities, *, stateless: bool) -> d
     return declared.model_dump(by_alias=True, mode="json", exclude_none=True)
 
 
+def input_request(request: ServerRequest) -> types.InputRequest:
+    """``request`` as an input request of a 2026-07-28 ``InputRequiredResult`` (the same MCP request type)."""
+    request_type = _REQUESTS[request.method][0]
+    typed: Any = request_type.model_validate({"method": request.method, "params": request.params}, by_name=False)
+    return typed  # type: ignore[no-any-return]
+
+
+def lacking(declared: types.ClientCapabilities | None, request: ServerRequest) -> str | None:
+    """What of ``request``'s needs the client's declared capabilities lack, said for the server; None: nothing.
+
+    As the SDK's own check, and finer where a request's params ask for more: URL elicitation, sampling with tools
+    or with context (a client declaring ``elicitation: {}`` can do forms only).
+    """
+    if request.method not in _REQUESTS:
+        return f"the runner does not forward {request.method}"
+    have = declared or types.ClientCapabilities()
+    params = request.params
+    missing: str | None = None
+    if request.method == "roots/list":
+        missing = "roots" if have.roots is None else None
+    elif request.method == "elicitation/create":
+        elicitation = have.elicitation
+        if elicitation is None:
+            missing = "elicitation"
+        elif params.get("mode") == "url":
+            missing = "elicitation.url" if elicitation.url is None else None
+        elif elicitation.form is None and elicitation.url is not None:
+            missing = "elicitation.form"
+    elif have.sampling is None:
+        missing = "sampling"
+    elif params.get("tools") and have.sampling.tools is None:
+        missing = "sampling.tools"
+    elif params.get("includeContext", "none") != "none" and have.sampling.context is None:
+        missing = "sampling.context"
+    if missing is None:
+        return None
+    return f"the client of this request did not declare the capability {request.method} needs ({missing})"
+
+
 def asker(session: ServerSession, related: types.RequestId | None) -> InputHandler:
     """Forwards the server's requests to the client: on ``related``'s stream, else the standalone one."""
 

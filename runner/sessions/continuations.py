@@ -11,7 +11,9 @@ What happens to a request nobody answers is its asker's choice (``on_expiry``): 
 its sandbox, a watch's request is answered with an error. A unary CallTool cannot hold its RPC open while the
 caller thinks, so its call runs on as a ``PendingCall``: each RPC (the CallTool, then each AnswerInput) takes
 the call's next step (its outcome, or its next input request); an RPC that ends while the call runs (deadline
-passed, caller gone) cancels it, as a unary call's end always did.
+passed, caller gone) cancels it, as a unary call's end always did. The MCP door's translation for a 2026-07-28
+client of a 2025 server (``runner.door.translate``) holds its calls the same way, taking each step as the batch of
+requests open once the call has gone quiet (``next_requests``).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from runner.errors import ClientDeclined, DeadlineExceeded, FailedPrecondition, NotFound, ResultRejected
 from runner.guard.inbound import check_answer, check_server_request
@@ -58,7 +60,7 @@ class PendingInput:
         self.session_id = session_id
         self.answer: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self.on_expiry = on_expiry
-        self.call: PendingCall | None = None
+        self.call: WaitingCall[Any] | None = None
         """The unary call this request belongs to: AnswerInput returns its next step."""
         self.timer: asyncio.TimerHandle | None = None
 
@@ -86,6 +88,12 @@ class Continuations:
 
     def answer(self, input_id: str, answer: Answer, *, caller: str, session_id: str) -> PendingInput:
         """Hand ``answer`` to the request ``input_id`` of this caller and session, once."""
+        pending = self.check(input_id, answer, caller=caller, session_id=session_id)
+        self.resolve(pending, answer)
+        return pending
+
+    def check(self, input_id: str, answer: Answer, *, caller: str, session_id: str) -> PendingInput:
+        """The request ``input_id`` of this caller and session, if ``answer`` fits it; nothing is used up."""
         pending = self._open.get(input_id)
         if pending is None or (pending.caller, pending.session_id) != (caller, session_id):
             ended = self._ended.get(input_id)
@@ -94,12 +102,15 @@ class Continuations:
             raise NotFound(f"no input request {input_id!r} waits for this caller in session {session_id!r}")
         if not isinstance(answer, ClientDeclined):
             _check(pending.request, answer)
+        return pending
+
+    def resolve(self, pending: PendingInput, answer: Answer) -> None:
+        """Hand ``pending`` its ``answer`` (checked by ``check``, in the same turn of the event loop), once."""
         self._end(pending, "was already answered (an input request is answered once)")
         if isinstance(answer, ClientDeclined):
             pending.answer.set_exception(answer)
         else:
             pending.answer.set_result(answer)
-        return pending
 
     def withdraw(self, pending: PendingInput, why: str) -> None:
         """``pending`` can no longer be answered (``why`` completes "input request X …"); no-op once ended."""
@@ -163,8 +174,9 @@ class Conversation:
         self._session_id = session_id
         self._deliver = deliver
         self._on_expiry = on_expiry
-        self.open: set[PendingInput] = set()
-        self.call: PendingCall | None = None
+        self.open: dict[str, PendingInput] = {}
+        """The requests held and not yet answered, by input id, oldest first."""
+        self.call: WaitingCall[Any] | None = None
 
     async def on_input(self, request: ServerRequest) -> dict[str, Any]:
         """The ``InputHandler``: hold the request, show it to the caller, wait for the answer."""
@@ -172,26 +184,27 @@ class Conversation:
             request, caller=self._caller, session_id=self._session_id, on_expiry=self._on_expiry
         )
         pending.call = self.call
-        self.open.add(pending)
+        self.open[pending.request.input_id] = pending
         try:
             self._deliver(pending.request)
             return await pending.answer
         finally:
-            self.open.discard(pending)
+            self.open.pop(pending.request.input_id, None)
             self._continuations.withdraw(pending, self._gone)
 
     def end(self) -> None:
         """Nothing this conversation holds can be answered any more."""
-        for pending in list(self.open):
+        for pending in list(self.open.values()):
             self._continuations.withdraw(pending, self._gone)
 
     def decline_all(self, code: int, message: str) -> None:
         """Withdraw everything held, answering each server with JSON-RPC error ``code``."""
-        for pending in list(self.open):
+        for pending in list(self.open.values()):
             self._continuations.decline(pending, self._gone, code, message)
 
 
 Step = ToolCallOutcome | InputRequest
+T = TypeVar("T")
 
 
 def unanswered(request: InputRequest, ttl_s: float) -> DeadlineExceeded:
@@ -202,8 +215,9 @@ def unanswered(request: InputRequest, ttl_s: float) -> DeadlineExceeded:
     )
 
 
-class PendingCall:
-    """A unary tool call that waits across RPCs for its caller's answers (see the module's docstring)."""
+class WaitingCall(Generic[T]):
+    """A call that waits across requests for its caller's answers (see the module's docstring); ``T`` is what it
+    ends with (a unary CallTool's ``ToolCallOutcome``, a door call's result)."""
 
     def __init__(self, continuations: Continuations, *, caller: str, session_id: str) -> None:
         self._steps: deque[InputRequest] = deque()
@@ -214,17 +228,22 @@ class PendingCall:
             continuations, caller=caller, session_id=session_id, deliver=self._step, on_expiry=self._expire
         )
         self.conversation.call = self
-        self._task: asyncio.Task[ToolCallOutcome] | None = None
+        self._task: asyncio.Task[T] | None = None
 
     @property
     def exchange(self) -> Exchange:
         return Exchange(on_input=self.conversation.on_input)
 
-    def start(self, call: Coroutine[Any, Any, ToolCallOutcome]) -> None:
+    def start(self, call: Coroutine[Any, Any, T]) -> None:
         self._task = asyncio.create_task(call)
         self._task.add_done_callback(self._ended)
 
-    async def next_step(self, timeout: float | None) -> Step:
+    def cancel(self) -> None:
+        """Cancel the call (in its sandbox too); nobody is told how it ended."""
+        if self._task is not None:
+            self._task.cancel()
+
+    async def next_step(self, timeout: float | None) -> T | InputRequest:
         """The call's outcome, or its next input request, within ``timeout`` (else the call is cancelled).
 
         The RPC waiting here ending any other way (its caller gone) cancels the call too.
@@ -236,7 +255,7 @@ class PendingCall:
                 while True:
                     while self._steps:
                         step = self._steps.popleft()
-                        if any(p.request is step for p in self.conversation.open):
+                        if step.input_id in self.conversation.open:
                             return step
                     if task.done():
                         return self._outcome(task)
@@ -251,7 +270,28 @@ class PendingCall:
             task.cancel()
             raise
 
-    def _outcome(self, task: asyncio.Task[ToolCallOutcome]) -> ToolCallOutcome:
+    async def next_requests(self, settle_s: float) -> T | list[PendingInput]:
+        """The call's outcome, or every request it holds unanswered once no new one has come for ``settle_s``
+        (requests a server sends together are shown together). The waiter cancelled cancels the call."""
+        assert self._task is not None
+        task = self._task
+        try:
+            while not task.done():
+                self._changed.clear()
+                if not self.conversation.open:
+                    await self._changed.wait()
+                    continue
+                try:
+                    await asyncio.wait_for(self._changed.wait(), settle_s)
+                except TimeoutError:
+                    self._steps.clear()
+                    return list(self.conversation.open.values())
+            return self._outcome(task)
+        except asyncio.CancelledError:
+            task.cancel()
+            raise
+
+    def _outcome(self, task: asyncio.Task[T]) -> T:
         if task.cancelled():
             if self._expired is not None:
                 raise unanswered(self._expired, self._continuations.ttl_s)
@@ -267,8 +307,12 @@ class PendingCall:
         if self._task is not None:
             self._task.cancel()
 
-    def _ended(self, task: asyncio.Task[ToolCallOutcome]) -> None:
+    def _ended(self, task: asyncio.Task[T]) -> None:
         if not task.cancelled():
             task.exception()  # retrieved: the next RPC reports it, or nobody is left to hear it
         self.conversation.end()
         self._changed.set()
+
+
+class PendingCall(WaitingCall[ToolCallOutcome]):
+    """A unary gRPC CallTool waiting across RPCs for its caller's answers."""
