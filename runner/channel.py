@@ -34,9 +34,14 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import mcp_types
+from pydantic import ValidationError
+
 from runner.errors import (
     JSONRPC_INTERNAL_ERROR,
     JSONRPC_METHOD_NOT_FOUND,
+    MCP_MISSING_REQUIRED_CLIENT_CAPABILITY,
+    REQUIRED_CAPABILITIES,
     ClientDeclined,
     MessageTooLarge,
     ProtocolViolation,
@@ -290,7 +295,8 @@ class AgentChannel:
             if not isinstance(code, int) or isinstance(code, bool):
                 raise ProtocolViolation("an error frame without an integer code")
             if not pending.future.done():
-                pending.future.set_exception(ServerError(code, _text(error.get("message"), "(no message)")))
+                data = kept_error_data(code, error.get("data"))
+                pending.future.set_exception(ServerError(code, _text(error.get("message"), "(no message)"), data))
 
     async def _inbound_frame(self, kind: str, frame: JSONObject, size: int, values: int) -> None:
         """A server request or notification: shape checked here, then handed on (a request in a task of its own)."""
@@ -401,6 +407,21 @@ _FRAME_TYPES = frozenset({"ready", "result", "error", "progress", "fatal", "serv
 
 def _is_id(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and 0 < value <= _MAX_FRAME_ID
+
+
+def kept_error_data(code: int, data: object) -> JSONObject | None:
+    """What of a server's error ``data`` reaches callers: only a -32021's ``requiredCapabilities``, validated as
+    ``ClientCapabilities`` and kept to its standard capabilities (their shapes are closed: flags and empty objects);
+    ``experimental`` and ``extensions`` settings are free-form, so they go. Every other ``data`` is dropped:
+    untrusted free-form data is not passed to callers unvalidated, and no sanitizer reads it on its way there."""
+    if code != MCP_MISSING_REQUIRED_CLIENT_CAPABILITY or not isinstance(data, dict):
+        return None
+    try:
+        required = mcp_types.ClientCapabilities.model_validate(data.get(REQUIRED_CAPABILITIES), by_name=False)
+    except ValidationError:
+        return None
+    kept = required.model_dump(mode="json", by_alias=True, exclude_none=True, exclude={"experimental", "extensions"})
+    return {REQUIRED_CAPABILITIES: kept}
 
 
 def _refuse_constant(name: str) -> None:

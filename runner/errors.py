@@ -47,6 +47,7 @@ request). The runner never answers UNKNOWN: a caller can act on every status.
 from __future__ import annotations
 
 from enum import Enum
+from typing import Any
 
 
 class Status(Enum):
@@ -188,6 +189,9 @@ JSONRPC_METHOD_NOT_FOUND = -32601
 JSONRPC_INVALID_PARAMS = -32602
 JSONRPC_INTERNAL_ERROR = -32603
 MCP_RESOURCE_NOT_FOUND = -32002
+MCP_MISSING_REQUIRED_CLIENT_CAPABILITY = -32021
+"""2026-07-28: the request needs a client capability the client did not declare; ``data.requiredCapabilities``."""
+REQUIRED_CAPABILITIES = "requiredCapabilities"
 
 _SERVER_CODE_STATUS = {
     JSONRPC_INVALID_PARAMS: Status.INVALID_ARGUMENT,
@@ -197,11 +201,19 @@ _SERVER_CODE_STATUS = {
 
 
 class ServerError(RunnerError):
-    """The MCP server answered a request with a JSON-RPC error."""
+    """The MCP server answered a request with a JSON-RPC error.
 
-    def __init__(self, code: int, message: str) -> None:
-        super().__init__(f"MCP server error {code}: {message}")
+    ``data``: what the host kept of the error's ``data`` (runner/channel.py keeps only data of a known meaning,
+    validated: a -32021's ``requiredCapabilities``), None otherwise. The message names the required capabilities,
+    so a caller that sees only the message (gRPC) learns them too.
+    """
+
+    def __init__(self, code: int, message: str, data: dict[str, Any] | None = None) -> None:
+        required = (data or {}).get(REQUIRED_CAPABILITIES)
+        shown = f" (required client capabilities: {', '.join(sorted(required))})" if required else ""
+        super().__init__(f"MCP server error {code}: {message}{shown}")
         self.code = code
+        self.data = data
         self.status = _SERVER_CODE_STATUS.get(code, Status.FAILED_PRECONDITION)
 
 

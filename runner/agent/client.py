@@ -78,13 +78,33 @@ _BROKE = "MCP server broke the protocol: "
 _NOT_JSON_RPC = "it wrote a line to stdout that is not a JSON-RPC message"
 
 
-class RemoteError(Exception):
-    """The server answered a request with a JSON-RPC error."""
+#: The most JSON of an error's ``data`` passed on to the host: the host keeps only small data of known meaning (a
+#: -32021's required capabilities), so more is dropped here rather than made a frame past the host's cap.
+MAX_ERROR_DATA = 64 * 1024
 
-    def __init__(self, code: int, message: str) -> None:
+
+class RemoteError(Exception):
+    """The server answered a request with a JSON-RPC error; ``data`` is its ``data`` member (None when absent)."""
+
+    def __init__(self, code: int, message: str, data: object = None) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
+        self.data = data
+
+
+def error_object(code: int, message: str, data: object = None) -> JSON:
+    """A server's error as an error frame carries it: ``data`` only when a frame can hold it (no ``1e999``, no
+    nesting past the encoder's depth) within ``MAX_ERROR_DATA``; else without it, the error itself still told."""
+    error: JSON = {"code": code, "message": message}
+    if data is not None:
+        try:
+            size = len(json.dumps(data, separators=(",", ":"), allow_nan=False))
+        except (ValueError, TypeError, RecursionError):
+            size = MAX_ERROR_DATA + 1
+        if size <= MAX_ERROR_DATA:
+            error["data"] = data
+    return error
 
 
 class _Pending:
@@ -301,7 +321,7 @@ class McpClient:
             )
             return
         if isinstance(error, dict):
-            pending.on_done(RemoteError(error["code"], error["message"]))
+            pending.on_done(RemoteError(error["code"], error["message"], error.get("data")))
         else:
             assert isinstance(result, dict)
             pending.on_done(result)

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from . import _sdk
+from .client import error_object
 from .frames import (
     INTERNAL_ERROR,
     MAX_HOST_LINE,
@@ -202,7 +203,7 @@ class RemoteAgent:
                     result = await self._perform(session, frame, live)
                     reply = {"type": "result", "id": rid, "result": result}
                 except MCPError as exc:
-                    reply = {"type": "error", "id": rid, "error": {"code": exc.code, "message": exc.message}}
+                    reply = {"type": "error", "id": rid, "error": error_object(exc.code, exc.message, exc.data)}
                 except Exception as exc:
                     message = str(exc) if isinstance(exc, AgentError) else describe_exception(exc)
                     reply = {"type": "error", "id": rid, "error": {"code": INTERNAL_ERROR, "message": message}}

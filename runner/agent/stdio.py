@@ -19,7 +19,7 @@ import selectors
 import signal
 import time
 
-from .client import INVALID_PARAMS, McpClient, RemoteError
+from .client import INVALID_PARAMS, McpClient, RemoteError, error_object
 from .era import wanted_era
 from .frames import (
     INTERNAL_ERROR,
@@ -279,7 +279,8 @@ class StdioAgent:
 
     def _reply(self, rid: int, outcome: dict[str, Any] | RemoteError) -> None:
         if isinstance(outcome, RemoteError):
-            self.out.send({"type": "error", "id": rid, "error": {"code": outcome.code, "message": outcome.message}})
+            error = error_object(outcome.code, outcome.message, outcome.data)
+            self.out.send({"type": "error", "id": rid, "error": error})
             return
         try:
             self.out.send({"type": "result", "id": rid, "result": outcome})

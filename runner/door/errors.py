@@ -3,7 +3,8 @@
 A JSON-RPC error carries the runner's message (it says what to do) and ``data.status``, the gRPC status name a
 gRPC caller would have seen, so an MCP host can tell a policy refusal from a quota from a crash. Codes: the
 JSON-RPC ones where MCP defines a meaning (-32602 bad params and unknown tool, -32601 not offered, -32002 resource
-not found), the server's own code for a server's error, and one runner code per status in the -32000 range.
+not found), the server's own code for a server's error (with the part of its ``data`` the host validated and
+kept), and one runner code per status in the -32000 range.
 """
 
 from __future__ import annotations
@@ -62,9 +63,10 @@ def error_code(exc: RunnerError) -> int:
 
 
 def error_data(exc: RunnerError) -> dict[str, Any] | None:
-    """``status`` (and a rate limit's wait); none for a server's own error, whose code's data is the server's."""
+    """``status`` (and a rate limit's wait); for a server's own error, what the host kept of the server's data (a
+    -32021's ``requiredCapabilities``, validated in runner/channel.py), since that code's data is the server's."""
     if isinstance(exc, ServerError):
-        return None
+        return exc.data
     data: dict[str, Any] = {"status": exc.status.value}
     if isinstance(exc, RateLimited):
         data["retryAfterMs"] = max(1, round(exc.retry_after_s * 1000))
