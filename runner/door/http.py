@@ -27,7 +27,7 @@ import logging
 import socket
 import ssl
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,10 +52,13 @@ from runner.door.identity import HttpAuthenticator
 from runner.door.leases import Binding, DoorSessions, Leases
 from runner.door.seal import StateSeal
 from runner.errors import ProfileNotFound, RunnerError, Unauthenticated, Unavailable
+from runner.sessions.models import DOORS
 
 log = logging.getLogger(__name__)
 
 PATH_PREFIX = "/mcp/"
+DOOR_HEADER = "x-mcp-runner-door"
+MCP_DOORS = frozenset(door for door in DOORS if door.startswith("mcp-"))
 REAP_INTERVAL_S = 5.0
 
 
@@ -70,6 +73,14 @@ def rpc_error(status: int, code: int, message: str, request_id: Any = None, data
 
 def runner_error(exc: RunnerError, request_id: Any = None, headers: dict[str, str] | None = None) -> Response:
     return rpc_error(http_status(exc), error_code(exc), exc.message, request_id, error_data(exc), headers)
+
+
+def claimed_door(headers: Mapping[str, str]) -> str:
+    """The MCP door a session's client says it came through (``mcp-runner mcp`` says ``mcp-stdio`` in
+    ``DOOR_HEADER``), else this one. The caller's own claim: it names the door in the session's audit records and
+    grants nothing, so only the MCP doors' names are taken (a client cannot pass for the gRPC API)."""
+    claimed = headers.get(DOOR_HEADER, DOOR)
+    return claimed if claimed in MCP_DOORS else DOOR
 
 
 def _security(listen: str) -> TransportSecuritySettings | None:
@@ -240,7 +251,7 @@ class DoorApp:
         scope: Scope, receive: Receive, send: Send,
     ) -> None:  # fmt: skip
         try:
-            opened = await self._manager.open(profile, caller=caller, door=DOOR)
+            opened = await self._manager.open(profile, caller=caller, door=claimed_door(Request(scope).headers))
         except RunnerError as exc:
             await runner_error(exc, body.request_id)(scope, receive, send)
             return
