@@ -191,6 +191,9 @@ class Profile:
     """A Streamable HTTP MCP server the in-sandbox client reaches through the egress proxy."""
     runtime: str = "runc"
     """The OCI runtime: ``runc`` or ``runsc`` (gVisor)."""
+    roots: tuple[str, ...] | None = None
+    """``file://`` URIs the runner answers the server's ``roots/list`` with itself (runner/roots.py); None: the
+    caller's client is asked."""
 
 
 @dataclass(frozen=True)

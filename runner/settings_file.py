@@ -44,6 +44,7 @@ from runner.config import (
 from runner.config_document import read_document
 from runner.egress.rules import check_header_name, header_value_problem, parse_host_pattern, parse_target
 from runner.guard.sanitize import DEFAULT_REDACTIONS, DETECTORS, SanitizeConfig
+from runner.roots import profile_roots
 from runner.settings_kubernetes import KubernetesModel, chosen_backend
 from runner.settings_mcp_http import McpHttpModel
 
@@ -215,6 +216,12 @@ class _ProfileModel(BaseModel):
     secrets: dict[Annotated[str, Field(pattern=_ENV_NAME.pattern)], _SecretModel] = {}
     sanitize: _SanitizeModel = _SanitizeModel()
     pins: dict[str, Annotated[str, Field(pattern=_PIN.pattern)]] = {}
+    roots: list[str] | None = None
+
+    @field_validator("roots")
+    @classmethod
+    def _roots(cls, value: list[str] | None) -> list[str] | None:
+        return None if value is None else list(profile_roots(value))
 
     @model_validator(mode="after")
     def _one_server(self) -> _ProfileModel:
@@ -362,6 +369,7 @@ def _profiles(parsed: _FileModel, base: Path, defaults: Limits) -> dict[str, Pro
             secrets=MappingProxyType({key: secret.source(base) for key, secret in model.secrets.items()}),
             sanitize=model.sanitize.config(),
             pins=MappingProxyType(dict(model.pins)),
+            roots=None if model.roots is None else tuple(model.roots),
         )
     return out
 

@@ -72,6 +72,8 @@ def profile_document(profile: Profile) -> dict[str, Any]:
         document["command"] = list(profile.command)
     if profile.remote_url:
         document["remote"] = {"url": profile.remote_url}
+    if profile.roots is not None:
+        document["roots"] = list(profile.roots)
     if profile.network is not None:
         rules = [
             {

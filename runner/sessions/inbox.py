@@ -7,6 +7,8 @@ is validated and sanitized (``runner.guard.inbound``), routed, and, for a reques
 - else to the session's listener (``SessionManager.listen``);
 - else a request is answered -32601 naming why, and a notification is dropped.
 
+A ``roots/list`` of a profile that sets ``roots`` is answered here with them, whatever handler there is.
+
 A client's answer is checked against the result its request asks for (an elicitation's content against the
 server's ``requestedSchema``) before the server gets it; one that does not fit is answered -32602 naming what.
 Requests past ``SERVER_REQUESTS_PER_S`` are refused, their first refusal of a run recorded, so a server
@@ -15,6 +17,7 @@ cannot flood its caller's user, nor the audit log, however fast its requests are
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable
@@ -39,6 +42,7 @@ from runner.guard.inbound import (
     sanitize_notification,
     sanitize_server_request,
 )
+from runner.roots import roots_result
 from runner.sessions import outflow
 from runner.sessions.journal import Journal, findings_json, kept_input
 from runner.sessions.models import Exchange, ServerNotification, ServerRequest
@@ -57,6 +61,10 @@ THROTTLED_CODE = -32000
 """The JSON-RPC error (implementation-defined server error range) for a request refused for the rate."""
 MAX_QUOTED = 500
 """Characters of a client's or the guard's message quoted in the error the server gets."""
+ABANDONED = "abandoned"
+ANSWERED_BY_PROFILE = "answered_by_profile"
+"""The outcome of a ``roots/list`` the runner answered with the profile's ``roots`` (the caller was not asked)."""
+"""The outcome of a server request cancelled before it had its answer: its call ended, or its session closed."""
 
 
 def _pick(exchange: Exchange | None, listener: Exchange | None, pick: Callable[[Exchange], H | None]) -> H | None:
@@ -75,11 +83,21 @@ class Inbox:
         self._throttled = False
 
     async def server_request(self, request: Inbound) -> JSONObject:
-        session = self._session
         started = time.monotonic()
-        data: dict[str, Any] = {"method": request.method, "door": session.door}
+        data: dict[str, Any] = {"method": request.method, "door": self._session.door}
         if request.tag:
             data["related"] = request.tag
+        try:
+            return await self._answer(request, data, started)
+        except asyncio.CancelledError:
+            # The request it belonged to ended, or its session closed, while it waited (for the caller, mostly): no
+            # answer comes, but that it was asked is on record all the same, and the cancellation goes on.
+            self._record(data, started, ABANDONED)
+            raise
+
+    async def _answer(self, request: Inbound, data: dict[str, Any], started: float) -> JSONObject:
+        """The answer; every way out but cancellation records how it ended (once) before it leaves."""
+        session = self._session
 
         def refuse(outcome: str, code: int, message: str) -> ClientDeclined:
             message = _quoted(session, message)
@@ -106,6 +124,14 @@ class Inbox:
         if found.blocked:
             raise refuse("blocked", JSONRPC_INTERNAL_ERROR, f"the runner's sanitizer blocked the {request.method} "
                          f"request (profile {session.profile.name!r})")  # fmt: skip
+        roots = session.profile.roots
+        if request.method == "roots/list" and roots is not None:
+            # The profile knows the sandbox's directories; a caller's client knows its own machine's, which a server
+            # would take in place of the ones it can reach (runner/roots.py). The caller is never asked.
+            answer = roots_result(roots)
+            data["answer"] = answer
+            self._record(data, started, ANSWERED_BY_PROFILE)
+            return answer
         handler = _pick(request.exchange, session.listener, lambda e: e.on_input)
         if handler is None:
             raise refuse("unhandled", JSONRPC_METHOD_NOT_FOUND, f"the caller of this session cannot answer "
@@ -156,4 +182,3 @@ def _quoted(session: LiveSession, message: str) -> str:
     it is cut and sanitized like any error message."""
     cut = message if len(message) <= MAX_QUOTED else message[:MAX_QUOTED] + " … (cut)"
     return session.sanitizer.text(cut, "error message", FindingLog())
-
