@@ -203,11 +203,18 @@ class DoorServer:
         return _stateless(ctx) and binding.opened.protocol != STATELESS_PROTOCOL
 
     def _unseal(self, ctx: Ctx, binding: Binding, params: Mapping[str, Any]) -> Opened | None:
+        """What the request's sealed state holds (None: no state). Every input-required result of this door carries
+        a sealed state, so ``inputResponses`` without one answer no round of it: refused, not passed on."""
         state = params.get("requestState")
-        if state is None or not _stateless(ctx):
+        if not _stateless(ctx):
             return None
-        check = self.translator.checker(binding, params) if self._translating(ctx, binding) else None
         try:
+            if state is None:
+                if params.get("inputResponses") is not None:
+                    raise StateRefused("missing", "inputResponses need the requestState of the input-required result "
+                                       "they answer: send it with them, or the request again without inputResponses")
+                return None
+            check = self.translator.checker(binding, params) if self._translating(ctx, binding) else None
             return self._seal.open(
                 state, caller=binding.caller, lease=binding.session_id, method=ctx.method, params=params, check=check
             )

@@ -35,6 +35,7 @@ from runner.sessions.models import (
     ToolCallOutcome,
 )
 from tests.unit.door_fakes import FakeManager
+from tests.unit.door_fakes import _approval as approval_of
 
 MODERN = "2026-07-28"
 ELICIT = ServerRequest("elicitation/create", {
@@ -90,7 +91,10 @@ class TalkingManager(FakeManager):
         timeout: float | None = None, on_progress: ProgressCallback | None = None,
         on_approval: ApprovalCallback | None = None, exchange: Exchange | None = None,
     ) -> ToolCallOutcome:  # fmt: skip
-        self.calls.append({"session": session_id, "tool": tool, "arguments": arguments, "caller": caller})
+        self.calls.append({"session": session_id, "tool": tool, "arguments": arguments, "caller": caller,
+                           "approval_id": approval_id})  # fmt: skip
+        if self.needs_approval and not approval_id:
+            return ToolCallOutcome(result=None, approval=approval_of(session_id, caller, tool, arguments))
         text = await self._talk(tool, exchange)
         return ToolCallOutcome(result=types.CallToolResult(content=[types.TextContent(text=text)]))
 
@@ -211,7 +215,9 @@ async def test_an_answer_that_breaks_the_schema_is_refused_and_the_state_stays_g
     assert _text(done) == [{"action": "accept", "content": {"name": "Ada"}}]
 
 
-async def test_tampered_replayed_and_foreign_states_are_refused(door: RunningDoor, manager: TalkingManager) -> None:
+async def test_tampered_replayed_foreign_and_missing_states_are_refused(
+    door: RunningDoor, manager: TalkingManager
+) -> None:
     manager.rounds = [[ELICIT], [ELICIT]]
     async with _client(door, elicitation_callback=_name) as mcp:
         first = await mcp.session.call_tool("get_current_time", {}, allow_input_required=True)
@@ -222,6 +228,9 @@ async def test_tampered_replayed_and_foreign_states_are_refused(door: RunningDoo
             await mcp.session.call_tool("get_current_time", {}, input_responses=answer,
                                         request_state=first.request_state[:-2] + "AA")  # fmt: skip
         assert tampered.value.error.code == -32602 and "not issued by this runner" in tampered.value.error.message
+        with pytest.raises(MCPError) as stateless:  # answers to no round of this door: never passed on
+            await mcp.session.call_tool("get_current_time", {}, input_responses=answer)
+        assert stateless.value.error.code == -32602 and "need the requestState" in stateless.value.error.message
         with pytest.raises(MCPError) as other_call:  # the state is bound to the request's arguments
             await mcp.session.call_tool("get_current_time", {"timezone": "UTC"}, input_responses=answer,
                                         request_state=first.request_state)  # fmt: skip
@@ -238,6 +247,22 @@ async def test_tampered_replayed_and_foreign_states_are_refused(door: RunningDoo
         done = await mcp.session.call_tool("get_current_time", {}, input_responses=final,
                                            request_state=second.request_state)  # fmt: skip
     assert [answer["action"] for answer in _text(done)] == ["accept", "decline"]
+
+
+async def test_an_approval_round_then_the_servers_rounds(door: RunningDoor, manager: TalkingManager) -> None:
+    manager.needs_approval = True
+    manager.rounds = [[ELICIT]]
+    asked: list[str] = []
+
+    async def answer(context: Any, params: types.ElicitRequestParams) -> types.ElicitResult:
+        asked.append(params.message)
+        return await _name(context, params)
+
+    async with _client(door, elicitation_callback=answer) as mcp:
+        result = await mcp.call_tool("get_current_time", {})
+    assert "apr_0123456789abcdef" in asked[0] and asked[1] == "name?"
+    assert _text(result) == [{"action": "accept", "content": {"name": "Ada"}}]
+    assert [call["approval_id"] for call in manager.calls] == ["", "apr_0123456789abcdef"]
 
 
 async def test_a_capability_the_client_lacks_is_refused_to_the_server_at_once(
@@ -264,7 +289,7 @@ async def test_prompts_and_resources_are_translated_too(door: RunningDoor, manag
 async def test_a_retry_that_never_comes_cancels_the_call(
     manager: TalkingManager, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(door_http, "StateSeal", lambda: StateSeal(ttl_s=0.2))
+    monkeypatch.setattr(door_http, "StateSeal", lambda: StateSeal(ttl_s=1.0))
     manager.rounds = [[ELICIT]]
     running = await _start(manager)
     try:
