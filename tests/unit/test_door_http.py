@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import ssl
 from collections.abc import AsyncIterator
 from typing import Any
@@ -18,7 +19,7 @@ from mcp.shared.exceptions import MCPError
 from runner.api.auth import hash_token
 from runner.certs import make_dev_certs
 from runner.config import AuthConfig, McpHttpConfig, TlsConfig
-from runner.door.http import DoorApp, RunningDoor, start_door
+from runner.door.http import DoorApp, RunningDoor, _bind, start_door
 from runner.door.identity import HttpAuthenticator
 from runner.errors import PermissionDenied, QuotaExceeded
 from tests.unit.door_fakes import FakeManager
@@ -366,3 +367,16 @@ async def test_a_session_post_cut_mid_call_cancels_the_call(door: RunningDoor, m
             break
         await asyncio.sleep(0.01)
     assert manager.cancelled == ["get_current_time"]
+
+
+def test_the_listener_sends_small_answers_at_once() -> None:
+    """Without TCP_NODELAY a small answer on a kept-alive connection waited out the client's delayed ACK (40 ms)."""
+    listener = _bind("127.0.0.1:0")
+    try:
+        assert listener.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+        client = socket.create_connection(listener.getsockname())
+        accepted, _ = listener.accept()
+        with client, accepted:
+            assert accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+    finally:
+        listener.close()
