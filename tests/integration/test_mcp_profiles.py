@@ -76,8 +76,16 @@ async def test_a_host_uses_every_built_in_profile_through_every_door(door: str, 
 
 def test_a_2025_06_18_client_gets_its_own_revision(door: str) -> None:
     headers = {"accept": "application/json, text/event-stream", "content-type": "application/json"}
-    initialize = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
-        "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "old-host", "version": "1"}}}
+    initialize = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "initialize",
+        "params": {
+            "protocolVersion": "2025-06-18",
+            "capabilities": {},
+            "clientInfo": {"name": "old-host", "version": "1"},
+        },
+    }
     with httpx2.Client(base_url=f"{door}/time", headers=headers, timeout=60) as http:
         opened = http.post("", json=initialize)
         assert opened.status_code == 200, opened.text
@@ -95,7 +103,7 @@ def _answer(response: httpx2.Response) -> dict[str, Any]:
     if response.headers.get("content-type", "").startswith("application/json"):
         answer: dict[str, Any] = response.json()
         return answer
-    data = [line[len("data:"):].strip() for line in response.text.splitlines() if line.startswith("data:")]
+    data = [line[len("data:") :].strip() for line in response.text.splitlines() if line.startswith("data:")]
     messages = [json.loads(item) for item in data if item]
     [answer] = [m for m in messages if "id" in m]
     return answer
