@@ -6,11 +6,12 @@ A Protocol, so unit tests drive the door with a fake and the real ``SessionManag
 from __future__ import annotations
 
 import builtins
-from typing import Any, Protocol
+from typing import Any, NoReturn, Protocol
 
 import mcp_types
 
 from runner.approvals import Approval
+from runner.errors import RunnerError
 from runner.sessions.models import (
     ApprovalCallback,
     Exchange,
@@ -33,6 +34,10 @@ class DoorManager(Protocol):
     ) -> OpenedSession: ...
 
     async def close(self, session_id: str, *, caller: str) -> SessionInfo: ...
+
+    async def refuse(
+        self, error: RunnerError, *, caller: str, method: str, door: str, profile: str = ""
+    ) -> NoReturn: ...
 
     def get(self, session_id: str, *, caller: str) -> SessionInfo: ...
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import contextlib
 import importlib.metadata
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, MutableMapping
 from typing import Any, TypeVar
 
 import anyio
@@ -45,6 +45,7 @@ log = logging.getLogger(__name__)
 
 SCOPE_CALLER = "mcp_runner.caller"
 SCOPE_BINDING = "mcp_runner.binding"
+SCOPE_LEASE_REFUSED = "mcp_runner.lease_refused"  # why a stateless request's lease did not open (a RunnerError)
 APPROVAL_INPUT = "mcp-runner/approval"
 """The key of the runner's own elicitation in an input-required result."""
 try:
@@ -73,7 +74,7 @@ def _stateless(ctx: Ctx) -> bool:
     return ctx.protocol_version in MODERN_PROTOCOL_VERSIONS
 
 
-def _scope(ctx: Ctx) -> Mapping[str, Any]:
+def _scope(ctx: Ctx) -> MutableMapping[str, Any]:
     request = ctx.request
     return request.scope if request is not None else {}
 
@@ -145,7 +146,12 @@ class DoorServer:
             return
         if not _stateless(ctx) or SCOPE_CALLER not in scope:
             raise MCPError(code=types.INVALID_REQUEST, message="this request belongs to no session: initialize first")
-        async with self._leases.using(scope[SCOPE_CALLER], self._profile) as leased:
+        try:
+            leased = await self._leases.acquire(scope[SCOPE_CALLER], self._profile)
+        except RunnerError as exc:
+            scope[SCOPE_LEASE_REFUSED] = exc  # the HTTP layer answers it with its status, as an initialize's refusal
+            raise
+        with leased.busy():  # no await since the acquire: a reap cannot end it in between
             self._remember(leased.opened.tools)
             yield leased
 

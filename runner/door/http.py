@@ -1,18 +1,23 @@
 """The Streamable HTTP door: ``/mcp/<profile>`` beside gRPC, in the service's event loop, on uvicorn.
 
 In front of the SDK's ``StreamableHTTPSessionManager`` (one per profile, so a session id of one profile means
-nothing at another), every request passes, in this order: the DNS-rebinding check on a loopback listener (Host
-and Origin must name this machine: 421 / 403), the caller's identity (401 with a Bearer challenge when tokens are
-configured and none or a wrong one came), the profile (404 with a JSON-RPC error), the body cap (413). Then:
+nothing at another), every request passes, in this order: Content-Type and the DNS-rebinding check on a loopback
+listener (Host and Origin must name this machine: 421 / 403), the caller's identity (401 with a Bearer challenge
+when tokens are configured and none or a wrong one came), the profile (404), the body cap (413), the message's shape
+and the protocol version header (400: ``runner.door.refusals``). Every refusal is a JSON-RPC error. An unknown
+profile or session id is the caller's refusal as on gRPC: the SessionManager counts it against the caller's
+``refusals_per_min`` (past it: 429 with ``Retry-After``) and records it. Then:
 
 * ``initialize`` without a session: the sandbox is opened here, before the SDK sees the request, so a refusal
-  (policy, quota, unknown profile, a server that would not start) is a JSON-RPC error with its HTTP status and no
+  (policy, quota, a server that would not start) is a JSON-RPC error with its HTTP status and no
   session is made; once the SDK answers with its ``Mcp-Session-Id`` the session is bound to the sandbox.
+* any other request without a session: 400 from the door (the SDK's refusal would name a session it discarded).
 * a request naming a session: it must be the caller's own, with its sandbox alive, else 404 as for an unknown id
-  (never saying it exists). A DELETE closes the sandbox; so does ``session_idle_timeout_s`` without a request
-  in flight (an open GET stream counts), and the service's stop.
-* a 2026-07-28 request (``MCP-Protocol-Version`` of that era): the SDK checks headers against the body and serves
-  it statelessly; its handler uses the caller's lease (``runner.door.leases``).
+  (never saying it exists). A DELETE closes the sandbox (a request it leaves unanswered is told so); so does
+  ``session_idle_timeout_s`` without a request in flight (an open GET stream counts), and the service's stop.
+* a 2026-07-28 request (``MCP-Protocol-Version`` of that era, no session): the SDK checks headers against the body
+  and serves it statelessly; its handler uses the caller's lease (``runner.door.leases``), whose refused open is
+  answered with its HTTP status as an ``initialize``'s is.
 
 A client that leaves mid-request cancels it, and so its request in the sandbox: the SDK does so for the stateless
 era; for a session the door watches the POST's connection and cancels that request's handler.
@@ -22,7 +27,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import socket
 import ssl
@@ -31,27 +35,47 @@ from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import mcp_types as types
 import uvicorn
 from mcp.server.streamable_http import MCP_SESSION_ID_HEADER
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
-from mcp.server.transport_security import TransportSecurityMiddleware, TransportSecuritySettings
 from mcp.shared.inbound import MCP_PROTOCOL_VERSION_HEADER
-from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
+from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
 from runner.api.auth import is_loopback
 from runner.config import McpHttpConfig, TlsConfig
+from runner.door.bodies import NO_BODY, Body, read_body, replaying
 from runner.door.calls import DOOR, DoorManager
 from runner.door.draining import Draining
-from runner.door.errors import error_code, error_data, http_status
-from runner.door.handlers import SCOPE_BINDING, SCOPE_CALLER, DoorServer, Note
+from runner.door.errors import http_status
+from runner.door.handlers import SCOPE_BINDING, SCOPE_CALLER, SCOPE_LEASE_REFUSED, DoorServer, Note
 from runner.door.identity import HttpAuthenticator
 from runner.door.leases import Binding, DoorSessions, Leases
+from runner.door.refusals import (
+    SESSION_NOT_FOUND,
+    answers,
+    content_type,
+    era_refusal,
+    message_refusal,
+    no_session_refusal,
+    refusal,
+    retry_after,
+    runner_error,
+    session_not_found,
+    transport_refusal,
+    unanswered_event,
+)
 from runner.door.seal import StateSeal
-from runner.errors import ProfileNotFound, RunnerError, Unauthenticated, Unavailable
+from runner.errors import (
+    ProfileNotFound,
+    RunnerError,
+    SessionNotFound,
+    Status,
+    Unauthenticated,
+    Unavailable,
+)
 from runner.sessions.models import DOORS
 
 log = logging.getLogger(__name__)
@@ -62,53 +86,12 @@ MCP_DOORS = frozenset(door for door in DOORS if door.startswith("mcp-"))
 REAP_INTERVAL_S = 5.0
 
 
-def rpc_error(status: int, code: int, message: str, request_id: Any = None, data: Any = None,
-              headers: dict[str, str] | None = None) -> Response:  # fmt: skip
-    error: dict[str, Any] = {"code": code, "message": message}
-    if data is not None:
-        error["data"] = data
-    body = json.dumps({"jsonrpc": "2.0", "id": request_id, "error": error}, separators=(",", ":"))
-    return Response(body, status_code=status, media_type="application/json", headers=headers)
-
-
-def runner_error(exc: RunnerError, request_id: Any = None, headers: dict[str, str] | None = None) -> Response:
-    return rpc_error(http_status(exc), error_code(exc), exc.message, request_id, error_data(exc), headers)
-
-
 def claimed_door(headers: Mapping[str, str]) -> str:
     """The MCP door a session's client says it came through (``mcp-runner mcp`` says ``mcp-stdio`` in
     ``DOOR_HEADER``), else this one. The caller's own claim: it names the door in the session's audit records and
     grants nothing, so only the MCP doors' names are taken (a client cannot pass for the gRPC API)."""
     claimed = headers.get(DOOR_HEADER, DOOR)
     return claimed if claimed in MCP_DOORS else DOOR
-
-
-def _security(listen: str) -> TransportSecuritySettings | None:
-    """Host and Origin allow lists on a loopback listener (where DNS rebinding reaches); elsewhere tokens guard."""
-    if not is_loopback(listen):
-        return None
-    port = listen.rsplit(":", 1)[-1]
-    hosts = ("127.0.0.1", "localhost", "[::1]")
-    return TransportSecuritySettings(
-        enable_dns_rebinding_protection=True,
-        allowed_hosts=[f"{host}:{port}" for host in hosts] + [f"{host}:*" for host in hosts] + list(hosts),
-        allowed_origins=[f"{scheme}://{host}{suffix}" for scheme in ("http", "https") for host in hosts
-                         for suffix in (":*", "")],
-    )  # fmt: skip
-
-
-@dataclass
-class _Body:
-    raw: bytes
-    message: Any
-
-    @property
-    def request_id(self) -> Any:
-        return self.message.get("id") if isinstance(self.message, dict) else None
-
-    @property
-    def method(self) -> Any:
-        return self.message.get("method") if isinstance(self.message, dict) else None
 
 
 class DoorApp:
@@ -129,12 +112,11 @@ class DoorApp:
         self.leases = Leases(manager, config.lease_idle_timeout_s)
         self.draining = Draining()
         seal = StateSeal()
-        security = _security(config.listen)
-        self._security = TransportSecurityMiddleware(security)
+        self._loopback = is_loopback(config.listen)
         self._doors = {
             profile: StreamableHTTPSessionManager(
                 app=DoorServer(profile, manager, self.leases, seal, note).server,
-                security_settings=security,
+                security_settings=None,  # the door's own checks (refusals.py) come first and are stricter
                 session_idle_timeout=config.session_idle_timeout_s,
                 max_request_body_size=config.max_body_bytes,
                 max_sessions=None,  # the SessionManager's quotas decide, per caller and for the service
@@ -172,82 +154,101 @@ class DoorApp:
         path: str = scope["path"]
         profile = path[len(PATH_PREFIX):].rstrip("/") if path.startswith(PATH_PREFIX) else ""
         if not profile or "/" in profile:
-            await rpc_error(404, types.INVALID_REQUEST, f"no MCP endpoint at {path[:200]!r}: use /mcp/<profile>")(
+            await refusal(404, f"no MCP endpoint at {path[:200]!r}: use /mcp/<profile>", grpc=Status.NOT_FOUND)(
                 scope, receive, send
             )
             return
         request = Request(scope, receive)
-        refused = await self._security.validate_request(request, is_post=request.method == "POST")
+        refused = transport_refusal(request, loopback=self._loopback)
         if refused is not None:
             await refused(scope, receive, send)
             return
         try:
             caller = self._auth.identify(request.headers)
-            door = self._doors.get(profile)
-            if door is None:
-                known = ", ".join(sorted(self._doors)) or "none"
-                raise ProfileNotFound(f"no profile named {profile!r} (known profiles: {known})")
         except Unauthenticated as exc:
             challenge = {"WWW-Authenticate": 'Bearer realm="mcp-runner"'} if self._auth.challenges else None
             await runner_error(exc, headers=challenge)(scope, receive, send)
             return
-        except RunnerError as exc:
-            await runner_error(exc)(scope, receive, send)
+        door = self._doors.get(profile)
+        if door is None:
+            known = ", ".join(sorted(self._doors)) or "none"
+            unknown = ProfileNotFound(f"no profile named {profile!r} (known profiles: {known})")
+            answer = await self._refused(unknown, runner_error(unknown), caller, request, NO_BODY, profile)
+            await answer(scope, receive, send)
             return
         scope[SCOPE_CALLER] = caller
-        body = await self._read_body(scope, receive, send) if request.method == "POST" else _Body(b"", None)
+        posted = request.method == "POST"
+        body = await read_body(self._config.max_body_bytes, scope, receive, send) if posted else NO_BODY
         if body is None:
             return
-        replay = _replaying(body.raw, receive) if request.method == "POST" else receive
+        replay = replaying(body.raw, receive) if posted else receive
         era = request.headers.get(MCP_PROTOCOL_VERSION_HEADER)
-        if era is not None and era not in HANDSHAKE_PROTOCOL_VERSIONS:
-            await door.handle_request(scope, replay, send)  # stateless: the SDK checks the rest
-            return
         session_id = request.headers.get(MCP_SESSION_ID_HEADER)
-        if session_id is None:
-            if body.method == "initialize":
-                await self._initialize(door, profile, caller, body, scope, replay, send)
-            else:  # the SDK answers what is wrong with it (no session, a GET without one…)
-                await door.handle_request(scope, replay, send)
-            return
+        refused = message_refusal(body.message) or era_refusal(era, session_id, body.request_id)
+        if refused is not None:
+            await refused(scope, receive, send)
+        elif era in MODERN_PROTOCOL_VERSIONS:
+            await self._serve_stateless(door, scope, replay, send)
+        elif session_id is None and body.method == "initialize" and body.request_id is not None:
+            await self._initialize(door, profile, caller, body, scope, replay, send)
+        elif session_id is None:
+            await no_session_refusal(request.method, body.request_id, parsed=body.parsed)(scope, receive, send)
+        else:
+            await self._serve_named(door, session_id, caller, body, scope, replay, send)
+
+    async def _serve_named(
+        self, door: StreamableHTTPSessionManager, session_id: str, caller: str, body: Body, scope: Scope,
+        receive: Receive, send: Send,
+    ) -> None:  # fmt: skip
+        """A request naming a session: the caller's own live one, else the caller's refusal (404)."""
+        request = Request(scope)
         binding = self.sessions.find(session_id, caller)
         if binding is None:
-            await rpc_error(404, types.INVALID_REQUEST, "Session not found: initialize a new session",
-                            body.request_id)(scope, receive, send)  # fmt: skip
+            missing = SessionNotFound(SESSION_NOT_FOUND)
+            answer = await self._refused(missing, session_not_found(body.request_id), caller, request, body)
+            await answer(scope, receive, send)
             return
         scope[SCOPE_BINDING] = binding
-        status = await self._serve_session(door, binding, body, scope, replay, send)
-        if request.method == "DELETE" and status is not None and status < 300:
+        deleting = request.method == "DELETE"
+        if deleting:  # said to requests in flight that the end of the session leaves unanswered
+            binding.ending = "the session was deleted (DELETE)"
+        status = await self._serve_session(door, binding, body, scope, receive, send)
+        if deleting and status is not None and status < 300:
             await self.sessions.end(session_id, "the client ended its session (DELETE)")
+        elif deleting:
+            binding.ending = ""
 
-    async def _read_body(self, scope: Scope, receive: Receive, send: Send) -> _Body | None:
-        """The whole body, at most ``max_body_bytes`` (else 413 and None), and its JSON if it parses."""
-        cap = self._config.max_body_bytes
-        declared = Request(scope).headers.get("content-length", "")
-        chunks: list[bytes] = []
-        size = int(declared) if declared.isdigit() else 0
-        while size <= cap:
-            message = await receive()
-            if message["type"] != "http.request":
-                break
-            chunk = message.get("body", b"")
-            chunks.append(chunk)
-            size = sum(map(len, chunks))
-            if not message.get("more_body", False):
-                break
-        if size > cap:
-            await rpc_error(413, types.INVALID_REQUEST, f"the request body is larger than {cap} bytes")(
-                scope, receive, send
-            )
-            return None
-        raw = b"".join(chunks)
+    async def _refused(
+        self, error: RunnerError, answer: Response, caller: str, request: Request, body: Body, profile: str = ""
+    ) -> Response:
+        """``answer`` to a miss (an unknown profile or session) once the SessionManager has counted and recorded it
+        as the caller's refusal, as on gRPC; past the caller's refusal rate, that error (429) instead."""
+        method = body.method[:100] if isinstance(body.method, str) else request.method
         try:
-            return _Body(raw, json.loads(raw))
-        except (ValueError, RecursionError):
-            return _Body(raw, None)  # the SDK answers the parse error
+            await self._manager.refuse(error, caller=caller, method=method, door=claimed_door(request.headers),
+                                       profile=profile)  # fmt: skip
+        except RunnerError as exc:
+            if exc is not error:
+                return runner_error(exc, body.request_id)
+        return answer
+
+    async def _serve_stateless(self, door: StreamableHTTPSessionManager, scope: Scope, receive: Receive,
+                               send: Send) -> None:  # fmt: skip
+        """The SDK serves it statelessly; an answer saying the caller's lease could not open gets that refusal's HTTP
+        status (the SDK's would be 200), as a refused ``initialize`` does."""
+
+        async def status_send(message: Message) -> None:
+            refused = scope.get(SCOPE_LEASE_REFUSED)
+            started = message["type"] == "http.response.start"
+            if started and isinstance(refused, RunnerError) and content_type(message).startswith(b"application/json"):
+                extra = [(key.lower().encode(), value.encode()) for key, value in retry_after(refused).items()]
+                message = {**message, "status": http_status(refused), "headers": [*message["headers"], *extra]}
+            await send(message)
+
+        await door.handle_request(scope, receive, status_send)
 
     async def _initialize(
-        self, door: StreamableHTTPSessionManager, profile: str, caller: str, body: _Body,
+        self, door: StreamableHTTPSessionManager, profile: str, caller: str, body: Body,
         scope: Scope, receive: Receive, send: Send,
     ) -> None:  # fmt: skip
         try:
@@ -277,12 +278,14 @@ class DoorApp:
                 await self._manager.close(binding.session_id, caller=caller)
 
     async def _serve_session(
-        self, door: StreamableHTTPSessionManager, binding: Binding, body: _Body, scope: Scope, receive: Receive,
+        self, door: StreamableHTTPSessionManager, binding: Binding, body: Body, scope: Scope, receive: Receive,
         send: Send,
     ) -> int | None:  # fmt: skip
-        """Serves one request of a session; its client leaving cancels its handler. Returns the HTTP status."""
+        """Serves one request of a session; its client leaving cancels its handler, its session's end leaves it
+        answered (the SDK would just end the stream). Returns the HTTP status."""
         status: int | None = None
         request_id = body.request_id
+        streaming = answered = False
 
         async def watching_receive() -> Message:
             message = await receive()
@@ -295,28 +298,20 @@ class DoorApp:
             return message
 
         async def watching_send(message: Message) -> None:
-            nonlocal status
+            nonlocal status, streaming, answered
             if message["type"] == "http.response.start":
                 status = message["status"]
+                streaming = request_id is not None and content_type(message).startswith(b"text/event-stream")
+            elif streaming and not answered:
+                answered = answers(message.get("body", b""), request_id)
+                if not answered and not message.get("more_body", False):
+                    ended = unanswered_event(request_id, binding.ending)
+                    await send({"type": "http.response.body", "body": ended, "more_body": True})
             await send(message)
 
         with binding.busy():
             await door.handle_request(scope, watching_receive, watching_send)
         return status
-
-
-def _replaying(raw: bytes, receive: Receive) -> Receive:
-    """``receive`` with the body already read handed out again first."""
-    sent = False
-
-    async def replay() -> Message:
-        nonlocal sent
-        if not sent:
-            sent = True
-            return {"type": "http.request", "body": raw, "more_body": False}
-        return await receive()
-
-    return replay
 
 
 class _Server(uvicorn.Server):

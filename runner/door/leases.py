@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import anyio
@@ -43,6 +43,8 @@ class Binding:
     """JSON-RPC request id -> the scope of its handler, cancelled when its client leaves mid-call."""
     held: set[str] = field(default_factory=set)
     """Calls the door holds running between a client's requests (``runner.door.translate``): the lease is in use."""
+    ending: str = ""
+    """Why the session is ending under requests in flight (a DELETE): said to each one left unanswered."""
 
     @property
     def session_id(self) -> str:
@@ -122,13 +124,8 @@ class Leases:
         self._leases: dict[tuple[str, str], Binding] = {}
         self._opening: dict[tuple[str, str], asyncio.Lock] = {}
 
-    @contextlib.asynccontextmanager
-    async def using(self, caller: str, profile: str) -> AsyncIterator[Binding]:
-        binding = await self._acquire(caller, profile)
-        with binding.busy():  # no await since the acquire: a reap cannot end it in between
-            yield binding
-
-    async def _acquire(self, caller: str, profile: str) -> Binding:
+    async def acquire(self, caller: str, profile: str) -> Binding:
+        """The caller's lease, opened if it has none alive. Mark it busy before any await: a reap could end it."""
         key = (caller, profile)
         lock = self._opening.setdefault(key, asyncio.Lock())
         async with lock:  # a caller's first requests, side by side, share one open

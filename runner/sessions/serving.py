@@ -14,12 +14,13 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import mcp_types
 
 from runner.approvals import Approval
 from runner.audit import records
+from runner.audit.records import capped
 from runner.channel import Reply
 from runner.config import Settings
 from runner.errors import (
@@ -52,7 +53,7 @@ from runner.sessions.models import (
     SessionState,
 )
 from runner.sessions.session import LiveSession
-from runner.text import control_free, unescaped
+from runner.text import control_free, unescaped, whole_words
 
 log = logging.getLogger(__name__)
 V = TypeVar("V")
@@ -118,6 +119,23 @@ class Serving:
         if first:
             self._journal.note(records.THROTTLE, "", caller, {"action": action, "error": error_json(error)})
         raise error
+
+    async def refuse(self, error: RunnerError, *, caller: str, method: str, door: str, profile: str = "") -> NoReturn:
+        """Another door's refusal of what reached no session: an id naming no live session of the caller (the MCP
+        door's ``Mcp-Session-Id``), or a ``profile`` that does not exist. Counted against the caller's refusal rate
+        as gRPC's are (past it: RESOURCE_EXHAUSTED is raised, nothing recorded), then recorded as gRPC records them
+        (a refused open of ``profile``, else a request of ``method`` answered with ``error``) and ``error`` raised."""
+        self._refusing(caller, "open" if profile else method)
+        if profile:
+            log.warning("open of profile %r by caller %r refused: %s", whole_words(profile, 100), caller,
+                        control_free(error.message))  # fmt: skip
+            await self._journal.durable_or_raise(records.SESSION_OPEN, "", caller, {
+                "profile": capped(profile), "outcome": "refused", "error": error_json(error), "door": door,
+            })  # fmt: skip
+            raise error
+        async with self._journal.request("", caller, method, {}) as entry:
+            entry.door = door
+            raise error
 
     def _returning(self, session: LiveSession, entry: RequestEntry, answer: Sanitized[V]) -> Sanitized[V]:
         """``answer`` goes to the caller: into the request's record, its findings into records of their own."""

@@ -1,6 +1,7 @@
 """Red team of the HTTP door on the real service and real Docker: hostile clients, a hostile server, load.
 
-The service is this module's own (tokens for alice, bob and carol; carol's call rate is tight), its profiles the
+The service is this module's own (tokens for alice, bob, carol and dave; carol's call rate is tight, dave may
+hold one session), its profiles the
 talkback server (tests/servers/talkback_server.py), which plants a secret (``API_TOKEN``), an OSC-52 escape and a
 prompt injection in what it says. Every refusal must be a clear HTTP/JSON-RPC error, nothing leaked, the service
 SERVING afterwards. A test marked xfail(strict) documents a defect of the door: its reason names it.
@@ -68,6 +69,7 @@ class Door:
     alice: str
     bob: str
     carol: str
+    dave: str
 
     def headers(self, token: str, **more: str) -> dict[str, str]:
         return {**JSON_SSE, "authorization": f"Bearer {token}", **more}
@@ -76,13 +78,14 @@ class Door:
 @pytest.fixture(scope="module")
 def door(images: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Door]:
     tmp = tmp_path_factory.mktemp("mcp-door-hostile")
-    alice, bob, carol = new_token(), new_token(), new_token()
+    alice, bob, carol, dave = new_token(), new_token(), new_token(), new_token()
     (tmp / "leak.txt").write_text(LEAK + "\n", encoding="utf-8")
     (tmp / "policy.yaml").write_text(textwrap.dedent(f"""
         callers:
           alice: {{tokens: ["{hash_token(alice)}"], profiles: ["*"], max_sessions: 30}}
           bob: {{tokens: ["{hash_token(bob)}"], profiles: ["*"], max_sessions: 4}}
           carol: {{tokens: ["{hash_token(carol)}"], profiles: ["*"], rates: {{calls_per_s: 0.2, call_burst: 2}}}}
+          dave: {{tokens: ["{hash_token(dave)}"], profiles: ["*"], max_sessions: 1}}
     """), encoding="utf-8")  # fmt: skip
     base = (
         f"image: python-servers, command: [python3, /srv/servers/talkback_server.py], "
@@ -98,7 +101,7 @@ def door(images: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> It
     service = start_service(tmp, f"it-red-{secrets.token_hex(4)}", config=config)
     try:
         _wait_for_port(service.mcp_listen, service)
-        yield Door(service, f"http://{service.mcp_listen}/mcp/talkback", alice, bob, carol)
+        yield Door(service, f"http://{service.mcp_listen}/mcp/talkback", alice, bob, carol, dave)
     finally:
         stop_service(service)
 
@@ -455,15 +458,6 @@ async def test_a_flood_of_calls_meets_the_callers_rate_and_others_are_unaffected
         assert not (await mcp.call_tool("cancellations", {})).is_error
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "runner/door/http.py:213 (DoorApp._serve, DoorSessions.find in runner/door/leases.py:90): "
-        "a request naming an unknown or "
-        "another caller's Mcp-Session-Id is answered 404 by the door alone; the SessionManager never sees it, so it "
-        "is neither audited as the caller's refusal nor counted against refusals_per_min as on gRPC"
-    ),
-)
 async def test_guessed_session_ids_are_audited_and_throttled_as_on_grpc(door: Door) -> None:
     answers: list[int] = []
     since = time.time()
@@ -473,29 +467,81 @@ async def test_guessed_session_ids_are_audited_and_throttled_as_on_grpc(door: Do
             answer = await http.post(door.url, json={"jsonrpc": "2.0", "id": 2, "method": "tools/list"},
                                      headers=door.headers(door.bob, **guess))  # fmt: skip
             answers.append(answer.status_code)
+            if answer.status_code == 429:
+                assert int(answer.headers["retry-after"]) >= 1
+                assert answer.json()["error"]["data"]["status"] == "RESOURCE_EXHAUSTED"
     assert set(answers) <= {404, 429}
     assert 429 in answers, "a caller guessing session ids was never throttled"
     refusals = query(door.service.audit_db, AuditQuery(caller="bob", since=since))
-    assert refusals, "the guesses left no audit record"
+    guesses = [r for r in refusals if r.kind == records.REQUEST]
+    assert len(guesses) == answers.count(404), "each guess answered 404 is on record, those throttled are not"
+    assert {(r.data["method"], r.data["door"], r.data["outcome"]) for r in guesses} == {("tools/list", "mcp-http",
+                                                                                          "error")}  # fmt: skip
+    assert records.THROTTLE in {r.kind for r in refusals}  # a short note per run of throttled refusals
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "runner/door/http.py:186-189 (DoorApp._serve): "
-        "an unknown profile at /mcp/<name> is answered 404 by the door alone; on gRPC the "
-        "same open goes through SessionManager.open, which records the caller's refusal (and counts it against "
-        "refusals_per_min); the door's never reaches the audit log"
-    ),
-)
 async def test_an_unknown_profile_is_audited_as_on_grpc(door: Door) -> None:
     since = time.time()
     with door.service.client(token=door.carol) as client, pytest.raises(grpc.RpcError):
         client.open_session("no-such-profile")
-    assert query(door.service.audit_db, AuditQuery(caller="carol", since=since)), "gRPC audits the refusal"
+    (by_grpc,) = query(door.service.audit_db, AuditQuery(caller="carol", since=since))
     since = time.time()
-    async with httpx2.AsyncClient(timeout=60) as http:
+    async with httpx2.AsyncClient(timeout=60) as http:  # carol: bob may be throttled by the test above
         refused = await http.post(door.url.rsplit("/", 1)[0] + "/no-such-profile", json=INIT,
-                                  headers=door.headers(door.bob))  # fmt: skip
+                                  headers=door.headers(door.carol))  # fmt: skip
     assert refused.status_code == 404
-    assert query(door.service.audit_db, AuditQuery(caller="bob", since=since)), "the door's refusal left no record"
+    (by_door,) = query(door.service.audit_db, AuditQuery(caller="carol", since=since))
+    assert (by_door.kind, by_door.data["outcome"], by_door.data["profile"]) == (
+        by_grpc.kind, by_grpc.data["outcome"], by_grpc.data["profile"])
+    assert by_door.data["door"] == "mcp-http"
+
+
+async def test_a_call_in_flight_when_its_session_is_deleted_is_answered(door: Door) -> None:
+    async with httpx2.AsyncClient(timeout=120) as http:
+        opened = await http.post(door.url, json=INIT, headers=door.headers(door.alice))
+        session = door.headers(door.alice, **{"mcp-session-id": opened.headers["mcp-session-id"],
+                                              "mcp-protocol-version": LEGACY})  # fmt: skip
+        call = {"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": {"name": "wait", "arguments": {}}}
+        async with http.stream("POST", door.url, json=call, headers=session) as answer:
+            lines = answer.aiter_lines()
+            async for line in lines:
+                if line.startswith("data: "):  # the tool runs in the sandbox
+                    break
+            deleted = await http.delete(door.url, headers=session)
+            assert deleted.status_code == 200
+            rest = [json.loads(line[len("data: ") :]) async for line in lines if line.startswith("data: ")]
+    (ended,) = [message for message in rest if message.get("id") == 7]
+    assert "the session was deleted" in ended["error"]["message"], ended
+    assert ended["error"]["data"] == {"status": "FAILED_PRECONDITION"}
+    _assert_serving(door)
+
+
+async def test_a_stateless_caller_past_its_quota_gets_429_as_at_initialize(door: Door) -> None:
+    listing = {"jsonrpc": "2.0", "id": 3, "method": "tools/list", "params": {"_meta": ENVELOPE}}
+    stateless = door.headers(door.dave, **{"mcp-protocol-version": MODERN, "mcp-method": "tools/list"})
+    async with httpx2.AsyncClient(timeout=120) as http:
+        opened = await http.post(door.url, json=INIT, headers=door.headers(door.dave))  # dave's one session
+        assert opened.status_code == 200
+        session = {"mcp-session-id": opened.headers["mcp-session-id"], "mcp-protocol-version": LEGACY}
+        try:
+            refused = await http.post(door.url, json=listing, headers=stateless)
+            second = await http.post(door.url, json=INIT, headers=door.headers(door.dave))
+        finally:
+            await http.delete(door.url, headers=door.headers(door.dave, **session))
+    assert refused.status_code == second.status_code == 429, refused.text
+    assert refused.json()["error"]["code"] == second.json()["error"]["code"] == -32004
+    assert refused.json()["error"]["data"] == {"status": "RESOURCE_EXHAUSTED"}
+
+
+async def test_rebinding_refusals_are_jsonrpc_errors_and_want_a_numeric_port(door: Door) -> None:
+    port = door.service.mcp_listen.rpartition(":")[2]
+    async with httpx2.AsyncClient(timeout=60) as http:
+        for host in (f"127.0.0.1:{port}@attacker.example", "127.0.0.1:x", "attacker.example"):
+            refused = await http.post(door.url, json=INIT, headers=door.headers(door.alice, host=host))
+            assert refused.status_code == 421, host
+            assert refused.json()["error"]["data"] == {"status": "PERMISSION_DENIED"}
+        for origin in (f"http://localhost:{port}@attacker.example", "null"):
+            refused = await http.post(door.url, json=INIT, headers=door.headers(door.alice, origin=origin))
+            assert refused.status_code == 403, origin
+            assert refused.json()["error"]["code"] == types.INVALID_REQUEST
+    _assert_serving(door)

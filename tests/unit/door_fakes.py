@@ -5,12 +5,12 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn
 
 import mcp_types as types
 
 from runner.approvals import Approval, ApprovalState
-from runner.errors import RunnerError, SessionNotFound
+from runner.errors import RateLimited, RunnerError, SessionNotFound
 from runner.sessions.models import (
     ApprovalCallback,
     Exchange,
@@ -55,6 +55,9 @@ class FakeManager:
     cancelled: list[str] = field(default_factory=list)
     input_required: types.InputRequiredResult | None = None
     listeners: dict[str, tuple[NotificationHandler | None, InputHandler | None]] = field(default_factory=dict)
+    refusals: list[dict[str, Any]] = field(default_factory=list)
+    refusal_limit: int | None = None
+    """Set: refusals past this many are RateLimited, as the manager's refusal rate does."""
 
     async def open(
         self, profile: str, *, caller: str, door: str = "grpc", protocol: str = "2025-11-25"
@@ -84,6 +87,13 @@ class FakeManager:
         opened.state = SessionState.CLOSED
         self.closed.append(session_id)
         return self._info(opened)
+
+    async def refuse(self, error: RunnerError, *, caller: str, method: str, door: str, profile: str = ""
+                     ) -> NoReturn:
+        if self.refusal_limit is not None and len(self.refusals) >= self.refusal_limit:
+            raise RateLimited(f"caller {caller} exceeded its refusal rate", 1.5)
+        self.refusals.append({"error": error, "caller": caller, "method": method, "door": door, "profile": profile})
+        raise error
 
     def get(self, session_id: str, *, caller: str) -> SessionInfo:
         return self._info(self._find(session_id, caller))

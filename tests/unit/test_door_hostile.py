@@ -10,6 +10,7 @@ import asyncio
 import json
 import socket
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import httpx2
@@ -19,9 +20,12 @@ from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 
+from runner.audit import records
 from runner.door.http import RunningDoor
+from runner.errors import ProfileNotFound, RateLimited, SessionNotFound
 from tests.unit.door_fakes import FakeManager
 from tests.unit.test_door_http import INIT, JSON_SSE, _door, notes, url
+from tests.unit.test_manager_audit import audit_env
 
 MODERN = "2026-07-28"
 ENVELOPE = {"io.modelcontextprotocol/protocolVersion": MODERN, "io.modelcontextprotocol/clientCapabilities": {}}
@@ -108,14 +112,6 @@ async def test_a_stateless_batch_is_refused(door: RunningDoor, http: httpx2.Asyn
     assert manager.opens == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "runner/door/http.py:219 (DoorApp._serve_session) "
-        "hands a session's batch to the SDK, which answers -32602 with a pydantic dump of "
-        "4 union validation errors (echoing the input, naming pydantic) instead of -32600 'batches are not supported'"
-    ),
-)
 async def test_a_batch_in_a_session_is_a_clear_invalid_request(door: RunningDoor, http: httpx2.AsyncClient) -> None:
     session = await _session(http, door)
     reply = await http.post(url(door), json=[LISTING, LISTING], headers=session)
@@ -124,33 +120,18 @@ async def test_a_batch_in_a_session_is_a_clear_invalid_request(door: RunningDoor
     assert error["code"] == types.INVALID_REQUEST and "batch" in error["message"].lower()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "runner/door/http.py:203 (DoorApp._serve): "
-        "any MCP-Protocol-Version outside the handshake versions goes to the stateless path, "
-        "so an unknown one ('1999-01-01', 'bogus') is answered with an envelope error about params._meta (or -32020 "
-        "'does not match'), never 'unsupported protocol version' naming the supported ones"
-    ),
-)
 async def test_an_unknown_protocol_version_header_is_named_as_such(door: RunningDoor, http: httpx2.AsyncClient) -> None:
     session = await _session(http, door)
     for era in ("1999-01-01", "bogus"):
-        reply = await http.post(url(door), json=LISTING, headers={**session, "mcp-protocol-version": era})
-        assert reply.status_code == 400
-        error = _error(reply)
-        assert "unsupported" in error["message"].lower() and era in error["message"], error
+        for headers in (session, ALICE):
+            reply = await http.post(url(door), json=LISTING, headers={**headers, "mcp-protocol-version": era})
+            assert reply.status_code == 400
+            error = _error(reply)
+            assert "unsupported" in error["message"].lower() and era in error["message"], error
+            assert error["code"] == -32022 and "2025-11-25" in error["message"]
+            assert error["data"] == {"supported": [MODERN], "requested": era, "status": "INVALID_ARGUMENT"}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "runner/door/http.py:203 (DoorApp._serve): "
-        "a request naming its Mcp-Session-Id but sent with MCP-Protocol-Version "
-        "2026-07-28 (the session negotiated 2025-11-25 at initialize) is served statelessly from the caller's lease: "
-        "the session is silently bypassed and a second sandbox opened for the caller; it should be 400"
-    ),
-)
 async def test_a_session_request_claiming_the_stateless_era_is_refused(door: RunningDoor, http: httpx2.AsyncClient,
                                                                       manager: FakeManager) -> None:  # fmt: skip
     session = await _session(http, door)
@@ -194,7 +175,71 @@ async def test_guessed_and_garbage_session_ids_are_all_the_same_404(
     theirs = await http.post(url(door), json=LISTING, headers={**session, **BOB})
     assert theirs.status_code == 404
     messages.add(_error(theirs)["message"])
+    assert _error(theirs)["data"] == {"status": "NOT_FOUND"}
     assert len(messages) <= 2, messages  # a malformed header may be refused apart, never an id told from another
+
+
+async def test_session_misses_are_the_callers_refusals_and_throttled(door: RunningDoor, http: httpx2.AsyncClient,
+                                                                     manager: FakeManager) -> None:  # fmt: skip
+    """As on gRPC: each miss goes through the SessionManager's refusal path (counted, recorded); past the caller's
+    refusal rate the answer is its 429, with Retry-After."""
+    session = await _session(http, door)
+    manager.refusal_limit = 3
+    statuses = []
+    for verb in ("POST", "GET", "DELETE", "POST"):
+        reply = await http.request(verb, url(door), json=LISTING if verb == "POST" else None,
+                                   headers={**session, **BOB})  # fmt: skip
+        statuses.append(reply.status_code)
+    assert statuses == [404, 404, 404, 429]
+    assert reply.headers["retry-after"] == "2"
+    assert _error(reply) == {"code": -32004, "message": "caller bob exceeded its refusal rate; retry in 1.50 s",
+                             "data": {"status": "RESOURCE_EXHAUSTED", "retryAfterMs": 1500}}  # fmt: skip
+    assert [(r["caller"], r["method"], r["door"], r["profile"]) for r in manager.refusals] == [
+        ("bob", "tools/list", "mcp-http", ""), ("bob", "GET", "mcp-http", ""), ("bob", "DELETE", "mcp-http", "")]
+    assert all(type(r["error"]).__name__ == "SessionNotFound" for r in manager.refusals)
+    mine = await http.post(url(door), json=LISTING, headers=session)  # the owner's session is untouched
+    assert mine.status_code == 200 and manager.closed == []
+
+
+async def test_the_managers_refusal_path_counts_records_and_throttles(tmp_path: Path) -> None:
+    """SessionManager.refuse (the real one, a real audit log): what the door's misses go through."""
+    async with audit_env(tmp_path) as env:
+        with pytest.raises(SessionNotFound):
+            await env.manager.refuse(SessionNotFound("Session not found"), caller="alice", method="tools/list",
+                                     door="mcp-http")  # fmt: skip
+        with pytest.raises(ProfileNotFound):
+            await env.manager.refuse(ProfileNotFound("no profile named 'nope'"), caller="alice", method="initialize",
+                                     door="mcp-stdio", profile="nope")  # fmt: skip
+        throttled = None
+        for _ in range(100):  # the default refusal burst is far smaller
+            try:
+                await env.manager.refuse(SessionNotFound("x"), caller="alice", method="tools/list", door="mcp-http")
+            except RateLimited as exc:
+                throttled = exc
+                break
+            except SessionNotFound:
+                continue
+        assert throttled is not None and "refusals_per_min" in throttled.message
+        await env.finish()
+        found = env.records(caller="alice")
+    request = found[0]
+    assert (request.kind, request.data["method"], request.data["door"], request.data["outcome"]) == (
+        records.REQUEST, "tools/list", "mcp-http", "error")
+    opened = found[1]
+    assert (opened.kind, opened.data["profile"], opened.data["outcome"], opened.data["door"]) == (
+        records.SESSION_OPEN, "nope", "refused", "mcp-stdio")
+    assert [r.kind for r in found].count(records.THROTTLE) == 1  # one note per run, the rest unrecorded
+
+
+async def test_an_unknown_profile_is_the_callers_refusal(door: RunningDoor, http: httpx2.AsyncClient,
+                                                         manager: FakeManager) -> None:  # fmt: skip
+    reply = await http.post(url(door, "nope"), json=INIT, headers=BOB)
+    assert reply.status_code == 404 and "no profile named 'nope'" in _error(reply)["message"]
+    assert [(r["caller"], r["profile"]) for r in manager.refusals] == [("bob", "nope")]
+    manager.refusal_limit = 1
+    throttled = await http.post(url(door, "nope"), json=INIT, headers=BOB)
+    assert throttled.status_code == 429 and _error(throttled)["data"]["status"] == "RESOURCE_EXHAUSTED"
+    assert manager.opens == []
 
 
 async def test_another_callers_session_cannot_be_deleted_streamed_or_used(door: RunningDoor, http: httpx2.AsyncClient,
@@ -228,19 +273,27 @@ async def test_requests_without_a_session_leave_no_session_behind(door: RunningD
     assert len(sdk._server_instances) == 0 and len(door.app.sessions) == 0 and manager.opens == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "runner/door/http.py:210 (DoorApp._serve) "
-        "lets the SDK answer a POST without a session id; the SDK made a session for it, "
-        "discards it on the 400, but its Mcp-Session-Id header stays on the refusal: the client is handed a session "
-        "id that answers 404"
-    ),
-)
 async def test_a_refused_request_names_no_session(door: RunningDoor, http: httpx2.AsyncClient) -> None:
-    reply = await http.post(url(door), json=LISTING, headers=ALICE)
-    assert reply.status_code == 400
-    assert "mcp-session-id" not in reply.headers
+    notification = {"jsonrpc": "2.0", "method": "notifications/initialized"}
+    for verb, body in (("POST", LISTING), ("POST", notification), ("POST", "x"), ("GET", None), ("DELETE", None)):
+        reply = await http.request(verb, url(door), json=body, headers={**ALICE, "accept": "text/event-stream"}
+                                   if verb == "GET" else ALICE)  # fmt: skip
+        assert reply.status_code == 400, verb
+        assert "mcp-session-id" not in reply.headers
+        error = _error(reply)
+        assert error["code"] == types.INVALID_REQUEST and "initialize" in error["message"]
+        assert error["data"] == {"status": "INVALID_ARGUMENT"}
+    unparsed = await http.post(url(door), content=b"{", headers=ALICE)
+    assert unparsed.status_code == 400 and _error(unparsed)["code"] == types.PARSE_ERROR
+    assert "mcp-session-id" not in unparsed.headers
+    put = await http.put(url(door), json=LISTING, headers=ALICE)
+    assert put.status_code == 405 and put.headers["allow"] == "GET, POST, DELETE" and _error(put)
+
+
+async def test_an_initialize_notification_opens_nothing(door: RunningDoor, http: httpx2.AsyncClient,
+                                                        manager: FakeManager) -> None:  # fmt: skip
+    reply = await http.post(url(door), json={k: v for k, v in INIT.items() if k != "id"}, headers=ALICE)
+    assert reply.status_code == 400 and manager.opens == []
 
 
 # -------------------------------------------------------------------------------------------- the sealed state
@@ -310,17 +363,19 @@ async def test_a_chunked_body_past_the_cap_is_413_without_a_length(door: Running
     assert reply.status_code == 413 and _error(reply)["code"] == types.INVALID_REQUEST
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "the SDK parses a request whose id is an object (not string/number) as a notification: the door answers 202 "
-        "Accepted and never answers the request; the door could refuse it 400 -32600 before the SDK sees it"
-    ),
-)
 async def test_a_request_with_an_object_id_is_refused(door: RunningDoor, http: httpx2.AsyncClient) -> None:
     session = await _session(http, door)
-    reply = await http.post(url(door), json={**LISTING, "id": {"x": 1}}, headers=session)
-    assert reply.status_code == 400 and _error(reply)["code"] == types.INVALID_REQUEST
+    kinds = {"an object": {"x": 1}, "an array": [1], "a boolean": True, "null": None, "a number with a point": 2.5}
+    for kind, value in kinds.items():
+        for headers in (session, ALICE):  # in a session and before one
+            reply = await http.post(url(door), json={**LISTING, "id": value}, headers=headers)
+            assert reply.status_code == 400, kind
+            error = _error(reply)
+            assert error["code"] == types.INVALID_REQUEST and kind in error["message"], error
+            assert reply.json()["id"] is None
+    answer = {"jsonrpc": "2.0", "id": None, "error": {"code": -32700, "message": "could not read your request"}}
+    accepted = await http.post(url(door), json=answer, headers=session)  # the one place JSON-RPC allows a null id
+    assert accepted.status_code == 202
 
 
 async def test_slow_bodies_do_not_hold_up_another_caller(door: RunningDoor, http: httpx2.AsyncClient) -> None:
@@ -383,6 +438,7 @@ async def test_a_stateless_caller_past_its_quota_gets_a_jsonrpc_error(door: Runn
     )
     error = _error(reply)
     assert error == {"code": -32004, "message": manager.open_error.message, "data": {"status": "RESOURCE_EXHAUSTED"}}
+    assert reply.status_code == 429  # as a refused initialize
     manager.open_error = None
     for verb in ("GET", "DELETE"):  # the stateless era is POST only
         refused = await http.request(
@@ -401,31 +457,44 @@ async def test_deleting_a_session_with_a_call_in_flight_cancels_the_call(door: R
         await asyncio.sleep(0.01)
     deleted = await http.delete(url(door), headers=session)
     assert deleted.status_code == 200
-    await in_flight
+    ended = await in_flight
     assert manager.cancelled == ["get_current_time"] and manager.closed == ["s1"]
+    answers = [json.loads(line[6:]) for line in ended.text.splitlines() if line.startswith("data: ")]
+    answers = [message for message in answers if message.get("id") == 7]
+    assert ended.status_code == 200 and len(answers) == 1, ended.text  # the stream had begun
+    assert "the session was deleted" in answers[0]["error"]["message"]
+    assert answers[0]["error"]["data"] == {"status": "FAILED_PRECONDITION"}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "runner/door/http.py:180-183 (DoorApp._serve): the SDK's TransportSecurityMiddleware refusals (421 Host, "
-        "403 Origin, 400 Content-Type) are sent as they are, plain-text bodies ('Invalid Host header'), where every "
-        "other refusal of the door (401, 404, 413) is a JSON-RPC error with data.status; wrap them in rpc_error"
-    ),
-)
+async def test_an_answered_session_request_gets_its_answer_alone(door: RunningDoor, http: httpx2.AsyncClient) -> None:
+    session = await _session(http, door)
+    call = {"jsonrpc": "2.0", "id": 8, "method": "tools/call", "params": {"name": "get_current_time"}}
+    reply = await http.post(url(door), json=call, headers=session)
+    messages = [json.loads(line[6:]) for line in reply.text.splitlines() if line.startswith("data: ")]
+    assert [("result" in m, m.get("id")) for m in messages if "id" in m] == [(True, 8)], reply.text
+
+
 async def test_rebinding_and_content_type_refusals_are_jsonrpc_errors(door: RunningDoor, http: httpx2.AsyncClient,
                                                                       manager: FakeManager) -> None:  # fmt: skip
     refusals = [
-        ({**ALICE, "host": "localhost.evil.example"}, 421),
-        ({**ALICE, "origin": "null"}, 403),
-        ({**ALICE, "origin": "http://localhost.evil.example"}, 403),
-        ({**ALICE, "content-type": "text/plain"}, 400),
+        ({**ALICE, "host": "localhost.evil.example"}, 421, "PERMISSION_DENIED"),
+        ({**ALICE, "host": "127.0.0.1:80@evil.example"}, 421, "PERMISSION_DENIED"),  # only a numeric port
+        ({**ALICE, "host": "localhost:http"}, 421, "PERMISSION_DENIED"),
+        ({**ALICE, "origin": "null"}, 403, "PERMISSION_DENIED"),
+        ({**ALICE, "origin": "http://localhost.evil.example"}, 403, "PERMISSION_DENIED"),
+        ({**ALICE, "origin": "http://127.0.0.1:80@evil.example"}, 403, "PERMISSION_DENIED"),
+        ({**ALICE, "content-type": "text/plain"}, 400, "INVALID_ARGUMENT"),
     ]
-    for headers, status in refusals:
+    for headers, status, grpc_status in refusals:
         reply = await http.post(url(door), content=json.dumps(INIT), headers=headers)
-        assert reply.status_code == status  # the refusal itself holds: only its shape is wrong
+        assert reply.status_code == status
         assert manager.opens == []
-        assert _error(reply)["code"] == types.INVALID_REQUEST
+        error = _error(reply)
+        assert error["code"] == types.INVALID_REQUEST and error["data"] == {"status": grpc_status}
+    for host, origin in (("localhost", "http://localhost"), ("127.0.0.1:1", "https://127.0.0.1:65535"),
+                         ("[::1]:8080", "http://[::1]:8080")):  # fmt: skip
+        reply = await http.post(url(door), json=INIT, headers={**ALICE, "host": host, "origin": origin})
+        assert reply.status_code == 200, (host, reply.text)
 
 
 async def test_a_flood_of_requests_from_one_caller_leaves_another_served(
