@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import secrets
+import socket
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -131,6 +132,19 @@ class Cluster:
         pytest.fail(f"deployment {namespace}/{name} not ready within {READY_TIMEOUT_S:.0f} s\n"
                     + self.describe_pods(namespace))
 
+    def wait_reachable(self, namespace: str, address: tuple[str, int]) -> None:
+        """Until the Service's address accepts connections: a Deployment is ready before kube-proxy has synced the
+        new endpoint, and until then the ClusterIP refuses (kube-proxy's rule for a Service without endpoints)."""
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(address, timeout=2).close()
+                return
+            except OSError:
+                time.sleep(0.5)
+        pytest.fail(f"{address[0]}:{address[1]} refused connections for {READY_TIMEOUT_S:.0f} s after the deployment "
+                    "was ready\n" + self.describe_pods(namespace))
+
     def session_pods(self, namespace: str) -> list[str]:
         listed = self.core.list_namespaced_pod(namespace, label_selector=SESSION_LABEL,
                                                _request_timeout=API_TIMEOUT_S)
@@ -162,6 +176,7 @@ def deployed(namespace: str) -> Iterator[tuple[Cluster, str, str]]:
                     metadata=client.V1ObjectMeta(name=TOKEN_SECRET), string_data={"token": token}))
         cluster.wait_ready(namespace, "mcp-runner")
         service = cluster.core.read_namespaced_service("mcp-runner", namespace, _request_timeout=API_TIMEOUT_S)
+        cluster.wait_reachable(namespace, (service.spec.cluster_ip, 50051))
         yield cluster, f"{service.spec.cluster_ip}:50051", namespace
     finally:
         for name in bindings:
