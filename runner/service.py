@@ -37,7 +37,7 @@ from runner.audit.service import AuditService
 from runner.audit.store import AuditStore
 from runner.config import ConfigError, Settings
 from runner.door.http import DoorApp, RunningDoor, start_door
-from runner.door.identity import HttpAuthenticator, check_door_auth
+from runner.door.identity import HttpAuthenticator
 from runner.errors import FailedPrecondition
 from runner.guard.memory import GuardMemory, memory_path
 from runner.policy import PolicyStore
@@ -221,7 +221,6 @@ async def run_service(settings: Settings) -> None:
     door_listen = settings.mcp_http.listen
     if door_listen:
         check_listen_safety(door_listen, settings.tls, settings.auth)
-        check_door_auth(settings.auth)
         check_policy_required(door_listen, settings.auth, settings.policy)
         refuse_address_in_use(door_listen)
     lock = InstanceLock.acquire(settings.state_dir, settings.instance, settings.listen)

@@ -68,6 +68,7 @@ from runner.door.refusals import (
     unanswered_event,
 )
 from runner.door.seal import StateSeal
+from runner.door.tls_peer import PeerCertificateProtocol, peer_certificate
 from runner.errors import (
     ProfileNotFound,
     RunnerError,
@@ -164,7 +165,7 @@ class DoorApp:
             await refused(scope, receive, send)
             return
         try:
-            caller = self._auth.identify(request.headers)
+            caller = self._auth.identify(request.headers, peer_certificate(scope))
         except Unauthenticated as exc:
             challenge = {"WWW-Authenticate": 'Bearer realm="mcp-runner"'} if self._auth.challenges else None
             await runner_error(exc, headers=challenge)(scope, receive, send)
@@ -377,8 +378,10 @@ async def start_door(app: DoorApp, listen: str, *, tls: TlsConfig | None, grace:
     if lifetime.done():
         sock.close()
         lifetime.result()
+    # The h11 protocol, pinned, so each request carries its connection's verified client certificate (tls_peer).
     config = uvicorn.Config(
-        app, lifespan="off", log_config=None, access_log=False, timeout_graceful_shutdown=round(grace) + 5,
+        app, http=PeerCertificateProtocol, lifespan="off", log_config=None, access_log=False,
+        timeout_graceful_shutdown=round(grace) + 5,
         ssl_certfile=str(tls.cert) if tls else None, ssl_keyfile=str(tls.key) if tls else None,
         ssl_ca_certs=str(tls.client_ca) if tls and tls.client_ca else None,
         ssl_cert_reqs=ssl.CERT_REQUIRED if tls and tls.client_ca else ssl.CERT_NONE,

@@ -6,8 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from runner.config import AuthConfig, ConfigError, McpHttpConfig
-from runner.door.identity import check_door_auth
+from runner.config import ConfigError, McpHttpConfig
 from runner.settings_file import load_settings
 from tests.unit.test_readme import _blocks
 
@@ -41,13 +40,6 @@ def test_bad_values_are_refused(tmp_path: Path, line: str) -> None:
     path.write_text(line + "\n")
     with pytest.raises(ConfigError, match="mcp_http"):
         load_settings(path)
-
-
-def test_certificates_alone_cannot_name_http_callers() -> None:
-    check_door_auth(AuthConfig())
-    check_door_auth(AuthConfig(mtls=True, tokens=True))
-    with pytest.raises(ConfigError, match="tokens"):
-        check_door_auth(AuthConfig(mtls=True))
 
 
 def test_the_readme_example_means_what_it_says(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
