@@ -63,6 +63,9 @@ def _serve(args: argparse.Namespace) -> int:
     from runner.settings_file import load_settings
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # The SDK's door transport logs every MCP session's start and end at INFO; the door logs its own line per
+    # sandbox (who, which profile, why it closed), so the SDK's are noise beside it. Warnings still show.
+    logging.getLogger("mcp.server").setLevel(logging.WARNING)
     try:
         asyncio.run(run_service(load_settings(
             args.config, listen=args.listen, backend=args.backend, mcp_listen=args.mcp_listen
