@@ -168,6 +168,8 @@ class Operations(Utilities):
                     exchange=exchange,
                 )
             if interactive.input_required(session, reply):
+                if not _takes_input_required(exchange):
+                    raise _cannot_give_input(f"tool {tool!r}")
                 needed = await interactive.needed_input(session, reply, f"tool {tool!r}")
                 return ToolCallOutcome(
                     result=None,
@@ -208,14 +210,26 @@ class Operations(Utilities):
     ) -> Sanitized[list[mcp_types.TextResourceContents | mcp_types.BlobResourceContents]]:
         """The contents alone (what gRPC returns); a server asking for input is refused (no exchange to give it)."""
         read = await self.read_resource_result(session_id, uri, caller=caller, timeout=timeout)
-        if isinstance(read.value, mcp_types.InputRequiredResult):
-            raise _cannot_give_input(f"resource {uri!r}")
         return Sanitized(list(read.value.contents), read.findings)
+
+    @overload
+    async def read_resource_result(
+        self, session_id: str, uri: str, *, caller: str, timeout: float | None = None, exchange: None = None
+    ) -> Sanitized[mcp_types.ReadResourceResult]: ...
+
+    @overload
+    async def read_resource_result(
+        self, session_id: str, uri: str, *, caller: str, timeout: float | None = None, exchange: Exchange
+    ) -> Sanitized[mcp_types.ReadResourceResult | mcp_types.InputRequiredResult]: ...
 
     async def read_resource_result(
         self, session_id: str, uri: str, *, caller: str, timeout: float | None = None, exchange: Exchange | None = None
-    ) -> Sanitized[mcp_types.ReadResourceResult | mcp_types.InputRequiredResult]:
-        """The whole ReadResourceResult, its contents sanitized; or (2026-07-28) the server's input request."""
+    ) -> (
+        Sanitized[mcp_types.ReadResourceResult]
+        | Sanitized[mcp_types.ReadResourceResult | mcp_types.InputRequiredResult]
+    ):
+        """The whole ReadResourceResult, its contents sanitized; or (2026-07-28) the server's input request, when
+        the caller can take one (``_takes_input_required``), else it is refused, within the request's record."""
         self._screen(session_id, caller, "resources/read", "resources")
         async with self._journal.request(session_id, caller, "resources/read", {"uri": uri}) as entry:
             session = self._offering(session_id, caller, "resources", entry)
@@ -227,6 +241,8 @@ class Operations(Utilities):
                     )
                 what = f"contents of {uri!r}"
                 if interactive.input_required(session, reply):
+                    if not _takes_input_required(exchange):
+                        raise _cannot_give_input(f"resource {uri!r}")
                     needed = await interactive.needed_input(session, reply, f"resource {uri!r}")
                     return self._input_required(session, entry, needed)
                 small = outflow.small(reply)
@@ -308,7 +324,7 @@ class Operations(Utilities):
                     )
                 what = f"prompt {name!r}"
                 if interactive.input_required(session, reply):
-                    if exchange is None:
+                    if not _takes_input_required(exchange):
                         raise _cannot_give_input(what)
                     needed = await interactive.needed_input(session, reply, what)
                     return self._input_required(session, entry, needed)
@@ -326,6 +342,13 @@ class Operations(Utilities):
         self._returning(session, entry, answer)
         entry.returned["result"] = interactive.recorded(session, answer.value)
         return answer
+
+
+def _takes_input_required(exchange: Exchange | None) -> bool:
+    """Whether the caller can be handed a server's input-required answer: only a 2026-07-28 client can, and it
+    answers the server that way alone; a caller with an ``on_input`` handler answers server requests while the
+    request runs (gRPC, a stateful door session) and has no way to pass an input-required answer on."""
+    return exchange is not None and exchange.on_input is None
 
 
 def _cannot_give_input(what: str) -> FailedPrecondition:

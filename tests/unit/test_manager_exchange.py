@@ -313,6 +313,25 @@ async def test_prompts_and_resources_hand_back_input_required(env: Env) -> None:
     assert done.value.contents[0].uri == "mem://a"
 
 
+async def test_a_caller_that_cannot_take_input_required_is_refused_within_the_record(env: Env) -> None:
+    """gRPC reaching a 2026-07-28 lease: an input-required answer is refused, and its record says so (an empty
+    result once went back instead, recorded as input_required)."""
+    session = await open_talk(env, protocol="2026-07-28", door="mcp-http")
+
+    async def on_input(request: ServerRequest) -> dict[str, Any]:
+        raise AssertionError("a 2026-07-28 server asks by input-required answers, not requests")
+
+    for exchange in (None, Exchange(on_input=on_input)):
+        with pytest.raises(errors.FailedPrecondition, match="2026-07-28"):
+            await env.manager.call_tool(session, "need", {}, caller="alice", exchange=exchange)
+    with pytest.raises(errors.FailedPrecondition, match="2026-07-28"):
+        await env.manager.read_resource(session, "mem://a", caller="alice")
+    with pytest.raises(errors.FailedPrecondition, match="2026-07-28"):
+        await env.manager.read_resource_result(session, "mem://a", caller="alice", exchange=Exchange(on_input=on_input))
+    asked = [r.data for r in env.records(records.REQUEST) if r.data["method"] in ("tools/call", "resources/read")]
+    assert [r["outcome"] for r in asked] == ["error"] * 4
+
+
 async def test_resource_templates_are_listed_over_pages_and_sanitized(env: Env) -> None:
     session = await open_talk(env)
     listed = await env.manager.list_resource_templates(session, caller="alice")
