@@ -33,7 +33,8 @@ from runner.sessions.models import (
 )
 
 MAX_EVENTS_WAITING = 256
-"""Watch events a slow watcher may leave unread before the oldest log messages and list changes give way."""
+"""Watch events a slow watcher may leave unread before the oldest log message, list change or resource update
+gives way."""
 INLINE_ANSWER_CHARS = 64 * 1024
 """An answer up to this size is parsed on the event loop (as tool arguments are: a thread hop would cost more)."""
 WATCH_CHECK_S = 1.0
@@ -77,12 +78,20 @@ class ProtocolService(Protocol):
 _REPLACED = object()
 
 
+_DROPPABLE = ("log", "list_changed", "resource_updated")
+"""Events a later one makes up for: a watcher that missed some re-reads what changed. Input requests are not."""
+_COLLAPSED = ("list_changed", "resource_updated")
+"""Events that say only *what* changed: one waiting per list or resource URI says it all."""
+
+
 class _WatchEvents:
     """A watch's events waiting to be sent: bounded, never blocking the session's reader.
 
-    Input requests are never given up (the agent holds at most 64 unanswered per session); past
-    ``MAX_EVENTS_WAITING`` the oldest log message or list change gives way and the next event sent counts it.
-    A list change already waiting is not queued twice.
+    Input requests are never given up (the host holds at most ``runner.channel.MAX_SERVER_REQUESTS`` unanswered
+    per session: the agent is untrusted); a list change or resource update already waiting for the same list or
+    URI is not queued twice; past ``MAX_EVENTS_WAITING`` the oldest log message, list change or resource update
+    gives way and the next event sent counts it in ``dropped``. So a server's notifications, however many, hold
+    at most that many events in the host's memory.
     """
 
     def __init__(self) -> None:
@@ -91,13 +100,11 @@ class _WatchEvents:
         self._added = asyncio.Event()
 
     def put(self, event: Any) -> None:
-        if event is not _REPLACED and event.WhichOneof("event") == "list_changed" and any(
-            item is not _REPLACED and item.list_changed == event.list_changed for item in self._items
-        ):
+        if event is not _REPLACED and _waiting(event, self._items):
             return
         if len(self._items) >= MAX_EVENTS_WAITING:
             for index, item in enumerate(self._items):
-                if item is not _REPLACED and item.WhichOneof("event") in ("log", "list_changed"):
+                if item is not _REPLACED and item.WhichOneof("event") in _DROPPABLE:
                     del self._items[index]
                     self._dropped += 1
                     break
@@ -117,6 +124,16 @@ class _WatchEvents:
         if item is not _REPLACED and self._dropped:
             item.dropped, self._dropped = self._dropped, 0
         return item
+
+
+def _waiting(event: Any, items: deque[Any]) -> bool:
+    """Whether ``event`` says only what an event already waiting says (the same list or URI changed)."""
+    kind = event.WhichOneof("event")
+    if kind not in _COLLAPSED:
+        return False
+    what = getattr(event, kind)
+    return any(item is not _REPLACED and item.WhichOneof("event") == kind and getattr(item, kind) == what
+               for item in items)  # fmt: skip
 
 
 class ProtocolRpcs:

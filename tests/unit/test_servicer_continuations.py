@@ -84,3 +84,64 @@ async def test_watch_queue_gives_up_old_logs_never_requests(monkeypatch: pytest.
     assert got[0].input_required.input_id == "in_1" and got[0].dropped == 3
     assert [g.log.data_json for g in got[1:]] == ["3", "4"] and got[1].dropped == 0
     assert await events.get(0.01) is None
+
+
+async def test_watch_queue_holds_one_update_per_uri_and_gives_updates_up(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A server spamming notifications/resources/updated at a slow watcher holds a bounded queue."""
+    monkeypatch.setattr(protocol_rpcs, "MAX_EVENTS_WAITING", 3)
+    events = protocol_rpcs._WatchEvents()
+    for _ in range(1000):
+        events.put(pb.SessionEvent(resource_updated="mem://a"))
+    events.put(pb.SessionEvent(input_required=pb.InputRequired(input_id="in_1")))
+    for n in range(1000):
+        events.put(pb.SessionEvent(resource_updated=f"mem://{n}"))
+    events.put(pb.SessionEvent(input_required=pb.InputRequired(input_id="in_2")))
+    got = []
+    while (event := await events.get(0.01)) is not None:
+        got.append(event)
+    assert [g.WhichOneof("event") for g in got] == ["input_required", "resource_updated", "input_required"]
+    assert got[0].input_required.input_id == "in_1" and got[0].dropped == 1000
+    assert got[1].resource_updated == "mem://999" and got[2].input_required.input_id == "in_2"
+
+
+async def test_a_round_never_shows_requests_already_answered() -> None:
+    """After its answers, a call that goes quiet (the server working) is waited on, not reported as a round of no
+    requests: ``next_requests`` counts only requests still waiting."""
+    registry = Continuations()
+    release = asyncio.Event()
+    waiting: continuations.WaitingCall[str] = continuations.WaitingCall(registry, caller="alice", session_id="s1")
+
+    async def call() -> str:
+        await waiting.conversation.on_input(ROOTS)
+        await release.wait()
+        return "done"
+
+    waiting.start(call())
+    first = await waiting.next_requests(0.01)
+    assert isinstance(first, list) and [p.request.method for p in first] == ["roots/list"]
+    registry.resolve(first[0], {"roots": []})
+    second = asyncio.create_task(waiting.next_requests(0.01))
+    for _ in range(5):  # several settle times pass with nothing waiting: still no round
+        await asyncio.sleep(0.01)
+    assert not second.done()
+    release.set()
+    assert await second == "done"
+
+
+async def test_a_request_after_answered_ones_is_a_round_of_its_own() -> None:
+    registry = Continuations()
+    waiting: continuations.WaitingCall[str] = continuations.WaitingCall(registry, caller="alice", session_id="s1")
+
+    async def call() -> str:
+        await waiting.conversation.on_input(ROOTS)
+        await waiting.conversation.on_input(ServerRequest("roots/list", {"again": True}))
+        return "done"
+
+    waiting.start(call())
+    first = await waiting.next_requests(0.01)
+    assert isinstance(first, list) and len(first) == 1
+    registry.resolve(first[0], {"roots": []})
+    second = await waiting.next_requests(0.01)
+    assert isinstance(second, list) and [p.request.params for p in second] == [{"again": True}]
+    registry.resolve(second[0], {"roots": []})
+    assert await waiting.next_requests(0.01) == "done"
