@@ -191,6 +191,8 @@ class Conversation:
         finally:
             self.open.pop(pending.request.input_id, None)
             self._continuations.withdraw(pending, self._gone)
+            if self.call is not None:
+                self.call.wake()
 
     def end(self) -> None:
         """Nothing this conversation holds can be answered any more."""
@@ -271,25 +273,37 @@ class WaitingCall(Generic[T]):
             raise
 
     async def next_requests(self, settle_s: float) -> T | list[PendingInput]:
-        """The call's outcome, or every request it holds unanswered once no new one has come for ``settle_s``
-        (requests a server sends together are shown together). The waiter cancelled cancels the call."""
+        """The call's outcome, or every request it holds still waiting for its answer once no new one has come for
+        ``settle_s`` (requests a server sends together are shown together). Requests just answered do not count:
+        with none waiting this waits, without a settle time, for the call's outcome or its next request. The waiter
+        cancelled cancels the call."""
         assert self._task is not None
         task = self._task
         try:
             while not task.done():
                 self._changed.clear()
-                if not self.conversation.open:
+                if not self._waiting():
                     await self._changed.wait()
                     continue
                 try:
                     await asyncio.wait_for(self._changed.wait(), settle_s)
                 except TimeoutError:
-                    self._steps.clear()
-                    return list(self.conversation.open.values())
+                    waiting = self._waiting()
+                    if waiting:
+                        self._steps.clear()
+                        return waiting
             return self._outcome(task)
         except asyncio.CancelledError:
             task.cancel()
             raise
+
+    def wake(self) -> None:
+        """Something the waiter looks at changed (a request of the call ended): it looks again."""
+        self._changed.set()
+
+    def _waiting(self) -> list[PendingInput]:
+        """The call's requests not yet answered (an answered one stays in ``open`` until its asker resumes)."""
+        return [pending for pending in self.conversation.open.values() if not pending.answer.done()]
 
     def _outcome(self, task: asyncio.Task[T]) -> T:
         if task.cancelled():

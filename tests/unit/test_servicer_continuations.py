@@ -119,8 +119,12 @@ async def test_a_round_never_shows_requests_already_answered() -> None:
     waiting.start(call())
     first = await waiting.next_requests(0.01)
     assert isinstance(first, list) and [p.request.method for p in first] == ["roots/list"]
-    registry.resolve(first[0], {"roots": []})
-    second = asyncio.create_task(waiting.next_requests(0.01))
+
+    async def answer_and_wait() -> str | list[continuations.PendingInput]:
+        registry.resolve(first[0], {"roots": []})  # as the door's retry does: the answer, then the wait at once
+        return await waiting.next_requests(0.01)
+
+    second = asyncio.create_task(answer_and_wait())
     for _ in range(5):  # several settle times pass with nothing waiting: still no round
         await asyncio.sleep(0.01)
     assert not second.done()
