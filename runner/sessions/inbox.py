@@ -62,9 +62,9 @@ THROTTLED_CODE = -32000
 MAX_QUOTED = 500
 """Characters of a client's or the guard's message quoted in the error the server gets."""
 ABANDONED = "abandoned"
+"""The outcome of a server request cancelled before it had its answer: its call ended, or its session closed."""
 ANSWERED_BY_PROFILE = "answered_by_profile"
 """The outcome of a ``roots/list`` the runner answered with the profile's ``roots`` (the caller was not asked)."""
-"""The outcome of a server request cancelled before it had its answer: its call ended, or its session closed."""
 
 
 def _pick(exchange: Exchange | None, listener: Exchange | None, pick: Callable[[Exchange], H | None]) -> H | None:
