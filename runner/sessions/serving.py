@@ -258,7 +258,12 @@ class Serving:
                 )
         except TimeoutError:
             raise await self._ending.after_timeout(session, method, budget) from None
-        except ServerError:
+        except ServerError as exc:
+            # The server's words: they may echo a secret of the session's env. Redacted as its results are, here
+            # where they leave the channel, so no caller, record or log sees them raw (``str`` of it neither); the
+            # code is kept.
+            outflow.sanitize_message(session, exc)
+            exc.args = (exc.message,)
             raise
         except RunnerError as exc:
             raise await self._ending.explain(session, exc) from exc

@@ -504,6 +504,16 @@ async def test_a_secret_in_a_server_error_message_stays_out_of_the_log(env: Env)
     assert raw.count(SECRET.encode()) == 0
 
 
+async def test_a_secret_in_a_server_error_message_reaches_no_caller(env: Env) -> None:
+    """Redacted where the error leaves the channel, its code kept: ``str`` of it too, which logs and tracebacks
+    print (only ``message`` was, by the operation's guard)."""
+    sid = (await env.manager.open("keyed_server_error", caller="alice")).info.session_id
+    with pytest.raises(errors.ServerError) as caught:
+        await env.manager.call_tool(sid, "say", {"text": "x"}, caller="alice")
+    assert caught.value.code == -32000 and "bad key [REDACTED" in caught.value.message
+    assert SECRET not in caught.value.message and SECRET not in str(caught.value)
+
+
 async def test_a_secret_in_output_that_breaks_the_output_schema_stays_out_of_the_log(env: Env) -> None:
     raw = await _leaks(env, "keyed_bad_output", "echo", {"text": "x"})
     assert raw.count(SECRET.encode()) == 0
