@@ -12,8 +12,10 @@ The retry's ``inputResponses`` are checked against their requests before the sta
 ``check_answer``: an answer that does not fit is -32602 naming what, and the same state may be sent again), then
 handed to the server, and the retry waits for the call's next step: its result, or its next requests. A request
 left unanswered is asked again, under its key, with a new state. A request for a capability the client did not
-declare in its ``_meta`` is answered -32601 to the server at once. A retry that never comes: ``ttl_s`` after the
-round, the call is cancelled in its sandbox; a client that leaves mid-round cancels it at once.
+declare in its ``_meta`` is answered -32601 to the server at once; one that cannot be shown to the client (its
+sanitized params no longer fit the MCP type) cancels the call, and the client is told why. A retry that never
+comes: ``ttl_s`` after the round, the call is cancelled in its sandbox; a client that leaves mid-round cancels it
+at once.
 
 The server's notifications and progress during the call go to the client's request waiting on it, if any (between
 rounds nobody hears them).
@@ -34,7 +36,14 @@ from mcp.server.session import ServerSession
 from runner.door.leases import Binding
 from runner.door.seal import AGAIN, Opened, StateRefused
 from runner.door.talkback import input_request, lacking, notifier
-from runner.errors import JSONRPC_METHOD_NOT_FOUND, ClientDeclined, FailedPrecondition, InvalidArgument, NotFound
+from runner.errors import (
+    JSONRPC_METHOD_NOT_FOUND,
+    ClientDeclined,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    ResultRejected,
+)
 from runner.sessions.continuations import Continuations, PendingInput, WaitingCall
 from runner.sessions.models import Exchange, ProgressCallback, ProgressEvent, ServerNotification, ServerRequest
 
@@ -198,6 +207,7 @@ class Translator:
         held.round = current
         try:
             step = await held.pending.next_requests(self._settle_s)
+            asked = self._asked(held, step) if isinstance(step, list) else {}
         except BaseException:
             self._drop(held)
             raise
@@ -206,9 +216,26 @@ class Translator:
         if not isinstance(step, list):
             self._drop(held)
             return step
-        asked = {held.key_of(pending): input_request(_shown(pending)) for pending in step}
         held.expiry = asyncio.get_running_loop().call_later(self.ttl_s, self._expire, held)
         return Paused(types.InputRequiredResult(input_requests=asked), held.call_id)
+
+    @staticmethod
+    def _asked(held: HeldCall[Any], step: list[PendingInput]) -> dict[str, types.InputRequest]:
+        """The round's input requests by key; a request that cannot be shown cancels the call (ResultRejected)."""
+        asked: dict[str, types.InputRequest] = {}
+        for pending in step:
+            try:
+                asked[held.key_of(pending)] = input_request(_shown(pending))
+            except Exception as exc:
+                held.pending.cancel()
+                if not isinstance(exc, ResultRejected):
+                    log.exception("a held call's %s request could not be built", pending.request.method)
+                why = exc.message if isinstance(exc, ResultRejected) else "it could not be built"
+                raise ResultRejected(
+                    f"the server's {pending.request.method} request cannot be put to this client ({why}): the call "
+                    "was cancelled"
+                ) from None
+        return asked
 
     def _expire(self, held: HeldCall[Any]) -> None:
         log.info("cancelling a call of %r held %g s for answers that never came", held.binding.caller, self.ttl_s)

@@ -326,3 +326,19 @@ async def test_a_client_leaving_mid_round_cancels_the_call(door: RunningDoor, ma
                 await asyncio.sleep(0.02)
     assert manager.cancelled == ["get_current_time"]
 
+
+async def test_a_request_that_cannot_be_shown_cancels_the_call_and_lets_go_of_it(
+    door: RunningDoor, manager: TalkingManager
+) -> None:
+    """Params that do not fit the MCP type (as sanitizing can leave them): the client is told, the call is cancelled
+    and nothing is left held (a held call keeps its lease from ever being reaped)."""
+    manager.rounds = [[ServerRequest("sampling/createMessage", {"maxTokens": "many"})]]
+    async with _client(door, sampling_callback=_hi) as mcp:
+        with pytest.raises(MCPError) as refused:
+            await mcp.session.call_tool("get_current_time", {}, allow_input_required=True)
+        assert "sampling/createMessage request cannot be put to this client" in refused.value.error.message
+        (lease,) = door.app.leases._leases.values()
+        async with asyncio.timeout(30):
+            while not manager.cancelled:
+                await asyncio.sleep(0.02)
+        assert manager.cancelled == ["get_current_time"] and not lease.held
