@@ -51,6 +51,7 @@ from runner.errors import (
 )
 from runner.framing import MAX_FRAME_VALUES as MAX_FRAME_VALUES  # re-exported: the cap belongs to the link
 from runner.framing import MAX_TEXT, LineFramer, count_values, line_cost
+from runner.guard.inbound import NOTIFICATIONS, SERVER_REQUESTS
 from runner.pace import Pace
 from runner.sessions.models import DEFAULT_PROTOCOL, PROTOCOLS, Exchange, ProgressEvent
 from runner.text import printable, whole_words
@@ -76,11 +77,6 @@ PARSE_BURST_S = 1.0
 #: Server requests (sampling, elicitation, roots) the agent may hold unanswered at once, as the agent does with its
 #: server (docs/agent-protocol.md): one more is a protocol violation.
 MAX_SERVER_REQUESTS = 64
-SERVER_REQUEST_METHODS = frozenset({"sampling/createMessage", "elicitation/create", "roots/list"})
-NOTIFICATION_METHODS = frozenset({
-    "notifications/message", "notifications/tools/list_changed", "notifications/resources/list_changed",
-    "notifications/prompts/list_changed", "notifications/resources/updated",
-})  # fmt: skip
 _MAX_FRAME_ID = 2**53
 """Ids are JSON numbers both sides read exactly: positive integers up to 2**53."""
 
@@ -301,7 +297,7 @@ class AgentChannel:
     async def _inbound_frame(self, kind: str, frame: JSONObject, size: int, values: int) -> None:
         """A server request or notification: shape checked here, then handed on (a request in a task of its own)."""
         method = frame.get("method")
-        known = SERVER_REQUEST_METHODS if kind == "server_request" else NOTIFICATION_METHODS
+        known = SERVER_REQUESTS if kind == "server_request" else NOTIFICATIONS
         if not isinstance(method, str) or method not in known:
             raise ProtocolViolation(f"a {kind!r} frame for a method the agent does not forward ({_text(method, '?')})")
         params = frame.get("params", {})

@@ -30,18 +30,21 @@ from runner.guard.validate import parse_input, parse_result
 
 JSONObject = dict[str, Any]
 
-_REQUESTS: dict[str, type[BaseModel]] = {
+SERVER_REQUESTS: dict[str, type[BaseModel]] = {
     "sampling/createMessage": mcp_types.CreateMessageRequest,
     "elicitation/create": mcp_types.ElicitRequest,
     "roots/list": mcp_types.ListRootsRequest,
 }
-_NOTIFICATIONS: dict[str, type[BaseModel]] = {
+"""The server requests the runner forwards to a client, by method, with their MCP request models: the one list
+(the channel's frame check and the door's forwarding use it)."""
+NOTIFICATIONS: dict[str, type[BaseModel]] = {
     "notifications/message": mcp_types.LoggingMessageNotification,
     "notifications/tools/list_changed": mcp_types.ToolListChangedNotification,
     "notifications/resources/list_changed": mcp_types.ResourceListChangedNotification,
     "notifications/prompts/list_changed": mcp_types.PromptListChangedNotification,
     "notifications/resources/updated": mcp_types.ResourceUpdatedNotification,
 }
+"""The server notifications the runner passes on, by method, with their MCP models: the one list."""
 
 
 @dataclass(frozen=True)
@@ -57,7 +60,7 @@ class CheckedRequest:
 
 def check_server_request(method: str, params: JSONObject) -> CheckedRequest:
     """ResultRejected naming what does not fit (the server is answered -32602 with it)."""
-    model = _REQUESTS.get(method)
+    model = SERVER_REQUESTS.get(method)
     if model is None:
         raise ResultRejected(f"the server sent a request the client does not take ({short(method, 60)!r})")
     request = parse_result(model, {"method": method, "params": params}, f"{method} request")
@@ -136,7 +139,7 @@ def _check_content(validator: Validator, content: JSONObject, what: str) -> None
 
 def check_notification(method: str, params: JSONObject) -> BaseModel:
     """A notification's params as their model; ResultRejected naming what does not fit (it is dropped)."""
-    model = _NOTIFICATIONS.get(method)
+    model = NOTIFICATIONS.get(method)
     if model is None:
         raise ResultRejected(f"the server sent a notification the runner does not pass on ({short(method, 60)!r})")
     notification = parse_result(model, {"method": method, "params": params}, f"{method} notification")
