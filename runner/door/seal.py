@@ -5,7 +5,9 @@ the server's own, but the client holding it is not to be trusted with it: the do
 note: an approval id, or the call the door holds for the client's answers, ``runner.door.translate``) in a token
 encrypted and authenticated under a key made when this process started (the SDK's AES-256-GCM codec), bound to
 the caller, the lease's sandbox session, the method and its target (tool or prompt name, resource URI) and a
-digest of the arguments, good for ``ttl_s`` and for one retry. The SDK's own ``RequestStateBoundary`` was not
+digest of the arguments, good for ``ttl_s`` and for one retry: the door remembers every token it minted that is
+neither used nor expired (in minting order, which is expiry order since every token has the same TTL), and a
+token not among them has been used. The SDK's own ``RequestStateBoundary`` was not
 used: it answers every failure with one fixed message and keeps no record of use, where a caller here is told
 what went wrong (and the refusal is audited by the door).
 
@@ -19,17 +21,19 @@ import json
 import os
 import secrets
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from mcp.server.request_state import AESGCMRequestStateCodec, InvalidRequestState
 
-from runner.errors import InvalidArgument
+from runner.errors import InvalidArgument, ResourceExhausted
 
 DEFAULT_TTL_S = 600.0
-MAX_REMEMBERED = 100_000
-"""Used tokens remembered until they expire; past this many the oldest go first (they expire soonest)."""
+MAX_OUTSTANDING = 100_000
+"""Tokens minted and neither used nor expired; with this many the door mints no more (``ResourceExhausted``) rather
+than forget one, which would make a used token look unused or an unused one look used."""
 AGAIN = "send the request again without requestState"
 
 
@@ -65,8 +69,8 @@ class StateSeal:
         self.ttl_s = ttl_s
         self._clock = clock
         self._codec = AESGCMRequestStateCodec([os.urandom(32)])
-        self._used: dict[str, float] = {}
-        """Nonce -> expiry of every token honoured and not yet expired, oldest first."""
+        self._outstanding: OrderedDict[str, float] = OrderedDict()
+        """Nonce -> expiry of every token minted and neither used nor expired, in minting (so expiry) order."""
 
     def seal(
         self,
@@ -79,12 +83,22 @@ class StateSeal:
         approval_id: str = "",
         held_call: str = "",
     ) -> str:
+        now = self._clock()
+        self._forget_expired(now)
+        if len(self._outstanding) >= MAX_OUTSTANDING:
+            raise ResourceExhausted(
+                f"too many pending retries: {MAX_OUTSTANDING} requestStates wait for their retry; send the request "
+                f"again later (each is good for {self.ttl_s:g} s)"
+            )
+        nonce, expiry = secrets.token_urlsafe(12), now + self.ttl_s
         target, digest = target_of(method, params)
         claims = {
             "c": caller, "l": lease, "m": method, "t": target, "a": digest, "s": server_state, "p": approval_id,
-            "h": held_call, "n": secrets.token_urlsafe(12), "exp": self._clock() + self.ttl_s,
+            "h": held_call, "n": nonce, "exp": expiry,
         }  # fmt: skip
-        return self._codec.seal(json.dumps(claims, separators=(",", ":")).encode())
+        token = self._codec.seal(json.dumps(claims, separators=(",", ":")).encode())
+        self._outstanding[nonce] = expiry
+        return token
 
     def open(
         self,
@@ -114,7 +128,7 @@ class StateSeal:
         self._forget_expired(now)
         if not now < expiry:
             raise StateRefused("expired", f"requestState expired (it is good for {self.ttl_s:g} s); {AGAIN}")
-        if nonce in self._used:
+        if nonce not in self._outstanding:
             raise StateRefused("replayed", f"requestState was already used (each is good for one retry); {AGAIN}")
         target, digest = target_of(method, params)
         if claims.get("c") != caller:
@@ -133,13 +147,14 @@ class StateSeal:
         )
         if check is not None:
             check(opened)
-        self._used[nonce] = expiry
-        if len(self._used) > MAX_REMEMBERED:
-            del self._used[next(iter(self._used))]
+        del self._outstanding[nonce]
         return opened
 
     def _forget_expired(self, now: float) -> None:
-        for nonce, expiry in list(self._used.items()):
+        """Expired tokens are refused for their expiry: they need not be remembered (oldest first, so stop at the
+        first one still good)."""
+        while self._outstanding:
+            nonce, expiry = next(iter(self._outstanding.items()))
             if expiry > now:
-                break
-            del self._used[nonce]
+                return
+            del self._outstanding[nonce]

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from runner.door import seal as seal_module
 from runner.door.seal import StateRefused, StateSeal
+from runner.errors import ResourceExhausted
 
 CALL = {"name": "book", "arguments": {"seat": "12A"}}
 
@@ -58,3 +60,31 @@ def test_tampered_foreign_and_expired_tokens_are_refused() -> None:
     with pytest.raises(StateRefused) as late:
         _open(seal, token)
     assert late.value.reason == "expired" and "60 s" in late.value.message
+
+
+def test_with_too_many_retries_pending_no_token_is_minted_and_none_is_forgotten(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Past the bound the door refuses to mint, where it used to forget used nonces (a replay then succeeded)."""
+    monkeypatch.setattr(seal_module, "MAX_OUTSTANDING", 2)
+    now = [1000.0]
+    seal = StateSeal(ttl_s=60, clock=lambda: now[0])
+    first = _sealed(seal)
+    now[0] += 30
+    second = _sealed(seal)
+    with pytest.raises(ResourceExhausted, match="too many pending retries"):
+        _sealed(seal)
+    _open(seal, second)  # used: it no longer counts, and it stays used
+    third = _sealed(seal)
+    with pytest.raises(ResourceExhausted):
+        _sealed(seal)
+    now[0] += 31  # the first expired: forgotten, so room for one more
+    fourth = _sealed(seal)
+    with pytest.raises(ResourceExhausted):
+        _sealed(seal)
+    for used in (third, fourth):
+        _open(seal, used)
+    for token, reason in ((second, "replayed"), (third, "replayed"), (fourth, "replayed"), (first, "expired")):
+        with pytest.raises(StateRefused) as refused:
+            _open(seal, token)
+        assert refused.value.reason == reason
