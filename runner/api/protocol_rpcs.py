@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import suppress
 from typing import Any, Protocol
 
@@ -21,7 +21,7 @@ from runner.api import protocol_convert as pconvert
 from runner.api._proto.mcp_runner.v1 import runner_pb2 as pb
 from runner.api.auth import Authenticator
 from runner.api.statuses import Context, deadline_of, translate_errors
-from runner.errors import ClientDeclined, FailedPrecondition, NotFound, RunnerError
+from runner.errors import ClientDeclined, FailedPrecondition, NotFound
 from runner.sessions.continuations import Continuations, Conversation, InputRequest, PendingInput
 from runner.sessions.models import (
     InputHandler,
@@ -63,14 +63,14 @@ class ProtocolService(Protocol):
 
     async def ping(self, session_id: str, *, caller: str) -> None: ...
 
-    def listen(
+    def cover(
         self,
         session_id: str,
         *,
         caller: str,
         on_notification: NotificationHandler | None = None,
         on_input: InputHandler | None = None,
-    ) -> None: ...
+    ) -> Callable[[], None]: ...
 
     def get(self, session_id: str, *, caller: str) -> SessionInfo: ...
 
@@ -239,7 +239,8 @@ class ProtocolRpcs:
                 self._continuations, caller=caller, session_id=session_id, deliver=deliver, on_expiry=unanswered,
                 gone=WATCH_ENDED,
             )  # fmt: skip
-            self._protocol.listen(
+            # Over the session's own listener (a door's, set at initialize), which is back when this watch ends.
+            uncover = self._protocol.cover(
                 session_id, caller=caller, on_notification=on_notification, on_input=conversation.on_input
             )
             replaced = self._watches.get(session_id)
@@ -256,8 +257,7 @@ class ProtocolRpcs:
                     elif not self._live(session_id, caller):
                         return
             finally:
+                uncover()  # first: a server request from now on goes to what this watch covered
                 conversation.decline_all(*WATCH_GONE)
                 if self._watches.get(session_id) is events:
                     del self._watches[session_id]
-                    with suppress(RunnerError):
-                        self._protocol.listen(session_id, caller=caller)

@@ -9,6 +9,9 @@ the prompt or resource it completes an argument of is; a subscription when readi
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+
 import mcp_types
 
 from runner.errors import InvalidArgument, Unimplemented
@@ -110,7 +113,46 @@ class Utilities(Serving):
         with neither given removes them."""
         session = self._live(session_id, caller)
         listening = on_notification is not None or on_input is not None
-        session.listener = Exchange(on_input=on_input, on_notification=on_notification) if listening else None
+        own = Exchange(on_input=on_input, on_notification=on_notification) if listening else None
+        covers = self._covers.get(session.id)
+        if covers is None:
+            session.listener = own
+        else:
+            covers[0] = own  # under a cover's handlers: in effect once the covers end
+
+    def cover(
+        self,
+        session_id: str,
+        *,
+        caller: str,
+        on_notification: NotificationHandler | None = None,
+        on_input: InputHandler | None = None,
+    ) -> Callable[[], None]:
+        """Handlers over the session's own (``listen``) until the returned function is called (a gRPC watch of a
+        door's session): then what they covered is in effect again. Covers stack: the newest is in effect, and one
+        that ends under a newer one only leaves the stack, so an end never brings back handlers that have ended."""
+        session = self._live(session_id, caller)
+        mine = Exchange(on_input=on_input, on_notification=on_notification)
+        stack = self._covers.setdefault(session.id, [session.listener])
+        stack.append(mine)
+        session.listener = mine
+
+        def uncover() -> None:
+            # By identity: two covers with the same handlers are equal Exchanges.
+            kept = [e for e in stack if e is not mine]
+            if len(kept) == len(stack):
+                return
+            stack[:] = kept
+            session.listener = stack[-1]
+            if len(stack) == 1 and self._covers.get(session.id) is stack:
+                del self._covers[session.id]
+
+        return uncover
+
+    @functools.cached_property
+    def _covers(self) -> dict[str, list[Exchange | None]]:
+        """Per session with covers: its own listener (index 0) under its covers, the newest last."""
+        return {}
 
     async def _simple(
         self, session_id: str, caller: str, method: str, params: dict[str, str], capability: str, uri: str = ""

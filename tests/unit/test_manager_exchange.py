@@ -198,6 +198,38 @@ async def test_unrelated_requests_and_notifications_go_to_the_listener(env: Env)
     assert said(outcome)["error"]["code"] == -32601
 
 
+async def test_covers_stack_over_the_listener_and_put_it_back(env: Env) -> None:
+    """A gRPC watch of a door's session covers the door's listener; covers that end in any order bring back only
+    what is still listening, and ``listen`` under covers sets what is in effect once they end."""
+    session = await open_talk(env)
+    heard: list[str] = []
+
+    def answering(name: str) -> Any:
+        async def on_input(request: ServerRequest) -> dict[str, Any]:
+            heard.append(name)
+            return {"roots": []}
+
+        return on_input
+
+    async def roots() -> Any:
+        return said(await env.manager.call_tool(session, "roots", {}, caller="alice"))
+
+    env.manager.listen(session, caller="alice", on_input=answering("door"))
+    uncover_older = env.manager.cover(session, caller="alice", on_input=answering("older"))
+    uncover_newer = env.manager.cover(session, caller="alice", on_input=answering("newer"))
+    await roots()
+    uncover_older()  # ended under the newer: the newer still listens
+    await roots()
+    env.manager.listen(session, caller="alice", on_input=answering("door again"))  # under the cover
+    await roots()
+    uncover_newer()
+    uncover_newer()  # twice changes nothing
+    await roots()
+    assert heard == ["newer", "newer", "newer", "door again"]
+    with pytest.raises(errors.PermissionDenied):
+        env.manager.cover(session, caller="bob", on_input=answering("bob"))
+
+
 async def test_another_caller_cannot_listen(env: Env) -> None:
     session = await open_talk(env)
 

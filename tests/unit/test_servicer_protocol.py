@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager, suppress
 from typing import Any
 
 import grpc
@@ -61,6 +61,7 @@ class FakeManager:
         self.states = {"s-alice": SessionState.READY, "s-bob": SessionState.READY}
         self.asked: list[tuple[str, Any]] = []
         self.listeners: dict[str, tuple[NotificationHandler | None, InputHandler | None]] = {}
+        self.covers: dict[str, list[tuple[NotificationHandler | None, InputHandler | None] | None]] = {}
         self.cancelled: list[str] = []
         self.exchanges: list[Exchange | None] = []
 
@@ -124,6 +125,31 @@ class FakeManager:
             self.listeners.pop(session_id, None)
         else:
             self.listeners[session_id] = (on_notification, on_input)
+
+    def cover(
+        self,
+        session_id: str,
+        *,
+        caller: str,
+        on_notification: NotificationHandler | None = None,
+        on_input: InputHandler | None = None,
+    ) -> Callable[[], None]:
+        """As the manager's: a stack over the session's own listener, the newest in effect."""
+        self._own(session_id, caller)
+        stack = self.covers.setdefault(session_id, [self.listeners.get(session_id)])
+        mine = (on_notification, on_input)
+        stack.append(mine)
+        self.listeners[session_id] = mine
+
+        def uncover() -> None:
+            stack[:] = [c for c in stack if c is not mine]
+            top = stack[-1]
+            if top is None:
+                self.listeners.pop(session_id, None)
+            else:
+                self.listeners[session_id] = top
+
+        return uncover
 
     async def call_tool(
         self,
@@ -452,6 +478,30 @@ async def test_a_newer_watch_replaces_the_older(alice: AsyncRunnerClient, fake: 
     await fake.listeners["s-alice"][0](ServerNotification("notifications/resources/list_changed", {}))  # type: ignore[misc]
     assert (await second).list_changed == "resources"
     await newer.aclose()
+
+
+async def test_an_ended_watch_leaves_the_doors_listener_in_place(alice: AsyncRunnerClient, fake: FakeManager) -> None:
+    """A gRPC watch of a door's session covers the listener the door set at initialize, and puts it back as it
+    ends (it once removed it: the door's later server requests got -32601)."""
+
+    async def door_notes(notification: ServerNotification) -> None:
+        pass
+
+    fake.listen("s-alice", caller="alice", on_notification=door_notes)
+    door = fake.listeners["s-alice"]
+    older = alice.watch_session("s-alice")
+    first = asyncio.ensure_future(_next(older))
+    await _until(lambda: fake.listeners["s-alice"] is not door)
+    newer = alice.watch_session("s-alice")  # replaces the older watch, which ends under it
+    second = asyncio.ensure_future(_next(newer))
+    with pytest.raises(grpc.aio.AioRpcError):
+        await first
+    assert fake.listeners["s-alice"] is not door
+    second.cancel()
+    with suppress(asyncio.CancelledError):
+        await second
+    await newer.aclose()
+    await _until(lambda: fake.listeners.get("s-alice") is door)
 
 
 async def test_a_large_answer_is_taken(alice: AsyncRunnerClient) -> None:
