@@ -1,7 +1,12 @@
-"""What a POST to the door carries: read once, whole and under the cap, parsed, then handed to the SDK again."""
+"""What a POST to the door carries: read once, whole and under the cap, parsed, then handed to the SDK again.
+
+As everywhere the runner parses JSON it did not write (``runner.framing``): a big body is weighed first, its count of
+values at C speed, and parsed in a thread, so one caller's body does not hold up the event loop every caller shares.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -10,7 +15,11 @@ from starlette.requests import Request
 from starlette.types import Message, Receive, Scope, Send
 
 from runner.door.refusals import refusal
-from runner.errors import Status
+from runner.errors import MessageTooLarge, Status
+from runner.framing import MAX_FRAME_VALUES, count_values
+
+INLINE_PARSE_BYTES = 64 * 1024
+"""Bodies up to this size are parsed on the event loop (as fast as a thread's hand-off); larger ones in a thread."""
 
 
 @dataclass
@@ -51,6 +60,19 @@ async def read_body(cap: int, scope: Scope, receive: Receive, send: Send) -> Bod
         await too_large(scope, receive, send)
         return None
     raw = b"".join(chunks)
+    if len(raw) <= INLINE_PARSE_BYTES:
+        return _parsed(raw)
+    try:
+        count_values(raw)
+    except MessageTooLarge:
+        too_many = refusal(413, f"the request body holds more than {MAX_FRAME_VALUES} JSON values",
+                           grpc=Status.RESOURCE_EXHAUSTED)  # fmt: skip
+        await too_many(scope, receive, send)
+        return None
+    return await asyncio.to_thread(_parsed, raw)
+
+
+def _parsed(raw: bytes) -> Body:
     try:
         return Body(raw, json.loads(raw))
     except (ValueError, RecursionError):

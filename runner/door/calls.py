@@ -13,6 +13,7 @@ import mcp_types
 from runner.approvals import Approval
 from runner.errors import RunnerError
 from runner.sessions.models import (
+    DEFAULT_PROTOCOL,
     ApprovalCallback,
     Exchange,
     InputHandler,
@@ -30,7 +31,7 @@ DOOR = "mcp-http"
 
 class DoorManager(Protocol):
     async def open(
-        self, profile: str, *, caller: str, door: str = "grpc", protocol: str = "2025-11-25"
+        self, profile: str, *, caller: str, door: str = "grpc", protocol: str = DEFAULT_PROTOCOL
     ) -> OpenedSession: ...
 
     async def close(self, session_id: str, *, caller: str) -> SessionInfo: ...

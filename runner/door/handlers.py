@@ -18,9 +18,10 @@ call held across the client's requests, the server's requests shown as input-req
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import importlib.metadata
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, MutableMapping
 from typing import Any, TypeVar
 
 import anyio
@@ -32,6 +33,7 @@ from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
 from runner.approvals import Approval, ApprovalState
 from runner.audit import records
+from runner.door.approvals import approval_elicitation, approval_message, given_up
 from runner.door.calls import DoorManager
 from runner.door.errors import error_code, to_mcp_error
 from runner.door.leases import Binding, Leases
@@ -46,6 +48,11 @@ log = logging.getLogger(__name__)
 SCOPE_CALLER = "mcp_runner.caller"
 SCOPE_BINDING = "mcp_runner.binding"
 SCOPE_LEASE_REFUSED = "mcp_runner.lease_refused"  # why a stateless request's lease did not open (a RunnerError)
+REQUEST_SCOPE: contextvars.ContextVar[MutableMapping[str, Any] | None] = contextvars.ContextVar(
+    "mcp_runner_door_request_scope", default=None
+)
+"""The ASGI scope of the stateless request being served, set by the HTTP layer around the SDK's handling: the
+SDK's ``Mcp-Param-*`` check asks for a tool's schema by name alone, synchronously in that request's task."""
 APPROVAL_INPUT = "mcp-runner/approval"
 """The key of the runner's own elicitation in an input-required result."""
 try:
@@ -79,22 +86,6 @@ def _scope(ctx: Ctx) -> MutableMapping[str, Any]:
     return request.scope if request is not None else {}
 
 
-def _approval_message(approval: Approval) -> str:
-    return (
-        f"The tool {approval.tool!r} needs approval {approval.approval_id} (rule: {approval.rule}). An approver "
-        f"decides with `mcp-runner approvals approve {approval.approval_id}` (or deny). Accept to wait for the "
-        "decision; decline or cancel to give up the call."
-    )
-
-
-def _approval_elicitation(approval: Approval) -> types.ElicitRequest:
-    return types.ElicitRequest(
-        params=types.ElicitRequestFormParams(
-            message=_approval_message(approval), requested_schema={"type": "object", "properties": {}}
-        )
-    )
-
-
 class DoorServer:
     """Builds the profile's ``Server`` and serves its handlers through ``manager``."""
 
@@ -126,13 +117,17 @@ class DoorServer:
         server.add_request_handler("server/discover", types.RequestParams, _translated(self._discover))
         server.middleware.append(self._initialize)
         # The 2026-07-28 transport checks Mcp-Param-* headers against the tool's schema; without this it would ask
-        # the sandbox for tools/list before every call. The profile's last listing answers (None: not checked).
-        self._schemas: dict[str, Mapping[str, Any]] = {}
-        server.get_tool_input_schema = self._schemas.get
+        # the sandbox for tools/list before every call.
+        server.get_tool_input_schema = self._tool_schema
         self.server = server
 
-    def _remember(self, tools: Iterable[types.Tool]) -> None:
-        self._schemas.update((tool.name, tool.input_schema) for tool in tools)
+    def _tool_schema(self, name: str) -> Mapping[str, Any] | None:
+        """The tool's schema in the last listing of the requesting caller's own lease (None: not checked, as for a
+        caller with no lease yet): one sandbox's listing never judges another caller's request."""
+        scope = REQUEST_SCOPE.get()
+        caller = scope.get(SCOPE_CALLER) if scope is not None else None
+        lease = self._leases.find(caller, self._profile) if isinstance(caller, str) else None
+        return lease.tool_schemas.get(name) if lease is not None else None
 
     # -- binding a request to its sandbox ------------------------------------------------------------
 
@@ -152,7 +147,6 @@ class DoorServer:
             scope[SCOPE_LEASE_REFUSED] = exc  # the HTTP layer answers it with its status, as an initialize's refusal
             raise
         with leased.busy():  # no await since the acquire: a reap cannot end it in between
-            self._remember(leased.opened.tools)
             yield leased
 
     async def _initialize(self, ctx: Ctx, call_next: CallNext) -> HandlerResult:
@@ -227,7 +221,7 @@ class DoorServer:
         except StateRefused as exc:
             log.warning("refused a requestState of %r on %s: %s", binding.caller, ctx.method, exc.reason)
             self._note(records.VALIDATION, binding.session_id, binding.caller, {
-                "door": "mcp-http", "method": ctx.method, "what": "requestState", "reason": exc.reason,
+                "door": binding.door, "method": ctx.method, "what": "requestState", "reason": exc.reason,
                 "error": {"status": exc.status.value, "message": exc.message},
             })  # fmt: skip
             raise
@@ -249,7 +243,10 @@ class DoorServer:
         return self._sealed(ctx, binding, step.result, held_call=step.held_call) if isinstance(step, Paused) else step
 
     async def _cancellable(self, ctx: Ctx, binding: Binding, call: Callable[[], Awaitable[R]]) -> R:
-        """Runs ``call``; the HTTP layer cancels it (and so the request in the sandbox) if its client leaves."""
+        """Runs ``call``; the HTTP layer cancels it (and so the request in the sandbox) if its session's client
+        leaves. A stateless request is the SDK's to cancel, and its id is unique only to its own HTTP request."""
+        if _stateless(ctx):
+            return await call()
         key = str(ctx.request_id)
         with anyio.CancelScope() as scope:
             binding.running[key] = scope
@@ -264,7 +261,7 @@ class DoorServer:
     async def _list_tools(self, ctx: Ctx, params: types.PaginatedRequestParams | None) -> types.ListToolsResult:
         async with self._bound(ctx) as binding:
             tools = await self._manager.list_tools(binding.session_id, caller=binding.caller)
-            self._remember(tools.value)
+            binding.remember(tools.value)
             return types.ListToolsResult(tools=tools.value)
 
     async def _call_tool(
@@ -274,15 +271,14 @@ class DoorServer:
             wire = ctx.params or {}
             opened = self._unseal(ctx, binding, wire)
             key = "\0".join(target_of("tools/call", {"name": params.name, "arguments": params.arguments}))
-            approval_id = binding.pending_approvals.get(key, "")
+            approval_id = binding.pending_approvals.get(key)
             responses = params.input_responses
             if opened is not None and opened.approval_id:  # the answer to the runner's own elicitation
                 approval_id, responses = opened.approval_id, None
                 answer = (params.input_responses or {}).get(APPROVAL_INPUT)
                 if not isinstance(answer, types.ElicitResult) or answer.action != "accept":
-                    binding.pending_approvals.pop(key, None)
-                    raise FailedPrecondition(f"the call of {params.name!r} was given up: approval {approval_id} "
-                                             "was not waited for")
+                    binding.pending_approvals.pop(key)
+                    raise given_up(params.name, approval_id)
             exchange = self._exchange(ctx, opened.server_state if opened else None, responses)
 
             async def progress(event: ProgressEvent) -> None:
@@ -296,11 +292,10 @@ class DoorServer:
                 if approval.state is not ApprovalState.PENDING:
                     return
                 answer = await ctx.session.elicit_form(
-                    _approval_message(approval), {"type": "object", "properties": {}}, ctx.request_id
+                    approval_message(approval), {"type": "object", "properties": {}}, ctx.request_id
                 )
                 if answer.action != "accept":
-                    raise FailedPrecondition(f"the call of {approval.tool!r} was given up: approval "
-                                             f"{approval.approval_id} was not waited for")
+                    raise given_up(approval.tool, approval.approval_id)
 
             if self._translating(ctx, binding):
                 step = await self._held(ctx, binding, opened, lambda held, held_progress: self._manager.call_tool(
@@ -317,16 +312,16 @@ class DoorServer:
                     exchange=exchange,
                 ))  # fmt: skip
             if approval_id:
-                binding.pending_approvals.pop(key, None)
+                binding.pending_approvals.pop(key)
             if outcome.input_required is not None:
                 return self._sealed(ctx, binding, outcome.input_required)
             if outcome.result is not None:
                 return outcome.result
             pending = outcome.approval
             assert pending is not None  # no result: the call waits for this approval
-            binding.pending_approvals[key] = pending.approval_id
+            binding.pending_approvals.add(key, pending.approval_id)
             if _stateless(ctx):
-                asking = types.InputRequiredResult(input_requests={APPROVAL_INPUT: _approval_elicitation(pending)})
+                asking = types.InputRequiredResult(input_requests={APPROVAL_INPUT: approval_elicitation(pending)})
                 return self._sealed(ctx, binding, asking, pending.approval_id)
             waiting = FailedPrecondition(
                 f"tool {params.name!r} needs approval {pending.approval_id} (rule: {pending.rule}): an approver "

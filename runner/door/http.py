@@ -35,6 +35,7 @@ from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import anyio
 import uvicorn
 from mcp.server.streamable_http import MCP_SESSION_ID_HEADER
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
@@ -50,9 +51,9 @@ from runner.door.bodies import NO_BODY, Body, read_body, replaying
 from runner.door.calls import DOOR, DoorManager
 from runner.door.draining import Draining
 from runner.door.errors import http_status
-from runner.door.handlers import SCOPE_BINDING, SCOPE_CALLER, SCOPE_LEASE_REFUSED, DoorServer, Note
+from runner.door.handlers import REQUEST_SCOPE, SCOPE_BINDING, SCOPE_CALLER, SCOPE_LEASE_REFUSED, DoorServer, Note
 from runner.door.identity import HttpAuthenticator
-from runner.door.leases import Binding, DoorSessions, Leases
+from runner.door.leases import Binding, DoorSessions, Leases, close_binding
 from runner.door.refusals import (
     SESSION_NOT_FOUND,
     answers,
@@ -143,7 +144,10 @@ class DoorApp:
         while True:
             await asyncio.sleep(interval)
             now = time.monotonic()
-            await asyncio.gather(self.sessions.reap(now), self.leases.reap(now))
+            try:
+                await asyncio.gather(self.sessions.reap(now), self.leases.reap(now))
+            except Exception:  # a pass that failed must not end the reaping: idle sandboxes would stay for good
+                log.exception("reaping the door's idle sessions and leases failed; trying again in %g s", interval)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -246,18 +250,23 @@ class DoorApp:
                 message = {**message, "status": http_status(refused), "headers": [*message["headers"], *extra]}
             await send(message)
 
-        await door.handle_request(scope, receive, status_send)
+        token = REQUEST_SCOPE.set(scope)
+        try:
+            await door.handle_request(scope, receive, status_send)
+        finally:
+            REQUEST_SCOPE.reset(token)
 
     async def _initialize(
         self, door: StreamableHTTPSessionManager, profile: str, caller: str, body: Body,
         scope: Scope, receive: Receive, send: Send,
     ) -> None:  # fmt: skip
+        door_name = claimed_door(Request(scope).headers)
         try:
-            opened = await self._manager.open(profile, caller=caller, door=claimed_door(Request(scope).headers))
+            opened = await self._manager.open(profile, caller=caller, door=door_name)
         except RunnerError as exc:
             await runner_error(exc, body.request_id)(scope, receive, send)
             return
-        binding = Binding(caller=caller, profile=profile, opened=opened)
+        binding = Binding(caller=caller, profile=profile, opened=opened, door=door_name)
         scope[SCOPE_BINDING] = binding
         bound = False
 
@@ -275,8 +284,9 @@ class DoorApp:
             with binding.busy():
                 await door.handle_request(scope, receive, binding_send)
         finally:
-            if not bound:
-                await self._manager.close(binding.session_id, caller=caller)
+            if not bound:  # shielded: a stop cancelling this request must not leave its sandbox open, unbound
+                with anyio.CancelScope(shield=True):
+                    await close_binding(self._manager, binding, "its initialize was not answered with a session")
 
     async def _serve_session(
         self, door: StreamableHTTPSessionManager, binding: Binding, body: Body, scope: Scope, receive: Receive,
@@ -305,7 +315,9 @@ class DoorApp:
                 streaming = request_id is not None and content_type(message).startswith(b"text/event-stream")
             elif streaming and not answered:
                 answered = answers(message.get("body", b""), request_id)
-                if not answered and not message.get("more_body", False):
+                if not answered and not message.get("more_body", False) and binding.ending:
+                    # Only an ending session's requests are told so: a request its client cancelled
+                    # (notifications/cancelled) gets no answer (MCP), and one its client left has no one to tell.
                     ended = unanswered_event(request_id, binding.ending)
                     await send({"type": "http.response.body", "body": ended, "more_body": True})
             await send(message)
@@ -336,6 +348,7 @@ class RunningDoor:
     async def stop(self) -> None:
         """Stop accepting, end GET streams, let requests in flight finish within the grace, close every sandbox."""
         self._server.should_exit = True
+        self.app.sessions.ending("the service is stopping")
         await self.app.draining.stop(self.grace)
         await self._serving
         self._stopping.set()
@@ -391,8 +404,10 @@ async def start_door(app: DoorApp, listen: str, *, tls: TlsConfig | None, grace:
     while not server.started and not serving.done():
         await asyncio.sleep(0.01)
     if serving.done():
+        sock.close()
         stopping.set()
         await lifetime
-        serving.result()
-        raise Unavailable(f"the MCP door on {listen} did not start")
+        failure = serving.exception()
+        why = failure or "uvicorn stopped at once"
+        raise Unavailable(f"the MCP door on {listen} did not start: {why}") from failure
     return RunningDoor(app, sock.getsockname()[1], server, serving, lifetime, stopping, grace)

@@ -155,18 +155,43 @@ def content_type(message: Message) -> bytes:
     return value
 
 
+_DATA = b"data: "
+_ANSWER_HEAD = b'{"jsonrpc":"2.0","id":'
+"""How the SDK's compact JSON of an answer begins (pydantic keeps the fields' order: jsonrpc, id, result|error)."""
+_ANSWER_TAILS = (',"result":', ',"error":')
+ID_BYTES = 1024
+"""Where an answer's id is looked for: past it, an id is not the door's client's (the body cap allows it, the SDK's
+own ids are short) and the event is parsed whole if small."""
+PARSED_EVENT_BYTES = 64 * 1024
+_DECODER = json.JSONDecoder()
+
+
 def answers(chunk: bytes, request_id: Any) -> bool:
-    """Whether an SSE event of the SDK (one per chunk, one ``data:`` line) is the answer to ``request_id``."""
-    for line in chunk.split(b"\n"):
-        if line.startswith(b"data: "):
-            try:
-                message = json.loads(line[len(b"data: ") :])
-            except ValueError:
-                return False
-            return isinstance(message, dict) and message.get("id") == request_id and bool(
-                message.keys() & {"result", "error"}
-            )
-    return False
+    """Whether an SSE event of the SDK (one per chunk, one ``data:`` line) is the answer to ``request_id``.
+
+    Called on the event loop for every event of a session's stream, whole tool results included: only the head of
+    the data (its id and the key after it) is read; an event in another layout is parsed only when small."""
+    start = chunk.find(_DATA)
+    if start < 0:
+        return False
+    start += len(_DATA)
+    if chunk.startswith(_ANSWER_HEAD, start):
+        head = chunk[start + len(_ANSWER_HEAD) : start + len(_ANSWER_HEAD) + ID_BYTES].decode("utf-8", "replace")
+        try:
+            value, end = _DECODER.raw_decode(head)
+        except ValueError:
+            value, end = None, -1
+        if end >= 0:
+            return value == request_id and head.startswith(_ANSWER_TAILS, end)
+    line_end = chunk.find(b"\n", start)
+    line = chunk[start:] if line_end < 0 else chunk[start:line_end]
+    if len(line) > PARSED_EVENT_BYTES:
+        return False
+    try:
+        message = json.loads(line)
+    except ValueError:
+        return False
+    return isinstance(message, dict) and message.get("id") == request_id and bool(message.keys() & {"result", "error"})
 
 
 def unanswered_event(request_id: Any, why: str) -> bytes:

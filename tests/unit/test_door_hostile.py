@@ -166,7 +166,9 @@ async def test_guessed_and_garbage_session_ids_are_all_the_same_404(
     door: RunningDoor, http: httpx2.AsyncClient
 ) -> None:
     session = await _session(http, door)
-    guesses = ["0" * 32, session["mcp-session-id"][:-1] + "0", "../" * 10, "a" * 8000, "%00;DROP TABLE", "-"]
+    real = session["mcp-session-id"]
+    near = real[:-1] + ("1" if real.endswith("0") else "0")  # one character off (never the real id itself)
+    guesses = ["0" * 32, near, "../" * 10, "a" * 8000, "%00;DROP TABLE", "-"]
     messages = set()
     for guess in guesses:
         reply = await http.post(url(door), json=LISTING, headers={**session, "mcp-session-id": guess})
