@@ -222,6 +222,11 @@ class Operations(Utilities):
         self, session_id: str, uri: str, *, caller: str, timeout: float | None = None, exchange: Exchange
     ) -> Sanitized[mcp_types.ReadResourceResult | mcp_types.InputRequiredResult]: ...
 
+    @overload  # the door's view (runner/door/calls.py): an exchange or not
+    async def read_resource_result(
+        self, session_id: str, uri: str, *, caller: str, timeout: float | None = None, exchange: Exchange | None = None
+    ) -> Sanitized[mcp_types.ReadResourceResult | mcp_types.InputRequiredResult]: ...
+
     async def read_resource_result(
         self, session_id: str, uri: str, *, caller: str, timeout: float | None = None, exchange: Exchange | None = None
     ) -> (
