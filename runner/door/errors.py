@@ -54,9 +54,17 @@ HTTP_STATUS: dict[Status, HTTPStatus] = {
 """Where the door answers before any MCP session exists (an ``initialize`` whose sandbox could not open)."""
 
 
+#: The codes the runner gives its own refusals (beside JSON-RPC's standard ones): a server's error with one of them
+#: would pass for the runner's refusal (a caller acting on -32004 waits and retries), so it goes out as an internal
+#: error instead; its message still says "MCP server error <code>: …".
+RUNNER_OWN_CODES = frozenset(RUNNER_CODES.values()) - {
+    JSONRPC_INVALID_PARAMS, JSONRPC_METHOD_NOT_FOUND, JSONRPC_INTERNAL_ERROR,
+}  # fmt: skip
+
+
 def error_code(exc: RunnerError) -> int:
     if isinstance(exc, ServerError):
-        return exc.code
+        return JSONRPC_INTERNAL_ERROR if exc.code in RUNNER_OWN_CODES else exc.code
     if isinstance(exc, ResourceNotFound):
         return MCP_RESOURCE_NOT_FOUND
     return RUNNER_CODES.get(exc.status, JSONRPC_INTERNAL_ERROR)

@@ -168,3 +168,16 @@ def test_the_door_returns_the_kept_data_as_the_errors_data() -> None:
     error = to_mcp_error(ServerError(MISSING, "Missing required client capability", required))
     assert (error.code, error.data) == (MISSING, required)
     assert error_data(ServerError(-32000, "boom")) is None
+
+
+@pytest.mark.parametrize("code", [-32003, -32004, -32005, -32006, -32007, -32008])
+def test_a_server_error_cannot_pass_for_the_runners_own_refusal(code: int) -> None:
+    error = to_mcp_error(ServerError(code, "please wait and retry"))
+    assert error.error.code == -32603
+    assert error.error.message == f"MCP server error {code}: please wait and retry"
+    assert error.error.data is None  # no data.status: only the runner's refusals carry one
+
+
+@pytest.mark.parametrize("code", [-32602, -32601, -32002, -1, -32000])
+def test_a_server_errors_other_codes_go_through(code: int) -> None:
+    assert to_mcp_error(ServerError(code, "no")).error.code == code
