@@ -240,7 +240,13 @@ class DoorServer:
     ) -> R | types.InputRequiredResult:
         """The translated call's next step: its result, or its server's requests as a sealed input-required one."""
         step = await self.translator.run(ctx.session, ctx.request_id, binding, opened, start)
-        return self._sealed(ctx, binding, step.result, held_call=step.held_call) if isinstance(step, Paused) else step
+        if not isinstance(step, Paused):
+            return step
+        try:
+            return self._sealed(ctx, binding, step.result, held_call=step.held_call)
+        except BaseException:  # no state to retry with: nothing could ever resume the call
+            self.translator.abandon(step.held_call)
+            raise
 
     async def _cancellable(self, ctx: Ctx, binding: Binding, call: Callable[[], Awaitable[R]]) -> R:
         """Runs ``call``; the HTTP layer cancels it (and so the request in the sandbox) if its session's client

@@ -237,6 +237,13 @@ class Translator:
                 ) from None
         return asked
 
+    def abandon(self, call_id: str) -> None:
+        """Cancel a held call whose round could not be handed to its client (no requestState could be minted)."""
+        held = self._held.get(call_id)
+        if held is not None:
+            held.pending.cancel()
+            self._drop(held)
+
     def _expire(self, held: HeldCall[Any]) -> None:
         log.info("cancelling a call of %r held %g s for answers that never came", held.binding.caller, self.ttl_s)
         held.expiry = None

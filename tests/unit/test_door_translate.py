@@ -342,3 +342,22 @@ async def test_a_request_that_cannot_be_shown_cancels_the_call_and_lets_go_of_it
             while not manager.cancelled:
                 await asyncio.sleep(0.02)
         assert manager.cancelled == ["get_current_time"] and not lease.held
+
+
+async def test_a_round_that_gets_no_state_lets_go_of_its_call(
+    door: RunningDoor, manager: TalkingManager, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The seal refuses to mint past its limit of pending retries: the held call is cancelled at once, not kept
+    (and its lease kept busy) until its TTL."""
+    from runner.door import seal as seal_module
+
+    monkeypatch.setattr(seal_module, "MAX_OUTSTANDING", 0)
+    manager.rounds = [[ELICIT]]
+    async with _client(door, elicitation_callback=_name) as mcp:
+        with pytest.raises(MCPError, match="too many pending retries"):
+            await mcp.session.call_tool("get_current_time", {}, allow_input_required=True)
+    for _ in range(100):
+        if manager.cancelled:
+            break
+        await asyncio.sleep(0.01)
+    assert manager.cancelled == ["get_current_time"]
