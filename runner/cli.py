@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.metadata
 import json
 import logging
 import os
@@ -33,7 +34,7 @@ from runner.cli_common import field, one_line, open_client, print_json
 from runner.cli_health import health
 from runner.cli_protocol import add_commands as add_protocol_commands
 from runner.cli_protocol import input_requested
-from runner.client import DEFAULT_ADDRESS, InputRequest, Progress, ToolResult
+from runner.client import DEFAULT_ADDRESS, InputRequest, Progress, ToolResult, service_address
 from runner.door import host_configs
 from runner.errors import RunnerError
 from runner.text import control_free
@@ -282,12 +283,20 @@ def _bench(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------ parser
 
 
+def _installed_version() -> str:
+    try:
+        return importlib.metadata.version("mcp-sandbox-runner")
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree that was never installed
+        return "(not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mcp-runner", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_installed_version()}")
     parser.add_argument(
         "--address",
-        default=os.environ.get("MCP_RUNNER_ADDRESS", DEFAULT_ADDRESS),
-        help="runner gRPC address (env MCP_RUNNER_ADDRESS, default %(default)s)",
+        default=service_address(),
+        help=f"runner gRPC address (env MCP_RUNNER_ADDRESS, default {DEFAULT_ADDRESS})",
     )
     env = os.environ.get
     for flag, variable, what in (

@@ -24,6 +24,7 @@ takes ``tls_credentials(ca, cert, key)`` for TLS or mutual TLS.
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager, suppress
 from types import TracebackType
@@ -52,6 +53,13 @@ from runner.client_messages import (
 from runner.client_protocol import AsyncProtocolMethods, ProtocolMethods
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
+ADDRESS_ENV = "MCP_RUNNER_ADDRESS"
+
+
+def service_address(address: str | None = None) -> str:
+    """``address`` if given, else ``MCP_RUNNER_ADDRESS``, else the default: the CLI's rule, so a script and the CLI
+    reach the same service."""
+    return address or os.environ.get(ADDRESS_ENV) or DEFAULT_ADDRESS
 _OPTIONS = [("grpc.max_receive_message_length", 64 * 1024 * 1024)]
 
 __all__ = [
@@ -76,7 +84,7 @@ class AsyncRunnerClient(AsyncProtocolMethods):
 
     def __init__(
         self,
-        address: str = DEFAULT_ADDRESS,
+        address: str | None = None,
         *,
         credentials: grpc.ChannelCredentials | None = None,
         metadata: Metadata | None = None,
@@ -85,9 +93,9 @@ class AsyncRunnerClient(AsyncProtocolMethods):
     ) -> None:
         if channel is None:
             if credentials is None:
-                channel = grpc.aio.insecure_channel(address, options=_OPTIONS)
+                channel = grpc.aio.insecure_channel(service_address(address), options=_OPTIONS)
             else:
-                channel = grpc.aio.secure_channel(address, credentials, options=_OPTIONS)
+                channel = grpc.aio.secure_channel(service_address(address), credentials, options=_OPTIONS)
         self._channel = channel
         self._stub = runner_pb2_grpc.RunnerStub(channel)
         self._metadata = call_metadata(metadata, token)
@@ -312,7 +320,7 @@ class RunnerClient(ProtocolMethods):
 
     def __init__(
         self,
-        address: str = DEFAULT_ADDRESS,
+        address: str | None = None,
         *,
         credentials: grpc.ChannelCredentials | None = None,
         metadata: Metadata | None = None,
@@ -321,9 +329,9 @@ class RunnerClient(ProtocolMethods):
     ) -> None:
         if channel is None:
             if credentials is None:
-                channel = grpc.insecure_channel(address, options=_OPTIONS)
+                channel = grpc.insecure_channel(service_address(address), options=_OPTIONS)
             else:
-                channel = grpc.secure_channel(address, credentials, options=_OPTIONS)
+                channel = grpc.secure_channel(service_address(address), credentials, options=_OPTIONS)
         self._channel = channel
         self._stub = runner_pb2_grpc.RunnerStub(channel)
         self._metadata = call_metadata(metadata, token)
