@@ -24,7 +24,6 @@ takes ``tls_credentials(ca, cert, key)`` for TLS or mutual TLS.
 
 from __future__ import annotations
 
-import os
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager, suppress
 from types import TracebackType
@@ -35,6 +34,7 @@ import grpc
 from runner.api._proto.mcp_runner.v1 import runner_pb2 as pb
 from runner.api._proto.mcp_runner.v1 import runner_pb2_grpc
 from runner.api.auth import channel_credentials as tls_credentials
+from runner.client_channel import ADDRESS_ENV, DEFAULT_ADDRESS, async_channel, blocking_channel, service_address
 from runner.client_messages import (
     InputError,
     InputRequest,
@@ -52,17 +52,9 @@ from runner.client_messages import (
 )
 from runner.client_protocol import AsyncProtocolMethods, ProtocolMethods
 
-DEFAULT_ADDRESS = "127.0.0.1:50051"
-ADDRESS_ENV = "MCP_RUNNER_ADDRESS"
-
-
-def service_address(address: str | None = None) -> str:
-    """``address`` if given, else ``MCP_RUNNER_ADDRESS``, else the default: the CLI's rule, so a script and the CLI
-    reach the same service."""
-    return address or os.environ.get(ADDRESS_ENV) or DEFAULT_ADDRESS
-_OPTIONS = [("grpc.max_receive_message_length", 64 * 1024 * 1024)]
-
 __all__ = [
+    "ADDRESS_ENV",
+    "DEFAULT_ADDRESS",
     "AsyncRunnerClient",
     "InputError",
     "InputRequest",
@@ -70,6 +62,7 @@ __all__ = [
     "Progress",
     "RunnerClient",
     "ToolResult",
+    "service_address",
     "tls_credentials",
 ]
 
@@ -91,13 +84,8 @@ class AsyncRunnerClient(AsyncProtocolMethods):
         token: str | None = None,
         channel: grpc.aio.Channel | None = None,
     ) -> None:
-        if channel is None:
-            if credentials is None:
-                channel = grpc.aio.insecure_channel(service_address(address), options=_OPTIONS)
-            else:
-                channel = grpc.aio.secure_channel(service_address(address), credentials, options=_OPTIONS)
-        self._channel = channel
-        self._stub = runner_pb2_grpc.RunnerStub(channel)
+        self._channel = async_channel(address, credentials) if channel is None else channel
+        self._stub = runner_pb2_grpc.RunnerStub(self._channel)
         self._metadata = call_metadata(metadata, token)
 
     async def __aenter__(self) -> AsyncRunnerClient:
@@ -327,13 +315,8 @@ class RunnerClient(ProtocolMethods):
         token: str | None = None,
         channel: grpc.Channel | None = None,
     ) -> None:
-        if channel is None:
-            if credentials is None:
-                channel = grpc.insecure_channel(service_address(address), options=_OPTIONS)
-            else:
-                channel = grpc.secure_channel(service_address(address), credentials, options=_OPTIONS)
-        self._channel = channel
-        self._stub = runner_pb2_grpc.RunnerStub(channel)
+        self._channel = blocking_channel(address, credentials) if channel is None else channel
+        self._stub = runner_pb2_grpc.RunnerStub(self._channel)
         self._metadata = call_metadata(metadata, token)
 
     def __enter__(self) -> RunnerClient:
