@@ -3,7 +3,8 @@
 Resource templates, completion, the server's log level, resource subscriptions, ping; ``watch_session``
 (what a server sends between calls: ``SessionEvent`` messages, and ``InputRequest`` for its requests to the
 caller); ``answer_input`` (the answer to an ``InputRequest``) and ``call_tool_answering`` (a call whose every
-request to the caller ``on_input`` answers). ``runner.client`` builds its clients on these classes.
+request to the caller ``on_input`` answers); ``list_profiles`` and ``get_session_logs``. ``runner.client`` builds
+its clients on these classes.
 """
 
 from __future__ import annotations
@@ -57,6 +58,19 @@ def answered(response: pb.AnswerInputResponse) -> ToolResult | None:
 class AsyncProtocolMethods:
     _stub: Any
     _metadata: tuple[tuple[str, str], ...]
+
+    async def list_profiles(self, *, timeout: float | None = None) -> list[pb.ProfileInfo]:
+        """The profiles this caller may open, by name (tools: when one of its sessions showed them)."""
+        response = await self._stub.ListProfiles(pb.ListProfilesRequest(), timeout=timeout, metadata=self._metadata)
+        return list(response.profiles)
+
+    async def get_session_logs(self, session_id: str, *, timeout: float | None = None) -> pb.GetSessionLogsResponse:
+        """The session and its sandbox's stderr tail (sanitized); its events are in ``query_audit``."""
+        request = pb.GetSessionLogsRequest(session_id=session_id)
+        response: pb.GetSessionLogsResponse = await self._stub.GetSessionLogs(
+            request, timeout=timeout, metadata=self._metadata
+        )
+        return response
 
     async def list_resource_templates(
         self, session_id: str, *, timeout: float | None = None
@@ -141,6 +155,19 @@ class AsyncProtocolMethods:
 class ProtocolMethods:
     _stub: Any
     _metadata: tuple[tuple[str, str], ...]
+
+    def list_profiles(self, *, timeout: float | None = None) -> list[pb.ProfileInfo]:
+        """The profiles this caller may open, by name (tools: when one of its sessions showed them)."""
+        response = self._stub.ListProfiles(pb.ListProfilesRequest(), timeout=timeout, metadata=self._metadata)
+        return list(response.profiles)
+
+    def get_session_logs(self, session_id: str, *, timeout: float | None = None) -> pb.GetSessionLogsResponse:
+        """The session and its sandbox's stderr tail (sanitized); its events are in ``query_audit``."""
+        request = pb.GetSessionLogsRequest(session_id=session_id)
+        response: pb.GetSessionLogsResponse = self._stub.GetSessionLogs(
+            request, timeout=timeout, metadata=self._metadata
+        )
+        return response
 
     def list_resource_templates(self, session_id: str, *, timeout: float | None = None) -> list[pb.ResourceTemplate]:
         request = pb.ListResourceTemplatesRequest(session_id=session_id)

@@ -26,6 +26,7 @@ from runner.approvals import Approval, ApprovalState
 from runner.audit.records import KINDS, AuditQuery, AuditRecord, ReplayVerdict, Verification, canonical_json
 from runner.errors import InvalidArgument, ResultRejected
 from runner.guard.findings import Finding
+from runner.sessions.catalog import ProfileEntry, SessionLogs
 from runner.sessions.models import (
     LimitsRequest,
     OpenedSession,
@@ -163,6 +164,25 @@ def opened_to_proto(opened: OpenedSession) -> Any:
         tools=[tool_to_proto(t) for t in opened.tools],
         session=session_to_proto(opened.info),
         findings=findings_to_proto(opened.findings),
+    )
+
+
+def profile_to_proto(entry: ProfileEntry) -> Any:
+    return pb.ProfileInfo(
+        name=entry.name,
+        description=entry.description,
+        image=entry.image,
+        network=entry.network,
+        runtime=entry.runtime,
+        tools_known=entry.tools is not None,
+        tools=[tool_to_proto(t) for t in entry.tools or ()],
+        tools_session_id=entry.tools_session_id,
+    )
+
+
+def logs_to_proto(logs: SessionLogs) -> Any:
+    return pb.GetSessionLogsResponse(
+        session=session_to_proto(logs.info), stderr_tail=logs.stderr_tail, findings=findings_to_proto(logs.findings)
     )
 
 

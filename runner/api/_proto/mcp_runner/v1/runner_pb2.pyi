@@ -200,6 +200,52 @@ class ListSessionsResponse(_message.Message):
     sessions: _containers.RepeatedCompositeFieldContainer[Session]
     def __init__(self, sessions: _Optional[_Iterable[_Union[Session, _Mapping]]] = ...) -> None: ...
 
+class ListProfilesRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ProfileInfo(_message.Message):
+    __slots__ = ("name", "description", "image", "network", "runtime", "tools_known", "tools", "tools_session_id")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
+    NETWORK_FIELD_NUMBER: _ClassVar[int]
+    RUNTIME_FIELD_NUMBER: _ClassVar[int]
+    TOOLS_KNOWN_FIELD_NUMBER: _ClassVar[int]
+    TOOLS_FIELD_NUMBER: _ClassVar[int]
+    TOOLS_SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    description: str
+    image: str
+    network: str
+    runtime: str
+    tools_known: bool
+    tools: _containers.RepeatedCompositeFieldContainer[Tool]
+    tools_session_id: str
+    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., image: _Optional[str] = ..., network: _Optional[str] = ..., runtime: _Optional[str] = ..., tools_known: _Optional[bool] = ..., tools: _Optional[_Iterable[_Union[Tool, _Mapping]]] = ..., tools_session_id: _Optional[str] = ...) -> None: ...
+
+class ListProfilesResponse(_message.Message):
+    __slots__ = ("profiles",)
+    PROFILES_FIELD_NUMBER: _ClassVar[int]
+    profiles: _containers.RepeatedCompositeFieldContainer[ProfileInfo]
+    def __init__(self, profiles: _Optional[_Iterable[_Union[ProfileInfo, _Mapping]]] = ...) -> None: ...
+
+class GetSessionLogsRequest(_message.Message):
+    __slots__ = ("session_id",)
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    def __init__(self, session_id: _Optional[str] = ...) -> None: ...
+
+class GetSessionLogsResponse(_message.Message):
+    __slots__ = ("session", "stderr_tail", "findings")
+    SESSION_FIELD_NUMBER: _ClassVar[int]
+    STDERR_TAIL_FIELD_NUMBER: _ClassVar[int]
+    FINDINGS_FIELD_NUMBER: _ClassVar[int]
+    session: Session
+    stderr_tail: str
+    findings: _containers.RepeatedCompositeFieldContainer[Finding]
+    def __init__(self, session: _Optional[_Union[Session, _Mapping]] = ..., stderr_tail: _Optional[str] = ..., findings: _Optional[_Iterable[_Union[Finding, _Mapping]]] = ...) -> None: ...
+
 class Tool(_message.Message):
     __slots__ = ("name", "title", "description", "input_schema_json", "output_schema_json", "annotations_json")
     NAME_FIELD_NUMBER: _ClassVar[int]

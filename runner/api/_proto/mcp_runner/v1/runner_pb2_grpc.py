@@ -5,7 +5,7 @@ import warnings
 
 from runner.api._proto.mcp_runner.v1 import runner_pb2 as mcp__runner_dot_v1_dot_runner__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.85.4'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 
@@ -54,6 +54,16 @@ class RunnerStub:
                 '/mcp_runner.v1.Runner/ListSessions',
                 request_serializer=mcp__runner_dot_v1_dot_runner__pb2.ListSessionsRequest.SerializeToString,
                 response_deserializer=mcp__runner_dot_v1_dot_runner__pb2.ListSessionsResponse.FromString,
+                _registered_method=True)
+        self.ListProfiles = channel.unary_unary(
+                '/mcp_runner.v1.Runner/ListProfiles',
+                request_serializer=mcp__runner_dot_v1_dot_runner__pb2.ListProfilesRequest.SerializeToString,
+                response_deserializer=mcp__runner_dot_v1_dot_runner__pb2.ListProfilesResponse.FromString,
+                _registered_method=True)
+        self.GetSessionLogs = channel.unary_unary(
+                '/mcp_runner.v1.Runner/GetSessionLogs',
+                request_serializer=mcp__runner_dot_v1_dot_runner__pb2.GetSessionLogsRequest.SerializeToString,
+                response_deserializer=mcp__runner_dot_v1_dot_runner__pb2.GetSessionLogsResponse.FromString,
                 _registered_method=True)
         self.ListTools = channel.unary_unary(
                 '/mcp_runner.v1.Runner/ListTools',
@@ -194,6 +204,20 @@ class RunnerServicer:
 
     def ListSessions(self, request, context):
         """Describes every session the runner knows of.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListProfiles(self, request, context):
+        """The profiles the caller may open: what each runs, its network, and its tools when a session showed them.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetSessionLogs(self, request, context):
+        """A session's stderr tail (sanitized on the host) as the runner keeps it; its events are in QueryAudit.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -381,6 +405,16 @@ def add_RunnerServicer_to_server(servicer, server):
                     servicer.ListSessions,
                     request_deserializer=mcp__runner_dot_v1_dot_runner__pb2.ListSessionsRequest.FromString,
                     response_serializer=mcp__runner_dot_v1_dot_runner__pb2.ListSessionsResponse.SerializeToString,
+            ),
+            'ListProfiles': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListProfiles,
+                    request_deserializer=mcp__runner_dot_v1_dot_runner__pb2.ListProfilesRequest.FromString,
+                    response_serializer=mcp__runner_dot_v1_dot_runner__pb2.ListProfilesResponse.SerializeToString,
+            ),
+            'GetSessionLogs': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetSessionLogs,
+                    request_deserializer=mcp__runner_dot_v1_dot_runner__pb2.GetSessionLogsRequest.FromString,
+                    response_serializer=mcp__runner_dot_v1_dot_runner__pb2.GetSessionLogsResponse.SerializeToString,
             ),
             'ListTools': grpc.unary_unary_rpc_method_handler(
                     servicer.ListTools,
@@ -602,6 +636,60 @@ class Runner:
             '/mcp_runner.v1.Runner/ListSessions',
             mcp__runner_dot_v1_dot_runner__pb2.ListSessionsRequest.SerializeToString,
             mcp__runner_dot_v1_dot_runner__pb2.ListSessionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListProfiles(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mcp_runner.v1.Runner/ListProfiles',
+            mcp__runner_dot_v1_dot_runner__pb2.ListProfilesRequest.SerializeToString,
+            mcp__runner_dot_v1_dot_runner__pb2.ListProfilesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetSessionLogs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mcp_runner.v1.Runner/GetSessionLogs',
+            mcp__runner_dot_v1_dot_runner__pb2.GetSessionLogsRequest.SerializeToString,
+            mcp__runner_dot_v1_dot_runner__pb2.GetSessionLogsResponse.FromString,
             options,
             channel_credentials,
             insecure,
