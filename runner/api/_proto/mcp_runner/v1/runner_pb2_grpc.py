@@ -5,7 +5,7 @@ import warnings
 
 from runner.api._proto.mcp_runner.v1 import runner_pb2 as mcp__runner_dot_v1_dot_runner__pb2
 
-GRPC_GENERATED_VERSION = '1.85.4'
+GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 
