@@ -99,8 +99,8 @@ def scripted_model(tools: Sequence[str], history: Sequence[Observation]) -> Tool
     if last.call.tool == "convert_time":
         return ToolCall("get_weather", {"city": "Tokyo"})
     succeeded = [o for o in history if o.outcome == "OK"]
-    return Answer(f"{len(succeeded)} of {len(history)} calls succeeded; last result: "
-                  f"{succeeded[-1].text if succeeded else 'none'}")
+    last_result = " ".join(succeeded[-1].text.split()) if succeeded else "none"
+    return Answer(f"{len(succeeded)} of {len(history)} calls succeeded; last result: {last_result}")
 
 
 def retry_after_s(error: grpc.RpcError) -> float | None:
