@@ -5,9 +5,9 @@ protobuf messages themselves (``runner.api._proto.mcp_runner.v1.runner_pb2``),
 except for the few places where a small result object saves every caller the
 same work (open → ``OpenedSession``; call → ``ToolResult`` with parsed
 structured content; stream → ``Progress`` events then a ``ToolResult``).
-Audit methods stream: records, export text, replay verdicts as they come. The protocol's other requests
-(templates, completion, logging, subscriptions, ping, watching a session, answering a server's requests) are
-in ``runner.client_protocol``, which both clients inherit.
+Both clients inherit the rest: approvals and the audit log (``runner.client_audit``: records, export text and
+replay verdicts stream as they come), and the protocol's other requests (``runner.client_protocol``: templates,
+completion, logging, subscriptions, ping, watching a session, answering a server's requests, profiles, logs).
 
 Errors are not wrapped: every method raises ``grpc.RpcError`` (``grpc.aio.AioRpcError``
 for the async client) whose ``.code()`` is the status the runner chose —
@@ -24,7 +24,7 @@ takes ``tls_credentials(ca, cert, key)`` for TLS or mutual TLS.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager, suppress
 from types import TracebackType
 from typing import Any
@@ -34,6 +34,7 @@ import grpc
 from runner.api._proto.mcp_runner.v1 import runner_pb2 as pb
 from runner.api._proto.mcp_runner.v1 import runner_pb2_grpc
 from runner.api.auth import channel_credentials as tls_credentials
+from runner.client_audit import AsyncAuditMethods, AuditMethods
 from runner.client_channel import ADDRESS_ENV, DEFAULT_ADDRESS, async_channel, blocking_channel, service_address
 from runner.client_messages import (
     InputError,
@@ -42,7 +43,6 @@ from runner.client_messages import (
     OpenedSession,
     Progress,
     ToolResult,
-    audit_query,
     call_metadata,
     call_request,
     open_request,
@@ -67,7 +67,7 @@ __all__ = [
 ]
 
 
-class AsyncRunnerClient(AsyncProtocolMethods):
+class AsyncRunnerClient(AsyncProtocolMethods, AsyncAuditMethods):
     """asyncio client. Use ``async with AsyncRunnerClient(addr) as client:`` or call ``close()``.
 
     ``limits`` keys are the ``Limits`` message fields (memory_bytes, cpus, pids,
@@ -210,79 +210,6 @@ class AsyncRunnerClient(AsyncProtocolMethods):
         )
         return response
 
-    async def list_approvals(self, *, include_decided: bool = False, timeout: float | None = None) -> list[pb.Approval]:
-        request = pb.ListApprovalsRequest(include_decided=include_decided)
-        response = await self._stub.ListApprovals(request, timeout=timeout, metadata=self._metadata)
-        return list(response.approvals)
-
-    async def watch_approvals(self, *, timeout: float | None = None) -> AsyncIterator[pb.Approval]:
-        """Every pending approval, then each new request, decision and expiry (approver role)."""
-        call = self._stub.WatchApprovals(pb.WatchApprovalsRequest(), timeout=timeout, metadata=self._metadata)
-        try:
-            async for message in call:
-                yield message.approval
-        finally:
-            call.cancel()
-
-    async def decide_approval(
-        self, approval_id: str, *, approve: bool, reason: str = "", timeout: float | None = None
-    ) -> pb.Approval:
-        request = pb.DecideApprovalRequest(approval_id=approval_id, approve=approve, reason=reason)
-        response = await self._stub.DecideApproval(request, timeout=timeout, metadata=self._metadata)
-        approval: pb.Approval = response.approval
-        return approval
-
-    async def query_audit(
-        self,
-        *,
-        record_id: str = "",
-        session_id: str = "",
-        caller: str = "",
-        since: float | None = None,
-        until: float | None = None,
-        kinds: Iterable[str] = (),
-        after_seq: int = 0,
-        limit: int = 0,
-        timeout: float | None = None,
-    ) -> AsyncIterator[pb.AuditRecord]:
-        """Audit records oldest first; ``since`` (inclusive) and ``until`` (exclusive) are Unix times."""
-        request = audit_query(record_id, session_id, caller, since, until, kinds, after_seq, limit)
-        call = self._stub.QueryAudit(request, timeout=timeout, metadata=self._metadata)
-        try:
-            async for record in call:
-                yield record
-        finally:
-            call.cancel()
-
-    async def export_session(self, session_id: str, *, timeout: float | None = None) -> AsyncIterator[str]:
-        """A session's records as JSON Lines text, in chunks of whole lines (write them out in order)."""
-        call = self._stub.ExportSession(
-            pb.ExportSessionRequest(session_id=session_id), timeout=timeout, metadata=self._metadata
-        )
-        try:
-            async for message in call:
-                yield message.lines
-        finally:
-            call.cancel()
-
-    async def verify_audit(self, *, timeout: float | None = None) -> pb.VerifyAuditResponse:
-        response: pb.VerifyAuditResponse = await self._stub.VerifyAudit(
-            pb.VerifyAuditRequest(), timeout=timeout, metadata=self._metadata
-        )
-        return response
-
-    async def replay_session(
-        self, session_id: str, *, timeout_ms: int = 0, timeout: float | None = None
-    ) -> AsyncIterator[pb.ReplayVerdict]:
-        """One verdict per recorded tool call, as each is replayed in a fresh sandbox."""
-        request = pb.ReplaySessionRequest(session_id=session_id, timeout_ms=timeout_ms)
-        call = self._stub.ReplaySession(request, timeout=timeout, metadata=self._metadata)
-        try:
-            async for verdict in call:
-                yield verdict
-        finally:
-            call.cancel()
-
     @asynccontextmanager
     async def session(
         self,
@@ -303,7 +230,7 @@ class AsyncRunnerClient(AsyncProtocolMethods):
         await self.close_session(opened.session_id)
 
 
-class RunnerClient(ProtocolMethods):
+class RunnerClient(ProtocolMethods, AuditMethods):
     """Blocking client with the same methods as ``AsyncRunnerClient``."""
 
     def __init__(
@@ -419,75 +346,6 @@ class RunnerClient(ProtocolMethods):
         request = pb.GetPromptRequest(session_id=session_id, name=name, arguments=dict(arguments or {}))
         response: pb.GetPromptResponse = self._stub.GetPrompt(request, timeout=timeout, metadata=self._metadata)
         return response
-
-    def list_approvals(self, *, include_decided: bool = False, timeout: float | None = None) -> list[pb.Approval]:
-        request = pb.ListApprovalsRequest(include_decided=include_decided)
-        return list(self._stub.ListApprovals(request, timeout=timeout, metadata=self._metadata).approvals)
-
-    def watch_approvals(self, *, timeout: float | None = None) -> Iterator[pb.Approval]:
-        """Every pending approval, then each new request, decision and expiry (approver role)."""
-        call = self._stub.WatchApprovals(pb.WatchApprovalsRequest(), timeout=timeout, metadata=self._metadata)
-        try:
-            for message in call:
-                yield message.approval
-        finally:
-            call.cancel()
-
-    def decide_approval(
-        self, approval_id: str, *, approve: bool, reason: str = "", timeout: float | None = None
-    ) -> pb.Approval:
-        request = pb.DecideApprovalRequest(approval_id=approval_id, approve=approve, reason=reason)
-        approval: pb.Approval = self._stub.DecideApproval(request, timeout=timeout, metadata=self._metadata).approval
-        return approval
-
-    def query_audit(
-        self,
-        *,
-        record_id: str = "",
-        session_id: str = "",
-        caller: str = "",
-        since: float | None = None,
-        until: float | None = None,
-        kinds: Iterable[str] = (),
-        after_seq: int = 0,
-        limit: int = 0,
-        timeout: float | None = None,
-    ) -> Iterator[pb.AuditRecord]:
-        """Audit records oldest first; ``since`` (inclusive) and ``until`` (exclusive) are Unix times."""
-        request = audit_query(record_id, session_id, caller, since, until, kinds, after_seq, limit)
-        call = self._stub.QueryAudit(request, timeout=timeout, metadata=self._metadata)
-        try:
-            yield from call
-        finally:
-            call.cancel()
-
-    def export_session(self, session_id: str, *, timeout: float | None = None) -> Iterator[str]:
-        """A session's records as JSON Lines text, in chunks of whole lines (write them out in order)."""
-        call = self._stub.ExportSession(
-            pb.ExportSessionRequest(session_id=session_id), timeout=timeout, metadata=self._metadata
-        )
-        try:
-            for message in call:
-                yield message.lines
-        finally:
-            call.cancel()
-
-    def verify_audit(self, *, timeout: float | None = None) -> pb.VerifyAuditResponse:
-        response: pb.VerifyAuditResponse = self._stub.VerifyAudit(
-            pb.VerifyAuditRequest(), timeout=timeout, metadata=self._metadata
-        )
-        return response
-
-    def replay_session(
-        self, session_id: str, *, timeout_ms: int = 0, timeout: float | None = None
-    ) -> Iterator[pb.ReplayVerdict]:
-        """One verdict per recorded tool call, as each is replayed in a fresh sandbox."""
-        request = pb.ReplaySessionRequest(session_id=session_id, timeout_ms=timeout_ms)
-        call = self._stub.ReplaySession(request, timeout=timeout, metadata=self._metadata)
-        try:
-            yield from call
-        finally:
-            call.cancel()
 
     @contextmanager
     def session(
