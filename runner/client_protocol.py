@@ -59,9 +59,10 @@ class AsyncProtocolMethods:
     _stub: Any
     _metadata: tuple[tuple[str, str], ...]
 
-    async def list_profiles(self, *, timeout: float | None = None) -> list[pb.ProfileInfo]:
-        """The profiles this caller may open, by name (tools: when one of its sessions showed them)."""
-        response = await self._stub.ListProfiles(pb.ListProfilesRequest(), timeout=timeout, metadata=self._metadata)
+    async def list_profiles(self, name: str = "", *, timeout: float | None = None) -> list[pb.ProfileInfo]:
+        """The profiles this caller may open, by name (tools: when one of its sessions showed them); ``name``: one."""
+        request = pb.ListProfilesRequest(name=name)
+        response = await self._stub.ListProfiles(request, timeout=timeout, metadata=self._metadata)
         return list(response.profiles)
 
     async def get_session_logs(self, session_id: str, *, timeout: float | None = None) -> pb.GetSessionLogsResponse:
@@ -156,9 +157,10 @@ class ProtocolMethods:
     _stub: Any
     _metadata: tuple[tuple[str, str], ...]
 
-    def list_profiles(self, *, timeout: float | None = None) -> list[pb.ProfileInfo]:
-        """The profiles this caller may open, by name (tools: when one of its sessions showed them)."""
-        response = self._stub.ListProfiles(pb.ListProfilesRequest(), timeout=timeout, metadata=self._metadata)
+    def list_profiles(self, name: str = "", *, timeout: float | None = None) -> list[pb.ProfileInfo]:
+        """The profiles this caller may open, by name (tools: when one of its sessions showed them); ``name``: one."""
+        request = pb.ListProfilesRequest(name=name)
+        response = self._stub.ListProfiles(request, timeout=timeout, metadata=self._metadata)
         return list(response.profiles)
 
     def get_session_logs(self, session_id: str, *, timeout: float | None = None) -> pb.GetSessionLogsResponse:

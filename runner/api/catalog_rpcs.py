@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from runner.api import convert
+from runner.api import convert, inputs
 from runner.api._proto.mcp_runner.v1 import runner_pb2 as pb
 from runner.api.auth import Authenticator
 from runner.api.statuses import Context, translate_errors
@@ -27,7 +27,9 @@ class CatalogRpcs:
 
     async def ListProfiles(self, request: Any, context: Context) -> Any:
         async with translate_errors(context, "ListProfiles"):
-            profiles = self._manager.catalog().profiles(self._auth.identify(context))
+            caller = self._auth.identify(context)
+            only = inputs.name(request.name, "name") if request.name else ""
+            profiles = self._manager.catalog().profiles(caller, only)
             return pb.ListProfilesResponse(profiles=[convert.profile_to_proto(p) for p in profiles])
 
     async def GetSessionLogs(self, request: Any, context: Context) -> Any:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import mcp_types
 
 from runner.config import Settings
-from runner.errors import PermissionDenied
+from runner.errors import PermissionDenied, ProfileNotFound
 from runner.guard.findings import Finding, FindingLog
 from runner.sessions.egress_record import describe_network
 from runner.sessions.gate import Gate
@@ -60,11 +60,15 @@ class Catalog:
         self._lookup = lookup
         """The manager's: the session, or NOT_FOUND / PERMISSION_DENIED (another caller's)."""
 
-    def profiles(self, caller: str) -> list[ProfileEntry]:
-        """The profiles ``caller`` may open now, by name."""
+    def profiles(self, caller: str, only: str = "") -> list[ProfileEntry]:
+        """The profiles ``caller`` may open now, by name; with ``only``, that one, refused as an open would be."""
         policy = self._gate.policy
+        if only:
+            if only not in self._settings.profiles:
+                raise ProfileNotFound(f"no profile named {only!r}")
+            policy.check_open(caller, only)
         entries = []
-        for name in sorted(self._settings.profiles):
+        for name in [only] if only else sorted(self._settings.profiles):
             try:
                 policy.check_open(caller, name)
             except PermissionDenied:
