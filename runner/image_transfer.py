@@ -21,7 +21,7 @@ import stat
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -153,8 +153,10 @@ def load_into_containerd(
     ensure: Callable[..., dict[str, str]] = ensure_images,
     ctr: str | None = None,
     names: Sequence[str] = CLUSTER_IMAGE_NAMES,
+    added: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
-    """Build what is missing, then import into containerd each of ``names`` it does not hold yet.
+    """Build what is missing, then import into containerd each of ``names`` it does not hold yet, and the images
+    in ``added`` (``name -> ref``: images built from packages, images with the agent injected).
 
     ``socket`` default: the test cluster's (``find_containerd_socket``). Returns ``name -> ref``.
     """
@@ -167,7 +169,7 @@ def load_into_containerd(
     if not _is_socket(socket):
         raise ImageTransferError(f"{socket} is not a socket: is the cluster's containerd running? {_BRING_UP}")
     base = [ctr, "--address", str(socket), "--namespace", CONTAINERD_NAMESPACE]
-    refs = ensure(names, log=log)
+    refs = {**ensure(names, log=log), **(added or {})}
     held = set(commands.output([*base, "images", "list", "--quiet"], f"listing the images in {socket}").split())
     for ref in refs.values():
         if containerd_name(ref) in held:
@@ -202,8 +204,10 @@ def push_to_registry(
     log: Log = print,
     commands: Commands | None = None,
     ensure: Callable[..., dict[str, str]] = ensure_images,
+    added: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
-    """Build what is missing, then ``docker tag`` and ``docker push`` each cluster image to ``registry``.
+    """Build what is missing, then ``docker tag`` and ``docker push`` each cluster image (and each of ``added``,
+    as ``load_into_containerd`` takes them) to ``registry``.
 
     Returns ``name -> pushed ref``. Logging in to the registry is Docker's business (``docker login``).
     """
@@ -213,7 +217,7 @@ def push_to_registry(
                                  "registry.example.com:5000/mcp-runner")
     commands = commands or Subprocesses()
     pushed: dict[str, str] = {}
-    for name, ref in ensure(CLUSTER_IMAGE_NAMES, log=log).items():
+    for name, ref in {**ensure(CLUSTER_IMAGE_NAMES, log=log), **(added or {})}.items():
         target = registry_ref(registry, ref)
         log(f"pushing {ref} as {target}")
         commands.output(["docker", "tag", ref, target], f"docker tag {ref} {target}")

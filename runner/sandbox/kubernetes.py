@@ -94,11 +94,12 @@ class KubernetesBackend:
     @functools.cache  # noqa: B019 - one backend per process; image inputs do not change while it runs
     def _image(self, name: str) -> tuple[str, str]:
         """The reference a pod names for a profile's image, and its pull policy."""
-        from runner.images import IMAGE_NAMES, image_ref
+        from runner.image_profiles import check_local_agent, resolve_sandbox_image, runner_built
 
-        if name not in IMAGE_NAMES:
+        if not runner_built(name):
+            check_local_agent(name)  # where this host's engine holds it too: no pod made to wait for a greeting
             return name, "IfNotPresent"
-        ref = image_ref(name)
+        ref = resolve_sandbox_image(name)  # a package's or an injected image: found by its labels on this engine
         if self._config.registry is None:
             return ref, "Never"  # loaded into the nodes' runtime; the runtime names it docker.io/<ref>
         return f"{self._config.registry.rstrip('/')}/{ref.split('/', 1)[1]}", "IfNotPresent"

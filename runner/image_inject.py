@@ -1,0 +1,167 @@
+"""``image: REF`` with ``inject_agent: true``: a derived image that adds the runner's agent to a user's image.
+
+The user's image needs only ``python3`` (3.10 or newer, glibc, x86_64): the agent's wheels (``agent.txt`` under
+``constraints.txt``) are fetched on the host for that interpreter and unpacked there into a directory the
+agent alone puts on its ``sys.path`` (``python3 -I boot.py``: the server's Python never sees it, and the image's
+``PYTHONPATH`` never reaches the agent). Nothing is installed with the image's own tools, so the derived image is
+built with ``docker build --network none`` from a context of plain files.
+
+The image's ENTRYPOINT and CMD become the derived image's CMD: a profile without ``command`` runs what the image
+ran. The tag hashes the base image's id and the agent's inputs, so a new base or a new agent is a new image.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+from runner.image_checks import ImageBuildError, Log, run
+from runner.images import (
+    CACHE_DIR,
+    IMAGES_DIR,
+    LABEL,
+    REPOSITORY,
+    WHEEL_TARGET,
+    _code,
+    _digest,
+    _docker_env,
+    _file,
+    _present,
+)
+
+__all__ = ["KIND", "ensure_injected", "injected_ref"]
+
+RECIPE = "1"
+KIND = "with-agent"
+"""The ``mcp-runner.image`` label of derived images."""
+LABEL_BASE = "mcp-runner.base"
+AGENT_ROOT = "/opt/mcp-runner-agent"
+BOOT = f'''"""mcp-runner agent launcher: its own libraries first on sys.path, then ``python -m runner.agent``."""
+import runpy
+import sys
+
+sys.path[:0] = ["{AGENT_ROOT}/lib"]
+runpy.run_module("runner.agent", run_name="__main__", alter_sys=True)
+'''
+PROBE = ("import platform, sys; "
+         "print(sys.version_info[0], sys.version_info[1], platform.machine(), platform.libc_ver()[0] or 'none')")
+
+
+def _inspect(image: str) -> dict[str, Any]:
+    done = subprocess.run(["docker", "image", "inspect", "--format", "{{json .}}", image],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        raise ImageBuildError(f"image {image!r} is not on this Docker engine: pull or build it first "
+                              f"(inject_agent derives an image from a local one)\n{done.stderr.strip()}")
+    info: dict[str, Any] = json.loads(done.stdout)
+    return info
+
+
+def _dockerfile(config: dict[str, Any]) -> bytes:
+    ran = [*(config.get("Entrypoint") or []), *(config.get("Cmd") or [])]
+    user = config.get("User") or "0"
+    lines = [
+        f"# {KIND}: the mcp-runner agent added to a user's image (runner/image_inject.py)",
+        "ARG BASE", "FROM ${BASE}", f"COPY agent/ {AGENT_ROOT}/", "USER 0",
+        # Compiled here: the sandbox's root is read-only, so otherwise every session compiles the agent again.
+        f'RUN ["python3", "-m", "compileall", "-q", "{AGENT_ROOT}"]', f"USER {user}",
+        "ENV PYTHONUNBUFFERED=1",
+        f'ENTRYPOINT ["python3", "-I", "{AGENT_ROOT}/boot.py", "--"]',
+        f"CMD {json.dumps(ran)}" if ran else "CMD []",
+    ]
+    return ("\n".join(lines) + "\n").encode()
+
+
+def _agent_inputs() -> list[tuple[str, bytes]]:
+    return [_file("agent.txt"), _file("constraints.txt"), ("boot", BOOT.encode()),
+            *((f"agent/{fn}", data) for fn, data in _code().agent)]
+
+
+def injected_ref(image: str) -> str:
+    """``mcp-runner/with-agent:<hash12>`` for ``image`` as this engine holds it; needs Docker, not the network."""
+    info = _inspect(image)
+    items = [("recipe", RECIPE.encode()), ("base-id", str(info["Id"]).encode()),
+             ("Dockerfile", _dockerfile(info.get("Config") or {})), *_agent_inputs()]
+    return f"{REPOSITORY}/{KIND}:{_digest(items)[:12]}"
+
+
+def _python_of(image: str) -> tuple[int, int]:
+    done = subprocess.run(["docker", "run", "--rm", "--network", "none", "--entrypoint", "python3", image,
+                           "-c", PROBE], capture_output=True, text=True, timeout=120)
+    if done.returncode != 0:
+        raise ImageBuildError(f"image {image!r} has no python3 the agent can run on (inject_agent needs python3 "
+                              f">= 3.10 on its PATH): {(done.stderr or done.stdout).strip()[-500:]}")
+    major, minor, machine, libc = done.stdout.split()
+    if (int(major), int(minor)) < (3, 10) or machine != "x86_64" or libc != "glibc":
+        raise ImageBuildError(f"image {image!r} has Python {major}.{minor} on {machine} ({libc}); the agent needs "
+                              "CPython >= 3.10 on x86_64 with glibc")
+    return int(major), int(minor)
+
+
+def _target(python: tuple[int, int]) -> list[str]:
+    version, abi = f"{python[0]}.{python[1]}", f"cp{python[0]}{python[1]}"
+    return [version if a == "3.11" else abi if a == "cp311" else a for a in WHEEL_TARGET]
+
+
+def _agent_lib(python: tuple[int, int], log: Log) -> Path:
+    """The agent's dependencies unpacked for ``python`` (a wheel is a zip of its site-packages files)."""
+    target = _target(python)
+    items = [("target", "\0".join(target).encode()), _file("agent.txt"), _file("constraints.txt")]
+    dest = CACHE_DIR / "agent-lib" / _digest(items)[:16]
+    if (dest / ".complete").exists():
+        return dest / "lib"
+    shutil.rmtree(dest, ignore_errors=True)
+    (dest / "wheels").mkdir(parents=True)
+    run([sys.executable, "-m", "pip", "download", "--disable-pip-version-check", "--progress-bar", "off", *target,
+         "-d", str(dest / "wheels"), "-c", str(IMAGES_DIR / "constraints.txt"), "-r", str(IMAGES_DIR / "agent.txt")],
+        f"pip download of the agent's wheels for Python {python[0]}.{python[1]} (on the host)", log, prefix="pip")
+    lib = dest / "lib"
+    for wheel in sorted((dest / "wheels").glob("*.whl")):
+        with zipfile.ZipFile(wheel) as archive:
+            archive.extractall(lib)
+    for data in lib.glob("*.data"):  # purelib/platlib belong in site-packages; scripts and headers are not needed
+        for kind in ("purelib", "platlib"):
+            for item in (data / kind).glob("*") if (data / kind).is_dir() else ():
+                shutil.move(str(item), str(lib / item.name))
+        shutil.rmtree(data)
+    (dest / ".complete").write_text("ok\n")
+    return lib
+
+
+def ensure_injected(image: str, log: Log = print, *, force: bool = False) -> str:
+    """The derived image of ``image`` with the agent: present, or built (offline) and returned."""
+    ref = injected_ref(image)
+    if _present(ref) and not force:
+        log(f"{ref} is present (the agent added to {image})")
+        return ref
+    info = _inspect(image)
+    lib = _agent_lib(_python_of(image), log)
+    (CACHE_DIR / "build").mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="with-agent-", dir=CACHE_DIR / "build") as tmp:
+        ctx = Path(tmp)
+        (ctx / "Dockerfile").write_bytes(_dockerfile(info.get("Config") or {}))
+        shutil.copytree(lib, ctx / "agent" / "lib")
+        (ctx / "agent" / "lib" / "runner" / "agent").mkdir(parents=True)
+        (ctx / "agent" / "lib" / "runner" / "__init__.py").write_bytes(b"")  # the host's pulls heavy deps
+        for fn, data in _code().agent:
+            (ctx / "agent" / "lib" / "runner" / "agent" / fn).write_bytes(data)
+        (ctx / "agent" / "boot.py").write_text(BOOT)
+        labels = {LABEL: KIND, "mcp-runner.ref": ref, LABEL_BASE: image, f"{LABEL_BASE}-id": str(info["Id"])}
+        cmd = ["docker", "build", "--network", "none", "--force-rm", "--build-arg", f"BASE={image}",
+               *(a for k, v in labels.items() for a in ("--label", f"{k}={v}")), "-t", ref, tmp]
+        run(cmd, f"docker build of {ref} (the agent added to {image})", log, prefix="docker", env=_docker_env())
+    imports = f"import sys; sys.path[:0] = ['{AGENT_ROOT}/lib']; import mcp, runner.agent.stdio"
+    check = subprocess.run(["docker", "run", "--rm", "--network", "none", "--user", "10001:10001", "--read-only",
+                            "--entrypoint", "python3", ref, "-I", "-c", imports],
+                           capture_output=True, text=True, timeout=120)
+    if check.returncode != 0:
+        subprocess.run(["docker", "rmi", "-f", ref], capture_output=True)
+        raise ImageBuildError(f"the agent does not start in {ref} (derived from {image}):\n{check.stderr[-2000:]}")
+    log(f"built {ref}: the agent added to {image}")
+    return ref

@@ -1,0 +1,135 @@
+"""The image a profile's sandbox runs: resolved for the backends, built at the service's start, checked for the agent.
+
+A profile's ``image`` names a runner image (``python-servers``), a package (``pypi:…``/``npm:…``, from ``package:``),
+a user's image with the agent added (``with-agent:REF``, from ``inject_agent: true``) or any image reference. The
+backends resolve it here without building or fetching anything; the service builds what is missing before it
+serves (``ensure_profile_images``), so no session waits on a build. A sandbox's image must hold the agent: an image
+without it would run the server where the agent should be, and the open would wait for a greeting that never
+comes, so images are checked by their ``mcp-runner.image`` label before a container is made.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Iterable, Mapping
+
+from runner.config import Profile
+from runner.errors import FailedPrecondition
+from runner.image_checks import ImageBuildError, Log
+from runner.image_inject import KIND as INJECTED
+from runner.image_inject import LABEL_BASE, ensure_injected, injected_ref
+from runner.image_packages import KIND as PACKAGE
+from runner.image_packages import ensure_package, find_package_image, package_images
+from runner.images import IMAGE_NAMES, LABEL, _present, image_ref
+from runner.package_spec import injected_image, is_package, parse_package, uninjected
+
+__all__ = [
+    "AGENT_KINDS", "added_images", "check_agent", "check_local_agent", "ensure_profile_images", "no_agent",
+    "resolve_sandbox_image", "runner_built",
+]
+
+AGENT_KINDS = frozenset({"python-servers", "node-servers", PACKAGE, INJECTED})
+"""``mcp-runner.image`` labels of the images that carry the agent (an image built FROM one inherits its label)."""
+
+
+def no_agent(image: str) -> FailedPrecondition:
+    return FailedPrecondition(f"image {image} has no mcp-runner agent: build it with `mcp-runner images add` "
+                              "or set `inject_agent: true` on its profile")
+
+
+def check_agent(image: str, labels: Mapping[str, str] | None) -> None:
+    """Raise ``no_agent`` unless ``labels`` (the image's) say it carries the agent."""
+    if (labels or {}).get(LABEL) not in AGENT_KINDS:
+        raise no_agent(image)
+
+
+def runner_built(image: str) -> bool:
+    """A name the runner builds an image for (rather than a reference it runs as given)."""
+    return image in IMAGE_NAMES or is_package(image) or uninjected(image) is not None
+
+
+def resolve_sandbox_image(image: str) -> str:
+    """The local reference of a profile's ``image``; FailedPrecondition saying how to build it when it is missing."""
+    if image in IMAGE_NAMES:
+        return image_ref(image)
+    if is_package(image):
+        try:
+            found = find_package_image(parse_package(image))
+        except (ImageBuildError, ValueError) as exc:
+            raise FailedPrecondition(f"the image of package {image}: {exc}") from exc
+        if found is None:
+            raise FailedPrecondition(f"no image of package {image} is built here: run `mcp-runner images add "
+                                     f"{image}` (the service builds missing ones when it starts)")
+        return found.ref
+    base = uninjected(image)
+    if base is None:
+        return image
+    try:
+        ref = injected_ref(base)
+    except ImageBuildError as exc:
+        raise FailedPrecondition(str(exc)) from exc
+    if not _present(ref):
+        raise FailedPrecondition(f"the image with the agent added to {base} is not built: restart the service, "
+                                 "which builds it (inject_agent: true)")
+    return ref
+
+
+def added_images() -> dict[str, str]:
+    """``name -> ref`` of the images built here from packages (on today's base) and with the agent injected, as
+    ``images list`` shows them and ``images load``/``push`` move them."""
+    out = {str(p.spec): p.ref for p in package_images() if p.current}
+    done = subprocess.run(["docker", "image", "ls", "--filter", f"label={LABEL}={INJECTED}", "--format",
+                           "{{.Repository}}:{{.Tag}}"], capture_output=True, text=True)
+    for ref in done.stdout.split() if done.returncode == 0 else ():
+        base = (_labels(ref) or {}).get(LABEL_BASE)
+        if base and "<none>" not in ref:
+            out.setdefault(injected_image(base), ref)
+    return out
+
+
+def _labels(image: str) -> dict[str, str] | None:
+    """The labels of a local image; None when this engine does not hold it."""
+    done = subprocess.run(["docker", "image", "inspect", "--format", "{{json .Config.Labels}}", image],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        return None
+    labels = json.loads(done.stdout or "null")
+    return {str(k): str(v) for k, v in labels.items()} if isinstance(labels, dict) else {}
+
+
+def check_local_agent(image: str) -> None:
+    """``check_agent`` for an image this engine holds; nothing when it does not (or cannot be asked)."""
+    try:
+        labels = _labels(image)
+    except OSError:  # no docker CLI: a cluster's images cannot be inspected from here
+        return
+    if labels is not None:
+        check_agent(image, labels)
+
+
+def ensure_profile_images(profiles: Iterable[Profile], log: Log, warn: Log) -> None:
+    """Build the package and agent-injected images ``profiles`` need and that are missing: a FailedPrecondition
+    naming the profile when one cannot be built. A profile whose local image has no agent is only ``warn``-ed
+    about: its opens fail at once saying so, and the other profiles serve.
+
+    The runner images themselves are built by ``mcp-runner images build`` (``make run``); images this engine
+    does not hold are left to the backend, which says so when a session needs them.
+    """
+    done: set[str] = set()
+    for profile in profiles:
+        image = profile.image
+        if profile.remote_url is not None or image in done or image in IMAGE_NAMES:
+            continue
+        done.add(image)
+        try:
+            if is_package(image):
+                ensure_package(parse_package(image), log)
+            elif (base := uninjected(image)) is not None:
+                ensure_injected(base, log)
+            else:
+                check_local_agent(image)
+        except (ImageBuildError, ValueError) as exc:
+            raise FailedPrecondition(f"profile {profile.name!r}: {exc}") from exc
+        except FailedPrecondition as exc:
+            warn(f"profile {profile.name!r}: {exc.message}; its sessions will not open")
