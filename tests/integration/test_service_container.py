@@ -133,7 +133,7 @@ def running(request: pytest.FixtureRequest, service_image: str, tmp_path: Path) 
             **published,
             ("--name", "mcp-runner"): name,
             ("--volume", "/etc/mcp-runner:/etc/mcp-runner:ro"): f"{config}:/etc/mcp-runner:ro",
-            ("--volume", "mcp-runner-state:/var/lib/mcp-runner"): f"{volume}:/var/lib/mcp-runner",
+            ("--volume", "mcp-runner_state:/var/lib/mcp-runner"): f"{volume}:/var/lib/mcp-runner",
         }, extra)
         with log.open("wb") as out:
             process = subprocess.Popen(["/usr/bin/docker", *run.argv()[1:]], stdout=out, stderr=subprocess.STDOUT)

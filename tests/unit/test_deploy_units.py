@@ -243,6 +243,8 @@ def test_the_unit_runs_the_same_container_as_compose() -> None:
     assert targets(unit) == targets(compose)
     assert "/var/run/docker.sock:/var/run/docker.sock" in unit.values("--volume")
     assert "/etc/mcp-runner:/etc/mcp-runner:ro" in unit.values("--volume")
+    state = "mcp-runner_state:/var/lib/mcp-runner"
+    assert state in unit.values("--volume") and state in compose.values("--volume"), "one state volume for both"
     assert unit.values("--name") == [SERVICE] and unit.values("--rm") == [""]
     assert unit.values("--log-driver") == ["none"], "the attached CLI hands the output to the journal: no second copy"
 
