@@ -62,7 +62,13 @@ def _serve(args: argparse.Namespace) -> int:
     # Imported here: the server side (Docker) is not needed by client commands.
     from runner.service import run_service
     from runner.settings_file import load_settings
+    from runner.settings_log import FORMAT_VARIABLE, LEVEL_VARIABLE
 
+    # The log options travel as their environment variables: so an option wins over the environment, and both over
+    # the file's `log:` (runner.settings_log); the service sets its log up from the settings as it starts.
+    for variable, chosen in ((LEVEL_VARIABLE, args.log_level), (FORMAT_VARIABLE, args.log_format)):
+        if chosen:
+            os.environ[variable] = chosen
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # The SDK's door transport logs every MCP session's start and end at INFO; the door logs its own line per
     # sandbox (who, which profile, why it closed), so the SDK's are noise beside it. Warnings still show.
@@ -319,6 +325,15 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--backend", choices=("docker", "kubernetes"),
         help="where sandboxes run (env MCP_RUNNER_BACKEND, else the file's `backend:`, else docker)",
+    )
+    serve.add_argument(
+        "--log-level", choices=("debug", "info", "warning", "error"),
+        help="the service log's level (env MCP_RUNNER_LOG_LEVEL, else the file's `log.level`, else info)",
+    )
+    serve.add_argument(
+        "--log-format", choices=("text", "json"),
+        help="text lines, or one JSON object per line (env MCP_RUNNER_LOG_FORMAT, else the file's `log.format`, "
+        "else text)",
     )
     serve.set_defaults(func=_serve)
 

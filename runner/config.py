@@ -256,6 +256,28 @@ class McpHttpConfig:
     """Larger request bodies are refused with 413 before they are parsed."""
 
 
+LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMATS = ("text", "json")
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    """The service's own log (``runner.observe.logs``): on stderr, one line per record."""
+
+    level: str = "info"
+    """One of ``LOG_LEVELS``."""
+    format: str = "text"
+    """``text`` (for people) or ``json`` (one JSON object per line, for collectors)."""
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    """Prometheus metrics at ``/metrics`` on the MCP door's listener (``runner.observe``)."""
+
+    public: bool = False
+    """Scrapes need no credentials even where callers must authenticate (tokens); mTLS still needs a certificate."""
+
+
 @dataclass(frozen=True)
 class Settings:
     listen: str = DEFAULT_LISTEN
@@ -288,6 +310,8 @@ class Settings:
     """Where sandboxes run: ``docker`` (this machine's engine) or ``kubernetes`` (pods, see ``kubernetes``)."""
     kubernetes: KubernetesConfig = KubernetesConfig(kubeconfig=DEFAULT_KUBECONFIG.expanduser())
     mcp_http: McpHttpConfig = McpHttpConfig()
+    log: LogConfig = LogConfig()
+    metrics: MetricsConfig = MetricsConfig()
     state_dir: Path = field(default_factory=state_directory)
     """This machine's per-instance state (the instance lock; the guard's store), shared by every instance here."""
 

@@ -25,10 +25,11 @@ import secrets
 import signal
 import socket
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from runner.api.auth import Authenticator, check_listen_safety, check_policy_required
+from runner.api.auth import Authenticator, check_listen_safety, check_policy_required, is_loopback
 from runner.api.backend_health import follow_backend
 from runner.api.server import refuse_address_in_use, start_server
 from runner.audit.replay import Replayer
@@ -40,9 +41,12 @@ from runner.door.http import DoorApp, RunningDoor, start_door
 from runner.door.identity import HttpAuthenticator
 from runner.errors import FailedPrecondition
 from runner.guard.memory import GuardMemory, memory_path
+from runner.observe import logs
+from runner.observe.metrics import RunnerMetrics
+from runner.observe.scrape import MetricsEndpoint
 from runner.policy import PolicyStore
 from runner.sandbox.backends import backend_for, describe
-from runner.sessions.journal import Journal
+from runner.sessions.journal import Journal, Observer
 from runner.sessions.manager import SessionManager
 
 log = logging.getLogger("runner")
@@ -213,6 +217,7 @@ async def run_service(settings: Settings) -> None:
     Refuses to start (``ConfigError``, ``Unavailable``, ``FailedPrecondition``) before touching the engine
     when the settings are unsafe, the address is in use or the instance is already running.
     """
+    logs.configure(settings.log)
     check_listen_safety(settings.listen, settings.tls, settings.auth)
     check_policy_required(settings.listen, settings.auth, settings.policy)
     # Early as well as at the bind: two services left at the default port (two users on one engine, say)
@@ -244,16 +249,18 @@ async def _serve(settings: Settings, lock: InstanceLock) -> None:
     authenticator = Authenticator(settings.auth, lambda digest: policy.current.token_owner(digest))
     memory = GuardMemory(memory_path(settings.state_dir, settings.instance))
     memory.open()
+    metrics = RunnerMetrics(settings.profiles, settings.backend)
     try:
-        store = _open_audit(settings)
+        store = _open_audit(settings, metrics)
     except BaseException:
         memory.close()
         raise
     log.info("guard memory: %s", memory.path)
     backend = backend_for(settings, owner=lock.label, abandoned=lock.abandoned)
     log.info("sandbox backend: %s", describe(settings))
-    journal = journal_for(settings, store)
+    journal = journal_for(settings, store, (metrics.observe, logs.EventLog()))
     manager = SessionManager(backend, settings, policy, journal, memory)
+    metrics.watch(manager.pool, store)
     audit = AuditService(store, policy, Replayer(manager, store)) if store is not None else None
     watcher: asyncio.Task[None] | None = None
     retention: asyncio.Task[None] | None = None
@@ -284,14 +291,16 @@ async def _serve(settings: Settings, lock: InstanceLock) -> None:
             settings.instance, ", ".join(sorted(settings.profiles)),
         )
         if settings.mcp_http.listen:
-            door_app = DoorApp(
-                manager, settings.mcp_http, settings.profiles,
-                HttpAuthenticator(settings.auth, lambda digest: policy.current.token_owner(digest)), journal.note,
-            )  # fmt: skip
+            http_auth = HttpAuthenticator(settings.auth, lambda digest: policy.current.token_owner(digest))
+            scrape = MetricsEndpoint(metrics, http_auth, loopback=is_loopback(settings.mcp_http.listen),
+                                     public=settings.metrics.public)  # fmt: skip
+            door_app = DoorApp(manager, settings.mcp_http, settings.profiles, http_auth, journal.note, scrape)
             door = await start_door(door_app, settings.mcp_http.listen, tls=settings.tls,
                                     grace=settings.shutdown_grace_s)  # fmt: skip
-            log.info("MCP door: %s://%s/mcp/<profile> (Streamable HTTP, both protocol eras)",
-                     "https" if settings.tls else "http", bound_address(settings.mcp_http.listen, door.port))
+            door_url = f"{'https' if settings.tls else 'http'}://{bound_address(settings.mcp_http.listen, door.port)}"
+            log.info("MCP door: %s/mcp/<profile> (Streamable HTTP, both protocol eras); Prometheus metrics: %s/metrics "
+                     "(%s)", door_url, door_url, "open" if settings.metrics.public or settings.auth.anonymous else
+                     "callers' credentials")  # fmt: skip
         pools = ", ".join(f"{name} {size}" for name, size in sorted(settings.pool.items())) or "off"
         log.info("warm pool: %s; at most %d sandboxes boot at once, an open waits for a slot up to %g s without a "
                  "deadline of its own", pools, settings.max_concurrent_boots, settings.open_queue_timeout_s)
@@ -332,16 +341,17 @@ def bound_address(listen: str, port: int) -> str:
     return f"{listen.removesuffix(':0')}:{port}"
 
 
-def journal_for(settings: Settings, store: AuditStore | None) -> Journal:
-    """What the manager records through, syncing as the settings say (``audit.fsync_intents``)."""
-    return Journal(store, fsync_intents=settings.audit.fsync_intents)
+def journal_for(settings: Settings, store: AuditStore | None, observers: Iterable[Observer] = ()) -> Journal:
+    """What the manager records through, syncing as the settings say (``audit.fsync_intents``); ``observers``
+    (metrics, the log's lines) see every event, audit log on or off."""
+    return Journal(store, fsync_intents=settings.audit.fsync_intents, observers=observers)
 
 
-def _open_audit(settings: Settings) -> AuditStore | None:
+def _open_audit(settings: Settings, metrics: RunnerMetrics) -> AuditStore | None:
     if not settings.audit.enabled:
         log.warning("the audit log is DISABLED (settings audit.enabled: false): nothing this service does is recorded")
         return None
-    store = AuditStore(settings.audit.path)
+    store = AuditStore(settings.audit.path, on_commit=metrics.audit_committed)
     store.open()
     retention = settings.audit.retention_s
     kept = f"records older than {retention:g} s go to {settings.audit.exports}" if retention else "kept forever"

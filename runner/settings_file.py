@@ -46,6 +46,7 @@ from runner.egress.rules import check_header_name, header_value_problem, parse_h
 from runner.guard.sanitize import DEFAULT_REDACTIONS, DETECTORS, SanitizeConfig
 from runner.roots import profile_roots
 from runner.settings_kubernetes import KubernetesModel, chosen_backend
+from runner.settings_log import LogModel, MetricsModel
 from runner.settings_mcp_http import McpHttpModel
 
 _INSTANCE = re.compile(r"^[a-zA-Z0-9_.-]{1,64}$")
@@ -323,6 +324,8 @@ class _FileModel(BaseModel):
     backend: str | None = None
     kubernetes: KubernetesModel = KubernetesModel()
     mcp_http: McpHttpModel = McpHttpModel()
+    log: LogModel = LogModel()
+    metrics: MetricsModel = MetricsModel()
 
     @field_validator("max_message_bytes")
     @classmethod
@@ -462,6 +465,8 @@ def load_settings(
             backend=chosen_backend(user.backend, backend),
             kubernetes=user.kubernetes.config(base),
             mcp_http=user.mcp_http.config(mcp_listen),
+            log=user.log.config(),
+            metrics=user.metrics.config(),
         )
     except ValueError as exc:
         raise ConfigError(f"{user_path}: {exc}") from exc

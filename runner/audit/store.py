@@ -139,10 +139,14 @@ def _failed(error: AuditError) -> Future[Any]:
 class AuditStore:
     """The one writer of one audit database; ``query``, ``pages`` and ``verify`` may run on any thread."""
 
-    def __init__(self, path: Path, *, batch_max: int = 256) -> None:
+    def __init__(
+        self, path: Path, *, batch_max: int = 256, on_commit: Callable[[float], None] | None = None
+    ) -> None:
+        """``on_commit``: told, on the writer thread, how many seconds each transaction took (metrics)."""
         if batch_max < 1:
             raise ValueError(f"batch_max must be at least 1, not {batch_max}")
         self.path = path
+        self._on_commit = on_commit
         self._batch_max = batch_max
         self._queue: queue.SimpleQueue[_Item] = queue.SimpleQueue()
         self._lock = threading.Lock()
@@ -171,6 +175,11 @@ class AuditStore:
     def synced_commits(self) -> int:
         """Of ``commits``, those committed with ``synchronous=FULL``: each fsync'd the WAL before it was reported."""
         return self._synced_commits
+
+    @property
+    def queue_depth(self) -> int:
+        """Appends (a batch counts as one) and prunes waiting for the writer; approximate while it runs."""
+        return self._queue.qsize()
 
     @property
     def head(self) -> tuple[int, str]:
@@ -352,6 +361,7 @@ class AuditStore:
         """``work`` in one transaction; ``durable``: committed with ``FULL`` (fsync'd), else with ``NORMAL``."""
         assert self._db is not None
         self._set_synchronous(self._db, "FULL" if durable else "NORMAL")
+        began = time.perf_counter()
         cursor = self._db.cursor()
         cursor.execute("BEGIN IMMEDIATE")
         try:
@@ -361,6 +371,12 @@ class AuditStore:
             with contextlib.suppress(sqlite3.Error):
                 cursor.execute("ROLLBACK")
             raise
+        if self._on_commit is not None:
+            try:
+                self._on_commit(time.perf_counter() - began)
+            except Exception:  # a metric must never cost a record (it is committed already): the hook is dropped
+                self._on_commit = None
+                _log.exception("the audit writer's commit hook failed; commit times are no longer reported")
         self._commits += 1
         if durable:
             # The fsync of a FULL commit is the WAL file's: every frame written before, of NORMAL commits too.

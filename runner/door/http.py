@@ -19,6 +19,8 @@ profile or session id is the caller's refusal as on gRPC: the SessionManager cou
   and serves it statelessly; its handler uses the caller's lease (``runner.door.leases``), whose refused open is
   answered with its HTTP status as an ``initialize``'s is.
 
+Beside ``/mcp/<profile>``, ``/metrics`` answers Prometheus scrapes (``runner.observe.scrape``, its own rules).
+
 A client that leaves mid-request cancels it, and so its request in the sandbox: the SDK does so for the stateless
 era; for a session the door watches the POST's connection and cancels that request's handler.
 """
@@ -43,7 +45,7 @@ from mcp.shared.inbound import MCP_PROTOCOL_VERSION_HEADER
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.types import Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from runner.api.auth import is_loopback
 from runner.config import McpHttpConfig, TlsConfig
@@ -83,6 +85,7 @@ from runner.sessions.models import DOORS
 log = logging.getLogger(__name__)
 
 PATH_PREFIX = "/mcp/"
+METRICS_PATH = "/metrics"
 DOOR_HEADER = "x-mcp-runner-door"
 MCP_DOORS = frozenset(door for door in DOORS if door.startswith("mcp-"))
 REAP_INTERVAL_S = 5.0
@@ -106,8 +109,11 @@ class DoorApp:
         profiles: Iterable[str],
         authenticator: HttpAuthenticator,
         note: Note,
+        metrics: ASGIApp | None = None,
     ) -> None:
+        """``metrics``: what answers ``/metrics`` (``runner.observe.scrape``); None: 404 there as anywhere else."""
         self._manager = manager
+        self._metrics = metrics
         self._config = config
         self._auth = authenticator
         self.sessions = DoorSessions(manager, config.session_idle_timeout_s)
@@ -157,6 +163,9 @@ class DoorApp:
 
     async def _serve(self, scope: Scope, receive: Receive, send: Send) -> None:
         path: str = scope["path"]
+        if path == METRICS_PATH and self._metrics is not None:
+            await self._metrics(scope, receive, send)
+            return
         profile = path[len(PATH_PREFIX):].rstrip("/") if path.startswith(PATH_PREFIX) else ""
         if not profile or "/" in profile:
             await refusal(404, f"no MCP endpoint at {path[:200]!r}: use /mcp/<profile>", grpc=Status.NOT_FOUND)(

@@ -34,7 +34,7 @@ import contextlib
 import contextvars
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -63,6 +63,8 @@ from runner.sandbox.base import EgressDecision
 log = logging.getLogger(__name__)
 
 Redact = Callable[[str], str]
+Observer = Callable[[AuditEvent], None]
+"""Told of every event as it is made, before it is written, whether or not the audit log is on (metrics, logs)."""
 
 
 def as_json(value: Any) -> Any:
@@ -151,24 +153,40 @@ _serving: contextvars.ContextVar[RequestEntry | None] = contextvars.ContextVar("
 
 
 class Journal:
-    def __init__(self, store: AuditStore | None, *, fsync_intents: bool = False) -> None:
+    def __init__(
+        self, store: AuditStore | None, *, fsync_intents: bool = False, observers: Iterable[Observer] = ()
+    ) -> None:
         self._store = store  # None: the audit log is turned off (benchmarks), and nothing is recorded
         self._fsync_each = fsync_intents
         """Intents and notes fsync'd on their own too, not only by the outcome that follows them."""
+        self._observers = tuple(observers)
+        self._failed_observers: set[Observer] = set()
+
+    def observe(self, event: AuditEvent) -> None:
+        """Tell every observer of ``event``; one that raises is logged (once) and never fails the request."""
+        for observer in self._observers:
+            try:
+                observer(event)
+            except Exception:
+                if observer not in self._failed_observers:
+                    self._failed_observers.add(observer)
+                    log.exception("an observer of audit events (%r) failed; its later failures are not logged",
+                                  observer)  # fmt: skip
 
     def note(self, kind: str, session_id: str, caller: str, data: Mapping[str, Any]) -> None:
         """Queue a record; if it cannot be written it is logged, and the next durable record fails too."""
         self._queue(AuditEvent(kind, session_id, caller, data))
 
     def _durable_note(self, kind: str, session_id: str, caller: str, data: Mapping[str, Any]) -> None:
+        event = AuditEvent(kind, session_id, caller, data)
+        self.observe(event)
         if self._store is not None:
-            self._submit(AuditEvent(kind, session_id, caller, data), True, _serving.get()).add_done_callback(
-                _log_failure
-            )
+            self._submit(event, True, _serving.get()).add_done_callback(_log_failure)
 
     def _queue(self, event: AuditEvent, entry: RequestEntry | None = None) -> None:
         """Queue ``event`` (after the notes ``entry``, or the request this task serves, holds); a note of
         ``HELD_KINDS`` made for a request is held for its next record instead."""
+        self.observe(event)
         if self._store is None:
             return
         entry = entry or _serving.get()
@@ -257,11 +275,14 @@ class Journal:
                 f"the {method} request cannot be recorded in the audit log ({why}), so it was not sent"
             ) from None
         entry = _serving.get()
-        if entry is None or self._store is None:
+        if entry is None or (self._store is None and not self._observers):
             return
         event = AuditEvent(records.REQUEST_INTENT, entry.session_id, entry.caller, {
             "method": method, "params": _params_kept(method, params, entry.redact, whole=True), "request_id": entry.id,
         })  # fmt: skip
+        self.observe(event)
+        if self._store is None:
+            return
         # Named before it is committed: the writer records it even if this caller leaves while it waits (a
         # deadline, a cancel), and the outcome ("abandoned", then) must still name it.
         entry.intents.append(event.id)
@@ -293,6 +314,7 @@ class Journal:
     async def _durable(
         self, event: AuditEvent, answering: RunnerError | None, entry: RequestEntry | None = None
     ) -> None:
+        self.observe(event)
         try:
             await self.record(event, entry=entry)
         except AuditError as exc:
@@ -365,7 +387,9 @@ def _log_failure(future: concurrent.futures.Future[AuditRecord]) -> None:
 
 async def durable(journal: Journal, kind: str, session_id: str, caller: str, data: Mapping[str, Any]) -> None:
     """Write and wait, logging instead of raising: for records of things that happen whether or not they land."""
+    event = AuditEvent(kind, session_id, caller, data)
+    journal.observe(event)
     try:
-        await journal.record(AuditEvent(kind, session_id, caller, data))
+        await journal.record(event)
     except AuditError as exc:
         log.error("audit record %s of session %s: %s", kind, session_id, exc.message)

@@ -25,7 +25,7 @@ import logging
 import math
 import secrets
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
@@ -133,6 +133,12 @@ class WarmPool:
         self._backoff = backoff
         self._pools: dict[str, _ProfilePool] = {}
         self._teardowns: set[asyncio.Future[None]] = set()
+        self._claims: Counter[tuple[str, str]] = Counter()
+
+    @property
+    def claims(self) -> Mapping[tuple[str, str], int]:
+        """(profile, ``hit`` or ``miss``) -> opens of a pooled profile that claimed a warm sandbox or started cold."""
+        return self._claims
 
     def start(self) -> None:
         for name, size in self._settings.pool.items():
@@ -162,6 +168,14 @@ class WarmPool:
         pool = self._pools.get(profile.name)
         if pool is None:
             return None
+        warm = self._claim(pool, profile, limits, secret_values, network)
+        self._claims[profile.name, "miss" if warm is None else "hit"] += 1
+        return warm
+
+    def _claim(
+        self, pool: _ProfilePool, profile: Profile, limits: Limits, secret_values: Mapping[str, str],
+        network: SandboxNetwork | None,
+    ) -> WarmSandbox | None:  # fmt: skip
         if pool.profile != profile:
             log.info("profile %r changed since its warm sandboxes booted: cold start; draining and refilling its pool",
                      profile.name)
