@@ -8,11 +8,13 @@ import textwrap
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 
 import grpc
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from runner.api.auth import hash_token, new_token
 from tests.integration.conftest import Service, start_service, stop_service
 
 pytestmark = pytest.mark.integration
@@ -114,3 +116,26 @@ def test_metrics_answer_get_only_and_only_for_this_machine(watched: Service) -> 
 def test_the_service_log_names_where_metrics_are(watched: Service) -> None:
     assert f"http://{watched.mcp_listen}/metrics (open)" in watched.log()
 
+
+
+def test_where_callers_need_a_token_so_does_a_scrape(images: dict[str, str], tmp_path: Path) -> None:
+    token = new_token()
+    (tmp_path / "policy.yaml").write_text(
+        f'callers:\n  prometheus: {{tokens: ["{hash_token(token)}"], profiles: []}}\n', encoding="utf-8"
+    )
+    config = tmp_path / "settings.yaml"
+    config.write_text("auth: {tokens: true}\npolicy: policy.yaml\npool: {}\n", encoding="utf-8")
+    service = start_service(tmp_path, f"it-metrics-auth-{secrets.token_hex(4)}", config=config)
+    try:
+        url = f"http://{service.mcp_listen}/metrics"
+        for presented in (None, new_token()):
+            headers = {"Authorization": f"Bearer {presented}"} if presented else {}
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=10)
+            assert refused.value.code == 401 and refused.value.headers["WWW-Authenticate"].startswith("Bearer")
+        scraped = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
+        with urllib.request.urlopen(scraped, timeout=10) as answer:
+            assert answer.status == 200 and b"mcp_runner_build_info" in answer.read()
+        assert f"{url} (callers' credentials)" in service.log() and token not in service.log()
+    finally:
+        stop_service(service)
