@@ -32,6 +32,7 @@ from runner.bench.options import options_from
 from runner.cli_audit import audit_export, audit_list, audit_show, audit_verify, replay, when_arg
 from runner.cli_common import field, one_line, open_client, print_json
 from runner.cli_health import health
+from runner.cli_images import add_images_parser
 from runner.cli_protocol import add_commands as add_protocol_commands
 from runner.cli_protocol import input_requested
 from runner.client import DEFAULT_ADDRESS, InputRequest, Progress, ToolResult, service_address
@@ -242,36 +243,6 @@ def _token(args: argparse.Namespace) -> int:
     return 0
 
 
-def _images(args: argparse.Namespace) -> int:
-    from runner.image_transfer import load_into_containerd, push_to_registry
-    from runner.images import ALL_IMAGE_NAMES, ImageBuildError, ensure_images, list_images
-
-    try:
-        if args.action == "build":
-            for name, ref in ensure_images(ALL_IMAGE_NAMES, force=args.force).items():
-                print(f"{name:15} {ref}")
-        elif args.action == "load":
-            if not args.kubernetes:
-                print("error: images load: say where to (--kubernetes: the cluster's containerd)", file=sys.stderr)
-                return 2
-            socket = Path(args.containerd_socket) if args.containerd_socket else None
-            for name, ref in load_into_containerd(socket).items():
-                print(f"{name:15} {ref}")
-        elif args.action == "push":
-            if not args.registry:
-                print("error: images push needs --registry HOST[:PORT]/PATH", file=sys.stderr)
-                return 2
-            for name, ref in push_to_registry(args.registry).items():
-                print(f"{name:15} {ref}")
-        else:
-            for name, ref, present in list_images(ALL_IMAGE_NAMES):
-                print(f"{name:15} {ref:40} {'present' if present else 'missing (run: mcp-runner images build)'}")
-    except ImageBuildError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
-
-
 def _bench(args: argparse.Namespace) -> int:
     from runner.bench.main import bench_main
 
@@ -405,14 +376,7 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument("caller", help="the caller's name in the policy file")
     token.set_defaults(func=_token)
 
-    images = sub.add_parser("images", help="build or list the images; load them into a cluster or push them")
-    images.add_argument("action", choices=["build", "list", "load", "push"])
-    images.add_argument("--force", action="store_true", help="rebuild even when the image is present")
-    images.add_argument("--kubernetes", action="store_true", help="load: into the Kubernetes nodes' containerd")
-    images.add_argument("--containerd-socket", metavar="PATH", help="load: containerd's socket (default: the "
-                        "test cluster's, under /run/mcp-runner-kubernetes)")
-    images.add_argument("--registry", metavar="HOST[:PORT]/PATH", help="push: to this registry, as REGISTRY/NAME:TAG")
-    images.set_defaults(func=_images)
+    add_images_parser(sub)
 
     mcp = sub.add_parser(
         "mcp", help="speak MCP on stdin/stdout for a host that launches a command (Claude Desktop, Cursor, VS Code), "

@@ -194,6 +194,11 @@ class Profile:
     roots: tuple[str, ...] | None = None
     """``file://`` URIs the runner answers the server's ``roots/list`` with itself (runner/roots.py); None: the
     caller's client is asked."""
+    package: str | None = None
+    """``package:`` normalized (``pypi:NAME==VERSION``, ``npm:NAME@VERSION``, or without a version: the newest built
+    here); ``image`` then holds the same spec, which the backends resolve to the image built from it."""
+    inject_agent: bool = False
+    """``image`` then holds ``with-agent:REF``: the user's REF with the agent added in a derived image."""
 
 
 @dataclass(frozen=True)

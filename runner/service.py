@@ -41,6 +41,7 @@ from runner.door.http import DoorApp, RunningDoor, start_door
 from runner.door.identity import HttpAuthenticator
 from runner.errors import FailedPrecondition
 from runner.guard.memory import GuardMemory, memory_path
+from runner.image_profiles import ensure_profile_images
 from runner.observe import logs
 from runner.observe.metrics import RunnerMetrics
 from runner.observe.scrape import MetricsEndpoint
@@ -230,6 +231,8 @@ async def run_service(settings: Settings) -> None:
         refuse_address_in_use(door_listen)
     lock = InstanceLock.acquire(settings.state_dir, settings.instance, settings.listen)
     try:
+        if settings.backend == "docker":  # profiles' package and agent-injected images; no session waits on a build
+            await asyncio.to_thread(ensure_profile_images, settings.profiles.values(), log.info, log.warning)
         await _serve(settings, lock)
     finally:
         lock.release()

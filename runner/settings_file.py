@@ -44,6 +44,7 @@ from runner.config import (
 from runner.config_document import read_document
 from runner.egress.rules import check_header_name, header_value_problem, parse_host_pattern, parse_target
 from runner.guard.sanitize import DEFAULT_REDACTIONS, DETECTORS, SanitizeConfig
+from runner.package_spec import injected_image, is_package, parse_package, uninjected
 from runner.roots import profile_roots
 from runner.settings_kubernetes import KubernetesModel, chosen_backend
 from runner.settings_log import LogModel, MetricsModel
@@ -218,14 +219,37 @@ class _ProfileModel(BaseModel):
     sanitize: _SanitizeModel = _SanitizeModel()
     pins: dict[str, Annotated[str, Field(pattern=_PIN.pattern)]] = {}
     roots: list[str] | None = None
+    package: str | None = None
+    """``pypi:NAME[==VERSION]`` / ``npm:NAME[@VERSION]``: the server's image is built from it (image_packages)."""
+    inject_agent: bool = False
+    """The agent is added to ``image`` in a derived image (runner/image_inject)."""
 
     @field_validator("roots")
     @classmethod
     def _roots(cls, value: list[str] | None) -> list[str] | None:
         return None if value is None else list(profile_roots(value))
 
+    @field_validator("package")
+    @classmethod
+    def _package(cls, value: str | None) -> str | None:
+        return None if value is None else str(parse_package(value))
+
     @model_validator(mode="after")
     def _one_server(self) -> _ProfileModel:
+        if self.package is not None:
+            if self.image is not None or self.remote is not None or self.inject_agent:
+                raise ValueError("a `package` server names no `image`, `remote` or `inject_agent`: its image is built "
+                                 "from the package, with the agent")
+            return self
+        if self.image is not None and (is_package(self.image) or uninjected(self.image) is not None):
+            raise ValueError(f"`image: {self.image}` is not an image reference; a registry package goes in `package:`, "
+                             "and an image gets the agent with `inject_agent: true`")
+        if self.inject_agent and self.image is None:
+            raise ValueError("`inject_agent: true` adds the agent to an `image`: name the image")
+        if self.inject_agent:
+            if self.remote is not None:
+                raise ValueError("`inject_agent` is for a stdio server in `image`, not a `remote` one")
+            return self  # no `command`: the image's own ENTRYPOINT and CMD
         if (self.command is None) == (self.remote is None):
             raise ValueError("name exactly one of `command` (a stdio server) or `remote` (a Streamable HTTP URL)")
         if self.command is not None and self.image is None:
@@ -360,7 +384,10 @@ def _profiles(parsed: _FileModel, base: Path, defaults: Limits) -> dict[str, Pro
                 raise ValueError(f"profiles.{name}.{exc}") from None
         out[name] = Profile(
             name=name,
-            image=model.image or "python-servers",
+            image=model.package or (injected_image(model.image) if model.inject_agent and model.image else None)
+            or model.image or "python-servers",
+            package=model.package,
+            inject_agent=model.inject_agent,
             command=tuple(model.command or ()),
             network=network,
             remote_url=remote,

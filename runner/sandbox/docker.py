@@ -108,18 +108,23 @@ class DockerBackend:
 
     @functools.cache  # noqa: B019 - one backend per process; image inputs do not change while it runs
     def _resolve_image(self, image: str) -> str:
-        from runner.images import IMAGE_NAMES, image_ref
+        from runner.image_profiles import resolve_sandbox_image
 
-        return image_ref(image) if image in IMAGE_NAMES else image
+        return resolve_sandbox_image(image)
 
     async def check(self) -> None:
         await self._run("checking the Docker engine", lambda: self._api().ping())
 
     @functools.cache  # noqa: B019 - one backend per process; content-hashed tags keep their image
     def _image_id(self, image: str) -> str:
+        from runner.image_profiles import check_agent
+
         if image.startswith("sha256:"):
             return image
-        image_id: str = self._api().inspect_image(image)["Id"]
+        found = self._api().inspect_image(image)
+        # Without the agent the server would run in its place and the open wait out its budget for a greeting.
+        check_agent(image, (found.get("Config") or {}).get("Labels"))
+        image_id: str = found["Id"]
         return image_id
 
     def _create_and_attach(self, spec: SandboxSpec, proxy: egress.EgressProxy | None) -> tuple[str, str, Any]:

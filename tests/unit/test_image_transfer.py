@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from runner import cli, image_transfer
+from runner import cli, image_profiles, image_transfer
 from runner.image_transfer import (
     CLUSTER_IMAGE_NAMES,
     ImageTransferError,
@@ -163,16 +163,20 @@ def test_real_pipe_streams_and_reports_the_failing_side(tmp_path: Path) -> None:
 
 def test_cli_load_and_push(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     seen: dict[str, object] = {}
-    monkeypatch.setattr(image_transfer, "load_into_containerd", lambda s: seen.setdefault("load", s) and REFS)
-    monkeypatch.setattr(image_transfer, "push_to_registry", lambda r: seen.setdefault("push", r) and REFS)
+    added = {"pypi:foo==1.0": "mcp-runner/pypi-foo:123456789abc"}
+    monkeypatch.setattr(image_profiles, "added_images", lambda: added)
+    monkeypatch.setattr(image_transfer, "load_into_containerd",
+                        lambda s, added: seen.setdefault("load", (s, added)) and REFS)
+    monkeypatch.setattr(image_transfer, "push_to_registry",
+                        lambda r, added: seen.setdefault("push", (r, added)) and REFS)
     assert cli.main(["images", "load"]) == 2
     assert "--kubernetes" in capsys.readouterr().err
     assert cli.main(["images", "load", "--kubernetes", "--containerd-socket", "/run/x.sock"]) == 0
     assert cli.main(["images", "push"]) == 2
     assert cli.main(["images", "push", "--registry", "r.example/p"]) == 0
-    assert seen == {"load": Path("/run/x.sock"), "push": "r.example/p"}
+    assert seen == {"load": (Path("/run/x.sock"), added), "push": ("r.example/p", added)}
 
-    def broken(_: object) -> dict[str, str]:
+    def broken(_: object, added: object) -> dict[str, str]:
         raise ImageTransferError("no containerd socket: run `make kubernetes`")
 
     monkeypatch.setattr(image_transfer, "load_into_containerd", broken)

@@ -1,0 +1,235 @@
+"""Bring your own server, without Docker or a registry: package specs, executables, tags of derived images, the
+``package:`` / ``inject_agent:`` profile keys, the agent check and the ``images add`` usage errors."""
+
+from __future__ import annotations
+
+import json
+import re
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from runner import image_inject, image_packages, image_profiles
+from runner.cli_images import add_images_parser
+from runner.config import ConfigError
+from runner.errors import FailedPrecondition
+from runner.image_checks import ImageBuildError
+from runner.package_spec import PackageSpec, PackageSpecError, injected_image, is_package, parse_package, uninjected
+from runner.settings_file import load_settings
+
+
+@pytest.mark.parametrize(("text", "spec", "exact"), [
+    ("pypi:mcp-server-calculator", PackageSpec("pypi", "mcp-server-calculator"), False),
+    ("pypi:MCP_Server.Calculator==0.2.1", PackageSpec("pypi", "mcp-server-calculator", "0.2.1"), True),
+    (" pypi:foo == 1.0rc1 ", PackageSpec("pypi", "foo", "1.0rc1"), True),
+    ("npm:left-pad@1.3.0", PackageSpec("npm", "left-pad", "1.3.0"), True),
+    ("npm:@modelcontextprotocol/server-memory", PackageSpec("npm", "@modelcontextprotocol/server-memory"), False),
+    ("npm:@scope/name@1.2", PackageSpec("npm", "@scope/name", "1.2"), False),
+])  # fmt: skip
+def test_specs_parse_normalized(text: str, spec: PackageSpec, exact: bool) -> None:
+    assert parse_package(text) == spec
+    assert parse_package(text).exact is exact
+    assert parse_package(str(spec)) == spec  # the printed form reads back
+
+
+@pytest.mark.parametrize(("text", "says"), [
+    ("cargo:ripgrep", "ECOSYSTEM pypi or npm"),
+    ("mcp-server-time", "ECOSYSTEM pypi or npm"),
+    ("pypi:foo>=1.0", "pin one version with =="),
+    ("pypi:foo[cli]", "pin one version with =="),
+    ("pypi:-foo", "not a PyPI project name"),
+    ("pypi:foo==latest", "not a single version"),
+    ("npm:Left-Pad", "not an npm package name"),
+    ("npm:left-pad@^1.0.0", "not an exact version"),
+    ("npm:left-pad@latest", "not an exact version"),
+    ("npm:@scope", "not an npm package name"),
+    ("npm:", "not an npm package name"),
+])  # fmt: skip
+def test_bad_specs_say_what_is_wrong(text: str, says: str) -> None:
+    with pytest.raises(PackageSpecError, match=says.replace("[", r"\[")):
+        parse_package(text)
+
+
+def test_profile_image_names() -> None:
+    assert is_package("pypi:foo==1") and is_package("npm:@a/b")
+    assert not is_package("python-servers") and not is_package("registry:5000/x:1")
+    assert uninjected(injected_image("my/image:1")) == "my/image:1"
+    assert uninjected("my/image:1") is None
+    assert image_profiles.runner_built("pypi:foo") and image_profiles.runner_built("with-agent:x")
+    assert not image_profiles.runner_built("debian:bookworm")
+    assert PackageSpec("npm", "@model/server-x").slug == "model-server-x"
+
+
+@pytest.mark.parametrize(("spec", "executables", "chosen"), [
+    (PackageSpec("pypi", "mcp-server-calculator"), ("mcp-server-calculator", "other"), "mcp-server-calculator"),
+    (PackageSpec("pypi", "mcp-server-calculator"), ("mcp_server_calculator",), "mcp_server_calculator"),
+    (PackageSpec("pypi", "foo"), ("foo-mcp",), "foo-mcp"),
+    (PackageSpec("npm", "@s/server-x"), ("a", "server-x"), "server-x"),
+])  # fmt: skip
+def test_the_default_executable(spec: PackageSpec, executables: tuple[str, ...], chosen: str) -> None:
+    assert image_packages.choose_executable(spec, executables) == chosen
+
+
+def test_no_or_ambiguous_executable_is_refused() -> None:
+    with pytest.raises(ImageBuildError, match="has no executable \\(no console script\\)"):
+        image_packages.choose_executable(PackageSpec("pypi", "six"), ())
+    with pytest.raises(ImageBuildError, match="has no executable \\(no bin\\)"):
+        image_packages.choose_executable(PackageSpec("npm", "left-pad"), ())
+    with pytest.raises(ImageBuildError, match="several executables \\(a, b\\)"):
+        image_packages.choose_executable(PackageSpec("pypi", "foo"), ("a", "b"))
+
+
+def test_console_scripts_are_read_from_the_wheel(tmp_path: Path) -> None:
+    wheel = tmp_path / "foo-1.0-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as archive:
+        archive.writestr("foo-1.0.dist-info/entry_points.txt",
+                         "[console_scripts]\nFoo-Server = foo:main\nfoo = foo:cli\n[gui_scripts]\nfoo-gui = foo:gui\n")
+    assert image_packages._console_scripts(wheel) == ("Foo-Server", "foo")
+    bare = tmp_path / "bar-1.0-py3-none-any.whl"
+    with zipfile.ZipFile(bare, "w") as archive:
+        archive.writestr("bar/__init__.py", "")
+    assert image_packages._console_scripts(bare) == ()
+
+
+def test_npm_bins() -> None:
+    spec = PackageSpec("npm", "@scope/tool")
+    assert image_packages._npm_bins(spec, {"bin": "dist/index.js"}) == ("tool",)
+    assert image_packages._npm_bins(spec, {"bin": {"b": "x.js", "a": "y.js"}}) == ("a", "b")
+    assert image_packages._npm_bins(spec, {}) == ()
+
+
+def test_package_dockerfile_runs_the_executable() -> None:
+    text = image_packages._dockerfile(PackageSpec("pypi", "foo", "1.0"), "foo-server").decode()
+    assert text.startswith("# mcp-runner/pypi-NAME")
+    assert text.rstrip().endswith('CMD ["foo-server"]')
+    assert "FROM ${BASE}" in text
+
+
+def test_snippet_pins_the_version() -> None:
+    image = image_packages.PackageImage("mcp-runner/pypi-foo:abc", PackageSpec("pypi", "foo", "1.2.3"), "foo")
+    snippet = image_packages.profile_snippet(image)
+    assert '    package: "pypi:foo==1.2.3"' in snippet
+    assert snippet.startswith("profiles:\n  foo:\n")
+    assert image_packages.profile_snippet(image, "calc").startswith("profiles:\n  calc:\n")
+
+
+def test_injected_tag_follows_base_image_and_agent(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: dict[str, Any] = {"Id": "sha256:aaa", "Config": {"Entrypoint": ["/srv/server"], "Cmd": ["--stdio"]}}
+    monkeypatch.setattr(image_inject, "_inspect", lambda image: seen)
+    first = image_inject.injected_ref("user/image:1")
+    assert first.startswith("mcp-runner/with-agent:") and len(first.rsplit(":", 1)[1]) == 12
+    assert image_inject.injected_ref("user/image:1") == first  # a pure function of its inputs
+    seen["Id"] = "sha256:bbb"
+    second = image_inject.injected_ref("user/image:1")
+    assert second != first
+    monkeypatch.setattr(image_inject, "BOOT", image_inject.BOOT + "# changed\n")
+    assert image_inject.injected_ref("user/image:1") != second
+
+
+def test_injected_dockerfile_keeps_what_the_image_ran() -> None:
+    text = image_inject._dockerfile({"Entrypoint": ["/srv/server"], "Cmd": ["--stdio"], "User": "app"}).decode()
+    assert 'ENTRYPOINT ["python3", "-I", "/opt/mcp-runner-agent/boot.py", "--"]' in text
+    assert 'CMD ["/srv/server", "--stdio"]' in text
+    assert "USER app" in text
+    assert image_inject._dockerfile({}).decode().rstrip().endswith("CMD []")
+
+
+def test_missing_base_image_says_to_pull_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(image_inject.subprocess, "run", lambda *a, **k: _Done(1, "", "No such image: x"))
+    with pytest.raises(ImageBuildError, match="is not on this Docker engine: pull or build it first"):
+        image_inject.injected_ref("x")
+
+
+class _Done:
+    def __init__(self, returncode: int, stdout: str, stderr: str) -> None:
+        self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
+
+
+def test_agent_check_names_the_image_and_the_fix() -> None:
+    for labels in ({"mcp-runner.image": "python-servers"}, {"mcp-runner.image": "package"},
+                   {"mcp-runner.image": "with-agent"}):
+        image_profiles.check_agent("x", labels)
+    for labels in (None, {}, {"mcp-runner.image": "rootfs"}, {"mcp-runner.image": "egress"}):
+        with pytest.raises(FailedPrecondition) as caught:
+            image_profiles.check_agent("user/image:1", labels)
+        assert caught.value.message == (
+            "image user/image:1 has no mcp-runner agent: build it with `mcp-runner images add` or set "
+            "`inject_agent: true` on its profile")
+
+
+def test_missing_package_image_says_how_to_build_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(image_profiles, "find_package_image", lambda spec: None)
+    with pytest.raises(FailedPrecondition, match=re.escape("run `mcp-runner images add pypi:foo==1.0`")):
+        image_profiles.resolve_sandbox_image("pypi:foo==1.0")
+    assert image_profiles.resolve_sandbox_image("debian:bookworm") == "debian:bookworm"
+
+
+def _settings(tmp_path: Path, profiles: dict[str, Any]) -> Any:
+    path = tmp_path / "settings.yaml"
+    path.write_text(json.dumps({"profiles": profiles}))
+    return load_settings(path)
+
+
+def test_package_and_inject_profiles(tmp_path: Path) -> None:
+    settings = _settings(tmp_path, {
+        "calc": {"package": "pypi:MCP_Server_Calculator==0.2.1"},
+        "think": {"package": "npm:@modelcontextprotocol/server-sequential-thinking", "command": ["x", "--y"]},
+        "mine": {"image": "user/image:1", "inject_agent": True},
+    })  # fmt: skip
+    calc, think, mine = (settings.profiles[n] for n in ("calc", "think", "mine"))
+    assert (calc.image, calc.package, calc.command) == (
+        "pypi:mcp-server-calculator==0.2.1", "pypi:mcp-server-calculator==0.2.1", ())
+    assert think.command == ("x", "--y")
+    assert (mine.image, mine.inject_agent, mine.command) == ("with-agent:user/image:1", True, ())
+
+
+@pytest.mark.parametrize(("profile", "says"), [
+    ({"package": "pypi:foo", "image": "python-servers"}, "names no `image`, `remote` or `inject_agent`"),
+    ({"package": "pypi:foo", "inject_agent": True}, "names no `image`, `remote` or `inject_agent`"),
+    ({"package": "cargo:foo"}, "ECOSYSTEM pypi or npm"),
+    ({"package": "npm:x@^1"}, "not an exact version"),
+    ({"image": "pypi:foo==1", "command": ["x"]}, "a registry package goes in `package:`"),
+    ({"inject_agent": True, "command": ["x"]}, "`inject_agent: true` adds the agent to an `image`"),
+])  # fmt: skip
+def test_bad_package_profiles_are_refused_at_load(tmp_path: Path, profile: dict[str, Any], says: str) -> None:
+    with pytest.raises(ConfigError, match=says.replace("^", r"\^")):
+        _settings(tmp_path, {"p": profile})
+
+
+def _main(argv: list[str]) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="mcp-runner")
+    add_images_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(argv)
+    code: int = args.func(args)
+    return code
+
+
+def test_images_add_usage_errors(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    def never(*args: object, **kwargs: object) -> None:
+        raise AssertionError("nothing is built for a bad spec")
+
+    monkeypatch.setattr(image_packages, "ensure_package", never)
+    assert _main(["images", "add", "cargo:foo"]) == 2
+    assert "is not a package spec" in capsys.readouterr().err
+    assert _main(["images", "add", "npm:x@latest"]) == 2
+
+
+def test_images_add_prints_the_ref_and_a_pinned_profile(capsys: pytest.CaptureFixture[str],
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    made = image_packages.PackageImage("mcp-runner/npm-x:123456789abc", PackageSpec("npm", "x", "2.0.1"), "x")
+    monkeypatch.setattr(image_packages, "ensure_package", lambda spec, log, force=False: made)
+    assert _main(["images", "add", "-q", "npm:x", "--profile", "ex"]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[0] == "mcp-runner/npm-x:123456789abc"
+    assert '  ex:\n    package: "npm:x@2.0.1"' in out
+
+    def failing(spec: object, log: object, force: bool = False) -> None:
+        raise ImageBuildError("npm:x: npm has no such package")
+
+    monkeypatch.setattr(image_packages, "ensure_package", failing)
+    assert _main(["images", "add", "-q", "npm:x"]) == 1
+    assert "npm has no such package" in capsys.readouterr().err
