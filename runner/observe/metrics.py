@@ -6,8 +6,8 @@ sees events, whether or not the audit log is on; the pool and the audit queue ar
 
 Labels are bounded: profile names come from the settings (anything else is ``unknown``), tool names only from what
 the session's server listed at open, at most ``MAX_TOOL_LABELS`` per profile (more, and a name unseen so far is
-``other``), and every other label value is one the service chose, capped at ``MAX_LABEL_VALUES`` per label all the
-same. Nothing a caller sends becomes a label value.
+``other``), methods from ``METHODS``, and every other label value is one the service chose, capped at
+``MAX_LABEL_VALUES`` per label all the same. Nothing a caller sends becomes a label value.
 """
 
 from __future__ import annotations
@@ -33,6 +33,13 @@ MAX_TOOL_LABELS = 64
 """Distinct tool names counted per profile; a server listing more shares ``other`` for the rest."""
 MAX_LABEL_VALUES = 64
 """Distinct values of any other label; past it, ``other``."""
+METHODS = frozenset({
+    "initialize", "ping", "server/discover", "tools/list", "tools/call", "resources/list", "resources/templates/list",
+    "resources/read", "resources/subscribe", "resources/unsubscribe", "prompts/list", "prompts/get",
+    "completion/complete", "logging/setLevel",
+})  # fmt: skip
+"""The MCP methods a caller's request may name that get a label of their own; any other (a door's refusal records
+what the caller sent) counts as ``other``, so no caller can use up the label's values."""
 MAX_TRACKED_SESSIONS = 16384
 """Open sessions whose profile and tools are remembered (for the labels of their requests); past it the oldest go."""
 _NAME_CHARS = 128
@@ -179,6 +186,10 @@ class RunnerMetrics:
         session = self._sessions.get(session_id)
         return session.profile if session is not None else UNKNOWN
 
+    @staticmethod
+    def _method(value: Any) -> str:
+        return value if value in METHODS else OTHER
+
     def _value(self, label: str, value: Any) -> str:
         if not isinstance(value, str) or not value or len(value) > _NAME_CHARS:
             return UNKNOWN
@@ -226,7 +237,7 @@ class RunnerMetrics:
     def _request(self, event: AuditEvent) -> None:
         data = event.data
         profile = self._session_profile(event.session_id)
-        method = self._value("method", data.get("method"))
+        method = self._method(data.get("method"))
         outcome = self._value("outcome", request_outcome(data))
         self.requests.labels(profile, method, outcome).inc()
         if data.get("method") != "tools/call":
@@ -239,7 +250,7 @@ class RunnerMetrics:
 
     def _validation(self, event: AuditEvent) -> None:
         profile = self._session_profile(event.session_id)
-        self.validation.labels(profile, self._value("method", event.data.get("method"))).inc()
+        self.validation.labels(profile, self._method(event.data.get("method"))).inc()
 
     def _findings(self, event: AuditEvent) -> None:
         found = event.data.get("findings")

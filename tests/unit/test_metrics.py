@@ -267,3 +267,14 @@ async def test_observers_see_events_with_the_audit_log_on_too(tmp_path: Path) ->
 def _samples(metrics: RunnerMetrics, name: str) -> list[Any]:
     return [s for family in metrics.registry.collect() for s in family.samples if s.name == name]
 
+
+
+def test_a_method_the_caller_made_up_is_other() -> None:
+    metrics = RunnerMetrics(["good"])
+    for n in range(MAX_LABEL_VALUES + 5):  # a door's refusals record what the caller sent as the method
+        metrics.observe(AuditEvent(records.REQUEST, "", "mallory", {
+            "method": f"made/up{n}", "outcome": "error", "error": {"status": "NOT_FOUND", "message": "no"},
+        }))  # fmt: skip
+    metrics.observe(AuditEvent(records.REQUEST, "", "alice", {"method": "tools/list", "outcome": "ok"}))
+    methods = {s.labels["method"] for s in _samples(metrics, "mcp_runner_requests_total")}
+    assert methods == {"other", "tools/list"}
