@@ -276,7 +276,8 @@ class RunnerMetrics:
         self.approvals_pending.set(len(self._pending))
 
     def _throttle(self, event: AuditEvent) -> None:
-        self.throttled.labels(self._value("action", event.data.get("action"))).inc()
+        action = event.data.get("action") or event.data.get("method")  # an open, or the request a rate refused
+        self.throttled.labels("open" if action == "open" else self._method(action)).inc()
 
     def _quarantine(self, event: AuditEvent) -> None:
         self.quarantines.labels(self._session_profile(event.session_id)).inc()

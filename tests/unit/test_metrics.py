@@ -191,10 +191,20 @@ def test_tool_labels_are_capped_per_profile() -> None:
 def test_other_labels_are_capped_and_odd_values_are_unknown() -> None:
     metrics = RunnerMetrics(["good"])
     for n in range(MAX_LABEL_VALUES + 5):
-        metrics.observe(AuditEvent(records.THROTTLE, "", "alice", {"action": f"action{n}"}))
-    metrics.observe(AuditEvent(records.THROTTLE, "", "alice", {"action": {"sha256": "..."}}))
-    actions = {s.labels["action"] for s in _samples(metrics, "mcp_runner_throttled_total")}
-    assert len(actions) == MAX_LABEL_VALUES + 2 and {"other", "unknown"} <= actions
+        metrics.observe(AuditEvent(records.FINDING, "", "alice", {"findings": [{"kind": f"kind{n}", "count": 1}]}))
+    metrics.observe(AuditEvent(records.FINDING, "", "alice", {"findings": [{"kind": {"sha256": "..."}}]}))
+    kinds = {s.labels["kind"] for s in _samples(metrics, "mcp_runner_findings_total")}
+    assert len(kinds) == MAX_LABEL_VALUES + 2 and {"other", "unknown"} <= kinds
+
+
+def test_throttles_count_by_open_or_method() -> None:
+    metrics = RunnerMetrics(["good"])
+    for data in ({"action": "open"}, {"action": "tools/call"}, {"method": "tools/call"}, {"action": "made/up"}):
+        metrics.observe(AuditEvent(records.THROTTLE, "", "alice", data))
+    get = metrics.registry.get_sample_value
+    assert get("mcp_runner_throttled_total", {"action": "open"}) == 1
+    assert get("mcp_runner_throttled_total", {"action": "tools/call"}) == 2
+    assert get("mcp_runner_throttled_total", {"action": "other"}) == 1
 
 
 def test_approvals_pending_follow_their_states() -> None:
