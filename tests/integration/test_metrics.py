@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import secrets
 import textwrap
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -137,5 +138,25 @@ def test_where_callers_need_a_token_so_does_a_scrape(images: dict[str, str], tmp
         with urllib.request.urlopen(scraped, timeout=10) as answer:
             assert answer.status == 200 and b"mcp_runner_build_info" in answer.read()
         assert f"{url} (callers' credentials)" in service.log() and token not in service.log()
+    finally:
+        stop_service(service)
+
+
+def test_the_warm_pool_shows_its_sandboxes_and_claims(images: dict[str, str], tmp_path: Path) -> None:
+    config = tmp_path / "settings.yaml"
+    config.write_text("pool: {time: 1}\n", encoding="utf-8")
+    service = start_service(tmp_path, f"it-metrics-pool-{secrets.token_hex(4)}", config=config)
+    try:
+        deadline = time.monotonic() + 120
+        while value(scrape(service), "mcp_runner_pool_ready", profile="time") < 1:
+            assert time.monotonic() < deadline, "the pool never filled:\n" + service.log()
+            time.sleep(0.2)
+        assert value(scrape(service), "mcp_runner_pool_target", profile="time") == 1
+        with service.client() as client, client.session("time") as opened:
+            assert client.call_tool(opened.session_id, "get_current_time", NOW).text
+        after = scrape(service)
+        assert value(after, "mcp_runner_pool_claims_total", profile="time", result="hit") == 1
+        assert value(after, "mcp_runner_session_open_seconds_count", profile="time", start="warm") == 1
+        assert value(after, "mcp_runner_tool_calls_total", profile="time", tool="get_current_time", outcome="ok") == 1
     finally:
         stop_service(service)
