@@ -13,6 +13,7 @@ ran. The tag hashes the base image's id and the agent's inputs, so a new base or
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -34,6 +35,7 @@ from runner.images import (
     _file,
     _present,
 )
+from runner.text import printable
 
 __all__ = ["KIND", "ensure_injected", "injected_ref"]
 
@@ -49,6 +51,8 @@ import sys
 sys.path[:0] = ["{AGENT_ROOT}/lib"]
 runpy.run_module("runner.agent", run_name="__main__", alter_sys=True)
 '''
+_PROBED = re.compile(r"(\d{1,2}) (\d{1,3}) ([\w-]{1,32}) ([\w-]{1,32})")
+_USER = re.compile(r"[A-Za-z0-9._-]{1,64}(?::[A-Za-z0-9._-]{1,64})?")
 PROBE = ("import platform, sys; "
          "print(sys.version_info[0], sys.version_info[1], platform.machine(), platform.libc_ver()[0] or 'none')")
 
@@ -63,9 +67,17 @@ def _inspect(image: str) -> dict[str, Any]:
     return info
 
 
+def _argv(value: object) -> list[str]:
+    return [str(a) for a in value] if isinstance(value, list) else []
+
+
 def _dockerfile(config: dict[str, Any]) -> bytes:
-    ran = [*(config.get("Entrypoint") or []), *(config.get("Cmd") or [])]
-    user = config.get("User") or "0"
+    """The derived image's Dockerfile. What it takes from the image's config is the image author's, not ours: the
+    argv goes in as JSON, and a user that is not a plain ``name[:group]`` is not carried over (it could carry a
+    line break, that is, an instruction of its own); the sandbox sets its own user anyway."""
+    ran = [*_argv(config.get("Entrypoint")), *_argv(config.get("Cmd"))]
+    user = str(config.get("User") or "0")
+    user = user if _USER.fullmatch(user) else "0"
     lines = [
         f"# {KIND}: the mcp-runner agent added to a user's image (runner/image_inject.py)",
         "ARG BASE", "FROM ${BASE}", f"COPY agent/ {AGENT_ROOT}/", "USER 0",
@@ -92,16 +104,22 @@ def injected_ref(image: str) -> str:
 
 
 def _python_of(image: str) -> tuple[int, int]:
-    done = subprocess.run(["docker", "run", "--rm", "--network", "none", "--entrypoint", "python3", image,
-                           "-c", PROBE], capture_output=True, text=True, timeout=120)
+    """The image's python3 as (major, minor), asked hardened as a sandbox is (its output is the image's word)."""
+    done = subprocess.run(["docker", "run", "--rm", "--network", "none", "--read-only", "--cap-drop", "ALL",
+                           "--security-opt", "no-new-privileges", "--user", "10001:10001", "--entrypoint", "python3",
+                           image, "-c", PROBE], capture_output=True, text=True, errors="replace", timeout=120)
+    said = done.stdout.strip()[:200]
     if done.returncode != 0:
         raise ImageBuildError(f"image {image!r} has no python3 the agent can run on (inject_agent needs python3 "
-                              f">= 3.10 on its PATH): {(done.stderr or done.stdout).strip()[-500:]}")
-    major, minor, machine, libc = done.stdout.split()
-    if (int(major), int(minor)) < (3, 10) or machine != "x86_64" or libc != "glibc":
+                              f">= 3.10 on its PATH): {printable(done.stderr.strip()[-500:] or said, 500)}")
+    found = _PROBED.fullmatch(said)
+    if found is None:
+        raise ImageBuildError(f"image {image!r}: its python3 did not say its version ({printable(said, 200)!r})")
+    major, minor, machine, libc = int(found[1]), int(found[2]), found[3], found[4]
+    if (major, minor) < (3, 10) or machine != "x86_64" or libc != "glibc":
         raise ImageBuildError(f"image {image!r} has Python {major}.{minor} on {machine} ({libc}); the agent needs "
                               "CPython >= 3.10 on x86_64 with glibc")
-    return int(major), int(minor)
+    return major, minor
 
 
 def _target(python: tuple[int, int]) -> list[str]:

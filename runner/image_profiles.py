@@ -20,13 +20,13 @@ from runner.image_checks import ImageBuildError, Log
 from runner.image_inject import KIND as INJECTED
 from runner.image_inject import LABEL_BASE, ensure_injected, injected_ref
 from runner.image_packages import KIND as PACKAGE
-from runner.image_packages import ensure_package, find_package_image, package_images
+from runner.image_packages import LABEL_COMMAND, ensure_package, find_package_image, package_images
 from runner.images import IMAGE_NAMES, LABEL, _present, image_ref
 from runner.package_spec import injected_image, is_package, parse_package, uninjected
 
 __all__ = [
-    "AGENT_KINDS", "added_images", "check_agent", "check_local_agent", "ensure_profile_images", "no_agent",
-    "resolve_sandbox_image", "runner_built",
+    "AGENT_KINDS", "added_images", "check_agent", "check_local_agent", "default_command", "ensure_profile_images",
+    "no_agent", "refuse_injected_on_kubernetes", "resolve_sandbox_image", "runner_built",
 ]
 
 AGENT_KINDS = frozenset({"python-servers", "node-servers", PACKAGE, INJECTED})
@@ -73,6 +73,27 @@ def resolve_sandbox_image(image: str) -> str:
         raise FailedPrecondition(f"the image with the agent added to {base} is not built: restart the service, "
                                  "which builds it (inject_agent: true)")
     return ref
+
+
+def default_command(image: str) -> tuple[str, ...]:
+    """The server a profile without ``command`` runs in a package's image: its executable, which the image's CMD
+    names (a pod's ``command`` replaces the image's ENTRYPOINT and CMD, so the Kubernetes backend needs it)."""
+    if not is_package(image):
+        return ()
+    ref = resolve_sandbox_image(image)
+    command = (_labels(ref) or {}).get(LABEL_COMMAND, "")
+    if not command:
+        raise FailedPrecondition(f"the image {ref} of package {image} names no executable: add it again with "
+                                 f"`mcp-runner images add {image} --force`")
+    return (command,)
+
+
+def refuse_injected_on_kubernetes(image: str) -> None:
+    """A pod replaces its image's ENTRYPOINT with the runner images' (``/usr/bin/tini -- /opt/agent/bin/python``),
+    which an image with the agent injected does not have."""
+    if uninjected(image) is not None:
+        raise FailedPrecondition(f"{image}: `inject_agent: true` runs on the Docker backend only; on Kubernetes, "
+                                 "build the image FROM mcp-runner/python-servers or use `package:`")
 
 
 def added_images() -> dict[str, str]:

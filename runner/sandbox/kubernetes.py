@@ -16,6 +16,7 @@ metrics-server, so its sessions report zero usage.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import logging
 import threading
@@ -94,15 +95,27 @@ class KubernetesBackend:
     @functools.cache  # noqa: B019 - one backend per process; image inputs do not change while it runs
     def _image(self, name: str) -> tuple[str, str]:
         """The reference a pod names for a profile's image, and its pull policy."""
-        from runner.image_profiles import check_local_agent, resolve_sandbox_image, runner_built
+        from runner.image_profiles import (
+            check_local_agent,
+            refuse_injected_on_kubernetes,
+            resolve_sandbox_image,
+            runner_built,
+        )
 
         if not runner_built(name):
             check_local_agent(name)  # where this host's engine holds it too: no pod made to wait for a greeting
             return name, "IfNotPresent"
-        ref = resolve_sandbox_image(name)  # a package's or an injected image: found by its labels on this engine
+        refuse_injected_on_kubernetes(name)
+        ref = resolve_sandbox_image(name)  # a package's image: found by its labels on this engine
         if self._config.registry is None:
             return ref, "Never"  # loaded into the nodes' runtime; the runtime names it docker.io/<ref>
         return f"{self._config.registry.rstrip('/')}/{ref.split('/', 1)[1]}", "IfNotPresent"
+
+    @functools.cache  # noqa: B019 - one backend per process; a package's image keeps its executable
+    def _default_command(self, name: str) -> tuple[str, ...]:
+        from runner.image_profiles import default_command
+
+        return default_command(name)
 
     def _load_hint(self) -> str:
         if self._config.registry is None:
@@ -151,6 +164,8 @@ class KubernetesBackend:
             except ApiException as exc:
                 raise without_body(exc) from None
         image, pull_policy = self._image(spec.image)
+        if not spec.command:  # a package's executable is its image's CMD, which the pod's command would drop
+            spec = dataclasses.replace(spec, command=self._default_command(spec.image))
         pod = kube_objects.sandbox_pod(
             spec, name=object_name(spec), image=image, pull_policy=pull_policy, owner=self._owner,
             runtime_class=runtime_class, env_secret=secret,

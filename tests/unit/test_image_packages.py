@@ -136,6 +136,33 @@ def test_injected_dockerfile_keeps_what_the_image_ran() -> None:
     assert image_inject._dockerfile({}).decode().rstrip().endswith("CMD []")
 
 
+def test_an_image_config_cannot_add_instructions() -> None:
+    text = image_inject._dockerfile({"User": "app\nRUN touch /pwned", "Cmd": ["srv", "a\nRUN x"]}).decode()
+    assert "RUN touch" not in text and "\nUSER 0\n" in text.split("compileall")[1]
+    assert 'CMD ["srv", "a\\nRUN x"]' in text  # JSON: the line break stays inside the string
+    assert not [line for line in text.splitlines() if line.startswith("RUN") and "compileall" not in line]
+    assert image_inject._dockerfile({"Entrypoint": "not-a-list", "Cmd": None}).decode().rstrip().endswith("CMD []")
+
+
+@pytest.mark.parametrize(("stdout", "returncode", "says"), [
+    ("3 11 x86_64 glibc\n", 0, None),
+    ("3 9 x86_64 glibc\n", 0, "has Python 3.9 on x86_64 (glibc); the agent needs CPython >= 3.10"),
+    ("3 12 aarch64 glibc\n", 0, "on aarch64"),
+    ("3 12 x86_64 none\n", 0, "(none)"),
+    ("\x1b[2Jgarbage", 0, "its python3 did not say its version"),
+    ("", 127, "has no python3 the agent can run on"),
+])  # fmt: skip
+def test_the_images_python_is_checked(monkeypatch: pytest.MonkeyPatch, stdout: str, returncode: int,
+                                      says: str | None) -> None:
+    monkeypatch.setattr(image_inject.subprocess, "run", lambda *a, **k: _Done(returncode, stdout, "exec failed"))
+    if says is None:
+        assert image_inject._python_of("img") == (3, 11)
+        return
+    with pytest.raises(ImageBuildError) as caught:
+        image_inject._python_of("img")
+    assert says in str(caught.value) and "\x1b" not in str(caught.value)
+
+
 def test_missing_base_image_says_to_pull_it(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(image_inject.subprocess, "run", lambda *a, **k: _Done(1, "", "No such image: x"))
     with pytest.raises(ImageBuildError, match="is not on this Docker engine: pull or build it first"):
@@ -164,6 +191,23 @@ def test_missing_package_image_says_how_to_build_it(monkeypatch: pytest.MonkeyPa
     with pytest.raises(FailedPrecondition, match=re.escape("run `mcp-runner images add pypi:foo==1.0`")):
         image_profiles.resolve_sandbox_image("pypi:foo==1.0")
     assert image_profiles.resolve_sandbox_image("debian:bookworm") == "debian:bookworm"
+
+
+def test_a_package_profile_runs_the_executable_its_image_names(monkeypatch: pytest.MonkeyPatch) -> None:
+    labels = {"mcp-runner.image": "package", "mcp-runner.command": "mcp-server-calculator"}
+    monkeypatch.setattr(image_profiles, "resolve_sandbox_image", lambda image: "mcp-runner/pypi-x:1")
+    monkeypatch.setattr(image_profiles, "_labels", lambda ref: labels)
+    assert image_profiles.default_command("pypi:mcp-server-calculator") == ("mcp-server-calculator",)
+    assert image_profiles.default_command("python-servers") == ()
+    labels.pop("mcp-runner.command")
+    with pytest.raises(FailedPrecondition, match="names no executable"):
+        image_profiles.default_command("pypi:mcp-server-calculator")
+
+
+def test_injected_images_are_refused_on_kubernetes() -> None:
+    image_profiles.refuse_injected_on_kubernetes("pypi:foo")
+    with pytest.raises(FailedPrecondition, match="runs on the Docker backend only"):
+        image_profiles.refuse_injected_on_kubernetes(injected_image("user/image:1"))
 
 
 def _settings(tmp_path: Path, profiles: dict[str, Any]) -> Any:
