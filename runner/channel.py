@@ -52,6 +52,7 @@ from runner.errors import (
 from runner.framing import MAX_FRAME_VALUES as MAX_FRAME_VALUES  # re-exported: the cap belongs to the link
 from runner.framing import MAX_TEXT, LineFramer, count_values, line_cost
 from runner.guard.inbound import NOTIFICATIONS, SERVER_REQUESTS
+from runner.observe import tracing
 from runner.pace import Pace
 from runner.sessions.models import DEFAULT_PROTOCOL, PROTOCOLS, Exchange, ProgressEvent
 from runner.text import printable, whole_words
@@ -163,7 +164,8 @@ class AgentChannel:
         self._inbound = inbound
 
     def start(self) -> None:
-        self._reader = asyncio.create_task(self._read_loop(), name="agent-channel-reader")
+        with tracing.untraced():
+            self._reader = asyncio.create_task(self._read_loop(), name="agent-channel-reader")
 
     @property
     def terminal_error(self) -> RunnerError | None:
@@ -172,7 +174,8 @@ class AgentChannel:
 
     async def ready(self) -> JSONObject:
         """The agent's ``initialize`` payload, once the server is up."""
-        return await asyncio.shield(self._ready)
+        with tracing.step("agent handshake"):
+            return await asyncio.shield(self._ready)
 
     async def request(self, method: str, params: JSONObject, *, on_progress: ProgressSink | None = None) -> JSONObject:
         """Send one request and wait for its result; cancelling the wait tells the agent to cancel."""
@@ -191,30 +194,32 @@ class AgentChannel:
         """``request``, its result handed back with the size of the line that carried it.
 
         ``capabilities`` (2026-07-28 era) go on the frame for the agent to put in the request's ``_meta``;
-        what the server sends related to this request reaches ``exchange`` (with ``tag``) while it runs.
+        what the server sends related to this request reaches ``exchange`` (with ``tag``) while it runs. In a
+        traced request, the request is a span of its own whose context goes to the server in ``_meta``.
         """
-        if self._terminal is not None:
-            raise self._terminal
-        request_id = secrets.randbits(53) or 1
-        future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
-        self._pending[request_id] = _Pending(future, on_progress, exchange, tag)
-        frame: JSONObject = {"type": "request", "id": request_id, "method": method, "params": params}
-        if capabilities is not None:
-            frame["capabilities"] = capabilities
-        try:
-            await self._send(frame)
-            return await future
-        finally:
-            # What the server asked for this request waits for no one now: answered with an error.
-            for task, related in list(self._answering.values()):
-                if related == request_id:
-                    task.cancel()
-            # Cancelling this task cancels ``future`` too, so "gave up" is: not answered, or cancelled.
-            gave_up = not future.done() or future.cancelled()
-            if self._pending.pop(request_id, None) is not None and gave_up and self._terminal is None:
-                self._remember_cancelled(request_id)
-                with contextlib.suppress(Exception):
-                    await asyncio.shield(self._send({"type": "cancel", "id": request_id}))
+        with tracing.outgoing(method, params) as params:
+            if self._terminal is not None:
+                raise self._terminal
+            request_id = secrets.randbits(53) or 1
+            future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
+            self._pending[request_id] = _Pending(future, on_progress, exchange, tag)
+            frame: JSONObject = {"type": "request", "id": request_id, "method": method, "params": params}
+            if capabilities is not None:
+                frame["capabilities"] = capabilities
+            try:
+                await self._send(frame)
+                return await future
+            finally:
+                # What the server asked for this request waits for no one now: answered with an error.
+                for task, related in list(self._answering.values()):
+                    if related == request_id:
+                        task.cancel()
+                # Cancelling this task cancels ``future`` too, so "gave up" is: not answered, or cancelled.
+                gave_up = not future.done() or future.cancelled()
+                if self._pending.pop(request_id, None) is not None and gave_up and self._terminal is None:
+                    self._remember_cancelled(request_id)
+                    with contextlib.suppress(Exception):
+                        await asyncio.shield(self._send({"type": "cancel", "id": request_id}))
 
     def _remember_cancelled(self, request_id: int) -> None:
         self._cancelled[request_id] = None

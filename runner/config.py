@@ -284,6 +284,21 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True)
+class TracingConfig:
+    """OpenTelemetry traces exported over OTLP/gRPC (``runner.observe.tracing``); ``Settings.tracing`` None: off."""
+
+    endpoint: str
+    """The collector, ``http://host:port`` (plaintext) or ``https://host:port``."""
+    service_name: str = "mcp-runner"
+    sample_ratio: float = 1.0
+    """The share of traces kept, 0 to 1 (by trace id, so a trace is kept or dropped whole)."""
+    insecure: bool = True
+    """Plaintext gRPC to the collector; False: TLS, trusting the system's CAs."""
+    headers: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    """gRPC metadata sent with every export (a collector's API key, say)."""
+
+
+@dataclass(frozen=True)
 class Settings:
     listen: str = DEFAULT_LISTEN
     instance: str = "default"
@@ -317,6 +332,8 @@ class Settings:
     mcp_http: McpHttpConfig = McpHttpConfig()
     log: LogConfig = LogConfig()
     metrics: MetricsConfig = MetricsConfig()
+    tracing: TracingConfig | None = None
+    """OpenTelemetry traces; None: none (no exporter, no thread, no network)."""
     state_dir: Path = field(default_factory=state_directory)
     """This machine's per-instance state (the instance lock; the guard's store), shared by every instance here."""
 

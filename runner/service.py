@@ -45,6 +45,7 @@ from runner.image_profiles import ensure_profile_images
 from runner.observe import logs
 from runner.observe.metrics import RunnerMetrics
 from runner.observe.scrape import MetricsEndpoint
+from runner.observe.tracing import Tracing
 from runner.policy import PolicyStore
 from runner.sandbox.backends import backend_for, describe
 from runner.sessions.journal import Journal, Observer
@@ -262,7 +263,11 @@ async def _serve(settings: Settings, lock: InstanceLock) -> None:
     backend = backend_for(settings, owner=lock.label, abandoned=lock.abandoned)
     log.info("sandbox backend: %s", describe(settings))
     journal = journal_for(settings, store, (metrics.observe, logs.EventLog()))
-    manager = SessionManager(backend, settings, policy, journal, memory)
+    tracer = Tracing.from_config(settings.tracing, settings.instance)
+    if settings.tracing is not None:
+        log.info("traces: OTLP/gRPC to %s as service %r, sampling %g", settings.tracing.endpoint,
+                 settings.tracing.service_name, settings.tracing.sample_ratio)  # fmt: skip
+    manager = SessionManager(backend, settings, policy, journal, memory, tracing=tracer)
     metrics.watch(manager.pool, store)
     audit = AuditService(store, policy, Replayer(manager, store)) if store is not None else None
     watcher: asyncio.Task[None] | None = None
@@ -328,6 +333,7 @@ async def _serve(settings: Settings, lock: InstanceLock) -> None:
         await backend.settle()
         backend.close()
         memory.close()
+        await asyncio.to_thread(tracer.shutdown)  # what is still queued goes to the collector (bounded by its timeout)
         if store is not None:
             store.close()
             seq, digest = store.head

@@ -49,6 +49,7 @@ from runner.roots import profile_roots
 from runner.settings_kubernetes import KubernetesModel, chosen_backend
 from runner.settings_log import LogModel, MetricsModel
 from runner.settings_mcp_http import McpHttpModel
+from runner.settings_tracing import TracingModel, tracing_config
 
 _INSTANCE = re.compile(r"^[a-zA-Z0-9_.-]{1,64}$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
@@ -348,6 +349,7 @@ class _FileModel(BaseModel):
     backend: str | None = None
     kubernetes: KubernetesModel = KubernetesModel()
     mcp_http: McpHttpModel = McpHttpModel()
+    tracing: TracingModel | None = None
     log: LogModel = LogModel()
     metrics: MetricsModel = MetricsModel()
 
@@ -492,6 +494,7 @@ def load_settings(
             backend=chosen_backend(user.backend, backend),
             kubernetes=user.kubernetes.config(base),
             mcp_http=user.mcp_http.config(mcp_listen),
+            tracing=tracing_config(user.tracing),
             log=user.log.config(),
             metrics=user.metrics.config(),
         )

@@ -29,12 +29,14 @@ import mcp_types
 from runner.api import convert, inputs
 from runner.api._proto.mcp_runner.v1 import runner_pb2 as pb
 from runner.api.auth import Authenticator
+from runner.api.catalog_rpcs import CatalogRpcs, CatalogService
 from runner.api.protocol_convert import input_to_proto, step_to_proto
 from runner.api.protocol_rpcs import ProtocolRpcs, ProtocolService
 from runner.api.statuses import Context, deadline_of, translate_errors
 from runner.approvals import Approval
 from runner.audit.records import AuditQuery, AuditRecord, ReplayVerdict, Verification
 from runner.errors import FailedPrecondition, RunnerError, Unauthenticated
+from runner.observe import tracing
 from runner.sessions.continuations import (
     Continuations,
     Conversation,
@@ -64,7 +66,7 @@ EXPORT_CHUNK_BYTES = 64 * 1024
 """ExportSession packs whole lines into messages of about this size: few messages, none near the size limit."""
 
 
-class SessionService(ProtocolService, Protocol):
+class SessionService(ProtocolService, CatalogService, Protocol):
     """What the servicer needs from the layer below (the SessionManager satisfies it structurally)."""
 
     async def open(
@@ -139,6 +141,12 @@ _DONE = object()
 MAX_PROGRESS_WAITING = 64
 
 
+def _entering(context: Context, rpc: str) -> tracing.Entering:
+    """The caller's trace context (``traceparent`` metadata) as the parent of the runner's spans for ``rpc``."""
+    carrier = {k: v for k, v in context.invocation_metadata() or () if k in (tracing.TRACEPARENT, tracing.TRACESTATE)}
+    return tracing.Entering(carrier, {"rpc.system": "grpc", "rpc.service": "mcp_runner.v1.Runner", "rpc.method": rpc})
+
+
 def _answered_to_nobody(task: asyncio.Task[Any]) -> None:
     """A stream's call that ended as its caller left: its refusal is on record and heard by nobody, so it is
     retrieved here (asyncio logged each as an ERROR with a traceback); only a bug is worth the service log."""
@@ -179,7 +187,7 @@ class _StreamUpdates:
         return item
 
 
-class RunnerServicer(ProtocolRpcs):
+class RunnerServicer(ProtocolRpcs, CatalogRpcs):
     """Implements every RPC of ``mcp_runner.v1.Runner`` (registered with ``add_RunnerServicer_to_server``)."""
 
     _manager: SessionService
@@ -198,7 +206,7 @@ class RunnerServicer(ProtocolRpcs):
         self._watches = {}
 
     async def OpenSession(self, request: Any, context: Context) -> Any:
-        async with translate_errors(context, "OpenSession"):
+        async with translate_errors(context, "OpenSession"), _entering(context, "OpenSession"):
             caller = self._auth.identify(context)
             opened = await self._manager.open(
                 inputs.name(request.profile, "profile"),
@@ -227,7 +235,7 @@ class RunnerServicer(ProtocolRpcs):
             return pb.ListSessionsResponse(sessions=[convert.session_to_proto(s) for s in sessions])
 
     async def ListTools(self, request: Any, context: Context) -> Any:
-        async with translate_errors(context, "ListTools"):
+        async with translate_errors(context, "ListTools"), _entering(context, "ListTools"):
             caller = self._auth.identify(context)
             tools = await self._manager.list_tools(
                 convert.require_session_id(request.session_id), caller=caller, timeout=deadline_of(context)
@@ -238,7 +246,7 @@ class RunnerServicer(ProtocolRpcs):
             )
 
     async def CallTool(self, request: Any, context: Context) -> Any:
-        async with translate_errors(context, "CallTool"):
+        async with translate_errors(context, "CallTool"), _entering(context, "CallTool"):
             caller = self._auth.identify(context)
             session_id, tool, arguments, timeout = await self._call_args(request, context)
             if request.answers_input:
@@ -291,7 +299,8 @@ class RunnerServicer(ProtocolRpcs):
                 finally:
                     queue.put(_DONE)
 
-            task = asyncio.create_task(run())
+            with _entering(context, "CallToolStream"):
+                task = asyncio.create_task(run())
             try:
                 while (item := await queue.get()) is not _DONE:
                     yield item
@@ -308,7 +317,7 @@ class RunnerServicer(ProtocolRpcs):
             yield pb.CallToolStreamResponse(result=convert.outcome_to_proto(outcome))
 
     async def ListResources(self, request: Any, context: Context) -> Any:
-        async with translate_errors(context, "ListResources"):
+        async with translate_errors(context, "ListResources"), _entering(context, "ListResources"):
             caller = self._auth.identify(context)
             resources = await self._manager.list_resources(
                 convert.require_session_id(request.session_id), caller=caller, timeout=deadline_of(context)
@@ -319,7 +328,7 @@ class RunnerServicer(ProtocolRpcs):
             )
 
     async def ReadResource(self, request: Any, context: Context) -> Any:
-        async with translate_errors(context, "ReadResource"):
+        async with translate_errors(context, "ReadResource"), _entering(context, "ReadResource"):
             caller = self._auth.identify(context)
             contents = await self._manager.read_resource(
                 convert.require_session_id(request.session_id), inputs.uri(request.uri), caller=caller,
@@ -328,7 +337,7 @@ class RunnerServicer(ProtocolRpcs):
             return convert.read_result_to_proto(contents.value, contents.findings)
 
     async def ListPrompts(self, request: Any, context: Context) -> Any:
-        async with translate_errors(context, "ListPrompts"):
+        async with translate_errors(context, "ListPrompts"), _entering(context, "ListPrompts"):
             caller = self._auth.identify(context)
             prompts = await self._manager.list_prompts(
                 convert.require_session_id(request.session_id), caller=caller, timeout=deadline_of(context)
@@ -339,7 +348,7 @@ class RunnerServicer(ProtocolRpcs):
             )
 
     async def GetPrompt(self, request: Any, context: Context) -> Any:
-        async with translate_errors(context, "GetPrompt"):
+        async with translate_errors(context, "GetPrompt"), _entering(context, "GetPrompt"):
             caller = self._auth.identify(context)
             result = await self._manager.get_prompt(
                 convert.require_session_id(request.session_id),

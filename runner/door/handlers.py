@@ -41,6 +41,7 @@ from runner.door.seal import Opened, StateRefused, StateSeal, target_of
 from runner.door.talkback import asker, door_capabilities, notifier
 from runner.door.translate import Paused, Start, Translator
 from runner.errors import FailedPrecondition, RunnerError
+from runner.observe import tracing
 from runner.sessions.models import STATELESS_PROTOCOL, Exchange, ProgressEvent
 
 log = logging.getLogger(__name__)
@@ -69,8 +70,14 @@ Note = Callable[[str, str, str, Mapping[str, Any]], None]
 
 def _translated(handler: Callable[[Ctx, P], Awaitable[R]]) -> Callable[[Ctx, P], Awaitable[R]]:
     async def translating(ctx: Ctx, params: P) -> R:
+        # The client's trace context (params._meta.traceparent) is the parent of the runner's spans for it.
+        meta = getattr(params, "meta", None)
+        entry: tracing.Attributes = {"jsonrpc.request.id": tracing.cut(str(ctx.request_id))}
+        if ctx.protocol_version:
+            entry["mcp.protocol.version"] = tracing.cut(ctx.protocol_version)
         try:
-            return await handler(ctx, params)
+            with tracing.Entering(meta if isinstance(meta, dict) else None, entry):
+                return await handler(ctx, params)
         except RunnerError as exc:
             raise to_mcp_error(exc) from None
 

@@ -22,7 +22,16 @@ from jsonschema.protocols import Validator
 from pydantic import BaseModel, ValidationError
 
 from runner.errors import InvalidArgument, ProtocolViolation, ResultRejected, SchemaViolation
-from runner.guard.schema import SchemaError, UnsafeSchema, ValidationTooSlow, compile_schema, first_error, short
+from runner.guard.schema import (
+    NotQuick,
+    SchemaError,
+    UnsafeSchema,
+    ValidationTooSlow,
+    compile_schema,
+    first_error,
+    short,
+)
+from runner.observe.tracing import traced_step
 
 M = TypeVar("M", bound=BaseModel)
 MAX_TOOLS = 1024
@@ -165,6 +174,7 @@ def _type_refused(loc: tuple[Any, ...], err: Any) -> bool:
     return bool(err["type"] == "literal_error" and loc[-1:] == ("type",))
 
 
+@traced_step("validate result", passes=(NotQuick,))
 def parse_result(model: type[M], raw: dict[str, Any], what: str) -> M:
     """``raw`` as an MCP ``model``, or ResultRejected saying what was wrong.
 
@@ -321,6 +331,7 @@ def check_tools(tools: list[mcp_types.Tool]) -> dict[str, CheckedTool]:
     return checked
 
 
+@traced_step("validate arguments", passes=(NotQuick,))
 def check_arguments(tool: CheckedTool, arguments: dict[str, Any]) -> None:
     """SchemaViolation naming the first failing path, before anything is sent to the server."""
     name = tool.tool.name
@@ -362,6 +373,7 @@ def check_call_result(tool: CheckedTool, result: mcp_types.CallToolResult) -> No
         )
 
 
+@traced_step("validate result", passes=(NotQuick,))
 def parse_call_result(tool: CheckedTool, raw: dict[str, Any]) -> mcp_types.CallToolResult:
     """A tools/call result parsed and checked against the tool's outputSchema."""
     result = parse_result(mcp_types.CallToolResult, raw, f"result of tool {tool.tool.name!r}")

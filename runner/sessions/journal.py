@@ -58,6 +58,7 @@ from runner.errors import (
     ServerError,
 )
 from runner.guard.findings import Finding
+from runner.observe import tracing
 from runner.sandbox.base import EgressDecision
 
 log = logging.getLogger(__name__)
@@ -212,7 +213,9 @@ class Journal:
         """Write ``event`` (after the notes ``entry`` holds) and wait until it is committed, and with ``durable``
         fsync'd; AuditError if it cannot be."""
         if self._store is not None:
-            await asyncio.wrap_future(self._submit(event, durable, entry))
+            attributes: tracing.Attributes = {"mcp_runner.audit.kind": event.kind, "mcp_runner.audit.durable": durable}
+            with tracing.step("audit write", attributes):
+                await asyncio.wrap_future(self._submit(event, durable, entry))
 
     async def durable_or_raise(self, kind: str, session_id: str, caller: str, data: Mapping[str, Any]) -> None:
         """Write and wait; what depends on it (an answer) is withheld with AuditError if it cannot be written."""

@@ -28,7 +28,7 @@ import logging
 import secrets
 import time
 from collections.abc import AsyncIterator, Coroutine, Mapping
-from dataclasses import asdict, replace
+from dataclasses import replace
 from typing import Any
 
 import mcp_types
@@ -47,15 +47,18 @@ from runner.errors import (
 )
 from runner.guard import results
 from runner.guard.memory import GuardMemory
+from runner.observe import tracing
+from runner.observe.tracing import OFF, Tracing
 from runner.policy import PolicyStore, ToolDecision
 from runner.sandbox.base import SandboxBackend, SandboxNetwork
 from runner.sessions import outflow
 from runner.sessions.admission import BootSlots
-from runner.sessions.egress_record import EgressRecord, describe_network
+from runner.sessions.catalog import Catalog
+from runner.sessions.egress_record import EgressRecord
 from runner.sessions.ending import Ending
 from runner.sessions.gate import Gate
 from runner.sessions.inbox import Inbox
-from runner.sessions.journal import Journal, as_json, error_json, redacted
+from runner.sessions.journal import Journal, error_json
 from runner.sessions.models import (
     DEFAULT_PROTOCOL,
     DOORS,
@@ -66,6 +69,7 @@ from runner.sessions.models import (
     SessionInfo,
     SessionState,
 )
+from runner.sessions.opening import open_record
 from runner.sessions.operations import Operations
 from runner.sessions.pool import WarmPool, WarmSandbox, sandbox_inputs, session_sanitizer
 from runner.sessions.session import LiveSession, check_labels, sandbox_spec, session_info, start_agent
@@ -85,8 +89,10 @@ class SessionManager(Operations):
         policy: PolicyStore | None = None,
         journal: Journal | None = None,
         memory: GuardMemory | None = None,
+        tracing: Tracing = OFF,
     ) -> None:
         self._backend = backend
+        self._tracing = tracing
         self._settings = settings
         self._journal = journal or Journal(None)
         self._sessions: dict[str, LiveSession] = {}
@@ -159,64 +165,66 @@ class SessionManager(Operations):
         speak with the server (``models.PROTOCOLS``): only the default era's opens claim warm sandboxes, which
         were booted speaking it.
         """
-        deadline = time.monotonic() + (timeout if timeout is not None else self._settings.open_queue_timeout_s)
-        admitted = False
-        try:
-            if door not in DOORS or protocol not in PROTOCOLS:
-                raise InvalidArgument(
-                    f"an open names door {door!r} and protocol {protocol!r}; known: doors {', '.join(DOORS)}, "
-                    f"protocols {', '.join(PROTOCOLS)}"
+        with self._tracing.open(profile, door, protocol):
+            deadline = time.monotonic() + (timeout if timeout is not None else self._settings.open_queue_timeout_s)
+            admitted = False
+            try:
+                if door not in DOORS or protocol not in PROTOCOLS:
+                    raise InvalidArgument(
+                        f"an open names door {door!r} and protocol {protocol!r}; known: doors {', '.join(DOORS)}, "
+                        f"protocols {', '.join(PROTOCOLS)}"
+                    )
+                chosen, checked_labels, granted = self._admit(profile, caller, labels, limits)
+                admitted = True
+                if image is not None:
+                    chosen = replace(chosen, image=image)
+                secret_values, network, credentials = sandbox_inputs(chosen)
+            except RunnerError as exc:
+                if admitted:  # the policy allowed it; a secret could not be read
+                    self._journal.policy("", caller, "open", "allow", self._gate.policy.label, profile=profile)
+                self._refusing(caller, "open")  # past the caller's refusal rate: neither recorded nor logged
+                log.warning("open of profile %r by caller %r refused: %s", whole_words(profile, 100), caller,
+                            control_free(exc.message))
+                self._journal.refusal(caller, profile, exc)
+                await self._journal.durable_or_raise(records.SESSION_OPEN, "", caller, {
+                    "profile": capped(profile), "outcome": "refused", "error": error_json(exc),
+                })  # fmt: skip
+                raise
+            # A replay names its image: only a cold start runs exactly that one.
+            default_era = protocol == DEFAULT_PROTOCOL
+            warm = self.pool.claim(chosen, granted, secret_values, network) if image is None and default_era else None
+            if warm is not None:
+                session = warm.session
+                session.caller = caller
+                session.labels = checked_labels
+                session.limits = granted
+                session.created_at, session.started = time.time(), time.monotonic()
+                session.last_used = session.started
+                session.egress.bind(lambda d: self._journal.egress(session.id, caller, d))
+            else:
+                session_id = secrets.token_hex(8)
+                sanitizer = session_sanitizer(chosen, secret_values, credentials)
+                session = LiveSession(
+                    id=session_id,
+                    profile=chosen,
+                    caller=caller,
+                    labels=checked_labels,
+                    limits=granted,
+                    sanitizer=sanitizer,
+                    egress=EgressRecord(session_id, sanitizer, lambda d: self._journal.egress(session_id, caller, d)),
+                    protocol=protocol,
                 )
-            chosen, checked_labels, granted = self._admit(profile, caller, labels, limits)
-            admitted = True
-            if image is not None:
-                chosen = replace(chosen, image=image)
-            secret_values, network, credentials = sandbox_inputs(chosen)
-        except RunnerError as exc:
-            if admitted:  # the policy allowed it; a secret could not be read
-                self._journal.policy("", caller, "open", "allow", self._gate.policy.label, profile=profile)
-            self._refusing(caller, "open")  # past the caller's refusal rate: neither recorded nor logged
-            log.warning("open of profile %r by caller %r refused: %s", whole_words(profile, 100), caller,
-                        control_free(exc.message))
-            self._journal.refusal(caller, profile, exc)
-            await self._journal.durable_or_raise(records.SESSION_OPEN, "", caller, {
-                "profile": capped(profile), "outcome": "refused", "error": error_json(exc),
-            })  # fmt: skip
-            raise
-        # A replay names its image: only a cold start runs exactly that one.
-        default_era = protocol == DEFAULT_PROTOCOL
-        warm = self.pool.claim(chosen, granted, secret_values, network) if image is None and default_era else None
-        if warm is not None:
-            session = warm.session
-            session.caller = caller
-            session.labels = checked_labels
-            session.limits = granted
-            session.created_at, session.started = time.time(), time.monotonic()
-            session.last_used = session.started
-            session.egress.bind(lambda d: self._journal.egress(session.id, caller, d))
-        else:
-            session_id = secrets.token_hex(8)
-            sanitizer = session_sanitizer(chosen, secret_values, credentials)
-            session = LiveSession(
-                id=session_id,
-                profile=chosen,
-                caller=caller,
-                labels=checked_labels,
-                limits=granted,
-                sanitizer=sanitizer,
-                egress=EgressRecord(session_id, sanitizer, lambda d: self._journal.egress(session_id, caller, d)),
-                protocol=protocol,
-            )
-        session.door = door
-        self._journal.policy(session.id, caller, "open", "allow", self._gate.policy.label, profile=profile)
-        self._sessions[session.id] = session
-        opening: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._opens.add(opening)
-        try:
-            return await self._start(session, warm, deadline, secret_values, network)
-        finally:
-            opening.set_result(None)
-            self._opens.discard(opening)
+            session.door = door
+            self._journal.policy(session.id, caller, "open", "allow", self._gate.policy.label, profile=profile)
+            self._sessions[session.id] = session
+            tracing.annotate({"mcp.session.id": session.id, "mcp_runner.start": "warm" if warm else "cold"})
+            opening: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._opens.add(opening)
+            try:
+                return await self._start(session, warm, deadline, secret_values, network)
+            finally:
+                opening.set_result(None)
+                self._opens.discard(opening)
 
     async def _start(
         self,
@@ -233,7 +241,8 @@ class SessionManager(Operations):
             if warm is not None:
                 budget = self._boot_budget(deadline)
                 async with asyncio.timeout(budget):
-                    await self._hand_over(session, warm)
+                    with tracing.step("pool claim"):
+                        await self._hand_over(session, warm)
             else:
                 async with self._slots.open_slot(deadline, f"open of profile {profile!r} by caller {caller!r}"):
                     budget = self._boot_budget(deadline)
@@ -257,7 +266,7 @@ class SessionManager(Operations):
             # The caller left (its deadline, a cancel) while its sandbox started: on record all the same, queued
             # since nothing waits for it, and closed by the session.close record that follows.
             log.warning("open of profile %r by caller %r failed: the caller left while it started", profile, caller)
-            abandoned = self._open_record(session, "abandoned")
+            abandoned = open_record(session, "abandoned")
             self._journal.note(records.SESSION_OPEN, session.id, session.caller, abandoned)
             session.announced = True
             await self._fail_open(session, "opening was cancelled")
@@ -286,7 +295,8 @@ class SessionManager(Operations):
         # boot slot (minutes under load) is no idleness of the caller's, nor part of the lifetime it was granted.
         session.started = session.last_used = time.monotonic()
         session.state = SessionState.READY
-        session.watcher = asyncio.create_task(self._ending.watch(session), name=f"watch-{session.id}")
+        with tracing.untraced():
+            session.watcher = asyncio.create_task(self._ending.watch(session), name=f"watch-{session.id}")
         assert session.server is not None
         return OpenedSession(
             info=session_info(session),
@@ -333,31 +343,8 @@ class SessionManager(Operations):
         """The session.open record, durable: who opened what, in which image, with which limits and network."""
         outcome = "ok" if error is None else "error"
         await self._journal.durable_or_raise(records.SESSION_OPEN, session.id, session.caller, {
-            **self._open_record(session, outcome), **({"error": error_json(error)} if error is not None else {}),
+            **open_record(session, outcome), **({"error": error_json(error)} if error is not None else {}),
         })  # fmt: skip
-
-    def _open_record(self, session: LiveSession, outcome: str) -> dict[str, Any]:
-        profile = session.profile
-        return {
-            "profile": profile.name,
-            "outcome": outcome,
-            "door": session.door,
-            "protocol": session.protocol,
-            "start": session.start,
-            "image": profile.image,
-            "image_id": session.handle.image_id if session.handle is not None else "",
-            "command": list(profile.command),
-            "remote_url": profile.remote_url,
-            "env": sorted(profile.env),
-            "secrets": sorted(profile.secrets),
-            "limits": asdict(session.limits),
-            "network": describe_network(profile),
-            "runtime": profile.runtime,
-            "labels": redacted(dict(session.labels), session.sanitizer.redact_secrets),
-            "server": asdict(session.server) if session.server is not None else None,
-            "tools": as_json(list(session.listing.tools)),  # as the caller got them: sanitized, blocked ones left out
-            "findings": [asdict(f) for f in session.instructions_findings + session.listing.findings],
-        }
 
     def _boot_budget(self, deadline: float) -> float:
         """What a boot may take: what is left of the open's deadline, never more than ``open_timeout_s``."""
@@ -369,7 +356,8 @@ class SessionManager(Operations):
         """A cold start: the sandbox, the agent's initialize, the tool listing, all for this session."""
         spec = sandbox_spec(session, self._settings, secret_values, network, budget)
         inbox = Inbox(session, self._journal)
-        initialize = await start_agent(self._backend, session, spec, self._settings.max_message_bytes, inbox)
+        with tracing.step("sandbox start", {"mcp_runner.backend": self._settings.backend}):
+            initialize = await start_agent(self._backend, session, spec, self._settings.max_message_bytes, inbox)
         await self._present_initialize(session, initialize)
         if initialize.capabilities.tools is not None:
             await self._refresh_tools(session, timeout=None)
@@ -414,6 +402,10 @@ class SessionManager(Operations):
     def list_sessions(self, *, caller: str) -> list[SessionInfo]:
         """The caller's own sessions; an admin sees everyone's."""
         return [session_info(s) for s in self._sessions.values() if self._gate.may_see(caller, s.caller)]
+
+    def catalog(self) -> Catalog:
+        """The profiles a caller may open and a session's stderr tail, read from this manager's state."""
+        return Catalog(self._settings, self._gate, self._sessions, self._lookup)
 
     # -- approvals -----------------------------------------------------------------------------
 

@@ -6,9 +6,10 @@ every answer's record durable before the answer is returned (``Journal.request``
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from typing import Any, overload
 
@@ -27,6 +28,7 @@ from runner.guard.validate import (
     parse_result,
     quick_arguments,
 )
+from runner.observe.tracing import Tracing
 from runner.sessions import interactive, listing, outflow
 from runner.sessions.journal import RequestEntry
 from runner.sessions.models import (
@@ -47,11 +49,30 @@ MIN_CALL_BUDGET_S = 0.05
 
 
 class Operations(Utilities):
+    _tracing: Tracing
+
+    @contextlib.asynccontextmanager
+    async def _serving(
+        self,
+        session_id: str,
+        caller: str,
+        method: str,
+        params: dict[str, Any],
+        capability: str = "",
+        target: str = "",
+    ) -> AsyncIterator[RequestEntry]:
+        """How each operation begins: its span (``runner.observe.tracing``), the screening, its record."""
+        known = self._sessions.get(session_id)
+        protocol = known.protocol if known is not None else ""
+        with self._tracing.request(method, session_id, target=target, protocol=protocol):
+            self._screen(session_id, caller, method, capability)
+            async with self._journal.request(session_id, caller, method, params) as entry:
+                yield entry
+
     async def list_tools(
         self, session_id: str, *, caller: str, timeout: float | None = None
     ) -> Sanitized[list[mcp_types.Tool]]:
-        self._screen(session_id, caller, "tools/list")
-        async with self._journal.request(session_id, caller, "tools/list", {}) as entry:
+        async with self._serving(session_id, caller, "tools/list", {}) as entry:
             session = self._live(session_id, caller, entry)
             async with self._guarding(session):
                 with self._gate.call_slot(caller, session.id):
@@ -78,10 +99,8 @@ class Operations(Utilities):
         ``exchange``: how the call talks back while it runs (the server's requests and notifications); in the
         2026-07-28 era the server may answer with ``input_required`` instead of a result.
         """
-        self._screen(session_id, caller, "tools/call")
-        async with self._journal.request(
-            session_id, caller, "tools/call", {"name": tool, "arguments": arguments}
-        ) as entry:
+        params = {"name": tool, "arguments": arguments}
+        async with self._serving(session_id, caller, "tools/call", params, target=tool) as entry:
             session = self._live(session_id, caller, entry)
             outcome = await self._call_tool(
                 session, entry, tool, arguments, caller, approval_id, timeout, on_progress, on_approval, exchange
@@ -188,8 +207,7 @@ class Operations(Utilities):
     async def list_resources(
         self, session_id: str, *, caller: str, timeout: float | None = None
     ) -> Sanitized[list[mcp_types.Resource]]:
-        self._screen(session_id, caller, "resources/list", "resources")
-        async with self._journal.request(session_id, caller, "resources/list", {}) as entry:
+        async with self._serving(session_id, caller, "resources/list", {}, "resources") as entry:
             session = self._offering(session_id, caller, "resources", entry)
             async with self._guarding(session):
                 with self._gate.call_slot(caller, session.id):
@@ -235,8 +253,7 @@ class Operations(Utilities):
     ):
         """The whole ReadResourceResult, its contents sanitized; or (2026-07-28) the server's input request, when
         the caller can take one (``_takes_input_required``), else it is refused, within the request's record."""
-        self._screen(session_id, caller, "resources/read", "resources")
-        async with self._journal.request(session_id, caller, "resources/read", {"uri": uri}) as entry:
+        async with self._serving(session_id, caller, "resources/read", {"uri": uri}, "resources", uri) as entry:
             session = self._offering(session_id, caller, "resources", entry)
             async with self._guarding(session):
                 self._decide(session, caller, "resources", uri)
@@ -264,8 +281,7 @@ class Operations(Utilities):
     async def list_prompts(
         self, session_id: str, *, caller: str, timeout: float | None = None
     ) -> Sanitized[list[mcp_types.Prompt]]:
-        self._screen(session_id, caller, "prompts/list", "prompts")
-        async with self._journal.request(session_id, caller, "prompts/list", {}) as entry:
+        async with self._serving(session_id, caller, "prompts/list", {}, "prompts") as entry:
             session = self._offering(session_id, caller, "prompts", entry)
             async with self._guarding(session):
                 with self._gate.call_slot(caller, session.id):
@@ -318,8 +334,7 @@ class Operations(Utilities):
         """The prompt's messages; with an ``exchange`` (2026-07-28 era), possibly the server's input request
         instead. Without one, a server asking for input is refused: nobody could give it."""
         params = {"name": name, "arguments": arguments}
-        self._screen(session_id, caller, "prompts/get", "prompts")
-        async with self._journal.request(session_id, caller, "prompts/get", params) as entry:
+        async with self._serving(session_id, caller, "prompts/get", params, "prompts", name) as entry:
             session = self._offering(session_id, caller, "prompts", entry)
             async with self._guarding(session):
                 self._decide(session, caller, "prompts", name)

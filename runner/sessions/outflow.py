@@ -22,6 +22,7 @@ from runner.guard import results
 from runner.guard.findings import BLOCKED, FindingLog
 from runner.guard.sanitize import Sanitizer
 from runner.guard.schema import NotQuick, on_the_loop
+from runner.observe import tracing
 from runner.sessions.models import ProgressCallback, ProgressEvent, Sanitized
 from runner.sessions.session import LiveSession
 from runner.text import unescaped, whole_words
@@ -80,8 +81,11 @@ async def sanitize(
     """``value`` cleaned by the session's sanitizer (on the event loop with ``inline``, for a small value), or
     ResultBlocked if its policy blocks what it found."""
     found = FindingLog()
-    cleaned = await run_guard_work(inline, clean, session.sanitizer, value, found)
-    findings = found.findings()
+    with tracing.step("sanitize", {"mcp_runner.inline": inline}) as span:
+        cleaned = await run_guard_work(inline, clean, session.sanitizer, value, found)
+        findings = found.findings()
+        if span is not None:
+            span.set_attribute("mcp_runner.findings", len(findings))
     if found.blocked:
         places = [f"{f.kind} in {f.where}" for f in findings if f.action == BLOCKED]
         more = f" and {len(places) - _BLOCKED_SHOWN} more" if len(places) > _BLOCKED_SHOWN else ""
