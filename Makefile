@@ -6,7 +6,8 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 CONFIG ?=
-LISTEN ?= 127.0.0.1:50051
+# Empty: the settings file's `listen:` (else MCP_RUNNER_LISTEN, else 127.0.0.1:50051); set, it wins over both.
+LISTEN ?=
 BACKEND ?=
 # `make run BACKEND=kubernetes` without CONFIG: settings sized for the test cluster's one 2-CPU node.
 KUBERNETES_RUN_CONFIG := scripts/kubernetes/run-settings.yaml
@@ -37,8 +38,8 @@ images: venv docker ## Build the sandbox images that are missing (offline, conte
 	@$(BIN)/mcp-runner images build
 
 run: images $(if $(filter kubernetes,$(BACKEND)),images-kubernetes) ## Start the service (CONFIG=settings file, LISTEN=host:port, BACKEND=kubernetes: sandboxes as pods on the test cluster)
-	@echo "[make] starting mcp-runner on $(LISTEN)$(if $(BACKEND), with sandboxes on $(BACKEND)) — Ctrl-C stops it and removes its sandboxes"
-	@$(BIN)/mcp-runner serve --listen $(LISTEN) $(if $(BACKEND),--backend $(BACKEND)) $(if $(RUN_CONFIG),--config $(RUN_CONFIG))
+	@echo "[make] starting mcp-runner on $(or $(LISTEN),$(if $(RUN_CONFIG),the listen: address of $(RUN_CONFIG),127.0.0.1:50051))$(if $(BACKEND), with sandboxes on $(BACKEND)) — Ctrl-C stops it and removes its sandboxes"
+	@$(BIN)/mcp-runner serve $(if $(LISTEN),--listen $(LISTEN)) $(if $(BACKEND),--backend $(BACKEND)) $(if $(RUN_CONFIG),--config $(RUN_CONFIG))
 
 images-kubernetes: images kubernetes ## Load the images that are missing into the test cluster's runtime (no registry needed)
 	@echo "[make] loading images into the test cluster (only missing ones are imported)..."

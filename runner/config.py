@@ -15,9 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from runner.config_document import ConfigError as ConfigError  # raised here too; many callers import it from here
+from runner.did_you_mean import unknown_key_message
 from runner.egress.rules import Rule
 from runner.guard.sanitize import SanitizeConfig
 
@@ -112,14 +113,24 @@ class Limits:
     call_timeout_s: float = 60.0
     idle_timeout_s: float = 600.0
     max_lifetime_s: float = 3600.0
+    workspace_bytes: int = 0
+    """A writable, sized, per-session ``/workspace`` (tmpfs / memory ``emptyDir``), counted toward the memory limit;
+    0: none. Set by the profile's ``workspace:``; a caller cannot change it."""
+
+
+WORKSPACE_PATH = "/workspace"
+WORKSPACE_ENV = "WORKSPACE"
+"""Set to ``WORKSPACE_PATH`` in a sandbox that has a workspace; its working directory stays the image's."""
+MAX_WORKSPACE_BYTES = 1024**3
 
 
 @dataclass(frozen=True)
 class Mount:
-    """A host directory bound read-only into the sandbox."""
+    """A host file or directory bound into the sandbox: read-only unless the profile says ``writable: true``."""
 
     source: str
     target: str
+    writable: bool = False
 
 
 @dataclass(frozen=True)
@@ -336,8 +347,23 @@ class Settings:
     """OpenTelemetry traces; None: none (no exporter, no thread, no network)."""
     state_dir: Path = field(default_factory=state_directory)
     """This machine's per-instance state (the instance lock; the guard's store), shared by every instance here."""
+    config_file: Path | None = None
+    """The settings file read (None: the built-in settings alone), named by start-up's configuration checks."""
 
 
-def problems(exc: ValidationError) -> str:
-    """pydantic's errors as ``field.path: message; …`` for a person fixing the file."""
-    return "; ".join(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors())
+def problems(exc: ValidationError, model: type[BaseModel] | None = None) -> str:
+    """pydantic's errors as ``field.path: message; …`` for a person fixing the file; with the ``model`` that was
+    validated, an unknown key also names the closest known one (``runner.did_you_mean``)."""
+    return "; ".join(f"{where}: {message}" for where, message in problem_list(exc, model))
+
+
+def problem_list(exc: ValidationError, model: type[BaseModel] | None = None) -> list[tuple[str, str]]:
+    """pydantic's errors as ``(field.path, message)`` pairs, in its order."""
+    out = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err["loc"])
+        message = err["msg"]
+        if err["type"] == "extra_forbidden" and model is not None:
+            message = unknown_key_message(model, err["loc"], message)
+        out.append((where, message))
+    return out

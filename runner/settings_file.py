@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import Annotated, Any, Literal
@@ -21,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from runner.config import (
     DEFAULT_LISTEN,
     DEFAULT_UPSTREAM_NETWORK,
+    MAX_WORKSPACE_BYTES,
     AuditConfig,
     AuthConfig,
     ConfigError,
@@ -38,10 +40,12 @@ from runner.config import (
     local_path,
     parse_duration,
     parse_size,
+    problem_list,
     problems,
     state_directory,
 )
 from runner.config_document import read_document
+from runner.did_you_mean import closest
 from runner.egress.rules import check_header_name, header_value_problem, parse_host_pattern, parse_target
 from runner.guard.sanitize import DEFAULT_REDACTIONS, DETECTORS, SanitizeConfig
 from runner.package_spec import injected_image, is_package, parse_package, uninjected
@@ -88,8 +92,9 @@ class _LimitsModel(BaseModel):
 
 class _MountModel(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    source: str
+    source: str = Field(min_length=1)
     target: str
+    writable: bool = False
 
     @field_validator("target")
     @classmethod
@@ -224,6 +229,15 @@ class _ProfileModel(BaseModel):
     """``pypi:NAME[==VERSION]`` / ``npm:NAME[@VERSION]``: the server's image is built from it (image_packages)."""
     inject_agent: bool = False
     """The agent is added to ``image`` in a derived image (runner/image_inject)."""
+    workspace: int | str | None = None
+    """A writable per-session ``/workspace`` of this size (``64m``), removed with the session."""
+
+    @field_validator("workspace")
+    @classmethod
+    def _workspace(cls, value: int | str | None) -> int | str | None:
+        if value is not None and not 1024**2 <= parse_size(value) <= MAX_WORKSPACE_BYTES:
+            raise ValueError(f"must be between 1m and {MAX_WORKSPACE_BYTES // 1024**3}g")
+        return value
 
     @field_validator("roots")
     @classmethod
@@ -367,7 +381,21 @@ def _parse(path: Path, data: dict[str, Any]) -> _FileModel:
     try:
         return _FileModel.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(f"{path}: {problems(exc)}") from exc
+        found = problem_list(exc, _FileModel)
+        if len(found) == 1:
+            raise ConfigError(f"{path}: {problems(exc, _FileModel)}") from exc
+        lines = "\n".join(f"  {path}: {where}: {message}" for where, message in found)
+        raise ConfigError(f"{len(found)} problems in the settings file:\n{lines}") from exc
+
+
+def file_problems(path: Path) -> list[tuple[str, str]]:
+    """Every ``(key path, message)`` the settings file's schema finds, for ``mcp-runner config check`` to list one
+    a line (``load_settings`` stops at the first stage that fails); ConfigError if it cannot be read at all."""
+    try:
+        _FileModel.model_validate(read_document(path, "settings file"))
+    except ValidationError as exc:
+        return problem_list(exc, _FileModel)
+    return []
 
 
 def _profiles(parsed: _FileModel, base: Path, defaults: Limits) -> dict[str, Profile]:
@@ -395,8 +423,8 @@ def _profiles(parsed: _FileModel, base: Path, defaults: Limits) -> dict[str, Pro
             remote_url=remote,
             runtime=model.runtime,
             env=MappingProxyType(dict(model.env)),
-            mounts=tuple(Mount(str((base / m.source).resolve()), m.target) for m in model.mounts),
-            limits=model.limits.apply(defaults),
+            mounts=tuple(Mount(str((base / m.source).resolve()), m.target, m.writable) for m in model.mounts),
+            limits=replace(model.limits.apply(defaults), workspace_bytes=parse_size(model.workspace or 0)),
             description=model.description,
             secrets=MappingProxyType({key: secret.source(base) for key, secret in model.secrets.items()}),
             sanitize=model.sanitize.config(),
@@ -417,7 +445,9 @@ def _pool(builtin: _FileModel, user: _FileModel, profiles: Mapping[str, Profile]
         unknown = sorted(set(chosen) - set(profiles))
         if unknown:
             known = ", ".join(sorted(profiles)) or "none"
-            raise ValueError(f"pool: no profile named {', '.join(map(repr, unknown))} (known profiles: {known})")
+            meant = closest(unknown[0], sorted(profiles))
+            hint = f"; did you mean `{meant}`?" if meant is not None else ""
+            raise ValueError(f"pool: no profile named {', '.join(map(repr, unknown))} (known profiles: {known}){hint}")
     else:
         # A built-in profile the user's file replaced is the user's own: no warm sandboxes unless it asks.
         builtin_pool = builtin.pool if user.builtin_profiles and builtin.pool else {}
@@ -495,6 +525,7 @@ def load_settings(
             kubernetes=user.kubernetes.config(base),
             mcp_http=user.mcp_http.config(mcp_listen),
             tracing=tracing_config(user.tracing),
+            config_file=user_path.resolve() if path_text else None,
             log=user.log.config(),
             metrics=user.metrics.config(),
         )

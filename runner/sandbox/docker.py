@@ -23,7 +23,7 @@ import docker.errors
 import requests.exceptions
 from docker.types import LogConfig, Ulimit
 
-from runner.config import DEFAULT_UPSTREAM_NETWORK
+from runner.config import DEFAULT_UPSTREAM_NETWORK, WORKSPACE_ENV, WORKSPACE_PATH, Limits
 from runner.errors import FailedPrecondition, RunnerError, Unavailable
 from runner.sandbox import egress, sweep
 from runner.sandbox.attach import READ_CHUNK, DockerSandbox
@@ -46,6 +46,20 @@ NO_LOG = LogConfig(type=LogConfig.types.NONE)
 """The engine keeps no log of a sandbox's output: every frame (results, secrets before sanitizing) would sit in a
 JSON file on the host's disk for the session's life, and encoding each line cost the engine CPU on every call.
 The host reads stdout and keeps a bounded stderr tail over the attach stream, which needs no log."""
+
+
+def sandbox_tmpfs(limits: Limits) -> dict[str, str]:
+    """The sandbox's memory-backed writable places: ``/tmp``, and ``/workspace`` when the profile asks for one.
+
+    The workspace is the sandbox user's own (mode 0700), removed with the container. Not ``noexec``: ``/tmp``
+    already lets the server run what it writes, and servers that build or check out (git hooks) need it.
+    Both are tmpfs, so what is written there counts toward the container's memory limit.
+    """
+    mounts = {"/tmp": f"rw,nosuid,nodev,size={limits.tmpfs_bytes},mode=1777"}
+    if limits.workspace_bytes:
+        uid, gid = SANDBOX_USER.split(":")
+        mounts[WORKSPACE_PATH] = f"rw,nosuid,nodev,size={limits.workspace_bytes},mode=0700,uid={uid},gid={gid}"
+    return mounts
 
 
 @contextlib.contextmanager
@@ -136,7 +150,7 @@ class DockerBackend:
         host_config = api.create_host_config(
             network_mode="none" if proxy is None else proxy.network,
             read_only=True,
-            tmpfs={"/tmp": f"rw,nosuid,nodev,size={limits.tmpfs_bytes},mode=1777"},
+            tmpfs=sandbox_tmpfs(limits),
             cap_drop=["ALL"],
             security_opt=["no-new-privileges"],
             mem_limit=limits.memory_bytes,
@@ -144,12 +158,14 @@ class DockerBackend:
             nano_cpus=int(limits.cpus * 1e9),
             pids_limit=limits.pids,
             ulimits=[Ulimit(name="nofile", soft=_NOFILE, hard=_NOFILE)],
-            binds={m.source: {"bind": m.target, "mode": "ro"} for m in spec.mounts},
+            binds={m.source: {"bind": m.target, "mode": "rw" if m.writable else "ro"} for m in spec.mounts},
             runtime=None if spec.runtime == "runc" else spec.runtime,
             log_config=NO_LOG,
             **networked,
         )
         env = dict(spec.env) if proxy is None else {**spec.env, **egress.proxy_env(proxy.address)}
+        if limits.workspace_bytes:
+            env[WORKSPACE_ENV] = WORKSPACE_PATH
         image_id = self._image_id(self._resolve_image(spec.image))
         container = api.create_container(
             image_id,

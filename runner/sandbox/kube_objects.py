@@ -1,11 +1,13 @@
 """The Kubernetes objects of one session, as plain manifests: its pod, its env Secret, its NetworkPolicies.
 
-Pure functions of the ``SandboxSpec``, so the hardening can be read and tested without a cluster. The pod
-carries the Docker sandbox's defaults (DESIGN.md) in the fields Kubernetes 1.20 has for them:
+Functions of the ``SandboxSpec`` (and of whether a mount's source is a file), so the hardening can be read and
+tested without a cluster. The pod carries the Docker sandbox's defaults (DESIGN.md) in the fields Kubernetes 1.20
+has for them:
 
 - non-root uid/gid 10001, ``seccompProfile: RuntimeDefault``, read-only root, no privilege escalation,
   capabilities drop ALL, not privileged, no service-account token, no service links, no host namespaces;
-- CPU and memory limits equal to their requests; ``/tmp`` an ``emptyDir`` in memory, sized;
+- CPU and memory limits equal to their requests; ``/tmp`` an ``emptyDir`` in memory, sized, and so is the
+  profile's ``/workspace`` when it asks for one; host mounts read-only unless the profile says ``writable``;
 - pids: a pod spec has no pids limit; the nodes' kubelet caps every pod with ``--pod-max-pids`` (the test
   cluster's does), and the profile's figure is kept in the ``mcp-runner.limits.pids`` annotation. Open files
   (``nofile``) cannot be set per pod either: the container runtime's default applies;
@@ -23,10 +25,12 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 import re
 from collections.abc import Mapping
 from typing import Any
 
+from runner.config import WORKSPACE_ENV, WORKSPACE_PATH, Mount
 from runner.sandbox.base import INSTANCE_LABEL, OWNER_LABEL, SESSION_LABEL, SandboxNetwork, SandboxSpec
 from runner.sandbox.egress import PROXY_PORT, ROLE_LABEL
 
@@ -47,6 +51,7 @@ would be lost (the agent says "ready" at once). The shell's ``read`` takes stdin
 past the newline is consumed, and ``exec`` leaves tini as the container's first process."""
 DEADLINE_MARGIN_S = 300
 """How long past its lifetime a session's pod may live: its boot and the manager's reap interval fit in it."""
+WORKSPACE_VOLUME = "workspace"
 PROXY_MEMORY = "64Mi"
 PROXY_CPU = "500m"
 PROXY_TMPFS = "8Mi"
@@ -163,14 +168,21 @@ def sandbox_pod(
     container["command"] = [*START_GATE, *AGENT_ENTRYPOINT, *spec.command]
     if env_secret is not None:
         container["envFrom"] = [{"secretRef": {"name": env_secret}}]
-    if proxy_env:  # where the proxy listens: no secret
-        container["env"] = [{"name": key, "value": value} for key, value in proxy_env.items()]
+    plain_env = {**proxy_env, **({WORKSPACE_ENV: WORKSPACE_PATH} if limits.workspace_bytes else {})}
+    if plain_env:  # where the proxy listens, where the workspace is: no secret
+        container["env"] = [{"name": key, "value": value} for key, value in plain_env.items()]
     pod_spec = _hardened_pod_spec(container, str(limits.tmpfs_bytes))
+    if limits.workspace_bytes:
+        # In memory like /tmp, so it counts toward the container's memory limit; removed with the pod.
+        pod_spec["volumes"].append(
+            {"name": WORKSPACE_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": str(limits.workspace_bytes)}}
+        )
+        container["volumeMounts"].append({"name": WORKSPACE_VOLUME, "mountPath": WORKSPACE_PATH})
     for index, mount in enumerate(spec.mounts):
-        # A host directory of the node the pod runs on: on a cluster of several nodes it must exist on each.
+        # A host path of the node the pod runs on: on a cluster of several nodes it must exist on each.
         volume = f"mount-{index}"
-        pod_spec["volumes"].append({"name": volume, "hostPath": {"path": mount.source, "type": "Directory"}})
-        container["volumeMounts"].append({"name": volume, "mountPath": mount.target, "readOnly": True})
+        pod_spec["volumes"].append({"name": volume, "hostPath": {"path": mount.source, "type": _host_path_type(mount)}})
+        container["volumeMounts"].append({"name": volume, "mountPath": mount.target, "readOnly": not mount.writable})
     # Names are the proxy's business: a lookup in the sandbox fails at once instead of waiting on a resolver.
     pod_spec["dnsPolicy"] = "None"
     pod_spec["dnsConfig"] = {"nameservers": ["127.0.0.1"], "options": [{"name": "timeout", "value": "1"},
@@ -181,6 +193,12 @@ def sandbox_pod(
         pod_spec["runtimeClassName"] = runtime_class
     return {"apiVersion": "v1", "kind": "Pod", "metadata": metadata(spec, name, owner, SANDBOX_ROLE),
             "spec": pod_spec}
+
+
+def _host_path_type(mount: Mount) -> str:
+    """``File`` for a source that is a file here (the test cluster's node is this machine), else ``Directory``:
+    either way the kubelet refuses to start a pod whose source is missing instead of creating it."""
+    return "File" if os.path.isfile(mount.source) else "Directory"
 
 
 def proxy_pod(spec: SandboxSpec, *, name: str, image: str, pull_policy: str, owner: str | None) -> dict[str, Any]:

@@ -1,0 +1,253 @@
+"""The configuration's checks: what ``mcp-runner config check`` prints and what stops ``serve`` before it listens.
+
+Loading (``runner.settings_file``) already refuses what the schema can see: unknown keys (with a did-you-mean),
+sizes, shapes. What it cannot see needs the machine: a mount source that does not exist (Docker would bind an
+empty root-owned directory made in its place, silently), an image that is neither here nor one the runner
+builds, TLS files that are missing, a workspace that cannot fit in the memory it is counted toward. Each
+problem names its file and key path and says what to do; ``notes`` are things worth knowing that are not wrong.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from runner.api.auth import check_listen_safety, check_policy_required
+from runner.config import WORKSPACE_PATH, ConfigError, Profile, Settings
+from runner.errors import RunnerError
+from runner.package_spec import is_package, uninjected
+from runner.sandbox.base import SANDBOX_USER
+
+ImageProbe = Callable[[str], bool | None]
+"""Whether an image reference is present on the engine; None when the engine cannot be asked."""
+
+_SANDBOX_UID = int(SANDBOX_USER.split(":")[0])
+
+
+@dataclass(frozen=True)
+class Problem:
+    file: str
+    """The file the problem is in (the settings file, the policy file), or "" for the environment."""
+    where: str
+    """The key path in it (``profiles.time.mounts.0.source``), or "" for the file as a whole."""
+    message: str
+    """What is wrong and what to do about it."""
+
+    def line(self) -> str:
+        return ": ".join(part for part in (self.file, self.where, self.message) if part)
+
+
+@dataclass(frozen=True)
+class Report:
+    problems: tuple[Problem, ...]
+    notes: tuple[str, ...] = ()
+    settings: Settings | None = None
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def summary(self) -> str:
+        if self.settings is None:
+            return f"{len(self.problems)} problem(s)"
+        s = self.settings
+        door = s.mcp_http.listen or "off"
+        return f"{len(s.profiles)} profiles, listen {s.listen}, mcp door {door}, backend {s.backend}"
+
+
+def docker_image_probe() -> ImageProbe | None:
+    """Asks this machine's Docker engine about each reference; None when the engine cannot be reached."""
+    import docker
+    import docker.errors
+
+    try:
+        api: Any = docker.from_env(timeout=10).api
+        api.ping()
+    except Exception:  # any failure to reach the engine means "cannot tell", never a crash
+        return None
+
+    def present(ref: str) -> bool | None:
+        try:
+            api.inspect_image(ref)
+        except docker.errors.ImageNotFound:
+            return False
+        except docker.errors.DockerException:
+            return None
+        return True
+
+    return present
+
+
+def settings_problems(settings: Settings, images: ImageProbe | None) -> tuple[list[Problem], list[str]]:
+    """The checks of loaded settings that start-up runs too: (problems, notes). ``images`` None: not checked."""
+    file = str(settings.config_file or "settings")
+    problems: list[Problem] = []
+    notes: list[str] = []
+    for name, profile in sorted(settings.profiles.items()):
+        where = f"profiles.{name}"
+        problems += _workspace_problems(file, where, profile)
+        if settings.backend == "docker":
+            found, noted = _mount_problems(file, where, profile)
+            problems += found
+            notes += noted
+        if images is not None:
+            problems += _image_problems(file, where, profile, images)
+        if "mcp-server-fetch" in profile.command and profile.network is None:
+            notes.append(
+                f"profile {name!r} has no network: every fetch fails until a profile of yours gives it an "
+                f"allowlist, e.g. `network: {{egress: [\"example.com:443\"]}}` (README: Network)"
+            )
+    if settings.backend == "kubernetes" and any(p.mounts for p in settings.profiles.values()):
+        notes.append("mount sources are paths on the cluster's nodes: not checked here")
+    if settings.tls is not None:
+        tls = settings.tls
+        for key, path in (("cert", tls.cert), ("key", tls.key), ("client_ca", tls.client_ca)):
+            if path is not None and not path.is_file():
+                problems.append(Problem(file, f"tls.{key}", f"{path} is not a readable file; fix the path "
+                                        "(`mcp-runner certs DIR` makes a development set)"))
+    return problems, notes
+
+
+def _mount_problems(file: str, where: str, profile: Profile) -> tuple[list[Problem], list[str]]:
+    problems, notes = [], []
+    for index, mount in enumerate(profile.mounts):
+        at = f"{where}.mounts.{index}.source"
+        try:
+            mode = os.stat(mount.source).st_mode
+        except FileNotFoundError as exc:
+            problems.append(Problem(file, at, (
+                f"{mount.source} does not exist ({exc.strerror}); create it or fix the path (a relative source is "
+                "relative to the settings file's directory). Docker would bind an empty directory in its place"
+            )))
+            continue
+        except OSError as exc:
+            problems.append(Problem(file, at, f"{mount.source} cannot be looked at ({exc.strerror}); fix its path "
+                                    "or the permissions of the directories above it"))
+            continue
+        if not (stat.S_ISDIR(mode) or stat.S_ISREG(mode)):
+            problems.append(Problem(file, at, f"{mount.source} is neither a directory nor a file; mount one of those"))
+        elif mount.writable and not _sandbox_may_write(mount.source):
+            notes.append(
+                f"{at}: {mount.source} is mounted writable, but the sandbox's user (uid {_SANDBOX_UID}) cannot write "
+                f"it: `chown {_SANDBOX_UID} {mount.source}` or make it writable for others"
+            )
+    return problems, notes
+
+
+def _sandbox_may_write(path: str) -> bool:
+    info = os.stat(path)
+    return (info.st_uid == _SANDBOX_UID and bool(info.st_mode & stat.S_IWUSR)) or bool(info.st_mode & stat.S_IWOTH)
+
+
+def _workspace_problems(file: str, where: str, profile: Profile) -> list[Problem]:
+    limits = profile.limits
+    if not limits.workspace_bytes:
+        return []
+    problems = []
+    if limits.workspace_bytes >= limits.memory_bytes:
+        problems.append(Problem(file, f"{where}.workspace", (
+            f"{_mib(limits.workspace_bytes)} is not below the memory limit ({_mib(limits.memory_bytes)}): files in "
+            "the workspace count toward it; make the workspace smaller or raise limits.memory"
+        )))
+    for index, mount in enumerate(profile.mounts):
+        if mount.target == WORKSPACE_PATH or mount.target.startswith(WORKSPACE_PATH + "/"):
+            problems.append(Problem(file, f"{where}.mounts.{index}.target", (
+                f"{mount.target} is inside the workspace ({WORKSPACE_PATH}); mount it elsewhere or drop `workspace`"
+            )))
+    return problems
+
+
+def _own_image(profile: Profile) -> str | None:
+    """The image the engine must already hold for ``profile``: none for the runner's own images and packages
+    (it builds those), the user's base for ``inject_agent: true``, else the reference as given."""
+    from runner.images import IMAGE_NAMES
+
+    image = profile.image
+    if profile.remote_url or image in IMAGE_NAMES or is_package(image):
+        return None
+    return uninjected(image) or image
+
+
+def _image_problems(file: str, where: str, profile: Profile, images: ImageProbe) -> list[Problem]:
+    image = _own_image(profile)
+    if image is None or images(image) is not False:
+        return []
+    return [Problem(file, f"{where}.image", (
+        f"image {image!r} is not on this machine and is not one the runner builds; `docker pull` or "
+        f"`docker build -t {image}` it, or give the profile `package: pypi:NAME` / `npm:NAME` instead"
+    ))]
+
+
+def _mib(size: int) -> str:
+    return f"{size / 1024**2:g} MiB"
+
+
+def listen_problems(settings: Settings) -> list[Problem]:
+    """Start-up's refusals of an exposed listener, as problems (they name no file key: they may come from flags)."""
+    problems = []
+    for where, listen in (("listen", settings.listen), ("mcp_http.listen", settings.mcp_http.listen)):
+        if not listen:
+            continue
+        try:
+            check_listen_safety(listen, settings.tls, settings.auth)
+            check_policy_required(listen, settings.auth, settings.policy)
+        except RunnerError as exc:
+            problems.append(Problem("", where, exc.message))
+    return problems
+
+
+def refuse_problems(settings: Settings) -> None:
+    """Stop start-up on any problem ``settings_problems`` finds, naming each on a line of its own."""
+    # An engine out of reach is not a configuration problem: health reports it, and sessions wait for it.
+    images = docker_image_probe() if settings.backend == "docker" and _has_own_images(settings) else None
+    problems, _ = settings_problems(settings, images)
+    if problems:
+        lines = "\n".join(f"  {problem.line()}" for problem in problems)
+        raise ConfigError(
+            f"{len(problems)} problem(s) in the configuration (`mcp-runner config check` shows them too):\n{lines}"
+        )
+
+
+def _has_own_images(settings: Settings) -> bool:
+    """Whether any profile names an image the engine must be asked about: else start-up never reaches for it."""
+    return any(_own_image(profile) is not None for profile in settings.profiles.values())
+
+
+def check_config(path: Path | None, *, backend: str | None = None, images: ImageProbe | None = None) -> Report:
+    """Everything ``serve`` would check of ``path`` (None: MCP_RUNNER_CONFIG, else the built-in settings) and its
+    policy file, without starting anything; ``images`` defaults to asking Docker (on the Docker backend)."""
+    from runner.policy import load_policy
+    from runner.settings_file import file_problems, load_settings
+
+    chosen = path or (Path(os.environ["MCP_RUNNER_CONFIG"]) if os.environ.get("MCP_RUNNER_CONFIG") else None)
+    file = str(chosen) if chosen else "built-in settings"
+    try:
+        if chosen is not None:
+            found = [Problem(file, where, message) for where, message in file_problems(chosen)]
+            if found:
+                return Report(tuple(found))
+        settings = load_settings(chosen, backend=backend)
+    except ConfigError as exc:
+        return Report((Problem(file, "", exc.message.removeprefix(f"{file}: ")),))
+    notes_first = []
+    if images is None and settings.backend == "docker":
+        images = docker_image_probe()
+        if images is None:
+            notes_first.append("the Docker engine cannot be reached: images not checked (`make docker` starts one)")
+    problems, notes = settings_problems(settings, images)
+    notes = notes_first + notes
+    problems += listen_problems(settings)
+    if settings.policy is not None:
+        try:
+            load_policy(settings.policy)
+        except ConfigError as exc:
+            said = exc.message.removeprefix(f"policy file {settings.policy}: ")
+            problems.append(Problem(str(settings.policy), "", said))
+    if settings.backend == "kubernetes":
+        notes.append("images are not checked on the kubernetes backend: `mcp-runner images load --kubernetes` "
+                     "loads the runner's into the nodes")
+    return Report(tuple(problems), tuple(notes), settings)
