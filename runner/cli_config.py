@@ -2,7 +2,7 @@
 
 Exit codes: 0 the configuration is fine, 1 it has problems (one line each: file, key path, what to do), 2 the
 command line was wrong. FILE defaults to what ``serve`` would read: env MCP_RUNNER_CONFIG, else the built-in
-settings; the policy file the settings name is checked as well.
+settings; the policy file the settings name is checked as well. A policy file given as FILE is checked as one.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from typing import Any
 EPILOG = """examples:
   mcp-runner config check                    the settings `serve` would read (MCP_RUNNER_CONFIG or built-in)
   mcp-runner config check runner.yaml        a file of yours, and the policy file it names
+  mcp-runner config check policy.yaml        a policy file alone
   mcp-runner config check runner.yaml --json one JSON object: ok, summary, problems, notes
 exit codes: 0 fine, 1 problems found, 2 usage"""
 
@@ -31,8 +32,8 @@ def add_command(sub: Any) -> None:
         "check", help="list every problem (file, key path, what to do); exit 0 when fine, 1 when not",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    check.add_argument("file", nargs="?", metavar="FILE", help="settings file (default: env MCP_RUNNER_CONFIG, "
-                       "else the built-in settings)")
+    check.add_argument("file", nargs="?", metavar="FILE", help="settings file, or a policy file (default: env "
+                       "MCP_RUNNER_CONFIG, else the built-in settings)")
     check.add_argument("--backend", choices=("docker", "kubernetes"), help="check for this backend, as "
                        "`serve --backend` (env MCP_RUNNER_BACKEND, else the file's `backend:`, else docker)")
     check.add_argument("--json", action="store_true", help="one JSON object instead of text")

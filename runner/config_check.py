@@ -16,8 +16,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from runner.api.auth import check_listen_safety, check_policy_required
-from runner.config import WORKSPACE_PATH, ConfigError, Profile, Settings
+from runner.config import WORKSPACE_PATH, ConfigError, Profile, Settings, problem_list
+from runner.config_document import read_document
+from runner.did_you_mean import allowed_keys
 from runner.errors import RunnerError
 from runner.package_spec import is_package, uninjected
 from runner.sandbox.base import SANDBOX_USER
@@ -46,6 +50,8 @@ class Report:
     problems: tuple[Problem, ...]
     notes: tuple[str, ...] = ()
     settings: Settings | None = None
+    checked: str = ""
+    """What was checked when it was not a settings file (a policy file's summary)."""
 
     @property
     def ok(self) -> bool:
@@ -53,7 +59,7 @@ class Report:
 
     def summary(self) -> str:
         if self.settings is None:
-            return f"{len(self.problems)} problem(s)"
+            return self.checked if self.ok and self.checked else f"{len(self.problems)} problem(s)"
         s = self.settings
         door = s.mcp_http.listen or "off"
         return f"{len(s.profiles)} profiles, listen {s.listen}, mcp door {door}, backend {s.backend}"
@@ -217,15 +223,48 @@ def _has_own_images(settings: Settings) -> bool:
     return any(_own_image(profile) is not None for profile in settings.profiles.values())
 
 
+def _is_policy_file(path: Path) -> bool:
+    """A document whose top-level keys are a policy file's, with at least one no settings file has."""
+    from runner.policy import _File as PolicyFile  # the policy's schema, read for its keys only
+    from runner.settings_file import SETTINGS_KEYS
+
+    keys = set(read_document(path, "settings file"))
+    policy_keys = set(allowed_keys(PolicyFile, []))
+    return bool(keys - SETTINGS_KEYS) and keys <= policy_keys
+
+
+def _check_policy_file(path: Path) -> Report:
+    """A policy file given where a settings file is expected: checked as the policy it is, with a reminder."""
+    note = (f"{path} is a policy file: `serve` reads it where a settings file names it (`policy: {path.name}`); "
+            "`config check SETTINGS` checks both")
+    problems, callers = _policy_problems(path)
+    return Report(tuple(problems), (note,), checked=f"policy file, {callers} caller(s)")
+
+
+def _policy_problems(path: Path) -> tuple[list[Problem], int]:
+    """A policy file's problems (every schema one, unknown keys with the key meant) and its number of callers."""
+    from runner.policy import _File as PolicyFile
+    from runner.policy import load_policy
+
+    try:
+        PolicyFile.model_validate(read_document(path, "policy file"))
+        return [], len(load_policy(path).callers)
+    except ValidationError as exc:
+        return [Problem(str(path), where, said) for where, said in problem_list(exc, PolicyFile)], 0
+    except ConfigError as exc:
+        return [Problem(str(path), "", exc.message.removeprefix(f"policy file {path}: "))], 0
+
+
 def check_config(path: Path | None, *, backend: str | None = None, images: ImageProbe | None = None) -> Report:
     """Everything ``serve`` would check of ``path`` (None: MCP_RUNNER_CONFIG, else the built-in settings) and its
     policy file, without starting anything; ``images`` defaults to asking Docker (on the Docker backend)."""
-    from runner.policy import load_policy
     from runner.settings_file import file_problems, load_settings
 
     chosen = path or (Path(os.environ["MCP_RUNNER_CONFIG"]) if os.environ.get("MCP_RUNNER_CONFIG") else None)
     file = str(chosen) if chosen else "built-in settings"
     try:
+        if chosen is not None and _is_policy_file(chosen):
+            return _check_policy_file(chosen)
         if chosen is not None:
             found = [Problem(file, where, message) for where, message in file_problems(chosen)]
             if found:
@@ -242,11 +281,7 @@ def check_config(path: Path | None, *, backend: str | None = None, images: Image
     notes = notes_first + notes
     problems += listen_problems(settings)
     if settings.policy is not None:
-        try:
-            load_policy(settings.policy)
-        except ConfigError as exc:
-            said = exc.message.removeprefix(f"policy file {settings.policy}: ")
-            problems.append(Problem(str(settings.policy), "", said))
+        problems += _policy_problems(settings.policy)[0]
     if settings.backend == "kubernetes":
         notes.append("images are not checked on the kubernetes backend: `mcp-runner images load --kubernetes` "
                      "loads the runner's into the nodes")

@@ -377,6 +377,10 @@ class _FileModel(BaseModel):
     profiles: dict[str, _ProfileModel] = {}
 
 
+SETTINGS_KEYS = frozenset(_FileModel.model_fields)
+"""The keys a settings file may have at its top level."""
+
+
 def _parse(path: Path, data: dict[str, Any]) -> _FileModel:
     try:
         return _FileModel.model_validate(data)

@@ -130,3 +130,16 @@ def test_serve_refuses_a_bad_file_before_it_listens_with_the_same_words(
     assert not (tmp_path / "nope").exists()
     with socket.socket() as probe:  # nothing was left listening
         assert probe.connect_ex(("127.0.0.1", port)) != 0
+
+
+def test_a_policy_file_is_checked_as_a_policy_with_a_reminder_of_where_it_goes(tmp_path: Path) -> None:
+    good = write(tmp_path, "callers:\n  alice: {roles: [admin], profiles: [time]}\n", "policy.yaml")
+    done = mcp_runner("config", "check", str(good), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[-1] == "ok: policy file, 1 caller(s)"
+    assert "`policy: policy.yaml`" in done.stdout
+    bad = write(tmp_path, "callers:\n  alice: {roles: [admin], profile: [time]}\n", "bad-policy.yaml")
+    refused = mcp_runner("config", "check", str(bad), cwd=tmp_path)
+    assert refused.returncode == 1
+    assert f"error: {bad}: callers.alice.profile: Extra inputs are not permitted (unknown key); did you mean " \
+        "`profiles`?" in refused.stderr.splitlines()

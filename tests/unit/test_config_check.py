@@ -142,9 +142,22 @@ def test_policy_tls_and_listen_problems_are_found_too(tmp_path: Path) -> None:
     path = write(tmp_path, "policy: policy.yaml\nlisten: 0.0.0.0:1\ntls: {cert: c.pem, key: k.pem}\n")
     report = check_config(path, images=never_asked)
     found = {(Path(p.file).name, p.where) for p in report.problems}
-    assert {("s.yaml", "tls.cert"), ("s.yaml", "tls.key"), ("policy.yaml", "")} <= found
+    expected = {("s.yaml", "tls.cert"), ("s.yaml", "tls.key"), ("", "listen"), ("policy.yaml", "callers.alice.rolez")}
+    assert expected <= found
     policy_problem = next(p for p in report.problems if p.file.endswith("policy.yaml"))
-    assert "callers.alice.rolez" in policy_problem.message
+    assert policy_problem.message.endswith("(unknown key); did you mean `roles`?")
+
+
+def test_a_policy_file_given_alone_is_checked_as_the_policy_it_is(tmp_path: Path) -> None:
+    good = write(tmp_path, "callers:\n  alice: {roles: [admin]}\n  bob: {}\n", "policy.yaml")
+    report = check_config(good, images=never_asked)
+    assert report.ok and report.summary() == "policy file, 2 caller(s)"
+    assert any("is a policy file" in note and "`policy: policy.yaml`" in note for note in report.notes)
+    bad = check_config(write(tmp_path, "approvals: {timeout: 3}\n", "p2.yaml"), images=never_asked)
+    assert [(p.where, p.message) for p in bad.problems] == [
+        ("approvals.timeout", "Extra inputs are not permitted (unknown key); did you mean `timeout_s`?")
+    ]
+    assert bad.summary() == "1 problem(s)"
 
 
 def test_the_built_in_settings_are_fine_and_the_fetch_profile_explains_its_missing_network(
