@@ -20,9 +20,10 @@ from runner.api.timestamps import unix_time
 from runner.audit.diff import describe
 from runner.audit.records import KINDS, Verification, is_capped, iso_time
 from runner.cli_common import one_line, open_client
+from runner.cli_exit import Exit
 from runner.client import RunnerClient
 from runner.text import printable
-from runner.when import parse_when
+from runner.when import FORMS, parse_when
 
 
 def when_arg(text: str) -> float:
@@ -49,7 +50,7 @@ def _json_value(text: str, empty: Any) -> Any:
         return text
 
 
-def _record_json(record: pb.AuditRecord) -> dict[str, Any]:
+def record_json(record: pb.AuditRecord) -> dict[str, Any]:
     """The record as the log exports it."""
     return {
         "seq": record.seq, "id": record.id, "at": iso_time(unix_time(record.at)), "kind": record.kind,
@@ -150,7 +151,7 @@ def _audit_summary(kind: str, data: Any) -> str:
     return _text(data)
 
 
-def _record_line(record: pb.AuditRecord) -> str:
+def record_line(record: pb.AuditRecord) -> str:
     at = datetime.fromtimestamp(unix_time(record.at)).strftime("%Y-%m-%d %H:%M:%S")
     session, caller = _text(record.session_id, 60) or "-", _text(record.caller, 60) or "-"
     summary = _audit_summary(record.kind, _json_value(record.data_json, {}))
@@ -158,12 +159,15 @@ def _record_line(record: pb.AuditRecord) -> str:
 
 
 def _print_record(record: pb.AuditRecord) -> None:
-    print(printable(json.dumps(_record_json(record), indent=2, ensure_ascii=False)))
+    print(printable(json.dumps(record_json(record), indent=2, ensure_ascii=False)))
 
 
-def _audit_records(client: RunnerClient, *, limit: int = 0, **filters: Any) -> Iterator[pb.AuditRecord]:
-    """Every matching record, page after page: the server may answer a query with fewer records than asked."""
-    after = shown = 0
+def audit_records(
+    client: RunnerClient, *, limit: int = 0, after_seq: int = 0, **filters: Any
+) -> Iterator[pb.AuditRecord]:
+    """Every matching record after ``after_seq``, page after page: the server may answer a query with fewer records
+    than asked."""
+    after, shown = after_seq, 0
     while True:
         page = 0
         for record in client.query_audit(after_seq=after, limit=limit - shown if limit else 0, **filters):
@@ -179,14 +183,14 @@ def _audit_records(client: RunnerClient, *, limit: int = 0, **filters: Any) -> I
 
 def audit_list(args: argparse.Namespace) -> int:
     with open_client(args) as client:
-        for record in _audit_records(
+        for record in audit_records(
             client, session_id=args.session, caller=args.caller, since=args.since, until=args.until,
             kinds=args.kind, limit=args.limit,
         ):  # fmt: skip
             if args.json:
-                print(json.dumps(_record_json(record), separators=(",", ":")), flush=True)
+                print(json.dumps(record_json(record), separators=(",", ":")), flush=True)
             else:
-                print(_record_line(record), flush=True)
+                print(record_line(record), flush=True)
     return 0
 
 
@@ -196,15 +200,18 @@ def audit_show(args: argparse.Namespace) -> int:
         if args.id.startswith("aud_"):
             records: Iterator[pb.AuditRecord] = client.query_audit(record_id=args.id, limit=1)
         else:
-            records = _audit_records(client, session_id=args.id)
+            records = audit_records(client, session_id=args.id)
         for record in records:
-            _print_record(record)
+            if args.json:
+                print(json.dumps(record_json(record), separators=(",", ":")), flush=True)
+            else:
+                _print_record(record)
             shown += 1
     if not shown:
         what = f"audit record {args.id}" if args.id.startswith("aud_") else f"audit records of session {args.id}"
         print(f"error: NOT_FOUND: no {_text(what)}", file=sys.stderr)
-        return 1
-    return 0
+        return Exit.NOT_FOUND
+    return Exit.OK
 
 
 def audit_export(args: argparse.Namespace) -> int:
@@ -229,12 +236,12 @@ def audit_export(args: argparse.Namespace) -> int:
                     partial.replace(target)
             except OSError as exc:
                 print(f"error: cannot write {target}: {exc.strerror or exc}", file=sys.stderr)
-                return 2
+                return Exit.USAGE
             finally:
                 partial.unlink(missing_ok=True)
     if not lines:
         print(f"error: NOT_FOUND: no audit records of session {_text(args.session_id)}", file=sys.stderr)
-        return 1
+        return Exit.NOT_FOUND
     if args.output is not None:
         print(f"exported {lines} records of session {args.session_id} to {args.output}", file=sys.stderr)
     return 0
@@ -279,7 +286,7 @@ def replay(args: argparse.Namespace) -> int:
         timeout_ms = round(args.timeout * 1000)
         if not 0 < timeout_ms < 2**32:
             print("error: --timeout must be a positive number of seconds (under 49 days)", file=sys.stderr)
-            return 2
+            return Exit.USAGE
     verdicts: Counter[str] = Counter()
     replayed_in = ""
     with open_client(args) as client:
@@ -305,3 +312,63 @@ def replay(args: argparse.Namespace) -> int:
     )
     print(summary, file=sys.stderr if args.json else sys.stdout)
     return 0 if verdicts["same"] == total else 1
+
+
+AUDIT_EXAMPLES = """\
+examples:
+  mcp-runner audit list --caller agent-7 --since yesterday --until today
+  mcp-runner audit list --since 2h --kind throttle --kind quarantine --kind exit --json | jq .data
+  mcp-runner audit show 3f9c0a1b2c3d4e5f            # a session's records (or one: aud_…)
+  mcp-runner audit export 3f9c0a1b2c3d4e5f -o session.jsonl
+  mcp-runner audit verify                           # or offline: --db FILE, --export FILE
+"""
+REPLAY_EXAMPLES = """\
+examples:
+  mcp-runner replay 3f9c0a1b2c3d4e5f
+  mcp-runner replay 3f9c0a1b2c3d4e5f --timeout 120 --json
+"""
+
+
+def add_commands(sub: Any, formatter: type[argparse.HelpFormatter]) -> None:
+    """Register ``audit`` (list, show, export, verify) and ``replay`` on the CLI's subparsers."""
+    audit = sub.add_parser("audit", help="list, show, export or verify audit records", epilog=AUDIT_EXAMPLES,
+                           formatter_class=formatter)  # fmt: skip
+    audit_actions = audit.add_subparsers(dest="action", metavar="ACTION", required=True)
+
+    def action(name: str, helptext: str) -> argparse.ArgumentParser:
+        parser: argparse.ArgumentParser = audit_actions.add_parser(
+            name, help=helptext, description=helptext, epilog=AUDIT_EXAMPLES, formatter_class=formatter
+        )
+        return parser
+
+    listing = action("list", "one line per record, oldest first")
+    listing.add_argument("--session", default="", help="only this session's records")
+    listing.add_argument("--caller", default="", help="only this caller's records")
+    listing.add_argument("--since", type=when_arg, metavar="WHEN", help=f"from this time on (inclusive): {FORMS}")
+    listing.add_argument("--until", type=when_arg, metavar="WHEN", help="before this time (exclusive); same forms")
+    listing.add_argument(
+        "--kind", action="append", default=[], metavar="KIND", help=f"only this kind (repeatable): {', '.join(KINDS)}"
+    )
+    listing.add_argument("--limit", type=int, default=0, metavar="N", help="at most N records (default: all)")
+    listing.add_argument("--json", action="store_true", help="JSON Lines: each record as one JSON object")
+    listing.set_defaults(func=audit_list)
+    show = action("show", "one record (aud_…) or every record of a session, in full")
+    show.add_argument("id", metavar="ID", help="an audit record id (aud_…) or a session id")
+    show.add_argument("--json", action="store_true", help="JSON Lines: each record as one JSON object")
+    show.set_defaults(func=audit_show)
+    export = action("export", "a session's records as JSON Lines (what verify --export checks)")
+    export.add_argument("session_id", metavar="SESSION")
+    export.add_argument("-o", "--output", metavar="FILE", help="write to FILE instead of standard output")
+    export.set_defaults(func=audit_export)
+    verify = action("verify", "check the hash chain: on the server, or a file offline")
+    offline = verify.add_mutually_exclusive_group()
+    offline.add_argument("--db", metavar="PATH", help="check this audit SQLite database offline")
+    offline.add_argument("--export", metavar="FILE", help="check this JSON Lines export offline")
+    verify.set_defaults(func=audit_verify)
+
+    replaying = sub.add_parser("replay", help="re-run a recorded session's tool calls and compare the results",
+                               epilog=REPLAY_EXAMPLES, formatter_class=formatter)  # fmt: skip
+    replaying.add_argument("session_id", metavar="SESSION")
+    replaying.add_argument("--timeout", type=float, metavar="SECONDS", help="time limit for the replay")
+    replaying.add_argument("--json", action="store_true", help="JSON Lines: each verdict as one JSON object")
+    replaying.set_defaults(func=replay)

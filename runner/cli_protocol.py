@@ -1,7 +1,7 @@
 """``mcp-runner templates`` and ``mcp-runner complete``, and what ``call`` prints when the server asks for input.
 
 Each opens a session of the profile for the command's length, as ``tools`` and ``call`` do. ``call`` cannot
-answer a server's request (it has no one to ask): it prints the request and exits 2 naming what can.
+answer a server's request (it has no one to ask): it prints the request and exits 1 naming what can.
 """
 
 from __future__ import annotations
@@ -10,15 +10,18 @@ import argparse
 import sys
 from typing import Any
 
-from runner.cli_common import field, one_line, open_client, print_json
+from runner import cli_json
+from runner.cli_common import add_json_option, field, one_line, open_client, print_json
+from runner.cli_exit import Exit
 from runner.client import InputRequest
-
-INPUT_EXIT = 2
 
 
 def templates(args: argparse.Namespace) -> int:
     with open_client(args) as client, client.session(args.profile) as opened:
         listed = client.list_resource_templates(opened.session_id)
+    if args.json:
+        cli_json.emit([cli_json.template(t) for t in listed])
+        return 0
     print(f"# {len(listed)} resource templates")
     for template in listed:
         description = one_line(template.description)
@@ -50,7 +53,7 @@ def complete(args: argparse.Namespace) -> int:
 
 
 def input_requested(request: InputRequest) -> int:
-    """``call``'s end when the server asks the caller something: show it, say who can answer, exit 2."""
+    """``call``'s end when the server asks the caller something: show it, say who can answer, exit 1."""
     shown: dict[str, Any] = {"method": request.method, "params": request.params}
     print_json(shown)
     print(
@@ -59,16 +62,31 @@ def input_requested(request: InputRequest) -> int:
         "call_tool(answers_input=True) and answer_input), or an MCP host through the MCP door.",
         file=sys.stderr,
     )
-    return INPUT_EXIT
+    return Exit.FAILURE
 
 
-def add_commands(sub: Any) -> None:
+TEMPLATES_EXAMPLES = """\
+examples:
+  mcp-runner templates --profile everything
+  mcp-runner templates --profile everything --json | jq -r '.[].uri_template'
+"""
+COMPLETE_EXAMPLES = """\
+examples:
+  mcp-runner complete --profile everything --prompt completable-prompt department Eng
+  mcp-runner complete --profile everything --prompt completable-prompt name --context department=Engineering
+"""
+
+
+def add_commands(sub: Any, formatter: type[argparse.HelpFormatter]) -> None:
     """Register ``templates`` and ``complete`` on the CLI's subparsers."""
-    listing = sub.add_parser("templates", help="list the resource templates of a profile's server")
+    listing = sub.add_parser("templates", help="list the resource templates of a profile's server",
+                             epilog=TEMPLATES_EXAMPLES, formatter_class=formatter)  # fmt: skip
     listing.add_argument("--profile", required=True)
+    add_json_option(listing, "a list of templates")
     listing.set_defaults(func=templates)
 
-    completing = sub.add_parser("complete", help="ask a profile's server to complete an argument")
+    completing = sub.add_parser("complete", help="ask a profile's server to complete an argument",
+                                epilog=COMPLETE_EXAMPLES, formatter_class=formatter)  # fmt: skip
     completing.add_argument("--profile", required=True)
     ref = completing.add_mutually_exclusive_group(required=True)
     ref.add_argument("--prompt", metavar="NAME", help="an argument of this prompt")

@@ -107,13 +107,13 @@ async def test_call_bad_json_is_usage_error(address: str, capsys: pytest.Capture
     assert "JSON object" in capsys.readouterr().err
 
 
-async def test_grpc_error_prints_code_and_exits_2(address: str, capsys: pytest.CaptureFixture[str]) -> None:
-    assert await run(address, "tools", "--profile", "missing") == 2
+async def test_grpc_error_prints_code_and_exits_by_status(address: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert await run(address, "tools", "--profile", "missing") == 3
     assert capsys.readouterr().err.strip() == "error: NOT_FOUND: no profile 'missing'"
 
 
 async def test_call_deadline_exceeded(address: str, capsys: pytest.CaptureFixture[str]) -> None:
-    assert await run(address, "call", "--profile", "time", "slow", "--timeout-ms", "50") == 2
+    assert await run(address, "call", "--profile", "time", "slow", "--timeout-ms", "50") == 7
     assert capsys.readouterr().err.startswith("error: DEADLINE_EXCEEDED: ")
 
 
@@ -152,8 +152,10 @@ async def test_session_detail_shows_network_and_egress_decisions(
 
 
 def test_unreachable_server_is_unavailable(capsys: pytest.CaptureFixture[str]) -> None:
-    assert cli.main(["--address", "127.0.0.1:1", "sessions"]) == 2
-    assert capsys.readouterr().err.startswith("error: UNAVAILABLE: ")
+    assert cli.main(["--address", "127.0.0.1:1", "sessions"]) == 5
+    err = capsys.readouterr().err
+    assert err.startswith("error: UNAVAILABLE: no service is listening at 127.0.0.1:1. Start one with `make run`")
+    assert "MCP_RUNNER_ADDRESS" in err
 
 
 def test_address_default_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -192,7 +194,10 @@ def test_serve_loads_settings_and_runs(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_images(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    import runner.cli_images
     import runner.images
+
+    monkeypatch.setattr(runner.cli_images, "_added_rows", list)  # images built from packages: not this test's
 
     def ensure_images(names: object = None, *, force: bool = False) -> dict[str, str]:
         return {"rootfs": "mcp-runner/rootfs:1" + ("f" if force else "")}
@@ -266,10 +271,12 @@ async def test_token_entry_works_in_a_policy_file_and_on_the_wire(
         assert fake.callers == [("list_sessions", "carol")]
         capsys.readouterr()
 
-        assert await run(address, "sessions") == 2
-        assert capsys.readouterr().err.startswith("error: UNAUTHENTICATED: authentication required")
-        assert await run(address, "--token", new_token(), "sessions") == 2
-        assert capsys.readouterr().err.startswith("error: UNAUTHENTICATED: the bearer token is not known")
+        assert await run(address, "sessions") == 4
+        err = capsys.readouterr().err
+        assert err.startswith("error: UNAUTHENTICATED: authentication required") and "pass --token TOKEN" in err
+        assert await run(address, "sessions", "--token", new_token()) == 4  # the option after the command too
+        err = capsys.readouterr().err
+        assert err.startswith("error: UNAUTHENTICATED: the bearer token is not known") and "its hash" in err
         assert fake.callers == [("list_sessions", "carol")]
 
 
@@ -356,9 +363,9 @@ async def test_certs_work_for_mutual_tls(
         assert await run(address, *tls_args, "--key", str(tmp_path / "erin-key.pem"), "sessions") == 0
         assert fake.callers == [("list_sessions", "erin")]
         capsys.readouterr()
-        # TLS without a client certificate: the handshake or the servicer refuses, the manager never hears of it
-        assert await run(address, "--ca", str(tmp_path / "ca.pem"), "sessions") == 2
-        assert capsys.readouterr().err.startswith("error: ")
+        # TLS without a client certificate: the handshake refuses, the manager never hears of it
+        assert await run(address, "--ca", str(tmp_path / "ca.pem"), "sessions") == 5
+        assert "it asks for a client certificate. Pass --cert FILE --key FILE" in capsys.readouterr().err
         assert fake.callers == [("list_sessions", "erin")]
 
 
@@ -417,13 +424,13 @@ async def test_approvals_decide_needs_an_id(
     assert fake.callers == []
 
 
-async def test_approvals_errors_exit_2(address: str, fake: FakeManager, capsys: pytest.CaptureFixture[str]) -> None:
+async def test_approvals_errors_exit_4(address: str, fake: FakeManager, capsys: pytest.CaptureFixture[str]) -> None:
     fake.approvals = [make_approval(caller="anonymous")]
-    assert await run(address, "approvals", "approve", APPROVAL_ID) == 2
+    assert await run(address, "approvals", "approve", APPROVAL_ID) == 4
     assert capsys.readouterr().err.strip() == "error: PERMISSION_DENIED: 'anonymous' may not approve their own call"
     fake.error = errors.PermissionDenied("anonymous is not an approver")
     for action in ("list", "watch"):
-        assert await run(address, "approvals", action) == 2
+        assert await run(address, "approvals", action) == 4
         assert capsys.readouterr().err.strip() == "error: PERMISSION_DENIED: anonymous is not an approver"
 
 

@@ -166,7 +166,7 @@ async def test_list_refuses_a_time_it_cannot_read(address: str, capsys: pytest.C
 async def test_list_unknown_kind_is_the_servers_refusal(
     address: str, audit: FakeAudit, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert await run(address, "audit", "list", "--kind", "nope") == 2
+    assert await run(address, "audit", "list", "--kind", "nope") == 6
     assert capsys.readouterr().err.startswith("error: INVALID_ARGUMENT: unknown audit record kind 'nope'; known: ")
     assert audit.queries == []
 
@@ -192,14 +192,14 @@ async def test_show_a_session(address: str, audit: FakeAudit, capsys: pytest.Cap
     [("aud_ffffffffffffffff", "no audit record aud_ffffffffffffffff"), ("s404", "no audit records of session s404")],
 )
 async def test_show_nothing_is_not_found(address: str, target: str, message: str, capsys: Any) -> None:
-    assert await run(address, "audit", "show", target) == 1
+    assert await run(address, "audit", "show", target) == 3
     captured = capsys.readouterr()
     assert (captured.out, captured.err) == ("", f"error: NOT_FOUND: {message}\n")
 
 
 async def test_show_denied(address: str, audit: FakeAudit, capsys: pytest.CaptureFixture[str]) -> None:
     audit.error = errors.PermissionDenied("alice may read only her own records")
-    assert await run(address, "audit", "show", "s2") == 2
+    assert await run(address, "audit", "show", "s2") == 4
     assert capsys.readouterr().err == "error: PERMISSION_DENIED: alice may read only her own records\n"
 
 
@@ -227,7 +227,7 @@ async def test_export_of_nothing_writes_nothing(
     address: str, audit: FakeAudit, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     audit.lines = []
-    assert await run(address, "audit", "export", "s404", "-o", str(tmp_path / "out.jsonl")) == 1
+    assert await run(address, "audit", "export", "s404", "-o", str(tmp_path / "out.jsonl")) == 3
     assert capsys.readouterr().err == "error: NOT_FOUND: no audit records of session s404\n"
     assert list(tmp_path.iterdir()) == []
 
@@ -239,7 +239,7 @@ async def test_export_failing_midway_leaves_no_file(
     audit.lines = [json.dumps({"seq": n, "pad": "x" * 40_000}) + "\n" for n in range(1, 6)]
     target = tmp_path / "out.jsonl"
     target.write_text("an older export\n")
-    assert await run(address, "audit", "export", "s1", "-o", str(target)) == 2
+    assert await run(address, "audit", "export", "s1", "-o", str(target)) == 5
     assert capsys.readouterr().err == "error: UNAVAILABLE: the audit log could not be read\n"
     assert sorted(tmp_path.iterdir()) == [target] and target.read_text() == "an older export\n"
 
@@ -373,13 +373,13 @@ async def test_replay_refused_by_the_runner(
     address: str, audit: FakeAudit, capsys: pytest.CaptureFixture[str]
 ) -> None:
     audit.error = errors.SessionNotFound("no recorded session s404")
-    assert await run(address, "replay", "s404") == 2
+    assert await run(address, "replay", "s404") == 3
     assert capsys.readouterr().err == "error: NOT_FOUND: no recorded session s404\n"
 
 
 async def test_audit_disabled(capsys: pytest.CaptureFixture[str]) -> None:
     async with serve_audit(None) as address:
-        assert await run(address, "audit", "list") == 2
+        assert await run(address, "audit", "list") == 9
     assert capsys.readouterr().err == (
         "error: FAILED_PRECONDITION: this service runs with the audit log disabled (settings: audit.enabled: false)\n"
     )

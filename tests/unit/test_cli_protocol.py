@@ -40,10 +40,10 @@ async def test_complete(address: tuple[str, FakeManager], capsys: pytest.Capture
     assert "use NAME=VALUE" in capsys.readouterr().err
 
 
-async def test_call_prints_the_input_request_and_exits_2(
+async def test_call_prints_the_input_request_and_exits_1(
     address: tuple[str, FakeManager], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert await run(address[0], "call", "--profile", "everything", "ask") == 2
+    assert await run(address[0], "call", "--profile", "everything", "ask") == 1
     captured = capsys.readouterr()
     shown = json.loads(captured.out)
     assert shown["method"] == "elicitation/create" and shown["params"]["message"] == "Your name?"
