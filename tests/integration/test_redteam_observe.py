@@ -13,6 +13,7 @@ from __future__ import annotations
 import http.client
 import json
 import secrets
+import ssl
 import textwrap
 import threading
 import time
@@ -27,6 +28,7 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 from prometheus_client.parser import text_string_to_metric_families
 
+from runner.certs import make_dev_certs
 from tests.integration.conftest import Service, start_service, stop_service
 from tests.integration.test_mcp_http import _wait_for_port
 
@@ -301,6 +303,47 @@ def test_hostile_scrapes_get_clear_answers_and_the_service_keeps_serving(observe
     huge, _ = ask("GET", "/metrics", **{"X-Filler": "a" * 200_000})
     assert huge == 0 or 400 <= huge < 500
     assert observed.healthy() and scrape(observed)
+
+
+def test_with_mtls_a_scrape_needs_a_certificate_of_the_ca_even_when_public(images: dict[str, str],
+                                                                           tmp_path: Path) -> None:  # fmt: skip
+    ours = make_dev_certs(tmp_path / "ca", clients=["alice", "prober"])
+    theirs = make_dev_certs(tmp_path / "other-ca", clients=["alice"])
+    (tmp_path / "policy.yaml").write_text("callers:\n  alice: {profiles: []}\n", encoding="utf-8")
+    config = tmp_path / "settings.yaml"
+    config.write_text(textwrap.dedent(f"""\
+        tls: {{cert: {ours.server_cert}, key: {ours.server_key}, client_ca: {ours.ca_cert}}}
+        policy: policy.yaml
+        pool: {{}}
+        metrics: {{public: true}}
+        """), encoding="utf-8")  # fmt: skip
+    service = start_service(tmp_path, f"it-redteam-mtls-{secrets.token_hex(4)}", config=config, ca=ours.ca_cert,
+                            probe_cert=ours.clients["prober"])  # fmt: skip
+
+    def scrape_status(cert: tuple[Path, Path] | None) -> int:
+        context = ssl.create_default_context(cafile=str(ours.ca_cert))
+        if cert is not None:
+            context.load_cert_chain(*map(str, cert))
+        host, _, port = service.mcp_listen.rpartition(":")
+        connection = http.client.HTTPSConnection(host, int(port), context=context, timeout=15)
+        try:
+            connection.request("GET", "/metrics")
+            answer = connection.getresponse()
+            answer.read()
+            return answer.status
+        except (ssl.SSLError, ConnectionError, http.client.HTTPException):
+            return 0  # refused in the TLS handshake
+        finally:
+            connection.close()
+
+    try:
+        _wait_for_port(service.mcp_listen, service)
+        assert scrape_status(None) == 0
+        assert scrape_status(theirs.clients["alice"]) == 0
+        assert scrape_status(ours.clients["alice"]) == 200
+        assert service.healthy()
+    finally:
+        stop_service(service)
 
 
 # -- logs ---------------------------------------------------------------------------------------------------------
