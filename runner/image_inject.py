@@ -19,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import zipfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,20 +38,32 @@ from runner.images import (
 )
 from runner.text import printable
 
-__all__ = ["KIND", "ensure_injected", "injected_ref"]
+__all__ = ["ENTRYPOINT", "KIND", "START_GATE", "ensure_injected", "image_command", "injected_ref", "pod_command"]
 
 RECIPE = "1"
 KIND = "with-agent"
 """The ``mcp-runner.image`` label of derived images."""
 LABEL_BASE = "mcp-runner.base"
 AGENT_ROOT = "/opt/mcp-runner-agent"
-BOOT = f'''"""mcp-runner agent launcher: its own libraries first on sys.path, then ``python -m runner.agent``."""
+START_GATE = "--start-gate"
+BOOT = f'''"""mcp-runner agent launcher: its own libraries first on sys.path, then ``python -m runner.agent``.
+
+``{START_GATE}`` first (a pod's command): wait for one line on stdin before starting, read a byte at a time so
+nothing past it is consumed; the image may have no shell to hold that gate.
+"""
+import os
 import runpy
 import sys
 
+if sys.argv[1:2] == ["{START_GATE}"]:
+    del sys.argv[1]
+    while os.read(0, 1) not in (b"\\n", b""):
+        pass
 sys.path[:0] = ["{AGENT_ROOT}/lib"]
 runpy.run_module("runner.agent", run_name="__main__", alter_sys=True)
 '''
+ENTRYPOINT = ("python3", "-I", f"{AGENT_ROOT}/boot.py")
+"""The derived image's ENTRYPOINT, before its ``--``."""
 _PROBED = re.compile(r"(\d{1,2}) (\d{1,3}) ([\w-]{1,32}) ([\w-]{1,32})")
 _USER = re.compile(r"[A-Za-z0-9._-]{1,64}(?::[A-Za-z0-9._-]{1,64})?")
 PROBE = ("import platform, sys; "
@@ -84,7 +97,7 @@ def _dockerfile(config: dict[str, Any]) -> bytes:
         # Compiled here: the sandbox's root is read-only, so otherwise every session compiles the agent again.
         f'RUN ["python3", "-m", "compileall", "-q", "{AGENT_ROOT}"]', f"USER {user}",
         "ENV PYTHONUNBUFFERED=1",
-        f'ENTRYPOINT ["python3", "-I", "{AGENT_ROOT}/boot.py", "--"]',
+        f"ENTRYPOINT {json.dumps([*ENTRYPOINT, '--'])}",
         f"CMD {json.dumps(ran)}" if ran else "CMD []",
     ]
     return ("\n".join(lines) + "\n").encode()
@@ -183,3 +196,14 @@ def ensure_injected(image: str, log: Log = print, *, force: bool = False) -> str
         raise ImageBuildError(f"the agent does not start in {ref} (derived from {image}):\n{check.stderr[-2000:]}")
     log(f"built {ref}: the agent added to {image}")
     return ref
+
+
+def pod_command(command: Sequence[str]) -> tuple[str, ...]:
+    """A pod's command for a derived image: it replaces the image's ENTRYPOINT, so it names the launcher again, which
+    holds the start gate itself (the runner images' gate is a shell's ``read``; the user's image may have no shell)."""
+    return (*ENTRYPOINT, START_GATE, "--", *command)
+
+
+def image_command(ref: str) -> tuple[str, ...]:
+    """The derived image's CMD (what the user's image ran): a pod's command drops it, so the backend names it."""
+    return tuple(_argv((_inspect(ref).get("Config") or {}).get("Cmd")))

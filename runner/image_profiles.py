@@ -13,20 +13,22 @@ from __future__ import annotations
 import json
 import subprocess
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 
 from runner.config import Profile
 from runner.errors import FailedPrecondition
 from runner.image_checks import ImageBuildError, Log
 from runner.image_inject import KIND as INJECTED
-from runner.image_inject import LABEL_BASE, ensure_injected, injected_ref
+from runner.image_inject import LABEL_BASE, ensure_injected, image_command, injected_ref
 from runner.image_packages import KIND as PACKAGE
 from runner.image_packages import LABEL_COMMAND, ensure_package, find_package_image, package_images
+from runner.image_transfer import ImageTransferError, find_containerd_socket, load_into_containerd
 from runner.images import IMAGE_NAMES, LABEL, _present, image_ref
 from runner.package_spec import injected_image, is_package, parse_package, uninjected
 
 __all__ = [
     "AGENT_KINDS", "added_images", "check_agent", "check_local_agent", "default_command", "ensure_profile_images",
-    "no_agent", "refuse_injected_on_kubernetes", "resolve_sandbox_image", "runner_built",
+    "load_profile_images_into_cluster", "no_agent", "resolve_sandbox_image", "runner_built",
 ]
 
 AGENT_KINDS = frozenset({"python-servers", "node-servers", PACKAGE, INJECTED})
@@ -76,8 +78,16 @@ def resolve_sandbox_image(image: str) -> str:
 
 
 def default_command(image: str) -> tuple[str, ...]:
-    """The server a profile without ``command`` runs in a package's image: its executable, which the image's CMD
-    names (a pod's ``command`` replaces the image's ENTRYPOINT and CMD, so the Kubernetes backend needs it)."""
+    """The server a profile without ``command`` runs: in a package's image its executable, in an image with the agent
+    injected what the user's image ran; both are the image's CMD, and a pod's ``command`` replaces the image's
+    ENTRYPOINT and CMD, so the Kubernetes backend names it."""
+    if uninjected(image) is not None:
+        ref = resolve_sandbox_image(image)
+        ran = image_command(ref)
+        if not ran:
+            raise FailedPrecondition(f"{image}: the image runs nothing of its own (no ENTRYPOINT or CMD): give the "
+                                     "profile a command:")
+        return ran
     if not is_package(image):
         return ()
     ref = resolve_sandbox_image(image)
@@ -86,14 +96,6 @@ def default_command(image: str) -> tuple[str, ...]:
         raise FailedPrecondition(f"the image {ref} of package {image} names no executable: add it again with "
                                  f"`mcp-runner images add {image} --force`")
     return (command,)
-
-
-def refuse_injected_on_kubernetes(image: str) -> None:
-    """A pod replaces its image's ENTRYPOINT with the runner images' (``/usr/bin/tini -- /opt/agent/bin/python``),
-    which an image with the agent injected does not have."""
-    if uninjected(image) is not None:
-        raise FailedPrecondition(f"{image}: `inject_agent: true` runs on the Docker backend only; on Kubernetes, "
-                                 "build the image FROM mcp-runner/python-servers or use `package:`")
 
 
 def added_images() -> dict[str, str]:
@@ -152,5 +154,36 @@ def ensure_profile_images(profiles: Iterable[Profile], log: Log, warn: Log) -> N
                 check_local_agent(image)
         except (ImageBuildError, ValueError) as exc:
             raise FailedPrecondition(f"profile {profile.name!r}: {exc}") from exc
+        except OSError as exc:  # no docker CLI here (a service in a cluster): nothing can build it
+            raise FailedPrecondition(f"profile {profile.name!r}: its image {image} is built with this host's Docker "
+                                     f"engine, and there is none ({exc.strerror}): run the service where Docker runs; "
+                                     "or, for a package, add and push its image there (`mcp-runner images add`, "
+                                     "`images push`) and name the pushed reference as the profile's image: with "
+                                     "its command:") from exc
         except FailedPrecondition as exc:
             warn(f"profile {profile.name!r}: {exc.message}; its sessions will not open")
+
+
+def load_profile_images_into_cluster(profiles: Iterable[Profile], registry: str | None, log: Log,
+                                     socket: Path | None = None) -> dict[str, str]:
+    """Get the package and agent-injected images of ``profiles`` (built on this host by ``ensure_profile_images``) to
+    a cluster's nodes: with no ``registry``, imported into the nodes' containerd where it is reachable here (only
+    those it lacks; ``socket`` default: the test cluster's), else FailedPrecondition saying how; with a registry,
+    the pods pull them (``images push`` put them there). Returns ``profile image -> local ref`` of those images."""
+    refs = {p.image: resolve_sandbox_image(p.image) for p in profiles
+            if p.remote_url is None and (is_package(p.image) or uninjected(p.image) is not None)}
+    if not refs or registry is not None:
+        return refs
+    try:
+        found = socket or find_containerd_socket()
+    except ImageTransferError as exc:
+        raise FailedPrecondition(
+            f"the images of profiles' package: / inject_agent: are built on this host ({', '.join(refs.values())}) "
+            f"and the cluster's nodes cannot get them: no kubernetes.registry is set and no containerd of the nodes "
+            f"is reachable here ({exc}). Push them with `mcp-runner images push --registry HOST[:PORT]/PATH` and set "
+            "kubernetes.registry to that registry") from None
+    try:
+        load_into_containerd(found, log=log, names=(), added=refs)
+    except ImageBuildError as exc:
+        raise FailedPrecondition(f"loading the profiles' images into the cluster's containerd: {exc}") from exc
+    return refs

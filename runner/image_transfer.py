@@ -15,6 +15,8 @@ Docker engine, a containerd or a registry.
 
 from __future__ import annotations
 
+import fnmatch
+import os
 import re
 import shutil
 import stat
@@ -49,6 +51,7 @@ TEST_CLUSTER_RUN_DIR = Path("/run/mcp-runner-kubernetes")
 REGISTRY = re.compile(r"^[a-zA-Z0-9.-]+(:[0-9]{1,5})?(/[a-z0-9._/-]+)?$")
 """HOST[:PORT][/PATH], as the settings' ``kubernetes.registry`` accepts it."""
 _BRING_UP = "run `make kubernetes` to bring up the test cluster"
+_SOCKET_DEPTH = 2
 
 
 class ImageTransferError(ImageBuildError):
@@ -122,11 +125,22 @@ def find_containerd_socket(run_dir: Path = TEST_CLUSTER_RUN_DIR) -> Path:
     if not run_dir.is_dir():
         raise ImageTransferError(f"no {run_dir}: the test cluster is not up; {_BRING_UP} "
                                  "(or name a containerd socket with --containerd-socket)")
-    found = sorted(p for p in run_dir.rglob("containerd*.sock") if _is_socket(p))
+    found = sorted(_sockets(run_dir))
     if len(found) != 1:
         what = "no containerd socket" if not found else f"several containerd sockets ({', '.join(map(str, found))})"
         raise ImageTransferError(f"{what} under {run_dir}: name one with --containerd-socket, or {_BRING_UP}")
     return found[0]
+
+
+def _sockets(run_dir: Path) -> list[Path]:
+    """The ``containerd*.sock`` sockets in ``run_dir`` and up to two directories below it. Not deeper: containerd's
+    state tree holds one directory per running container, which come and go while they are walked."""
+    found: list[Path] = []
+    for root, dirs, files in os.walk(run_dir):  # a directory gone while walked is skipped (os.walk's default)
+        if len(Path(root).relative_to(run_dir).parts) >= _SOCKET_DEPTH:
+            dirs.clear()
+        found += [Path(root, f) for f in files if fnmatch.fnmatch(f, "containerd*.sock") and _is_socket(Path(root, f))]
+    return found
 
 
 def _is_socket(path: Path) -> bool:

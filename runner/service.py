@@ -37,11 +37,12 @@ from runner.audit.retention import keep_retention
 from runner.audit.service import AuditService
 from runner.audit.store import AuditStore
 from runner.config import ConfigError, Settings
+from runner.config_check import refuse_problems
 from runner.door.http import DoorApp, RunningDoor, start_door
 from runner.door.identity import HttpAuthenticator
 from runner.errors import FailedPrecondition
 from runner.guard.memory import GuardMemory, memory_path
-from runner.image_profiles import ensure_profile_images
+from runner.image_profiles import ensure_profile_images, load_profile_images_into_cluster
 from runner.observe import logs
 from runner.observe.metrics import RunnerMetrics
 from runner.observe.scrape import MetricsEndpoint
@@ -217,7 +218,9 @@ async def run_service(settings: Settings) -> None:
     """Serve until SIGINT or SIGTERM; SIGHUP (or a change of the file) reloads the policy.
 
     Refuses to start (``ConfigError``, ``Unavailable``, ``FailedPrecondition``) before touching the engine
-    when the settings are unsafe, the address is in use or the instance is already running.
+    when the settings are unsafe, the address is in use or the instance is already running, and on any problem
+    ``mcp-runner config check`` finds in the settings (a missing mount source; an image that is nowhere, the one
+    question the engine is asked before the instance lock, and only for a profile naming an image of its own).
     """
     logs.configure(settings.log)
     check_listen_safety(settings.listen, settings.tls, settings.auth)
@@ -230,10 +233,14 @@ async def run_service(settings: Settings) -> None:
         check_listen_safety(door_listen, settings.tls, settings.auth)
         check_policy_required(door_listen, settings.auth, settings.policy)
         refuse_address_in_use(door_listen)
+    refuse_problems(settings)
     lock = InstanceLock.acquire(settings.state_dir, settings.instance, settings.listen)
     try:
-        if settings.backend == "docker":  # profiles' package and agent-injected images; no session waits on a build
-            await asyncio.to_thread(ensure_profile_images, settings.profiles.values(), log.info, log.warning)
+        # Profiles' package and agent-injected images, built by this host's engine: no session waits on a build.
+        await asyncio.to_thread(ensure_profile_images, settings.profiles.values(), log.info, log.warning)
+        if settings.backend == "kubernetes":  # and on the nodes (or refused, saying how), as `images load` would
+            await asyncio.to_thread(load_profile_images_into_cluster, settings.profiles.values(),
+                                    settings.kubernetes.registry, log.info)
         await _serve(settings, lock)
     finally:
         lock.release()

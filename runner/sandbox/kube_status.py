@@ -23,6 +23,12 @@ on a busy node, a slow runtime): the start keeps waiting, within its budget, ins
 was about to run. Any other message (a missing key, an image that runs as root) stays as it is."""
 _RUNTIME_SAID = ("StartError", "ContainerCannotRun")
 """Terminated reasons whose message the runtime wrote: the container's process never ran."""
+_EXEC_MARKS = ('exec: "', "executable file not found", "exec format error")
+"""What a runtime's message says when it could not exec a container's command (runc: ``exec: "/bin/sh": stat
+/bin/sh: no such file or directory``); any other start error (a mount, a cgroup) is not the image's lack."""
+_EXEC_FAILED = (126, 127)
+"""The exit status of a sandbox whose agent command could not be run: the start gate's shell (not found, not
+executable) or tini (its exec of the agent failed). The agent itself never ends so: it exits 0, 1 or 2."""
 _MESSAGE_CAP = 300
 
 
@@ -66,6 +72,10 @@ def started(pod: Any, what: str, image: str, load_hint: str) -> Any | None:
         )
     if waiting is not None and waiting.reason in _CANNOT_CREATE and not _passing(waiting.message):
         raise FailedPrecondition(f"{what}: its container cannot start ({waiting.reason}: {_text(waiting.message)})")
+    if terminated is not None and terminated.reason in _RUNTIME_SAID and _exec_failed(terminated.message):
+        # The runtime could not exec the pod's command (the gate's shell, then the agent): it says which, quoted.
+        raise FailedPrecondition(f"{what}: {_no_agent(image).message} (its container could not start: exit status "
+                                 f"{terminated.exit_code}, {terminated.reason}: {_text(terminated.message)})")
     if terminated is not None:
         # Its message is quoted only when the runtime wrote it: a process that ran may have written its own
         # (/dev/termination-log), which no sanitizer has seen.
@@ -75,6 +85,11 @@ def started(pod: Any, what: str, image: str, load_hint: str) -> Any | None:
             f"{_text(terminated.reason)}{said})"
         )
     return None
+
+
+def _exec_failed(message: object) -> bool:
+    said = str(message or "").lower()
+    return any(mark in said for mark in _EXEC_MARKS)
 
 
 def _passing(message: object) -> bool:
@@ -90,6 +105,9 @@ def exit_of(pod: Any, removed_by_us: bool) -> SandboxExit | None:
     container = _container(pod)
     terminated = container.state.terminated if container is not None and container.state is not None else None
     if terminated is not None:
+        if not reason and terminated.exit_code in _EXEC_FAILED:
+            reason = (f"its agent command could not be run, so {_no_agent(_image(pod)).message} (or build it FROM "
+                      "mcp-runner/python-servers)")
         return SandboxExit(exit_code=terminated.exit_code, oom_killed=terminated.reason == "OOMKilled", reason=reason)
     if reason:  # being deleted, or failed as a whole: its container is going, its exit status may never show
         return SandboxExit(exit_code=None, reason=reason)
@@ -105,3 +123,14 @@ def _reason(pod: Any, removed_by_us: bool) -> str:
     if pod.metadata.deletion_timestamp is not None and not removed_by_us:
         return DELETED_OUTSIDE
     return ""
+
+
+def _image(pod: Any) -> str:
+    containers = pod.spec.containers if pod.spec is not None else None
+    return str(containers[0].image) if containers else "(unknown)"
+
+
+def _no_agent(image: str) -> FailedPrecondition:
+    from runner.image_profiles import no_agent  # the Docker backend's words; the image modules only when needed
+
+    return no_agent(image)

@@ -29,6 +29,7 @@ from kubernetes.client.exceptions import ApiException
 
 from runner.config import KubernetesConfig
 from runner.errors import FailedPrecondition, RunnerError
+from runner.package_spec import uninjected
 from runner.sandbox import egress, kube_objects, kube_status, kube_sweep
 from runner.sandbox.base import SESSION_LABEL, EgressCallback, SandboxExit, SandboxSpec, SandboxStats
 from runner.sandbox.kube_attach import STDIN, KubeSandbox, close_attach, open_attach
@@ -95,17 +96,11 @@ class KubernetesBackend:
     @functools.cache  # noqa: B019 - one backend per process; image inputs do not change while it runs
     def _image(self, name: str) -> tuple[str, str]:
         """The reference a pod names for a profile's image, and its pull policy."""
-        from runner.image_profiles import (
-            check_local_agent,
-            refuse_injected_on_kubernetes,
-            resolve_sandbox_image,
-            runner_built,
-        )
+        from runner.image_profiles import check_local_agent, resolve_sandbox_image, runner_built
 
         if not runner_built(name):
             check_local_agent(name)  # where this host's engine holds it too: no pod made to wait for a greeting
             return name, "IfNotPresent"
-        refuse_injected_on_kubernetes(name)
         ref = resolve_sandbox_image(name)  # a package's image: found by its labels on this engine
         if self._config.registry is None:
             return ref, "Never"  # loaded into the nodes' runtime; the runtime names it docker.io/<ref>
@@ -171,6 +166,12 @@ class KubernetesBackend:
             runtime_class=runtime_class, env_secret=secret,
             proxy_env=egress.proxy_env(proxy_address) if proxy_address is not None else {},
         )
+        if uninjected(spec.image) is not None:
+            from runner.image_inject import pod_command
+
+            # The agent injected into a user's image is not at the runner images' entrypoint that the pod names,
+            # and the image may have no shell for the gate: its own launcher takes the gate's place.
+            pod["spec"]["containers"][0]["command"] = list(pod_command(spec.command))
         api.core.create_namespaced_pod(ns, pod, _request_timeout=timeout)
 
     async def _wait_running(self, pod: str, what: str, image: str) -> Any:

@@ -1,6 +1,7 @@
 """Bring your own server, for real: images built from a PyPI and an npm package (real registries, real Docker),
 used through ``package:`` profiles on a real service; the agent injected into a plain image with python3; an
-image without the agent refused at once with a message that says so.
+image without the agent refused at once with a message that says so. The service tests run on both backends: on
+the test cluster the service itself loads the profiles' images into the nodes' containerd at start-up.
 
 The packages are small on purpose (CI starts from an empty cache): ``mcp-server-calculator`` (PyPI) and
 ``@modelcontextprotocol/server-sequential-thinking`` (npm), neither shipped in the runner's own images.
@@ -16,6 +17,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
 
 import grpc
 import pytest
@@ -24,7 +26,7 @@ import yaml
 from runner.images import image_ref
 from tests.integration.conftest import Service, start_service, stop_service
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.backends("docker", "kubernetes")]
 
 PYPI = "pypi:mcp-server-calculator"
 NPM = "npm:@modelcontextprotocol/server-sequential-thinking"
@@ -112,8 +114,29 @@ def test_images_add_usage_error_exits_2() -> None:
     assert "ECOSYSTEM pypi or npm" in done.stderr
 
 
+def _ctr(*args: str, stdin: IO[bytes] | None = None) -> subprocess.CompletedProcess[str]:
+    from runner.image_transfer import CONTAINERD_NAMESPACE, find_containerd_socket
+
+    return subprocess.run(["ctr", "--address", str(find_containerd_socket()), "--namespace", CONTAINERD_NAMESPACE,
+                           *args], stdin=stdin, capture_output=True, text=True, timeout=300)
+
+
+def _on_cluster() -> set[str]:
+    return set(_ctr("images", "list", "--quiet").stdout.split())
+
+
 @pytest.fixture
-def byo_service(added: dict[str, tuple[str, str]], plain_image: str, tmp_path: Path) -> Iterator[Service]:
+def byo_service(added: dict[str, tuple[str, str]], plain_image: str, backend: str, tmp_path: Path
+                ) -> Iterator[Service]:
+    if backend == "kubernetes":
+        from runner.image_transfer import containerd_name
+        from tests.kubernetes_cluster import ensure_images_loaded
+
+        ensure_images_loaded()  # the runner's images, as `make run BACKEND=kubernetes` loads them
+        # The PyPI package's image leaves the cluster, so the service's start-up is what brings it back (with the
+        # injected image, new with each plain image); the npm one stays, so it is found there.
+        _ctr("images", "rm", containerd_name(added[PYPI][0]))
+        assert containerd_name(added[PYPI][0]) not in _on_cluster()
     config = tmp_path / "byo.yaml"
     config.write_text(yaml.safe_dump({"profiles": {
         "calc": {"package": PYPI},  # unpinned: the newest image built here
@@ -121,14 +144,16 @@ def byo_service(added: dict[str, tuple[str, str]], plain_image: str, tmp_path: P
         "injected": {"image": plain_image, "inject_agent": True},  # built at the service's start
         "no-agent": {"image": plain_image, "command": ["/opt/servers/bin/mcp-server-time"]},
     }}))  # fmt: skip
-    service = start_service(tmp_path, f"it-byo-{secrets.token_hex(3)}", config=config)
+    service = start_service(tmp_path, f"it-byo-{secrets.token_hex(3)}", config=config, backend=backend)
     try:
         yield service
     finally:
         stop_service(service)
 
 
-def test_package_and_injected_profiles_serve_and_an_agentless_image_fails_fast(byo_service: Service) -> None:
+def test_package_and_injected_profiles_serve_and_an_agentless_image_fails_fast(
+    byo_service: Service, added: dict[str, tuple[str, str]]
+) -> None:
     with byo_service.client() as client:
         calc = client.open_session("calc", timeout=120)
         assert "calculate" in [t.name for t in calc.tools]
@@ -155,3 +180,67 @@ def test_package_and_injected_profiles_serve_and_an_agentless_image_fails_fast(b
     assert "has no mcp-runner agent: build it with `mcp-runner images add` or set `inject_agent: true`" in details
     assert "mcp-runner-test/plain-time:" in details
     assert "no-agent" in byo_service.log() and "its sessions will not open" in byo_service.log()
+    if byo_service.backend == "kubernetes":
+        from runner.image_transfer import containerd_name
+
+        log = byo_service.log()
+        pypi_ref, npm_ref = added[PYPI][0], added[NPM][0]
+        assert f"loading {pypi_ref} into the cluster's containerd" in log
+        assert f"{npm_ref} is in the cluster's containerd" in log
+        # Loaded at this start, or by `images load` before it when the Docker run had built it already.
+        derived = re.search(r"(?:loading )?(mcp-runner/with-agent:[0-9a-f]{12}) (?:into|is in) the cluster's", log)
+        assert derived is not None, log
+        assert {containerd_name(pypi_ref), containerd_name(derived.group(1))} <= _on_cluster()
+
+
+@pytest.fixture
+def cluster_only_images(images: dict[str, str], tmp_path: Path) -> Iterator[tuple[str, str]]:
+    """Two images without the agent that only the cluster's containerd holds (so the host's engine cannot vouch for
+    them): one whose agent command is missing (tini there, /opt/agent not), one without even the gate's shell."""
+    from runner.image_transfer import containerd_name
+
+    tag = secrets.token_hex(4)
+    refs = (f"mcp-runner-test/cluster-no-agent:{tag}", f"mcp-runner-test/cluster-no-shell:{tag}")
+    (tmp_path / "Dockerfile").write_text(
+        f"FROM {image_ref('python-servers')} AS servers\n"
+        f"FROM {image_ref('rootfs')} AS plain\n"
+        "COPY --from=servers /opt/servers /opt/servers\n"
+        "FROM plain AS shell-less\n"
+        'RUN ["/bin/rm", "/bin/sh"]\n'
+    )
+    env = {**os.environ, "DOCKER_BUILDKIT": "0"}
+    for ref, target in zip(refs, ("plain", "shell-less"), strict=True):
+        subprocess.run(["docker", "build", "--network", "none", "-q", "--target", target, "-t", ref, str(tmp_path)],
+                       check=True, capture_output=True, env=env)
+    try:
+        save = subprocess.Popen(["docker", "save", *refs], stdout=subprocess.PIPE)
+        imported = _ctr("images", "import", "-", stdin=save.stdout)
+        assert save.wait() == 0 and imported.returncode == 0, imported.stderr
+    finally:
+        subprocess.run(["docker", "rmi", "-f", *refs], capture_output=True)
+    yield refs
+    _ctr("images", "rm", *(containerd_name(ref) for ref in refs))
+
+
+@pytest.mark.backends("kubernetes")
+def test_an_image_only_the_cluster_holds_without_the_agent_fails_saying_so(
+    cluster_only_images: tuple[str, str], backend: str, tmp_path: Path
+) -> None:
+    no_agent, no_shell = cluster_only_images
+    config = tmp_path / "cluster-only.yaml"
+    server = ["/opt/servers/bin/mcp-server-time"]
+    config.write_text(yaml.safe_dump({"profiles": {"no-agent": {"image": no_agent, "command": server},
+                                                   "no-shell": {"image": no_shell, "command": server}}}))
+    service = start_service(tmp_path, f"it-byo-{secrets.token_hex(3)}", config=config, backend=backend)
+    try:
+        with service.client() as client:
+            for profile, image, runtime_said in (("no-agent", no_agent, "exit status 127"),
+                                                 ("no-shell", no_shell, "/bin/sh")):
+                with pytest.raises(grpc.RpcError) as refused:
+                    client.open_session(profile, timeout=120)
+                assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION, profile
+                details = refused.value.details() or ""
+                assert f"image {image} has no mcp-runner agent: build it with `mcp-runner images add`" in details
+                assert runtime_said in details
+    finally:
+        stop_service(service)

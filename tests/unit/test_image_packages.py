@@ -204,10 +204,77 @@ def test_a_package_profile_runs_the_executable_its_image_names(monkeypatch: pyte
         image_profiles.default_command("pypi:mcp-server-calculator")
 
 
-def test_injected_images_are_refused_on_kubernetes() -> None:
-    image_profiles.refuse_injected_on_kubernetes("pypi:foo")
-    with pytest.raises(FailedPrecondition, match="runs on the Docker backend only"):
-        image_profiles.refuse_injected_on_kubernetes(injected_image("user/image:1"))
+def test_an_injected_profile_runs_what_the_users_image_ran(monkeypatch: pytest.MonkeyPatch) -> None:
+    cmd: tuple[str, ...] = ("/usr/local/bin/server", "--stdio")
+    monkeypatch.setattr(image_profiles, "resolve_sandbox_image", lambda image: "mcp-runner/with-agent:1")
+    monkeypatch.setattr(image_profiles, "image_command", lambda ref: cmd)
+    assert image_profiles.default_command(injected_image("user/image:1")) == cmd
+    cmd = ()
+    with pytest.raises(FailedPrecondition, match=r"runs nothing of its own .* give the profile a command:"):
+        image_profiles.default_command(injected_image("user/image:1"))
+
+
+def test_a_pods_command_for_an_injected_image_names_its_launcher_with_the_gate() -> None:
+    assert image_inject.pod_command(("srv", "-v")) == (
+        "python3", "-I", "/opt/mcp-runner-agent/boot.py", "--start-gate", "--", "srv", "-v")
+
+
+def test_the_launchers_gate_waits_for_one_line_and_consumes_no_more(tmp_path: Path) -> None:
+    """boot.py as the derived image holds it, its agent a stand-in that shows its argv and what stdin still has."""
+    import subprocess
+    import sys
+
+    agent = tmp_path / "lib" / "runner" / "agent"
+    agent.mkdir(parents=True)
+    (agent.parent / "__init__.py").write_text("")
+    (agent / "__init__.py").write_text("")
+    (agent / "__main__.py").write_text("import sys; print(sys.argv[1:], sys.stdin.read())")
+    boot = tmp_path / "boot.py"
+    boot.write_text(image_inject.BOOT.replace(image_inject.AGENT_ROOT, str(tmp_path)))
+    gated = subprocess.run([sys.executable, "-I", str(boot), "--start-gate", "--", "srv"], input="\nrest",
+                           capture_output=True, text=True, timeout=60)
+    assert gated.stdout.strip() == "['--', 'srv'] rest", gated.stderr
+    plain = subprocess.run([sys.executable, "-I", str(boot), "--", "srv"], input="\nrest", capture_output=True,
+                           text=True, timeout=60)  # Docker: no gate, stdin untouched
+    assert plain.stdout.strip() == "['--', 'srv'] \nrest", plain.stderr
+
+
+def _profiles(tmp_path: Path) -> Any:
+    return _settings(tmp_path, {"calc": {"package": "pypi:foo==1.0"}, "mine": {"image": "u/i:1", "inject_agent": True},
+                                "time": {"image": "python-servers", "command": ["t"]}}).profiles.values()
+
+
+def test_profile_images_go_to_the_clusters_containerd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    refs = {"pypi:foo==1.0": "mcp-runner/pypi-foo:1", "with-agent:u/i:1": "mcp-runner/with-agent:2"}
+    monkeypatch.setattr(image_profiles, "resolve_sandbox_image", refs.__getitem__)
+    loaded: list[tuple[object, ...]] = []
+
+    def load(socket: Path, *, log: object, names: tuple[str, ...], added: dict[str, str]) -> dict[str, str]:
+        loaded.append((socket, names, added))
+        return added
+
+    monkeypatch.setattr(image_profiles, "load_into_containerd", load)
+    socket = tmp_path / "containerd.sock"
+    assert image_profiles.load_profile_images_into_cluster(_profiles(tmp_path), None, print, socket) == refs
+    assert loaded == [(socket, (), refs)]  # only the profiles' images; the runner's own are `images load`'s
+    loaded.clear()
+    assert image_profiles.load_profile_images_into_cluster(_profiles(tmp_path), "reg.example/m", print) == refs
+    assert loaded == []  # with a registry, the pods pull them
+
+
+def test_profile_images_no_cluster_can_get_are_refused_saying_how(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(image_profiles, "resolve_sandbox_image", lambda image: "mcp-runner/pypi-foo:1")
+
+    def nowhere() -> Path:
+        raise image_profiles.ImageTransferError("no /run/mcp-runner-kubernetes: the test cluster is not up")
+
+    monkeypatch.setattr(image_profiles, "find_containerd_socket", nowhere)
+    with pytest.raises(FailedPrecondition) as caught:
+        image_profiles.load_profile_images_into_cluster(_profiles(tmp_path), None, print)
+    assert "the cluster's nodes cannot get them" in caught.value.message
+    assert "`mcp-runner images push --registry HOST[:PORT]/PATH` and set kubernetes.registry" in caught.value.message
+    assert "mcp-runner/pypi-foo:1" in caught.value.message
 
 
 def _settings(tmp_path: Path, profiles: dict[str, Any]) -> Any:
@@ -277,3 +344,20 @@ def test_images_add_prints_the_ref_and_a_pinned_profile(capsys: pytest.CaptureFi
     monkeypatch.setattr(image_packages, "ensure_package", failing)
     assert _main(["images", "add", "-q", "npm:x"]) == 1
     assert "npm has no such package" in capsys.readouterr().err
+
+
+def test_the_containerd_socket_is_looked_for_near_the_top_only() -> None:
+    """containerd's state tree (a directory per running container, coming and going) is never walked."""
+    import socket
+    import tempfile
+
+    from runner.image_transfer import ImageTransferError, find_containerd_socket
+
+    with tempfile.TemporaryDirectory(dir="/tmp") as short:  # a socket's path has at most 107 bytes
+        run_dir = Path(short)
+        deep = run_dir / "c" / "state" / "task" / "k8s.io" / "containerd.sock"
+        deep.parent.mkdir(parents=True)
+        with socket.socket(socket.AF_UNIX) as s:
+            s.bind(str(deep))
+            with pytest.raises(ImageTransferError, match="no containerd socket under"):
+                find_containerd_socket(run_dir)

@@ -100,6 +100,44 @@ def api_error(status: int, message: str) -> ApiException:
         "'", '"'))
 
 
+def _in(image: str, state: dict[str, Any]) -> Any:
+    read = pod(container(state))
+    read.spec.containers[0].image = image
+    return read
+
+
+NO_AGENT = "image user/srv:1 has no mcp-runner agent: build it with `mcp-runner images add` or set `inject_agent: true`"
+
+
+def test_a_container_the_runtime_cannot_exec_says_its_image_has_no_agent_quoting_the_runtime() -> None:
+    said = ('failed to create containerd task: OCI runtime create failed: container_linux.go:370: starting container '
+            'process caused: exec: "/bin/sh": stat /bin/sh: no such file or directory: unknown')
+    with pytest.raises(FailedPrecondition) as caught:
+        kube_status.started(pod(container({"terminated": {"exitCode": 128, "reason": "StartError", "message": said}})),
+                            "the sandbox", "user/srv:1", HINT)
+    assert NO_AGENT in caught.value.message
+    assert 'exit status 128, StartError: failed to create containerd task' in caught.value.message
+    assert 'exec: "/bin/sh": stat /bin/sh: no such file or directory' in caught.value.message
+
+
+def test_a_start_error_that_is_no_exec_failure_is_not_blamed_on_the_image() -> None:
+    said = "error mounting \"/srv/x\" to rootfs: no such file or directory"
+    with pytest.raises(Unavailable) as caught:
+        started(pod(container({"terminated": {"exitCode": 128, "reason": "StartError", "message": said}})))
+    assert "no mcp-runner agent" not in caught.value.message
+    assert "StartError: error mounting" in caught.value.message
+
+
+def test_a_sandbox_that_could_not_exec_its_agent_ends_saying_the_image_has_none() -> None:
+    for code in (126, 127):
+        ended = kube_status.exit_of(_in("user/srv:1", {"terminated": {"exitCode": code, "reason": "Error"}}), False)
+        assert ended is not None and ended.exit_code == code
+        assert ended.reason.startswith(f"its agent command could not be run, so {NO_AGENT}")
+    for code in (0, 1, 2, 137):  # the agent's own endings, or a kill: nothing inferred
+        ended = kube_status.exit_of(_in("user/srv:1", {"terminated": {"exitCode": code, "reason": "Error"}}), False)
+        assert ended == kube_status.SandboxExit(code, reason="")
+
+
 def test_client_errors_become_runner_errors_in_one_place() -> None:
     forbidden = mapped(api_error(403, 'pods is forbidden: User "x" cannot create resource "pods/attach" in API '
                                       'group "" in the namespace "mcp-runner"'))
