@@ -33,7 +33,7 @@ import logging
 import socket
 import ssl
 import time
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,9 +57,11 @@ from runner.door.handlers import REQUEST_SCOPE, SCOPE_BINDING, SCOPE_CALLER, SCO
 from runner.door.identity import HttpAuthenticator
 from runner.door.leases import Binding, DoorSessions, Leases, close_binding
 from runner.door.refusals import (
+    MANAGED,
     SESSION_NOT_FOUND,
     answers,
     content_type,
+    counting_refusals,
     era_refusal,
     message_refusal,
     no_session_refusal,
@@ -80,6 +82,7 @@ from runner.errors import (
     Unauthenticated,
     Unavailable,
 )
+from runner.observe import tracing
 from runner.sessions.models import DOORS
 
 log = logging.getLogger(__name__)
@@ -110,10 +113,13 @@ class DoorApp:
         authenticator: HttpAuthenticator,
         note: Note,
         metrics: ASGIApp | None = None,
+        refused: Callable[[int], None] | None = None,
     ) -> None:
-        """``metrics``: what answers ``/metrics`` (``runner.observe.scrape``); None: 404 there as anywhere else."""
+        """``metrics``: what answers ``/metrics`` (``runner.observe.scrape``); None: 404 there as anywhere else.
+        ``refused``: told the status of every 4xx the door answers itself, without the SessionManager."""
         self._manager = manager
         self._metrics = metrics
+        self._refused_hook = refused
         self._config = config
         self._auth = authenticator
         self.sessions = DoorSessions(manager, config.session_idle_timeout_s)
@@ -159,6 +165,8 @@ class DoorApp:
         if scope["type"] != "http":
             return
         stream = scope["method"] == "GET"
+        if self._refused_hook is not None:
+            send = counting_refusals(scope, send, self._refused_hook)
         await self.draining.serve(stream, lambda watched: self._serve(scope, receive, watched), send)
 
     async def _serve(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -238,6 +246,7 @@ class DoorApp:
         """``answer`` to a miss (an unknown profile or session) once the SessionManager has counted and recorded it
         as the caller's refusal, as on gRPC; past the caller's refusal rate, that error (429) instead."""
         method = body.method[:100] if isinstance(body.method, str) else request.method
+        request.scope[MANAGED] = True
         try:
             await self._manager.refuse(error, caller=caller, method=method, door=claimed_door(request.headers),
                                        profile=profile)  # fmt: skip
@@ -255,6 +264,7 @@ class DoorApp:
             refused = scope.get(SCOPE_LEASE_REFUSED)
             started = message["type"] == "http.response.start"
             if started and isinstance(refused, RunnerError) and content_type(message).startswith(b"application/json"):
+                scope[MANAGED] = True
                 extra = [(key.lower().encode(), value.encode()) for key, value in retry_after(refused).items()]
                 message = {**message, "status": http_status(refused), "headers": [*message["headers"], *extra]}
             await send(message)
@@ -270,9 +280,15 @@ class DoorApp:
         scope: Scope, receive: Receive, send: Send,
     ) -> None:  # fmt: skip
         door_name = claimed_door(Request(scope).headers)
+        params = body.message.get("params")  # message_refusal passed it: a JSON-RPC request object
+        meta = params.get("_meta") if isinstance(params, dict) else None
+        # The client's trace context in params._meta is the parent of the open's span, as of any later request's.
+        entry: tracing.Attributes = {"jsonrpc.request.id": tracing.cut(str(body.request_id))}
         try:
-            opened = await self._manager.open(profile, caller=caller, door=door_name)
+            with tracing.Entering(meta if isinstance(meta, dict) else None, entry):
+                opened = await self._manager.open(profile, caller=caller, door=door_name)
         except RunnerError as exc:
+            scope[MANAGED] = True
             await runner_error(exc, body.request_id)(scope, receive, send)
             return
         binding = Binding(caller=caller, profile=profile, opened=opened, door=door_name)

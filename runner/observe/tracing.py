@@ -5,11 +5,14 @@ two services in one process (tests, the bench) never share spans. Off (``OFF``),
 exporter, no thread, no network, and a span costs one context-variable read.
 
 The spans follow the GenAI / MCP semantic conventions: a request span (kind SERVER) per MCP request a door
-passes to the SessionManager, named ``{mcp.method.name} {target}`` (``tools/call get_current_time``), and inside
-it the steps (validation, sanitizing, the audit write) and the request to the sandboxed server (kind CLIENT),
-whose context goes to the server as W3C ``traceparent``/``tracestate`` in ``params._meta``. A caller's own trace
-context (gRPC metadata, or ``params._meta`` at the MCP door) is the parent of the request span; it is caller input,
-so anything malformed in it is dropped without a word (no error, no log line).
+passes to the SessionManager, named ``{mcp.method.name} {target}`` (``tools/call get_current_time``) once the
+target is known to be valid (``known_target``: a tool the server listed, a prompt it answered) and
+``{mcp.method.name}`` until then, so a caller's made-up names never become span names; inside it the steps
+(validation, sanitizing, the audit write) and the request to the sandboxed server (kind CLIENT), whose context
+goes to the server as W3C ``traceparent``/``tracestate`` in ``params._meta``. A caller's own trace context (gRPC
+metadata, or ``params._meta`` at the MCP door) is the parent of the request span; it is caller input, so anything
+malformed in it is dropped without a word (no error, no log line). A session's open is a span too, named by its
+profile only when that is a configured one.
 
 Steps find their tracer in a context variable the request span sets (``_ACTIVE``), so the guard, the outflow and
 the journal need no tracer passed in, and a step outside any traced request is no span at all.
@@ -23,6 +26,7 @@ import functools
 import re
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from typing import Any, ParamSpec, TypeVar
 
 from opentelemetry import context as otel_context
@@ -42,6 +46,18 @@ _ACTIVE: contextvars.ContextVar[trace.Tracer | None] = contextvars.ContextVar("m
 _ENTRY: contextvars.ContextVar[Attributes | None] = contextvars.ContextVar("mcp_runner_trace_entry", default=None)
 """What the door a request came through knows of it (``rpc.system``, ``jsonrpc.request.id``), for its span."""
 
+
+@dataclass
+class _Request:
+    """The request span the current task serves, named by its method until its target is known valid."""
+
+    span: trace.Span
+    method: str
+    known: str = ""
+
+
+_REQUEST: contextvars.ContextVar[_Request | None] = contextvars.ContextVar("mcp_runner_trace_request", default=None)
+
 _PROPAGATOR = TraceContextTextMapPropagator()
 TRACEPARENT = "traceparent"
 TRACESTATE = "tracestate"
@@ -55,7 +71,9 @@ _TRACESTATE_MEMBER = re.compile(
 MAX_ATTRIBUTE_CHARS = 256
 """Caller-given names (a tool, a session id) are cut here in span names and attributes."""
 TARGETED = {"tools/call": "gen_ai.tool.name", "prompts/get": "gen_ai.prompt.name"}
-"""Methods whose target (low cardinality: a name the server declared) joins the span name."""
+"""Methods whose target (low cardinality: a name the server declared) joins the span name once known valid."""
+URI_METHODS = frozenset({"resources/read", "resources/subscribe", "resources/unsubscribe"})
+"""Methods with a resource URI parameter: the conventions want it as ``mcp.resource.uri`` (never in a name)."""
 _NOTHING = contextlib.nullcontext()
 
 
@@ -101,32 +119,43 @@ class Tracing:
     def request(
         self, method: str, session_id: str, *, target: str = "", protocol: str = ""
     ) -> AbstractContextManager[Any]:
-        """The span of one MCP request a door passed on (kind SERVER), its parent the caller's trace context."""
+        """The span of one MCP request a door passed on (kind SERVER), its parent the caller's trace context.
+
+        Named by ``method`` alone: ``target`` is what the caller sent, an attribute where the conventions want one,
+        and joins the name only when ``known_target`` says it is valid."""
         if self._tracer is None:
             return _NOTHING
         attributes = request_attributes(method, session_id, target, protocol)
-        return self._root(span_name(method, target), attributes, SpanKind.SERVER)
+        return self._root(method, attributes, SpanKind.SERVER, method)
 
-    def open(self, profile: str, door: str, protocol: str) -> AbstractContextManager[Any]:
-        """The span of a session's open (kind SERVER): its steps are the sandbox's start or claim, the handshake."""
+    def open(self, profile: str, door: str, protocol: str, *, known: bool) -> AbstractContextManager[Any]:
+        """The span of a session's open (kind SERVER): its steps are the sandbox's start or claim, the handshake.
+
+        ``known``: ``profile`` is a configured one; only then does it name the span (``open {profile}``, else
+        ``open``) and become its ``mcp_runner.profile``."""
         if self._tracer is None:
             return _NOTHING
         attributes: Attributes = {
-            "mcp.method.name": "initialize" if door == "mcp" else "session/open",
+            "mcp.method.name": "initialize" if door.startswith("mcp-") else "session/open",
             "mcp.protocol.version": protocol,
-            "mcp_runner.profile": cut(profile),
             "mcp_runner.door": door,
         }
-        return self._root(f"open {cut(profile)}", attributes, SpanKind.SERVER)
+        if known:
+            attributes["mcp_runner.profile"] = cut(profile)
+        return self._root(f"open {cut(profile)}" if known else "open", attributes, SpanKind.SERVER)
 
     @contextlib.contextmanager
-    def _root(self, name: str, attributes: Attributes, kind: SpanKind) -> Iterator[trace.Span]:
+    def _root(self, name: str, attributes: Attributes, kind: SpanKind, method: str = "") -> Iterator[trace.Span]:
         assert self._tracer is not None
         attributes = {**attributes, **(_ENTRY.get() or {})}  # how the request came, as the span starts
         token = _ACTIVE.set(self._tracer)
         try:
             with _span(self._tracer, name, attributes, kind) as span:
-                yield span
+                request = _REQUEST.set(_Request(span, method))
+                try:
+                    yield span
+                finally:
+                    _REQUEST.reset(request)
         finally:
             _ACTIVE.reset(token)
 
@@ -176,6 +205,17 @@ def untraced() -> Iterator[None]:
         _ACTIVE.reset(active)
 
 
+def known_target(target: str) -> None:
+    """The current request's target is known valid (a tool its server listed, a prompt its server answered): the
+    request span is named ``{method} {target}`` from now on, and so is a request to the server for it begun later.
+    Nothing outside a traced request, or for a method whose target names no span (``TARGETED``)."""
+    request = _REQUEST.get()
+    if request is None or request.method not in TARGETED:
+        return
+    request.known = target
+    request.span.update_name(span_name(request.method, target))
+
+
 def annotate(attributes: Attributes) -> None:
     """Attributes learnt during a span (a session's id once it has one) on the current span, if it records."""
     if _ACTIVE.get() is not None:
@@ -193,13 +233,19 @@ def outgoing(method: str, params: dict[str, Any]) -> AbstractContextManager[dict
 
 @contextlib.contextmanager
 def _outgoing(tracer: trace.Tracer, method: str, params: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """Named ``{method} {target}`` when the request's target is known valid (``known_target``) or, as the server
+    answers it with a result, becomes so; ``{method}`` otherwise (a name the server refused, no answer)."""
     name = params.get("name") if method in TARGETED else None
     target = name if isinstance(name, str) else ""
     attributes: Attributes = {"mcp.method.name": method}
     if target:
         attributes[TARGETED[method]] = cut(target)
-    with _span(tracer, span_name(method, target), attributes, SpanKind.CLIENT):
+    request = _REQUEST.get()
+    known = bool(target) and request is not None and request.method == method and request.known == target
+    with _span(tracer, span_name(method, target) if known else method, attributes, SpanKind.CLIENT) as span:
         yield with_trace_context(params)
+        if target and not known:
+            span.update_name(span_name(method, target))
 
 
 def with_trace_context(params: dict[str, Any]) -> dict[str, Any]:
@@ -280,7 +326,7 @@ def request_attributes(method: str, session_id: str, target: str, protocol: str)
     if method == "tools/call":
         attributes["gen_ai.operation.name"] = "execute_tool"
     if target:
-        key = TARGETED.get(method, "mcp.resource.uri" if method == "resources/read" else "")
+        key = TARGETED.get(method, "mcp.resource.uri" if method in URI_METHODS else "")
         if key:
             attributes[key] = cut(target)
     return attributes

@@ -165,7 +165,7 @@ class SessionManager(Operations):
         speak with the server (``models.PROTOCOLS``): only the default era's opens claim warm sandboxes, which
         were booted speaking it.
         """
-        with self._tracing.open(profile, door, protocol):
+        with self._tracing.open(profile, door, protocol, known=profile in self._settings.profiles):
             deadline = time.monotonic() + (timeout if timeout is not None else self._settings.open_queue_timeout_s)
             admitted = False
             try:
@@ -342,8 +342,11 @@ class SessionManager(Operations):
     async def _announce(self, session: LiveSession, error: RunnerError | None) -> None:
         """The session.open record, durable: who opened what, in which image, with which limits and network."""
         outcome = "ok" if error is None else "error"
+        # From the policy's allow (``session.started`` until it is handed over) to this record: metrics and logs.
+        took_ms = round((time.monotonic() - session.started) * 1000, 3)
         await self._journal.durable_or_raise(records.SESSION_OPEN, session.id, session.caller, {
-            **open_record(session, outcome), **({"error": error_json(error)} if error is not None else {}),
+            **open_record(session, outcome), "duration_ms": took_ms,
+            **({"error": error_json(error)} if error is not None else {}),
         })  # fmt: skip
 
     def _boot_budget(self, deadline: float) -> float:

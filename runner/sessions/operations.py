@@ -6,10 +6,9 @@ every answer's record durable before the answer is returned (``Journal.request``
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any, overload
 
@@ -28,7 +27,7 @@ from runner.guard.validate import (
     parse_result,
     quick_arguments,
 )
-from runner.observe.tracing import Tracing
+from runner.observe import tracing
 from runner.sessions import interactive, listing, outflow
 from runner.sessions.journal import RequestEntry
 from runner.sessions.models import (
@@ -49,26 +48,6 @@ MIN_CALL_BUDGET_S = 0.05
 
 
 class Operations(Utilities):
-    _tracing: Tracing
-
-    @contextlib.asynccontextmanager
-    async def _serving(
-        self,
-        session_id: str,
-        caller: str,
-        method: str,
-        params: dict[str, Any],
-        capability: str = "",
-        target: str = "",
-    ) -> AsyncIterator[RequestEntry]:
-        """How each operation begins: its span (``runner.observe.tracing``), the screening, its record."""
-        known = self._sessions.get(session_id)
-        protocol = known.protocol if known is not None else ""
-        with self._tracing.request(method, session_id, target=target, protocol=protocol):
-            self._screen(session_id, caller, method, capability)
-            async with self._journal.request(session_id, caller, method, params) as entry:
-                yield entry
-
     async def list_tools(
         self, session_id: str, *, caller: str, timeout: float | None = None
     ) -> Sanitized[list[mcp_types.Tool]]:
@@ -342,6 +321,7 @@ class Operations(Utilities):
                     reply = await self._request_sized(
                         session, "prompts/get", dict(params), timeout, None, exchange=exchange
                     )
+                tracing.known_target(name)  # the server answered for it: a prompt of the server's
                 what = f"prompt {name!r}"
                 if interactive.input_required(session, reply):
                     if not _takes_input_required(exchange):

@@ -1,10 +1,11 @@
 """What every request to a live session goes through: lookup, screening, policy, the guard's accounting, the call.
 
-``Serving`` holds the plumbing the MCP operations (``operations.py``) and the
-manager's open path share: find the caller's live session, refuse early what
-will be refused (and count it), record the policy's decision, send one request
-under the call deadline with its write-ahead intent, and turn what went wrong
-into the one explanation a caller can act on.
+``Serving`` holds the plumbing the MCP operations (``operations.py``, ``utilities.py``)
+and the manager's open path share: begin each request (``_serving``: its span, the
+screening, its record), find the caller's live session, refuse early what will be
+refused (and count it), record the policy's decision, send one request under the
+call deadline with its write-ahead intent, and turn what went wrong into the one
+explanation a caller can act on.
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ from runner.guard.validate import (
     CheckedTool,
     check_tools,
 )
+from runner.observe import tracing
+from runner.observe.tracing import Tracing
 from runner.policy import Kind, ToolDecision
 from runner.sessions import listing, outflow
 from runner.sessions.ending import Ending
@@ -76,6 +79,26 @@ class Serving:
     _sessions: dict[str, LiveSession]
     _gate: Gate
     _ending: Ending
+    _tracing: Tracing
+
+    @contextlib.asynccontextmanager
+    async def _serving(
+        self,
+        session_id: str,
+        caller: str,
+        method: str,
+        params: dict[str, Any],
+        capability: str = "",
+        target: str = "",
+    ) -> AsyncIterator[RequestEntry]:
+        """How each MCP request begins: its span (``runner.observe.tracing``), the screening (``_screen``), its
+        record. ``target``: the tool, prompt or resource URI the caller named, on the span as the conventions say."""
+        known = self._sessions.get(session_id)
+        protocol = known.protocol if known is not None else ""
+        with self._tracing.request(method, session_id, target=target, protocol=protocol):
+            self._screen(session_id, caller, method, capability)
+            async with self._journal.request(session_id, caller, method, params) as entry:
+                yield entry
 
     def _decide(self, session: LiveSession, caller: str, kind: Kind, name: str, action: str = "") -> ToolDecision:
         """The policy's decision on a tool call, resource read or prompt get, recorded; a denial is raised.
@@ -178,6 +201,7 @@ class Serving:
         if checked is None:
             names = ", ".join(sorted(t.name for t in session.listing.tools)) or "none"
             raise ToolNotFound(f"session {session.id} has no tool {tool!r} (its tools: {names})")
+        tracing.known_target(tool)  # the server listed it: a name of the server's, fit for the span's name
         blocked = session.listing.blocked.get(tool)
         if blocked is not None:
             raise PermissionDenied(f"tool {tool!r} of session {session.id} is blocked: {blocked}")

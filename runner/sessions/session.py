@@ -17,6 +17,7 @@ from runner.guard.findings import Finding
 from runner.guard.sanitize import Sanitizer
 from runner.guard.screening import ToolListing
 from runner.guard.validate import CheckedTool, check_initialize
+from runner.observe import tracing
 from runner.sandbox.base import SandboxBackend, SandboxHandle, SandboxNetwork, SandboxSpec, SandboxStats
 from runner.sessions.egress_record import EgressRecord, describe_network
 from runner.sessions.models import DEFAULT_PROTOCOL, Exchange, ServerInfo, SessionInfo, SessionState, Usage
@@ -148,7 +149,8 @@ async def start_agent(backend: SandboxBackend, session: LiveSession, spec: Sandb
     ``inbound`` takes what the server sends unasked from the start (a server may ask for roots at once); the
     session's ``protocol`` becomes the era the agent reports: the one asked for, or the default it fell back to.
     """
-    session.handle = await backend.start(spec, session.egress.record)
+    with tracing.step("container start"):
+        session.handle = await backend.start(spec, session.egress.record)
     session.channel = AgentChannel(session.handle, max_message_bytes=max_message_bytes)
     session.channel.set_inbound(inbound)
     session.channel.start()

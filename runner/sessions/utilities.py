@@ -1,10 +1,11 @@
 """The rest of MCP a door passes on: resource templates, completion, logging level, subscriptions, ping, and the
 session's listener for what the server sends between requests.
 
-Each goes the way of every operation (``operations.py``): screened, recorded, the server's capability checked,
-the policy asked where the request names a resource or prompt, within the caller's call rate, under the call
-deadline with its intent on record, and what comes back validated and sanitized. A completion is allowed when
-the prompt or resource it completes an argument of is; a subscription when reading its resource is.
+Each goes the way of every operation (``operations.py``), begun by ``Serving._serving``: traced, screened,
+recorded, the server's capability checked, the policy asked where the request names a resource or prompt, within
+the caller's call rate, under the call deadline with its intent on record, and what comes back validated and
+sanitized. A completion is allowed when the prompt or resource it completes an argument of is; a subscription
+when reading its resource is.
 """
 
 from __future__ import annotations
@@ -42,8 +43,7 @@ class Utilities(Serving):
         self, session_id: str, *, caller: str, timeout: float | None = None
     ) -> Sanitized[list[mcp_types.ResourceTemplate]]:
         method = "resources/templates/list"
-        self._screen(session_id, caller, method, "resources")
-        async with self._journal.request(session_id, caller, method, {}) as entry:
+        async with self._serving(session_id, caller, method, {}, "resources") as entry:
             session = self._offering(session_id, caller, "resources", entry)
             async with self._guarding(session):
                 with self._gate.call_slot(caller, session.id):
@@ -65,8 +65,7 @@ class Utilities(Serving):
         """Completions for an argument of a prompt or resource template, sanitized."""
         method = "completion/complete"
         wire = params.model_dump(mode="json", by_alias=True, exclude_none=True)
-        self._screen(session_id, caller, method, "completions")
-        async with self._journal.request(session_id, caller, method, wire) as entry:
+        async with self._serving(session_id, caller, method, wire, "completions") as entry:
             session = self._offering(session_id, caller, "completions", entry)
             async with self._guarding(session):
                 ref = params.ref
@@ -158,8 +157,7 @@ class Utilities(Serving):
         self, session_id: str, caller: str, method: str, params: dict[str, str], capability: str, uri: str = ""
     ) -> None:
         """A request whose answer is empty: sent and checked to be a JSON object, nothing passed on."""
-        self._screen(session_id, caller, method, capability)
-        async with self._journal.request(session_id, caller, method, params) as entry:
+        async with self._serving(session_id, caller, method, params, capability, uri) as entry:
             session = (
                 self._offering(session_id, caller, capability, entry)
                 if capability

@@ -157,9 +157,66 @@ def test_request_attributes_follow_the_mcp_conventions() -> None:
     assert tracing.request_attributes("prompts/get", "s", "greet", "")["gen_ai.prompt.name"] == "greet"
     read = tracing.request_attributes("resources/read", "s", "mem://x", "")
     assert read["mcp.resource.uri"] == "mem://x" and "gen_ai.operation.name" not in read
+    for method in ("resources/subscribe", "resources/unsubscribe"):
+        assert tracing.request_attributes(method, "s", "mem://x", "")["mcp.resource.uri"] == "mem://x"
     assert tracing.span_name("tools/call", "get_current_time") == "tools/call get_current_time"
     assert tracing.span_name("resources/read", "mem://x") == "resources/read"  # URIs: high cardinality
     assert tracing.span_name("tools/list", "") == "tools/list"
+
+
+def test_a_target_names_the_spans_only_once_known_valid() -> None:
+    traced, exporter = memory_tracing()
+    hostile = "evil\x1b[2J" + "x" * 10_000
+    with traced.request("tools/call", "s", target=hostile):
+        tracing.known_target("unused")  # the request span is renamed…
+    with traced.request("tools/call", "s", target=hostile), tracing.outgoing("tools/list", {}):
+        pass
+    with traced.request("tools/list", "s"):
+        tracing.known_target("echo")  # …but only of a method whose target names spans
+    named, listing, unnamed, listed = exporter.get_finished_spans()
+    assert named.name == "tools/call unused"
+    assert unnamed.name == "tools/call" and listed.name == "tools/list"
+    value = (unnamed.attributes or {})["gen_ai.tool.name"]
+    assert isinstance(value, str) and value.isprintable() and len(value) == tracing.MAX_ATTRIBUTE_CHARS
+    assert listing.name == "tools/list" and listing.kind is SpanKind.CLIENT
+
+    exporter.clear()
+    with traced.request("prompts/get", "s", target="greet"):
+        with tracing.outgoing("prompts/get", {"name": "greet"}):
+            pass  # the server answered: the name is the server's
+        tracing.known_target("greet")
+    refused = traced.request("prompts/get", "s", target="made-up")
+    with pytest.raises(ToolNotFound), refused, tracing.outgoing("prompts/get", {"name": "made-up"}):
+        raise ToolNotFound("no prompt 'made-up'")  # the server refused it
+    with traced.request("tools/call", "s", target="echo"):
+        tracing.known_target("echo")
+        with tracing.outgoing("tools/call", {"name": "echo"}) as sent:
+            assert sent["_meta"]["traceparent"]
+    names = [(s.name, s.kind) for s in exporter.get_finished_spans()]
+    assert names == [
+        ("prompts/get greet", SpanKind.CLIENT),
+        ("prompts/get greet", SpanKind.SERVER),
+        ("prompts/get", SpanKind.CLIENT),
+        ("prompts/get", SpanKind.SERVER),
+        ("tools/call echo", SpanKind.CLIENT),
+        ("tools/call echo", SpanKind.SERVER),
+    ]
+    traced.shutdown()
+
+
+def test_an_open_is_named_by_a_configured_profile_only() -> None:
+    traced, exporter = memory_tracing()
+    with traced.open("time", "grpc", "2025-11-25", known=True):
+        pass
+    with traced.open("t\x00" * 500, "mcp-http", "2025-11-25", known=False):
+        pass
+    known, unknown = exporter.get_finished_spans()
+    assert known.name == "open time" and (known.attributes or {})["mcp_runner.profile"] == "time"
+    assert unknown.name == "open" and "mcp_runner.profile" not in (unknown.attributes or {})
+    assert (unknown.attributes or {})["mcp_runner.door"] == "mcp-http"
+    assert (unknown.attributes or {})["mcp.method.name"] == "initialize"
+    assert (known.attributes or {})["mcp.method.name"] == "session/open"
+    traced.shutdown()
 
 
 def test_caller_text_is_cut_and_made_printable() -> None:
@@ -226,7 +283,7 @@ def test_spans_nest_under_the_callers_context_and_errors_carry_the_status_name()
             pass
         raise ToolNotFound("session s1 has no tool 'nope'")
     step, request = exporter.get_finished_spans()
-    assert request.name == "tools/call nope" and request.kind is SpanKind.SERVER
+    assert request.name == "tools/call" and request.kind is SpanKind.SERVER  # "nope" was never known valid
     assert request.parent is not None and format(request.parent.span_id, "016x") == PARENT.split("-")[2]
     assert request.parent.is_remote and request.context is not None
     assert format(request.context.trace_id, "032x") == PARENT.split("-")[1]
