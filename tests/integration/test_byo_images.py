@@ -69,9 +69,14 @@ def plain_image(images: dict[str, str], tmp_path_factory: pytest.TempPathFactory
     subprocess.run(["docker", "build", "--network", "none", "-q", "-t", ref, str(ctx)], check=True,
                    capture_output=True, env={**os.environ, "DOCKER_BUILDKIT": "0"})
     yield ref
-    derived = subprocess.run(["docker", "image", "ls", "-q", "--filter", f"label=mcp-runner.base={ref}"],
-                             capture_output=True, text=True).stdout.split()
+    derived = subprocess.run(["docker", "image", "ls", "--filter", f"label=mcp-runner.base={ref}", "--format",
+                              "{{.Repository}}:{{.Tag}}"], capture_output=True, text=True).stdout.split()
     subprocess.run(["docker", "rmi", "-f", ref, *derived], capture_output=True)
+    from runner.image_transfer import TEST_CLUSTER_RUN_DIR, containerd_name
+
+    if derived and TEST_CLUSTER_RUN_DIR.is_dir():  # the Kubernetes run's start-up loaded them there
+
+        _ctr("images", "rm", *(containerd_name(name) for name in derived))
 
 
 def test_images_add_builds_pinned_images_with_the_agent(added: dict[str, tuple[str, str]]) -> None:
