@@ -20,7 +20,7 @@ from runner.api import convert, inputs
 from runner.api import protocol_convert as pconvert
 from runner.api._proto.mcp_runner.v1 import runner_pb2 as pb
 from runner.api.auth import Authenticator
-from runner.api.statuses import Context, deadline_of, translate_errors
+from runner.api.statuses import Context, deadline_of, entering, translate_errors
 from runner.errors import ClientDeclined, FailedPrecondition, NotFound
 from runner.sessions.continuations import Continuations, Conversation, InputRequest, PendingInput
 from runner.sessions.models import (
@@ -157,7 +157,7 @@ class ProtocolRpcs:
         return state in (SessionState.STARTING, SessionState.READY)
 
     async def ListResourceTemplates(self, request: Any, context: Context) -> Any:
-        async with translate_errors(context, "ListResourceTemplates"):
+        async with translate_errors(context, "ListResourceTemplates"), entering(context, "ListResourceTemplates"):
             caller = self._auth.identify(context)
             templates = await self._protocol.list_resource_templates(
                 convert.require_session_id(request.session_id), caller=caller, timeout=deadline_of(context)
@@ -165,7 +165,7 @@ class ProtocolRpcs:
             return pconvert.templates_to_proto(templates.value, templates.findings)
 
     async def Complete(self, request: Any, context: Context) -> Any:
-        async with translate_errors(context, "Complete"):
+        async with translate_errors(context, "Complete"), entering(context, "Complete"):
             caller = self._auth.identify(context)
             session_id = convert.require_session_id(request.session_id)
             result = await self._protocol.complete(
@@ -174,34 +174,34 @@ class ProtocolRpcs:
             return pconvert.completion_to_proto(result)
 
     async def SetLoggingLevel(self, request: Any, context: Context) -> Any:
-        async with translate_errors(context, "SetLoggingLevel"):
+        async with translate_errors(context, "SetLoggingLevel"), entering(context, "SetLoggingLevel"):
             caller = self._auth.identify(context)
             session_id = convert.require_session_id(request.session_id)
             await self._protocol.set_logging_level(session_id, pconvert.logging_level(request.level), caller=caller)
             return pb.SetLoggingLevelResponse()
 
     async def Subscribe(self, request: Any, context: Context) -> Any:
-        async with translate_errors(context, "Subscribe"):
+        async with translate_errors(context, "Subscribe"), entering(context, "Subscribe"):
             caller = self._auth.identify(context)
             session_id = convert.require_session_id(request.session_id)
             await self._protocol.subscribe(session_id, inputs.uri(request.uri), caller=caller)
             return pb.SubscribeResponse()
 
     async def Unsubscribe(self, request: Any, context: Context) -> Any:
-        async with translate_errors(context, "Unsubscribe"):
+        async with translate_errors(context, "Unsubscribe"), entering(context, "Unsubscribe"):
             caller = self._auth.identify(context)
             session_id = convert.require_session_id(request.session_id)
             await self._protocol.unsubscribe(session_id, inputs.uri(request.uri), caller=caller)
             return pb.UnsubscribeResponse()
 
     async def Ping(self, request: Any, context: Context) -> Any:
-        async with translate_errors(context, "Ping"):
+        async with translate_errors(context, "Ping"), entering(context, "Ping"):
             caller = self._auth.identify(context)
             await self._protocol.ping(convert.require_session_id(request.session_id), caller=caller)
             return pb.PingResponse()
 
     async def AnswerInput(self, request: Any, context: Context) -> Any:
-        async with translate_errors(context, "AnswerInput"):
+        async with translate_errors(context, "AnswerInput"), entering(context, "AnswerInput"):
             caller = self._auth.identify(context)
             session_id = convert.require_session_id(request.session_id)
             input_id = inputs.identifier(request.input_id, "input_id")
@@ -217,7 +217,7 @@ class ProtocolRpcs:
             return pb.AnswerInputResponse(call=pconvert.step_to_proto(step))
 
     async def WatchSession(self, request: Any, context: Context) -> AsyncIterator[Any]:
-        async with translate_errors(context, "WatchSession"):
+        async with translate_errors(context, "WatchSession"), entering(context, "WatchSession"):
             caller = self._auth.identify(context)
             session_id = convert.require_session_id(request.session_id)
             events = _WatchEvents()

@@ -32,11 +32,10 @@ from runner.api.auth import Authenticator
 from runner.api.catalog_rpcs import CatalogRpcs, CatalogService
 from runner.api.protocol_convert import input_to_proto, step_to_proto
 from runner.api.protocol_rpcs import ProtocolRpcs, ProtocolService
-from runner.api.statuses import Context, deadline_of, translate_errors
+from runner.api.statuses import Context, deadline_of, entering, translate_errors
 from runner.approvals import Approval
 from runner.audit.records import AuditQuery, AuditRecord, ReplayVerdict, Verification
 from runner.errors import FailedPrecondition, RunnerError, Unauthenticated
-from runner.observe import tracing
 from runner.sessions.continuations import (
     Continuations,
     Conversation,
@@ -141,12 +140,6 @@ _DONE = object()
 MAX_PROGRESS_WAITING = 64
 
 
-def _entering(context: Context, rpc: str) -> tracing.Entering:
-    """The caller's trace context (``traceparent`` metadata) as the parent of the runner's spans for ``rpc``."""
-    carrier = {k: v for k, v in context.invocation_metadata() or () if k in (tracing.TRACEPARENT, tracing.TRACESTATE)}
-    return tracing.Entering(carrier, {"rpc.system": "grpc", "rpc.service": "mcp_runner.v1.Runner", "rpc.method": rpc})
-
-
 def _answered_to_nobody(task: asyncio.Task[Any]) -> None:
     """A stream's call that ended as its caller left: its refusal is on record and heard by nobody, so it is
     retrieved here (asyncio logged each as an ERROR with a traceback); only a bug is worth the service log."""
@@ -206,7 +199,7 @@ class RunnerServicer(ProtocolRpcs, CatalogRpcs):
         self._watches = {}
 
     async def OpenSession(self, request: Any, context: Context) -> Any:
-        async with translate_errors(context, "OpenSession"), _entering(context, "OpenSession"):
+        async with translate_errors(context, "OpenSession"), entering(context, "OpenSession"):
             caller = self._auth.identify(context)
             opened = await self._manager.open(
                 inputs.name(request.profile, "profile"),
@@ -235,7 +228,7 @@ class RunnerServicer(ProtocolRpcs, CatalogRpcs):
             return pb.ListSessionsResponse(sessions=[convert.session_to_proto(s) for s in sessions])
 
     async def ListTools(self, request: Any, context: Context) -> Any:
-        async with translate_errors(context, "ListTools"), _entering(context, "ListTools"):
+        async with translate_errors(context, "ListTools"), entering(context, "ListTools"):
             caller = self._auth.identify(context)
             tools = await self._manager.list_tools(
                 convert.require_session_id(request.session_id), caller=caller, timeout=deadline_of(context)
@@ -246,7 +239,7 @@ class RunnerServicer(ProtocolRpcs, CatalogRpcs):
             )
 
     async def CallTool(self, request: Any, context: Context) -> Any:
-        async with translate_errors(context, "CallTool"), _entering(context, "CallTool"):
+        async with translate_errors(context, "CallTool"), entering(context, "CallTool"):
             caller = self._auth.identify(context)
             session_id, tool, arguments, timeout = await self._call_args(request, context)
             if request.answers_input:
@@ -299,7 +292,7 @@ class RunnerServicer(ProtocolRpcs, CatalogRpcs):
                 finally:
                     queue.put(_DONE)
 
-            with _entering(context, "CallToolStream"):
+            with entering(context, "CallToolStream"):
                 task = asyncio.create_task(run())
             try:
                 while (item := await queue.get()) is not _DONE:
@@ -317,7 +310,7 @@ class RunnerServicer(ProtocolRpcs, CatalogRpcs):
             yield pb.CallToolStreamResponse(result=convert.outcome_to_proto(outcome))
 
     async def ListResources(self, request: Any, context: Context) -> Any:
-        async with translate_errors(context, "ListResources"), _entering(context, "ListResources"):
+        async with translate_errors(context, "ListResources"), entering(context, "ListResources"):
             caller = self._auth.identify(context)
             resources = await self._manager.list_resources(
                 convert.require_session_id(request.session_id), caller=caller, timeout=deadline_of(context)
@@ -328,7 +321,7 @@ class RunnerServicer(ProtocolRpcs, CatalogRpcs):
             )
 
     async def ReadResource(self, request: Any, context: Context) -> Any:
-        async with translate_errors(context, "ReadResource"), _entering(context, "ReadResource"):
+        async with translate_errors(context, "ReadResource"), entering(context, "ReadResource"):
             caller = self._auth.identify(context)
             contents = await self._manager.read_resource(
                 convert.require_session_id(request.session_id), inputs.uri(request.uri), caller=caller,
@@ -337,7 +330,7 @@ class RunnerServicer(ProtocolRpcs, CatalogRpcs):
             return convert.read_result_to_proto(contents.value, contents.findings)
 
     async def ListPrompts(self, request: Any, context: Context) -> Any:
-        async with translate_errors(context, "ListPrompts"), _entering(context, "ListPrompts"):
+        async with translate_errors(context, "ListPrompts"), entering(context, "ListPrompts"):
             caller = self._auth.identify(context)
             prompts = await self._manager.list_prompts(
                 convert.require_session_id(request.session_id), caller=caller, timeout=deadline_of(context)
@@ -348,7 +341,7 @@ class RunnerServicer(ProtocolRpcs, CatalogRpcs):
             )
 
     async def GetPrompt(self, request: Any, context: Context) -> Any:
-        async with translate_errors(context, "GetPrompt"), _entering(context, "GetPrompt"):
+        async with translate_errors(context, "GetPrompt"), entering(context, "GetPrompt"):
             caller = self._auth.identify(context)
             result = await self._manager.get_prompt(
                 convert.require_session_id(request.session_id),

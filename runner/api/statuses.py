@@ -15,6 +15,7 @@ from typing import Any
 import grpc
 
 from runner.errors import InvalidArgument, RateLimited, RunnerError, Status
+from runner.observe import tracing
 
 log = logging.getLogger("runner.api.servicer")
 
@@ -59,3 +60,9 @@ async def translate_errors(context: Context, rpc: str) -> AsyncIterator[None]:
     except Exception:
         log.exception("%s failed unexpectedly", rpc)
         await context.abort(grpc.StatusCode.INTERNAL, "internal error (see the runner's log)")
+
+
+def entering(context: Context, rpc: str) -> tracing.Entering:
+    """The caller's trace context (``traceparent`` metadata) as the parent of the runner's spans for ``rpc``."""
+    carrier = {k: v for k, v in context.invocation_metadata() or () if k in (tracing.TRACEPARENT, tracing.TRACESTATE)}
+    return tracing.Entering(carrier, {"rpc.system": "grpc", "rpc.service": "mcp_runner.v1.Runner", "rpc.method": rpc})
