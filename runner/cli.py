@@ -38,6 +38,7 @@ from runner.cli_session import add_once_commands
 from runner.cli_shell import add_command as add_shell_command
 from runner.door import host_configs
 from runner.errors import RunnerError
+from runner.settings_log import log_word
 from runner.text import control_free
 
 LOCAL_COMMANDS = ("serve", "certs", "token", "images", "config", "bench")
@@ -192,11 +193,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="where sandboxes run (env MCP_RUNNER_BACKEND, else the file's `backend:`, else docker)",
     )
     serve.add_argument(
-        "--log-level", choices=("debug", "info", "warning", "error"),
+        "--log-level", choices=("debug", "info", "warning", "error"), type=log_word,
         help="the service log's level (env MCP_RUNNER_LOG_LEVEL, else the file's `log.level`, else info)",
     )
     serve.add_argument(
-        "--log-format", choices=("text", "json"),
+        "--log-format", choices=("text", "json"), type=log_word,
         help="text lines, or one JSON object per line (env MCP_RUNNER_LOG_FORMAT, else the file's `log.format`, "
         "else text)",
     )

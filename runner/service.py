@@ -307,9 +307,10 @@ async def _serve(settings: Settings, lock: InstanceLock) -> None:
         )
         if settings.mcp_http.listen:
             http_auth = HttpAuthenticator(settings.auth, lambda digest: policy.current.token_owner(digest))
-            scrape = MetricsEndpoint(metrics, http_auth, loopback=is_loopback(settings.mcp_http.listen),
+            scrape = MetricsEndpoint(metrics, http_auth, policy, loopback=is_loopback(settings.mcp_http.listen),
                                      public=settings.metrics.public)  # fmt: skip
-            door_app = DoorApp(manager, settings.mcp_http, settings.profiles, http_auth, journal.note, scrape)
+            door_app = DoorApp(manager, settings.mcp_http, settings.profiles, http_auth, journal.note, scrape,
+                               refused=metrics.http_refused)  # fmt: skip
             door = await start_door(door_app, settings.mcp_http.listen, tls=settings.tls,
                                     grace=settings.shutdown_grace_s)  # fmt: skip
             door_url = f"{'https' if settings.tls else 'http'}://{bound_address(settings.mcp_http.listen, door.port)}"

@@ -13,6 +13,9 @@ session. In order of the checks:
 * ``MCP-Protocol-Version``: a version the door speaks (else the 2026-07-28 era's -32022 naming them), and not the
   2026-07-28 era (which has no sessions) beside an ``Mcp-Session-Id``: 400.
 * a request without a session id that is not an ``initialize`` request: 400 (405 for a method the door has not).
+
+The door's own refusals (these, the profile's 404, the body's 413, a scrape's) are counted by their status
+(``counting_refusals``); one the SessionManager answers for (``MANAGED``) is counted by its records instead.
 """
 
 from __future__ import annotations
@@ -20,13 +23,14 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Callable
 from typing import Any
 
 import mcp_types as types
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, MODERN_PROTOCOL_VERSIONS, SUPPORTED_PROTOCOL_VERSIONS
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.types import Message
+from starlette.types import Message, Scope, Send
 
 from runner.door.errors import error_code, error_data, http_status
 from runner.errors import RateLimited, RunnerError, SessionClosed, Status
@@ -42,6 +46,21 @@ NO_SESSION = (
     "answer with every request of the session; or send the request in the 2026-07-28 era (MCP-Protocol-Version: "
     "2026-07-28), which needs no session"
 )
+
+
+MANAGED = "mcp_runner.managed"
+"""Scope key: the SessionManager answers for this request (a refusal of it is counted with its records)."""
+
+
+def counting_refusals(scope: Scope, send: Send, count: Callable[[int], None]) -> Send:
+    """``send``, telling ``count`` the status of a 4xx answer the door gave without the SessionManager."""
+
+    async def counted(message: Message) -> None:
+        if message["type"] == "http.response.start" and 400 <= message["status"] < 500 and not scope.get(MANAGED):
+            count(message["status"])
+        await send(message)
+
+    return counted
 
 
 def rpc_error(status: int, code: int, message: str, request_id: Any = None, data: Any = None,

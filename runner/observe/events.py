@@ -6,12 +6,10 @@ redacted, caller input capped), and a field missing or of another type gives a n
 
 from __future__ import annotations
 
-import time
+import math
 from collections.abc import Mapping
 from typing import Any
 
-from runner.audit import records
-from runner.audit.records import AuditEvent
 from runner.text import whole_words
 
 TEXT_CHARS = 300
@@ -39,9 +37,12 @@ def field(data: Mapping[str, Any], *path: str) -> Any:
 
 
 def number(value: Any) -> float | None:
+    """A finite, non-negative number (a count, a duration) as a float; anything else None: a NaN or an infinity
+    would poison a counter's or a histogram's sum for good, and none of the fields read so is ever negative."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
-    return float(value)
+    found = float(value)
+    return found if math.isfinite(found) and found >= 0 else None
 
 
 def request_outcome(data: Mapping[str, Any]) -> str:
@@ -54,31 +55,3 @@ def request_outcome(data: Mapping[str, Any]) -> str:
         status = field(data, "error", "status")
         return status.lower() if isinstance(status, str) else "error"
     return outcome if isinstance(outcome, str) else "unknown"
-
-
-class OpenClock:
-    """How long each admitted open took: from its policy ``allow`` (a warm claim or a cold start begins right after)
-    to its ``session.open`` record, timed on this process's monotonic clock as the events are made.
-
-    Holds at most ``cap`` opens under way (a service allows far fewer at once); past it the oldest is forgotten.
-    """
-
-    def __init__(self, cap: int = 4096) -> None:
-        self._cap = cap
-        self._began: dict[str, float] = {}
-
-    def seconds(self, event: AuditEvent) -> float | None:
-        """For a ``session.open`` of an admitted open: its duration; otherwise None (and notes a start)."""
-        if not event.session_id:
-            return None
-        if event.kind == records.POLICY:
-            data = event.data
-            if data.get("action") == "open" and data.get("verdict") == "allow":
-                if len(self._began) >= self._cap:
-                    self._began.pop(next(iter(self._began)))
-                self._began[event.session_id] = time.monotonic()
-            return None
-        if event.kind == records.SESSION_OPEN:
-            began = self._began.pop(event.session_id, None)
-            return None if began is None else time.monotonic() - began
-        return None

@@ -23,7 +23,7 @@ from typing import Any
 from runner.audit import records
 from runner.audit.records import AuditEvent
 from runner.config import LogConfig
-from runner.observe.events import OpenClock, field, number, request_outcome, text
+from runner.observe.events import field, number, request_outcome, text
 from runner.text import control_free
 
 EVENTS_LOGGER = "runner.events"
@@ -60,7 +60,9 @@ class JsonFormatter(logging.Formatter):
             line.update({key: value for key, value in fields.items() if key not in line})
         if record.exc_info:
             line["exception"] = self.formatException(record.exc_info)
-        return json.dumps(line, ensure_ascii=False, default=str)
+        # ASCII only: every line break a reader may split on (U+2028, U+2029, U+0085 and the C0/C1 controls) is
+        # escaped, so a line is one line whatever a caller sent, with no help from the stream it is written to.
+        return json.dumps(line, ensure_ascii=True, default=str)
 
 
 class ConsoleHandler(logging.StreamHandler):  # type: ignore[type-arg]
@@ -87,12 +89,9 @@ class EventLog:
 
     def __init__(self, logger: logging.Logger | None = None) -> None:
         self._log = logger or logging.getLogger(EVENTS_LOGGER)
-        self._clock = OpenClock()
 
     def __call__(self, event: AuditEvent) -> None:
-        if event.kind == records.POLICY:
-            self._clock.seconds(event)
-        elif event.kind == records.SESSION_OPEN:
+        if event.kind == records.SESSION_OPEN:
             self._opened(event)
         elif event.kind == records.SESSION_CLOSE:
             self._closed(event)
@@ -100,16 +99,16 @@ class EventLog:
             self._request(event)
 
     def _opened(self, event: AuditEvent) -> None:
-        seconds = self._clock.seconds(event)
         data = event.data
         if data.get("outcome") != "ok":
             return  # the manager logs a refused or failed open itself, with its reason
+        ms = number(data.get("duration_ms"))
         fields = {
             "event": "session.open", "session_id": event.session_id, "caller": event.caller,
             "profile": text(data.get("profile")), "start": text(data.get("start")), "door": text(data.get("door")),
-            "ms": None if seconds is None else round(seconds * 1000, 1),
+            "ms": None if ms is None else round(ms, 1),
         }  # fmt: skip
-        took = "" if seconds is None else f" in {seconds * 1000:.0f} ms"
+        took = "" if ms is None else f" in {ms:.0f} ms"
         self._line(fields, "session %s opened (%s start%s): profile %s, caller %s", event.session_id,
                    fields["start"], took, fields["profile"], event.caller)  # fmt: skip
 

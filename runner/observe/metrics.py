@@ -24,7 +24,7 @@ from prometheus_client.registry import Collector
 
 from runner.audit import records
 from runner.audit.records import AuditEvent
-from runner.observe.events import OpenClock, field, number, request_outcome
+from runner.observe.events import field, number, request_outcome
 
 PREFIX = "mcp_runner"
 UNKNOWN = "unknown"
@@ -42,6 +42,12 @@ METHODS = frozenset({
 what the caller sent) counts as ``other``, so no caller can use up the label's values."""
 MAX_TRACKED_SESSIONS = 16384
 """Open sessions whose profile and tools are remembered (for the labels of their requests); past it the oldest go."""
+MAX_ENDED_SESSIONS = 1024
+"""Sessions just ended whose labels are still remembered: the call that ends its session (an OOM kill, a crash, the
+denial that quarantines) has its request record made after the session.close, and still counts under its profile
+and tool. Its record follows the close at once, so a short memory of the last ones is enough."""
+HTTP_REFUSAL_STATUSES = frozenset({"400", "401", "403", "404", "405", "413", "421", "429"})
+"""The statuses of the door's own refusals with a label of their own; any other 4xx counts as ``other``."""
 _NAME_CHARS = 128
 
 OPEN_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0, 60.0, 120.0)
@@ -105,10 +111,10 @@ class RunnerMetrics:
         self.registry = CollectorRegistry()
         self._profiles = frozenset(profiles)
         self._sessions: dict[str, _Session] = {}
+        self._ended: dict[str, _Session] = {}
         self._tools: dict[str, _Values] = {}
         self._values: dict[str, _Values] = {}
         self._pending: set[str] = set()
-        self._clock = OpenClock()
         self._handlers: dict[str, Callable[[AuditEvent], None]] = {
             records.SESSION_OPEN: self._opened, records.SESSION_CLOSE: self._closed, records.REQUEST: self._request,
             records.VALIDATION: self._validation, records.FINDING: self._findings, records.POLICY: self._policy,
@@ -148,6 +154,10 @@ class RunnerMetrics:
         self.approvals_pending = Gauge(f"{p}_approvals_pending", "Approvals waiting for a decision", registry=r)
         self.throttled = Counter(f"{p}_throttled", "Requests refused by a rate, concurrency or session limit",
                                  ["action"], registry=r)  # fmt: skip
+        self.http_refusals = Counter(
+            f"{p}_http_refusals", "Requests the MCP door's listener refused itself, before the SessionManager "
+            "(Host, Origin, credentials, path, method, body, headers), by HTTP status", ["status"], registry=r,
+        )  # fmt: skip
         self.quarantines = Counter(f"{p}_quarantines", "Sessions ended for too many denied, blocked or invalid events",
                                    ["profile"], registry=r)  # fmt: skip
         self.egress = Counter(f"{p}_egress_decisions", "Decisions of sessions' egress proxies",
@@ -170,6 +180,11 @@ class RunnerMetrics:
         """The audit writer's hook (its own thread): one transaction took ``seconds``."""
         self.audit_commit_seconds.observe(seconds)
 
+    def http_refused(self, status: int) -> None:
+        """The door's hook: it answered a request with ``status`` (4xx) without asking the SessionManager."""
+        label = str(status)
+        self.http_refusals.labels(label if label in HTTP_REFUSAL_STATUSES else OTHER).inc()
+
     def watch(self, pool: PoolView | None, audit: QueueView | None) -> None:
         """Read ``pool`` (ready, target, claims) and ``audit`` (queue depth) at every scrape."""
         self.registry.register(_Pulled(pool, audit))
@@ -182,13 +197,17 @@ class RunnerMetrics:
     def _profile(self, value: Any) -> str:
         return value if isinstance(value, str) and value in self._profiles else UNKNOWN
 
+    def _session(self, session_id: str) -> _Session | None:
+        """An open session's labels, or a just-ended one's (its last records follow its close)."""
+        return self._sessions.get(session_id) or self._ended.get(session_id)
+
     def _session_profile(self, session_id: str) -> str:
-        session = self._sessions.get(session_id)
+        session = self._session(session_id)
         return session.profile if session is not None else UNKNOWN
 
     @staticmethod
     def _method(value: Any) -> str:
-        return value if value in METHODS else OTHER
+        return value if isinstance(value, str) and value in METHODS else OTHER
 
     def _value(self, label: str, value: Any) -> str:
         if not isinstance(value, str) or not value or len(value) > _NAME_CHARS:
@@ -196,7 +215,7 @@ class RunnerMetrics:
         return self._values.setdefault(label, _Values(MAX_LABEL_VALUES))(value)
 
     def _tool(self, session_id: str, name: Any) -> str:
-        session = self._sessions.get(session_id)
+        session = self._session(session_id)
         if session is None or not isinstance(name, str) or name not in session.tools:
             return OTHER
         return self._tools.setdefault(session.profile, _Values(MAX_TOOL_LABELS))(name)
@@ -208,10 +227,10 @@ class RunnerMetrics:
         profile = self._profile(data.get("profile"))
         outcome = self._value("open_outcome", data.get("outcome"))
         self.sessions_opened.labels(profile, outcome).inc()
-        seconds = self._clock.seconds(event)
-        if seconds is not None:
+        duration_ms = number(data.get("duration_ms"))  # an admitted open's, from the policy's allow to its record
+        if duration_ms is not None:
             start = data.get("start") if data.get("start") in ("cold", "warm") else UNKNOWN
-            self.open_seconds.labels(profile, start).observe(seconds)
+            self.open_seconds.labels(profile, start).observe(duration_ms / 1000)
         if outcome != "ok" or not event.session_id or event.session_id in self._sessions:
             return
         if len(self._sessions) >= MAX_TRACKED_SESSIONS:
@@ -226,8 +245,12 @@ class RunnerMetrics:
 
     def _forget(self, session_id: str) -> None:
         session = self._sessions.pop(session_id, None)
-        if session is not None:
-            self.sessions_open.labels(session.profile).dec()
+        if session is None:
+            return
+        self.sessions_open.labels(session.profile).dec()
+        if len(self._ended) >= MAX_ENDED_SESSIONS:
+            self._ended.pop(next(iter(self._ended)))
+        self._ended[session_id] = session
 
     def _closed(self, event: AuditEvent) -> None:
         profile = self._profile(event.data.get("profile"))
@@ -258,10 +281,9 @@ class RunnerMetrics:
             if isinstance(finding, Mapping):
                 count = number(finding.get("count"))
                 kind, action = self._value("finding", finding.get("kind")), self._value("action", finding.get("action"))
-                self.findings.labels(kind, action).inc(max(count or 1.0, 0.0))
+                self.findings.labels(kind, action).inc(count or 1.0)
 
     def _policy(self, event: AuditEvent) -> None:
-        self._clock.seconds(event)
         data = event.data
         self.policy.labels(self._value("action", data.get("action")), self._value("verdict", data.get("verdict"))).inc()
 
@@ -276,8 +298,13 @@ class RunnerMetrics:
         self.approvals_pending.set(len(self._pending))
 
     def _throttle(self, event: AuditEvent) -> None:
-        action = event.data.get("action") or event.data.get("method")  # an open, or the request a rate refused
+        data = event.data
+        action = data.get("action") or data.get("method")  # an open, or the request a rate refused
         self.throttled.labels("open" if action == "open" else self._method(action)).inc()
+        if "action" in data and action != "open":
+            # Refused past the caller's refusal rate before its record was begun: no request event follows.
+            method = self._method(action)
+            self.requests.labels(self._session_profile(event.session_id), method, "resource_exhausted").inc()
 
     def _quarantine(self, event: AuditEvent) -> None:
         self.quarantines.labels(self._session_profile(event.session_id)).inc()
@@ -288,8 +315,9 @@ class RunnerMetrics:
 
     def _exit(self, event: AuditEvent) -> None:
         data = event.data
-        reason = "oom_killed" if data.get("oom_killed") is True else (
-            "exited" if number(data.get("exit_code")) is not None else "gone")
+        code = data.get("exit_code")
+        exited = isinstance(code, int) and not isinstance(code, bool)
+        reason = "oom_killed" if data.get("oom_killed") is True else "exited" if exited else "gone"
         self.exits.labels(self._session_profile(event.session_id), reason).inc()
 
 

@@ -2,10 +2,11 @@
 
 Who may scrape follows the door (and common practice for exporters): where callers need no credentials (a loopback
 listener without tokens or mTLS) neither does a scrape; where they must authenticate, a scrape must too (the same
-bearer tokens or client certificates), unless the settings say ``metrics: {public: true}``. With mTLS the TLS
-handshake itself asks every client for a certificate, so ``public`` opens nothing to a client without one. On a
-loopback listener the door's DNS-rebinding check (Host, Origin) applies as to every request. Only GET: anything
-else is 405.
+bearer tokens or client certificates), and the metrics tell of every caller's activity, so the caller must be one
+the policy lets read everything, as the audit log does: the auditor or admin role (403 otherwise). The settings'
+``metrics: {public: true}`` lifts both. With mTLS the TLS handshake itself asks every client for a certificate, so
+``public`` opens nothing to a client without one. On a loopback listener the door's DNS-rebinding check (Host,
+Origin) applies as to every request. Only GET: anything else is 405.
 """
 
 from __future__ import annotations
@@ -21,16 +22,22 @@ from runner.door.refusals import transport_refusal
 from runner.door.tls_peer import peer_certificate
 from runner.errors import Unauthenticated
 from runner.observe.metrics import RunnerMetrics
+from runner.policy import ADMIN, AUDITOR, PolicyStore
+
+READER_ROLES = (AUDITOR, ADMIN)
+"""The roles that read every caller's audit records (``runner.audit.service``): the same read every caller's counts."""
 
 
 class MetricsEndpoint:
     """The ASGI answer to a request for ``METRICS_PATH``."""
 
     def __init__(
-        self, metrics: RunnerMetrics, authenticator: HttpAuthenticator, *, loopback: bool, public: bool
-    ) -> None:
+        self, metrics: RunnerMetrics, authenticator: HttpAuthenticator, policy: PolicyStore, *, loopback: bool,
+        public: bool,
+    ) -> None:  # fmt: skip
         self._metrics = metrics
         self._auth = authenticator
+        self._policy = policy
         self._loopback = loopback
         self._public = public
 
@@ -46,8 +53,22 @@ class MetricsEndpoint:
             return refused
         if not self._public:
             try:
-                self._auth.identify(request.headers, peer_certificate(request.scope))
+                caller = self._auth.identify(request.headers, peer_certificate(request.scope))
             except Unauthenticated as exc:
                 challenge = {"WWW-Authenticate": 'Bearer realm="mcp-runner"'} if self._auth.challenges else None
                 return PlainTextResponse(f"{exc.message}\n", status_code=401, headers=challenge)
+            if not self._auth.config.anonymous and not self._reads_all(caller):
+                return PlainTextResponse(f"{self._refusal(caller)}\n", status_code=403)
         return Response(self._metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
+
+    def _reads_all(self, caller: str) -> bool:
+        policy = self._policy.current
+        return any(policy.has_role(caller, role) for role in READER_ROLES)
+
+    def _refusal(self, caller: str) -> str:
+        policy = self._policy.current
+        return (
+            f"caller {caller} may not read {METRICS_PATH}: it counts every caller's activity, so it needs the "
+            f"auditor or admin role ({policy.label}: {policy.caller(caller).entry}.roles), or the settings' "
+            "metrics: {public: true} to answer any scrape"
+        )

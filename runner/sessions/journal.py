@@ -350,6 +350,16 @@ class Journal:
                 "action": "open", "profile": capped(profile), "error": error_json(error),
             })  # fmt: skip
 
+    def throttled(self, caller: str, action: str, error: RateLimited, *, recorded: bool) -> None:
+        """A request (``action``: its method, or ``open``) refused past the caller's refusal rate, before its record
+        was begun. Every one is told to the observers (metrics count each); only a run's first is ``recorded`` (a
+        short throttle note), so a flood of refusals cannot grow the audit log."""
+        event = AuditEvent(records.THROTTLE, "", caller, {"action": capped(action), "error": error_json(error)})
+        if recorded:
+            self._queue(event)
+        else:
+            self.observe(event)
+
     def policy(self, session_id: str, caller: str, action: str, verdict: str, rule: str, **detail: Any) -> None:
         """``rule`` (a denial's message may quote the caller) and ``detail`` (tool, profile names) are capped."""
         self.note(records.POLICY, session_id, caller, {

@@ -231,15 +231,6 @@ def test_an_oom_kill_and_a_quarantine_each_count_once(observed: Service) -> None
     assert value(after, "mcp_runner_sessions_open", profile="memory_hog") == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "DEFECT: the call that ends its session (OOM-killed, crashed, or the denial that quarantines) is counted "
-        "under profile=unknown, tool=other: the journal makes its session.close before the request's record, and "
-        "RunnerMetrics._closed forgets the session's profile and tools first (runner/observe/metrics.py _forget); "
-        "fix: forget a session's labels after its last request record (or carry profile/tool in the request data)"
-    ),
-)
 def test_the_call_that_killed_its_sandbox_counts_under_its_profile_and_tool(observed: Service) -> None:
     before = scrape(observed)
     with observed.client() as client:
@@ -416,9 +407,10 @@ def test_the_warning_level_hides_info_lines_and_keeps_warnings(
 @pytest.mark.xfail(
     strict=True,
     reason=(
-        "DEFECT: a run of refusals past refusals_per_min counts once in mcp_runner_throttled_total on both doors "
-        "(only the run's first makes a THROTTLE event: SessionManager._refusing), so the throttled-request metric "
-        "undercounts a flood; fix: count every throttled refusal (an observe-only event or a direct counter)"
+        "DEFECT, fix pending in runner/sessions/serving.py (helper T2's file): Serving._refusing must call "
+        "`self._journal.throttled(caller, action, error, recorded=first)` for every throttled refusal (the journal "
+        "observes each, records a run's first); until then a run of refusals past refusals_per_min counts once in "
+        "mcp_runner_throttled_total on both doors"
     ),
 )
 async def test_every_throttled_refusal_counts_on_both_doors(observed: Service) -> None:

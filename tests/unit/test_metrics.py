@@ -288,3 +288,32 @@ def test_a_method_the_caller_made_up_is_other() -> None:
     metrics.observe(AuditEvent(records.REQUEST, "", "alice", {"method": "tools/list", "outcome": "ok"}))
     methods = {s.labels["method"] for s in _samples(metrics, "mcp_runner_requests_total")}
     assert methods == {"other", "tools/list"}
+
+
+async def test_open_latency_is_the_duration_the_session_open_record_carries(tmp_path: Path) -> None:
+    seen: list[AuditEvent] = []
+    async with running(tmp_path, seen.append) as run:
+        await run.manager.open("good", caller="alice")
+        (record,) = [e for e in seen if e.kind == records.SESSION_OPEN]
+        took = record.data["duration_ms"]
+        assert record.data["start"] == "cold" and isinstance(took, float) and took >= 0
+        assert run.value("mcp_runner_session_open_seconds_sum", profile="good", start="cold") == took / 1000
+    metrics = RunnerMetrics(["good"])  # an open without a duration (abandoned, refused) is not timed
+    metrics.observe(AuditEvent(records.SESSION_OPEN, "s1", "alice", {"profile": "good", "outcome": "abandoned"}))
+    assert metrics.registry.get_sample_value("mcp_runner_session_open_seconds_count",
+                                             {"profile": "good", "start": "unknown"}) is None  # fmt: skip
+
+
+def test_odd_numbers_never_reach_a_counter_or_a_histogram() -> None:
+    metrics = RunnerMetrics(["good"])
+    for count in (float("nan"), float("inf"), -3, "7", True):
+        metrics.observe(AuditEvent(records.FINDING, "", "", {"findings": [{"kind": "email", "action": "redact",
+                                                                            "count": count}]}))  # fmt: skip
+    metrics.observe(AuditEvent(records.FINDING, "", "", {"findings": [{"kind": "email", "action": "redact",
+                                                                        "count": 4}]}))  # fmt: skip
+    assert metrics.registry.get_sample_value("mcp_runner_findings_total", {"kind": "email", "action": "redact"}) == 9
+    metrics.observe(AuditEvent(records.SESSION_OPEN, "s1", "alice", {"profile": "good", "outcome": "ok",
+                                                                    "start": "warm", "duration_ms": float("nan")}))
+    metrics.observe(AuditEvent(records.REQUEST, "s1", "alice", {"method": "tools/call", "outcome": "ok",
+                                                               "duration_ms": -1.0}))  # fmt: skip
+    assert "nan" not in metrics.exposition().decode().lower()

@@ -1,8 +1,9 @@
-"""``/metrics``: GET only, the door's Host check on loopback, and the callers' credentials where callers need them
-(unless ``metrics.public``)."""
+"""``/metrics``: GET only, the door's Host check on loopback, and the callers' credentials where callers need them,
+of a caller who reads everything (the auditor or admin role), unless ``metrics.public``."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,14 +14,27 @@ from runner.config import AuthConfig
 from runner.door.identity import HttpAuthenticator
 from runner.observe.metrics import RunnerMetrics
 from runner.observe.scrape import MetricsEndpoint
+from runner.policy import PolicyStore
 
 TOKEN = "mcpr_" + "a" * 40
+ADMIN_TOKEN = "mcpr_" + "b" * 40
+TENANT_TOKEN = "mcpr_" + "c" * 40
+OWNERS = {hash_token(TOKEN): "prometheus", hash_token(ADMIN_TOKEN): "root", hash_token(TENANT_TOKEN): "tenant"}
+ROLES = """\
+callers:
+  prometheus: {profiles: [], roles: [auditor]}
+  root: {profiles: [], roles: [admin]}
+  tenant: {profiles: ["*"], roles: [approver]}
+"""
+"""Prometheus's caller audits, root administers; a tenant opens sessions, and approves, but reads only its own."""
 
 
-def endpoint(*, tokens: bool = False, public: bool = False, loopback: bool = True) -> MetricsEndpoint:
-    owners = {hash_token(TOKEN): "prometheus"}
-    authenticator = HttpAuthenticator(AuthConfig(tokens=tokens), owners.get)
-    return MetricsEndpoint(RunnerMetrics(["time"]), authenticator, loopback=loopback, public=public)
+def endpoint(*, tokens: bool = False, public: bool = False, loopback: bool = True,
+             policy: PolicyStore | None = None) -> MetricsEndpoint:  # fmt: skip
+    """Without ``policy``: the embedded default, which gives every caller every role (a developer's machine)."""
+    authenticator = HttpAuthenticator(AuthConfig(tokens=tokens), OWNERS.get)
+    return MetricsEndpoint(RunnerMetrics(["time"]), authenticator, policy or PolicyStore(None), loopback=loopback,
+                           public=public)  # fmt: skip
 
 
 async def scrape(app: MetricsEndpoint, method: str = "GET", **headers: str) -> tuple[int, dict[str, str], str]:
@@ -77,3 +91,17 @@ async def test_where_callers_authenticate_a_scrape_must_too() -> None:
 async def test_public_metrics_need_no_token() -> None:
     status, _, _ = await scrape(endpoint(tokens=True, public=True))
     assert status == 200
+
+
+async def test_a_caller_without_a_reading_role_may_not_scrape_other_tenants_activity(tmp_path: Path) -> None:
+    (tmp_path / "policy.yaml").write_text(ROLES, encoding="utf-8")
+    policy = PolicyStore(tmp_path / "policy.yaml")
+    guarded = endpoint(tokens=True, policy=policy)
+    status, _, body = await scrape(guarded, authorization=f"Bearer {TENANT_TOKEN}")
+    assert status == 403
+    assert "caller tenant" in body and "auditor or admin role" in body and "callers.tenant.roles" in body
+    assert "metrics: {public: true}" in body
+    assert (await scrape(guarded, authorization=f"Bearer {TOKEN}"))[0] == 200
+    assert (await scrape(guarded, authorization=f"Bearer {ADMIN_TOKEN}"))[0] == 200
+    public = endpoint(tokens=True, public=True, policy=policy)
+    assert (await scrape(public, authorization=f"Bearer {TENANT_TOKEN}"))[0] == 200

@@ -172,3 +172,43 @@ def test_serve_options_win_over_the_environment(monkeypatch: pytest.MonkeyPatch)
     assert seen == {"level": "error", "format": "json"}
     with pytest.raises(SystemExit):
         cli.main(["serve", "--log-format", "xml"])
+
+
+def test_a_json_line_is_ascii_so_no_reader_splits_it() -> None:
+    breaks = "\u2028\u2029\x85\x1c\x1d\x1e\x0b\x0c\r\u202e"
+    event = AuditEvent(records.REQUEST, "", "mallory", {
+        "method": f"tools/call{breaks}", "outcome": "error", "error": {"status": "NOT_FOUND", "message": breaks},
+    })  # fmt: skip
+    written = event_line(event, JsonFormatter())
+    assert written.isascii() and len(written.splitlines()) == 1
+    assert json.loads(written)["method"] == f"tools/call{breaks}"  # exact once parsed
+
+
+def test_log_level_and_format_are_read_alike_in_any_case_from_the_file_the_environment_and_serve(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import types
+
+    from runner import cli
+
+    monkeypatch.delenv("MCP_RUNNER_LOG_LEVEL", raising=False)
+    monkeypatch.delenv("MCP_RUNNER_LOG_FORMAT", raising=False)
+    settings = tmp_path / "settings.yaml"
+    settings.write_text("log: {level: WARNING, format: ' Json'}\n", encoding="utf-8")
+    assert load_settings(settings).log == LogConfig(level="warning", format="json")
+    monkeypatch.setenv("MCP_RUNNER_LOG_LEVEL", " Error ")
+    assert load_settings(settings).log == LogConfig(level="error", format="json")
+    monkeypatch.delenv("MCP_RUNNER_LOG_LEVEL")
+    seen: dict[str, str | None] = {}
+
+    def loaded(*args: Any, **kwargs: Any) -> str:
+        seen.update(level=os.environ.get("MCP_RUNNER_LOG_LEVEL"), format=os.environ.get("MCP_RUNNER_LOG_FORMAT"))
+        return "settings"
+
+    async def run_service(settings: str) -> None:
+        pass
+
+    monkeypatch.setitem(sys.modules, "runner.settings_file", types.SimpleNamespace(load_settings=loaded))
+    monkeypatch.setitem(sys.modules, "runner.service", types.SimpleNamespace(run_service=run_service))
+    assert cli.main(["serve", "--log-level", "DEBUG", "--log-format", "TEXT"]) == 0
+    assert seen == {"level": "debug", "format": "text"}

@@ -84,35 +84,35 @@ def value(metrics: RunnerMetrics, name: str, **labels: str) -> float:
 @pytest.mark.xfail(
     strict=True,
     reason=(
-        "DEFECT: mcp_runner_throttled_total counts runs of throttled refusals, not requests: past "
-        "refusals_per_min only the first RESOURCE_EXHAUSTED of a run makes a THROTTLE event "
-        "(SessionManager._refusing / Gate.throttle_refusal 'first'), and metrics see only events; the rest are "
-        "counted nowhere (not in requests_total either)"
+        "DEFECT, fix pending in runner/sessions/serving.py (helper T2's file): Serving._refusing must tell the "
+        "journal of every throttled refusal, `self._journal.throttled(caller, action, error, recorded=first)` "
+        "(Journal.throttled: every one observed, a run's first recorded) instead of noting the first only; until "
+        "then metrics see only the first RESOURCE_EXHAUSTED of a run"
     ),
 )
 async def test_every_request_refused_past_the_refusal_rate_is_counted(tmp_path: Path) -> None:
-    async with managed(tmp_path) as (manager, metrics):
-        throttled = 0
-        for n in range(8):
-            try:
-                await manager.call_tool(f"ses_missing{n}", "echo", {"text": "x"}, caller="alice")
-            except errors.RateLimited:
-                throttled += 1
-            except errors.SessionNotFound:
-                pass
-        assert throttled == 6  # the burst of two answered NOT_FOUND, the rest RESOURCE_EXHAUSTED
-        assert value(metrics, "mcp_runner_throttled_total", action="tools/call") == throttled
+    store = AuditStore(tmp_path / "audit.db")
+    store.open()
+    try:
+        async with managed(tmp_path, store=store) as (manager, metrics):
+            throttled = 0
+            for n in range(8):
+                try:
+                    await manager.call_tool(f"ses_missing{n}", "echo", {"text": "x"}, caller="alice")
+                except errors.RateLimited:
+                    throttled += 1
+                except errors.SessionNotFound:
+                    pass
+            assert throttled == 6  # the burst of two answered NOT_FOUND, the rest RESOURCE_EXHAUSTED
+            assert value(metrics, "mcp_runner_throttled_total", action="tools/call") == throttled
+            assert value(metrics, "mcp_runner_requests_total", profile="unknown", method="tools/call",
+                         outcome="resource_exhausted") == throttled  # fmt: skip
+    finally:
+        store.close()
+    # The audit log keeps its one throttle record per run: a flood of refusals does not grow it.
+    assert len(list(store.query(AuditQuery(kinds=(records.THROTTLE,))))) == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "DEFECT: RunnerMetrics.observe raises TypeError for a method that is a list (METHODS membership in "
-        "_method) and lets a NaN finding count poison mcp_runner_findings_total for good, although runner/observe/"
-        "events.py promises that a field of another type gives a neutral answer, never an error; fix: check "
-        "isinstance(value, str) in _method and take finite non-negative counts only"
-    ),
-)
 def test_malformed_event_data_never_raises_nor_poisons_a_counter() -> None:
     metrics = RunnerMetrics(["good"])
     odd: list[object] = [None, 7, float("nan"), True, "", ["tools/call"], {"prefix": "x"}]
@@ -293,13 +293,6 @@ CRASHING = MappingProxyType({
 })  # fmt: skip
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "DEFECT: a call that ends its session (OOM kill, crash) counts under profile=unknown, tool=other: the "
-        "session.close event comes before the request's, and RunnerMetrics._closed forgets the session first"
-    ),
-)
 async def test_a_call_that_ends_its_sandbox_counts_under_its_profile_and_tool(tmp_path: Path) -> None:
     settings = Settings(profiles=CRASHING, max_sessions=4, reap_interval_s=3600)
     metrics = RunnerMetrics(settings.profiles, "fake")
