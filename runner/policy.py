@@ -162,9 +162,12 @@ class Policy:
             entry = self.caller(caller).entry
             raise PermissionDenied(f"caller {caller} lacks the {role} role ({self.label}: {entry}.roles)")
 
+    def may_open(self, caller: str, profile: str) -> bool:
+        return any(fnmatchcase(profile, pattern) for pattern in self.caller(caller).profiles)
+
     def check_open(self, caller: str, profile: str) -> None:
-        policy = self.caller(caller)
-        if not any(fnmatchcase(profile, pattern) for pattern in policy.profiles):
+        if not self.may_open(caller, profile):
+            policy = self.caller(caller)
             raise PermissionDenied(
                 f"caller {caller} may not open profile {profile!r} ({self.label}: {policy.entry}.profiles "
                 f"{json.dumps(list(policy.profiles))} does not include {json.dumps(profile)})"

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import mcp_types
 
 from runner.config import Settings
-from runner.errors import PermissionDenied, ProfileNotFound
+from runner.errors import ProfileNotFound
 from runner.guard.findings import Finding, FindingLog
 from runner.sessions.egress_record import describe_network
 from runner.sessions.gate import Gate
@@ -65,13 +65,11 @@ class Catalog:
         policy = self._gate.policy
         if only:
             if only not in self._settings.profiles:
-                raise ProfileNotFound(f"no profile named {only!r}")
+                raise self.unknown_profile(only, caller)
             policy.check_open(caller, only)
         entries = []
         for name in [only] if only else sorted(self._settings.profiles):
-            try:
-                policy.check_open(caller, name)
-            except PermissionDenied:
+            if not policy.may_open(caller, name):
                 continue
             profile = self._settings.profiles[name]
             shown = self._latest_listing(caller, name)
@@ -81,6 +79,12 @@ class Catalog:
                 runtime=profile.runtime, tools=tools, tools_session_id="" if shown is None else shown.id,
             ))  # fmt: skip
         return entries
+
+    def unknown_profile(self, name: str, caller: str) -> ProfileNotFound:
+        """NOT_FOUND for ``name``, naming only the profiles ``caller`` may open: the others are other tenants'."""
+        policy = self._gate.policy
+        openable = [p for p in sorted(self._settings.profiles) if policy.may_open(caller, p)]
+        return ProfileNotFound(f"no profile named {name!r} (profiles you may open: {', '.join(openable) or 'none'})")
 
     def logs(self, session_id: str, caller: str) -> SessionLogs:
         session = self._lookup(session_id, caller)

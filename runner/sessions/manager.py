@@ -40,7 +40,6 @@ from runner.config import Limits, Profile, Settings
 from runner.errors import (
     DeadlineExceeded,
     InvalidArgument,
-    ProfileNotFound,
     QuotaExceeded,
     RunnerError,
     Unavailable,
@@ -327,8 +326,7 @@ class SessionManager(Operations):
             raise Unavailable(SHUTTING_DOWN)
         chosen = self._settings.profiles.get(profile)
         if chosen is None:
-            known = ", ".join(sorted(self._settings.profiles)) or "none"
-            raise ProfileNotFound(f"no profile named {profile!r} (known profiles: {known})")
+            raise self.catalog().unknown_profile(profile, caller)
         checked_labels = check_labels(labels or {})
         live = [s for s in self._sessions.values() if s.state in (SessionState.STARTING, SessionState.READY)]
         if len(live) >= self._settings.max_sessions:

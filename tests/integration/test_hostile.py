@@ -47,7 +47,7 @@ def test_unknown_profile_session_tool(client: RunnerClient) -> None:
     with pytest.raises(grpc.RpcError) as caught:
         client.open_session("no-such-profile")
     assert code_of(caught) == grpc.StatusCode.NOT_FOUND
-    assert "known profiles" in details_of(caught)
+    assert "profiles you may open" in details_of(caught)
     with pytest.raises(grpc.RpcError) as caught:
         client.call_tool("0123456789abcdef", "echo", {})
     assert code_of(caught) == grpc.StatusCode.NOT_FOUND

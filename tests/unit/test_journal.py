@@ -209,7 +209,7 @@ async def test_refused_requests_of_3_mib_cost_the_log_a_few_kib(env: Env) -> Non
 
     opened = only(of_kind(written, records.SESSION_OPEN, outcome="refused", profile=digest_of(big)))
     known = ", ".join(sorted(PROFILES))
-    assert opened.data["error"]["message"] == digest_of(f"no profile named {big!r} (known profiles: {known})")
+    assert opened.data["error"]["message"] == digest_of(f"no profile named {big!r} (profiles you may open: {known})")
     unknown = only(of_kind(written, records.REQUEST, method="tools/call", session_id=digest_of(big)))
     assert unknown.session_id == "" and unknown.data["method"] == "tools/call"
     assert unknown.data["params"] == {"name": "say", "arguments": digest_of(records.canonical_json({"text": big}))}

@@ -78,7 +78,7 @@ async def test_open_call_close(manager: SessionManager) -> None:
 
 
 async def test_unknown_profile_session_tool(manager: SessionManager) -> None:
-    with pytest.raises(errors.ProfileNotFound, match="known profiles"):
+    with pytest.raises(errors.ProfileNotFound, match="profiles you may open"):
         await manager.open("nope", caller="a")
     with pytest.raises(errors.SessionNotFound):
         manager.get("missing", caller="a")
