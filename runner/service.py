@@ -316,7 +316,7 @@ async def _serve(settings: Settings, lock: InstanceLock) -> None:
             door_url = f"{'https' if settings.tls else 'http'}://{bound_address(settings.mcp_http.listen, door.port)}"
             log.info("MCP door: %s/mcp/<profile> (Streamable HTTP, both protocol eras); Prometheus metrics: %s/metrics "
                      "(%s)", door_url, door_url, "open" if settings.metrics.public or settings.auth.anonymous else
-                     "callers' credentials")  # fmt: skip
+                     "an auditor's or admin's credentials")  # fmt: skip
         pools = ", ".join(f"{name} {size}" for name, size in sorted(settings.pool.items())) or "off"
         log.info("warm pool: %s; at most %d sandboxes boot at once, an open waits for a slot up to %g s without a "
                  "deadline of its own", pools, settings.max_concurrent_boots, settings.open_queue_timeout_s)

@@ -104,6 +104,7 @@ def test_a_refused_open_counts_without_its_profile_name_as_a_label(watched: Serv
 
 
 def test_metrics_answer_get_only_and_only_for_this_machine(watched: Service) -> None:
+    before = scrape(watched)
     url = f"http://{watched.mcp_listen}/metrics"
     with pytest.raises(urllib.error.HTTPError) as posted:
         urllib.request.urlopen(urllib.request.Request(url, data=b"{}", method="POST"), timeout=10)
@@ -112,6 +113,10 @@ def test_metrics_answer_get_only_and_only_for_this_machine(watched: Service) -> 
     with pytest.raises(urllib.error.HTTPError) as foreign:
         urllib.request.urlopen(rebound, timeout=10)
     assert foreign.value.code == 421
+    after = scrape(watched)  # the door's own refusals, by status
+    for status in ("405", "421"):
+        refused = "mcp_runner_http_refusals_total"
+        assert value(after, refused, status=status) - value(before, refused, status=status) == 1, status
 
 
 def test_the_service_log_names_where_metrics_are(watched: Service) -> None:
@@ -119,11 +124,15 @@ def test_the_service_log_names_where_metrics_are(watched: Service) -> None:
 
 
 
-def test_where_callers_need_a_token_so_does_a_scrape(images: dict[str, str], tmp_path: Path) -> None:
-    token = new_token()
-    (tmp_path / "policy.yaml").write_text(
-        f'callers:\n  prometheus: {{tokens: ["{hash_token(token)}"], profiles: []}}\n', encoding="utf-8"
-    )
+def test_where_callers_need_a_token_so_does_a_scrape_of_a_caller_who_reads_everything(
+    images: dict[str, str], tmp_path: Path
+) -> None:
+    token, tenant = new_token(), new_token()
+    (tmp_path / "policy.yaml").write_text(textwrap.dedent(f"""\
+        callers:
+          prometheus: {{tokens: ["{hash_token(token)}"], profiles: [], roles: [auditor]}}
+          tenant: {{tokens: ["{hash_token(tenant)}"], profiles: [time]}}
+        """), encoding="utf-8")  # fmt: skip
     config = tmp_path / "settings.yaml"
     config.write_text("auth: {tokens: true}\npolicy: policy.yaml\npool: {}\n", encoding="utf-8")
     service = start_service(tmp_path, f"it-metrics-auth-{secrets.token_hex(4)}", config=config)
@@ -134,10 +143,20 @@ def test_where_callers_need_a_token_so_does_a_scrape(images: dict[str, str], tmp
             with pytest.raises(urllib.error.HTTPError) as refused:
                 urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=10)
             assert refused.value.code == 401 and refused.value.headers["WWW-Authenticate"].startswith("Bearer")
+        nosy = urllib.request.Request(url, headers={"Authorization": f"Bearer {tenant}"})
+        with pytest.raises(urllib.error.HTTPError) as forbidden:
+            urllib.request.urlopen(nosy, timeout=10)
+        said = forbidden.value.read().decode()
+        assert forbidden.value.code == 403 and "caller tenant" in said and "auditor or admin role" in said
         scraped = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
         with urllib.request.urlopen(scraped, timeout=10) as answer:
-            assert answer.status == 200 and b"mcp_runner_build_info" in answer.read()
-        assert f"{url} (callers' credentials)" in service.log() and token not in service.log()
+            text = answer.read().decode()
+        assert answer.status == 200 and "mcp_runner_build_info" in text
+        samples = {(s.name, s.labels.get("status")): s.value for f in text_string_to_metric_families(text)
+                   for s in f.samples}  # fmt: skip
+        assert samples[("mcp_runner_http_refusals_total", "401")] == 2
+        assert samples[("mcp_runner_http_refusals_total", "403")] == 1
+        assert f"{url} (an auditor's or admin's credentials)" in service.log() and token not in service.log()
     finally:
         stop_service(service)
 
