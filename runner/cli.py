@@ -36,6 +36,7 @@ from runner.cli_render import UsageError
 from runner.cli_session import add_commands as add_session_commands
 from runner.cli_session import add_once_commands
 from runner.cli_shell import add_command as add_shell_command
+from runner.client_channel import service_address
 from runner.door import host_configs
 from runner.errors import RunnerError
 from runner.settings_log import log_word
@@ -43,6 +44,10 @@ from runner.text import control_free
 
 LOCAL_COMMANDS = ("serve", "certs", "token", "images", "config", "bench")
 """Commands that never reach a running service: they take no connection options."""
+MCP_ADDRESS_REFUSAL = (
+    "error: mcp-runner mcp relays to the service's MCP door, not to its gRPC --address: drop --address and give "
+    f"the door's URL with --url (default {host_configs.DEFAULT_DOOR_URL})"
+)
 FORMATTER = argparse.RawDescriptionHelpFormatter
 """Every command's help keeps its examples' lines as written."""
 
@@ -235,6 +240,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=host_configs.HTTP_HOSTS_HELP,
     )
     host_configs.add_arguments(mcp)
+    # Taken, unlisted, only to be refused in _main: the bridge reaches the door at --url, never the gRPC address.
+    mcp.add_argument("--address", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     mcp.set_defaults(func=host_configs.command)
 
     probe = sub.add_parser("health", help="gRPC health check: exit 0 when the service is SERVING, else 1",
@@ -284,10 +291,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    # address=None in the namespace keeps argparse from filling in the default: an --address still None was not given.
+    args = parser.parse_args(argv, namespace=argparse.Namespace(address=None))
     if args.command is None:
         parser.print_help(sys.stderr)
         return Exit.USAGE
+    if args.command == "mcp" and args.address is not None:
+        print(MCP_ADDRESS_REFUSAL, file=sys.stderr)
+        return Exit.USAGE
+    if args.address is None:
+        args.address = service_address()
     try:
         code: int = args.func(args)
     except (RunnerError, UsageError) as exc:  # refused before any request: a TLS file that cannot be read, bad JSON

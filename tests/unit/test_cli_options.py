@@ -16,7 +16,7 @@ from runner.cli_exit import EXIT_CODES_HELP, Exit, exit_for, explain
 CLIENT_COMMANDS = [
     ["sessions"], ["profiles"], ["logs", "s1"], ["tools", "--profile", "time"], ["call", "--profile", "time", "t"],
     ["session", "open", "time"], ["session", "call", "s1", "t"], ["shell", "memory"], ["audit", "list"],
-    ["approvals", "list"], ["replay", "s1"], ["templates", "--profile", "p"], ["health"], ["mcp", "time"],
+    ["approvals", "list"], ["replay", "s1"], ["templates", "--profile", "p"], ["health"],
 ]  # fmt: skip
 
 
@@ -46,6 +46,27 @@ def test_local_commands_take_no_connection_options(command: str, capsys: pytest.
         cli.build_parser().parse_args([command, "x", "--address", "10.0.0.1:1"])
     assert exited.value.code == Exit.USAGE
     assert "unrecognized arguments" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv", [
+    ["mcp", "time", "--address", "10.0.0.1:7"], ["--address", "10.0.0.1:7", "mcp", "time"],
+    ["--address=127.0.0.1:50051", "mcp", "time", "--print-config", "claude"],
+])  # fmt: skip
+def test_mcp_refuses_the_grpc_address_and_points_at_url(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(argv) == Exit.USAGE
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert "MCP door, not to its gRPC --address" in captured.err and "--url" in captured.err
+
+
+def test_mcp_takes_the_token_and_tls_options_and_ignores_the_address_variable(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("MCP_RUNNER_ADDRESS", "10.9.9.9:1")  # set for the other commands: no reason to refuse
+    assert cli.main(["--token", "t", "mcp", "time", "--ca", "ca.pem", "--print-config", "claude"]) == 0
+    assert '"time"' in capsys.readouterr().out
+    args = cli.build_parser().parse_args(["mcp", "time", "--token", "t2", "--ca", "a", "--cert", "c", "--key", "k"])
+    assert (args.token, args.ca, args.cert, args.key) == ("t2", "a", "c", "k")
 
 
 @pytest.mark.parametrize(
