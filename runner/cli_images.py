@@ -25,6 +25,26 @@ examples:
   mcp-runner images add pypi:mcp-server-calculator
   mcp-runner images add npm:@modelcontextprotocol/server-sequential-thinking@2026.8.31 --profile thinking
 """
+BUILD_EXAMPLES = """\
+examples:
+  mcp-runner images build                               # only the missing ones (tags are content hashes)
+  mcp-runner images build --force                       # all of them again
+"""
+LIST_EXAMPLES = """\
+examples:
+  mcp-runner images list                                # name, tag, and whether it is built
+  mcp-runner images list --json
+"""
+LOAD_EXAMPLES = """\
+examples:
+  mcp-runner images load --kubernetes                   # the test cluster's containerd (make kubernetes)
+  mcp-runner images load --kubernetes --containerd-socket /run/containerd/containerd.sock
+"""
+PUSH_EXAMPLES = """\
+examples:
+  mcp-runner images push --registry localhost:5000/mcp-runner
+  mcp-runner images push --registry registry.internal/team/mcp   # then set kubernetes.registry to the same
+"""
 
 
 def _error(message: object, code: int) -> int:
@@ -131,10 +151,12 @@ def add_images_parser(sub: Any, formatter: type[argparse.HelpFormatter] = argpar
         formatter_class=formatter,
     )
     actions = images.add_subparsers(dest="action", metavar="ACTION", required=True)
-    build = actions.add_parser("build", help="build the runner's images that are missing")
+    build = actions.add_parser("build", help="build the runner's images that are missing",
+                               epilog=BUILD_EXAMPLES, formatter_class=formatter)
     build.add_argument("--force", action="store_true", help="rebuild even when the image is present")
     build.set_defaults(images_func=_build)
-    listing = actions.add_parser("list", help="the runner's images and the ones added, and whether they are built")
+    listing = actions.add_parser("list", help="the runner's images and the ones added, and whether they are built",
+                                 epilog=LIST_EXAMPLES, formatter_class=formatter)
     listing.add_argument("--json", action="store_true", help="as a JSON array of {name, ref, state}")
     listing.set_defaults(images_func=_list)
     add = actions.add_parser("add", help="build a server image from a PyPI or npm package; print a profile for it",
@@ -144,12 +166,14 @@ def add_images_parser(sub: Any, formatter: type[argparse.HelpFormatter] = argpar
     add.add_argument("--force", action="store_true", help="resolve and rebuild even when an image is present")
     add.add_argument("-q", "--quiet", action="store_true", help="no build output, only the result")
     add.set_defaults(images_func=_add)
-    load = actions.add_parser("load", help="load the images into a cluster's nodes (no registry needed)")
+    load = actions.add_parser("load", help="load the images into a cluster's nodes (no registry needed)",
+                              epilog=LOAD_EXAMPLES, formatter_class=formatter)
     load.add_argument("--kubernetes", action="store_true", help="into the Kubernetes nodes' containerd")
     load.add_argument("--containerd-socket", metavar="PATH", help="containerd's socket (default: the test "
                       "cluster's, under /run/mcp-runner-kubernetes)")
     load.set_defaults(images_func=_load)
-    push = actions.add_parser("push", help="push the images to a registry, as REGISTRY/NAME:TAG")
+    push = actions.add_parser("push", help="push the images to a registry, as REGISTRY/NAME:TAG",
+                              epilog=PUSH_EXAMPLES, formatter_class=formatter)
     push.add_argument("--registry", metavar="HOST[:PORT]/PATH", help="the registry to push to (required)")
     push.set_defaults(images_func=_push)
     images.set_defaults(func=_run)
