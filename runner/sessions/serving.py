@@ -139,8 +139,7 @@ class Serving:
         if throttled is None:
             return
         error, first = throttled
-        if first:
-            self._journal.note(records.THROTTLE, "", caller, {"action": action, "error": error_json(error)})
+        self._journal.throttled(caller, action, error, recorded=first)
         raise error
 
     async def refuse(self, error: RunnerError, *, caller: str, method: str, door: str, profile: str = "") -> NoReturn:

@@ -404,15 +404,6 @@ def test_the_warning_level_hides_info_lines_and_keeps_warnings(
     assert not [line for line in lines if " INFO " in line]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "DEFECT, fix pending in runner/sessions/serving.py (helper T2's file): Serving._refusing must call "
-        "`self._journal.throttled(caller, action, error, recorded=first)` for every throttled refusal (the journal "
-        "observes each, records a run's first); until then a run of refusals past refusals_per_min counts once in "
-        "mcp_runner_throttled_total on both doors"
-    ),
-)
 async def test_every_throttled_refusal_counts_on_both_doors(observed: Service) -> None:
     before = scrape(observed)
     throttled = 0

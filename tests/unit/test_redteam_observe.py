@@ -81,15 +81,6 @@ def value(metrics: RunnerMetrics, name: str, **labels: str) -> float:
 # -- metrics ------------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "DEFECT, fix pending in runner/sessions/serving.py (helper T2's file): Serving._refusing must tell the "
-        "journal of every throttled refusal, `self._journal.throttled(caller, action, error, recorded=first)` "
-        "(Journal.throttled: every one observed, a run's first recorded) instead of noting the first only; until "
-        "then metrics see only the first RESOURCE_EXHAUSTED of a run"
-    ),
-)
 async def test_every_request_refused_past_the_refusal_rate_is_counted(tmp_path: Path) -> None:
     store = AuditStore(tmp_path / "audit.db")
     store.open()
