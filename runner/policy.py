@@ -401,7 +401,7 @@ def load_policy(path: Path) -> Policy:
     try:
         parsed = _File.model_validate(read_document(path, "policy file"))
     except ValidationError as exc:
-        raise ConfigError(f"policy file {path}: {problems(exc)}") from exc
+        raise ConfigError(f"policy file {path}: {problems(exc, _File)}") from exc
     tokens: dict[str, str] = {}
     for name, caller in parsed.callers.items():
         for digest in caller.tokens:

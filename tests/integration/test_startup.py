@@ -136,3 +136,19 @@ def test_an_mtls_service_without_a_policy_file_refuses_to_start(images: dict[str
     log = refused(tmp_path, f"it-nopolicy-{secrets.token_hex(3)}", config=config)
     assert "refusing to start without a policy file: callers authenticate with client certificates" in log
     assert not (tmp_path / "state").exists()  # refused before the instance lock, the audit log and the engine
+
+
+def test_a_policy_files_unknown_key_stops_serve_naming_the_key_meant(images: dict[str, str], tmp_path: Path) -> None:
+    (tmp_path / "policy.yaml").write_text("callers:\n  alice: {profile: [time]}\n", encoding="utf-8")
+    config = tmp_path / "settings.yaml"
+    config.write_text("policy: policy.yaml\n", encoding="utf-8")
+    env = {
+        **os.environ, "MCP_RUNNER_INSTANCE": f"it-policykey-{secrets.token_hex(3)}", "MCP_RUNNER_MCP_LISTEN": "",
+        "MCP_RUNNER_AUDIT_DB": str(tmp_path / "audit.sqlite3"), "MCP_RUNNER_STATE_DIR": str(tmp_path / "state"),
+    }  # fmt: skip
+    command = [sys.executable, "-m", "runner.cli", "serve", "--listen", f"127.0.0.1:{free_port()}", "--config",
+               str(config)]  # fmt: skip
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=30)
+    assert done.returncode == 6, done.stdout + done.stderr  # INVALID_ARGUMENT, as for any policy file that fails
+    meant = "callers.alice.profile: Extra inputs are not permitted (unknown key); did you mean `profiles`?"
+    assert meant in done.stderr

@@ -241,6 +241,22 @@ def test_refusals_name_the_field_path(tmp_path: Path, text: str, expected: str) 
     assert expected in refusal(tmp_path, text)
 
 
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("approval: {timeout_s: 3}\n",
+         "approval: Extra inputs are not permitted (unknown key); did you mean `approvals`?"),
+        ("callers:\n  alice: {profile: [time]}\n",
+         "callers.alice.profile: Extra inputs are not permitted (unknown key); did you mean `profiles`?"),
+        ("callers:\n  alice:\n    rates: {calls_per_sec: 3}\n", "did you mean `calls_per_s`?"),
+        ("profiles:\n  p:\n    tools: {denied: [x]}\n", "profiles.p.tools.denied: Extra inputs are not permitted "
+         "(unknown key); did you mean `deny`?"),
+    ],
+)  # fmt: skip
+def test_an_unknown_key_names_the_key_meant(tmp_path: Path, text: str, expected: str) -> None:
+    assert expected in refusal(tmp_path, text)
+
+
 def test_a_pasted_token_is_refused_without_echoing_it(tmp_path: Path) -> None:
     message = refusal(tmp_path, "callers:\n  alice:\n    tokens: [hunter2-very-secret]\n")
     assert "callers.alice.tokens" in message
