@@ -8,6 +8,7 @@ import pytest
 import runner.bench.main
 from runner.bench.options import MAX_AT_ONCE, SECTIONS, BenchOptions, options_from
 from runner.cli import build_parser, main
+from runner.cli_exit import Exit
 
 
 def _options(*argv: str) -> BenchOptions:
@@ -51,12 +52,12 @@ def test_bad_values_are_refused_by_name(argv: list[str], message: str, capsys: p
     assert message in capsys.readouterr().err
 
 
-def test_a_refusal_from_the_service_is_one_line_and_exit_2(monkeypatch: pytest.MonkeyPatch,
+def test_a_refusal_from_the_service_is_one_line_and_its_exit_code(monkeypatch: pytest.MonkeyPatch,
                                                            capsys: pytest.CaptureFixture[str]) -> None:
     def refused(options: BenchOptions) -> None:
         raise grpc.aio.AioRpcError(grpc.StatusCode.FAILED_PRECONDITION, grpc.aio.Metadata(), grpc.aio.Metadata(),
                                    "image not found; build it with `make images`", None)
 
     monkeypatch.setattr(runner.bench.main, "bench_main", refused)
-    assert main(["bench", "--sections", "sandbox"]) == 2
+    assert main(["bench", "--sections", "sandbox"]) == Exit.PRECONDITION  # the CLI's one status table
     assert capsys.readouterr().err == "error: FAILED_PRECONDITION: image not found; build it with `make images`\n"
