@@ -34,6 +34,8 @@ examples:
   mcp-runner logs 3f9c0a1b2c3d4e5f --json | jq -r .stderr
   mcp-runner logs 3f9c0a1b2c3d4e5f --follow
 """
+NO_NETWORK = "none — give it an allowlist (network.egress) to reach hosts"
+"""A profile without network, as ``profiles`` shows it: what to change when its server needs a host."""
 
 
 def profiles(args: argparse.Namespace) -> int:
@@ -48,7 +50,8 @@ def profiles(args: argparse.Namespace) -> int:
     for p in listed:
         about = f" — {one_line(p.description)}" if p.description else ""
         print(f"{field(p.name)}{about}")
-        print(f"    image: {field(p.image)}  network: {field(p.network)}  runtime: {field(p.runtime)}")
+        network = NO_NETWORK if p.network == "none" else field(p.network)
+        print(f"    image: {field(p.image)}  runtime: {field(p.runtime)}  network: {network}")
         if p.tools_known:
             names = ", ".join(field(t.name) for t in p.tools) or "none"
             print(f"    tools: {names}  (as session {field(p.tools_session_id)} listed them)")

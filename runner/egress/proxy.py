@@ -152,7 +152,8 @@ class EgressProxy:
             rule = first_match(self._rules, request.host, request.port)
             if rule is None:
                 where = host_port(request.host, request.port)
-                raise Refusal(403, "not_allowed", f"{where} is not on the allowlist")
+                fix = "add it to the profile's network.egress"
+                raise Refusal(403, "not_allowed", f"{where} is not on the allowlist; {fix}")
             attempt.rule = rule.label()
             if request.method == "CONNECT" and rule.headers:
                 why = "it cannot add them inside a TLS tunnel: request http:// URLs so the proxy can add them"

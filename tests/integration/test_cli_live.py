@@ -73,7 +73,8 @@ def test_profiles_text_and_json(cli: Cli) -> None:
         text = cli("profiles")
         assert text.code == 0
         block = text.out.split("\ntime — ", 1)[1].split("\n", 3)
-        assert "network: none" in block[1] and "get_current_time" in block[2], text.out
+        assert "network: none — give it an allowlist (network.egress)" in block[1], text.out
+        assert "get_current_time" in block[2], text.out
         assert opened.out.strip() in block[2]
     finally:
         assert cli("session", "close", opened.out.strip()).code == 0

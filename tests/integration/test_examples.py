@@ -185,5 +185,7 @@ def test_a_host_off_the_list_is_refused_by_the_proxy(allowlisted: Service) -> No
             time.sleep(0.1)
         assert decisions, "the proxy recorded no decision for the refused host"
         assert all(not d.allowed and d.code == "not_allowed" and not d.address for d in decisions), decisions
+        fix = "not-on-the-list.invalid:80 is not on the allowlist; add it to the profile's network.egress"
+        assert all(d.reason == fix for d in decisions), decisions
         recorded = list(client.query_audit(session_id=opened.session_id, kinds=["egress"]))
         assert any("not-on-the-list.invalid" in r.data_json for r in recorded)

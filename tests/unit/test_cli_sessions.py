@@ -80,6 +80,8 @@ async def test_profiles_lists_what_the_caller_may_open(
     out = capsys.readouterr().out
     assert out.startswith("good\n") and "crash_on_call" not in out
     assert "tools: unknown until a session opens (`mcp-runner tools --profile good`)" in out
+    assert "\n    image: fake  runtime: runc  network: none — give it an allowlist (network.egress) to reach hosts\n" \
+        in out
     assert await alice("profiles", "crash_on_call", "--json") == 0
     assert [p["name"] for p in json.loads(capsys.readouterr().out)] == ["crash_on_call"]
     assert await bob("profiles", "crash_on_call") == 4  # as an open would be refused

@@ -861,9 +861,11 @@ async def test_a_name_off_the_allowlist_is_refused_without_resolving(
 ) -> None:
     resolver = FakeResolver({"other.test": ["127.0.0.1"], "web.test": ["127.0.0.1"], "sub.web.test": ["127.0.0.1"]})
     port, _ = await start_proxy([Rule("web.test", 80, private=True)], resolver)
-    assert_refused(await exchange(port, request_bytes), 403, "is not on the allowlist")
+    assert_refused(await exchange(port, request_bytes), 403, "is not on the allowlist; add it to the profile's "
+                   "network.egress")  # fmt: skip
     assert resolver.asked == []
     decision = only_decision(events)
+    assert str(decision["reason"]).endswith(" is not on the allowlist; add it to the profile's network.egress")
     assert (decision["code"], decision["rule"], decision["address"]) == ("not_allowed", None, None)
     assert decision["host"] in {"other.test", "web.test", "sub.web.test"}
 
