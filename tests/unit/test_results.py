@@ -546,12 +546,20 @@ def test_uri_templates_and_uris_are_not_searched_for_injection() -> None:
 # --------------------------------------------------------------------------------------------- the work budget
 
 
-def test_a_result_past_the_work_budget_is_refused_not_half_sanitized() -> None:
+def test_a_result_past_the_work_budget_is_refused_not_half_sanitized(monkeypatch: pytest.MonkeyPatch) -> None:
     many = mcp_types.CallToolResult(content=[], structured_content={"rows": [f"r{i}" for i in range(300_000)]})
-    started = time.process_time()
+    scanned = 0
+    scan = S.text
+
+    def counted(value: str, where: str, log: FindingLog) -> str:
+        nonlocal scanned
+        scanned += 1
+        return scan(value, where, log)
+
+    monkeypatch.setattr(S, "text", counted)
     with pytest.raises(ResultRejected, match="work budget of 200000 values"):
         sanitize_call_result(S, many, FindingLog())
-    assert time.process_time() - started < 3.0  # the walk stops at the budget, it does not finish first
+    assert 0 < scanned <= 200_000  # the walk stops at the budget, it does not scan the rest first
 
 
 def test_the_budget_walks_whatever_the_channel_carries() -> None:
