@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import base64
+import encodings.punycode
 import json
-import time
 from typing import Any
 
 import mcp_types
@@ -722,12 +722,28 @@ def test_plain_identifiers_and_templated_locators_are_not_poison() -> None:
     assert [t.name for t in listing.tools] == ["get_weather_forecast"] and listing.findings == ()
 
 
-def test_identifiers_read_as_words_stay_cheap() -> None:
+def test_identifiers_read_as_words_stay_cheap(monkeypatch: pytest.MonkeyPatch) -> None:
     rows = [{f"column_name_{i % 50}": "value", "firstName": "x"} for i in range(10_000)]
     result = mcp_types.CallToolResult(content=[], structuredContent={"rows": rows})
-    started = time.process_time()
+    scanned: list[str] = []
+    read_as_words: list[str] = []
+    scan, words = S.text, S.words
+
+    def counted_text(value: str, where: str, log: FindingLog) -> str:
+        scanned.append(value)
+        return scan(value, where, log)
+
+    def counted_words(value: str, where: str, log: FindingLog) -> None:
+        read_as_words.append(value)
+        words(value, where, log)
+
+    monkeypatch.setattr(S, "text", counted_text)
+    monkeypatch.setattr(S, "words", counted_words)
     sanitize_call_result(S, result, FindingLog())
-    assert time.process_time() - started < 2.0
+    # Table keys repeat in every row: each distinct clean string is read once, as text and as words. Fails if the
+    # walk read them row by row again (20 000 keys and values instead of 54 distinct strings).
+    assert sorted(read_as_words) == sorted(f"column_name_{i}" for i in range(50))
+    assert len(scanned) == len(set(scanned)) and set(scanned) >= {"value", "x", "firstName", "column_name_0"}
 
 
 @pytest.mark.parametrize(
@@ -739,13 +755,23 @@ def test_identifiers_read_as_words_stay_cheap() -> None:
         ("unicode_escape", b"key " + TOKEN_BYTES + b"\\"),
     ],
 )
-def test_a_blob_in_a_charset_no_document_is_written_in_is_read_as_utf8(charset: str, raw: bytes) -> None:
+def test_a_blob_in_a_charset_no_document_is_written_in_is_read_as_utf8(
+    charset: str, raw: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
     blob = mcp_types.BlobResourceContents(
         uri="mem://x", blob=base64.b64encode(raw).decode(), mimeType=f"text/plain; charset={charset}"
     )
-    started = time.process_time()
+    punycode_decodes: list[int] = []
+    decode = encodings.punycode.punycode_decode
+
+    def counted(text: Any, errors: str) -> str:
+        punycode_decodes.append(len(text))
+        return decode(text, errors)
+
+    monkeypatch.setattr(encodings.punycode, "punycode_decode", counted)
     [clean] = sanitize_resource_contents(S, [blob], FindingLog())
-    assert time.process_time() - started < 5  # CPU, not wall clock: the quadratic punycode decode took minutes
+    # Fails if the declared charset were honoured: Python's punycode decoder (quadratic: minutes here) would run.
+    assert punycode_decodes == []
     assert isinstance(clean, mcp_types.BlobResourceContents)
     assert TOKEN_BYTES[8:20] not in base64.b64decode(clean.blob)
 
