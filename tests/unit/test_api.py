@@ -502,11 +502,11 @@ async def test_unexpected_exception_is_internal_and_generic(
 
 async def test_deadline_shorter_than_call(client: AsyncRunnerClient, fake: FakeManager) -> None:
     opened = await client.open_session("time")
-    started = time.monotonic()
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await client.call_tool(opened.session_id, "slow", {}, timeout=0.3)
     assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-    assert time.monotonic() - started < 2
+    # The manager is handed what is left of the caller's deadline, so the call stops there. Fails if the servicer
+    # dropped it (None: the fake's call would run its full 5 s) or passed more than the caller allowed.
     passed = fake.timeouts[-1]
     assert passed is not None and 0 < passed <= 0.3
 
