@@ -27,7 +27,7 @@ import hashlib
 import math
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from runner.config import WORKSPACE_ENV, WORKSPACE_PATH, Mount
@@ -44,11 +44,15 @@ PIDS_ANNOTATION = "mcp-runner.limits.pids"
 SANDBOX_UID = 10001
 AGENT_ENTRYPOINT = ("/usr/bin/tini", "--", "/opt/agent/bin/python", "-m", "runner.agent", "--")
 """The ENTRYPOINT of the runner's server images (sandbox_images/*/Dockerfile): a pod's ``command`` replaces it, so
-the start gate below must name it again. A profile's own image must keep this entrypoint (build it FROM ours)."""
+the start gate below must name it again. A profile's own image must keep this entrypoint (build it FROM ours), or
+set ``inject_agent: true``: its pod names the derived image's launcher instead (``runner.image_inject.pod_command``),
+given to ``sandbox_pod`` as its ``entrypoint``."""
 START_GATE = ("/bin/sh", "-c", 'read -r _ && exec "$@"', "sh")
 """Holds the container until the host has attached and sent one newline: output written before the attach
 would be lost (the agent says "ready" at once). The shell's ``read`` takes stdin a byte at a time, so nothing
 past the newline is consumed, and ``exec`` leaves tini as the container's first process."""
+GATED_AGENT = (*START_GATE, *AGENT_ENTRYPOINT)
+"""A runner image's pod command before the server's: the start gate, then the image's own entrypoint."""
 DEADLINE_MARGIN_S = 300
 """How long past its lifetime a session's pod may live: its boot and the manager's reap interval fit in it."""
 WORKSPACE_VOLUME = "workspace"
@@ -159,13 +163,16 @@ def sandbox_pod(
     runtime_class: str | None,
     env_secret: str | None,
     proxy_env: Mapping[str, str],
+    entrypoint: Sequence[str] = GATED_AGENT,
 ) -> dict[str, Any]:
-    """The session's pod: the agent and its server behind the start gate, hardened, no network of its own."""
+    """The session's pod: the agent and its server behind the start gate, hardened, no network of its own.
+    ``entrypoint``: what runs the agent behind the gate, before the server's command (an injected image's
+    launcher holds the gate itself)."""
     limits = spec.limits
     container = _hardened_container(
         SANDBOX_CONTAINER, image, pull_policy, f"{math.ceil(limits.cpus * 1000)}m", str(limits.memory_bytes)
     )
-    container["command"] = [*START_GATE, *AGENT_ENTRYPOINT, *spec.command]
+    container["command"] = [*entrypoint, *spec.command]
     if env_secret is not None:
         container["envFrom"] = [{"secretRef": {"name": env_secret}}]
     plain_env = {**proxy_env, **({WORKSPACE_ENV: WORKSPACE_PATH} if limits.workspace_bytes else {})}

@@ -165,13 +165,8 @@ class KubernetesBackend:
             spec, name=object_name(spec), image=image, pull_policy=pull_policy, owner=self._owner,
             runtime_class=runtime_class, env_secret=secret,
             proxy_env=egress.proxy_env(proxy_address) if proxy_address is not None else {},
+            entrypoint=_entrypoint(spec.image),
         )
-        if uninjected(spec.image) is not None:
-            from runner.image_inject import pod_command
-
-            # The agent injected into a user's image is not at the runner images' entrypoint that the pod names,
-            # and the image may have no shell for the gate: its own launcher takes the gate's place.
-            pod["spec"]["containers"][0]["command"] = list(pod_command(spec.command))
         api.core.create_namespaced_pod(ns, pod, _request_timeout=timeout)
 
     async def _wait_running(self, pod: str, what: str, image: str) -> Any:
@@ -370,6 +365,16 @@ class KubernetesBackend:
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _entrypoint(image: str) -> tuple[str, ...]:
+    """What a pod of ``image`` runs before the server's command. The agent injected into a user's image is not at the
+    runner images' entrypoint, and the image may have no shell for the gate: its own launcher takes the gate's place."""
+    if uninjected(image) is None:
+        return kube_objects.GATED_AGENT
+    from runner.image_inject import pod_command
+
+    return pod_command(())
 
 
 def _read_pod(name: str, api: KubeApi) -> Any:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import kubernetes.client as kube
 
+from runner import image_inject
 from runner.config import Limits
 from runner.egress.rules import Rule
+from runner.sandbox import kubernetes as kube_backend
 from runner.sandbox.base import INSTANCE_LABEL, OWNER_LABEL, SESSION_LABEL, SandboxNetwork, SandboxSpec
 from runner.sandbox.kube_objects import (
     AGENT_ENTRYPOINT,
@@ -65,6 +67,13 @@ def test_the_sandbox_pod_carries_the_docker_sandbox_hardening() -> None:
 
 def test_the_start_gate_wraps_the_image_entrypoint_and_the_server_command() -> None:
     assert pod()["spec"]["containers"][0]["command"] == [*START_GATE, *AGENT_ENTRYPOINT, "mcp-server-time"]
+
+
+def test_an_injected_images_launcher_replaces_the_gate_and_the_runner_entrypoint() -> None:
+    launcher = ("python3", "-I", "/opt/mcp-runner-agent/boot.py", "--start-gate", "--")
+    assert pod(entrypoint=launcher)["spec"]["containers"][0]["command"] == [*launcher, "mcp-server-time"]
+    assert kube_backend._entrypoint("with-agent:team/server:1") == image_inject.pod_command(()) == launcher
+    assert kube_backend._entrypoint("python-servers") == (*START_GATE, *AGENT_ENTRYPOINT)
     assert START_GATE[:3] == ("/bin/sh", "-c", 'read -r _ && exec "$@"')
 
 
