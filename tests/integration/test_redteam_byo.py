@@ -15,6 +15,7 @@ import secrets
 import signal
 import socket
 import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -180,6 +181,53 @@ def test_an_image_whose_entrypoint_replaced_the_agent_is_refused_saying_so(claim
         stop_service(service)
     assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION, refused.value.details()
     assert "agent" in (refused.value.details() or "") and claiming_image in (refused.value.details() or "")
+
+
+@pytest.fixture
+def no_python_image(images: dict[str, str], tmp_path: Path) -> Iterator[str]:
+    ref = f"mcp-runner-test/red3-no-python:{secrets.token_hex(4)}"
+    _build(ref, f"FROM {image_ref('rootfs')}\n"
+                'RUN ["/bin/sh", "-c", "rm -f /usr/bin/python3 /usr/bin/python3.*"]\n'
+                'ENTRYPOINT ["/bin/cat"]\n', tmp_path / "no-python")
+    try:
+        yield ref
+    finally:
+        _remove_with_derived(ref)
+
+
+def test_inject_agent_on_an_image_without_python3_says_so_and_builds_nothing(no_python_image: str) -> None:
+    from runner.image_checks import ImageBuildError
+    from runner.image_inject import ensure_injected
+
+    with pytest.raises(ImageBuildError) as refused:
+        ensure_injected(no_python_image, lambda line: None)
+    assert f"image {no_python_image!r} has no python3 the agent can run on" in str(refused.value)
+    derived = subprocess.run(["docker", "image", "ls", "-q", "--filter", f"label=mcp-runner.base={no_python_image}"],
+                             capture_output=True, text=True, check=True).stdout
+    assert derived.strip() == ""
+
+
+@pytest.fixture
+def odd_package_label(images: dict[str, str], tmp_path: Path) -> Iterator[str]:
+    """Any image on the engine labelled a package image, its package label without a version."""
+    ref = f"mcp-runner-test/red3-label:{secrets.token_hex(4)}"
+    _build(ref, f"FROM {image_ref('rootfs')}\n"
+                'LABEL mcp-runner.image="package" mcp-runner.package="pypi:foo"\n', tmp_path / "label")
+    try:
+        yield ref
+    finally:
+        subprocess.run(["docker", "rmi", "-f", ref], capture_output=True)
+
+
+@pytest.mark.xfail(strict=True, reason="DEFECT: runner/image_packages.py _describe unpacks the mcp-runner.package "
+                   "label with split('==', 1)/rsplit('@', 1) into two names: one image on the engine whose label has "
+                   "no version (pypi:foo) makes `images list` (and images load/push, via added_images) die with a "
+                   "ValueError traceback; skip (or list as unreadable) images whose labels do not parse")
+def test_images_list_survives_an_image_with_an_odd_package_label(odd_package_label: str) -> None:
+    done = subprocess.run([sys.executable, "-m", "runner.cli", "images", "list", "--json"], capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert isinstance(json.loads(done.stdout), list)
 
 
 # -- traces toward a collector nobody listens on ------------------------------------------------------------------
