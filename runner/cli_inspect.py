@@ -107,6 +107,10 @@ def _session_detail(args: argparse.Namespace) -> int:
         print(f"failure: {indented(s.failure)}")
     print(f"runtime: {field(s.runtime)}")
     print(f"network: {field(s.network)}")
+    if s.workspace_bytes:
+        print(f"workspace: /workspace, {s.workspace_bytes / 2**20:g} MiB (writable)")
+    for mount in s.mounts:
+        print(f"mount: {field(mount)}")
     if s.egress:
         print(f"egress decisions (most recent {len(s.egress)}):")
     for d in s.egress:

@@ -71,7 +71,7 @@ def session(s: pb.Session) -> dict[str, Any]:
                   "peak_memory_bytes": s.usage.peak_memory_bytes, "calls": s.usage.calls},
         "labels": dict(s.labels), "failure": s.failure,
         "server": server(s.server) if s.HasField("server") else None,
-        "network": s.network, "runtime": s.runtime,
+        "network": s.network, "runtime": s.runtime, "mounts": list(s.mounts), "workspace_bytes": s.workspace_bytes,
         "egress": [
             {"time": iso(d.time), "method": d.method, "host": d.host, "port": d.port, "address": d.address,
              "rule": d.rule, "allowed": d.allowed, "code": d.code, "reason": d.reason}

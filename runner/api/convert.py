@@ -144,6 +144,8 @@ def session_to_proto(info: SessionInfo) -> Any:
         failure=info.failure or "",
         network=info.network,
         runtime=info.runtime,
+        mounts=list(info.mounts),
+        workspace_bytes=info.workspace_bytes,
     )
     for decision in info.egress:
         entry = msg.egress.add(

@@ -87,6 +87,10 @@ class SessionInfo:
     runtime: str = "runc"
     egress: tuple[EgressDecision, ...] = ()
     """The proxy's most recent decisions, oldest first (at most ``MAX_EGRESS_KEPT``)."""
+    mounts: tuple[str, ...] = ()
+    """The profile's host paths bound in, each ``source:target:ro`` or ``source:target:rw``."""
+    workspace_bytes: int = 0
+    """The size of its writable ``/workspace``; 0: none."""
 
 
 @dataclass(frozen=True)

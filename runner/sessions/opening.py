@@ -26,6 +26,9 @@ def open_record(session: LiveSession, outcome: str) -> dict[str, Any]:
         "image_id": session.handle.image_id if session.handle is not None else "",
         "command": list(profile.command),
         "remote_url": profile.remote_url,
+        "mounts": [
+            {"source": m.source, "target": m.target, "mode": "rw" if m.writable else "ro"} for m in profile.mounts
+        ],
         "env": sorted(profile.env),
         "secrets": sorted(profile.secrets),
         "limits": asdict(session.limits),

@@ -95,6 +95,8 @@ def session_info(session: LiveSession) -> SessionInfo:
         network=describe_network(session.profile),
         runtime=session.profile.runtime,
         egress=session.egress.decisions(),
+        mounts=tuple(f"{m.source}:{m.target}:{'rw' if m.writable else 'ro'}" for m in session.profile.mounts),
+        workspace_bytes=session.limits.workspace_bytes,
     )
 
 

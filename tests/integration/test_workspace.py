@@ -7,6 +7,7 @@ meets (a read-only file system, a missing directory) as data, so each test can t
 from __future__ import annotations
 
 import errno
+import json
 import secrets
 import textwrap
 from collections.abc import Iterator
@@ -15,6 +16,8 @@ from typing import Any
 
 import pytest
 
+from runner import cli
+from runner.audit import records
 from runner.client import RunnerClient
 from tests.integration.conftest import Service, start_service, stop_service
 
@@ -115,3 +118,24 @@ def test_a_writable_mount_takes_a_write_and_the_host_sees_it(client: RunnerClien
     with client.session("rw") as opened:
         assert call(client, opened.session_id, "write_file", path=f"/data/{name}", text="from the sandbox")["ok"]
     assert (data_dir / name).read_text() == "from the sandbox"
+
+
+def test_a_session_shows_its_mounts_with_their_mode_and_its_workspace(
+    client: RunnerClient, workspace_service: Service, data_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with client.session("rw") as writable, client.session("ws") as sized:
+        shown = client.get_session(writable.session_id)
+        assert list(shown.mounts) == [f"{SERVERS}:/srv/servers:ro", f"{data_dir}:/data:rw"]
+        assert shown.workspace_bytes == 0
+        assert client.get_session(sized.session_id).workspace_bytes == 16 * 2**20
+        assert cli.main(["sessions", writable.session_id, "--address", workspace_service.address]) == 0
+        assert f"\nmount: {SERVERS}:/srv/servers:ro\nmount: {data_dir}:/data:rw\n" in capsys.readouterr().out
+        assert cli.main(["sessions", writable.session_id, "--json", "--address", workspace_service.address]) == 0
+        assert json.loads(capsys.readouterr().out)["mounts"] == list(shown.mounts)
+        assert cli.main(["sessions", sized.session_id, "--address", workspace_service.address]) == 0
+        assert "\nworkspace: /workspace, 16 MiB (writable)\n" in capsys.readouterr().out
+    [opened] = client.query_audit(session_id=writable.session_id, kinds=[records.SESSION_OPEN])
+    assert json.loads(opened.data_json)["mounts"] == [
+        {"source": str(SERVERS), "target": "/srv/servers", "mode": "ro"},
+        {"source": str(data_dir), "target": "/data", "mode": "rw"},
+    ]

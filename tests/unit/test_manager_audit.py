@@ -14,10 +14,11 @@ from typing import Any
 import pytest
 
 from runner import errors
+from runner.api import convert
 from runner.audit import records
 from runner.audit.records import AuditQuery, AuditRecord
 from runner.audit.store import AuditStore
-from runner.config import Limits, Profile, SecretSource, Settings
+from runner.config import Limits, Mount, Profile, SecretSource, Settings
 from runner.policy import PolicyStore
 from runner.sandbox.base import EgressCallback, SandboxSpec
 from runner.sandbox.fake import FakeBackend, FakeIO, FakeSandbox, Handler
@@ -48,6 +49,10 @@ PROFILES = {
     "keyed_server_error": _profile("keyed_server_error", "server_error_secret", secrets=KEYED),
     "keyed_bad_output": _profile("keyed_bad_output", "bad_output_secret", secrets=KEYED),
     "keyed_stdout": _profile("keyed_stdout", "stdout_secret", secrets=KEYED),
+    "mounted": Profile(
+        name="mounted", image=IMAGE, command=("good",), limits=replace(LIMITS, workspace_bytes=16 * 2**20),
+        mounts=(Mount("/srv/data", "/data"), Mount("/srv/out", "/out", writable=True)),
+    ),
 }
 SETTINGS = Settings(profiles=MappingProxyType(PROFILES), max_sessions=20, reap_interval_s=3600)
 
@@ -271,6 +276,22 @@ async def test_a_sessions_life_is_recorded_in_order(env: Env) -> None:
 
     verification = env.store.verify()
     assert verification.intact and verification.checked == len(env.records())
+
+
+async def test_the_open_record_and_the_session_name_its_mounts_with_their_mode(env: Env) -> None:
+    opened = await env.manager.open("mounted", caller="alice")
+    sid = opened.info.session_id
+    await env.finish()
+    opening = only(of_kind(env.records(session_id=sid), records.SESSION_OPEN)).data
+    assert opening["mounts"] == [
+        {"source": "/srv/data", "target": "/data", "mode": "ro"}, {"source": "/srv/out", "target": "/out", "mode": "rw"}
+    ]
+    assert opening["limits"]["workspace_bytes"] == 16 * 2**20
+    shown = convert.session_to_proto(env.manager.get(sid, caller="alice"))
+    assert list(shown.mounts) == ["/srv/data:/data:ro", "/srv/out:/out:rw"]
+    assert shown.workspace_bytes == 16 * 2**20
+    plain = convert.session_to_proto(opened.info)
+    assert list(plain.mounts) == list(shown.mounts)
 
 
 async def test_audit_id_names_a_record_that_is_already_durable(env: Env) -> None:

@@ -77,7 +77,7 @@ class ServerInfo(_message.Message):
     def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., protocol_version: _Optional[str] = ..., instructions: _Optional[str] = ...) -> None: ...
 
 class Session(_message.Message):
-    __slots__ = ("session_id", "profile", "caller", "state", "created_at", "age_ms", "usage", "labels", "failure", "server", "network", "runtime", "egress")
+    __slots__ = ("session_id", "profile", "caller", "state", "created_at", "age_ms", "usage", "labels", "failure", "server", "network", "runtime", "egress", "mounts", "workspace_bytes")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -98,6 +98,8 @@ class Session(_message.Message):
     NETWORK_FIELD_NUMBER: _ClassVar[int]
     RUNTIME_FIELD_NUMBER: _ClassVar[int]
     EGRESS_FIELD_NUMBER: _ClassVar[int]
+    MOUNTS_FIELD_NUMBER: _ClassVar[int]
+    WORKSPACE_BYTES_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     profile: str
     caller: str
@@ -111,7 +113,9 @@ class Session(_message.Message):
     network: str
     runtime: str
     egress: _containers.RepeatedCompositeFieldContainer[EgressDecision]
-    def __init__(self, session_id: _Optional[str] = ..., profile: _Optional[str] = ..., caller: _Optional[str] = ..., state: _Optional[_Union[SessionState, str]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., age_ms: _Optional[int] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ..., failure: _Optional[str] = ..., server: _Optional[_Union[ServerInfo, _Mapping]] = ..., network: _Optional[str] = ..., runtime: _Optional[str] = ..., egress: _Optional[_Iterable[_Union[EgressDecision, _Mapping]]] = ...) -> None: ...
+    mounts: _containers.RepeatedScalarFieldContainer[str]
+    workspace_bytes: int
+    def __init__(self, session_id: _Optional[str] = ..., profile: _Optional[str] = ..., caller: _Optional[str] = ..., state: _Optional[_Union[SessionState, str]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., age_ms: _Optional[int] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ..., failure: _Optional[str] = ..., server: _Optional[_Union[ServerInfo, _Mapping]] = ..., network: _Optional[str] = ..., runtime: _Optional[str] = ..., egress: _Optional[_Iterable[_Union[EgressDecision, _Mapping]]] = ..., mounts: _Optional[_Iterable[str]] = ..., workspace_bytes: _Optional[int] = ...) -> None: ...
 
 class EgressDecision(_message.Message):
     __slots__ = ("time", "method", "host", "port", "address", "rule", "allowed", "code", "reason")
