@@ -65,11 +65,6 @@ def test_a_huge_spec_gets_a_short_message(text: str) -> None:
     assert len(str(refused.value)) < 2000
 
 
-def test_spellings_of_one_pypi_project_are_one_spec() -> None:
-    assert parse_package("pypi:Mcp_Server..Foo==1.0") == parse_package(" pypi:mcp-server-foo == 1.0 ")
-    assert str(parse_package("pypi:MCP_server.foo")) == "pypi:mcp-server-foo"
-
-
 def _fake_build(monkeypatch: pytest.MonkeyPatch, base: str) -> None:
     """ensure_package up to its tag, with the registry and Docker replaced: the image counts as present."""
     resolved = _Resolved(PackageSpec("pypi", "mcp-server-x", "1.0"), Path("/nonexistent"),
