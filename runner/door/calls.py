@@ -12,6 +12,7 @@ import mcp_types
 
 from runner.approvals import Approval
 from runner.errors import RunnerError
+from runner.sessions.catalog import Catalog
 from runner.sessions.models import (
     DEFAULT_PROTOCOL,
     ApprovalCallback,
@@ -41,6 +42,8 @@ class DoorManager(Protocol):
     ) -> NoReturn: ...
 
     def get(self, session_id: str, *, caller: str) -> SessionInfo: ...
+
+    def catalog(self) -> Catalog: ...
 
     def listen(
         self,

@@ -75,7 +75,6 @@ from runner.door.refusals import (
 from runner.door.seal import StateSeal
 from runner.door.tls_peer import PeerCertificateProtocol, peer_certificate
 from runner.errors import (
-    ProfileNotFound,
     RunnerError,
     SessionNotFound,
     Status,
@@ -193,8 +192,7 @@ class DoorApp:
             return
         door = self._doors.get(profile)
         if door is None:
-            known = ", ".join(sorted(self._doors)) or "none"
-            unknown = ProfileNotFound(f"no profile named {profile!r} (known profiles: {known})")
+            unknown = self._manager.catalog().unknown_profile(profile, caller)
             answer = await self._refused(unknown, runner_error(unknown), caller, request, NO_BODY, profile)
             await answer(scope, receive, send)
             return

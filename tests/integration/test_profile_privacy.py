@@ -69,11 +69,6 @@ def test_listing_an_unknown_profile_names_only_the_callers_profiles(tenants: Ten
     assert "time" in message and "memory" not in message and "fetch" not in message
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="runner/door/http.py still lists every door: it is to raise "
-    "manager.catalog().unknown_profile(profile, caller) (a file this fix may not edit)",
-)
 def test_the_mcp_doors_unknown_profile_names_only_the_callers_profiles(tenants: Tenants) -> None:
     reply = httpx2.post(
         f"http://{tenants.service.mcp_listen}/mcp/no-such-profile",

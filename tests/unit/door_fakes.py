@@ -10,7 +10,7 @@ from typing import Any, NoReturn
 import mcp_types as types
 
 from runner.approvals import Approval, ApprovalState
-from runner.errors import RateLimited, RunnerError, SessionNotFound
+from runner.errors import ProfileNotFound, RateLimited, RunnerError, SessionNotFound
 from runner.sessions.models import (
     ApprovalCallback,
     Exchange,
@@ -95,6 +95,9 @@ class FakeManager:
         self.refusals.append({"error": error, "caller": caller, "method": method, "door": door, "profile": profile})
         raise error
 
+    def catalog(self) -> FakeCatalog:
+        return FakeCatalog()
+
     def get(self, session_id: str, *, caller: str) -> SessionInfo:
         return self._info(self._find(session_id, caller))
 
@@ -176,3 +179,10 @@ def _approval(session_id: str, caller: str, tool: str, arguments: dict[str, Any]
     return Approval(approval_id="apr_0123456789abcdef", session_id=session_id, caller=caller, profile="time",
                     tool=tool, arguments=dict(arguments), rule="tools: approval", state=ApprovalState.PENDING,
                     requested_at=now, expires_at=now + 60)
+
+
+class FakeCatalog:
+    """The manager's catalog as the door uses it: an unknown profile's refusal names the caller's profiles."""
+
+    def unknown_profile(self, name: str, caller: str) -> ProfileNotFound:
+        return ProfileNotFound(f"no profile named {name!r} (profiles you may open: time)")
