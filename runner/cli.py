@@ -88,6 +88,7 @@ examples:
 
 def _serve(args: argparse.Namespace) -> int:
     # Imported here: the server side (Docker) is not needed by client commands.
+    from runner.config_document import ConfigError
     from runner.service import run_service
     from runner.settings_file import load_settings
     from runner.settings_log import FORMAT_VARIABLE, LEVEL_VARIABLE
@@ -105,6 +106,11 @@ def _serve(args: argparse.Namespace) -> int:
         asyncio.run(run_service(load_settings(
             args.config, listen=args.listen, backend=args.backend, mcp_listen=args.mcp_listen
         )))
+    except ConfigError as exc:
+        # A file or option that is wrong, or another service of the instance running: exit 2, which the systemd
+        # unit's RestartPreventExitStatus names, since restarting cannot help.
+        print(f"error: {exc.message}", file=sys.stderr)
+        return Exit.USAGE
     except RunnerError as exc:
         print(f"error: {exc.status.value}: {exc.message}", file=sys.stderr)
         return exit_for(grpc.StatusCode[exc.status.value])

@@ -207,12 +207,6 @@ def test_a_mount_docker_cannot_bind_is_a_problem(mount: str, tmp_path: Path) -> 
     assert [p.where.rsplit(".", 1)[0] for p in report.problems] == ["profiles.p.mounts.0"]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "DEFECT: `serve` with a settings file it refuses exits 6 (INVALID_ARGUMENT through cli_exit's table, since "
-    "a394f07; before: 2); README's table says 2 is 'a file it names is wrong', and the systemd unit's "
-    "RestartPreventExitStatus=2 (README: 'unless it exited with 2 (a settings or policy error…)') no longer stops "
-    "restarts, so a bad file restart-loops. runner/cli.py _serve: return Exit.USAGE for ConfigError"
-))  # fmt: skip
 def test_serve_with_a_bad_settings_file_exits_2_with_one_line_per_problem(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
