@@ -75,6 +75,16 @@ def local_path(text: str, base: Path) -> Path:
     return (base / Path(text).expanduser()).absolute()
 
 
+def resolved_path(text: str, base: Path) -> str:
+    """``text`` against ``base`` with its symlinks resolved, as the engine binds it; one that cannot be resolved
+    (a symlink loop) stays as written, made absolute, so the checks that stat it name its fault at its key."""
+    path = base / text
+    try:
+        return str(path.resolve())
+    except (OSError, RuntimeError):  # RuntimeError: Python before 3.13 reports a loop as "Symlink loop from …"
+        return os.path.normpath(path.absolute())
+
+
 def default_audit_path(instance: str, state_dir: Path | None = None) -> Path:
     """One audit file per instance, so two services on one machine never contend for one chain."""
     return (state_dir or state_directory()) / f"audit-{instance}.sqlite3"

@@ -9,6 +9,7 @@ problem names its file and key path and says what to do; ``notes`` are things wo
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from collections.abc import Callable
@@ -131,8 +132,9 @@ def _mount_problems(file: str, where: str, profile: Profile) -> tuple[list[Probl
             )))
             continue
         except OSError as exc:
-            problems.append(Problem(file, at, f"{mount.source} cannot be looked at ({exc.strerror}); fix its path "
-                                    "or the permissions of the directories above it"))
+            fix = ("it is a symlink loop: point it at a real directory or file" if exc.errno == errno.ELOOP
+                   else "fix its path or the permissions of the directories above it")
+            problems.append(Problem(file, at, f"{mount.source} cannot be looked at ({exc.strerror}); {fix}"))
             continue
         if not (stat.S_ISDIR(mode) or stat.S_ISREG(mode)):
             problems.append(Problem(file, at, f"{mount.source} is neither a directory nor a file; mount one of those"))

@@ -42,6 +42,7 @@ from runner.config import (
     parse_size,
     problem_list,
     problems,
+    resolved_path,
     state_directory,
 )
 from runner.config_document import read_document
@@ -116,7 +117,7 @@ class _SecretModel(BaseModel):
         return self
 
     def source(self, base: Path) -> SecretSource:
-        return SecretSource(env=self.env, file=str((base / self.file).resolve()) if self.file else None)
+        return SecretSource(env=self.env, file=resolved_path(self.file, base) if self.file else None)
 
 
 class _SanitizeModel(BaseModel):
@@ -427,7 +428,7 @@ def _profiles(parsed: _FileModel, base: Path, defaults: Limits) -> dict[str, Pro
             remote_url=remote,
             runtime=model.runtime,
             env=MappingProxyType(dict(model.env)),
-            mounts=tuple(Mount(str((base / m.source).resolve()), m.target, m.writable) for m in model.mounts),
+            mounts=tuple(Mount(resolved_path(m.source, base), m.target, m.writable) for m in model.mounts),
             limits=replace(model.limits.apply(defaults), workspace_bytes=parse_size(model.workspace or 0)),
             description=model.description,
             secrets=MappingProxyType({key: secret.source(base) for key, secret in model.secrets.items()}),

@@ -176,11 +176,6 @@ def test_a_relative_mount_source_is_the_settings_files_neighbour_wherever_the_co
     assert str(tmp_path / "conf" / "data") in missing.problems[0].message
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "DEFECT: a mount source that is a symlink loop ends config check and serve with a RuntimeError traceback "
-    "(Path.resolve in runner/settings_file.py _profiles; `--json` prints nothing); it should be one problem at "
-    "profiles.p.mounts.0.source (catch RuntimeError/OSError from resolve, or resolve(strict=False) then lstat)"
-))  # fmt: skip
 def test_a_mount_source_that_is_a_symlink_loop_is_a_problem(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     os.symlink(tmp_path / "loop2", tmp_path / "loop1")
     os.symlink(tmp_path / "loop1", tmp_path / "loop2")
