@@ -21,6 +21,7 @@ from runner.config_document import ConfigError as ConfigError  # raised here too
 from runner.did_you_mean import unknown_key_message
 from runner.egress.rules import Rule
 from runner.guard.sanitize import SanitizeConfig
+from runner.text import printable
 
 DEFAULT_LISTEN = "127.0.0.1:50051"
 DEFAULT_MCP_LISTEN = "127.0.0.1:50052"
@@ -141,6 +142,33 @@ class Mount:
     source: str
     target: str
     writable: bool = False
+
+
+SANDBOX_OWNED_PATHS = MappingProxyType({
+    "/tmp": "the sandbox's own tmpfs", "/opt/agent": "the runner's agent", "/usr/bin/tini": "the sandbox's init",
+    "/proc": "the container runtime's", "/sys": "the container runtime's", "/dev": "the container runtime's",
+})  # fmt: skip
+"""Paths in every sandbox that a mount may neither replace nor hide (by mounting over a directory above them)."""
+_OWNED_WITH_ALL_BELOW = ("/opt/agent", "/proc", "/sys")
+"""Of those, the ones nothing may be mounted inside either (a bind inside /tmp or /dev is fine)."""
+
+
+def mount_target(value: str) -> str:
+    """``value`` as a mount target, normalized (``/data/./x/`` is ``/data/x``); ValueError saying why a sandbox
+    cannot have it: relative, '..', a ':' (Docker reads binds as SOURCE:TARGET:MODE), or a path it owns."""
+    if not value.startswith("/") or ".." in value.split("/"):
+        raise ValueError("target must be an absolute path without '..'")
+    target = "/" + "/".join(part for part in value.split("/") if part not in ("", "."))
+    if ":" in target:
+        raise ValueError(f"target {printable(target, 200)!r} holds a ':', which Docker cannot bind; choose a path "
+                         "without one")
+    for owned, what in SANDBOX_OWNED_PATHS.items():
+        if owned == target or owned.startswith(target.rstrip("/") + "/") or (
+            owned in _OWNED_WITH_ALL_BELOW and target.startswith(owned + "/")
+        ):
+            raise ValueError(f"target {printable(target, 200)} would cover {owned}, {what}; mount it elsewhere "
+                             "(e.g. under /srv or /data)")
+    return target
 
 
 @dataclass(frozen=True)

@@ -123,6 +123,10 @@ def _mount_problems(file: str, where: str, profile: Profile) -> tuple[list[Probl
     problems, notes = [], []
     for index, mount in enumerate(profile.mounts):
         at = f"{where}.mounts.{index}.source"
+        if ":" in mount.source:
+            problems.append(Problem(file, at, f"{mount.source} holds a ':', which Docker cannot bind (it reads "
+                                    "SOURCE:TARGET:MODE); rename it, or mount a directory above it"))
+            continue
         try:
             mode = os.stat(mount.source).st_mode
         except FileNotFoundError as exc:

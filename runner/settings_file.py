@@ -38,6 +38,7 @@ from runner.config import (
     default_audit_path,
     default_concurrent_boots,
     local_path,
+    mount_target,
     parse_duration,
     parse_size,
     problem_list,
@@ -99,10 +100,8 @@ class _MountModel(BaseModel):
 
     @field_validator("target")
     @classmethod
-    def _absolute(cls, value: str) -> str:
-        if not value.startswith("/") or ".." in value.split("/"):
-            raise ValueError("target must be an absolute path without '..'")
-        return value
+    def _target(cls, value: str) -> str:
+        return mount_target(value)
 
 
 class _SecretModel(BaseModel):
@@ -239,6 +238,15 @@ class _ProfileModel(BaseModel):
         if value is not None and not 1024**2 <= parse_size(value) <= MAX_WORKSPACE_BYTES:
             raise ValueError(f"must be between 1m and {MAX_WORKSPACE_BYTES // 1024**3}g")
         return value
+
+    @field_validator("mounts")
+    @classmethod
+    def _distinct_targets(cls, mounts: list[_MountModel]) -> list[_MountModel]:
+        targets = [m.target for m in mounts]
+        twice = sorted({t for t in targets if targets.count(t) > 1})
+        if twice:
+            raise ValueError(f"two mounts have the target {twice[0]}: a sandbox can bind only one thing there")
+        return mounts
 
     @field_validator("roots")
     @classmethod

@@ -162,6 +162,14 @@ def test_defaults_apply_to_profiles_without_own_limits(tmp_path: Path) -> None:
          ["profiles.p.mounts.0.target", "absolute path"]),
         ("r.yaml", P + "    command: [c]\n    mounts: [{source: d, target: /data/../etc}]\n",
          ["profiles.p.mounts.0.target", "without '..'"]),
+        ("r.yaml", P + "    command: [c]\n    mounts: [{source: d, target: /opt}]\n",
+         ["profiles.p.mounts.0.target", "would cover /opt/agent, the runner's agent"]),
+        ("r.yaml", P + "    command: [c]\n    mounts: [{source: d, target: /proc/x}]\n",
+         ["profiles.p.mounts.0.target", "would cover /proc"]),
+        ("r.yaml", P + "    command: [c]\n    mounts: [{source: d, target: //tmp/.}]\n",
+         ["profiles.p.mounts.0.target", "/tmp would cover /tmp, the sandbox's own tmpfs"]),
+        ("r.yaml", P + "    command: [c]\n    mounts: [{source: d, target: /d}, {source: e, target: /d/}]\n",
+         ["profiles.p.mounts", "two mounts have the target /d"]),
         ("r.yaml", "instance: 'two words'\n", ["instance: String should match pattern"]),
         ("r.yaml", "profiles: [1,\n", ["is not valid YAML"]),
         ("r.toml", "profiles = [1,\n", ["is not valid TOML"]),
@@ -176,6 +184,12 @@ def test_errors_name_file_and_field(tmp_path: Path, name: str, text: str, fragme
     message = problem(caught.value, path)
     for fragment in fragments:
         assert fragment in message
+
+
+def test_mount_targets_are_normalized_and_may_sit_inside_tmp_and_dev(tmp_path: Path) -> None:
+    path = write(tmp_path, "r.yaml", P + "    command: [c]\n    mounts: [{source: d, target: /tmp/./x/}, "
+                                        "{source: d, target: /dev/fuse}]\n")
+    assert [m.target for m in load_settings(path).profiles["p"].mounts] == ["/tmp/x", "/dev/fuse"]
 
 
 def test_missing_file(tmp_path: Path) -> None:

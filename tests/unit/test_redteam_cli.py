@@ -185,12 +185,6 @@ def test_a_mount_source_that_is_a_symlink_loop_is_a_problem(tmp_path: Path, caps
     assert [p["where"] for p in document["problems"]] == ["profiles.p.mounts.0.source"]  # type: ignore[attr-defined]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "DEFECT: config check (and serve) accept mounts Docker refuses at every open: a ':' in the source or target "
-    "('invalid volume specification', docker-py joins binds as SRC:DST:MODE) and a target of /tmp ('Duplicate mount "
-    "point', the sandbox's tmpfs) or / ; runner/config_check.py _mount_problems (or the Mount model's target "
-    "validator) should refuse them, or runner/sandbox/docker.py should use docker.types.Mount instead of binds"
-))  # fmt: skip
 @pytest.mark.parametrize("mount", [
     "{source: 'co:lon', target: /data}", "{source: data, target: '/srv/a:b'}", "{source: data, target: /tmp}",
     "{source: data, target: /}",
