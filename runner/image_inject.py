@@ -80,6 +80,20 @@ def _inspect(image: str) -> dict[str, Any]:
     return info
 
 
+def _base_config(image: str) -> dict[str, Any]:
+    """``image``'s inspection, refused when it has ONBUILD triggers: they would run in the build that adds the agent,
+    a ``RUN`` as root and an ``ADD <url>`` fetched by the host's Docker daemon (``--network none`` covers the build's
+    containers, not the daemon's own downloads)."""
+    info = _inspect(image)
+    triggers = _argv((info.get("Config") or {}).get("OnBuild"))
+    if triggers:
+        named = "; ".join(" ".join(printable(t, 120).split()) for t in triggers[:5]) + ("; …" * (len(triggers) > 5))
+        raise ImageBuildError(f"image {image!r} has ONBUILD triggers ({named}), which would run in the build that "
+                              "adds the agent: build your own image FROM it (so they run in your build, where you "
+                              "see them), or rebuild it without ONBUILD, and name that image")
+    return info
+
+
 def _argv(value: object) -> list[str]:
     return [str(a) for a in value] if isinstance(value, list) else []
 
@@ -110,7 +124,7 @@ def _agent_inputs() -> list[tuple[str, bytes]]:
 
 def injected_ref(image: str) -> str:
     """``mcp-runner/with-agent:<hash12>`` for ``image`` as this engine holds it; needs Docker, not the network."""
-    info = _inspect(image)
+    info = _base_config(image)
     items = [("recipe", RECIPE.encode()), ("base-id", str(info["Id"]).encode()),
              ("Dockerfile", _dockerfile(info.get("Config") or {})), *_agent_inputs()]
     return f"{REPOSITORY}/{KIND}:{_digest(items)[:12]}"
@@ -171,7 +185,7 @@ def ensure_injected(image: str, log: Log = print, *, force: bool = False) -> str
     if _present(ref) and not force:
         log(f"{ref} is present (the agent added to {image})")
         return ref
-    info = _inspect(image)
+    info = _base_config(image)
     lib = _agent_lib(_python_of(image), log)
     (CACHE_DIR / "build").mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="with-agent-", dir=CACHE_DIR / "build") as tmp:

@@ -5,19 +5,23 @@ a user's image with the agent added (``with-agent:REF``, from ``inject_agent: tr
 backends resolve it here without building or fetching anything; the service builds what is missing before it
 serves (``ensure_profile_images``), so no session waits on a build. A sandbox's image must hold the agent: an image
 without it would run the server where the agent should be, and the open would wait for a greeting that never
-comes, so images are checked by their ``mcp-runner.image`` label before a container is made.
+comes, so images are checked before a container is made: by their ``mcp-runner.image`` label, and by their
+ENTRYPOINT, which an image built FROM ours inherits with the label but may have replaced (the Docker backend runs
+it; a pod's command names the agent again, and the image must work on both).
 """
 
 from __future__ import annotations
 
 import json
 import subprocess
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from runner.config import Profile
 from runner.errors import FailedPrecondition
 from runner.image_checks import ImageBuildError, Log
+from runner.image_inject import ENTRYPOINT as INJECTED_ENTRYPOINT
 from runner.image_inject import KIND as INJECTED
 from runner.image_inject import LABEL_BASE, ensure_injected, image_command, injected_ref
 from runner.image_packages import KIND as PACKAGE
@@ -25,6 +29,8 @@ from runner.image_packages import LABEL_COMMAND, ensure_package, find_package_im
 from runner.image_transfer import ImageTransferError, find_containerd_socket, load_into_containerd
 from runner.images import IMAGE_NAMES, LABEL, _present, image_ref
 from runner.package_spec import injected_image, is_package, parse_package, uninjected
+from runner.sandbox.kube_objects import AGENT_ENTRYPOINT
+from runner.text import printable
 
 __all__ = [
     "AGENT_KINDS", "added_images", "check_agent", "check_local_agent", "default_command", "ensure_profile_images",
@@ -33,6 +39,7 @@ __all__ = [
 
 AGENT_KINDS = frozenset({"python-servers", "node-servers", PACKAGE, INJECTED})
 """``mcp-runner.image`` labels of the images that carry the agent (an image built FROM one inherits its label)."""
+_INJECTED_ENTRYPOINT = (*INJECTED_ENTRYPOINT, "--")
 
 
 def no_agent(image: str) -> FailedPrecondition:
@@ -40,10 +47,19 @@ def no_agent(image: str) -> FailedPrecondition:
                               "or set `inject_agent: true` on its profile")
 
 
-def check_agent(image: str, labels: Mapping[str, str] | None) -> None:
-    """Raise ``no_agent`` unless ``labels`` (the image's) say it carries the agent."""
-    if (labels or {}).get(LABEL) not in AGENT_KINDS:
+def check_agent(image: str, labels: Mapping[str, str] | None, entrypoint: Sequence[str] | None = None) -> None:
+    """Raise ``no_agent`` unless ``labels`` (the image's) say it carries the agent and, when known, its
+    ``entrypoint`` (``[]``: none) is still the one that starts the agent."""
+    kind = (labels or {}).get(LABEL)
+    if kind not in AGENT_KINDS:
         raise no_agent(image)
+    expected = _INJECTED_ENTRYPOINT if kind == INJECTED else AGENT_ENTRYPOINT
+    if entrypoint is not None and tuple(entrypoint) != expected:
+        ran = printable(json.dumps(list(entrypoint)), 200)
+        raise FailedPrecondition(f"image {image} has no mcp-runner agent at its ENTRYPOINT: {ran} replaced the "
+                                 f"agent's {json.dumps(list(expected))} of the image it is built FROM, so the server "
+                                 "would run where the agent should. Keep that ENTRYPOINT and give the server as the "
+                                 "image's CMD or the profile's command:, or set `inject_agent: true` on its profile")
 
 
 def runner_built(image: str) -> bool:
@@ -66,6 +82,7 @@ def resolve_sandbox_image(image: str) -> str:
         return found.ref
     base = uninjected(image)
     if base is None:
+        check_local_agent(image)  # the backends check the label; the ENTRYPOINT is known only from the image config
         return image
     try:
         ref = injected_ref(base)
@@ -111,24 +128,37 @@ def added_images() -> dict[str, str]:
     return out
 
 
-def _labels(image: str) -> dict[str, str] | None:
-    """The labels of a local image; None when this engine does not hold it."""
-    done = subprocess.run(["docker", "image", "inspect", "--format", "{{json .Config.Labels}}", image],
+def _config(image: str) -> dict[str, Any] | None:
+    """The config (labels, ENTRYPOINT, …) of a local image; None when this engine does not hold it."""
+    done = subprocess.run(["docker", "image", "inspect", "--format", "{{json .Config}}", image],
                           capture_output=True, text=True)
     if done.returncode != 0:
         return None
-    labels = json.loads(done.stdout or "null")
+    config = json.loads(done.stdout or "null")
+    return config if isinstance(config, dict) else {}
+
+
+def _labels(image: str) -> dict[str, str] | None:
+    """The labels of a local image; None when this engine does not hold it."""
+    config = _config(image)
+    return None if config is None else _labels_in(config)
+
+
+def _labels_in(config: Mapping[str, Any]) -> dict[str, str]:
+    labels = config.get("Labels")
     return {str(k): str(v) for k, v in labels.items()} if isinstance(labels, dict) else {}
 
 
 def check_local_agent(image: str) -> None:
-    """``check_agent`` for an image this engine holds; nothing when it does not (or cannot be asked)."""
+    """``check_agent`` (label and ENTRYPOINT) for an image this engine holds; nothing when it does not (or cannot
+    be asked)."""
     try:
-        labels = _labels(image)
+        config = _config(image)
     except OSError:  # no docker CLI: a cluster's images cannot be inspected from here
         return
-    if labels is not None:
-        check_agent(image, labels)
+    if config is not None:
+        entrypoint = config.get("Entrypoint")
+        check_agent(image, _labels_in(config), [str(a) for a in entrypoint] if isinstance(entrypoint, list) else [])
 
 
 def ensure_profile_images(profiles: Iterable[Profile], log: Log, warn: Log) -> None:

@@ -92,11 +92,6 @@ def onbuild_image(images: dict[str, str], tmp_path: Path, loopback_web: tuple[in
         _remove_with_derived(ref)
 
 
-@pytest.mark.xfail(strict=True, reason="DEFECT: runner/image_inject.py ensure_injected builds FROM the user's image, "
-                   "so its ONBUILD triggers run in the derived build: ONBUILD RUN runs the image's code as root at "
-                   "build time and ONBUILD ADD <url> makes the host's dockerd fetch any URL, the host's loopback "
-                   "included (--network none does not cover the daemon's downloads). Refuse images whose "
-                   "Config.OnBuild is not empty (ImageBuildError naming the triggers), checked in _inspect")
 def test_inject_agent_runs_no_onbuild_trigger_and_fetches_nothing(onbuild_image: str,
                                                                   loopback_web: tuple[int, list[str]]) -> None:
     from runner.image_checks import ImageBuildError
@@ -162,11 +157,6 @@ def claiming_image(images: dict[str, str], tmp_path: Path) -> Iterator[str]:
         subprocess.run(["docker", "rmi", "-f", ref], capture_output=True)
 
 
-@pytest.mark.xfail(strict=True, reason="DEFECT: runner/image_profiles.py check_agent trusts the mcp-runner.image "
-                   "label, which every image FROM a runner image inherits: one whose ENTRYPOINT replaced the agent's "
-                   "passes the check and the open waits out open_timeout_s for a greeting (DEADLINE_EXCEEDED, the "
-                   "issue's 'today: a 60 s DEADLINE_EXCEEDED'). Check the image's ENTRYPOINT too (the runner images' "
-                   "agent entrypoint, or the derived images' launcher), FAILED_PRECONDITION naming the ENTRYPOINT")
 def test_an_image_whose_entrypoint_replaced_the_agent_is_refused_saying_so(claiming_image: str,
                                                                          tmp_path: Path) -> None:
     config = tmp_path / "settings.yaml"

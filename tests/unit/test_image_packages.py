@@ -128,6 +128,20 @@ def test_injected_tag_follows_base_image_and_agent(monkeypatch: pytest.MonkeyPat
     assert image_inject.injected_ref("user/image:1") != second
 
 
+def test_an_image_with_onbuild_triggers_is_refused_naming_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    triggers = ["RUN id", "ADD http://127.0.0.1:9/x /x", *(f"RUN \x1b[2J{n}\n" + "y" * 500 for n in range(9))]
+    monkeypatch.setattr(image_inject, "_inspect", lambda image: {"Id": "sha256:a", "Config": {"OnBuild": triggers}})
+    built: list[object] = []
+    monkeypatch.setattr(image_inject, "run", lambda *a, **k: built.append(a))
+    for action in (image_inject.injected_ref, image_inject.ensure_injected):
+        with pytest.raises(ImageBuildError) as refused:
+            action("user/image:1")
+        said = str(refused.value)
+        assert "has ONBUILD triggers (RUN id; ADD http://127.0.0.1:9/x /x; " in said and said.isprintable()
+        assert "build your own image FROM it" in said and len(said) < 1500
+    assert built == []
+
+
 def test_injected_dockerfile_keeps_what_the_image_ran() -> None:
     text = image_inject._dockerfile({"Entrypoint": ["/srv/server"], "Cmd": ["--stdio"], "User": "app"}).decode()
     assert 'ENTRYPOINT ["python3", "-I", "/opt/mcp-runner-agent/boot.py", "--"]' in text
@@ -186,8 +200,47 @@ def test_agent_check_names_the_image_and_the_fix() -> None:
             "`inject_agent: true` on its profile")
 
 
+AGENT = ["/usr/bin/tini", "--", "/opt/agent/bin/python", "-m", "runner.agent", "--"]
+LAUNCHER = ["python3", "-I", "/opt/mcp-runner-agent/boot.py", "--"]
+
+
+@pytest.mark.parametrize(("kind", "entrypoint"), [("python-servers", AGENT), ("node-servers", AGENT),
+                                                  ("package", AGENT), ("with-agent", LAUNCHER)])
+def test_an_image_keeping_its_agents_entrypoint_passes(kind: str, entrypoint: list[str]) -> None:
+    image_profiles.check_agent("x", {"mcp-runner.image": kind}, entrypoint)
+
+
+@pytest.mark.parametrize(("kind", "entrypoint"), [
+    ("python-servers", ["/opt/servers/bin/mcp-server-time"]), ("python-servers", []), ("package", LAUNCHER),
+    ("with-agent", AGENT), ("node-servers", [*AGENT, "extra"]), ("python-servers", ["\x1b]0;x\n" * 1000]),
+])
+def test_an_image_whose_entrypoint_replaced_the_agent_is_refused(kind: str, entrypoint: list[str]) -> None:
+    with pytest.raises(FailedPrecondition) as caught:
+        image_profiles.check_agent("user/image:1", {"mcp-runner.image": kind}, entrypoint)
+    said = caught.value.message
+    assert said.startswith("image user/image:1 has no mcp-runner agent at its ENTRYPOINT: ")
+    assert "`inject_agent: true`" in said and len(said) < 800 and said.isprintable()
+
+
+def test_a_local_images_entrypoint_is_checked_and_an_absent_image_left_to_the_backend(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    configs: dict[str, dict[str, Any]] = {
+        "ok:1": {"Labels": {"mcp-runner.image": "python-servers"}, "Entrypoint": AGENT},
+        "claims:1": {"Labels": {"mcp-runner.image": "python-servers"}, "Entrypoint": ["/srv/server"]},
+        "bare:1": {"Labels": None, "Entrypoint": None},
+    }
+    monkeypatch.setattr(image_profiles, "_config", configs.get)
+    assert image_profiles.resolve_sandbox_image("ok:1") == "ok:1"
+    assert image_profiles.resolve_sandbox_image("elsewhere:1") == "elsewhere:1"  # the backend says it is missing
+    with pytest.raises(FailedPrecondition, match="at its ENTRYPOINT"):
+        image_profiles.resolve_sandbox_image("claims:1")
+    with pytest.raises(FailedPrecondition, match="has no mcp-runner agent: build it"):
+        image_profiles.check_local_agent("bare:1")
+
+
 def test_missing_package_image_says_how_to_build_it(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(image_profiles, "find_package_image", lambda spec: None)
+    monkeypatch.setattr(image_profiles, "_config", lambda image: None)
     with pytest.raises(FailedPrecondition, match=re.escape("run `mcp-runner images add pypi:foo==1.0`")):
         image_profiles.resolve_sandbox_image("pypi:foo==1.0")
     assert image_profiles.resolve_sandbox_image("debian:bookworm") == "debian:bookworm"
