@@ -6,6 +6,9 @@ none of the settings models; what a wrong document raises, ``ConfigError``, live
 
 from __future__ import annotations
 
+import errno
+import os
+import stat
 import tomllib
 from collections.abc import Hashable
 from pathlib import Path
@@ -54,13 +57,45 @@ def _one_line(exc: Exception) -> str:
     return " ".join(str(exc).split())
 
 
+MAX_DOCUMENT_BYTES = 4 * 1024**2
+"""A settings or policy file is KiB; anything past this is the wrong file, and is not read into memory whole."""
+
+
+def _read_capped(path: Path, what: str) -> bytes:
+    """The bytes of ``path`` if it is a regular file of at most ``MAX_DOCUMENT_BYTES``; ConfigError otherwise.
+
+    Opened without blocking (a FIFO would wait for a writer) and checked on the open descriptor, so a device
+    (``/dev/zero``), pipe or directory is refused before a byte is read, and a file growing meanwhile is cut.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        raise ConfigError(f"cannot read {what} {path}: {exc.strerror}") from exc
+    try:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise ConfigError(f"cannot read {what} {path}: {os.strerror(errno.EISDIR)}")
+        if not stat.S_ISREG(mode):
+            raise ConfigError(f"cannot read {what} {path}: not a regular file (a device, pipe or socket); name the "
+                              "file itself")
+        with os.fdopen(fd, "rb", closefd=False) as file:
+            raw = file.read(MAX_DOCUMENT_BYTES + 1)
+    except OSError as exc:
+        raise ConfigError(f"cannot read {what} {path}: {exc.strerror}") from exc
+    finally:
+        os.close(fd)
+    if len(raw) > MAX_DOCUMENT_BYTES:
+        raise ConfigError(f"{what} {path} is larger than {MAX_DOCUMENT_BYTES // 1024**2} MiB: a settings or policy "
+                          "file is a few KiB; is it the right file?")
+    return raw
+
+
 def read_document(path: Path, what: str) -> dict[str, Any]:
     """A YAML (or, for ``.toml``, TOML) file's top-level mapping; ConfigError naming ``what`` and the file."""
     kind = "TOML" if path.suffix == ".toml" else "YAML"
+    raw = _read_capped(path, what)
     try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"cannot read {what} {path}: {exc.strerror}") from exc
+        text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{what} {path} is not UTF-8: {exc}") from exc
     try:

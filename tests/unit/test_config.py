@@ -430,3 +430,20 @@ def test_the_environment_names_the_backend_cluster_and_namespace(
 def test_bad_kubernetes_settings_are_refused_naming_the_field(tmp_path: Path, text: str, said: str) -> None:
     with pytest.raises(ConfigError, match=said.replace("(", r"\(").replace(")", r"\)")):
         load_settings(write(tmp_path, "bad.yaml", text + "\n"))
+
+
+def test_a_document_that_is_not_a_regular_file_or_is_huge_is_refused_unread(tmp_path: Path) -> None:
+    import os
+
+    from runner.config_document import MAX_DOCUMENT_BYTES
+
+    fifo = tmp_path / "pipe.yaml"
+    os.mkfifo(fifo)  # with no writer: a blocking open or read would never return
+    with pytest.raises(ConfigError, match="not a regular file"):
+        read_document(fifo, "settings file")
+    huge = tmp_path / "huge.yaml"
+    huge.write_bytes(b"a: " + b"x" * MAX_DOCUMENT_BYTES + b"\n")
+    with pytest.raises(ConfigError, match="is larger than 4 MiB"):
+        read_document(huge, "settings file")
+    huge.write_bytes(b"a: " + b"x" * (MAX_DOCUMENT_BYTES - 4) + b"\n")
+    assert len(read_document(huge, "settings file")["a"]) == MAX_DOCUMENT_BYTES - 4

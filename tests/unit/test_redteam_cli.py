@@ -207,14 +207,6 @@ def test_serve_with_a_bad_settings_file_exits_2_with_one_line_per_problem(
     assert code == 2
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "DEFECT: `config check /dev/zero` (or `serve --config` on any endless or huge file) reads it whole and dies "
-        "with a MemoryError traceback; runner/config_document.py read_document should refuse what is not a regular "
-        "file and cap the size it reads (a settings or policy file is KiB, not GiB), one problem saying so"
-    ),
-)
 def test_config_check_of_an_endless_file_is_one_problem_not_a_memory_error() -> None:
     def capped() -> None:  # a MemoryError here rather than the test machine's memory
         resource.setrlimit(resource.RLIMIT_AS, (1536 * 1024**2, 1536 * 1024**2))
