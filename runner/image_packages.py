@@ -41,7 +41,7 @@ from runner.images import (
     ensure_images,
     image_ref,
 )
-from runner.package_spec import PackageSpec
+from runner.package_spec import PackageSpec, PackageSpecError, parse_package
 
 __all__ = [
     "PackageImage", "choose_executable", "ensure_package", "find_package_image", "package_images", "profile_snippet",
@@ -91,13 +91,15 @@ def _images_labelled(*labels: str) -> list[str]:
 
 
 def _describe(ref: str) -> PackageImage:
+    """The package image ``ref`` as its labels describe it; PackageSpecError when they name no pinned package (any
+    image on the engine may carry our labels)."""
     done = subprocess.run(["docker", "image", "inspect", "--format", "{{json .Config.Labels}}", ref],
                           capture_output=True, text=True)
     labels = json.loads(done.stdout or "{}") or {} if done.returncode == 0 else {}
     pinned = str(labels.get(LABEL_PACKAGE, ""))
-    ecosystem, _, rest = pinned.partition(":")
-    name, version = (rest.split("==", 1) if ecosystem == "pypi" else rest.rsplit("@", 1)) if rest else ("", "")
-    spec = PackageSpec("pypi" if ecosystem == "pypi" else "npm", name, version)
+    spec = parse_package(pinned)
+    if spec.version is None:
+        raise PackageSpecError(f"{pinned!r} pins no version")
     current = labels.get(LABEL_FROM) == image_ref(BASES[spec.ecosystem])
     return PackageImage(ref, spec, str(labels.get(LABEL_COMMAND, "")), current)
 
@@ -113,10 +115,18 @@ def find_package_image(spec: PackageSpec) -> PackageImage | None:
     return None
 
 
-def package_images() -> list[PackageImage]:
-    """Every package image here, today's and older ones (``images list``)."""
+def package_images(warn: Log = lambda line: print(line, file=sys.stderr)) -> list[PackageImage]:
+    """Every package image here, today's and older ones (``images list``); ``warn`` names those whose labels do not
+    say which package they hold, which are left out."""
     _check_docker()
-    return [_describe(ref) for ref in _images_labelled()]
+    found = []
+    for ref in _images_labelled():
+        try:
+            found.append(_describe(ref))
+        except PackageSpecError as exc:
+            warn(f"warning: {ref} is left out: its {LABEL_PACKAGE} label does not name a pinned package ({exc}); "
+                 f"remove it (docker rmi {ref}) or build it again with `mcp-runner images add`")
+    return found
 
 
 # --------------------------------------------------------------------------------------------- resolve

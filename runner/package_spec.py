@@ -26,13 +26,17 @@ ECOSYSTEMS: tuple[Ecosystem, ...] = ("pypi", "npm")
 INJECT_PREFIX = "with-agent:"
 
 # PEP 508 names; versions as PEP 440 spells a single release (no ranges: a profile pins one version or none).
-_PYPI_NAME = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._-]{0,198}[A-Za-z0-9])?$")
-_PYPI_VERSION = re.compile(r"^(?:[0-9]+!)?[0-9]+(?:\.[0-9]+)*(?:(?:a|b|rc)[0-9]+)?(?:\.post[0-9]+)?(?:\.dev[0-9]+)?"
-                           r"(?:\+[a-z0-9]+(?:\.[a-z0-9]+)*)?$", re.IGNORECASE)
+# Whole-string patterns: used with fullmatch only ($ would match before a trailing line break).
+_PYPI_NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,198}[A-Za-z0-9])?")
+# ASCII: with IGNORECASE alone, the long s and the Kelvin sign would match [a-z].
+_PYPI_VERSION = re.compile(r"(?:[0-9]+!)?[0-9]+(?:\.[0-9]+)*(?:(?:a|b|rc)[0-9]+)?(?:\.post[0-9]+)?(?:\.dev[0-9]+)?"
+                           r"(?:\+[a-z0-9]+(?:\.[a-z0-9]+)*)?", re.IGNORECASE | re.ASCII)
 # npm's rules: lowercase, URL-safe, at most 214 characters, optional @scope/.
-_NPM_NAME = re.compile(r"^(?:@[a-z0-9][a-z0-9._~-]*/)?[a-z0-9][a-z0-9._~-]*$")
-_NPM_VERSION = re.compile(r"^[0-9]+(?:\.[0-9]+(?:\.[0-9]+(?:-[0-9A-Za-z.-]+)?(?:\+[0-9A-Za-z.-]+)?)?)?$")
-_NPM_EXACT = re.compile(r"^[0-9]+\.[0-9]+\.[0-9]+")
+_NPM_NAME = re.compile(r"(?:@[a-z0-9][a-z0-9._~-]*/)?[a-z0-9][a-z0-9._~-]*")
+_NPM_VERSION = re.compile(r"[0-9]+(?:\.[0-9]+(?:\.[0-9]+(?:-[0-9A-Za-z.-]+)?(?:\+[0-9A-Za-z.-]+)?)?)?")
+_NPM_EXACT = re.compile(r"[0-9]+\.[0-9]+\.[0-9]+")
+"""A prefix: ``MAJOR.MINOR.PATCH`` with or without a pre-release or build."""
+_SHOWN_CHARS = 120
 _EXAMPLES = "e.g. pypi:mcp-server-calculator==0.2.1, npm:@modelcontextprotocol/server-memory@2026.8.31"
 
 
@@ -89,32 +93,39 @@ def parse_package(text: str) -> PackageSpec:
     """``pypi:NAME[==VERSION]`` or ``npm:NAME[@VERSION]``, normalized; PackageSpecError says what is wrong."""
     ecosystem, sep, rest = text.strip().partition(":")
     if not sep or ecosystem not in ECOSYSTEMS:
-        raise PackageSpecError(f"{text!r} is not a package spec: write ECOSYSTEM:NAME with ECOSYSTEM pypi or npm "
+        raise PackageSpecError(f"{_shown(text)} is not a package spec: write ECOSYSTEM:NAME with ECOSYSTEM pypi or npm "
                                f"({_EXAMPLES})")
     if ecosystem == "pypi":
         return _pypi(text, rest.strip())
     return _npm(text, rest.strip())
 
 
+def _shown(text: str) -> str:
+    """``text`` quoted for an error message, cut short: a spec may be as long as its sender likes."""
+    return repr(text[:_SHOWN_CHARS]) + ("…" if len(text) > _SHOWN_CHARS else "")
+
+
 def _pypi(text: str, rest: str) -> PackageSpec:
     name, sep, version = rest.partition("==")
     name, version = name.strip(), version.strip()
     if not sep and re.search(r"[<>=!~\[;@ ]", rest):
-        raise PackageSpecError(f"{text!r}: pin one version with == (pypi:NAME==VERSION) or none for the latest; "
+        raise PackageSpecError(f"{_shown(text)}: pin one version with == (pypi:NAME==VERSION) or none for the latest; "
                                "ranges, extras and markers are not accepted")
-    if not _PYPI_NAME.match(name):
-        raise PackageSpecError(f"{text!r}: {name!r} is not a PyPI project name (letters, digits, '-', '_', '.')")
-    if sep and not _PYPI_VERSION.match(version):
-        raise PackageSpecError(f"{text!r}: {version!r} is not a single version (e.g. 1.2.0)")
+    if not _PYPI_NAME.fullmatch(name):
+        raise PackageSpecError(f"{_shown(text)}: {_shown(name)} is not a PyPI project name "
+                               "(letters, digits, '-', '_', '.')")
+    if sep and not _PYPI_VERSION.fullmatch(version):
+        raise PackageSpecError(f"{_shown(text)}: {_shown(version)} is not a single version (e.g. 1.2.0)")
     return PackageSpec("pypi", re.sub(r"[-_.]+", "-", name).lower(), version if sep else None)
 
 
 def _npm(text: str, rest: str) -> PackageSpec:
     at = rest.find("@", 1)  # a leading @ is the scope's
     name, version = (rest, None) if at < 0 else (rest[:at], rest[at + 1:])
-    if len(name) > 214 or not _NPM_NAME.match(name):
-        raise PackageSpecError(f"{text!r}: {name!r} is not an npm package name (lowercase; optional @scope/)")
-    if version is not None and not _NPM_VERSION.match(version):
-        raise PackageSpecError(f"{text!r}: {version!r} is not an exact version (e.g. 1.2.3, or 1.2 for the "
+    if len(name) > 214 or not _NPM_NAME.fullmatch(name):
+        raise PackageSpecError(f"{_shown(text)}: {_shown(name)} is not an npm package name "
+                               "(lowercase; optional @scope/)")
+    if version is not None and not _NPM_VERSION.fullmatch(version):
+        raise PackageSpecError(f"{_shown(text)}: {_shown(version)} is not an exact version (e.g. 1.2.3, or 1.2 for the "
                                "latest 1.2.x); ranges and tags are not accepted: leave it out for the latest")
     return PackageSpec("npm", name, version)

@@ -107,6 +107,19 @@ def test_package_dockerfile_runs_the_executable() -> None:
     assert "FROM ${BASE}" in text
 
 
+def test_images_whose_package_label_does_not_parse_are_left_out_with_a_warning(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    labels = {"good:1": "pypi:foo==1.0", "bare:1": "pypi:foo", "junk:1": "x" * 100_000, "none:1": None}
+    monkeypatch.setattr(image_packages, "_check_docker", lambda: None)
+    monkeypatch.setattr(image_packages, "_images_labelled", lambda: list(labels))
+    monkeypatch.setattr(image_packages.subprocess, "run", lambda argv, **k: _Done(
+        0, json.dumps({"mcp-runner.package": labels[argv[-1]]}), ""))
+    warned: list[str] = []
+    assert [p.ref for p in image_packages.package_images(warned.append)] == ["good:1"]
+    assert [w.split(" ", 2)[1] for w in warned] == ["bare:1", "junk:1", "none:1"]
+    assert all(w.startswith("warning: ") and "left out" in w and len(w) < 800 for w in warned)
+
+
 def test_snippet_pins_the_version() -> None:
     image = image_packages.PackageImage("mcp-runner/pypi-foo:abc", PackageSpec("pypi", "foo", "1.2.3"), "foo")
     snippet = image_packages.profile_snippet(image)

@@ -37,27 +37,18 @@ def test_hostile_specs_are_refused_with_a_spec_error(text: str) -> None:
         parse_package(text)
 
 
-@pytest.mark.xfail(strict=True, reason="DEFECT: runner/package_spec.py _npm: _NPM_NAME ends in $, which matches "
-                   "before a trailing line break, so 'npm:foo\\n@1.0.0' parses with name 'foo\\n' (into labels, the "
-                   "npm argv and the printed profile); use fullmatch or \\Z")
 @pytest.mark.parametrize("text", ["npm:foo\n@1.0.0", "npm:@scope/foo\n@1.0.0"])
 def test_a_line_break_never_ends_an_npm_name(text: str) -> None:
     with pytest.raises(PackageSpecError):
         parse_package(text)
 
 
-@pytest.mark.xfail(strict=True, reason="DEFECT: runner/package_spec.py _PYPI_VERSION is compiled with IGNORECASE "
-                   "without ASCII, so 'ſ' (long s) matches 's' and the Kelvin sign/dotless i match [a-z]: non-ASCII "
-                   "versions pass the parser and fail later inside pip; add re.ASCII")
 @pytest.mark.parametrize("text", ["pypi:foo==1.0.po\u017ft1", "pypi:foo==1.0+\u212a", "pypi:foo==1.0+\u0131"])
 def test_a_pypi_version_is_ascii_only(text: str) -> None:
     with pytest.raises(PackageSpecError):
         parse_package(text)
 
 
-@pytest.mark.xfail(strict=True, reason="DEFECT: runner/package_spec.py echoes the whole spec twice ({text!r} and "
-                   "{name!r}) in PackageSpecError: a 100 kB spec makes a 200 kB message (settings errors, images add "
-                   "stderr); cap what is echoed (runner.text.printable(text, 120))")
 @pytest.mark.parametrize("text", ["pypi:" + "a" * 100_000, "npm:" + "a" * 100_000, "pypi:foo==" + "x" * 100_000])
 def test_a_huge_spec_gets_a_short_message(text: str) -> None:
     with pytest.raises(PackageSpecError) as refused:
