@@ -10,7 +10,8 @@ checks the engine and sweeps this instance's orphaned containers (a previous run
 open), leaving those of any other running service of the same name, say one with another state directory
 (``InstanceLock.abandoned``). Shutdown on SIGINT/SIGTERM is graceful: health NOT_SERVING,
 ``server.stop(grace)``, then the warm pool is emptied and every session's container is removed and its close
-recorded, then the audit log is closed and the lock released.
+recorded, then the audit log is closed, queued trace spans get a few seconds to reach the collector, and the lock
+is released.
 """
 
 from __future__ import annotations
@@ -341,11 +342,12 @@ async def _serve(settings: Settings, lock: InstanceLock) -> None:
         await backend.settle()
         backend.close()
         memory.close()
-        await asyncio.to_thread(tracer.shutdown)  # what is still queued goes to the collector (bounded by its timeout)
         if store is not None:
             store.close()
             seq, digest = store.head
             log.info("audit log closed at seq %d, head %s", seq, digest)
+        # Last: a collector that does not answer must not keep the audit log open past a container's stop grace.
+        await asyncio.to_thread(tracer.shutdown)  # what is still queued goes to the collector, for a few seconds
 
 
 def bound_address(listen: str, port: int) -> str:

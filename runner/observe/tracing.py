@@ -24,6 +24,7 @@ import contextlib
 import contextvars
 import functools
 import re
+import threading
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -72,6 +73,9 @@ MAX_ATTRIBUTE_CHARS = 256
 """Caller-given names (a tool, a session id) are cut here in span names and attributes."""
 TARGETED = {"tools/call": "gen_ai.tool.name", "prompts/get": "gen_ai.prompt.name"}
 """Methods whose target (low cardinality: a name the server declared) joins the span name once known valid."""
+FLUSH_TIMEOUT_S = 3.0
+"""How long a shutdown waits for queued spans to reach the collector: a dead one retried each batch for the
+exporter's whole timeout (8-28 s), past what a container's stop grace leaves after draining calls."""
 URI_METHODS = frozenset({"resources/read", "resources/subscribe", "resources/unsubscribe"})
 """Methods with a resource URI parameter: the conventions want it as ``mcp.resource.uri`` (never in a name)."""
 _NOTHING = contextlib.nullcontext()
@@ -80,9 +84,10 @@ _NOTHING = contextlib.nullcontext()
 class Tracing:
     """The service's tracer, or none (``OFF``). ``shutdown`` sends what is still queued."""
 
-    def __init__(self, tracer: trace.Tracer | None = None, provider: Any = None) -> None:
+    def __init__(self, tracer: trace.Tracer | None = None, provider: Any = None, exporter: Any = None) -> None:
         self._tracer = tracer
         self._provider = provider
+        self._exporter = exporter
 
     @property
     def enabled(self) -> bool:
@@ -109,12 +114,19 @@ class Tracing:
             endpoint=config.endpoint, insecure=config.insecure, headers=dict(config.headers) or None
         )
         provider.add_span_processor(BatchSpanProcessor(exporter))
-        return cls(provider.get_tracer("mcp-runner"), provider)
+        return cls(provider.get_tracer("mcp-runner"), provider, exporter)
 
-    def shutdown(self) -> None:
-        """Export what is queued (bounded by the exporter's timeout) and stop the export thread. Blocking."""
-        if self._provider is not None:
-            self._provider.shutdown()
+    def shutdown(self, timeout_s: float = FLUSH_TIMEOUT_S) -> None:
+        """Export what is queued and stop the export thread, waiting ``timeout_s`` at most (blocking): then the
+        exporter is shut down, which drops what is left and ends its retries (the SDK's own bound is 30 s)."""
+        if self._provider is None:
+            return
+        flushing = threading.Thread(target=self._provider.shutdown, name="trace-flush", daemon=True)
+        flushing.start()
+        flushing.join(timeout_s)
+        if flushing.is_alive() and self._exporter is not None:
+            self._exporter.shutdown()
+            flushing.join(timeout_s)
 
     def request(
         self, method: str, session_id: str, *, target: str = "", protocol: str = ""

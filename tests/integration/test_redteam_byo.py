@@ -308,12 +308,6 @@ def test_otel_sdk_disabled_makes_no_connection_to_the_named_collector(images: di
     assert not connected
 
 
-@pytest.mark.xfail(strict=True, reason="DEFECT: runner/service.py closes the audit store only after "
-                   "tracer.shutdown(), which with a dead collector retries the queued spans' export for the "
-                   "exporter's whole timeout per batch (measured: ~8 s for one batch, ~28 s for a full queue): the "
-                   "audit log stays open past what compose's 30 s stop_grace_period / the pod's grace leave after "
-                   "draining. Close the store before flushing traces, and bound the flush (force_flush(timeout_millis)"
-                   " / OTLPSpanExporter(timeout=...))")
 def test_the_audit_log_is_closed_before_traces_wait_on_a_dead_collector(images: dict[str, str],
                                                                         tmp_path: Path) -> None:
     config = tmp_path / "settings.yaml"

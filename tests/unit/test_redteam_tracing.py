@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import socket
 import threading
+from collections.abc import Sequence
 
 import pytest
-from opentelemetry.sdk.trace import ReadableSpan
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
@@ -137,3 +138,33 @@ def test_a_dead_collector_fails_no_span_and_shutdown_ends() -> None:
     stopping.start()
     stopping.join(120)  # generous: a failure bound, not a measurement
     assert not stopping.is_alive(), "shutdown hung on a dead collector"
+
+
+class _Hanging(SpanExporter):
+    """An exporter whose export waits (as one retrying a dead collector does) until it is shut down."""
+
+    def __init__(self) -> None:
+        self.exporting = threading.Event()
+        self.released = threading.Event()
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        self.exporting.set()
+        self.released.wait(300)
+        return SpanExportResult.FAILURE
+
+    def shutdown(self) -> None:
+        self.released.set()
+
+
+def test_shutdown_gives_up_on_a_hanging_export_after_its_bound() -> None:
+    exporter = _Hanging()
+    provider = TracerProvider()
+    provider.add_span_processor(BatchSpanProcessor(exporter, schedule_delay_millis=10))
+    hanging = Tracing(provider.get_tracer("t"), provider, exporter)
+    with hanging.request("ping", "s"):
+        pass
+    assert exporter.exporting.wait(60)  # the export thread is inside the hanging export
+    stopping = threading.Thread(target=hanging.shutdown, args=(0.1,), daemon=True)
+    stopping.start()
+    stopping.join(20)  # generous: a failure bound (the SDK alone waits 30 s, then the export its own 300 s)
+    assert not stopping.is_alive() and exporter.released.is_set()
