@@ -50,6 +50,7 @@ from runner.config_document import read_document
 from runner.did_you_mean import closest
 from runner.egress.rules import check_header_name, header_value_problem, parse_host_pattern, parse_target
 from runner.guard.sanitize import DEFAULT_REDACTIONS, DETECTORS, SanitizeConfig
+from runner.host_port import grpc_listen
 from runner.package_spec import injected_image, is_package, parse_package, uninjected
 from runner.roots import profile_roots
 from runner.settings_kubernetes import KubernetesModel, chosen_backend
@@ -376,6 +377,11 @@ class _FileModel(BaseModel):
     log: LogModel = LogModel()
     metrics: MetricsModel = MetricsModel()
 
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, value: str | None) -> str | None:
+        return None if value is None else grpc_listen(value, "the address")
+
     @field_validator("max_message_bytes")
     @classmethod
     def _message_cap(cls, value: int | str | None) -> int | str | None:
@@ -511,6 +517,10 @@ def load_settings(
         instance = env_instance or user.instance or "default"
         base = user_path.resolve().parent
         state_dir = _state_dir(user, base)
+        env_listen = os.environ.get("MCP_RUNNER_LISTEN")
+        origin, override = ("--listen", listen) if listen else ("MCP_RUNNER_LISTEN", env_listen)
+        if override:  # the file's own `listen:` was checked as it loaded
+            grpc_listen(override, origin)
         tls = None
         if user.tls is not None:
             tls = TlsConfig(
@@ -522,7 +532,7 @@ def load_settings(
             tls=tls,
             auth=AuthConfig(mtls=tls is not None and tls.client_ca is not None, tokens=user.auth.tokens),
             policy=local_path(user.policy, base) if user.policy else None,
-            listen=listen or os.environ.get("MCP_RUNNER_LISTEN") or user.listen or DEFAULT_LISTEN,
+            listen=override or user.listen or DEFAULT_LISTEN,
             instance=instance,
             audit=user.audit.config(base, instance, state_dir),
             state_dir=state_dir,
@@ -543,4 +553,4 @@ def load_settings(
             metrics=user.metrics.config(),
         )
     except ValueError as exc:
-        raise ConfigError(f"{user_path}: {exc}") from exc
+        raise ConfigError(f"{user_path}: {exc}" if path_text else str(exc)) from exc

@@ -11,6 +11,7 @@ import os
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from runner.config import DEFAULT_MCP_LISTEN, McpHttpConfig, parse_size
+from runner.host_port import host_port
 
 MIN_BODY_BYTES = 1024
 MAX_BODY_BYTES = 256 * 1024**2
@@ -24,6 +25,13 @@ class McpHttpModel(BaseModel):
     lease_idle_timeout_s: float = Field(default=McpHttpConfig.lease_idle_timeout_s, gt=0, le=86400)
     max_body_bytes: int | str = McpHttpConfig.max_body_bytes
 
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, value: str) -> str:
+        if value.strip():
+            host_port(value.strip(), "the address")
+        return value
+
     @field_validator("max_body_bytes")
     @classmethod
     def _body_cap(cls, value: int | str) -> int | str:
@@ -33,8 +41,11 @@ class McpHttpModel(BaseModel):
 
     def config(self, listen: str | None = None) -> McpHttpConfig:
         """``listen`` (``serve --mcp-listen``), else env MCP_RUNNER_MCP_LISTEN, else the file's; ``""`` is off."""
-        for chosen in (listen, os.environ.get("MCP_RUNNER_MCP_LISTEN")):
+        env_listen = os.environ.get("MCP_RUNNER_MCP_LISTEN")
+        for origin, chosen in (("--mcp-listen", listen), ("MCP_RUNNER_MCP_LISTEN", env_listen)):
             if chosen is not None:
+                if chosen.strip():  # the file's own was checked as it loaded
+                    host_port(chosen.strip(), origin)
                 break
         else:
             chosen = self.listen

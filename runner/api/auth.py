@@ -39,6 +39,7 @@ from cryptography.hazmat.primitives import serialization
 
 from runner.config import AuthConfig, ConfigError, TlsConfig
 from runner.errors import InvalidArgument, Unauthenticated
+from runner.host_port import capped
 from runner.policy import CALLER_NAME
 
 log = logging.getLogger(__name__)
@@ -131,12 +132,14 @@ def check_listen_safety(listen: str, tls: TlsConfig | None, auth: AuthConfig) ->
         return
     if auth.anonymous:
         raise InvalidArgument(
-            f"refusing to listen on {listen} without authentication: anyone who can reach it could start "
+            f"refusing to listen on {capped(listen)} without authentication: anyone who can reach it could start "
             "containers. Configure TLS with client_ca and enable mTLS authentication, or enable bearer tokens, "
             "or listen on 127.0.0.1"
         )
     if auth.tokens and tls is None:
-        log.warning("bearer tokens are accepted on %s without TLS: tokens travel in clear text; configure TLS", listen)
+        log.warning(
+            "bearer tokens are accepted on %s without TLS: tokens travel in clear text; configure TLS", capped(listen)
+        )
 
 
 def check_policy_required(listen: str, auth: AuthConfig, policy: Path | None) -> None:
