@@ -15,6 +15,7 @@ from typing import Any
 
 from runner.client import RunnerClient, tls_credentials
 from runner.client_channel import ADDRESS_ENV, DEFAULT_ADDRESS, service_address
+from runner.text import control_free
 
 CONNECTION_OPTIONS = (
     ("--address", ADDRESS_ENV, "HOST:PORT",
@@ -73,9 +74,10 @@ def one_line(text: str) -> str:
 
 def field(text: str) -> str:
     """A one-line field of a line-oriented output (a name, an id, a label): its line breaks and tabs shown as
-    ``\\n`` and ``\\t``, so a value from a server or another caller cannot start a line that looks like the
+    ``\\n`` and ``\\t``, and every other control or invisible character (``\\r``, ESC, U+2028) as ``control_free``
+    escapes it, so a value from a server or another caller cannot start or overwrite a line that looks like the
     command's own (a forged tool, approval or session row)."""
-    return text.replace("\n", "\\n").replace("\t", "\\t")
+    return control_free(text).replace("\n", "\\n").replace("\t", "\\t")
 
 
 def open_client(args: argparse.Namespace) -> RunnerClient:

@@ -13,6 +13,7 @@ from enum import IntEnum
 import grpc
 
 from runner.client_channel import ADDRESS_ENV
+from runner.text import control_free
 
 
 class Exit(IntEnum):
@@ -61,6 +62,11 @@ exit codes:
 `mcp-runner health` exits 0 when SERVING and 1 otherwise; `mcp-runner mcp` has its own (see its --help)."""
 
 
+_CONNECT_FAILURE = "failed to connect to all addresses"
+_RESOLVER_FAILURES = ("errors resolving ", "DNS resolution failed")
+"""How gRPC's transport begins the details of a connection it could not make, and of a host it could not resolve."""
+
+
 def exit_for(code: grpc.StatusCode) -> Exit:
     return _BY_STATUS.get(code, Exit.FAILURE)
 
@@ -69,6 +75,9 @@ def explain(code: grpc.StatusCode, details: str, args: argparse.Namespace) -> st
     """The message to print for a failed request: the service's own, or for a connection failure its cause and fix."""
     address = getattr(args, "address", "")
     tls = bool(getattr(args, "ca", None) or getattr(args, "cert", None) or getattr(args, "key", None))
+    # The service's words may quote a server's or a caller's (a name, a server's stderr): escaped, and its later
+    # lines indented, so none can pass for a line of the CLI's own.
+    details = control_free(details).rstrip("\n").replace("\n", "\n    ")
     if code == grpc.StatusCode.UNAVAILABLE:
         return _unreachable(details, address, tls, bool(getattr(args, "cert", None))) or details
     if code == grpc.StatusCode.UNAUTHENTICATED:
@@ -83,13 +92,19 @@ def explain(code: grpc.StatusCode, details: str, args: argparse.Namespace) -> st
 
 
 def _unreachable(details: str, address: str, tls: bool, client_cert: bool) -> str | None:
-    """What a transport failure means, or None when it is the service's own UNAVAILABLE (its backend down)."""
+    """What a transport failure means, or None when it is the service's own UNAVAILABLE (its backend down).
+
+    Only gRPC's own details are read: the service's UNAVAILABLE may quote its backend's failure ("Docker engine
+    unreachable: … Connection refused"), which says nothing about the connection to the service.
+    """
     elsewhere = f"--address HOST:PORT or {ADDRESS_ENV}"
+    if details.startswith(_RESOLVER_FAILURES):
+        return f"cannot resolve the host of {address}: check {elsewhere}"
+    if not details.startswith(_CONNECT_FAILURE):
+        return None
     if "Connection refused" in details:
         return (f"no service is listening at {address}. Start one with `make run` or `mcp-runner serve`, or point "
                 f"the CLI at yours: {elsewhere}")
-    if "resolving" in details or "DNS resolution failed" in details:
-        return f"cannot resolve the host of {address}: check {elsewhere}"
     if "WRONG_VERSION_NUMBER" in details:
         return (f"the service at {address} does not speak TLS, but the CLI used it: drop --ca/--cert/--key "
                 "(and MCP_RUNNER_CA/_CERT/_KEY)")
@@ -108,6 +123,4 @@ def _unreachable(details: str, address: str, tls: bool, client_cert: bool) -> st
                     "--cert FILE --key FILE, signed by the CA the service trusts")
         return (f"the service at {address} refused the client certificate: it must be signed by the CA the service "
                 "trusts (its settings' tls.client_ca)")
-    if details.startswith("failed to connect to all addresses"):
-        return f"cannot connect to {address} ({details}); check {elsewhere}"
-    return None
+    return f"cannot connect to {address} ({details}); check {elsewhere}"

@@ -13,13 +13,14 @@ from typing import Any
 import grpc
 
 from runner import cli_json
+from runner.api._proto.mcp_runner.v1 import runner_pb2 as pb
 from runner.cli_audit import audit_records, record_json, record_line
 from runner.cli_exit import Exit
 from runner.client import RunnerClient
+from runner.text import control_free
 
 POLL_S = 1.0
-ENDED = (3, 4)
-"""SESSION_STATE_CLOSED, SESSION_STATE_FAILED."""
+ENDED = (pb.SESSION_STATE_CLOSED, pb.SESSION_STATE_FAILED)
 
 
 def added_text(before: str, now: str) -> str:
@@ -33,8 +34,8 @@ def added_text(before: str, now: str) -> str:
 
 def stderr_lines(text: str) -> str:
     """A server's stderr as lines that each say so: none can pass for a line of the command's own (a header, an
-    event)."""
-    return "\n".join(f"stderr: {line}" for line in text.rstrip("\n").split("\n"))
+    event), nor overwrite one (the host's sanitizer keeps ``\\r``; ``control_free`` shows it escaped)."""
+    return "\n".join(f"stderr: {line}" for line in control_free(text).rstrip("\n").split("\n"))
 
 
 def follow(client: RunnerClient, session_id: str, stderr: str, after_seq: int, events: bool, as_json: bool) -> int:

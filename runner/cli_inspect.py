@@ -21,6 +21,7 @@ from runner.cli_exit import Exit
 from runner.cli_follow import follow, stderr_lines
 from runner.cli_render import approval_line
 from runner.client import RunnerClient
+from runner.text import control_free
 
 PROFILES_EXAMPLES = """\
 examples:
@@ -152,8 +153,8 @@ def approvals(args: argparse.Namespace) -> int:
 
 def indented(text: str) -> str:
     """A multi-line text (a failure quoting a server's stderr) with its later lines indented under the first: none
-    of them can pass for a line of the command's own."""
-    return text.rstrip("\n").replace("\n", "\n    ")
+    of them can pass for a line of the command's own, and no control character (``\\r``, ESC) can overwrite one."""
+    return control_free(text).rstrip("\n").replace("\n", "\n    ")
 
 
 def _events(client: RunnerClient, session_id: str) -> tuple[list[Any], str]:
