@@ -22,7 +22,7 @@ from pydantic import ValidationError
 from runner.api.auth import check_listen_safety, check_policy_required
 from runner.config import WORKSPACE_PATH, ConfigError, Profile, Settings, problem_list
 from runner.config_document import read_document
-from runner.did_you_mean import allowed_keys
+from runner.did_you_mean import allowed_keys, closest
 from runner.errors import RunnerError
 from runner.package_spec import is_package, uninjected
 from runner.sandbox.base import SANDBOX_USER
@@ -230,13 +230,18 @@ def _has_own_images(settings: Settings) -> bool:
 
 
 def _is_policy_file(path: Path) -> bool:
-    """A document whose top-level keys are a policy file's, with at least one no settings file has."""
+    """A document more of whose top-level keys are a policy file's own than a settings file's own, a misspelt key
+    counting as the key it is closest to: so one typo (``caler:``) does not get a policy checked as settings."""
     from runner.policy import _File as PolicyFile  # the policy's schema, read for its keys only
     from runner.settings_file import SETTINGS_KEYS
 
-    keys = set(read_document(path, "settings file"))
     policy_keys = set(allowed_keys(PolicyFile, []))
-    return bool(keys - SETTINGS_KEYS) and keys <= policy_keys
+    known = sorted(policy_keys | SETTINGS_KEYS)
+    votes = 0
+    for key in map(str, read_document(path, "settings file")):
+        meant = key if key in known else closest(key, known)
+        votes += (meant in policy_keys - SETTINGS_KEYS) - (meant in SETTINGS_KEYS - policy_keys)
+    return votes > 0
 
 
 def _check_policy_file(path: Path) -> Report:

@@ -246,3 +246,15 @@ def test_a_mount_source_that_is_neither_file_nor_directory_or_cannot_be_looked_a
     problems, _ = settings_problems(settings, None)
     assert [p.message for p in problems] == [f"{tmp_path / 'secret'} cannot be looked at (Permission denied); fix "
                                              "its path or the permissions of the directories above it"]
+
+
+@pytest.mark.parametrize("text, policy", [
+    ("callers: {}\n", True), ("caler: {}\ndefault_caller: {profiles: []}\n", True), ("calers: {}\n", True),
+    ("profiles: {}\n", False), ("profils: {}\nlisten: 127.0.0.1:1\n", False), ("callers: {}\nlisten: x:1\n", False),
+    ("lisen: 127.0.0.1:1\n", False), ("{}\n", False),
+])  # fmt: skip
+def test_a_document_is_checked_as_a_policy_when_its_own_keys_or_the_keys_meant_say_so(
+    tmp_path: Path, text: str, policy: bool
+) -> None:
+    report = check_config(write(tmp_path, text), images=never_asked)
+    assert any("is a policy file" in note for note in report.notes) == policy

@@ -214,15 +214,6 @@ def test_config_check_of_an_endless_file_is_one_problem_not_a_memory_error() -> 
     assert done.returncode == 1 and json.loads(done.stdout)["ok"] is False
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "DEFECT: a policy file with one misspelled top-level key (`caler:` for `callers:`) is checked as a settings "
-        "file: 'default_caller: … did you mean `defaults`?' and the settings' keys listed for `caler`; "
-        "runner/config_check.py _is_policy_file needs every key to be a policy key; it should count a file whose "
-        "known keys are all policy keys as a policy and suggest `callers`"
-    ),
-)
 def test_a_policy_file_with_a_typo_at_the_top_is_still_checked_as_a_policy(tmp_path: Path) -> None:
     policy = tmp_path / "policy.yaml"
     policy.write_text("caler: {}\ndefault_caller: {profiles: []}\n")
