@@ -36,9 +36,10 @@ from runner.cli_render import UsageError
 from runner.cli_session import add_commands as add_session_commands
 from runner.cli_session import add_once_commands
 from runner.cli_shell import add_command as add_shell_command
-from runner.client_channel import service_address
+from runner.client_channel import ADDRESS_ENV, service_address
 from runner.door import host_configs
 from runner.errors import RunnerError
+from runner.host_port import grpc_target
 from runner.settings_log import log_word
 from runner.text import control_free
 
@@ -305,8 +306,15 @@ def _main(argv: Sequence[str] | None) -> int:
     if args.command == "mcp" and args.address is not None:
         print(MCP_ADDRESS_REFUSAL, file=sys.stderr)
         return Exit.USAGE
+    named_by = "--address" if args.address is not None else ADDRESS_ENV
     if args.address is None:
         args.address = service_address()
+    if args.command not in (*LOCAL_COMMANDS, "mcp"):
+        try:  # a port that is no port, or an empty --address: the command line's fault, before any connection
+            grpc_target(args.address, named_by)
+        except ValueError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return Exit.USAGE
     try:
         code: int = args.func(args)
     except (RunnerError, UsageError) as exc:  # refused before any request: a TLS file that cannot be read, bad JSON

@@ -10,6 +10,8 @@ import os
 
 import grpc
 
+from runner.host_port import grpc_target
+
 DEFAULT_ADDRESS = "127.0.0.1:50051"
 ADDRESS_ENV = "MCP_RUNNER_ADDRESS"
 CHANNEL_OPTIONS = [("grpc.max_receive_message_length", 64 * 1024 * 1024)]
@@ -17,9 +19,12 @@ CHANNEL_OPTIONS = [("grpc.max_receive_message_length", 64 * 1024 * 1024)]
 
 
 def service_address(address: str | None = None) -> str:
-    """``address`` if given, else ``MCP_RUNNER_ADDRESS``, else the default: the CLI's rule, so a script and the CLI
-    reach the same service."""
-    return address or os.environ.get(ADDRESS_ENV) or DEFAULT_ADDRESS
+    """``address`` if given, else ``MCP_RUNNER_ADDRESS`` (unless empty), else the default: the CLI's rule, so a
+    script and the CLI reach the same service. An empty ``address`` is a ValueError, not "not given": a script's
+    unset variable must not reach a service nobody named."""
+    if address is not None:
+        return grpc_target(address, "the address")
+    return os.environ.get(ADDRESS_ENV) or DEFAULT_ADDRESS
 
 
 def blocking_channel(address: str | None, credentials: grpc.ChannelCredentials | None) -> grpc.Channel:

@@ -14,6 +14,8 @@ QUOTE_LIMIT = 80
 EXAMPLE = "e.g. 127.0.0.1:50051, localhost:50051 or [::1]:50051"
 GRPC_SOCKET_PREFIXES = ("unix:", "unix-abstract:")
 """Listen addresses gRPC takes besides HOST:PORT: a Unix socket's path, or an abstract socket's name."""
+GRPC_TARGET_SCHEMES = ("dns:", "ipv4:", "ipv6:", "vsock:", *GRPC_SOCKET_PREFIXES)
+"""Targets a gRPC client takes besides HOST:PORT, by their scheme."""
 
 
 def quoted(text: str) -> str:
@@ -50,6 +52,17 @@ def host_port(value: str, what: str) -> tuple[str, int]:
 def grpc_listen(value: str, what: str) -> str:
     """``value`` if gRPC can listen there (HOST:PORT, or a ``unix:``/``unix-abstract:`` socket); ValueError else."""
     if value.startswith(GRPC_SOCKET_PREFIXES) and value.split(":", 1)[1]:
+        return value
+    host_port(value, what)
+    return value
+
+
+def grpc_target(value: str, what: str) -> str:
+    """``value`` if a gRPC client may dial it: HOST:PORT, or a target with a scheme gRPC resolves (``dns:``,
+    ``unix:`` …), which gRPC itself checks; ValueError naming ``what`` otherwise, an empty one included."""
+    if not value.strip():
+        raise ValueError(f"{what} is empty: give the service's HOST:PORT ({EXAMPLE})")
+    if value.startswith(GRPC_TARGET_SCHEMES) or "://" in value:
         return value
     host_port(value, what)
     return value

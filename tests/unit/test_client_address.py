@@ -20,6 +20,18 @@ def test_the_address_rule(monkeypatch: pytest.MonkeyPatch) -> None:
     assert service_address() == "127.0.0.1:6001"
     assert service_address("127.0.0.1:6002") == "127.0.0.1:6002"
     assert cli.build_parser().parse_args(["sessions"]).address == "127.0.0.1:6001"
+    with pytest.raises(ValueError, match="the address is empty"):
+        service_address("")  # an unset variable in a script: never the environment's or the default service
+    monkeypatch.setenv("MCP_RUNNER_ADDRESS", "")
+    assert service_address() == DEFAULT_ADDRESS  # an empty variable is an unset one
+
+
+def test_a_bad_environment_address_is_a_usage_error_naming_the_variable(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("MCP_RUNNER_ADDRESS", "127.0.0.1:65536")
+    assert cli.main(["sessions"]) == 2
+    assert "MCP_RUNNER_ADDRESS '127.0.0.1:65536': the port '65536' is not a port" in capsys.readouterr().err
 
 
 async def test_both_clients_reach_the_service_named_by_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -66,11 +66,6 @@ def test_an_option_after_double_dash_is_an_argument_and_local_commands_refuse_co
     assert "unrecognized arguments: --address" in capsys.readouterr().err
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "DEFECT: an --address whose port is not a port (99999, abc) is reported as 'no service is listening' / 'cannot "
-    "resolve the host' (exit 5); it is a usage error (exit 2) that should name the port (runner/cli_exit.py "
-    "_unreachable; validate HOST:PORT in runner/cli_common.open_client)"
-))  # fmt: skip
 @pytest.mark.parametrize("address", ["127.0.0.1:99999", "127.0.0.1:abc"])
 def test_an_address_whose_port_is_not_a_port_is_a_usage_error(address: str, capsys: pytest.CaptureFixture[str]) -> None:
     code = main(["sessions", "--address", address])
@@ -222,14 +217,6 @@ def test_a_policy_file_with_a_typo_at_the_top_is_still_checked_as_a_policy(tmp_p
     assert "did you mean `callers`?" in report.problems[0].message
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "DEFECT: `--address ''` (say `--address \"$ADDR\"` with ADDR unset) silently connects to MCP_RUNNER_ADDRESS "
-        "or 127.0.0.1:50051, a service the user did not name; runner/client_channel.service_address treats '' as "
-        "not given: the CLI should refuse an empty --address as a usage error (exit 2)"
-    ),
-)
 def test_an_empty_address_is_a_usage_error_not_the_default_service(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
