@@ -222,8 +222,8 @@ def add_commands(sub: Any, formatter: type[argparse.HelpFormatter]) -> None:
         "profiles", help="the profiles you may open: image, network, and tools once a session showed them",
         epilog=PROFILES_EXAMPLES, formatter_class=formatter,
     )  # fmt: skip
-    listing.add_argument("name", nargs="?", metavar="PROFILE", help="only this one (exit 3 if there is none, 4 if "
-                         "you may not open it)")  # fmt: skip
+    listing.add_argument("name", nargs="?", metavar="PROFILE", help="only this one (exit 3 if there is none you "
+                         "may open)")  # fmt: skip
     add_json_option(listing, "a list of profiles (tools null when unknown)")
     listing.set_defaults(func=profiles)
 

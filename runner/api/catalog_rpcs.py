@@ -35,5 +35,5 @@ class CatalogRpcs:
     async def GetSessionLogs(self, request: Any, context: Context) -> Any:
         async with translate_errors(context, "GetSessionLogs"):
             caller = self._auth.identify(context)
-            logs = self._manager.catalog().logs(convert.require_session_id(request.session_id), caller)
+            logs = await self._manager.catalog().logs(convert.require_session_id(request.session_id), caller)
             return convert.logs_to_proto(logs)

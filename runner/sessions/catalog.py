@@ -1,7 +1,9 @@
 """What a caller may learn without a request to a server: the profiles it may open, and a session's stderr tail.
 
 Apart from the manager, which hands it its state (``SessionManager.catalog``), because neither answer reaches a
-sandbox: both are read from what the manager already holds, so they cost no request, no record and no rate.
+sandbox: both are read from what the manager already holds, so they cost no request and no record. Each is one of
+the caller's calls (its call rate and concurrency), as a tool call is: sanitizing a stderr tail costs milliseconds,
+and a caller asking in a loop must not buy them without limit. The sanitizing runs off the event loop.
 
 Tools of a profile are known only from a session the caller may see (its own; an admin's: anyone's), as that
 session was last shown them: a server's listing can change with what its caller did, so one caller's session
@@ -11,6 +13,7 @@ only when a session claims it.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -61,12 +64,17 @@ class Catalog:
         """The manager's: the session, or NOT_FOUND / PERMISSION_DENIED (another caller's)."""
 
     def profiles(self, caller: str, only: str = "") -> list[ProfileEntry]:
-        """The profiles ``caller`` may open now, by name; with ``only``, that one, refused as an open would be."""
+        """The profiles ``caller`` may open now, by name; with ``only``, that one.
+
+        A name the caller may not open is refused exactly as a name no profile has (NOT_FOUND, listing what the
+        caller may open): a different answer would tell a caller which names other tenants' profiles have."""
+        with self._gate.request_slot(caller):
+            return self._profiles(caller, only)
+
+    def _profiles(self, caller: str, only: str) -> list[ProfileEntry]:
         policy = self._gate.policy
-        if only:
-            if only not in self._settings.profiles:
-                raise self.unknown_profile(only, caller)
-            policy.check_open(caller, only)
+        if only and (only not in self._settings.profiles or not policy.may_open(caller, only)):
+            raise self.unknown_profile(only, caller)
         entries = []
         for name in [only] if only else sorted(self._settings.profiles):
             if not policy.may_open(caller, name):
@@ -86,13 +94,15 @@ class Catalog:
         openable = [p for p in sorted(self._settings.profiles) if policy.may_open(caller, p)]
         return ProfileNotFound(f"no profile named {name!r} (profiles you may open: {', '.join(openable) or 'none'})")
 
-    def logs(self, session_id: str, caller: str) -> SessionLogs:
+    async def logs(self, session_id: str, caller: str) -> SessionLogs:
         session = self._lookup(session_id, caller)
-        if session.handle is None:  # never started: nothing was written
-            return SessionLogs(session_info(session), "")
-        found = FindingLog()
-        tail = session.sanitizer.text(session.handle.stderr_tail(), "stderr", found)
-        return SessionLogs(session_info(session), tail, tuple(found.findings()))
+        with self._gate.request_slot(caller):
+            if session.handle is None:  # never started: nothing was written
+                return SessionLogs(session_info(session), "")
+            found = FindingLog()
+            raw = session.handle.stderr_tail()
+            tail = await asyncio.to_thread(session.sanitizer.text, raw, "stderr", found)
+            return SessionLogs(session_info(session), tail, tuple(found.findings()))
 
     def _latest_listing(self, caller: str, profile: str) -> LiveSession | None:
         """The most recently opened session of ``profile`` that ``caller`` may see and whose tools were listed."""

@@ -30,7 +30,7 @@ from runner.errors import (
 )
 from runner.guard.memory import GuardMemory
 from runner.guard.pinning import PinBook
-from runner.policy import ADMIN, APPROVER, Kind, LimitCeilings, Policy, PolicyStore, ToolDecision
+from runner.policy import ADMIN, APPROVER, Kind, LimitCeilings, Policy, PolicyStore, Rates, ToolDecision
 from runner.sessions.models import LimitsRequest
 from runner.throttle import BLOCKED, DENIED, INVALID, AnomalyWatch, Throttle
 
@@ -145,6 +145,12 @@ class Gate:
     def call_slot(self, caller: str, session_id: str) -> contextlib.AbstractContextManager[None]:
         rules = self.policy.caller(caller)
         return self.throttle.call_slot(caller, session_id, rules.rates, rules.session_rates)
+
+    def request_slot(self, caller: str) -> contextlib.AbstractContextManager[None]:
+        """One of the caller's calls (its call rate and concurrency) for a request that reaches no server: a listing
+        of profiles, a session's stderr tail. No session's rates are spent: the empty key names no session, and its
+        rates are unlimited."""
+        return self.throttle.call_slot(caller, "", self.policy.caller(caller).rates, Rates())
 
     def calls_exhausted(self, caller: str, session_id: str) -> bool:
         """Whether a call slot would be refused now (nothing is taken): such a request is a refusal to count."""

@@ -196,7 +196,8 @@ def test_denied_unauthenticated_and_tls_mistakes(guarded: Guarded) -> None:
     assert [p["name"] for p in listed.json()] == ["time"]  # type: ignore[union-attr]
     as_alice = cli_at(address, "--ca", ca, "--token", guarded.alice)
     assert [p["name"] for p in as_alice("profiles", "--json").json()] == ["memory", "time"]  # type: ignore[union-attr]
-    assert as_bob("profiles", "memory").code == 4
+    hidden = as_bob("profiles", "memory")  # as a name no profile has: other tenants' names stay unknown
+    assert hidden.code == 3 and hidden.err.startswith("error: NOT_FOUND: no profile named 'memory' (profiles you may")
     denied = as_bob("session", "open", "memory")
     assert denied.code == 4 and denied.err.startswith("error: PERMISSION_DENIED: caller bob may not open profile")
     anonymous = cli_at(address, "--ca", ca)("sessions")

@@ -84,8 +84,8 @@ async def test_profiles_lists_what_the_caller_may_open(
         in out
     assert await alice("profiles", "crash_on_call", "--json") == 0
     assert [p["name"] for p in json.loads(capsys.readouterr().out)] == ["crash_on_call"]
-    assert await bob("profiles", "crash_on_call") == 4  # as an open would be refused
-    assert "caller bob may not open profile 'crash_on_call'" in capsys.readouterr().err
+    assert await bob("profiles", "crash_on_call") == 3  # as a name no profile has: other tenants' names stay unknown
+    assert "NOT_FOUND: no profile named 'crash_on_call' (profiles you may open: " in capsys.readouterr().err
     assert await bob("profiles", "nonesuch") == 3
 
 
