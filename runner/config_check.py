@@ -26,6 +26,7 @@ from runner.did_you_mean import allowed_keys, closest
 from runner.errors import RunnerError
 from runner.package_spec import is_package, uninjected
 from runner.sandbox.base import SANDBOX_USER
+from runner.shared_mounts import shared_mount_notes, warn_shared_mounts
 
 ImageProbe = Callable[[str], bool | None]
 """Whether an image reference is present on the engine; None when the engine cannot be asked."""
@@ -110,6 +111,7 @@ def settings_problems(settings: Settings, images: ImageProbe | None) -> tuple[li
             )
     if settings.backend == "kubernetes" and any(p.mounts for p in settings.profiles.values()):
         notes.append("mount sources are paths on the cluster's nodes: not checked here")
+    notes += shared_mount_notes(settings)
     if settings.tls is not None:
         tls = settings.tls
         for key, path in (("cert", tls.cert), ("key", tls.key), ("client_ca", tls.client_ca)):
@@ -217,6 +219,7 @@ def refuse_problems(settings: Settings) -> None:
     # An engine out of reach is not a configuration problem: health reports it, and sessions wait for it.
     images = docker_image_probe() if settings.backend == "docker" and _has_own_images(settings) else None
     problems, _ = settings_problems(settings, images)
+    warn_shared_mounts(settings)
     if problems:
         lines = "\n".join(f"  {problem.line()}" for problem in problems)
         raise ConfigError(
