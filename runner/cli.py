@@ -26,7 +26,7 @@ import grpc
 from runner.bench.options import add_arguments as add_bench_arguments
 from runner.bench.options import options_from
 from runner.cli_audit import add_commands as add_audit_commands
-from runner.cli_common import add_connection_options, spread_connection_options
+from runner.cli_common import add_connection_options, is_utf8, spread_connection_options
 from runner.cli_exit import EXIT_CODES_HELP, Exit, exit_for, explain
 from runner.cli_health import health
 from runner.cli_images import add_images_parser
@@ -297,6 +297,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _main(argv: Sequence[str] | None) -> int:
+    for index, arg in enumerate(sys.argv[1:] if argv is None else argv, 1):
+        if not is_utf8(arg):
+            print(f"error: argument {index} ({arg[:80]!a}) is not UTF-8: whatever ran mcp-runner passed bytes "
+                  "that are not text; pass names and values in UTF-8", file=sys.stderr)
+            return Exit.USAGE
     parser = build_parser()
     # address=None in the namespace keeps argparse from filling in the default: an --address still None was not given.
     args = parser.parse_args(argv, namespace=argparse.Namespace(address=None))

@@ -80,6 +80,16 @@ def field(text: str) -> str:
     return control_free(text).replace("\n", "\\n").replace("\t", "\\t")
 
 
+def is_utf8(text: str) -> bool:
+    """Whether ``text`` can be sent: bytes that were not UTF-8 reach Python as lone surrogates (surrogateescape),
+    which no request (protobuf, JSON) can encode."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def open_client(args: argparse.Namespace) -> RunnerClient:
     credentials = None
     if args.ca or args.cert or args.key:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import cmd
 import contextlib
+import io
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -18,7 +19,7 @@ from typing import Any
 import grpc
 
 from runner import cli_json
-from runner.cli_common import add_json_option, field, open_client
+from runner.cli_common import add_json_option, field, is_utf8, open_client
 from runner.cli_exit import Exit, exit_for, explain
 from runner.cli_render import (
     UsageError,
@@ -77,6 +78,12 @@ class Shell(cmd.Cmd):
             code = Exit.INTERRUPTED
         if code != Exit.OK:
             self.status = Exit(code)
+
+    def onecmd(self, line: str) -> bool:
+        if not is_utf8(line):
+            self._run(_usage("this line is not UTF-8 (bytes that are not text): it was not run"))
+            return False
+        return super().onecmd(line)
 
     def do_tools(self, arg: str) -> None:
         """tools: list the session's tools"""
@@ -156,6 +163,8 @@ def _usage(message: str) -> Callable[[], None]:
 
 def shell(args: argparse.Namespace) -> int:
     interactive = sys.stdin.isatty()
+    if isinstance(sys.stdin, io.TextIOWrapper):  # bytes that are not UTF-8 arrive as surrogates, refused per line
+        sys.stdin.reconfigure(errors="surrogateescape")
     if interactive:
         with contextlib.suppress(ImportError):
             import readline  # noqa: F401 - line editing and history for input()

@@ -244,15 +244,6 @@ def test_values_the_service_refuses_exit_6_and_leave_the_session_usable(tenants:
         tenants.alice("session", "close", session_id)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "DEFECT: a piped shell fed a line that is not UTF-8 ends with a UnicodeEncodeError traceback: Python "
-        "reads the bytes as surrogates (surrogateescape) and the tool name cannot be encoded into the request "
-        "(runner/cli_shell.Shell._run catches only UsageError and grpc.RpcError); it should be one usage error for "
-        "that line (exit 2 at the end) and the shell goes on, as with any other bad line"
-    ),
-)
 def test_a_piped_shell_fed_bytes_that_are_not_utf8_refuses_the_line_and_goes_on(tenants: Tenants) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MCP_RUNNER_")}
     env |= {"MCP_RUNNER_ADDRESS": tenants.service.address, "MCP_RUNNER_TOKEN": tenants.alice_token}

@@ -226,14 +226,6 @@ def test_an_empty_address_is_a_usage_error_not_the_default_service(
     assert code == 2 and "--address" in err and "127.0.0.1:1" not in err
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "DEFECT: an argument that is not UTF-8 (a profile, tool or session id from a byte-mangled script) ends the "
-        "CLI with a UnicodeEncodeError traceback (argv arrives as surrogates; protobuf cannot encode them) instead "
-        "of a usage error; runner/cli.py _main should refuse arguments holding surrogates (exit 2) before any request"
-    ),
-)
 def test_an_argument_that_is_not_utf8_is_a_usage_error_not_a_traceback(capsys: pytest.CaptureFixture[str]) -> None:
     code = main(["call", "--address", "127.0.0.1:1", "--profile", b"\xff".decode("utf-8", "surrogateescape"), "x"])
     assert code == 2 and "UTF-8" in capsys.readouterr().err
