@@ -25,12 +25,11 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from runner.config import WORKSPACE_ENV, WORKSPACE_PATH, Mount
+from runner.config import WORKSPACE_ENV, WORKSPACE_PATH
 from runner.sandbox.base import INSTANCE_LABEL, OWNER_LABEL, SESSION_LABEL, SandboxNetwork, SandboxSpec
 from runner.sandbox.egress import PROXY_PORT, ROLE_LABEL
 
@@ -44,14 +43,14 @@ PIDS_ANNOTATION = "mcp-runner.limits.pids"
 SANDBOX_UID = 10001
 AGENT_ENTRYPOINT = ("/usr/bin/tini", "--", "/opt/agent/bin/python", "-m", "runner.agent", "--")
 """The ENTRYPOINT of the runner's server images (sandbox_images/*/Dockerfile): a pod's ``command`` replaces it, so
-the start gate below must name it again. A profile's own image must keep this entrypoint (build it FROM ours), or
+the shell gate below must name it again. A profile's own image must keep this entrypoint (build it FROM ours), or
 set ``inject_agent: true``: its pod names the derived image's launcher instead (``runner.image_inject.pod_command``),
 given to ``sandbox_pod`` as its ``entrypoint``."""
-START_GATE = ("/bin/sh", "-c", 'read -r _ && exec "$@"', "sh")
+SHELL_GATE = ("/bin/sh", "-c", 'read -r _ && exec "$@"', "sh")
 """Holds the container until the host has attached and sent one newline: output written before the attach
 would be lost (the agent says "ready" at once). The shell's ``read`` takes stdin a byte at a time, so nothing
 past the newline is consumed, and ``exec`` leaves tini as the container's first process."""
-GATED_AGENT = (*START_GATE, *AGENT_ENTRYPOINT)
+GATED_AGENT = (*SHELL_GATE, *AGENT_ENTRYPOINT)
 """A runner image's pod command before the server's: the start gate, then the image's own entrypoint."""
 DEADLINE_MARGIN_S = 300
 """How long past its lifetime a session's pod may live: its boot and the manager's reap interval fit in it."""
@@ -188,7 +187,9 @@ def sandbox_pod(
     for index, mount in enumerate(spec.mounts):
         # A host path of the node the pod runs on: on a cluster of several nodes it must exist on each.
         volume = f"mount-{index}"
-        pod_spec["volumes"].append({"name": volume, "hostPath": {"path": mount.source, "type": _host_path_type(mount)}})
+        # Type "" (no check): the service may run in a pod of its own, where its filesystem is not the node's, so
+        # nothing it could stat says what the source is on the node that runs the sandbox.
+        pod_spec["volumes"].append({"name": volume, "hostPath": {"path": mount.source, "type": ""}})
         container["volumeMounts"].append({"name": volume, "mountPath": mount.target, "readOnly": not mount.writable})
     # Names are the proxy's business: a lookup in the sandbox fails at once instead of waiting on a resolver.
     pod_spec["dnsPolicy"] = "None"
@@ -200,12 +201,6 @@ def sandbox_pod(
         pod_spec["runtimeClassName"] = runtime_class
     return {"apiVersion": "v1", "kind": "Pod", "metadata": metadata(spec, name, owner, SANDBOX_ROLE),
             "spec": pod_spec}
-
-
-def _host_path_type(mount: Mount) -> str:
-    """``File`` for a source that is a file here (the test cluster's node is this machine), else ``Directory``:
-    either way the kubelet refuses to start a pod whose source is missing instead of creating it."""
-    return "File" if os.path.isfile(mount.source) else "Directory"
 
 
 def proxy_pod(spec: SandboxSpec, *, name: str, image: str, pull_policy: str, owner: str | None) -> dict[str, Any]:

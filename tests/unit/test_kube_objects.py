@@ -13,7 +13,7 @@ from runner.sandbox.kube_objects import (
     AGENT_ENTRYPOINT,
     OWNER_ANNOTATION,
     PIDS_ANNOTATION,
-    START_GATE,
+    SHELL_GATE,
     env_secret,
     instance_selector,
     label_value,
@@ -66,15 +66,15 @@ def test_the_sandbox_pod_carries_the_docker_sandbox_hardening() -> None:
 
 
 def test_the_start_gate_wraps_the_image_entrypoint_and_the_server_command() -> None:
-    assert pod()["spec"]["containers"][0]["command"] == [*START_GATE, *AGENT_ENTRYPOINT, "mcp-server-time"]
+    assert pod()["spec"]["containers"][0]["command"] == [*SHELL_GATE, *AGENT_ENTRYPOINT, "mcp-server-time"]
 
 
 def test_an_injected_images_launcher_replaces_the_gate_and_the_runner_entrypoint() -> None:
     launcher = ("python3", "-I", "/opt/mcp-runner-agent/boot.py", "--start-gate", "--")
     assert pod(entrypoint=launcher)["spec"]["containers"][0]["command"] == [*launcher, "mcp-server-time"]
     assert kube_backend._entrypoint("with-agent:team/server:1") == image_inject.pod_command(()) == launcher
-    assert kube_backend._entrypoint("python-servers") == (*START_GATE, *AGENT_ENTRYPOINT)
-    assert START_GATE[:3] == ("/bin/sh", "-c", 'read -r _ && exec "$@"')
+    assert kube_backend._entrypoint("python-servers") == (*SHELL_GATE, *AGENT_ENTRYPOINT)
+    assert SHELL_GATE[:3] == ("/bin/sh", "-c", 'read -r _ && exec "$@"')
 
 
 def test_env_goes_into_the_secret_never_the_pod_spec() -> None:
