@@ -7,7 +7,7 @@ sees events, whether or not the audit log is on; the pool and the audit queue ar
 Labels are bounded: profile names come from the settings (anything else is ``unknown``), tool names only from what
 the session's server listed at open, at most ``MAX_TOOL_LABELS`` per profile (more, and a name unseen so far is
 ``other``), methods from ``METHODS``, and every other label value is one the service chose, capped at
-``MAX_LABEL_VALUES`` per label all the same. Nothing a caller sends becomes a label value.
+``MAX_LABEL_VALUES`` per label of each metric all the same. Nothing a caller sends becomes a label value.
 """
 
 from __future__ import annotations
@@ -32,7 +32,8 @@ OTHER = "other"
 MAX_TOOL_LABELS = 64
 """Distinct tool names counted per profile; a server listing more shares ``other`` for the rest."""
 MAX_LABEL_VALUES = 64
-"""Distinct values of any other label; past it, ``other``."""
+"""Distinct values of any other label of one metric; past it, ``other``. Each metric's label has its own: the
+findings' ``action`` and the policy's ``action`` are different sets, and one must not spend the other's."""
 METHODS = frozenset({
     "initialize", "ping", "server/discover", "tools/list", "tools/call", "resources/list", "resources/templates/list",
     "resources/read", "resources/subscribe", "resources/unsubscribe", "prompts/list", "prompts/get",
@@ -113,7 +114,7 @@ class RunnerMetrics:
         self._sessions: dict[str, _Session] = {}
         self._ended: dict[str, _Session] = {}
         self._tools: dict[str, _Values] = {}
-        self._values: dict[str, _Values] = {}
+        self._values: dict[tuple[str, str], _Values] = {}
         self._pending: set[str] = set()
         self._handlers: dict[str, Callable[[AuditEvent], None]] = {
             records.SESSION_OPEN: self._opened, records.SESSION_CLOSE: self._closed, records.REQUEST: self._request,
@@ -209,10 +210,11 @@ class RunnerMetrics:
     def _method(value: Any) -> str:
         return value if isinstance(value, str) and value in METHODS else OTHER
 
-    def _value(self, label: str, value: Any) -> str:
+    def _value(self, metric: str, label: str, value: Any) -> str:
+        """``value`` as ``metric``'s ``label``: capped per (metric, label)."""
         if not isinstance(value, str) or not value or len(value) > _NAME_CHARS:
             return UNKNOWN
-        return self._values.setdefault(label, _Values(MAX_LABEL_VALUES))(value)
+        return self._values.setdefault((metric, label), _Values(MAX_LABEL_VALUES))(value)
 
     def _tool(self, session_id: str, name: Any) -> str:
         session = self._session(session_id)
@@ -225,7 +227,7 @@ class RunnerMetrics:
     def _opened(self, event: AuditEvent) -> None:
         data = event.data
         profile = self._profile(data.get("profile"))
-        outcome = self._value("open_outcome", data.get("outcome"))
+        outcome = self._value("sessions_opened", "outcome", data.get("outcome"))
         self.sessions_opened.labels(profile, outcome).inc()
         duration_ms = number(data.get("duration_ms"))  # an admitted open's, from the policy's allow to its record
         if duration_ms is not None:
@@ -254,14 +256,14 @@ class RunnerMetrics:
 
     def _closed(self, event: AuditEvent) -> None:
         profile = self._profile(event.data.get("profile"))
-        self.sessions_closed.labels(profile, self._value("state", event.data.get("state"))).inc()
+        self.sessions_closed.labels(profile, self._value("sessions_closed", "state", event.data.get("state"))).inc()
         self._forget(event.session_id)
 
     def _request(self, event: AuditEvent) -> None:
         data = event.data
         profile = self._session_profile(event.session_id)
         method = self._method(data.get("method"))
-        outcome = self._value("outcome", request_outcome(data))
+        outcome = self._value("requests", "outcome", request_outcome(data))
         self.requests.labels(profile, method, outcome).inc()
         if data.get("method") != "tools/call":
             return
@@ -280,12 +282,14 @@ class RunnerMetrics:
         for finding in found if isinstance(found, list) else ():
             if isinstance(finding, Mapping):
                 count = number(finding.get("count"))
-                kind, action = self._value("finding", finding.get("kind")), self._value("action", finding.get("action"))
+                kind = self._value("findings", "kind", finding.get("kind"))
+                action = self._value("findings", "action", finding.get("action"))
                 self.findings.labels(kind, action).inc(count or 1.0)
 
     def _policy(self, event: AuditEvent) -> None:
         data = event.data
-        self.policy.labels(self._value("action", data.get("action")), self._value("verdict", data.get("verdict"))).inc()
+        action = self._value("policy", "action", data.get("action"))
+        self.policy.labels(action, self._value("policy", "verdict", data.get("verdict"))).inc()
 
     def _approval(self, event: AuditEvent) -> None:
         approval_id, state = event.data.get("approval_id"), event.data.get("state")

@@ -197,6 +197,16 @@ def test_other_labels_are_capped_and_odd_values_are_unknown() -> None:
     assert len(kinds) == MAX_LABEL_VALUES + 2 and {"other", "unknown"} <= kinds
 
 
+def test_each_metrics_label_has_its_own_cap() -> None:
+    """Findings' ``action`` filling its cap leaves the policy's ``action`` (another metric's label) its own values."""
+    metrics = RunnerMetrics(["good"])
+    for n in range(MAX_LABEL_VALUES + 5):
+        finding = {"kind": "secret", "action": f"action{n}", "count": 1}
+        metrics.observe(AuditEvent(records.FINDING, "", "alice", {"findings": [finding]}))
+    metrics.observe(AuditEvent(records.POLICY, "", "alice", {"action": "call", "verdict": "allow"}))
+    assert {s.labels["action"] for s in _samples(metrics, "mcp_runner_policy_decisions_total")} == {"call"}
+
+
 def test_throttles_count_by_open_or_method() -> None:
     metrics = RunnerMetrics(["good"])
     for data in ({"action": "open"}, {"action": "tools/call"}, {"method": "tools/call"}, {"action": "made/up"}):
