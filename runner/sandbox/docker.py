@@ -137,7 +137,8 @@ class DockerBackend:
             return image
         found = self._api().inspect_image(image)
         # Without the agent the server would run in its place and the open wait out its budget for a greeting.
-        check_agent(image, (found.get("Config") or {}).get("Labels"))
+        config = found.get("Config") or {}
+        check_agent(image, config.get("Labels"), config.get("Entrypoint") or [])
         image_id: str = found["Id"]
         return image_id
 

@@ -259,8 +259,8 @@ def test_the_warning_level_hides_event_lines_but_not_warnings(capsys: pytest.Cap
 
 
 @pytest.mark.parametrize(("how", "code", "says"), [
-    ("file", 6, "log.level: Input should be 'debug', 'info', 'warning' or 'error'"),
-    ("env", 6, "MCP_RUNNER_LOG_FORMAT='yaml': the log format is one of text, json"),
+    ("file", 2, "log.level: Input should be 'debug', 'info', 'warning' or 'error'"),
+    ("env", 2, "MCP_RUNNER_LOG_FORMAT='yaml': the log format is one of text, json"),
     ("flag", 2, "argument --log-level: invalid choice: 'loud'"),
 ])  # fmt: skip
 def test_bad_log_settings_stop_serve_with_a_clear_message(tmp_path: Path, how: str, code: int, says: str) -> None:
