@@ -136,15 +136,31 @@ def _normalized(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
-def _console_scripts(wheel: Path) -> tuple[str, ...]:
-    with zipfile.ZipFile(wheel) as archive:
-        names = [n for n in archive.namelist() if n.endswith(".dist-info/entry_points.txt") and n.count("/") == 1]
-        if not names:
-            return ()
-        parser = configparser.ConfigParser(interpolation=None, delimiters=("=",))
-        parser.optionxform = str  # type: ignore[assignment,method-assign]  # script names are case-sensitive
-        parser.read_string(archive.read(names[0]).decode())
+def _console_scripts(spec: PackageSpec, wheel: Path) -> tuple[str, ...]:
+    """The wheel's console scripts; ImageBuildError when its metadata does not parse (a registry's file is data)."""
+    try:
+        with zipfile.ZipFile(wheel) as archive:
+            names = [n for n in archive.namelist() if n.endswith(".dist-info/entry_points.txt") and n.count("/") == 1]
+            if not names:
+                return ()
+            parser = configparser.ConfigParser(interpolation=None, delimiters=("=",))
+            parser.optionxform = str  # type: ignore[assignment,method-assign]  # script names are case-sensitive
+            parser.read_string(archive.read(names[0]).decode())
+    except (configparser.Error, UnicodeDecodeError, zipfile.BadZipFile) as exc:
+        raise ImageBuildError(f"{spec}: its entry_points.txt is malformed: {exc}") from None
     return tuple(sorted(parser["console_scripts"])) if parser.has_section("console_scripts") else ()
+
+
+def _keep(scratch: Path, dest: Path) -> Path:
+    """``scratch`` moved to ``dest``, or ``dest`` as it is when a concurrent resolve of the same lock put it there
+    first (the content is the same: the name is its hash)."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        scratch.rename(dest)
+    except OSError:
+        if not dest.is_dir():
+            raise
+    return dest
 
 
 def _refused(spec: PackageSpec, registry: str, exc: ImageBuildError, markers: Sequence[str]) -> ImageBuildError:
@@ -173,15 +189,25 @@ def _resolve_pypi(spec: PackageSpec, log: Log) -> _Resolved:
         if not own:
             got = ", ".join(w.name for w in wheels)
             raise ImageBuildError(f"{spec}: pip downloaded no wheel of {spec.name} ({got})")
-        version, scripts = own[0].name.split("-")[1], _console_scripts(own[0])
+        version, scripts = own[0].name.split("-")[1], _console_scripts(spec, own[0])
         lock = "\n".join(f"{w.name} {hashlib.sha256(w.read_bytes()).hexdigest()}" for w in wheels).encode()
-        dest = CACHE_DIR / "packages" / "pypi" / hashlib.sha256(lock).hexdigest()[:16]
-        if not dest.exists():
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            scratch.rename(dest)
+        dest = _keep(scratch, CACHE_DIR / "packages" / "pypi" / hashlib.sha256(lock).hexdigest()[:16])
         return _Resolved(spec.pinned(version), dest, lock, scripts)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _npm_manifest(spec: PackageSpec, path: Path) -> tuple[str, dict[str, object]]:
+    """The installed package's version and package.json; ImageBuildError when it is not an object with a string
+    ``version``."""
+    try:
+        manifest = json.loads(path.read_text())
+    except (ValueError, OSError) as exc:
+        raise ImageBuildError(f"{spec}: its package.json is malformed: {exc}") from None
+    version = manifest.get("version") if isinstance(manifest, dict) else None
+    if not isinstance(version, str) or not version:
+        raise ImageBuildError(f"{spec}: its package.json is malformed: it is not an object with a \"version\" string")
+    return version, manifest
 
 
 def _npm_bins(spec: PackageSpec, manifest: dict[str, object]) -> tuple[str, ...]:
@@ -202,14 +228,11 @@ def _resolve_npm(spec: PackageSpec, log: Log) -> _Resolved:
                  wanted], f"npm install {wanted} (on the host)", log, prefix="npm", cwd=scratch)
         except ImageBuildError as exc:
             raise _refused(spec, "npm", exc, ("E404", "ETARGET", "No matching version")) from None
-        manifest = json.loads((scratch / "node_modules" / spec.name / "package.json").read_text())
+        version, manifest = _npm_manifest(spec, scratch / "node_modules" / spec.name / "package.json")
         bins = tuple(b for b in _npm_bins(spec, manifest) if (scratch / "node_modules" / ".bin" / b).exists())
         lock = (scratch / "package-lock.json").read_bytes()
-        dest = CACHE_DIR / "packages" / "npm" / hashlib.sha256(lock).hexdigest()[:16]
-        if not dest.exists():
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            scratch.rename(dest)
-        return _Resolved(spec.pinned(str(manifest["version"])), dest, lock, bins)
+        dest = _keep(scratch, CACHE_DIR / "packages" / "npm" / hashlib.sha256(lock).hexdigest()[:16])
+        return _Resolved(spec.pinned(version), dest, lock, bins)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 

@@ -86,11 +86,51 @@ def test_console_scripts_are_read_from_the_wheel(tmp_path: Path) -> None:
     with zipfile.ZipFile(wheel, "w") as archive:
         archive.writestr("foo-1.0.dist-info/entry_points.txt",
                          "[console_scripts]\nFoo-Server = foo:main\nfoo = foo:cli\n[gui_scripts]\nfoo-gui = foo:gui\n")
-    assert image_packages._console_scripts(wheel) == ("Foo-Server", "foo")
+    assert image_packages._console_scripts(FOO, wheel) == ("Foo-Server", "foo")
     bare = tmp_path / "bar-1.0-py3-none-any.whl"
     with zipfile.ZipFile(bare, "w") as archive:
         archive.writestr("bar/__init__.py", "")
-    assert image_packages._console_scripts(bare) == ()
+    assert image_packages._console_scripts(FOO, bare) == ()
+
+
+FOO = PackageSpec("pypi", "foo", "1.0")
+
+
+@pytest.mark.parametrize("text", [
+    "[console_scripts]\nfoo = foo:main\nfoo = foo:cli\n",  # a duplicate key
+    "foo = foo:main\n",  # no section header
+    "[console_scripts]\n[console_scripts]\n",  # a duplicate section
+])
+def test_a_malformed_entry_points_txt_is_an_image_build_error(tmp_path: Path, text: str) -> None:
+    wheel = tmp_path / "foo-1.0-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as archive:
+        archive.writestr("foo-1.0.dist-info/entry_points.txt", text)
+    with pytest.raises(ImageBuildError, match="^" + re.escape("pypi:foo==1.0: its entry_points.txt is malformed: ")):
+        image_packages._console_scripts(FOO, wheel)
+
+
+@pytest.mark.parametrize("text", ['{"name": "tool"}', '{"version": 3}', "[]", "{not json"])
+def test_a_malformed_package_json_is_an_image_build_error(tmp_path: Path, text: str) -> None:
+    (tmp_path / "package.json").write_text(text)
+    with pytest.raises(ImageBuildError, match="^" + re.escape("npm:tool: its package.json is malformed: ")):
+        image_packages._npm_manifest(PackageSpec("npm", "tool"), tmp_path / "package.json")
+    (tmp_path / "package.json").write_text('{"name": "tool", "version": "1.2.3"}')
+    assert image_packages._npm_manifest(PackageSpec("npm", "tool"), tmp_path / "package.json")[0] == "1.2.3"
+
+
+def test_a_resolve_that_lost_the_race_for_its_cache_dir_uses_the_winners(tmp_path: Path) -> None:
+    dest = tmp_path / "packages" / "pypi" / "0123"
+    dest.mkdir(parents=True)
+    (dest / "a.whl").write_text("winner")
+    scratch = tmp_path / "tmp-1"
+    scratch.mkdir()
+    (scratch / "a.whl").write_text("loser")
+    assert image_packages._keep(scratch, dest) == dest
+    assert (dest / "a.whl").read_text() == "winner"
+    fresh = tmp_path / "packages" / "npm" / "4567"
+    assert image_packages._keep(scratch, fresh) == fresh and (fresh / "a.whl").read_text() == "loser"
+    with pytest.raises(OSError):
+        image_packages._keep(tmp_path / "gone", tmp_path / "elsewhere")
 
 
 def test_npm_bins() -> None:
