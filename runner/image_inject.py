@@ -18,6 +18,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import uuid
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -66,6 +67,8 @@ ENTRYPOINT = ("python3", "-I", f"{AGENT_ROOT}/boot.py")
 """The derived image's ENTRYPOINT, before its ``--``."""
 _PROBED = re.compile(r"(\d{1,2}) (\d{1,3}) ([\w-]{1,32}) ([\w-]{1,32})")
 _USER = re.compile(r"[A-Za-z0-9._-]{1,64}(?::[A-Za-z0-9._-]{1,64})?")
+RUN_LIMIT = 120
+"""Seconds a check run in the user's image (its python3 asked its version, the agent imported) may take."""
 PROBE = ("import platform, sys; "
          "print(sys.version_info[0], sys.version_info[1], platform.machine(), platform.libc_ver()[0] or 'none')")
 
@@ -122,19 +125,36 @@ def _agent_inputs() -> list[tuple[str, bytes]]:
             *((f"agent/{fn}", data) for fn, data in _code().agent)]
 
 
-def injected_ref(image: str) -> str:
-    """``mcp-runner/with-agent:<hash12>`` for ``image`` as this engine holds it; needs Docker, not the network."""
-    info = _base_config(image)
+def _ref_of(info: dict[str, Any]) -> str:
     items = [("recipe", RECIPE.encode()), ("base-id", str(info["Id"]).encode()),
              ("Dockerfile", _dockerfile(info.get("Config") or {})), *_agent_inputs()]
     return f"{REPOSITORY}/{KIND}:{_digest(items)[:12]}"
 
 
-def _python_of(image: str) -> tuple[int, int]:
-    """The image's python3 as (major, minor), asked hardened as a sandbox is (its output is the image's word)."""
-    done = subprocess.run(["docker", "run", "--rm", "--network", "none", "--read-only", "--cap-drop", "ALL",
-                           "--security-opt", "no-new-privileges", "--user", "10001:10001", "--entrypoint", "python3",
-                           image, "-c", PROBE], capture_output=True, text=True, errors="replace", timeout=120)
+def injected_ref(image: str) -> str:
+    """``mcp-runner/with-agent:<hash12>`` for ``image`` as this engine holds it; needs Docker, not the network."""
+    return _ref_of(_base_config(image))
+
+
+def _run_in(image: str, what: str, argv: Sequence[str]) -> subprocess.CompletedProcess[str]:
+    """``docker run --rm --name … argv`` (argv: options, then the image and its arguments) bounded by RUN_LIMIT; on
+    timeout the container is removed (killing the CLI would leave it running) and ImageBuildError names ``image``."""
+    name = f"mcp-runner-check-{uuid.uuid4().hex[:12]}"
+    try:
+        return subprocess.run(["docker", "run", "--rm", "--name", name, *argv], capture_output=True, text=True,
+                              errors="replace", timeout=RUN_LIMIT)
+    except subprocess.TimeoutExpired:
+        subprocess.run(["docker", "rm", "-f", name], capture_output=True)
+        raise ImageBuildError(f"image {image!r}: {what} did not finish within {RUN_LIMIT} s, so it was stopped "
+                              "and no image was built") from None
+
+
+def _python_of(image: str, image_id: str) -> tuple[int, int]:
+    """The python3 of ``image`` (run by its ``image_id``) as (major, minor), asked hardened as a sandbox is (its
+    output is the image's word)."""
+    done = _run_in(image, "its python3 asked for its version", [
+        "--network", "none", "--read-only", "--cap-drop", "ALL", "--security-opt", "no-new-privileges",
+        "--user", "10001:10001", "--entrypoint", "python3", image_id, "-c", PROBE])
     said = done.stdout.strip()[:200]
     if done.returncode != 0:
         raise ImageBuildError(f"image {image!r} has no python3 the agent can run on (inject_agent needs python3 "
@@ -181,12 +201,12 @@ def _agent_lib(python: tuple[int, int], log: Log) -> Path:
 
 def ensure_injected(image: str, log: Log = print, *, force: bool = False) -> str:
     """The derived image of ``image`` with the agent: present, or built (offline) and returned."""
-    ref = injected_ref(image)
+    info = _base_config(image)  # once: the tag hashes this Id, and the build runs FROM it, not the tag
+    ref, base_id = _ref_of(info), str(info["Id"])
     if _present(ref) and not force:
         log(f"{ref} is present (the agent added to {image})")
         return ref
-    info = _base_config(image)
-    lib = _agent_lib(_python_of(image), log)
+    lib = _agent_lib(_python_of(image, base_id), log)
     (CACHE_DIR / "build").mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="with-agent-", dir=CACHE_DIR / "build") as tmp:
         ctx = Path(tmp)
@@ -197,17 +217,22 @@ def ensure_injected(image: str, log: Log = print, *, force: bool = False) -> str
         for fn, data in _code().agent:
             (ctx / "agent" / "lib" / "runner" / "agent" / fn).write_bytes(data)
         (ctx / "agent" / "boot.py").write_text(BOOT)
-        labels = {LABEL: KIND, "mcp-runner.ref": ref, LABEL_BASE: image, f"{LABEL_BASE}-id": str(info["Id"])}
-        cmd = ["docker", "build", "--network", "none", "--force-rm", "--build-arg", f"BASE={image}",
+        labels = {LABEL: KIND, "mcp-runner.ref": ref, LABEL_BASE: image, f"{LABEL_BASE}-id": base_id}
+        cmd = ["docker", "build", "--network", "none", "--force-rm", "--build-arg", f"BASE={base_id}",
                *(a for k, v in labels.items() for a in ("--label", f"{k}={v}")), "-t", ref, tmp]
         run(cmd, f"docker build of {ref} (the agent added to {image})", log, prefix="docker", env=_docker_env())
     imports = f"import sys; sys.path[:0] = ['{AGENT_ROOT}/lib']; import mcp, runner.agent.stdio"
-    check = subprocess.run(["docker", "run", "--rm", "--network", "none", "--user", "10001:10001", "--read-only",
-                            "--entrypoint", "python3", ref, "-I", "-c", imports],
-                           capture_output=True, text=True, timeout=120)
+    try:
+        check = _run_in(image, f"the agent's import check in {ref}", [
+            "--network", "none", "--user", "10001:10001", "--read-only", "--entrypoint", "python3", ref,
+            "-I", "-c", imports])
+    except ImageBuildError:
+        subprocess.run(["docker", "rmi", "-f", ref], capture_output=True)  # a broken tag must not look "present"
+        raise
     if check.returncode != 0:
         subprocess.run(["docker", "rmi", "-f", ref], capture_output=True)
-        raise ImageBuildError(f"the agent does not start in {ref} (derived from {image}):\n{check.stderr[-2000:]}")
+        raise ImageBuildError(f"the agent does not start in {ref} (derived from {image}):\n"
+                              f"{printable(check.stderr[-2000:])}")
     log(f"built {ref}: the agent added to {image}")
     return ref
 

@@ -223,10 +223,10 @@ def test_the_images_python_is_checked(monkeypatch: pytest.MonkeyPatch, stdout: s
                                       says: str | None) -> None:
     monkeypatch.setattr(image_inject.subprocess, "run", lambda *a, **k: _Done(returncode, stdout, "exec failed"))
     if says is None:
-        assert image_inject._python_of("img") == (3, 11)
+        assert image_inject._python_of("img", "sha256:a") == (3, 11)
         return
     with pytest.raises(ImageBuildError) as caught:
-        image_inject._python_of("img")
+        image_inject._python_of("img", "sha256:a")
     assert says in str(caught.value) and "\x1b" not in str(caught.value)
 
 
@@ -239,6 +239,53 @@ def test_missing_base_image_says_to_pull_it(monkeypatch: pytest.MonkeyPatch) -> 
 class _Done:
     def __init__(self, returncode: int, stdout: str, stderr: str) -> None:
         self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
+
+
+def test_a_hanging_python3_in_the_users_image_is_stopped_and_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[list[str]] = []
+
+    def hang(argv: list[str], **kwargs: Any) -> _Done:
+        calls.append(argv)
+        if argv[:2] == ["docker", "run"]:
+            raise image_inject.subprocess.TimeoutExpired(argv, kwargs["timeout"])
+        return _Done(0, "", "")
+
+    monkeypatch.setattr(image_inject.subprocess, "run", hang)
+    said = f"image 'user/image:1': its python3 asked for its version did not finish within {image_inject.RUN_LIMIT} s"
+    with pytest.raises(ImageBuildError, match=re.escape(said)):
+        image_inject._python_of("user/image:1", "sha256:a")
+    name = calls[0][calls[0].index("--name") + 1]
+    assert calls[1] == ["docker", "rm", "-f", name]  # the CLI's timeout alone leaves the container running
+
+
+def test_the_agent_is_added_from_the_inspected_id_and_its_failure_is_printable(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    inspected: list[str] = []
+    monkeypatch.setattr(image_inject, "_inspect",
+                        lambda image: inspected.append(image) or {"Id": "sha256:aaa", "Config": {"Cmd": ["srv"]}})
+    monkeypatch.setattr(image_inject, "_present", lambda ref: False)
+    monkeypatch.setattr(image_inject, "CACHE_DIR", tmp_path)
+    (tmp_path / "lib").mkdir()
+    monkeypatch.setattr(image_inject, "_agent_lib", lambda python, log: tmp_path / "lib")
+    built: list[list[str]] = []
+    monkeypatch.setattr(image_inject, "run", lambda argv, *a, **k: built.append(list(argv)))
+    ran: list[list[str]] = []
+
+    def docker(argv: list[str], **kwargs: Any) -> _Done:
+        ran.append(argv)
+        if "-c" in argv and argv[argv.index("-c") + 1] == image_inject.PROBE:
+            return _Done(0, "3 11 x86_64 glibc\n", "")
+        return _Done(1, "", "Traceback\x1b]0;owned\x07\x1b[2J ImportError") if argv[1] == "run" else _Done(0, "", "")
+
+    monkeypatch.setattr(image_inject.subprocess, "run", docker)
+    with pytest.raises(ImageBuildError) as caught:
+        image_inject.ensure_injected("user/image:1", log=lambda line: None)
+    assert inspected == ["user/image:1"]
+    assert "BASE=sha256:aaa" in built[0] and "BASE=user/image:1" not in built[0]
+    assert "sha256:aaa" in ran[0]  # the version probe ran the same image
+    said = str(caught.value)
+    assert "the agent does not start in mcp-runner/with-agent:" in said and "ImportError" in said
+    assert "\x1b" not in said and "\x07" not in said
 
 
 def test_agent_check_names_the_image_and_the_fix() -> None:
