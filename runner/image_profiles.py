@@ -27,7 +27,7 @@ from runner.image_inject import LABEL_BASE, ensure_injected, image_command, inje
 from runner.image_packages import KIND as PACKAGE
 from runner.image_packages import LABEL_COMMAND, ensure_package, find_package_image, package_images
 from runner.image_transfer import ImageTransferError, find_containerd_socket, load_into_containerd
-from runner.images import IMAGE_NAMES, LABEL, _present, image_ref
+from runner.images import CACHE_DIR, CACHE_ENV, IMAGE_NAMES, LABEL, _present, image_ref
 from runner.package_spec import injected_image, is_package, parse_package, uninjected
 from runner.sandbox.kube_objects import AGENT_ENTRYPOINT
 from runner.text import printable
@@ -161,6 +161,18 @@ def check_local_agent(image: str) -> None:
         check_agent(image, _labels_in(config), [str(a) for a in entrypoint] if isinstance(entrypoint, list) else [])
 
 
+def _not_built(profile: str, image: str, exc: OSError) -> FailedPrecondition:
+    if isinstance(exc, FileNotFoundError) and exc.filename == "docker":  # a service in a cluster: nothing can build
+        return FailedPrecondition(f"profile {profile!r}: its image {image} is built with this host's Docker engine, "
+                                  f"and there is none ({exc.strerror}): run the service where Docker runs; or, for a "
+                                  "package, add and push its image there (`mcp-runner images add`, `images push`) "
+                                  "and name the pushed reference as the profile's image: with its command:")
+    where = f" ({printable(str(exc.filename), 300)})" if exc.filename else ""
+    return FailedPrecondition(f"profile {profile!r}: its image {image} could not be built here: "
+                              f"{exc.strerror or exc}{where}; images are built under {CACHE_DIR}: set {CACHE_ENV} "
+                              "to a directory the service may write")
+
+
 def ensure_profile_images(profiles: Iterable[Profile], log: Log, warn: Log) -> None:
     """Build the package and agent-injected images ``profiles`` need and that are missing: a FailedPrecondition
     naming the profile when one cannot be built. A profile whose local image has no agent is only ``warn``-ed
@@ -184,12 +196,8 @@ def ensure_profile_images(profiles: Iterable[Profile], log: Log, warn: Log) -> N
                 check_local_agent(image)
         except (ImageBuildError, ValueError) as exc:
             raise FailedPrecondition(f"profile {profile.name!r}: {exc}") from exc
-        except OSError as exc:  # no docker CLI here (a service in a cluster): nothing can build it
-            raise FailedPrecondition(f"profile {profile.name!r}: its image {image} is built with this host's Docker "
-                                     f"engine, and there is none ({exc.strerror}): run the service where Docker runs; "
-                                     "or, for a package, add and push its image there (`mcp-runner images add`, "
-                                     "`images push`) and name the pushed reference as the profile's image: with "
-                                     "its command:") from exc
+        except OSError as exc:
+            raise _not_built(profile.name, image, exc) from exc
         except FailedPrecondition as exc:
             warn(f"profile {profile.name!r}: {exc.message}; its sessions will not open")
 

@@ -51,7 +51,10 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 IMAGES_DIR = REPO_ROOT / "sandbox_images"
 AGENT_DIR = REPO_ROOT / "runner" / "agent"
 EGRESS_DIR = REPO_ROOT / "runner" / "egress"
-CACHE_DIR = REPO_ROOT / ".cache"
+CACHE_ENV = "MCP_RUNNER_CACHE_DIR"
+CACHE_DIR = Path(os.environ.get(CACHE_ENV) or REPO_ROOT / ".cache")
+"""Where images are built from (downloads, build contexts): env MCP_RUNNER_CACHE_DIR where the checkout is not
+writable (a service in a read-only image), else the checkout's ``.cache``."""
 
 REPOSITORY = "mcp-runner"
 LABEL = "mcp-runner.image"

@@ -4,7 +4,10 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
+import sys
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -13,7 +16,7 @@ import pytest
 
 from runner import image_inject, image_packages, image_profiles
 from runner.cli_images import add_images_parser
-from runner.config import ConfigError
+from runner.config import ConfigError, Profile
 from runner.errors import FailedPrecondition
 from runner.image_checks import ImageBuildError
 from runner.package_spec import PackageSpec, PackageSpecError, injected_image, is_package, parse_package, uninjected
@@ -514,3 +517,33 @@ def test_the_containerd_socket_is_looked_for_near_the_top_only() -> None:
             s.bind(str(deep))
             with pytest.raises(ImageTransferError, match="no containerd socket under"):
                 find_containerd_socket(run_dir)
+
+
+@pytest.mark.parametrize(("raised", "says", "not_said"), [
+    (FileNotFoundError(2, "No such file or directory", "docker"), "and there is none (No such file or directory)",
+     "MCP_RUNNER_CACHE_DIR"),
+    (PermissionError(13, "Permission denied", "/opt/service/.cache/build"),
+     "could not be built here: Permission denied (/opt/service/.cache/build); images are built under ",
+     "there is none"),
+])  # fmt: skip
+def test_an_image_that_cannot_be_built_says_why(monkeypatch: pytest.MonkeyPatch, raised: OSError, says: str,
+                                               not_said: str) -> None:
+    def fail(image: str, log: object) -> str:
+        raise raised
+
+    monkeypatch.setattr(image_profiles, "ensure_injected", fail)
+    profile = Profile("mine", "with-agent:user/image:1", ("srv",))
+    with pytest.raises(FailedPrecondition) as caught:
+        image_profiles.ensure_profile_images([profile], print, print)
+    assert caught.value.message.startswith("profile 'mine': its image with-agent:user/image:1 ")
+    assert says in caught.value.message and not_said not in caught.value.message
+
+
+def test_the_build_cache_is_where_mcp_runner_cache_dir_says(tmp_path: Path) -> None:
+    code = "from runner.images import CACHE_DIR, REPO_ROOT; print(CACHE_DIR, CACHE_DIR == REPO_ROOT / '.cache')"
+    env = {k: v for k, v in os.environ.items() if k != "MCP_RUNNER_CACHE_DIR"}
+    default = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert default.stdout.split()[-1] == "True"
+    moved = subprocess.run([sys.executable, "-c", code], env={**env, "MCP_RUNNER_CACHE_DIR": str(tmp_path)},
+                           capture_output=True, text=True, check=True)
+    assert moved.stdout.split() == [str(tmp_path), "False"]
