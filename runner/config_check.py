@@ -235,7 +235,7 @@ def _has_own_images(settings: Settings) -> bool:
 def _is_policy_file(path: Path) -> bool:
     """A document more of whose top-level keys are a policy file's own than a settings file's own, a misspelt key
     counting as the key it is closest to: so one typo (``caler:``) does not get a policy checked as settings."""
-    from runner.policy import _File as PolicyFile  # the policy's schema, read for its keys only
+    from runner.policy import PolicyFile  # the policy's schema, read for its keys only
     from runner.settings_file import SETTINGS_KEYS
 
     policy_keys = set(allowed_keys(PolicyFile, []))
@@ -257,8 +257,7 @@ def _check_policy_file(path: Path) -> Report:
 
 def _policy_problems(path: Path) -> tuple[list[Problem], int]:
     """A policy file's problems (every schema one, unknown keys with the key meant) and its number of callers."""
-    from runner.policy import _File as PolicyFile
-    from runner.policy import load_policy
+    from runner.policy import PolicyFile, load_policy
 
     try:
         PolicyFile.model_validate(read_document(path, "policy file"))

@@ -31,11 +31,11 @@ from runner.images import (
     LABEL,
     REPOSITORY,
     WHEEL_TARGET,
-    _code,
-    _digest,
-    _docker_env,
-    _file,
-    _present,
+    digest,
+    docker_env,
+    image_input,
+    image_present,
+    runner_code,
 )
 from runner.text import printable
 
@@ -121,14 +121,14 @@ def _dockerfile(config: dict[str, Any]) -> bytes:
 
 
 def _agent_inputs() -> list[tuple[str, bytes]]:
-    return [_file("agent.txt"), _file("constraints.txt"), ("boot", BOOT.encode()),
-            *((f"agent/{fn}", data) for fn, data in _code().agent)]
+    return [image_input("agent.txt"), image_input("constraints.txt"), ("boot", BOOT.encode()),
+            *((f"agent/{fn}", data) for fn, data in runner_code().agent)]
 
 
 def _ref_of(info: dict[str, Any]) -> str:
     items = [("recipe", RECIPE.encode()), ("base-id", str(info["Id"]).encode()),
              ("Dockerfile", _dockerfile(info.get("Config") or {})), *_agent_inputs()]
-    return f"{REPOSITORY}/{KIND}:{_digest(items)[:12]}"
+    return f"{REPOSITORY}/{KIND}:{digest(items)[:12]}"
 
 
 def injected_ref(image: str) -> str:
@@ -177,8 +177,8 @@ def _target(python: tuple[int, int]) -> list[str]:
 def _agent_lib(python: tuple[int, int], log: Log) -> Path:
     """The agent's dependencies unpacked for ``python`` (a wheel is a zip of its site-packages files)."""
     target = _target(python)
-    items = [("target", "\0".join(target).encode()), _file("agent.txt"), _file("constraints.txt")]
-    dest = CACHE_DIR / "agent-lib" / _digest(items)[:16]
+    items = [("target", "\0".join(target).encode()), image_input("agent.txt"), image_input("constraints.txt")]
+    dest = CACHE_DIR / "agent-lib" / digest(items)[:16]
     if (dest / ".complete").exists():
         return dest / "lib"
     shutil.rmtree(dest, ignore_errors=True)
@@ -203,7 +203,7 @@ def ensure_injected(image: str, log: Log = print, *, force: bool = False) -> str
     """The derived image of ``image`` with the agent: present, or built (offline) and returned."""
     info = _base_config(image)  # once: the tag hashes this Id, and the build runs FROM it, not the tag
     ref, base_id = _ref_of(info), str(info["Id"])
-    if _present(ref) and not force:
+    if image_present(ref) and not force:
         log(f"{ref} is present (the agent added to {image})")
         return ref
     lib = _agent_lib(_python_of(image, base_id), log)
@@ -214,13 +214,13 @@ def ensure_injected(image: str, log: Log = print, *, force: bool = False) -> str
         shutil.copytree(lib, ctx / "agent" / "lib")
         (ctx / "agent" / "lib" / "runner" / "agent").mkdir(parents=True)
         (ctx / "agent" / "lib" / "runner" / "__init__.py").write_bytes(b"")  # the host's pulls heavy deps
-        for fn, data in _code().agent:
+        for fn, data in runner_code().agent:
             (ctx / "agent" / "lib" / "runner" / "agent" / fn).write_bytes(data)
         (ctx / "agent" / "boot.py").write_text(BOOT)
         labels = {LABEL: KIND, "mcp-runner.ref": ref, LABEL_BASE: image, f"{LABEL_BASE}-id": base_id}
         cmd = ["docker", "build", "--network", "none", "--force-rm", "--build-arg", f"BASE={base_id}",
                *(a for k, v in labels.items() for a in ("--label", f"{k}={v}")), "-t", ref, tmp]
-        run(cmd, f"docker build of {ref} (the agent added to {image})", log, prefix="docker", env=_docker_env())
+        run(cmd, f"docker build of {ref} (the agent added to {image})", log, prefix="docker", env=docker_env())
     imports = f"import sys; sys.path[:0] = ['{AGENT_ROOT}/lib']; import mcp, runner.agent.stdio"
     try:
         check = _run_in(image, f"the agent's import check in {ref}", [

@@ -33,13 +33,13 @@ from runner.images import (
     LABEL,
     REPOSITORY,
     WHEEL_TARGET,
-    _check_docker,
-    _digest,
-    _docker_env,
-    _link_or_copy,
-    _present,
+    check_docker,
+    digest,
+    docker_env,
     ensure_images,
+    image_present,
     image_ref,
+    link_or_copy,
 )
 from runner.package_spec import PackageSpec, PackageSpecError, parse_package
 
@@ -106,7 +106,7 @@ def _describe(ref: str) -> PackageImage:
 
 def find_package_image(spec: PackageSpec) -> PackageImage | None:
     """The newest local image of ``spec`` on today's base (no network), or None."""
-    _check_docker()
+    check_docker()
     base = image_ref(BASES[spec.ecosystem])
     for label in ((LABEL_PACKAGE, LABEL_ASKED) if spec.exact else (LABEL_ASKED,)):
         found = _images_labelled(f"{label}={spec}", f"{LABEL_FROM}={base}")
@@ -118,7 +118,7 @@ def find_package_image(spec: PackageSpec) -> PackageImage | None:
 def package_images(warn: Log = lambda line: print(line, file=sys.stderr)) -> list[PackageImage]:
     """Every package image here, today's and older ones (``images list``); ``warn`` names those whose labels do not
     say which package they hold, which are left out."""
-    _check_docker()
+    check_docker()
     found = []
     for ref in _images_labelled():
         try:
@@ -265,10 +265,10 @@ def _context(ctx: Path, resolved: _Resolved, dockerfile: bytes) -> None:
     if resolved.spec.ecosystem == "pypi":
         (ctx / "wheels").mkdir()
         for whl in resolved.files.glob("*.whl"):
-            _link_or_copy(str(whl), str(ctx / "wheels" / whl.name))
+            link_or_copy(str(whl), str(ctx / "wheels" / whl.name))
         (ctx / "requirement.txt").write_text(f"{resolved.spec.name}=={resolved.spec.version}\n")
     else:
-        shutil.copytree(resolved.files, ctx / "node", symlinks=True, copy_function=_link_or_copy)
+        shutil.copytree(resolved.files, ctx / "node", symlinks=True, copy_function=link_or_copy)
 
 
 def ensure_package(spec: PackageSpec, log: Log = print, *, force: bool = False) -> PackageImage:
@@ -283,10 +283,10 @@ def ensure_package(spec: PackageSpec, log: Log = print, *, force: bool = False) 
     dockerfile = _dockerfile(resolved.spec, command)
     items = [("recipe", RECIPE.encode()), ("spec", str(resolved.spec).encode()), ("lock", resolved.lock),
              ("FROM", base.encode()), ("Dockerfile", dockerfile)]
-    ref = f"{REPOSITORY}/{spec.ecosystem}-{spec.slug}:{_digest(items)[:12]}"
+    ref = f"{REPOSITORY}/{spec.ecosystem}-{spec.slug}:{digest(items)[:12]}"
     labels = {LABEL: KIND, "mcp-runner.ref": ref, LABEL_PACKAGE: str(resolved.spec), LABEL_ASKED: str(spec),
               LABEL_FROM: base, LABEL_COMMAND: command}
-    if _present(ref) and not force:
+    if image_present(ref) and not force:
         log(f"{ref} is present ({resolved.spec})")
         return PackageImage(ref, resolved.spec, command)
     (CACHE_DIR / "build").mkdir(parents=True, exist_ok=True)
@@ -294,7 +294,7 @@ def ensure_package(spec: PackageSpec, log: Log = print, *, force: bool = False) 
         _context(Path(tmp), resolved, dockerfile)
         cmd = ["docker", "build", "--network", "none", "--force-rm", "--build-arg", f"BASE={base}",
                *(a for k, v in labels.items() for a in ("--label", f"{k}={v}")), "-t", ref, tmp]
-        run(cmd, f"docker build of {ref}", log, prefix="docker", env=_docker_env())
+        run(cmd, f"docker build of {ref}", log, prefix="docker", env=docker_env())
     try:
         smoke_check(ref, (command,), log)
     except ImageBuildError as exc:

@@ -27,7 +27,7 @@ from runner.image_inject import LABEL_BASE, ensure_injected, image_command, inje
 from runner.image_packages import KIND as PACKAGE
 from runner.image_packages import LABEL_COMMAND, ensure_package, find_package_image, package_images
 from runner.image_transfer import ImageTransferError, find_containerd_socket, load_into_containerd
-from runner.images import CACHE_DIR, CACHE_ENV, IMAGE_NAMES, LABEL, _present, image_ref
+from runner.images import CACHE_DIR, CACHE_ENV, IMAGE_NAMES, LABEL, image_present, image_ref
 from runner.package_spec import injected_image, is_package, parse_package, uninjected
 from runner.sandbox.kube_objects import AGENT_ENTRYPOINT
 from runner.text import printable
@@ -88,7 +88,7 @@ def resolve_sandbox_image(image: str) -> str:
         ref = injected_ref(base)
     except ImageBuildError as exc:
         raise FailedPrecondition(str(exc)) from exc
-    if not _present(ref):
+    if not image_present(ref):
         raise FailedPrecondition(f"the image with the agent added to {base} is not built: restart the service, "
                                  "which builds it (inject_agent: true)")
     return ref

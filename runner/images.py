@@ -125,11 +125,11 @@ def _py_files(directory: Path) -> Files:
     return tuple((p.name, p.read_bytes()) for p in sorted(directory.glob("*.py")) if p.is_file())
 
 
-def _code() -> Code:
+def runner_code() -> Code:
     return Code(agent=_py_files(AGENT_DIR), egress=_py_files(EGRESS_DIR))
 
 
-def _file(rel: str) -> tuple[str, bytes]:
+def image_input(rel: str) -> tuple[str, bytes]:
     return (rel, (IMAGES_DIR / rel).read_bytes())
 
 
@@ -137,9 +137,9 @@ def _inputs(name: str, code: Code) -> Inputs:
     base = _base_image()
     items: Inputs = [("recipe", RECIPE.encode()), ("name", name.encode()), ("BASE_IMAGE", base.encode())]
     if name == "rootfs":
-        items.append(_file("rootfs/packages.txt"))
+        items.append(image_input("rootfs/packages.txt"))
         if base:
-            items.append(_file("rootfs/Dockerfile.base"))
+            items.append(image_input("rootfs/Dockerfile.base"))
         else:
             src = _apt_sources()
             items.append(("mmdebstrap", "\0".join(_mmdebstrap_argv(src or Path("-"))).encode()))
@@ -151,18 +151,18 @@ def _inputs(name: str, code: Code) -> Inputs:
 
         return [*items, *service_inputs(code.service, {n: _ref(n, code) for n in IMAGE_NAMES})]
     if name == "egress":
-        return [*items, _file("egress/Dockerfile"), *((f"egress/{fn}", data) for fn, data in code.egress)]
-    items += [_file(f"{name}/Dockerfile"), _file("agent.txt"), _file("constraints.txt")]
+        return [*items, image_input("egress/Dockerfile"), *((f"egress/{fn}", data) for fn, data in code.egress)]
+    items += [image_input(f"{name}/Dockerfile"), image_input("agent.txt"), image_input("constraints.txt")]
     if name == "python-servers":
-        items.append(_file("python-servers/servers.txt"))
+        items.append(image_input("python-servers/servers.txt"))
         items.append(("wheel-target", "\0".join(WHEEL_TARGET).encode()))
     else:
-        items += [_file("node-servers/package.json"), _file("node-servers/package-lock.json")]
+        items += [image_input("node-servers/package.json"), image_input("node-servers/package-lock.json")]
     items += [(f"agent/{fn}", data) for fn, data in code.agent]
     return items
 
 
-def _digest(items: Inputs) -> str:
+def digest(items: Inputs) -> str:
     h = hashlib.sha256()
     for label, data in items:  # length-prefixed, so no two input lists collide
         raw = label.encode()
@@ -173,7 +173,7 @@ def _digest(items: Inputs) -> str:
 def _ref(name: str, code: Code) -> str:
     if name not in ALL_IMAGE_NAMES:
         raise ValueError(f"unknown image {name!r}; known images: {', '.join(ALL_IMAGE_NAMES)}")
-    return f"{REPOSITORY}/{name}:{_digest(_inputs(name, code))[:12]}"
+    return f"{REPOSITORY}/{name}:{digest(_inputs(name, code))[:12]}"
 
 
 def image_ref(name: str) -> str:
@@ -185,13 +185,13 @@ def image_ref(name: str) -> str:
     fixed = os.environ.get(IMAGE_REFS_ENV)
     if fixed and name in (refs := json.loads(Path(fixed).read_bytes())):
         return str(refs[name])
-    return _ref(name, _code())
+    return _ref(name, runner_code())
 
 
 # --------------------------------------------------------------------------- subprocess helpers
 
 
-def _check_docker() -> None:
+def check_docker() -> None:
     try:
         p = subprocess.run(["docker", "version", "--format", "{{.Server.Version}}"],
                            capture_output=True, text=True, timeout=30)
@@ -204,39 +204,39 @@ def _check_docker() -> None:
                               + (p.stderr or p.stdout).strip())
 
 
-def _present(ref: str) -> bool:
+def image_present(ref: str) -> bool:
     p = subprocess.run(["docker", "image", "inspect", "--format", "{{.Id}}", ref],
                        capture_output=True, text=True)
     return p.returncode == 0
 
 
-def _docker_env() -> dict[str, str]:
+def docker_env() -> dict[str, str]:
     return {**os.environ, "DOCKER_BUILDKIT": "0"}  # legacy builder: --network none, no registry
 
 
-def _labels(name: str, ref: str) -> list[str]:
+def image_labels(name: str, ref: str) -> list[str]:
     return [f"{LABEL}={name}", f"mcp-runner.ref={ref}"]
 
 
 # --------------------------------------------------------------------------- host-side fetches
 
 
-def _link_or_copy(src: str, dst: str) -> None:
+def link_or_copy(src: str, dst: str) -> None:
     try:
         os.link(src, dst)
     except OSError:
         shutil.copy2(src, dst)
 
 
-def _fetch_wheels(reqs: Sequence[str], log: Log, *, constrained: bool = True, label: str = "") -> Path:
+def fetch_wheels(reqs: Sequence[str], log: Log, *, constrained: bool = True, label: str = "") -> Path:
     """pip download ``reqs`` for the image's Python into a cache dir keyed by the inputs.
 
     ``constrained``: held to the sandboxes' ``constraints.txt`` (dependencies resolved); otherwise ``reqs`` pin
     every distribution themselves (``--no-deps``), as the service's do (some at other versions than the sandboxes').
     """
-    items = [("target", "\0".join(WHEEL_TARGET).encode()), *([_file("constraints.txt")] if constrained else [])]
-    items += [_file(r) for r in reqs]
-    dest = CACHE_DIR / "wheels" / _digest(items)[:16]
+    items = [("target", "\0".join(WHEEL_TARGET).encode()), *([image_input("constraints.txt")] if constrained else [])]
+    items += [image_input(r) for r in reqs]
+    dest = CACHE_DIR / "wheels" / digest(items)[:16]
     what = label or ", ".join(reqs)
     if (dest / ".complete").exists():
         log(f"wheels for {what}: cached in {dest}")
@@ -255,8 +255,8 @@ def _fetch_wheels(reqs: Sequence[str], log: Log, *, constrained: bool = True, la
 
 def _fetch_node_modules(log: Log) -> Path:
     """npm ci the pinned servers (lockfile-exact, no install scripts) into a cache dir."""
-    items = [_file("node-servers/package.json"), _file("node-servers/package-lock.json")]
-    dest = CACHE_DIR / "npm" / _digest(items)[:16]
+    items = [image_input("node-servers/package.json"), image_input("node-servers/package-lock.json")]
+    dest = CACHE_DIR / "npm" / digest(items)[:16]
     if (dest / ".complete").exists():
         log(f"npm packages: cached in {dest}")
         return dest
@@ -283,10 +283,10 @@ def _build_rootfs(ref: str, *, force: bool, log: Log) -> None:
         with tempfile.TemporaryDirectory(prefix="mcp-runner-ctx-") as ctx:
             cmd = ["docker", "build", "--force-rm", "-f", str(IMAGES_DIR / "rootfs" / "Dockerfile.base"),
                    "--build-arg", f"BASE_IMAGE={base}", "--build-arg", f"PACKAGES={' '.join(_packages())}",
-                   *(a for lb in _labels("rootfs", ref) for a in ("--label", lb)), "-t", ref, ctx]
+                   *(a for lb in image_labels("rootfs", ref) for a in ("--label", lb)), "-t", ref, ctx]
             if force:
                 cmd.insert(2, "--no-cache")
-            run(cmd, f"docker build of {ref} FROM {base}", log, prefix="docker", env=_docker_env())
+            run(cmd, f"docker build of {ref} FROM {base}", log, prefix="docker", env=docker_env())
         return
     sources = _apt_sources()
     if sources is None:
@@ -296,7 +296,7 @@ def _build_rootfs(ref: str, *, force: bool, log: Log) -> None:
         raise ImageBuildError("mmdebstrap not found: apt-get install mmdebstrap "
                               "(or set BASE_IMAGE=debian:bookworm-slim if a registry is reachable)")
     argv = _mmdebstrap_argv(sources)
-    changes = [f"LABEL {lb}" for lb in _labels("rootfs", ref)]
+    changes = [f"LABEL {lb}" for lb in image_labels("rootfs", ref)]
     changes += [f"ENV PATH={DEFAULT_PATH}", "ENV LANG=C.UTF-8"]
     imp = ["docker", "import", *(a for c in changes for a in ("--change", c)), "-", ref]
     log(f"  [mmdebstrap] {' '.join(argv)} | docker import - {ref}")
@@ -331,7 +331,7 @@ def _build_server_image(name: str, refs: Mapping[str, str], code: Code, *, force
     if not agent:
         log(f"WARNING: no {AGENT_DIR}/*.py yet: the image's entrypoint (runner.agent) will not start")
     reqs = ["agent.txt", "python-servers/servers.txt"] if name == "python-servers" else ["agent.txt"]
-    wheels = _fetch_wheels(reqs, log)
+    wheels = fetch_wheels(reqs, log)
     node = _fetch_node_modules(log) if name == "node-servers" else None
     (CACHE_DIR / "build").mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f"{name}-", dir=CACHE_DIR / "build") as tmp:
@@ -342,7 +342,7 @@ def _build_server_image(name: str, refs: Mapping[str, str], code: Code, *, force
             shutil.copy2(IMAGES_DIR / r, ctx / "req" / Path(r).name)
         (ctx / "wheels").mkdir()
         for whl in wheels.glob("*.whl"):
-            _link_or_copy(str(whl), str(ctx / "wheels" / whl.name))
+            link_or_copy(str(whl), str(ctx / "wheels" / whl.name))
         (ctx / "pkg" / "runner").mkdir(parents=True)
         (ctx / "pkg" / "runner" / "__init__.py").write_bytes(b"")  # host's __init__ pulls heavy deps
         (ctx / "agent").mkdir()
@@ -353,13 +353,13 @@ def _build_server_image(name: str, refs: Mapping[str, str], code: Code, *, force
             for fn in ("package.json", "package-lock.json"):
                 shutil.copy2(node / fn, ctx / "node" / fn)
             shutil.copytree(node / "node_modules", ctx / "node" / "node_modules", symlinks=True,
-                            copy_function=_link_or_copy)
+                            copy_function=link_or_copy)
         cmd = ["docker", "build", "--network", "none", "--force-rm",
                "--build-arg", f"ROOTFS={refs['rootfs']}",
-               *(a for lb in _labels(name, ref) for a in ("--label", lb)), "-t", ref, str(ctx)]
+               *(a for lb in image_labels(name, ref) for a in ("--label", lb)), "-t", ref, str(ctx)]
         if force:
             cmd.insert(2, "--no-cache")
-        run(cmd, f"docker build of {ref}", log, prefix="docker", env=_docker_env())
+        run(cmd, f"docker build of {ref}", log, prefix="docker", env=docker_env())
     try:
         for argv in SMOKE_COMMANDS[name]:
             smoke_check(ref, argv, log)
@@ -381,10 +381,10 @@ def _build_egress_image(refs: Mapping[str, str], code: Code, *, force: bool, log
         for fn, data in code.egress:
             (package / fn).write_bytes(data)
         cmd = ["docker", "build", "--network", "none", "--force-rm", "--build-arg", f"ROOTFS={refs['rootfs']}",
-               *(a for lb in _labels("egress", ref) for a in ("--label", lb)), "-t", ref, str(ctx)]
+               *(a for lb in image_labels("egress", ref) for a in ("--label", lb)), "-t", ref, str(ctx)]
         if force:
             cmd.insert(2, "--no-cache")
-        run(cmd, f"docker build of {ref}", log, prefix="docker", env=_docker_env())
+        run(cmd, f"docker build of {ref}", log, prefix="docker", env=docker_env())
     try:
         smoke_check_egress(ref, log)
     except ImageBuildError:
@@ -406,16 +406,16 @@ def _names(names: Iterable[str] | None) -> list[str]:
 def missing_images(names: Iterable[str] | None = None) -> list[str]:
     """Names (of ``names``, default all) whose current ref is not present locally."""
     wanted = _names(names)
-    _check_docker()
-    return [n for n in wanted if not _present(image_ref(n))]
+    check_docker()
+    return [n for n in wanted if not image_present(image_ref(n))]
 
 
 def list_images(names: Iterable[str] | None = None) -> list[tuple[str, str, bool]]:
     """``(name, ref, present)`` for each of ``names`` (default: the sandbox images)."""
-    _check_docker()
-    code = _code()
+    check_docker()
+    code = runner_code()
     refs = [(n, _ref(n, code)) for n in _names(names)]
-    return [(n, ref, _present(ref)) for n, ref in refs]
+    return [(n, ref, image_present(ref)) for n, ref in refs]
 
 
 def ensure_images(names: Iterable[str] | None = None, *, force: bool = False,
@@ -425,16 +425,16 @@ def ensure_images(names: Iterable[str] | None = None, *, force: bool = False,
     Returns ``name -> ref`` for the names asked for.
     """
     wanted = _names(names)
-    _check_docker()
-    code = _code()  # read once: the bytes hashed into the tags are the bytes built in
+    check_docker()
+    code = runner_code()  # read once: the bytes hashed into the tags are the bytes built in
     refs = {n: _ref(n, code) for n in dict.fromkeys([*IMAGE_NAMES, *wanted])}
     todo: dict[str, str] = {}
     for n in wanted:
         if force:
             todo[n] = "forced"
-        elif not _present(refs[n]):
+        elif not image_present(refs[n]):
             todo[n] = "missing"
-    if any(n != "rootfs" for n in todo) and "rootfs" not in todo and not _present(refs["rootfs"]):
+    if any(n != "rootfs" for n in todo) and "rootfs" not in todo and not image_present(refs["rootfs"]):
         todo["rootfs"] = "missing, needed to build " + ", ".join(n for n in todo if n != "rootfs")
     for n in wanted:
         if n not in todo:
@@ -445,7 +445,7 @@ def ensure_images(names: Iterable[str] | None = None, *, force: bool = False,
     with open(CACHE_DIR / "images.lock", "w") as lock:  # one builder at a time per checkout
         fcntl.flock(lock, fcntl.LOCK_EX)
         for n in ALL_IMAGE_NAMES:  # dependencies first
-            if n not in todo or (not force and _present(refs[n])):  # another process built it meanwhile
+            if n not in todo or (not force and image_present(refs[n])):  # another process built it meanwhile
                 continue
             log(f"building {refs[n]} ({todo[n]})")
             t0 = time.monotonic()

@@ -380,7 +380,7 @@ class _ProfileRules(_Strict):
     prompts: _AccessRules = _AccessRules()
 
 
-class _File(_Strict):
+class PolicyFile(_Strict):
     approvals: _Approvals = _Approvals()
     anomaly: _Anomaly = _Anomaly()
     default_caller: _DefaultCaller = _DefaultCaller()
@@ -399,9 +399,9 @@ class _File(_Strict):
 def load_policy(path: Path) -> Policy:
     """The policy in ``path`` (``.toml`` is TOML, anything else YAML); ConfigError naming the file otherwise."""
     try:
-        parsed = _File.model_validate(read_document(path, "policy file"))
+        parsed = PolicyFile.model_validate(read_document(path, "policy file"))
     except ValidationError as exc:
-        raise ConfigError(f"policy file {path}: {problems(exc, _File)}") from exc
+        raise ConfigError(f"policy file {path}: {problems(exc, PolicyFile)}") from exc
     tokens: dict[str, str] = {}
     for name, caller in parsed.callers.items():
         for digest in caller.tokens:

@@ -23,11 +23,11 @@ from runner.images import (
     WHEEL_TARGET,
     Files,
     Inputs,
-    _docker_env,
-    _fetch_wheels,
-    _file,
-    _labels,
-    _link_or_copy,
+    docker_env,
+    fetch_wheels,
+    image_input,
+    image_labels,
+    link_or_copy,
 )
 
 __all__ = ["SERVICE_CHECK", "build_service_image", "service_files", "service_inputs"]
@@ -62,8 +62,8 @@ def service_inputs(files: Files, sandbox_refs: Mapping[str, str]) -> Inputs:
     """
     return [
         ("image-refs.json", _refs_file(sandbox_refs)),
-        _file("service/Dockerfile"),
-        _file(REQUIREMENTS),
+        image_input("service/Dockerfile"),
+        image_input(REQUIREMENTS),
         ("wheel-target", "\0".join(WHEEL_TARGET).encode()),
         *((f"runner/{path}", data) for path, data in files),
     ]
@@ -72,7 +72,7 @@ def service_inputs(files: Files, sandbox_refs: Mapping[str, str]) -> Inputs:
 def build_service_image(ref: str, sandbox_refs: Mapping[str, str], files: Files, *, force: bool, log: Log) -> None:
     """Build ``ref`` FROM the rootfs of ``sandbox_refs`` with exactly ``files`` and ``sandbox_refs`` (what its tag
     was hashed over), then check it."""
-    wheels = _fetch_wheels([REQUIREMENTS], log, constrained=False, label="the service")
+    wheels = fetch_wheels([REQUIREMENTS], log, constrained=False, label="the service")
     (CACHE_DIR / "build").mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="service-", dir=CACHE_DIR / "build") as tmp:
         ctx = Path(tmp)
@@ -81,17 +81,17 @@ def build_service_image(ref: str, sandbox_refs: Mapping[str, str], files: Files,
         shutil.copy2(IMAGES_DIR / REQUIREMENTS, ctx / "req" / "requirements.txt")
         (ctx / "wheels").mkdir()
         for whl in wheels.glob("*.whl"):
-            _link_or_copy(str(whl), str(ctx / "wheels" / whl.name))
+            link_or_copy(str(whl), str(ctx / "wheels" / whl.name))
         (ctx / "image-refs.json").write_bytes(_refs_file(sandbox_refs))
         for path, data in files:
             target = ctx / "pkg" / "runner" / path
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(data)
         cmd = ["docker", "build", "--network", "none", "--force-rm", "--build-arg", f"ROOTFS={sandbox_refs['rootfs']}",
-               *(a for lb in _labels("service", ref) for a in ("--label", lb)), "-t", ref, str(ctx)]
+               *(a for lb in image_labels("service", ref) for a in ("--label", lb)), "-t", ref, str(ctx)]
         if force:
             cmd.insert(2, "--no-cache")
-        run(cmd, f"docker build of {ref}", log, prefix="docker", env=_docker_env())
+        run(cmd, f"docker build of {ref}", log, prefix="docker", env=docker_env())
     check = ["docker", "run", "--rm", "--network", "none", "--read-only", "--cap-drop", "ALL",
              "--security-opt", "no-new-privileges", ref, *SERVICE_CHECK]
     try:

@@ -153,7 +153,7 @@ def test_package_dockerfile_runs_the_executable() -> None:
 def test_images_whose_package_label_does_not_parse_are_left_out_with_a_warning(
         monkeypatch: pytest.MonkeyPatch) -> None:
     labels = {"good:1": "pypi:foo==1.0", "bare:1": "pypi:foo", "junk:1": "x" * 100_000, "none:1": None}
-    monkeypatch.setattr(image_packages, "_check_docker", lambda: None)
+    monkeypatch.setattr(image_packages, "check_docker", lambda: None)
     monkeypatch.setattr(image_packages, "_images_labelled", lambda: list(labels))
     monkeypatch.setattr(image_packages.subprocess, "run", lambda argv, **k: _Done(
         0, json.dumps({"mcp-runner.package": labels[argv[-1]]}), ""))
@@ -266,7 +266,7 @@ def test_the_agent_is_added_from_the_inspected_id_and_its_failure_is_printable(
     inspected: list[str] = []
     monkeypatch.setattr(image_inject, "_inspect",
                         lambda image: inspected.append(image) or {"Id": "sha256:aaa", "Config": {"Cmd": ["srv"]}})
-    monkeypatch.setattr(image_inject, "_present", lambda ref: False)
+    monkeypatch.setattr(image_inject, "image_present", lambda ref: False)
     monkeypatch.setattr(image_inject, "CACHE_DIR", tmp_path)
     (tmp_path / "lib").mkdir()
     monkeypatch.setattr(image_inject, "_agent_lib", lambda python, log: tmp_path / "lib")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import re
 import shutil
 from pathlib import Path
@@ -136,8 +137,8 @@ def test_base_image_changes_everything(inputs: Path, monkeypatch: pytest.MonkeyP
 
 
 def test_digest_is_unambiguous() -> None:
-    assert images._digest([("a", b"bc")]) != images._digest([("ab", b"c")])
-    assert images._digest([("a", b""), ("b", b"")]) != images._digest([("a", b"\0"), ("b", b"")])
+    assert images.digest([("a", b"bc")]) != images.digest([("ab", b"c")])
+    assert images.digest([("a", b""), ("b", b"")]) != images.digest([("a", b"\0"), ("b", b"")])
 
 
 def test_pip_targets_the_image_python() -> None:
@@ -165,8 +166,8 @@ def test_ensure_builds_missing_dependencies_first(inputs: Path, monkeypatch: pyt
     monkeypatch.setattr(images, "CACHE_DIR", inputs / "cache")
     present = {images.image_ref("python-servers")}
     built: list[str] = []
-    monkeypatch.setattr(images, "_check_docker", lambda: None)
-    monkeypatch.setattr(images, "_present", lambda ref: ref in present)
+    monkeypatch.setattr(images, "check_docker", lambda: None)
+    monkeypatch.setattr(images, "image_present", lambda ref: ref in present)
 
     def fake_build(*args: object, **kw: object) -> None:
         ref = str(args[-1])
@@ -191,3 +192,14 @@ def test_ensure_builds_missing_dependencies_first(inputs: Path, monkeypatch: pyt
     built.clear()
     images.ensure_images(["python-servers"], force=True, log=logs.append)
     assert built == ["python-servers"]  # force rebuilds what was named, not its present base
+
+
+def test_no_module_imports_another_modules_private_names() -> None:
+    """A name shared between modules is public: a leading underscore says no other module relies on it."""
+    root = Path(images.__file__).resolve().parent
+    private = [f"{path.relative_to(root)}: {node.module}.{alias.name}"
+               for path in sorted(root.rglob("*.py"))
+               for node in ast.walk(ast.parse(path.read_text()))
+               if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("runner")
+               for alias in node.names if alias.name.startswith("_") and not alias.name.startswith("__")]
+    assert private == []

@@ -63,7 +63,7 @@ def _fake_build(monkeypatch: pytest.MonkeyPatch, base: str) -> None:
     monkeypatch.setattr(image_packages, "find_package_image", lambda spec: None)
     monkeypatch.setattr(image_packages, "ensure_images", lambda names, log: {n: base for n in names})
     monkeypatch.setattr(image_packages, "_resolve_pypi", lambda spec, log: resolved)
-    monkeypatch.setattr(image_packages, "_present", lambda ref: True)
+    monkeypatch.setattr(image_packages, "image_present", lambda ref: True)
 
 
 def test_the_package_tag_is_a_content_hash_of_spec_lock_and_base(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -93,9 +93,9 @@ def test_nothing_of_a_package_runs_on_the_host_and_its_build_has_no_network(monk
     assert "--only-binary=:all:" in pip and "--no-binary" not in " ".join(pip)  # wheels only: no setup.py here
     assert "--ignore-scripts" in npm  # no install scripts on the host
     _fake_build(monkeypatch, "mcp-runner/python-servers:aaaaaaaaaaaa")
-    monkeypatch.setattr(image_packages, "_present", lambda ref: False)
+    monkeypatch.setattr(image_packages, "image_present", lambda ref: False)
     monkeypatch.setattr(image_packages, "smoke_check", lambda ref, argv, log: None)
-    monkeypatch.setattr(image_packages, "_link_or_copy", lambda src, dst: None)
+    monkeypatch.setattr(image_packages, "link_or_copy", lambda src, dst: None)
     ensure_package(parse_package("pypi:mcp-server-x"), lambda line: None)
     build = ran[-1]
     assert build[:2] == ["docker", "build"] and build[build.index("--network") + 1] == "none"

@@ -91,7 +91,7 @@ def test_the_service_names_sandbox_images_from_the_file_it_carries(
     refs.write_text('{"python-servers": "mcp-runner/python-servers:0123456789ab"}')
     monkeypatch.setenv(images.IMAGE_REFS_ENV, str(refs))
     assert images.image_ref("python-servers") == "mcp-runner/python-servers:0123456789ab"
-    assert images.image_ref("egress") == images._ref("egress", images._code())  # not in the file: computed
+    assert images.image_ref("egress") == images._ref("egress", images.runner_code())  # not in the file: computed
     monkeypatch.delenv(images.IMAGE_REFS_ENV)
     assert images.image_ref("python-servers") == computed
 
@@ -100,4 +100,4 @@ def test_a_new_sandbox_image_means_a_new_service_image() -> None:
     files = service_image.service_files()
     one = service_image.service_inputs(files, {"python-servers": "mcp-runner/python-servers:1"})
     two = service_image.service_inputs(files, {"python-servers": "mcp-runner/python-servers:2"})
-    assert images._digest(one) != images._digest(two)
+    assert images.digest(one) != images.digest(two)
