@@ -90,12 +90,13 @@ examples:
 def _serve(args: argparse.Namespace) -> int:
     # Imported here: the server side (Docker) is not needed by client commands.
     from runner.config_document import ConfigError
+    from runner.observe import logs
     from runner.service import run_service
     from runner.settings_file import load_settings
     from runner.settings_log import FORMAT_VARIABLE, LEVEL_VARIABLE
 
     # The log options travel as their environment variables: so an option wins over the environment, and both over
-    # the file's `log:` (runner.settings_log); the service sets its log up from the settings as it starts.
+    # the file's `log:` (runner.settings_log); the log is set up from the settings once they are read.
     for variable, chosen in ((LEVEL_VARIABLE, args.log_level), (FORMAT_VARIABLE, args.log_format)):
         if chosen:
             os.environ[variable] = chosen
@@ -104,9 +105,9 @@ def _serve(args: argparse.Namespace) -> int:
     # sandbox (who, which profile, why it closed), so the SDK's are noise beside it. Warnings still show.
     logging.getLogger("mcp.server").setLevel(logging.WARNING)
     try:
-        asyncio.run(run_service(load_settings(
-            args.config, listen=args.listen, backend=args.backend, mcp_listen=args.mcp_listen
-        )))
+        settings = load_settings(args.config, listen=args.listen, backend=args.backend, mcp_listen=args.mcp_listen)
+        logs.configure(settings.log)  # here, once per process: run_service leaves process-wide state alone
+        asyncio.run(run_service(settings))
     except ConfigError as exc:
         # A file or option that is wrong, or another service of the instance running: exit 2, which the systemd
         # unit's RestartPreventExitStatus names, since restarting cannot help.

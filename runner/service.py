@@ -222,8 +222,9 @@ async def run_service(settings: Settings) -> None:
     when the settings are unsafe, the address is in use or the instance is already running, and on any problem
     ``mcp-runner config check`` finds in the settings (a missing mount source; an image that is nowhere, the one
     question the engine is asked before the instance lock, and only for a profile naming an image of its own).
+    The process's logging is the caller's (``mcp-runner serve`` sets it from ``settings.log``): two services in one
+    process must not take each other's handlers.
     """
-    logs.configure(settings.log)
     check_listen_safety(settings.listen, settings.tls, settings.auth)
     check_policy_required(settings.listen, settings.auth, settings.policy)
     # Early as well as at the bind: two services left at the default port (two users on one engine, say)

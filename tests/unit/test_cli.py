@@ -21,8 +21,9 @@ from runner import cli, errors
 from runner.api.auth import TOKEN_PREFIX, Authenticator, hash_token, new_token
 from runner.approvals import ApprovalState
 from runner.client import DEFAULT_ADDRESS
-from runner.config import AuthConfig, TlsConfig
+from runner.config import AuthConfig, LogConfig, TlsConfig
 from runner.guard.findings import Finding
+from runner.observe import logs
 from runner.policy import load_policy
 from tests.unit.test_api import APPROVAL_ID, GATED, FakeManager, make_approval, serve
 
@@ -176,21 +177,26 @@ def test_serve_loads_settings_and_runs(monkeypatch: pytest.MonkeyPatch) -> None:
     def load_settings(
         config_path: str | None = None, *, listen: str | None = None, backend: str | None = None,
         mcp_listen: str | None = None,
-    ) -> str:
+    ) -> types.SimpleNamespace:
         seen["load"] = (config_path, listen, backend, mcp_listen)
-        return "settings"
+        return loaded
 
-    async def run_service(settings: str) -> None:
+    async def run_service(settings: types.SimpleNamespace) -> None:
         seen["run"] = settings
+        configured.append("run")
 
+    loaded = types.SimpleNamespace(log=LogConfig(level="warning", format="json"))
+    configured: list[object] = []
     monkeypatch.setitem(
         sys.modules, "runner.settings_file", types.SimpleNamespace(load_settings=load_settings)
     )
     monkeypatch.setitem(sys.modules, "runner.service", types.SimpleNamespace(run_service=run_service))
+    monkeypatch.setattr(logs, "configure", configured.append)
     assert cli.main([
         "serve", "--config", "r.yaml", "--listen", "0.0.0.0:1", "--backend", "kubernetes", "--mcp-listen", "",
     ]) == 0
-    assert seen == {"load": ("r.yaml", "0.0.0.0:1", "kubernetes", ""), "run": "settings"}
+    assert seen == {"load": ("r.yaml", "0.0.0.0:1", "kubernetes", ""), "run": loaded}
+    assert configured == [loaded.log, "run"]  # once, by serve, from the settings, before the service runs
 
 
 def test_images(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:

@@ -17,6 +17,7 @@ import pytest
 from runner.audit import records
 from runner.audit.records import AuditEvent
 from runner.config import ConfigError, LogConfig
+from runner.observe import logs
 from runner.observe.logs import ConsoleHandler, EventLog, JsonFormatter, TextFormatter, configure
 from runner.settings_file import load_settings
 from runner.settings_log import LogModel
@@ -157,12 +158,14 @@ def test_serve_options_win_over_the_environment(monkeypatch: pytest.MonkeyPatch)
 
     seen: dict[str, str | None] = {}
 
-    def load_settings(*args: Any, **kwargs: Any) -> str:
+    def load_settings(*args: Any, **kwargs: Any) -> object:
         seen.update(level=os.environ.get("MCP_RUNNER_LOG_LEVEL"), format=os.environ.get("MCP_RUNNER_LOG_FORMAT"))
-        return "settings"
+        return types.SimpleNamespace(log=None)
 
-    async def run_service(settings: str) -> None:
+    async def run_service(settings: object) -> None:
         pass
+
+    monkeypatch.setattr(logs, "configure", lambda config: None)
 
     monkeypatch.setitem(sys.modules, "runner.settings_file", types.SimpleNamespace(load_settings=load_settings))
     monkeypatch.setitem(sys.modules, "runner.service", types.SimpleNamespace(run_service=run_service))
@@ -201,12 +204,14 @@ def test_log_level_and_format_are_read_alike_in_any_case_from_the_file_the_envir
     monkeypatch.delenv("MCP_RUNNER_LOG_LEVEL")
     seen: dict[str, str | None] = {}
 
-    def loaded(*args: Any, **kwargs: Any) -> str:
+    def loaded(*args: Any, **kwargs: Any) -> object:
         seen.update(level=os.environ.get("MCP_RUNNER_LOG_LEVEL"), format=os.environ.get("MCP_RUNNER_LOG_FORMAT"))
-        return "settings"
+        return types.SimpleNamespace(log=None)
 
-    async def run_service(settings: str) -> None:
+    async def run_service(settings: object) -> None:
         pass
+
+    monkeypatch.setattr(logs, "configure", lambda config: None)
 
     monkeypatch.setitem(sys.modules, "runner.settings_file", types.SimpleNamespace(load_settings=loaded))
     monkeypatch.setitem(sys.modules, "runner.service", types.SimpleNamespace(run_service=run_service))

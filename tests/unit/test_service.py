@@ -7,6 +7,7 @@ import asyncio
 import errno
 import fcntl
 import json
+import logging
 import os
 import re
 import signal
@@ -21,7 +22,7 @@ import pytest
 from runner import service
 from runner.api.auth import Authenticator
 from runner.api.server import RunningServer, start_server
-from runner.config import AuditConfig, AuthConfig, ConfigError, Settings, TlsConfig
+from runner.config import AuditConfig, AuthConfig, ConfigError, LogConfig, Settings, TlsConfig
 from runner.errors import FailedPrecondition, Unavailable
 from runner.sandbox.base import OWNER_LABEL, SandboxSpec
 from runner.sandbox.docker import DockerBackend
@@ -436,3 +437,12 @@ def test_the_service_journal_syncs_notes_and_intents_as_its_settings_say(tmp_pat
     finally:
         store.close()
     assert modes[0] == ("FULL" if fsync_intents else "NORMAL")
+
+
+async def test_a_service_leaves_the_processs_logging_alone(tmp_path: Path) -> None:
+    """``serve`` sets the log up once; a second service in one process must not replace the first's handlers."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    with pytest.raises(ConfigError):
+        await run_service(settings(tmp_path, tls=MTLS, auth=AuthConfig(mtls=True), log=LogConfig("error", "json")))
+    assert root.handlers == handlers and root.level == level
