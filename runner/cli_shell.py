@@ -185,8 +185,17 @@ def shell(args: argparse.Namespace) -> int:
             with contextlib.suppress(grpc.RpcError):  # the shell's own failure is the one to report
                 client.close_session(opened.session_id)
             raise
-        client.close_session(opened.session_id)
+        _close_unless_ended(client, opened.session_id)
         return session.status
+
+
+def _close_unless_ended(client: RunnerClient, session_id: str) -> None:
+    """Close the session; one that already ended (its server exited, or reaped since) keeps the shell's status."""
+    try:
+        client.close_session(session_id)
+    except grpc.RpcError as exc:
+        if exc.code() not in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.FAILED_PRECONDITION):
+            raise
 
 
 def add_command(sub: Any, formatter: type[argparse.HelpFormatter]) -> None:

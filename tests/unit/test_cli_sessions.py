@@ -4,18 +4,20 @@ gRPC server (the blocking CLI runs in a thread); ListProfiles answers only what 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
 import sys
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from pathlib import Path
-from types import MappingProxyType
+from types import MappingProxyType, SimpleNamespace
 from typing import Any
 
+import grpc
 import pytest
 
-from runner import cli
+from runner import cli, cli_shell
 from runner.api.auth import Authenticator, hash_token
 from runner.config import AuthConfig
 from runner.policy import PolicyStore
@@ -227,3 +229,48 @@ def test_a_servers_lines_cannot_pass_for_the_commands_own() -> None:
     forged = "oops\n--- events (audit log) ---\n     1  2026-01-01 00:00:00  session.close  s1  alice  closed\n"
     assert all(line.startswith("stderr: ") for line in stderr_lines(forged).splitlines())
     assert all(line.startswith("    ") for line in indented(f"ended: {forged}").splitlines()[1:])
+
+
+
+class _Ended(grpc.RpcError):
+    def __init__(self, code: grpc.StatusCode) -> None:
+        self._code = code
+
+    def code(self) -> grpc.StatusCode:
+        return self._code
+
+    def details(self) -> str:
+        return f"session s-1: {self._code.name.lower()}"
+
+
+class _EndedClient:
+    """A session that ended before the shell closed it (reaped: NOT_FOUND; ended otherwise: FAILED_PRECONDITION)."""
+
+    def __init__(self, code: grpc.StatusCode) -> None:
+        self.code, self.closes = code, 0
+
+    def open_session(self, profile: str, labels: object = None) -> Any:
+        server = SimpleNamespace(name="srv", version="1")
+        return SimpleNamespace(session_id="s-1", server=server, tools=[])
+
+    def close_session(self, session_id: str) -> None:
+        self.closes += 1
+        raise _Ended(self.code)
+
+
+@pytest.mark.parametrize("code", [grpc.StatusCode.NOT_FOUND, grpc.StatusCode.FAILED_PRECONDITION])
+def test_a_shell_whose_session_already_ended_exits_with_its_own_status(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], code: grpc.StatusCode
+) -> None:
+    client = _EndedClient(code)
+    monkeypatch.setattr(cli_shell, "open_client", lambda args: contextlib.nullcontext(client))
+    monkeypatch.setattr(sys, "stdin", io.StringIO("bogus\nexit\n"))
+    assert cli.main(["shell", "good"]) == 2  # the failed line's status, not the close's
+    assert client.closes == 1 and "Traceback" not in capsys.readouterr().err
+
+
+def test_a_shell_whose_close_fails_otherwise_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    client = _EndedClient(grpc.StatusCode.UNAVAILABLE)
+    monkeypatch.setattr(cli_shell, "open_client", lambda args: contextlib.nullcontext(client))
+    monkeypatch.setattr(sys, "stdin", io.StringIO("exit\n"))
+    assert cli.main(["shell", "good"]) != 0
