@@ -12,7 +12,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,8 +28,9 @@ from runner.package_spec import is_package, uninjected
 from runner.sandbox.base import SANDBOX_USER
 from runner.shared_mounts import shared_mount_notes, warn_shared_mounts
 
-ImageProbe = Callable[[str], bool | None]
-"""Whether an image reference is present on the engine; None when the engine cannot be asked."""
+ImageProbe = Callable[[str], Mapping[str, Any] | bool | None]
+"""An image reference on the engine: its config (``docker inspect``'s ``Config``: labels, ENTRYPOINT, ONBUILD) or
+True when present, False when absent, None when the engine cannot be asked."""
 
 _SANDBOX_UID = int(SANDBOX_USER.split(":")[0])
 
@@ -78,16 +79,17 @@ def docker_image_probe() -> ImageProbe | None:
     except Exception:  # any failure to reach the engine means "cannot tell", never a crash
         return None
 
-    def present(ref: str) -> bool | None:
+    def config(ref: str) -> Mapping[str, Any] | bool | None:
         try:
-            api.inspect_image(ref)
+            found = api.inspect_image(ref)
         except docker.errors.ImageNotFound:
             return False
         except docker.errors.DockerException:
             return None
-        return True
+        config = found.get("Config") if isinstance(found, dict) else None
+        return config if isinstance(config, dict) else True
 
-    return present
+    return config
 
 
 def settings_problems(settings: Settings, images: ImageProbe | None) -> tuple[list[Problem], list[str]]:
@@ -103,7 +105,9 @@ def settings_problems(settings: Settings, images: ImageProbe | None) -> tuple[li
             problems += found
             notes += noted
         if images is not None:
-            problems += _image_problems(file, where, profile, images)
+            found, noted = _image_problems(file, where, profile, images)
+            problems += found
+            notes += noted
         if "mcp-server-fetch" in profile.command and profile.network is None:
             notes.append(
                 f"profile {name!r} has no network: every fetch fails until a profile of yours gives it an "
@@ -186,14 +190,33 @@ def _own_image(profile: Profile) -> str | None:
     return uninjected(image) or image
 
 
-def _image_problems(file: str, where: str, profile: Profile, images: ImageProbe) -> list[Problem]:
+def _image_problems(file: str, where: str, profile: Profile, images: ImageProbe) -> tuple[list[Problem], list[str]]:
+    """A missing image, and ONBUILD triggers of an ``inject_agent`` base (start-up refuses to build on one), are
+    problems; a present plain image without the agent is a note, as start-up only warns: its sessions fail at once
+    saying so, the other profiles serve."""
+    from runner.image_checks import ImageBuildError
+    from runner.image_inject import check_onbuild
+    from runner.image_profiles import check_agent_config
+
     image = _own_image(profile)
-    if image is None or images(image) is not False:
-        return []
-    return [Problem(file, f"{where}.image", (
-        f"image {image!r} is not on this machine and is not one the runner builds; `docker pull` or "
-        f"`docker build -t {image}` it, or give the profile `package: pypi:NAME` / `npm:NAME` instead"
-    ))]
+    found = None if image is None else images(image)
+    if image is None or found is None or found is True:
+        return [], []
+    if found is False:
+        return [Problem(file, f"{where}.image", (
+            f"image {image!r} is not on this machine and is not one the runner builds; `docker pull` or "
+            f"`docker build -t {image}` it, or give the profile `package: pypi:NAME` / `npm:NAME` instead"
+        ))], []
+    try:
+        if uninjected(profile.image) is not None:  # ``image`` is the user's base; the agent is added to it
+            check_onbuild(image, found)
+        else:
+            check_agent_config(image, found)
+    except ImageBuildError as exc:
+        return [Problem(file, f"{where}.image", str(exc))], []
+    except RunnerError as exc:
+        return [], [f"{where}.image: {exc.message}; its sessions will not open"]
+    return [], []
 
 
 def _mib(size: int) -> str:

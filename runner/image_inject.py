@@ -20,7 +20,7 @@ import sys
 import tempfile
 import uuid
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +39,10 @@ from runner.images import (
 )
 from runner.text import printable
 
-__all__ = ["ENTRYPOINT", "KIND", "START_GATE", "ensure_injected", "image_command", "injected_ref", "pod_command"]
+__all__ = [
+    "ENTRYPOINT", "KIND", "START_GATE", "check_onbuild", "ensure_injected", "image_command", "injected_ref",
+    "pod_command",
+]
 
 RECIPE = "1"
 KIND = "with-agent"
@@ -88,13 +91,18 @@ def _base_config(image: str) -> dict[str, Any]:
     a ``RUN`` as root and an ``ADD <url>`` fetched by the host's Docker daemon (``--network none`` covers the build's
     containers, not the daemon's own downloads)."""
     info = _inspect(image)
-    triggers = _argv((info.get("Config") or {}).get("OnBuild"))
+    check_onbuild(image, info.get("Config") or {})
+    return info
+
+
+def check_onbuild(image: str, config: Mapping[str, Any]) -> None:
+    """ImageBuildError naming the ONBUILD triggers of ``config`` (``image``'s, as ``docker inspect`` gives it)."""
+    triggers = _argv(config.get("OnBuild"))
     if triggers:
         named = "; ".join(" ".join(printable(t, 120).split()) for t in triggers[:5]) + ("; …" * (len(triggers) > 5))
         raise ImageBuildError(f"image {image!r} has ONBUILD triggers ({named}), which would run in the build that "
                               "adds the agent: build your own image FROM it (so they run in your build, where you "
                               "see them), or rebuild it without ONBUILD, and name that image")
-    return info
 
 
 def _argv(value: object) -> list[str]:

@@ -33,8 +33,8 @@ from runner.sandbox.kube_objects import AGENT_ENTRYPOINT
 from runner.text import printable
 
 __all__ = [
-    "AGENT_KINDS", "added_images", "check_agent", "check_local_agent", "default_command", "ensure_profile_images",
-    "load_profile_images_into_cluster", "no_agent", "resolve_sandbox_image", "runner_built",
+    "AGENT_KINDS", "added_images", "check_agent", "check_agent_config", "check_local_agent", "default_command",
+    "ensure_profile_images", "load_profile_images_into_cluster", "no_agent", "resolve_sandbox_image", "runner_built",
 ]
 
 AGENT_KINDS = frozenset({"python-servers", "node-servers", PACKAGE, INJECTED})
@@ -157,8 +157,13 @@ def check_local_agent(image: str) -> None:
     except OSError:  # no docker CLI: a cluster's images cannot be inspected from here
         return
     if config is not None:
-        entrypoint = config.get("Entrypoint")
-        check_agent(image, _labels_in(config), [str(a) for a in entrypoint] if isinstance(entrypoint, list) else [])
+        check_agent_config(image, config)
+
+
+def check_agent_config(image: str, config: Mapping[str, Any]) -> None:
+    """``check_agent`` with the labels and ENTRYPOINT of ``config`` (``image``'s, as ``docker inspect`` gives it)."""
+    entrypoint = config.get("Entrypoint")
+    check_agent(image, _labels_in(config), [str(a) for a in entrypoint] if isinstance(entrypoint, list) else [])
 
 
 def _not_built(profile: str, image: str, exc: OSError) -> FailedPrecondition:

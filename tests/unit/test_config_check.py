@@ -12,6 +12,7 @@ from runner.cli import main
 from runner.config import ConfigError, Limits, Mount, Profile, Settings
 from runner.config_check import Problem, check_config, refuse_problems, settings_problems
 from runner.did_you_mean import allowed_keys, closest
+from runner.sandbox.kube_objects import AGENT_ENTRYPOINT
 from runner.settings_file import _FileModel, load_settings
 
 
@@ -121,6 +122,38 @@ def test_images_the_runner_builds_are_never_asked_about_and_others_must_be_prese
     assert sorted(asked) == ["gone:2", "here:1"]
     (problem,) = report.problems
     assert problem.where == "profiles.b.image" and "'gone:2' is not on this machine" in problem.message
+
+
+AGENT = {"Labels": {"mcp-runner.image": "python-servers"}, "Entrypoint": list(AGENT_ENTRYPOINT)}
+
+
+def test_a_present_images_agent_and_an_inject_bases_onbuild_are_checked(tmp_path: Path) -> None:
+    configs: dict[str, dict[str, object]] = {
+        "plain:1": {"Labels": {}, "Entrypoint": ["/srv"]},
+        "replaced:1": {**AGENT, "Entrypoint": ["/srv/server"]},
+        "triggers:1": {"OnBuild": ["RUN id", "ADD http://127.0.0.1:9/x /x"]},
+        "fine:1": {"Entrypoint": ["/srv"]},
+        "ours:1": AGENT,
+    }
+    path = write(tmp_path, """\
+        profiles:
+          a: {image: plain:1, command: [c]}
+          b: {image: replaced:1, command: [c]}
+          c: {image: triggers:1, inject_agent: true}
+          d: {image: fine:1, inject_agent: true}
+          e: {image: ours:1, command: [c]}
+    """)
+    report = check_config(path, images=configs.get)
+    (problem,) = report.problems
+    assert problem.where == "profiles.c.image"
+    assert "image 'triggers:1' has ONBUILD triggers (RUN id; ADD http://127.0.0.1:9/x /x)" in problem.message
+    notes = [n for n in report.notes if ".image: " in n]
+    assert notes == [
+        "profiles.a.image: image plain:1 has no mcp-runner agent: build it with `mcp-runner images add` or set "
+        "`inject_agent: true` on its profile; its sessions will not open",
+        notes[1],
+    ]
+    assert notes[1].startswith("profiles.b.image: image replaced:1 has no mcp-runner agent at its ENTRYPOINT: ")
 
 
 def test_an_engine_that_cannot_answer_is_not_a_problem(tmp_path: Path) -> None:
