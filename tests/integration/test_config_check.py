@@ -143,3 +143,32 @@ def test_a_policy_file_is_checked_as_a_policy_with_a_reminder_of_where_it_goes(t
     assert refused.returncode == 1
     assert f"error: {bad}: callers.alice.profile: Extra inputs are not permitted (unknown key); did you mean " \
         "`profiles`?" in refused.stderr.splitlines()
+
+
+def test_a_present_image_without_the_agent_is_noted_and_an_onbuild_base_is_a_problem(
+    tmp_path: Path, images: dict[str, str]
+) -> None:
+    tag = os.urandom(4).hex()
+    plain, triggers = f"mcp-runner-test/cc-plain:{tag}", f"mcp-runner-test/cc-onbuild:{tag}"
+    dockerfiles = {plain: f'FROM {images["rootfs"]}\nENTRYPOINT ["python3"]\n',
+                   triggers: f'FROM {images["rootfs"]}\nONBUILD RUN ["python3", "-c", "print(1)"]\n'}
+    try:
+        for ref, dockerfile in dockerfiles.items():
+            subprocess.run(["docker", "build", "-q", "-t", ref, "-"], input=dockerfile, text=True, check=True,
+                           capture_output=True, timeout=300)
+        path = write(tmp_path, f"""\
+            profiles:
+              plain: {{image: "{plain}", command: [x]}}
+              triggers: {{image: "{triggers}", inject_agent: true}}
+              ours: {{image: "{images["python-servers"]}", command: [mcp-server-time]}}
+        """)
+        done = mcp_runner("config", "check", "--json", str(path), cwd=tmp_path)
+    finally:
+        subprocess.run(["docker", "rmi", "-f", *dockerfiles], capture_output=True, timeout=120)
+    assert done.returncode == 1, done.stderr
+    report = json.loads(done.stdout)
+    (problem,) = report["problems"]
+    assert problem["where"] == "profiles.triggers.image"
+    assert f"image '{triggers}' has ONBUILD triggers (RUN [\"python3\", \"-c\", \"print(1)\"])" in problem["message"]
+    assert f"profiles.plain.image: image {plain} has no mcp-runner agent: build it with" in "\n".join(report["notes"])
+    assert not [n for n in report["notes"] if n.startswith("profiles.ours.")]
