@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from runner import cli
+from runner.cli_exit import Exit
 from runner.client import AsyncRunnerClient, InputRequest, ToolResult
 from tests.integration.conftest import Service, start_service, stop_service
 
@@ -160,9 +161,9 @@ async def test_a_pending_call_ends_with_its_session(service: Service) -> None:
     assert "can no longer be answered" in (info.value.details() or "")
 
 
-async def test_cli_call_prints_the_request_and_exits_2(service: Service, capsys: pytest.CaptureFixture[str]) -> None:
+async def test_cli_call_prints_the_request_and_exits_1(service: Service, capsys: pytest.CaptureFixture[str]) -> None:
     argv = ["--address", service.address, "call", "--profile", "everything", "trigger-elicitation-request"]
-    assert await asyncio.to_thread(cli.main, argv) == 2
+    assert await asyncio.to_thread(cli.main, argv) == Exit.FAILURE  # the exit-code table: input the CLI cannot give
     captured = capsys.readouterr()
     assert '"method": "elicitation/create"' in captured.out
     assert "`mcp-runner call` cannot answer it" in captured.err
