@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from runner.certs import make_dev_certs
+from runner.cli_exit import Exit
 from tests.integration.conftest import PROFILES, Service, free_port, start_service, stop_service
 
 pytestmark = pytest.mark.integration
@@ -28,7 +29,8 @@ def directory(path: Path) -> Path:
 
 
 def refused(
-    tmp: Path, instance: str, *, port: int | None = None, state_dir: Path | None = None, config: Path = PROFILES
+    tmp: Path, instance: str, *, port: int | None = None, state_dir: Path | None = None, config: Path = PROFILES,
+    exit_code: int = Exit.USAGE,
 ) -> str:
     """Run a service that must not start (as ``start_service`` would) until it exits; what it said, as text.
 
@@ -44,7 +46,7 @@ def refused(
     listen = f"127.0.0.1:{port or free_port()}"
     command = [sys.executable, "-m", "runner.cli", "serve", "--listen", listen, "--config", str(config)]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=30)
-    assert done.returncode == 2, done.stdout + done.stderr
+    assert done.returncode == exit_code, done.stdout + done.stderr  # the CLI's exit-code table
     return done.stdout + done.stderr
 
 
@@ -66,7 +68,7 @@ def test_a_second_service_of_the_instance_refuses_to_start_and_leaves_the_first_
         (container,) = first.containers()
         # Same instance name and state directory, another audit log and port: before the lock, this one's
         # orphan sweep removed the first service's live sandbox.
-        log = refused(tmp_path / "second", instance, state_dir=first.state_dir)
+        log = refused(tmp_path / "second", instance, state_dir=first.state_dir, exit_code=Exit.PRECONDITION)
         assert f"instance {instance!r} is already running (pid {first.process.pid}, listening on {first.address}" in log
         assert "continuing at seq" not in log and "mcp-runner listening" not in log  # stopped before its audit log
         container.reload()
@@ -118,7 +120,7 @@ def test_a_service_on_a_port_in_use_refuses_to_start_and_the_first_keeps_its_cal
         with first.client() as client:
             session_id = client.open_session("time").session_id
         port = int(first.address.rsplit(":", 1)[1])
-        log = refused(tmp_path / "second", f"it-port-{secrets.token_hex(3)}", port=port)
+        log = refused(tmp_path / "second", f"it-port-{secrets.token_hex(3)}", port=port, exit_code=Exit.UNAVAILABLE)
         assert f"cannot listen on 127.0.0.1:{port}: 127.0.0.1 port {port} is already in use" in log
         assert "continuing at seq" not in log  # refused before its audit log, its lock and its orphan sweep
         for _ in range(5):  # before, calls to the shared port landed on either service
