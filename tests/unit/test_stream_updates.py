@@ -39,6 +39,9 @@ class Context:
     def time_remaining(self) -> float | None:
         return None
 
+    def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
+        return ()  # no traceparent: the runner's spans start their own trace
+
 
 async def test_a_progress_flood_reaches_a_slow_caller_bounded_and_latest_last() -> None:
     manager = FloodingManager()
