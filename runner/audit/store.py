@@ -45,42 +45,17 @@ from runner.audit.records import (
     chain_hash,
     iso_time,
 )
+from runner.audit.schema import INSERT, SCHEMA, SCHEMA_VERSION
 from runner.audit.verify import verify_database
 from runner.errors import AuditError
 
 _log = logging.getLogger(__name__)
 _T = TypeVar("_T")
 
-SCHEMA_VERSION = "1"
-
-_SCHEMA = f"""
-BEGIN IMMEDIATE;
-CREATE TABLE IF NOT EXISTS records (
-    seq INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, at REAL NOT NULL, kind TEXT NOT NULL,
-    session_id TEXT NOT NULL, caller TEXT NOT NULL, body TEXT NOT NULL, hash TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS records_by_session ON records(session_id, seq);
-CREATE INDEX IF NOT EXISTS records_by_caller ON records(caller, at);
-CREATE INDEX IF NOT EXISTS records_by_kind ON records(kind, at);
-CREATE INDEX IF NOT EXISTS records_by_time ON records(at);
-CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
-INSERT OR IGNORE INTO meta(key, value) VALUES ('schema', '{SCHEMA_VERSION}');
-CREATE TABLE IF NOT EXISTS pruning(active INTEGER);
-CREATE TRIGGER IF NOT EXISTS records_append_only BEFORE UPDATE ON records
-BEGIN SELECT RAISE(ABORT, 'audit records are append-only'); END;
-CREATE TRIGGER IF NOT EXISTS records_deleted_by_retention BEFORE DELETE ON records
-WHEN NOT EXISTS (SELECT 1 FROM pruning)
-BEGIN SELECT RAISE(ABORT, 'audit records are deleted only by retention'); END;
-COMMIT;
-"""
-
 IDLE_SYNC_S = 0.05
 """A record committed without an fsync is fsync'd at most this long after, when no durable commit came first."""
 _now = time.monotonic
 """The writer's clock for IDLE_SYNC_S (a name of its own, so a test can move it)."""
-
-_INSERT = "INSERT INTO records(seq, id, at, kind, session_id, caller, body, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
-
 
 @dataclass(eq=False)
 class _Append:
@@ -213,7 +188,7 @@ class AuditStore:
 
     def _connect(self) -> sqlite3.Connection:
         try:
-            db = sqlite_files.connect_private_wal(self.path, _SCHEMA, SCHEMA_VERSION, check_same_thread=False)
+            db = sqlite_files.connect_private_wal(self.path, SCHEMA, SCHEMA_VERSION, check_same_thread=False)
         except sqlite_files.NotWriteAhead as exc:
             raise AuditError(
                 f"the audit log {self.path} cannot use write-ahead logging (journal mode {exc.mode!r}); "
@@ -428,7 +403,7 @@ class AuditStore:
         durable = any(item.durable for item, _, _ in chained)
         try:
             rows = [row for _, _, row in chained]
-            self._transaction(lambda cursor: cursor.executemany(_INSERT, rows), durable=durable)
+            self._transaction(lambda cursor: cursor.executemany(INSERT, rows), durable=durable)
         except sqlite3.IntegrityError:
             if len(chained) == 1:
                 raise
@@ -494,7 +469,7 @@ class AuditStore:
                 "anchor": anchor, "export": str(export), "export_sha256": digest, "before": iso_time(before),
             }, at=time.time())  # fmt: skip
             record, row = _chain(self._head_seq + 1, event, self._head_hash)
-            cursor.execute(_INSERT, row)
+            cursor.execute(INSERT, row)
             return deleted, record
 
         try:
